@@ -1,0 +1,43 @@
+# Every target bootstraps what it needs: a fresh clone needs only Python 3.11+ and make.
+PYTHON ?= python3
+VENV := .venv
+SAMVENV := .venv-sam
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: demo test lint build bench clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+$(SAMVENV)/.installed: requirements-sam.txt
+	$(PYTHON) -m venv $(SAMVENV)
+	$(SAMVENV)/bin/pip install --quiet --upgrade pip
+	$(SAMVENV)/bin/pip install --quiet -r requirements-sam.txt
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/spotctl demo $(ARGS)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(VENV)/.installed $(SAMVENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy layers/shared/python/spot_hpc functions spotctl
+	$(BIN)/cfn-lint template.yaml
+	$(SAMVENV)/bin/sam validate --lint --region us-east-1
+
+build: $(SAMVENV)/.installed
+	$(SAMVENV)/bin/sam build
+
+bench: $(VENV)/.installed
+	$(BIN)/spotctl bench policy --scenarios benchmarks/scenarios.json --json benchmarks/results.json
+
+clean:
+	rm -rf $(VENV) $(SAMVENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Checkpoint/restart runtime for Batch jobs on Spot."""

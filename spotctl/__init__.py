@@ -1,0 +1,1 @@
+"""spotctl: the offline runtime, simulator and benchmarks of the Spot HPC control plane."""
