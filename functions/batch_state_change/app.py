@@ -1,0 +1,27 @@
+"""Batch Job State Change -> ledger, failure classification, resubmission from checkpoint, stage settlement."""
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from spot_hpc.aws import account_of
+from spot_hpc.job_events import on_job_state_change
+from spot_hpc.services import Services
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+services = Services.from_environ()  # environment validated at cold start
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    result = on_job_state_change(services, event, account_of(context.invoked_function_arn))
+    if result.get("failure_class"):
+        metrics.add_metric(name="JobFailures", unit=MetricUnit.Count, value=1)
+    if result.get("status") == "resubmitted":
+        metrics.add_metric(name="Resubmissions", unit=MetricUnit.Count, value=1)
+    return result

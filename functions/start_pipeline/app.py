@@ -1,0 +1,24 @@
+"""S3 "Object Created" under incoming/ -> one pipeline execution per object version (rejections recorded)."""
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from spot_hpc.aws import account_of
+from spot_hpc.ingest import start_pipeline
+from spot_hpc.services import Services
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+services = Services.from_environ()  # environment validated at cold start
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    result = start_pipeline(services, event, account_of(context.invoked_function_arn))
+    metrics.add_metric(name=f"Uploads{result['status'].capitalize()}", unit=MetricUnit.Count, value=1)
+    return result

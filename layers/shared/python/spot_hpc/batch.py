@@ -1,0 +1,82 @@
+"""AWS Batch and ECS calls of the control plane, each bounded and throttling-aware (clients are injected)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DESCRIBE_BATCH = 100  # DescribeJobs takes at most 100 ids.
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    name: str
+    queue: str
+    definition: str
+    environment: Mapping[str, str]
+    tags: Mapping[str, str]
+    parameters: Mapping[str, str]
+    array_size: int | None = None
+    num_nodes: int | None = None
+
+
+class BatchGateway:
+    def __init__(self, batch_client: Any, ecs_client: Any) -> None:
+        self._batch = batch_client
+        self._ecs = ecs_client
+
+    def submit(self, request: JobRequest) -> str:
+        env = [{"name": k, "value": v} for k, v in sorted(request.environment.items())]
+        kwargs: dict[str, Any] = {
+            "jobName": request.name,
+            "jobQueue": request.queue,
+            "jobDefinition": request.definition,
+            "parameters": dict(request.parameters),
+            "tags": dict(request.tags),
+            "propagateTags": True,
+        }
+        if request.num_nodes:
+            kwargs["nodeOverrides"] = {
+                "numNodes": request.num_nodes,
+                "nodePropertyOverrides": [{"targetNodes": "0:", "containerOverrides": {"environment": env}}],
+            }
+        else:
+            kwargs["containerOverrides"] = {"environment": env}
+        if request.array_size and request.array_size > 1:
+            kwargs["arrayProperties"] = {"size": request.array_size}
+        return str(self._batch.submit_job(**kwargs)["jobId"])
+
+    def find_jobs_named(self, queue: str, name: str) -> list[str]:
+        """Jobs of that name on the queue, any status (crash recovery: did the lost call go through?)."""
+        paginator = self._batch.get_paginator("list_jobs")
+        ids: list[str] = []
+        for page in paginator.paginate(jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [name]}]):
+            ids.extend(job["jobId"] for job in page.get("jobSummaryList", []) if job.get("jobName") == name)
+        return ids
+
+    def terminate(self, job_id: str, reason: str) -> None:
+        self._batch.terminate_job(jobId=job_id, reason=reason[:256])
+
+    def describe(self, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        ids = list(dict.fromkeys(job_ids))
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), DESCRIBE_BATCH):
+            for job in self._batch.describe_jobs(jobs=ids[start : start + DESCRIBE_BATCH]).get("jobs", []):
+                found[job["jobId"]] = job
+        return found
+
+    def instance_ids(self, container_instance_arns: Iterable[str]) -> list[str]:
+        """EC2 instance ids behind ECS container instances (one DescribeContainerInstances call per cluster)."""
+        by_cluster: dict[str, list[str]] = {}
+        for arn in container_instance_arns:
+            # arn:aws:ecs:<region>:<account>:container-instance/<cluster>/<id>
+            resource = arn.split(":", 5)[-1]
+            parts = resource.split("/")
+            if len(parts) == 3:
+                by_cluster.setdefault(parts[1], []).append(arn)
+        found: list[str] = []
+        for cluster, arns in by_cluster.items():
+            described = self._ecs.describe_container_instances(cluster=cluster, containerInstances=arns)
+            found.extend(ci["ec2InstanceId"] for ci in described.get("containerInstances", []) if ci.get("ec2InstanceId"))
+        return found

@@ -1,0 +1,224 @@
+"""Cost and savings accounting of a pipeline run: pure functions, no AWS.
+
+Billing model (EC2 Linux, which AWS Batch instances are): per-second billing with a 60-second minimum each
+time an instance starts. An attempt's `usd_per_hour` is the price of its capacity for all of its nodes, so an
+attempt's cost is `usd_per_hour * billed_hours`. The run's cost is the sum over its attempts.
+
+What the run "would have cost On-Demand" is each stage's uninterrupted compute (the hours one attempt needs
+without interruption) at the On-Demand price of that stage's nodes, summed over stages. Savings compare the two.
+
+The functions return the run-report fields (see the run report contract in the design): `cost_usd` per attempt,
+and `cost_usd`, `on_demand_only_cost_usd`, `savings_pct` per run (plus `savings_usd`, an added field).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Capacity = Literal["spot", "on-demand"]
+CAPACITIES: tuple[Capacity, ...] = ("spot", "on-demand")
+
+SECONDS_PER_HOUR = 3600.0
+# EC2 Linux instances are billed per second, at least 60 seconds each time an instance starts.
+MINIMUM_BILLED_SECONDS = 60
+# Money is kept to the micro-dollar: enough for per-second prices, free of float noise in the ledger.
+USD_DECIMALS = 6
+PCT_DECIMALS = 2
+# Tolerance when checking a stored figure against its recomputation (stored values are rounded).
+CHECK_TOLERANCE_USD = 1e-4
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One Batch job attempt of a stage, in hours of run time (hours since the run started).
+
+    `stopped_hours` is None while the attempt is still running. An attempt that never got an instance
+    (cancelled or failed while RUNNABLE) has `started_hours` None or equal to `stopped_hours`, and costs nothing.
+    """
+
+    capacity: Capacity
+    nodes: int
+    started_hours: float | None
+    stopped_hours: float | None
+    usd_per_hour: float
+
+    def __post_init__(self) -> None:
+        if self.capacity not in CAPACITIES:
+            raise ValueError(f"capacity must be one of {CAPACITIES}, got {self.capacity!r}")
+        if self.nodes < 1:
+            raise ValueError(f"nodes must be >= 1, got {self.nodes}")
+        if self.usd_per_hour < 0 or not math.isfinite(self.usd_per_hour):
+            raise ValueError(f"usd_per_hour must be a finite non-negative number, got {self.usd_per_hour}")
+        if self.started_hours is not None and self.stopped_hours is not None and self.stopped_hours < self.started_hours:
+            raise ValueError("an attempt cannot stop before it started")
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What a stage needs on one uninterrupted On-Demand attempt: the base of `on_demand_only_cost_usd`."""
+
+    name: str
+    compute_hours: float
+    on_demand_usd_per_hour: float  # for all of the stage's nodes
+
+    def __post_init__(self) -> None:
+        if self.compute_hours < 0 or self.on_demand_usd_per_hour < 0:
+            raise ValueError(f"stage {self.name!r}: compute hours and price must be non-negative")
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """The settled figures of a run, as the run report and the ledger keep them."""
+
+    cost_usd: float
+    on_demand_only_cost_usd: float
+    savings_usd: float
+    savings_pct: float
+
+    def as_report_fields(self) -> dict[str, float]:
+        return {
+            "cost_usd": self.cost_usd,
+            "on_demand_only_cost_usd": self.on_demand_only_cost_usd,
+            "savings_usd": self.savings_usd,
+            "savings_pct": self.savings_pct,
+        }
+
+
+def round_usd(value: float) -> float:
+    return round(value, USD_DECIMALS)
+
+
+def billed_seconds(started_hours: float | None, stopped_hours: float | None, now_hours: float | None = None) -> int:
+    """Seconds EC2 bills for one attempt: its running time rounded up to the second, at least 60 s if it ran.
+
+    A running attempt (`stopped_hours` None) is billed up to `now_hours`; without `now_hours` it bills nothing yet.
+    """
+    if started_hours is None:
+        return 0
+    end_hours = stopped_hours if stopped_hours is not None else now_hours
+    if end_hours is None or end_hours <= started_hours:
+        return 0
+    # Round away float noise (0.5 h must be 1800 s, not 1801) before rounding up to the billed second.
+    seconds = math.ceil(round((end_hours - started_hours) * SECONDS_PER_HOUR, 6))
+    return max(seconds, MINIMUM_BILLED_SECONDS)
+
+
+def attempt_cost_usd(attempt: Attempt, now_hours: float | None = None) -> float:
+    """What EC2 bills for the attempt (all of its nodes), so far when it is still running."""
+    seconds = billed_seconds(attempt.started_hours, attempt.stopped_hours, now_hours)
+    return round_usd(attempt.usd_per_hour * seconds / SECONDS_PER_HOUR)
+
+
+def run_cost_usd(attempts: Iterable[Attempt], now_hours: float | None = None) -> float:
+    """The run's cost: the sum of its attempts' costs (so far, for attempts still running at `now_hours`)."""
+    return round_usd(sum(attempt_cost_usd(attempt, now_hours) for attempt in attempts))
+
+
+def on_demand_only_cost_usd(stages: Iterable[StagePlan]) -> float:
+    """What the same stages would have cost on On-Demand capacity without interruption (billed like any attempt)."""
+    return round_usd(
+        sum(billed_seconds(0.0, stage.compute_hours) * stage.on_demand_usd_per_hour / SECONDS_PER_HOUR for stage in stages)
+    )
+
+
+def savings_pct(cost_usd: float, on_demand_only_usd: float) -> float:
+    """Share of the On-Demand-only cost saved; negative when the run cost more (e.g. requeues after long Spot)."""
+    if on_demand_only_usd <= 0:
+        return 0.0
+    return round((on_demand_only_usd - cost_usd) / on_demand_only_usd * 100.0, PCT_DECIMALS)
+
+
+def settle_run(attempts: Iterable[Attempt], stages: Iterable[StagePlan], now_hours: float | None = None) -> RunCost:
+    """The run's cost, its On-Demand-only cost and the savings, from its attempts and its stages' plans."""
+    cost = run_cost_usd(attempts, now_hours)
+    on_demand_only = on_demand_only_cost_usd(stages)
+    return RunCost(
+        cost_usd=cost,
+        on_demand_only_cost_usd=on_demand_only,
+        savings_usd=round_usd(on_demand_only - cost),
+        savings_pct=savings_pct(cost, on_demand_only),
+    )
+
+
+# --- Run reports (dicts of the run report contract) -------------------------------------------------------------
+
+
+def attempt_from_report(attempt: Mapping[str, Any]) -> Attempt:
+    """An `Attempt` from one attempt dict of a run report."""
+    return Attempt(
+        capacity=attempt["capacity"],
+        nodes=int(attempt.get("nodes", 1)),
+        started_hours=_optional_float(attempt.get("started_hours")),
+        stopped_hours=_optional_float(attempt.get("stopped_hours")),
+        usd_per_hour=float(attempt["usd_per_hour"]),
+    )
+
+
+def attempts_from_report(run_report: Mapping[str, Any]) -> list[Attempt]:
+    return [attempt_from_report(attempt) for stage in run_report.get("stages", []) for attempt in stage["attempts"]]
+
+
+def stage_plans_from_report(run_report: Mapping[str, Any]) -> list[StagePlan] | None:
+    """The stages' plans when the report carries them (stage fields `compute_hours`, `on_demand_usd_per_hour`)."""
+    plans: list[StagePlan] = []
+    for stage in run_report.get("stages", []):
+        if "compute_hours" not in stage or "on_demand_usd_per_hour" not in stage:
+            return None
+        plans.append(StagePlan(stage["name"], float(stage["compute_hours"]), float(stage["on_demand_usd_per_hour"])))
+    return plans
+
+
+def check_run_report_costs(run_report: Mapping[str, Any], tolerance_usd: float = CHECK_TOLERANCE_USD) -> list[str]:
+    """Recompute a run report's costs from its attempts and prices; return what disagrees (empty when all agree).
+
+    Checks every attempt's `cost_usd`, the run's `cost_usd` (their sum), and, when the stages carry their plans,
+    `on_demand_only_cost_usd` and `savings_pct`.
+    """
+    problems: list[str] = []
+    attempts: list[Attempt] = []
+    for stage in run_report.get("stages", []):
+        for index, attempt_dict in enumerate(stage["attempts"]):
+            attempt = attempt_from_report(attempt_dict)
+            attempts.append(attempt)
+            expected = attempt_cost_usd(attempt)
+            if not _close(attempt_dict.get("cost_usd"), expected, tolerance_usd):
+                problems.append(
+                    f"stage {stage['name']} attempt {index}: cost_usd {attempt_dict.get('cost_usd')} != {expected}"
+                )
+    expected_run_cost = run_cost_usd(attempts)
+    if not _close(run_report.get("cost_usd"), expected_run_cost, tolerance_usd):
+        problems.append(f"run cost_usd {run_report.get('cost_usd')} != sum of attempts {expected_run_cost}")
+    plans = stage_plans_from_report(run_report)
+    if plans is not None:
+        settled = settle_run(attempts, plans)
+        if not _close(run_report.get("on_demand_only_cost_usd"), settled.on_demand_only_cost_usd, tolerance_usd):
+            problems.append(
+                f"on_demand_only_cost_usd {run_report.get('on_demand_only_cost_usd')} != "
+                f"{settled.on_demand_only_cost_usd}"
+            )
+    on_demand_only = run_report.get("on_demand_only_cost_usd")
+    if isinstance(on_demand_only, int | float) and isinstance(run_report.get("cost_usd"), int | float):
+        expected_pct = savings_pct(float(run_report["cost_usd"]), float(on_demand_only))
+        if not _close(run_report.get("savings_pct"), expected_pct, 10 ** -PCT_DECIMALS):
+            problems.append(f"savings_pct {run_report.get('savings_pct')} != {expected_pct}")
+    return problems
+
+
+def stage_wall_hours(attempts: Sequence[Attempt]) -> float | None:
+    """From the first attempt's start to the last attempt's stop: how long the stage took, waits included."""
+    starts = [a.started_hours for a in attempts if a.started_hours is not None]
+    stops = [a.stopped_hours for a in attempts if a.stopped_hours is not None]
+    if not starts or not stops:
+        return None
+    return max(0.0, max(stops) - min(starts))
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _close(actual: Any, expected: float, tolerance: float) -> bool:
+    return isinstance(actual, int | float) and abs(float(actual) - expected) <= tolerance

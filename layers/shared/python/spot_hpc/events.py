@@ -1,0 +1,114 @@
+"""The events the control plane reacts to, as Powertools Parser models.
+
+A payload that does not fit its model is rejected with the validation message and recorded, never guessed at.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from aws_lambda_powertools.utilities.parser.models import (
+    EventBridgeModel,
+    S3EventNotificationEventBridgeModel,
+)
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "BatchJobStateChangeEvent",
+    "EventBridgeModel",
+    "JobStatus",
+    "RebalanceRecommendationEvent",
+    "S3EventNotificationEventBridgeModel",
+    "SpotInterruptionEvent",
+]
+
+JobStatus = Literal["SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED"]
+
+# Batch events arrive out of order; a job's state only ever moves forward along this rank.
+STATUS_RANK: dict[str, int] = {
+    "SUBMITTED": 0,
+    "PENDING": 1,
+    "RUNNABLE": 2,
+    "STARTING": 3,
+    "RUNNING": 4,
+    "SUCCEEDED": 5,
+    "FAILED": 5,
+}
+TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED"})
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class BatchContainerDetail(_Lenient):
+    exit_code: int | None = Field(default=None, alias="exitCode")
+    reason: str | None = None
+    container_instance_arn: str | None = Field(default=None, alias="containerInstanceArn")
+    task_arn: str | None = Field(default=None, alias="taskArn")
+
+
+class BatchAttemptDetail(_Lenient):
+    container: BatchContainerDetail | None = None
+    started_at: int | None = Field(default=None, alias="startedAt")
+    stopped_at: int | None = Field(default=None, alias="stoppedAt")
+    status_reason: str | None = Field(default=None, alias="statusReason")
+
+
+class BatchJobDetail(_Lenient):
+    job_id: str = Field(alias="jobId", min_length=1)
+    job_name: str = Field(alias="jobName", min_length=1)
+    job_queue: str = Field(alias="jobQueue", min_length=1)
+    status: JobStatus
+    status_reason: str | None = Field(default=None, alias="statusReason")
+    created_at: int | None = Field(default=None, alias="createdAt")
+    started_at: int | None = Field(default=None, alias="startedAt")
+    stopped_at: int | None = Field(default=None, alias="stoppedAt")
+    attempts: list[BatchAttemptDetail] = Field(default_factory=list)
+    container: BatchContainerDetail | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    parameters: dict[str, str] = Field(default_factory=dict)
+    job_definition: str | None = Field(default=None, alias="jobDefinition")
+
+    @property
+    def exit_code(self) -> int | None:
+        if self.container and self.container.exit_code is not None:
+            return self.container.exit_code
+        for attempt in reversed(self.attempts):
+            if attempt.container and attempt.container.exit_code is not None:
+                return attempt.container.exit_code
+        return None
+
+    @property
+    def container_instance_arns(self) -> list[str]:
+        arns = []
+        if self.container and self.container.container_instance_arn:
+            arns.append(self.container.container_instance_arn)
+        return arns
+
+
+class BatchJobStateChangeEvent(EventBridgeModel):
+    source: Literal["aws.batch"]
+    detail_type: Literal["Batch Job State Change"] = Field(alias="detail-type")
+    detail: BatchJobDetail  # type: ignore[assignment]
+
+
+class SpotInterruptionDetail(_Lenient):
+    instance_id: str = Field(alias="instance-id", pattern=r"^i-[0-9a-f]{8,17}$")
+    instance_action: str = Field(default="terminate", alias="instance-action")
+
+
+class SpotInterruptionEvent(EventBridgeModel):
+    source: Literal["aws.ec2"]
+    detail_type: Literal["EC2 Spot Instance Interruption Warning"] = Field(alias="detail-type")
+    detail: SpotInterruptionDetail  # type: ignore[assignment]
+
+
+class RebalanceDetail(_Lenient):
+    instance_id: str = Field(alias="instance-id", pattern=r"^i-[0-9a-f]{8,17}$")
+
+
+class RebalanceRecommendationEvent(EventBridgeModel):
+    source: Literal["aws.ec2"]
+    detail_type: Literal["EC2 Instance Rebalance Recommendation"] = Field(alias="detail-type")
+    detail: RebalanceDetail  # type: ignore[assignment]

@@ -1,0 +1,96 @@
+"""The SLA guard (scheduled): re-evaluates every active stage and repairs what lost events left behind.
+
+One query of the sparse active-stages index and one DescribeJobs per 100 jobs, whatever the table's size.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from spot_hpc.clock import parse_time, utc_now
+from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail
+from spot_hpc.interruptions import REQUEUE
+from spot_hpc.job_events import apply_job_state
+from spot_hpc.ledger import LedgerConflict, Run, Stage
+from spot_hpc.notifier import notify
+from spot_hpc.placement import choose_capacity, place_attempt, request_checkpoint, stage_view, submit_claimed
+from spot_hpc.policy import Action
+from spot_hpc.services import Services
+
+logger = logging.getLogger(__name__)
+# A claimed attempt with no job after this long means its handler died between claiming and submitting.
+STALE_SUBMISSION = timedelta(minutes=3)
+
+
+def run_guard(svc: Services) -> dict[str, Any]:
+    stages = list(svc.ledger.active_stages())
+    jobs = svc.batch.describe([s.job_id for s in stages if s.job_id])
+    actions: list[dict[str, Any]] = []
+    for stage in stages:
+        run = svc.ledger.get_run(stage.run_id)
+        if run is None:
+            continue
+        try:
+            action = _guard_stage(svc, run, stage, jobs.get(stage.job_id or ""))
+        except Exception:  # one broken stage must not stop the guard from looking after the others
+            logger.exception("guard failed on a stage", extra={"run_id": stage.run_id, "stage": stage.stage})
+            action = "error"
+        if action:
+            actions.append({"run_id": stage.run_id, "stage": stage.stage, "action": action})
+    return {"active_stages": len(stages), "actions": actions}
+
+
+def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | None) -> str | None:
+    now = utc_now()
+    if not stage.job_id:
+        if stage.submitting_since and now - parse_time(stage.submitting_since) > STALE_SUBMISSION:
+            submit_claimed(svc, run, stage, stage.capacity or "spot", "recovered an interrupted submission")
+            return "resubmitted lost submission"
+        return None
+    if job is None:
+        return None
+    detail = BatchJobDetail.model_validate(job)
+    attempt = svc.ledger.get_attempt(run.run_id, stage.stage, stage.attempt)
+    if attempt and STATUS_RANK[detail.status] > STATUS_RANK.get(attempt.status, -1) and (
+        detail.status in TERMINAL_STATUSES or detail.status == "RUNNING"
+    ):
+        # The ledger is behind Batch: an event was lost or its handler crashed. Apply the state now.
+        result = apply_job_state(svc, detail)
+        return f"reconciled {detail.status}: {result.get('status')}"
+    if stage.capacity != "spot" or detail.status in TERMINAL_STATUSES:
+        return None
+
+    waiting = stage.spot_waiting_since and now - parse_time(stage.spot_waiting_since) > timedelta(
+        minutes=svc.settings.spot_wait_signal_minutes)
+    if detail.status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING"):
+        if not waiting:
+            return None
+        # Stuck RUNNABLE on the Spot queue: there is no Spot capacity for it.
+        decision = choose_capacity(svc, run, stage, current=Action.IDLE, spot_available=False)
+    else:
+        decision = choose_capacity(svc, run, stage, current=Action.SPOT, spot_available=True)
+    view = stage_view(svc, run, stage)
+    if view.hours_left - view.remaining_hours < 2 * svc.settings.changeover_hours and not stage.sla_at_risk_notified:
+        svc.ledger.update_stage(run.run_id, stage.stage, sla_at_risk_notified=True)
+        notify(svc, "sla_at_risk", run, stage.stage,
+               f"{view.remaining_hours:.2f} h of work left, {view.hours_left:.2f} h to the stage's deadline share")
+    if decision.action != Action.ON_DEMAND:
+        return None
+    return _requeue(svc, run, stage, detail, decision.reason)
+
+
+def _requeue(svc: Services, run: Run, stage: Stage, job: BatchJobDetail, reason: str) -> str | None:
+    try:
+        svc.ledger.update_attempt(run.run_id, stage.stage, stage.attempt,
+                                  condition="attribute_not_exists(cancel_reason)", cancel_reason=REQUEUE)
+    except LedgerConflict:
+        return None
+    if job.status == "RUNNING":
+        request_checkpoint(svc, stage, f"requeue to On-Demand: {reason}")
+    placed = place_attempt(svc, run, stage, "on-demand", reason)
+    svc.batch.terminate(job.job_id, "spot-hpc: requeued to On-Demand (deadline at risk)")
+    if placed:
+        notify(svc, "requeued", run, stage.stage, reason, attempt=placed.attempt)
+    return "requeued to On-Demand"

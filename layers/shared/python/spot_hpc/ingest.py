@@ -1,0 +1,141 @@
+"""Starting a pipeline from an S3 upload: validate, record, and start exactly one execution per object version."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
+
+from spot_hpc.clock import format_time, utc_now
+from spot_hpc.events import S3EventNotificationEventBridgeModel
+from spot_hpc.ledger import LedgerConflict, Run, Stage
+from spot_hpc.notifier import notify
+from spot_hpc.pipeline import INGEST_PREFIX, InvalidRunOptions, build_run_options, manifest_key, run_id_for, stage_specs
+from spot_hpc.services import Services
+
+logger = logging.getLogger(__name__)
+MAX_MANIFEST_BYTES = 64 * 1024
+
+
+class Rejected(Exception):
+    """An upload the control plane will not run; recorded in the ledger and notified, never dropped."""
+
+
+def start_pipeline(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, Any]:
+    try:
+        return _start(svc, event, account_id)
+    except Rejected as exc:
+        source = _describe_source(event)
+        svc.ledger.record_rejection(source, str(exc), {"event_id": str(event.get("id", "")), "source": source})
+        logger.warning("upload rejected", extra={"source": source, "reason": str(exc)})
+        return {"status": "rejected", "reason": str(exc), "source": source}
+
+
+def _describe_source(event: dict[str, Any]) -> str:
+    detail = event.get("detail") if isinstance(event, dict) else None
+    if isinstance(detail, dict):
+        bucket = (detail.get("bucket") or {}).get("name", "?") if isinstance(detail.get("bucket"), dict) else "?"
+        key = (detail.get("object") or {}).get("key", "?") if isinstance(detail.get("object"), dict) else "?"
+        return f"s3://{bucket}/{key}"
+    return "malformed-event"
+
+
+def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, Any]:
+    try:
+        parsed = S3EventNotificationEventBridgeModel.model_validate(event)
+    except ValidationError as exc:
+        raise Rejected(f"not an S3 Object Created event: {exc.error_count()} problem(s): "
+                       f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
+    if parsed.account != account_id:
+        raise Rejected(f"event from account {parsed.account}, not this stack's account")
+    bucket, obj = parsed.detail.bucket.name, parsed.detail.object
+    if bucket != svc.settings.ingest_bucket:
+        raise Rejected(f"bucket {bucket} is not this stack's ingest bucket")
+    if not obj.key.startswith(INGEST_PREFIX):
+        raise Rejected(f"key {obj.key} is outside {INGEST_PREFIX}")
+    if not obj.key.lower().endswith(".csv"):
+        raise Rejected(f"key {obj.key} is not a CSV (uploads must end in .csv)")
+
+    head = _head(svc, bucket, obj.key, obj.version_id)
+    version_id = obj.version_id or head.get("VersionId") or "null"
+    run_id = run_id_for(obj.key, version_id, obj.sequencer)
+    existing = svc.ledger.get_run(run_id)
+    if existing is not None:
+        # A repeated delivery: make sure its execution exists (a crash may have come between the two writes).
+        return _ensure_execution(svc, existing, duplicate=True)
+    try:
+        options = build_run_options(_manifest(svc, bucket, obj.key), head.get("Metadata", {}),
+                                    svc.settings.default_deadline_hours, svc.settings.hpc_nodes)
+    except InvalidRunOptions as exc:
+        raise Rejected(f"invalid run options: {exc}") from exc
+
+    now = utc_now()
+    run = Run(
+        run_id=run_id, bucket=bucket, key=obj.key, version_id=version_id,
+        deadline_at=format_time(now + timedelta(hours=options.deadline_hours)),
+        deadline_hours=options.deadline_hours, started_at=format_time(now), stage_hours=options.stage_hours,
+        hpc_mode=options.hpc_mode, hpc_nodes=options.hpc_nodes,
+    )
+    stages = [
+        Stage(run_id=run_id, stage=spec.name, order=spec.order, compute_hours=options.stage_hours[spec.name],
+              spot_allowed=spec.spot_allowed, nodes=spec.nodes, retry_budget=svc.settings.stage_retry_budget)
+        for spec in stage_specs(options)
+    ]
+    try:
+        svc.ledger.create_run(run, stages)
+    except LedgerConflict:
+        existing = svc.ledger.get_run(run_id)
+        assert existing is not None
+        return _ensure_execution(svc, existing, duplicate=True)
+    result = _ensure_execution(svc, run, duplicate=False)
+    notify(svc, "started", run, None,
+           f"{obj.key} (deadline {options.deadline_hours:g} h, HPC {options.hpc_mode} x{options.hpc_nodes})")
+    return result
+
+
+def _ensure_execution(svc: Services, run: Run, duplicate: bool) -> dict[str, Any]:
+    if not svc.settings.state_machine_arn:
+        raise RuntimeError("STATE_MACHINE_ARN is not set for the start-pipeline function")
+    try:
+        # The execution name is the run id: Step Functions itself refuses a second execution of the same name.
+        response = svc.sfn.start_execution(stateMachineArn=svc.settings.state_machine_arn, name=run.run_id,
+                                           input=json.dumps({"run_id": run.run_id}))
+        execution_arn = response["executionArn"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ExecutionAlreadyExists":
+            raise
+        execution_arn = svc.settings.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{run.run_id}"
+    if run.execution_arn != execution_arn:
+        svc.ledger.update_run(run.run_id, execution_arn=execution_arn)
+    return {"status": "duplicate" if duplicate else "started", "run_id": run.run_id, "execution_arn": execution_arn}
+
+
+def _head(svc: Services, bucket: str, key: str, version_id: str | None) -> dict[str, Any]:
+    kwargs = {"Bucket": bucket, "Key": key, **({"VersionId": version_id} if version_id else {})}
+    try:
+        return svc.s3.head_object(**kwargs)  # type: ignore[no-any-return]
+    except ClientError as exc:
+        code = exc.response["Error"]["Code"]
+        if code in ("404", "NoSuchKey", "NoSuchBucket", "NoSuchVersion", "403", "AccessDenied"):
+            raise Rejected(f"s3://{bucket}/{key} cannot be read ({code})") from exc
+        raise
+
+
+def _manifest(svc: Services, bucket: str, key: str) -> dict[str, Any] | None:
+    try:
+        body = svc.s3.get_object(Bucket=bucket, Key=manifest_key(key), Range=f"bytes=0-{MAX_MANIFEST_BYTES}")["Body"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            return None
+        raise
+    try:
+        manifest = json.loads(body.read())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Rejected(f"manifest {manifest_key(key)} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise Rejected(f"manifest {manifest_key(key)} must be a JSON object")
+    return manifest

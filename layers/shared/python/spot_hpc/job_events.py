@@ -1,0 +1,208 @@
+"""Batch Job State Change: keep the ledger, classify failures, resubmit reclaimed work, settle stages.
+
+Events come at least once and in any order. A job's state only moves forward (STATUS_RANK); a terminal state is
+acted on by whoever wins the conditional write on the attempt, so a duplicate does nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from spot_checkpoint.store import CheckpointStore
+
+from spot_hpc.clock import format_time, utc_now
+from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail, BatchJobStateChangeEvent
+from spot_hpc.ledger import Attempt, JobRef, LedgerConflict, Run, Stage
+from spot_hpc.notifier import notify
+from spot_hpc.placement import ACTION_OF_CAPACITY, CAPACITY_OF_ACTION, choose_capacity, place_attempt
+from spot_hpc.policy import Action
+from spot_hpc.run_report import RECLAIM_CLASSES
+from spot_hpc.services import Services
+
+logger = logging.getLogger(__name__)
+
+# The job runtime's exit code for "checkpointed and stopped on a notice or request" (spot_checkpoint.job).
+EXIT_CHECKPOINTED = 86
+EXIT_STOPPED_WITHOUT_CHECKPOINT = 87
+_HOST_TERMINATED = re.compile(r"^Host EC2 \(instance (i-[0-9a-f]+)\) terminated")
+_TIMEOUT = re.compile(r"attempt duration exceeds timeout", re.IGNORECASE)
+
+
+class FailureClass:
+    SPOT_RECLAIM = "spot_reclaim"
+    HOST_FAILURE = "host_failure"
+    CHECKPOINTED_INTERRUPTION = "checkpointed_interruption"
+    CANCELLED_BY_CONTROL_PLANE = "cancelled_by_control_plane"
+    TIMEOUT = "timeout"
+    APPLICATION_ERROR = "application_error"
+
+
+def classify_failure(detail: BatchJobDetail, attempt: Attempt) -> str:
+    """Why a job failed: what the control plane does next depends on nothing else."""
+    reason = detail.status_reason or ""
+    if attempt.cancel_reason:
+        return FailureClass.CANCELLED_BY_CONTROL_PLANE
+    if _HOST_TERMINATED.match(reason):
+        return FailureClass.SPOT_RECLAIM if attempt.capacity == "spot" else FailureClass.HOST_FAILURE
+    if detail.exit_code in (EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT):
+        return FailureClass.CHECKPOINTED_INTERRUPTION
+    if _TIMEOUT.search(reason):
+        return FailureClass.TIMEOUT
+    return FailureClass.APPLICATION_ERROR
+
+
+def on_job_state_change(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, Any]:
+    try:
+        parsed = BatchJobStateChangeEvent.model_validate(event)
+    except ValidationError as exc:
+        svc.ledger.record_rejection("batch-event", f"malformed Batch Job State Change: {exc.errors()[0]['msg']}",
+                                    {"event_id": str(event.get("id", "")) if isinstance(event, dict) else ""})
+        return {"status": "rejected", "reason": "malformed"}
+    if parsed.account != account_id:
+        svc.ledger.record_rejection("batch-event", f"event from foreign account {parsed.account}",
+                                    {"event_id": parsed.id})
+        return {"status": "rejected", "reason": "foreign account"}
+    return apply_job_state(svc, parsed.detail)
+
+
+def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
+    """Applies one observed job state; also the guard's way to repair a stage whose event was lost."""
+    ref = svc.ledger.find_job(detail.job_id) or _adopt(svc, detail)
+    if ref is None:
+        logger.info("event for a job this control plane does not know", extra={"job_id": detail.job_id})
+        return {"status": "ignored", "reason": "unknown job"}
+    attempt = svc.ledger.get_attempt(ref.run_id, ref.stage, ref.attempt)
+    if attempt is None:
+        return {"status": "ignored", "reason": "attempt not recorded"}
+    if STATUS_RANK[detail.status] <= STATUS_RANK.get(attempt.status, -1):
+        return {"status": "ignored", "reason": f"stale {detail.status} after {attempt.status}"}
+
+    if detail.status in TERMINAL_STATUSES:
+        return _apply_terminal(svc, ref, attempt, detail)
+    sets: dict[str, Any] = {"status": detail.status}
+    if detail.status == "RUNNING":
+        sets["started_at"] = _epoch_ms(detail.started_at) or format_time(utc_now())
+        instance_ids = svc.batch.instance_ids(detail.container_instance_arns)
+        sets["instance_ids"] = instance_ids
+        for instance_id in instance_ids:
+            svc.ledger.index_instance(instance_id, ref)
+    try:
+        svc.ledger.update_attempt(ref.run_id, ref.stage, ref.attempt, condition="#status <> :succeeded AND "
+                                  "#status <> :failed", condition_values={"succeeded": "SUCCEEDED", "failed": "FAILED"},
+                                  **sets)
+    except LedgerConflict:
+        return {"status": "ignored", "reason": "attempt already settled"}
+    if detail.status == "RUNNABLE":
+        stage = svc.ledger.get_stage(ref.run_id, ref.stage)
+        if stage and stage.capacity == "spot" and not stage.spot_waiting_since:
+            svc.ledger.update_stage(ref.run_id, ref.stage, spot_waiting_since=format_time(utc_now()))
+    return {"status": "recorded", "job_status": detail.status}
+
+
+def _epoch_ms(value: int | None) -> str | None:
+    return None if not value else format_time(datetime.fromtimestamp(value / 1000, UTC))
+
+
+def _adopt(svc: Services, detail: BatchJobDetail) -> JobRef | None:
+    """A job submitted by a handler that crashed before recording it: its tags say whose it is."""
+    run_id, stage_name = detail.tags.get("spot-hpc:run"), detail.tags.get("spot-hpc:stage")
+    attempt_tag = detail.tags.get("spot-hpc:attempt", "")
+    if not (run_id and stage_name and attempt_tag.isdigit()):
+        return None
+    stage = svc.ledger.get_stage(run_id, stage_name)
+    if stage is None or stage.attempt != int(attempt_tag) or stage.job_id:
+        return None
+    capacity = "spot" if detail.job_queue == svc.settings.spot_job_queue else "on-demand"
+    svc.ledger.record_attempt(Attempt(
+        run_id=run_id, stage=stage_name, attempt=stage.attempt, job_id=detail.job_id, queue=detail.job_queue,
+        capacity=capacity, nodes=stage.nodes, submitted_at=format_time(utc_now()),
+    ))
+    return svc.ledger.find_job(detail.job_id)
+
+
+def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJobDetail) -> dict[str, Any]:
+    failure = None if detail.status == "SUCCEEDED" else classify_failure(detail, attempt)
+    try:
+        attempt = svc.ledger.update_attempt(
+            ref.run_id, ref.stage, ref.attempt,
+            condition="#status <> :succeeded AND #status <> :failed",
+            condition_values={"succeeded": "SUCCEEDED", "failed": "FAILED"},
+            status=detail.status, status_reason=detail.status_reason or "", exit_code=detail.exit_code,
+            failure_class=failure, stopped_at=_epoch_ms(detail.stopped_at) or format_time(utc_now()),
+            started_at=attempt.started_at or _epoch_ms(detail.started_at),
+        )
+    except LedgerConflict:
+        return {"status": "ignored", "reason": "duplicate terminal event"}
+    run = svc.ledger.get_run(ref.run_id)
+    stage = svc.ledger.get_stage(ref.run_id, ref.stage)
+    if run is None or stage is None:
+        return {"status": "ignored", "reason": "run not in ledger"}
+    _learn_spot(svc, stage, attempt, failure)
+    if stage.attempt != ref.attempt or stage.status != "RUNNING":
+        return {"status": "recorded", "reason": "superseded attempt", "failure_class": failure}
+
+    if detail.status == "SUCCEEDED":
+        return _settle(svc, run, stage, "SUCCEEDED", attempt)
+    if failure == FailureClass.CANCELLED_BY_CONTROL_PLANE:
+        return {"status": "recorded", "failure_class": failure}
+    if failure in RECLAIM_CLASSES:
+        notify(svc, "interrupted", run, stage.stage, f"{detail.status_reason or 'interrupted'} ({failure})",
+               attempt=attempt.attempt)
+        return _resubmit(svc, run, stage, failure, spot_available=False)
+    # Application error or timeout: spends the retry budget.
+    if stage.app_retries_used >= stage.retry_budget:
+        return _settle(svc, run, stage, "FAILED", attempt, error=f"{failure}: {detail.status_reason or ''} "
+                       f"(exit code {detail.exit_code}) after {stage.app_retries_used} retries")
+    svc.ledger.update_stage(run.run_id, stage.stage, app_retries_used=stage.app_retries_used + 1)
+    return _resubmit(svc, run, stage, failure or "", spot_available=attempt.capacity == "spot")
+
+
+def _learn_spot(svc: Services, stage: Stage, attempt: Attempt, failure: str | None) -> None:
+    """Feeds what the attempt saw of Spot into the stage's online statistics."""
+    if attempt.capacity != "spot" or not attempt.started_at or not attempt.stopped_at:
+        return
+    from spot_hpc.clock import hours_between, parse_time
+    from spot_hpc.policy import SpotStats
+
+    stats = SpotStats.from_dict(stage.spot_stats) if stage.spot_stats else SpotStats.with_prior(None)
+    stats.observe(True, hours_between(parse_time(attempt.started_at), parse_time(attempt.stopped_at)))
+    if failure in RECLAIM_CLASSES:
+        stats.observe(False, 0.0)
+    svc.ledger.update_stage(stage.run_id, stage.stage, spot_stats=stats.to_dict())
+
+
+def _resubmit(svc: Services, run: Run, stage: Stage, why: str, spot_available: bool) -> dict[str, Any]:
+    current = ACTION_OF_CAPACITY.get(stage.capacity or "", Action.IDLE)
+    decision = choose_capacity(svc, run, stage, current=Action.IDLE if not spot_available else current,
+                               spot_available=spot_available)
+    # Waiting (IDLE) for Spot is expressed by queueing on Spot: the job waits RUNNABLE until capacity returns.
+    capacity = CAPACITY_OF_ACTION.get(decision.action, "spot")
+    placed = place_attempt(svc, run, stage, capacity, f"{why}: {decision.reason}")
+    if placed and capacity == "on-demand" and stage.capacity == "spot":
+        notify(svc, "requeued", run, stage.stage, decision.reason, attempt=placed.attempt)
+    return {"status": "resubmitted" if placed else "ignored", "capacity": capacity, "reason": decision.reason}
+
+
+def _settle(svc: Services, run: Run, stage: Stage, status: str, attempt: Attempt, error: str = "") -> dict[str, Any]:
+    try:
+        settled = svc.ledger.settle_stage(run.run_id, stage.stage, status, attempt.attempt)
+    except LedgerConflict:
+        return {"status": "ignored", "reason": "stage already settled"}
+    if status == "SUCCEEDED" and settled.checkpoint_uri:
+        try:
+            CheckpointStore(svc.s3, settled.checkpoint_uri).cleanup()
+        except Exception:  # cleanup is housekeeping (the bucket lifecycle rule expires leftovers)
+            logger.warning("checkpoint cleanup failed", extra={"run_id": run.run_id, "stage": stage.stage})
+    if settled.task_token:
+        if status == "SUCCEEDED":
+            svc.sfn.send_task_success(taskToken=settled.task_token, output=json.dumps(
+                {"stage": stage.stage, "job_id": attempt.job_id, "attempt": attempt.attempt}))
+        else:
+            svc.sfn.send_task_failure(taskToken=settled.task_token, error="StageFailed", cause=error[:32768])
+    logger.info("stage settled", extra={"run_id": run.run_id, "stage": stage.stage, "status": status})
+    return {"status": "settled", "stage_status": status}

@@ -1,0 +1,342 @@
+"""The ledger: one DynamoDB table holding runs, stages, attempts and the indexes the handlers look things up by.
+
+Item layout (pk / sk):
+  RUN#<run>        RUN                      the run: source object, deadline, status, execution
+  RUN#<run>        STAGE#<stage>            a stage: status, task token, current attempt, retry budget, placement
+  RUN#<run>        ATTEMPT#<stage>#<nnn>    one Batch job of a stage: queue, capacity, times, outcome, price
+  JOB#<job id>     JOB                      job id -> run, stage, attempt (Batch events carry only the job id)
+  INSTANCE#<i-..>  JOB#<job id>             instance -> jobs on it (Spot warnings carry only the instance id)
+  REJECTION        <time>#<id>              an input the control plane refused, with the reason
+  NOTIFIED#<key>   NOTIFIED                 one notification per event, however often the event repeats
+Active stages carry `active` = "1" and sit in the sparse `active-stages` index that the SLA guard queries.
+
+Every write that decides something (claiming the next attempt, settling a stage) is conditional, so duplicated and
+reordered events, and two handlers racing, lead to one action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from spot_hpc.clock import format_time, utc_now
+
+ACTIVE_INDEX = "active-stages"
+# Attributes that go to the sparse index; removed when a stage settles.
+_ACTIVE = "1"
+
+
+class LedgerConflict(Exception):
+    """A conditional write lost: somebody else already did this (a duplicate event, a racing handler)."""
+
+
+def _to_dynamo(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _to_dynamo(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_to_dynamo(v) for v in value]
+    return value
+
+
+def _from_dynamo(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_dynamo(v) for v in value]
+    return value
+
+
+def _record(cls: Any, item: Mapping[str, Any]) -> Any:
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in _from_dynamo(dict(item)).items() if k in names})
+
+
+@dataclass
+class Run:
+    run_id: str
+    bucket: str
+    key: str
+    version_id: str
+    deadline_at: str
+    deadline_hours: float
+    started_at: str
+    stage_hours: dict[str, float]
+    hpc_mode: str = "multinode"
+    hpc_nodes: int = 2
+    status: str = "RUNNING"
+    execution_arn: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Stage:
+    run_id: str
+    stage: str
+    order: int
+    compute_hours: float
+    spot_allowed: bool
+    nodes: int
+    retry_budget: int = 2
+    status: str = "PENDING"
+    attempt: int = 0
+    job_id: str | None = None
+    capacity: str | None = None
+    queue: str | None = None
+    task_token: str | None = None
+    app_retries_used: int = 0
+    checkpoint_uri: str | None = None
+    # Set between claiming an attempt and recording its job: a crash in between leaves it for the guard.
+    submitting_since: str | None = None
+    spot_waiting_since: str | None = None
+    spot_stats: dict[str, Any] = field(default_factory=dict)
+    sla_at_risk_notified: bool = False
+    settled_at: str | None = None
+
+
+@dataclass
+class Attempt:
+    run_id: str
+    stage: str
+    attempt: int
+    job_id: str
+    queue: str
+    capacity: str
+    nodes: int
+    submitted_at: str
+    usd_per_hour: float = 0.0
+    status: str = "SUBMITTED"
+    status_reason: str | None = None
+    exit_code: int | None = None
+    failure_class: str | None = None
+    started_at: str | None = None
+    stopped_at: str | None = None
+    instance_ids: list[str] = field(default_factory=list)
+    resumed_from_checkpoint: bool = False
+    progress_at_start: float = 0.0
+    cancel_reason: str | None = None
+
+
+@dataclass
+class JobRef:
+    job_id: str
+    run_id: str
+    stage: str
+    attempt: int
+
+
+def _run_key(run_id: str) -> dict[str, str]:
+    return {"pk": f"RUN#{run_id}", "sk": "RUN"}
+
+
+def _stage_key(run_id: str, stage: str) -> dict[str, str]:
+    return {"pk": f"RUN#{run_id}", "sk": f"STAGE#{stage}"}
+
+
+def _attempt_key(run_id: str, stage: str, attempt: int) -> dict[str, str]:
+    return {"pk": f"RUN#{run_id}", "sk": f"ATTEMPT#{stage}#{attempt:03d}"}
+
+
+class Ledger:
+    """Typed access to the ledger table. `table` is a boto3 DynamoDB Table resource (injectable)."""
+
+    def __init__(self, table: Any, retention_days: int = 90) -> None:
+        self._table = table
+        self._retention = timedelta(days=retention_days)
+
+    def _expires_at(self, now: datetime | None = None) -> int:
+        return int(((now or utc_now()) + self._retention).timestamp())
+
+    def _put_new(self, key: dict[str, str], body: Mapping[str, Any]) -> None:
+        try:
+            self._table.put_item(
+                Item=_to_dynamo({**key, **body, "expires_at": self._expires_at()}),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise LedgerConflict(f"{key['pk']}/{key['sk']} exists") from exc
+            raise
+
+    def _update(
+        self, key: dict[str, str], sets: Mapping[str, Any], removes: tuple[str, ...] = (), condition: str | None = None,
+        condition_values: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        names = {f"#{n}": n for n in [*sets, *removes]}
+        values = {f":{n}": v for n, v in sets.items()}
+        expression = "SET " + ", ".join(f"#{n} = :{n}" for n in sets) if sets else ""
+        if removes:
+            expression += " REMOVE " + ", ".join(f"#{n}" for n in removes)
+        kwargs: dict[str, Any] = {
+            "Key": key,
+            "UpdateExpression": expression.strip(),
+            "ExpressionAttributeNames": names,
+            "ReturnValues": "ALL_NEW",
+        }
+        all_values = {**values, **{f":{k}": v for k, v in (condition_values or {}).items()}}
+        if all_values:
+            kwargs["ExpressionAttributeValues"] = _to_dynamo(all_values)
+        if condition:
+            kwargs["ConditionExpression"] = condition
+        try:
+            return _from_dynamo(self._table.update_item(**kwargs)["Attributes"])  # type: ignore[no-any-return]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise LedgerConflict(f"{key['pk']}/{key['sk']}: {condition}") from exc
+            raise
+
+    # ------------------------------------------------------------------ runs
+    def create_run(self, run: Run, stages: list[Stage]) -> None:
+        """Writes the run first (its conditional put is the exactly-once gate), then its stages."""
+        self._put_new(_run_key(run.run_id), asdict(run))
+        for stage in stages:
+            self._table.put_item(Item=_to_dynamo({**_stage_key(run.run_id, stage.stage), **asdict(stage),
+                                                  "expires_at": self._expires_at()}))
+
+    def get_run(self, run_id: str) -> Run | None:
+        item = self._table.get_item(Key=_run_key(run_id), ConsistentRead=True).get("Item")
+        return _record(Run, item) if item else None
+
+    def update_run(self, run_id: str, **sets: Any) -> None:
+        self._update(_run_key(run_id), sets)
+
+    def finish_run(self, run_id: str, status: str, error: str | None = None) -> bool:
+        """Settles a run once; False when it was already settled."""
+        sets: dict[str, Any] = {"status": status, "finished_at": format_time(utc_now())}
+        if error:
+            sets["error"] = error
+        try:
+            self._update(_run_key(run_id), sets, condition="#status = :running", condition_values={"running": "RUNNING"})
+            return True
+        except LedgerConflict:
+            return False
+
+    def list_runs(self) -> list[Run]:
+        """Every run (reporting only: a scan, paginated; the handlers never call it)."""
+        runs = []
+        kwargs: dict[str, Any] = {"FilterExpression": "sk = :run", "ExpressionAttributeValues": {":run": "RUN"}}
+        while True:
+            page = self._table.scan(**kwargs)
+            runs.extend(_record(Run, item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return sorted(runs, key=lambda r: r.started_at)
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def record_rejection(self, source: str, reason: str, detail: Mapping[str, Any]) -> None:
+        now = utc_now()
+        self._table.put_item(Item=_to_dynamo({
+            "pk": "REJECTION", "sk": f"{format_time(now)}#{source}", "source": source, "reason": reason,
+            "detail": dict(detail), "rejected_at": format_time(now), "expires_at": self._expires_at(now),
+        }))
+
+    def list_rejections(self) -> list[dict[str, Any]]:
+        items = self._query({"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": "REJECTION"}})
+        return [_from_dynamo(item) for item in items]
+
+    # ------------------------------------------------------------------ stages
+    def get_stage(self, run_id: str, stage: str) -> Stage | None:
+        item = self._table.get_item(Key=_stage_key(run_id, stage), ConsistentRead=True).get("Item")
+        return _record(Stage, item) if item else None
+
+    def get_run_items(self, run_id: str) -> tuple[list[Stage], list[Attempt]]:
+        items = self._query({"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": f"RUN#{run_id}"},
+                             "ConsistentRead": True})
+        stages = [_record(Stage, i) for i in items if i["sk"].startswith("STAGE#")]
+        attempts = [_record(Attempt, i) for i in items if i["sk"].startswith("ATTEMPT#")]
+        return sorted(stages, key=lambda s: s.order), attempts
+
+    def update_stage(self, run_id: str, stage: str, removes: tuple[str, ...] = (), **sets: Any) -> Stage:
+        return _record(Stage, self._update(_stage_key(run_id, stage), sets, removes))  # type: ignore[no-any-return]
+
+    def claim_attempt(self, run_id: str, stage: str, expected_attempt: int, **sets: Any) -> Stage:
+        """Moves a stage from `expected_attempt` to the next one; exactly one caller wins (LedgerConflict for others)."""
+        now = format_time(utc_now())
+        return _record(Stage, self._update(  # type: ignore[no-any-return]
+            _stage_key(run_id, stage),
+            {**sets, "attempt": expected_attempt + 1, "status": "RUNNING", "submitting_since": now,
+             "active": _ACTIVE, "active_sk": f"{run_id}#{stage}"},
+            removes=("job_id",),
+            condition="#attempt = :expected AND #status IN (:pending, :running)",
+            condition_values={"expected": expected_attempt, "pending": "PENDING", "running": "RUNNING"},
+        ))
+
+    def settle_stage(self, run_id: str, stage: str, status: str, attempt: int) -> Stage:
+        """Marks a stage SUCCEEDED or FAILED once, for the attempt that settled it."""
+        return _record(Stage, self._update(  # type: ignore[no-any-return]
+            _stage_key(run_id, stage),
+            {"status": status, "settled_at": format_time(utc_now())},
+            removes=("active", "active_sk", "submitting_since", "spot_waiting_since"),
+            condition="#attempt = :attempt AND #status = :running",
+            condition_values={"attempt": attempt, "running": "RUNNING"},
+        ))
+
+    def active_stages(self) -> Iterator[Stage]:
+        for item in self._query({"IndexName": ACTIVE_INDEX, "KeyConditionExpression": "active = :one",
+                                 "ExpressionAttributeValues": {":one": _ACTIVE}}):
+            yield _record(Stage, item)
+
+    # ------------------------------------------------------------------ attempts and jobs
+    def record_attempt(self, attempt: Attempt) -> None:
+        """The attempt, its job index and the stage's pointer to it (idempotent: same job id, same items)."""
+        self._table.put_item(Item=_to_dynamo({**_attempt_key(attempt.run_id, attempt.stage, attempt.attempt),
+                                              **asdict(attempt), "expires_at": self._expires_at()}))
+        self._table.put_item(Item=_to_dynamo({
+            "pk": f"JOB#{attempt.job_id}", "sk": "JOB", "job_id": attempt.job_id, "run_id": attempt.run_id,
+            "stage": attempt.stage, "attempt": attempt.attempt, "expires_at": self._expires_at(),
+        }))
+        self._update(
+            _stage_key(attempt.run_id, attempt.stage),
+            {"job_id": attempt.job_id, "capacity": attempt.capacity, "queue": attempt.queue},
+            removes=("submitting_since",),
+            condition="#attempt = :attempt",
+            condition_values={"attempt": attempt.attempt},
+        )
+
+    def get_attempt(self, run_id: str, stage: str, attempt: int) -> Attempt | None:
+        item = self._table.get_item(Key=_attempt_key(run_id, stage, attempt), ConsistentRead=True).get("Item")
+        return _record(Attempt, item) if item else None
+
+    def update_attempt(self, run_id: str, stage: str, attempt: int, condition: str | None = None,
+                       condition_values: Mapping[str, Any] | None = None, **sets: Any) -> Attempt:
+        return _record(Attempt, self._update(  # type: ignore[no-any-return]
+            _attempt_key(run_id, stage, attempt), sets, condition=condition, condition_values=condition_values))
+
+    def find_job(self, job_id: str) -> JobRef | None:
+        item = self._table.get_item(Key={"pk": f"JOB#{job_id}", "sk": "JOB"}).get("Item")
+        return _record(JobRef, item) if item else None
+
+    def index_instance(self, instance_id: str, ref: JobRef) -> None:
+        self._table.put_item(Item=_to_dynamo({
+            "pk": f"INSTANCE#{instance_id}", "sk": f"JOB#{ref.job_id}", **asdict(ref), "expires_at": self._expires_at(),
+        }))
+
+    def jobs_on_instance(self, instance_id: str) -> list[JobRef]:
+        items = self._query({"KeyConditionExpression": "pk = :pk",
+                             "ExpressionAttributeValues": {":pk": f"INSTANCE#{instance_id}"}})
+        return [_record(JobRef, item) for item in items]
+
+    # ------------------------------------------------------------------ notifications
+    def claim_notification(self, dedupe_key: str) -> bool:
+        """True the first time a notification key is seen: one message per event however often it repeats."""
+        try:
+            self._put_new({"pk": f"NOTIFIED#{dedupe_key}", "sk": "NOTIFIED"}, {"notified_at": format_time(utc_now())})
+            return True
+        except LedgerConflict:
+            return False
+
+    def _query(self, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        while True:
+            page = self._table.query(**kwargs)
+            yield from page.get("Items", [])
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs = {**kwargs, "ExclusiveStartKey": page["LastEvaluatedKey"]}

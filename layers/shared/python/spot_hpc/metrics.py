@@ -1,0 +1,103 @@
+"""CloudWatch metric names and dimensions of the control plane, and recording a settled run (Powertools EMF).
+
+The figures of a run are recorded once, when the run settles (from the run report kept in the ledger): counts
+come from the ledger rather than from each event, so a redelivered EventBridge event never counts twice.
+Dimensions stay low-cardinality (service, stage); the run id travels as EMF metadata, searchable in Logs Insights
+but not a metric dimension (each dimension value would be a billed custom metric).
+
+The template's dashboard and alarms use the same namespace, names and `service` dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from spot_hpc.cost import attempts_from_report, stage_wall_hours
+
+NAMESPACE = "SpotHpc"
+# Powertools' `service` dimension; the template sets POWERTOOLS_SERVICE_NAME to the same value.
+SERVICE = "spot-hpc"
+SERVICE_DIMENSION = "service"
+STAGE_DIMENSION = "Stage"
+
+# Counts per settled run.
+PIPELINES_SUCCEEDED = "PipelinesSucceeded"
+PIPELINES_FAILED = "PipelinesFailed"
+DEADLINES_MET = "DeadlinesMet"
+DEADLINES_MISSED = "DeadlinesMissed"
+SPOT_INTERRUPTIONS = "SpotInterruptions"  # interruption warnings / rebalance recommendations acted on
+SPOT_RECLAIMS = "SpotReclaims"  # attempts whose Spot host was taken away
+REQUEUES_TO_ON_DEMAND = "RequeuesToOnDemand"
+# Money, USD per settled run (CloudWatch has no currency unit: NoUnit).
+RUN_COST_USD = "RunCostUsd"
+ON_DEMAND_ONLY_COST_USD = "OnDemandOnlyCostUsd"
+SAVINGS_USD = "SavingsUsd"
+SAVINGS_PERCENT = "SavingsPercent"
+# Per stage (dimension Stage): first attempt's start to last attempt's stop, waits included.
+STAGE_DURATION_SECONDS = "StageDurationSeconds"
+
+# How Batch reports a job whose host went away (Spot reclaim or host failure).
+RECLAIM_REASON_PREFIX = "Host EC2"
+
+
+def new_metrics() -> Any:
+    """A Powertools `Metrics` in the control plane's namespace and service (import kept lazy for cold starts)."""
+    from aws_lambda_powertools import Metrics
+
+    return Metrics(namespace=NAMESPACE, service=SERVICE)
+
+
+def count_reclaims(run_report: Mapping[str, Any]) -> int:
+    """Spot attempts that ended because their host was terminated, unless the report already counts them."""
+    if isinstance(run_report.get("reclaims"), int):
+        return int(run_report["reclaims"])
+    return sum(
+        1
+        for stage in run_report.get("stages", [])
+        for attempt in stage.get("attempts", [])
+        if attempt.get("capacity") == "spot" and str(attempt.get("status_reason", "")).startswith(RECLAIM_REASON_PREFIX)
+    )
+
+
+def record_settled_run(metrics: Any, run_report: Mapping[str, Any]) -> None:
+    """Add a settled run's figures to `metrics` (flushed by the caller, e.g. `@metrics.log_metrics`).
+
+    `run_report` is the run report of the design (pipeline_status, deadline_met, stages, interruptions,
+    requeues_to_on_demand, cost_usd, on_demand_only_cost_usd, savings_pct).
+    """
+    from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+    succeeded = run_report.get("pipeline_status") == "SUCCEEDED"
+    metrics.add_metric(name=PIPELINES_SUCCEEDED, unit=MetricUnit.Count, value=1 if succeeded else 0)
+    metrics.add_metric(name=PIPELINES_FAILED, unit=MetricUnit.Count, value=0 if succeeded else 1)
+    deadline_met = bool(run_report.get("deadline_met"))
+    metrics.add_metric(name=DEADLINES_MET, unit=MetricUnit.Count, value=1 if deadline_met else 0)
+    metrics.add_metric(name=DEADLINES_MISSED, unit=MetricUnit.Count, value=0 if deadline_met else 1)
+    metrics.add_metric(name=SPOT_INTERRUPTIONS, unit=MetricUnit.Count, value=int(run_report.get("interruptions", 0)))
+    metrics.add_metric(name=SPOT_RECLAIMS, unit=MetricUnit.Count, value=count_reclaims(run_report))
+    metrics.add_metric(
+        name=REQUEUES_TO_ON_DEMAND, unit=MetricUnit.Count, value=int(run_report.get("requeues_to_on_demand", 0))
+    )
+    cost = float(run_report.get("cost_usd", 0.0))
+    on_demand_only = float(run_report.get("on_demand_only_cost_usd", 0.0))
+    metrics.add_metric(name=RUN_COST_USD, unit=MetricUnit.NoUnit, value=cost)
+    metrics.add_metric(name=ON_DEMAND_ONLY_COST_USD, unit=MetricUnit.NoUnit, value=on_demand_only)
+    metrics.add_metric(name=SAVINGS_USD, unit=MetricUnit.NoUnit, value=round(on_demand_only - cost, 6))
+    metrics.add_metric(name=SAVINGS_PERCENT, unit=MetricUnit.Percent, value=float(run_report.get("savings_pct", 0.0)))
+    if run_report.get("run_id"):
+        metrics.add_metadata(key="run_id", value=str(run_report["run_id"]))
+
+    # Stage durations need a Stage dimension the run-level figures must not carry: one EMF blob per stage.
+    for stage in run_report.get("stages", []):
+        hours = stage_wall_hours(attempts_from_report({"stages": [stage]}))
+        if hours is None:
+            continue
+        with single_metric(
+            name=STAGE_DURATION_SECONDS,
+            unit=MetricUnit.Seconds,
+            value=round(hours * 3600.0, 3),
+            namespace=NAMESPACE,
+            default_dimensions={SERVICE_DIMENSION: getattr(metrics, "service", None) or SERVICE},
+        ) as metric:
+            metric.add_dimension(name=STAGE_DIMENSION, value=str(stage["name"]))

@@ -1,0 +1,56 @@
+"""Notifications from the control plane: deduplicated in the ledger, published to SNS and Slack.
+
+A Slack outage never fails a pipeline: undelivered messages go to the notifications dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from spot_hpc.clock import hours_between, parse_time, utc_now
+from spot_hpc.ledger import Run
+from spot_hpc.services import Services
+from spot_hpc.slack import Notification, SlackWebhook, WebhookSecretError, deliver_notification, read_webhook_url
+
+logger = logging.getLogger(__name__)
+
+_webhooks: dict[str, SlackWebhook | None] = {}
+
+
+def _webhook(svc: Services) -> SlackWebhook | None:
+    """The Slack webhook, read once per cold start; None (SNS only) when the secret is missing or invalid."""
+    secret_id = svc.settings.slack_secret_id
+    if secret_id not in _webhooks:
+        try:
+            url = read_webhook_url(svc.secrets, secret_id, allow_loopback_http=svc.settings.slack_allow_loopback)
+            _webhooks[secret_id] = SlackWebhook(url, allow_loopback_http=svc.settings.slack_allow_loopback)
+        except WebhookSecretError as exc:
+            logger.warning("Slack disabled: %s", exc)
+            _webhooks[secret_id] = None
+    return _webhooks[secret_id]
+
+
+def forget_webhooks() -> None:
+    """Drop cached webhooks (a rotated secret; tests)."""
+    _webhooks.clear()
+
+
+def notify(
+    svc: Services, kind: str, run: Run, stage: str | None, reason: str, attempt: int | None = None,
+    **figures: Any,
+) -> bool:
+    """Sends one notification per (run, stage, kind, attempt); False when it was already sent."""
+    notification = Notification(
+        kind=kind,  # type: ignore[arg-type]
+        run_id=run.run_id, stage=stage, reason=reason, attempt=attempt, deadline_hours=run.deadline_hours,
+        elapsed_hours=round(hours_between(parse_time(run.started_at), utc_now()), 3), **figures,
+    )
+    if not svc.ledger.claim_notification(notification.dedupe_key):
+        return False
+    outcome = deliver_notification(
+        notification, webhook=_webhook(svc), sns_client=svc.sns, topic_arn=svc.settings.notification_topic_arn,
+        sqs_client=svc.sqs, dead_letter_queue_url=svc.settings.notifications_dlq_url, budget_seconds=20.0,
+    )
+    logger.info("notified", extra={"kind": kind, "run_id": run.run_id, "stage": stage, "slack": outcome.slack})
+    return True

@@ -1,0 +1,52 @@
+"""The end of a run: settle it in the ledger and tell the team what it cost and saved."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from spot_hpc.ledger import Run
+from spot_hpc.notifier import notify
+from spot_hpc.placement import node_price
+from spot_hpc.run_report import build_run_report
+from spot_hpc.services import Services
+
+
+def run_report(svc: Services, run: Run) -> dict[str, Any]:
+    stages, attempts = svc.ledger.get_run_items(run.run_id)
+    prices = {stage.stage: node_price(svc, "on-demand", stage) for stage in stages}
+    return build_run_report(run, stages, attempts, prices)
+
+
+def finish(svc: Services, payload: dict[str, Any]) -> dict[str, Any]:
+    run_id, outcome = str(payload.get("run_id", "")), payload.get("outcome")
+    if outcome not in ("succeeded", "failed"):
+        raise ValueError(f"outcome must be succeeded or failed, not {outcome!r}")
+    run = svc.ledger.get_run(run_id)
+    if run is None:
+        raise ValueError(f"run {run_id!r} is not in the ledger")
+    error = _error_text(payload.get("error"))
+    svc.ledger.finish_run(run_id, "SUCCEEDED" if outcome == "succeeded" else "FAILED", error or None)
+    run = svc.ledger.get_run(run_id) or run
+    report = run_report(svc, run)
+    reason = (f"deadline {'met' if report['deadline_met'] else 'missed'}: {report['finished_hours']:.2f} h of "
+              f"{run.deadline_hours:g} h" if outcome == "succeeded" else error or "a stage failed")
+    notify(svc, outcome, run, None, reason, cost_usd=report["cost_usd"],
+           on_demand_only_cost_usd=report["on_demand_only_cost_usd"], savings_pct=report["savings_pct"],
+           deadline_met=report["deadline_met"])
+    return {k: report[k] for k in ("run_id", "pipeline_status", "cost_usd", "on_demand_only_cost_usd", "savings_pct",
+                                   "deadline_met")}
+
+
+def _error_text(error: Any) -> str:
+    """The state machine's caught error: {"Error": ..., "Cause": ...} (the cause may itself be JSON)."""
+    if not isinstance(error, dict):
+        return ""
+    cause = error.get("Cause") or ""
+    try:
+        parsed = json.loads(cause)
+        if isinstance(parsed, dict):
+            cause = parsed.get("errorMessage") or parsed.get("Cause") or cause
+    except (TypeError, ValueError):
+        pass
+    return f"{error.get('Error', 'Error')}: {cause}".strip(": ")

@@ -1,0 +1,115 @@
+"""What a pipeline run is: its stages, and the options a user attaches to an upload (validated, with defaults).
+
+Options come from a manifest next to the CSV (`<name>.manifest.json`), else from the object's metadata
+(`x-amz-meta-deadline-hours`, `x-amz-meta-stage-hours`, `x-amz-meta-hpc-mode`, `x-amz-meta-hpc-nodes`), else defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+STAGE_NAMES = ("preprocess", "hpc", "postprocess")
+INGEST_PREFIX = "incoming/"
+DEFAULT_STAGE_HOURS = {"preprocess": 1.0, "hpc": 4.0, "postprocess": 1.0}
+MAX_DEADLINE_HOURS = 24 * 365
+
+
+class InvalidRunOptions(ValueError):
+    """The options attached to an upload cannot be used; the message says which and why."""
+
+
+class RunOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    deadline_hours: float = Field(gt=0, le=MAX_DEADLINE_HOURS)
+    stage_hours: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_STAGE_HOURS))
+    hpc_mode: Literal["multinode", "shards"] = "multinode"
+    hpc_nodes: int = Field(default=2, ge=1, le=1024)
+
+    @field_validator("stage_hours")
+    @classmethod
+    def _known_stages(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - set(STAGE_NAMES)
+        if unknown:
+            raise ValueError(f"unknown stages {sorted(unknown)}; stages are {list(STAGE_NAMES)}")
+        if any(not (0 < hours <= MAX_DEADLINE_HOURS) for hours in value.values()):
+            raise ValueError("stage hours must be positive")
+        return {**DEFAULT_STAGE_HOURS, **value}
+
+
+def parse_stage_hours(text: str) -> dict[str, float]:
+    """`preprocess=1,hpc=8` -> {"preprocess": 1.0, "hpc": 8.0} (also the `--stage-hours` syntax of spotctl)."""
+    hours: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise InvalidRunOptions(f"stage hours {part!r}: expected name=hours")
+        try:
+            hours[name.strip()] = float(value)
+        except ValueError as exc:
+            raise InvalidRunOptions(f"stage hours {part!r}: {value!r} is not a number") from exc
+    return hours
+
+
+def build_run_options(
+    manifest: Mapping[str, Any] | None, metadata: Mapping[str, str], default_deadline_hours: float, default_hpc_nodes: int
+) -> RunOptions:
+    raw: dict[str, Any] = {"deadline_hours": default_deadline_hours, "hpc_nodes": default_hpc_nodes}
+    if manifest is not None:
+        raw.update(manifest)
+    else:
+        if "deadline-hours" in metadata:
+            raw["deadline_hours"] = metadata["deadline-hours"]
+        if "stage-hours" in metadata:
+            raw["stage_hours"] = parse_stage_hours(metadata["stage-hours"])
+        if "hpc-mode" in metadata:
+            raw["hpc_mode"] = metadata["hpc-mode"]
+        if "hpc-nodes" in metadata:
+            raw["hpc_nodes"] = metadata["hpc-nodes"]
+    try:
+        options = RunOptions.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
+        raise InvalidRunOptions(problems) from exc
+    if options.hpc_mode == "multinode" and options.hpc_nodes < 2:
+        raise InvalidRunOptions("hpc_nodes: a multi-node parallel job needs at least 2 nodes (use hpc_mode=shards)")
+    return options
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    order: int
+    spot_allowed: bool
+    nodes: int
+
+
+def stage_specs(options: RunOptions) -> list[StageSpec]:
+    """The stages of a run. AWS Batch runs no multi-node parallel job on Spot: that HPC mode is On-Demand only."""
+    return [
+        StageSpec("preprocess", 0, True, 1),
+        StageSpec("hpc", 1, options.hpc_mode == "shards", options.hpc_nodes),
+        StageSpec("postprocess", 2, True, 1),
+    ]
+
+
+def manifest_key(csv_key: str) -> str:
+    return re.sub(r"\.csv$", "", csv_key, flags=re.IGNORECASE) + ".manifest.json"
+
+
+def run_id_for(key: str, version_id: str | None, sequencer: str | None) -> str:
+    """One run per object version: the id is derived from the key and version (or sequencer when unversioned)."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", key.rsplit("/", 1)[-1].rsplit(".", 1)[0]).strip("-")[:40] or "run"
+    digest = hashlib.sha256(f"{key}\0{version_id or ''}\0{sequencer or ''}".encode()).hexdigest()[:12]
+    return f"{stem}-{digest}"
+
+
+def job_name(run_id: str, stage: str, attempt: int) -> str:
+    """Deterministic, so a crash between claiming and recording an attempt can find the job it may have submitted."""
+    return f"{run_id}-{stage}-a{attempt}"[:128]

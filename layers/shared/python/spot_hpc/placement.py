@@ -1,0 +1,193 @@
+"""Placing a stage's Batch work: ask the policy where, claim the attempt, submit, record.
+
+Shared by the stage runner (first attempt), the Batch state-change handler (resubmission after a reclaim or an
+application error), the Spot interruption handler and the SLA guard (requeue to On-Demand). A placement is
+claimed in the ledger before the job is submitted, so two handlers acting on the same stage place it once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from botocore.exceptions import ClientError
+from spot_checkpoint.store import CheckpointStore, progress
+
+from spot_hpc.batch import JobRequest
+from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
+from spot_hpc.ledger import Attempt, LedgerConflict, Run, Stage
+from spot_hpc.pipeline import job_name
+from spot_hpc.policy import Action, Decision, SpotStats, allocate_deadlines, decide
+from spot_hpc.services import Services
+
+logger = logging.getLogger(__name__)
+
+CAPACITY_OF_ACTION = {Action.SPOT: "spot", Action.ON_DEMAND: "on-demand"}
+ACTION_OF_CAPACITY = {"spot": Action.SPOT, "on-demand": Action.ON_DEMAND}
+
+
+@dataclass(frozen=True)
+class StageView:
+    """What the policy is told about a stage now."""
+
+    remaining_hours: float
+    hours_left: float
+    progress: float
+
+
+def checkpoint_uri(bucket: str, run_id: str, stage: str) -> str:
+    """Checkpoints are keyed by run and stage, never by job id: a resubmitted job has a new id."""
+    return f"s3://{bucket}/checkpoints/{run_id}/{stage}/"
+
+
+def stage_progress(svc: Services, stage: Stage) -> float:
+    """Fraction of the stage done according to its newest complete checkpoint (0 when there is none)."""
+    if not stage.checkpoint_uri:
+        return 0.0
+    try:
+        return progress(svc.s3, stage.checkpoint_uri) or 0.0
+    except Exception:  # the checkpoint store is advisory here: a read failure must not stop a placement
+        logger.warning("checkpoint progress unreadable", extra={"run_id": stage.run_id, "stage": stage.stage})
+        return 0.0
+
+
+def stage_view(svc: Services, run: Run, stage: Stage, now: datetime | None = None) -> StageView:
+    now = now or utc_now()
+    done = stage_progress(svc, stage)
+    remaining_here = stage.compute_hours * (1.0 - done)
+    stages, _ = svc.ledger.get_run_items(run.run_id)
+    # This stage and those after it share what is left of the run's deadline.
+    work = [(remaining_here if s.stage == stage.stage else s.compute_hours, s.spot_allowed)
+            for s in stages if s.order >= stage.order]
+    budgets = allocate_deadlines(
+        hours_left=max(hours_between(now, parse_time(run.deadline_at)), 0.0),
+        stages=work,
+        changeover_hours=svc.settings.changeover_hours,
+    )
+    return StageView(
+        remaining_hours=remaining_here,
+        hours_left=budgets[0] if budgets else 0.0,
+        progress=done,
+    )
+
+
+def node_price(svc: Services, capacity: str, stage: Stage) -> float:
+    """USD per hour of the stage's capacity for all its nodes."""
+    settings = svc.settings
+    if stage.stage == "hpc" and not stage.spot_allowed:
+        instance_type = settings.hpc_instance_type
+    else:
+        instance_type = settings.spot_instance_type if capacity == "spot" else settings.on_demand_instance_type
+    try:
+        return svc.prices.usd_per_hour(instance_type, settings.region, capacity, nodes=stage.nodes)  # type: ignore[arg-type]
+    except Exception:  # a price is for reporting; never block a placement on it
+        logger.warning("no price for %s %s", capacity, instance_type)
+        return 0.0
+
+
+def choose_capacity(svc: Services, run: Run, stage: Stage, current: Action, spot_available: bool) -> Decision:
+    view = stage_view(svc, run, stage)
+    stats = SpotStats.from_dict(stage.spot_stats) if stage.spot_stats else SpotStats.with_prior(None)
+    decision = decide(
+        remaining_hours=view.remaining_hours,
+        hours_left=view.hours_left,
+        current=current,
+        spot_available=spot_available,
+        changeover_hours=svc.settings.changeover_hours,
+        od_price=node_price(svc, "on-demand", stage) or 1.0,
+        spot_price=node_price(svc, "spot", stage) or 0.3,
+        stats=stats,
+        spot_allowed=stage.spot_allowed,
+    )
+    logger.info("policy decision", extra={"run_id": run.run_id, "stage": stage.stage, "action": decision.action.value,
+                                          "reason": decision.reason, "hours_left": view.hours_left,
+                                          "remaining_hours": view.remaining_hours})
+    return decision
+
+
+def queue_for(svc: Services, stage: Stage, capacity: str) -> str:
+    if stage.stage == "hpc" and not stage.spot_allowed:
+        return svc.settings.hpc_job_queue
+    return svc.settings.spot_job_queue if capacity == "spot" else svc.settings.on_demand_job_queue
+
+
+def definition_for(svc: Services, stage: Stage) -> str:
+    settings = svc.settings
+    if stage.stage == "hpc":
+        return settings.hpc_shard_job_definition if stage.spot_allowed else settings.hpc_job_definition
+    return settings.preprocess_job_definition if stage.stage == "preprocess" else settings.postprocess_job_definition
+
+
+def place_attempt(svc: Services, run: Run, stage: Stage, capacity: str, reason: str) -> Attempt | None:
+    """Claims the stage's next attempt and submits it on `capacity`; None when another handler already did."""
+    if stage.stage == "hpc" and not stage.spot_allowed:
+        capacity = "on-demand"  # AWS Batch runs no multi-node parallel job on Spot
+    try:
+        claimed = svc.ledger.claim_attempt(run.run_id, stage.stage, stage.attempt,
+                                           checkpoint_uri=checkpoint_uri(svc.settings.ingest_bucket, run.run_id,
+                                                                         stage.stage))
+    except LedgerConflict:
+        logger.info("placement already claimed", extra={"run_id": run.run_id, "stage": stage.stage})
+        return None
+    return submit_claimed(svc, run, claimed, capacity, reason)
+
+
+def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason: str) -> Attempt:
+    """Submits the job of a claimed attempt (or adopts the one a crashed handler already submitted) and records it."""
+    queue = queue_for(svc, stage, capacity)
+    name = job_name(run.run_id, stage.stage, stage.attempt)
+    existing = svc.batch.find_jobs_named(queue, name)
+    done = stage_progress(svc, stage)
+    if existing:
+        job_id = existing[0]
+    else:
+        request = JobRequest(
+            name=name,
+            queue=queue,
+            definition=definition_for(svc, stage),
+            environment={
+                "RUN_ID": run.run_id,
+                "STAGE": stage.stage,
+                "ATTEMPT": str(stage.attempt),
+                "CHECKPOINT_URI": stage.checkpoint_uri or "",
+                "INPUT_URI": f"s3://{run.bucket}/{run.key}",
+                "INPUT_VERSION_ID": run.version_id,
+                "OUTPUT_URI": f"s3://{svc.settings.ingest_bucket}/runs/{run.run_id}/",
+            },
+            tags={"spot-hpc:run": run.run_id, "spot-hpc:stage": stage.stage, "spot-hpc:attempt": str(stage.attempt)},
+            parameters={"stage": stage.stage},
+            num_nodes=stage.nodes if stage.stage == "hpc" and not stage.spot_allowed else None,
+            array_size=stage.nodes if stage.stage == "hpc" and stage.spot_allowed else None,
+        )
+        try:
+            job_id = svc.batch.submit(request)
+        except ClientError:
+            logger.exception("SubmitJob failed; the SLA guard will retry the claimed attempt",
+                             extra={"run_id": run.run_id, "stage": stage.stage})
+            raise
+    attempt = Attempt(
+        run_id=run.run_id,
+        stage=stage.stage,
+        attempt=stage.attempt,
+        job_id=job_id,
+        queue=queue,
+        capacity=capacity,
+        nodes=stage.nodes,
+        submitted_at=format_time(utc_now()),
+        usd_per_hour=node_price(svc, capacity, stage),
+        resumed_from_checkpoint=done > 0,
+        progress_at_start=done,
+        cancel_reason=None,
+    )
+    svc.ledger.record_attempt(attempt)
+    svc.ledger.update_stage(run.run_id, stage.stage, removes=("spot_waiting_since",))
+    logger.info("placed", extra={"run_id": run.run_id, "stage": stage.stage, "attempt": stage.attempt,
+                                 "capacity": capacity, "job_id": job_id, "reason": reason})
+    return attempt
+
+
+def request_checkpoint(svc: Services, stage: Stage, reason: str) -> None:
+    """Asks the stage's running jobs to checkpoint now (they poll for it; Batch forwards no Spot warning)."""
+    if stage.checkpoint_uri:
+        CheckpointStore(svc.s3, stage.checkpoint_uri).request_checkpoint(reason)

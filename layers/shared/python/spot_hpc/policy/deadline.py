@@ -1,0 +1,119 @@
+"""The deployed policy: Spot, On-Demand or wait, for one stage with work left and a time budget.
+
+Reasoning, all in hours and from the past and present only:
+- *Slack* is the time left beyond the remaining compute. Waiting burns slack; so does every changeover (a new
+  instance is paid but makes no progress for `changeover_hours`); On-Demand and productive Spot keep it.
+- *Safety*: whatever runs off On-Demand must leave enough slack to start On-Demand and still finish, even if Spot
+  is reclaimed at the next moment. So: idle only while the slack at the next decision still covers a changeover;
+  start Spot only with two changeovers of slack (its own, and the On-Demand one after a reclaim).
+- *Economics*: riding Spot and waiting out every gap costs, per productive Spot hour, the expected gap plus a
+  changeover over the expected productive part of a capacity run (`slack_per_spot_hour`, learnt online by
+  `SpotStats`). While the slack covers that need for the remaining work, gaps are waited out. When it does not, gaps
+  are filled with On-Demand, which keeps the slack, and the stage returns to Spot when capacity comes back if the
+  expected Spot run pays for the two changeovers it brings (the Spot start, and the On-Demand restart after the
+  reclaim).
+"""
+
+from __future__ import annotations
+
+import math
+
+from spot_hpc.policy.actions import Action, Decision
+from spot_hpc.policy.stats import SpotStats
+
+# Time until the policy is asked again, when the caller does not say (the SLA guard's schedule).
+DEFAULT_STEP_HOURS = 5.0 / 60.0
+_EPS = 1e-9
+
+
+def slack_per_spot_hour(stats: SpotStats, changeover_hours: float) -> float:
+    """Expected slack burnt per productive Spot hour when every capacity gap is waited out (inf: Spot cannot
+    make progress between reclaims)."""
+    productive = stats.mean_up_hours - changeover_hours
+    if productive <= _EPS:
+        return math.inf
+    return (stats.mean_down_hours + changeover_hours) / productive
+
+
+def decide(
+    *,
+    remaining_hours: float,
+    hours_left: float,
+    current: Action,
+    spot_available: bool,
+    changeover_hours: float,
+    od_price: float,
+    spot_price: float,
+    stats: SpotStats,
+    spot_allowed: bool = True,
+    step_hours: float = DEFAULT_STEP_HOURS,
+    warmup_left_hours: float = 0.0,
+) -> Decision:
+    """The default policy's choice for one stage now.
+
+    `remaining_hours`: compute the stage still needs; `hours_left`: until the stage must be finished (its share of the
+    pipeline deadline, see `allocate_deadlines`); `current`: what it runs on now; `warmup_left_hours`: changeover
+    still to be paid on the current instance; `step_hours`: time until the policy is asked again. Prices are per
+    hour for the whole stage.
+    """
+    current = Action(current)
+    if current == Action.SPOT and not spot_available:
+        current, warmup_left_hours = Action.IDLE, 0.0  # reclaimed
+    if remaining_hours <= _EPS:
+        return Decision(Action.IDLE, "no work left")
+    if not spot_allowed:
+        return Decision(Action.ON_DEMAND, "this stage cannot use Spot")
+    eps = _EPS * max(1.0, hours_left)
+    change = changeover_hours
+    slack = hours_left - remaining_hours
+    on_demand_start = warmup_left_hours if current == Action.ON_DEMAND else change
+    if slack < on_demand_start - eps:
+        return Decision(Action.ON_DEMAND, "deadline cannot be met any more: On-Demand to finish as early as possible")
+
+    if current == Action.SPOT:
+        if slack - warmup_left_hours >= change - eps:
+            return Decision(Action.SPOT, "on Spot with capacity, and a reclaim would still leave time for On-Demand")
+        return Decision(Action.ON_DEMAND, "too little slack left to risk a reclaim")
+
+    reserve = hop_reserve(remaining_hours, change, stats)
+    spot_start_safe = slack >= 2 * change - eps
+    if spot_available:
+        if not spot_start_safe:
+            return Decision(Action.ON_DEMAND, "too little slack to pay a Spot changeover and a fallback")
+        if current == Action.IDLE:
+            return Decision(Action.SPOT, "Spot capacity available and enough slack for a changeover")
+        if slack >= reserve + 2 * change - eps:
+            return Decision(Action.SPOT, "Spot is back and the slack is above the reserve")
+        if _return_to_spot_pays(remaining_hours, change, od_price, spot_price, stats):
+            return Decision(Action.SPOT, "Spot is back and the expected Spot run pays for its changeovers")
+        return Decision(Action.ON_DEMAND, "Spot is back but a switch would not pay for its changeovers")
+
+    if slack - step_hours < change - eps:
+        return Decision(Action.ON_DEMAND, "waiting longer would leave no time for On-Demand")
+    # Leaving On-Demand to wait brings an On-Demand restart later: only when the slack is above the reserve by
+    # the expected wait and that changeover, so that the stage does not flip back and forth.
+    margin = stats.mean_down_hours + change if current == Action.ON_DEMAND else 0.0
+    if slack - step_hours >= reserve + margin - eps:
+        return Decision(Action.IDLE, "no Spot capacity; waiting keeps the slack above the reserve")
+    return Decision(Action.ON_DEMAND, "no Spot capacity and the slack is down to the reserve")
+
+
+def hop_reserve(remaining_hours: float, change: float, stats: SpotStats) -> float:
+    """Slack to keep for the end game: On-Demand through capacity gaps and back to Spot whenever it returns, each
+    return costing two changeovers (the Spot start and the On-Demand restart after the reclaim), plus the final
+    fallback changeover. Returns happen about once per capacity cycle over the remaining work."""
+    cycle = stats.mean_up_hours + stats.mean_down_hours
+    hops = remaining_hours / cycle if stats.mean_up_hours > 2 * change else 0.0
+    return change + 2 * change * hops
+
+
+def _return_to_spot_pays(
+    remaining_hours: float, change: float, od_price: float, spot_price: float, stats: SpotStats
+) -> bool:
+    """Whether leaving On-Demand for Spot is expected to save money: the Spot run's productive hours at the price
+    difference against its changeover and the On-Demand restart after the reclaim."""
+    run = stats.mean_up_hours
+    productive = min(remaining_hours, max(run - change, 0.0))
+    reclaimed_before_done = math.exp(-(remaining_hours + change) / run) if run > 0 else 1.0
+    saving = (od_price - spot_price) * productive
+    return saving > spot_price * change + od_price * change * reclaimed_before_done

@@ -1,0 +1,272 @@
+"""Prices of EC2 capacity: On-Demand USD/hour per instance type and region, and Spot where known.
+
+A Spot price is the observed price of the instance type in its Availability Zone when one is known; otherwise
+it is estimated as On-Demand x (1 - the Spot Instance Advisor's savings percent). With neither, the Spot price is
+taken to be the On-Demand price: savings are under-reported rather than invented.
+
+Two price books:
+- `DataFilePriceBook` reads the JSON files under `data/` (offline only: the Lambda layer does not carry `data/`).
+- `AwsPriceBook` asks the AWS Price List API (On-Demand) and EC2 `DescribeSpotPriceHistory` (Spot), through
+  injected boto3 clients, caching answers in memory for the life of the process (keep the book at module scope
+  of a handler so warm invocations reuse it). Throttling is left to botocore's retries: build the clients with
+  `aws_client_config()` (standard retry mode, which backs off on throttling errors).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from spot_hpc.cost import Capacity
+
+SpotPriceSource = Literal["observed", "spot-advisor", "on-demand"]
+
+# The Price List API is served from a few regions only; us-east-1 is one of them.
+PRICING_API_REGION = "us-east-1"
+# Every Linux, shared-tenancy, no-preinstalled-software, used-capacity On-Demand price (what Batch instances bill).
+LINUX_ON_DEMAND_FILTERS: tuple[tuple[str, str], ...] = (
+    ("operatingSystem", "Linux"),
+    ("tenancy", "Shared"),
+    ("preInstalledSw", "NA"),
+    ("capacitystatus", "Used"),
+    ("licenseModel", "No License required"),
+    ("marketoption", "OnDemand"),
+)
+SPOT_PRODUCT_DESCRIPTION = "Linux/UNIX"
+# Spot prices move slowly (AWS smooths them); an hour-old answer is good enough for accounting.
+SPOT_PRICE_CACHE_SECONDS = 3600.0
+
+
+class PriceNotFound(LookupError):
+    """No price is known for this instance type in this region."""
+
+
+@dataclass(frozen=True)
+class SpotQuote:
+    """The Spot price of one instance, with where it came from."""
+
+    usd_per_hour: float
+    source: SpotPriceSource
+    on_demand_usd_per_hour: float
+
+    @property
+    def savings_pct(self) -> float:
+        if self.on_demand_usd_per_hour <= 0:
+            return 0.0
+        return (1.0 - self.usd_per_hour / self.on_demand_usd_per_hour) * 100.0
+
+
+class SpotAdvisor:
+    """The Spot Instance Advisor document: savings percent vs On-Demand and interruption bucket per type."""
+
+    def __init__(self, document: Mapping[str, Any]) -> None:
+        self._document = document
+
+    @classmethod
+    def from_file(cls, path: Path) -> SpotAdvisor:
+        return cls(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def savings_pct(self, instance_type: str, region: str, os: str = "Linux") -> float | None:
+        entry = self._document.get("spot_advisor", {}).get(region, {}).get(os, {}).get(instance_type)
+        return None if entry is None else float(entry["s"])
+
+    def interruption_range(self, instance_type: str, region: str, os: str = "Linux") -> str | None:
+        """The advisor's label for how often the type is interrupted per month, e.g. "<5%"."""
+        entry = self._document.get("spot_advisor", {}).get(region, {}).get(os, {}).get(instance_type)
+        if entry is None:
+            return None
+        labels = {item["index"]: item["label"] for item in self._document.get("ranges", [])}
+        return labels.get(entry["r"])
+
+
+class PriceBook(ABC):
+    """On-Demand and Spot prices per instance type and region. Prices are per instance; see `usd_per_hour`."""
+
+    def __init__(self, spot_advisor: SpotAdvisor | None = None) -> None:
+        self.spot_advisor = spot_advisor
+
+    @abstractmethod
+    def on_demand_usd_per_hour(self, instance_type: str, region: str) -> float:
+        """The On-Demand price of one instance; raises `PriceNotFound`."""
+
+    def observed_spot_usd_per_hour(
+        self, instance_type: str, availability_zone: str, at: datetime | None = None
+    ) -> float | None:
+        """The Spot price of one instance in that zone at `at` (now when None), when this book can observe it."""
+        return None
+
+    def spot_quote(
+        self, instance_type: str, region: str, availability_zone: str | None = None, at: datetime | None = None
+    ) -> SpotQuote:
+        """The Spot price of one instance: observed in the zone when known, else estimated from the advisor."""
+        on_demand = self.on_demand_usd_per_hour(instance_type, region)
+        if availability_zone:
+            observed = self.observed_spot_usd_per_hour(instance_type, availability_zone, at)
+            if observed is not None:
+                return SpotQuote(observed, "observed", on_demand)
+        savings = self.spot_advisor.savings_pct(instance_type, region) if self.spot_advisor else None
+        if savings is not None:
+            return SpotQuote(on_demand * (1.0 - savings / 100.0), "spot-advisor", on_demand)
+        return SpotQuote(on_demand, "on-demand", on_demand)
+
+    def usd_per_hour(
+        self,
+        instance_type: str,
+        region: str,
+        capacity: Capacity,
+        nodes: int = 1,
+        availability_zone: str | None = None,
+        at: datetime | None = None,
+    ) -> float:
+        """The price of an attempt's capacity for all of its nodes (the run report's `usd_per_hour`)."""
+        if capacity == "on-demand":
+            per_instance = self.on_demand_usd_per_hour(instance_type, region)
+        else:
+            per_instance = self.spot_quote(instance_type, region, availability_zone, at).usd_per_hour
+        return per_instance * nodes
+
+
+class DataFilePriceBook(PriceBook):
+    """Prices from the project's data files (offline): On-Demand prices and the Spot Advisor snapshot.
+
+    `observed_spot_prices` maps (instance type, zone) to a known Spot price, e.g. the price column of a trace.
+    """
+
+    def __init__(
+        self,
+        on_demand_prices_path: Path,
+        spot_advisor_path: Path | None = None,
+        observed_spot_prices: Mapping[tuple[str, str], float] | None = None,
+    ) -> None:
+        super().__init__(SpotAdvisor.from_file(spot_advisor_path) if spot_advisor_path else None)
+        self._on_demand = json.loads(Path(on_demand_prices_path).read_text(encoding="utf-8"))
+        self._observed = dict(observed_spot_prices or {})
+
+    @classmethod
+    def from_data_dir(cls, data_dir: Path, **kwargs: Any) -> DataFilePriceBook:
+        """The book of a `data/` directory laid out as the project's (ec2-ondemand-prices.json, spot-advisor-data.json)."""
+        return cls(data_dir / "ec2-ondemand-prices.json", data_dir / "spot-advisor-data.json", **kwargs)
+
+    def on_demand_usd_per_hour(self, instance_type: str, region: str) -> float:
+        price = self._on_demand.get(instance_type, {}).get("ondemand_usd_per_hour", {}).get(region)
+        if price is None:
+            raise PriceNotFound(f"no On-Demand price for {instance_type} in {region} in the price data")
+        return float(price)
+
+    def observed_spot_usd_per_hour(
+        self, instance_type: str, availability_zone: str, at: datetime | None = None
+    ) -> float | None:
+        return self._observed.get((instance_type, availability_zone))
+
+
+class AwsPriceBook(PriceBook):
+    """Prices from AWS: the Price List API for On-Demand, EC2 Spot price history for Spot.
+
+    `pricing_client` must be a `pricing` client in a Price List API region (`PRICING_API_REGION`); `ec2_client`
+    an EC2 client in the region whose zones are asked about. Answers are cached in memory for this process.
+    """
+
+    def __init__(
+        self,
+        pricing_client: Any,
+        ec2_client: Any | None = None,
+        spot_advisor: SpotAdvisor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        super().__init__(spot_advisor)
+        self._pricing = pricing_client
+        self._ec2 = ec2_client
+        self._clock = clock
+        self._now = now
+        self._on_demand_cache: dict[tuple[str, str], float] = {}
+        self._spot_cache: dict[tuple[str, str, datetime | None], tuple[float, float | None]] = {}
+
+    def on_demand_usd_per_hour(self, instance_type: str, region: str) -> float:
+        key = (instance_type, region)
+        if key not in self._on_demand_cache:
+            self._on_demand_cache[key] = self._fetch_on_demand(instance_type, region)
+        return self._on_demand_cache[key]
+
+    def _fetch_on_demand(self, instance_type: str, region: str) -> float:
+        filters = [{"Type": "TERM_MATCH", "Field": "instanceType", "Value": instance_type}]
+        filters.append({"Type": "TERM_MATCH", "Field": "regionCode", "Value": region})
+        filters.extend({"Type": "TERM_MATCH", "Field": field, "Value": value} for field, value in LINUX_ON_DEMAND_FILTERS)
+        paginator = self._pricing.get_paginator("get_products")
+        for page in paginator.paginate(ServiceCode="AmazonEC2", Filters=filters, FormatVersion="aws_v1"):
+            for product in page.get("PriceList", []):
+                price = on_demand_price_from_product(product)
+                if price is not None:
+                    return price
+        raise PriceNotFound(f"the AWS Price List has no Linux On-Demand price for {instance_type} in {region}")
+
+    def observed_spot_usd_per_hour(
+        self, instance_type: str, availability_zone: str, at: datetime | None = None
+    ) -> float | None:
+        if self._ec2 is None:
+            return None
+        key = (instance_type, availability_zone, at)
+        cached = self._spot_cache.get(key)
+        # A price at a past moment never changes; the current price is kept for SPOT_PRICE_CACHE_SECONDS.
+        if cached is not None and (at is not None or self._clock() - cached[0] < SPOT_PRICE_CACHE_SECONDS):
+            return cached[1]
+        price = self._fetch_spot_price(instance_type, availability_zone, at or self._now())
+        self._spot_cache[key] = (self._clock(), price)
+        return price
+
+    def _fetch_spot_price(self, instance_type: str, availability_zone: str, at: datetime) -> float | None:
+        # With StartTime == EndTime, EC2 returns the price in effect at that moment (and possibly later changes).
+        paginator = self._ec2.get_paginator("describe_spot_price_history")
+        latest: tuple[datetime, float] | None = None
+        for page in paginator.paginate(
+            InstanceTypes=[instance_type],
+            ProductDescriptions=[SPOT_PRODUCT_DESCRIPTION],
+            AvailabilityZone=availability_zone,
+            StartTime=at,
+            EndTime=at,
+        ):
+            for entry in page.get("SpotPriceHistory", []):
+                timestamp = entry["Timestamp"]
+                if timestamp.tzinfo is None:
+                    timestamp = timestamp.replace(tzinfo=UTC)
+                if timestamp > at:
+                    continue
+                if latest is None or timestamp > latest[0]:
+                    latest = (timestamp, float(entry["SpotPrice"]))
+        return None if latest is None else latest[1]
+
+
+def on_demand_price_from_product(product: str | Mapping[str, Any]) -> float | None:
+    """The hourly USD price of one Price List product (a JSON string in `PriceList`), None when it has none."""
+    document = json.loads(product) if isinstance(product, str) else product
+    for term in document.get("terms", {}).get("OnDemand", {}).values():
+        for dimension in term.get("priceDimensions", {}).values():
+            if dimension.get("unit") not in ("Hrs", "Hours"):
+                continue
+            usd = float(dimension.get("pricePerUnit", {}).get("USD", "0"))
+            if usd > 0:
+                return usd
+    return None
+
+
+def aws_client_config() -> Any:
+    """botocore config for the pricing and EC2 clients: standard retry mode backs off on throttling."""
+    from botocore.config import Config
+
+    return Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=10)
+
+
+def make_aws_price_book(session: Any, region: str, spot_advisor: SpotAdvisor | None = None) -> AwsPriceBook:
+    """An `AwsPriceBook` on clients made from a boto3 session (call it in a handler, never at import time)."""
+    config = aws_client_config()
+    return AwsPriceBook(
+        pricing_client=session.client("pricing", region_name=PRICING_API_REGION, config=config),
+        ec2_client=session.client("ec2", region_name=region, config=config),
+        spot_advisor=spot_advisor,
+    )

@@ -1,0 +1,59 @@
+"""The stage runner: the state machine hands a stage and its task token; the control plane places the work.
+
+The state machine waits on the token until the stage succeeds or fails for good (job_events settles it).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from spot_hpc.ledger import LedgerConflict
+from spot_hpc.pipeline import STAGE_NAMES
+from spot_hpc.placement import CAPACITY_OF_ACTION, choose_capacity, place_attempt
+from spot_hpc.policy import Action
+from spot_hpc.services import Services
+
+logger = logging.getLogger(__name__)
+
+
+class StageRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str = Field(min_length=1)
+    stage: str
+    task_token: str = Field(min_length=1)
+    execution_arn: str | None = None
+
+
+class StageRequestError(ValueError):
+    """The state machine sent something the runner cannot act on; the task fails with this message."""
+
+
+def run_stage(svc: Services, payload: dict[str, Any]) -> dict[str, Any]:
+    try:
+        request = StageRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise StageRequestError(f"invalid stage request: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
+    if request.stage not in STAGE_NAMES:
+        raise StageRequestError(f"unknown stage {request.stage!r}")
+    run = svc.ledger.get_run(request.run_id)
+    stage = svc.ledger.get_stage(request.run_id, request.stage)
+    if run is None or stage is None:
+        raise StageRequestError(f"run {request.run_id} / stage {request.stage} is not in the ledger")
+    if stage.status != "PENDING":
+        # A retried invocation (the Lambda or the state machine retried): refresh the token, place nothing twice.
+        svc.ledger.update_stage(run.run_id, stage.stage, task_token=request.task_token)
+        return {"status": "already placed", "attempt": stage.attempt, "job_id": stage.job_id}
+    try:
+        stage = svc.ledger.update_stage(run.run_id, stage.stage, task_token=request.task_token)
+    except LedgerConflict:  # pragma: no cover - update_stage is unconditional
+        raise
+    decision = choose_capacity(svc, run, stage, current=Action.IDLE, spot_available=True)
+    capacity = CAPACITY_OF_ACTION.get(decision.action, "spot")
+    placed = place_attempt(svc, run, stage, capacity, decision.reason)
+    if placed is None:
+        return {"status": "already placed"}
+    return {"status": "placed", "job_id": placed.job_id, "capacity": placed.capacity, "reason": decision.reason}

@@ -1,0 +1,46 @@
+"""The adapters a handler needs, built once per cold start from validated settings (or injected in tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+from spot_hpc import aws
+from spot_hpc.batch import BatchGateway
+from spot_hpc.ledger import Ledger
+from spot_hpc.pricing import PriceBook, make_aws_price_book
+from spot_hpc.settings import ControlPlaneSettings
+
+
+@dataclass
+class Services:
+    settings: ControlPlaneSettings
+    ledger: Ledger
+    batch: BatchGateway
+    s3: Any
+    sfn: Any
+    sns: Any
+    sqs: Any
+    secrets: Any
+    prices: PriceBook
+
+    @classmethod
+    def from_settings(cls, settings: ControlPlaneSettings) -> Services:
+        return cls(
+            settings=settings,
+            ledger=Ledger(aws.resource("dynamodb").Table(settings.ledger_table), settings.ledger_retention_days),
+            batch=BatchGateway(aws.client("batch"), aws.client("ecs")),
+            s3=aws.client("s3"),
+            sfn=aws.client("stepfunctions"),
+            sns=aws.client("sns"),
+            sqs=aws.client("sqs"),
+            secrets=aws.client("secretsmanager"),
+            prices=make_aws_price_book(boto3.session.Session(), settings.region),
+        )
+
+    @classmethod
+    def from_environ(cls) -> Services:
+        """Validates the function's environment (once, at cold start) and builds the real adapters."""
+        return cls.from_settings(ControlPlaneSettings.from_environ())

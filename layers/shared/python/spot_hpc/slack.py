@@ -1,0 +1,568 @@
+"""Slack notifications: Block Kit messages, a retrying incoming-webhook sender, SNS and dead-letter delivery.
+
+The webhook URL is a secret (anyone holding it can post to the channel): it lives in Secrets Manager, is checked
+strictly before use, and is never logged, echoed in an error, or shown in a repr. A Slack outage never fails a
+pipeline: `deliver_notification` publishes to SNS, tries Slack, and parks an undelivered message on a dead-letter
+queue instead of raising.
+
+Only the standard library is used for HTTP: the Lambda runtime has no `requests`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import random
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal, Protocol, get_args
+from urllib.parse import urlsplit
+
+logger = logging.getLogger(__name__)
+
+NotificationKind = Literal["started", "interrupted", "requeued", "sla_at_risk", "succeeded", "failed"]
+NOTIFICATION_KINDS: tuple[str, ...] = get_args(NotificationKind)
+
+SLACK_WEBHOOK_HOST = "hooks.slack.com"
+# Incoming webhooks (/services/) and Workflow Builder webhooks (/workflows/, /triggers/).
+SLACK_WEBHOOK_PATH_PREFIXES = ("/services/", "/workflows/", "/triggers/")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+# Real webhook URLs are ~80 characters; anything near this is not one.
+MAX_WEBHOOK_URL_LENGTH = 512
+# Keys under which a JSON secret may hold the URL (a plain-string secret is the URL itself).
+WEBHOOK_SECRET_JSON_KEYS = ("webhook_url", "url")
+
+# Block Kit limits (https://api.slack.com/reference/block-kit/blocks).
+HEADER_TEXT_LIMIT = 150
+SECTION_TEXT_LIMIT = 3000
+FIELD_TEXT_LIMIT = 2000
+# SNS: subject up to 100 printable ASCII characters, no line breaks.
+SNS_SUBJECT_LIMIT = 100
+
+_KIND_TITLES: dict[str, tuple[str, str]] = {
+    "started": (":rocket:", "Pipeline started"),
+    "interrupted": (":warning:", "Spot interruption"),
+    "requeued": (":arrows_counterclockwise:", "Requeued to On-Demand"),
+    "sla_at_risk": (":hourglass_flowing_sand:", "SLA at risk"),
+    "succeeded": (":white_check_mark:", "Pipeline succeeded"),
+    "failed": (":x:", "Pipeline failed"),
+}
+
+
+# --- Notifications and their messages --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One event worth telling the team about. Money is USD; hours are hours since the run started."""
+
+    kind: NotificationKind
+    run_id: str
+    stage: str | None
+    reason: str
+    cost_usd: float | None = None  # the run's cost so far (final for succeeded / failed)
+    on_demand_only_cost_usd: float | None = None
+    savings_pct: float | None = None
+    attempt: int | None = None  # which attempt of the stage the event is about
+    deadline_hours: float | None = None
+    elapsed_hours: float | None = None
+    deadline_met: bool | None = None
+    details: Mapping[str, str] = field(default_factory=dict)  # extra fields shown as-is, e.g. job id, queue
+
+    def __post_init__(self) -> None:
+        if self.kind not in NOTIFICATION_KINDS:
+            raise ValueError(f"unknown notification kind {self.kind!r}; expected one of {NOTIFICATION_KINDS}")
+        if not self.run_id:
+            raise ValueError("a notification needs a run id")
+
+    @property
+    def dedupe_key(self) -> str:
+        return notification_dedupe_key(self.run_id, self.stage, self.kind, self.attempt)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for the dead-letter queue and SNS attributes); `from_dict` reverses it."""
+        data = asdict(self)
+        data["details"] = dict(self.details)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Notification:
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        return cls(**known)
+
+
+def notification_dedupe_key(run_id: str, stage: str | None, kind: str, attempt: int | None = None) -> str:
+    """A deterministic key per event (run, stage, kind, attempt): store it with a conditional put to send once.
+
+    Hashing a JSON array keeps the parts apart (no separator inside a run id can make two events collide, and a
+    stage of None differs from a stage named "None").
+    """
+    canonical = json.dumps([run_id, stage, kind, attempt], separators=(",", ":"), ensure_ascii=True)
+    return "notification#" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:40]
+
+
+def notification_title(notification: Notification) -> str:
+    return _KIND_TITLES[notification.kind][1]
+
+
+def notification_text(notification: Notification) -> str:
+    """One plain-text line: Slack's fallback text, the SNS message head, and the run report's `text`."""
+    parts = [f"{notification_title(notification)}: run {notification.run_id}"]
+    if notification.stage:
+        parts.append(f"stage {notification.stage}")
+    if notification.attempt is not None:
+        parts.append(f"attempt {notification.attempt}")
+    parts.append(notification.reason)
+    if notification.cost_usd is not None:
+        final = notification.kind in ("succeeded", "failed")
+        parts.append(f"cost {'' if final else 'so far '}{format_usd(notification.cost_usd)}")
+    if notification.on_demand_only_cost_usd is not None:
+        parts.append(f"On-Demand only {format_usd(notification.on_demand_only_cost_usd)}")
+    if notification.savings_pct is not None:
+        parts.append(f"saved {notification.savings_pct:.1f}%")
+    return " | ".join(parts)
+
+
+def build_message(notification: Notification) -> dict[str, Any]:
+    """The incoming-webhook payload: Block Kit blocks plus the plain-text fallback for notifications."""
+    # Slack renders the fallback text as mrkdwn too, so it is escaped like the blocks.
+    text = _truncate(escape_mrkdwn(notification_text(notification)), SECTION_TEXT_LIMIT)
+    return {"text": text, "blocks": build_blocks(notification)}
+
+
+def build_blocks(notification: Notification) -> list[dict[str, Any]]:
+    """Block Kit blocks: a header, the event's reason, and fields for run, stage, cost and savings."""
+    emoji, title = _KIND_TITLES[notification.kind]
+    fields = [
+        ("Run", escape_mrkdwn(notification.run_id)),
+        ("Stage", escape_mrkdwn(notification.stage) if notification.stage else "—"),
+    ]
+    if notification.attempt is not None:
+        fields.append(("Attempt", str(notification.attempt)))
+    final = notification.kind in ("succeeded", "failed")
+    if notification.cost_usd is not None:
+        fields.append(("Cost" if final else "Cost so far", format_usd(notification.cost_usd)))
+    if notification.on_demand_only_cost_usd is not None:
+        fields.append(("On-Demand only", format_usd(notification.on_demand_only_cost_usd)))
+    if notification.savings_pct is not None:
+        fields.append(("Savings", f"{notification.savings_pct:.1f}%"))
+    if notification.deadline_hours is not None:
+        deadline = f"{notification.deadline_hours:.2f} h"
+        if notification.deadline_met is not None:
+            deadline += " (met)" if notification.deadline_met else " (missed)"
+        fields.append(("Deadline", deadline))
+    if notification.elapsed_hours is not None:
+        fields.append(("Elapsed", f"{notification.elapsed_hours:.2f} h"))
+    for name, value in notification.details.items():
+        fields.append((escape_mrkdwn(str(name)), escape_mrkdwn(str(value))))
+    # A section holds at most 10 fields: spread longer lists over several sections.
+    field_blocks = [
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": _truncate(f"*{name}*\n{value}", FIELD_TEXT_LIMIT)}
+                for name, value in fields[start : start + 10]
+            ],
+        }
+        for start in range(0, len(fields), 10)
+    ]
+    return [
+        {"type": "header", "text": {"type": "plain_text", "text": _truncate(f"{emoji} {title}", HEADER_TEXT_LIMIT)}},
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": _truncate(escape_mrkdwn(notification.reason) or "—", SECTION_TEXT_LIMIT)},
+        },
+        *field_blocks,
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": _truncate(f"spot-hpc · {notification.kind}", FIELD_TEXT_LIMIT)}],
+        },
+    ]
+
+
+def escape_mrkdwn(text: str) -> str:
+    """Escape the three characters Slack treats as control sequences (`<@U…>`, `<!channel>`, links)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def format_usd(value: float) -> str:
+    return f"${value:,.2f}" if abs(value) >= 1 or value == 0 else f"${value:,.4f}"
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- The webhook URL --------------------------------------------------------------------------------------------
+
+
+class InvalidWebhookUrl(ValueError):
+    """The secret does not hold a usable Slack webhook URL. The message never contains the secret."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"the Slack webhook secret is not a valid webhook URL: {problem}")
+
+
+class WebhookSecretError(RuntimeError):
+    """The webhook secret could not be read. The message names the secret id, never its value."""
+
+
+def validate_webhook_url(value: object, *, allow_loopback_http: bool = False) -> str:
+    """Return `value` when it is a Slack incoming-webhook URL, else raise `InvalidWebhookUrl`.
+
+    Accepted: https://hooks.slack.com/services/... (or /workflows/, /triggers/), no credentials, port or query.
+    With `allow_loopback_http` (offline only), also http://127.0.0.1|[::1]|localhost[:port]/...
+    """
+    if not isinstance(value, str):
+        raise InvalidWebhookUrl("it is not a string")
+    if not value:
+        raise InvalidWebhookUrl("it is empty")
+    if len(value) > MAX_WEBHOOK_URL_LENGTH:
+        raise InvalidWebhookUrl(f"it is longer than {MAX_WEBHOOK_URL_LENGTH} characters")
+    # Printable ASCII only: rules out CR/LF (header injection), spaces, and look-alike Unicode hosts.
+    if not all(33 <= ord(char) <= 126 for char in value):
+        raise InvalidWebhookUrl("it contains whitespace, control or non-ASCII characters")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise InvalidWebhookUrl("it cannot be parsed as a URL") from None
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise InvalidWebhookUrl("it carries credentials")
+    if parts.fragment or "#" in value:
+        raise InvalidWebhookUrl("it has a fragment")
+    host = (parts.hostname or "").lower()
+    if allow_loopback_http and _is_loopback(host):
+        if parts.scheme not in ("http", "https"):
+            raise InvalidWebhookUrl("a loopback URL must use http or https")
+        return value
+    if parts.scheme != "https":
+        raise InvalidWebhookUrl("it must use https")
+    if host != SLACK_WEBHOOK_HOST:
+        raise InvalidWebhookUrl(f"its host must be {SLACK_WEBHOOK_HOST}")
+    if port not in (None, 443):
+        raise InvalidWebhookUrl("it must not name a port")
+    if parts.query:
+        raise InvalidWebhookUrl("it must not have a query string")
+    if not parts.path.startswith(SLACK_WEBHOOK_PATH_PREFIXES) or ".." in parts.path:
+        raise InvalidWebhookUrl(f"its path must start with one of {', '.join(SLACK_WEBHOOK_PATH_PREFIXES)}")
+    return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def webhook_url_from_secret(secret_string: object, *, allow_loopback_http: bool = False) -> str:
+    """The URL in a secret's value: the value itself, or a JSON object's `webhook_url` (or `url`) key."""
+    if isinstance(secret_string, str) and secret_string.startswith("{"):
+        try:
+            document = json.loads(secret_string)
+        except ValueError:
+            raise InvalidWebhookUrl("it looks like JSON but does not parse") from None
+        if not isinstance(document, dict):
+            raise InvalidWebhookUrl("its JSON is not an object")
+        candidates = [document[key] for key in WEBHOOK_SECRET_JSON_KEYS if key in document]
+        if not candidates:
+            raise InvalidWebhookUrl(f"its JSON has none of the keys {', '.join(WEBHOOK_SECRET_JSON_KEYS)}")
+        secret_string = candidates[0]
+    return validate_webhook_url(secret_string, allow_loopback_http=allow_loopback_http)
+
+
+def read_webhook_url(
+    secrets_client: Any,
+    secret_id: str,
+    *,
+    allow_loopback_http: bool = False,
+    max_age_seconds: int | None = None,
+) -> str:
+    """Read and validate the webhook URL from Secrets Manager through an injected client.
+
+    With `max_age_seconds`, the value is cached by Powertools parameters for that long (per client, per process).
+    """
+    try:
+        if max_age_seconds is None:
+            secret_string = secrets_client.get_secret_value(SecretId=secret_id).get("SecretString")
+        else:
+            secret_string = _secrets_provider(secrets_client).get(secret_id, max_age=max_age_seconds)
+    except Exception as exc:
+        # Only the error's type: some SDK errors quote the request, and the secret id is the caller's own.
+        raise WebhookSecretError(f"could not read the Slack webhook secret {secret_id!r}: {type(exc).__name__}") from None
+    return webhook_url_from_secret(secret_string, allow_loopback_http=allow_loopback_http)
+
+
+_SECRETS_PROVIDERS: dict[int, Any] = {}
+
+
+def _secrets_provider(secrets_client: Any) -> Any:
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+    provider = _SECRETS_PROVIDERS.get(id(secrets_client))
+    if provider is None:
+        provider = _SECRETS_PROVIDERS[id(secrets_client)] = SecretsProvider(boto3_client=secrets_client)
+    return provider
+
+
+# --- The webhook sender -----------------------------------------------------------------------------------------
+
+
+class SlackDeliveryError(Exception):
+    """Slack did not take the message after the tries allowed. Never mentions the webhook URL."""
+
+    def __init__(self, message: str, *, status: int | None, attempts: int, retryable: bool) -> None:
+        super().__init__(message)
+        self.status = status
+        self.attempts = attempts
+        self.retryable = retryable  # True when a later redrive may succeed (429, 5xx, timeouts)
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    status: int
+    attempts: int
+    waited_seconds: float
+
+
+class Opener(Protocol):
+    def open(self, fullurl: urllib.request.Request, data: bytes | None = None, timeout: float = ...) -> Any: ...
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Slack never redirects a webhook; following one would send the payload (and retries) elsewhere."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None
+
+
+def default_opener(loopback: bool) -> urllib.request.OpenerDirector:
+    handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
+    if loopback:
+        # A proxy from the environment must not capture loopback traffic to the offline sink.
+        handlers.append(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener(*handlers)
+
+
+class SlackWebhook:
+    """Posts messages to a Slack incoming webhook, retrying what Slack asks to retry.
+
+    - 429: waits exactly `Retry-After` seconds (Slack's rate limit) when that fits in the budget; otherwise
+      gives up at once (a shorter wait would only be rate limited again; the dead-letter queue retries later).
+    - 5xx, timeouts, connection errors: exponential backoff with full jitter.
+    - other 4xx (invalid payload, revoked or archived webhook): no retry.
+    At most `max_attempts` requests and never beyond `budget_seconds` (set it below the Lambda's remaining time).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        allow_loopback_http: bool = False,
+        opener: Opener | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+        max_attempts: int = 4,
+        timeout_seconds: float = 5.0,
+        base_backoff_seconds: float = 0.5,
+        max_backoff_seconds: float = 8.0,
+        budget_seconds: float = 25.0,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        self._url = validate_webhook_url(url, allow_loopback_http=allow_loopback_http)
+        self._host = urlsplit(self._url).hostname or ""
+        self._opener: Opener = opener or default_opener(_is_loopback(self._host))
+        self._sleep = sleep
+        self._clock = clock
+        self._jitter = jitter
+        self.max_attempts = max_attempts
+        self.timeout_seconds = timeout_seconds
+        self.base_backoff_seconds = base_backoff_seconds
+        self.max_backoff_seconds = max_backoff_seconds
+        self.budget_seconds = budget_seconds
+
+    def __repr__(self) -> str:
+        return f"SlackWebhook(host={self._host!r})"
+
+    def send(self, notification: Notification, *, budget_seconds: float | None = None) -> DeliveryResult:
+        return self.post(build_message(notification), budget_seconds=budget_seconds)
+
+    def post(self, message: Mapping[str, Any], *, budget_seconds: float | None = None) -> DeliveryResult:
+        """Post one message; raise `SlackDeliveryError` when Slack has not taken it."""
+        body = json.dumps(message, ensure_ascii=False).encode("utf-8")
+        budget = self.budget_seconds if budget_seconds is None else budget_seconds
+        started = self._clock()
+        waited = 0.0
+        status: int | None = None
+        problem = "no attempt made"
+        for attempt in range(1, self.max_attempts + 1):
+            request = urllib.request.Request(
+                self._url, data=body, method="POST", headers={"Content-Type": "application/json; charset=utf-8"}
+            )
+            retry_after: float | None = None
+            try:
+                with self._opener.open(request, timeout=self.timeout_seconds) as response:
+                    response.read()
+                    status = int(response.status)
+                if 200 <= status < 300:
+                    return DeliveryResult(status=status, attempts=attempt, waited_seconds=waited)
+                problem = f"HTTP {status}"  # 1xx/3xx: not a delivery
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+                slack_error = _safe_error_body(exc)
+                problem = f"HTTP {status}" + (f" ({slack_error})" if slack_error else "")
+                if status == 429:
+                    retry_after = parse_retry_after(exc.headers.get("Retry-After"))
+                elif status < 500:
+                    exc.close()
+                    raise SlackDeliveryError(
+                        f"Slack refused the message: {problem}", status=status, attempts=attempt, retryable=False
+                    ) from None
+                exc.close()
+            except (TimeoutError, socket.timeout):
+                status, problem = None, f"no answer within {self.timeout_seconds:g} s"
+            except urllib.error.URLError as exc:
+                timed_out = isinstance(exc.reason, TimeoutError | socket.timeout)
+                status = None
+                problem = f"no answer within {self.timeout_seconds:g} s" if timed_out else "could not connect"
+            except (ConnectionError, OSError) as exc:
+                status, problem = None, f"connection failed ({type(exc).__name__})"
+            if attempt == self.max_attempts:
+                break
+            wait = retry_after if retry_after is not None else self._backoff(attempt)
+            # An injected sleep may not move the clock: the time spent is at least what was slept.
+            remaining = budget - max(self._clock() - started, waited)
+            # The wait plus one more request must fit in the budget, or the Lambda would be cut off mid-try.
+            if wait + self.timeout_seconds > remaining:
+                raise SlackDeliveryError(
+                    f"Slack did not take the message ({problem}); the next try would not fit in the "
+                    f"{budget:g} s budget",
+                    status=status,
+                    attempts=attempt,
+                    retryable=True,
+                )
+            logger.info(
+                "Slack webhook attempt failed; retrying",
+                extra={"attempt": attempt, "problem": problem, "wait_seconds": round(wait, 3)},
+            )
+            self._sleep(wait)
+            waited += wait
+        raise SlackDeliveryError(
+            f"Slack did not take the message after {self.max_attempts} tries: {problem}",
+            status=status,
+            attempts=self.max_attempts,
+            retryable=True,
+        )
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))], never zero so retries are spaced."""
+        ceiling = min(self.max_backoff_seconds, self.base_backoff_seconds * 2 ** (attempt - 1))
+        return max(ceiling * self._jitter(), ceiling / 10)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: a number of seconds or an HTTP date; None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = moment.timestamp() - time.time()
+    return max(0.0, seconds) if seconds == seconds else None  # NaN guard
+
+
+def _safe_error_body(exc: urllib.error.HTTPError) -> str:
+    """Slack's short error code (e.g. "invalid_payload"), kept to a harmless token."""
+    try:
+        raw = exc.read(200)
+    except Exception:
+        return ""
+    text = raw.decode("utf-8", errors="replace").strip()
+    return text if text and len(text) <= 64 and all(c.isalnum() or c in "_-" for c in text) else ""
+
+
+# --- Delivery: Slack, SNS, dead-letter queue --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    slack: Literal["delivered", "dead-lettered", "skipped"]
+    sns_message_id: str | None
+    error: str | None = None
+
+
+def sns_subject(notification: Notification) -> str:
+    subject = f"[spot-hpc] {notification_title(notification)}: {notification.run_id}"
+    printable = "".join(char if 32 <= ord(char) < 127 else "?" for char in subject)
+    return _truncate(printable, SNS_SUBJECT_LIMIT).replace("…", ".")
+
+
+def publish_to_sns(sns_client: Any, topic_arn: str, notification: Notification) -> str:
+    """Publish the notification for email or other subscribers; returns the SNS message id."""
+    response = sns_client.publish(
+        TopicArn=topic_arn,
+        Subject=sns_subject(notification),
+        Message=notification_text(notification),
+        MessageAttributes={
+            "kind": {"DataType": "String", "StringValue": notification.kind},
+            "run_id": {"DataType": "String", "StringValue": notification.run_id},
+        },
+    )
+    return str(response["MessageId"])
+
+
+def send_to_dead_letter_queue(sqs_client: Any, queue_url: str, notification: Notification, error: str) -> None:
+    """Park an undelivered message with why it failed, for a later redrive."""
+    sqs_client.send_message(
+        QueueUrl=queue_url,
+        MessageBody=json.dumps({"notification": notification.to_dict(), "error": error}),
+        MessageAttributes={"dedupe_key": {"DataType": "String", "StringValue": notification.dedupe_key}},
+    )
+
+
+def deliver_notification(
+    notification: Notification,
+    *,
+    webhook: SlackWebhook | None,
+    sns_client: Any | None = None,
+    topic_arn: str | None = None,
+    sqs_client: Any | None = None,
+    dead_letter_queue_url: str | None = None,
+    budget_seconds: float | None = None,
+) -> DeliveryOutcome:
+    """Tell SNS and Slack; never raise for a Slack failure (the message goes to the dead-letter queue).
+
+    Dedupe is the caller's: check `notification.dedupe_key` in the ledger (conditional put) before calling this.
+    Errors of SNS or SQS themselves do propagate: they are AWS failures the Lambda's own retries should see.
+    """
+    message_id = publish_to_sns(sns_client, topic_arn, notification) if sns_client and topic_arn else None
+    if webhook is None:
+        return DeliveryOutcome(slack="skipped", sns_message_id=message_id)
+    try:
+        webhook.send(notification, budget_seconds=budget_seconds)
+    except SlackDeliveryError as exc:
+        logger.warning(
+            "Slack notification not delivered; sent to the dead-letter queue",
+            extra={"kind": notification.kind, "run_id": notification.run_id, "error": str(exc)},
+        )
+        if sqs_client is not None and dead_letter_queue_url:
+            send_to_dead_letter_queue(sqs_client, dead_letter_queue_url, notification, str(exc))
+        return DeliveryOutcome(slack="dead-lettered", sns_message_id=message_id, error=str(exc))
+    return DeliveryOutcome(slack="delivered", sns_message_id=message_id)
