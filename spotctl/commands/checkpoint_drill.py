@@ -1,0 +1,63 @@
+"""`spotctl checkpoint-drill`: interrupt the example workloads mid-run and check that no work or output is lost."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from spotctl.cli import ToolError
+
+WORKLOAD_CHOICES = ("preprocess", "hpc", "postprocess", "all")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "checkpoint-drill",
+        help="run example workloads, interrupt them mid-run, restart them and compare the output",
+        description=(
+            "Runs each example workload as a real process against an embedded S3 and an instance-metadata stand-in "
+            "on 127.0.0.1, posts a Spot interruption notice mid-run, lets the job checkpoint and exit, restarts it "
+            "and reports the time from notice to complete checkpoint, the work lost and whether the output equals "
+            "an uninterrupted run's."
+        ),
+    )
+    parser.add_argument("--workload", choices=WORKLOAD_CHOICES, default="all", help="workload to drill (default all)")
+    parser.add_argument(
+        "--via",
+        choices=("imds", "request", "sigterm"),
+        default="imds",
+        help="how to interrupt: Spot notice in instance metadata (default), control-plane request, or SIGTERM",
+    )
+    parser.add_argument("--poll-seconds", type=float, default=0.2, help="how often jobs look for a notice (0.2)")
+    parser.add_argument("--json", metavar="OUT", type=Path, help="write the results as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from spotctl.drill.runner import WORKLOADS, DrillError, run_drills
+
+    if args.poll_seconds <= 0:
+        raise ToolError("--poll-seconds must be positive")
+    workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    try:
+        results = run_drills(workloads, via=args.via, poll_seconds=args.poll_seconds)
+    except DrillError as exc:
+        raise ToolError(str(exc)) from exc
+    for result in results:
+        print(
+            f"{result.workload:<12} via {result.interrupted_via:<8} notice->checkpoint "
+            f"{result.notice_to_checkpoint_seconds:6.3f} s  lost work {result.lost_work_seconds:6.3f} s "
+            f"(interval {result.checkpoint_interval_seconds:.2f} s)  resumed {result.resumed_from_checkpoint}  "
+            f"output identical {result.output_matches_uninterrupted}"
+        )
+    if args.json is not None:
+        rows = [result.as_row() for result in results]
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2) + "\n")
+        except OSError as exc:
+            raise ToolError(f"cannot write {args.json}: {exc}") from exc
+    ok = all(result.output_matches_uninterrupted and result.resumed_from_checkpoint for result in results)
+    return 0 if ok else 1

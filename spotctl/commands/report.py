@@ -1,0 +1,63 @@
+"""`spotctl report`: per-run and per-period summaries of run reports, with an optional PNG chart."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from spotctl.cli import ToolError
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="summarise runs: cost, On-Demand-only cost and savings per run and per day or week",
+        description="Summarise run reports as tables (per run, per period) and optionally a PNG chart.",
+    )
+    parser.add_argument(
+        "--from-json",
+        dest="from_json",
+        nargs="+",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="run report files (as written by `spotctl demo --json`); a file may also hold a list of reports",
+    )
+    parser.add_argument("--period", choices=("day", "week"), default="day", help="period of the totals table")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of cost vs On-Demand by run")
+    parser.set_defaults(func=run_report)
+
+
+def load_run_reports(paths: list[Path]) -> list[dict[str, Any]]:
+    """Run reports from JSON files; a report without `run_id` is named after its file."""
+    reports: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ToolError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise ToolError(f"{path} is not valid JSON: {exc}") from None
+        items = document if isinstance(document, list) else [document]
+        for position, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ToolError(f"{path}: expected a run report object (or a list of them)")
+            report = dict(item)
+            report.setdefault("run_id", path.stem if len(items) == 1 else f"{path.stem}[{position}]")
+            reports.append(report)
+    return reports
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from spotctl.reporting import render_report
+
+    reports = load_run_reports(list(args.from_json))
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise ToolError(f"--plot writes a PNG: give a file name ending in .png, not {args.plot.name!r}")
+    try:
+        print(render_report(reports, args.plot, period=args.period))
+    except ValueError as exc:
+        raise ToolError(str(exc)) from None
+    return 0

@@ -1,0 +1,1 @@
+"""The offline runtime: the real template, state machine and handlers on an embedded AWS (moto)."""

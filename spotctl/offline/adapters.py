@@ -1,0 +1,266 @@
+"""Everything moto does not do the way AWS does, filled in one place. Each adapter says what AWS does there.
+
+Installed once per embedded AWS by `install(...)`; each has a test under tests/integration/test_offline_adapters.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------------------------
+# CloudFormation: DefinitionSubstitutions
+# AWS substitutes ${Name} in a state machine's definition with DefinitionSubstitutions[Name] (values resolved
+# like any property). moto's CloudFormation ignores DefinitionSubstitutions; the same semantics are a Fn::Sub with a
+# variable map, which moto resolves.
+
+
+def _literal_join(value: Any) -> Any:
+    if isinstance(value, dict) and "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        if all(isinstance(part, str) for part in parts):
+            return separator.join(parts)
+    return value
+
+
+def apply_definition_substitutions(template: dict[str, Any]) -> None:
+    for resource in template.get("Resources", {}).values():
+        if resource.get("Type") != "AWS::StepFunctions::StateMachine":
+            continue
+        props = resource.get("Properties", {})
+        substitutions = props.pop("DefinitionSubstitutions", None)
+        definition = _literal_join(props.get("DefinitionString"))
+        if "Definition" in props and "DefinitionString" not in props:
+            definition = json.dumps(props.pop("Definition"))
+        if substitutions and isinstance(definition, str):
+            props["DefinitionString"] = {"Fn::Sub": [definition, substitutions]}
+        elif isinstance(definition, str):
+            props["DefinitionString"] = definition
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CloudFormation: list parameters
+# AWS resolves a Ref to a CommaDelimitedList or List<...> parameter to a list; moto's CloudFormation resolves it to
+# the raw comma-separated string (Batch then sees instance types "c", "6", ...). The values are inlined as lists.
+
+
+def inline_list_parameters(template: dict[str, Any], values: dict[str, Any]) -> None:
+    lists: dict[str, list[str]] = {}
+    for name, spec in template.get("Parameters", {}).items():
+        kind = spec.get("Type", "")
+        if kind == "CommaDelimitedList" or kind.startswith("List<"):
+            raw = values.get(name, spec.get("Default", ""))
+            lists[name] = [item.strip() for item in str(raw).split(",") if item.strip()]
+
+    def inline(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {"Ref"} and value["Ref"] in lists:
+                return list(lists[value["Ref"]])
+            return {k: inline(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [inline(v) for v in value]
+        return value
+
+    template["Resources"] = inline(template.get("Resources", {}))
+    template["Outputs"] = inline(template.get("Outputs", {}))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CloudFormation: resource types moto cannot create. AWS creates them; moto's CloudFormation skips them with a
+# warning and leaves a Ref to them unresolved. They change no behaviour the offline runtime exercises, so they are
+# removed up front and listed (`spotctl demo` prints the list) with what AWS would do.
+
+NOT_EMULATED: dict[str, str] = {
+    "AWS::S3::BucketPolicy": "TLS-only bucket policy: offline traffic is in-process, there is no transport",
+    "AWS::SQS::QueuePolicy": "queue policy for EventBridge: offline delivery to the dead-letter queue is direct",
+    "AWS::Lambda::EventInvokeConfig": "async retry/on-failure destination: offline handler errors are reported",
+    "AWS::EC2::PlacementGroup": "cluster placement group: the Batch emulator places nodes without a network model",
+}
+_REPLACEMENT_REFS = {"AWS::EC2::PlacementGroup": "spot-hpc-offline-placement-group"}
+
+
+def drop_unemulated_resources(template: dict[str, Any]) -> list[dict[str, str]]:
+    resources = template.get("Resources", {})
+    dropped: list[dict[str, str]] = []
+    for logical_id, resource in list(resources.items()):
+        kind = resource.get("Type", "")
+        if kind in NOT_EMULATED:
+            del resources[logical_id]
+            dropped.append({"logical_id": logical_id, "type": kind, "reason": NOT_EMULATED[kind]})
+    replacements = {d["logical_id"]: _REPLACEMENT_REFS[d["type"]] for d in dropped if d["type"] in _REPLACEMENT_REFS}
+    dropped_ids = {d["logical_id"] for d in dropped}
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {"Ref"} and value["Ref"] in replacements:
+                return replacements[value["Ref"]]
+            return {k: scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        return value
+
+    for resource in resources.values():
+        if "DependsOn" in resource:
+            depends = resource["DependsOn"] if isinstance(resource["DependsOn"], list) else [resource["DependsOn"]]
+            resource["DependsOn"] = [d for d in depends if d not in dropped_ids]
+        resource.update(scrub({k: v for k, v in resource.items() if k != "DependsOn"}))
+    return dropped
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lambda: AWS runs a function's handler in its own sandbox with the function's environment. moto runs functions
+# in Docker (or returns a canned answer without it). Offline, the handler runs in-process: its module is loaded from
+# the function's CodeUri under the function's environment (its cold start), and invocations are serialised so that
+# each sees only its own environment.
+
+_INVOKE_LOCK = threading.RLock()
+
+
+@dataclass
+class LocalFunction:
+    logical_id: str
+    code_dir: Path
+    module: ModuleType | None = None
+    invocations: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LambdaContextStandIn:
+    """What a handler reads from its context object."""
+
+    function_name: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int = 256
+    function_version: str = "$LATEST"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = ""
+    log_stream_name: str = ""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+# Offline environment every function gets on top of its own: no X-Ray daemon, no CloudWatch agent.
+OFFLINE_FUNCTION_ENV = {
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "POWERTOOLS_METRICS_DISABLED": "true",
+    "POWERTOOLS_LOG_LEVEL": "WARNING",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "SLACK_ALLOW_LOOPBACK": "true",
+}
+
+
+@contextlib.contextmanager
+def function_environment(env: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(OFFLINE_FUNCTION_ENV)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def run_local_function(local: LocalFunction, function_name: str, function_arn: str, handler: str,
+                       env: dict[str, str], event: Any) -> tuple[Any, bool]:
+    """Runs the handler in-process; returns (result or error payload, errored)."""
+    module_name, _, attribute = handler.rpartition(".")
+    with _INVOKE_LOCK, function_environment({**env, "AWS_LAMBDA_FUNCTION_NAME": function_name}):
+        local.invocations += 1
+        try:
+            if local.module is None:
+                path = local.code_dir / f"{module_name.replace('.', '/')}.py"
+                spec = importlib.util.spec_from_file_location(f"offline_fn_{local.logical_id}", path)
+                if spec is None or spec.loader is None:
+                    raise ImportError(f"cannot load {path}")
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                local.module = module
+            result = getattr(local.module, attribute)(event, LambdaContextStandIn(function_name, function_arn))
+            return result, False
+        except Exception as exc:
+            local.errors.append(f"{type(exc).__name__}: {exc}")
+            return {"errorType": type(exc).__name__, "errorMessage": str(exc),
+                    "stackTrace": traceback.format_exception(exc)[-5:]}, True
+
+
+FunctionRegistry = Callable[[str], "LocalFunction | None"]
+
+
+def install_lambda_adapter(registry: FunctionRegistry) -> Callable[[], None]:
+    from moto.awslambda.models import LambdaFunction
+
+    original = LambdaFunction.invoke
+
+    def invoke(self: Any, body: str, request_headers: Any, response_headers: Any) -> str | bytes:
+        local = registry(self.function_name)
+        if local is None:
+            return original(self, body, request_headers, response_headers)  # type: ignore[no-any-return]
+        event = json.loads(body) if body else {}
+        result, errored = run_local_function(local, self.function_name, self.function_arn, self.handler,
+                                             dict(self.environment_vars or {}), event)
+        if errored:
+            response_headers["x-amz-function-error"] = "Unhandled"
+        return json.dumps(result, default=str).encode()
+
+    LambdaFunction.invoke = invoke  # type: ignore[method-assign]
+
+    def uninstall() -> None:
+        LambdaFunction.invoke = original  # type: ignore[method-assign]
+
+    return uninstall
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CloudFormation: AWS::Batch::JobDefinition
+# AWS registers the definition with its Type (container or multinode), Timeout, PlatformCapabilities and
+# PropagateTags. moto's CloudFormation registers every definition as a container job and drops those properties,
+# so a multi-node definition fails to register. The definition is registered with all its properties.
+
+
+def install_job_definition_adapter() -> Callable[[], None]:
+    from moto.batch.models import JobDefinition, batch_backends
+    from moto.batch.utils import lowercase_first_key
+
+    original = JobDefinition.__dict__["create_from_cloudformation_json"]
+
+    def create_from_cloudformation_json(cls: Any, resource_name: str, cloudformation_json: dict[str, Any],
+                                        account_id: str, region_name: str, **kwargs: Any) -> Any:
+        props = cloudformation_json["Properties"]
+
+        def optional(name: str) -> Any:
+            return lowercase_first_key(props[name]) if name in props else None
+
+        return batch_backends[account_id][region_name].register_job_definition(
+            def_name=props.get("JobDefinitionName", resource_name),
+            parameters=dict(props.get("Parameters", {})),
+            _type=props.get("Type", "container"),
+            tags=dict(props.get("Tags", {})),
+            retry_strategy=optional("RetryStrategy"),
+            container_properties=optional("ContainerProperties"),
+            node_properties=optional("NodeProperties"),
+            eks_properties=optional("EksProperties"),
+            timeout=optional("Timeout") or {},
+            platform_capabilities=props.get("PlatformCapabilities", ["EC2"]),
+            propagate_tags=bool(props.get("PropagateTags", False)),
+        )
+
+    JobDefinition.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)  # type: ignore[assignment]
+
+    def uninstall() -> None:
+        JobDefinition.create_from_cloudformation_json = original  # type: ignore[method-assign]
+
+    return uninstall

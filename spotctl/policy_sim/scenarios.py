@@ -1,0 +1,152 @@
+"""Benchmark scenarios: parsing, validation, and turning one into a simulated job."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spotctl.cli import ToolError
+from spotctl.policy_sim.simulator import Job, Stage
+from spotctl.policy_sim.traces import block_trace, resolve, ticks_to_cover, ticks_within
+
+REQUIRED_NUMBERS = (
+    "nodes",
+    "tick_seconds",
+    "start_tick",
+    "compute_hours",
+    "deadline_hours",
+    "changeover_hours",
+    "od_price",
+    "spot_price",
+)
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be run; the benchmark reports it as error rows."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    compute_hours: float
+    spot_allowed: bool = True
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    trace: str
+    nodes: int
+    tick_seconds: float
+    start_tick: int
+    compute_hours: float
+    deadline_hours: float
+    changeover_hours: float
+    od_price: float
+    spot_price: float
+    advisor_bucket: int | None = None
+    stages: tuple[StageSpec, ...] = ()
+
+    @property
+    def slack(self) -> float:
+        """Deadline over compute: the slack class the results are grouped by."""
+        return self.deadline_hours / self.compute_hours
+
+
+def parse_scenario(raw: Any, index: int) -> Scenario:
+    """Validate one scenario object; raise ScenarioError with a message naming the problem."""
+    if not isinstance(raw, dict):
+        raise ScenarioError("scenario is not an object")
+    missing = [name for name in ("trace", *REQUIRED_NUMBERS) if name not in raw]
+    if missing:
+        raise ScenarioError(f"missing field(s): {', '.join(missing)}")
+    numbers: dict[str, float] = {}
+    for name in REQUIRED_NUMBERS:
+        value = raw[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ScenarioError(f"{name} must be a number, got {value!r}")
+        numbers[name] = float(value)
+    for name in ("nodes", "tick_seconds", "compute_hours", "deadline_hours"):
+        if numbers[name] <= 0:
+            raise ScenarioError(f"{name} must be positive")
+    for name in ("start_tick", "changeover_hours", "od_price", "spot_price"):
+        if numbers[name] < 0:
+            raise ScenarioError(f"{name} must not be negative")
+    if not numbers["nodes"].is_integer() or not numbers["start_tick"].is_integer():
+        raise ScenarioError("nodes and start_tick must be integers")
+    if not isinstance(raw["trace"], str) or not raw["trace"]:
+        raise ScenarioError("trace must be a path")
+    bucket = raw.get("advisor_bucket")
+    if bucket is not None and (not isinstance(bucket, int) or not 0 <= bucket <= 4):
+        raise ScenarioError("advisor_bucket must be an integer 0..4")
+    stages = tuple(_parse_stage(stage) for stage in raw.get("stages") or ())
+    compute = numbers["compute_hours"]
+    if stages and abs(sum(stage.compute_hours for stage in stages) - compute) > 1e-6:
+        raise ScenarioError("compute_hours must be the sum of the stages' compute_hours")
+    return Scenario(
+        id=str(raw.get("id", f"#{index}")),
+        trace=raw["trace"],
+        nodes=int(numbers["nodes"]),
+        tick_seconds=numbers["tick_seconds"],
+        start_tick=int(numbers["start_tick"]),
+        compute_hours=compute,
+        deadline_hours=numbers["deadline_hours"],
+        changeover_hours=numbers["changeover_hours"],
+        od_price=numbers["od_price"],
+        spot_price=numbers["spot_price"],
+        advisor_bucket=bucket,
+        stages=stages,
+    )
+
+
+def _parse_stage(raw: Any) -> StageSpec:
+    if not isinstance(raw, dict) or "compute_hours" not in raw:
+        raise ScenarioError("a stage needs compute_hours")
+    hours = raw["compute_hours"]
+    if isinstance(hours, bool) or not isinstance(hours, int | float) or hours <= 0:
+        raise ScenarioError("a stage's compute_hours must be a positive number")
+    return StageSpec(str(raw.get("name", "stage")), float(hours), bool(raw.get("spot", True)))
+
+
+def build_job(scenario: Scenario, shared_dir: Path) -> Job:
+    """The scenario's window of blocked capacity as a simulated job; ScenarioError when it does not fit the trace."""
+    path = resolve(scenario.trace, shared_dir)
+    try:
+        blocked = block_trace(path, scenario.tick_seconds, scenario.nodes)
+    except ToolError as exc:
+        raise ScenarioError(str(exc)) from None
+    h = blocked.tick_hours
+    n = ticks_within(scenario.deadline_hours, h)
+    if n <= 0:
+        raise ScenarioError("deadline shorter than one tick")
+    if scenario.start_tick + n > len(blocked.capacity):
+        raise ScenarioError(
+            f"window {scenario.start_tick}..{scenario.start_tick + n - 1} passes the end of the trace "
+            f"({len(blocked.capacity)} ticks of {h * 60:g} min)"
+        )
+    specs = scenario.stages or (StageSpec("job", scenario.compute_hours),)
+    stages = tuple(Stage(spec.name, ticks_to_cover(spec.compute_hours, h), spec.spot_allowed) for spec in specs)
+    return Job(
+        capacity=blocked.capacity[scenario.start_tick : scenario.start_tick + n],
+        stages=stages,
+        changeover_ticks=round(scenario.changeover_hours / h),
+        tick_hours=h,
+        od_price=scenario.od_price,
+        spot_price=scenario.spot_price,
+    )
+
+
+def load_scenarios(path: Path) -> list[Any]:
+    """The raw scenario objects of a scenario file (each is validated when it is run)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ToolError(f"scenario file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise ToolError(f"cannot read scenario file {path}: {exc}") from None
+    scenarios = document.get("scenarios") if isinstance(document, dict) else None
+    if not isinstance(scenarios, list):
+        raise ToolError(f'{path}: expected {{"scenarios": [...]}}')
+    return scenarios

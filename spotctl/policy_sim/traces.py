@@ -1,0 +1,86 @@
+"""Spot traces (data/spot-traces) and the benchmark's blocking of raw trace ticks into policy ticks."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from spotctl.cli import ToolError
+
+
+@dataclass(frozen=True)
+class RawTrace:
+    """A trace file as published: capacity (0/1, or instances that could be had) every `gap_seconds`."""
+
+    path: str
+    gap_seconds: float
+    values: tuple[int, ...]
+    prices: tuple[float, ...] | None
+
+    @property
+    def hours(self) -> float:
+        return len(self.values) * self.gap_seconds / 3600
+
+
+@dataclass(frozen=True)
+class BlockedTrace:
+    """Capacity per policy tick for a job of `nodes` nodes: a tick has capacity only if every raw tick in it does."""
+
+    capacity: tuple[bool, ...]
+    tick_hours: float
+    raw_ticks_per_tick: int
+
+
+@lru_cache(maxsize=64)
+def load_trace(path: str) -> RawTrace:
+    """Read a trace file (cached: the benchmark reads the same traces many times)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except FileNotFoundError:
+        raise ToolError(f"trace not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise ToolError(f"cannot read trace {path}: {exc}") from None
+    try:
+        gap = float(document["metadata"]["gap_seconds"])
+        values = tuple(int(value) for value in document["data"])
+        prices = tuple(float(p) for p in document["prices"]) if document.get("prices") else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ToolError(f"not a spot trace ({exc!r}): {path}") from None
+    if gap <= 0 or not values:
+        raise ToolError(f"empty trace or bad gap_seconds: {path}")
+    return RawTrace(path, gap, values, prices)
+
+
+def ticks_per_block(tick_seconds: float, gap_seconds: float) -> int:
+    return max(1, round(tick_seconds / gap_seconds))
+
+
+@lru_cache(maxsize=128)
+def block_trace(path: str, tick_seconds: float, nodes: int) -> BlockedTrace:
+    """Group raw ticks into blocks of `round(tick_seconds / gap)`; a trailing partial block is dropped."""
+    raw = load_trace(path)
+    size = ticks_per_block(tick_seconds, raw.gap_seconds)
+    blocks = len(raw.values) // size
+    capacity = tuple(
+        all(value >= nodes for value in raw.values[i * size : (i + 1) * size]) for i in range(blocks)
+    )
+    return BlockedTrace(capacity, size * raw.gap_seconds / 3600, size)
+
+
+def ticks_within(hours: float, tick_hours: float) -> int:
+    """Whole ticks that fit in `hours` (floor, tolerant of float noise such as 59.99999999)."""
+    return math.floor(hours / tick_hours + 1e-9)
+
+
+def ticks_to_cover(hours: float, tick_hours: float) -> int:
+    """Ticks needed to cover `hours` (ceil, tolerant of float noise)."""
+    return math.ceil(hours / tick_hours - 1e-9)
+
+
+def resolve(path: str, base: Path) -> str:
+    candidate = Path(path)
+    return str(candidate if candidate.is_absolute() else base / candidate)

@@ -1,0 +1,242 @@
+"""Summaries of run reports: per run and per period (day or ISO week), as terminal tables and a PNG chart.
+
+Input is a list of run reports (the `--json` run report of `spotctl demo`, or what the ledger keeps). Two
+optional report fields identify runs: `run_id` (else "run-N" in input order) and `started_at` (ISO 8601; runs
+without it are grouped under the period "unknown").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from spot_hpc.cost import check_run_report_costs, savings_pct
+
+Period = Literal["day", "week"]
+PERIODS: tuple[Period, ...] = ("day", "week")
+UNKNOWN_PERIOD = "unknown"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    period_start: datetime | None
+    status: str
+    deadline_met: bool
+    cost_usd: float
+    on_demand_only_cost_usd: float
+    savings_pct: float
+    interruptions: int
+    requeues_to_on_demand: int
+    cost_problems: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PeriodSummary:
+    period: str
+    runs: int
+    succeeded: int
+    deadlines_met: int
+    cost_usd: float
+    on_demand_only_cost_usd: float
+    interruptions: int
+    requeues_to_on_demand: int
+
+    @property
+    def savings_pct(self) -> float:
+        return savings_pct(self.cost_usd, self.on_demand_only_cost_usd)
+
+
+def summarise_run(run_report: Mapping[str, Any], index: int) -> RunSummary:
+    """One run's summary; raises ValueError naming the run when the report lacks a required field."""
+    run_id = str(run_report.get("run_id") or f"run-{index + 1}")
+    try:
+        return RunSummary(
+            run_id=run_id,
+            period_start=_parse_started_at(run_report.get("started_at")),
+            status=str(run_report["pipeline_status"]),
+            deadline_met=bool(run_report["deadline_met"]),
+            cost_usd=float(run_report["cost_usd"]),
+            on_demand_only_cost_usd=float(run_report["on_demand_only_cost_usd"]),
+            savings_pct=float(run_report["savings_pct"]),
+            interruptions=int(run_report.get("interruptions", 0)),
+            requeues_to_on_demand=int(run_report.get("requeues_to_on_demand", 0)),
+            cost_problems=tuple(check_run_report_costs(run_report)),
+        )
+    except KeyError as exc:
+        raise ValueError(f"run report {run_id!r} has no {exc.args[0]!r} field") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"run report {run_id!r} is malformed: {exc}") from None
+
+
+def summarise_runs(run_reports: Sequence[Mapping[str, Any]]) -> list[RunSummary]:
+    summaries = []
+    for index, report in enumerate(run_reports):
+        if not isinstance(report, Mapping):
+            raise ValueError(f"run report {index + 1} is not a JSON object")
+        summaries.append(summarise_run(report, index))
+    return summaries
+
+
+def period_label(moment: datetime | None, period: Period) -> str:
+    if moment is None:
+        return UNKNOWN_PERIOD
+    if period == "day":
+        return moment.date().isoformat()
+    year, week, _ = moment.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def summarise_periods(runs: Sequence[RunSummary], period: Period = "day") -> list[PeriodSummary]:
+    """Totals per day or ISO week, in time order (runs of unknown date last)."""
+    groups: dict[str, list[RunSummary]] = {}
+    for run in runs:
+        groups.setdefault(period_label(run.period_start, period), []).append(run)
+    ordered = sorted(groups, key=lambda label: (label == UNKNOWN_PERIOD, label))
+    return [
+        PeriodSummary(
+            period=label,
+            runs=len(groups[label]),
+            succeeded=sum(run.status == "SUCCEEDED" for run in groups[label]),
+            deadlines_met=sum(run.deadline_met for run in groups[label]),
+            cost_usd=round(sum(run.cost_usd for run in groups[label]), 6),
+            on_demand_only_cost_usd=round(sum(run.on_demand_only_cost_usd for run in groups[label]), 6),
+            interruptions=sum(run.interruptions for run in groups[label]),
+            requeues_to_on_demand=sum(run.requeues_to_on_demand for run in groups[label]),
+        )
+        for label in ordered
+    ]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric_columns: set[int]) -> str:
+    """An aligned plain-text table: numeric columns right-aligned, the others left-aligned."""
+    widths = [max(len(headers[col]), *(len(row[col]) for row in rows)) for col in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.rjust(widths[col]) if col in numeric_columns else cell.ljust(widths[col])
+            for col, cell in enumerate(cells)
+        ).rstrip()
+
+    return "\n".join([line(headers), line(["-" * width for width in widths]), *(line(row) for row in rows)])
+
+
+RUN_HEADERS = (
+    "run",
+    "status",
+    "deadline met",
+    "cost USD",
+    "on-demand only USD",
+    "savings %",
+    "interruptions",
+    "requeues",
+)
+PERIOD_HEADERS = ("runs", "succeeded", "deadlines met", "cost USD", "on-demand only USD", "savings %", "interruptions")
+
+
+def run_table(runs: Sequence[RunSummary]) -> str:
+    rows = [
+        (
+            run.run_id,
+            run.status,
+            "yes" if run.deadline_met else "no",
+            f"{run.cost_usd:,.2f}",
+            f"{run.on_demand_only_cost_usd:,.2f}",
+            f"{run.savings_pct:.1f}",
+            str(run.interruptions),
+            str(run.requeues_to_on_demand),
+        )
+        for run in runs
+    ]
+    return format_table(RUN_HEADERS, rows, numeric_columns={3, 4, 5, 6, 7})
+
+
+def period_table(periods: Sequence[PeriodSummary], period: Period) -> str:
+    rows = [
+        (
+            item.period,
+            str(item.runs),
+            str(item.succeeded),
+            f"{item.deadlines_met}/{item.runs}",
+            f"{item.cost_usd:,.2f}",
+            f"{item.on_demand_only_cost_usd:,.2f}",
+            f"{item.savings_pct:.1f}",
+            str(item.interruptions),
+        )
+        for item in periods
+    ]
+    return format_table((period, *PERIOD_HEADERS), rows, numeric_columns={1, 2, 3, 4, 5, 6, 7})
+
+
+def plot_cost_vs_on_demand(runs: Sequence[RunSummary], plot_path: Path) -> Path:
+    """A PNG bar chart: each run's cost beside what it would have cost On-Demand, savings % above."""
+    # Figure + Agg canvas directly: no pyplot global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width = max(6.0, 0.9 * len(runs) + 2.0)
+    figure = Figure(figsize=(min(width, 40.0), 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    positions = list(range(len(runs)))
+    bar_width = 0.4
+    axes.bar([p - bar_width / 2 for p in positions], [r.cost_usd for r in runs], bar_width, label="cost (Spot-first)")
+    axes.bar(
+        [p + bar_width / 2 for p in positions],
+        [r.on_demand_only_cost_usd for r in runs],
+        bar_width,
+        label="On-Demand only, no interruption",
+    )
+    for position, run in zip(positions, runs, strict=True):
+        top = max(run.cost_usd, run.on_demand_only_cost_usd)
+        axes.annotate(f"{run.savings_pct:.0f}%", (position, top), ha="center", va="bottom", fontsize=8)
+    axes.set_xticks(positions, [r.run_id for r in runs], rotation=30, ha="right", fontsize=8)
+    axes.set_ylabel("USD")
+    axes.set_title("Run cost vs On-Demand (label: savings)")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(plot_path, format="png")
+    return plot_path
+
+
+def render_report(run_reports: list[dict[str, Any]], plot_path: Path | None, period: Period = "day") -> str:
+    """The `spotctl report` text (per-run table, per-period totals, overall line); writes the PNG when asked.
+
+    Raises ValueError when a run report lacks a field the summary needs.
+    """
+    if period not in PERIODS:
+        raise ValueError(f"period must be one of {PERIODS}, got {period!r}")
+    runs = summarise_runs(run_reports)
+    if not runs:
+        return "No runs to report."
+    periods = summarise_periods(runs, period)
+    total_cost = sum(run.cost_usd for run in runs)
+    total_on_demand = sum(run.on_demand_only_cost_usd for run in runs)
+    sections = [
+        "Runs",
+        run_table(runs),
+        "",
+        f"By {period}",
+        period_table(periods, period),
+        "",
+        f"Total: {len(runs)} runs, cost ${total_cost:,.2f} vs ${total_on_demand:,.2f} On-Demand only, "
+        f"saved ${total_on_demand - total_cost:,.2f} ({savings_pct(total_cost, total_on_demand):.1f}%)",
+    ]
+    problems = [f"  {run.run_id}: {problem}" for run in runs for problem in run.cost_problems]
+    if problems:
+        sections += ["", "Warning: these figures disagree with their attempts' billed time and prices:", *problems]
+    if plot_path is not None:
+        plot_cost_vs_on_demand(runs, plot_path)
+        sections += ["", f"Chart written to {plot_path}"]
+    return "\n".join(sections)
+
+
+def _parse_started_at(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
