@@ -196,7 +196,10 @@ def plot_cost_vs_on_demand(runs: Sequence[RunSummary], plot_path: Path) -> Path:
     axes.set_xticks(positions, [r.run_id for r in runs], rotation=30, ha="right", fontsize=8)
     axes.set_ylabel("USD")
     axes.set_title("Run cost vs On-Demand (label: savings)")
-    axes.legend(fontsize=8)
+    # Headroom above the tallest bar keeps the legend and the labels off the bars.
+    tallest = max((max(r.cost_usd, r.on_demand_only_cost_usd) for r in runs), default=0.0)
+    axes.set_ylim(0, tallest * 1.3 if tallest > 0 else 1.0)
+    axes.legend(fontsize=8, loc="upper left", ncols=2)
     figure.tight_layout()
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(plot_path, format="png")

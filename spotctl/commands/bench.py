@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
         help="the Spot / On-Demand policies on a scenario file, against the optimum",
         description="Runs on_demand, spot_only, greedy, uniform_progress, optimum and default on every scenario.",
     )
-    policy.add_argument("--scenarios", type=Path, required=True, help="scenario file ({\"scenarios\": [...]})")
+    policy.add_argument("--scenarios", type=Path, required=True, help='scenario file ({"scenarios": [...]})')
     policy.add_argument(
         "--shared-dir", type=Path, default=PROJECT_ROOT, help="base of relative trace paths (default: project root)"
     )

@@ -67,9 +67,9 @@ def _scenario_from_args(args: argparse.Namespace) -> dict[str, Any]:
         scenarios = load_scenarios(args.scenarios)
         if args.id is None:
             return scenarios[0] if scenarios else {}
-        for raw in scenarios:
-            if isinstance(raw, dict) and str(raw.get("id")) == args.id:
-                return raw
+        for candidate in scenarios:
+            if isinstance(candidate, dict) and str(candidate.get("id")) == args.id:
+                return candidate
         raise ToolError(f"no scenario with id {args.id!r} in {args.scenarios}")
     if not args.trace or args.deadline_hours is None or (args.compute_hours is None and not args.stages):
         raise ToolError("give --scenarios, or --trace, --deadline-hours and --compute-hours (or --stages)")

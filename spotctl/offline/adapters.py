@@ -33,6 +33,11 @@ def _literal_join(value: Any) -> Any:
     return value
 
 
+# moto's Fn::Sub runs Python's string.Template, which turns "$$" (the ASL context object prefix) into "$"; AWS leaves
+# it alone. "$$" is parked behind a placeholder through the Sub and restored when the state machine is registered.
+CONTEXT_PREFIX_PLACEHOLDER = "__ASL_CONTEXT_OBJECT__"
+
+
 def apply_definition_substitutions(template: dict[str, Any]) -> None:
     for resource in template.get("Resources", {}).values():
         if resource.get("Type") != "AWS::StepFunctions::StateMachine":
@@ -43,7 +48,8 @@ def apply_definition_substitutions(template: dict[str, Any]) -> None:
         if "Definition" in props and "DefinitionString" not in props:
             definition = json.dumps(props.pop("Definition"))
         if substitutions and isinstance(definition, str):
-            props["DefinitionString"] = {"Fn::Sub": [definition, substitutions]}
+            parked = definition.replace("$$", CONTEXT_PREFIX_PLACEHOLDER)
+            props["DefinitionString"] = {"Fn::Sub": [parked, substitutions]}
         elif isinstance(definition, str):
             props["DefinitionString"] = definition
 
@@ -124,6 +130,11 @@ def drop_unemulated_resources(template: dict[str, Any]) -> list[dict[str, str]]:
 # each sees only its own environment.
 
 _INVOKE_LOCK = threading.RLock()
+_in_progress = 0
+
+
+def invocation_in_progress() -> bool:
+    return _in_progress > 0
 
 
 @dataclass
@@ -166,7 +177,8 @@ OFFLINE_FUNCTION_ENV = {
 def function_environment(env: dict[str, str]) -> Iterator[None]:
     saved = dict(os.environ)
     os.environ.update(OFFLINE_FUNCTION_ENV)
-    os.environ.update(env)
+    # CloudFormation hands every environment value to Lambda as a string; moto keeps resolved numbers as numbers.
+    os.environ.update({name: str(value) for name, value in env.items()})
     try:
         yield
     finally:
@@ -177,10 +189,12 @@ def function_environment(env: dict[str, str]) -> Iterator[None]:
 def run_local_function(local: LocalFunction, function_name: str, function_arn: str, handler: str,
                        env: dict[str, str], event: Any) -> tuple[Any, bool]:
     """Runs the handler in-process; returns (result or error payload, errored)."""
+    global _in_progress
     module_name, _, attribute = handler.rpartition(".")
-    with _INVOKE_LOCK, function_environment({**env, "AWS_LAMBDA_FUNCTION_NAME": function_name}):
-        local.invocations += 1
-        try:
+    _in_progress += 1  # counted from the request on, so the runtime never advances time under a waiting call
+    try:
+        with _INVOKE_LOCK, function_environment({**env, "AWS_LAMBDA_FUNCTION_NAME": function_name}):
+            local.invocations += 1
             if local.module is None:
                 path = local.code_dir / f"{module_name.replace('.', '/')}.py"
                 spec = importlib.util.spec_from_file_location(f"offline_fn_{local.logical_id}", path)
@@ -191,19 +205,25 @@ def run_local_function(local: LocalFunction, function_name: str, function_arn: s
                 local.module = module
             result = getattr(local.module, attribute)(event, LambdaContextStandIn(function_name, function_arn))
             return result, False
-        except Exception as exc:
-            local.errors.append(f"{type(exc).__name__}: {exc}")
-            return {"errorType": type(exc).__name__, "errorMessage": str(exc),
-                    "stackTrace": traceback.format_exception(exc)[-5:]}, True
+    except Exception as exc:
+        local.errors.append(f"{type(exc).__name__}: {exc}")
+        return {"errorType": type(exc).__name__, "errorMessage": str(exc),
+                "stackTrace": traceback.format_exception(exc)[-5:]}, True
+    finally:
+        _in_progress -= 1
 
 
 FunctionRegistry = Callable[[str], "LocalFunction | None"]
 
 
 def install_lambda_adapter(registry: FunctionRegistry) -> Callable[[], None]:
-    from moto.awslambda.models import LambdaFunction
+    from moto.awslambda.models import LambdaBackend, LambdaFunction
+    from moto.awslambda_simple.models import LambdaSimpleBackend
 
     original = LambdaFunction.invoke
+    original_simple = LambdaSimpleBackend.invoke
+    # Without Docker moto answers every invoke with a canned payload; route it to the function instead.
+    LambdaSimpleBackend.invoke = LambdaBackend.invoke  # type: ignore[method-assign]
 
     def invoke(self: Any, body: str, request_headers: Any, response_headers: Any) -> str | bytes:
         local = registry(self.function_name)
@@ -220,6 +240,7 @@ def install_lambda_adapter(registry: FunctionRegistry) -> Callable[[], None]:
 
     def uninstall() -> None:
         LambdaFunction.invoke = original  # type: ignore[method-assign]
+        LambdaSimpleBackend.invoke = original_simple  # type: ignore[method-assign]
 
     return uninstall
 
@@ -264,3 +285,50 @@ def install_job_definition_adapter() -> Callable[[], None]:
         JobDefinition.create_from_cloudformation_json = original  # type: ignore[method-assign]
 
     return uninstall
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pricing: deployed, the control plane asks the AWS Price List API and EC2 Spot price history; moto emulates
+# neither. Offline, the price book reads the same public price data the benchmarks use (data/).
+
+
+def install_price_book_adapter(data_dir: Path) -> Callable[[], None]:
+    from spot_hpc import services
+    from spot_hpc.pricing import DataFilePriceBook
+
+    original = services.make_aws_price_book
+    book = DataFilePriceBook.from_data_dir(data_dir)
+    services.make_aws_price_book = lambda session, region, spot_advisor=None: book  # type: ignore[assignment,misc]
+
+    def uninstall() -> None:
+        services.make_aws_price_book = original  # type: ignore[assignment]
+
+    return uninstall
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Step Functions: one service. AWS runs executions of the state machines CloudFormation creates. moto's executing
+# interpreter (execute_state_machine) keeps its own state machines, apart from those moto's CloudFormation creates;
+# after deployment each created state machine is registered with the interpreter under the same name and ARN.
+
+
+def register_state_machines_for_execution(account_id: str, region: str) -> list[str]:
+    from moto.stepfunctions.models import stepfunctions_backends
+    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+    created = stepfunctions_backends[account_id][region]
+    executing = stepfunctions_parser_backends[account_id][region]
+    registered = []
+    known = {sm.arn for sm in executing.state_machines}
+    for machine in created.state_machines:
+        machine.definition = machine.definition.replace(CONTEXT_PREFIX_PLACEHOLDER, "$$")
+        if machine.arn in known:
+            continue
+        executing.create_state_machine(
+            name=machine.name, definition=machine.definition, roleArn=machine.roleArn,
+            loggingConfiguration=getattr(machine, "loggingConfiguration", None),
+            tracingConfiguration=getattr(machine, "tracingConfiguration", None),
+            sm_type=getattr(machine, "type", None) or "STANDARD",
+        )
+        registered.append(machine.arn)
+    return registered

@@ -160,6 +160,7 @@ def deploy(template_path: Path, parameter_overrides: dict[str, str] | None = Non
         for page in cfn.get_paginator("list_stack_resources").paginate(StackName=STACK_NAME)
         for r in page["StackResourceSummaries"]
     }
+    adapters.register_state_machines_for_execution(ACCOUNT_ID, REGION)
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
     functions = {
         resources[logical_id]["physical_id"]: adapters.LocalFunction(logical_id=logical_id, code_dir=code_dir)

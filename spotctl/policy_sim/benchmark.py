@@ -33,10 +33,8 @@ def run_scenario(raw: Any, index: int, shared_dir: Path) -> list[dict[str, Any]]
         return [{"id": scenario_id, "policy": name, "error": str(exc)} for name in POLICY_ORDER]
     rows = []
     for name in POLICY_ORDER:
-        if name == "optimum":
-            result = run_optimum(job)
-        else:
-            result = simulate(job, TICK_POLICIES[name](scenario.advisor_bucket))
+        policy = None if name == "optimum" else TICK_POLICIES[name](scenario.advisor_bucket)
+        result = run_optimum(job) if policy is None else simulate(job, policy)
         finish = result.finish_hours
         rows.append(
             {
@@ -118,9 +116,7 @@ def judged_ratios(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, tuple[f
     return ratios
 
 
-def summarise(
-    rows: Iterable[dict[str, Any]], slack_range: tuple[float, float] | None = None
-) -> list[PolicySummary]:
+def summarise(rows: Iterable[dict[str, Any]], slack_range: tuple[float, float] | None = None) -> list[PolicySummary]:
     """Per policy: mean of cost / optimum over scenarios the optimum meets (a missed deadline counts only in `met`;
     its ratio is left out of the mean) within `slack_range`."""
     summaries = []

@@ -65,9 +65,7 @@ def block_trace(path: str, tick_seconds: float, nodes: int) -> BlockedTrace:
     raw = load_trace(path)
     size = ticks_per_block(tick_seconds, raw.gap_seconds)
     blocks = len(raw.values) // size
-    capacity = tuple(
-        all(value >= nodes for value in raw.values[i * size : (i + 1) * size]) for i in range(blocks)
-    )
+    capacity = tuple(all(value >= nodes for value in raw.values[i * size : (i + 1) * size]) for i in range(blocks))
     return BlockedTrace(capacity, size * raw.gap_seconds / 3600, size)
 
 

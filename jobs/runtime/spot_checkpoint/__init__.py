@@ -1,1 +1,122 @@
-"""Checkpoint/restart runtime for Batch jobs on Spot."""
+"""Checkpoint/restart runtime for AWS Batch jobs on Spot.
+
+AWS Batch passes the two-minute Spot warning to no container and gives a resubmitted job a new job id, so a job
+watches for the end itself and keeps its checkpoints under its pipeline run and stage, never its job id.
+
+Key layout under the stage prefix the control plane passes as ``CHECKPOINT_URI``
+(``s3://<bucket>/checkpoints/<run_id>/<stage>/``)::
+
+    <prefix>request.json                    the control plane's checkpoint request (REQUEST_NAME)
+    <prefix><part>/<seq>/<payload name>     payloads of checkpoint <seq> (10-digit, increasing), written first
+    <prefix><part>/<seq>/manifest.json      commit marker (MANIFEST_NAME), written last
+
+``<part>`` is ``main`` (single container), ``node-<i>`` (multi-node parallel, AWS_BATCH_JOB_NODE_INDEX) or
+``shard-<i>`` (array job, AWS_BATCH_JOB_ARRAY_INDEX). The manifest is JSON: ``format``, ``seq``, ``part``,
+``parts_total``, ``progress`` (0..1), ``work_seconds``, ``created_at``, ``request_id`` (the request this checkpoint
+honoured), ``final``, ``payloads`` (name -> size, sha256) and the job's ``meta``. A checkpoint is complete only when
+its manifest exists and every payload matches it; readers fall back to the previous complete one otherwise.
+
+The checkpoint request (``request.json``): ``{"request_id": "<hex>", "reason": "...", "requested_at": <epoch s>}``.
+Every part of the stage checkpoints and stops when it sees a request id its latest checkpoint has not honoured yet.
+
+Exit codes: :data:`EXIT_CHECKPOINTED` (86) = stopped on a Spot notice, a request or SIGTERM after writing a complete
+checkpoint: resubmit, the next attempt resumes. :data:`EXIT_STOPPED_WITHOUT_CHECKPOINT` (87) = stopped for the same
+reasons but the checkpoint could not be written: resubmit, the next attempt resumes from an older checkpoint.
+
+Control plane / emulator side::
+
+    store = CheckpointStore(s3_client, "s3://bucket/checkpoints/run-1/hpc/")
+    progress(s3_client, store.uri)          # stage fraction done from manifests, or None
+    store.request_checkpoint("spot interruption warning for i-0abc")
+    store.cleanup()                         # after the stage succeeded
+
+Job side: :class:`CheckpointedJob` (see its docstring), configured from the environment (``ENV_*`` constants).
+"""
+
+from .imds import InstanceMetadata, MetadataUnavailable
+from .job import (
+    ENV_ARRAY_INDEX,
+    ENV_CHECKPOINT_URI,
+    ENV_INTERVAL_SECONDS,
+    ENV_KEEP,
+    ENV_MAX_INTERVAL_SECONDS,
+    ENV_MAX_OVERHEAD,
+    ENV_METADATA_DISABLED,
+    ENV_METADATA_ENDPOINT,
+    ENV_MIN_INTERVAL_SECONDS,
+    ENV_NODE_INDEX,
+    ENV_NUM_NODES,
+    ENV_PARTS,
+    ENV_POLL_SECONDS,
+    EVENT_KEY,
+    EXIT_CHECKPOINTED,
+    EXIT_STOPPED_WITHOUT_CHECKPOINT,
+    CheckpointedJob,
+    CheckpointInterval,
+    RuntimeConfig,
+    Stopped,
+    log_event_to_stderr,
+)
+from .objects import join_uri, list_objects, read_object, write_object
+from .store import (
+    DEFAULT_PART,
+    MANIFEST_NAME,
+    REQUEST_NAME,
+    STATE_PAYLOAD,
+    Checkpoint,
+    CheckpointError,
+    CheckpointRequest,
+    CheckpointStore,
+    CheckpointStoreUnavailable,
+    parse_s3_uri,
+    part_name,
+    progress,
+)
+from .watch import REASON_CHECKPOINT_REQUEST, REASON_SIGTERM, REASON_SPOT_INTERRUPTION, InterruptionWatcher, StopSignal
+
+__all__ = [
+    "DEFAULT_PART",
+    "ENV_ARRAY_INDEX",
+    "ENV_CHECKPOINT_URI",
+    "ENV_INTERVAL_SECONDS",
+    "ENV_KEEP",
+    "ENV_MAX_INTERVAL_SECONDS",
+    "ENV_MAX_OVERHEAD",
+    "ENV_METADATA_DISABLED",
+    "ENV_METADATA_ENDPOINT",
+    "ENV_MIN_INTERVAL_SECONDS",
+    "ENV_NODE_INDEX",
+    "ENV_NUM_NODES",
+    "ENV_PARTS",
+    "ENV_POLL_SECONDS",
+    "EVENT_KEY",
+    "EXIT_CHECKPOINTED",
+    "EXIT_STOPPED_WITHOUT_CHECKPOINT",
+    "MANIFEST_NAME",
+    "REASON_CHECKPOINT_REQUEST",
+    "REASON_SIGTERM",
+    "REASON_SPOT_INTERRUPTION",
+    "REQUEST_NAME",
+    "STATE_PAYLOAD",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointInterval",
+    "CheckpointRequest",
+    "CheckpointStore",
+    "CheckpointStoreUnavailable",
+    "CheckpointedJob",
+    "InstanceMetadata",
+    "InterruptionWatcher",
+    "MetadataUnavailable",
+    "RuntimeConfig",
+    "StopSignal",
+    "Stopped",
+    "join_uri",
+    "list_objects",
+    "log_event_to_stderr",
+    "parse_s3_uri",
+    "part_name",
+    "progress",
+    "read_object",
+    "write_object",
+]

@@ -52,7 +52,11 @@ class Attempt:
             raise ValueError(f"nodes must be >= 1, got {self.nodes}")
         if self.usd_per_hour < 0 or not math.isfinite(self.usd_per_hour):
             raise ValueError(f"usd_per_hour must be a finite non-negative number, got {self.usd_per_hour}")
-        if self.started_hours is not None and self.stopped_hours is not None and self.stopped_hours < self.started_hours:
+        if (
+            self.started_hours is not None
+            and self.stopped_hours is not None
+            and self.stopped_hours < self.started_hours
+        ):
             raise ValueError("an attempt cannot stop before it started")
 
 
@@ -120,7 +124,10 @@ def run_cost_usd(attempts: Iterable[Attempt], now_hours: float | None = None) ->
 def on_demand_only_cost_usd(stages: Iterable[StagePlan]) -> float:
     """What the same stages would have cost on On-Demand capacity without interruption (billed like any attempt)."""
     return round_usd(
-        sum(billed_seconds(0.0, stage.compute_hours) * stage.on_demand_usd_per_hour / SECONDS_PER_HOUR for stage in stages)
+        sum(
+            billed_seconds(0.0, stage.compute_hours) * stage.on_demand_usd_per_hour / SECONDS_PER_HOUR
+            for stage in stages
+        )
     )
 
 
@@ -175,9 +182,11 @@ def check_run_report_costs(run_report: Mapping[str, Any], tolerance_usd: float =
     """Recompute a run report's costs from its attempts and prices; return what disagrees (empty when all agree).
 
     Checks every attempt's `cost_usd`, the run's `cost_usd` (their sum), and, when the stages carry their plans,
-    `on_demand_only_cost_usd` and `savings_pct`.
+    `on_demand_only_cost_usd` and `savings_pct`. A summary without `stages` has nothing to check against.
     """
     problems: list[str] = []
+    if "stages" not in run_report:
+        return problems
     attempts: list[Attempt] = []
     for stage in run_report.get("stages", []):
         for index, attempt_dict in enumerate(stage["attempts"]):
@@ -202,7 +211,7 @@ def check_run_report_costs(run_report: Mapping[str, Any], tolerance_usd: float =
     on_demand_only = run_report.get("on_demand_only_cost_usd")
     if isinstance(on_demand_only, int | float) and isinstance(run_report.get("cost_usd"), int | float):
         expected_pct = savings_pct(float(run_report["cost_usd"]), float(on_demand_only))
-        if not _close(run_report.get("savings_pct"), expected_pct, 10 ** -PCT_DECIMALS):
+        if not _close(run_report.get("savings_pct"), expected_pct, 10**-PCT_DECIMALS):
             problems.append(f"savings_pct {run_report.get('savings_pct')} != {expected_pct}")
     return problems
 

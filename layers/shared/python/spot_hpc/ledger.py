@@ -22,6 +22,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import re
+
 from botocore.exceptions import ClientError
 
 from spot_hpc.clock import format_time, utc_now
@@ -171,7 +173,11 @@ class Ledger:
         self, key: dict[str, str], sets: Mapping[str, Any], removes: tuple[str, ...] = (), condition: str | None = None,
         condition_values: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        names = {f"#{n}": n for n in [*sets, *removes]}
+        # None means "no value": DynamoDB stores absence, not null.
+        removes = (*removes, *(n for n, v in sets.items() if v is None))
+        sets = {n: v for n, v in sets.items() if v is not None}
+        referenced = re.findall(r"#(\w+)", condition or "")
+        names = {f"#{n}": n for n in [*sets, *removes, *referenced]}
         values = {f":{n}": v for n, v in sets.items()}
         expression = "SET " + ", ".join(f"#{n} = :{n}" for n in sets) if sets else ""
         if removes:

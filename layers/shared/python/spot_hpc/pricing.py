@@ -150,7 +150,7 @@ class DataFilePriceBook(PriceBook):
 
     @classmethod
     def from_data_dir(cls, data_dir: Path, **kwargs: Any) -> DataFilePriceBook:
-        """The book of a `data/` directory laid out as the project's (ec2-ondemand-prices.json, spot-advisor-data.json)."""
+        """The book of a directory laid out as the project's `data/` (On-Demand prices and Spot Advisor files)."""
         return cls(data_dir / "ec2-ondemand-prices.json", data_dir / "spot-advisor-data.json", **kwargs)
 
     def on_demand_usd_per_hour(self, instance_type: str, region: str) -> float:
@@ -197,7 +197,9 @@ class AwsPriceBook(PriceBook):
     def _fetch_on_demand(self, instance_type: str, region: str) -> float:
         filters = [{"Type": "TERM_MATCH", "Field": "instanceType", "Value": instance_type}]
         filters.append({"Type": "TERM_MATCH", "Field": "regionCode", "Value": region})
-        filters.extend({"Type": "TERM_MATCH", "Field": field, "Value": value} for field, value in LINUX_ON_DEMAND_FILTERS)
+        filters.extend(
+            {"Type": "TERM_MATCH", "Field": field, "Value": value} for field, value in LINUX_ON_DEMAND_FILTERS
+        )
         paginator = self._pricing.get_paginator("get_products")
         for page in paginator.paginate(ServiceCode="AmazonEC2", Filters=filters, FormatVersion="aws_v1"):
             for product in page.get("PriceList", []):
@@ -216,13 +218,14 @@ class AwsPriceBook(PriceBook):
         # A price at a past moment never changes; the current price is kept for SPOT_PRICE_CACHE_SECONDS.
         if cached is not None and (at is not None or self._clock() - cached[0] < SPOT_PRICE_CACHE_SECONDS):
             return cached[1]
-        price = self._fetch_spot_price(instance_type, availability_zone, at or self._now())
+        price = self._fetch_spot_price(self._ec2, instance_type, availability_zone, at or self._now())
         self._spot_cache[key] = (self._clock(), price)
         return price
 
-    def _fetch_spot_price(self, instance_type: str, availability_zone: str, at: datetime) -> float | None:
+    @staticmethod
+    def _fetch_spot_price(ec2_client: Any, instance_type: str, availability_zone: str, at: datetime) -> float | None:
         # With StartTime == EndTime, EC2 returns the price in effect at that moment (and possibly later changes).
-        paginator = self._ec2.get_paginator("describe_spot_price_history")
+        paginator = ec2_client.get_paginator("describe_spot_price_history")
         latest: tuple[datetime, float] | None = None
         for page in paginator.paginate(
             InstanceTypes=[instance_type],

@@ -15,7 +15,6 @@ import ipaddress
 import json
 import logging
 import random
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -177,7 +176,10 @@ def build_blocks(notification: Notification) -> list[dict[str, Any]]:
         {"type": "header", "text": {"type": "plain_text", "text": _truncate(f"{emoji} {title}", HEADER_TEXT_LIMIT)}},
         {
             "type": "section",
-            "text": {"type": "mrkdwn", "text": _truncate(escape_mrkdwn(notification.reason) or "—", SECTION_TEXT_LIMIT)},
+            "text": {
+                "type": "mrkdwn",
+                "text": _truncate(escape_mrkdwn(notification.reason) or "—", SECTION_TEXT_LIMIT),
+            },
         },
         *field_blocks,
         {
@@ -193,7 +195,10 @@ def escape_mrkdwn(text: str) -> str:
 
 
 def format_usd(value: float) -> str:
-    return f"${value:,.2f}" if abs(value) >= 1 or value == 0 else f"${value:,.4f}"
+    """Dollars to the cent; sub-dollar amounts to a hundredth of a cent so short attempts do not read as $0.00."""
+    sign = "-" if value < 0 else ""
+    amount = abs(value)
+    return f"{sign}${amount:,.2f}" if amount >= 1 or amount == 0 else f"{sign}${amount:,.4f}"
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -203,15 +208,15 @@ def _truncate(text: str, limit: int) -> str:
 # --- The webhook URL --------------------------------------------------------------------------------------------
 
 
-class InvalidWebhookUrl(ValueError):
+class WebhookSecretError(RuntimeError):
+    """The webhook secret could not be read or used. The message names the secret id at most, never its value."""
+
+
+class InvalidWebhookUrl(WebhookSecretError, ValueError):
     """The secret does not hold a usable Slack webhook URL. The message never contains the secret."""
 
     def __init__(self, problem: str) -> None:
         super().__init__(f"the Slack webhook secret is not a valid webhook URL: {problem}")
-
-
-class WebhookSecretError(RuntimeError):
-    """The webhook secret could not be read. The message names the secret id, never its value."""
 
 
 def validate_webhook_url(value: object, *, allow_loopback_http: bool = False) -> str:
@@ -299,20 +304,23 @@ def read_webhook_url(
             secret_string = _secrets_provider(secrets_client).get(secret_id, max_age=max_age_seconds)
     except Exception as exc:
         # Only the error's type: some SDK errors quote the request, and the secret id is the caller's own.
-        raise WebhookSecretError(f"could not read the Slack webhook secret {secret_id!r}: {type(exc).__name__}") from None
+        raise WebhookSecretError(
+            f"could not read the Slack webhook secret {secret_id!r}: {type(exc).__name__}"
+        ) from None
     return webhook_url_from_secret(secret_string, allow_loopback_http=allow_loopback_http)
 
 
-_SECRETS_PROVIDERS: dict[int, Any] = {}
+# One Powertools provider (and so one cache) per client; the client is kept so a reused id() cannot alias.
+_SECRETS_PROVIDERS: dict[int, tuple[Any, Any]] = {}
 
 
 def _secrets_provider(secrets_client: Any) -> Any:
     from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
-    provider = _SECRETS_PROVIDERS.get(id(secrets_client))
-    if provider is None:
-        provider = _SECRETS_PROVIDERS[id(secrets_client)] = SecretsProvider(boto3_client=secrets_client)
-    return provider
+    known = _SECRETS_PROVIDERS.get(id(secrets_client))
+    if known is None or known[0] is not secrets_client:
+        known = _SECRETS_PROVIDERS[id(secrets_client)] = (secrets_client, SecretsProvider(boto3_client=secrets_client))
+    return known[1]
 
 
 # --- The webhook sender -----------------------------------------------------------------------------------------
@@ -431,10 +439,10 @@ class SlackWebhook:
                         f"Slack refused the message: {problem}", status=status, attempts=attempt, retryable=False
                     ) from None
                 exc.close()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 status, problem = None, f"no answer within {self.timeout_seconds:g} s"
             except urllib.error.URLError as exc:
-                timed_out = isinstance(exc.reason, TimeoutError | socket.timeout)
+                timed_out = isinstance(exc.reason, TimeoutError)
                 status = None
                 problem = f"no answer within {self.timeout_seconds:g} s" if timed_out else "could not connect"
             except (ConnectionError, OSError) as exc:
@@ -506,6 +514,17 @@ class DeliveryOutcome:
     slack: Literal["delivered", "dead-lettered", "skipped"]
     sns_message_id: str | None
     error: str | None = None
+
+
+def notification_report_entries(notification: Notification, outcome: DeliveryOutcome) -> list[dict[str, str]]:
+    """The run report's `notifications` entries for one delivery: one per channel the message went to."""
+    text = notification_text(notification)
+    entries = []
+    if outcome.sns_message_id is not None:
+        entries.append({"channel": "sns", "kind": notification.kind, "text": text, "status": "delivered"})
+    if outcome.slack != "skipped":
+        entries.append({"channel": "slack", "kind": notification.kind, "text": text, "status": outcome.slack})
+    return entries
 
 
 def sns_subject(notification: Notification) -> str:

@@ -4,7 +4,7 @@ The Lambdas call it with what they know; the simulator and the benchmark call th
 
 Stable API:
 
-    class Action(str, Enum): IDLE = "idle", SPOT = "spot", ON_DEMAND = "on_demand"
+    class Action(StrEnum): IDLE = "idle", SPOT = "spot", ON_DEMAND = "on_demand"
     @dataclass(frozen=True) class Decision: action: Action; reason: str
 
     @dataclass class SpotStats:                      # Spot availability learnt online; JSON via to_dict/from_dict
@@ -18,11 +18,15 @@ Stable API:
            spot_allowed: bool = True, step_hours: float = DEFAULT_STEP_HOURS,
            warmup_left_hours: float = 0.0) -> Decision
         # the deployed policy for ONE stage now; hours_left is the stage's own budget (below)
+    hop_reserve(remaining_hours: float, change: float, stats: SpotStats) -> float   # slack kept for the end game
 
     @dataclass(frozen=True) class StageNeed: compute_hours: float; spot_allowed: bool = True
-    allocate_deadlines(hours_left: float, stages: Sequence[StageNeed], changeover_hours: float) -> list[float]
-    stage_must_finish_in(hours_left: float, stages: Sequence[StageNeed], changeover_hours: float) -> float
-        # a pipeline's time left shared between its remaining stages (current first)
+    allocate_deadlines(hours_left: float, stages: Sequence[StageNeed | tuple[float, bool]],
+                       changeover_hours: float) -> list[float]
+    stage_must_finish_in(hours_left: float, stages: Sequence[StageNeed | tuple[float, bool]],
+                         changeover_hours: float) -> float
+        # a pipeline's time left shared between its remaining stages (current first);
+        # a stage is a StageNeed or a (compute_hours, spot_allowed) pair
 
 The tick model of the benchmark (`TickState`, `TickPolicy`) and its policies: `OnDemandPolicy`, `SpotOnlyPolicy`,
 `GreedyPolicy`, `UniformProgressPolicy` (the published baselines) and `DeadlinePolicy` (`decide` in ticks).
@@ -34,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from spot_hpc.policy.actions import Action, Decision
-from spot_hpc.policy.deadline import DEFAULT_STEP_HOURS, decide, slack_per_spot_hour
+from spot_hpc.policy.deadline import DEFAULT_STEP_HOURS, decide, hop_reserve
 from spot_hpc.policy.pipeline import StageNeed, allocate_deadlines, stage_must_finish_in
 from spot_hpc.policy.stats import SpotStats
 from spot_hpc.policy.ticks import (
@@ -71,6 +75,6 @@ __all__ = [
     "UniformProgressPolicy",
     "allocate_deadlines",
     "decide",
-    "slack_per_spot_hour",
+    "hop_reserve",
     "stage_must_finish_in",
 ]

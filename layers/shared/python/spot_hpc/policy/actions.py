@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Action(str, Enum):
-    """What a stage runs on for the next interval."""
+class Action(StrEnum):
+    """What a stage runs on for the next interval (a str: JSON-friendly, compares equal to its value)."""
 
     IDLE = "idle"
     SPOT = "spot"

@@ -6,12 +6,16 @@ Reasoning, all in hours and from the past and present only:
 - *Safety*: whatever runs off On-Demand must leave enough slack to start On-Demand and still finish, even if Spot
   is reclaimed at the next moment. So: idle only while the slack at the next decision still covers a changeover;
   start Spot only with two changeovers of slack (its own, and the On-Demand one after a reclaim).
-- *Economics*: riding Spot and waiting out every gap costs, per productive Spot hour, the expected gap plus a
-  changeover over the expected productive part of a capacity run (`slack_per_spot_hour`, learnt online by
-  `SpotStats`). While the slack covers that need for the remaining work, gaps are waited out. When it does not, gaps
-  are filled with On-Demand, which keeps the slack, and the stage returns to Spot when capacity comes back if the
-  expected Spot run pays for the two changeovers it brings (the Spot start, and the On-Demand restart after the
-  reclaim).
+- *Economics*: waiting for Spot costs nothing but slack, so gaps in capacity are waited out (as the paper's Greedy
+  does) while the slack stays above a *reserve*. The reserve is what the end game needs: from then on gaps are
+  filled with On-Demand, which keeps the slack, and the stage returns to Spot whenever capacity comes back, each
+  return costing two changeovers of slack (the Spot start and the On-Demand restart after the reclaim). Returns come
+  about once per capacity cycle (expected capacity lifetime plus expected time to capacity, learnt online by
+  `SpotStats`) over the remaining work. Greedy, in contrast, keeps no reserve and so finishes on On-Demand even when
+  Spot comes back.
+- With the slack at or below the reserve, a return to Spot is taken only if the expected Spot run pays for its
+  changeover and the On-Demand restart after the reclaim; On-Demand is left for idling only when the slack is above
+  the reserve by the expected wait and a changeover, so that the stage does not flip back and forth.
 """
 
 from __future__ import annotations
@@ -24,15 +28,8 @@ from spot_hpc.policy.stats import SpotStats
 # Time until the policy is asked again, when the caller does not say (the SLA guard's schedule).
 DEFAULT_STEP_HOURS = 5.0 / 60.0
 _EPS = 1e-9
-
-
-def slack_per_spot_hour(stats: SpotStats, changeover_hours: float) -> float:
-    """Expected slack burnt per productive Spot hour when every capacity gap is waited out (inf: Spot cannot
-    make progress between reclaims)."""
-    productive = stats.mean_up_hours - changeover_hours
-    if productive <= _EPS:
-        return math.inf
-    return (stats.mean_down_hours + changeover_hours) / productive
+# Returns to Spot kept in reserve beyond the expected count: they come in whole numbers and the count is an estimate.
+HOP_MARGIN = 1.0
 
 
 def decide(
@@ -101,9 +98,9 @@ def decide(
 def hop_reserve(remaining_hours: float, change: float, stats: SpotStats) -> float:
     """Slack to keep for the end game: On-Demand through capacity gaps and back to Spot whenever it returns, each
     return costing two changeovers (the Spot start and the On-Demand restart after the reclaim), plus the final
-    fallback changeover. Returns happen about once per capacity cycle over the remaining work."""
+    fallback changeover. Returns happen about once per capacity cycle over the remaining work, plus a margin."""
     cycle = stats.mean_up_hours + stats.mean_down_hours
-    hops = remaining_hours / cycle if stats.mean_up_hours > 2 * change else 0.0
+    hops = HOP_MARGIN + remaining_hours / cycle if stats.mean_up_hours > 2 * change else 0.0
     return change + 2 * change * hops
 
 
@@ -114,6 +111,6 @@ def _return_to_spot_pays(
     difference against its changeover and the On-Demand restart after the reclaim."""
     run = stats.mean_up_hours
     productive = min(remaining_hours, max(run - change, 0.0))
-    reclaimed_before_done = math.exp(-(remaining_hours + change) / run) if run > 0 else 1.0
+    reclaimed_before_done = 1.0 - math.exp(-(remaining_hours + change) / run) if run > 0 else 1.0
     saving = (od_price - spot_price) * productive
     return saving > spot_price * change + od_price * change * reclaimed_before_done

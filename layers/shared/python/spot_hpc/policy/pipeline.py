@@ -21,26 +21,31 @@ class StageNeed:
     spot_allowed: bool = True
 
 
-def allocate_deadlines(hours_left: float, stages: Sequence[StageNeed], changeover_hours: float) -> list[float]:
+StageLike = StageNeed | tuple[float, bool]
+
+
+def allocate_deadlines(hours_left: float, stages: Sequence[StageLike], changeover_hours: float) -> list[float]:
     """Time budget of each remaining stage, in hours, summing to `hours_left` (when the deadline can be met).
 
-    The first budget is the current stage's: it must finish within that many hours from now.
+    `stages` are `StageNeed`s or `(compute_hours, spot_allowed)` pairs, the current stage first; the first budget is
+    the current stage's: it must finish within that many hours from now.
     """
-    if not stages:
+    needs = [stage if isinstance(stage, StageNeed) else StageNeed(float(stage[0]), bool(stage[1])) for stage in stages]
+    if not needs:
         return []
-    minimum = [stage.compute_hours + changeover_hours for stage in stages]
+    minimum = [stage.compute_hours + changeover_hours for stage in needs]
     slack = hours_left - sum(minimum)
-    spot_work = sum(stage.compute_hours for stage in stages if stage.spot_allowed)
+    spot_work = sum(stage.compute_hours for stage in needs if stage.spot_allowed)
     if slack <= 0 or spot_work <= 0:
         # Nothing to share (or no stage can use it): the current stage gets whatever is beyond the others' needs.
         rest = sum(minimum[1:])
         return [max(hours_left - rest, 0.0), *minimum[1:]]
     return [
         need + (slack * stage.compute_hours / spot_work if stage.spot_allowed else 0.0)
-        for need, stage in zip(minimum, stages, strict=True)
+        for need, stage in zip(minimum, needs, strict=True)
     ]
 
 
-def stage_must_finish_in(hours_left: float, stages: Sequence[StageNeed], changeover_hours: float) -> float:
+def stage_must_finish_in(hours_left: float, stages: Sequence[StageLike], changeover_hours: float) -> float:
     """Hours from now by which the current stage (stages[0]) must finish."""
     return allocate_deadlines(hours_left, stages, changeover_hours)[0]

@@ -1,0 +1,210 @@
+"""HPC: an ensemble of 2-D heat-equation solves (explicit finite differences), split across nodes or shards.
+
+Each ensemble member heats a 1 m x 1 m plate, its edges held at ambient temperature, with the cleaned heat sources,
+every source's power and the plate's diffusivity perturbed by a counter-based random stream (Philox keyed by the
+seed, counter by member), so a member's result does not depend on which node computes it, or on restarts.
+Member ``m`` runs on part ``m % parts``; a part checkpoints its finished members and the grid of the member in
+progress, and resumes bit for bit.
+
+Output per part, under ``OUTPUT_URI``: ``<part>/fields.npy`` (final temperature rise of each of its members,
+members x grid x grid, float64) and ``<part>/members.json`` (member ids and the parameters), written last.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from spot_checkpoint import (
+    CheckpointedJob,
+    CheckpointStoreUnavailable,
+    RuntimeConfig,
+    join_uri,
+    read_object,
+    write_object,
+)
+
+# An aluminium plate 5 mm thick: diffusivity (m^2/s) and heat capacity per area (J / m^2 K).
+DIFFUSIVITY_M2_S = 9.7e-5
+AREAL_HEAT_CAPACITY_J_M2K = 2700.0 * 900.0 * 0.005
+PERTURBATION = 0.2  # members vary powers and diffusivity uniformly within +-20 %
+STABILITY = 0.2  # explicit scheme: alpha dt / dx^2 <= 0.25; 0.2 for the largest perturbed alpha
+
+
+class InputError(Exception):
+    """The input or configuration cannot be used: an application error, not retried."""
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    grid: int
+    members: int
+    steps: int
+    seed: int
+    steps_per_unit: int
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Ensemble:
+        ensemble = cls(
+            grid=int(environ.get("HPC_GRID", "256")),
+            members=int(environ.get("HPC_MEMBERS", "64")),
+            steps=int(environ.get("HPC_STEPS", "5000")),
+            seed=int(environ.get("HPC_SEED", "20240601")),
+            steps_per_unit=int(environ.get("HPC_STEPS_PER_UNIT", "100")),
+        )
+        if ensemble.grid < 3 or ensemble.members < 1 or ensemble.steps < 1 or ensemble.steps_per_unit < 1:
+            raise InputError(f"invalid ensemble parameters: {ensemble}")
+        return ensemble
+
+    @property
+    def dx(self) -> float:
+        return 1.0 / (self.grid - 1)
+
+    @property
+    def dt(self) -> float:
+        return STABILITY * self.dx**2 / (DIFFUSIVITY_M2_S * (1.0 + PERTURBATION))
+
+    def member_ids(self, part_index: int, parts_total: int) -> list[int]:
+        return list(range(part_index, self.members, parts_total))
+
+
+def load_sources(csv_bytes: bytes) -> np.ndarray:
+    """The cleaned sources as an (n, 3) array of x, y, power."""
+    reader = csv.DictReader(io.StringIO(csv_bytes.decode()))
+    rows = [(float(row["x_m"]), float(row["y_m"]), float(row["power_w"])) for row in reader]
+    if not rows:
+        raise InputError("no heat sources in the input")
+    return np.asarray(rows, dtype=np.float64)
+
+
+def member_heating(sources: np.ndarray, ensemble: Ensemble, member: int) -> tuple[np.ndarray, float]:
+    """(heating rate per cell in K/s, diffusivity) of one member, from its own counter-based random stream."""
+    rng = np.random.Generator(np.random.Philox(key=ensemble.seed, counter=[0, member, 0, 0]))
+    factors = rng.uniform(1.0 - PERTURBATION, 1.0 + PERTURBATION, size=len(sources) + 1)
+    power = np.zeros((ensemble.grid, ensemble.grid))
+    cells = np.rint(sources[:, :2] / ensemble.dx).astype(np.int64)
+    np.add.at(power, (cells[:, 1], cells[:, 0]), sources[:, 2] * factors[:-1])
+    heating = power / (ensemble.dx**2 * AREAL_HEAT_CAPACITY_J_M2K)
+    heating[0, :] = heating[-1, :] = heating[:, 0] = heating[:, -1] = 0.0  # edges are held at ambient
+    return heating, DIFFUSIVITY_M2_S * float(factors[-1])
+
+
+def advance(rise: np.ndarray, heating: np.ndarray, diffusivity: float, ensemble: Ensemble, steps: int) -> None:
+    """``steps`` explicit Euler steps of dT/dt = alpha laplacian(T) + q, in place, Dirichlet T = 0 at the edges."""
+    ratio = diffusivity * ensemble.dt / ensemble.dx**2
+    interior = rise[1:-1, 1:-1]
+    source = heating[1:-1, 1:-1] * ensemble.dt
+    for _ in range(steps):
+        laplacian = rise[2:, 1:-1] + rise[:-2, 1:-1] + rise[1:-1, 2:] + rise[1:-1, :-2] - 4.0 * interior
+        interior += ratio * laplacian + source
+
+
+def to_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def from_npy(blob: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(blob), allow_pickle=False)
+
+
+@dataclass
+class PartState:
+    """Finished members' fields, and the member in progress: its position in the part's list, step and grid."""
+
+    finished: list[np.ndarray]
+    step: int
+    rise: np.ndarray
+
+    def payloads(self) -> dict[str, bytes]:
+        fields = np.stack(self.finished) if self.finished else np.zeros((0, *self.rise.shape))
+        return {
+            "position.json": json.dumps({"member_position": len(self.finished), "step": self.step}).encode(),
+            "fields.npy": to_npy(fields),
+            "rise.npy": to_npy(self.rise),
+        }
+
+    @classmethod
+    def from_payloads(cls, payloads: Mapping[str, bytes]) -> PartState:
+        position = json.loads(payloads["position.json"])
+        fields = from_npy(payloads["fields.npy"])
+        state = cls(finished=list(fields), step=int(position["step"]), rise=from_npy(payloads["rise.npy"]))
+        if len(state.finished) != int(position["member_position"]):
+            raise InputError("checkpoint position does not match its fields")
+        return state
+
+
+def run(s3: Any, environ: Mapping[str, str]) -> None:
+    try:
+        input_uri, output_uri = environ["INPUT_URI"], environ["OUTPUT_URI"]
+    except KeyError as exc:
+        raise InputError(f"environment variable {exc.args[0]} is not set") from None
+    ensemble = Ensemble.from_environ(environ)
+    config = RuntimeConfig.from_environ(environ)
+    members = ensemble.member_ids(config.part_index, config.parts_total)
+    sources = load_sources(read_object(s3, input_uri))
+    units_per_member = -(-ensemble.steps // ensemble.steps_per_unit)
+    units_total = max(len(members) * units_per_member, 1)
+
+    with CheckpointedJob.from_environment(s3, environ) as job:
+        if job.resumed is not None and job.resumed.final:
+            return  # this part finished in an earlier attempt and its output is written
+        if job.resumed is not None:
+            state = PartState.from_payloads(job.resumed.payloads)
+        else:
+            state = PartState(finished=[], step=0, rise=np.zeros((ensemble.grid, ensemble.grid)))
+        heating_of: dict[int, tuple[np.ndarray, float]] = {}
+        while len(state.finished) < len(members):
+            member = members[len(state.finished)]
+            if member not in heating_of:
+                heating_of.clear()
+                heating_of[member] = member_heating(sources, ensemble, member)
+            heating, diffusivity = heating_of[member]
+            steps = min(ensemble.steps_per_unit, ensemble.steps - state.step)
+            advance(state.rise, heating, diffusivity, ensemble, steps)
+            state.step += steps
+            if state.step == ensemble.steps:
+                state.finished.append(state.rise)
+                state.rise, state.step = np.zeros_like(state.rise), 0
+            units_done = len(state.finished) * units_per_member + -(-state.step // ensemble.steps_per_unit)
+            job.step(state.payloads, progress=units_done / units_total)
+        fields = np.stack(state.finished) if state.finished else np.zeros((0, ensemble.grid, ensemble.grid))
+        description = {
+            "part": config.part,
+            "parts_total": config.parts_total,
+            "members": members,
+            "grid": ensemble.grid,
+            "steps": ensemble.steps,
+            "seed": ensemble.seed,
+            "dx_m": ensemble.dx,
+            "dt_s": ensemble.dt,
+        }
+        write_object(s3, join_uri(output_uri, f"{config.part}/fields.npy"), to_npy(fields))
+        # members.json last: a part's output is complete when it exists.
+        body = json.dumps(description, indent=2).encode()
+        write_object(s3, join_uri(output_uri, f"{config.part}/members.json"), body, "application/json")
+        job.finish()
+
+
+def main() -> int:
+    import boto3
+
+    try:
+        run(boto3.client("s3"), os.environ)
+    except (InputError, CheckpointStoreUnavailable) as exc:
+        print(f"hpc: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

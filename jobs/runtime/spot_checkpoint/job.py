@@ -1,0 +1,338 @@
+"""The job side: resume, periodic checkpoints, checkpoint-and-exit on an interruption, cleanup on success."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from .imds import DEFAULT_ENDPOINT, InstanceMetadata
+from .store import DEFAULT_KEEP, Checkpoint, CheckpointStore, part_name
+from .watch import InterruptionWatcher, StopSignal
+
+logger = logging.getLogger(__name__)
+
+# Exit codes the control plane recognises. Both are outside 0-2 (success, errors, usage), sysexits (64-78) and the
+# shell's 126-165 (not executable, not found, killed by signal N as 128+N), so an application rarely collides.
+EXIT_CHECKPOINTED = 86  # interrupted or asked to stop; a complete checkpoint was written: resubmit and resume
+EXIT_STOPPED_WITHOUT_CHECKPOINT = 87  # interrupted, but the checkpoint could not be written: resubmit, work is lost
+
+# Environment the control plane (or a Batch job definition) gives the job.
+ENV_CHECKPOINT_URI = "CHECKPOINT_URI"  # s3://bucket/checkpoints/<run_id>/<stage>/ ; unset: run without checkpoints
+ENV_METADATA_ENDPOINT = "AWS_EC2_METADATA_SERVICE_ENDPOINT"  # as botocore reads it
+ENV_METADATA_DISABLED = "AWS_EC2_METADATA_DISABLED"  # "true": do not poll instance metadata (as botocore)
+ENV_POLL_SECONDS = "SPOT_CHECKPOINT_POLL_SECONDS"  # how often to look for a notice or request (default 5)
+ENV_INTERVAL_SECONDS = "SPOT_CHECKPOINT_INTERVAL_SECONDS"  # fixed periodic interval; unset: chosen from the cost
+ENV_MIN_INTERVAL_SECONDS = "SPOT_CHECKPOINT_MIN_INTERVAL_SECONDS"  # default 60
+ENV_MAX_INTERVAL_SECONDS = "SPOT_CHECKPOINT_MAX_INTERVAL_SECONDS"  # default 900
+ENV_MAX_OVERHEAD = "SPOT_CHECKPOINT_MAX_OVERHEAD"  # fraction of run time spent checkpointing, default 0.02
+ENV_KEEP = "SPOT_CHECKPOINT_KEEP"  # complete checkpoints kept per part for fallback, default 2
+ENV_PARTS = "SPOT_CHECKPOINT_PARTS"  # number of array shards (Batch tells a shard its index, not the array size)
+# Set by AWS Batch.
+ENV_NODE_INDEX = "AWS_BATCH_JOB_NODE_INDEX"
+ENV_NUM_NODES = "AWS_BATCH_JOB_NUM_NODES"
+ENV_ARRAY_INDEX = "AWS_BATCH_JOB_ARRAY_INDEX"
+
+EVENT_KEY = "spot_checkpoint"  # every structured log line of the runtime carries this key
+
+Snapshot = Callable[[], "bytes | Mapping[str, bytes]"]
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+def log_event_to_stderr(event: str, fields: dict[str, Any]) -> None:
+    """One JSON line per runtime event on stderr (CloudWatch Logs in Batch; the drill reads them too)."""
+    print(json.dumps({EVENT_KEY: event, "time": time.time(), **fields}, sort_keys=True), file=sys.stderr, flush=True)
+
+
+@dataclass
+class CheckpointInterval:
+    """How long to work between periodic checkpoints.
+
+    A fixed interval if the job sets one; otherwise the last checkpoint's cost divided by the overhead the job
+    accepts, kept within [min, max]: a checkpoint that takes 3 s at 2 % overhead is taken every 150 s. Work lost on
+    a hard kill is at most one interval; a notice or request checkpoints at once regardless.
+    """
+
+    fixed_seconds: float | None = None
+    min_seconds: float = 60.0
+    max_seconds: float = 900.0
+    max_overhead: float = 0.02
+
+    def after_save(self, save_seconds: float) -> float:
+        if self.fixed_seconds is not None:
+            return self.fixed_seconds
+        return min(max(save_seconds / self.max_overhead, self.min_seconds), self.max_seconds)
+
+    @property
+    def first(self) -> float:
+        return self.fixed_seconds if self.fixed_seconds is not None else self.min_seconds
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Everything the runtime reads from the environment, in one place."""
+
+    checkpoint_uri: str | None
+    part: str = "main"
+    part_index: int = 0
+    parts_total: int = 1
+    metadata_endpoint: str | None = DEFAULT_ENDPOINT
+    poll_seconds: float = 5.0
+    interval: CheckpointInterval = field(default_factory=CheckpointInterval)
+    keep: int = DEFAULT_KEEP
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
+        env = os.environ if environ is None else environ
+
+        def number(name: str, default: float | None) -> float | None:
+            raw = env.get(name, "").strip()
+            return float(raw) if raw else default
+
+        node_index = env.get(ENV_NODE_INDEX)
+        array_index = env.get(ENV_ARRAY_INDEX)
+        if node_index is not None:
+            part_index = int(node_index)
+            part = part_name(node_index=part_index)
+            parts_total = int(env.get(ENV_NUM_NODES, "1"))
+        elif array_index is not None:
+            part_index = int(array_index)
+            part = part_name(shard_index=part_index)
+            parts_total = int(env.get(ENV_PARTS, "1"))
+        else:
+            part, part_index, parts_total = part_name(), 0, 1
+        disabled = env.get(ENV_METADATA_DISABLED, "").strip().lower() == "true"
+        interval = CheckpointInterval(
+            fixed_seconds=number(ENV_INTERVAL_SECONDS, None),
+            min_seconds=number(ENV_MIN_INTERVAL_SECONDS, 60.0) or 60.0,
+            max_seconds=number(ENV_MAX_INTERVAL_SECONDS, 900.0) or 900.0,
+            max_overhead=number(ENV_MAX_OVERHEAD, 0.02) or 0.02,
+        )
+        return cls(
+            checkpoint_uri=env.get(ENV_CHECKPOINT_URI) or None,
+            part=part,
+            part_index=part_index,
+            parts_total=parts_total,
+            metadata_endpoint=None if disabled else env.get(ENV_METADATA_ENDPOINT) or DEFAULT_ENDPOINT,
+            poll_seconds=number(ENV_POLL_SECONDS, 5.0) or 5.0,
+            interval=interval,
+            keep=int(number(ENV_KEEP, DEFAULT_KEEP) or DEFAULT_KEEP),
+        )
+
+
+class Stopped(SystemExit):
+    """Raised by :meth:`CheckpointedJob.step` to end the process with the code the control plane recognises."""
+
+    def __init__(self, exit_code: int, stop: StopSignal) -> None:
+        super().__init__(exit_code)
+        self.stop = stop
+
+
+class CheckpointedJob:
+    """Makes a loop of work units interruptible::
+
+        with CheckpointedJob.from_environment(s3) as job:
+            state = decode(job.resumed.state) if job.resumed else initial_state()
+            while not done(state):
+                work_one_unit(state)
+                job.step(lambda: encode(state), progress=fraction(state))
+            write_outputs(state)
+            job.finish()
+
+    ``step`` checkpoints when the interval is due, and on a Spot notice, a checkpoint request or SIGTERM checkpoints
+    at once and raises :class:`Stopped` (exit code :data:`EXIT_CHECKPOINTED`). Units should be short (seconds) so
+    the notice-to-checkpoint time stays well inside the two-minute warning.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore | None,
+        *,
+        metadata: InstanceMetadata | None = None,
+        poll_seconds: float = 5.0,
+        interval: CheckpointInterval | None = None,
+        events: EventSink = log_event_to_stderr,
+    ) -> None:
+        self.store = store
+        self.interval = interval or CheckpointInterval()
+        self.events = events
+        self.watcher = InterruptionWatcher(
+            metadata=metadata, store=store, poll_seconds=poll_seconds, on_signal=self._on_signal
+        )
+        self.resumed: Checkpoint | None = None
+        self._work_before = 0.0
+        self._work_here = 0.0
+        self._mark = time.monotonic()
+        self._next_due = float("inf")
+        self._unsaved = False
+        self._honoured_request_id: str | None = None
+
+    @classmethod
+    def from_environment(
+        cls, s3_client: Any, environ: Mapping[str, str] | None = None, *, events: EventSink = log_event_to_stderr
+    ) -> CheckpointedJob:
+        config = RuntimeConfig.from_environ(environ)
+        store = None
+        if config.checkpoint_uri:
+            store = CheckpointStore(
+                s3_client, config.checkpoint_uri, part=config.part, parts_total=config.parts_total, keep=config.keep
+            )
+        else:
+            logger.warning("%s is not set: running without checkpoints", ENV_CHECKPOINT_URI)
+        metadata = InstanceMetadata(config.metadata_endpoint) if config.metadata_endpoint else None
+        return cls(store, metadata=metadata, poll_seconds=config.poll_seconds, interval=config.interval, events=events)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def start(self) -> Checkpoint | None:
+        """Find the latest complete checkpoint (raising CheckpointStoreUnavailable on a missing bucket) and watch."""
+        if self.store is not None:
+            self.store.check_bucket()
+            self.resumed = self.store.latest()
+        if self.resumed is not None:
+            self._work_before = self.resumed.work_seconds
+            self._honoured_request_id = self.resumed.request_id
+            self.watcher.ignore_request_id = self.resumed.request_id
+            self._emit(
+                "resumed",
+                seq=self.resumed.seq,
+                progress=self.resumed.progress,
+                work_seconds=self.resumed.work_seconds,
+                final=self.resumed.final,
+            )
+        else:
+            self._emit("started")
+        self.watcher.start()
+        self._mark = time.monotonic()
+        self._next_due = self._mark + self.interval.first
+        return self.resumed
+
+    def close(self) -> None:
+        self.watcher.close()
+
+    def __enter__(self) -> CheckpointedJob:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- the work loop ------------------------------------------------------------------------------------------
+    @property
+    def work_seconds(self) -> float:
+        """Work done on this part so far, across all attempts (checkpoint time excluded)."""
+        return self._work_before + self._work_here + (time.monotonic() - self._mark)
+
+    @property
+    def stop_signal(self) -> StopSignal | None:
+        return self.watcher.stop_signal
+
+    def step(self, snapshot: Snapshot, progress: float, meta: Mapping[str, Any] | None = None) -> None:
+        """Call after each unit of work with a function that serialises the state *after* that unit."""
+        self._unsaved = True
+        stop = self.watcher.stop_signal
+        if stop is not None:
+            self._stop(stop, snapshot, progress, meta)
+        if self.store is not None and time.monotonic() >= self._next_due:
+            try:
+                self._save(snapshot, progress, meta, "periodic")
+            except Exception as exc:  # a failed periodic checkpoint costs work only on a hard kill: keep going
+                logger.warning("periodic checkpoint failed: %s", exc)
+                self._emit("checkpoint_failed", reason="periodic", error=str(exc))
+                self._next_due = time.monotonic() + self.interval.first
+        # A notice that arrived during the periodic save is honoured now rather than one unit later.
+        stop = self.watcher.stop_signal
+        if stop is not None:
+            self._stop(stop, snapshot, progress, meta)
+
+    def finish(self, meta: Mapping[str, Any] | None = None) -> None:
+        """The part's outputs are written: remove checkpoints no longer needed.
+
+        A single-part stage is done, so its checkpoints go. A part of a multi-part stage keeps one small final
+        checkpoint so that, if the stage is resubmitted, this part is not redone; the control plane removes the rest
+        with :meth:`CheckpointStore.cleanup` once the whole stage succeeded.
+        """
+        self._account()
+        if self.store is not None:
+            if self.store.parts_total == 1:
+                self.store.cleanup()
+            else:
+                self.store.save(b"", 1.0, meta=meta, work_seconds=self.work_seconds, final=True)
+                self.store.prune(keep=1)
+        self._emit("finished", work_seconds=self.work_seconds)
+
+    # -- internals ----------------------------------------------------------------------------------------------
+    def _account(self) -> None:
+        now = time.monotonic()
+        self._work_here += now - self._mark
+        self._mark = now
+
+    def _save(self, snapshot: Snapshot, progress: float, meta: Mapping[str, Any] | None, reason: str) -> int:
+        assert self.store is not None
+        self._account()
+        work_seconds = self._work_before + self._work_here
+        started = time.monotonic()
+        stop = self.watcher.stop_signal
+        request_id = stop.request_id if stop is not None and stop.request_id else self._honoured_request_id
+        seq = self.store.save(snapshot(), progress, meta=meta, work_seconds=work_seconds, request_id=request_id)
+        save_seconds = time.monotonic() - started
+        self._honoured_request_id = request_id
+        self._unsaved = False
+        interval = self.interval.after_save(save_seconds)
+        self._emit(
+            "checkpoint_saved",
+            seq=seq,
+            reason=reason,
+            progress=progress,
+            work_seconds=work_seconds,
+            save_seconds=save_seconds,
+            next_interval_seconds=interval,
+        )
+        self.store.prune()
+        # Checkpoint time is not work: restart the work clock after the save.
+        self._mark = time.monotonic()
+        self._next_due = self._mark + interval
+        return seq
+
+    def _stop(self, stop: StopSignal, snapshot: Snapshot, progress: float, meta: Mapping[str, Any] | None) -> None:
+        exit_code = EXIT_CHECKPOINTED
+        request_recorded = stop.request_id is None or stop.request_id == self._honoured_request_id
+        if self.store is None:
+            exit_code = EXIT_STOPPED_WITHOUT_CHECKPOINT
+        elif self._unsaved or not request_recorded:
+            for attempt in (1, 2):
+                try:
+                    self._save(snapshot, progress, meta, stop.reason)
+                    break
+                except Exception as exc:
+                    logger.error("checkpoint on %s failed (attempt %d): %s", stop.reason, attempt, exc)
+                    self._emit("checkpoint_failed", reason=stop.reason, error=str(exc))
+            else:
+                exit_code = EXIT_STOPPED_WITHOUT_CHECKPOINT
+        self._account()
+        self._emit(
+            "stopping",
+            reason=stop.reason,
+            detail=stop.detail,
+            exit_code=exit_code,
+            noticed_at=stop.noticed_at,
+            work_seconds=self.work_seconds,
+            signals_received=self.watcher.signals_received,
+        )
+        self.close()
+        raise Stopped(exit_code, stop)
+
+    def _on_signal(self, stop: StopSignal) -> None:
+        # Called from the watcher thread or a signal handler: log only, the work loop does the checkpoint.
+        self._emit("notice", reason=stop.reason, detail=stop.detail)
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        part = self.store.part if self.store is not None else "main"
+        self.events(event, {"part": part, **fields})

@@ -1,0 +1,388 @@
+"""The checkpoint store on S3: atomic checkpoints keyed by pipeline run, stage and part.
+
+Key layout under the stage prefix given by the control plane (``CHECKPOINT_URI``), for example
+``s3://bucket/checkpoints/<run_id>/<stage>/``::
+
+    <prefix>request.json                       the control plane's checkpoint request (one per stage)
+    <prefix><part>/<seq>/<payload name>        payload objects of checkpoint <seq>, written first
+    <prefix><part>/<seq>/manifest.json         commit marker, written last
+
+``<part>`` is ``main`` for a single-container job, ``node-<i>`` for a multi-node parallel job and ``shard-<i>`` for
+an array job; ``<seq>`` is a zero-padded decimal sequence number. A checkpoint is complete only when its manifest
+exists and every payload it lists has the recorded size and SHA-256: a job killed half way through a save leaves
+payloads without a manifest, which readers ignore, and a corrupt or truncated object makes readers fall back to the
+previous complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+REQUEST_NAME = "request.json"
+DEFAULT_PART = "main"
+STATE_PAYLOAD = "state"
+MANIFEST_FORMAT = "spot-checkpoint/1"
+SEQ_DIGITS = 10
+DEFAULT_KEEP = 2
+
+_PAYLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_PART_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+_SEQ_DIR = re.compile(rf"^(\d{{{SEQ_DIGITS}}})/")
+_MISSING_BUCKET_CODES = {"NoSuchBucket", "AccessDenied", "AllAccessDisabled", "InvalidBucketName"}
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be written or read."""
+
+
+class CheckpointStoreUnavailable(CheckpointError):
+    """The checkpoint bucket is missing or not accessible: a configuration error, not a transient one."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One complete, verified checkpoint of one part of a stage."""
+
+    seq: int
+    part: str
+    progress: float
+    payloads: Mapping[str, bytes]
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    work_seconds: float = 0.0
+    created_at: float = 0.0
+    request_id: str | None = None
+    final: bool = False
+
+    @property
+    def state(self) -> bytes:
+        """The payload saved as a single ``bytes`` state (``save(state=b"...")``)."""
+        return self.payloads[STATE_PAYLOAD]
+
+
+@dataclass(frozen=True)
+class CheckpointRequest:
+    """The control plane's request that the jobs of a stage checkpoint and stop."""
+
+    request_id: str
+    reason: str
+    requested_at: float
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> (``bucket``, ``some/prefix/``); the prefix always ends with ``/``."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri!r}")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
+def part_name(*, node_index: int | None = None, shard_index: int | None = None) -> str:
+    """The part of a stage a job owns: ``node-<i>``, ``shard-<i>`` or ``main``."""
+    if node_index is not None:
+        return f"node-{node_index}"
+    if shard_index is not None:
+        return f"shard-{shard_index}"
+    return DEFAULT_PART
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+class CheckpointStore:
+    """Checkpoints of one part of one stage of one pipeline run.
+
+    ``s3_client`` is an injected boto3 S3 client; ``uri`` the stage prefix. ``parts_total`` (how many parts the stage
+    has) is recorded in every manifest so that :func:`progress` can weigh parts that have not checkpointed yet.
+    """
+
+    def __init__(
+        self,
+        s3_client: Any,
+        uri: str,
+        *,
+        part: str = DEFAULT_PART,
+        parts_total: int = 1,
+        keep: int = DEFAULT_KEEP,
+    ) -> None:
+        if not _PART_NAME.match(part):
+            raise ValueError(f"invalid part name {part!r}")
+        if parts_total < 1 or keep < 1:
+            raise ValueError("parts_total and keep must be at least 1")
+        self.s3 = s3_client
+        self.uri = uri
+        self.bucket, self.prefix = parse_s3_uri(uri)
+        self.part = part
+        self.parts_total = parts_total
+        self.keep = keep
+        self._next_seq: int | None = None
+
+    # -- keys ---------------------------------------------------------------------------------------------------
+    @property
+    def part_prefix(self) -> str:
+        return f"{self.prefix}{self.part}/"
+
+    @property
+    def request_key(self) -> str:
+        return f"{self.prefix}{REQUEST_NAME}"
+
+    def _seq_prefix(self, seq: int) -> str:
+        return f"{self.part_prefix}{seq:0{SEQ_DIGITS}d}/"
+
+    # -- S3 access with clear errors --------------------------------------------------------------------------
+    def _call(self, operation: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.s3, operation)(Bucket=self.bucket, **kwargs)
+        except Exception as exc:
+            if _error_code(exc) in _MISSING_BUCKET_CODES:
+                raise CheckpointStoreUnavailable(
+                    f"checkpoint bucket {self.bucket!r} is missing or not accessible ({_error_code(exc)}): "
+                    f"check CHECKPOINT_URI={self.uri!r} and the job role"
+                ) from exc
+            raise
+
+    def _list(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call("list_objects_v2", **kwargs)
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return keys
+            token = page["NextContinuationToken"]
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            return bytes(self._call("get_object", Key=key)["Body"].read())
+        except CheckpointStoreUnavailable:
+            raise
+        except Exception as exc:
+            if _error_code(exc) in {"NoSuchKey", "404"}:
+                return None
+            raise
+
+    def _seq_dirs(self) -> tuple[set[int], set[int]]:
+        """(all sequence numbers seen, those with a manifest) of this part."""
+        seen: set[int] = set()
+        committed: set[int] = set()
+        for key in self._list(self.part_prefix):
+            match = _SEQ_DIR.match(key[len(self.part_prefix) :])
+            if not match:
+                continue
+            seq = int(match.group(1))
+            seen.add(seq)
+            if key.endswith(f"/{MANIFEST_NAME}"):
+                committed.add(seq)
+        return seen, committed
+
+    def check_bucket(self) -> None:
+        """Raise :class:`CheckpointStoreUnavailable` if the bucket is missing or not accessible."""
+        self._call("list_objects_v2", Prefix=self.prefix, MaxKeys=1)
+
+    # -- write --------------------------------------------------------------------------------------------------
+    def save(
+        self,
+        state: bytes | Mapping[str, bytes],
+        progress: float,
+        *,
+        meta: Mapping[str, Any] | None = None,
+        work_seconds: float = 0.0,
+        request_id: str | None = None,
+        final: bool = False,
+    ) -> int:
+        """Write one checkpoint atomically and return its sequence number.
+
+        ``state`` is one ``bytes`` blob or several named blobs; ``progress`` the fraction of the part's work done
+        (0..1) that the control plane reads; ``meta`` small JSON-able facts the job wants back on resume.
+        """
+        payloads = {STATE_PAYLOAD: state} if isinstance(state, bytes | bytearray) else dict(state)
+        for name in payloads:
+            if not _PAYLOAD_NAME.match(name) or name == MANIFEST_NAME:
+                raise ValueError(f"invalid payload name {name!r}")
+        if self._next_seq is None:
+            seen, _ = self._seq_dirs()
+            self._next_seq = max(seen, default=-1) + 1
+        seq = self._next_seq
+        self._next_seq += 1
+        base = self._seq_prefix(seq)
+        listed: dict[str, dict[str, Any]] = {}
+        for name, blob in payloads.items():
+            blob = bytes(blob)
+            self._call("put_object", Key=f"{base}{name}", Body=blob)
+            listed[name] = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "seq": seq,
+            "part": self.part,
+            "parts_total": self.parts_total,
+            "progress": min(max(float(progress), 0.0), 1.0),
+            "work_seconds": float(work_seconds),
+            "created_at": time.time(),
+            "request_id": request_id,
+            "final": final,
+            "payloads": listed,
+            "meta": dict(meta or {}),
+        }
+        # The manifest is the commit marker: written last, so a checkpoint is complete or absent.
+        self._call(
+            "put_object",
+            Key=f"{base}{MANIFEST_NAME}",
+            Body=json.dumps(manifest, sort_keys=True).encode(),
+            ContentType="application/json",
+        )
+        return seq
+
+    # -- read ---------------------------------------------------------------------------------------------------
+    def _read_manifest(self, seq: int) -> dict[str, Any] | None:
+        raw = self._get(f"{self._seq_prefix(seq)}{MANIFEST_NAME}")
+        if raw is None:
+            return None
+        try:
+            manifest = json.loads(raw)
+            if manifest.get("format") != MANIFEST_FORMAT or manifest.get("seq") != seq:
+                raise ValueError("unexpected format or sequence number")
+            if not isinstance(manifest.get("payloads"), dict):
+                raise ValueError("no payload list")
+            return dict(manifest)
+        except ValueError as exc:
+            logger.warning("checkpoint %s seq %d: unreadable manifest (%s), ignoring it", self.uri, seq, exc)
+            return None
+
+    def _load(self, seq: int) -> Checkpoint | None:
+        manifest = self._read_manifest(seq)
+        if manifest is None:
+            return None
+        payloads: dict[str, bytes] = {}
+        for name, expected in manifest["payloads"].items():
+            blob = self._get(f"{self._seq_prefix(seq)}{name}")
+            if blob is None or len(blob) != expected.get("size") or hashlib.sha256(blob).hexdigest() != expected.get(
+                "sha256"
+            ):
+                logger.warning("checkpoint %s seq %d: payload %r missing or corrupt, falling back", self.uri, seq, name)
+                return None
+            payloads[name] = blob
+        return Checkpoint(
+            seq=seq,
+            part=self.part,
+            progress=float(manifest.get("progress", 0.0)),
+            payloads=payloads,
+            meta=dict(manifest.get("meta") or {}),
+            work_seconds=float(manifest.get("work_seconds", 0.0)),
+            created_at=float(manifest.get("created_at", 0.0)),
+            request_id=manifest.get("request_id"),
+            final=bool(manifest.get("final", False)),
+        )
+
+    def latest(self) -> Checkpoint | None:
+        """The newest complete, verified checkpoint of this part, or None when there is none."""
+        seen, committed = self._seq_dirs()
+        if self._next_seq is None:
+            self._next_seq = max(seen, default=-1) + 1
+        for seq in sorted(committed, reverse=True):
+            checkpoint = self._load(seq)
+            if checkpoint is not None:
+                return checkpoint
+        return None
+
+    # -- housekeeping -------------------------------------------------------------------------------------------
+    def prune(self, keep: int | None = None) -> int:
+        """Delete this part's checkpoints older than the ``keep`` newest committed ones; returns objects deleted."""
+        keep = self.keep if keep is None else keep
+        _, committed = self._seq_dirs()
+        newest = sorted(committed, reverse=True)[:keep]
+        if len(newest) < keep:
+            return 0
+        oldest_kept = newest[-1]
+        stale = [
+            key
+            for key in self._list(self.part_prefix)
+            if (match := _SEQ_DIR.match(key[len(self.part_prefix) :])) and int(match.group(1)) < oldest_kept
+        ]
+        return self._delete(stale)
+
+    def cleanup(self) -> int:
+        """Delete every checkpoint of every part of the stage, and its request; call after the stage succeeded."""
+        return self._delete(self._list(self.prefix))
+
+    def _delete(self, keys: list[str]) -> int:
+        # Manifests first, so that an interrupted cleanup never leaves a committed checkpoint without its payloads.
+        ordered = sorted(keys, key=lambda key: (not key.endswith(f"/{MANIFEST_NAME}"), key))
+        for start in range(0, len(ordered), 1000):
+            batch = ordered[start : start + 1000]
+            self._call("delete_objects", Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True})
+        return len(ordered)
+
+    # -- the control plane's checkpoint request -------------------------------------------------------------------
+    def request_checkpoint(self, reason: str) -> str:
+        """Ask every job of the stage to checkpoint now and stop; returns the request id recorded in manifests."""
+        request_id = uuid.uuid4().hex
+        body = {"request_id": request_id, "reason": reason, "requested_at": time.time()}
+        self._call(
+            "put_object",
+            Key=self.request_key,
+            Body=json.dumps(body, sort_keys=True).encode(),
+            ContentType="application/json",
+        )
+        return request_id
+
+    def pending_request(self) -> CheckpointRequest | None:
+        """The stage's checkpoint request, or None (an unreadable request is ignored with a warning)."""
+        raw = self._get(self.request_key)
+        if raw is None:
+            return None
+        try:
+            body = json.loads(raw)
+            return CheckpointRequest(str(body["request_id"]), str(body.get("reason", "")), float(body["requested_at"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("unreadable checkpoint request at %s (%s), ignoring it", self.request_key, exc)
+            return None
+
+
+def progress(s3_client: Any, uri: str) -> float | None:
+    """The stage's fraction done (0..1) from its newest manifests, or None when no part has checkpointed yet.
+
+    Reads manifests only (no payloads), so it is cheap enough for the control plane to call on every SLA check.
+    Parts that have not checkpointed yet count as 0 when a manifest says how many parts the stage has.
+    """
+    store = CheckpointStore(s3_client, uri)
+    newest_per_part: dict[str, int] = {}
+    for key in store._list(store.prefix):
+        rest = key[len(store.prefix) :]
+        part, _, tail = rest.partition("/")
+        match = _SEQ_DIR.match(tail)
+        if match and tail.endswith(f"/{MANIFEST_NAME}"):
+            newest_per_part.setdefault(part, -1)
+            newest_per_part[part] = max(newest_per_part[part], int(match.group(1)))
+    if not newest_per_part:
+        return None
+    total = 0.0
+    parts_total = len(newest_per_part)
+    for part, seq in newest_per_part.items():
+        raw = store._get(f"{store.prefix}{part}/{seq:0{SEQ_DIGITS}d}/{MANIFEST_NAME}")
+        try:
+            manifest = json.loads(raw) if raw is not None else {}
+        except ValueError:
+            manifest = {}
+        total += min(max(float(manifest.get("progress", 0.0)), 0.0), 1.0)
+        parts_total = max(parts_total, int(manifest.get("parts_total", 1)))
+    return total / parts_total

@@ -1,0 +1,149 @@
+"""Watching for the end: the Spot notice in instance metadata, the control plane's request, and SIGTERM.
+
+AWS Batch forwards the two-minute Spot warning to no container, so the job polls for it itself. The watcher only
+records *that* the job must stop; the job's own thread checkpoints at its next safe point, so a signal or a notice
+arriving during a checkpoint never interrupts the write.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+
+from .imds import InstanceMetadata, MetadataUnavailable
+from .store import CheckpointStore
+
+logger = logging.getLogger(__name__)
+
+REASON_SPOT_INTERRUPTION = "spot-interruption"
+REASON_CHECKPOINT_REQUEST = "checkpoint-request"
+REASON_SIGTERM = "sigterm"
+
+# While the metadata service does not answer (not on EC2, hop limit of 1 in a bridged container), poll it less often.
+UNREACHABLE_BACKOFF_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class StopSignal:
+    """Why and when the job was told to stop."""
+
+    reason: str
+    detail: str
+    noticed_at: float
+    request_id: str | None = None
+
+
+class InterruptionWatcher:
+    """Polls instance metadata and the checkpoint request on a daemon thread, and records SIGTERM.
+
+    ``ignore_request_id`` is the request the part's latest checkpoint already honoured, so that a resubmitted job
+    does not stop again on the request that stopped its predecessor.
+    """
+
+    def __init__(
+        self,
+        *,
+        metadata: InstanceMetadata | None,
+        store: CheckpointStore | None,
+        poll_seconds: float = 5.0,
+        ignore_request_id: str | None = None,
+        on_signal: Callable[[StopSignal], None] | None = None,
+    ) -> None:
+        self.metadata = metadata
+        self.store = store
+        self.poll_seconds = poll_seconds
+        self.ignore_request_id = ignore_request_id
+        self.on_signal = on_signal
+        self.signals_received = 0
+        self._stop: StopSignal | None = None
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._metadata_retry_at = 0.0
+        self._metadata_warned = False
+        self._previous_sigterm: object = None
+
+    @property
+    def stop_signal(self) -> StopSignal | None:
+        return self._stop
+
+    def trigger(self, reason: str, detail: str = "", request_id: str | None = None, *, notify: bool = True) -> bool:
+        """Record a reason to stop; only the first one counts. Returns True if this call set it."""
+        # No lock: the SIGTERM handler runs on the main thread and must never wait; a race between two first
+        # reasons only decides which one is reported.
+        if self._stop is not None:
+            return False
+        stop = self._stop = StopSignal(reason, detail, time.time(), request_id)
+        if notify and self.on_signal is not None:
+            self.on_signal(stop)
+        return True
+
+    # -- SIGTERM ------------------------------------------------------------------------------------------------
+    def _handle_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        # Runs between two bytecodes of the main thread: record and return, never raise into a checkpoint write.
+        # No logging here either: writing to a stream the interrupted code is writing to raises a reentrancy error.
+        self.signals_received += 1
+        self.trigger(REASON_SIGTERM, f"signal {signum}", notify=False)
+
+    def install_signal_handler(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._handle_sigterm)
+
+    # -- polling ------------------------------------------------------------------------------------------------
+    def poll_once(self) -> StopSignal | None:
+        """One round of checks; returns the stop signal, if any."""
+        if self._stop is None:
+            self._poll_metadata()
+        if self._stop is None:
+            self._poll_request()
+        return self._stop
+
+    def _poll_metadata(self) -> None:
+        if self.metadata is None or time.monotonic() < self._metadata_retry_at:
+            return
+        try:
+            notice = self.metadata.spot_instance_action()
+        except MetadataUnavailable as exc:
+            if not self._metadata_warned:
+                logger.warning("%s; retrying every %.0f s, SIGTERM and requests still work", exc, UNREACHABLE_BACKOFF_SECONDS)
+                self._metadata_warned = True
+            self._metadata_retry_at = time.monotonic() + UNREACHABLE_BACKOFF_SECONDS
+            return
+        if notice is not None:
+            self.trigger(REASON_SPOT_INTERRUPTION, f"{notice.get('action', '?')} at {notice.get('time', '?')}")
+
+    def _poll_request(self) -> None:
+        if self.store is None:
+            return
+        try:
+            request = self.store.pending_request()
+        except Exception as exc:  # a transient S3 error must not kill the watcher
+            logger.warning("could not read the checkpoint request: %s", exc)
+            return
+        if request is not None and request.request_id != self.ignore_request_id:
+            self.trigger(REASON_CHECKPOINT_REQUEST, request.reason, request.request_id)
+
+    def _run(self) -> None:
+        while not self._closed.is_set() and self._stop is None:
+            self.poll_once()
+            self._closed.wait(self.poll_seconds)
+
+    def start(self) -> None:
+        self.install_signal_handler()
+        # The first look is synchronous: a job started on an instance already marked for interruption, or while a
+        # request is pending, stops after its first unit of work rather than whenever the thread gets to it.
+        self.poll_once()
+        self._thread = threading.Thread(target=self._run, name="spot-checkpoint-watcher", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.metadata.timeout * 2 + 1 if self.metadata else 1)
+        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_sigterm)  # type: ignore[arg-type]
+            self._previous_sigterm = None

@@ -1,0 +1,411 @@
+"""AWS Batch on a virtual clock, with Spot capacity taken from a real trace.
+
+What AWS Batch does and this emulator reproduces: jobs go SUBMITTED -> PENDING -> RUNNABLE -> STARTING -> RUNNING ->
+SUCCEEDED | FAILED and every change after SUBMITTED is a "Batch Job State Change" event; a Spot job starts only
+when the trace has capacity for all its nodes; two minutes before a reclaim EC2 sends a "Spot Instance Interruption
+Warning" for the instance, and the job then fails with statusReason "Host EC2 (instance i-...) terminated.";
+TerminateJob fails a job with the given reason; retryStrategy.evaluateOnExit decides whether Batch retries.
+Each job runs a workload model: it needs `stage_hours` of compute, resumes from the stage's newest complete
+checkpoint (the job runtime's own store, spot_checkpoint), checkpoints periodically, on the interruption notice (it
+polls instance metadata) and when the control plane asks, and exits with the runtime's codes.
+moto's Batch runs jobs in Docker (or marks them succeeded at once); this emulator replaces its job methods.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+from spot_checkpoint.store import CheckpointStore
+
+from spotctl.offline.eventbus import ACCOUNT_ID, REGION, make_event
+
+WARNING_LEAD = timedelta(minutes=2)
+START_DELAY = timedelta(minutes=4)  # instance launch + image pull + restore: the changeover the policy assumes
+
+
+class TraceError(ValueError):
+    """The Spot trace cannot be used."""
+
+
+@dataclass
+class SpotTrace:
+    """Spot capacity over time from a trace file (`{"metadata": {"gap_seconds": N}, "data": [...]}`)."""
+
+    path: Path
+    gap_seconds: float
+    data: list[int]
+    start_index: int
+
+    @classmethod
+    def load(cls, path: Path, start_hour: float) -> SpotTrace:
+        try:
+            raw = json.loads(path.read_text())
+            gap = float(raw["metadata"]["gap_seconds"])
+            data = [int(v) for v in raw["data"]]
+        except FileNotFoundError as exc:
+            raise TraceError(f"{path}: no such trace file") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TraceError(f"{path}: not a Spot trace ({exc})") from exc
+        if gap <= 0 or not data:
+            raise TraceError(f"{path}: empty trace or bad gap_seconds")
+        start = int(start_hour * 3600 / gap)
+        if not 0 <= start < len(data):
+            raise TraceError(f"{path}: start hour {start_hour} is outside the trace ({len(data) * gap / 3600:.0f} h)")
+        return cls(path, gap, data, start)
+
+    def capacity_at(self, hours: float) -> int:
+        index = self.start_index + int(hours * 3600 / self.gap_seconds)
+        return self.data[min(index, len(self.data) - 1)]
+
+    def hours_available(self) -> float:
+        return (len(self.data) - self.start_index) * self.gap_seconds / 3600
+
+
+@dataclass
+class EmulatedJob:
+    job_id: str
+    name: str
+    queue: str
+    definition: str
+    capacity: str  # spot | on-demand
+    nodes: int
+    environment: dict[str, str]
+    tags: dict[str, str]
+    parameters: dict[str, str]
+    created_at: datetime
+    retry_strategy: dict[str, Any]
+    is_multinode: bool = False
+    array_size: int | None = None
+    status: str = "SUBMITTED"
+    status_reason: str = ""
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+    runnable_since: datetime | None = None
+    work_hours: float = 1.0
+    progress: float = 0.0
+    last_checkpoint: float = 0.0
+    last_checkpoint_at: datetime | None = None
+    instance_id: str | None = None
+    container_instance_arn: str | None = None
+    warned_at: datetime | None = None
+    reclaim_at: datetime | None = None
+    terminate_reason: str | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def stage(self) -> str:
+        return self.environment.get("STAGE") or self.parameters.get("stage", "")
+
+    def describe(self) -> dict[str, Any]:
+        def ms(value: datetime | None) -> int | None:
+            return int(value.timestamp() * 1000) if value else None
+
+        container: dict[str, Any] = {"environment": [{"name": k, "value": v} for k, v in self.environment.items()]}
+        if self.container_instance_arn:
+            container["containerInstanceArn"] = self.container_instance_arn
+            container["taskArn"] = f"arn:aws:ecs:{REGION}:{ACCOUNT_ID}:task/batch/{self.job_id[:8]}"
+        if self.exit_code is not None:
+            container["exitCode"] = self.exit_code
+        described = {
+            "jobArn": f"arn:aws:batch:{REGION}:{ACCOUNT_ID}:job/{self.job_id}", "jobName": self.name,
+            "jobId": self.job_id, "jobQueue": self.queue, "status": self.status, "statusReason": self.status_reason,
+            "jobDefinition": self.definition, "createdAt": ms(self.created_at), "startedAt": ms(self.started_at),
+            "stoppedAt": ms(self.stopped_at), "attempts": self.attempts, "container": container, "tags": self.tags,
+            "parameters": self.parameters, "dependsOn": [], "propagateTags": True, "platformCapabilities": ["EC2"],
+        }
+        if self.is_multinode:
+            described["nodeProperties"] = {"numNodes": self.nodes, "mainNode": 0}
+        if self.array_size:
+            described["arrayProperties"] = {"size": self.array_size}
+        return {k: v for k, v in described.items() if v is not None}
+
+
+class BatchEmulator:
+    """Holds the jobs; `advance(to)` moves them along the virtual clock and emits their events through `emit`."""
+
+    def __init__(self, trace: SpotTrace, stage_hours: dict[str, float], emit: Callable[[dict[str, Any]], None],
+                 now: Callable[[], datetime], checkpoint_interval: timedelta = timedelta(minutes=30)) -> None:
+        self.trace = trace
+        self.stage_hours = stage_hours
+        self._emit = emit
+        self._now = now
+        self.t0 = now()
+        self.checkpoint_interval = checkpoint_interval
+        self.jobs: dict[str, EmulatedJob] = {}
+        self._image_id: str | None = None
+        self.instance_types = {"spot": "c6i.4xlarge", "on-demand": "c6i.4xlarge"}
+        self._s3 = boto3.client("s3", region_name=REGION)
+        self._ec2 = boto3.client("ec2", region_name=REGION)
+        self._ecs = boto3.client("ecs", region_name=REGION)
+        self.timeline: list[tuple[datetime, str]] = []
+
+    # ------------------------------------------------------------------ the API moto's backend delegates to
+    def submit(self, backend: Any, kwargs: dict[str, Any]) -> dict[str, str]:
+        queue = backend.get_job_queue(kwargs["jobQueue"])
+        definition = backend.get_job_definition(kwargs["jobDefinition"])
+        if queue is None or definition is None:
+            from moto.batch.exceptions import ClientException
+
+            raise ClientException(f"job queue or job definition not found: {kwargs['jobQueue']}, {kwargs['jobDefinition']}")
+        env_entries = (kwargs.get("containerOverrides") or {}).get("environment") or []
+        for override in (kwargs.get("nodeOverrides") or {}).get("nodePropertyOverrides", []):
+            env_entries = override.get("containerOverrides", {}).get("environment", env_entries)
+        compute_types = {ce.compute_resources.get("type") for ce in
+                         (backend.get_compute_environment(o["computeEnvironment"]) for o in queue.env_order_json)
+                         if ce is not None}
+        is_multinode = definition.type == "multinode"
+        if is_multinode and "SPOT" in compute_types:
+            from moto.batch.exceptions import ClientException
+
+            raise ClientException("multi-node parallel jobs cannot run on a Spot compute environment")
+        node_count = int((kwargs.get("nodeOverrides") or {}).get("numNodes")
+                         or (definition.node_properties or {}).get("numNodes", 1)) if is_multinode else 1
+        array_size = (kwargs.get("arrayProperties") or {}).get("size")
+        job = EmulatedJob(
+            job_id=str(uuid.uuid4()), name=kwargs["jobName"], queue=queue.arn, definition=definition.arn,
+            capacity="spot" if "SPOT" in compute_types else "on-demand",
+            nodes=int(array_size or node_count), environment={e["name"]: e["value"] for e in env_entries},
+            tags=dict(kwargs.get("tags") or {}), parameters={**(definition.parameters or {}),
+                                                              **(kwargs.get("parameters") or {})},
+            created_at=self._now(), retry_strategy=definition.retry_strategy or {}, is_multinode=is_multinode,
+            array_size=array_size,
+        )
+        job.work_hours = self.stage_hours.get(job.stage, 1.0)
+        self.jobs[job.job_id] = job
+        self._log(f"submit   {job.stage:<11} {job.capacity:<9} x{job.nodes} {job.name}")
+        return {"jobId": job.job_id, "jobName": job.name, "jobArn": job.describe()["jobArn"]}
+
+    def describe(self, job_ids: list[str]) -> list[dict[str, Any]]:
+        return [self.jobs[j].describe() for j in job_ids if j in self.jobs]
+
+    def list(self, queue: str | None, status: str | None, name: str | None) -> list[dict[str, Any]]:
+        found = []
+        for job in self.jobs.values():
+            if queue and queue not in (job.queue, job.queue.rsplit("/", 1)[-1]):
+                continue
+            if status and job.status != status:
+                continue
+            if name and not fnmatch.fnmatch(job.name, name):
+                continue
+            found.append({"jobId": job.job_id, "jobName": job.name, "status": job.status,
+                          "jobArn": job.describe()["jobArn"], "createdAt": int(job.created_at.timestamp() * 1000)})
+        return found
+
+    def terminate(self, job_id: str, reason: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or job.status in ("SUCCEEDED", "FAILED"):
+            return
+        job.terminate_reason = reason or "Terminated"
+
+    # ------------------------------------------------------------------ the clock
+    def hours(self, at: datetime | None = None) -> float:
+        return ((at or self._now()) - self.t0).total_seconds() / 3600
+
+    def spot_capacity(self, at: datetime | None = None) -> int:
+        return self.trace.capacity_at(self.hours(at))
+
+    def next_reclaim(self, after: datetime, nodes: int, horizon: timedelta) -> datetime | None:
+        step = timedelta(seconds=self.trace.gap_seconds)
+        t = after
+        while t <= after + horizon:
+            if self.spot_capacity(t) < nodes:
+                return t
+            t += step
+        return None
+
+    def advance(self, now: datetime, step: timedelta) -> None:
+        """Moves every job along by `step` ending at `now` (the caller has already moved the clock)."""
+        for job in list(self.jobs.values()):
+            self._advance_job(job, now, step)
+
+    def _advance_job(self, job: EmulatedJob, now: datetime, step: timedelta) -> None:
+        if job.status in ("SUCCEEDED", "FAILED"):
+            return
+        if job.terminate_reason:
+            self._checkpoint(job, now, "terminate (SIGTERM)")
+            self._finish(job, "FAILED", job.terminate_reason, exit_code=143 if job.status == "RUNNING" else None)
+            return
+        if job.status == "SUBMITTED":
+            self._set(job, "PENDING")
+            self._set(job, "RUNNABLE")
+            job.runnable_since = now
+            return
+        if job.status == "RUNNABLE":
+            if job.capacity == "spot" and self.spot_capacity(now) < job.nodes:
+                return
+            if now - (job.runnable_since or now) < START_DELAY and job.capacity == "on-demand":
+                return
+            self._start(job, now)
+            return
+        if job.status == "RUNNING":
+            self._run(job, now, step)
+
+    def _start(self, job: EmulatedJob, now: datetime) -> None:
+        self._set(job, "STARTING")
+        job.instance_id, job.container_instance_arn = self._launch(job)
+        job.started_at = now
+        restored = self._restore(job)
+        job.progress = job.last_checkpoint = restored
+        job.last_checkpoint_at = now
+        if job.capacity == "spot":
+            job.reclaim_at = self.next_reclaim(now, job.nodes, timedelta(hours=job.work_hours * (1 - restored) + 1))
+        self._set(job, "RUNNING")
+        self._log(f"running  {job.stage:<11} {job.capacity:<9} on {job.instance_id}"
+                  + (f" (resumed at {restored:.0%})" if restored else ""))
+
+    def _run(self, job: EmulatedJob, now: datetime, step: timedelta) -> None:
+        if job.reclaim_at and job.warned_at is None and now >= job.reclaim_at - WARNING_LEAD:
+            job.warned_at = now
+            self._log(f"warning  {job.stage:<11} Spot interruption notice for {job.instance_id}")
+            # The job's runtime sees the notice in instance metadata and checkpoints at once.
+            self._checkpoint(job, now, "spot interruption notice")
+            self._emit(make_event("aws.ec2", "EC2 Spot Instance Interruption Warning",
+                                  {"instance-id": job.instance_id, "instance-action": "terminate"},
+                                  [f"arn:aws:ec2:{REGION}:{ACCOUNT_ID}:instance/{job.instance_id}"]))
+            if job.terminate_reason or job.status != "RUNNING":
+                return
+        if job.reclaim_at and now >= job.reclaim_at:
+            self._finish(job, "FAILED", f"Host EC2 (instance {job.instance_id}) terminated.", exit_code=None)
+            return
+        if job.warned_at is None:
+            job.progress = min(1.0, job.progress + step.total_seconds() / 3600 / job.work_hours)
+        if job.progress >= 1.0:
+            self._finish(job, "SUCCEEDED", "Essential container in task exited", exit_code=0)
+            return
+        if self._checkpoint_requested(job):
+            self._checkpoint(job, now, "control plane request")
+            self._finish(job, "FAILED", "Essential container in task exited", exit_code=86)
+            return
+        if now - (job.last_checkpoint_at or now) >= self.checkpoint_interval:
+            self._checkpoint(job, now, "periodic")
+
+    # ------------------------------------------------------------------ checkpoints (the job runtime's store)
+    def _store(self, job: EmulatedJob) -> CheckpointStore | None:
+        uri = job.environment.get("CHECKPOINT_URI")
+        return CheckpointStore(self._s3, uri) if uri else None
+
+    def _restore(self, job: EmulatedJob) -> float:
+        store = self._store(job)
+        latest = store.latest() if store else None
+        return latest.progress if latest else 0.0
+
+    def _checkpoint(self, job: EmulatedJob, now: datetime, why: str) -> None:
+        store = self._store(job)
+        if store is None or job.status != "RUNNING" or job.progress <= job.last_checkpoint:
+            return
+        store.save(json.dumps({"progress": job.progress}).encode(), progress=job.progress)
+        job.last_checkpoint, job.last_checkpoint_at = job.progress, now
+
+    def _checkpoint_requested(self, job: EmulatedJob) -> bool:
+        store = self._store(job)
+        if store is None:
+            return False
+        request = store.pending_request()
+        return request is not None and request.requested_at >= (job.started_at or job.created_at).timestamp()
+
+    # ------------------------------------------------------------------ plumbing
+    def _launch(self, job: EmulatedJob) -> tuple[str, str]:
+        """An EC2 instance (Spot or On-Demand) registered as an ECS container instance, as Batch does."""
+        if self._image_id is None:
+            self._image_id = self._ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+            for cluster in ("spot-hpc-spot", "spot-hpc-on-demand"):
+                self._ecs.create_cluster(clusterName=cluster)
+        market = {"InstanceMarketOptions": {"MarketType": "spot"}} if job.capacity == "spot" else {}
+        instance = self._ec2.run_instances(ImageId=self._image_id, MinCount=1, MaxCount=1,
+                                           InstanceType=self.instance_types[job.capacity], **market)["Instances"][0]
+        registered = self._ecs.register_container_instance(
+            cluster=f"spot-hpc-{job.capacity}",
+            instanceIdentityDocument=json.dumps({"instanceId": instance["InstanceId"]}))
+        return instance["InstanceId"], registered["containerInstance"]["containerInstanceArn"]
+
+    def _finish(self, job: EmulatedJob, status: str, reason: str, exit_code: int | None) -> None:
+        job.stopped_at = self._now()
+        job.exit_code = exit_code
+        job.attempts.append({"container": {"exitCode": exit_code, "containerInstanceArn": job.container_instance_arn},
+                             "startedAt": int(job.started_at.timestamp() * 1000) if job.started_at else None,
+                             "stoppedAt": int(job.stopped_at.timestamp() * 1000), "statusReason": reason})
+        if status == "FAILED" and self._batch_retries(job, reason, exit_code):
+            return
+        job.status_reason = reason
+        self._log(f"{status.lower():<8} {job.stage:<11} {job.capacity:<9} {reason}"
+                  + (f" (exit {exit_code})" if exit_code is not None else ""))
+        self._set(job, status)
+
+    def _batch_retries(self, job: EmulatedJob, reason: str, exit_code: int | None) -> bool:
+        """retryStrategy: the first matching evaluateOnExit rule decides; RETRY while attempts remain."""
+        attempts = int(job.retry_strategy.get("attempts", 1))
+        if len(job.attempts) >= attempts:
+            return False
+        for rule in job.retry_strategy.get("evaluateOnExit", []):
+            if "onStatusReason" in rule and not fnmatch.fnmatchcase(reason, rule["onStatusReason"]):
+                continue
+            if "onReason" in rule and not fnmatch.fnmatchcase(reason, rule["onReason"]):
+                continue
+            if "onExitCode" in rule and not fnmatch.fnmatchcase(str(exit_code), rule["onExitCode"]):
+                continue
+            if rule.get("action", "").upper() == "RETRY":
+                job.status, job.runnable_since, job.started_at = "RUNNABLE", self._now(), None
+                self._set(job, "RUNNABLE")
+                return True
+            return False
+        return False
+
+    def _set(self, job: EmulatedJob, status: str) -> None:
+        job.status = status
+        self._emit(make_event("aws.batch", "Batch Job State Change", job.describe(), [job.describe()["jobArn"]]))
+
+    def _log(self, text: str) -> None:
+        self.timeline.append((self._now(), text))
+
+
+def install(emulator_ref: Callable[[], BatchEmulator | None]) -> Callable[[], None]:
+    """Routes the Batch job API (SubmitJob, DescribeJobs, ListJobs, TerminateJob, CancelJob) to the emulator.
+
+    Patched at moto's response layer so the emulator sees the whole request (nodeOverrides, propagateTags, ...).
+    Queues, compute environments and job definitions stay moto's, as the template created them.
+    """
+    from moto.batch.responses import BatchResponse
+
+    names = ("submitjob", "describejobs", "listjobs", "terminatejob", "canceljob")
+    originals = {name: getattr(BatchResponse, name) for name in names}
+
+    def routed(name: str, handler: Callable[[Any, BatchEmulator], str]) -> Callable[[Any], str]:
+        def method(self: Any) -> str:
+            emulator = emulator_ref()
+            return originals[name](self) if emulator is None else handler(self, emulator)
+        return method
+
+    def submit(self: Any, emulator: BatchEmulator) -> str:
+        return json.dumps(emulator.submit(self.batch_backend, json.loads(self.body or "{}")))
+
+    def describe(self: Any, emulator: BatchEmulator) -> str:
+        return json.dumps({"jobs": emulator.describe(self._get_param("jobs") or [])})
+
+    def list_jobs(self: Any, emulator: BatchEmulator) -> str:
+        name = next((f["values"][0] for f in self._get_param("filters") or [] if f.get("name") == "JOB_NAME"), None)
+        return json.dumps({"jobSummaryList": emulator.list(self._get_param("jobQueue"), self._get_param("jobStatus"),
+                                                            name)})
+
+    def terminate(self: Any, emulator: BatchEmulator) -> str:
+        emulator.terminate(self._get_param("jobId"), self._get_param("reason"))
+        return ""
+
+    handlers = {"submitjob": submit, "describejobs": describe, "listjobs": list_jobs, "terminatejob": terminate,
+                "canceljob": terminate}
+    for name, handler in handlers.items():
+        setattr(BatchResponse, name, routed(name, handler))
+
+    def uninstall() -> None:
+        for name, fn in originals.items():
+            setattr(BatchResponse, name, fn)
+
+    return uninstall

@@ -1,0 +1,104 @@
+"""EventBridge delivery offline: the template's rules, matched by moto's own pattern matcher, invoke their targets.
+
+AWS EventBridge delivers a matching event to every target of every rule, retrying per the target's RetryPolicy and
+then sending it to the target's dead-letter queue. moto stores the rules and matches patterns but invokes no Lambda
+or Step Functions target; this bus does, in-process, and dead-letters an event whose target errors.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import boto3
+
+from spot_hpc.clock import format_time, utc_now
+
+REGION = "us-east-1"
+ACCOUNT_ID = "123456789012"
+
+
+@dataclass
+class Delivery:
+    event_id: str
+    rule: str
+    target: str
+    status: str  # ok | error
+    error: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"event_id": self.event_id, "rule": self.rule, "target": self.target, "status": self.status,
+                "error": self.error}
+
+
+def make_event(source: str, detail_type: str, detail: dict[str, Any], resources: list[str] | None = None,
+               time: datetime | None = None, account: str = ACCOUNT_ID) -> dict[str, Any]:
+    """An event as EventBridge hands it to targets."""
+    return {
+        "version": "0", "id": str(uuid.uuid4()), "detail-type": detail_type, "source": source, "account": account,
+        "time": format_time(time or utc_now()), "region": REGION, "resources": resources or [], "detail": detail,
+    }
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._lambda = boto3.client("lambda", region_name=REGION)
+        self._sfn = boto3.client("stepfunctions", region_name=REGION)
+        self._sqs = boto3.client("sqs", region_name=REGION)
+        self.deliveries: list[Delivery] = []
+
+    def _rules(self) -> list[Any]:
+        from moto.events.models import events_backends
+
+        return list(events_backends[ACCOUNT_ID][REGION].event_buses["default"].rules.values())
+
+    def put(self, event: dict[str, Any]) -> list[Delivery]:
+        """Delivers one event to every target of every enabled rule whose pattern matches it."""
+        delivered: list[Delivery] = []
+        for rule in self._rules():
+            if rule.state != "ENABLED" or rule.scheduled_expression or not rule.event_pattern.matches_event(event):
+                continue
+            for target in rule.targets:
+                delivered.append(self._deliver(rule.name, target, event))
+        self.deliveries.extend(delivered)
+        return delivered
+
+    def fire_schedules(self) -> list[Delivery]:
+        """One tick of every scheduled rule (the runtime calls it on its virtual clock's schedule)."""
+        delivered = []
+        for rule in self._rules():
+            if rule.state == "ENABLED" and rule.scheduled_expression:
+                event = make_event("aws.events", "Scheduled Event", {}, [rule.arn])
+                delivered.extend(self._deliver(rule.name, target, event) for target in rule.targets)
+        self.deliveries.extend(delivered)
+        return delivered
+
+    def _deliver(self, rule: str, target: dict[str, Any], event: dict[str, Any]) -> Delivery:
+        arn = target["Arn"]
+        payload = json.loads(target["Input"]) if target.get("Input") else event
+        try:
+            if ":lambda:" in arn:
+                response = self._lambda.invoke(FunctionName=arn, Payload=json.dumps(payload).encode())
+                if response.get("FunctionError"):
+                    body = json.loads(response["Payload"].read() or b"{}")
+                    raise RuntimeError(f"{body.get('errorType')}: {body.get('errorMessage')}")
+            elif ":states:" in arn:
+                self._sfn.start_execution(stateMachineArn=arn, input=json.dumps(payload))
+            else:
+                raise RuntimeError(f"target type of {arn} is not emulated")
+        except Exception as exc:
+            self._dead_letter(target, event, str(exc))
+            return Delivery(event["id"], rule, arn, "error", str(exc))
+        return Delivery(event["id"], rule, arn, "ok")
+
+    def _dead_letter(self, target: dict[str, Any], event: dict[str, Any], error: str) -> None:
+        dlq_arn = (target.get("DeadLetterConfig") or {}).get("Arn")
+        if not dlq_arn:
+            return
+        name = dlq_arn.rsplit(":", 1)[-1]
+        url = self._sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        self._sqs.send_message(QueueUrl=url, MessageBody=json.dumps(event), MessageAttributes={
+            "ERROR_MESSAGE": {"DataType": "String", "StringValue": error[:1000]}})

@@ -1,0 +1,207 @@
+"""The control plane on one machine: embedded AWS, the real template, handlers and state machine, virtual time.
+
+    with OfflineControlPlane(trace=..., stage_hours=...) as plane:
+        plane.upload("incoming/sample.csv", body, metadata={"deadline-hours": "12"})
+        plane.run_until_settled(max_hours=48)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from spot_hpc import clock as control_plane_clock
+from spotctl.offline import adapters, batch_emulator
+from spotctl.offline.batch_emulator import BatchEmulator, SpotTrace
+from spotctl.offline.eventbus import REGION, Delivery, EventBus, make_event
+from spotctl.offline.stack import REPO_ROOT, DeployedStack, deploy
+from spotctl.offline.webhook_sink import WebhookSink
+
+DEFAULT_TEMPLATE = REPO_ROOT / "template.yaml"
+DEFAULT_TRACE = REPO_ROOT / "data/spot-traces/availability/1-node/aws-02-15-2023/us-east-1a_v100_1.json"
+VIRTUAL_EPOCH = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)
+GUARD_PERIOD = timedelta(minutes=5)  # the template's SLA guard schedule
+# Execution history events after which an execution waits on the outside world (a task token, or nothing).
+_WAITING_EVENTS = {"TaskSubmitted", "ExecutionSucceeded", "ExecutionFailed", "ExecutionAborted", "ExecutionTimedOut"}
+
+
+class VirtualClock:
+    def __init__(self, start: datetime = VIRTUAL_EPOCH) -> None:
+        self.start = start
+        self._now = start
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, step: timedelta) -> datetime:
+        self._now += step
+        return self._now
+
+    @property
+    def hours(self) -> float:
+        return (self._now - self.start).total_seconds() / 3600
+
+
+class OfflineControlPlane:
+    def __init__(self, trace: Path = DEFAULT_TRACE, start_hour: float = 0.0, stage_hours: dict[str, float] | None = None,
+                 template: Path = DEFAULT_TEMPLATE, parameters: dict[str, str] | None = None,
+                 webhook: WebhookSink | None = None) -> None:
+        self.trace = SpotTrace.load(trace, start_hour)
+        self.stage_hours = stage_hours or {"preprocess": 1.0, "hpc": 4.0, "postprocess": 1.0}
+        self.template = template
+        self.parameters = parameters or {}
+        self.clock = VirtualClock()
+        self.webhook = webhook or WebhookSink()
+        self._owns_webhook = webhook is None
+        self._uninstall: list[Callable[[], None]] = []
+        self._saved_env: dict[str, str] = {}
+        self._mock: Any = None
+        self.stack: DeployedStack
+        self.bus: EventBus
+        self.batch: BatchEmulator
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> OfflineControlPlane:
+        from moto import mock_aws
+
+        self._saved_env = dict(os.environ)
+        # Never a real account: fixed fake credentials, one region.
+        os.environ.update({"AWS_ACCESS_KEY_ID": "offline", "AWS_SECRET_ACCESS_KEY": "offline",
+                           "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION})
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+            os.environ.pop(name, None)
+        self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True},
+                                      "lambda": {"use_docker": False}, "batch": {"use_docker": False}})
+        self._mock.start()
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
+        if self._owns_webhook:
+            self.webhook.start()
+        control_plane_clock.use_clock(self.clock.now)
+        self._uninstall.append(lambda: control_plane_clock.use_clock(None))
+        self._uninstall.append(adapters.install_job_definition_adapter())
+        self._uninstall.append(adapters.install_price_book_adapter(REPO_ROOT / "data"))
+        self._uninstall.append(adapters.install_lambda_adapter(lambda name: self.stack.functions.get(name)))
+        self._uninstall.append(batch_emulator.install(lambda: getattr(self, "batch", None)))
+        self.stack = deploy(self.template, self.parameters)
+        self.bus = EventBus()
+        self.batch = BatchEmulator(self.trace, self.stage_hours, self.put_event, self.clock.now)
+        boto3.client("secretsmanager", region_name=REGION).create_secret(
+            Name=self.parameters.get("SlackSecretName", "spot-hpc/slack-webhook"), SecretString=self.webhook.url)
+
+    def __exit__(self, *exc: object) -> None:
+        for uninstall in reversed(self._uninstall):
+            uninstall()
+        self._uninstall.clear()
+        if self._owns_webhook:
+            self.webhook.stop()
+        if self._mock is not None:
+            self._mock.stop()
+            self._mock = None
+        os.environ.clear()
+        os.environ.update(self._saved_env)
+
+    # ------------------------------------------------------------------ the outside world
+    @property
+    def bucket(self) -> str:
+        return self.stack.physical_id("IngestBucket")
+
+    def put_event(self, event: dict[str, Any]) -> list[Delivery]:
+        """Puts one event on the default bus: the template's rules decide what runs."""
+        deliveries = self.bus.put(event)
+        self.settle()
+        return deliveries
+
+    def upload(self, key: str, body: bytes, metadata: dict[str, str] | None = None) -> list[Delivery]:
+        """Puts an object and sends its "Object Created" event.
+
+        S3 sends that event to EventBridge for a bucket with EventBridge notifications on; moto's S3 does not.
+        """
+        s3 = boto3.client("s3", region_name=REGION)
+        put = s3.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata=metadata or {})
+        detail = {"version": "0", "bucket": {"name": self.bucket},
+                  "object": {"key": key, "size": len(body), "etag": put["ETag"].strip('"'),
+                             "version-id": put.get("VersionId"), "sequencer": f"{time.monotonic_ns():018X}"},
+                  "request-id": "offline", "requester": self.stack.outputs.get("IngestBucketName", "offline"),
+                  "reason": "PutObject"}
+        return self.put_event(make_event("aws.s3", "Object Created", detail, [f"arn:aws:s3:::{self.bucket}"]))
+
+    def invoke(self, logical_id: str, event: Any) -> tuple[Any, bool]:
+        """Runs one handler as `sam local invoke` would: returns (result or error payload, errored)."""
+        physical = self.stack.physical_id(logical_id)
+        client = boto3.client("lambda", region_name=REGION)
+        response = client.invoke(FunctionName=physical, Payload=json.dumps(event).encode())
+        payload = json.loads(response["Payload"].read() or b"null")
+        self.settle()
+        return payload, bool(response.get("FunctionError"))
+
+    # ------------------------------------------------------------------ time
+    def executions(self) -> list[dict[str, Any]]:
+        sfn = boto3.client("stepfunctions", region_name=REGION)
+        arn = self.stack.physical_id("PipelineStateMachine")
+        return [e for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=arn)
+                for e in page["executions"]]
+
+    def history(self, execution_arn: str) -> list[dict[str, Any]]:
+        sfn = boto3.client("stepfunctions", region_name=REGION)
+        return [e for page in sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn)
+                for e in page["events"]]
+
+    def settle(self, timeout_seconds: float = 30.0) -> None:
+        """Waits until every execution waits on the outside world (a task token) or has ended.
+
+        Step Functions runs executions on threads of their own; virtual time may only move once they are quiet.
+        """
+        deadline = time.monotonic() + timeout_seconds
+        previous: object = None
+        quiet_checks = 0
+        while time.monotonic() < deadline:
+            snapshot = []
+            quiet = not adapters.invocation_in_progress()
+            for execution in self.executions():
+                events = self.history(execution["executionArn"])
+                last = events[-1]["type"] if events else "none"
+                snapshot.append((execution["executionArn"], execution["status"], len(events), last))
+                quiet = quiet and (execution["status"] != "RUNNING" or last in _WAITING_EVENTS)
+            if quiet and snapshot == previous:
+                quiet_checks += 1
+                if quiet_checks >= 2:
+                    return
+            else:
+                quiet_checks = 0
+            previous = snapshot
+            time.sleep(0.003)
+        raise RuntimeError("the state machine did not settle (a handler or state is stuck)")
+
+    def step(self, minutes: float = 1.0) -> None:
+        delta = timedelta(minutes=minutes)
+        now = self.clock.advance(delta)
+        self.batch.advance(now, delta)
+        if int((now - self.clock.start).total_seconds()) % int(GUARD_PERIOD.total_seconds()) == 0:
+            self.bus.fire_schedules()
+            self.settle()
+
+    def run_until_settled(self, max_hours: float, step_minutes: float = 1.0) -> str:
+        """Advances virtual time until every execution has ended (or `max_hours` pass); returns the last status."""
+        threading.current_thread().name = "offline-clock"
+        while self.clock.hours < max_hours:
+            executions = self.executions()
+            if executions and all(e["status"] != "RUNNING" for e in executions):
+                break
+            self.step(step_minutes)
+        executions = self.executions()
+        return executions[-1]["status"] if executions else "NONE"

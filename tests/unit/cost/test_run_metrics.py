@@ -1,0 +1,89 @@
+"""A settled run's figures as CloudWatch EMF metrics (Powertools)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from spot_hpc import metrics as run_metrics
+
+
+@pytest.fixture
+def powertools_metrics() -> Iterator[Any]:
+    metrics = run_metrics.new_metrics()
+    metrics.clear_metrics()  # Powertools keeps metrics at class level: start and end clean
+    yield metrics
+    metrics.clear_metrics()
+
+
+def _value(blob: dict[str, Any], name: str) -> float:
+    """EMF holds a metric's values as a list when Powertools serialises them."""
+    value = blob[name]
+    assert not isinstance(value, list) or len(value) == 1
+    return float(value[0] if isinstance(value, list) else value)
+
+
+def _report() -> dict[str, Any]:
+    return {
+        "run_id": "run-3",
+        "pipeline_status": "SUCCEEDED",
+        "deadline_met": False,
+        "stages": [
+            {"name": "preprocess", "attempts": [
+                {"capacity": "spot", "nodes": 1, "started_hours": 0.0, "stopped_hours": 0.5, "usd_per_hour": 1,
+                 "status_reason": "Host EC2 (instance i-1) terminated."},
+                {"capacity": "on-demand", "nodes": 1, "started_hours": 0.75, "stopped_hours": 1.5, "usd_per_hour": 2,
+                 "status_reason": ""},
+            ]},
+            {"name": "hpc", "attempts": []},
+        ],
+        "interruptions": 2,
+        "requeues_to_on_demand": 1,
+        "cost_usd": 2.0,
+        "on_demand_only_cost_usd": 5.0,
+        "savings_pct": 60.0,
+    }  # fmt: skip
+
+
+def test_settled_run_is_recorded_as_emf(powertools_metrics: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN a settled run that missed its deadline after a reclaim and a requeue
+    report = _report()
+
+    # WHEN its figures are recorded and the run-level metrics serialised
+    run_metrics.record_settled_run(powertools_metrics, report)
+    blob = powertools_metrics.serialize_metric_set()
+
+    # THEN the run-level metrics carry the report's figures under the namespace and service dimension
+    directive = blob["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Namespace"] == run_metrics.NAMESPACE
+    assert directive["Dimensions"] == [[run_metrics.SERVICE_DIMENSION]]
+    assert blob[run_metrics.SERVICE_DIMENSION] == run_metrics.SERVICE
+    assert _value(blob, run_metrics.DEADLINES_MISSED) == 1.0 and _value(blob, run_metrics.DEADLINES_MET) == 0.0
+    assert _value(blob, run_metrics.PIPELINES_SUCCEEDED) == 1.0 and _value(blob, run_metrics.PIPELINES_FAILED) == 0.0
+    assert _value(blob, run_metrics.SPOT_INTERRUPTIONS) == 2.0
+    assert _value(blob, run_metrics.SPOT_RECLAIMS) == 1.0
+    assert _value(blob, run_metrics.REQUEUES_TO_ON_DEMAND) == 1.0
+    assert _value(blob, run_metrics.RUN_COST_USD) == 2.0
+    assert _value(blob, run_metrics.ON_DEMAND_ONLY_COST_USD) == 5.0
+    assert _value(blob, run_metrics.SAVINGS_USD) == 3.0
+    assert _value(blob, run_metrics.SAVINGS_PERCENT) == 60.0
+    assert blob["run_id"] == "run-3"  # metadata, not a dimension
+
+    # AND the stage duration went out as its own blob with a Stage dimension (only for stages that ran)
+    stage_blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(stage_blobs) == 1
+    stage_blob = stage_blobs[0]
+    assert stage_blob[run_metrics.STAGE_DIMENSION] == "preprocess"
+    assert _value(stage_blob, run_metrics.STAGE_DURATION_SECONDS) == 5400.0
+    assert stage_blob["_aws"]["CloudWatchMetrics"][0]["Namespace"] == run_metrics.NAMESPACE
+
+
+def test_reclaims_counted_from_the_report_when_given(powertools_metrics: Any) -> None:
+    # GIVEN a report that counts its reclaims itself
+    report = {**_report(), "reclaims": 4}
+
+    # WHEN / THEN that count is used
+    assert run_metrics.count_reclaims(report) == 4
+    assert run_metrics.count_reclaims(_report()) == 1

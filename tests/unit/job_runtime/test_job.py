@@ -1,0 +1,279 @@
+"""The job side: periodic checkpoints, checkpoint-and-exit on notice / request / SIGTERM, faults, finish."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from typing import Any
+
+import pytest
+from spot_checkpoint import (
+    EXIT_CHECKPOINTED,
+    EXIT_STOPPED_WITHOUT_CHECKPOINT,
+    REASON_CHECKPOINT_REQUEST,
+    REASON_SIGTERM,
+    REASON_SPOT_INTERRUPTION,
+    CheckpointedJob,
+    CheckpointInterval,
+    CheckpointStore,
+    InstanceMetadata,
+    InterruptionWatcher,
+    MetadataUnavailable,
+    RuntimeConfig,
+    Stopped,
+)
+
+from spotctl.drill.metadata_server import MetadataStandIn
+
+from .conftest import BUCKET, EventRecorder
+
+URI = f"s3://{BUCKET}/checkpoints/run-7/preprocess/"
+
+
+def unused_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def counting_job(job: CheckpointedJob, units: int, start: int = 0) -> int:
+    """A job loop over integer units whose state is the count done."""
+    done = start
+    while done < units:
+        done += 1
+        job.step(lambda: str(done).encode(), progress=done / units)  # noqa: B023 - called at once
+    return done
+
+
+def make_job(s3: Any, events: EventRecorder, **kwargs: Any) -> CheckpointedJob:
+    store = CheckpointStore(s3, URI, part=kwargs.pop("part", "main"), parts_total=kwargs.pop("parts_total", 1))
+    return CheckpointedJob(store, interval=kwargs.pop("interval", CheckpointInterval(fixed_seconds=3600)), events=events, **kwargs)
+
+
+def test_interval_is_chosen_from_checkpoint_cost_within_bounds() -> None:
+    # GIVEN the default policy (2 % overhead, 60..900 s) and a fixed one
+    policy = CheckpointInterval()
+    # WHEN / THEN a cheap checkpoint is taken every minute, an expensive one rarely, a fixed one as set
+    assert policy.after_save(0.1) == 60.0
+    assert policy.after_save(3.0) == pytest.approx(150.0)
+    assert policy.after_save(60.0) == 900.0
+    assert CheckpointInterval(fixed_seconds=5.0).after_save(60.0) == 5.0
+
+
+def test_config_from_environment_names_the_part() -> None:
+    # GIVEN the variables AWS Batch sets for a multi-node job, an array shard, and a plain job
+    node = RuntimeConfig.from_environ({"AWS_BATCH_JOB_NODE_INDEX": "2", "AWS_BATCH_JOB_NUM_NODES": "4"})
+    shard = RuntimeConfig.from_environ({"AWS_BATCH_JOB_ARRAY_INDEX": "5", "SPOT_CHECKPOINT_PARTS": "8"})
+    plain = RuntimeConfig.from_environ({"AWS_EC2_METADATA_DISABLED": "true", "SPOT_CHECKPOINT_POLL_SECONDS": "0.2"})
+    # THEN checkpoints are keyed by node or shard, never by job id
+    assert (node.part, node.part_index, node.parts_total) == ("node-2", 2, 4)
+    assert (shard.part, shard.part_index, shard.parts_total) == ("shard-5", 5, 8)
+    assert (plain.part, plain.parts_total, plain.metadata_endpoint, plain.poll_seconds) == ("main", 1, None, 0.2)
+
+
+def test_periodic_checkpoints_and_resume_continue_the_count(s3: Any, events: EventRecorder) -> None:
+    # GIVEN a job that checkpoints after every unit
+    with make_job(s3, events, interval=CheckpointInterval(fixed_seconds=0.0)) as job:
+        counting_job(job, 3)
+    # THEN each unit was checkpointed with its progress
+    saved = events.named("checkpoint_saved")
+    assert [event["progress"] for event in saved] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    # WHEN a new job starts on the same stage
+    with make_job(s3, events) as resumed:
+        # THEN it resumes from the last complete checkpoint
+        assert resumed.resumed is not None and resumed.resumed.state == b"3"
+    assert events.named("resumed")[0]["seq"] == 2
+
+
+def test_checkpoint_request_stops_job_once_and_is_not_honoured_twice(s3: Any, events: EventRecorder) -> None:
+    # GIVEN a checkpoint request from the control plane
+    request_id = CheckpointStore(s3, URI).request_checkpoint("rebalance recommendation")
+    # WHEN a job works
+    with make_job(s3, events) as job, pytest.raises(Stopped) as stopped:
+        job.watcher.poll_once()
+        counting_job(job, 10)
+    # THEN it checkpointed after its first unit and stopped with the recognised exit code
+    assert stopped.value.code == EXIT_CHECKPOINTED
+    assert stopped.value.stop.reason == REASON_CHECKPOINT_REQUEST
+    latest = CheckpointStore(s3, URI).latest()
+    assert latest is not None and (latest.state, latest.request_id) == (b"1", request_id)
+    # WHEN the resubmitted job starts while the same request is still there
+    with make_job(s3, events) as job:
+        job.watcher.poll_once()
+        done = counting_job(job, 10, start=int(job.resumed.state))  # type: ignore[union-attr]
+    # THEN it does not stop again for it, and finishes
+    assert done == 10
+
+
+def test_spot_notice_from_instance_metadata_stops_the_job(s3: Any, events: EventRecorder) -> None:
+    # GIVEN an instance whose metadata carries a Spot interruption notice
+    with MetadataStandIn() as metadata:
+        metadata.post_notice()
+        job = make_job(s3, events, metadata=InstanceMetadata(metadata.endpoint))
+        # WHEN the job works
+        with job, pytest.raises(Stopped) as stopped:
+            job.watcher.poll_once()
+            counting_job(job, 10)
+    # THEN it checkpoints and exits with the recognised code; the token was fetched before the notice
+    assert stopped.value.code == EXIT_CHECKPOINTED
+    assert stopped.value.stop.reason == REASON_SPOT_INTERRUPTION
+    assert metadata.requests[0][:2] == ("PUT", "/latest/api/token")
+    assert ("GET", "/latest/meta-data/spot/instance-action", 200) in metadata.requests
+    assert CheckpointStore(s3, URI).latest().state == b"1"  # type: ignore[union-attr]
+
+
+def test_instance_metadata_without_notice_and_expired_token() -> None:
+    # GIVEN a metadata service without a notice
+    with MetadataStandIn() as metadata:
+        client = InstanceMetadata(metadata.endpoint)
+        # WHEN / THEN no notice (404) is None
+        assert client.spot_instance_action() is None
+        # WHEN the cached token is no longer valid (401), THEN the client gets a new token once
+        client._token = "revoked"
+        assert client.spot_instance_action() is None
+        assert [method for method, _, _ in metadata.requests].count("PUT") == 2
+
+
+def test_unreachable_metadata_service_keeps_the_job_working(s3: Any, events: EventRecorder) -> None:
+    # GIVEN a metadata endpoint nobody listens on (not on EC2, or the hop limit blocks the container)
+    unreachable = InstanceMetadata(f"http://127.0.0.1:{unused_loopback_port()}/", timeout=0.2)
+    with pytest.raises(MetadataUnavailable):
+        unreachable.spot_instance_action()
+    job = make_job(s3, events, metadata=unreachable)
+    # WHEN the job works and the watcher polls
+    with job:
+        assert job.watcher.poll_once() is None
+        done = counting_job(job, 5)
+    # THEN nothing stopped it
+    assert done == 5
+    # AND a checkpoint request still reaches a job whose metadata service is unreachable
+    CheckpointStore(s3, URI).request_checkpoint("requeue to on-demand")
+    with make_job(s3, events, metadata=unreachable) as job, pytest.raises(Stopped) as stopped:
+        job.watcher.poll_once()
+        counting_job(job, 5)
+    assert stopped.value.code == EXIT_CHECKPOINTED
+
+
+def test_sigterm_checkpoints_and_restores_the_previous_handler(s3: Any, events: EventRecorder) -> None:
+    # GIVEN a running job
+    previous = signal.getsignal(signal.SIGTERM)
+    with make_job(s3, events) as job, pytest.raises(Stopped) as stopped:
+        # WHEN Batch (or docker stop) sends SIGTERM mid-run
+        os.kill(os.getpid(), signal.SIGTERM)
+        counting_job(job, 10)
+    # THEN the job checkpoints its first unit and exits with the recognised code
+    assert stopped.value.code == EXIT_CHECKPOINTED
+    assert stopped.value.stop.reason == REASON_SIGTERM
+    assert CheckpointStore(s3, URI).latest().state == b"1"  # type: ignore[union-attr]
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_second_interruption_during_the_checkpoint_does_not_break_it(s3: Any, events: EventRecorder) -> None:
+    # GIVEN a job whose state serialisation is under way when more interruptions arrive
+    def snapshot_hit_by_more_interruptions() -> bytes:
+        os.kill(os.getpid(), signal.SIGTERM)
+        job.watcher.trigger(REASON_SPOT_INTERRUPTION, "second notice")
+        return b"state after unit"
+
+    with make_job(s3, events) as job, pytest.raises(Stopped) as stopped:
+        os.kill(os.getpid(), signal.SIGTERM)
+        # WHEN the job checkpoints on the first SIGTERM and a second SIGTERM and a notice land during the write
+        job.step(snapshot_hit_by_more_interruptions, progress=0.5)
+    # THEN the checkpoint is complete and correct, the first reason is reported, and the exit code is the usual one
+    assert stopped.value.code == EXIT_CHECKPOINTED
+    assert stopped.value.stop.reason == REASON_SIGTERM
+    assert job.watcher.signals_received == 2
+    latest = CheckpointStore(s3, URI).latest()
+    assert latest is not None and (latest.state, latest.progress) == (b"state after unit", 0.5)
+    assert len(events.named("checkpoint_saved")) == 1
+
+
+def test_notice_during_periodic_checkpoint_stops_right_after_it(s3: Any, events: EventRecorder) -> None:
+    # GIVEN a periodic checkpoint in progress when a Spot notice arrives
+    def snapshot_with_notice() -> bytes:
+        job.watcher.trigger(REASON_SPOT_INTERRUPTION, "terminate")
+        return b"unit 1"
+
+    job = make_job(s3, events, interval=CheckpointInterval(fixed_seconds=0.0))
+    with job, pytest.raises(Stopped) as stopped:
+        # WHEN the unit completes
+        job.step(snapshot_with_notice, progress=0.1)
+    # THEN the job stops at once without writing the same state twice
+    assert stopped.value.code == EXIT_CHECKPOINTED
+    assert [event["reason"] for event in events.named("checkpoint_saved")] == ["periodic"]
+
+
+class BrokenPuts:
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s3, name)
+
+    def put_object(self, **kwargs: Any) -> Any:
+        raise ConnectionError("S3 unreachable")
+
+
+def test_failed_checkpoint_on_stop_reports_work_lost(s3: Any, events: EventRecorder) -> None:
+    # GIVEN a job whose checkpoint writes fail
+    store = CheckpointStore(BrokenPuts(s3), URI)
+    job = CheckpointedJob(store, interval=CheckpointInterval(fixed_seconds=0.0), events=events)
+    with job, pytest.raises(Stopped) as stopped:
+        # WHEN periodic checkpoints fail, the job keeps working; then it is told to stop
+        job.step(lambda: b"1", progress=0.1)
+        job.watcher.trigger(REASON_SPOT_INTERRUPTION, "terminate")
+        job.step(lambda: b"2", progress=0.2)
+    # THEN it exits with the code that tells the control plane no checkpoint was written
+    assert stopped.value.code == EXIT_STOPPED_WITHOUT_CHECKPOINT
+    assert len(events.named("checkpoint_failed")) == 3  # one periodic, two attempts on stop
+    assert CheckpointStore(s3, URI).latest() is None
+
+
+def test_job_without_checkpoint_uri_runs_and_reports_lost_work_on_stop(events: EventRecorder) -> None:
+    # GIVEN a job started without CHECKPOINT_URI and with instance metadata disabled
+    job = CheckpointedJob.from_environment(None, {"AWS_EC2_METADATA_DISABLED": "true"}, events=events)
+    with job:
+        assert counting_job(job, 3) == 3
+        job.watcher.trigger(REASON_SIGTERM, "test")
+        with pytest.raises(Stopped) as stopped:
+            counting_job(job, 4, start=3)
+    assert stopped.value.code == EXIT_STOPPED_WITHOUT_CHECKPOINT
+
+
+def test_finish_cleans_single_part_stage(s3: Any, events: EventRecorder) -> None:
+    # GIVEN a single-part stage with checkpoints and a request
+    with make_job(s3, events, interval=CheckpointInterval(fixed_seconds=0.0)) as job:
+        counting_job(job, 3)
+        # WHEN it finishes
+        job.finish()
+    # THEN its checkpoints are gone
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="checkpoints/").get("KeyCount") == 0
+
+
+def test_finish_of_a_part_keeps_a_final_marker_so_a_rerun_skips_it(s3: Any, events: EventRecorder) -> None:
+    # GIVEN node 1 of a two-node stage finishing its part
+    with make_job(s3, events, part="node-1", parts_total=2, interval=CheckpointInterval(fixed_seconds=0.0)) as job:
+        counting_job(job, 3)
+        job.finish()
+    # WHEN the stage is resubmitted (another node was reclaimed)
+    with make_job(s3, events, part="node-1", parts_total=2) as rerun:
+        # THEN node 1 sees it is already done, and the stage progress counts it
+        assert rerun.resumed is not None and rerun.resumed.final
+    store = CheckpointStore(s3, URI)
+    assert len(store._list(store.prefix)) == 2  # one small final checkpoint: payload + manifest
+    # WHEN the control plane settles the successful stage
+    store.cleanup()
+    # THEN nothing is left
+    assert store._list(store.prefix) == []
+
+
+def test_watcher_ignores_a_broken_request_reader(events: EventRecorder) -> None:
+    # GIVEN a store whose reads fail (S3 briefly unavailable)
+    class Unreadable:
+        def pending_request(self) -> None:
+            raise ConnectionError("throttled")
+
+    watcher = InterruptionWatcher(metadata=None, store=Unreadable(), poll_seconds=0.01)  # type: ignore[arg-type]
+    # WHEN / THEN polling survives and nothing stops the job
+    assert watcher.poll_once() is None

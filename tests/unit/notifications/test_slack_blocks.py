@@ -1,0 +1,169 @@
+"""Block Kit messages for the six notification kinds, the plain-text line, and the dedupe key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from spot_hpc.slack import (
+    FIELD_TEXT_LIMIT,
+    NOTIFICATION_KINDS,
+    SECTION_TEXT_LIMIT,
+    Notification,
+    build_blocks,
+    build_message,
+    notification_dedupe_key,
+    notification_text,
+    sns_subject,
+)
+
+
+def _field_texts(blocks: list[dict]) -> list[str]:
+    return [field["text"] for block in blocks if block["type"] == "section" for field in block.get("fields", [])]
+
+
+@pytest.mark.parametrize("kind", NOTIFICATION_KINDS)
+def test_every_kind_shows_run_stage_reason_and_cost(kind: str) -> None:
+    # GIVEN a notification of that kind about a stage, with the cost so far
+    notification = Notification(kind=kind, run_id="run-42", stage="hpc", reason="the reason", cost_usd=12.5)  # type: ignore[arg-type]
+
+    # WHEN its webhook message is built
+    message = build_message(notification)
+
+    # THEN it is valid-shaped Block Kit with a header, the reason, and run / stage / cost fields
+    blocks = message["blocks"]
+    assert blocks[0]["type"] == "header"
+    assert blocks[0]["text"]["type"] == "plain_text"
+    assert blocks[1]["text"]["text"] == "the reason"
+    fields = _field_texts(blocks)
+    assert "*Run*\nrun-42" in fields
+    assert "*Stage*\nhpc" in fields
+    assert any(text.startswith("*Cost") and "$12.50" in text for text in fields)
+    assert "run-42" in message["text"]
+    json.dumps(message)  # serialisable as sent
+
+
+def test_titles_differ_per_kind() -> None:
+    # GIVEN one notification per kind
+    notifications = [Notification(kind=k, run_id="r", stage=None, reason="x") for k in NOTIFICATION_KINDS]  # type: ignore[arg-type]
+
+    # WHEN their headers are built
+    headers = {build_blocks(n)[0]["text"]["text"] for n in notifications}
+
+    # THEN each kind has its own header
+    assert len(headers) == len(NOTIFICATION_KINDS)
+
+
+def test_final_message_carries_cost_on_demand_and_savings() -> None:
+    # GIVEN a succeeded run with its settled figures
+    notification = Notification(
+        kind="succeeded",
+        run_id="run-1",
+        stage=None,
+        reason="all stages succeeded",
+        cost_usd=4.0,
+        on_demand_only_cost_usd=10.0,
+        savings_pct=60.0,
+        deadline_hours=12.0,
+        deadline_met=True,
+    )
+
+    # WHEN the blocks and the text are built
+    fields = _field_texts(build_blocks(notification))
+    text = notification_text(notification)
+
+    # THEN the final cost, the On-Demand-only cost, the savings and the deadline are shown; no stage is "—"
+    assert "*Cost*\n$4.00" in fields
+    assert "*On-Demand only*\n$10.00" in fields
+    assert "*Savings*\n60.0%" in fields
+    assert "*Deadline*\n12.00 h (met)" in fields
+    assert "*Stage*\n—" in fields
+    assert "saved 60.0%" in text and "cost $4.00" in text
+
+
+def test_hostile_reason_is_escaped_and_truncated() -> None:
+    # GIVEN a reason that tries to ping the channel and is far too long for Slack
+    reason = "<!channel> <@U123> & " + "x" * 10_000
+    notification = Notification(kind="failed", run_id="r<1>", stage="pre&process", reason=reason)
+
+    # WHEN the message is built
+    message = build_message(notification)
+
+    # THEN Slack's control characters are escaped and every text fits Slack's limits
+    section_text = message["blocks"][1]["text"]["text"]
+    assert section_text.startswith("&lt;!channel&gt; &lt;@U123&gt; &amp; ")
+    assert len(section_text) <= SECTION_TEXT_LIMIT
+    assert "<!channel>" not in message["text"]
+    assert all(len(text) <= FIELD_TEXT_LIMIT for text in _field_texts(message["blocks"]))
+    assert "*Run*\nr&lt;1&gt;" in _field_texts(message["blocks"])
+
+
+def test_many_details_are_spread_over_sections_of_at_most_ten_fields() -> None:
+    # GIVEN a notification with many extra details
+    details = {f"key{i}": f"value{i}" for i in range(15)}
+    notification = Notification(kind="requeued", run_id="r", stage="hpc", reason="deadline", details=details)
+
+    # WHEN the blocks are built
+    blocks = build_blocks(notification)
+
+    # THEN no section carries more than ten fields and every detail is shown
+    assert all(len(block.get("fields", [])) <= 10 for block in blocks)
+    assert sum(text.startswith("*key") for text in _field_texts(blocks)) == 15
+
+
+def test_unknown_kind_is_rejected() -> None:
+    # GIVEN / WHEN / THEN a kind outside the six is refused
+    with pytest.raises(ValueError, match="unknown notification kind"):
+        Notification(kind="exploded", run_id="r", stage=None, reason="x")  # type: ignore[arg-type]
+
+
+def test_sns_subject_is_printable_ascii_within_limit() -> None:
+    # GIVEN a run id with non-ASCII characters and great length
+    notification = Notification(kind="started", run_id="ränd-" + "y" * 200, stage=None, reason="x")
+
+    # WHEN the SNS subject is made
+    subject = sns_subject(notification)
+
+    # THEN SNS accepts it: at most 100 printable ASCII characters
+    assert len(subject) <= 100
+    assert all(32 <= ord(c) < 127 for c in subject)
+
+
+def test_notification_round_trips_through_its_dict() -> None:
+    # GIVEN a notification with details
+    notification = Notification(kind="interrupted", run_id="r", stage="hpc", reason="x", attempt=2, details={"a": "b"})
+
+    # WHEN it goes to JSON and back (as on the dead-letter queue)
+    restored = Notification.from_dict(json.loads(json.dumps(notification.to_dict())))
+
+    # THEN it is the same notification
+    assert restored == notification
+
+
+def test_dedupe_key_is_deterministic_and_separates_events() -> None:
+    # GIVEN the same event twice and events differing in one part each
+    key = notification_dedupe_key("run-1", "hpc", "interrupted", 1)
+    variants = [
+        notification_dedupe_key("run-2", "hpc", "interrupted", 1),
+        notification_dedupe_key("run-1", "postprocess", "interrupted", 1),
+        notification_dedupe_key("run-1", "hpc", "requeued", 1),
+        notification_dedupe_key("run-1", "hpc", "interrupted", 2),
+        notification_dedupe_key("run-1", None, "interrupted", 1),
+        notification_dedupe_key("run-1", "None", "interrupted", 1),
+        notification_dedupe_key("run-1#hpc", None, "interrupted", 1),
+    ]
+
+    # WHEN / THEN the same event gives the same key and every other event a different one
+    assert notification_dedupe_key("run-1", "hpc", "interrupted", 1) == key
+    assert len({key, *variants}) == len(variants) + 1
+    assert Notification(kind="interrupted", run_id="run-1", stage="hpc", reason="x", attempt=1).dedupe_key == key
+
+
+def test_money_is_formatted_for_people() -> None:
+    # GIVEN / WHEN / THEN dollars show to the cent, small amounts finer, negatives with the sign first
+    from spot_hpc.slack import format_usd
+
+    assert format_usd(1234.5) == "$1,234.50"
+    assert format_usd(0.0102) == "$0.0102"
+    assert format_usd(0) == "$0.00"
+    assert format_usd(-2.5) == "-$2.50"

@@ -1,0 +1,62 @@
+"""The benchmark runner: rows per scenario and policy, error rows for invalid scenarios, the summary."""
+
+from __future__ import annotations
+
+import math
+
+from spot_hpc.policy import DeadlinePolicy, GreedyPolicy
+
+from spotctl.policy_sim.benchmark import POLICY_ORDER, format_summary, run_benchmark, summarise
+from spotctl.policy_sim.simulator import Job, Stage, simulate
+
+
+def test_rows_for_every_policy_and_error_rows_for_invalid_scenarios(tiny_trace, scenario):
+    # GIVEN a valid scenario, one on a missing trace, one past the trace's end, and one that is not an object
+    missing = {**scenario, "id": "gone", "trace": "traces/nope.json"}
+    too_late = {**scenario, "id": "late", "start_tick": 40}
+    # WHEN the benchmark runs
+    rows = run_benchmark([scenario, missing, too_late, 7], tiny_trace.parent.parent)
+    # THEN one row per scenario and policy; invalid ones carry an error instead of a crash
+    assert len(rows) == 4 * len(POLICY_ORDER)
+    valid = [row for row in rows if row["id"] == "t1"]
+    assert {row["policy"] for row in valid} == set(POLICY_ORDER)
+    assert all("error" not in row and row["met"] for row in valid if row["policy"] != "spot_only")
+    errors = {row["id"]: row["error"] for row in rows if "error" in row}
+    assert "not found" in errors["gone"] and "passes the end" in errors["late"] and "#3" in errors
+
+
+def test_optimum_is_the_cheapest_row(tiny_trace, scenario):
+    # GIVEN a valid scenario
+    # WHEN the benchmark runs
+    rows = run_benchmark([scenario], tiny_trace.parent.parent)
+    # THEN no policy that met the deadline is cheaper than the optimum
+    costs = {row["policy"]: row["cost"] for row in rows if row["met"]}
+    assert all(cost >= costs["optimum"] - 1e-9 for cost in costs.values())
+
+
+def test_summary_judges_only_scenarios_the_optimum_meets():
+    # GIVEN one feasible and one infeasible scenario's rows
+    rows = [
+        {"id": "a", "policy": "optimum", "cost": 10.0, "met": True, "finish_hours": 5, "slack": 1.5},
+        {"id": "a", "policy": "default", "cost": 11.0, "met": True, "finish_hours": 5, "slack": 1.5},
+        {"id": "b", "policy": "optimum", "cost": math.inf, "met": False, "finish_hours": None, "slack": 1.1},
+        {"id": "b", "policy": "default", "cost": 30.0, "met": False, "finish_hours": None, "slack": 1.1},
+        {"id": "c", "policy": "default", "error": "bad"},
+    ]
+    # WHEN summarised
+    summary = {s.policy: s for s in summarise(rows)}
+    text = format_summary(rows)
+    # THEN only scenario a counts
+    assert summary["default"].scenarios == 1 and summary["default"].mean_ratio == 1.1
+    assert "1 invalid" in text and "| default | 1 | 1.100 | 1/1 |" in text
+
+
+def test_pipeline_stage_without_spot_runs_on_demand():
+    # GIVEN a pipeline whose middle stage cannot use Spot, with capacity throughout
+    job = Job((True,) * 12, (Stage("pre", 2), Stage("hpc", 3, spot_allowed=False), Stage("post", 2)), 1, 1.0, 3.0, 1.0)
+    # WHEN greedy and the default policy run it
+    runs = [simulate(job, GreedyPolicy(), record=True), simulate(job, DeadlinePolicy(), record=True)]
+    # THEN both meet it and the HPC stage ran only On-Demand
+    for run in runs:
+        assert run.met
+        assert {r.action.value for r in run.timeline if r.stage == "hpc"} == {"on_demand"}

@@ -1,0 +1,188 @@
+"""`spotctl report`: per-run and per-period tables, the PNG chart, and the command's handling of input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spotctl.cli import main
+from spotctl.reporting import render_report, summarise_periods, summarise_runs
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _run_report(run_id: str, started_at: str | None, cost: float, on_demand_only: float, **extra: Any) -> dict:
+    """A minimal consistent run report: one Spot attempt whose billed hour costs `cost`."""
+    report = {
+        "run_id": run_id,
+        "pipeline_status": "SUCCEEDED",
+        "deadline_hours": 8.0,
+        "finished_hours": 1.0,
+        "deadline_met": True,
+        "stages": [
+            {"name": "hpc", "status": "SUCCEEDED", "attempts": [
+                {"job_id": "j", "queue": "spot", "capacity": "spot", "nodes": 1, "status": "SUCCEEDED",
+                 "status_reason": "", "exit_code": 0, "started_hours": 0.0, "stopped_hours": 1.0,
+                 "resumed_from_checkpoint": False, "usd_per_hour": cost, "cost_usd": cost},
+            ]},
+        ],
+        "interruptions": 0,
+        "requeues_to_on_demand": 0,
+        "cost_usd": cost,
+        "on_demand_only_cost_usd": on_demand_only,
+        "savings_pct": round((on_demand_only - cost) / on_demand_only * 100, 2),
+        "notifications": [],
+    }  # fmt: skip
+    if started_at is not None:
+        report["started_at"] = started_at
+    report.update(extra)
+    return report
+
+
+REPORTS = [
+    _run_report("run-a", "2025-06-23T08:00:00Z", 2.0, 10.0, interruptions=2, requeues_to_on_demand=1),
+    _run_report("run-b", "2025-06-23T20:00:00+00:00", 3.0, 10.0),
+    _run_report("run-c", "2025-06-30T09:00:00Z", 12.0, 10.0, deadline_met=False, pipeline_status="FAILED"),
+    _run_report("run-d", None, 1.0, 4.0),
+]
+
+
+def test_run_table_lists_every_run_with_its_figures() -> None:
+    # GIVEN four run reports
+    # WHEN the report is rendered
+    text = render_report(REPORTS, None)
+
+    # THEN each run has a row with status, deadline, cost, On-Demand-only cost, savings, interruptions, requeues
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("run "))
+    for column in (
+        "status",
+        "deadline met",
+        "cost USD",
+        "on-demand only USD",
+        "savings %",
+        "interruptions",
+        "requeues",
+    ):
+        assert column in header
+    row_a = next(line for line in lines if line.startswith("run-a"))
+    assert row_a.split() == ["run-a", "SUCCEEDED", "yes", "2.00", "10.00", "80.0", "2", "1"]
+    row_c = next(line for line in lines if line.startswith("run-c"))
+    assert row_c.split() == ["run-c", "FAILED", "no", "12.00", "10.00", "-20.0", "0", "0"]
+    # the table is aligned: right-aligned numbers end in the same column
+    rows = [line for line in lines if line.startswith("run-")]
+    assert len({line.index("10.00") + len("10.00") for line in rows if "10.00" in line}) == 1
+
+
+def test_per_day_and_per_week_totals() -> None:
+    # GIVEN runs on two days of one week, one the next week, one of unknown date
+    runs = summarise_runs(REPORTS)
+
+    # WHEN they are totalled per day and per week
+    days = summarise_periods(runs, "day")
+    weeks = summarise_periods(runs, "week")
+
+    # THEN the totals add up per period, in time order, unknown last
+    assert [d.period for d in days] == ["2025-06-23", "2025-06-30", "unknown"]
+    assert (days[0].runs, days[0].cost_usd, days[0].on_demand_only_cost_usd) == (2, 5.0, 20.0)
+    assert days[0].savings_pct == 75.0
+    assert [w.period for w in weeks] == ["2025-W26", "2025-W27", "unknown"]
+    assert (weeks[1].succeeded, weeks[1].deadlines_met) == (0, 0)
+
+
+def test_rendered_report_has_period_table_and_overall_total() -> None:
+    # GIVEN / WHEN the report is rendered by week
+    text = render_report(REPORTS, None, period="week")
+
+    # THEN it has the per-week table and the overall line
+    assert "By week" in text
+    assert any(line.startswith("2025-W26") and "2/2" in line for line in text.splitlines())
+    assert "Total: 4 runs, cost $18.00 vs $34.00 On-Demand only, saved $16.00 (47.1%)" in text
+    assert "Warning" not in text
+
+
+def test_figures_that_disagree_with_their_attempts_are_flagged() -> None:
+    # GIVEN a report whose run cost is not the sum of its attempts
+    tampered = _run_report("run-x", None, 2.0, 10.0)
+    tampered["cost_usd"] = 1.0
+
+    # WHEN / THEN the rendered report warns about it
+    text = render_report([tampered], None)
+    assert "Warning" in text and "run-x: run cost_usd 1.0 != sum of attempts 2.0" in text
+
+
+def test_png_chart_is_written(tmp_path: Path) -> None:
+    # GIVEN a path in a directory that does not exist yet
+    plot = tmp_path / "charts" / "cost.png"
+
+    # WHEN the report is rendered with a plot
+    text = render_report(REPORTS, plot)
+
+    # THEN a non-empty PNG was written and the text says where
+    assert plot.stat().st_size > 0
+    assert plot.read_bytes()[:8] == PNG_SIGNATURE
+    assert f"Chart written to {plot}" in text
+
+
+def test_no_runs_and_bad_reports() -> None:
+    # GIVEN / WHEN / THEN an empty list says so; a report without its figures is a clear error
+    assert render_report([], None) == "No runs to report."
+    with pytest.raises(ValueError, match="'cost_usd'"):
+        render_report([{"run_id": "r", "pipeline_status": "SUCCEEDED", "deadline_met": True}], None)
+
+
+def test_spotctl_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN one file with a single report (no run id) and one with a list of reports
+    single = dict(REPORTS[0])
+    del single["run_id"]
+    (tmp_path / "monday.json").write_text(json.dumps(single))
+    (tmp_path / "more.json").write_text(json.dumps(REPORTS[1:]))
+    plot = tmp_path / "chart.png"
+
+    # WHEN `spotctl report` runs on them with a plot
+    code = main(["report", "--from-json", str(tmp_path / "monday.json"), str(tmp_path / "more.json"),
+                 "--period", "week", "--plot", str(plot)])  # fmt: skip
+
+    # THEN it prints the tables (the single report named after its file) and writes the PNG
+    out = capsys.readouterr().out
+    assert code == 0
+    assert any(line.startswith("monday ") for line in out.splitlines())
+    assert "run-c" in out and "By week" in out
+    assert plot.read_bytes()[:8] == PNG_SIGNATURE
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "cannot read"), ("{not json", "not valid JSON"), ("[1, 2]", "expected a run report"),
+     ('{"run_id": "r"}', "has no 'pipeline_status' field")],
+)  # fmt: skip
+def test_spotctl_report_user_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, message: str
+) -> None:
+    # GIVEN a missing or malformed input file
+    path = tmp_path / "input.json"
+    if content is not None:
+        path.write_text(content)
+
+    # WHEN `spotctl report` reads it
+    code = main(["report", "--from-json", str(path)])
+
+    # THEN it exits 2 with a one-line error, no traceback
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_spotctl_report_refuses_a_non_png_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN a valid report file
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(REPORTS[0]))
+
+    # WHEN the plot file is not a .png
+    code = main(["report", "--from-json", str(path), "--plot", str(tmp_path / "chart.jpg")])
+
+    # THEN it is a user error
+    assert code == 2 and "PNG" in capsys.readouterr().err
