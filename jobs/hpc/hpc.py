@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from spot_checkpoint import (
     CheckpointedJob,
     CheckpointStoreUnavailable,

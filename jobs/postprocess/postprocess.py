@@ -18,10 +18,10 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
-
 from spot_checkpoint import (
     CheckpointedJob,
     CheckpointStoreUnavailable,
@@ -116,7 +116,7 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
             count = min(batch, replicates - len(areas))
             new = bootstrap_hot_areas(flat_fields, threshold, cell_area, ensemble.seed, len(areas), count)
             areas = np.concatenate([areas, new])
-            job.step(lambda: npy_bytes(areas), progress=len(areas) / replicates)
+            job.step(partial(npy_bytes, areas), progress=len(areas) / replicates)
 
         peaks = ensemble.fields.reshape(len(ensemble.fields), -1).max(axis=1)
         means = flat_fields.mean(axis=1)
@@ -145,7 +145,9 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
         write_object(s3, join_uri(output_uri, "mean_rise.npy"), npy_bytes(mean_rise))
         write_object(s3, join_uri(output_uri, "std_rise.npy"), npy_bytes(std_rise))
         write_object(s3, join_uri(output_uri, "members.csv"), table.encode(), "text/csv")
-        write_object(s3, join_uri(output_uri, "summary.json"), json.dumps(summary, indent=2).encode(), "application/json")
+        write_object(
+            s3, join_uri(output_uri, "summary.json"), json.dumps(summary, indent=2).encode(), "application/json"
+        )
         job.finish()
 
 

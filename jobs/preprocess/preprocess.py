@@ -118,7 +118,9 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
             job.step(state.payloads, progress=min(state.rows_read / total_rows, 1.0))
         rows_out = state.rows_read - sum(state.rejected.values())
         report = {"rows_in": state.rows_read, "rows_out": rows_out, "rejected": dict(sorted(state.rejected.items()))}
-        write_object(s3, join_uri(output_uri, OUTPUT_CSV), (",".join(COLUMNS) + "\n" + state.cleaned.getvalue()).encode())
+        write_object(
+            s3, join_uri(output_uri, OUTPUT_CSV), (",".join(COLUMNS) + "\n" + state.cleaned.getvalue()).encode()
+        )
         write_object(s3, join_uri(output_uri, OUTPUT_REPORT), json.dumps(report, indent=2).encode(), "application/json")
         job.finish()
 

@@ -56,7 +56,7 @@ DRILL_SIZES = {
     "POSTPROCESS_BATCH": "500",
 }
 DRILL_SOURCE_ROWS = 250_000
-NOTICE_AT_PROGRESS = 0.3
+NOTICE_AT_PROGRESS = 0.2  # right after the first periodic checkpoints: most of the work is still ahead
 JOB_TIMEOUT_SECONDS = 120.0
 
 
@@ -193,7 +193,9 @@ class Drill:
             for node in range(HPC_NODES)
         ]
 
-    def job_env(self, workload: str, run_id: str, metadata_endpoint: str, part_env: Mapping[str, str]) -> dict[str, str]:
+    def job_env(
+        self, workload: str, run_id: str, metadata_endpoint: str, part_env: Mapping[str, str]
+    ) -> dict[str, str]:
         env = {
             key: value
             for key, value in os.environ.items()
@@ -336,7 +338,9 @@ class Drill:
                 raise DrillError(f"{checkpoint_uri}: a part ended before it could be interrupted (make it bigger)")
             time.sleep(0.05)
 
-    def _interrupt(self, via: str, checkpoint_uri: str, metadatas: list[MetadataStandIn], jobs: list[JobProcess]) -> None:
+    def _interrupt(
+        self, via: str, checkpoint_uri: str, metadatas: list[MetadataStandIn], jobs: list[JobProcess]
+    ) -> None:
         if via == "imds":
             for metadata in metadatas:
                 metadata.post_notice()

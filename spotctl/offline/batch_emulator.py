@@ -99,6 +99,8 @@ class EmulatedJob:
     warned_at: datetime | None = None
     reclaim_at: datetime | None = None
     terminate_reason: str | None = None
+    # A checkpoint request made before this job started was for an earlier job of the stage.
+    seen_request_id: str | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -253,6 +255,9 @@ class BatchEmulator:
         self._set(job, "STARTING")
         job.instance_id, job.container_instance_arn = self._launch(job)
         job.started_at = now
+        store = self._store(job)
+        pending = store.pending_request() if store else None
+        job.seen_request_id = pending.request_id if pending else None
         restored = self._restore(job)
         job.progress = job.last_checkpoint = restored
         job.last_checkpoint_at = now
@@ -310,7 +315,7 @@ class BatchEmulator:
         if store is None:
             return False
         request = store.pending_request()
-        return request is not None and request.requested_at >= (job.started_at or job.created_at).timestamp()
+        return request is not None and request.request_id != job.seen_request_id
 
     # ------------------------------------------------------------------ plumbing
     def _launch(self, job: EmulatedJob) -> tuple[str, str]:

@@ -275,8 +275,10 @@ class CheckpointStore:
         payloads: dict[str, bytes] = {}
         for name, expected in manifest["payloads"].items():
             blob = self._get(f"{self._seq_prefix(seq)}{name}")
-            if blob is None or len(blob) != expected.get("size") or hashlib.sha256(blob).hexdigest() != expected.get(
-                "sha256"
+            if (
+                blob is None
+                or len(blob) != expected.get("size")
+                or hashlib.sha256(blob).hexdigest() != expected.get("sha256")
             ):
                 logger.warning("checkpoint %s seq %d: payload %r missing or corrupt, falling back", self.uri, seq, name)
                 return None

@@ -109,7 +109,9 @@ class InterruptionWatcher:
             notice = self.metadata.spot_instance_action()
         except MetadataUnavailable as exc:
             if not self._metadata_warned:
-                logger.warning("%s; retrying every %.0f s, SIGTERM and requests still work", exc, UNREACHABLE_BACKOFF_SECONDS)
+                logger.warning(
+                    "%s; retrying every %.0f s, SIGTERM and requests still work", exc, UNREACHABLE_BACKOFF_SECONDS
+                )
                 self._metadata_warned = True
             self._metadata_retry_at = time.monotonic() + UNREACHABLE_BACKOFF_SECONDS
             return

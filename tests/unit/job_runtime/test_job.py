@@ -48,7 +48,9 @@ def counting_job(job: CheckpointedJob, units: int, start: int = 0) -> int:
 
 def make_job(s3: Any, events: EventRecorder, **kwargs: Any) -> CheckpointedJob:
     store = CheckpointStore(s3, URI, part=kwargs.pop("part", "main"), parts_total=kwargs.pop("parts_total", 1))
-    return CheckpointedJob(store, interval=kwargs.pop("interval", CheckpointInterval(fixed_seconds=3600)), events=events, **kwargs)
+    return CheckpointedJob(
+        store, interval=kwargs.pop("interval", CheckpointInterval(fixed_seconds=3600)), events=events, **kwargs
+    )
 
 
 def test_interval_is_chosen_from_checkpoint_cost_within_bounds() -> None:

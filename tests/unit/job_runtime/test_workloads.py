@@ -121,9 +121,7 @@ def test_pipeline_interrupted_at_every_unit_gives_identical_output(pipeline_inpu
     # WHEN each stage is interrupted (checkpoint, exit, restart) again and again until it completes
     interruptions = {
         "preprocess": run_interrupted(s3, preprocess.run, stage_env("chaos", "preprocess", INPUT_CSV)),
-        "hpc": sum(
-            run_interrupted(s3, hpc.run, stage_env("chaos", "hpc", cleaned, **node_env)) for node_env in nodes
-        ),
+        "hpc": sum(run_interrupted(s3, hpc.run, stage_env("chaos", "hpc", cleaned, **node_env)) for node_env in nodes),
         "postprocess": run_interrupted(
             s3, postprocess.run, stage_env("chaos", "postprocess", f"s3://{BUCKET}/intermediate/clean/hpc/")
         ),

@@ -254,8 +254,8 @@ class Ledger:
         return _record(Stage, item) if item else None
 
     def get_run_items(self, run_id: str) -> tuple[list[Stage], list[Attempt]]:
-        items = self._query({"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": f"RUN#{run_id}"},
-                             "ConsistentRead": True})
+        items = list(self._query({"KeyConditionExpression": "pk = :pk",
+                                  "ExpressionAttributeValues": {":pk": f"RUN#{run_id}"}, "ConsistentRead": True}))
         stages = [_record(Stage, i) for i in items if i["sk"].startswith("STAGE#")]
         attempts = [_record(Attempt, i) for i in items if i["sk"].startswith("ATTEMPT#")]
         return sorted(stages, key=lambda s: s.order), attempts
@@ -338,6 +338,20 @@ class Ledger:
             return True
         except LedgerConflict:
             return False
+
+    def record_notifications(self, run_id: str, entries: list[dict[str, str]]) -> None:
+        """What was told, per channel, for the run report."""
+        now = format_time(utc_now())
+        for entry in entries:
+            sk = f"NOTE#{now}#{entry.get('kind')}#{entry.get('channel')}"
+            self._table.put_item(Item=_to_dynamo({"pk": f"RUN#{run_id}", "sk": sk,
+                                                  **entry, "expires_at": self._expires_at()}))
+
+    def run_notifications(self, run_id: str) -> list[dict[str, str]]:
+        items = self._query({"KeyConditionExpression": "pk = :pk AND begins_with(sk, :note)",
+                             "ExpressionAttributeValues": {":pk": f"RUN#{run_id}", ":note": "NOTE#"}})
+        return [{k: v for k, v in _from_dynamo(i).items() if k in ("channel", "kind", "text", "status")}
+                for i in items]
 
     def _query(self, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
         while True:

@@ -11,7 +11,14 @@ from typing import Any
 from spot_hpc.clock import hours_between, parse_time, utc_now
 from spot_hpc.ledger import Run
 from spot_hpc.services import Services
-from spot_hpc.slack import Notification, SlackWebhook, WebhookSecretError, deliver_notification, read_webhook_url
+from spot_hpc.slack import (
+    Notification,
+    SlackWebhook,
+    WebhookSecretError,
+    deliver_notification,
+    notification_report_entries,
+    read_webhook_url,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,5 +59,6 @@ def notify(
         notification, webhook=_webhook(svc), sns_client=svc.sns, topic_arn=svc.settings.notification_topic_arn,
         sqs_client=svc.sqs, dead_letter_queue_url=svc.settings.notifications_dlq_url, budget_seconds=20.0,
     )
+    svc.ledger.record_notifications(run.run_id, notification_report_entries(notification, outcome))
     logger.info("notified", extra={"kind": kind, "run_id": run.run_id, "stage": stage, "slack": outcome.slack})
     return True

@@ -15,7 +15,9 @@ from spot_hpc.services import Services
 def run_report(svc: Services, run: Run) -> dict[str, Any]:
     stages, attempts = svc.ledger.get_run_items(run.run_id)
     prices = {stage.stage: node_price(svc, "on-demand", stage) for stage in stages}
-    return build_run_report(run, stages, attempts, prices)
+    report = build_run_report(run, stages, attempts, prices)
+    report["notifications"] = svc.ledger.run_notifications(run.run_id)
+    return report
 
 
 def finish(svc: Services, payload: dict[str, Any]) -> dict[str, Any]:

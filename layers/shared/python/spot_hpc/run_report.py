@@ -46,6 +46,7 @@ def build_run_report(
     return {
         "run_id": run.run_id,
         "source": f"s3://{run.bucket}/{run.key}",
+        "started_at": run.started_at,
         "pipeline_status": run.status,
         "deadline_hours": run.deadline_hours,
         "finished_hours": finished,
