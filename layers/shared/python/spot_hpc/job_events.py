@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
+from spot_checkpoint import EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT
 from spot_checkpoint.store import CheckpointStore
 
 from spot_hpc.clock import format_time, utc_now
@@ -26,9 +27,6 @@ from spot_hpc.services import Services
 
 logger = logging.getLogger(__name__)
 
-# The job runtime's exit code for "checkpointed and stopped on a notice or request" (spot_checkpoint.job).
-EXIT_CHECKPOINTED = 86
-EXIT_STOPPED_WITHOUT_CHECKPOINT = 87
 _HOST_TERMINATED = re.compile(r"^Host EC2 \(instance (i-[0-9a-f]+)\) terminated")
 _TIMEOUT = re.compile(r"attempt duration exceeds timeout", re.IGNORECASE)
 

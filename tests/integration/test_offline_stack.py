@@ -1,0 +1,89 @@
+"""The real template.yaml deployed into the embedded AWS: every resource comes from it."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from spotctl.offline.adapters import CONTEXT_PREFIX_PLACEHOLDER
+from spotctl.offline.runtime import OfflineControlPlane
+from spotctl.offline.stack import TemplateError, load_template
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def plane():
+    with OfflineControlPlane() as running:
+        yield running
+
+
+def test_every_template_resource_is_deployed_or_listed_as_not_emulated(plane):
+    # GIVEN the translated template and the stack created from it
+    translated = set(plane.stack.translated["Resources"])
+    deployed = set(plane.stack.resources)
+    listed = {r["logical_id"] for r in plane.stack.not_emulated}
+    # WHEN / THEN every resource of the translated template is in the stack, or listed with its reason
+    assert translated <= deployed | listed
+    assert listed and all(r["reason"] for r in plane.stack.not_emulated)
+    assert {"IngestBucket", "Ledger", "SpotJobQueue", "HpcJobDefinition", "PipelineStateMachine"} <= deployed
+
+
+def test_multinode_job_definition_and_spot_environment_come_from_the_template(plane):
+    # GIVEN the deployed Batch resources
+    batch = boto3.client("batch", region_name="us-east-1")
+    hpc = batch.describe_job_definitions(jobDefinitions=[plane.stack.physical_id("HpcJobDefinition")])
+    spot = batch.describe_compute_environments(computeEnvironments=[plane.stack.physical_id("SpotComputeEnvironment")])
+    # THEN the HPC definition is multi-node and the Spot environment is SPOT with price-capacity allocation
+    assert hpc["jobDefinitions"][0]["type"] == "multinode"
+    resources = spot["computeEnvironments"][0]["computeResources"]
+    assert resources["type"] == "SPOT"
+    assert resources["allocationStrategy"] == "SPOT_PRICE_CAPACITY_OPTIMIZED"
+    assert len(resources["instanceTypes"]) > 1
+
+
+def test_state_machine_definition_has_substituted_arns_and_context_paths(plane):
+    # GIVEN the state machine the template created
+    sfn = boto3.client("stepfunctions", region_name="us-east-1")
+    definition = sfn.describe_state_machine(stateMachineArn=plane.stack.physical_id("PipelineStateMachine"))["definition"]
+    # THEN every ${...} was substituted and the ASL context prefix survived
+    assert "${" not in definition and CONTEXT_PREFIX_PLACEHOLDER not in definition
+    task = json.loads(definition)["States"]["Preprocess"]
+    assert task["Parameters"]["FunctionName"].startswith("arn:aws:lambda:")
+    assert task["Parameters"]["Payload"]["task_token.$"] == "$$.Task.Token"
+
+
+def test_foreign_instance_warning_is_ignored_and_recorded(plane):
+    # GIVEN a Spot warning for an instance that runs none of this stack's jobs
+    event = json.loads(open("events/spot_interruption_warning.json").read())
+    # WHEN it is put on the bus
+    deliveries = plane.put_event(event)
+    result, errored = plane.invoke("SpotInterruptionFunction", event)
+    # THEN the rule delivered it and the handler ignored it
+    assert [d.status for d in deliveries] == ["ok"]
+    assert not errored and result["status"] == "ignored"
+
+
+def test_upload_outside_incoming_or_not_csv_is_rejected_and_recorded(plane):
+    # GIVEN an S3 event for a key that is not a CSV under incoming/
+    event = json.loads(open("events/s3_object_created.json").read())
+    event["detail"]["bucket"]["name"] = plane.bucket
+    event["detail"]["object"]["key"] = "incoming/notes.txt"
+    # WHEN the start-pipeline handler gets it
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN it is rejected with the reason, and the rejection is in the ledger
+    assert not errored and result["status"] == "rejected" and "not a CSV" in result["reason"]
+    ledger = boto3.resource("dynamodb", region_name="us-east-1").Table(plane.stack.physical_id("Ledger"))
+    items = ledger.query(KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": "REJECTION"})["Items"]
+    assert any("not a CSV" in item["reason"] for item in items)
+
+
+def test_template_that_is_not_yaml_is_a_clear_error(tmp_path):
+    # GIVEN a broken template
+    broken = tmp_path / "template.yaml"
+    broken.write_text("Resources: [unclosed")
+    # WHEN / THEN loading it says what is wrong
+    with pytest.raises(TemplateError, match="not valid YAML"):
+        load_template(broken)
