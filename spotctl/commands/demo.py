@@ -14,8 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--trace", type=Path, help="Spot availability trace (default: a p3.2xlarge us-east-1a trace)")
     parser.add_argument("--start-hour", type=float, default=75.0, help="hour of the trace the run starts at")
     parser.add_argument("--deadline-hours", type=float, default=12.0)
-    parser.add_argument("--stage-hours", default="preprocess=2,hpc=4,postprocess=1",
-                        help="compute each stage needs on one uninterrupted attempt")
+    parser.add_argument(
+        "--stage-hours",
+        default="preprocess=2,hpc=4,postprocess=1",
+        help="compute each stage needs on one uninterrupted attempt",
+    )
     parser.add_argument("--hpc-nodes", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write the run report here")
     parser.set_defaults(func=run)
@@ -40,18 +43,28 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError(f"--stage-hours: {exc}") from exc
     unknown = set(stage_hours) - {"preprocess", "hpc", "postprocess"}
     if unknown or any(h <= 0 for h in stage_hours.values()):
-        raise ToolError(f"--stage-hours: stages are preprocess, hpc, postprocess with positive hours ({args.stage_hours})")
-    options = DemoOptions(trace=args.trace or DEFAULT_TRACE, start_hour=args.start_hour,
-                          deadline_hours=args.deadline_hours, stage_hours=stage_hours, hpc_nodes=args.hpc_nodes)
+        raise ToolError(
+            f"--stage-hours: stages are preprocess, hpc, postprocess with positive hours ({args.stage_hours})"
+        )
+    options = DemoOptions(
+        trace=args.trace or DEFAULT_TRACE,
+        start_hour=args.start_hour,
+        deadline_hours=args.deadline_hours,
+        stage_hours=stage_hours,
+        hpc_nodes=args.hpc_nodes,
+    )
     started = time.monotonic()
     try:
         report, timeline = run_demo(options)
     except (TraceError, TemplateError) as exc:
         raise ToolError(str(exc)) from exc
     print(format_summary(report, timeline))
-    print(f"\nOffline runtime: {len(report['not_emulated'])} template resources not emulated "
-          f"({', '.join(sorted({r['type'] for r in report['not_emulated']}))}); wall time {time.monotonic() - started:.1f} s",
-          file=sys.stderr)
+    print(
+        f"\nOffline runtime: {len(report['not_emulated'])} template resources not emulated "
+        f"({', '.join(sorted({r['type'] for r in report['not_emulated']}))}); "
+        f"wall time {time.monotonic() - started:.1f} s",
+        file=sys.stderr,
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
     return 0

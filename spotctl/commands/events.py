@@ -56,8 +56,10 @@ def invoke_function(args: argparse.Namespace) -> int:
 
     event = _load(args.event)
     with OfflineControlPlane() as plane:
-        if args.function not in plane.stack.resources or plane.stack.resources[args.function]["type"] != \
-                "AWS::Lambda::Function":
+        if (
+            args.function not in plane.stack.resources
+            or plane.stack.resources[args.function]["type"] != "AWS::Lambda::Function"
+        ):
             names = sorted(k for k, v in plane.stack.resources.items() if v["type"] == "AWS::Lambda::Function")
             raise ToolError(f"no function {args.function!r}; functions: {', '.join(names)}")
         result, errored = plane.invoke(args.function, event)

@@ -186,8 +186,9 @@ def function_environment(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def run_local_function(local: LocalFunction, function_name: str, function_arn: str, handler: str,
-                       env: dict[str, str], event: Any) -> tuple[Any, bool]:
+def run_local_function(
+    local: LocalFunction, function_name: str, function_arn: str, handler: str, env: dict[str, str], event: Any
+) -> tuple[Any, bool]:
     """Runs the handler in-process; returns (result or error payload, errored)."""
     global _in_progress
     module_name, _, attribute = handler.rpartition(".")
@@ -207,8 +208,11 @@ def run_local_function(local: LocalFunction, function_name: str, function_arn: s
             return result, False
     except Exception as exc:
         local.errors.append(f"{type(exc).__name__}: {exc}")
-        return {"errorType": type(exc).__name__, "errorMessage": str(exc),
-                "stackTrace": traceback.format_exception(exc)[-5:]}, True
+        return {
+            "errorType": type(exc).__name__,
+            "errorMessage": str(exc),
+            "stackTrace": traceback.format_exception(exc)[-5:],
+        }, True
     finally:
         _in_progress -= 1
 
@@ -230,8 +234,9 @@ def install_lambda_adapter(registry: FunctionRegistry) -> Callable[[], None]:
         if local is None:
             return original(self, body, request_headers, response_headers)  # type: ignore[no-any-return]
         event = json.loads(body) if body else {}
-        result, errored = run_local_function(local, self.function_name, self.function_arn, self.handler,
-                                             dict(self.environment_vars or {}), event)
+        result, errored = run_local_function(
+            local, self.function_name, self.function_arn, self.handler, dict(self.environment_vars or {}), event
+        )
         if errored:
             response_headers["x-amz-function-error"] = "Unhandled"
         return json.dumps(result, default=str).encode()
@@ -258,8 +263,14 @@ def install_job_definition_adapter() -> Callable[[], None]:
 
     original = JobDefinition.__dict__["create_from_cloudformation_json"]
 
-    def create_from_cloudformation_json(cls: Any, resource_name: str, cloudformation_json: dict[str, Any],
-                                        account_id: str, region_name: str, **kwargs: Any) -> Any:
+    def create_from_cloudformation_json(
+        cls: Any,
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> Any:
         props = cloudformation_json["Properties"]
 
         def optional(name: str) -> Any:
@@ -325,7 +336,9 @@ def register_state_machines_for_execution(account_id: str, region: str) -> list[
         if machine.arn in known:
             continue
         executing.create_state_machine(
-            name=machine.name, definition=machine.definition, roleArn=machine.roleArn,
+            name=machine.name,
+            definition=machine.definition,
+            roleArn=machine.roleArn,
             loggingConfiguration=getattr(machine, "loggingConfiguration", None),
             tracingConfiguration=getattr(machine, "tracingConfiguration", None),
             sm_type=getattr(machine, "type", None) or "STANDARD",

@@ -118,11 +118,23 @@ class EmulatedJob:
         if self.exit_code is not None:
             container["exitCode"] = self.exit_code
         described = {
-            "jobArn": f"arn:aws:batch:{REGION}:{ACCOUNT_ID}:job/{self.job_id}", "jobName": self.name,
-            "jobId": self.job_id, "jobQueue": self.queue, "status": self.status, "statusReason": self.status_reason,
-            "jobDefinition": self.definition, "createdAt": ms(self.created_at), "startedAt": ms(self.started_at),
-            "stoppedAt": ms(self.stopped_at), "attempts": self.attempts, "container": container, "tags": self.tags,
-            "parameters": self.parameters, "dependsOn": [], "propagateTags": True, "platformCapabilities": ["EC2"],
+            "jobArn": f"arn:aws:batch:{REGION}:{ACCOUNT_ID}:job/{self.job_id}",
+            "jobName": self.name,
+            "jobId": self.job_id,
+            "jobQueue": self.queue,
+            "status": self.status,
+            "statusReason": self.status_reason,
+            "jobDefinition": self.definition,
+            "createdAt": ms(self.created_at),
+            "startedAt": ms(self.started_at),
+            "stoppedAt": ms(self.stopped_at),
+            "attempts": self.attempts,
+            "container": container,
+            "tags": self.tags,
+            "parameters": self.parameters,
+            "dependsOn": [],
+            "propagateTags": True,
+            "platformCapabilities": ["EC2"],
         }
         if self.is_multinode:
             described["nodeProperties"] = {"numNodes": self.nodes, "mainNode": 0}
@@ -134,8 +146,14 @@ class EmulatedJob:
 class BatchEmulator:
     """Holds the jobs; `advance(to)` moves them along the virtual clock and emits their events through `emit`."""
 
-    def __init__(self, trace: SpotTrace, stage_hours: dict[str, float], emit: Callable[[dict[str, Any]], None],
-                 now: Callable[[], datetime], checkpoint_interval: timedelta = timedelta(minutes=30)) -> None:
+    def __init__(
+        self,
+        trace: SpotTrace,
+        stage_hours: dict[str, float],
+        emit: Callable[[dict[str, Any]], None],
+        now: Callable[[], datetime],
+        checkpoint_interval: timedelta = timedelta(minutes=30),
+    ) -> None:
         self.trace = trace
         self.stage_hours = stage_hours
         self._emit = emit
@@ -157,28 +175,44 @@ class BatchEmulator:
         if queue is None or definition is None:
             from moto.batch.exceptions import ClientException
 
-            raise ClientException(f"job queue or job definition not found: {kwargs['jobQueue']}, {kwargs['jobDefinition']}")
+            raise ClientException(
+                f"job queue or job definition not found: {kwargs['jobQueue']}, {kwargs['jobDefinition']}"
+            )
         env_entries = (kwargs.get("containerOverrides") or {}).get("environment") or []
         for override in (kwargs.get("nodeOverrides") or {}).get("nodePropertyOverrides", []):
             env_entries = override.get("containerOverrides", {}).get("environment", env_entries)
-        compute_types = {ce.compute_resources.get("type") for ce in
-                         (backend.get_compute_environment(o["computeEnvironment"]) for o in queue.env_order_json)
-                         if ce is not None}
+        compute_types = {
+            ce.compute_resources.get("type")
+            for ce in (backend.get_compute_environment(o["computeEnvironment"]) for o in queue.env_order_json)
+            if ce is not None
+        }
         is_multinode = definition.type == "multinode"
         if is_multinode and "SPOT" in compute_types:
             from moto.batch.exceptions import ClientException
 
             raise ClientException("multi-node parallel jobs cannot run on a Spot compute environment")
-        node_count = int((kwargs.get("nodeOverrides") or {}).get("numNodes")
-                         or (definition.node_properties or {}).get("numNodes", 1)) if is_multinode else 1
+        node_count = (
+            int(
+                (kwargs.get("nodeOverrides") or {}).get("numNodes")
+                or (definition.node_properties or {}).get("numNodes", 1)
+            )
+            if is_multinode
+            else 1
+        )
         array_size = (kwargs.get("arrayProperties") or {}).get("size")
         job = EmulatedJob(
-            job_id=str(uuid.uuid4()), name=kwargs["jobName"], queue=queue.arn, definition=definition.arn,
+            job_id=str(uuid.uuid4()),
+            name=kwargs["jobName"],
+            queue=queue.arn,
+            definition=definition.arn,
             capacity="spot" if "SPOT" in compute_types else "on-demand",
-            nodes=int(array_size or node_count), environment={e["name"]: e["value"] for e in env_entries},
-            tags=dict(kwargs.get("tags") or {}), parameters={**(definition.parameters or {}),
-                                                              **(kwargs.get("parameters") or {})},
-            created_at=self._now(), retry_strategy=definition.retry_strategy or {}, is_multinode=is_multinode,
+            nodes=int(array_size or node_count),
+            environment={e["name"]: e["value"] for e in env_entries},
+            tags=dict(kwargs.get("tags") or {}),
+            parameters={**(definition.parameters or {}), **(kwargs.get("parameters") or {})},
+            created_at=self._now(),
+            retry_strategy=definition.retry_strategy or {},
+            is_multinode=is_multinode,
             array_size=array_size,
         )
         job.work_hours = self.stage_hours.get(job.stage, 1.0)
@@ -198,8 +232,15 @@ class BatchEmulator:
                 continue
             if name and not fnmatch.fnmatch(job.name, name):
                 continue
-            found.append({"jobId": job.job_id, "jobName": job.name, "status": job.status,
-                          "jobArn": job.describe()["jobArn"], "createdAt": int(job.created_at.timestamp() * 1000)})
+            found.append(
+                {
+                    "jobId": job.job_id,
+                    "jobName": job.name,
+                    "status": job.status,
+                    "jobArn": job.describe()["jobArn"],
+                    "createdAt": int(job.created_at.timestamp() * 1000),
+                }
+            )
         return found
 
     def terminate(self, job_id: str, reason: str) -> None:
@@ -264,8 +305,10 @@ class BatchEmulator:
         if job.capacity == "spot":
             job.reclaim_at = self.next_reclaim(now, job.nodes, timedelta(hours=job.work_hours * (1 - restored) + 1))
         self._set(job, "RUNNING")
-        self._log(f"running  {job.stage:<11} {job.capacity:<9} on {job.instance_id}"
-                  + (f" (resumed at {restored:.0%})" if restored else ""))
+        self._log(
+            f"running  {job.stage:<11} {job.capacity:<9} on {job.instance_id}"
+            + (f" (resumed at {restored:.0%})" if restored else "")
+        )
 
     def _run(self, job: EmulatedJob, now: datetime, step: timedelta) -> None:
         if job.reclaim_at and job.warned_at is None and now >= job.reclaim_at - WARNING_LEAD:
@@ -273,9 +316,14 @@ class BatchEmulator:
             self._log(f"warning  {job.stage:<11} Spot interruption notice for {job.instance_id}")
             # The job's runtime sees the notice in instance metadata and checkpoints at once.
             self._checkpoint(job, now, "spot interruption notice")
-            self._emit(make_event("aws.ec2", "EC2 Spot Instance Interruption Warning",
-                                  {"instance-id": job.instance_id, "instance-action": "terminate"},
-                                  [f"arn:aws:ec2:{REGION}:{ACCOUNT_ID}:instance/{job.instance_id}"]))
+            self._emit(
+                make_event(
+                    "aws.ec2",
+                    "EC2 Spot Instance Interruption Warning",
+                    {"instance-id": job.instance_id, "instance-action": "terminate"},
+                    [f"arn:aws:ec2:{REGION}:{ACCOUNT_ID}:instance/{job.instance_id}"],
+                )
+            )
             if job.terminate_reason or job.status != "RUNNING":
                 return
         if job.reclaim_at and now >= job.reclaim_at:
@@ -325,24 +373,33 @@ class BatchEmulator:
             for cluster in ("spot-hpc-spot", "spot-hpc-on-demand"):
                 self._ecs.create_cluster(clusterName=cluster)
         market = {"InstanceMarketOptions": {"MarketType": "spot"}} if job.capacity == "spot" else {}
-        instance = self._ec2.run_instances(ImageId=self._image_id, MinCount=1, MaxCount=1,
-                                           InstanceType=self.instance_types[job.capacity], **market)["Instances"][0]
+        instance = self._ec2.run_instances(
+            ImageId=self._image_id, MinCount=1, MaxCount=1, InstanceType=self.instance_types[job.capacity], **market
+        )["Instances"][0]
         registered = self._ecs.register_container_instance(
             cluster=f"spot-hpc-{job.capacity}",
-            instanceIdentityDocument=json.dumps({"instanceId": instance["InstanceId"]}))
+            instanceIdentityDocument=json.dumps({"instanceId": instance["InstanceId"]}),
+        )
         return instance["InstanceId"], registered["containerInstance"]["containerInstanceArn"]
 
     def _finish(self, job: EmulatedJob, status: str, reason: str, exit_code: int | None) -> None:
         job.stopped_at = self._now()
         job.exit_code = exit_code
-        job.attempts.append({"container": {"exitCode": exit_code, "containerInstanceArn": job.container_instance_arn},
-                             "startedAt": int(job.started_at.timestamp() * 1000) if job.started_at else None,
-                             "stoppedAt": int(job.stopped_at.timestamp() * 1000), "statusReason": reason})
+        job.attempts.append(
+            {
+                "container": {"exitCode": exit_code, "containerInstanceArn": job.container_instance_arn},
+                "startedAt": int(job.started_at.timestamp() * 1000) if job.started_at else None,
+                "stoppedAt": int(job.stopped_at.timestamp() * 1000),
+                "statusReason": reason,
+            }
+        )
         if status == "FAILED" and self._batch_retries(job, reason, exit_code):
             return
         job.status_reason = reason
-        self._log(f"{status.lower():<8} {job.stage:<11} {job.capacity:<9} {reason}"
-                  + (f" (exit {exit_code})" if exit_code is not None else ""))
+        self._log(
+            f"{status.lower():<8} {job.stage:<11} {job.capacity:<9} {reason}"
+            + (f" (exit {exit_code})" if exit_code is not None else "")
+        )
         self._set(job, status)
 
     def _batch_retries(self, job: EmulatedJob, reason: str, exit_code: int | None) -> bool:
@@ -387,6 +444,7 @@ def install(emulator_ref: Callable[[], BatchEmulator | None]) -> Callable[[], No
         def method(self: Any) -> str:
             emulator = emulator_ref()
             return originals[name](self) if emulator is None else handler(self, emulator)
+
         return method
 
     def submit(self: Any, emulator: BatchEmulator) -> str:
@@ -397,15 +455,21 @@ def install(emulator_ref: Callable[[], BatchEmulator | None]) -> Callable[[], No
 
     def list_jobs(self: Any, emulator: BatchEmulator) -> str:
         name = next((f["values"][0] for f in self._get_param("filters") or [] if f.get("name") == "JOB_NAME"), None)
-        return json.dumps({"jobSummaryList": emulator.list(self._get_param("jobQueue"), self._get_param("jobStatus"),
-                                                            name)})
+        return json.dumps(
+            {"jobSummaryList": emulator.list(self._get_param("jobQueue"), self._get_param("jobStatus"), name)}
+        )
 
     def terminate(self: Any, emulator: BatchEmulator) -> str:
         emulator.terminate(self._get_param("jobId"), self._get_param("reason"))
         return ""
 
-    handlers = {"submitjob": submit, "describejobs": describe, "listjobs": list_jobs, "terminatejob": terminate,
-                "canceljob": terminate}
+    handlers = {
+        "submitjob": submit,
+        "describejobs": describe,
+        "listjobs": list_jobs,
+        "terminatejob": terminate,
+        "canceljob": terminate,
+    }
     for name, handler in handlers.items():
         setattr(BatchResponse, name, routed(name, handler))
 

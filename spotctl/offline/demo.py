@@ -41,11 +41,16 @@ def run_demo(options: DemoOptions) -> tuple[dict[str, Any], list[str]]:
     from spot_hpc.outcome import run_report
 
     stage_hours = {"preprocess": 2.0, "hpc": 4.0, "postprocess": 1.0, **(options.stage_hours or {})}
-    metadata = {"deadline-hours": f"{options.deadline_hours:g}", "hpc-nodes": str(options.hpc_nodes),
-                "stage-hours": ",".join(f"{k}={v:g}" for k, v in stage_hours.items())}
+    metadata = {
+        "deadline-hours": f"{options.deadline_hours:g}",
+        "hpc-nodes": str(options.hpc_nodes),
+        "stage-hours": ",".join(f"{k}={v:g}" for k, v in stage_hours.items()),
+    }
     handler_output = io.StringIO()
-    with OfflineControlPlane(trace=options.trace, start_hour=options.start_hour, stage_hours=stage_hours) as plane, \
-            contextlib.redirect_stdout(handler_output):
+    with (
+        OfflineControlPlane(trace=options.trace, start_hour=options.start_hour, stage_hours=stage_hours) as plane,
+        contextlib.redirect_stdout(handler_output),
+    ):
         plane.upload("incoming/sample.csv", SAMPLE_CSV, metadata)
         plane.run_until_settled(max_hours=options.deadline_hours * 3 + sum(stage_hours.values()))
         svc = control_plane_services(plane)
@@ -54,7 +59,9 @@ def run_demo(options: DemoOptions) -> tuple[dict[str, Any], list[str]]:
             rejections = svc.ledger.list_rejections()
             raise RuntimeError(f"no run started: {rejections}")
         report = run_report(svc, runs[-1])
-        timeline = [f"{(t - plane.clock.start).total_seconds() / 3600:7.2f} h  {line}" for t, line in plane.batch.timeline]
+        timeline = [
+            f"{(t - plane.clock.start).total_seconds() / 3600:7.2f} h  {line}" for t, line in plane.batch.timeline
+        ]
         report["not_emulated"] = plane.stack.not_emulated
         report["trace"] = str(options.trace)
     return report, timeline
@@ -64,11 +71,13 @@ def format_summary(report: dict[str, Any], timeline: list[str]) -> str:
     lines = ["Timeline (simulated hours since upload):", *timeline, ""]
     for stage in report["stages"]:
         for a in stage["attempts"]:
-            lines.append(f"  {stage['name']:<11} {a['capacity']:<9} x{a['nodes']} {a['status']:<9} "
-                         f"{a['started_hours'] if a['started_hours'] is not None else '-':>6} -> "
-                         f"{a['stopped_hours'] if a['stopped_hours'] is not None else '-':>6} h  ${a['cost_usd']:.2f}"
-                         f"{'  resumed from checkpoint' if a['resumed_from_checkpoint'] else ''}"
-                         f"  {a['status_reason']}")
+            lines.append(
+                f"  {stage['name']:<11} {a['capacity']:<9} x{a['nodes']} {a['status']:<9} "
+                f"{a['started_hours'] if a['started_hours'] is not None else '-':>6} -> "
+                f"{a['stopped_hours'] if a['stopped_hours'] is not None else '-':>6} h  ${a['cost_usd']:.2f}"
+                f"{'  resumed from checkpoint' if a['resumed_from_checkpoint'] else ''}"
+                f"  {a['status_reason']}"
+            )
     lines += [
         "",
         f"Pipeline {report['pipeline_status']} in {report['finished_hours']} h of {report['deadline_hours']} h: "

@@ -14,7 +14,6 @@ from datetime import datetime
 from typing import Any
 
 import boto3
-
 from spot_hpc.clock import format_time, utc_now
 
 REGION = "us-east-1"
@@ -30,16 +29,34 @@ class Delivery:
     error: str = ""
 
     def to_dict(self) -> dict[str, str]:
-        return {"event_id": self.event_id, "rule": self.rule, "target": self.target, "status": self.status,
-                "error": self.error}
+        return {
+            "event_id": self.event_id,
+            "rule": self.rule,
+            "target": self.target,
+            "status": self.status,
+            "error": self.error,
+        }
 
 
-def make_event(source: str, detail_type: str, detail: dict[str, Any], resources: list[str] | None = None,
-               time: datetime | None = None, account: str = ACCOUNT_ID) -> dict[str, Any]:
+def make_event(
+    source: str,
+    detail_type: str,
+    detail: dict[str, Any],
+    resources: list[str] | None = None,
+    time: datetime | None = None,
+    account: str = ACCOUNT_ID,
+) -> dict[str, Any]:
     """An event as EventBridge hands it to targets."""
     return {
-        "version": "0", "id": str(uuid.uuid4()), "detail-type": detail_type, "source": source, "account": account,
-        "time": format_time(time or utc_now()), "region": REGION, "resources": resources or [], "detail": detail,
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": detail_type,
+        "source": source,
+        "account": account,
+        "time": format_time(time or utc_now()),
+        "region": REGION,
+        "resources": resources or [],
+        "detail": detail,
     }
 
 
@@ -100,5 +117,8 @@ class EventBus:
             return
         name = dlq_arn.rsplit(":", 1)[-1]
         url = self._sqs.get_queue_url(QueueName=name)["QueueUrl"]
-        self._sqs.send_message(QueueUrl=url, MessageBody=json.dumps(event), MessageAttributes={
-            "ERROR_MESSAGE": {"DataType": "String", "StringValue": error[:1000]}})
+        self._sqs.send_message(
+            QueueUrl=url,
+            MessageBody=json.dumps(event),
+            MessageAttributes={"ERROR_MESSAGE": {"DataType": "String", "StringValue": error[:1000]}},
+        )

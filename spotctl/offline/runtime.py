@@ -1,8 +1,8 @@
 """The control plane on one machine: embedded AWS, the real template, handlers and state machine, virtual time.
 
-    with OfflineControlPlane(trace=..., stage_hours=...) as plane:
-        plane.upload("incoming/sample.csv", body, metadata={"deadline-hours": "12"})
-        plane.run_until_settled(max_hours=48)
+with OfflineControlPlane(trace=..., stage_hours=...) as plane:
+    plane.upload("incoming/sample.csv", body, metadata={"deadline-hours": "12"})
+    plane.run_until_settled(max_hours=48)
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-
 from spot_hpc import clock as control_plane_clock
+
 from spotctl.offline import adapters, batch_emulator
 from spotctl.offline.batch_emulator import BatchEmulator, SpotTrace
 from spotctl.offline.eventbus import REGION, Delivery, EventBus, make_event
@@ -51,9 +51,15 @@ class VirtualClock:
 
 
 class OfflineControlPlane:
-    def __init__(self, trace: Path = DEFAULT_TRACE, start_hour: float = 0.0, stage_hours: dict[str, float] | None = None,
-                 template: Path = DEFAULT_TEMPLATE, parameters: dict[str, str] | None = None,
-                 webhook: WebhookSink | None = None) -> None:
+    def __init__(
+        self,
+        trace: Path = DEFAULT_TRACE,
+        start_hour: float = 0.0,
+        stage_hours: dict[str, float] | None = None,
+        template: Path = DEFAULT_TEMPLATE,
+        parameters: dict[str, str] | None = None,
+        webhook: WebhookSink | None = None,
+    ) -> None:
         self.trace = SpotTrace.load(trace, start_hour)
         self.stage_hours = stage_hours or {"preprocess": 1.0, "hpc": 4.0, "postprocess": 1.0}
         self.template = template
@@ -74,12 +80,23 @@ class OfflineControlPlane:
 
         self._saved_env = dict(os.environ)
         # Never a real account: fixed fake credentials, one region.
-        os.environ.update({"AWS_ACCESS_KEY_ID": "offline", "AWS_SECRET_ACCESS_KEY": "offline",
-                           "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION})
+        os.environ.update(
+            {
+                "AWS_ACCESS_KEY_ID": "offline",
+                "AWS_SECRET_ACCESS_KEY": "offline",
+                "AWS_DEFAULT_REGION": REGION,
+                "AWS_REGION": REGION,
+            }
+        )
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
             os.environ.pop(name, None)
-        self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True},
-                                      "lambda": {"use_docker": False}, "batch": {"use_docker": False}})
+        self._mock = mock_aws(
+            config={
+                "stepfunctions": {"execute_state_machine": True},
+                "lambda": {"use_docker": False},
+                "batch": {"use_docker": False},
+            }
+        )
         self._mock.start()
         try:
             self._start()
@@ -101,7 +118,8 @@ class OfflineControlPlane:
         self.bus = EventBus()
         self.batch = BatchEmulator(self.trace, self.stage_hours, self.put_event, self.clock.now)
         boto3.client("secretsmanager", region_name=REGION).create_secret(
-            Name=self.parameters.get("SlackSecretName", "spot-hpc/slack-webhook"), SecretString=self.webhook.url)
+            Name=self.parameters.get("SlackSecretName", "spot-hpc/slack-webhook"), SecretString=self.webhook.url
+        )
 
     def __exit__(self, *exc: object) -> None:
         for uninstall in reversed(self._uninstall):
@@ -133,11 +151,20 @@ class OfflineControlPlane:
         """
         s3 = boto3.client("s3", region_name=REGION)
         put = s3.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata=metadata or {})
-        detail = {"version": "0", "bucket": {"name": self.bucket},
-                  "object": {"key": key, "size": len(body), "etag": put["ETag"].strip('"'),
-                             "version-id": put.get("VersionId"), "sequencer": f"{time.monotonic_ns():018X}"},
-                  "request-id": "offline", "requester": self.stack.outputs.get("IngestBucketName", "offline"),
-                  "reason": "PutObject"}
+        detail = {
+            "version": "0",
+            "bucket": {"name": self.bucket},
+            "object": {
+                "key": key,
+                "size": len(body),
+                "etag": put["ETag"].strip('"'),
+                "version-id": put.get("VersionId"),
+                "sequencer": f"{time.monotonic_ns():018X}",
+            },
+            "request-id": "offline",
+            "requester": self.stack.outputs.get("IngestBucketName", "offline"),
+            "reason": "PutObject",
+        }
         return self.put_event(make_event("aws.s3", "Object Created", detail, [f"arn:aws:s3:::{self.bucket}"]))
 
     def invoke(self, logical_id: str, event: Any) -> tuple[Any, bool]:
@@ -153,13 +180,17 @@ class OfflineControlPlane:
     def executions(self) -> list[dict[str, Any]]:
         sfn = boto3.client("stepfunctions", region_name=REGION)
         arn = self.stack.physical_id("PipelineStateMachine")
-        return [e for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=arn)
-                for e in page["executions"]]
+        return [
+            e for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=arn) for e in page["executions"]
+        ]
 
     def history(self, execution_arn: str) -> list[dict[str, Any]]:
         sfn = boto3.client("stepfunctions", region_name=REGION)
-        return [e for page in sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn)
-                for e in page["events"]]
+        return [
+            e
+            for page in sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn)
+            for e in page["events"]
+        ]
 
     def settle(self, timeout_seconds: float = 30.0) -> None:
         """Waits until every execution waits on the outside world (a task token) or has ended.

@@ -118,8 +118,9 @@ def default_network(ec2: Any) -> dict[str, str]:
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
     vpc_id = vpcs[0]["VpcId"]
     subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]
-    groups = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc_id]},
-                                                   {"Name": "group-name", "Values": ["default"]}])["SecurityGroups"]
+    groups = ec2.describe_security_groups(
+        Filters=[{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "group-name", "Values": ["default"]}]
+    )["SecurityGroups"]
     return {
         "SubnetIds": ",".join(s["SubnetId"] for s in subnets[:2]),
         "SecurityGroupIds": groups[0]["GroupId"],
@@ -143,15 +144,23 @@ def deploy(template_path: Path, parameter_overrides: dict[str, str] | None = Non
         cfn.create_stack(
             StackName=STACK_NAME,
             TemplateBody=json.dumps(translated),
-            Parameters=[{"ParameterKey": k, "ParameterValue": str(v)} for k, v in parameters.items()
-                        if k in translated.get("Parameters", {})],
+            Parameters=[
+                {"ParameterKey": k, "ParameterValue": str(v)}
+                for k, v in parameters.items()
+                if k in translated.get("Parameters", {})
+            ],
             Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
         )
     for warning in caught:
         message = str(warning.message)
         if "not supported by moto" in message:
-            not_emulated.append({"logical_id": "?", "type": message.split("parse ")[-1].split(" ")[0],
-                                 "reason": "moto's CloudFormation does not create this type"})
+            not_emulated.append(
+                {
+                    "logical_id": "?",
+                    "type": message.split("parse ")[-1].split(" ")[0],
+                    "reason": "moto's CloudFormation does not create this type",
+                }
+            )
     stack = cfn.describe_stacks(StackName=STACK_NAME)["Stacks"][0]
     if stack["StackStatus"] != "CREATE_COMPLETE":
         raise TemplateError(f"stack creation ended in {stack['StackStatus']}: {stack.get('StackStatusReason', '')}")
@@ -164,6 +173,7 @@ def deploy(template_path: Path, parameter_overrides: dict[str, str] | None = Non
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
     functions = {
         resources[logical_id]["physical_id"]: adapters.LocalFunction(logical_id=logical_id, code_dir=code_dir)
-        for logical_id, code_dir in code_dirs.items() if logical_id in resources
+        for logical_id, code_dir in code_dirs.items()
+        if logical_id in resources
     }
     return DeployedStack(template_path, resources, outputs, functions, not_emulated, translated)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from spot_hpc.cost import check_run_report_costs
+
 from spotctl.offline.demo import DemoOptions, run_demo
 
 pytestmark = pytest.mark.e2e
@@ -13,8 +13,11 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def demo_run():
     # GIVEN a trace whose Spot capacity drops 46 minutes into the run, and a tight 12-hour deadline
-    return run_demo(DemoOptions(start_hour=75.0, deadline_hours=12.0,
-                                stage_hours={"preprocess": 2.0, "hpc": 4.0, "postprocess": 1.0}))
+    return run_demo(
+        DemoOptions(
+            start_hour=75.0, deadline_hours=12.0, stage_hours={"preprocess": 2.0, "hpc": 4.0, "postprocess": 1.0}
+        )
+    )
 
 
 def test_pipeline_succeeds_by_its_deadline(demo_run):

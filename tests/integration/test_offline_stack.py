@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import boto3
 import pytest
@@ -47,7 +48,9 @@ def test_multinode_job_definition_and_spot_environment_come_from_the_template(pl
 def test_state_machine_definition_has_substituted_arns_and_context_paths(plane):
     # GIVEN the state machine the template created
     sfn = boto3.client("stepfunctions", region_name="us-east-1")
-    definition = sfn.describe_state_machine(stateMachineArn=plane.stack.physical_id("PipelineStateMachine"))["definition"]
+    definition = sfn.describe_state_machine(stateMachineArn=plane.stack.physical_id("PipelineStateMachine"))[
+        "definition"
+    ]
     # THEN every ${...} was substituted and the ASL context prefix survived
     assert "${" not in definition and CONTEXT_PREFIX_PLACEHOLDER not in definition
     task = json.loads(definition)["States"]["Preprocess"]
@@ -57,7 +60,7 @@ def test_state_machine_definition_has_substituted_arns_and_context_paths(plane):
 
 def test_foreign_instance_warning_is_ignored_and_recorded(plane):
     # GIVEN a Spot warning for an instance that runs none of this stack's jobs
-    event = json.loads(open("events/spot_interruption_warning.json").read())
+    event = json.loads(Path("events/spot_interruption_warning.json").read_text())
     # WHEN it is put on the bus
     deliveries = plane.put_event(event)
     result, errored = plane.invoke("SpotInterruptionFunction", event)
@@ -68,7 +71,7 @@ def test_foreign_instance_warning_is_ignored_and_recorded(plane):
 
 def test_upload_outside_incoming_or_not_csv_is_rejected_and_recorded(plane):
     # GIVEN an S3 event for a key that is not a CSV under incoming/
-    event = json.loads(open("events/s3_object_created.json").read())
+    event = json.loads(Path("events/s3_object_created.json").read_text())
     event["detail"]["bucket"]["name"] = plane.bucket
     event["detail"]["object"]["key"] = "incoming/notes.txt"
     # WHEN the start-pipeline handler gets it

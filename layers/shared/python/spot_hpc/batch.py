@@ -78,5 +78,7 @@ class BatchGateway:
         found: list[str] = []
         for cluster, arns in by_cluster.items():
             described = self._ecs.describe_container_instances(cluster=cluster, containerInstances=arns)
-            found.extend(ci["ec2InstanceId"] for ci in described.get("containerInstances", []) if ci.get("ec2InstanceId"))
+            found.extend(
+                ci["ec2InstanceId"] for ci in described.get("containerInstances", []) if ci.get("ec2InstanceId")
+            )
         return found

@@ -53,8 +53,10 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
         return None
     detail = BatchJobDetail.model_validate(job)
     attempt = svc.ledger.get_attempt(run.run_id, stage.stage, stage.attempt)
-    if attempt and STATUS_RANK[detail.status] > STATUS_RANK.get(attempt.status, -1) and (
-        detail.status in TERMINAL_STATUSES or detail.status == "RUNNING"
+    if (
+        attempt
+        and STATUS_RANK[detail.status] > STATUS_RANK.get(attempt.status, -1)
+        and (detail.status in TERMINAL_STATUSES or detail.status == "RUNNING")
     ):
         # The ledger is behind Batch: an event was lost or its handler crashed. Apply the state now.
         result = apply_job_state(svc, detail)
@@ -63,7 +65,8 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
         return None
 
     waiting = stage.spot_waiting_since and now - parse_time(stage.spot_waiting_since) > timedelta(
-        minutes=svc.settings.spot_wait_signal_minutes)
+        minutes=svc.settings.spot_wait_signal_minutes
+    )
     if detail.status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING"):
         if not waiting:
             return None
@@ -74,8 +77,13 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
     view = stage_view(svc, run, stage)
     if view.hours_left - view.remaining_hours < 2 * svc.settings.changeover_hours and not stage.sla_at_risk_notified:
         svc.ledger.update_stage(run.run_id, stage.stage, sla_at_risk_notified=True)
-        notify(svc, "sla_at_risk", run, stage.stage,
-               f"{view.remaining_hours:.2f} h of work left, {view.hours_left:.2f} h to the stage's deadline share")
+        notify(
+            svc,
+            "sla_at_risk",
+            run,
+            stage.stage,
+            f"{view.remaining_hours:.2f} h of work left, {view.hours_left:.2f} h to the stage's deadline share",
+        )
     if decision.action != Action.ON_DEMAND:
         return None
     return _requeue(svc, run, stage, detail, decision.reason)
@@ -83,8 +91,13 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
 
 def _requeue(svc: Services, run: Run, stage: Stage, job: BatchJobDetail, reason: str) -> str | None:
     try:
-        svc.ledger.update_attempt(run.run_id, stage.stage, stage.attempt,
-                                  condition="attribute_not_exists(cancel_reason)", cancel_reason=REQUEUE)
+        svc.ledger.update_attempt(
+            run.run_id,
+            stage.stage,
+            stage.attempt,
+            condition="attribute_not_exists(cancel_reason)",
+            cancel_reason=REQUEUE,
+        )
     except LedgerConflict:
         return None
     if job.status == "RUNNING":

@@ -48,8 +48,10 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
     try:
         parsed = S3EventNotificationEventBridgeModel.model_validate(event)
     except ValidationError as exc:
-        raise Rejected(f"not an S3 Object Created event: {exc.error_count()} problem(s): "
-                       f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
+        raise Rejected(
+            f"not an S3 Object Created event: {exc.error_count()} problem(s): "
+            f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+        ) from exc
     if parsed.account != account_id:
         raise Rejected(f"event from account {parsed.account}, not this stack's account")
     bucket, obj = parsed.detail.bucket.name, parsed.detail.object
@@ -68,21 +70,38 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
         # A repeated delivery: make sure its execution exists (a crash may have come between the two writes).
         return _ensure_execution(svc, existing, duplicate=True)
     try:
-        options = build_run_options(_manifest(svc, bucket, obj.key), head.get("Metadata", {}),
-                                    svc.settings.default_deadline_hours, svc.settings.hpc_nodes)
+        options = build_run_options(
+            _manifest(svc, bucket, obj.key),
+            head.get("Metadata", {}),
+            svc.settings.default_deadline_hours,
+            svc.settings.hpc_nodes,
+        )
     except InvalidRunOptions as exc:
         raise Rejected(f"invalid run options: {exc}") from exc
 
     now = utc_now()
     run = Run(
-        run_id=run_id, bucket=bucket, key=obj.key, version_id=version_id,
+        run_id=run_id,
+        bucket=bucket,
+        key=obj.key,
+        version_id=version_id,
         deadline_at=format_time(now + timedelta(hours=options.deadline_hours)),
-        deadline_hours=options.deadline_hours, started_at=format_time(now), stage_hours=options.stage_hours,
-        hpc_mode=options.hpc_mode, hpc_nodes=options.hpc_nodes,
+        deadline_hours=options.deadline_hours,
+        started_at=format_time(now),
+        stage_hours=options.stage_hours,
+        hpc_mode=options.hpc_mode,
+        hpc_nodes=options.hpc_nodes,
     )
     stages = [
-        Stage(run_id=run_id, stage=spec.name, order=spec.order, compute_hours=options.stage_hours[spec.name],
-              spot_allowed=spec.spot_allowed, nodes=spec.nodes, retry_budget=svc.settings.stage_retry_budget)
+        Stage(
+            run_id=run_id,
+            stage=spec.name,
+            order=spec.order,
+            compute_hours=options.stage_hours[spec.name],
+            spot_allowed=spec.spot_allowed,
+            nodes=spec.nodes,
+            retry_budget=svc.settings.stage_retry_budget,
+        )
         for spec in stage_specs(options)
     ]
     try:
@@ -92,8 +111,13 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
         assert existing is not None
         return _ensure_execution(svc, existing, duplicate=True)
     result = _ensure_execution(svc, run, duplicate=False)
-    notify(svc, "started", run, None,
-           f"{obj.key} (deadline {options.deadline_hours:g} h, HPC {options.hpc_mode} x{options.hpc_nodes})")
+    notify(
+        svc,
+        "started",
+        run,
+        None,
+        f"{obj.key} (deadline {options.deadline_hours:g} h, HPC {options.hpc_mode} x{options.hpc_nodes})",
+    )
     return result
 
 
@@ -102,8 +126,9 @@ def _ensure_execution(svc: Services, run: Run, duplicate: bool) -> dict[str, Any
         raise RuntimeError("STATE_MACHINE_ARN is not set for the start-pipeline function")
     try:
         # The execution name is the run id: Step Functions itself refuses a second execution of the same name.
-        response = svc.sfn.start_execution(stateMachineArn=svc.settings.state_machine_arn, name=run.run_id,
-                                           input=json.dumps({"run_id": run.run_id}))
+        response = svc.sfn.start_execution(
+            stateMachineArn=svc.settings.state_machine_arn, name=run.run_id, input=json.dumps({"run_id": run.run_id})
+        )
         execution_arn = response["executionArn"]
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ExecutionAlreadyExists":

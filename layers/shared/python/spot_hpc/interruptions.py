@@ -25,15 +25,24 @@ REQUEUE = "requeue_to_on_demand"
 
 def on_spot_signal(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, Any]:
     detail_type = event.get("detail-type") if isinstance(event, dict) else None
-    model = RebalanceRecommendationEvent if detail_type == "EC2 Instance Rebalance Recommendation" else SpotInterruptionEvent
+    model = (
+        RebalanceRecommendationEvent
+        if detail_type == "EC2 Instance Rebalance Recommendation"
+        else SpotInterruptionEvent
+    )
     try:
         parsed = model.model_validate(event)
     except ValidationError as exc:
-        svc.ledger.record_rejection("ec2-event", f"malformed Spot event: {exc.errors()[0]['msg']}",
-                                    {"event_id": str(event.get("id", "")) if isinstance(event, dict) else ""})
+        svc.ledger.record_rejection(
+            "ec2-event",
+            f"malformed Spot event: {exc.errors()[0]['msg']}",
+            {"event_id": str(event.get("id", "")) if isinstance(event, dict) else ""},
+        )
         return {"status": "rejected", "reason": "malformed"}
     if parsed.account != account_id:
-        svc.ledger.record_rejection("ec2-event", f"event from foreign account {parsed.account}", {"event_id": parsed.id})
+        svc.ledger.record_rejection(
+            "ec2-event", f"event from foreign account {parsed.account}", {"event_id": parsed.id}
+        )
         return {"status": "rejected", "reason": "foreign account"}
     warning = isinstance(parsed, SpotInterruptionEvent)
     instance_id = parsed.detail.instance_id
@@ -47,8 +56,9 @@ def on_spot_signal(svc: Services, event: dict[str, Any], account_id: str) -> dic
     return {"status": "handled", "instance_id": instance_id, "jobs": results}
 
 
-def _handle_job(svc: Services, run_id: str, stage_name: str, attempt_no: int, job_id: str, instance_id: str,
-                warning: bool) -> dict[str, Any]:
+def _handle_job(
+    svc: Services, run_id: str, stage_name: str, attempt_no: int, job_id: str, instance_id: str, warning: bool
+) -> dict[str, Any]:
     run = svc.ledger.get_run(run_id)
     stage = svc.ledger.get_stage(run_id, stage_name)
     if run is None or stage is None or stage.attempt != attempt_no or stage.status != "RUNNING":
@@ -60,12 +70,15 @@ def _handle_job(svc: Services, run_id: str, stage_name: str, attempt_no: int, jo
     if decision.action != Action.ON_DEMAND:
         return {"job_id": job_id, "action": "checkpoint", "reason": decision.reason}
     try:
-        svc.ledger.update_attempt(run_id, stage_name, attempt_no, condition="attribute_not_exists(cancel_reason)",
-                                  cancel_reason=REQUEUE)
+        svc.ledger.update_attempt(
+            run_id, stage_name, attempt_no, condition="attribute_not_exists(cancel_reason)", cancel_reason=REQUEUE
+        )
     except LedgerConflict:
         return {"job_id": job_id, "action": "none", "reason": "already requeued"}
     placed = place_attempt(svc, run, stage, "on-demand", f"{signal}: {decision.reason}")
     svc.batch.terminate(job_id, f"spot-hpc: requeued to On-Demand ({signal})")
     if placed:
-        notify(svc, "requeued", run, stage_name, f"{signal} on {instance_id}: {decision.reason}", attempt=placed.attempt)
+        notify(
+            svc, "requeued", run, stage_name, f"{signal} on {instance_id}: {decision.reason}", attempt=placed.attempt
+        )
     return {"job_id": job_id, "action": "requeued", "reason": decision.reason}

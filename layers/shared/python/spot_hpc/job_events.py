@@ -58,12 +58,16 @@ def on_job_state_change(svc: Services, event: dict[str, Any], account_id: str) -
     try:
         parsed = BatchJobStateChangeEvent.model_validate(event)
     except ValidationError as exc:
-        svc.ledger.record_rejection("batch-event", f"malformed Batch Job State Change: {exc.errors()[0]['msg']}",
-                                    {"event_id": str(event.get("id", "")) if isinstance(event, dict) else ""})
+        svc.ledger.record_rejection(
+            "batch-event",
+            f"malformed Batch Job State Change: {exc.errors()[0]['msg']}",
+            {"event_id": str(event.get("id", "")) if isinstance(event, dict) else ""},
+        )
         return {"status": "rejected", "reason": "malformed"}
     if parsed.account != account_id:
-        svc.ledger.record_rejection("batch-event", f"event from foreign account {parsed.account}",
-                                    {"event_id": parsed.id})
+        svc.ledger.record_rejection(
+            "batch-event", f"event from foreign account {parsed.account}", {"event_id": parsed.id}
+        )
         return {"status": "rejected", "reason": "foreign account"}
     return apply_job_state(svc, parsed.detail)
 
@@ -90,9 +94,14 @@ def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
         for instance_id in instance_ids:
             svc.ledger.index_instance(instance_id, ref)
     try:
-        svc.ledger.update_attempt(ref.run_id, ref.stage, ref.attempt, condition="#status <> :succeeded AND "
-                                  "#status <> :failed", condition_values={"succeeded": "SUCCEEDED", "failed": "FAILED"},
-                                  **sets)
+        svc.ledger.update_attempt(
+            ref.run_id,
+            ref.stage,
+            ref.attempt,
+            condition="#status <> :succeeded AND #status <> :failed",
+            condition_values={"succeeded": "SUCCEEDED", "failed": "FAILED"},
+            **sets,
+        )
     except LedgerConflict:
         return {"status": "ignored", "reason": "attempt already settled"}
     if detail.status == "RUNNABLE":
@@ -116,10 +125,18 @@ def _adopt(svc: Services, detail: BatchJobDetail) -> JobRef | None:
     if stage is None or stage.attempt != int(attempt_tag) or stage.job_id:
         return None
     capacity = "spot" if detail.job_queue == svc.settings.spot_job_queue else "on-demand"
-    svc.ledger.record_attempt(Attempt(
-        run_id=run_id, stage=stage_name, attempt=stage.attempt, job_id=detail.job_id, queue=detail.job_queue,
-        capacity=capacity, nodes=stage.nodes, submitted_at=format_time(utc_now()),
-    ))
+    svc.ledger.record_attempt(
+        Attempt(
+            run_id=run_id,
+            stage=stage_name,
+            attempt=stage.attempt,
+            job_id=detail.job_id,
+            queue=detail.job_queue,
+            capacity=capacity,
+            nodes=stage.nodes,
+            submitted_at=format_time(utc_now()),
+        )
+    )
     return svc.ledger.find_job(detail.job_id)
 
 
@@ -127,11 +144,16 @@ def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJ
     failure = None if detail.status == "SUCCEEDED" else classify_failure(detail, attempt)
     try:
         attempt = svc.ledger.update_attempt(
-            ref.run_id, ref.stage, ref.attempt,
+            ref.run_id,
+            ref.stage,
+            ref.attempt,
             condition="#status <> :succeeded AND #status <> :failed",
             condition_values={"succeeded": "SUCCEEDED", "failed": "FAILED"},
-            status=detail.status, status_reason=detail.status_reason or "", exit_code=detail.exit_code,
-            failure_class=failure, stopped_at=_epoch_ms(detail.stopped_at) or format_time(utc_now()),
+            status=detail.status,
+            status_reason=detail.status_reason or "",
+            exit_code=detail.exit_code,
+            failure_class=failure,
+            stopped_at=_epoch_ms(detail.stopped_at) or format_time(utc_now()),
             started_at=attempt.started_at or _epoch_ms(detail.started_at),
         )
     except LedgerConflict:
@@ -149,13 +171,26 @@ def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJ
     if failure == FailureClass.CANCELLED_BY_CONTROL_PLANE:
         return {"status": "recorded", "failure_class": failure}
     if failure in RECLAIM_CLASSES:
-        notify(svc, "interrupted", run, stage.stage, f"{detail.status_reason or 'interrupted'} ({failure})",
-               attempt=attempt.attempt)
+        notify(
+            svc,
+            "interrupted",
+            run,
+            stage.stage,
+            f"{detail.status_reason or 'interrupted'} ({failure})",
+            attempt=attempt.attempt,
+        )
         return _resubmit(svc, run, stage, failure, spot_available=False)
     # Application error or timeout: spends the retry budget.
     if stage.app_retries_used >= stage.retry_budget:
-        return _settle(svc, run, stage, "FAILED", attempt, error=f"{failure}: {detail.status_reason or ''} "
-                       f"(exit code {detail.exit_code}) after {stage.app_retries_used} retries")
+        return _settle(
+            svc,
+            run,
+            stage,
+            "FAILED",
+            attempt,
+            error=f"{failure}: {detail.status_reason or ''} "
+            f"(exit code {detail.exit_code}) after {stage.app_retries_used} retries",
+        )
     svc.ledger.update_stage(run.run_id, stage.stage, app_retries_used=stage.app_retries_used + 1)
     return _resubmit(svc, run, stage, failure or "", spot_available=attempt.capacity == "spot")
 
@@ -176,8 +211,9 @@ def _learn_spot(svc: Services, stage: Stage, attempt: Attempt, failure: str | No
 
 def _resubmit(svc: Services, run: Run, stage: Stage, why: str, spot_available: bool) -> dict[str, Any]:
     current = ACTION_OF_CAPACITY.get(stage.capacity or "", Action.IDLE)
-    decision = choose_capacity(svc, run, stage, current=Action.IDLE if not spot_available else current,
-                               spot_available=spot_available)
+    decision = choose_capacity(
+        svc, run, stage, current=Action.IDLE if not spot_available else current, spot_available=spot_available
+    )
     # Waiting (IDLE) for Spot is expressed by queueing on Spot: the job waits RUNNABLE until capacity returns.
     capacity = CAPACITY_OF_ACTION.get(decision.action, "spot")
     placed = place_attempt(svc, run, stage, capacity, f"{why}: {decision.reason}")
@@ -198,8 +234,10 @@ def _settle(svc: Services, run: Run, stage: Stage, status: str, attempt: Attempt
             logger.warning("checkpoint cleanup failed", extra={"run_id": run.run_id, "stage": stage.stage})
     if settled.task_token:
         if status == "SUCCEEDED":
-            svc.sfn.send_task_success(taskToken=settled.task_token, output=json.dumps(
-                {"stage": stage.stage, "job_id": attempt.job_id, "attempt": attempt.attempt}))
+            svc.sfn.send_task_success(
+                taskToken=settled.task_token,
+                output=json.dumps({"stage": stage.stage, "job_id": attempt.job_id, "attempt": attempt.attempt}),
+            )
         else:
             svc.sfn.send_task_failure(taskToken=settled.task_token, error="StageFailed", cause=error[:32768])
     logger.info("stage settled", extra={"run_id": run.run_id, "stage": stage.stage, "status": status})

@@ -16,13 +16,12 @@ reordered events, and two handlers racing, lead to one action.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
-
-import re
 
 from botocore.exceptions import ClientError
 
@@ -170,7 +169,11 @@ class Ledger:
             raise
 
     def _update(
-        self, key: dict[str, str], sets: Mapping[str, Any], removes: tuple[str, ...] = (), condition: str | None = None,
+        self,
+        key: dict[str, str],
+        sets: Mapping[str, Any],
+        removes: tuple[str, ...] = (),
+        condition: str | None = None,
         condition_values: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         # None means "no value": DynamoDB stores absence, not null.
@@ -205,8 +208,11 @@ class Ledger:
         """Writes the run first (its conditional put is the exactly-once gate), then its stages."""
         self._put_new(_run_key(run.run_id), asdict(run))
         for stage in stages:
-            self._table.put_item(Item=_to_dynamo({**_stage_key(run.run_id, stage.stage), **asdict(stage),
-                                                  "expires_at": self._expires_at()}))
+            self._table.put_item(
+                Item=_to_dynamo(
+                    {**_stage_key(run.run_id, stage.stage), **asdict(stage), "expires_at": self._expires_at()}
+                )
+            )
 
     def get_run(self, run_id: str) -> Run | None:
         item = self._table.get_item(Key=_run_key(run_id), ConsistentRead=True).get("Item")
@@ -221,7 +227,9 @@ class Ledger:
         if error:
             sets["error"] = error
         try:
-            self._update(_run_key(run_id), sets, condition="#status = :running", condition_values={"running": "RUNNING"})
+            self._update(
+                _run_key(run_id), sets, condition="#status = :running", condition_values={"running": "RUNNING"}
+            )
             return True
         except LedgerConflict:
             return False
@@ -239,10 +247,19 @@ class Ledger:
 
     def record_rejection(self, source: str, reason: str, detail: Mapping[str, Any]) -> None:
         now = utc_now()
-        self._table.put_item(Item=_to_dynamo({
-            "pk": "REJECTION", "sk": f"{format_time(now)}#{source}", "source": source, "reason": reason,
-            "detail": dict(detail), "rejected_at": format_time(now), "expires_at": self._expires_at(now),
-        }))
+        self._table.put_item(
+            Item=_to_dynamo(
+                {
+                    "pk": "REJECTION",
+                    "sk": f"{format_time(now)}#{source}",
+                    "source": source,
+                    "reason": reason,
+                    "detail": dict(detail),
+                    "rejected_at": format_time(now),
+                    "expires_at": self._expires_at(now),
+                }
+            )
+        )
 
     def list_rejections(self) -> list[dict[str, Any]]:
         items = self._query({"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": "REJECTION"}})
@@ -254,8 +271,15 @@ class Ledger:
         return _record(Stage, item) if item else None
 
     def get_run_items(self, run_id: str) -> tuple[list[Stage], list[Attempt]]:
-        items = list(self._query({"KeyConditionExpression": "pk = :pk",
-                                  "ExpressionAttributeValues": {":pk": f"RUN#{run_id}"}, "ConsistentRead": True}))
+        items = list(
+            self._query(
+                {
+                    "KeyConditionExpression": "pk = :pk",
+                    "ExpressionAttributeValues": {":pk": f"RUN#{run_id}"},
+                    "ConsistentRead": True,
+                }
+            )
+        )
         stages = [_record(Stage, i) for i in items if i["sk"].startswith("STAGE#")]
         attempts = [_record(Attempt, i) for i in items if i["sk"].startswith("ATTEMPT#")]
         return sorted(stages, key=lambda s: s.order), attempts
@@ -264,41 +288,74 @@ class Ledger:
         return _record(Stage, self._update(_stage_key(run_id, stage), sets, removes))  # type: ignore[no-any-return]
 
     def claim_attempt(self, run_id: str, stage: str, expected_attempt: int, **sets: Any) -> Stage:
-        """Moves a stage from `expected_attempt` to the next one; exactly one caller wins (LedgerConflict for others)."""
+        """Moves a stage from `expected_attempt` to the next; exactly one caller wins (others: LedgerConflict)."""
         now = format_time(utc_now())
-        return _record(Stage, self._update(  # type: ignore[no-any-return]
-            _stage_key(run_id, stage),
-            {**sets, "attempt": expected_attempt + 1, "status": "RUNNING", "submitting_since": now,
-             "active": _ACTIVE, "active_sk": f"{run_id}#{stage}"},
-            removes=("job_id",),
-            condition="#attempt = :expected AND #status IN (:pending, :running)",
-            condition_values={"expected": expected_attempt, "pending": "PENDING", "running": "RUNNING"},
-        ))
+        return _record(
+            Stage,
+            self._update(  # type: ignore[no-any-return]
+                _stage_key(run_id, stage),
+                {
+                    **sets,
+                    "attempt": expected_attempt + 1,
+                    "status": "RUNNING",
+                    "submitting_since": now,
+                    "active": _ACTIVE,
+                    "active_sk": f"{run_id}#{stage}",
+                },
+                removes=("job_id",),
+                condition="#attempt = :expected AND #status IN (:pending, :running)",
+                condition_values={"expected": expected_attempt, "pending": "PENDING", "running": "RUNNING"},
+            ),
+        )
 
     def settle_stage(self, run_id: str, stage: str, status: str, attempt: int) -> Stage:
         """Marks a stage SUCCEEDED or FAILED once, for the attempt that settled it."""
-        return _record(Stage, self._update(  # type: ignore[no-any-return]
-            _stage_key(run_id, stage),
-            {"status": status, "settled_at": format_time(utc_now())},
-            removes=("active", "active_sk", "submitting_since", "spot_waiting_since"),
-            condition="#attempt = :attempt AND #status = :running",
-            condition_values={"attempt": attempt, "running": "RUNNING"},
-        ))
+        return _record(
+            Stage,
+            self._update(  # type: ignore[no-any-return]
+                _stage_key(run_id, stage),
+                {"status": status, "settled_at": format_time(utc_now())},
+                removes=("active", "active_sk", "submitting_since", "spot_waiting_since"),
+                condition="#attempt = :attempt AND #status = :running",
+                condition_values={"attempt": attempt, "running": "RUNNING"},
+            ),
+        )
 
     def active_stages(self) -> Iterator[Stage]:
-        for item in self._query({"IndexName": ACTIVE_INDEX, "KeyConditionExpression": "active = :one",
-                                 "ExpressionAttributeValues": {":one": _ACTIVE}}):
+        for item in self._query(
+            {
+                "IndexName": ACTIVE_INDEX,
+                "KeyConditionExpression": "active = :one",
+                "ExpressionAttributeValues": {":one": _ACTIVE},
+            }
+        ):
             yield _record(Stage, item)
 
     # ------------------------------------------------------------------ attempts and jobs
     def record_attempt(self, attempt: Attempt) -> None:
         """The attempt, its job index and the stage's pointer to it (idempotent: same job id, same items)."""
-        self._table.put_item(Item=_to_dynamo({**_attempt_key(attempt.run_id, attempt.stage, attempt.attempt),
-                                              **asdict(attempt), "expires_at": self._expires_at()}))
-        self._table.put_item(Item=_to_dynamo({
-            "pk": f"JOB#{attempt.job_id}", "sk": "JOB", "job_id": attempt.job_id, "run_id": attempt.run_id,
-            "stage": attempt.stage, "attempt": attempt.attempt, "expires_at": self._expires_at(),
-        }))
+        self._table.put_item(
+            Item=_to_dynamo(
+                {
+                    **_attempt_key(attempt.run_id, attempt.stage, attempt.attempt),
+                    **asdict(attempt),
+                    "expires_at": self._expires_at(),
+                }
+            )
+        )
+        self._table.put_item(
+            Item=_to_dynamo(
+                {
+                    "pk": f"JOB#{attempt.job_id}",
+                    "sk": "JOB",
+                    "job_id": attempt.job_id,
+                    "run_id": attempt.run_id,
+                    "stage": attempt.stage,
+                    "attempt": attempt.attempt,
+                    "expires_at": self._expires_at(),
+                }
+            )
+        )
         self._update(
             _stage_key(attempt.run_id, attempt.stage),
             {"job_id": attempt.job_id, "capacity": attempt.capacity, "queue": attempt.queue},
@@ -311,23 +368,42 @@ class Ledger:
         item = self._table.get_item(Key=_attempt_key(run_id, stage, attempt), ConsistentRead=True).get("Item")
         return _record(Attempt, item) if item else None
 
-    def update_attempt(self, run_id: str, stage: str, attempt: int, condition: str | None = None,
-                       condition_values: Mapping[str, Any] | None = None, **sets: Any) -> Attempt:
-        return _record(Attempt, self._update(  # type: ignore[no-any-return]
-            _attempt_key(run_id, stage, attempt), sets, condition=condition, condition_values=condition_values))
+    def update_attempt(
+        self,
+        run_id: str,
+        stage: str,
+        attempt: int,
+        condition: str | None = None,
+        condition_values: Mapping[str, Any] | None = None,
+        **sets: Any,
+    ) -> Attempt:
+        return _record(
+            Attempt,
+            self._update(  # type: ignore[no-any-return]
+                _attempt_key(run_id, stage, attempt), sets, condition=condition, condition_values=condition_values
+            ),
+        )
 
     def find_job(self, job_id: str) -> JobRef | None:
         item = self._table.get_item(Key={"pk": f"JOB#{job_id}", "sk": "JOB"}).get("Item")
         return _record(JobRef, item) if item else None
 
     def index_instance(self, instance_id: str, ref: JobRef) -> None:
-        self._table.put_item(Item=_to_dynamo({
-            "pk": f"INSTANCE#{instance_id}", "sk": f"JOB#{ref.job_id}", **asdict(ref), "expires_at": self._expires_at(),
-        }))
+        self._table.put_item(
+            Item=_to_dynamo(
+                {
+                    "pk": f"INSTANCE#{instance_id}",
+                    "sk": f"JOB#{ref.job_id}",
+                    **asdict(ref),
+                    "expires_at": self._expires_at(),
+                }
+            )
+        )
 
     def jobs_on_instance(self, instance_id: str) -> list[JobRef]:
-        items = self._query({"KeyConditionExpression": "pk = :pk",
-                             "ExpressionAttributeValues": {":pk": f"INSTANCE#{instance_id}"}})
+        items = self._query(
+            {"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": f"INSTANCE#{instance_id}"}}
+        )
         return [_record(JobRef, item) for item in items]
 
     # ------------------------------------------------------------------ notifications
@@ -344,14 +420,18 @@ class Ledger:
         now = format_time(utc_now())
         for entry in entries:
             sk = f"NOTE#{now}#{entry.get('kind')}#{entry.get('channel')}"
-            self._table.put_item(Item=_to_dynamo({"pk": f"RUN#{run_id}", "sk": sk,
-                                                  **entry, "expires_at": self._expires_at()}))
+            self._table.put_item(
+                Item=_to_dynamo({"pk": f"RUN#{run_id}", "sk": sk, **entry, "expires_at": self._expires_at()})
+            )
 
     def run_notifications(self, run_id: str) -> list[dict[str, str]]:
-        items = self._query({"KeyConditionExpression": "pk = :pk AND begins_with(sk, :note)",
-                             "ExpressionAttributeValues": {":pk": f"RUN#{run_id}", ":note": "NOTE#"}})
-        return [{k: v for k, v in _from_dynamo(i).items() if k in ("channel", "kind", "text", "status")}
-                for i in items]
+        items = self._query(
+            {
+                "KeyConditionExpression": "pk = :pk AND begins_with(sk, :note)",
+                "ExpressionAttributeValues": {":pk": f"RUN#{run_id}", ":note": "NOTE#"},
+            }
+        )
+        return [{k: v for k, v in _from_dynamo(i).items() if k in ("channel", "kind", "text", "status")} for i in items]
 
     def _query(self, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
         while True:

@@ -44,20 +44,35 @@ def forget_webhooks() -> None:
 
 
 def notify(
-    svc: Services, kind: str, run: Run, stage: str | None, reason: str, attempt: int | None = None,
+    svc: Services,
+    kind: str,
+    run: Run,
+    stage: str | None,
+    reason: str,
+    attempt: int | None = None,
     **figures: Any,
 ) -> bool:
     """Sends one notification per (run, stage, kind, attempt); False when it was already sent."""
     notification = Notification(
         kind=kind,  # type: ignore[arg-type]
-        run_id=run.run_id, stage=stage, reason=reason, attempt=attempt, deadline_hours=run.deadline_hours,
-        elapsed_hours=round(hours_between(parse_time(run.started_at), utc_now()), 3), **figures,
+        run_id=run.run_id,
+        stage=stage,
+        reason=reason,
+        attempt=attempt,
+        deadline_hours=run.deadline_hours,
+        elapsed_hours=round(hours_between(parse_time(run.started_at), utc_now()), 3),
+        **figures,
     )
     if not svc.ledger.claim_notification(notification.dedupe_key):
         return False
     outcome = deliver_notification(
-        notification, webhook=_webhook(svc), sns_client=svc.sns, topic_arn=svc.settings.notification_topic_arn,
-        sqs_client=svc.sqs, dead_letter_queue_url=svc.settings.notifications_dlq_url, budget_seconds=20.0,
+        notification,
+        webhook=_webhook(svc),
+        sns_client=svc.sns,
+        topic_arn=svc.settings.notification_topic_arn,
+        sqs_client=svc.sqs,
+        dead_letter_queue_url=svc.settings.notifications_dlq_url,
+        budget_seconds=20.0,
     )
     svc.ledger.record_notifications(run.run_id, notification_report_entries(notification, outcome))
     logger.info("notified", extra={"kind": kind, "run_id": run.run_id, "stage": stage, "slack": outcome.slack})

@@ -31,13 +31,27 @@ def finish(svc: Services, payload: dict[str, Any]) -> dict[str, Any]:
     svc.ledger.finish_run(run_id, "SUCCEEDED" if outcome == "succeeded" else "FAILED", error or None)
     run = svc.ledger.get_run(run_id) or run
     report = run_report(svc, run)
-    reason = (f"deadline {'met' if report['deadline_met'] else 'missed'}: {report['finished_hours']:.2f} h of "
-              f"{run.deadline_hours:g} h" if outcome == "succeeded" else error or "a stage failed")
-    notify(svc, outcome, run, None, reason, cost_usd=report["cost_usd"],
-           on_demand_only_cost_usd=report["on_demand_only_cost_usd"], savings_pct=report["savings_pct"],
-           deadline_met=report["deadline_met"])
-    return {k: report[k] for k in ("run_id", "pipeline_status", "cost_usd", "on_demand_only_cost_usd", "savings_pct",
-                                   "deadline_met")}
+    reason = (
+        f"deadline {'met' if report['deadline_met'] else 'missed'}: {report['finished_hours']:.2f} h of "
+        f"{run.deadline_hours:g} h"
+        if outcome == "succeeded"
+        else error or "a stage failed"
+    )
+    notify(
+        svc,
+        outcome,
+        run,
+        None,
+        reason,
+        cost_usd=report["cost_usd"],
+        on_demand_only_cost_usd=report["on_demand_only_cost_usd"],
+        savings_pct=report["savings_pct"],
+        deadline_met=report["deadline_met"],
+    )
+    return {
+        k: report[k]
+        for k in ("run_id", "pipeline_status", "cost_usd", "on_demand_only_cost_usd", "savings_pct", "deadline_met")
+    }
 
 
 def _error_text(error: Any) -> str:

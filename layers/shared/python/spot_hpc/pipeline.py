@@ -58,7 +58,10 @@ def parse_stage_hours(text: str) -> dict[str, float]:
 
 
 def build_run_options(
-    manifest: Mapping[str, Any] | None, metadata: Mapping[str, str], default_deadline_hours: float, default_hpc_nodes: int
+    manifest: Mapping[str, Any] | None,
+    metadata: Mapping[str, str],
+    default_deadline_hours: float,
+    default_hpc_nodes: int,
 ) -> RunOptions:
     raw: dict[str, Any] = {"deadline_hours": default_deadline_hours, "hpc_nodes": default_hpc_nodes}
     if manifest is not None:

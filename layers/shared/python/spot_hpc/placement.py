@@ -58,8 +58,11 @@ def stage_view(svc: Services, run: Run, stage: Stage, now: datetime | None = Non
     remaining_here = stage.compute_hours * (1.0 - done)
     stages, _ = svc.ledger.get_run_items(run.run_id)
     # This stage and those after it share what is left of the run's deadline.
-    work = [(remaining_here if s.stage == stage.stage else s.compute_hours, s.spot_allowed)
-            for s in stages if s.order >= stage.order]
+    work = [
+        (remaining_here if s.stage == stage.stage else s.compute_hours, s.spot_allowed)
+        for s in stages
+        if s.order >= stage.order
+    ]
     budgets = allocate_deadlines(
         hours_left=max(hours_between(now, parse_time(run.deadline_at)), 0.0),
         stages=work,
@@ -100,9 +103,17 @@ def choose_capacity(svc: Services, run: Run, stage: Stage, current: Action, spot
         stats=stats,
         spot_allowed=stage.spot_allowed,
     )
-    logger.info("policy decision", extra={"run_id": run.run_id, "stage": stage.stage, "action": decision.action.value,
-                                          "reason": decision.reason, "hours_left": view.hours_left,
-                                          "remaining_hours": view.remaining_hours})
+    logger.info(
+        "policy decision",
+        extra={
+            "run_id": run.run_id,
+            "stage": stage.stage,
+            "action": decision.action.value,
+            "reason": decision.reason,
+            "hours_left": view.hours_left,
+            "remaining_hours": view.remaining_hours,
+        },
+    )
     return decision
 
 
@@ -124,9 +135,12 @@ def place_attempt(svc: Services, run: Run, stage: Stage, capacity: str, reason: 
     if stage.stage == "hpc" and not stage.spot_allowed:
         capacity = "on-demand"  # AWS Batch runs no multi-node parallel job on Spot
     try:
-        claimed = svc.ledger.claim_attempt(run.run_id, stage.stage, stage.attempt,
-                                           checkpoint_uri=checkpoint_uri(svc.settings.ingest_bucket, run.run_id,
-                                                                         stage.stage))
+        claimed = svc.ledger.claim_attempt(
+            run.run_id,
+            stage.stage,
+            stage.attempt,
+            checkpoint_uri=checkpoint_uri(svc.settings.ingest_bucket, run.run_id, stage.stage),
+        )
     except LedgerConflict:
         logger.info("placement already claimed", extra={"run_id": run.run_id, "stage": stage.stage})
         return None
@@ -163,8 +177,10 @@ def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason:
         try:
             job_id = svc.batch.submit(request)
         except ClientError:
-            logger.exception("SubmitJob failed; the SLA guard will retry the claimed attempt",
-                             extra={"run_id": run.run_id, "stage": stage.stage})
+            logger.exception(
+                "SubmitJob failed; the SLA guard will retry the claimed attempt",
+                extra={"run_id": run.run_id, "stage": stage.stage},
+            )
             raise
     attempt = Attempt(
         run_id=run.run_id,
@@ -182,8 +198,17 @@ def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason:
     )
     svc.ledger.record_attempt(attempt)
     svc.ledger.update_stage(run.run_id, stage.stage, removes=("spot_waiting_since",))
-    logger.info("placed", extra={"run_id": run.run_id, "stage": stage.stage, "attempt": stage.attempt,
-                                 "capacity": capacity, "job_id": job_id, "reason": reason})
+    logger.info(
+        "placed",
+        extra={
+            "run_id": run.run_id,
+            "stage": stage.stage,
+            "attempt": stage.attempt,
+            "capacity": capacity,
+            "job_id": job_id,
+            "reason": reason,
+        },
+    )
     return attempt
 
 

@@ -28,18 +28,32 @@ def build_run_report(
             started, stopped = _hours(run, attempt.started_at), _hours(run, attempt.stopped_at)
             billing = cost.Attempt(attempt.capacity, attempt.nodes, started, stopped, attempt.usd_per_hour)  # type: ignore[arg-type]
             billed.append(billing)
-            rows.append({
-                "job_id": attempt.job_id, "queue": attempt.queue, "capacity": attempt.capacity, "nodes": attempt.nodes,
-                "status": attempt.status, "status_reason": attempt.status_reason or "", "exit_code": attempt.exit_code,
-                "failure_class": attempt.failure_class, "started_hours": started, "stopped_hours": stopped,
-                "resumed_from_checkpoint": attempt.resumed_from_checkpoint,
-                "usd_per_hour": round(attempt.usd_per_hour, 6),
-                "cost_usd": cost.attempt_cost_usd(billing, now_hours),
-            })
-        stage_reports.append({
-            "name": stage.stage, "status": stage.status, "attempts": rows, "compute_hours": stage.compute_hours,
-            "on_demand_usd_per_hour": on_demand_usd_per_hour.get(stage.stage, 0.0),
-        })
+            rows.append(
+                {
+                    "job_id": attempt.job_id,
+                    "queue": attempt.queue,
+                    "capacity": attempt.capacity,
+                    "nodes": attempt.nodes,
+                    "status": attempt.status,
+                    "status_reason": attempt.status_reason or "",
+                    "exit_code": attempt.exit_code,
+                    "failure_class": attempt.failure_class,
+                    "started_hours": started,
+                    "stopped_hours": stopped,
+                    "resumed_from_checkpoint": attempt.resumed_from_checkpoint,
+                    "usd_per_hour": round(attempt.usd_per_hour, 6),
+                    "cost_usd": cost.attempt_cost_usd(billing, now_hours),
+                }
+            )
+        stage_reports.append(
+            {
+                "name": stage.stage,
+                "status": stage.status,
+                "attempts": rows,
+                "compute_hours": stage.compute_hours,
+                "on_demand_usd_per_hour": on_demand_usd_per_hour.get(stage.stage, 0.0),
+            }
+        )
     plans = [cost.StagePlan(s.stage, s.compute_hours, on_demand_usd_per_hour.get(s.stage, 0.0)) for s in stages]
     settled = cost.settle_run(billed, plans, now_hours)
     finished = _hours(run, run.finished_at)
