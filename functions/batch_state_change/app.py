@@ -3,10 +3,10 @@
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from spot_hpc.aws import account_of
 from spot_hpc.job_events import on_job_state_change
+from spot_hpc.metrics import record_event_outcome
 from spot_hpc.services import Services
 
 logger = Logger()
@@ -20,8 +20,5 @@ services = Services.from_environ()  # environment validated at cold start
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     result = on_job_state_change(services, event, account_of(context.invoked_function_arn))
-    if result.get("failure_class"):
-        metrics.add_metric(name="JobFailures", unit=MetricUnit.Count, value=1)
-    if result.get("status") == "resubmitted":
-        metrics.add_metric(name="Resubmissions", unit=MetricUnit.Count, value=1)
+    record_event_outcome(metrics, result)
     return result

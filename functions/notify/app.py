@@ -4,6 +4,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from spot_hpc.metrics import record_settled_run
 from spot_hpc.outcome import finish
 from spot_hpc.services import Services
 
@@ -17,4 +18,7 @@ services = Services.from_environ()  # environment validated at cold start
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return finish(services, event)
+    settlement = finish(services, event)
+    if settlement.first_time:
+        record_settled_run(metrics, settlement.report)
+    return settlement.summary()

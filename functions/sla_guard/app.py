@@ -3,9 +3,9 @@
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from spot_hpc.guard import run_guard
+from spot_hpc.metrics import record_event_outcome
 from spot_hpc.services import Services
 
 logger = Logger()
@@ -19,5 +19,5 @@ services = Services.from_environ()  # environment validated at cold start
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     result = run_guard(services)
-    metrics.add_metric(name="ActiveStages", unit=MetricUnit.Count, value=result["active_stages"])
+    record_event_outcome(metrics, result)
     return result

@@ -3,10 +3,10 @@
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from spot_hpc.aws import account_of
 from spot_hpc.interruptions import on_spot_signal
+from spot_hpc.metrics import record_event_outcome
 from spot_hpc.services import Services
 
 logger = Logger()
@@ -20,9 +20,5 @@ services = Services.from_environ()  # environment validated at cold start
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     result = on_spot_signal(services, event, account_of(context.invoked_function_arn))
-    if result.get("reason") == "not this stack's instance":
-        metrics.add_metric(name="ForeignInstanceSignals", unit=MetricUnit.Count, value=1)
-    for job in result.get("jobs", []):
-        if job["action"] == "requeued":
-            metrics.add_metric(name="RequeuesToOnDemand", unit=MetricUnit.Count, value=1)
+    record_event_outcome(metrics, result)
     return result

@@ -12,14 +12,13 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("demo", help="run one pipeline offline and print its timeline and cost")
     parser.add_argument("--trace", type=Path, help="Spot availability trace (default: a p3.2xlarge us-east-1a trace)")
-    parser.add_argument("--start-hour", type=float, default=75.0, help="hour of the trace the run starts at")
-    parser.add_argument("--deadline-hours", type=float, default=12.0)
+    parser.add_argument("--start-hour", type=float, help="hour of the trace the run starts at (default 75)")
+    parser.add_argument("--deadline-hours", type=float, help="the run's deadline (default 12)")
     parser.add_argument(
         "--stage-hours",
-        default="preprocess=2,hpc=4,postprocess=1",
-        help="compute each stage needs on one uninterrupted attempt",
+        help="compute each stage needs on one uninterrupted attempt (default preprocess=2,hpc=4,postprocess=1)",
     )
-    parser.add_argument("--hpc-nodes", type=int, default=2)
+    parser.add_argument("--hpc-nodes", type=int, help="nodes of the multi-node HPC stage (default 2)")
     parser.add_argument("--json", type=Path, help="write the run report here")
     parser.set_defaults(func=run)
 
@@ -30,32 +29,19 @@ def run(args: argparse.Namespace) -> int:
     from spotctl.cli import ToolError
     from spotctl.offline.batch_emulator import TraceError
     from spotctl.offline.demo import DemoOptions, format_summary, run_demo
-    from spotctl.offline.runtime import DEFAULT_TRACE
     from spotctl.offline.stack import TemplateError
 
-    if not 0 < args.deadline_hours <= 24 * 365:
-        raise ToolError(f"--deadline-hours must be a positive number of hours, not {args.deadline_hours}")
-    if args.hpc_nodes < 2:
-        raise ToolError("--hpc-nodes: a multi-node parallel job needs at least 2 nodes")
-    try:
-        stage_hours = parse_stage_hours(args.stage_hours)
-    except InvalidRunOptions as exc:
-        raise ToolError(f"--stage-hours: {exc}") from exc
-    unknown = set(stage_hours) - {"preprocess", "hpc", "postprocess"}
-    if unknown or any(h <= 0 for h in stage_hours.values()):
-        raise ToolError(
-            f"--stage-hours: stages are preprocess, hpc, postprocess with positive hours ({args.stage_hours})"
-        )
-    options = DemoOptions(
-        trace=args.trace or DEFAULT_TRACE,
-        start_hour=args.start_hour,
-        deadline_hours=args.deadline_hours,
-        stage_hours=stage_hours,
-        hpc_nodes=args.hpc_nodes,
-    )
+    options = DemoOptions()
+    for name in ("trace", "start_hour", "deadline_hours", "hpc_nodes"):
+        if getattr(args, name) is not None:
+            setattr(options, name, getattr(args, name))
     started = time.monotonic()
     try:
+        if args.stage_hours is not None:
+            options.stage_hours = {**options.stage_hours, **parse_stage_hours(args.stage_hours)}
         report, timeline = run_demo(options)
+    except InvalidRunOptions as exc:
+        raise ToolError(f"invalid run options: {exc}") from exc
     except (TraceError, TemplateError) as exc:
         raise ToolError(str(exc)) from exc
     print(format_summary(report, timeline))

@@ -1,6 +1,7 @@
 """Everything moto does not do the way AWS does, filled in one place. Each adapter says what AWS does there.
 
-Installed once per embedded AWS by `install(...)`; each has a test under tests/integration/test_offline_adapters.py.
+The runtime (runtime.py) installs them around one embedded AWS and removes them after; each has a test under
+tests/integration/test_offline_adapters.py.
 """
 
 from __future__ import annotations
@@ -309,7 +310,10 @@ def install_price_book_adapter(data_dir: Path) -> Callable[[], None]:
 
     original = services.make_aws_price_book
     book = DataFilePriceBook.from_data_dir(data_dir)
-    services.make_aws_price_book = lambda session, region, spot_advisor=None: book  # type: ignore[assignment,misc]
+    def offline_price_book(session: Any, region: str, spot_advisor: Any = None) -> DataFilePriceBook:
+        return book
+
+    services.make_aws_price_book = offline_price_book  # type: ignore[assignment]
 
     def uninstall() -> None:
         services.make_aws_price_book = original  # type: ignore[assignment]

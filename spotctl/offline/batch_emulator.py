@@ -150,7 +150,7 @@ class BatchEmulator:
         self,
         trace: SpotTrace,
         stage_hours: dict[str, float],
-        emit: Callable[[dict[str, Any]], None],
+        emit: Callable[[dict[str, Any]], object],
         now: Callable[[], datetime],
         checkpoint_interval: timedelta = timedelta(minutes=30),
     ) -> None:

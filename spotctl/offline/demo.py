@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
+from spot_hpc.pipeline import build_run_options
 
 from spotctl.offline.eventbus import REGION
 from spotctl.offline.runtime import DEFAULT_TRACE, OfflineControlPlane
@@ -18,11 +19,21 @@ SAMPLE_CSV = b"sample_id,temperature,pressure\n1,293.1,101.3\n2,294.7,101.1\n3,2
 
 @dataclass
 class DemoOptions:
+    """One demo run; the defaults are `make demo`'s (Spot capacity drops 46 minutes into hour 75 of the trace)."""
+
     trace: Path = DEFAULT_TRACE
     start_hour: float = 75.0
     deadline_hours: float = 12.0
-    stage_hours: dict[str, float] | None = None
+    stage_hours: dict[str, float] = field(default_factory=lambda: {"preprocess": 2.0, "hpc": 4.0, "postprocess": 1.0})
     hpc_nodes: int = 2
+
+    def upload_metadata(self) -> dict[str, str]:
+        """The object metadata the demo upload carries (what a user would set with `aws s3 cp --metadata`)."""
+        return {
+            "deadline-hours": f"{self.deadline_hours:g}",
+            "hpc-nodes": str(self.hpc_nodes),
+            "stage-hours": ",".join(f"{k}={v:g}" for k, v in self.stage_hours.items()),
+        }
 
 
 def control_plane_services(plane: OfflineControlPlane) -> Any:
@@ -37,15 +48,14 @@ def control_plane_services(plane: OfflineControlPlane) -> Any:
 
 
 def run_demo(options: DemoOptions) -> tuple[dict[str, Any], list[str]]:
-    """Returns the run report (the design's contract) and a readable timeline."""
+    """Returns the run report (the design's contract) and a readable timeline.
+
+    The options go through the control plane's own validation first (InvalidRunOptions says what is wrong).
+    """
     from spot_hpc.outcome import run_report
 
-    stage_hours = {"preprocess": 2.0, "hpc": 4.0, "postprocess": 1.0, **(options.stage_hours or {})}
-    metadata = {
-        "deadline-hours": f"{options.deadline_hours:g}",
-        "hpc-nodes": str(options.hpc_nodes),
-        "stage-hours": ",".join(f"{k}={v:g}" for k, v in stage_hours.items()),
-    }
+    metadata = options.upload_metadata()
+    stage_hours = build_run_options(None, metadata, options.deadline_hours, options.hpc_nodes).stage_hours
     handler_output = io.StringIO()
     with (
         OfflineControlPlane(trace=options.trace, start_hour=options.start_hour, stage_hours=stage_hours) as plane,

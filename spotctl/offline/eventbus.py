@@ -8,9 +8,10 @@ or Step Functions target; this bus does, in-process, and dead-letters an event w
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import boto3
@@ -60,12 +61,25 @@ def make_event(
     }
 
 
+_RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+
+
+def schedule_period(expression: str) -> timedelta:
+    """The period of a `rate(...)` schedule. Offline time is virtual, so cron schedules are not emulated."""
+    match = _RATE.match(expression.strip())
+    if not match:
+        raise ValueError(f"schedule {expression!r}: only rate(...) schedules are emulated offline")
+    value, unit = int(match.group(1)), match.group(2).rstrip("s")
+    return timedelta(**{f"{unit}s": value})
+
+
 class EventBus:
     def __init__(self) -> None:
         self._lambda = boto3.client("lambda", region_name=REGION)
         self._sfn = boto3.client("stepfunctions", region_name=REGION)
         self._sqs = boto3.client("sqs", region_name=REGION)
         self.deliveries: list[Delivery] = []
+        self._next_fire: dict[str, datetime] = {}
 
     def _rules(self) -> list[Any]:
         from moto.events.models import events_backends
@@ -83,13 +97,19 @@ class EventBus:
         self.deliveries.extend(delivered)
         return delivered
 
-    def fire_schedules(self) -> list[Delivery]:
-        """One tick of every scheduled rule (the runtime calls it on its virtual clock's schedule)."""
-        delivered = []
+    def fire_due_schedules(self, now: datetime) -> list[Delivery]:
+        """Fires every scheduled rule whose rate has come round on the (virtual) clock since it last fired."""
+        delivered: list[Delivery] = []
         for rule in self._rules():
-            if rule.state == "ENABLED" and rule.scheduled_expression:
-                event = make_event("aws.events", "Scheduled Event", {}, [rule.arn])
+            if rule.state != "ENABLED" or not rule.scheduled_expression:
+                continue
+            period = schedule_period(rule.scheduled_expression)
+            due = self._next_fire.setdefault(rule.name, now + period)
+            while due <= now:
+                event = make_event("aws.events", "Scheduled Event", {}, [rule.arn], time=due)
                 delivered.extend(self._deliver(rule.name, target, event) for target in rule.targets)
+                due += period
+            self._next_fire[rule.name] = due
         self.deliveries.extend(delivered)
         return delivered
 

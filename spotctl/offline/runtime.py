@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -28,7 +27,6 @@ from spotctl.offline.webhook_sink import WebhookSink
 DEFAULT_TEMPLATE = REPO_ROOT / "template.yaml"
 DEFAULT_TRACE = REPO_ROOT / "data/spot-traces/availability/1-node/aws-02-15-2023/us-east-1a_v100_1.json"
 VIRTUAL_EPOCH = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)
-GUARD_PERIOD = timedelta(minutes=5)  # the template's SLA guard schedule
 # Execution history events after which an execution waits on the outside world (a task token, or nothing).
 _WAITING_EVENTS = {"TaskSubmitted", "ExecutionSucceeded", "ExecutionFailed", "ExecutionAborted", "ExecutionTimedOut"}
 
@@ -222,13 +220,11 @@ class OfflineControlPlane:
         delta = timedelta(minutes=minutes)
         now = self.clock.advance(delta)
         self.batch.advance(now, delta)
-        if int((now - self.clock.start).total_seconds()) % int(GUARD_PERIOD.total_seconds()) == 0:
-            self.bus.fire_schedules()
+        if self.bus.fire_due_schedules(now):
             self.settle()
 
     def run_until_settled(self, max_hours: float, step_minutes: float = 1.0) -> str:
         """Advances virtual time until every execution has ended (or `max_hours` pass); returns the last status."""
-        threading.current_thread().name = "offline-clock"
         while self.clock.hours < max_hours:
             executions = self.executions()
             if executions and all(e["status"] != "RUNNING" for e in executions):

@@ -11,11 +11,16 @@ from typing import Any
 
 from spot_hpc.clock import parse_time, utc_now
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail
-from spot_hpc.interruptions import REQUEUE
 from spot_hpc.job_events import apply_job_state
-from spot_hpc.ledger import LedgerConflict, Run, Stage
+from spot_hpc.ledger import Run, Stage
 from spot_hpc.notifier import notify
-from spot_hpc.placement import choose_capacity, place_attempt, request_checkpoint, stage_view, submit_claimed
+from spot_hpc.placement import (
+    choose_capacity,
+    request_checkpoint,
+    requeue_to_on_demand,
+    stage_view,
+    submit_claimed,
+)
 from spot_hpc.policy import Action
 from spot_hpc.services import Services
 
@@ -67,14 +72,14 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
     waiting = stage.spot_waiting_since and now - parse_time(stage.spot_waiting_since) > timedelta(
         minutes=svc.settings.spot_wait_signal_minutes
     )
+    view = stage_view(svc, run, stage)
     if detail.status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING"):
         if not waiting:
             return None
         # Stuck RUNNABLE on the Spot queue: there is no Spot capacity for it.
-        decision = choose_capacity(svc, run, stage, current=Action.IDLE, spot_available=False)
+        decision = choose_capacity(svc, run, stage, current=Action.IDLE, spot_available=False, view=view)
     else:
-        decision = choose_capacity(svc, run, stage, current=Action.SPOT, spot_available=True)
-    view = stage_view(svc, run, stage)
+        decision = choose_capacity(svc, run, stage, current=Action.SPOT, spot_available=True, view=view)
     if view.hours_left - view.remaining_hours < 2 * svc.settings.changeover_hours and not stage.sla_at_risk_notified:
         svc.ledger.update_stage(run.run_id, stage.stage, sla_at_risk_notified=True)
         notify(
@@ -86,24 +91,7 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
         )
     if decision.action != Action.ON_DEMAND:
         return None
-    return _requeue(svc, run, stage, detail, decision.reason)
-
-
-def _requeue(svc: Services, run: Run, stage: Stage, job: BatchJobDetail, reason: str) -> str | None:
-    try:
-        svc.ledger.update_attempt(
-            run.run_id,
-            stage.stage,
-            stage.attempt,
-            condition="attribute_not_exists(cancel_reason)",
-            cancel_reason=REQUEUE,
-        )
-    except LedgerConflict:
-        return None
-    if job.status == "RUNNING":
-        request_checkpoint(svc, stage, f"requeue to On-Demand: {reason}")
-    placed = place_attempt(svc, run, stage, "on-demand", reason)
-    svc.batch.terminate(job.job_id, "spot-hpc: requeued to On-Demand (deadline at risk)")
-    if placed:
-        notify(svc, "requeued", run, stage.stage, reason, attempt=placed.attempt)
-    return "requeued to On-Demand"
+    if detail.status == "RUNNING":
+        request_checkpoint(svc, stage, f"requeue to On-Demand: {decision.reason}")
+    placed = requeue_to_on_demand(svc, run, stage, detail.job_id, decision.reason)
+    return "requeued to On-Demand" if placed else None

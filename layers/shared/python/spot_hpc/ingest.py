@@ -8,10 +8,10 @@ from datetime import timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
-from pydantic import ValidationError
 
 from spot_hpc.clock import format_time, utc_now
 from spot_hpc.events import S3EventNotificationEventBridgeModel
+from spot_hpc.intake import Rejected, parse_event, reject
 from spot_hpc.ledger import LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify
 from spot_hpc.pipeline import INGEST_PREFIX, InvalidRunOptions, build_run_options, manifest_key, run_id_for, stage_specs
@@ -21,18 +21,11 @@ logger = logging.getLogger(__name__)
 MAX_MANIFEST_BYTES = 64 * 1024
 
 
-class Rejected(Exception):
-    """An upload the control plane will not run; recorded in the ledger and notified, never dropped."""
-
-
 def start_pipeline(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, Any]:
     try:
         return _start(svc, event, account_id)
     except Rejected as exc:
-        source = _describe_source(event)
-        svc.ledger.record_rejection(source, str(exc), {"event_id": str(event.get("id", "")), "source": source})
-        logger.warning("upload rejected", extra={"source": source, "reason": str(exc)})
-        return {"status": "rejected", "reason": str(exc), "source": source}
+        return reject(svc, _describe_source(event), str(exc), event)
 
 
 def _describe_source(event: dict[str, Any]) -> str:
@@ -45,15 +38,7 @@ def _describe_source(event: dict[str, Any]) -> str:
 
 
 def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, Any]:
-    try:
-        parsed = S3EventNotificationEventBridgeModel.model_validate(event)
-    except ValidationError as exc:
-        raise Rejected(
-            f"not an S3 Object Created event: {exc.error_count()} problem(s): "
-            f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
-        ) from exc
-    if parsed.account != account_id:
-        raise Rejected(f"event from account {parsed.account}, not this stack's account")
+    parsed = parse_event(S3EventNotificationEventBridgeModel, event, account_id)
     bucket, obj = parsed.detail.bucket.name, parsed.detail.object
     if bucket != svc.settings.ingest_bucket:
         raise Rejected(f"bucket {bucket} is not this stack's ingest bucket")

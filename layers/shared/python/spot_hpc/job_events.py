@@ -12,15 +12,22 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
 from spot_checkpoint import EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT
 from spot_checkpoint.store import CheckpointStore
 
-from spot_hpc.clock import format_time, utc_now
+from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail, BatchJobStateChangeEvent
+from spot_hpc.intake import Rejected, parse_event, reject
 from spot_hpc.ledger import Attempt, JobRef, LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify
-from spot_hpc.placement import ACTION_OF_CAPACITY, CAPACITY_OF_ACTION, choose_capacity, place_attempt
+from spot_hpc.placement import (
+    ACTION_OF_CAPACITY,
+    CAPACITY_OF_ACTION,
+    choose_capacity,
+    end_spot_wait,
+    place_attempt,
+    spot_stats,
+)
 from spot_hpc.policy import Action
 from spot_hpc.run_report import RECLAIM_CLASSES
 from spot_hpc.services import Services
@@ -56,19 +63,9 @@ def classify_failure(detail: BatchJobDetail, attempt: Attempt) -> str:
 
 def on_job_state_change(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, Any]:
     try:
-        parsed = BatchJobStateChangeEvent.model_validate(event)
-    except ValidationError as exc:
-        svc.ledger.record_rejection(
-            "batch-event",
-            f"malformed Batch Job State Change: {exc.errors()[0]['msg']}",
-            {"event_id": str(event.get("id", "")) if isinstance(event, dict) else ""},
-        )
-        return {"status": "rejected", "reason": "malformed"}
-    if parsed.account != account_id:
-        svc.ledger.record_rejection(
-            "batch-event", f"event from foreign account {parsed.account}", {"event_id": parsed.id}
-        )
-        return {"status": "rejected", "reason": "foreign account"}
+        parsed = parse_event(BatchJobStateChangeEvent, event, account_id)
+    except Rejected as exc:
+        return reject(svc, "batch-event", str(exc), event)
     return apply_job_state(svc, parsed.detail)
 
 
@@ -94,21 +91,23 @@ def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
         for instance_id in instance_ids:
             svc.ledger.index_instance(instance_id, ref)
     try:
-        svc.ledger.update_attempt(
-            ref.run_id,
-            ref.stage,
-            ref.attempt,
-            condition="#status <> :succeeded AND #status <> :failed",
-            condition_values={"succeeded": "SUCCEEDED", "failed": "FAILED"},
-            **sets,
-        )
+        svc.ledger.update_open_attempt(ref.run_id, ref.stage, ref.attempt, **sets)
     except LedgerConflict:
         return {"status": "ignored", "reason": "attempt already settled"}
-    if detail.status == "RUNNABLE":
-        stage = svc.ledger.get_stage(ref.run_id, ref.stage)
-        if stage and stage.capacity == "spot" and not stage.spot_waiting_since:
-            svc.ledger.update_stage(ref.run_id, ref.stage, spot_waiting_since=format_time(utc_now()))
+    if attempt.capacity == "spot" and detail.status in ("RUNNABLE", "RUNNING"):
+        _track_spot_wait(svc, ref, detail.status)
     return {"status": "recorded", "job_status": detail.status}
+
+
+def _track_spot_wait(svc: Services, ref: JobRef, status: str) -> None:
+    """A Spot job waits RUNNABLE while there is no capacity: the wait, once over, teaches the stage's statistics."""
+    stage = svc.ledger.get_stage(ref.run_id, ref.stage)
+    if stage is None:
+        return
+    if status == "RUNNABLE" and not stage.spot_waiting_since:
+        svc.ledger.update_stage(ref.run_id, ref.stage, spot_waiting_since=format_time(utc_now()))
+    elif status == "RUNNING":
+        end_spot_wait(svc, stage)
 
 
 def _epoch_ms(value: int | None) -> str | None:
@@ -143,12 +142,10 @@ def _adopt(svc: Services, detail: BatchJobDetail) -> JobRef | None:
 def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJobDetail) -> dict[str, Any]:
     failure = None if detail.status == "SUCCEEDED" else classify_failure(detail, attempt)
     try:
-        attempt = svc.ledger.update_attempt(
+        attempt = svc.ledger.update_open_attempt(
             ref.run_id,
             ref.stage,
             ref.attempt,
-            condition="#status <> :succeeded AND #status <> :failed",
-            condition_values={"succeeded": "SUCCEEDED", "failed": "FAILED"},
             status=detail.status,
             status_reason=detail.status_reason or "",
             exit_code=detail.exit_code,
@@ -199,10 +196,7 @@ def _learn_spot(svc: Services, stage: Stage, attempt: Attempt, failure: str | No
     """Feeds what the attempt saw of Spot into the stage's online statistics."""
     if attempt.capacity != "spot" or not attempt.started_at or not attempt.stopped_at:
         return
-    from spot_hpc.clock import hours_between, parse_time
-    from spot_hpc.policy import SpotStats
-
-    stats = SpotStats.from_dict(stage.spot_stats) if stage.spot_stats else SpotStats.with_prior(None)
+    stats = spot_stats(stage)
     stats.observe(True, hours_between(parse_time(attempt.started_at), parse_time(attempt.stopped_at)))
     if failure in RECLAIM_CLASSES:
         stats.observe(False, 0.0)

@@ -28,6 +28,8 @@ from botocore.exceptions import ClientError
 from spot_hpc.clock import format_time, utc_now
 
 ACTIVE_INDEX = "active-stages"
+# An attempt's cancel_reason when the control plane replaced it by an On-Demand one.
+CANCEL_REQUEUE = "requeue_to_on_demand"
 # Attributes that go to the sparse index; removed when a stage settles.
 _ACTIVE = "1"
 
@@ -236,7 +238,7 @@ class Ledger:
 
     def list_runs(self) -> list[Run]:
         """Every run (reporting only: a scan, paginated; the handlers never call it)."""
-        runs = []
+        runs: list[Run] = []
         kwargs: dict[str, Any] = {"FilterExpression": "sk = :run", "ExpressionAttributeValues": {":run": "RUN"}}
         while True:
             page = self._table.scan(**kwargs)
@@ -382,6 +384,17 @@ class Ledger:
             self._update(  # type: ignore[no-any-return]
                 _attempt_key(run_id, stage, attempt), sets, condition=condition, condition_values=condition_values
             ),
+        )
+
+    def update_open_attempt(self, run_id: str, stage: str, attempt: int, **sets: Any) -> Attempt:
+        """Updates an attempt that has not ended yet; LedgerConflict once it has (a late or repeated event)."""
+        return self.update_attempt(
+            run_id,
+            stage,
+            attempt,
+            condition="#status <> :succeeded AND #status <> :failed",
+            condition_values={"succeeded": "SUCCEEDED", "failed": "FAILED"},
+            **sets,
         )
 
     def find_job(self, job_id: str) -> JobRef | None:

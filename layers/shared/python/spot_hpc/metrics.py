@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from spot_hpc.cost import attempts_from_report, stage_wall_hours
+from spot_hpc.intake import NOT_THIS_STACKS_INSTANCE
 
 NAMESPACE = "SpotHpc"
 # Powertools' `service` dimension; the template sets POWERTOOLS_SERVICE_NAME to the same value.
@@ -36,6 +37,11 @@ SAVINGS_USD = "SavingsUsd"
 SAVINGS_PERCENT = "SavingsPercent"
 # Per stage (dimension Stage): first attempt's start to last attempt's stop, waits included.
 STAGE_DURATION_SECONDS = "StageDurationSeconds"
+
+# Per handled event (the settled-run figures above are counted from the ledger instead).
+REJECTED_INPUTS = "RejectedInputs"  # malformed events, foreign accounts, bad uploads: recorded in the ledger too
+FOREIGN_INSTANCE_SIGNALS = "ForeignInstanceSignals"  # Spot signals for instances running none of our jobs
+ACTIVE_STAGES = "ActiveStages"  # what the SLA guard looked after on one run
 
 # How Batch reports a job whose host went away (Spot reclaim or host failure).
 RECLAIM_REASON_PREFIX = "Host EC2"
@@ -101,3 +107,15 @@ def record_settled_run(metrics: Any, run_report: Mapping[str, Any]) -> None:
             default_dimensions={SERVICE_DIMENSION: getattr(metrics, "service", None) or SERVICE},
         ) as metric:
             metric.add_dimension(name=STAGE_DIMENSION, value=str(stage["name"]))
+
+
+def record_event_outcome(metrics: Any, result: Mapping[str, Any]) -> None:
+    """Counts what a handler refused or ignored; every other figure is counted once, when its run settles."""
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    if result.get("status") == "rejected":
+        metrics.add_metric(name=REJECTED_INPUTS, unit=MetricUnit.Count, value=1)
+    if result.get("reason") == NOT_THIS_STACKS_INSTANCE:
+        metrics.add_metric(name=FOREIGN_INSTANCE_SIGNALS, unit=MetricUnit.Count, value=1)
+    if "active_stages" in result:
+        metrics.add_metric(name=ACTIVE_STAGES, unit=MetricUnit.Count, value=int(result["active_stages"]))

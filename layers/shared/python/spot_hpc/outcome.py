@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from spot_hpc.ledger import Run
@@ -20,7 +21,20 @@ def run_report(svc: Services, run: Run) -> dict[str, Any]:
     return report
 
 
-def finish(svc: Services, payload: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Settlement:
+    report: dict[str, Any]
+    # False when the run was already settled (the state machine retried the notify task): count it once.
+    first_time: bool
+
+    def summary(self) -> dict[str, Any]:
+        return {k: self.report[k] for k in SUMMARY_FIELDS}
+
+
+SUMMARY_FIELDS = ("run_id", "pipeline_status", "cost_usd", "on_demand_only_cost_usd", "savings_pct", "deadline_met")
+
+
+def finish(svc: Services, payload: dict[str, Any]) -> Settlement:
     run_id, outcome = str(payload.get("run_id", "")), payload.get("outcome")
     if outcome not in ("succeeded", "failed"):
         raise ValueError(f"outcome must be succeeded or failed, not {outcome!r}")
@@ -28,7 +42,7 @@ def finish(svc: Services, payload: dict[str, Any]) -> dict[str, Any]:
     if run is None:
         raise ValueError(f"run {run_id!r} is not in the ledger")
     error = _error_text(payload.get("error"))
-    svc.ledger.finish_run(run_id, "SUCCEEDED" if outcome == "succeeded" else "FAILED", error or None)
+    first_time = svc.ledger.finish_run(run_id, "SUCCEEDED" if outcome == "succeeded" else "FAILED", error or None)
     run = svc.ledger.get_run(run_id) or run
     report = run_report(svc, run)
     reason = (
@@ -48,10 +62,7 @@ def finish(svc: Services, payload: dict[str, Any]) -> dict[str, Any]:
         savings_pct=report["savings_pct"],
         deadline_met=report["deadline_met"],
     )
-    return {
-        k: report[k]
-        for k in ("run_id", "pipeline_status", "cost_usd", "on_demand_only_cost_usd", "savings_pct", "deadline_met")
-    }
+    return Settlement(report, first_time)
 
 
 def _error_text(error: Any) -> str:

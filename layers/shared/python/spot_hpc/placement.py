@@ -16,7 +16,8 @@ from spot_checkpoint.store import CheckpointStore, progress
 
 from spot_hpc.batch import JobRequest
 from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
-from spot_hpc.ledger import Attempt, LedgerConflict, Run, Stage
+from spot_hpc.ledger import CANCEL_REQUEUE, Attempt, LedgerConflict, Run, Stage
+from spot_hpc.notifier import notify
 from spot_hpc.pipeline import job_name
 from spot_hpc.policy import Action, Decision, SpotStats, allocate_deadlines, decide
 from spot_hpc.services import Services
@@ -89,18 +90,36 @@ def node_price(svc: Services, capacity: str, stage: Stage) -> float:
         return 0.0
 
 
-def choose_capacity(svc: Services, run: Run, stage: Stage, current: Action, spot_available: bool) -> Decision:
-    view = stage_view(svc, run, stage)
-    stats = SpotStats.from_dict(stage.spot_stats) if stage.spot_stats else SpotStats.with_prior(None)
+def spot_stats(stage: Stage) -> SpotStats:
+    """What the stage has learnt of Spot so far (the worst Spot Advisor bucket as the prior)."""
+    return SpotStats.from_dict(stage.spot_stats) if stage.spot_stats else SpotStats.with_prior(None)
+
+
+def end_spot_wait(svc: Services, stage: Stage) -> None:
+    """A wait for Spot capacity is over (capacity came, or the work went elsewhere): learn how long it lasted."""
+    if not stage.spot_waiting_since:
+        return
+    stats = spot_stats(stage)
+    stats.observe(False, hours_between(parse_time(stage.spot_waiting_since), utc_now()))
+    svc.ledger.update_stage(stage.run_id, stage.stage, removes=("spot_waiting_since",), spot_stats=stats.to_dict())
+
+
+def choose_capacity(
+    svc: Services, run: Run, stage: Stage, current: Action, spot_available: bool, view: StageView | None = None
+) -> Decision:
+    view = view or stage_view(svc, run, stage)
+    # Unknown prices: only their ratio matters to the policy, so assume Spot's typical 70% discount.
+    od_price = node_price(svc, "on-demand", stage) or 1.0
+    spot_price = node_price(svc, "spot", stage) or 0.3 * od_price
     decision = decide(
         remaining_hours=view.remaining_hours,
         hours_left=view.hours_left,
         current=current,
         spot_available=spot_available,
         changeover_hours=svc.settings.changeover_hours,
-        od_price=node_price(svc, "on-demand", stage) or 1.0,
-        spot_price=node_price(svc, "spot", stage) or 0.3,
-        stats=stats,
+        od_price=od_price,
+        spot_price=spot_price,
+        stats=spot_stats(stage),
         spot_allowed=stage.spot_allowed,
     )
     logger.info(
@@ -197,7 +216,7 @@ def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason:
         cancel_reason=None,
     )
     svc.ledger.record_attempt(attempt)
-    svc.ledger.update_stage(run.run_id, stage.stage, removes=("spot_waiting_since",))
+    end_spot_wait(svc, stage)
     logger.info(
         "placed",
         extra={
@@ -210,6 +229,28 @@ def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason:
         },
     )
     return attempt
+
+
+def requeue_to_on_demand(svc: Services, run: Run, stage: Stage, job_id: str, reason: str) -> Attempt | None:
+    """Replaces the stage's current Spot job by an On-Demand one; None when another handler already did.
+
+    The Spot attempt is marked first (conditionally), so its FAILED event is read as our cancellation, not a reclaim.
+    """
+    try:
+        svc.ledger.update_attempt(
+            run.run_id,
+            stage.stage,
+            stage.attempt,
+            condition="attribute_not_exists(cancel_reason)",
+            cancel_reason=CANCEL_REQUEUE,
+        )
+    except LedgerConflict:
+        return None
+    placed = place_attempt(svc, run, stage, "on-demand", reason)
+    svc.batch.terminate(job_id, f"spot-hpc: requeued to On-Demand ({reason})")
+    if placed:
+        notify(svc, "requeued", run, stage.stage, reason, attempt=placed.attempt)
+    return placed
 
 
 def request_checkpoint(svc: Services, stage: Stage, reason: str) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from spot_hpc import cost
 from spot_hpc.clock import hours_between, parse_time, utc_now
-from spot_hpc.ledger import Attempt, Run, Stage
+from spot_hpc.ledger import CANCEL_REQUEUE, Attempt, Run, Stage
 
 RECLAIM_CLASSES = frozenset({"spot_reclaim", "host_failure", "checkpointed_interruption"})
 
@@ -67,6 +67,6 @@ def build_run_report(
         "deadline_met": run.status == "SUCCEEDED" and finished is not None and finished <= run.deadline_hours + 1e-9,
         "stages": stage_reports,
         "interruptions": sum(1 for a in attempts if a.failure_class in RECLAIM_CLASSES),
-        "requeues_to_on_demand": sum(1 for a in attempts if a.cancel_reason == "requeue_to_on_demand"),
+        "requeues_to_on_demand": sum(1 for a in attempts if a.cancel_reason == CANCEL_REQUEUE),
         **settled.as_report_fields(),
     }

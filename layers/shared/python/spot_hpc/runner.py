@@ -10,7 +10,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from spot_hpc.ledger import LedgerConflict
 from spot_hpc.pipeline import STAGE_NAMES
 from spot_hpc.placement import CAPACITY_OF_ACTION, choose_capacity, place_attempt
 from spot_hpc.policy import Action
@@ -47,10 +46,7 @@ def run_stage(svc: Services, payload: dict[str, Any]) -> dict[str, Any]:
         # A retried invocation (the Lambda or the state machine retried): refresh the token, place nothing twice.
         svc.ledger.update_stage(run.run_id, stage.stage, task_token=request.task_token)
         return {"status": "already placed", "attempt": stage.attempt, "job_id": stage.job_id}
-    try:
-        stage = svc.ledger.update_stage(run.run_id, stage.stage, task_token=request.task_token)
-    except LedgerConflict:  # pragma: no cover - update_stage is unconditional
-        raise
+    stage = svc.ledger.update_stage(run.run_id, stage.stage, task_token=request.task_token)
     decision = choose_capacity(svc, run, stage, current=Action.IDLE, spot_available=True)
     capacity = CAPACITY_OF_ACTION.get(decision.action, "spot")
     placed = place_attempt(svc, run, stage, capacity, decision.reason)
