@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,10 +23,11 @@ from typing import Any
 import numpy as np
 from spot_checkpoint import (
     CheckpointedJob,
-    CheckpointStoreUnavailable,
+    InputError,
     RuntimeConfig,
     join_uri,
     read_object,
+    run_job,
     write_object,
 )
 
@@ -36,10 +36,6 @@ DIFFUSIVITY_M2_S = 9.7e-5
 AREAL_HEAT_CAPACITY_J_M2K = 2700.0 * 900.0 * 0.005
 PERTURBATION = 0.2  # members vary powers and diffusivity uniformly within +-20 %
 STABILITY = 0.2  # explicit scheme: alpha dt / dx^2 <= 0.25; 0.2 for the largest perturbed alpha
-
-
-class InputError(Exception):
-    """The input or configuration cannot be used: an application error, not retried."""
 
 
 @dataclass(frozen=True)
@@ -195,14 +191,7 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
 
 
 def main() -> int:
-    import boto3
-
-    try:
-        run(boto3.client("s3"), os.environ)
-    except (InputError, CheckpointStoreUnavailable) as exc:
-        print(f"hpc: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_job("hpc", run)
 
 
 if __name__ == "__main__":

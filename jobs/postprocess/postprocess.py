@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,16 +23,13 @@ from typing import Any
 import numpy as np
 from spot_checkpoint import (
     CheckpointedJob,
-    CheckpointStoreUnavailable,
+    InputError,
     join_uri,
     list_objects,
     read_object,
+    run_job,
     write_object,
 )
-
-
-class InputError(Exception):
-    """The HPC output is incomplete or inconsistent: an application error, not retried."""
 
 
 @dataclass(frozen=True)
@@ -152,14 +148,7 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
 
 
 def main() -> int:
-    import boto3
-
-    try:
-        run(boto3.client("s3"), os.environ)
-    except (InputError, CheckpointStoreUnavailable) as exc:
-        print(f"postprocess: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_job("postprocess", run)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -20,17 +19,13 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from spot_checkpoint import CheckpointedJob, CheckpointStoreUnavailable, join_uri, read_object, write_object
+from spot_checkpoint import CheckpointedJob, InputError, join_uri, read_object, run_job, write_object
 
 COLUMNS = ("source_id", "x_m", "y_m", "power_w")
 MAX_POWER_W = 10_000.0
 OUTPUT_CSV = "sources.csv"
 OUTPUT_REPORT = "report.json"
 DEFAULT_CHUNK_ROWS = 5000
-
-
-class InputError(Exception):
-    """The input cannot be processed at all (no header, missing columns): an application error, not retried."""
 
 
 @dataclass
@@ -126,14 +121,7 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
 
 
 def main() -> int:
-    import boto3  # the job image has it; imported here so the module imports without it
-
-    try:
-        run(boto3.client("s3"), os.environ)
-    except (InputError, CheckpointStoreUnavailable) as exc:
-        print(f"preprocess: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_job("preprocess", run)
 
 
 if __name__ == "__main__":

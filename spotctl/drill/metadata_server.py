@@ -12,7 +12,9 @@ import json
 import secrets
 import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from spotctl.loopback import LoopbackHttpServer
 
 TOKEN_PATH = "/latest/api/token"
 INSTANCE_ACTION_PATH = "/latest/meta-data/spot/instance-action"
@@ -28,14 +30,11 @@ class MetadataStandIn:
         self._notice: dict[str, str] | None = None
         self._lock = threading.Lock()
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) for tests and diagnostics
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metadata-stand-in", daemon=True)
+        self._server = LoopbackHttpServer(self._handler_class(), "metadata-stand-in")
 
     @property
     def endpoint(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/"
+        return f"{self._server.base_url}/"
 
     def post_notice(self, action: str = "terminate") -> None:
         """Mark the instance for interruption, as EC2 does two minutes before reclaiming it."""
@@ -49,13 +48,11 @@ class MetadataStandIn:
             self._notice = None
 
     def __enter__(self) -> MetadataStandIn:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         stand_in = self

@@ -8,9 +8,10 @@ answer. Jobs find it with ``AWS_ENDPOINT_URL_S3``.
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from spotctl.loopback import LoopbackHttpServer
 
 AWS_S3_HOST = "s3.amazonaws.com"
 
@@ -24,24 +25,19 @@ class EmbeddedS3:
 
         self._mock = mock_aws()  # fresh, isolated moto state for the lifetime of the server
         self._dispatcher = BotocoreStubber()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="embedded-s3", daemon=True)
+        self._server = LoopbackHttpServer(self._handler_class(), "embedded-s3")
 
     @property
     def endpoint(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._server.base_url
 
     def __enter__(self) -> EmbeddedS3:
         self._mock.start()
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
         self._mock.stop()
 
     def _dispatch(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, Any]:

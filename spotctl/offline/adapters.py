@@ -310,6 +310,7 @@ def install_price_book_adapter(data_dir: Path) -> Callable[[], None]:
 
     original = services.make_aws_price_book
     book = DataFilePriceBook.from_data_dir(data_dir)
+
     def offline_price_book(session: Any, region: str, spot_advisor: Any = None) -> DataFilePriceBook:
         return book
 

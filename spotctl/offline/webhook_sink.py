@@ -15,9 +15,11 @@ import json
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any
+
+from spotctl.loopback import LoopbackHttpServer
 
 # Shaped like a Slack webhook path, so the sender's handling of the path is exercised too.
 DEFAULT_PATH = "/services/T00000000/B00000000/offlinesinktoken000000"
@@ -72,36 +74,20 @@ class WebhookSink:
         self._lock = threading.Lock()
         self._released = threading.Event()
         self._requests: list[ReceivedRequest] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server = LoopbackHttpServer(_make_handler(self), "webhook-sink")
         self.respond_with(*script)
 
     # --- lifecycle
 
     def start(self) -> WebhookSink:
-        if self._server is not None:
-            return self
-        self._released.clear()
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        server.daemon_threads = True  # a hung handler must not keep the process alive
-        self._server = server
-        # A short poll interval keeps stop() quick (shutdown waits for the serving loop to notice).
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="webhook-sink", daemon=True
-        )
-        self._thread.start()
+        if not self._server.running:
+            self._released.clear()
+            self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._server is None:
-            return
         self._released.set()  # let hung requests finish
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
+        self._server.stop()
 
     def __enter__(self) -> WebhookSink:
         return self.start()
@@ -113,13 +99,11 @@ class WebhookSink:
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the webhook sink is not running")
-        return int(self._server.server_address[1])
+        return self._server.port
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.path}"
+        return f"{self._server.base_url}{self.path}"
 
     # --- scripting and inspection
 

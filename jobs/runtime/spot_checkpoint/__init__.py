@@ -33,6 +33,7 @@ Control plane / emulator side::
 Job side: :class:`CheckpointedJob` (see its docstring), configured from the environment (``ENV_*`` constants).
 """
 
+from .entrypoint import EXIT_INPUT_ERROR, InputError, run_job
 from .imds import InstanceMetadata, MetadataUnavailable
 from .job import (
     ENV_ARRAY_INDEX,
@@ -91,6 +92,7 @@ __all__ = [
     "ENV_POLL_SECONDS",
     "EVENT_KEY",
     "EXIT_CHECKPOINTED",
+    "EXIT_INPUT_ERROR",
     "EXIT_STOPPED_WITHOUT_CHECKPOINT",
     "MANIFEST_NAME",
     "REASON_CHECKPOINT_REQUEST",
@@ -105,6 +107,7 @@ __all__ = [
     "CheckpointStore",
     "CheckpointStoreUnavailable",
     "CheckpointedJob",
+    "InputError",
     "InstanceMetadata",
     "InterruptionWatcher",
     "MetadataUnavailable",
@@ -118,5 +121,6 @@ __all__ = [
     "part_name",
     "progress",
     "read_object",
+    "run_job",
     "write_object",
 ]
