@@ -350,3 +350,28 @@ def register_state_machines_for_execution(account_id: str, region: str) -> list[
         )
         registered.append(machine.arn)
     return registered
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Step Functions: SendTaskFailure's cause. AWS records the error and the cause in the TaskFailed event, so a Catch's
+# ResultPath holds both. moto's response layer reads only the error and drops the cause.
+
+
+def install_send_task_failure_adapter() -> Callable[[], None]:
+    from moto.core.responses import EmptyResult
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    original = StepFunctionResponse.send_task_failure
+
+    def send_task_failure(self: Any) -> Any:
+        self.stepfunction_backend.send_task_failure(
+            self._get_param("taskToken"), error=self._get_param("error"), cause=self._get_param("cause")
+        )
+        return EmptyResult()
+
+    StepFunctionResponse.send_task_failure = send_task_failure  # type: ignore[method-assign]
+
+    def uninstall() -> None:
+        StepFunctionResponse.send_task_failure = original  # type: ignore[method-assign]
+
+    return uninstall

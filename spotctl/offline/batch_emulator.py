@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from spot_checkpoint import EXIT_CHECKPOINTED
 from spot_checkpoint.store import CheckpointStore
 
 from spotctl.offline.eventbus import ACCOUNT_ID, REGION, make_event
 
 WARNING_LEAD = timedelta(minutes=2)
+CONTAINER_EXITED = "Essential container in task exited"  # Batch's statusReason when the container's process ends
 START_DELAY = timedelta(minutes=4)  # instance launch + image pull + restore: the changeover the policy assumes
 
 
@@ -153,9 +155,12 @@ class BatchEmulator:
         emit: Callable[[dict[str, Any]], object],
         now: Callable[[], datetime],
         checkpoint_interval: timedelta = timedelta(minutes=30),
+        failing_stages: dict[str, int] | None = None,
     ) -> None:
         self.trace = trace
         self.stage_hours = stage_hours
+        # Stages whose workload has a bug: every attempt exits with this code after its first step of work.
+        self.failing_stages = failing_stages or {}
         self._emit = emit
         self._now = now
         self.t0 = now()
@@ -331,12 +336,15 @@ class BatchEmulator:
             return
         if job.warned_at is None:
             job.progress = min(1.0, job.progress + step.total_seconds() / 3600 / job.work_hours)
+        if job.stage in self.failing_stages:
+            self._finish(job, "FAILED", CONTAINER_EXITED, exit_code=self.failing_stages[job.stage])
+            return
         if job.progress >= 1.0:
-            self._finish(job, "SUCCEEDED", "Essential container in task exited", exit_code=0)
+            self._finish(job, "SUCCEEDED", CONTAINER_EXITED, exit_code=0)
             return
         if self._checkpoint_requested(job):
             self._checkpoint(job, now, "control plane request")
-            self._finish(job, "FAILED", "Essential container in task exited", exit_code=86)
+            self._finish(job, "FAILED", CONTAINER_EXITED, exit_code=EXIT_CHECKPOINTED)
             return
         if now - (job.last_checkpoint_at or now) >= self.checkpoint_interval:
             self._checkpoint(job, now, "periodic")

@@ -17,6 +17,8 @@ from typing import Any
 
 import boto3
 from spot_hpc import clock as control_plane_clock
+from spot_hpc import notifier
+from spot_hpc.pipeline import DEFAULT_STAGE_HOURS
 
 from spotctl.offline import adapters, batch_emulator
 from spotctl.offline.batch_emulator import BatchEmulator, SpotTrace
@@ -57,9 +59,11 @@ class OfflineControlPlane:
         template: Path = DEFAULT_TEMPLATE,
         parameters: dict[str, str] | None = None,
         webhook: WebhookSink | None = None,
+        failing_stages: dict[str, int] | None = None,
     ) -> None:
         self.trace = SpotTrace.load(trace, start_hour)
-        self.stage_hours = stage_hours or {"preprocess": 1.0, "hpc": 4.0, "postprocess": 1.0}
+        self.stage_hours = stage_hours or dict(DEFAULT_STAGE_HOURS)
+        self.failing_stages = failing_stages or {}
         self.template = template
         self.parameters = parameters or {}
         self.clock = VirtualClock()
@@ -108,13 +112,18 @@ class OfflineControlPlane:
             self.webhook.start()
         control_plane_clock.use_clock(self.clock.now)
         self._uninstall.append(lambda: control_plane_clock.use_clock(None))
+        # A new stack: every function starts cold, with nothing cached from an earlier one.
+        notifier.forget_webhooks()
         self._uninstall.append(adapters.install_job_definition_adapter())
+        self._uninstall.append(adapters.install_send_task_failure_adapter())
         self._uninstall.append(adapters.install_price_book_adapter(REPO_ROOT / "data"))
         self._uninstall.append(adapters.install_lambda_adapter(lambda name: self.stack.functions.get(name)))
         self._uninstall.append(batch_emulator.install(lambda: getattr(self, "batch", None)))
         self.stack = deploy(self.template, self.parameters)
         self.bus = EventBus()
-        self.batch = BatchEmulator(self.trace, self.stage_hours, self.put_event, self.clock.now)
+        self.batch = BatchEmulator(
+            self.trace, self.stage_hours, self.put_event, self.clock.now, failing_stages=self.failing_stages
+        )
         boto3.client("secretsmanager", region_name=REGION).create_secret(
             Name=self.parameters.get("SlackSecretName", "spot-hpc/slack-webhook"), SecretString=self.webhook.url
         )

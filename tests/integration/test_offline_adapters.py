@@ -1,0 +1,234 @@
+"""Each gap the offline runtime fills over moto, tested on its own (spotctl/offline/adapters.py, eventbus.py,
+batch_emulator.py)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from spotctl.offline import adapters
+from spotctl.offline.eventbus import make_event, schedule_period
+from spotctl.offline.runtime import OfflineControlPlane
+
+pytestmark = pytest.mark.integration
+REGION = "us-east-1"
+
+
+# ------------------------------------------------------------------ template adapters (pure)
+def test_definition_substitutions_become_a_sub_that_keeps_the_context_prefix():
+    # GIVEN a translated state machine with substitutions and a $$ context path
+    template = {
+        "Resources": {
+            "Machine": {
+                "Type": "AWS::StepFunctions::StateMachine",
+                "Properties": {
+                    "DefinitionString": {"Fn::Join": ["\n", ['{"Resource": "${Fn}",', '"Token.$": "$$.Task.Token"}']]},
+                    "DefinitionSubstitutions": {"Fn": {"Fn::GetAtt": ["Function", "Arn"]}},
+                },
+            }
+        }
+    }
+    # WHEN the adapter rewrites it
+    adapters.apply_definition_substitutions(template)
+    # THEN it is one Fn::Sub with the variable map, and "$$" is parked out of string.Template's reach
+    props = template["Resources"]["Machine"]["Properties"]
+    body, variables = props["DefinitionString"]["Fn::Sub"]
+    assert "DefinitionSubstitutions" not in props
+    assert variables == {"Fn": {"Fn::GetAtt": ["Function", "Arn"]}}
+    assert "$$" not in body and adapters.CONTEXT_PREFIX_PLACEHOLDER + ".Task.Token" in body
+
+
+def test_list_parameters_are_inlined_as_lists():
+    # GIVEN a CommaDelimitedList parameter referenced by a resource and an output
+    template = {
+        "Parameters": {"Types": {"Type": "CommaDelimitedList", "Default": "a,b"}},
+        "Resources": {"R": {"Properties": {"InstanceTypes": {"Ref": "Types"}}}},
+        "Outputs": {"O": {"Value": {"Fn::Select": [0, {"Ref": "Types"}]}}},
+    }
+    # WHEN inlined with an override
+    adapters.inline_list_parameters(template, {"Types": "c6i.large, m6i.large"})
+    # THEN every Ref is the list, as CloudFormation resolves it
+    assert template["Resources"]["R"]["Properties"]["InstanceTypes"] == ["c6i.large", "m6i.large"]
+    assert template["Outputs"]["O"]["Value"]["Fn::Select"][1] == ["c6i.large", "m6i.large"]
+
+
+def test_unemulated_resources_are_removed_listed_and_unreferenced():
+    # GIVEN a placement group referenced by a compute environment that also depends on a bucket policy
+    template = {
+        "Resources": {
+            "Group": {"Type": "AWS::EC2::PlacementGroup", "Properties": {}},
+            "Policy": {"Type": "AWS::S3::BucketPolicy", "Properties": {}},
+            "Env": {
+                "Type": "AWS::Batch::ComputeEnvironment",
+                "DependsOn": ["Policy"],
+                "Properties": {"ComputeResources": {"PlacementGroup": {"Ref": "Group"}}},
+            },
+        }
+    }
+    # WHEN the adapter drops what moto cannot create
+    dropped = adapters.drop_unemulated_resources(template)
+    # THEN both are listed with a reason and nothing points at them any more
+    assert {d["logical_id"] for d in dropped} == {"Group", "Policy"} and all(d["reason"] for d in dropped)
+    env = template["Resources"]["Env"]
+    assert env["DependsOn"] == []
+    assert env["Properties"]["ComputeResources"]["PlacementGroup"] == "spot-hpc-offline-placement-group"
+
+
+# ------------------------------------------------------------------ the Lambda adapter
+def _function(tmp_path: Path, body: str) -> adapters.LocalFunction:
+    (tmp_path / "app.py").write_text(body)
+    return adapters.LocalFunction(logical_id="Probe", code_dir=tmp_path)
+
+
+def test_handler_runs_under_its_own_environment_with_string_values(tmp_path, monkeypatch):
+    # GIVEN a handler that reports an environment variable, and no such variable in this process
+    monkeypatch.delenv("PROBE_VALUE", raising=False)
+    local = _function(
+        tmp_path,
+        "import os\ndef handler(event, context):\n"
+        "    return {'value': os.environ['PROBE_VALUE'], 'name': context.function_name}\n",
+    )
+    # WHEN it runs with a numeric value, as moto's CloudFormation leaves resolved Number parameters
+    result, errored = adapters.run_local_function(
+        local, "probe", "arn:aws:lambda:::function:probe", "app.handler", {"PROBE_VALUE": 25}, {}
+    )  # type: ignore[dict-item]
+    # THEN it saw the string, and the process environment is as it was
+    assert (result, errored) == ({"value": "25", "name": "probe"}, False)
+    assert "PROBE_VALUE" not in __import__("os").environ
+    assert local.invocations == 1
+
+
+def test_handler_exception_becomes_a_lambda_error_payload(tmp_path):
+    # GIVEN a handler that raises
+    local = _function(tmp_path, "def handler(event, context):\n    raise ValueError('bad input')\n")
+    # WHEN it runs
+    result, errored = adapters.run_local_function(local, "probe", "arn", "app.handler", {}, {})
+    # THEN the caller gets Lambda's error shape, and the error is kept for the report
+    assert errored and result["errorType"] == "ValueError" and result["errorMessage"] == "bad input"
+    assert local.errors == ["ValueError: bad input"]
+    assert not adapters.invocation_in_progress()
+
+
+# ------------------------------------------------------------------ EventBridge schedules (pure)
+def test_schedule_rates_are_parsed_and_cron_is_refused():
+    assert schedule_period("rate(5 minutes)") == timedelta(minutes=5)
+    assert schedule_period("rate(1 hour)") == timedelta(hours=1)
+    with pytest.raises(ValueError, match="only rate"):
+        schedule_period("cron(0 12 * * ? *)")
+
+
+# ------------------------------------------------------------------ against the embedded AWS
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory):
+    # A trace with capacity for 30 minutes, then none: a Spot job there is reclaimed.
+    trace = tmp_path_factory.mktemp("trace") / "drop.json"
+    trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [1, 1, 1] + [0] * 200}))
+    with OfflineControlPlane(trace=trace) as running:
+        yield running
+
+
+def test_event_matching_no_rule_is_delivered_nowhere(plane):
+    # GIVEN an event no rule of the template matches
+    event = make_event("aws.ec2", "EC2 Instance State-change Notification", {"state": "running"})
+    # WHEN / THEN nothing is delivered
+    assert plane.put_event(event) == []
+
+
+def test_target_that_fails_sends_the_event_to_its_dead_letter_queue(plane):
+    # GIVEN a rule whose target function does not exist, with the stack's dead-letter queue
+    events, sqs = boto3.client("events", region_name=REGION), boto3.client("sqs", region_name=REGION)
+    dlq_url = plane.stack.physical_id("EventsDeadLetterQueue")
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="probe-rule", EventPattern=json.dumps({"source": ["probe.source"]}))
+    events.put_targets(
+        Rule="probe-rule",
+        Targets=[
+            {
+                "Id": "missing",
+                "Arn": "arn:aws:lambda:us-east-1:123456789012:function:missing",
+                "DeadLetterConfig": {"Arn": dlq_arn},
+            }
+        ],
+    )
+    # WHEN a matching event is put
+    deliveries = plane.put_event(make_event("probe.source", "Probe", {"n": 1}))
+    # THEN the delivery is an error and the event waits in the dead-letter queue with the error
+    assert [d.status for d in deliveries] == ["error"]
+    message = sqs.receive_message(QueueUrl=dlq_url, MessageAttributeNames=["All"])["Messages"][0]
+    assert json.loads(message["Body"])["source"] == "probe.source"
+    assert message["MessageAttributes"]["ERROR_MESSAGE"]["StringValue"]
+    events.remove_targets(Rule="probe-rule", Ids=["missing"])
+    events.delete_rule(Name="probe-rule")
+
+
+def test_scheduled_rule_fires_once_per_period(plane):
+    # GIVEN the SLA guard's rate(5 minutes) rule
+    now = plane.clock.now()
+    plane.bus.fire_due_schedules(now)  # arms the schedule
+    # WHEN five minutes pass, then no time at all
+    fired = plane.bus.fire_due_schedules(now + timedelta(minutes=5))
+    again = plane.bus.fire_due_schedules(now + timedelta(minutes=5))
+    # THEN the guard ran once
+    assert len(fired) == 1 and "SlaGuard" in fired[0].rule
+    assert again == []
+
+
+def test_multinode_job_on_a_spot_queue_is_refused(plane):
+    # GIVEN the multi-node HPC job definition and the Spot queue
+    batch = boto3.client("batch", region_name=REGION)
+    # WHEN it is submitted there / THEN Batch's own rule is enforced
+    with pytest.raises(ClientError, match="Spot"):
+        batch.submit_job(
+            jobName="probe-mnp",
+            jobQueue=plane.stack.physical_id("SpotJobQueue"),
+            jobDefinition=plane.stack.physical_id("HpcJobDefinition"),
+        )
+
+
+def test_spot_job_is_warned_then_reclaimed_when_the_trace_drops(plane):
+    # GIVEN a container job on the Spot queue, outside any pipeline (the control plane ignores it)
+    batch = boto3.client("batch", region_name=REGION)
+    job_id = batch.submit_job(
+        jobName="probe-spot",
+        jobQueue=plane.stack.physical_id("SpotJobQueue"),
+        jobDefinition=plane.stack.physical_id("PreprocessJobDefinition"),
+    )["jobId"]
+    # WHEN virtual time passes the trace's drop at 30 minutes
+    for _ in range(40):
+        plane.step()
+    # THEN the job ran on a Spot instance, was warned two minutes ahead, and failed as Batch reports a reclaim
+    job = batch.describe_jobs(jobs=[job_id])["jobs"][0]
+    assert job["status"] == "FAILED"
+    assert job["statusReason"].startswith("Host EC2 (instance i-") and job["statusReason"].endswith("terminated.")
+    timeline = [line for _, line in plane.batch.timeline]
+    assert any("Spot interruption notice" in line for line in timeline)
+    instance_id = plane.batch.jobs[job_id].instance_id
+    instances = boto3.client("ec2", region_name=REGION).describe_instances(InstanceIds=[instance_id])
+    assert instances["Reservations"][0]["Instances"][0]["InstanceLifecycle"] == "spot"
+
+
+def test_send_task_failure_keeps_its_cause(plane):
+    # GIVEN moto's Step Functions response layer, with the adapter the plane installs, over a recording backend
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    received: dict[str, object] = {}
+
+    class RecordingBackend:
+        def send_task_failure(self, token, error=None, cause=None):
+            received.update(token=token, error=error, cause=cause)
+
+    class Probe(StepFunctionResponse):
+        stepfunction_backend = RecordingBackend()  # type: ignore[assignment]
+
+        def _get_param(self, name, if_none=None):  # type: ignore[override]
+            return {"taskToken": "t-1", "error": "StageFailed", "cause": "exit code 3"}.get(name, if_none)
+
+    # WHEN SendTaskFailure arrives with a cause
+    Probe.__new__(Probe).send_task_failure()
+    # THEN the backend gets the cause too
+    assert received == {"token": "t-1", "error": "StageFailed", "cause": "exit code 3"}
