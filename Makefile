@@ -4,6 +4,8 @@ VENV := .venv
 SAMVENV := .venv-sam
 BIN := $(VENV)/bin
 ARGS ?=
+# No telemetry from the SAM CLI: builds and validation need no network.
+export SAM_CLI_TELEMETRY := 0
 
 .PHONY: demo test lint build bench clean
 
@@ -29,7 +31,8 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed $(SAMVENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy layers/shared/python/spot_hpc functions spotctl
+	$(BIN)/mypy layers/shared/python/spot_hpc functions spotctl jobs/runtime/spot_checkpoint
+	$(BIN)/mypy jobs/preprocess/preprocess.py jobs/hpc/hpc.py jobs/postprocess/postprocess.py
 	$(BIN)/cfn-lint template.yaml
 	$(SAMVENV)/bin/sam validate --lint --region us-east-1
 
