@@ -92,6 +92,8 @@ NOT_EMULATED: dict[str, str] = {
     "AWS::SQS::QueuePolicy": "queue policy for EventBridge: offline delivery to the dead-letter queue is direct",
     "AWS::Lambda::EventInvokeConfig": "async retry/on-failure destination: offline handler errors are reported",
     "AWS::EC2::PlacementGroup": "cluster placement group: the Batch emulator places nodes without a network model",
+    "AWS::CloudWatch::Alarm": "CloudWatch alarms: offline handlers emit no metrics to alarm on",
+    "AWS::SNS::TopicPolicy": "topic policy for CloudWatch alarms: resource policies are not enforced offline",
 }
 _REPLACEMENT_REFS = {"AWS::EC2::PlacementGroup": "spot-hpc-offline-placement-group"}
 

@@ -6,6 +6,7 @@ aws-sam-translator, and the result is created by moto's CloudFormation: every re
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import warnings
@@ -36,7 +37,7 @@ class DeployedStack:
     outputs: dict[str, str]
     functions: dict[str, adapters.LocalFunction]  # physical function name -> how to run it
     not_emulated: list[dict[str, str]] = field(default_factory=list)  # {"logical_id", "type", "reason"}
-    translated: dict[str, Any] = field(default_factory=dict)
+    translated: dict[str, Any] = field(default_factory=dict)  # the template as aws-sam-translator made it
 
     def physical_id(self, logical_id: str) -> str:
         return self.resources[logical_id]["physical_id"]
@@ -136,18 +137,20 @@ def deploy(template_path: Path, parameter_overrides: dict[str, str] | None = Non
     packaged, code_dirs = package(template, root, s3)
     parameters = {**default_network(boto3.client("ec2", region_name=REGION)), **(parameter_overrides or {})}
     translated = translate(packaged, parameters)
-    adapters.apply_definition_substitutions(translated)
-    adapters.inline_list_parameters(translated, parameters)
-    not_emulated = adapters.drop_unemulated_resources(translated)
+    # What moto is given: the translation, adapted where moto differs from AWS (the translation itself is kept).
+    deployable = copy.deepcopy(translated)
+    adapters.apply_definition_substitutions(deployable)
+    adapters.inline_list_parameters(deployable, parameters)
+    not_emulated = adapters.drop_unemulated_resources(deployable)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cfn.create_stack(
             StackName=STACK_NAME,
-            TemplateBody=json.dumps(translated),
+            TemplateBody=json.dumps(deployable),
             Parameters=[
                 {"ParameterKey": k, "ParameterValue": str(v)}
                 for k, v in parameters.items()
-                if k in translated.get("Parameters", {})
+                if k in deployable.get("Parameters", {})
             ],
             Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
         )

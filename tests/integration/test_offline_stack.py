@@ -90,3 +90,30 @@ def test_template_that_is_not_yaml_is_a_clear_error(tmp_path):
     # WHEN / THEN loading it says what is wrong
     with pytest.raises(TemplateError, match="not valid YAML"):
         load_template(broken)
+
+
+def test_dashboard_is_deployed_and_alarms_watch_failures_dlqs_and_deadlines(plane):
+    from spot_hpc import metrics
+
+    # GIVEN the translated template and the deployed dashboard
+    resources = plane.stack.translated["Resources"]
+    alarms = {k: v["Properties"] for k, v in resources.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
+    dashboard = boto3.client("cloudwatch", region_name="us-east-1").get_dashboard(
+        DashboardName=plane.stack.physical_id("OperationsDashboard")
+    )
+    body = json.loads(dashboard["DashboardBody"])
+    # THEN the dashboard charts the metrics the control plane emits, under the same namespace and service
+    charted = {m[1] for w in body["widgets"] for m in w["properties"]["metrics"] if m[0] == metrics.NAMESPACE}
+    assert {metrics.RUN_COST_USD, metrics.SAVINGS_USD, metrics.REQUEUES_TO_ON_DEMAND, metrics.DEADLINES_MISSED} <= charted
+    # AND three alarms watch failed executions, both dead-letter queues and missed deadlines, all to the alarm topic
+    assert set(alarms) == {"FailedPipelinesAlarm", "DeadLetterQueueDepthAlarm", "DeadlineMissedAlarm"}
+    assert alarms["DeadlineMissedAlarm"]["MetricName"] == metrics.DEADLINES_MISSED
+    assert alarms["DeadlineMissedAlarm"]["Namespace"] == metrics.NAMESPACE
+    queues = {
+        d["Value"]["Fn::GetAtt"][0]
+        for q in alarms["DeadLetterQueueDepthAlarm"]["Metrics"]
+        if "MetricStat" in q
+        for d in q["MetricStat"]["Metric"]["Dimensions"]
+    }
+    assert queues == {"EventsDeadLetterQueue", "NotificationsDeadLetterQueue"}
+    assert all(a["AlarmActions"] == [{"Ref": "AlarmTopic"}] for a in alarms.values())
