@@ -377,3 +377,19 @@ def install_send_task_failure_adapter() -> Callable[[], None]:
         StepFunctionResponse.send_task_failure = original  # type: ignore[method-assign]
 
     return uninstall
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CloudFormation: S3 bucket versioning. AWS creates a bucket with its VersioningConfiguration, so every upload
+# gets a version id (one pipeline run per object version). moto's CloudFormation ignores the property; it is
+# applied to the created buckets.
+
+
+def apply_bucket_versioning(template: dict[str, Any], physical_ids: dict[str, str], s3: Any) -> list[str]:
+    versioned = []
+    for logical_id, resource in template.get("Resources", {}).items():
+        status = resource.get("Properties", {}).get("VersioningConfiguration", {}).get("Status")
+        if resource.get("Type") == "AWS::S3::Bucket" and status and logical_id in physical_ids:
+            s3.put_bucket_versioning(Bucket=physical_ids[logical_id], VersioningConfiguration={"Status": status})
+            versioned.append(logical_id)
+    return versioned

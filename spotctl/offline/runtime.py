@@ -77,8 +77,14 @@ class OfflineControlPlane:
         self.batch: BatchEmulator
 
     # ------------------------------------------------------------------ lifecycle
+    _running: OfflineControlPlane | None = None  # moto's state is process-wide: one plane at a time
+
     def __enter__(self) -> OfflineControlPlane:
         from moto import mock_aws
+
+        if OfflineControlPlane._running is not None:
+            raise RuntimeError("an offline control plane is already running in this process; stop it first")
+        OfflineControlPlane._running = self
 
         self._saved_env = dict(os.environ)
         # Never a real account: fixed fake credentials, one region.
@@ -139,6 +145,7 @@ class OfflineControlPlane:
             self._mock = None
         os.environ.clear()
         os.environ.update(self._saved_env)
+        OfflineControlPlane._running = None
 
     # ------------------------------------------------------------------ the outside world
     @property

@@ -173,6 +173,7 @@ def deploy(template_path: Path, parameter_overrides: dict[str, str] | None = Non
         for r in page["StackResourceSummaries"]
     }
     adapters.register_state_machines_for_execution(ACCOUNT_ID, REGION)
+    adapters.apply_bucket_versioning(deployable, {k: v["physical_id"] for k, v in resources.items()}, s3)
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
     functions = {
         resources[logical_id]["physical_id"]: adapters.LocalFunction(logical_id=logical_id, code_dir=code_dir)

@@ -232,3 +232,11 @@ def test_send_task_failure_keeps_its_cause(plane):
     Probe.__new__(Probe).send_task_failure()
     # THEN the backend gets the cause too
     assert received == {"token": "t-1", "error": "StageFailed", "cause": "exit code 3"}
+
+
+def test_ingest_bucket_is_versioned_as_the_template_says(plane):
+    # GIVEN the deployed ingest bucket (VersioningConfiguration: Enabled in the template)
+    s3 = boto3.client("s3", region_name=REGION)
+    # WHEN an object is put / THEN it gets a version id: one pipeline run per object version
+    assert s3.get_bucket_versioning(Bucket=plane.bucket)["Status"] == "Enabled"
+    assert s3.put_object(Bucket=plane.bucket, Key="incoming/v.csv", Body=b"a\n")["VersionId"] != "null"

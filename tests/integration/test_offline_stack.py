@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import boto3
 import pytest
+from conftest import load_event
 
 from spotctl.offline.adapters import CONTEXT_PREFIX_PLACEHOLDER
 from spotctl.offline.runtime import OfflineControlPlane
@@ -60,7 +60,7 @@ def test_state_machine_definition_has_substituted_arns_and_context_paths(plane):
 
 def test_foreign_instance_warning_is_ignored_and_recorded(plane):
     # GIVEN a Spot warning for an instance that runs none of this stack's jobs
-    event = json.loads(Path("events/spot_interruption_warning.json").read_text())
+    event = load_event("spot_interruption_warning")
     # WHEN it is put on the bus
     deliveries = plane.put_event(event)
     result, errored = plane.invoke("SpotInterruptionFunction", event)
@@ -71,7 +71,7 @@ def test_foreign_instance_warning_is_ignored_and_recorded(plane):
 
 def test_upload_outside_incoming_or_not_csv_is_rejected_and_recorded(plane):
     # GIVEN an S3 event for a key that is not a CSV under incoming/
-    event = json.loads(Path("events/s3_object_created.json").read_text())
+    event = load_event("s3_object_created")
     event["detail"]["bucket"]["name"] = plane.bucket
     event["detail"]["object"]["key"] = "incoming/notes.txt"
     # WHEN the start-pipeline handler gets it

@@ -1,0 +1,153 @@
+"""Faults end to end, each on a control plane of its own: a rebalance recommendation, no Spot capacity, a lost
+event, a crash between two AWS calls, Batch throttling."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from conftest import load_event
+from spot_hpc.batch import BatchGateway
+from spot_hpc.outcome import run_report
+
+from spotctl.offline.demo import control_plane_services
+from spotctl.offline.runtime import OfflineControlPlane
+
+pytestmark = pytest.mark.integration
+REGION = "us-east-1"
+QUICK_STAGES = {"preprocess": 0.5, "hpc": 0.5, "postprocess": 0.5}
+SPOT_FROM_THE_START = 75.0  # hour of the default trace with Spot capacity for the first 45 minutes
+
+
+# ------------------------------------------------------------------ Spot signals and the SLA guard
+def _run_until(plane: OfflineControlPlane, predicate, max_steps: int = 600) -> None:
+    for _ in range(max_steps):
+        if predicate():
+            return
+        plane.step()
+    raise AssertionError("condition not reached")
+
+
+def _attempts(plane: OfflineControlPlane, stage: str):
+    svc = control_plane_services(plane)
+    run = svc.ledger.list_runs()[-1]
+    return run, [a for a in svc.ledger.get_run_items(run.run_id)[1] if a.stage == stage]
+
+
+def test_rebalance_recommendation_asks_the_running_job_to_checkpoint():
+    with OfflineControlPlane(
+        start_hour=SPOT_FROM_THE_START, stage_hours={"preprocess": 4, "hpc": 1, "postprocess": 1}
+    ) as plane:
+        # GIVEN preprocess running on Spot with a roomy deadline
+        plane.upload("incoming/long.csv", b"a\n1\n", {"deadline-hours": "40", "stage-hours": "preprocess=4"})
+        _run_until(plane, lambda: any(a.status == "RUNNING" for a in _attempts(plane, "preprocess")[1]))
+        run, attempts = _attempts(plane, "preprocess")
+        instance_id = attempts[-1].instance_ids[0]
+        # WHEN EC2 recommends rebalancing that instance
+        result, _ = plane.invoke(
+            "SpotInterruptionFunction", load_event("rebalance_recommendation", **{"instance-id": instance_id})
+        )
+        # THEN the job is asked to checkpoint and stays on Spot (the deadline is not at risk)
+        assert result["status"] == "handled" and [j["action"] for j in result["jobs"]] == ["checkpoint"]
+        key = f"checkpoints/{run.run_id}/preprocess/request.json"
+        request = boto3.client("s3", region_name=REGION).get_object(Bucket=plane.bucket, Key=key)
+        assert "rebalance recommendation" in json.loads(request["Body"].read())["reason"]
+
+
+def test_stuck_runnable_on_spot_moves_to_on_demand_and_meets_the_deadline(tmp_path):
+    # GIVEN a trace with no Spot capacity at all, and a deadline with little slack
+    trace = tmp_path / "none.json"
+    trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [0] * 500}))
+    with OfflineControlPlane(trace=trace, stage_hours=QUICK_STAGES) as plane:
+        plane.upload(
+            "incoming/tight.csv",
+            b"a\n1\n",
+            {"deadline-hours": "2.5", "stage-hours": "preprocess=0.5,hpc=0.5,postprocess=0.5"},
+        )
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=6)
+        run, preprocess = _attempts(plane, "preprocess")
+        report = run_report(control_plane_services(plane), run)
+    # THEN the Spot attempt never ran, the SLA guard requeued it to On-Demand, and the deadline was met
+    assert status == "SUCCEEDED" and report["deadline_met"] is True and report["requeues_to_on_demand"] >= 1
+    assert preprocess[0].capacity == "spot" and preprocess[0].started_at is None
+    assert preprocess[0].cancel_reason == "requeue_to_on_demand"
+    assert preprocess[-1].capacity == "on-demand" and preprocess[-1].status == "SUCCEEDED"
+
+
+def test_lost_batch_events_are_reconciled_by_the_guard():
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as plane:
+        # GIVEN every Batch job event is lost on its way to the control plane
+        deliver = plane.bus.put
+        dropped: list[str] = []
+
+        def lose_batch_events(event):
+            if event["source"] == "aws.batch":
+                dropped.append(event["detail"]["status"])
+                return []
+            return deliver(event)
+
+        plane.bus.put = lose_batch_events  # type: ignore[method-assign]
+        plane.upload("incoming/lost.csv", b"a\n1\n", {"deadline-hours": "12"})
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=12)
+        batch_handler = plane.stack.functions[plane.stack.physical_id("BatchStateChangeFunction")]
+        _, preprocess = _attempts(plane, "preprocess")
+    # THEN the SLA guard alone learnt every outcome from DescribeJobs, and no stage waited forever
+    assert "SUCCEEDED" in dropped and batch_handler.invocations == 0
+    assert status == "SUCCEEDED"
+    assert preprocess[-1].status == "SUCCEEDED"
+
+
+def test_crash_between_submit_job_and_the_ledger_write_submits_once(monkeypatch):
+    # GIVEN a stage runner that dies right after Batch accepted its first job (before recording it)
+    submitted: list[str] = []
+    real_submit = BatchGateway.submit
+
+    def submit_then_crash(self, request):
+        job_id = real_submit(self, request)
+        submitted.append(request.name)
+        if len(submitted) == 1:
+            raise TimeoutError("Lambda timed out after SubmitJob")
+        return job_id
+
+    monkeypatch.setattr(BatchGateway, "submit", submit_then_crash)
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as plane:
+        plane.upload("incoming/crash.csv", b"a\n1\n", {"deadline-hours": "12"})
+        # WHEN the run goes its course (the state machine retries the runner, the guard repairs the stage)
+        status = plane.run_until_settled(max_hours=12)
+        names = [job.name for job in plane.batch.jobs.values()]
+    # THEN the pipeline succeeded and the first preprocess attempt exists exactly once in Batch
+    assert status == "SUCCEEDED"
+    first = [n for n in names if n.endswith("-preprocess-a1")]
+    assert len(first) == 1 and submitted.count(first[0]) == 1
+
+
+def test_batch_throttling_is_retried_without_a_second_job(monkeypatch):
+    from moto.core.exceptions import JsonRESTError
+
+    from spotctl.offline.batch_emulator import BatchEmulator
+
+    # GIVEN AWS Batch answers the first SubmitJob with TooManyRequestsException (HTTP 429)
+    class Throttled(JsonRESTError):
+        code = 429
+
+    real_submit = BatchEmulator.submit
+    throttled: list[int] = []
+
+    def throttle_once(self, backend, kwargs):
+        if not throttled:
+            throttled.append(1)
+            raise Throttled("TooManyRequestsException", "Too Many Requests")
+        return real_submit(self, backend, kwargs)
+
+    monkeypatch.setattr(BatchEmulator, "submit", throttle_once)
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as plane:
+        plane.upload("incoming/throttled.csv", b"a\n1\n", {"deadline-hours": "12"})
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=12)
+        names = [job.name for job in plane.batch.jobs.values()]
+    # THEN the client's retry absorbed the throttle: one job per attempt, and the pipeline succeeded
+    assert throttled == [1] and status == "SUCCEEDED"
+    assert len(names) == len(set(names))

@@ -1,0 +1,116 @@
+"""Each handler against the embedded AWS, through the template's own rules: bad input, duplicates, foreign
+accounts, and the faults of issue-level concern (a lost event, a crash between two AWS calls, throttling)."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from conftest import load_event
+
+from spotctl.offline.demo import control_plane_services
+from spotctl.offline.runtime import OfflineControlPlane
+
+pytestmark = pytest.mark.integration
+REGION = "us-east-1"
+QUICK_STAGES = {"preprocess": 0.5, "hpc": 0.5, "postprocess": 0.5}
+SPOT_FROM_THE_START = 75.0  # hour of the default trace with Spot capacity for the first 45 minutes
+
+
+@pytest.fixture(scope="module")
+def plane():
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as running:
+        yield running
+
+
+def _s3_event(plane: OfflineControlPlane, key: str, version_id: str | None, **changes: object) -> dict:
+    event = load_event("s3_object_created")
+    event["detail"]["bucket"]["name"] = plane.bucket
+    event["detail"]["object"].update({"key": key, "version-id": version_id})
+    event.update(changes)
+    return event
+
+
+def _upload(plane: OfflineControlPlane, key: str, metadata: dict[str, str]) -> str:
+    put = boto3.client("s3", region_name=REGION).put_object(
+        Bucket=plane.bucket, Key=key, Body=b"a\n1\n", Metadata=metadata
+    )
+    return str(put["VersionId"])
+
+
+# ------------------------------------------------------------------ start pipeline
+def test_the_same_upload_delivered_twice_starts_one_execution(plane):
+    # GIVEN one uploaded object version and its event
+    event = _s3_event(plane, "incoming/twice.csv", _upload(plane, "incoming/twice.csv", {"deadline-hours": "6"}))
+    # WHEN the event arrives twice
+    first, _ = plane.invoke("StartPipelineFunction", event)
+    second, _ = plane.invoke("StartPipelineFunction", event)
+    # THEN one run, one execution
+    assert (first["status"], second["status"]) == ("started", "duplicate")
+    assert first["execution_arn"] == second["execution_arn"]
+    assert sum(e["name"] == first["run_id"] for e in plane.executions()) == 1
+
+
+def test_deadline_that_is_not_a_number_is_rejected_and_recorded(plane):
+    # GIVEN an upload whose deadline metadata is not a number
+    event = _s3_event(plane, "incoming/soon.csv", _upload(plane, "incoming/soon.csv", {"deadline-hours": "soon"}))
+    # WHEN it is handled
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN it is refused with the reason, recorded, and no execution started
+    assert not errored and result["status"] == "rejected" and "deadline_hours" in result["reason"]
+    rejections = control_plane_services(plane).ledger.list_rejections()
+    assert any(r["source"].endswith("incoming/soon.csv") and "deadline_hours" in r["reason"] for r in rejections)
+    assert not any(e["name"].startswith("soon-") for e in plane.executions())
+
+
+def test_manifest_next_to_the_csv_sets_the_run_options(plane):
+    # GIVEN a manifest with a deadline and stage hours, and the CSV with different metadata
+    s3 = boto3.client("s3", region_name=REGION)
+    manifest = {"deadline_hours": 30, "stage_hours": {"hpc": 9}, "hpc_nodes": 4}
+    s3.put_object(Bucket=plane.bucket, Key="incoming/big.manifest.json", Body=json.dumps(manifest).encode())
+    event = _s3_event(plane, "incoming/big.csv", _upload(plane, "incoming/big.csv", {"deadline-hours": "2"}))
+    # WHEN it is handled
+    result, _ = plane.invoke("StartPipelineFunction", event)
+    # THEN the manifest decided
+    run = control_plane_services(plane).ledger.get_run(result["run_id"])
+    assert run is not None and run.deadline_hours == 30 and run.hpc_nodes == 4 and run.stage_hours["hpc"] == 9
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"account": "999999999999"}, "not this stack's account"),
+        ({"detail": {"bucket": {"name": "x"}}}, "malformed"),
+        ({"detail-type": None}, "malformed"),
+    ],
+)
+def test_foreign_or_malformed_upload_events_are_rejected_and_recorded(plane, change, reason):
+    # GIVEN an event from another account, or one that is not an S3 event
+    event = _s3_event(plane, "incoming/odd.csv", "v1", **change)
+    # WHEN it is handled
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN it is refused, not crashed on, and the refusal is in the ledger
+    assert not errored and result["status"] == "rejected" and reason in result["reason"]
+    assert any(reason in r["reason"] for r in control_plane_services(plane).ledger.list_rejections())
+
+
+def test_event_for_an_object_that_is_gone_is_rejected(plane):
+    # GIVEN an event for a key that does not exist (deleted since, or forged)
+    event = _s3_event(plane, "incoming/gone.csv", None)
+    # WHEN / THEN it is refused with a reason
+    result, _ = plane.invoke("StartPipelineFunction", event)
+    assert result["status"] == "rejected" and "cannot be read" in result["reason"]
+
+
+# ------------------------------------------------------------------ Batch state change
+def test_malformed_batch_event_is_rejected_and_unknown_job_ignored(plane):
+    # GIVEN a Batch event with no job id, and a well-formed one for a job nobody here submitted
+    malformed = load_event("batch_job_failed_host_terminated", jobId=None)
+    unknown = load_event("batch_job_failed_host_terminated")
+    # WHEN both are handled
+    rejected, _ = plane.invoke("BatchStateChangeFunction", malformed)
+    ignored, _ = plane.invoke("BatchStateChangeFunction", unknown)
+    # THEN the first is refused and recorded, the second ignored
+    assert rejected["status"] == "rejected" and "jobId" in rejected["reason"]
+    assert ignored == {"status": "ignored", "reason": "unknown job"}
