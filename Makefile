@@ -7,7 +7,7 @@ ARGS ?=
 # No telemetry from the SAM CLI: builds and validation need no network.
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: demo test lint build bench clean
+.PHONY: demo test lint build bench bench-burst clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ build: $(SAMVENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/spotctl bench policy --scenarios benchmarks/scenarios.json --json benchmarks/results.json
+
+bench-burst: $(VENV)/.installed
+	$(BIN)/python benchmarks/interruption_burst.py --jobs 1000 --json benchmarks/interruption_burst.json
 
 clean:
 	rm -rf $(VENV) $(SAMVENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

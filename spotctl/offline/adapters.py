@@ -134,6 +134,11 @@ def drop_unemulated_resources(template: dict[str, Any]) -> list[dict[str, str]]:
 
 _INVOKE_LOCK = threading.RLock()
 _in_progress = 0
+_current = threading.local()  # the function whose handler runs on this thread, if any
+
+
+def current_function() -> str | None:
+    return getattr(_current, "logical_id", None)
 
 
 def invocation_in_progress() -> bool:
@@ -199,6 +204,7 @@ def run_local_function(
     try:
         with _INVOKE_LOCK, function_environment({**env, "AWS_LAMBDA_FUNCTION_NAME": function_name}):
             local.invocations += 1
+            _current.logical_id = local.logical_id
             if local.module is None:
                 path = local.code_dir / f"{module_name.replace('.', '/')}.py"
                 spec = importlib.util.spec_from_file_location(f"offline_fn_{local.logical_id}", path)
@@ -217,6 +223,7 @@ def run_local_function(
             "stackTrace": traceback.format_exception(exc)[-5:],
         }, True
     finally:
+        _current.logical_id = None
         _in_progress -= 1
 
 
@@ -313,7 +320,7 @@ def install_price_book_adapter(data_dir: Path) -> Callable[[], None]:
     original = services.make_aws_price_book
     book = DataFilePriceBook.from_data_dir(data_dir)
 
-    def offline_price_book(session: Any, region: str, spot_advisor: Any = None) -> DataFilePriceBook:
+    def offline_price_book(region: str, spot_advisor: Any = None) -> DataFilePriceBook:
         return book
 
     services.make_aws_price_book = offline_price_book  # type: ignore[assignment]
@@ -393,3 +400,41 @@ def apply_bucket_versioning(template: dict[str, Any], physical_ids: dict[str, st
             s3.put_bucket_versioning(Bucket=physical_ids[logical_id], VersioningConfiguration={"Status": status})
             versioned.append(logical_id)
     return versioned
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# IAM: AWS refuses a call the function's role does not allow; moto allows everything. Every AWS call a handler makes
+# offline is recorded as the IAM action it needs, so tests can check the template grants exactly that.
+
+_S3_ACTIONS = {
+    "ListObjectsV2": "ListBucket",
+    "HeadObject": "GetObject",
+    "DeleteObjects": "DeleteObject",
+    "ListObjectVersions": "ListBucketVersions",
+}
+
+
+class AwsCallRecorder:
+    def __init__(self) -> None:
+        self.actions: dict[str, set[str]] = {}
+
+    def __call__(self, model: Any, **_: Any) -> None:
+        function = current_function()
+        if function is None:
+            return
+        service = model.service_model.signing_name
+        operation = _S3_ACTIONS.get(model.name, model.name) if service == "s3" else model.name
+        self.actions.setdefault(function, set()).add(f"{service}:{operation}")
+
+
+def record_aws_calls() -> tuple[AwsCallRecorder, Callable[[], None]]:
+    import boto3
+
+    recorder = AwsCallRecorder()
+    events = boto3._get_default_session()._session.get_component("event_emitter")
+    events.register("before-call", recorder, unique_id="spot-hpc-offline-iam-recorder")
+
+    def uninstall() -> None:
+        events.unregister("before-call", recorder, unique_id="spot-hpc-offline-iam-recorder")
+
+    return recorder, uninstall

@@ -11,6 +11,7 @@ from typing import Any
 import boto3
 from spot_hpc.pipeline import build_run_options
 
+from spotctl.offline.adapters import OFFLINE_FUNCTION_ENV
 from spotctl.offline.eventbus import REGION
 from spotctl.offline.runtime import DEFAULT_TRACE, OfflineControlPlane
 
@@ -44,7 +45,7 @@ def control_plane_services(plane: OfflineControlPlane) -> Any:
     function = plane.stack.physical_id("StageRunnerFunction")
     env = boto3.client("lambda", region_name=REGION).get_function_configuration(FunctionName=function)
     variables = {k: str(v) for k, v in env["Environment"]["Variables"].items()}
-    return Services.from_settings(ControlPlaneSettings.from_environ({**variables, "AWS_REGION": REGION}))
+    return Services.from_settings(ControlPlaneSettings.from_environ({**variables, **OFFLINE_FUNCTION_ENV}))
 
 
 def run_demo(options: DemoOptions) -> tuple[dict[str, Any], list[str]]:

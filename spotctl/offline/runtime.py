@@ -75,6 +75,7 @@ class OfflineControlPlane:
         self.stack: DeployedStack
         self.bus: EventBus
         self.batch: BatchEmulator
+        self.aws_calls: adapters.AwsCallRecorder
 
     # ------------------------------------------------------------------ lifecycle
     _running: OfflineControlPlane | None = None  # moto's state is process-wide: one plane at a time
@@ -120,6 +121,8 @@ class OfflineControlPlane:
         self._uninstall.append(lambda: control_plane_clock.use_clock(None))
         # A new stack: every function starts cold, with nothing cached from an earlier one.
         notifier.forget_webhooks()
+        self.aws_calls, stop_recording = adapters.record_aws_calls()
+        self._uninstall.append(stop_recording)
         self._uninstall.append(adapters.install_job_definition_adapter())
         self._uninstall.append(adapters.install_send_task_failure_adapter())
         self._uninstall.append(adapters.install_price_book_adapter(REPO_ROOT / "data"))

@@ -31,7 +31,7 @@ def succeeded_states():
     with OfflineControlPlane(start_hour=75.0, stage_hours=QUICK_STAGES) as plane:
         plane.upload("incoming/ok.csv", b"a\n1\n", {"deadline-hours": "6"})
         status = plane.run_until_settled(max_hours=12)
-        return status, _entered_states(plane)
+        return status, _entered_states(plane), plane.aws_calls.actions, plane.stack.translated
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def failed_plane():
 
 
 def test_every_state_of_the_asl_is_executed(succeeded_states, failed_plane):
-    status, entered = succeeded_states
+    status, entered, _, _ = succeeded_states
     assert status == "SUCCEEDED"
     # THEN the two runs together entered every state of the definition
     assert entered | _entered_states(failed_plane) == set(ASL["States"])
@@ -93,3 +93,48 @@ def test_duplicated_and_reordered_batch_events_change_nothing(failed_plane):
     _, after = svc.ledger.get_run_items(run.run_id)
     assert len(after) == len(before)
     assert svc.ledger.get_attempt(run.run_id, "hpc", last.attempt).status == "FAILED"  # type: ignore[union-attr]
+
+
+def _allowed_actions(template: dict, function: str) -> list[str]:
+    """Every action the function's role allows, from the translated template (inline and stack-managed policies)."""
+    resources = template["Resources"]
+    role = resources[f"{function}Role"]["Properties"]
+    documents = [p["PolicyDocument"] for p in role.get("Policies", [])]
+    documents += [
+        resources[arn["Ref"]]["Properties"]["PolicyDocument"]
+        for arn in role.get("ManagedPolicyArns", [])
+        if isinstance(arn, dict) and "Ref" in arn
+    ]
+    actions: list[str] = []
+    for document in documents:
+        for statement in document["Statement"]:
+            if statement.get("Effect") == "Allow":
+                found = statement["Action"]
+                actions += [found] if isinstance(found, str) else found
+    return actions
+
+
+def test_every_aws_call_a_handler_makes_is_allowed_by_its_role(succeeded_states, failed_plane):
+    from fnmatch import fnmatchcase
+
+    # GIVEN the AWS calls every handler made on both runs (the offline runtime records them as IAM actions)
+    _, _, succeeded_calls, template = succeeded_states
+    calls = {fn: set(actions) for fn, actions in succeeded_calls.items()}
+    for fn, actions in failed_plane.aws_calls.actions.items():
+        calls.setdefault(fn, set()).update(actions)
+    assert {
+        "StartPipelineFunction",
+        "StageRunnerFunction",
+        "BatchStateChangeFunction",
+        "SlaGuardFunction",
+        "NotifyFunction",
+    } <= set(calls)
+    # WHEN each is checked against the role template.yaml gives the function
+    missing = {
+        fn: sorted(
+            a for a in actions if not any(fnmatchcase(a.lower(), g.lower()) for g in _allowed_actions(template, fn))
+        )
+        for fn, actions in calls.items()
+    }
+    # THEN nothing a deployed handler would do is refused by IAM
+    assert {fn: m for fn, m in missing.items() if m} == {}

@@ -9,7 +9,7 @@ Two price books:
 - `AwsPriceBook` asks the AWS Price List API (On-Demand) and EC2 `DescribeSpotPriceHistory` (Spot), through
   injected boto3 clients, caching answers in memory for the life of the process (keep the book at module scope
   of a handler so warm invocations reuse it). Throttling is left to botocore's retries: build the clients with
-  `aws_client_config()` (standard retry mode, which backs off on throttling errors).
+  `spot_hpc.aws.client` (standard retry mode, which backs off on throttling errors).
 """
 
 from __future__ import annotations
@@ -258,18 +258,12 @@ def on_demand_price_from_product(product: str | Mapping[str, Any]) -> float | No
     return None
 
 
-def aws_client_config() -> Any:
-    """botocore config for the pricing and EC2 clients: standard retry mode backs off on throttling."""
-    from botocore.config import Config
+def make_aws_price_book(region: str, spot_advisor: SpotAdvisor | None = None) -> AwsPriceBook:
+    """An `AwsPriceBook` on the control plane's clients (call it at cold start, never at import time)."""
+    from spot_hpc import aws
 
-    return Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=10)
-
-
-def make_aws_price_book(session: Any, region: str, spot_advisor: SpotAdvisor | None = None) -> AwsPriceBook:
-    """An `AwsPriceBook` on clients made from a boto3 session (call it in a handler, never at import time)."""
-    config = aws_client_config()
     return AwsPriceBook(
-        pricing_client=session.client("pricing", region_name=PRICING_API_REGION, config=config),
-        ec2_client=session.client("ec2", region_name=region, config=config),
+        pricing_client=aws.client("pricing", region_name=PRICING_API_REGION),
+        ec2_client=aws.client("ec2", region_name=region),
         spot_advisor=spot_advisor,
     )

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-
 from spot_hpc import aws
 from spot_hpc.batch import BatchGateway
 from spot_hpc.ledger import Ledger
@@ -37,7 +35,7 @@ class Services:
             sns=aws.client("sns"),
             sqs=aws.client("sqs"),
             secrets=aws.client("secretsmanager"),
-            prices=make_aws_price_book(boto3.session.Session(), settings.region),
+            prices=make_aws_price_book(settings.region),
         )
 
     @classmethod
