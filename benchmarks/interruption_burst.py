@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from spot_hpc.batch import JobRequest
 from spot_hpc.clock import format_time, utc_now
 from spot_hpc.interruptions import on_spot_signal
 from spot_hpc.ledger import Attempt, JobRef, Run, Stage
@@ -72,8 +73,6 @@ def seed(svc: Any, jobs: int) -> list[str]:
         stage = svc.ledger.claim_attempt(
             run_id, "preprocess", 0, checkpoint_uri=checkpoint_uri(svc.settings.ingest_bucket, run_id, "preprocess")
         )
-        from spot_hpc.batch import JobRequest
-
         job_id = svc.batch.submit(
             JobRequest(
                 name=job_name(run_id, "preprocess", 1),
