@@ -16,15 +16,21 @@ def register(subparsers: Any) -> None:
         help="summarise runs: cost, On-Demand-only cost and savings per run and per day or week",
         description="Summarise run reports as tables (per run, per period) and optionally a PNG chart.",
     )
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--from-json",
         dest="from_json",
         nargs="+",
         type=Path,
-        required=True,
         metavar="FILE",
         help="run report files (as written by `spotctl demo --json`); a file may also hold a list of reports",
     )
+    source.add_argument(
+        "--stack",
+        metavar="NAME",
+        help="read every run from a deployed stack's ledger (AWS credentials of the account are used)",
+    )
+    parser.add_argument("--region", default=None, help="region of --stack (default: AWS_REGION or us-east-1)")
     parser.add_argument("--period", choices=("day", "week"), default="day", help="period of the totals table")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of cost vs On-Demand by run")
     parser.set_defaults(func=run_report)
@@ -50,10 +56,21 @@ def load_run_reports(paths: list[Path]) -> list[dict[str, Any]]:
     return reports
 
 
+def load_stack_reports(stack: str, region: str | None) -> list[dict[str, Any]]:
+    import os
+
+    from spotctl.deployed import StackNotFound, run_reports, services_for_stack
+
+    try:
+        return run_reports(services_for_stack(stack, region or os.environ.get("AWS_REGION", "us-east-1")))
+    except StackNotFound as exc:
+        raise ToolError(str(exc)) from None
+
+
 def run_report(args: argparse.Namespace) -> int:
     from spotctl.reporting import render_report
 
-    reports = load_run_reports(list(args.from_json))
+    reports = load_run_reports(list(args.from_json)) if args.from_json else load_stack_reports(args.stack, args.region)
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise ToolError(f"--plot writes a PNG: give a file name ending in .png, not {args.plot.name!r}")
     try:

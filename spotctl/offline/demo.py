@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 from spot_hpc.pipeline import build_run_options
 
+from spotctl.deployed import services_for_stack
 from spotctl.offline.adapters import OFFLINE_FUNCTION_ENV
 from spotctl.offline.eventbus import REGION
 from spotctl.offline.runtime import DEFAULT_TRACE, OfflineControlPlane
+from spotctl.offline.stack import STACK_NAME
 
 SAMPLE_CSV = b"sample_id,temperature,pressure\n1,293.1,101.3\n2,294.7,101.1\n3,292.8,100.9\n"
 
@@ -39,13 +40,7 @@ class DemoOptions:
 
 def control_plane_services(plane: OfflineControlPlane) -> Any:
     """The domain services with the deployed functions' environment (to read the ledger as the handlers do)."""
-    from spot_hpc.services import Services
-    from spot_hpc.settings import ControlPlaneSettings
-
-    function = plane.stack.physical_id("StageRunnerFunction")
-    env = boto3.client("lambda", region_name=REGION).get_function_configuration(FunctionName=function)
-    variables = {k: str(v) for k, v in env["Environment"]["Variables"].items()}
-    return Services.from_settings(ControlPlaneSettings.from_environ({**variables, **OFFLINE_FUNCTION_ENV}))
+    return services_for_stack(STACK_NAME, REGION, OFFLINE_FUNCTION_ENV)
 
 
 def run_demo(options: DemoOptions) -> tuple[dict[str, Any], list[str]]:

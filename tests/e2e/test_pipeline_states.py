@@ -138,3 +138,19 @@ def test_every_aws_call_a_handler_makes_is_allowed_by_its_role(succeeded_states,
     }
     # THEN nothing a deployed handler would do is refused by IAM
     assert {fn: m for fn, m in missing.items() if m} == {}
+
+
+def test_report_reads_the_deployed_stacks_ledger(failed_plane, tmp_path, capsys):
+    from spotctl.cli import main
+
+    # GIVEN the (offline) stack with its failed run in the ledger
+    plot = tmp_path / "cost.png"
+    # WHEN the report is asked of the stack, and of a stack that does not exist
+    code = main(["report", "--stack", "spot-hpc", "--plot", str(plot)])
+    printed = capsys.readouterr().out
+    missing = main(["report", "--stack", "no-such-stack"])
+    # THEN the run is in the table, the chart is written, and the unknown stack is a clear error
+    run_id = failed_plane.executions()[0]["name"]
+    assert code == 0 and run_id in printed
+    assert plot.stat().st_size > 0 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert missing == 2 and "no-such-stack" in capsys.readouterr().err

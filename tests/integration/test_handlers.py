@@ -62,6 +62,9 @@ def test_deadline_that_is_not_a_number_is_rejected_and_recorded(plane):
     rejections = control_plane_services(plane).ledger.list_rejections()
     assert any(r["source"].endswith("incoming/soon.csv") and "deadline_hours" in r["reason"] for r in rejections)
     assert not any(e["name"].startswith("soon-") for e in plane.executions())
+    # AND the team hears of it
+    texts = [m.get("text") or "" for m in plane.webhook.delivered_messages]
+    assert any("upload rejected" in t and "deadline_hours" in t for t in texts)
 
 
 def test_manifest_next_to_the_csv_sets_the_run_options(plane):
@@ -114,3 +117,22 @@ def test_malformed_batch_event_is_rejected_and_unknown_job_ignored(plane):
     # THEN the first is refused and recorded, the second ignored
     assert rejected["status"] == "rejected" and "jobId" in rejected["reason"]
     assert ignored == {"status": "ignored", "reason": "unknown job"}
+
+
+def test_upload_outside_incoming_is_rejected_by_the_handler(plane):
+    # GIVEN an S3 event for a key outside incoming/ (the rule filters these; a forged or misrouted event)
+    event = _s3_event(plane, "results/out.csv", "v1")
+    # WHEN / THEN the handler refuses it with the reason
+    result, _ = plane.invoke("StartPipelineFunction", event)
+    assert result["status"] == "rejected" and "outside incoming/" in result["reason"]
+
+
+def test_demo_command_reports_bad_input_clearly(tmp_path, capsys):
+    from spotctl.cli import main
+
+    # GIVEN a trace file that does not exist, and a deadline that is not positive
+    # WHEN / THEN each is a one-line error with exit code 2, before anything runs
+    assert main(["demo", "--trace", str(tmp_path / "missing.json")]) == 2
+    assert "no such trace file" in capsys.readouterr().err
+    assert main(["demo", "--deadline-hours", "-3"]) == 2
+    assert "deadline_hours" in capsys.readouterr().err

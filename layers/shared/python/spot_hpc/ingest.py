@@ -13,7 +13,7 @@ from spot_hpc.clock import format_time, utc_now
 from spot_hpc.events import S3EventNotificationEventBridgeModel
 from spot_hpc.intake import Rejected, parse_event, reject
 from spot_hpc.ledger import LedgerConflict, Run, Stage
-from spot_hpc.notifier import notify
+from spot_hpc.notifier import notify, notify_rejected_upload
 from spot_hpc.pipeline import INGEST_PREFIX, InvalidRunOptions, build_run_options, manifest_key, run_id_for, stage_specs
 from spot_hpc.services import Services
 
@@ -25,7 +25,10 @@ def start_pipeline(svc: Services, event: dict[str, Any], account_id: str) -> dic
     try:
         return _start(svc, event, account_id)
     except Rejected as exc:
-        return reject(svc, _describe_source(event), str(exc), event)
+        source = _describe_source(event)
+        event_id = str(event.get("id", "")) if isinstance(event, dict) else ""
+        notify_rejected_upload(svc, run_id_for(source, event_id, None), source, str(exc), event_id)
+        return reject(svc, source, str(exc), event)
 
 
 def _describe_source(event: dict[str, Any]) -> str:

@@ -63,7 +63,19 @@ def notify(
         elapsed_hours=round(hours_between(parse_time(run.started_at), utc_now()), 3),
         **figures,
     )
-    if not svc.ledger.claim_notification(notification.dedupe_key):
+    return _send(svc, notification, notification.dedupe_key)
+
+
+def notify_rejected_upload(svc: Services, run_id: str, source: str, reason: str, event_id: str) -> bool:
+    """Tells the team an upload will not run (once per event): it would otherwise wait for a run that never comes."""
+    notification = Notification(
+        kind="failed", run_id=run_id, stage=None, reason=f"upload rejected: {reason}", details={"source": source}
+    )
+    return _send(svc, notification, f"rejected#{event_id or source}")
+
+
+def _send(svc: Services, notification: Notification, dedupe_key: str) -> bool:
+    if not svc.ledger.claim_notification(dedupe_key):
         return False
     outcome = deliver_notification(
         notification,
@@ -74,6 +86,14 @@ def notify(
         dead_letter_queue_url=svc.settings.notifications_dlq_url,
         budget_seconds=20.0,
     )
-    svc.ledger.record_notifications(run.run_id, notification_report_entries(notification, outcome))
-    logger.info("notified", extra={"kind": kind, "run_id": run.run_id, "stage": stage, "slack": outcome.slack})
+    svc.ledger.record_notifications(notification.run_id, notification_report_entries(notification, outcome))
+    logger.info(
+        "notified",
+        extra={
+            "kind": notification.kind,
+            "run_id": notification.run_id,
+            "stage": notification.stage,
+            "slack": outcome.slack,
+        },
+    )
     return True
