@@ -1,24 +1,9 @@
 """Batch Job State Change -> ledger, failure classification, resubmission from checkpoint, stage settlement."""
 
-from typing import Any
-
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from spot_hpc.aws import account_of
+from spot_hpc.handler import control_plane_handler
 from spot_hpc.job_events import on_job_state_change
-from spot_hpc.metrics import record_event_outcome
-from spot_hpc.services import Services
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
-services = Services.from_environ()  # environment validated at cold start
-
-
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    result = on_job_state_change(services, event, account_of(context.invoked_function_arn))
-    record_event_outcome(metrics, result)
-    return result
+lambda_handler = control_plane_handler(
+    lambda services, event, context: on_job_state_change(services, event, account_of(context.invoked_function_arn)),
+)

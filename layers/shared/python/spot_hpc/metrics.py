@@ -109,8 +109,9 @@ def record_settled_run(metrics: Any, run_report: Mapping[str, Any]) -> None:
             metric.add_dimension(name=STAGE_DIMENSION, value=str(stage["name"]))
 
 
-def record_event_outcome(metrics: Any, result: Mapping[str, Any]) -> None:
-    """Counts what a handler refused or ignored; every other figure is counted once, when its run settles."""
+def record_event_outcome(metrics: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """Counts what a handler refused or ignored (every other figure is counted once, when its run settles);
+    returns the result unchanged."""
     from aws_lambda_powertools.metrics import MetricUnit
 
     if result.get("status") == "rejected":
@@ -119,3 +120,4 @@ def record_event_outcome(metrics: Any, result: Mapping[str, Any]) -> None:
         metrics.add_metric(name=FOREIGN_INSTANCE_SIGNALS, unit=MetricUnit.Count, value=1)
     if "active_stages" in result:
         metrics.add_metric(name=ACTIVE_STAGES, unit=MetricUnit.Count, value=int(result["active_stages"]))
+    return result

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spot_hpc.ledger import Run
+from spot_hpc.metrics import record_settled_run
 from spot_hpc.notifier import notify
 from spot_hpc.placement import node_price
 from spot_hpc.run_report import build_run_report
@@ -29,6 +30,13 @@ class Settlement:
 
     def summary(self) -> dict[str, Any]:
         return {k: self.report[k] for k in SUMMARY_FIELDS}
+
+
+def record_settlement(metrics: Any, settlement: Settlement) -> dict[str, Any]:
+    """The run's figures go to the metrics once (not again when the state machine retries the notify task)."""
+    if settlement.first_time:
+        record_settled_run(metrics, settlement.report)
+    return settlement.summary()
 
 
 SUMMARY_FIELDS = ("run_id", "pipeline_status", "cost_usd", "on_demand_only_cost_usd", "savings_pct", "deadline_met")

@@ -1,0 +1,38 @@
+"""What every Lambda of the control plane is: Powertools' decorator stack around one call into the domain.
+
+    lambda_handler = control_plane_handler(lambda services, event, context: run_guard(services))
+
+The environment is validated and the AWS clients are built when the function's module is imported (its cold
+start); a misconfigured stack fails there, loudly, before any event is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from spot_hpc.metrics import record_event_outcome
+from spot_hpc.services import Services
+
+Result = TypeVar("Result")
+Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
+
+
+def control_plane_handler(
+    call: Callable[[Services, dict[str, Any], LambdaContext], Result],
+    outcome: Callable[[Metrics, Result], dict[str, Any]] = record_event_outcome,  # type: ignore[assignment]
+) -> Handler:
+    """`call` does the work; `outcome` records its metrics and returns what the handler answers."""
+    logger, tracer, metrics = Logger(), Tracer(), Metrics()
+    services = Services.from_environ()
+
+    @logger.inject_lambda_context
+    @tracer.capture_lambda_handler
+    @metrics.log_metrics
+    def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        return outcome(metrics, call(services, event, context))
+
+    return lambda_handler
