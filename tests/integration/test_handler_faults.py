@@ -151,3 +151,27 @@ def test_batch_throttling_is_retried_without_a_second_job(monkeypatch):
     # THEN the client's retry absorbed the throttle: one job per attempt, and the pipeline succeeded
     assert throttled == [1] and status == "SUCCEEDED"
     assert len(names) == len(set(names))
+
+
+def test_crash_between_settling_a_stage_and_answering_the_state_machine_is_repaired(monkeypatch):
+    from spot_hpc import job_events
+
+    # GIVEN the Batch handler dies right after recording that preprocess succeeded, before telling Step Functions
+    real_answer = job_events.answer_state_machine
+    crashes: list[str] = []
+
+    def crash_once(svc, stage):
+        if not crashes:
+            crashes.append(stage.stage)
+            raise TimeoutError("Lambda timed out before SendTaskSuccess")
+        real_answer(svc, stage)
+
+    monkeypatch.setattr(job_events, "answer_state_machine", crash_once)
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as plane:
+        plane.upload("incoming/unanswered.csv", b"a\n1\n", {"deadline-hours": "12"})
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=12)
+        failed_deliveries = [d for d in plane.bus.deliveries if d.status == "error"]
+    # THEN the crash reached the dead-letter queue, the guard answered for the settled stage, and the run finished
+    assert crashes == ["preprocess"] and len(failed_deliveries) == 1
+    assert status == "SUCCEEDED"

@@ -11,7 +11,7 @@ from typing import Any
 
 from spot_hpc.clock import parse_time, utc_now
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail
-from spot_hpc.job_events import apply_job_state
+from spot_hpc.job_events import answer_state_machine, apply_job_state
 from spot_hpc.ledger import Run, Stage
 from spot_hpc.notifier import notify
 from spot_hpc.placement import (
@@ -25,7 +25,8 @@ from spot_hpc.policy import Action
 from spot_hpc.services import Services
 
 logger = logging.getLogger(__name__)
-# A claimed attempt with no job after this long means its handler died between claiming and submitting.
+# A claimed attempt with no job, or a settled stage not yet answered, this long after the fact means its handler
+# died between two AWS calls.
 STALE_SUBMISSION = timedelta(minutes=3)
 
 
@@ -49,6 +50,12 @@ def run_guard(svc: Services) -> dict[str, Any]:
 
 def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | None) -> str | None:
     now = utc_now()
+    if stage.status in ("SUCCEEDED", "FAILED"):
+        # Settled, but its handler died before telling the state machine (or is doing so right now).
+        if stage.settled_at and now - parse_time(stage.settled_at) > STALE_SUBMISSION:
+            answer_state_machine(svc, stage)
+            return f"answered the state machine: {stage.status}"
+        return None
     if not stage.job_id:
         if stage.submitting_since and now - parse_time(stage.submitting_since) > STALE_SUBMISSION:
             submit_claimed(svc, run, stage, stage.capacity or "spot", "recovered an interrupted submission")

@@ -12,6 +12,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from botocore.exceptions import ClientError
 from spot_checkpoint import EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT
 from spot_checkpoint.store import CheckpointStore
 
@@ -218,7 +219,7 @@ def _resubmit(svc: Services, run: Run, stage: Stage, why: str, spot_available: b
 
 def _settle(svc: Services, run: Run, stage: Stage, status: str, attempt: Attempt, error: str = "") -> dict[str, Any]:
     try:
-        settled = svc.ledger.settle_stage(run.run_id, stage.stage, status, attempt.attempt)
+        settled = svc.ledger.settle_stage(run.run_id, stage.stage, status, attempt.attempt, failure=error or None)
     except LedgerConflict:
         return {"status": "ignored", "reason": "stage already settled"}
     if status == "SUCCEEDED" and settled.checkpoint_uri:
@@ -226,13 +227,34 @@ def _settle(svc: Services, run: Run, stage: Stage, status: str, attempt: Attempt
             CheckpointStore(svc.s3, settled.checkpoint_uri).cleanup()
         except Exception:  # cleanup is housekeeping (the bucket lifecycle rule expires leftovers)
             logger.warning("checkpoint cleanup failed", extra={"run_id": run.run_id, "stage": stage.stage})
-    if settled.task_token:
-        if status == "SUCCEEDED":
-            svc.sfn.send_task_success(
-                taskToken=settled.task_token,
-                output=json.dumps({"stage": stage.stage, "job_id": attempt.job_id, "attempt": attempt.attempt}),
-            )
-        else:
-            svc.sfn.send_task_failure(taskToken=settled.task_token, error="StageFailed", cause=error[:32768])
+    answer_state_machine(svc, settled)
     logger.info("stage settled", extra={"run_id": run.run_id, "stage": stage.stage, "status": status})
     return {"status": "settled", "stage_status": status}
+
+
+# SendTask* on a token that no longer waits: the execution ended (timed out, aborted) or was already answered.
+_TOKEN_GONE = frozenset({"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"})
+
+
+def answer_state_machine(svc: Services, stage: Stage) -> None:
+    """Tells the waiting state machine how a settled stage ended, then takes it out of the active index.
+
+    Safe to repeat: the SLA guard calls it again for a stage settled by a handler that died before answering.
+    """
+    if stage.task_token:
+        try:
+            if stage.status == "SUCCEEDED":
+                svc.sfn.send_task_success(
+                    taskToken=stage.task_token,
+                    output=json.dumps({"stage": stage.stage, "job_id": stage.job_id, "attempt": stage.attempt}),
+                )
+            else:
+                cause = stage.failure or "the stage failed"
+                svc.sfn.send_task_failure(taskToken=stage.task_token, error="StageFailed", cause=cause[:32768])
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in _TOKEN_GONE:
+                raise
+            logger.warning(
+                "state machine no longer waits for this stage", extra={"run_id": stage.run_id, "stage": stage.stage}
+            )
+    svc.ledger.mark_answered(stage.run_id, stage.stage)

@@ -104,6 +104,8 @@ class Stage:
     spot_stats: dict[str, Any] = field(default_factory=dict)
     sla_at_risk_notified: bool = False
     settled_at: str | None = None
+    # Why a stage failed for good, kept so the answer to the state machine can be sent again after a crash.
+    failure: str | None = None
 
 
 @dataclass
@@ -272,6 +274,17 @@ class Ledger:
         item = self._table.get_item(Key=_stage_key(run_id, stage), ConsistentRead=True).get("Item")
         return _record(Stage, item) if item else None
 
+    def get_stages(self, run_id: str) -> list[Stage]:
+        """The run's stages in pipeline order (one query reading only stage items)."""
+        items = self._query(
+            {
+                "KeyConditionExpression": "pk = :pk AND begins_with(sk, :stage)",
+                "ExpressionAttributeValues": {":pk": f"RUN#{run_id}", ":stage": "STAGE#"},
+                "ConsistentRead": True,
+            }
+        )
+        return sorted((_record(Stage, i) for i in items), key=lambda s: s.order)
+
     def get_run_items(self, run_id: str) -> tuple[list[Stage], list[Attempt]]:
         items = list(
             self._query(
@@ -310,18 +323,26 @@ class Ledger:
             ),
         )
 
-    def settle_stage(self, run_id: str, stage: str, status: str, attempt: int) -> Stage:
-        """Marks a stage SUCCEEDED or FAILED once, for the attempt that settled it."""
+    def settle_stage(self, run_id: str, stage: str, status: str, attempt: int, failure: str | None = None) -> Stage:
+        """Marks a stage SUCCEEDED or FAILED once, for the attempt that settled it.
+
+        The stage stays in the active index until the state machine has been told (`mark_answered`), so a crash
+        in between leaves it where the SLA guard looks.
+        """
         return _record(
             Stage,
             self._update(  # type: ignore[no-any-return]
                 _stage_key(run_id, stage),
-                {"status": status, "settled_at": format_time(utc_now())},
-                removes=("active", "active_sk", "submitting_since", "spot_waiting_since"),
+                {"status": status, "settled_at": format_time(utc_now()), "failure": failure},
+                removes=("submitting_since", "spot_waiting_since"),
                 condition="#attempt = :attempt AND #status = :running",
                 condition_values={"attempt": attempt, "running": "RUNNING"},
             ),
         )
+
+    def mark_answered(self, run_id: str, stage: str) -> None:
+        """The state machine knows how the stage ended: it leaves the active index."""
+        self._update(_stage_key(run_id, stage), {}, removes=("active", "active_sk"))
 
     def active_stages(self) -> Iterator[Stage]:
         for item in self._query(

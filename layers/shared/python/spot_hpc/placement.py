@@ -57,7 +57,7 @@ def stage_view(svc: Services, run: Run, stage: Stage, now: datetime | None = Non
     now = now or utc_now()
     done = stage_progress(svc, stage)
     remaining_here = stage.compute_hours * (1.0 - done)
-    stages, _ = svc.ledger.get_run_items(run.run_id)
+    stages = svc.ledger.get_stages(run.run_id)
     # This stage and those after it share what is left of the run's deadline.
     work = [
         (remaining_here if s.stage == stage.stage else s.compute_hours, s.spot_allowed)

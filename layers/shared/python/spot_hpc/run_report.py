@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 from spot_hpc import cost
 from spot_hpc.clock import hours_between, parse_time, utc_now
-from spot_hpc.ledger import CANCEL_REQUEUE, Attempt, Run, Stage
+from spot_hpc.ledger import Attempt, Run, Stage
 
 RECLAIM_CLASSES = frozenset({"spot_reclaim", "host_failure", "checkpointed_interruption"})
 
 
 def _hours(run: Run, when: str | None) -> float | None:
     return None if when is None else round(hours_between(parse_time(run.started_at), parse_time(when)), 6)
+
+
+def requeues_to_on_demand(attempts: list[Attempt]) -> int:
+    """Moves of a stage's work from Spot to On-Demand: an On-Demand attempt right after a Spot one, whether the
+    Spot job was replaced before the instance went or resubmitted after a reclaim."""
+    moves = 0
+    for stage in {a.stage for a in attempts}:
+        ordered = sorted((a for a in attempts if a.stage == stage), key=lambda a: a.attempt)
+        moves += sum(
+            1 for before, after in pairwise(ordered) if (before.capacity, after.capacity) == ("spot", "on-demand")
+        )
+    return moves
 
 
 def build_run_report(
@@ -67,6 +80,6 @@ def build_run_report(
         "deadline_met": run.status == "SUCCEEDED" and finished is not None and finished <= run.deadline_hours + 1e-9,
         "stages": stage_reports,
         "interruptions": sum(1 for a in attempts if a.failure_class in RECLAIM_CLASSES),
-        "requeues_to_on_demand": sum(1 for a in attempts if a.cancel_reason == CANCEL_REQUEUE),
+        "requeues_to_on_demand": requeues_to_on_demand(attempts),
         **settled.as_report_fields(),
     }
