@@ -175,3 +175,19 @@ def test_crash_between_settling_a_stage_and_answering_the_state_machine_is_repai
     # THEN the crash reached the dead-letter queue, the guard answered for the settled stage, and the run finished
     assert crashes == ["preprocess"] and len(failed_deliveries) == 1
     assert status == "SUCCEEDED"
+
+
+def test_hpc_in_shards_mode_runs_as_an_array_job_on_spot(tmp_path):
+    # GIVEN a trace with Spot capacity for 4 nodes throughout, and an upload asking for 3 independent HPC shards
+    trace = tmp_path / "four.json"
+    trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [4] * 500}))
+    with OfflineControlPlane(trace=trace, stage_hours=QUICK_STAGES) as plane:
+        plane.upload("incoming/shards.csv", b"a\n1\n", {"deadline-hours": "12", "hpc-mode": "shards", "hpc-nodes": "3"})
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=12)
+        _, hpc = _attempts(plane, "hpc")
+        job = plane.batch.jobs[hpc[-1].job_id]
+    # THEN the HPC stage ran on the Spot queue as an array of 3 shards (only multi-node jobs are On-Demand only)
+    assert status == "SUCCEEDED"
+    assert hpc[-1].capacity == "spot" and "SpotJobQueue" in hpc[-1].queue
+    assert job.array_size == 3 and not job.is_multinode
