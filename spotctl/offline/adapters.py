@@ -129,11 +129,14 @@ def drop_unemulated_resources(template: dict[str, Any]) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------------------------------------------------
 # Lambda: AWS runs a function's handler in its own sandbox with the function's environment. moto runs functions
 # in Docker (or returns a canned answer without it). Offline, the handler runs in-process: its module is loaded from
-# the function's CodeUri under the function's environment (its cold start), and invocations are serialised so that
-# each sees only its own environment.
+# the function's CodeUri under the function's environment (its cold start). Invocations are serialised (moto's
+# backends are not thread-safe), and the function's environment is visible only on the thread that runs it: Step
+# Functions invokes from threads of its own while the runtime reads the process environment (every boto3 client it
+# creates walks os.environ for proxies), so swapping the process-wide environment would race with those readers.
 
 _INVOKE_LOCK = threading.RLock()
 _in_progress = 0
+_in_progress_lock = threading.Lock()  # `+=` on a global is not atomic across threads
 _current = threading.local()  # the function whose handler runs on this thread, if any
 
 
@@ -181,17 +184,39 @@ OFFLINE_FUNCTION_ENV = {
 }
 
 
+_sandbox = threading.local()  # the environment of the function running on this thread, if any
+
+
+class _SandboxedEnviron(os._Environ[str]):
+    """os.environ, but a thread running a function sees that function's environment instead of the process's."""
+
+    @property  # type: ignore[misc]
+    def _data(self) -> dict[bytes, bytes]:
+        data: dict[bytes, bytes] | None = getattr(_sandbox, "environ", None)
+        return self.__dict__["_data"] if data is None else data  # type: ignore[no-any-return]
+
+
+def _process_environ() -> dict[str, str]:
+    """The process environment, whatever the calling thread runs."""
+    environ = os.environ
+    return {environ.decodekey(k): environ.decodevalue(v) for k, v in environ.__dict__["_data"].items()}  # type: ignore[attr-defined]
+
+
 @contextlib.contextmanager
-def function_environment(env: dict[str, str]) -> Iterator[None]:
-    saved = dict(os.environ)
-    os.environ.update(OFFLINE_FUNCTION_ENV)
+def function_environment(env: dict[str, Any]) -> Iterator[None]:
+    """Runs the block with `env` (over the process environment) as os.environ, on this thread only."""
+    environ = os.environ
+    if not isinstance(environ, _SandboxedEnviron):
+        # Same object, so modules that imported `environ` from os see it too.
+        environ.__class__ = _SandboxedEnviron
     # CloudFormation hands every environment value to Lambda as a string; moto keeps resolved numbers as numbers.
-    os.environ.update({name: str(value) for name, value in env.items()})
+    values = {**_process_environ(), **OFFLINE_FUNCTION_ENV, **{name: str(value) for name, value in env.items()}}
+    outer = getattr(_sandbox, "environ", None)  # a function invoking another synchronously, on the same thread
+    _sandbox.environ = {environ.encodekey(k): environ.encodevalue(v) for k, v in values.items()}  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        _sandbox.environ = outer
 
 
 def run_local_function(
@@ -200,7 +225,9 @@ def run_local_function(
     """Runs the handler in-process; returns (result or error payload, errored)."""
     global _in_progress
     module_name, _, attribute = handler.rpartition(".")
-    _in_progress += 1  # counted from the request on, so the runtime never advances time under a waiting call
+    caller = current_function()  # a function invoking another synchronously, on the same thread
+    with _in_progress_lock:
+        _in_progress += 1  # counted from the request on, so the runtime never advances time under a waiting call
     try:
         with _INVOKE_LOCK, function_environment({**env, "AWS_LAMBDA_FUNCTION_NAME": function_name}):
             local.invocations += 1
@@ -223,8 +250,9 @@ def run_local_function(
             "stackTrace": traceback.format_exception(exc)[-5:],
         }, True
     finally:
-        _current.logical_id = None
-        _in_progress -= 1
+        _current.logical_id = caller
+        with _in_progress_lock:
+            _in_progress -= 1
 
 
 FunctionRegistry = Callable[[str], "LocalFunction | None"]
@@ -256,6 +284,8 @@ def install_lambda_adapter(registry: FunctionRegistry) -> Callable[[], None]:
     def uninstall() -> None:
         LambdaFunction.invoke = original  # type: ignore[method-assign]
         LambdaSimpleBackend.invoke = original_simple  # type: ignore[method-assign]
+        if isinstance(os.environ, _SandboxedEnviron):
+            os.environ.__class__ = os._Environ  # type: ignore[assignment]
 
     return uninstall
 

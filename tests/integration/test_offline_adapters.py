@@ -4,6 +4,8 @@ batch_emulator.py)."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -99,8 +101,40 @@ def test_handler_runs_under_its_own_environment_with_string_values(tmp_path, mon
     )  # type: ignore[dict-item]
     # THEN it saw the string, and the process environment is as it was
     assert (result, errored) == ({"value": "25", "name": "probe"}, False)
-    assert "PROBE_VALUE" not in __import__("os").environ
+    assert "PROBE_VALUE" not in os.environ
     assert local.invocations == 1
+
+
+def test_a_running_function_s_environment_is_invisible_to_other_threads(tmp_path, monkeypatch):
+    # GIVEN a handler that pauses while it runs (as the stage runner runs on a Step Functions thread)
+    monkeypatch.delenv("PROBE_VALUE", raising=False)
+    monkeypatch.setenv("PROCESS_ONLY", "kept")
+    inside, release = threading.Event(), threading.Event()
+    local = _function(
+        tmp_path,
+        "import os\ndef handler(event, context):\n"
+        "    event['inside'].set()\n"
+        "    event['release'].wait(5)\n"
+        "    return {'value': os.environ['PROBE_VALUE'], 'process': os.environ.get('PROCESS_ONLY')}\n",
+    )
+    outcome: list[tuple[object, bool]] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(
+            adapters.run_local_function(
+                local, "probe", "arn", "app.handler", {"PROBE_VALUE": "fn"}, {"inside": inside, "release": release}
+            )
+        )
+    )
+    worker.start()
+    assert inside.wait(5)
+    # WHEN this thread reads the whole environment while the function runs
+    seen_here = dict(os.environ)
+    release.set()
+    worker.join(5)
+    # THEN this thread saw the process environment only, and the function saw its own over the process's
+    assert "PROBE_VALUE" not in seen_here
+    assert seen_here["PROCESS_ONLY"] == "kept"
+    assert outcome == [({"value": "fn", "process": "kept"}, False)]
 
 
 def test_handler_exception_becomes_a_lambda_error_payload(tmp_path):
