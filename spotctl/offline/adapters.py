@@ -417,6 +417,38 @@ def install_send_task_failure_adapter() -> Callable[[], None]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Step Functions: a task token per attempt. AWS gives every attempt of a waitForTaskToken task a token of its own, so
+# an answer meant for an attempt that failed and was retried cannot settle the retry (it gets TaskTimedOut). moto
+# makes the token once per state and reuses it across the state's retries; a retried attempt gets a fresh one here.
+
+
+def install_task_token_adapter() -> Callable[[], None]:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import ResourceCondition
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
+        StateTaskServiceCallback,
+    )
+
+    own = StateTaskServiceCallback.__dict__.get("_eval_execution")  # else inherited
+    original = StateTaskServiceCallback._eval_execution
+
+    def eval_execution(self: Any, env: Any) -> None:
+        retried = env.states.context_object.context_object_data.get("State", {}).get("RetryCount", 0) > 0
+        if retried and self.resource.condition == ResourceCondition.WaitForTaskToken:
+            env.callback_pool_manager.add(env.states.context_object.update_task_token())
+        original(self, env)
+
+    StateTaskServiceCallback._eval_execution = eval_execution  # type: ignore[method-assign]
+
+    def uninstall() -> None:
+        if own is None:
+            del StateTaskServiceCallback._eval_execution
+        else:
+            StateTaskServiceCallback._eval_execution = own  # type: ignore[method-assign]
+
+    return uninstall
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # CloudFormation: S3 bucket versioning. AWS creates a bucket with its VersioningConfiguration, so every upload
 # gets a version id (one pipeline run per object version). moto's CloudFormation ignores the property; it is
 # applied to the created buckets.

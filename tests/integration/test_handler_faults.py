@@ -8,6 +8,7 @@ import json
 import boto3
 import pytest
 from conftest import load_event
+from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
 from spot_hpc.outcome import run_report
 
@@ -113,6 +114,14 @@ def test_crash_between_submit_job_and_the_ledger_write_submits_once(monkeypatch)
         return job_id
 
     monkeypatch.setattr(BatchGateway, "submit", submit_then_crash)
+    tokens: list[str] = []
+    real_run_stage = runner.run_stage
+
+    def recording_tokens(svc, event):
+        tokens.append(event["task_token"])
+        return real_run_stage(svc, event)
+
+    monkeypatch.setattr(runner, "run_stage", recording_tokens)
     with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as plane:
         plane.upload("incoming/crash.csv", b"a\n1\n", {"deadline-hours": "12"})
         # WHEN the run goes its course (the state machine retries the runner, the guard repairs the stage)
@@ -122,6 +131,8 @@ def test_crash_between_submit_job_and_the_ledger_write_submits_once(monkeypatch)
     assert status == "SUCCEEDED"
     first = [n for n in names if n.endswith("-preprocess-a1")]
     assert len(first) == 1 and submitted.count(first[0]) == 1
+    # and, as in AWS, the retried runner got a task token of its own
+    assert len(tokens) >= 4 and len(set(tokens)) == len(tokens)
 
 
 def test_batch_throttling_is_retried_without_a_second_job(monkeypatch):

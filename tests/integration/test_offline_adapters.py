@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -266,6 +267,49 @@ def test_send_task_failure_keeps_its_cause(plane):
     Probe.__new__(Probe).send_task_failure()
     # THEN the backend gets the cause too
     assert received == {"token": "t-1", "error": "StageFailed", "cause": "exit code 3"}
+
+
+def _next_task_token(sqs, queue_url: str) -> str:
+    for _ in range(100):  # Step Functions runs the execution on a thread of its own
+        messages = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0).get("Messages", [])
+        if messages:
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=messages[0]["ReceiptHandle"])
+            return str(json.loads(messages[0]["Body"])["token"])
+        time.sleep(0.05)
+    raise AssertionError("the task never sent its token")
+
+
+def test_each_retry_of_a_callback_task_gets_a_token_of_its_own(plane):
+    # GIVEN a waitForTaskToken task that hands its token to a queue and is retried once when it fails
+    sqs = boto3.client("sqs", region_name=REGION)
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    queue_url = sqs.create_queue(QueueName="task-token-probe")["QueueUrl"]
+    task = {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+        "Parameters": {"QueueUrl": queue_url, "MessageBody": {"token.$": "$$.Task.Token"}},
+        "Retry": [{"ErrorEquals": ["Probe"], "MaxAttempts": 1, "IntervalSeconds": 1}],
+        "End": True,
+    }
+    machine = sfn.create_state_machine(
+        name="task-token-probe",
+        definition=json.dumps({"StartAt": "Wait", "States": {"Wait": task}}),
+        roleArn="arn:aws:iam::123456789012:role/probe",
+    )["stateMachineArn"]
+    execution = sfn.start_execution(stateMachineArn=machine)["executionArn"]
+    # WHEN the first attempt is failed through its token, and the retry answered through its own
+    first = _next_task_token(sqs, queue_url)
+    sfn.send_task_failure(taskToken=first, error="Probe", cause="first attempt")
+    second = _next_task_token(sqs, queue_url)
+    sfn.send_task_success(taskToken=second, output="{}")
+    for _ in range(100):
+        status = sfn.describe_execution(executionArn=execution)["status"]
+        if status != "RUNNING":
+            break
+        time.sleep(0.05)
+    # THEN the retry had a token of its own, and answering it ended the execution
+    assert first != second
+    assert status == "SUCCEEDED"
 
 
 def test_ingest_bucket_is_versioned_as_the_template_says(plane):
