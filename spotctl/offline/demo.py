@@ -73,20 +73,28 @@ def run_demo(options: DemoOptions) -> tuple[dict[str, Any], list[str]]:
     return report, timeline
 
 
+def _reason(attempt: dict[str, Any]) -> str:
+    # Batch's words ("Essential container in task exited") say little on their own; lead with the control plane's class.
+    failure = attempt.get("failure_class")
+    return f"{failure}: {attempt['status_reason']}" if failure else str(attempt["status_reason"])
+
+
 def format_summary(report: dict[str, Any], timeline: list[str]) -> str:
+    def hours(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     lines = ["Timeline (simulated hours since upload):", *timeline, ""]
     for stage in report["stages"]:
         for a in stage["attempts"]:
             lines.append(
                 f"  {stage['name']:<11} {a['capacity']:<9} x{a['nodes']} {a['status']:<9} "
-                f"{a['started_hours'] if a['started_hours'] is not None else '-':>6} -> "
-                f"{a['stopped_hours'] if a['stopped_hours'] is not None else '-':>6} h  ${a['cost_usd']:.2f}"
+                f"{hours(a['started_hours']):>6} -> {hours(a['stopped_hours']):>6} h  ${a['cost_usd']:.2f}"
                 f"{'  resumed from checkpoint' if a['resumed_from_checkpoint'] else ''}"
-                f"  {a['status_reason']}"
+                f"  {_reason(a)}"
             )
     lines += [
         "",
-        f"Pipeline {report['pipeline_status']} in {report['finished_hours']} h of {report['deadline_hours']} h: "
+        f"Pipeline {report['pipeline_status']} in {hours(report['finished_hours'])} h of {report['deadline_hours']} h: "
         f"deadline {'met' if report['deadline_met'] else 'MISSED'}",
         f"Interruptions {report['interruptions']}, requeues to On-Demand {report['requeues_to_on_demand']}",
         f"Cost ${report['cost_usd']:.2f} vs ${report['on_demand_only_cost_usd']:.2f} On-Demand only "

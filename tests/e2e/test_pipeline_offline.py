@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from spot_hpc.cost import check_run_report_costs
 
-from spotctl.offline.demo import DemoOptions, run_demo
+from spotctl.offline.demo import DemoOptions, format_summary, run_demo
 
 pytestmark = pytest.mark.e2e
 
@@ -52,3 +52,13 @@ def test_report_costs_recompute_from_attempts(demo_run):
     report, _ = demo_run
     assert check_run_report_costs(report) == []
     assert 0 < report["cost_usd"] < report["on_demand_only_cost_usd"]
+
+
+def test_summary_says_why_each_attempt_ended(demo_run):
+    # GIVEN the run's report and timeline / WHEN the demo prints its summary
+    report, timeline = demo_run
+    text = format_summary(report, timeline)
+    # THEN a reclaimed attempt is named by its class, not only by Batch's words, and hours read alike
+    reclaimed = next(line for line in text.splitlines() if "preprocess  spot      x1 FAILED" in line)
+    assert "checkpointed_interruption: Essential container in task exited" in reclaimed
+    assert f"{report['finished_hours']:.2f} h of {report['deadline_hours']} h: deadline met" in text

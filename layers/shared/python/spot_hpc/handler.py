@@ -8,6 +8,7 @@ start); a misconfigured stack fails there, loudly, before any event is touched.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,6 +17,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spot_hpc.metrics import record_event_outcome
 from spot_hpc.services import Services
+
+# Most events change nothing worth a metric (a duplicate, a guard run with every stage on track); Powertools would
+# warn about the empty flush on each of them.
+warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
 
 Result = TypeVar("Result")
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
