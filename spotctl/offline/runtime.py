@@ -7,6 +7,8 @@ with OfflineControlPlane(trace=..., stage_hours=...) as plane:
 
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import time
@@ -195,15 +197,20 @@ class OfflineControlPlane:
         return payload, bool(response.get("FunctionError"))
 
     # ------------------------------------------------------------------ time
+    @functools.cached_property
+    def _sfn(self) -> Any:
+        # One client: settle() polls every few milliseconds, and building a client costs more than the call.
+        return boto3.client("stepfunctions", region_name=REGION)
+
     def executions(self) -> list[dict[str, Any]]:
-        sfn = boto3.client("stepfunctions", region_name=REGION)
+        sfn = self._sfn
         arn = self.stack.physical_id("PipelineStateMachine")
         return [
             e for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=arn) for e in page["executions"]
         ]
 
     def history(self, execution_arn: str) -> list[dict[str, Any]]:
-        sfn = boto3.client("stepfunctions", region_name=REGION)
+        sfn = self._sfn
         return [
             e
             for page in sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn)

@@ -270,7 +270,7 @@ def test_send_task_failure_keeps_its_cause(plane):
 
 
 def _next_task_token(sqs, queue_url: str) -> str:
-    for _ in range(100):  # Step Functions runs the execution on a thread of its own
+    for _ in range(400):  # Step Functions runs the execution on a thread of its own (up to 20 s under load)
         messages = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0).get("Messages", [])
         if messages:
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=messages[0]["ReceiptHandle"])
@@ -302,7 +302,7 @@ def test_each_retry_of_a_callback_task_gets_a_token_of_its_own(plane):
     sfn.send_task_failure(taskToken=first, error="Probe", cause="first attempt")
     second = _next_task_token(sqs, queue_url)
     sfn.send_task_success(taskToken=second, output="{}")
-    for _ in range(100):
+    for _ in range(400):
         status = sfn.describe_execution(executionArn=execution)["status"]
         if status != "RUNNING":
             break
