@@ -8,7 +8,6 @@ with OfflineControlPlane(trace=..., stage_hours=...) as plane:
 from __future__ import annotations
 
 import functools
-
 import json
 import os
 import time
