@@ -199,7 +199,8 @@ class _SandboxedEnviron(os._Environ[str]):
 def _process_environ() -> dict[str, str]:
     """The process environment, whatever the calling thread runs."""
     environ = os.environ
-    return {environ.decodekey(k): environ.decodevalue(v) for k, v in environ.__dict__["_data"].items()}  # type: ignore[attr-defined]
+    process = dict(environ.__dict__["_data"])  # one copy in C, so a concurrent setenv cannot change it under us
+    return {environ.decodekey(k): environ.decodevalue(v) for k, v in process.items()}  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
