@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -112,6 +113,16 @@ def _client(service: str, region: str) -> object:
     return boto3.client(service, region_name=region, aws_access_key_id="x", aws_secret_access_key="x")
 
 
+def _stubbed(service: str, region: str, *responses: tuple[str, dict, dict | None]) -> tuple[Any, Stubber]:
+    """A client whose Stubber answers `responses` (operation, response, expected request or None) in order."""
+    client = _client(service, region)
+    stubber = Stubber(client)
+    for operation, response, expected in responses:
+        stubber.add_response(operation, response, expected)
+    stubber.activate()
+    return client, stubber
+
+
 def _price_list_product(usd: str) -> str:
     return json.dumps(
         {
@@ -162,10 +173,7 @@ def test_price_list_request_and_cache() -> None:
 
 def test_price_list_without_a_price_is_price_not_found() -> None:
     # GIVEN a Price List answer with no hourly price
-    pricing = _client("pricing", PRICING_API_REGION)
-    stubber = Stubber(pricing)
-    stubber.add_response("get_products", {"PriceList": []}, None)
-    stubber.activate()
+    pricing, _ = _stubbed("pricing", PRICING_API_REGION, ("get_products", {"PriceList": []}, None))
 
     # WHEN / THEN the price is not found
     with pytest.raises(PriceNotFound):
@@ -191,10 +199,9 @@ def test_price_from_product_ignores_zero_and_non_hourly_dimensions() -> None:
 
 def test_spot_price_history_is_paginated_and_the_price_in_effect_is_taken() -> None:
     # GIVEN an EC2 client whose Spot price history comes in two pages
-    pricing = _client("pricing", PRICING_API_REGION)
-    pricing_stubber = Stubber(pricing)
-    pricing_stubber.add_response("get_products", {"PriceList": [_price_list_product("3.06")]}, None)
-    pricing_stubber.activate()
+    pricing, pricing_stubber = _stubbed(
+        "pricing", PRICING_API_REGION, ("get_products", {"PriceList": [_price_list_product("3.06")]}, None)
+    )
     ec2 = _client("ec2", "us-west-2")
     ec2_stubber = Stubber(ec2)
     expected_params = {
@@ -240,14 +247,10 @@ def test_spot_price_history_is_paginated_and_the_price_in_effect_is_taken() -> N
 
 def test_no_spot_history_falls_back_to_the_advisor() -> None:
     # GIVEN EC2 has no Spot price for the zone, and an advisor snapshot is at hand
-    pricing = _client("pricing", PRICING_API_REGION)
-    pricing_stubber = Stubber(pricing)
-    pricing_stubber.add_response("get_products", {"PriceList": [_price_list_product("3.06")]}, None)
-    pricing_stubber.activate()
-    ec2 = _client("ec2", "us-west-2")
-    ec2_stubber = Stubber(ec2)
-    ec2_stubber.add_response("describe_spot_price_history", {"SpotPriceHistory": []}, None)
-    ec2_stubber.activate()
+    pricing, _ = _stubbed(
+        "pricing", PRICING_API_REGION, ("get_products", {"PriceList": [_price_list_product("3.06")]}, None)
+    )
+    ec2, _ = _stubbed("ec2", "us-west-2", ("describe_spot_price_history", {"SpotPriceHistory": []}, None))
     advisor = SpotAdvisor({"spot_advisor": {"us-west-2": {"Linux": {"p3.2xlarge": {"s": 70, "r": 4}}}}})
     book = AwsPriceBook(pricing_client=pricing, ec2_client=ec2, spot_advisor=advisor, now=lambda: NOW)
 

@@ -93,8 +93,13 @@ class BatchJobStateChangeEvent(EventBridgeModel):
     detail: BatchJobDetail  # type: ignore[assignment]
 
 
-class SpotInterruptionDetail(_Lenient):
+class _InstanceDetail(_Lenient):
+    """What both EC2 signals carry: the instance they are about."""
+
     instance_id: str = Field(alias="instance-id", pattern=r"^i-[0-9a-f]{8,17}$")
+
+
+class SpotInterruptionDetail(_InstanceDetail):
     instance_action: str = Field(default="terminate", alias="instance-action")
 
 
@@ -104,8 +109,8 @@ class SpotInterruptionEvent(EventBridgeModel):
     detail: SpotInterruptionDetail  # type: ignore[assignment]
 
 
-class RebalanceDetail(_Lenient):
-    instance_id: str = Field(alias="instance-id", pattern=r"^i-[0-9a-f]{8,17}$")
+class RebalanceDetail(_InstanceDetail):
+    pass
 
 
 class RebalanceRecommendationEvent(EventBridgeModel):
