@@ -15,6 +15,7 @@ from spotctl.offline.adapters import OFFLINE_FUNCTION_ENV
 from spotctl.offline.eventbus import REGION
 from spotctl.offline.runtime import DEFAULT_TRACE, OfflineControlPlane
 from spotctl.offline.stack import STACK_NAME
+from spotctl.reporting import format_table
 
 SAMPLE_CSV = b"sample_id,temperature,pressure\n1,293.1,101.3\n2,294.7,101.1\n3,292.8,100.9\n"
 
@@ -73,6 +74,13 @@ def run_demo(options: DemoOptions) -> tuple[dict[str, Any], list[str]]:
     return report, timeline
 
 
+ATTEMPT_HEADERS = ("stage", "capacity", "nodes", "status", "start h", "stop h", "cost USD", "resumed", "why it ended")
+
+
+def _hours(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _reason(attempt: dict[str, Any]) -> str:
     # Batch's words ("Essential container in task exited") say little on their own; lead with the control plane's class.
     failure = attempt.get("failure_class")
@@ -80,22 +88,31 @@ def _reason(attempt: dict[str, Any]) -> str:
 
 
 def format_summary(report: dict[str, Any], timeline: list[str]) -> str:
-    def hours(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2f}"
-
-    lines = ["Timeline (simulated hours since upload):", *timeline, ""]
-    for stage in report["stages"]:
-        for a in stage["attempts"]:
-            lines.append(
-                f"  {stage['name']:<11} {a['capacity']:<9} x{a['nodes']} {a['status']:<9} "
-                f"{hours(a['started_hours']):>6} -> {hours(a['stopped_hours']):>6} h  ${a['cost_usd']:.2f}"
-                f"{'  resumed from checkpoint' if a['resumed_from_checkpoint'] else ''}"
-                f"  {_reason(a)}"
-            )
+    attempts = [
+        (
+            stage["name"],
+            a["capacity"],
+            f"x{a['nodes']}",
+            a["status"],
+            _hours(a["started_hours"]),
+            _hours(a["stopped_hours"]),
+            f"{a['cost_usd']:.2f}",
+            "yes" if a["resumed_from_checkpoint"] else "",
+            _reason(a),
+        )
+        for stage in report["stages"]
+        for a in stage["attempts"]
+    ]
+    lines = [
+        "Timeline (simulated hours since upload):",
+        *timeline,
+        "",
+        format_table(ATTEMPT_HEADERS, attempts, numeric_columns={4, 5, 6}),
+    ]
     lines += [
         "",
-        f"Pipeline {report['pipeline_status']} in {hours(report['finished_hours'])} h of {report['deadline_hours']} h: "
-        f"deadline {'met' if report['deadline_met'] else 'MISSED'}",
+        f"Pipeline {report['pipeline_status']} in {_hours(report['finished_hours'])} h "
+        f"of {report['deadline_hours']} h: deadline {'met' if report['deadline_met'] else 'MISSED'}",
         f"Interruptions {report['interruptions']}, requeues to On-Demand {report['requeues_to_on_demand']}",
         f"Cost ${report['cost_usd']:.2f} vs ${report['on_demand_only_cost_usd']:.2f} On-Demand only "
         f"({report['savings_pct']:.1f}% saved)",

@@ -59,6 +59,6 @@ def test_summary_says_why_each_attempt_ended(demo_run):
     report, timeline = demo_run
     text = format_summary(report, timeline)
     # THEN a reclaimed attempt is named by its class, not only by Batch's words, and hours read alike
-    reclaimed = next(line for line in text.splitlines() if "preprocess  spot      x1 FAILED" in line)
+    reclaimed = next(line for line in text.splitlines() if line.split()[:4] == ["preprocess", "spot", "x1", "FAILED"])
     assert "checkpointed_interruption: Essential container in task exited" in reclaimed
     assert f"{report['finished_hours']:.2f} h of {report['deadline_hours']} h: deadline met" in text
