@@ -28,17 +28,17 @@ from spot_checkpoint import (
     EVENT_KEY,
     EXIT_CHECKPOINTED,
     CheckpointStore,
-    join_uri,
     list_objects,
     progress,
     write_object,
 )
+from spot_hpc.pipeline import STAGE_NAMES, stage_input_uri
 
 from .metadata_server import MetadataStandIn
 from .s3_server import EmbeddedS3
 
 JOBS_DIR = Path(__file__).resolve().parents[2] / "jobs"
-WORKLOADS = ("preprocess", "hpc", "postprocess")
+WORKLOADS = STAGE_NAMES  # the example workloads are the pipeline's stages
 INTERRUPTION_SOURCES = ("imds", "request", "sigterm")
 INGEST_BUCKET = "spot-drill-ingest"
 WORK_BUCKET = "spot-drill-work"
@@ -175,11 +175,8 @@ class Drill:
         return f"s3://{WORK_BUCKET}/checkpoints/{run_id}/{workload}/"
 
     def input_uri(self, workload: str) -> str:
-        if workload == "preprocess":
-            return f"s3://{INGEST_BUCKET}/{INPUT_KEY}"
-        upstream = WORKLOADS[WORKLOADS.index(workload) - 1]
-        upstream_output = self.reference(upstream)
-        return join_uri(upstream_output, "sources.csv") if upstream == "preprocess" else upstream_output
+        # Wired as the control plane wires a run: each stage reads the uninterrupted output of the one before.
+        return stage_input_uri(workload, f"s3://{INGEST_BUCKET}/{INPUT_KEY}", self.reference)
 
     def part_envs(self, workload: str) -> list[dict[str, str]]:
         if workload != "hpc":

@@ -11,6 +11,7 @@ from conftest import load_event
 from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
 from spot_hpc.outcome import run_report
+from spot_hpc.pipeline import STAGE_NAMES
 
 from spotctl.offline.demo import control_plane_services
 from spotctl.offline.runtime import OfflineControlPlane
@@ -198,7 +199,15 @@ def test_hpc_in_shards_mode_runs_as_an_array_job_on_spot(tmp_path):
         status = plane.run_until_settled(max_hours=12)
         _, hpc = _attempts(plane, "hpc")
         job = plane.batch.jobs[hpc[-1].job_id]
+        env = {stage: plane.batch.jobs[_attempts(plane, stage)[1][-1].job_id].environment for stage in STAGE_NAMES}
+        upload = f"s3://{plane.bucket}/incoming/shards.csv"
     # THEN the HPC stage ran on the Spot queue as an array of 3 shards (only multi-node jobs are On-Demand only)
     assert status == "SUCCEEDED"
     assert hpc[-1].capacity == "spot" and "SpotJobQueue" in hpc[-1].queue
     assert job.array_size == 3 and not job.is_multinode
+    # and each shard learns how many shards there are, and every stage reads what the stage before it wrote
+    assert job.environment["SPOT_CHECKPOINT_PARTS"] == "3"
+    assert env["preprocess"]["INPUT_URI"] == upload
+    assert env["hpc"]["INPUT_URI"] == env["preprocess"]["OUTPUT_URI"] + "sources.csv"
+    assert env["postprocess"]["INPUT_URI"] == env["hpc"]["OUTPUT_URI"]
+    assert len({env[stage]["OUTPUT_URI"] for stage in STAGE_NAMES}) == 3

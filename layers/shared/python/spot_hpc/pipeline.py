@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -111,6 +111,24 @@ def run_id_for(key: str, version_id: str | None, sequencer: str | None) -> str:
     stem = re.sub(r"[^A-Za-z0-9]+", "-", key.rsplit("/", 1)[-1].rsplit(".", 1)[0]).strip("-")[:40] or "run"
     digest = hashlib.sha256(f"{key}\0{version_id or ''}\0{sequencer or ''}".encode()).hexdigest()[:12]
     return f"{stem}-{digest}"
+
+
+# What jobs/preprocess writes under its output prefix (its OUTPUT_CSV), the HPC stage's input.
+PREPROCESS_OUTPUT_FILE = "sources.csv"
+
+
+def stage_output_uri(bucket: str, run_id: str, stage: str) -> str:
+    return f"s3://{bucket}/runs/{run_id}/{stage}/"
+
+
+def stage_input_uri(stage: str, upload_uri: str, output_uri_of: Callable[[str], str]) -> str:
+    """Each stage reads what the one before it wrote: the upload, then preprocess's cleaned CSV, then the HPC
+    stage's parts (a prefix). `output_uri_of(stage)` is where that stage wrote."""
+    if stage == STAGE_NAMES[0]:
+        return upload_uri
+    upstream = STAGE_NAMES[STAGE_NAMES.index(stage) - 1]
+    upstream_output = output_uri_of(upstream)
+    return f"{upstream_output.rstrip('/')}/{PREPROCESS_OUTPUT_FILE}" if upstream == "preprocess" else upstream_output
 
 
 def job_name(run_id: str, stage: str, attempt: int) -> str:

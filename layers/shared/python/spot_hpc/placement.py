@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from botocore.exceptions import ClientError
+from spot_checkpoint.job import ENV_PARTS
 from spot_checkpoint.store import CheckpointStore, progress
 
 from spot_hpc.batch import JobRequest
 from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
 from spot_hpc.ledger import CANCEL_REQUEUE, Attempt, LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify
-from spot_hpc.pipeline import job_name
+from spot_hpc.pipeline import STAGE_NAMES, job_name, stage_input_uri, stage_output_uri
 from spot_hpc.policy import Action, Decision, SpotStats, allocate_deadlines, decide
 from spot_hpc.services import Services
 
@@ -166,6 +167,28 @@ def place_attempt(svc: Services, run: Run, stage: Stage, capacity: str, reason: 
     return submit_claimed(svc, run, claimed, capacity, reason)
 
 
+def job_environment(svc: Services, run: Run, stage: Stage, array_size: int | None) -> dict[str, str]:
+    """What every job is told: who it is, where its checkpoints go, what it reads (the stage before it wrote) and
+    where it writes; an array job's shards also learn how many they are (Batch tells a shard its index only)."""
+
+    def output_of(name: str) -> str:
+        return stage_output_uri(svc.settings.ingest_bucket, run.run_id, name)
+
+    environment = {
+        "RUN_ID": run.run_id,
+        "STAGE": stage.stage,
+        "ATTEMPT": str(stage.attempt),
+        "CHECKPOINT_URI": stage.checkpoint_uri or "",
+        "INPUT_URI": stage_input_uri(stage.stage, f"s3://{run.bucket}/{run.key}", output_of),
+        "OUTPUT_URI": output_of(stage.stage),
+    }
+    if stage.stage == STAGE_NAMES[0]:
+        environment["INPUT_VERSION_ID"] = run.version_id  # the upload, exactly as it was when the run started
+    if array_size is not None:
+        environment[ENV_PARTS] = str(array_size)
+    return environment
+
+
 def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason: str) -> Attempt:
     """Submits the job of a claimed attempt (or adopts the one a crashed handler already submitted) and records it."""
     queue = queue_for(svc, stage, capacity)
@@ -175,23 +198,16 @@ def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason:
     if existing:
         job_id = existing[0]
     else:
+        array_size = stage.nodes if stage.stage == "hpc" and stage.spot_allowed else None
         request = JobRequest(
             name=name,
             queue=queue,
             definition=definition_for(svc, stage),
-            environment={
-                "RUN_ID": run.run_id,
-                "STAGE": stage.stage,
-                "ATTEMPT": str(stage.attempt),
-                "CHECKPOINT_URI": stage.checkpoint_uri or "",
-                "INPUT_URI": f"s3://{run.bucket}/{run.key}",
-                "INPUT_VERSION_ID": run.version_id,
-                "OUTPUT_URI": f"s3://{svc.settings.ingest_bucket}/runs/{run.run_id}/",
-            },
+            environment=job_environment(svc, run, stage, array_size),
             tags={"spot-hpc:run": run.run_id, "spot-hpc:stage": stage.stage, "spot-hpc:attempt": str(stage.attempt)},
             parameters={"stage": stage.stage},
             num_nodes=stage.nodes if stage.stage == "hpc" and not stage.spot_allowed else None,
-            array_size=stage.nodes if stage.stage == "hpc" and stage.spot_allowed else None,
+            array_size=array_size,
         )
         try:
             job_id = svc.batch.submit(request)
