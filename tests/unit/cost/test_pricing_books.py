@@ -260,3 +260,39 @@ def test_no_spot_history_falls_back_to_the_advisor() -> None:
     # THEN it is the advisor estimate
     assert quote.source == "spot-advisor"
     assert quote.usd_per_hour == pytest.approx(3.06 * 0.3)
+
+
+def test_without_a_zone_the_spot_price_is_the_median_over_the_region_s_zones() -> None:
+    # GIVEN the control plane does not know the zone (Batch picks it), and EC2 prices three zones of the region
+    pricing, _ = _stubbed(
+        "pricing", PRICING_API_REGION, ("get_products", {"PriceList": [_price_list_product("3.06")]}, None)
+    )
+
+    def entry(zone: str, price: str, hour: int) -> dict:
+        return {
+            "AvailabilityZone": zone,
+            "InstanceType": "p3.2xlarge",
+            "ProductDescription": "Linux/UNIX",
+            "SpotPrice": price,
+            "Timestamp": datetime(2025, 6, 28, hour, 0, tzinfo=UTC),
+        }
+
+    history = [entry("us-west-2a", "0.90", 3), entry("us-west-2a", "0.95", 9), entry("us-west-2b", "1.10", 4)]
+    history.append(entry("us-west-2c", "1.30", 5))
+    ec2, ec2_stubber = _stubbed(
+        "ec2",
+        "us-west-2",
+        (
+            "describe_spot_price_history",
+            {"SpotPriceHistory": history},
+            {"InstanceTypes": ["p3.2xlarge"], "ProductDescriptions": ["Linux/UNIX"], "StartTime": NOW, "EndTime": NOW},
+        ),
+    )
+    book = AwsPriceBook(pricing_client=pricing, ec2_client=ec2, now=lambda: NOW)
+
+    # WHEN an attempt's Spot price is asked without a zone, as the control plane asks it
+    per_hour = book.usd_per_hour("p3.2xlarge", "us-west-2", "spot", nodes=2)
+
+    # THEN it is observed, not On-Demand: the median of each zone's latest price (0.95, 1.10, 1.30), for both nodes
+    assert per_hour == pytest.approx(2 * 1.10)
+    ec2_stubber.assert_no_pending_responses()

@@ -15,6 +15,7 @@ Two price books:
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -96,20 +97,21 @@ class PriceBook(ABC):
         """The On-Demand price of one instance; raises `PriceNotFound`."""
 
     def observed_spot_usd_per_hour(
-        self, instance_type: str, availability_zone: str, at: datetime | None = None
+        self, instance_type: str, availability_zone: str | None, at: datetime | None = None
     ) -> float | None:
-        """The Spot price of one instance in that zone at `at` (now when None), when this book can observe it."""
+        """The Spot price of one instance in that zone (None: any zone of the book's region) at `at` (now when
+        None), when this book can observe it."""
         return None
 
     def spot_quote(
         self, instance_type: str, region: str, availability_zone: str | None = None, at: datetime | None = None
     ) -> SpotQuote:
-        """The Spot price of one instance: observed in the zone when known, else estimated from the advisor."""
+        """The Spot price of one instance: observed (in the zone, or across the region's zones when the zone is not
+        known), else estimated from the advisor."""
         on_demand = self.on_demand_usd_per_hour(instance_type, region)
-        if availability_zone:
-            observed = self.observed_spot_usd_per_hour(instance_type, availability_zone, at)
-            if observed is not None:
-                return SpotQuote(observed, "observed", on_demand)
+        observed = self.observed_spot_usd_per_hour(instance_type, availability_zone, at)
+        if observed is not None:
+            return SpotQuote(observed, "observed", on_demand)
         savings = self.spot_advisor.savings_pct(instance_type, region) if self.spot_advisor else None
         if savings is not None:
             return SpotQuote(on_demand * (1.0 - savings / 100.0), "spot-advisor", on_demand)
@@ -160,9 +162,9 @@ class DataFilePriceBook(PriceBook):
         return float(price)
 
     def observed_spot_usd_per_hour(
-        self, instance_type: str, availability_zone: str, at: datetime | None = None
+        self, instance_type: str, availability_zone: str | None, at: datetime | None = None
     ) -> float | None:
-        return self._observed.get((instance_type, availability_zone))
+        return self._observed.get((instance_type, availability_zone)) if availability_zone else None
 
 
 class AwsPriceBook(PriceBook):
@@ -186,7 +188,7 @@ class AwsPriceBook(PriceBook):
         self._clock = clock
         self._now = now
         self._on_demand_cache: dict[tuple[str, str], float] = {}
-        self._spot_cache: dict[tuple[str, str, datetime | None], tuple[float, float | None]] = {}
+        self._spot_cache: dict[tuple[str, str | None, datetime | None], tuple[float, float | None]] = {}
 
     def on_demand_usd_per_hour(self, instance_type: str, region: str) -> float:
         key = (instance_type, region)
@@ -209,7 +211,7 @@ class AwsPriceBook(PriceBook):
         raise PriceNotFound(f"the AWS Price List has no Linux On-Demand price for {instance_type} in {region}")
 
     def observed_spot_usd_per_hour(
-        self, instance_type: str, availability_zone: str, at: datetime | None = None
+        self, instance_type: str, availability_zone: str | None, at: datetime | None = None
     ) -> float | None:
         if self._ec2 is None:
             return None
@@ -223,26 +225,30 @@ class AwsPriceBook(PriceBook):
         return price
 
     @staticmethod
-    def _fetch_spot_price(ec2_client: Any, instance_type: str, availability_zone: str, at: datetime) -> float | None:
+    def _fetch_spot_price(
+        ec2_client: Any, instance_type: str, availability_zone: str | None, at: datetime
+    ) -> float | None:
+        """The price in effect at `at` in the zone; without a zone, the median over the region's zones (where Batch's
+        price-capacity-optimized allocation may place the job)."""
         # With StartTime == EndTime, EC2 returns the price in effect at that moment (and possibly later changes).
+        zone_filter = {"AvailabilityZone": availability_zone} if availability_zone else {}
         paginator = ec2_client.get_paginator("describe_spot_price_history")
-        latest: tuple[datetime, float] | None = None
+        latest: dict[str, tuple[datetime, float]] = {}  # per zone
         for page in paginator.paginate(
             InstanceTypes=[instance_type],
             ProductDescriptions=[SPOT_PRODUCT_DESCRIPTION],
-            AvailabilityZone=availability_zone,
             StartTime=at,
             EndTime=at,
+            **zone_filter,
         ):
             for entry in page.get("SpotPriceHistory", []):
                 timestamp = entry["Timestamp"]
                 if timestamp.tzinfo is None:
                     timestamp = timestamp.replace(tzinfo=UTC)
-                if timestamp > at:
-                    continue
-                if latest is None or timestamp > latest[0]:
-                    latest = (timestamp, float(entry["SpotPrice"]))
-        return None if latest is None else latest[1]
+                zone = entry.get("AvailabilityZone", "")
+                if timestamp <= at and (zone not in latest or timestamp > latest[zone][0]):
+                    latest[zone] = (timestamp, float(entry["SpotPrice"]))
+        return statistics.median(price for _, price in latest.values()) if latest else None
 
 
 def on_demand_price_from_product(product: str | Mapping[str, Any]) -> float | None:
