@@ -128,12 +128,15 @@ def test_crash_between_submit_job_and_the_ledger_write_submits_once(monkeypatch)
         # WHEN the run goes its course (the state machine retries the runner, the guard repairs the stage)
         status = plane.run_until_settled(max_hours=12)
         names = [job.name for job in plane.batch.jobs.values()]
+        _, preprocess = _attempts(plane, "preprocess")
     # THEN the pipeline succeeded and the first preprocess attempt exists exactly once in Batch
     assert status == "SUCCEEDED"
     first = [n for n in names if n.endswith("-preprocess-a1")]
     assert len(first) == 1 and submitted.count(first[0]) == 1
     # and, as in AWS, the retried runner got a task token of its own
     assert len(tokens) >= 4 and len(set(tokens)) == len(tokens)
+    # and the orphaned job, once found, is recorded like any placed one: priced, so the run's cost counts it
+    assert preprocess[0].job_id and all(a.usd_per_hour > 0 for a in preprocess)
 
 
 def test_batch_throttling_is_retried_without_a_second_job(monkeypatch):

@@ -27,6 +27,7 @@ from spot_hpc.placement import (
     choose_capacity,
     end_spot_wait,
     place_attempt,
+    record_placed,
     spot_stats,
 )
 from spot_hpc.policy import Action
@@ -125,18 +126,7 @@ def _adopt(svc: Services, detail: BatchJobDetail) -> JobRef | None:
     if stage is None or stage.attempt != int(attempt_tag) or stage.job_id:
         return None
     capacity = "spot" if detail.job_queue == svc.settings.spot_job_queue else "on-demand"
-    svc.ledger.record_attempt(
-        Attempt(
-            run_id=run_id,
-            stage=stage_name,
-            attempt=stage.attempt,
-            job_id=detail.job_id,
-            queue=detail.job_queue,
-            capacity=capacity,
-            nodes=stage.nodes,
-            submitted_at=format_time(utc_now()),
-        )
-    )
+    record_placed(svc, stage, detail.job_id, detail.job_queue, capacity, "adopted from its Batch event")
     return svc.ledger.find_job(detail.job_id)
 
 

@@ -194,7 +194,6 @@ def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason:
     queue = queue_for(svc, stage, capacity)
     name = job_name(run.run_id, stage.stage, stage.attempt)
     existing = svc.batch.find_jobs_named(queue, name)
-    done = stage_progress(svc, stage)
     if existing:
         job_id = existing[0]
     else:
@@ -217,8 +216,14 @@ def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason:
                 extra={"run_id": run.run_id, "stage": stage.stage},
             )
             raise
+    return record_placed(svc, stage, job_id, queue, capacity, reason)
+
+
+def record_placed(svc: Services, stage: Stage, job_id: str, queue: str, capacity: str, reason: str) -> Attempt:
+    """Records the job of the stage's current attempt, priced and with the progress it starts from."""
+    done = stage_progress(svc, stage)
     attempt = Attempt(
-        run_id=run.run_id,
+        run_id=stage.run_id,
         stage=stage.stage,
         attempt=stage.attempt,
         job_id=job_id,
@@ -236,7 +241,7 @@ def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason:
     logger.info(
         "placed",
         extra={
-            "run_id": run.run_id,
+            "run_id": stage.run_id,
             "stage": stage.stage,
             "attempt": stage.attempt,
             "capacity": capacity,
