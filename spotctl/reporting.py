@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from spot_hpc.clock import parse_time
 from spot_hpc.cost import check_run_report_costs, savings_pct
 
 Period = Literal["day", "week"]
@@ -241,5 +242,4 @@ def render_report(run_reports: list[dict[str, Any]], plot_path: Path | None, per
 def _parse_started_at(value: Any) -> datetime | None:
     if value in (None, ""):
         return None
-    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return parse_time(str(value))

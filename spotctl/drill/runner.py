@@ -33,6 +33,7 @@ from spot_checkpoint import (
     write_object,
 )
 from spot_hpc.pipeline import STAGE_NAMES, stage_input_uri
+from spot_hpc.placement import checkpoint_uri
 
 from .metadata_server import MetadataStandIn
 from .s3_server import EmbeddedS3
@@ -172,7 +173,7 @@ class Drill:
 
     @staticmethod
     def checkpoint_uri(run_id: str, workload: str) -> str:
-        return f"s3://{WORK_BUCKET}/checkpoints/{run_id}/{workload}/"
+        return checkpoint_uri(WORK_BUCKET, run_id, workload)  # keyed as the control plane keys them
 
     def input_uri(self, workload: str) -> str:
         # Wired as the control plane wires a run: each stage reads the uninterrupted output of the one before.

@@ -33,7 +33,7 @@ def _report() -> dict[str, Any]:
         "stages": [
             {"name": "preprocess", "attempts": [
                 {"capacity": "spot", "nodes": 1, "started_hours": 0.0, "stopped_hours": 0.5, "usd_per_hour": 1,
-                 "status_reason": "Host EC2 (instance i-1) terminated."},
+                 "status_reason": "Host EC2 (instance i-1) terminated.", "failure_class": "spot_reclaim"},
                 {"capacity": "on-demand", "nodes": 1, "started_hours": 0.75, "stopped_hours": 1.5, "usd_per_hour": 2,
                  "status_reason": ""},
             ]},

@@ -50,7 +50,7 @@ def run_guard(svc: Services) -> dict[str, Any]:
 
 def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | None) -> str | None:
     now = utc_now()
-    if stage.status in ("SUCCEEDED", "FAILED"):
+    if stage.status in TERMINAL_STATUSES:
         # Settled, but its handler died before telling the state machine (or is doing so right now).
         if stage.settled_at and now - parse_time(stage.settled_at) > STALE_SUBMISSION:
             answer_state_machine(svc, stage)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spot_hpc.metrics import record_event_outcome
+from spot_hpc.metrics import new_metrics, record_event_outcome
 from spot_hpc.services import Services
 
 # Most events change nothing worth a metric (a duplicate, a guard run with every stage on track); Powertools would
@@ -31,7 +31,7 @@ def control_plane_handler(
     outcome: Callable[[Metrics, Result], dict[str, Any]] = record_event_outcome,  # type: ignore[assignment]
 ) -> Handler:
     """`call` does the work; `outcome` records its metrics and returns what the handler answers."""
-    logger, tracer, metrics = Logger(), Tracer(), Metrics()
+    logger, tracer, metrics = Logger(), Tracer(), new_metrics()
     services = Services.from_environ()
 
     @logger.inject_lambda_context

@@ -31,22 +31,13 @@ from spot_hpc.placement import (
     spot_stats,
 )
 from spot_hpc.policy import Action
-from spot_hpc.run_report import RECLAIM_CLASSES
+from spot_hpc.run_report import RECLAIM_CLASSES, FailureClass
 from spot_hpc.services import Services
 
 logger = logging.getLogger(__name__)
 
 _HOST_TERMINATED = re.compile(r"^Host EC2 \(instance (i-[0-9a-f]+)\) terminated")
 _TIMEOUT = re.compile(r"attempt duration exceeds timeout", re.IGNORECASE)
-
-
-class FailureClass:
-    SPOT_RECLAIM = "spot_reclaim"
-    HOST_FAILURE = "host_failure"
-    CHECKPOINTED_INTERRUPTION = "checkpointed_interruption"
-    CANCELLED_BY_CONTROL_PLANE = "cancelled_by_control_plane"
-    TIMEOUT = "timeout"
-    APPLICATION_ERROR = "application_error"
 
 
 def classify_failure(detail: BatchJobDetail, attempt: Attempt) -> str:

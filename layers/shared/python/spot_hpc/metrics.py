@@ -15,6 +15,7 @@ from typing import Any
 
 from spot_hpc.cost import attempts_from_report, stage_wall_hours
 from spot_hpc.intake import NOT_THIS_STACKS_INSTANCE
+from spot_hpc.run_report import FailureClass
 
 NAMESPACE = "SpotHpc"
 # Powertools' `service` dimension; the template sets POWERTOOLS_SERVICE_NAME to the same value.
@@ -43,9 +44,6 @@ REJECTED_INPUTS = "RejectedInputs"  # malformed events, foreign accounts, bad up
 FOREIGN_INSTANCE_SIGNALS = "ForeignInstanceSignals"  # Spot signals for instances running none of our jobs
 ACTIVE_STAGES = "ActiveStages"  # what the SLA guard looked after on one run
 
-# How Batch reports a job whose host went away (Spot reclaim or host failure).
-RECLAIM_REASON_PREFIX = "Host EC2"
-
 
 def new_metrics() -> Any:
     """A Powertools `Metrics` in the control plane's namespace and service (import kept lazy for cold starts)."""
@@ -55,14 +53,15 @@ def new_metrics() -> Any:
 
 
 def count_reclaims(run_report: Mapping[str, Any]) -> int:
-    """Spot attempts that ended because their host was terminated, unless the report already counts them."""
+    """Spot attempts whose host was terminated under them (as the Batch state change classified them), unless the
+    report already counts them."""
     if isinstance(run_report.get("reclaims"), int):
         return int(run_report["reclaims"])
     return sum(
         1
         for stage in run_report.get("stages", [])
         for attempt in stage.get("attempts", [])
-        if attempt.get("capacity") == "spot" and str(attempt.get("status_reason", "")).startswith(RECLAIM_REASON_PREFIX)
+        if attempt.get("failure_class") == FailureClass.SPOT_RECLAIM
     )
 
 

@@ -20,7 +20,7 @@ from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
 from spot_hpc.ledger import CANCEL_REQUEUE, Attempt, LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify
 from spot_hpc.pipeline import STAGE_NAMES, job_name, stage_input_uri, stage_output_uri
-from spot_hpc.policy import Action, Decision, SpotStats, allocate_deadlines, decide
+from spot_hpc.policy import Action, Decision, SpotStats, decide, stage_must_finish_in
 from spot_hpc.services import Services
 
 logger = logging.getLogger(__name__)
@@ -65,16 +65,10 @@ def stage_view(svc: Services, run: Run, stage: Stage, now: datetime | None = Non
         for s in stages
         if s.order >= stage.order
     ]
-    budgets = allocate_deadlines(
-        hours_left=max(hours_between(now, parse_time(run.deadline_at)), 0.0),
-        stages=work,
-        changeover_hours=svc.settings.changeover_hours,
+    hours_left = stage_must_finish_in(
+        max(hours_between(now, parse_time(run.deadline_at)), 0.0), work, svc.settings.changeover_hours
     )
-    return StageView(
-        remaining_hours=remaining_here,
-        hours_left=budgets[0] if budgets else 0.0,
-        progress=done,
-    )
+    return StageView(remaining_hours=remaining_here, hours_left=hours_left, progress=done)
 
 
 def node_price(svc: Services, capacity: str, stage: Stage) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from itertools import pairwise
 from typing import Any
 
@@ -9,7 +10,22 @@ from spot_hpc import cost
 from spot_hpc.clock import hours_between, parse_time, utc_now
 from spot_hpc.ledger import Attempt, Run, Stage
 
-RECLAIM_CLASSES = frozenset({"spot_reclaim", "host_failure", "checkpointed_interruption"})
+
+class FailureClass(StrEnum):
+    """Why an attempt ended without success (an attempt's `failure_class` in the ledger and the run report)."""
+
+    SPOT_RECLAIM = "spot_reclaim"
+    HOST_FAILURE = "host_failure"
+    CHECKPOINTED_INTERRUPTION = "checkpointed_interruption"
+    CANCELLED_BY_CONTROL_PLANE = "cancelled_by_control_plane"
+    TIMEOUT = "timeout"
+    APPLICATION_ERROR = "application_error"
+
+
+# The capacity went away (or was about to): resubmitted without spending the application's retry budget.
+RECLAIM_CLASSES = frozenset(
+    {FailureClass.SPOT_RECLAIM, FailureClass.HOST_FAILURE, FailureClass.CHECKPOINTED_INTERRUPTION}
+)
 
 
 def _hours(run: Run, when: str | None) -> float | None:

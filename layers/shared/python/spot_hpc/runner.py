@@ -24,7 +24,6 @@ class StageRequest(BaseModel):
     run_id: str = Field(min_length=1)
     stage: str
     task_token: str = Field(min_length=1)
-    execution_arn: str | None = None
 
 
 class StageRequestError(ValueError):

@@ -32,7 +32,6 @@ NOTIFICATION_KINDS: tuple[str, ...] = get_args(NotificationKind)
 SLACK_WEBHOOK_HOST = "hooks.slack.com"
 # Incoming webhooks (/services/) and Workflow Builder webhooks (/workflows/, /triggers/).
 SLACK_WEBHOOK_PATH_PREFIXES = ("/services/", "/workflows/", "/triggers/")
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 # Real webhook URLs are ~80 characters; anything near this is not one.
 MAX_WEBHOOK_URL_LENGTH = 512
 # Keys under which a JSON secret may hold the URL (a plain-string secret is the URL itself).
