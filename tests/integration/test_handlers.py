@@ -4,6 +4,7 @@ accounts, and the faults of issue-level concern (a lost event, a crash between t
 from __future__ import annotations
 
 import json
+import uuid
 
 import boto3
 import pytest
@@ -90,12 +91,16 @@ def test_manifest_next_to_the_csv_sets_the_run_options(plane):
 )
 def test_foreign_or_malformed_upload_events_are_rejected_and_recorded(plane, change, reason):
     # GIVEN an event from another account, or one that is not an S3 event
-    event = _s3_event(plane, "incoming/odd.csv", "v1", **change)
+    event = _s3_event(plane, "incoming/odd.csv", "v1", id=str(uuid.uuid4()), **change)  # each a distinct event
+    before = len(control_plane_services(plane).ledger.list_rejections())
     # WHEN it is handled
     result, errored = plane.invoke("StartPipelineFunction", event)
     # THEN it is refused, not crashed on, and the refusal is in the ledger
     assert not errored and result["status"] == "rejected" and reason in result["reason"]
     assert any(reason in r["reason"] for r in control_plane_services(plane).ledger.list_rejections())
+    # (this refusal itself: the module's plane keeps the earlier cases' records)
+    after = control_plane_services(plane).ledger.list_rejections()
+    assert len(after) == before + 1
 
 
 def test_event_for_an_object_that_is_gone_is_rejected(plane):
@@ -111,12 +116,15 @@ def test_malformed_batch_event_is_rejected_and_unknown_job_ignored(plane):
     # GIVEN a Batch event with no job id, and a well-formed one for a job nobody here submitted
     malformed = load_event("batch_job_failed_host_terminated", jobId=None)
     unknown = load_event("batch_job_failed_host_terminated")
+    before = len(control_plane_services(plane).ledger.list_rejections())
     # WHEN both are handled
     rejected, _ = plane.invoke("BatchStateChangeFunction", malformed)
     ignored, _ = plane.invoke("BatchStateChangeFunction", unknown)
     # THEN the first is refused and recorded, the second ignored
     assert rejected["status"] == "rejected" and "jobId" in rejected["reason"]
     assert ignored == {"status": "ignored", "reason": "unknown job"}
+    after = control_plane_services(plane).ledger.list_rejections()
+    assert len(after) == before + 1 and any("jobId" in r["reason"] for r in after)
 
 
 def test_upload_outside_incoming_is_rejected_by_the_handler(plane):

@@ -17,6 +17,7 @@ reordered events, and two handlers racing, lead to one action.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
@@ -251,11 +252,14 @@ class Ledger:
 
     def record_rejection(self, source: str, reason: str, detail: Mapping[str, Any]) -> None:
         now = utc_now()
+        # Two refusals from one source within a second must not overwrite each other: the event id (or a fresh id)
+        # keeps them apart, and a redelivery of the same event in the same second stays one record.
+        unique = str(detail.get("event_id") or "") or uuid.uuid4().hex
         self._table.put_item(
             Item=_to_dynamo(
                 {
                     "pk": "REJECTION",
-                    "sk": f"{format_time(now)}#{source}",
+                    "sk": f"{format_time(now)}#{source}#{unique}",
                     "source": source,
                     "reason": reason,
                     "detail": dict(detail),
