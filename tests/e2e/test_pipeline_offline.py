@@ -38,6 +38,7 @@ def test_reclaimed_preprocess_resumes_from_checkpoint(demo_run):
 def test_hpc_runs_multinode_on_the_hpc_queue_only(demo_run):
     report, _ = demo_run
     hpc = report["stages"][1]["attempts"]
+    assert hpc and hpc[-1]["status"] == "SUCCEEDED"
     assert all(a["capacity"] == "on-demand" and a["nodes"] == 2 and "HpcJobQueue" in a["queue"] for a in hpc)
 
 

@@ -166,6 +166,8 @@ def test_batch_throttling_is_retried_without_a_second_job(monkeypatch):
     # THEN the client's retry absorbed the throttle: one job per attempt, and the pipeline succeeded
     assert throttled == [1] and status == "SUCCEEDED"
     assert len(names) == len(set(names))
+    # (not a second attempt after a failed first one: preprocess ran as attempt 1 only)
+    assert [n.rsplit("-", 1)[1] for n in names if "-preprocess-" in n] == ["a1"]
 
 
 def test_crash_between_settling_a_stage_and_answering_the_state_machine_is_repaired(monkeypatch):

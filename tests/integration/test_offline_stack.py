@@ -7,6 +7,8 @@ import json
 import boto3
 import pytest
 from conftest import load_event
+from spot_hpc.intake import NOT_THIS_STACKS_INSTANCE
+from spot_hpc.metrics import FOREIGN_INSTANCE_SIGNALS, record_event_outcome
 
 from spotctl.offline.adapters import CONTEXT_PREFIX_PLACEHOLDER
 from spotctl.offline.runtime import OfflineControlPlane
@@ -67,6 +69,12 @@ def test_foreign_instance_warning_is_ignored_and_recorded(plane):
     # THEN the rule delivered it and the handler ignored it
     assert [d.status for d in deliveries] == ["ok"]
     assert not errored and result["status"] == "ignored"
+    # and recorded it as what it is, which the handler counts as a ForeignInstanceSignals metric
+    assert result["reason"] == NOT_THIS_STACKS_INSTANCE
+    assert result["instance_id"] == event["detail"]["instance-id"]
+    counted: list[str] = []
+    record_event_outcome(type("Recorder", (), {"add_metric": lambda self, name, **_: counted.append(name)})(), result)
+    assert counted == [FOREIGN_INSTANCE_SIGNALS]
 
 
 def test_upload_outside_incoming_or_not_csv_is_rejected_and_recorded(plane):

@@ -10,6 +10,7 @@ from spot_hpc.cost import (
     Attempt,
     StagePlan,
     attempt_cost_usd,
+    attempt_from_report,
     attempts_from_report,
     billed_seconds,
     check_run_report_costs,
@@ -145,6 +146,10 @@ def test_run_report_costs_recompute_from_attempts_and_prices() -> None:
     assert problems == []
     attempt_costs = [a["cost_usd"] for s in report["stages"] for a in s["attempts"]]
     assert report["cost_usd"] == pytest.approx(sum(attempt_costs))
+    # ... and those figures are what the cost code computes from billed time and price, not just the fixture's
+    assert run_cost_usd(attempts_from_report(report)) == pytest.approx(report["cost_usd"])
+    for attempt in (a for s in report["stages"] for a in s["attempts"]):
+        assert attempt_cost_usd(attempt_from_report(attempt)) == pytest.approx(attempt["cost_usd"])
 
 
 @pytest.mark.parametrize(

@@ -103,6 +103,7 @@ def test_advisor_interruption_range_label() -> None:
 
     # WHEN / THEN the interruption bucket is shown as its label
     assert advisor.interruption_range("p3.2xlarge", "us-east-1") in {"<5%", "5-10%", "10-15%", "15-20%", ">20%"}
+    assert advisor.interruption_range("p3.2xlarge", "us-east-1") == ">20%"  # its bucket (r) is 4 in the snapshot
     assert advisor.interruption_range("z99.mega", "us-east-1") is None
 
 

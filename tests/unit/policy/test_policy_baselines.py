@@ -41,6 +41,10 @@ def test_greedy_safety_net_latches_on_demand_to_the_end(make_state):
     later = greedy.choose(make_state(tick=9, capacity=True, running=Action.ON_DEMAND, progress=0))
     # THEN On-Demand both times
     assert (first, later) == (Action.ON_DEMAND, Action.ON_DEMAND)
+    # and it stays latched where a fresh Greedy, never in the safety net, would take Spot
+    spot_state = make_state(tick=9, capacity=True, running=Action.SPOT)
+    assert greedy.choose(spot_state) == Action.ON_DEMAND
+    assert GreedyPolicy().choose(spot_state) == Action.SPOT
 
 
 def test_greedy_safety_net_is_not_checked_while_on_spot(make_state):

@@ -63,8 +63,9 @@ def test_never_idles_past_the_last_moment_on_demand_can_still_finish():
     stats = stats_with(0.1, 5.0)
     # WHEN the policy decides without capacity
     decision = ask(spot_available=False, hours_left=10.0 + 0.25 + 0.2, stats=stats)
-    # THEN On-Demand
+    # THEN On-Demand, for that reason (the reserve rule alone would also say On-Demand here)
     assert decision.action == Action.ON_DEMAND
+    assert decision.reason == "waiting longer would leave no time for On-Demand"
 
 
 def test_does_not_start_spot_without_slack_for_two_changeovers():
