@@ -247,6 +247,8 @@ def test_finish_cleans_single_part_stage(s3: Any, events: EventRecorder) -> None
     # GIVEN a single-part stage with checkpoints and a request
     with make_job(s3, events, interval=CheckpointInterval(fixed_seconds=0.0)) as job:
         counting_job(job, 3)
+        CheckpointStore(s3, URI).request_checkpoint("left over")
+        assert s3.list_objects_v2(Bucket=BUCKET, Prefix="checkpoints/").get("KeyCount") > 0
         # WHEN it finishes
         job.finish()
     # THEN its checkpoints are gone

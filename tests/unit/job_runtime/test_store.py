@@ -148,15 +148,21 @@ def test_prune_keeps_newest_checkpoints_and_cleanup_removes_everything(s3: Any) 
         store.save(f"state {index}".encode(), index / 5)
     store.request_checkpoint("test")
     CheckpointStore(s3, URI, part="node-1").save(b"other part", 0.1)
+    other_run = CheckpointStore(s3, URI.replace("run-1", "run-2"))
+    other_run.save(b"another run", 0.5)
     # WHEN old checkpoints are pruned
     store.prune()
     # THEN only the two newest of the part remain, and they still read back
     assert {key.split("/")[4] for key in keys(s3, "checkpoints/run-1/hpc/main/")} == {"0000000003", "0000000004"}
     assert store.latest().state == b"state 4"  # type: ignore[union-attr]
+    assert keys(s3, "checkpoints/run-1/hpc/node-1/")  # another part's checkpoint is not the part's to prune
     # WHEN the stage succeeded and is cleaned up
     deleted = store.cleanup()
     # THEN nothing of the stage is left, other runs untouched
     assert deleted > 0
+    assert keys(s3, "checkpoints/run-1/") == []
+    assert other_run.latest().state == b"another run"  # type: ignore[union-attr]
+    other_run.cleanup()
     assert keys(s3) == []
 
 
