@@ -40,7 +40,8 @@ build: $(SAMVENV)/.installed
 	$(SAMVENV)/bin/sam build
 
 bench: $(VENV)/.installed
-	$(BIN)/spotctl bench policy --scenarios benchmarks/scenarios.json --json benchmarks/results.json
+	$(BIN)/spotctl bench policy --scenarios benchmarks/scenarios.json --json benchmarks/results.json \
+		--plot benchmarks/policy_cost.png
 
 bench-burst: $(VENV)/.installed
 	$(BIN)/python benchmarks/interruption_burst.py --jobs 1000 --json benchmarks/interruption_burst.json

@@ -1,7 +1,7 @@
 """Everything moto does not do the way AWS does, filled in one place. Each adapter says what AWS does there.
 
 The runtime (runtime.py) installs them around one embedded AWS and removes them after; each has a test under
-tests/integration/test_offline_adapters.py.
+tests/integration/ (test_offline_adapters.py, test_offline_stack.py) or tests/e2e/.
 """
 
 from __future__ import annotations

@@ -1,0 +1,45 @@
+"""How the Batch state change handler tells failures apart (job_events.classify_failure), one case per class."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import load_event
+from spot_hpc.events import BatchJobStateChangeEvent
+from spot_hpc.job_events import classify_failure
+from spot_hpc.ledger import Attempt
+from spot_hpc.run_report import RECLAIM_CLASSES, FailureClass
+
+
+def _detail(status_reason: str, exit_code: int | None) -> BatchJobStateChangeEvent:
+    container = {} if exit_code is None else {"exitCode": exit_code}
+    event = load_event("batch_job_failed_host_terminated", statusReason=status_reason, container=container)
+    return BatchJobStateChangeEvent.model_validate(event)
+
+
+def _attempt(capacity: str, cancel_reason: str | None = None) -> Attempt:
+    return Attempt("run-1", "preprocess", 1, "job-1", "queue", capacity, 1, "2026-01-05T00:00:00Z",
+                   cancel_reason=cancel_reason)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("status_reason", "exit_code", "capacity", "cancel_reason", "expected"),
+    [
+        ("Host EC2 (instance i-0b662ef9931388ba0) terminated.", None, "spot", None, FailureClass.SPOT_RECLAIM),
+        ("Host EC2 (instance i-0b662ef9931388ba0) terminated.", None, "on-demand", None, FailureClass.HOST_FAILURE),
+        ("Essential container in task exited", 86, "spot", None, FailureClass.CHECKPOINTED_INTERRUPTION),
+        ("Job attempt duration exceeds timeout", None, "on-demand", None, FailureClass.TIMEOUT),
+        ("Essential container in task exited", 3, "spot", None, FailureClass.APPLICATION_ERROR),
+        ("Essential container in task exited", 137, "spot", "requeued to On-Demand",
+         FailureClass.CANCELLED_BY_CONTROL_PLANE),
+    ],
+)  # fmt: skip
+def test_each_failure_is_classified(status_reason, exit_code, capacity, cancel_reason, expected):
+    # GIVEN a FAILED job event and the attempt the ledger holds for it
+    detail = _detail(status_reason, exit_code).detail
+    # WHEN it is classified
+    failure = classify_failure(detail, _attempt(capacity, cancel_reason))
+    # THEN the class is the expected one, and only reclaims are spared the application's retry budget
+    assert failure == expected
+    assert (failure in RECLAIM_CLASSES) == (
+        expected in {FailureClass.SPOT_RECLAIM, FailureClass.HOST_FAILURE, FailureClass.CHECKPOINTED_INTERRUPTION}
+    )
