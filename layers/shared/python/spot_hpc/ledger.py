@@ -108,6 +108,16 @@ class Stage:
     # Why a stage failed for good, kept so the answer to the state machine can be sent again after a crash.
     failure: str | None = None
 
+    @property
+    def multinode(self) -> bool:
+        """The HPC stage as one multi-node parallel job (its shards mode is an array job and may use Spot)."""
+        return self.stage == "hpc" and not self.spot_allowed
+
+    @property
+    def array_size(self) -> int | None:
+        """Shards of the HPC stage's array job; None for a single job or a multi-node one."""
+        return self.nodes if self.stage == "hpc" and self.spot_allowed else None
+
 
 @dataclass
 class Attempt:

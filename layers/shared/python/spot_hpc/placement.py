@@ -74,7 +74,7 @@ def stage_view(svc: Services, run: Run, stage: Stage, now: datetime | None = Non
 def node_price(svc: Services, capacity: str, stage: Stage) -> float:
     """USD per hour of the stage's capacity for all its nodes."""
     settings = svc.settings
-    if stage.stage == "hpc" and not stage.spot_allowed:
+    if stage.multinode:
         instance_type = settings.hpc_instance_type
     else:
         instance_type = settings.spot_instance_type if capacity == "spot" else settings.on_demand_instance_type
@@ -132,7 +132,7 @@ def choose_capacity(
 
 
 def queue_for(svc: Services, stage: Stage, capacity: str) -> str:
-    if stage.stage == "hpc" and not stage.spot_allowed:
+    if stage.multinode:
         return svc.settings.hpc_job_queue
     return svc.settings.spot_job_queue if capacity == "spot" else svc.settings.on_demand_job_queue
 
@@ -146,7 +146,7 @@ def definition_for(svc: Services, stage: Stage) -> str:
 
 def place_attempt(svc: Services, run: Run, stage: Stage, capacity: str, reason: str) -> Attempt | None:
     """Claims the stage's next attempt and submits it on `capacity`; None when another handler already did."""
-    if stage.stage == "hpc" and not stage.spot_allowed:
+    if stage.multinode:
         capacity = "on-demand"  # AWS Batch runs no multi-node parallel job on Spot
     try:
         claimed = svc.ledger.claim_attempt(
@@ -161,7 +161,7 @@ def place_attempt(svc: Services, run: Run, stage: Stage, capacity: str, reason: 
     return submit_claimed(svc, run, claimed, capacity, reason)
 
 
-def job_environment(svc: Services, run: Run, stage: Stage, array_size: int | None) -> dict[str, str]:
+def job_environment(svc: Services, run: Run, stage: Stage) -> dict[str, str]:
     """What every job is told: who it is, where its checkpoints go, what it reads (the stage before it wrote) and
     where it writes; an array job's shards also learn how many they are (Batch tells a shard its index only)."""
 
@@ -178,8 +178,8 @@ def job_environment(svc: Services, run: Run, stage: Stage, array_size: int | Non
     }
     if stage.stage == STAGE_NAMES[0]:
         environment["INPUT_VERSION_ID"] = run.version_id  # the upload, exactly as it was when the run started
-    if array_size is not None:
-        environment[ENV_PARTS] = str(array_size)
+    if stage.array_size is not None:
+        environment[ENV_PARTS] = str(stage.array_size)
     return environment
 
 
@@ -191,16 +191,15 @@ def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason:
     if existing:
         job_id = existing[0]
     else:
-        array_size = stage.nodes if stage.stage == "hpc" and stage.spot_allowed else None
         request = JobRequest(
             name=name,
             queue=queue,
             definition=definition_for(svc, stage),
-            environment=job_environment(svc, run, stage, array_size),
+            environment=job_environment(svc, run, stage),
             tags={"spot-hpc:run": run.run_id, "spot-hpc:stage": stage.stage, "spot-hpc:attempt": str(stage.attempt)},
             parameters={"stage": stage.stage},
-            num_nodes=stage.nodes if stage.stage == "hpc" and not stage.spot_allowed else None,
-            array_size=array_size,
+            num_nodes=stage.nodes if stage.multinode else None,
+            array_size=stage.array_size,
         )
         try:
             job_id = svc.batch.submit(request)
