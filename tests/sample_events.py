@@ -1,5 +1,5 @@
-"""What every test shares: the sample events in events/ (the same files `sam local invoke -e` and
-`spotctl invoke -e` take)."""
+"""The sample events in events/ (the same files `sam local invoke -e` and `spotctl invoke -e` take), for every
+test: `from sample_events import load_event` (tests/ is on pytest's pythonpath)."""
 
 from __future__ import annotations
 

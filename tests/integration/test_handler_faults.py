@@ -7,7 +7,7 @@ import json
 
 import boto3
 import pytest
-from conftest import load_event
+from sample_events import load_event
 from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
 from spot_hpc.outcome import run_report

@@ -8,7 +8,7 @@ import uuid
 
 import boto3
 import pytest
-from conftest import load_event
+from sample_events import load_event
 
 from spotctl.offline.demo import control_plane_services
 from spotctl.offline.runtime import OfflineControlPlane

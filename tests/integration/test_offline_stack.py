@@ -6,7 +6,7 @@ import json
 
 import boto3
 import pytest
-from conftest import load_event
+from sample_events import load_event
 from spot_hpc.intake import NOT_THIS_STACKS_INSTANCE
 from spot_hpc.metrics import FOREIGN_INSTANCE_SIGNALS, record_event_outcome
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import load_event
+from sample_events import load_event
 from spot_hpc.events import BatchJobStateChangeEvent
 from spot_hpc.job_events import classify_failure
 from spot_hpc.ledger import Attempt
