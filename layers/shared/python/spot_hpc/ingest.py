@@ -110,18 +110,7 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
 
 
 def _ensure_execution(svc: Services, run: Run, duplicate: bool) -> dict[str, Any]:
-    if not svc.settings.state_machine_arn:
-        raise RuntimeError("STATE_MACHINE_ARN is not set for the start-pipeline function")
-    try:
-        # The execution name is the run id: Step Functions itself refuses a second execution of the same name.
-        response = svc.sfn.start_execution(
-            stateMachineArn=svc.settings.state_machine_arn, name=run.run_id, input=json.dumps({"run_id": run.run_id})
-        )
-        execution_arn = response["executionArn"]
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "ExecutionAlreadyExists":
-            raise
-        execution_arn = svc.settings.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{run.run_id}"
+    execution_arn, _ = svc.pipeline.start(run.run_id)
     if run.execution_arn != execution_arn:
         svc.ledger.update_run(run.run_id, execution_arn=execution_arn)
     return {"status": "duplicate" if duplicate else "started", "run_id": run.run_id, "execution_arn": execution_arn}

@@ -6,13 +6,11 @@ acted on by whoever wins the conditional write on the attempt, so a duplicate do
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
 from spot_checkpoint import EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT
 from spot_checkpoint.store import CheckpointStore
 
@@ -213,28 +211,18 @@ def _settle(svc: Services, run: Run, stage: Stage, status: str, attempt: Attempt
     return {"status": "settled", "stage_status": status}
 
 
-# SendTask* on a token that no longer waits: the execution ended (timed out, aborted) or was already answered.
-_TOKEN_GONE = frozenset({"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"})
-
-
 def answer_state_machine(svc: Services, stage: Stage) -> None:
     """Tells the waiting state machine how a settled stage ended, then takes it out of the active index.
 
     Safe to repeat: the SLA guard calls it again for a stage settled by a handler that died before answering.
     """
     if stage.task_token:
-        try:
-            if stage.status == "SUCCEEDED":
-                svc.sfn.send_task_success(
-                    taskToken=stage.task_token,
-                    output=json.dumps({"stage": stage.stage, "job_id": stage.job_id, "attempt": stage.attempt}),
-                )
-            else:
-                cause = stage.failure or "the stage failed"
-                svc.sfn.send_task_failure(taskToken=stage.task_token, error="StageFailed", cause=cause[:32768])
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] not in _TOKEN_GONE:
-                raise
+        output = (
+            {"stage": stage.stage, "job_id": stage.job_id, "attempt": stage.attempt}
+            if stage.status == "SUCCEEDED"
+            else None
+        )
+        if not svc.pipeline.answer(stage.task_token, output, cause=stage.failure or "the stage failed"):
             logger.warning(
                 "state machine no longer waits for this stage", extra={"run_id": stage.run_id, "stage": stage.stage}
             )

@@ -10,6 +10,7 @@ from spot_hpc.batch import BatchGateway
 from spot_hpc.ledger import Ledger
 from spot_hpc.pricing import PriceBook, make_aws_price_book
 from spot_hpc.settings import ControlPlaneSettings
+from spot_hpc.stepfunctions import PipelineStateMachine
 
 
 @dataclass
@@ -18,7 +19,7 @@ class Services:
     ledger: Ledger
     batch: BatchGateway
     s3: Any
-    sfn: Any
+    pipeline: PipelineStateMachine
     sns: Any
     sqs: Any
     secrets: Any
@@ -31,7 +32,7 @@ class Services:
             ledger=Ledger(aws.resource("dynamodb").Table(settings.ledger_table), settings.ledger_retention_days),
             batch=BatchGateway(aws.client("batch"), aws.client("ecs")),
             s3=aws.client("s3"),
-            sfn=aws.client("stepfunctions"),
+            pipeline=PipelineStateMachine(aws.client("stepfunctions"), settings.state_machine_arn),
             sns=aws.client("sns"),
             sqs=aws.client("sqs"),
             secrets=aws.client("secretsmanager"),
