@@ -18,7 +18,6 @@ from typing import Any
 
 import boto3
 from spot_hpc import clock as control_plane_clock
-from spot_hpc import notifier
 from spot_hpc.pipeline import DEFAULT_STAGE_HOURS
 
 from spotctl.offline import adapters, batch_emulator
@@ -120,8 +119,6 @@ class OfflineControlPlane:
             self.webhook.start()
         control_plane_clock.use_clock(self.clock.now)
         self._uninstall.append(lambda: control_plane_clock.use_clock(None))
-        # A new stack: every function starts cold, with nothing cached from an earlier one.
-        notifier.forget_webhooks()
         self.aws_calls, stop_recording = adapters.record_aws_calls()
         self._uninstall.append(stop_recording)
         self._uninstall.append(adapters.install_job_definition_adapter())

@@ -22,25 +22,24 @@ from spot_hpc.slack import (
 
 logger = logging.getLogger(__name__)
 
-_webhooks: dict[str, SlackWebhook | None] = {}
+# Powertools caches the secret this long, so a rotated webhook is picked up without a cold start.
+WEBHOOK_MAX_AGE_SECONDS = 300
 
 
 def _webhook(svc: Services) -> SlackWebhook | None:
-    """The Slack webhook, read once per cold start; None (SNS only) when the secret is missing or invalid."""
-    secret_id = svc.settings.slack_secret_id
-    if secret_id not in _webhooks:
-        try:
-            url = read_webhook_url(svc.secrets, secret_id, allow_loopback_http=svc.settings.slack_allow_loopback)
-            _webhooks[secret_id] = SlackWebhook(url, allow_loopback_http=svc.settings.slack_allow_loopback)
-        except WebhookSecretError as exc:
-            logger.warning("Slack disabled: %s", exc)
-            _webhooks[secret_id] = None
-    return _webhooks[secret_id]
-
-
-def forget_webhooks() -> None:
-    """Drop cached webhooks (a rotated secret; tests)."""
-    _webhooks.clear()
+    """The Slack webhook; None (SNS only) when the secret is missing or invalid."""
+    loopback = svc.settings.slack_allow_loopback
+    try:
+        url = read_webhook_url(
+            svc.secrets,
+            svc.settings.slack_secret_id,
+            allow_loopback_http=loopback,
+            max_age_seconds=WEBHOOK_MAX_AGE_SECONDS,
+        )
+    except WebhookSecretError as exc:
+        logger.warning("Slack disabled: %s", exc)
+        return None
+    return SlackWebhook(url, allow_loopback_http=loopback)
 
 
 def notify(
