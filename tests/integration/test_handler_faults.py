@@ -216,3 +216,23 @@ def test_hpc_in_shards_mode_runs_as_an_array_job_on_spot(tmp_path):
     assert env["hpc"]["INPUT_URI"] == env["preprocess"]["OUTPUT_URI"] + "sources.csv"
     assert env["postprocess"]["INPUT_URI"] == env["hpc"]["OUTPUT_URI"]
     assert len({env[stage]["OUTPUT_URI"] for stage in STAGE_NAMES}) == 3
+
+
+def test_a_stage_that_cannot_make_its_deadline_share_is_notified_once_on_any_capacity(tmp_path):
+    # GIVEN Spot capacity throughout and a deadline barely above the work (1.5 h of stages in 1.7 h)
+    trace = tmp_path / "full.json"
+    trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [1] * 500}))
+    with OfflineControlPlane(trace=trace, stage_hours=QUICK_STAGES) as plane:
+        plane.upload(
+            "incoming/tight.csv",
+            b"a\n1\n",
+            {"deadline-hours": "1.7", "stage-hours": "preprocess=0.5,hpc=0.5,postprocess=0.5"},
+        )
+        # WHEN the run goes its course (the SLA guard looks at every active stage every 5 minutes)
+        plane.run_until_settled(max_hours=4)
+        run, _ = _attempts(plane, "preprocess")
+        slack = [n for n in run_report(control_plane_services(plane), run)["notifications"] if n["channel"] == "slack"]
+    # THEN Slack heard "SLA at risk" once per stage at risk, the On-Demand-only HPC stage included
+    at_risk = [n["text"] for n in slack if n["kind"] == "sla_at_risk"]
+    stages = [text.split("| stage ")[1].split(" |")[0] for text in at_risk]
+    assert "hpc" in stages and len(stages) == len(set(stages))

@@ -73,13 +73,24 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
         # The ledger is behind Batch: an event was lost or its handler crashed. Apply the state now.
         result = apply_job_state(svc, detail)
         return f"reconciled {detail.status}: {result.get('status')}"
-    if stage.capacity != "spot" or detail.status in TERMINAL_STATUSES:
+    if detail.status in TERMINAL_STATUSES:
+        return None
+    view = stage_view(svc, run, stage)
+    if view.hours_left - view.remaining_hours < 2 * svc.settings.changeover_hours:
+        # On any capacity: an On-Demand stage that cannot make its share of the deadline is at risk too.
+        notify(  # once per run and stage: notify claims each message in the ledger
+            svc,
+            "sla_at_risk",
+            run,
+            stage.stage,
+            f"{view.remaining_hours:.2f} h of work left, {view.hours_left:.2f} h to the stage's deadline share",
+        )
+    if stage.capacity != "spot":
         return None
 
     waiting = stage.spot_waiting_since and now - parse_time(stage.spot_waiting_since) > timedelta(
         minutes=svc.settings.spot_wait_signal_minutes
     )
-    view = stage_view(svc, run, stage)
     if detail.status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING"):
         if not waiting:
             return None
@@ -87,15 +98,6 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
         decision = choose_capacity(svc, run, stage, current=Action.IDLE, spot_available=False, view=view)
     else:
         decision = choose_capacity(svc, run, stage, current=Action.SPOT, spot_available=True, view=view)
-    if view.hours_left - view.remaining_hours < 2 * svc.settings.changeover_hours and not stage.sla_at_risk_notified:
-        svc.ledger.update_stage(run.run_id, stage.stage, sla_at_risk_notified=True)
-        notify(
-            svc,
-            "sla_at_risk",
-            run,
-            stage.stage,
-            f"{view.remaining_hours:.2f} h of work left, {view.hours_left:.2f} h to the stage's deadline share",
-        )
     if decision.action != Action.ON_DEMAND:
         return None
     if detail.status == "RUNNING":

@@ -103,7 +103,6 @@ class Stage:
     submitting_since: str | None = None
     spot_waiting_since: str | None = None
     spot_stats: dict[str, Any] = field(default_factory=dict)
-    sla_at_risk_notified: bool = False
     settled_at: str | None = None
     # Why a stage failed for good, kept so the answer to the state machine can be sent again after a crash.
     failure: str | None = None
