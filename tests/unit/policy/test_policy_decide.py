@@ -136,3 +136,37 @@ def test_missed_deadline_runs_on_demand(current):
     decision = ask(current=current, hours_left=5.0)
     # THEN On-Demand, to finish as early as possible
     assert decision.action == Action.ON_DEMAND
+
+
+def test_fills_a_long_gap_with_on_demand_before_the_reserve():
+    # GIVEN capacity gone for 8 changeovers (2 h), and slack above the reserve by less than a tenth of the gap
+    # time expected over the remaining work (10 h of work at 80% availability: 2 h of gaps)
+    stats = stats_with(4.0, 1.0)
+    stats.observe(False, 1.0)
+    reserve = hop_reserve(10.0, 0.25, stats)
+    hours_left = 10.0 + reserve + 0.25 + 0.1  # one step above the reserve, plus 0.1 h
+    # WHEN the policy decides without capacity
+    decision = ask(spot_available=False, hours_left=hours_left, stats=stats)
+    # THEN On-Demand, for the long gap
+    assert decision.action == Action.ON_DEMAND
+    assert decision.reason == "a long gap in capacity: On-Demand pays for its changeovers here"
+
+
+def test_waits_out_a_young_gap_at_the_same_slack():
+    # GIVEN the same slack, but capacity gone for only 4 changeovers (1 h)
+    stats = stats_with(4.0, 1.0)
+    reserve = hop_reserve(10.0, 0.25, stats)
+    # WHEN the policy decides without capacity
+    decision = ask(spot_available=False, hours_left=10.0 + reserve + 0.25 + 0.1, stats=stats)
+    # THEN it waits: On-Demand in a short gap would not pay for its changeovers
+    assert decision.action == Action.IDLE
+
+
+def test_waits_out_a_long_gap_while_the_slack_is_ample():
+    # GIVEN capacity gone for 2 h, but 20 h of slack for 10 h of work
+    stats = stats_with(4.0, 1.0)
+    stats.observe(False, 1.0)
+    # WHEN the policy decides without capacity
+    decision = ask(spot_available=False, stats=stats)
+    # THEN it keeps waiting
+    assert decision.action == Action.IDLE

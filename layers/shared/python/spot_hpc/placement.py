@@ -90,6 +90,16 @@ def spot_stats(stage: Stage) -> SpotStats:
     return SpotStats.from_dict(stage.spot_stats) if stage.spot_stats else SpotStats.with_prior(None)
 
 
+def spot_stats_now(stage: Stage, spot_available: bool, now: datetime | None = None) -> SpotStats:
+    """The stage's Spot statistics for a decision now: without capacity, the wait still in progress counts as the
+    gap the policy weighs (a long gap is filled with On-Demand). Not stored: `end_spot_wait` records the whole wait
+    once it is over."""
+    stats = spot_stats(stage)
+    if not spot_available and stage.spot_waiting_since:
+        stats.observe(False, hours_between(parse_time(stage.spot_waiting_since), now or utc_now()))
+    return stats
+
+
 def end_spot_wait(svc: Services, stage: Stage) -> None:
     """A wait for Spot capacity is over (capacity came, or the work went elsewhere): learn how long it lasted."""
     if not stage.spot_waiting_since:
@@ -114,7 +124,7 @@ def choose_capacity(
         changeover_hours=svc.settings.changeover_hours,
         od_price=od_price,
         spot_price=spot_price,
-        stats=spot_stats(stage),
+        stats=spot_stats_now(stage, spot_available),
         spot_allowed=stage.spot_allowed,
     )
     logger.info(

@@ -13,6 +13,11 @@ Reasoning, all in hours and from the past and present only:
   about once per capacity cycle (expected capacity lifetime plus expected time to capacity, learnt online by
   `SpotStats`) over the remaining work. Greedy, in contrast, keeps no reserve and so finishes on On-Demand even when
   Spot comes back.
+- Long gaps are where On-Demand pays: started in a gap, it costs two changeovers (its own and the Spot restart
+  after it), which a long gap pays back and a short one does not. So once a gap has outlasted
+  `LONG_GAP_CHANGEOVERS` changeovers it is filled with On-Demand a little before the reserve is reached, while the
+  slack is below the reserve plus a share of the gaps still expected; the slack saved is left for waiting out the
+  short gaps later.
 - With the slack at or below the reserve, a return to Spot is taken only if the expected Spot run pays for its
   changeover and the On-Demand restart after the reclaim; On-Demand is left for idling only when the slack is above
   the reserve by the expected wait and a changeover, so that the stage does not flip back and forth.
@@ -30,6 +35,11 @@ DEFAULT_STEP_HOURS = 5.0 / 60.0
 _EPS = 1e-9
 # Returns to Spot kept in reserve beyond the expected count: they come in whole numbers and the count is an estimate.
 HOP_MARGIN = 1.0
+# A gap in capacity counts as long once it has lasted this many changeovers: On-Demand started in it then likely
+# runs long enough to pay back its own changeover and the Spot restart after it.
+LONG_GAP_CHANGEOVERS = 8.0
+# Share of the gap time expected over the remaining work that a long gap is filled with On-Demand to protect.
+LONG_GAP_SLACK_SHARE = 0.1
 
 
 def decide(
@@ -87,6 +97,10 @@ def decide(
 
     if slack - step_hours < change - eps:
         return Decision(Action.ON_DEMAND, "waiting longer would leave no time for On-Demand")
+    if current == Action.IDLE and _in_long_gap(stats, change):
+        gaps_ahead = remaining_hours * (1.0 - stats.availability)
+        if slack - step_hours < reserve + LONG_GAP_SLACK_SHARE * gaps_ahead - eps:
+            return Decision(Action.ON_DEMAND, "a long gap in capacity: On-Demand pays for its changeovers here")
     # Leaving On-Demand to wait brings an On-Demand restart later: only when the slack is above the reserve by
     # the expected wait and that changeover, so that the stage does not flip back and forth.
     margin = stats.mean_down_hours + change if current == Action.ON_DEMAND else 0.0
@@ -102,6 +116,11 @@ def hop_reserve(remaining_hours: float, change: float, stats: SpotStats) -> floa
     cycle = stats.mean_up_hours + stats.mean_down_hours
     hops = HOP_MARGIN + remaining_hours / cycle if stats.mean_up_hours > 2 * change else 0.0
     return change + 2 * change * hops
+
+
+def _in_long_gap(stats: SpotStats, change: float) -> bool:
+    """Whether Spot capacity has been gone for longer than `LONG_GAP_CHANGEOVERS` changeovers."""
+    return stats.available is False and stats.run_hours >= LONG_GAP_CHANGEOVERS * change - _EPS
 
 
 def _return_to_spot_pays(

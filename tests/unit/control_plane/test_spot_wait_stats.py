@@ -1,0 +1,58 @@
+"""The Spot statistics a placement decision sees: a wait for capacity still in progress is part of the gap."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from spot_hpc.ledger import Stage
+from spot_hpc.placement import spot_stats_now
+from spot_hpc.policy import SpotStats
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def waiting_stage(since: str | None) -> Stage:
+    learnt = SpotStats.with_prior(4)
+    learnt.observe(True, 3.0)
+    learnt.observe(False, 0.0)  # reclaimed
+    return Stage(
+        run_id="r1",
+        stage="preprocess",
+        order=0,
+        compute_hours=4.0,
+        spot_allowed=True,
+        nodes=1,
+        spot_waiting_since=since,
+        spot_stats=learnt.to_dict(),
+    )
+
+
+def test_the_wait_in_progress_counts_as_the_current_gap():
+    # GIVEN a stage waiting for Spot capacity since 2.5 h ago, after a reclaim
+    stage = waiting_stage("2026-11-22T09:30:00Z")
+    # WHEN its statistics are read for a decision without capacity
+    stats = spot_stats_now(stage, spot_available=False, now=NOW)
+    # THEN the current gap is 2.5 h old, and the stored statistics are left as they were
+    assert stats.available is False
+    assert stats.run_hours == 2.5
+    assert stats.down_hours == 2.5
+    assert stage.spot_stats["down_hours"] == 0.0
+
+
+def test_the_wait_is_not_counted_when_capacity_is_there():
+    # GIVEN the same waiting stage
+    stage = waiting_stage("2026-11-22T09:30:00Z")
+    # WHEN its statistics are read for a decision with Spot capacity
+    stats = spot_stats_now(stage, spot_available=True, now=NOW)
+    # THEN they are the stored ones
+    assert stats == SpotStats.from_dict(stage.spot_stats)
+
+
+def test_a_stage_that_is_not_waiting_has_its_stored_statistics():
+    # GIVEN a stage with no wait in progress
+    stage = waiting_stage(None)
+    # WHEN its statistics are read without capacity
+    stats = spot_stats_now(stage, spot_available=False, now=NOW)
+    # THEN they are the stored ones: the gap is as old as the reclaim recorded it
+    assert stats == SpotStats.from_dict(stage.spot_stats)
+    assert stats.run_hours == 0.0
