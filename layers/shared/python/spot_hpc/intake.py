@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from spot_hpc.services import Services
+from spot_hpc.validation import describe_validation_error
 
 logger = logging.getLogger(__name__)
 EventModel = TypeVar("EventModel", bound=BaseModel)
@@ -28,9 +29,7 @@ def parse_event(model: type[EventModel], event: Any, account_id: str) -> EventMo
     try:
         parsed = model.model_validate(event)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "event"
-        raise Rejected(f"malformed {model.__name__}: {where}: {first['msg']}") from exc
+        raise Rejected(f"malformed {model.__name__}: {describe_validation_error(exc, 'event')}") from exc
     if getattr(parsed, "account", account_id) != account_id:
         raise Rejected(f"event from account {getattr(parsed, 'account', '?')}, not this stack's account")
     return parsed

@@ -19,6 +19,7 @@ from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail, Batc
 from spot_hpc.intake import Rejected, parse_event, reject
 from spot_hpc.ledger import Attempt, JobRef, LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify
+from spot_hpc.pipeline import TAG_ATTEMPT, TAG_RUN, TAG_STAGE
 from spot_hpc.placement import (
     ACTION_OF_CAPACITY,
     CAPACITY_OF_ACTION,
@@ -107,8 +108,8 @@ def _epoch_ms(value: int | None) -> str | None:
 
 def _adopt(svc: Services, detail: BatchJobDetail) -> JobRef | None:
     """A job submitted by a handler that crashed before recording it: its tags say whose it is."""
-    run_id, stage_name = detail.tags.get("spot-hpc:run"), detail.tags.get("spot-hpc:stage")
-    attempt_tag = detail.tags.get("spot-hpc:attempt", "")
+    run_id, stage_name = detail.tags.get(TAG_RUN), detail.tags.get(TAG_STAGE)
+    attempt_tag = detail.tags.get(TAG_ATTEMPT, "")
     if not (run_id and stage_name and attempt_tag.isdigit()):
         return None
     stage = svc.ledger.get_stage(run_id, stage_name)

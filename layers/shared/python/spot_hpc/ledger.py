@@ -171,12 +171,13 @@ class Ledger:
     def _expires_at(self, now: datetime | None = None) -> int:
         return int(((now or utc_now()) + self._retention).timestamp())
 
+    def _put(self, item: Mapping[str, Any], now: datetime | None = None, **conditions: str) -> None:
+        """Writes one item; every item expires after the retention period."""
+        self._table.put_item(Item=_to_dynamo({**item, "expires_at": self._expires_at(now)}), **conditions)
+
     def _put_new(self, key: dict[str, str], body: Mapping[str, Any]) -> None:
         try:
-            self._table.put_item(
-                Item=_to_dynamo({**key, **body, "expires_at": self._expires_at()}),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
+            self._put({**key, **body}, ConditionExpression="attribute_not_exists(pk)")
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 raise LedgerConflict(f"{key['pk']}/{key['sk']} exists") from exc
@@ -222,11 +223,7 @@ class Ledger:
         """Writes the run first (its conditional put is the exactly-once gate), then its stages."""
         self._put_new(_run_key(run.run_id), asdict(run))
         for stage in stages:
-            self._table.put_item(
-                Item=_to_dynamo(
-                    {**_stage_key(run.run_id, stage.stage), **asdict(stage), "expires_at": self._expires_at()}
-                )
-            )
+            self._put({**_stage_key(run.run_id, stage.stage), **asdict(stage)})
 
     def get_run(self, run_id: str) -> Run | None:
         item = self._table.get_item(Key=_run_key(run_id), ConsistentRead=True).get("Item")
@@ -264,18 +261,16 @@ class Ledger:
         # Two refusals from one source within a second must not overwrite each other: the event id (or a fresh id)
         # keeps them apart, and a redelivery of the same event in the same second stays one record.
         unique = str(detail.get("event_id") or "") or uuid.uuid4().hex
-        self._table.put_item(
-            Item=_to_dynamo(
-                {
-                    "pk": "REJECTION",
-                    "sk": f"{format_time(now)}#{source}#{unique}",
-                    "source": source,
-                    "reason": reason,
-                    "detail": dict(detail),
-                    "rejected_at": format_time(now),
-                    "expires_at": self._expires_at(now),
-                }
-            )
+        self._put(
+            {
+                "pk": "REJECTION",
+                "sk": f"{format_time(now)}#{source}#{unique}",
+                "source": source,
+                "reason": reason,
+                "detail": dict(detail),
+                "rejected_at": format_time(now),
+            },
+            now,
         )
 
     def list_rejections(self) -> list[dict[str, Any]]:
@@ -370,27 +365,16 @@ class Ledger:
     # ------------------------------------------------------------------ attempts and jobs
     def record_attempt(self, attempt: Attempt) -> None:
         """The attempt, its job index and the stage's pointer to it (idempotent: same job id, same items)."""
-        self._table.put_item(
-            Item=_to_dynamo(
-                {
-                    **_attempt_key(attempt.run_id, attempt.stage, attempt.attempt),
-                    **asdict(attempt),
-                    "expires_at": self._expires_at(),
-                }
-            )
-        )
-        self._table.put_item(
-            Item=_to_dynamo(
-                {
-                    "pk": f"JOB#{attempt.job_id}",
-                    "sk": "JOB",
-                    "job_id": attempt.job_id,
-                    "run_id": attempt.run_id,
-                    "stage": attempt.stage,
-                    "attempt": attempt.attempt,
-                    "expires_at": self._expires_at(),
-                }
-            )
+        self._put({**_attempt_key(attempt.run_id, attempt.stage, attempt.attempt), **asdict(attempt)})
+        self._put(
+            {
+                "pk": f"JOB#{attempt.job_id}",
+                "sk": "JOB",
+                "job_id": attempt.job_id,
+                "run_id": attempt.run_id,
+                "stage": attempt.stage,
+                "attempt": attempt.attempt,
+            }
         )
         self._update(
             _stage_key(attempt.run_id, attempt.stage),
@@ -436,16 +420,7 @@ class Ledger:
         return _record(JobRef, item) if item else None
 
     def index_instance(self, instance_id: str, ref: JobRef) -> None:
-        self._table.put_item(
-            Item=_to_dynamo(
-                {
-                    "pk": f"INSTANCE#{instance_id}",
-                    "sk": f"JOB#{ref.job_id}",
-                    **asdict(ref),
-                    "expires_at": self._expires_at(),
-                }
-            )
-        )
+        self._put({"pk": f"INSTANCE#{instance_id}", "sk": f"JOB#{ref.job_id}", **asdict(ref)})
 
     def jobs_on_instance(self, instance_id: str) -> list[JobRef]:
         items = self._query(
@@ -467,9 +442,7 @@ class Ledger:
         now = format_time(utc_now())
         for entry in entries:
             sk = f"NOTE#{now}#{entry.get('kind')}#{entry.get('channel')}"
-            self._table.put_item(
-                Item=_to_dynamo({"pk": f"RUN#{run_id}", "sk": sk, **entry, "expires_at": self._expires_at()})
-            )
+            self._put({"pk": f"RUN#{run_id}", "sk": sk, **entry})
 
     def run_notifications(self, run_id: str) -> list[dict[str, str]]:
         items = self._query(

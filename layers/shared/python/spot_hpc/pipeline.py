@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from spot_hpc.validation import describe_validation_error
+
 STAGE_NAMES = ("preprocess", "hpc", "postprocess")
 INGEST_PREFIX = "incoming/"
 DEFAULT_STAGE_HOURS = {"preprocess": 1.0, "hpc": 4.0, "postprocess": 1.0}
@@ -78,8 +80,7 @@ def build_run_options(
     try:
         options = RunOptions.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
-        raise InvalidRunOptions(problems) from exc
+        raise InvalidRunOptions(describe_validation_error(exc, "options")) from exc
     if options.hpc_mode == "multinode" and options.hpc_nodes < 2:
         raise InvalidRunOptions("hpc_nodes: a multi-node parallel job needs at least 2 nodes (use hpc_mode=shards)")
     return options
@@ -129,6 +130,14 @@ def stage_input_uri(stage: str, upload_uri: str, output_uri_of: Callable[[str], 
     upstream = STAGE_NAMES[STAGE_NAMES.index(stage) - 1]
     upstream_output = output_uri_of(upstream)
     return f"{upstream_output.rstrip('/')}/{PREPROCESS_OUTPUT_FILE}" if upstream == "preprocess" else upstream_output
+
+
+# Tags on every Batch job the control plane submits: how a job whose runner crashed before recording it is adopted.
+TAG_RUN, TAG_STAGE, TAG_ATTEMPT = "spot-hpc:run", "spot-hpc:stage", "spot-hpc:attempt"
+
+
+def job_tags(run_id: str, stage: str, attempt: int) -> dict[str, str]:
+    return {TAG_RUN: run_id, TAG_STAGE: stage, TAG_ATTEMPT: str(attempt)}
 
 
 def job_name(run_id: str, stage: str, attempt: int) -> str:

@@ -19,7 +19,7 @@ from spot_hpc.batch import JobRequest
 from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
 from spot_hpc.ledger import CANCEL_REQUEUE, Attempt, LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify
-from spot_hpc.pipeline import STAGE_NAMES, job_name, stage_input_uri, stage_output_uri
+from spot_hpc.pipeline import STAGE_NAMES, job_name, job_tags, stage_input_uri, stage_output_uri
 from spot_hpc.policy import Action, Decision, SpotStats, decide, stage_must_finish_in
 from spot_hpc.services import Services
 
@@ -206,7 +206,7 @@ def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason:
             queue=queue,
             definition=definition_for(svc, stage),
             environment=job_environment(svc, run, stage),
-            tags={"spot-hpc:run": run.run_id, "spot-hpc:stage": stage.stage, "spot-hpc:attempt": str(stage.attempt)},
+            tags=job_tags(run.run_id, stage.stage, stage.attempt),
             parameters={"stage": stage.stage},
             num_nodes=stage.nodes if stage.multinode else None,
             array_size=stage.array_size,

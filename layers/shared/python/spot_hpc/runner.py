@@ -14,6 +14,7 @@ from spot_hpc.pipeline import STAGE_NAMES
 from spot_hpc.placement import CAPACITY_OF_ACTION, choose_capacity, place_attempt
 from spot_hpc.policy import Action
 from spot_hpc.services import Services
+from spot_hpc.validation import describe_validation_error
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def run_stage(svc: Services, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         request = StageRequest.model_validate(payload)
     except ValidationError as exc:
-        raise StageRequestError(f"invalid stage request: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
+        raise StageRequestError(f"invalid stage request: {describe_validation_error(exc, 'request')}") from exc
     if request.stage not in STAGE_NAMES:
         raise StageRequestError(f"unknown stage {request.stage!r}")
     run = svc.ledger.get_run(request.run_id)

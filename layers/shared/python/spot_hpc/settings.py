@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from spot_hpc.validation import describe_validation_error
+
 
 class SettingsError(RuntimeError):
     """The function's environment is missing or malformed (a deployment error, not bad input)."""
@@ -49,5 +51,5 @@ class ControlPlaneSettings(BaseModel):
         try:
             return cls.model_validate(dict(os.environ if environ is None else environ))
         except ValidationError as exc:
-            fields = ", ".join(str(err["loc"][0]) for err in exc.errors())
-            raise SettingsError(f"invalid or missing environment variables: {fields}") from exc
+            problems = describe_validation_error(exc, "environment")
+            raise SettingsError(f"invalid or missing environment variables: {problems}") from exc
