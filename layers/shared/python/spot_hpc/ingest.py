@@ -7,8 +7,6 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from spot_hpc.clock import format_time, utc_now
 from spot_hpc.events import S3EventNotificationEventBridgeModel
 from spot_hpc.intake import Rejected, parse_event, reject
@@ -16,6 +14,7 @@ from spot_hpc.ledger import LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify, notify_rejected_upload
 from spot_hpc.pipeline import INGEST_PREFIX, InvalidRunOptions, build_run_options, manifest_key, run_id_for, stage_specs
 from spot_hpc.services import Services
+from spot_hpc.uploads import UploadUnreadable
 
 logger = logging.getLogger(__name__)
 MAX_MANIFEST_BYTES = 64 * 1024
@@ -117,25 +116,18 @@ def _ensure_execution(svc: Services, run: Run, duplicate: bool) -> dict[str, Any
 
 
 def _head(svc: Services, bucket: str, key: str, version_id: str | None) -> dict[str, Any]:
-    kwargs = {"Bucket": bucket, "Key": key, **({"VersionId": version_id} if version_id else {})}
     try:
-        return svc.s3.head_object(**kwargs)  # type: ignore[no-any-return]
-    except ClientError as exc:
-        code = exc.response["Error"]["Code"]
-        if code in ("404", "NoSuchKey", "NoSuchBucket", "NoSuchVersion", "403", "AccessDenied"):
-            raise Rejected(f"s3://{bucket}/{key} cannot be read ({code})") from exc
-        raise
+        return svc.uploads.head(bucket, key, version_id)
+    except UploadUnreadable as exc:
+        raise Rejected(f"s3://{bucket}/{key} cannot be read ({exc.code})") from exc
 
 
 def _manifest(svc: Services, bucket: str, key: str) -> dict[str, Any] | None:
+    raw = svc.uploads.read_small(bucket, manifest_key(key), MAX_MANIFEST_BYTES)
+    if raw is None:
+        return None
     try:
-        body = svc.s3.get_object(Bucket=bucket, Key=manifest_key(key), Range=f"bytes=0-{MAX_MANIFEST_BYTES}")["Body"]
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
-            return None
-        raise
-    try:
-        manifest = json.loads(body.read())
+        manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise Rejected(f"manifest {manifest_key(key)} is not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict):

@@ -11,6 +11,7 @@ from spot_hpc.ledger import Ledger
 from spot_hpc.pricing import PriceBook, make_aws_price_book
 from spot_hpc.settings import ControlPlaneSettings
 from spot_hpc.stepfunctions import PipelineStateMachine
+from spot_hpc.uploads import UploadBucket
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Services:
     ledger: Ledger
     batch: BatchGateway
     s3: Any
+    uploads: UploadBucket
     pipeline: PipelineStateMachine
     sns: Any
     sqs: Any
@@ -27,11 +29,13 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: ControlPlaneSettings) -> Services:
+        s3 = aws.client("s3")
         return cls(
             settings=settings,
             ledger=Ledger(aws.resource("dynamodb").Table(settings.ledger_table), settings.ledger_retention_days),
             batch=BatchGateway(aws.client("batch"), aws.client("ecs")),
-            s3=aws.client("s3"),
+            s3=s3,
+            uploads=UploadBucket(s3),
             pipeline=PipelineStateMachine(aws.client("stepfunctions"), settings.state_machine_arn),
             sns=aws.client("sns"),
             sqs=aws.client("sqs"),

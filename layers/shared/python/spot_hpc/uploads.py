@@ -1,0 +1,47 @@
+"""The ingest bucket as the control plane reads it: an upload's metadata, and the manifest that may sit beside it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+# Errors that mean the object cannot be read at all (gone, never there, or not ours to read); anything else, such
+# as throttling, is raised for the handler to retry.
+UNREADABLE_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NoSuchVersion", "403", "AccessDenied"})
+
+
+class UploadUnreadable(Exception):
+    """The uploaded object cannot be read; `code` is S3's error code."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class UploadBucket:
+    """Reads uploads with an injectable S3 client."""
+
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+
+    def head(self, bucket: str, key: str, version_id: str | None) -> dict[str, Any]:
+        """The object's metadata (that exact version when given); `UploadUnreadable` when it cannot be read."""
+        kwargs = {"Bucket": bucket, "Key": key, **({"VersionId": version_id} if version_id else {})}
+        try:
+            return self._s3.head_object(**kwargs)  # type: ignore[no-any-return]
+        except ClientError as exc:
+            code = exc.response["Error"]["Code"]
+            if code in UNREADABLE_CODES:
+                raise UploadUnreadable(code) from exc
+            raise
+
+    def read_small(self, bucket: str, key: str, max_bytes: int) -> bytes | None:
+        """At most `max_bytes` of an object that may not exist (None then)."""
+        try:
+            body = self._s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{max_bytes}")["Body"]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return None
+            raise
+        return body.read()  # type: ignore[no-any-return]

@@ -1,0 +1,77 @@
+"""The upload bucket adapter (spot_hpc.uploads) against botocore's Stubber: the exact requests, and which S3 errors
+mean an upload cannot be read (rejected) and which are for the handler to retry."""
+
+from __future__ import annotations
+
+import io
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+from spot_hpc.uploads import UploadBucket, UploadUnreadable
+
+
+@pytest.fixture
+def stubbed() -> tuple[UploadBucket, Stubber]:
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stubber = Stubber(client)
+    stubber.activate()
+    return UploadBucket(client), stubber
+
+
+def test_head_asks_for_the_exact_version_uploaded(stubbed):
+    # GIVEN S3 that knows version v2 of the upload
+    uploads, stubber = stubbed
+    request = {"Bucket": "ingest", "Key": "incoming/a.csv", "VersionId": "v2"}
+    stubber.add_response("head_object", {"VersionId": "v2", "Metadata": {"deadline-hours": "12"}}, request)
+    # WHEN its metadata is read
+    head = uploads.head("ingest", "incoming/a.csv", "v2")
+    # THEN that version's metadata comes back
+    assert head["Metadata"] == {"deadline-hours": "12"}
+    stubber.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("code", ["404", "NoSuchBucket", "AccessDenied"])
+def test_an_upload_that_cannot_be_read_says_why(stubbed, code):
+    # GIVEN S3 that cannot give the object (unversioned bucket: no VersionId is sent)
+    uploads, stubber = stubbed
+    stubber.add_client_error("head_object", code, expected_params={"Bucket": "ingest", "Key": "incoming/a.csv"})
+    # WHEN its metadata is read
+    with pytest.raises(UploadUnreadable) as caught:
+        uploads.head("ingest", "incoming/a.csv", None)
+    # THEN the error carries S3's code
+    assert caught.value.code == code
+
+
+def test_throttling_is_raised_for_a_retry(stubbed):
+    # GIVEN S3 throttling the request
+    uploads, stubber = stubbed
+    stubber.add_client_error("head_object", "SlowDown", http_status_code=503)
+    # WHEN the metadata is read
+    # THEN the error reaches the caller unchanged (the event is retried, not rejected)
+    with pytest.raises(ClientError) as caught:
+        uploads.head("ingest", "incoming/a.csv", None)
+    assert not isinstance(caught.value, UploadUnreadable)
+    assert caught.value.response["Error"]["Code"] == "SlowDown"
+
+
+def test_a_small_read_asks_for_a_bounded_range(stubbed):
+    # GIVEN a manifest beside the upload
+    uploads, stubber = stubbed
+    request = {"Bucket": "ingest", "Key": "incoming/a.json", "Range": "bytes=0-65536"}
+    stubber.add_response("get_object", {"Body": io.BytesIO(b'{"deadline_hours": 12}')}, request)
+    # WHEN it is read
+    raw = uploads.read_small("ingest", "incoming/a.json", 65536)
+    # THEN its bytes come back, from one ranged request
+    assert raw == b'{"deadline_hours": 12}'
+    stubber.assert_no_pending_responses()
+
+
+def test_a_small_read_of_a_missing_object_is_none(stubbed):
+    # GIVEN no manifest beside the upload
+    uploads, stubber = stubbed
+    stubber.add_client_error("get_object", "NoSuchKey")
+    # WHEN it is read
+    # THEN there is nothing, and no error
+    assert uploads.read_small("ingest", "incoming/a.json", 65536) is None
