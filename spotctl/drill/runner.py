@@ -1,7 +1,7 @@
 """Run the example workloads as real processes, interrupt them mid-run, restart them and compare their output.
 
 Per workload: an uninterrupted run gives the reference output; then the drill starts the workload again (all its
-parts), waits until the control plane would see progress, interrupts it (a Spot notice in instance metadata, a
+parts), waits until the control plane would see progress, interrupts each part (a Spot notice in its instance metadata, a
 checkpoint request, or SIGTERM), lets it checkpoint and exit, restarts it on a "fresh instance" and compares the
 output bytes with the reference. Figures come from the runtime's own event lines (``spot_checkpoint`` JSON on stderr).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import operator
 import os
 import random
 import signal
@@ -28,8 +29,9 @@ from spot_checkpoint import (
     EVENT_KEY,
     EXIT_CHECKPOINTED,
     CheckpointStore,
+    RuntimeConfig,
     list_objects,
-    progress,
+    part_progress,
     write_object,
 )
 from spot_hpc.pipeline import STAGE_NAMES, stage_input_uri
@@ -90,7 +92,7 @@ class DrillResult:
 class JobProcess:
     """One running part of a workload, with the runtime events it has printed so far."""
 
-    part_env: dict[str, str]
+    part: str  # the checkpoint part it owns (node-0, main, ...)
     process: subprocess.Popen[str]
     events: list[dict[str, Any]] = field(default_factory=list)
     other_lines: list[str] = field(default_factory=list)
@@ -238,7 +240,7 @@ class Drill:
             stderr=subprocess.PIPE,
             text=True,
         )
-        job = JobProcess(dict(part_env), process)
+        job = JobProcess(RuntimeConfig.from_environ(env).part, process)
         job.reader = threading.Thread(target=job.read_stderr, daemon=True)
         job.reader.start()
         return job
@@ -274,9 +276,7 @@ class Drill:
                 self.start(workload, run_id, metadata, part_env)
                 for metadata, part_env in zip(metadatas, self.part_envs(workload), strict=True)
             ]
-            progress_at_notice = self._wait_for_progress(checkpoint_uri, first)
-            noticed_at = time.time()
-            self._interrupt(via, checkpoint_uri, metadatas, first)
+            progress_at_notice, noticed_at = self._interrupt_at_progress(via, checkpoint_uri, metadatas, first)
             first_codes = [job.wait() for job in first]
             if any(code != EXIT_CHECKPOINTED for code in first_codes):
                 raise DrillError(
@@ -309,7 +309,7 @@ class Drill:
         return DrillResult(
             workload=workload,
             interruptions=1,
-            notice_to_checkpoint_seconds=round(max(at - noticed_at for at in checkpoint_times), 3),
+            notice_to_checkpoint_seconds=round(max(map(operator.sub, checkpoint_times, noticed_at)), 3),
             lost_work_seconds=round(sum(lost), 3),
             resumed_from_checkpoint=all(job.first("resumed") is not None for job in second),
             output_matches_uninterrupted=list_objects(self.s3, self.output_uri(run_id, workload)) == reference_output,
@@ -326,29 +326,41 @@ class Drill:
             ],
         )
 
-    def _wait_for_progress(self, checkpoint_uri: str, jobs: list[JobProcess]) -> float:
-        """Wait until the control plane would read progress from a checkpoint, as it does before asking for one."""
-        while True:
-            fraction = progress(self.s3, checkpoint_uri)
-            if fraction is not None and fraction >= NOTICE_AT_PROGRESS:
-                return fraction
-            if any(job.process.poll() is not None for job in jobs):
-                raise DrillError(f"{checkpoint_uri}: a part ended before it could be interrupted (make it bigger)")
-            time.sleep(0.05)
-
-    def _interrupt(
+    def _interrupt_at_progress(
         self, via: str, checkpoint_uri: str, metadatas: list[MetadataStandIn], jobs: list[JobProcess]
-    ) -> None:
-        if via == "imds":
-            for metadata in metadatas:
-                metadata.post_notice()
-        elif via == "request":
-            CheckpointStore(self.s3, checkpoint_uri).request_checkpoint("checkpoint drill")
-        elif via == "sigterm":
-            for job in jobs:
-                job.process.send_signal(signal.SIGTERM)
-        else:
+    ) -> tuple[float, list[float]]:
+        """Interrupt once the control plane would see progress; return the stage's progress then and each part's
+        notice time.
+
+        Spot warns each instance on its own, so a notice (or SIGTERM) reaches each part once that part has
+        checkpointed NOTICE_AT_PROGRESS of its own work: a part starved of CPU cannot let the others run to the end
+        first. A checkpoint request is stage-wide, so it waits for every part.
+        """
+        if via not in INTERRUPTION_SOURCES:
             raise ValueError(f"unknown interruption source {via!r}")
+        noticed_at: list[float | None] = [None] * len(jobs)
+        reached: dict[str, float] = {}
+        while None in noticed_at:
+            fractions, _ = part_progress(self.s3, checkpoint_uri)
+            ready = [i for i, job in enumerate(jobs) if fractions.get(job.part, 0.0) >= NOTICE_AT_PROGRESS]
+            if via == "request" and len(ready) < len(jobs):
+                ready = []
+            for i in ready:
+                if noticed_at[i] is not None:
+                    continue
+                reached[jobs[i].part] = fractions[jobs[i].part]
+                if via == "imds":
+                    metadatas[i].post_notice()
+                elif via == "sigterm":
+                    jobs[i].process.send_signal(signal.SIGTERM)
+                noticed_at[i] = time.time()
+            if via == "request" and ready:
+                CheckpointStore(self.s3, checkpoint_uri).request_checkpoint("checkpoint drill")
+            if any(at is None and job.process.poll() is not None for at, job in zip(noticed_at, jobs, strict=True)):
+                raise DrillError(f"{checkpoint_uri}: a part ended before it could be interrupted (make it bigger)")
+            if None in noticed_at:
+                time.sleep(0.05)
+        return sum(reached.values()) / len(jobs), [at for at in noticed_at if at is not None]
 
     @staticmethod
     def _checkpoint_done_at(job: JobProcess) -> float:

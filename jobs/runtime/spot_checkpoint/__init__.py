@@ -27,6 +27,7 @@ Control plane / emulator side::
 
     store = CheckpointStore(s3_client, "s3://bucket/checkpoints/run-1/hpc/")
     progress(s3_client, store.uri)          # stage fraction done from manifests, or None
+    part_progress(s3_client, store.uri)     # each part's fraction done, and the stage's part count
     store.request_checkpoint("spot interruption warning for i-0abc")
     store.cleanup()                         # after the stage succeeded
 
@@ -71,6 +72,7 @@ from .store import (
     CheckpointStoreUnavailable,
     parse_s3_uri,
     part_name,
+    part_progress,
     progress,
 )
 from .watch import REASON_CHECKPOINT_REQUEST, REASON_SIGTERM, REASON_SPOT_INTERRUPTION, InterruptionWatcher, StopSignal
@@ -119,6 +121,7 @@ __all__ = [
     "log_event_to_stderr",
     "parse_s3_uri",
     "part_name",
+    "part_progress",
     "progress",
     "read_object",
     "run_job",

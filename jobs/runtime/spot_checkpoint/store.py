@@ -360,11 +360,11 @@ class CheckpointStore:
             return None
 
 
-def progress(s3_client: Any, uri: str) -> float | None:
-    """The stage's fraction done (0..1) from its newest manifests, or None when no part has checkpointed yet.
+def part_progress(s3_client: Any, uri: str) -> tuple[dict[str, float], int]:
+    """Each part's fraction done (0..1) from its newest manifest, and how many parts the stage has.
 
     Reads manifests only (no payloads), so it is cheap enough for the control plane to call on every SLA check.
-    Parts that have not checkpointed yet count as 0 when a manifest says how many parts the stage has.
+    Parts that have not checkpointed yet are absent; the part count comes from the manifests.
     """
     store = CheckpointStore(s3_client, uri)
     newest_per_part: dict[str, int] = {}
@@ -373,11 +373,8 @@ def progress(s3_client: Any, uri: str) -> float | None:
         part, _, tail = rest.partition("/")
         match = _SEQ_DIR.match(tail)
         if match and tail.endswith(f"/{MANIFEST_NAME}"):
-            newest_per_part.setdefault(part, -1)
-            newest_per_part[part] = max(newest_per_part[part], int(match.group(1)))
-    if not newest_per_part:
-        return None
-    total = 0.0
+            newest_per_part[part] = max(newest_per_part.get(part, -1), int(match.group(1)))
+    fractions: dict[str, float] = {}
     parts_total = len(newest_per_part)
     for part, seq in newest_per_part.items():
         raw = store._get(f"{store.prefix}{part}/{seq:0{SEQ_DIGITS}d}/{MANIFEST_NAME}")
@@ -385,6 +382,17 @@ def progress(s3_client: Any, uri: str) -> float | None:
             manifest = json.loads(raw) if raw is not None else {}
         except ValueError:
             manifest = {}
-        total += min(max(float(manifest.get("progress", 0.0)), 0.0), 1.0)
+        fractions[part] = min(max(float(manifest.get("progress", 0.0)), 0.0), 1.0)
         parts_total = max(parts_total, int(manifest.get("parts_total", 1)))
-    return total / parts_total
+    return fractions, parts_total
+
+
+def progress(s3_client: Any, uri: str) -> float | None:
+    """The stage's fraction done (0..1), or None when no part has checkpointed yet.
+
+    Parts that have not checkpointed yet count as 0 when a manifest says how many parts the stage has.
+    """
+    fractions, parts_total = part_progress(s3_client, uri)
+    if not fractions:
+        return None
+    return sum(fractions.values()) / parts_total

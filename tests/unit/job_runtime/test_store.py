@@ -10,6 +10,7 @@ from spot_checkpoint import (
     CheckpointStore,
     CheckpointStoreUnavailable,
     parse_s3_uri,
+    part_progress,
     progress,
 )
 
@@ -139,6 +140,17 @@ def test_progress_weighs_parts_that_have_not_checkpointed(s3: Any) -> None:
     fraction = progress(s3, URI)
     # THEN it is the mean over all four parts, from each part's newest manifest
     assert fraction == pytest.approx((0.5 + 1.0) / 4)
+    # AND each part's own newest fraction is there for per-instance decisions, with the stage's part count
+    assert part_progress(s3, URI) == ({"node-0": 0.5, "node-1": 1.0}, 4)
+
+
+def test_part_progress_of_a_stage_with_no_checkpoints_is_empty(s3: Any) -> None:
+    # GIVEN a stage prefix nothing has been written under
+    # WHEN each part's progress is read
+    fractions, parts_total = part_progress(s3, URI)
+    # THEN there are no parts and no count, and the stage's progress is unknown rather than 0
+    assert (fractions, parts_total) == ({}, 0)
+    assert progress(s3, URI) is None
 
 
 def test_prune_keeps_newest_checkpoints_and_cleanup_removes_everything(s3: Any) -> None:
