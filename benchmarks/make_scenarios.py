@@ -2,11 +2,15 @@
 
     python benchmarks/make_scenarios.py [--count 400] [--seed 2024] [--out benchmarks/scenarios.json]
     python benchmarks/make_scenarios.py --pipelines --count 60 --out benchmarks/pipelines.json
+    python benchmarks/make_scenarios.py --changeover-hours 0.25,0.5,0.75,1 --seed 5 --out long-changeovers.json
+    python benchmarks/make_scenarios.py --tick-seconds 60 --seed 6 --out one-minute-ticks.json
 
 Every trace set is drawn equally often; slack (deadline / compute) is uniform in 1.1..3, compute log-uniform from
 2 hours to 2 days, nodes 1..16 as far as the trace's node count allows, the start uniform over the ticks where the
 window fits. Prices per hour for the whole job: On-Demand from data/ec2-ondemand-prices.json times nodes; Spot from
 the trace's own prices over the window where it has them, else On-Demand less the Spot Advisor savings.
+Changeovers are 0.1, 0.2 or 0.25 hours and ticks 5 minutes unless asked otherwise (to check that the policy holds up
+beyond the checked-in set).
 """
 
 from __future__ import annotations
@@ -49,14 +53,21 @@ def instance_and_region(path: Path) -> tuple[str, str]:
     return INSTANCE_BY_SUFFIX[suffix], zone[:-1]
 
 
-def draw(rng: random.Random, sets: dict[str, list[Path]], number: int, pipelines: bool) -> dict[str, Any]:
+def draw(
+    rng: random.Random,
+    sets: dict[str, list[Path]],
+    number: int,
+    pipelines: bool,
+    changeovers: tuple[float, ...] = CHANGEOVER_HOURS,
+    tick_seconds: int = TICK_SECONDS,
+) -> dict[str, Any]:
     od_prices = json.loads((ROOT / "data/ec2-ondemand-prices.json").read_text())
     advisor = json.loads((ROOT / "data/spot-advisor-data.json").read_text())["spot_advisor"]
     set_name = rng.choice(sorted(sets))
     path = rng.choice(sets[set_name])
     trace = json.loads(path.read_text())
     gap = trace["metadata"]["gap_seconds"]
-    block = max(1, round(TICK_SECONDS / gap))
+    block = max(1, round(tick_seconds / gap))
     tick_hours = block * gap / 3600
     blocks = len(trace["data"]) // block
     nodes = rng.choice(NODE_CHOICES[node_capacity(set_name)]) if not pipelines else 1
@@ -78,11 +89,11 @@ def draw(rng: random.Random, sets: dict[str, list[Path]], number: int, pipelines
         "id": f"{'p' if pipelines else 's'}{number:03d}",
         "trace": str(path.relative_to(ROOT)),
         "nodes": nodes,
-        "tick_seconds": TICK_SECONDS,
+        "tick_seconds": tick_seconds,
         "start_tick": start,
         "compute_hours": compute,
         "deadline_hours": deadline,
-        "changeover_hours": rng.choice(CHANGEOVER_HOURS),
+        "changeover_hours": rng.choice(changeovers),
         "od_price": round(od, 4),
         "spot_price": round(spot, 4),
         "advisor_bucket": entry["r"],
@@ -105,10 +116,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--pipelines", action="store_true", help="three-stage pipelines instead of single jobs")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/scenarios.json")
+    parser.add_argument(
+        "--changeover-hours",
+        type=lambda text: tuple(float(part) for part in text.split(",")),
+        default=CHANGEOVER_HOURS,
+        help="comma-separated changeover times to draw from (default: %(default)s)",
+    )
+    parser.add_argument("--tick-seconds", type=int, default=TICK_SECONDS, help="decision tick (default: %(default)s)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     sets = trace_sets()
-    scenarios = [draw(rng, sets, number, args.pipelines) for number in range(1, args.count + 1)]
+    scenarios = [
+        draw(rng, sets, number, args.pipelines, args.changeover_hours, args.tick_seconds)
+        for number in range(1, args.count + 1)
+    ]
     args.out.write_text(json.dumps({"scenarios": scenarios}, indent=1) + "\n")
     print(f"wrote {len(scenarios)} scenarios to {args.out}")
 

@@ -1,9 +1,10 @@
 """Run the example workloads as real processes, interrupt them mid-run, restart them and compare their output.
 
 Per workload: an uninterrupted run gives the reference output; then the drill starts the workload again (all its
-parts), waits until the control plane would see progress, interrupts each part (a Spot notice in its instance metadata, a
-checkpoint request, or SIGTERM), lets it checkpoint and exit, restarts it on a "fresh instance" and compares the
-output bytes with the reference. Figures come from the runtime's own event lines (``spot_checkpoint`` JSON on stderr).
+parts), waits until the control plane would see progress, interrupts each part (a Spot notice in its instance
+metadata, a checkpoint request, or SIGTERM), lets it checkpoint and exit, restarts it on a "fresh instance" and
+compares the output bytes with the reference. Figures come from the runtime's own event lines (``spot_checkpoint``
+JSON on stderr).
 """
 
 from __future__ import annotations

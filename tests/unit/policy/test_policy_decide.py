@@ -51,7 +51,7 @@ def test_waits_for_spot_while_slack_is_above_the_reserve():
 def test_fills_a_gap_with_on_demand_once_slack_is_down_to_the_reserve():
     # GIVEN no capacity and slack just at the reserve for the remaining work
     stats = stats_with(4.0, 1.0)
-    reserve = hop_reserve(10.0, 0.25, stats)
+    reserve = hop_reserve(10.0, 0.25, 3.0, 1.0, stats)
     # WHEN the policy decides
     decision = ask(spot_available=False, hours_left=10.0 + reserve, stats=stats)
     # THEN On-Demand
@@ -103,10 +103,47 @@ def test_returns_from_on_demand_to_spot_only_when_it_pays():
     assert (back.action, stay.action) == (Action.SPOT, Action.ON_DEMAND)
 
 
+def test_reserve_covers_returns_to_spot_when_they_are_the_better_use_of_slack():
+    # GIVEN 4 h capacity runs, 1 h gaps, a 0.25 h changeover and Spot at a third of On-Demand
+    stats = stats_with(4.0, 1.0)
+    # WHEN the end-game reserve for 10 h of work is asked for
+    reserve = hop_reserve(10.0, 0.25, 3.0, 1.0, stats)
+    # THEN it holds the fallback changeover plus two changeovers per expected return (10 h / 5 h cycles, plus one)
+    cycle = stats.mean_up_hours + stats.mean_down_hours
+    assert reserve == pytest.approx(0.25 + 2 * 0.25 * (1.0 + 10.0 / cycle))
+
+
+@pytest.mark.parametrize(
+    ("why", "change", "od_price", "spot_price"),
+    [
+        ("long changeovers eat the Spot run", 1.0, 3.0, 1.0),
+        ("a small Spot discount (15%)", 0.25, 3.0, 2.55),
+    ],
+)
+def test_reserve_is_the_fallback_alone_when_slack_buys_more_waiting_in_gaps(why, change, od_price, spot_price):
+    # GIVEN the same 4 h capacity runs, where a return to Spot saves less than its two changeovers of slack would
+    # save spent waiting out gaps instead of On-Demand
+    stats = stats_with(4.0, 1.0)
+    # WHEN the end-game reserve is asked for
+    reserve = hop_reserve(10.0, change, od_price, spot_price, stats)
+    # THEN only the final On-Demand changeover is kept
+    assert reserve == pytest.approx(change), why
+
+
+def test_waits_where_a_return_reserve_would_have_filled_the_gap():
+    # GIVEN 1 h changeovers, 4 h capacity runs, and 4 h of slack for 10 h of work: under the reserve that counting
+    # returns would ask for (1 + 2 * (1 + 10 / 5) = 7 h), above the fallback changeover
+    stats = stats_with(4.0, 1.0)
+    # WHEN the policy decides without capacity
+    decision = ask(spot_available=False, changeover_hours=1.0, hours_left=14.0, stats=stats)
+    # THEN it waits for Spot: the slack buys more waiting in gaps than returning to Spot later
+    assert decision.action == Action.IDLE
+
+
 def test_does_not_flip_from_on_demand_to_idle_just_above_the_reserve():
     # GIVEN a stage on On-Demand without capacity, slack a little above the reserve
     stats = stats_with(4.0, 1.0)
-    reserve = hop_reserve(10.0, 0.25, stats)
+    reserve = hop_reserve(10.0, 0.25, 3.0, 1.0, stats)
     # WHEN the policy decides
     decision = ask(current=Action.ON_DEMAND, spot_available=False, hours_left=10.0 + reserve + 0.5, stats=stats)
     # THEN it keeps On-Demand (leaving would bring another On-Demand changeover soon)
@@ -143,7 +180,7 @@ def test_fills_a_long_gap_with_on_demand_before_the_reserve():
     # time expected over the remaining work (10 h of work at 80% availability: 2 h of gaps)
     stats = stats_with(4.0, 1.0)
     stats.observe(False, 1.0)
-    reserve = hop_reserve(10.0, 0.25, stats)
+    reserve = hop_reserve(10.0, 0.25, 3.0, 1.0, stats)
     hours_left = 10.0 + reserve + 0.25 + 0.1  # one step above the reserve, plus 0.1 h
     # WHEN the policy decides without capacity
     decision = ask(spot_available=False, hours_left=hours_left, stats=stats)
@@ -155,7 +192,7 @@ def test_fills_a_long_gap_with_on_demand_before_the_reserve():
 def test_waits_out_a_young_gap_at_the_same_slack():
     # GIVEN the same slack, but capacity gone for only 4 changeovers (1 h)
     stats = stats_with(4.0, 1.0)
-    reserve = hop_reserve(10.0, 0.25, stats)
+    reserve = hop_reserve(10.0, 0.25, 3.0, 1.0, stats)
     # WHEN the policy decides without capacity
     decision = ask(spot_available=False, hours_left=10.0 + reserve + 0.25 + 0.1, stats=stats)
     # THEN it waits: On-Demand in a short gap would not pay for its changeovers

@@ -18,7 +18,7 @@ Stable API:
            spot_allowed: bool = True, step_hours: float = DEFAULT_STEP_HOURS,
            warmup_left_hours: float = 0.0) -> Decision
         # the deployed policy for ONE stage now; hours_left is the stage's own budget (below)
-    hop_reserve(remaining_hours: float, change: float, stats: SpotStats) -> float   # slack kept for the end game
+    hop_reserve(remaining_hours, change, od_price, spot_price, stats) -> float       # slack kept for the end game
 
     @dataclass(frozen=True) class StageNeed: compute_hours: float; spot_allowed: bool = True
     allocate_deadlines(hours_left: float, stages: Sequence[StageNeed | tuple[float, bool]],

@@ -21,6 +21,9 @@ Reasoning, all in hours and from the past and present only:
 - With the slack at or below the reserve, a return to Spot is taken only if the expected Spot run pays for its
   changeover and the On-Demand restart after the reclaim; On-Demand is left for idling only when the slack is above
   the reserve by the expected wait and a changeover, so that the stage does not flip back and forth.
+- Slack is kept for returns only if they are the better use of it: a return spends two changeovers of slack, which
+  could instead wait out that much more of a gap; with short capacity runs, long changeovers or a small Spot
+  discount the return saves less than that, and the reserve is the final fallback changeover alone.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ HOP_MARGIN = 1.0
 LONG_GAP_CHANGEOVERS = 8.0
 # Share of the gap time expected over the remaining work that a long gap is filled with On-Demand to protect.
 LONG_GAP_SLACK_SHARE = 0.1
+# What an hour of slack saves when spent waiting out a gap instead of running On-Demand through it, as a share of
+# the On-Demand price: less than all of it, as not every hour kept ends up replacing On-Demand.
+SLACK_HOUR_VALUE = 0.5
 
 
 def decide(
@@ -82,7 +88,7 @@ def decide(
             return Decision(Action.SPOT, "on Spot with capacity, and a reclaim would still leave time for On-Demand")
         return Decision(Action.ON_DEMAND, "too little slack left to risk a reclaim")
 
-    reserve = hop_reserve(remaining_hours, change, stats)
+    reserve = hop_reserve(remaining_hours, change, od_price, spot_price, stats)
     spot_start_safe = slack >= 2 * change - eps
     if spot_available:
         if not spot_start_safe:
@@ -91,7 +97,7 @@ def decide(
             return Decision(Action.SPOT, "Spot capacity available and enough slack for a changeover")
         if slack >= reserve + 2 * change - eps:
             return Decision(Action.SPOT, "Spot is back and the slack is above the reserve")
-        if _return_to_spot_pays(remaining_hours, change, od_price, spot_price, stats):
+        if _return_saving(remaining_hours, change, od_price, spot_price, stats) > 0:
             return Decision(Action.SPOT, "Spot is back and the expected Spot run pays for its changeovers")
         return Decision(Action.ON_DEMAND, "Spot is back but a switch would not pay for its changeovers")
 
@@ -109,13 +115,16 @@ def decide(
     return Decision(Action.ON_DEMAND, "no Spot capacity and the slack is down to the reserve")
 
 
-def hop_reserve(remaining_hours: float, change: float, stats: SpotStats) -> float:
+def hop_reserve(remaining_hours: float, change: float, od_price: float, spot_price: float, stats: SpotStats) -> float:
     """Slack to keep for the end game: On-Demand through capacity gaps and back to Spot whenever it returns, each
     return costing two changeovers (the Spot start and the On-Demand restart after the reclaim), plus the final
-    fallback changeover. Returns happen about once per capacity cycle over the remaining work, plus a margin."""
+    fallback changeover. Returns happen about once per capacity cycle over the remaining work, plus a margin. They
+    are reserved for only if one saves more than its two changeovers of slack would save spent waiting in gaps."""
+    slack_value = SLACK_HOUR_VALUE * od_price * 2 * change
+    if _return_saving(remaining_hours, change, od_price, spot_price, stats) < slack_value:
+        return change
     cycle = stats.mean_up_hours + stats.mean_down_hours
-    hops = HOP_MARGIN + remaining_hours / cycle if stats.mean_up_hours > 2 * change else 0.0
-    return change + 2 * change * hops
+    return change + 2 * change * (HOP_MARGIN + remaining_hours / cycle)
 
 
 def _in_long_gap(stats: SpotStats, change: float) -> bool:
@@ -123,13 +132,13 @@ def _in_long_gap(stats: SpotStats, change: float) -> bool:
     return stats.available is False and stats.run_hours >= LONG_GAP_CHANGEOVERS * change - _EPS
 
 
-def _return_to_spot_pays(
+def _return_saving(
     remaining_hours: float, change: float, od_price: float, spot_price: float, stats: SpotStats
-) -> bool:
-    """Whether leaving On-Demand for Spot is expected to save money: the Spot run's productive hours at the price
-    difference against its changeover and the On-Demand restart after the reclaim."""
+) -> float:
+    """Money a return from On-Demand to Spot is expected to save: the Spot run's productive hours at the price
+    difference, less its changeover and the On-Demand restart after the reclaim."""
     run = stats.mean_up_hours
     productive = min(remaining_hours, max(run - change, 0.0))
     reclaimed_before_done = 1.0 - math.exp(-(remaining_hours + change) / run) if run > 0 else 1.0
     saving = (od_price - spot_price) * productive
-    return saving > spot_price * change + od_price * change * reclaimed_before_done
+    return saving - spot_price * change - od_price * change * reclaimed_before_done
