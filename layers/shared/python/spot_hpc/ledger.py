@@ -95,7 +95,6 @@ class Stage:
     attempt: int = 0
     job_id: str | None = None
     capacity: str | None = None
-    queue: str | None = None
     task_token: str | None = None
     app_retries_used: int = 0
     checkpoint_uri: str | None = None
@@ -137,7 +136,6 @@ class Attempt:
     stopped_at: str | None = None
     instance_ids: list[str] = field(default_factory=list)
     resumed_from_checkpoint: bool = False
-    progress_at_start: float = 0.0
     cancel_reason: str | None = None
 
 
@@ -378,7 +376,7 @@ class Ledger:
         )
         self._update(
             _stage_key(attempt.run_id, attempt.stage),
-            {"job_id": attempt.job_id, "capacity": attempt.capacity, "queue": attempt.queue},
+            {"job_id": attempt.job_id, "capacity": attempt.capacity},
             removes=("submitting_since",),
             condition="#attempt = :attempt",
             condition_values={"attempt": attempt.attempt},

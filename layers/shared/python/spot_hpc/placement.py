@@ -223,7 +223,7 @@ def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason:
 
 
 def record_placed(svc: Services, stage: Stage, job_id: str, queue: str, capacity: str, reason: str) -> Attempt:
-    """Records the job of the stage's current attempt, priced and with the progress it starts from."""
+    """Records the job of the stage's current attempt, priced, and whether it resumes from a checkpoint."""
     done = stage_progress(svc, stage)
     attempt = Attempt(
         run_id=stage.run_id,
@@ -236,7 +236,6 @@ def record_placed(svc: Services, stage: Stage, job_id: str, queue: str, capacity
         submitted_at=format_time(utc_now()),
         usd_per_hour=node_price(svc, capacity, stage),
         resumed_from_checkpoint=done > 0,
-        progress_at_start=done,
         cancel_reason=None,
     )
     svc.ledger.record_attempt(attempt)
