@@ -81,6 +81,19 @@ def test_manifest_next_to_the_csv_sets_the_run_options(plane):
     assert run is not None and run.deadline_hours == 30 and run.hpc_nodes == 4 and run.stage_hours["hpc"] == 9
 
 
+def test_an_oversized_manifest_is_rejected_not_cut_short(plane):
+    # GIVEN a manifest over 64 KiB beside the CSV (valid JSON, padded with a long field)
+    s3 = boto3.client("s3", region_name=REGION)
+    manifest = {"deadline_hours": 30, "note": "x" * 70_000}
+    s3.put_object(Bucket=plane.bucket, Key="incoming/padded.manifest.json", Body=json.dumps(manifest).encode())
+    event = _s3_event(plane, "incoming/padded.csv", _upload(plane, "incoming/padded.csv", {}))
+    # WHEN it is handled
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN the upload is refused for its size, and not as invalid JSON from a truncated read
+    assert not errored and result["status"] == "rejected"
+    assert "longer than 65536 bytes" in result["reason"] and "JSON" not in result["reason"]
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [

@@ -9,7 +9,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
-from spot_hpc.uploads import UploadBucket, UploadUnreadable
+from spot_hpc.uploads import UploadBucket, UploadTooLarge, UploadUnreadable
 
 
 @pytest.fixture
@@ -66,6 +66,25 @@ def test_a_small_read_asks_for_a_bounded_range(stubbed):
     # THEN its bytes come back, from one ranged request
     assert raw == b'{"deadline_hours": 12}'
     stubber.assert_no_pending_responses()
+
+
+def test_a_small_read_of_an_object_over_the_limit_is_refused(stubbed):
+    # GIVEN an object longer than the limit: the ranged read returns one byte more than the limit
+    uploads, stubber = stubbed
+    request = {"Bucket": "ingest", "Key": "incoming/a.json", "Range": "bytes=0-16"}
+    stubber.add_response("get_object", {"Body": io.BytesIO(b"x" * 17)}, request)
+    # WHEN it is read with a 16-byte limit
+    # THEN it is refused as too large, not cut short
+    with pytest.raises(UploadTooLarge, match="longer than 16 bytes"):
+        uploads.read_small("ingest", "incoming/a.json", 16)
+
+
+def test_a_small_read_of_an_object_exactly_at_the_limit_is_whole(stubbed):
+    # GIVEN an object of exactly the limit
+    uploads, stubber = stubbed
+    stubber.add_response("get_object", {"Body": io.BytesIO(b"x" * 16)})
+    # WHEN / THEN it comes back whole
+    assert uploads.read_small("ingest", "incoming/a.json", 16) == b"x" * 16
 
 
 def test_a_small_read_of_a_missing_object_is_none(stubbed):

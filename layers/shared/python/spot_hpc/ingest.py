@@ -14,7 +14,7 @@ from spot_hpc.ledger import LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify, notify_rejected_upload
 from spot_hpc.pipeline import INGEST_PREFIX, InvalidRunOptions, build_run_options, manifest_key, run_id_for, stage_specs
 from spot_hpc.services import Services
-from spot_hpc.uploads import UploadUnreadable
+from spot_hpc.uploads import UploadTooLarge, UploadUnreadable
 
 logger = logging.getLogger(__name__)
 MAX_MANIFEST_BYTES = 64 * 1024
@@ -123,7 +123,10 @@ def _head(svc: Services, bucket: str, key: str, version_id: str | None) -> dict[
 
 
 def _manifest(svc: Services, bucket: str, key: str) -> dict[str, Any] | None:
-    raw = svc.uploads.read_small(bucket, manifest_key(key), MAX_MANIFEST_BYTES)
+    try:
+        raw = svc.uploads.read_small(bucket, manifest_key(key), MAX_MANIFEST_BYTES)
+    except UploadTooLarge as exc:
+        raise Rejected(f"manifest {manifest_key(key)} is {exc}: a manifest holds run options only") from exc
     if raw is None:
         return None
     try:

@@ -19,6 +19,10 @@ class UploadUnreadable(Exception):
         self.code = code
 
 
+class UploadTooLarge(Exception):
+    """The object is longer than the caller reads."""
+
+
 class UploadBucket:
     """Reads uploads with an injectable S3 client."""
 
@@ -37,11 +41,17 @@ class UploadBucket:
             raise
 
     def read_small(self, bucket: str, key: str, max_bytes: int) -> bytes | None:
-        """At most `max_bytes` of an object that may not exist (None then)."""
+        """A small object that may not exist (None then); `UploadTooLarge` when it is longer than `max_bytes`.
+
+        One ranged read of `max_bytes` + 1 bytes (the range is inclusive): the extra byte tells an object over the
+        limit from one exactly at it, without reading the rest."""
         try:
             body = self._s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{max_bytes}")["Body"]
         except ClientError as exc:
             if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 return None
             raise
-        return body.read()  # type: ignore[no-any-return]
+        raw: bytes = body.read()
+        if len(raw) > max_bytes:
+            raise UploadTooLarge(f"longer than {max_bytes} bytes")
+        return raw
