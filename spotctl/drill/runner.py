@@ -339,29 +339,27 @@ class Drill:
         """
         if via not in INTERRUPTION_SOURCES:
             raise ValueError(f"unknown interruption source {via!r}")
-        noticed_at: list[float | None] = [None] * len(jobs)
-        reached: dict[str, float] = {}
-        while None in noticed_at:
+        pending = set(range(len(jobs)))
+        noticed_at, progress_at = [0.0] * len(jobs), [0.0] * len(jobs)
+        while pending:
             fractions, _ = part_progress(self.s3, checkpoint_uri)
-            ready = [i for i, job in enumerate(jobs) if fractions.get(job.part, 0.0) >= NOTICE_AT_PROGRESS]
-            if via == "request" and len(ready) < len(jobs):
-                ready = []
+            ready = {i for i in pending if fractions.get(jobs[i].part, 0.0) >= NOTICE_AT_PROGRESS}
+            if via == "request" and ready != pending:
+                ready = set()
             for i in ready:
-                if noticed_at[i] is not None:
-                    continue
-                reached[jobs[i].part] = fractions[jobs[i].part]
+                noticed_at[i], progress_at[i] = time.time(), fractions[jobs[i].part]
                 if via == "imds":
                     metadatas[i].post_notice()
                 elif via == "sigterm":
                     jobs[i].process.send_signal(signal.SIGTERM)
-                noticed_at[i] = time.time()
             if via == "request" and ready:
                 CheckpointStore(self.s3, checkpoint_uri).request_checkpoint("checkpoint drill")
-            if any(at is None and job.process.poll() is not None for at, job in zip(noticed_at, jobs, strict=True)):
+            pending -= ready
+            if any(jobs[i].process.poll() is not None for i in pending):
                 raise DrillError(f"{checkpoint_uri}: a part ended before it could be interrupted (make it bigger)")
-            if None in noticed_at:
+            if pending:
                 time.sleep(0.05)
-        return sum(reached.values()) / len(jobs), [at for at in noticed_at if at is not None]
+        return sum(progress_at) / len(jobs), noticed_at
 
     @staticmethod
     def _checkpoint_done_at(job: JobProcess) -> float:

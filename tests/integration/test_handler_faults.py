@@ -37,6 +37,19 @@ def _attempts(plane: OfflineControlPlane, stage: str):
     return run, [a for a in svc.ledger.get_run_items(run.run_id)[1] if a.stage == stage]
 
 
+def _steady_trace(tmp_path, nodes: int):
+    """A trace with Spot capacity for `nodes` nodes at every tick (0: none at all)."""
+    trace = tmp_path / f"steady-{nodes}.json"
+    trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [nodes] * 500}))
+    return trace
+
+
+def _upload_quick_run(plane: OfflineControlPlane, deadline_hours: float) -> None:
+    """Three half-hour stages under `deadline_hours`."""
+    stage_hours = ",".join(f"{stage}={hours}" for stage, hours in QUICK_STAGES.items())
+    plane.upload("incoming/tight.csv", b"a\n1\n", {"deadline-hours": str(deadline_hours), "stage-hours": stage_hours})
+
+
 def test_rebalance_recommendation_asks_the_running_job_to_checkpoint():
     with OfflineControlPlane(
         start_hour=SPOT_FROM_THE_START, stage_hours={"preprocess": 4, "hpc": 1, "postprocess": 1}
@@ -59,14 +72,8 @@ def test_rebalance_recommendation_asks_the_running_job_to_checkpoint():
 
 def test_stuck_runnable_on_spot_moves_to_on_demand_and_meets_the_deadline(tmp_path):
     # GIVEN a trace with no Spot capacity at all, and a deadline with little slack
-    trace = tmp_path / "none.json"
-    trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [0] * 500}))
-    with OfflineControlPlane(trace=trace, stage_hours=QUICK_STAGES) as plane:
-        plane.upload(
-            "incoming/tight.csv",
-            b"a\n1\n",
-            {"deadline-hours": "2.5", "stage-hours": "preprocess=0.5,hpc=0.5,postprocess=0.5"},
-        )
+    with OfflineControlPlane(trace=_steady_trace(tmp_path, 0), stage_hours=QUICK_STAGES) as plane:
+        _upload_quick_run(plane, 2.5)
         # WHEN the run goes its course
         status = plane.run_until_settled(max_hours=6)
         run, preprocess = _attempts(plane, "preprocess")
@@ -196,9 +203,7 @@ def test_crash_between_settling_a_stage_and_answering_the_state_machine_is_repai
 
 def test_hpc_in_shards_mode_runs_as_an_array_job_on_spot(tmp_path):
     # GIVEN a trace with Spot capacity for 4 nodes throughout, and an upload asking for 3 independent HPC shards
-    trace = tmp_path / "four.json"
-    trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [4] * 500}))
-    with OfflineControlPlane(trace=trace, stage_hours=QUICK_STAGES) as plane:
+    with OfflineControlPlane(trace=_steady_trace(tmp_path, 4), stage_hours=QUICK_STAGES) as plane:
         plane.upload("incoming/shards.csv", b"a\n1\n", {"deadline-hours": "12", "hpc-mode": "shards", "hpc-nodes": "3"})
         # WHEN the run goes its course
         status = plane.run_until_settled(max_hours=12)
@@ -220,14 +225,8 @@ def test_hpc_in_shards_mode_runs_as_an_array_job_on_spot(tmp_path):
 
 def test_a_stage_that_cannot_make_its_deadline_share_is_notified_once_on_any_capacity(tmp_path):
     # GIVEN Spot capacity throughout and a deadline barely above the work (1.5 h of stages in 1.7 h)
-    trace = tmp_path / "full.json"
-    trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [1] * 500}))
-    with OfflineControlPlane(trace=trace, stage_hours=QUICK_STAGES) as plane:
-        plane.upload(
-            "incoming/tight.csv",
-            b"a\n1\n",
-            {"deadline-hours": "1.7", "stage-hours": "preprocess=0.5,hpc=0.5,postprocess=0.5"},
-        )
+    with OfflineControlPlane(trace=_steady_trace(tmp_path, 1), stage_hours=QUICK_STAGES) as plane:
+        _upload_quick_run(plane, 1.7)
         # WHEN the run goes its course (the SLA guard looks at every active stage every 5 minutes)
         plane.run_until_settled(max_hours=4)
         run, _ = _attempts(plane, "preprocess")
