@@ -94,6 +94,33 @@ def test_an_oversized_manifest_is_rejected_not_cut_short(plane):
     assert "longer than 65536 bytes" in result["reason"] and "JSON" not in result["reason"]
 
 
+def test_an_empty_manifest_is_rejected_as_not_json(plane):
+    # GIVEN an empty manifest beside the CSV
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.put_object(Bucket=plane.bucket, Key="incoming/blank.manifest.json", Body=b"")
+    event = _s3_event(plane, "incoming/blank.csv", _upload(plane, "incoming/blank.csv", {}))
+    # WHEN it is handled
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN the upload is refused with the reason and recorded (not an error retried into the dead-letter queue)
+    assert not errored and result["status"] == "rejected" and "not valid JSON" in result["reason"]
+    rejections = control_plane_services(plane).ledger.list_rejections()
+    assert any(r["source"].endswith("incoming/blank.csv") for r in rejections)
+
+
+def test_a_manifest_upload_is_not_a_failed_upload(plane):
+    # GIVEN a manifest uploaded under incoming/ (the rule delivers it as it does the CSVs)
+    s3 = boto3.client("s3", region_name=REGION)
+    key = "incoming/later.manifest.json"
+    version = s3.put_object(Bucket=plane.bucket, Key=key, Body=b'{"deadline_hours": 5}')["VersionId"]
+    sent_before = len(plane.webhook.delivered_messages)
+    # WHEN its event is handled
+    result, errored = plane.invoke("StartPipelineFunction", _s3_event(plane, key, version))
+    # THEN it is left for its CSV: no run, no rejection, no alert
+    assert not errored and result["status"] == "ignored"
+    assert not any(r["source"].endswith(key) for r in control_plane_services(plane).ledger.list_rejections())
+    assert len(plane.webhook.delivered_messages) == sent_before
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [

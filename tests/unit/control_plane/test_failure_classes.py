@@ -27,7 +27,7 @@ def _attempt(capacity: str, cancel_reason: str | None = None) -> Attempt:
         ("Host EC2 (instance i-0b662ef9931388ba0) terminated.", None, "spot", None, FailureClass.SPOT_RECLAIM),
         ("Host EC2 (instance i-0b662ef9931388ba0) terminated.", None, "on-demand", None, FailureClass.HOST_FAILURE),
         ("Essential container in task exited", 86, "spot", None, FailureClass.CHECKPOINTED_INTERRUPTION),
-        ("Job attempt duration exceeds timeout", None, "on-demand", None, FailureClass.TIMEOUT),
+        ("Job attempt duration exceeded timeout", None, "on-demand", None, FailureClass.TIMEOUT),
         ("Essential container in task exited", 3, "spot", None, FailureClass.APPLICATION_ERROR),
         ("Essential container in task exited", 137, "spot", "requeued to On-Demand",
          FailureClass.CANCELLED_BY_CONTROL_PLANE),

@@ -94,3 +94,12 @@ def test_a_small_read_of_a_missing_object_is_none(stubbed):
     # WHEN it is read
     # THEN there is nothing, and no error
     assert uploads.read_small("ingest", "incoming/a.json", 65536) is None
+
+
+def test_a_small_read_of_an_empty_object_is_empty(stubbed):
+    # GIVEN an empty object: S3 answers any ranged read of it with 416 InvalidRange
+    uploads, stubber = stubbed
+    stubber.add_client_error("get_object", "InvalidRange", http_status_code=416)
+    # WHEN it is read
+    # THEN it is empty (for the caller to refuse as it sees fit), not an error to retry
+    assert uploads.read_small("ingest", "incoming/a.json", 65536) == b""

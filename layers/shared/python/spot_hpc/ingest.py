@@ -46,6 +46,10 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
         raise Rejected(f"bucket {bucket} is not this stack's ingest bucket")
     if not obj.key.startswith(INGEST_PREFIX):
         raise Rejected(f"key {obj.key} is outside {INGEST_PREFIX}")
+    if obj.key.lower().endswith(".manifest.json"):
+        # A run's options, read when its CSV arrives: not an upload to start or refuse.
+        logger.info("manifest uploaded", extra={"key": obj.key})
+        return {"status": "ignored", "reason": f"{obj.key} is a run manifest, read when its CSV arrives"}
     if not obj.key.lower().endswith(".csv"):
         raise Rejected(f"key {obj.key} is not a CSV (uploads must end in .csv)")
 

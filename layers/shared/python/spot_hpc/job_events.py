@@ -36,7 +36,7 @@ from spot_hpc.services import Services
 logger = logging.getLogger(__name__)
 
 _HOST_TERMINATED = re.compile(r"^Host EC2 \(instance (i-[0-9a-f]+)\) terminated")
-_TIMEOUT = re.compile(r"attempt duration exceeds timeout", re.IGNORECASE)
+_TIMEOUT = re.compile(r"attempt duration exceed(?:s|ed) timeout", re.IGNORECASE)  # Batch: "...exceeded timeout"
 
 
 def classify_failure(detail: BatchJobDetail, attempt: Attempt) -> str:

@@ -48,8 +48,11 @@ class UploadBucket:
         try:
             body = self._s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{max_bytes}")["Body"]
         except ClientError as exc:
-            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            code = exc.response["Error"]["Code"]
+            if code in ("NoSuchKey", "404"):
                 return None
+            if code == "InvalidRange":  # S3's answer to any ranged read of an empty object
+                return b""
             raise
         raw: bytes = body.read()
         if len(raw) > max_bytes:
