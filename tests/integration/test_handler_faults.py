@@ -201,6 +201,82 @@ def test_crash_between_settling_a_stage_and_answering_the_state_machine_is_repai
     assert status == "SUCCEEDED"
 
 
+def test_crash_between_recording_an_attempt_end_and_settling_the_stage_is_repaired(monkeypatch):
+    from spot_hpc.ledger import Ledger
+
+    # GIVEN the Batch handler dies right after recording that preprocess's job succeeded, before settling the stage
+    real_settle = Ledger.settle_stage
+    crashes: list[str] = []
+
+    def crash_once(self, run_id, stage, status, attempt, failure=None):
+        if not crashes:
+            crashes.append(stage)
+            raise TimeoutError("Lambda timed out before settling the stage")
+        return real_settle(self, run_id, stage, status, attempt, failure)
+
+    monkeypatch.setattr(Ledger, "settle_stage", crash_once)
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as plane:
+        plane.upload("incoming/unsettled.csv", b"a\n1\n", {"deadline-hours": "12"})
+        # WHEN the run goes its course (the event's retry finds the attempt already ended)
+        status = plane.run_until_settled(max_hours=12)
+        _, preprocess = _attempts(plane, "preprocess")
+    # THEN the stage was settled on that attempt anyway, and the run finished
+    assert crashes == ["preprocess"] and status == "SUCCEEDED"
+    assert [(a.attempt, a.status) for a in preprocess] == [(1, "SUCCEEDED")]
+
+
+def test_crash_in_a_requeue_before_the_on_demand_attempt_is_claimed_is_repaired(monkeypatch, tmp_path):
+    from spot_hpc import placement
+
+    # GIVEN no Spot capacity, and a requeue to On-Demand that dies after marking the Spot attempt cancelled
+    real_place = placement.place_attempt
+    crashes: list[str] = []
+
+    def crash_once(svc, run, stage, capacity, reason, **claim_sets):
+        if capacity == "on-demand" and not crashes:
+            crashes.append(stage.stage)
+            raise TimeoutError("Lambda timed out before claiming the On-Demand attempt")
+        return real_place(svc, run, stage, capacity, reason, **claim_sets)
+
+    monkeypatch.setattr(placement, "place_attempt", crash_once)
+    with OfflineControlPlane(trace=_steady_trace(tmp_path, 0), stage_hours=QUICK_STAGES) as plane:
+        _upload_quick_run(plane, 2.5)
+        # WHEN the run goes its course (the guard tries the requeue again 5 minutes later)
+        status = plane.run_until_settled(max_hours=6)
+        _, preprocess = _attempts(plane, "preprocess")
+    # THEN the requeue was completed once, and the deadline met
+    assert crashes == ["preprocess"] and status == "SUCCEEDED" and plane.clock.hours <= 2.5
+    assert [(a.capacity, a.status, a.cancel_reason) for a in preprocess] == [
+        ("spot", "FAILED", "requeue_to_on_demand"),
+        ("on-demand", "SUCCEEDED", None),
+    ]
+
+
+def test_a_requeue_that_dies_before_submitting_is_resubmitted_on_demand_and_the_spot_job_ended(monkeypatch, tmp_path):
+    # GIVEN no Spot capacity, and a requeue that claims the On-Demand attempt and dies before SubmitJob
+    real_submit = BatchGateway.submit
+    crashes: list[str] = []
+
+    def crash_once_on_demand(self, request):
+        if "OnDemand" in request.queue and not crashes:
+            crashes.append(request.name)
+            raise TimeoutError("Lambda timed out before SubmitJob")
+        return real_submit(self, request)
+
+    monkeypatch.setattr(BatchGateway, "submit", crash_once_on_demand)
+    with OfflineControlPlane(trace=_steady_trace(tmp_path, 0), stage_hours=QUICK_STAGES) as plane:
+        _upload_quick_run(plane, 2.5)
+        # WHEN the run goes its course (the guard finds the claimed attempt without a job)
+        status = plane.run_until_settled(max_hours=6)
+        jobs = {job.name: job for job in plane.batch.jobs.values() if "-preprocess-" in job.name}
+    # THEN the lost submission was redone on On-Demand, once, and the Spot job it replaced does not linger
+    assert len(crashes) == 1 and status == "SUCCEEDED"
+    assert sorted((name.rsplit("-", 1)[1], "OnDemand" in job.queue, job.status) for name, job in jobs.items()) == [
+        ("a1", False, "FAILED"),
+        ("a2", True, "SUCCEEDED"),
+    ]
+
+
 def test_hpc_in_shards_mode_runs_as_an_array_job_on_spot(tmp_path):
     # GIVEN a trace with Spot capacity for 4 nodes throughout, and an upload asking for 3 independent HPC shards
     with OfflineControlPlane(trace=_steady_trace(tmp_path, 4), stage_hours=QUICK_STAGES) as plane:

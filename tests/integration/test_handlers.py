@@ -184,3 +184,41 @@ def test_demo_command_reports_bad_input_clearly(tmp_path, capsys):
     assert "no such trace file" in capsys.readouterr().err
     assert main(["demo", "--deadline-hours", "-3"]) == 2
     assert "deadline_hours" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ notifications
+def test_a_notification_sns_refused_is_sent_by_the_retry_and_only_once(plane, monkeypatch):
+    from botocore.exceptions import ClientError
+    from spot_hpc import notifier
+    from spot_hpc.ledger import Run
+
+    # GIVEN SNS throttling the first publish (after botocore's own retries)
+    svc = control_plane_services(plane)
+    real_deliver = notifier.deliver_notification
+    refused: list[str] = []
+
+    def throttle_once(notification, **channels):
+        if not refused:
+            refused.append(notification.kind)
+            raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "Publish")
+        return real_deliver(notification, **channels)
+
+    monkeypatch.setattr(notifier, "deliver_notification", throttle_once)
+    run = Run(
+        run_id=f"notify-{uuid.uuid4().hex[:8]}",
+        bucket=plane.bucket,
+        key="incoming/n.csv",
+        version_id="v1",
+        deadline_at="2030-01-01T10:00:00Z",
+        deadline_hours=10,
+        started_at="2030-01-01T00:00:00Z",
+        stage_hours={},
+    )
+    # WHEN the notification is sent, fails, and the event is retried twice
+    with pytest.raises(ClientError):
+        notifier.notify(svc, "requeued", run, "preprocess", "deadline at risk", attempt=2)
+    retried = notifier.notify(svc, "requeued", run, "preprocess", "deadline at risk", attempt=2)
+    repeated = notifier.notify(svc, "requeued", run, "preprocess", "deadline at risk", attempt=2)
+    # THEN the first retry sends it and the second finds it sent
+    assert refused == ["requeued"] and (retried, repeated) == (True, False)
+    assert [n["channel"] for n in svc.ledger.run_notifications(run.run_id)].count("sns") == 1

@@ -56,6 +56,7 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
             answer_state_machine(svc, stage)
             return f"answered the state machine: {stage.status}"
         return None
+    _end_requeued_job(svc, stage)
     if not stage.job_id:
         if stage.submitting_since and now - parse_time(stage.submitting_since) > STALE_SUBMISSION:
             submit_claimed(svc, run, stage, stage.capacity or "spot", "recovered an interrupted submission")
@@ -65,14 +66,14 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
         return None
     detail = BatchJobDetail.model_validate(job)
     attempt = svc.ledger.get_attempt(run.run_id, stage.stage, stage.attempt)
-    if (
-        attempt
-        and STATUS_RANK[detail.status] > STATUS_RANK.get(attempt.status, -1)
-        and (detail.status in TERMINAL_STATUSES or detail.status == "RUNNING")
-    ):
-        # The ledger is behind Batch: an event was lost or its handler crashed. Apply the state now.
-        result = apply_job_state(svc, detail)
-        return f"reconciled {detail.status}: {result.get('status')}"
+    if attempt and (detail.status in TERMINAL_STATUSES or detail.status == "RUNNING"):
+        behind = STATUS_RANK[detail.status] > STATUS_RANK.get(attempt.status, -1)
+        # An ended attempt the stage still runs on: its handler died after recording the end, before acting on it.
+        not_acted_on = detail.status in TERMINAL_STATUSES and attempt.status == detail.status
+        if behind or not_acted_on:
+            # The ledger is behind Batch: an event was lost or its handler crashed. Apply the state now.
+            result = apply_job_state(svc, detail)
+            return f"reconciled {detail.status}: {result.get('status')}"
     if detail.status in TERMINAL_STATUSES:
         return None
     view = stage_view(svc, run, stage)
@@ -104,3 +105,14 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
         request_checkpoint(svc, stage, f"requeue to On-Demand: {decision.reason}")
     placed = requeue_to_on_demand(svc, run, stage, detail.job_id, decision.reason)
     return "requeued to On-Demand" if placed else None
+
+
+def _end_requeued_job(svc: Services, stage: Stage) -> None:
+    """Terminates the Spot job of the attempt before, if it was requeued to On-Demand and has not ended: the
+    requeue's handler died between placing the On-Demand job and terminating the Spot one, which would otherwise run
+    on when capacity returns, writing to the same outputs."""
+    if stage.attempt <= 1:
+        return
+    previous = svc.ledger.get_attempt(stage.run_id, stage.stage, stage.attempt - 1)
+    if previous and previous.cancel_reason and previous.job_id and previous.status not in TERMINAL_STATUSES:
+        svc.batch.terminate(previous.job_id, f"spot-hpc: {previous.cancel_reason} (attempt {previous.attempt})")

@@ -70,6 +70,9 @@ def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
     attempt = svc.ledger.get_attempt(ref.run_id, ref.stage, ref.attempt)
     if attempt is None:
         return {"status": "ignored", "reason": "attempt not recorded"}
+    if detail.status in TERMINAL_STATUSES and attempt.status == detail.status:
+        # A repeated terminal event: its first delivery may have died after recording it and before acting on it.
+        return _act_on_terminal(svc, ref, attempt, detail, repeated=True)
     if STATUS_RANK[detail.status] <= STATUS_RANK.get(attempt.status, -1):
         return {"status": "ignored", "reason": f"stale {detail.status} after {attempt.status}"}
 
@@ -134,21 +137,40 @@ def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJ
             stopped_at=_epoch_ms(detail.stopped_at) or format_time(utc_now()),
             started_at=attempt.started_at or _epoch_ms(detail.started_at),
         )
-    except LedgerConflict:
-        return {"status": "ignored", "reason": "duplicate terminal event"}
+    except LedgerConflict:  # another delivery recorded it first: act on what it recorded
+        recorded = svc.ledger.get_attempt(ref.run_id, ref.stage, ref.attempt)
+        if recorded is None or recorded.status != detail.status:
+            return {"status": "ignored", "reason": "attempt already settled"}
+        return _act_on_terminal(svc, ref, recorded, detail, repeated=True)
+    stage = svc.ledger.get_stage(ref.run_id, ref.stage)
+    if stage is not None:
+        _learn_spot(svc, stage, attempt, failure)
+    return _act_on_terminal(svc, ref, attempt, detail, repeated=False)
+
+
+def _act_on_terminal(
+    svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJobDetail, repeated: bool
+) -> dict[str, Any]:
+    """Settles or resubmits the stage after its attempt ended; safe to repeat, as every step is conditional (the
+    stage settles once, the next attempt is claimed once, each notification is sent once)."""
+    failure = attempt.failure_class
     run = svc.ledger.get_run(ref.run_id)
     stage = svc.ledger.get_stage(ref.run_id, ref.stage)
     if run is None or stage is None:
         return {"status": "ignored", "reason": "run not in ledger"}
-    _learn_spot(svc, stage, attempt, failure)
     if stage.attempt != ref.attempt or stage.status != "RUNNING":
+        if repeated:
+            return {"status": "ignored", "reason": "duplicate terminal event"}
         return {"status": "recorded", "reason": "superseded attempt", "failure_class": failure}
 
     if detail.status == "SUCCEEDED":
         return _settle(svc, run, stage, "SUCCEEDED", attempt)
     if failure == FailureClass.CANCELLED_BY_CONTROL_PLANE:
-        return {"status": "recorded", "failure_class": failure}
+        # Cancelled for a requeue whose handler died before placing the On-Demand job: place it now.
+        placed = place_attempt(svc, run, stage, "on-demand", "completing an interrupted requeue to On-Demand")
+        return {"status": "resubmitted" if placed else "recorded", "failure_class": failure}
     if failure in RECLAIM_CLASSES:
+        result = _resubmit(svc, run, stage, failure, spot_available=False)
         notify(
             svc,
             "interrupted",
@@ -157,7 +179,7 @@ def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJ
             f"{detail.status_reason or 'interrupted'} ({failure})",
             attempt=attempt.attempt,
         )
-        return _resubmit(svc, run, stage, failure, spot_available=False)
+        return result
     # Application error or timeout: spends the retry budget.
     if stage.app_retries_used >= stage.retry_budget:
         return _settle(
@@ -169,8 +191,7 @@ def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJ
             error=f"{failure}: {detail.status_reason or ''} "
             f"(exit code {detail.exit_code}) after {stage.app_retries_used} retries",
         )
-    svc.ledger.update_stage(run.run_id, stage.stage, app_retries_used=stage.app_retries_used + 1)
-    return _resubmit(svc, run, stage, failure or "", spot_available=attempt.capacity == "spot")
+    return _resubmit(svc, run, stage, failure or "", spot_available=attempt.capacity == "spot", spends_retry=True)
 
 
 def _learn_spot(svc: Services, stage: Stage, attempt: Attempt, failure: str | None) -> None:
@@ -184,14 +205,18 @@ def _learn_spot(svc: Services, stage: Stage, attempt: Attempt, failure: str | No
     svc.ledger.update_stage(stage.run_id, stage.stage, spot_stats=stats.to_dict())
 
 
-def _resubmit(svc: Services, run: Run, stage: Stage, why: str, spot_available: bool) -> dict[str, Any]:
+def _resubmit(
+    svc: Services, run: Run, stage: Stage, why: str, spot_available: bool, spends_retry: bool = False
+) -> dict[str, Any]:
     current = ACTION_OF_CAPACITY.get(stage.capacity or "", Action.IDLE)
     decision = choose_capacity(
         svc, run, stage, current=Action.IDLE if not spot_available else current, spot_available=spot_available
     )
     # Waiting (IDLE) for Spot is expressed by queueing on Spot: the job waits RUNNABLE until capacity returns.
     capacity = CAPACITY_OF_ACTION.get(decision.action, "spot")
-    placed = place_attempt(svc, run, stage, capacity, f"{why}: {decision.reason}")
+    # The retry is counted in the claim itself, so a repeated event cannot spend it twice.
+    spent = {"app_retries_used": stage.app_retries_used + 1} if spends_retry else {}
+    placed = place_attempt(svc, run, stage, capacity, f"{why}: {decision.reason}", **spent)
     if placed and capacity == "on-demand" and stage.capacity == "spot":
         notify(svc, "requeued", run, stage.stage, decision.reason, attempt=placed.attempt)
     return {"status": "resubmitted" if placed else "ignored", "capacity": capacity, "reason": decision.reason}

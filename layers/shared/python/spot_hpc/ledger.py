@@ -435,6 +435,10 @@ class Ledger:
         except LedgerConflict:
             return False
 
+    def release_notification(self, dedupe_key: str) -> None:
+        """Forgets a claimed notification that could not be sent, so that a retry sends it."""
+        self._table.delete_item(Key={"pk": f"NOTIFIED#{dedupe_key}", "sk": "NOTIFIED"})
+
     def record_notifications(self, run_id: str, entries: list[dict[str, str]]) -> None:
         """What was told, per channel, for the run report."""
         now = format_time(utc_now())

@@ -76,15 +76,20 @@ def notify_rejected_upload(svc: Services, run_id: str, source: str, reason: str,
 def _send(svc: Services, notification: Notification, dedupe_key: str) -> bool:
     if not svc.ledger.claim_notification(dedupe_key):
         return False
-    outcome = deliver_notification(
-        notification,
-        webhook=_webhook(svc),
-        sns_client=svc.sns,
-        topic_arn=svc.settings.notification_topic_arn,
-        sqs_client=svc.sqs,
-        dead_letter_queue_url=svc.settings.notifications_dlq_url,
-        budget_seconds=20.0,
-    )
+    try:
+        outcome = deliver_notification(
+            notification,
+            webhook=_webhook(svc),
+            sns_client=svc.sns,
+            topic_arn=svc.settings.notification_topic_arn,
+            sqs_client=svc.sqs,
+            dead_letter_queue_url=svc.settings.notifications_dlq_url,
+            budget_seconds=20.0,
+        )
+    except Exception:
+        # SNS or SQS failed (after botocore's retries): free the claim so that the event's retry sends it.
+        svc.ledger.release_notification(dedupe_key)
+        raise
     svc.ledger.record_notifications(notification.run_id, notification_report_entries(notification, outcome))
     logger.info(
         "notified",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from botocore.exceptions import ClientError
 from spot_checkpoint.job import ENV_PARTS
@@ -154,8 +155,13 @@ def definition_for(svc: Services, stage: Stage) -> str:
     return settings.preprocess_job_definition if stage.stage == "preprocess" else settings.postprocess_job_definition
 
 
-def place_attempt(svc: Services, run: Run, stage: Stage, capacity: str, reason: str) -> Attempt | None:
-    """Claims the stage's next attempt and submits it on `capacity`; None when another handler already did."""
+def place_attempt(
+    svc: Services, run: Run, stage: Stage, capacity: str, reason: str, **claim_sets: Any
+) -> Attempt | None:
+    """Claims the stage's next attempt and submits it on `capacity`; None when another handler already did.
+
+    The claim records the capacity, so a submission lost in a crash is redone on the same one (`claim_sets`: more
+    stage fields to change in the same conditional write)."""
     if stage.multinode:
         capacity = "on-demand"  # AWS Batch runs no multi-node parallel job on Spot
     try:
@@ -164,6 +170,8 @@ def place_attempt(svc: Services, run: Run, stage: Stage, capacity: str, reason: 
             stage.stage,
             stage.attempt,
             checkpoint_uri=checkpoint_uri(svc.settings.ingest_bucket, run.run_id, stage.stage),
+            capacity=capacity,
+            **claim_sets,
         )
     except LedgerConflict:
         logger.info("placement already claimed", extra={"run_id": run.run_id, "stage": stage.stage})
@@ -257,14 +265,16 @@ def record_placed(svc: Services, stage: Stage, job_id: str, queue: str, capacity
 def requeue_to_on_demand(svc: Services, run: Run, stage: Stage, job_id: str, reason: str) -> Attempt | None:
     """Replaces the stage's current Spot job by an On-Demand one; None when another handler already did.
 
-    The Spot attempt is marked first (conditionally), so its FAILED event is read as our cancellation, not a reclaim.
+    Each step may be repeated after a crash: the Spot attempt is marked first, so its FAILED event is read as our
+    cancellation, not a reclaim (marking it again is a no-op); the claim of the next attempt lets one caller place
+    it; the Spot job is terminated whoever placed it (terminating an ended job changes nothing).
     """
     try:
         svc.ledger.update_attempt(
             run.run_id,
             stage.stage,
             stage.attempt,
-            condition="attribute_not_exists(cancel_reason)",
+            condition="attribute_not_exists(cancel_reason) OR #cancel_reason = :cancel_reason",
             cancel_reason=CANCEL_REQUEUE,
         )
     except LedgerConflict:
