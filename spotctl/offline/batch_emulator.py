@@ -17,14 +17,14 @@ import fnmatch
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
 from spot_checkpoint import EXIT_CHECKPOINTED
-from spot_checkpoint.store import CheckpointStore
+from spot_checkpoint.store import CheckpointStore, part_name
 
 from spotctl.offline.eventbus import ACCOUNT_ID, REGION, make_event
 
@@ -54,6 +54,8 @@ class SpotTrace:
             data = [int(v) for v in raw["data"]]
         except FileNotFoundError as exc:
             raise TraceError(f"{path}: no such trace file") from exc
+        except OSError as exc:
+            raise TraceError(f"{path}: cannot read the trace: {exc.strerror or exc}") from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise TraceError(f"{path}: not a Spot trace ({exc})") from exc
         if gap <= 0 or not data:
@@ -62,6 +64,11 @@ class SpotTrace:
         if not 0 <= start < len(data):
             raise TraceError(f"{path}: start hour {start_hour} is outside the trace ({len(data) * gap / 3600:.0f} h)")
         return cls(path, gap, data, start)
+
+    @property
+    def hours(self) -> float:
+        """The whole trace's length."""
+        return len(self.data) * self.gap_seconds / 3600
 
     def capacity_at(self, hours: float) -> int:
         index = self.start_index + int(hours * 3600 / self.gap_seconds)
@@ -86,6 +93,10 @@ class EmulatedJob:
     retry_strategy: dict[str, Any]
     is_multinode: bool = False
     array_size: int | None = None
+    # An array job is a parent that never runs and one child per index ("<parent id>:<index>"), as in AWS Batch.
+    parent_id: str | None = None
+    array_index: int | None = None
+    children: list[str] = field(default_factory=list)
     status: str = "SUBMITTED"
     status_reason: str = ""
     exit_code: int | None = None
@@ -109,7 +120,12 @@ class EmulatedJob:
     def stage(self) -> str:
         return self.environment.get("STAGE") or self.parameters.get("stage", "")
 
-    def describe(self) -> dict[str, Any]:
+    @property
+    def capacity_needed(self) -> int:
+        """Spot nodes the trace must have for this job to run: child `i` of an array holds the (i+1)-th node."""
+        return self.array_index + 1 if self.array_index is not None else self.nodes
+
+    def describe(self, status_summary: dict[str, int] | None = None) -> dict[str, Any]:
         def ms(value: datetime | None) -> int | None:
             return int(value.timestamp() * 1000) if value else None
 
@@ -141,7 +157,9 @@ class EmulatedJob:
         if self.is_multinode:
             described["nodeProperties"] = {"numNodes": self.nodes, "mainNode": 0}
         if self.array_size:
-            described["arrayProperties"] = {"size": self.array_size}
+            described["arrayProperties"] = {"size": self.array_size, "statusSummary": status_summary or {}}
+        elif self.array_index is not None:
+            described["arrayProperties"] = {"index": self.array_index}
         return {k: v for k, v in described.items() if v is not None}
 
 
@@ -222,15 +240,40 @@ class BatchEmulator:
         )
         job.work_hours = self.stage_hours.get(job.stage, 1.0)
         self.jobs[job.job_id] = job
+        for index in range(array_size or 0):
+            child = replace(
+                job,
+                job_id=f"{job.job_id}:{index}",
+                nodes=1,
+                environment={**job.environment, "AWS_BATCH_JOB_ARRAY_INDEX": str(index)},
+                array_size=None,
+                parent_id=job.job_id,
+                array_index=index,
+                children=[],
+                attempts=[],
+            )
+            self.jobs[child.job_id] = child
+            job.children.append(child.job_id)
         self._log(f"submit   {job.stage:<11} {job.capacity:<9} x{job.nodes} {job.name}")
         return {"jobId": job.job_id, "jobName": job.name, "jobArn": job.describe()["jobArn"]}
 
     def describe(self, job_ids: list[str]) -> list[dict[str, Any]]:
-        return [self.jobs[j].describe() for j in job_ids if j in self.jobs]
+        return [self._describe(self.jobs[j]) for j in job_ids if j in self.jobs]
+
+    def _describe(self, job: EmulatedJob) -> dict[str, Any]:
+        if not job.children:
+            return job.describe()
+        summary: dict[str, int] = {}
+        for child_id in job.children:
+            status = self.jobs[child_id].status
+            summary[status] = summary.get(status, 0) + 1
+        return job.describe(summary)
 
     def list(self, queue: str | None, status: str | None, name: str | None) -> list[dict[str, Any]]:
         found = []
         for job in self.jobs.values():
+            if job.parent_id:  # ListJobs lists an array's children only when asked for them by arrayJobId
+                continue
             if queue and queue not in (job.queue, job.queue.rsplit("/", 1)[-1]):
                 continue
             if status and job.status != status:
@@ -253,6 +296,8 @@ class BatchEmulator:
         if job is None or job.status in ("SUCCEEDED", "FAILED"):
             return
         job.terminate_reason = reason or "Terminated"
+        for child_id in job.children:  # terminating an array terminates its children
+            self.terminate(child_id, reason)
 
     # ------------------------------------------------------------------ the clock
     def hours(self, at: datetime | None = None) -> float:
@@ -278,6 +323,9 @@ class BatchEmulator:
     def _advance_job(self, job: EmulatedJob, now: datetime, step: timedelta) -> None:
         if job.status in ("SUCCEEDED", "FAILED"):
             return
+        if job.children:
+            self._advance_array(job)
+            return
         if job.terminate_reason:
             self._checkpoint(job, now, "terminate (SIGTERM)")
             self._finish(job, "FAILED", job.terminate_reason, exit_code=143 if job.status == "RUNNING" else None)
@@ -288,7 +336,7 @@ class BatchEmulator:
             job.runnable_since = now
             return
         if job.status == "RUNNABLE":
-            if job.capacity == "spot" and self.spot_capacity(now) < job.nodes:
+            if job.capacity == "spot" and self.spot_capacity(now) < job.capacity_needed:
                 return
             if now - (job.runnable_since or now) < START_DELAY and job.capacity == "on-demand":
                 return
@@ -308,7 +356,8 @@ class BatchEmulator:
         job.progress = job.last_checkpoint = restored
         job.last_checkpoint_at = now
         if job.capacity == "spot":
-            job.reclaim_at = self.next_reclaim(now, job.nodes, timedelta(hours=job.work_hours * (1 - restored) + 1))
+            horizon = timedelta(hours=job.work_hours * (1 - restored) + 1)
+            job.reclaim_at = self.next_reclaim(now, job.capacity_needed, horizon)
         self._set(job, "RUNNING")
         self._log(
             f"running  {job.stage:<11} {job.capacity:<9} on {job.instance_id}"
@@ -349,10 +398,34 @@ class BatchEmulator:
         if now - (job.last_checkpoint_at or now) >= self.checkpoint_interval:
             self._checkpoint(job, now, "periodic")
 
+    def _advance_array(self, parent: EmulatedJob) -> None:
+        """The parent of an array job: PENDING once its children are queued (AWS Batch never shows it RUNNABLE or
+        RUNNING), then SUCCEEDED when every child succeeded, FAILED when all have ended and one failed."""
+        if parent.status == "SUBMITTED":
+            self._set(parent, "PENDING")
+            return
+        children = [self.jobs[child_id] for child_id in parent.children]
+        if any(child.status not in ("SUCCEEDED", "FAILED") for child in children):
+            return
+        failed = [child for child in children if child.status == "FAILED"]
+        parent.stopped_at = self._now()
+        if failed:
+            counted = f"{len(failed)} of {len(children)} array child jobs failed"
+            parent.status_reason = parent.terminate_reason or counted
+            self._log(f"failed   {parent.stage:<11} {parent.capacity:<9} {parent.status_reason}")
+            self._set(parent, "FAILED")
+        else:
+            self._log(f"succeeded {parent.stage:<11} {parent.capacity:<9} all {len(children)} array child jobs")
+            self._set(parent, "SUCCEEDED")
+
     # ------------------------------------------------------------------ checkpoints (the job runtime's store)
     def _store(self, job: EmulatedJob) -> CheckpointStore | None:
         uri = job.environment.get("CHECKPOINT_URI")
-        return CheckpointStore(self._s3, uri) if uri else None
+        if not uri:
+            return None
+        if job.array_index is None:
+            return CheckpointStore(self._s3, uri)
+        return CheckpointStore(self._s3, uri, part=part_name(shard_index=job.array_index))
 
     def _restore(self, job: EmulatedJob) -> float:
         store = self._store(job)
@@ -431,7 +504,8 @@ class BatchEmulator:
 
     def _set(self, job: EmulatedJob, status: str) -> None:
         job.status = status
-        self._emit(make_event("aws.batch", "Batch Job State Change", job.describe(), [job.describe()["jobArn"]]))
+        described = self._describe(job)
+        self._emit(make_event("aws.batch", "Batch Job State Change", described, [described["jobArn"]]))
 
     def _log(self, text: str) -> None:
         self.timeline.append((self._now(), text))

@@ -311,3 +311,47 @@ def test_a_stage_that_cannot_make_its_deadline_share_is_notified_once_on_any_cap
     at_risk = [n["text"] for n in slack if n["kind"] == "sla_at_risk"]
     stages = [text.split("| stage ")[1].split(" |")[0] for text in at_risk]
     assert "hpc" in stages and len(stages) == len(set(stages))
+
+
+def _shards_run(plane: OfflineControlPlane, deadline_hours: float, hpc_hours: float = 0.5) -> None:
+    """Three half-hour stages (HPC `hpc_hours`) under `deadline_hours`, the HPC stage as 3 independent shards."""
+    stage_hours = f"preprocess=0.5,hpc={hpc_hours},postprocess=0.5"
+    metadata = {"deadline-hours": str(deadline_hours), "stage-hours": stage_hours}
+    plane.upload("incoming/shards.csv", b"a\n1\n", {**metadata, "hpc-mode": "shards", "hpc-nodes": "3"})
+
+
+def test_shards_waiting_for_spot_are_moved_to_on_demand_in_time(tmp_path):
+    # GIVEN Spot capacity for 2 nodes only, and 3 HPC shards under a deadline with little slack
+    with OfflineControlPlane(trace=_steady_trace(tmp_path, 2), stage_hours=QUICK_STAGES) as plane:
+        _shards_run(plane, deadline_hours=2.5)
+        # WHEN the run goes its course (the array's parent stays PENDING; its third shard waits RUNNABLE)
+        status = plane.run_until_settled(max_hours=6)
+        run, hpc = _attempts(plane, "hpc")
+        report = run_report(control_plane_services(plane), run)
+    # THEN the waiting shard was noticed, the array requeued to On-Demand, and the deadline met
+    assert status == "SUCCEEDED" and report["deadline_met"] is True
+    assert [(a.capacity, a.status, a.cancel_reason) for a in hpc] == [
+        ("spot", "FAILED", "requeue_to_on_demand"),
+        ("on-demand", "SUCCEEDED", None),
+    ]
+
+
+def test_a_reclaimed_shard_replaces_the_array_as_a_reclaim_without_spending_retries(tmp_path):
+    # GIVEN 3 HPC shards of 2 h on Spot, and the third node reclaimed an hour into them, for half an hour
+    trace = tmp_path / "dip.json"
+    trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [3] * 10 + [2] * 3 + [3] * 500}))
+    with OfflineControlPlane(trace=trace, stage_hours={**QUICK_STAGES, "hpc": 2.0}) as plane:
+        _shards_run(plane, deadline_hours=12, hpc_hours=2.0)
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=12)
+        _, hpc = _attempts(plane, "hpc")
+        ledger = control_plane_services(plane).ledger
+        stage = ledger.get_stage(hpc[0].run_id, "hpc")
+        indexed = {i: [ref.job_id for ref in ledger.jobs_on_instance(i)] for i in hpc[0].instance_ids}
+    # THEN each shard's instance is known (for its interruption warning), the array was ended and placed again as
+    # a reclaim (no retry spent), and the second array resumed from the shards' checkpoints
+    assert status == "SUCCEEDED" and stage is not None and stage.app_retries_used == 0
+    assert len(indexed) == 3 and all(jobs == [hpc[0].job_id] for jobs in indexed.values())
+    assert hpc[0].failure_class in ("spot_reclaim", "checkpointed_interruption")
+    assert hpc[0].shard_failure == hpc[0].failure_class
+    assert hpc[-1].status == "SUCCEEDED" and hpc[-1].resumed_from_checkpoint

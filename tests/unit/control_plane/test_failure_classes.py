@@ -43,3 +43,28 @@ def test_each_failure_is_classified(status_reason, exit_code, capacity, cancel_r
     assert (failure in RECLAIM_CLASSES) == (
         expected in {FailureClass.SPOT_RECLAIM, FailureClass.HOST_FAILURE, FailureClass.CHECKPOINTED_INTERRUPTION}
     )
+
+
+def test_an_array_failed_by_a_reclaimed_shard_is_a_reclaim():
+    # GIVEN an array job's parent FAILED (it says only that a child failed), one of whose shards was reclaimed
+    detail = _detail("1 of 3 array child jobs failed", None).detail
+    attempt = _attempt("spot")
+    attempt.shard_failure = FailureClass.SPOT_RECLAIM
+    # WHEN it is classified
+    # THEN it is the shard's reclaim, not an application error spending the retry budget
+    assert classify_failure(detail, attempt) == FailureClass.SPOT_RECLAIM
+
+
+def test_a_shard_is_known_by_its_parent_id_and_index():
+    # GIVEN a Batch event for the second child of an array job, and one for its parent
+    child = _detail("Essential container in task exited", 0).detail.model_copy(update={"job_id": "4c1e-77:1"})
+    parent = BatchJobStateChangeEvent.model_validate(
+        load_event(
+            "batch_job_failed_host_terminated",
+            status="PENDING",
+            arrayProperties={"size": 3, "statusSummary": {"RUNNING": 2, "RUNNABLE": 1}},
+        )
+    ).detail
+    # WHEN / THEN the child names its parent, and the parent counts its shards running and waiting
+    assert child.array_parent_id == "4c1e-77" and parent.array_parent_id is None
+    assert (parent.shards_running, parent.shards_waiting) == (2, 1)

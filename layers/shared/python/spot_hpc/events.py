@@ -55,6 +55,14 @@ class BatchAttemptDetail(_Lenient):
     status_reason: str | None = Field(default=None, alias="statusReason")
 
 
+class BatchArrayProperties(_Lenient):
+    """An array job's parent carries its size and its children's statuses; a child carries its index."""
+
+    size: int | None = None
+    index: int | None = None
+    status_summary: dict[str, int] = Field(default_factory=dict, alias="statusSummary")
+
+
 class BatchJobDetail(_Lenient):
     job_id: str = Field(alias="jobId", min_length=1)
     job_name: str = Field(alias="jobName", min_length=1)
@@ -69,6 +77,23 @@ class BatchJobDetail(_Lenient):
     tags: dict[str, str] = Field(default_factory=dict)
     parameters: dict[str, str] = Field(default_factory=dict)
     job_definition: str | None = Field(default=None, alias="jobDefinition")
+    array_properties: BatchArrayProperties | None = Field(default=None, alias="arrayProperties")
+
+    @property
+    def array_parent_id(self) -> str | None:
+        """The array job this job is a child of (Batch names a child `<parent id>:<index>`); None otherwise."""
+        parent, colon, index = self.job_id.partition(":")
+        return parent if colon and index.isdigit() else None
+
+    @property
+    def shards_running(self) -> int:
+        """Children of this array job running now (an array's parent itself stays PENDING while they run)."""
+        return self.array_properties.status_summary.get("RUNNING", 0) if self.array_properties else 0
+
+    @property
+    def shards_waiting(self) -> int:
+        """Children of this array job queued for capacity now."""
+        return self.array_properties.status_summary.get("RUNNABLE", 0) if self.array_properties else 0
 
     @property
     def exit_code(self) -> int | None:

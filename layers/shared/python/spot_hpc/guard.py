@@ -16,6 +16,7 @@ from spot_hpc.ledger import Run, Stage
 from spot_hpc.notifier import notify
 from spot_hpc.placement import (
     choose_capacity,
+    end_spot_wait,
     request_checkpoint,
     requeue_to_on_demand,
     stage_view,
@@ -89,19 +90,25 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
     if stage.capacity != "spot":
         return None
 
-    waiting = stage.spot_waiting_since and now - parse_time(stage.spot_waiting_since) > timedelta(
+    waiting_since = stage.spot_waiting_since
+    if waiting_since and detail.array_properties and detail.array_properties.size and not detail.shards_waiting:
+        # An array waits for Spot while any shard does (it cannot finish without it): that wait is over.
+        end_spot_wait(svc, stage)
+        waiting_since = None
+    waiting = waiting_since and now - parse_time(waiting_since) > timedelta(
         minutes=svc.settings.spot_wait_signal_minutes
     )
-    if detail.status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING"):
-        if not waiting:
-            return None
-        # Stuck RUNNABLE on the Spot queue: there is no Spot capacity for it.
+    running = detail.status == "RUNNING" or detail.shards_running > 0
+    if waiting:
+        # Stuck RUNNABLE on the Spot queue (the job, or a shard of the array): there is no Spot capacity for it.
         decision = choose_capacity(svc, run, stage, current=Action.IDLE, spot_available=False, view=view)
-    else:
+    elif running:
         decision = choose_capacity(svc, run, stage, current=Action.SPOT, spot_available=True, view=view)
+    else:
+        return None
     if decision.action != Action.ON_DEMAND:
         return None
-    if detail.status == "RUNNING":
+    if running:
         request_checkpoint(svc, stage, f"requeue to On-Demand: {decision.reason}")
     placed = requeue_to_on_demand(svc, run, stage, detail.job_id, decision.reason)
     return "requeued to On-Demand" if placed else None

@@ -44,6 +44,8 @@ def classify_failure(detail: BatchJobDetail, attempt: Attempt) -> str:
     reason = detail.status_reason or ""
     if attempt.cancel_reason:
         return FailureClass.CANCELLED_BY_CONTROL_PLANE
+    if attempt.shard_failure:
+        return attempt.shard_failure
     if _HOST_TERMINATED.match(reason):
         return FailureClass.SPOT_RECLAIM if attempt.capacity == "spot" else FailureClass.HOST_FAILURE
     if detail.exit_code in (EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT):
@@ -63,6 +65,8 @@ def on_job_state_change(svc: Services, event: dict[str, Any], account_id: str) -
 
 def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
     """Applies one observed job state; also the guard's way to repair a stage whose event was lost."""
+    if detail.array_parent_id:
+        return _apply_shard_state(svc, detail, detail.array_parent_id)
     ref = svc.ledger.find_job(detail.job_id) or _adopt(svc, detail)
     if ref is None:
         logger.info("event for a job this control plane does not know", extra={"job_id": detail.job_id})
@@ -92,6 +96,43 @@ def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
     if attempt.capacity == "spot" and detail.status in ("RUNNABLE", "RUNNING"):
         _track_spot_wait(svc, ref, detail.status)
     return {"status": "recorded", "job_status": detail.status}
+
+
+def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) -> dict[str, Any]:
+    """A shard (child) of a shards-mode array job. The parent never runs: AWS Batch shows it PENDING until every
+    child has ended. So the shards tell when the stage waits for Spot, where it runs (instances, for interruption
+    warnings) and why it failed; the parent's own end settles the stage."""
+    ref = svc.ledger.find_job(parent_id)
+    attempt = svc.ledger.get_attempt(ref.run_id, ref.stage, ref.attempt) if ref else None
+    if ref is None or attempt is None:
+        return {"status": "ignored", "reason": "unknown job"}
+    if attempt.status in TERMINAL_STATUSES:
+        return {"status": "ignored", "reason": "attempt already settled"}
+    sets: dict[str, Any] = {}
+    if detail.status == "RUNNING":
+        instance_ids = svc.batch.instance_ids(detail.container_instance_arns)
+        for instance_id in instance_ids:
+            svc.ledger.index_instance(instance_id, ref)
+        sets["instance_ids"] = sorted({*attempt.instance_ids, *instance_ids})
+        if attempt.status != "RUNNING":
+            sets.update(status="RUNNING", started_at=_epoch_ms(detail.started_at) or format_time(utc_now()))
+    failure = classify_failure(detail, attempt) if detail.status == "FAILED" else None
+    if failure and (failure in RECLAIM_CLASSES or not attempt.shard_failure):
+        sets["shard_failure"] = failure
+    if sets:
+        try:
+            svc.ledger.update_open_attempt(ref.run_id, ref.stage, ref.attempt, **sets)
+        except LedgerConflict:
+            return {"status": "ignored", "reason": "attempt already settled"}
+    if failure in RECLAIM_CLASSES and not attempt.cancel_reason:
+        # The array can no longer succeed: end it now, its running shards checkpointing on SIGTERM, so that the
+        # stage is placed again at once rather than when its last shard finishes.
+        svc.batch.terminate(parent_id, f"spot-hpc: shard {detail.job_id} ended by {failure}")
+    if attempt.capacity == "spot" and detail.status == "RUNNABLE":
+        # The array waits while any shard does: one shard starting does not end it (the SLA guard, which sees
+        # every shard's status in the parent's summary, does).
+        _track_spot_wait(svc, ref, detail.status)
+    return {"status": "recorded", "shard_status": detail.status, "failure_class": failure}
 
 
 def _track_spot_wait(svc: Services, ref: JobRef, status: str) -> None:

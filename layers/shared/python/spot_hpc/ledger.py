@@ -137,6 +137,8 @@ class Attempt:
     instance_ids: list[str] = field(default_factory=list)
     resumed_from_checkpoint: bool = False
     cancel_reason: str | None = None
+    # Why a shard of an array job failed (its parent's own end says only that a child failed).
+    shard_failure: str | None = None
 
 
 @dataclass
