@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
+import os
 import sys
 from collections.abc import Sequence
+
+DESCRIPTION = (
+    "Run the Spot HPC control plane offline: demo pipeline runs, events and handlers, policy simulations and "
+    "benchmarks, checkpoint drills, and cost reports of runs."
+)
 
 # Modules that register subcommands; a module that is not there yet is skipped, never fatal.
 SUBCOMMAND_MODULES = (
@@ -26,8 +33,19 @@ class ToolError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
 
 
+def finite_float(text: str) -> float:
+    """argparse type of every float option: float() also accepts nan and inf, which no option can use."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spotctl", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="spotctl", description=DESCRIPTION)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         try:
@@ -44,10 +62,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        # Flush here, not at exit, so that a reader that has gone away is noticed below.
+        sys.stdout.flush()
+        return code
     except ToolError as exc:
         print(f"spotctl {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader stopped reading (`spotctl ... | head -1`): stop quietly. Python would report the unwritten
+        # output again when it flushes stdout at exit, so stdout goes to devnull from here on.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -59,7 +59,8 @@ def summarise_run(run_report: Mapping[str, Any], index: int) -> RunSummary:
             run_id=run_id,
             period_start=_parse_started_at(run_report.get("started_at")),
             status=str(run_report["pipeline_status"]),
-            deadline_met=bool(run_report["deadline_met"]),
+            # Only a JSON true: bool("false") is True.
+            deadline_met=run_report["deadline_met"] is True,
             cost_usd=float(run_report["cost_usd"]),
             on_demand_only_cost_usd=float(run_report["on_demand_only_cost_usd"]),
             savings_pct=float(run_report["savings_pct"]),

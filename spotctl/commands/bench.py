@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from spotctl.cli import ToolError
+from spotctl.files import check_output, write_text, writing
 
 # The project root: its data/ holds the traces that scenario paths are relative to.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -40,29 +41,28 @@ def run_policy_bench(args: argparse.Namespace) -> int:
 
     if not args.shared_dir.is_dir():
         raise ToolError(f"--shared-dir is not a directory: {args.shared_dir}")
+    # Outputs are written after the whole benchmark: a path that cannot be written is refused before it.
+    check_output(args.json, "--json")
+    if args.summary:
+        check_output(args.summary, "--summary")
+    if args.plot:
+        check_output(args.plot, "--plot", suffix=".png")
     scenarios = load_scenarios(args.scenarios)
     started = time.monotonic()
     rows = run_benchmark(
         scenarios, args.shared_dir, jobs=args.jobs or default_jobs(), progress=progress_bar(sys.stderr)
     )
     elapsed = time.monotonic() - started
-    _write(args.json, json.dumps({"results": rows}, indent=1) + "\n")
+    write_text(args.json, json.dumps({"results": rows}, indent=1) + "\n")
     summary = format_summary(rows)
     print(summary)
     print(f"{len(scenarios)} scenarios in {elapsed:.1f} s; rows written to {args.json}")
     if args.summary:
-        _write(args.summary, summary + "\n")
+        write_text(args.summary, summary + "\n")
     if args.plot:
         from spotctl.policy_sim.plots import plot_benchmark
 
-        plot_benchmark(rows, args.plot)
+        with writing(args.plot):
+            plot_benchmark(rows, args.plot)
         print(f"plot written to {args.plot}")
     return 0
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise ToolError(f"cannot write {path}: {exc}") from None

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from spotctl.cli import ToolError
+from spotctl.cli import ToolError, finite_float
+from spotctl.files import check_output, write_text
 
 WORKLOAD_CHOICES = ("preprocess", "hpc", "postprocess", "all")
 
@@ -30,7 +31,7 @@ def register(subparsers: Any) -> None:
         default="imds",
         help="how to interrupt: Spot notice in instance metadata (default), control-plane request, or SIGTERM",
     )
-    parser.add_argument("--poll-seconds", type=float, default=0.2, help="how often jobs look for a notice (0.2)")
+    parser.add_argument("--poll-seconds", type=finite_float, default=0.2, help="how often jobs look for a notice (0.2)")
     parser.add_argument("--json", metavar="OUT", type=Path, help="write the results as JSON")
     parser.set_defaults(func=run)
 
@@ -40,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.poll_seconds <= 0:
         raise ToolError("--poll-seconds must be positive")
+    if args.json is not None:
+        check_output(args.json, "--json")
     workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]
     try:
         results = run_drills(workloads, via=args.via, poll_seconds=args.poll_seconds)
@@ -54,10 +57,6 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.json is not None:
         rows = [result.as_row() for result in results]
-        try:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2) + "\n")
-        except OSError as exc:
-            raise ToolError(f"cannot write {args.json}: {exc}") from exc
+        write_text(args.json, json.dumps(rows[0] if len(rows) == 1 else rows, indent=2) + "\n")
     ok = all(result.output_matches_uninterrupted and result.resumed_from_checkpoint for result in results)
     return 0 if ok else 1

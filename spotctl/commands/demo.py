@@ -8,12 +8,15 @@ import sys
 import time
 from pathlib import Path
 
+from spotctl.cli import ToolError, finite_float
+from spotctl.files import check_output, write_text
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("demo", help="run one pipeline offline and print its timeline and cost")
     parser.add_argument("--trace", type=Path, help="Spot availability trace (default: a p3.2xlarge us-east-1a trace)")
-    parser.add_argument("--start-hour", type=float, help="hour of the trace the run starts at (default 75)")
-    parser.add_argument("--deadline-hours", type=float, help="the run's deadline (default 12)")
+    parser.add_argument("--start-hour", type=finite_float, help="hour of the trace the run starts at (default 75)")
+    parser.add_argument("--deadline-hours", type=finite_float, help="the run's deadline (default 12)")
     parser.add_argument(
         "--stage-hours",
         help="compute each stage needs on one uninterrupted attempt (default preprocess=2,hpc=4,postprocess=1)",
@@ -26,11 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     from spot_hpc.pipeline import InvalidRunOptions, parse_stage_hours
 
-    from spotctl.cli import ToolError
     from spotctl.offline.batch_emulator import TraceError
     from spotctl.offline.demo import DemoOptions, format_summary, run_demo
     from spotctl.offline.stack import TemplateError
 
+    # The demo's HPC stage is always a multi-node parallel job (the control plane's "shards" mode is not offered
+    # here), so say so in the demo's own terms rather than with the control plane's advice.
+    if args.hpc_nodes is not None and args.hpc_nodes < 2:
+        raise ToolError(f"--hpc-nodes {args.hpc_nodes}: the HPC stage is a multi-node job and needs at least 2 nodes")
+    if args.json:
+        check_output(args.json, "--json")
     options = DemoOptions()
     for name in ("trace", "start_hour", "deadline_hours", "hpc_nodes"):
         if getattr(args, name) is not None:
@@ -52,5 +60,5 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str))
+        write_text(args.json, json.dumps(report, indent=2, default=str))
     return 0

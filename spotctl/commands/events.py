@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+from spotctl.cli import ToolError
+from spotctl.files import check_output, read_text, write_text
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    put = subparsers.add_parser("put-events", help="put events on the offline stack's default bus")
+    put = subparsers.add_parser(
+        "put-events",
+        help="put events on the offline stack's default bus",
+        description="Puts events on a freshly deployed offline stack's default bus; the template's rules decide "
+        "which handlers run. Rules match only the stack's own names (job queues, bucket): to run a handler on "
+        "a sample event whatever its names, use `spotctl invoke`.",
+    )
     put.add_argument("file", type=Path, help="one event or a JSON list of events")
     put.add_argument("--json", type=Path, help="write the deliveries here")
     put.set_defaults(func=put_events)
@@ -21,37 +31,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _load(path: Path) -> Any:
-    from spotctl.cli import ToolError
-
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ToolError(f"{path}: no such file") from exc
+        return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise ToolError(f"{path}: not JSON: {exc}") from exc
 
 
+def _why_unmatched(event: dict[str, Any], near_misses: dict[str, list[str]]) -> str:
+    """A line saying that an event reached no rule, and what the rules that take its type also match on."""
+    head = f"event {event.get('id', '?')} ({event['source']} / {event['detail-type']}) matched no rule of the stack"
+    if not near_misses:
+        return f"{head}: no rule takes this source and detail-type"
+    fields = sorted({field for paths in near_misses.values() for field in paths})
+    return (
+        f"{head}: {', '.join(sorted(near_misses))} takes this type only with {', '.join(fields)} naming the stack's "
+        "own resources, and the event's names are not the stack's (sample events are not); "
+        "`spotctl invoke FUNCTION -e FILE` runs a handler on it whatever its names"
+    )
+
+
 def put_events(args: argparse.Namespace) -> int:
-    from spotctl.cli import ToolError
     from spotctl.offline.runtime import OfflineControlPlane
 
+    if args.json:
+        check_output(args.json, "--json")
     events = _load(args.file)
     events = events if isinstance(events, list) else [events]
     if not all(isinstance(e, dict) and "source" in e and "detail-type" in e for e in events):
         raise ToolError(f"{args.file}: every event needs at least source and detail-type")
+    deliveries = []
     with OfflineControlPlane() as plane:
-        deliveries = [d.to_dict() for event in events for d in plane.put_event(event)]
+        for event in events:
+            delivered = [d.to_dict() for d in plane.put_event(event)]
+            if not delivered:
+                print(f"spotctl put-events: {_why_unmatched(event, plane.bus.near_misses(event))}", file=sys.stderr)
+            deliveries += delivered
     for d in deliveries:
         print(f"{d['event_id']}  {d['rule']}  {d['status']}  {d['error']}")
     if not deliveries:
         print("no rule matched")
     if args.json:
-        args.json.write_text(json.dumps({"deliveries": deliveries}, indent=2))
+        write_text(args.json, json.dumps({"deliveries": deliveries}, indent=2))
     return 0
 
 
 def invoke_function(args: argparse.Namespace) -> int:
-    from spotctl.cli import ToolError
     from spotctl.offline.runtime import OfflineControlPlane
 
     event = _load(args.event)

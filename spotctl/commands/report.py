@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 from spotctl.cli import ToolError
+from spotctl.files import check_output, writing
 
 
 def register(subparsers: Any) -> None:
@@ -70,11 +72,14 @@ def load_stack_reports(stack: str, region: str | None) -> list[dict[str, Any]]:
 def run_report(args: argparse.Namespace) -> int:
     from spotctl.reporting import render_report
 
+    if args.plot is not None:
+        check_output(args.plot, "--plot", suffix=".png")
     reports = load_run_reports(list(args.from_json)) if args.from_json else load_stack_reports(args.stack, args.region)
-    if args.plot is not None and args.plot.suffix.lower() != ".png":
-        raise ToolError(f"--plot writes a PNG: give a file name ending in .png, not {args.plot.name!r}")
     try:
-        print(render_report(reports, args.plot, period=args.period))
+        # render_report writes only the chart: an OSError there is the chart's.
+        with writing(args.plot) if args.plot is not None else contextlib.nullcontext():
+            text = render_report(reports, args.plot, period=args.period)
     except ValueError as exc:
         raise ToolError(str(exc)) from None
+    print(text)
     return 0

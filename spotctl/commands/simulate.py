@@ -8,10 +8,26 @@ import math
 from pathlib import Path
 from typing import Any
 
-from spotctl.cli import ToolError
+from spotctl.cli import ToolError, finite_float
 from spotctl.commands.bench import PROJECT_ROOT
+from spotctl.files import check_output, write_text, writing
 
 POLICIES = ("default", "greedy", "uniform_progress", "spot_only", "on_demand", "optimum")
+# Options that describe the job, when it is not taken from a scenario file; their defaults are applied only then,
+# so that a job option given with --scenarios can be told apart and refused (None: the option has no default).
+JOB_OPTION_DEFAULTS: dict[str, Any] = {
+    "trace": None,
+    "compute_hours": None,
+    "deadline_hours": None,
+    "stages": None,
+    "start_tick": 0,
+    "nodes": 1,
+    "tick_seconds": 300.0,
+    "changeover_hours": 0.2,
+    "od_price": 3.06,
+    "spot_price": 0.918,
+    "advisor_bucket": None,
+}
 
 
 def register(subparsers: Any) -> None:
@@ -25,19 +41,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--id", help="the scenario's id in --scenarios (default: the first)")
     parser.add_argument("--trace", help="trace file (relative paths are under --shared-dir)")
     parser.add_argument("--shared-dir", type=Path, default=PROJECT_ROOT, help="base of relative trace paths")
-    parser.add_argument("--compute-hours", type=float, help="compute the job needs (or use --stages)")
-    parser.add_argument("--deadline-hours", type=float, help="hours from the start to the deadline")
+    parser.add_argument("--compute-hours", type=finite_float, help="compute the job needs (or use --stages)")
+    parser.add_argument("--deadline-hours", type=finite_float, help="hours from the start to the deadline")
     parser.add_argument(
         "--stages",
         help="pipeline stages NAME=HOURS[:od], comma-separated; ':od' marks a stage that cannot use Spot "
         "(e.g. preprocess=2,hpc=20:od,postprocess=1)",
     )
-    parser.add_argument("--start-tick", type=int, default=0, help="first tick of the window (default 0)")
-    parser.add_argument("--nodes", type=int, default=1)
-    parser.add_argument("--tick-seconds", type=float, default=300.0)
-    parser.add_argument("--changeover-hours", type=float, default=0.2)
-    parser.add_argument("--od-price", type=float, default=3.06, help="USD per hour, whole job (default p3.2xlarge)")
-    parser.add_argument("--spot-price", type=float, default=0.918, help="USD per hour, whole job")
+    parser.add_argument("--start-tick", type=int, help="first tick of the window (default 0)")
+    parser.add_argument("--nodes", type=int, help="nodes the job needs (default 1)")
+    parser.add_argument("--tick-seconds", type=finite_float, help="length of a policy tick (default 300)")
+    parser.add_argument("--changeover-hours", type=finite_float, help="time lost to a changeover (default 0.2)")
+    parser.add_argument("--od-price", type=finite_float, help="USD per hour, whole job (default 3.06, p3.2xlarge)")
+    parser.add_argument("--spot-price", type=finite_float, help="USD per hour, whole job (default 0.918)")
     parser.add_argument("--advisor-bucket", type=int, choices=range(5), help="Spot Advisor interruption bucket")
     parser.add_argument("--policy", choices=POLICIES, default="default")
     parser.add_argument("--png", type=Path, help="write the timeline as a PNG")
@@ -54,58 +70,64 @@ def _parse_stages(text: str) -> list[dict[str, Any]]:
             hours = float(hours_text)
         except ValueError:
             hours = math.nan
-        if not sep or not name or not hours > 0 or kind not in ("", "od", "spot"):
+        if not sep or not name or not (math.isfinite(hours) and hours > 0) or kind not in ("", "od", "spot"):
             raise ToolError(f"bad stage {part!r}: expected NAME=HOURS or NAME=HOURS:od")
         stages.append({"name": name, "compute_hours": hours, "spot": kind != "od"})
     return stages
 
 
-def _scenario_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    if args.scenarios:
-        from spotctl.policy_sim.scenarios import load_scenarios
+def _option_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
+
+def _scenario_from_args(args: argparse.Namespace) -> tuple[Any, int]:
+    """The raw scenario and its index in the file (its fallback id), from --scenarios or from the job options."""
+    given = [name for name in JOB_OPTION_DEFAULTS if getattr(args, name) is not None]
+    if args.scenarios:
+        from spotctl.policy_sim.scenarios import load_scenarios, scenario_id
+
+        if given:
+            flags = ", ".join(_option_flag(name) for name in given)
+            raise ToolError(f"{flags}: the job comes from --scenarios; drop these options or --scenarios")
         scenarios = load_scenarios(args.scenarios)
         if args.id is None:
-            return scenarios[0] if scenarios else {}
-        for candidate in scenarios:
-            if isinstance(candidate, dict) and str(candidate.get("id")) == args.id:
-                return candidate
+            return (scenarios[0] if scenarios else {}), 0
+        for index, candidate in enumerate(scenarios):
+            if scenario_id(candidate, index) == args.id:
+                return candidate, index
         raise ToolError(f"no scenario with id {args.id!r} in {args.scenarios}")
+    if args.id is not None:
+        raise ToolError("--id picks a scenario of --scenarios: give --scenarios too")
     if not args.trace or args.deadline_hours is None or (args.compute_hours is None and not args.stages):
         raise ToolError("give --scenarios, or --trace, --deadline-hours and --compute-hours (or --stages)")
-    raw: dict[str, Any] = {
-        "id": "simulate",
-        "trace": args.trace,
-        "nodes": args.nodes,
-        "tick_seconds": args.tick_seconds,
-        "start_tick": args.start_tick,
-        "deadline_hours": args.deadline_hours,
-        "changeover_hours": args.changeover_hours,
-        "od_price": args.od_price,
-        "spot_price": args.spot_price,
-        "advisor_bucket": args.advisor_bucket,
-    }
+    if args.compute_hours is not None and args.stages:
+        raise ToolError("give --compute-hours or --stages, not both: the stages' hours are the job's compute")
+    raw: dict[str, Any] = {"id": "simulate"}
+    for name, default in JOB_OPTION_DEFAULTS.items():
+        raw[name] = default if getattr(args, name) is None else getattr(args, name)
     if args.stages:
         raw["stages"] = _parse_stages(args.stages)
         raw["compute_hours"] = sum(stage["compute_hours"] for stage in raw["stages"])
-    else:
-        raw["compute_hours"] = args.compute_hours
-    return raw
+    return raw, 0
 
 
 def run_simulate(args: argparse.Namespace) -> int:
     from spot_hpc.policy import TICK_POLICIES
 
     from spotctl.policy_sim.optimum import run_optimum
-    from spotctl.policy_sim.scenarios import ScenarioError, build_job, parse_scenario
+    from spotctl.policy_sim.scenarios import build_job, parse_scenario
     from spotctl.policy_sim.simulator import simulate
     from spotctl.policy_sim.timeline import ExplainedPolicy, format_timeline
 
-    raw = _scenario_from_args(args)
+    if args.json:
+        check_output(args.json, "--json")
+    if args.png:
+        check_output(args.png, "--png", suffix=".png")
+    raw, index = _scenario_from_args(args)
     try:
-        scenario = parse_scenario(raw, 0)
+        scenario = parse_scenario(raw, index)
         job = build_job(scenario, args.shared_dir)
-    except ScenarioError as exc:
+    except (ValueError, OverflowError) as exc:  # ScenarioError, or numbers too large to turn into ticks
         raise ToolError(str(exc)) from None
     if args.policy == "optimum":
         result = run_optimum(job, record=True)
@@ -139,13 +161,11 @@ def run_simulate(args: argparse.Namespace) -> int:
                 for record, reason in zip(result.timeline, reasons, strict=False)
             ],
         }
-        try:
-            args.json.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise ToolError(f"cannot write {args.json}: {exc}") from None
+        write_text(args.json, json.dumps(document, indent=1) + "\n")
     if args.png:
         from spotctl.policy_sim.plots import plot_timeline
 
-        plot_timeline(job, result, args.png)
+        with writing(args.png):
+            plot_timeline(job, result, args.png)
         print(f"timeline written to {args.png}")
     return 0

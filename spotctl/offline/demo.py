@@ -12,6 +12,7 @@ from spot_hpc.pipeline import build_run_options
 
 from spotctl.deployed import services_for_stack
 from spotctl.offline.adapters import OFFLINE_FUNCTION_ENV
+from spotctl.offline.batch_emulator import SpotTrace, TraceError
 from spotctl.offline.eventbus import REGION
 from spotctl.offline.runtime import DEFAULT_TRACE, OfflineControlPlane
 from spotctl.offline.stack import STACK_NAME
@@ -53,13 +54,23 @@ def run_demo(options: DemoOptions) -> tuple[dict[str, Any], list[str]]:
 
     metadata = options.upload_metadata()
     stage_hours = build_run_options(None, metadata, options.deadline_hours, options.hpc_nodes).stage_hours
+    # Virtual time runs until the pipeline settles or this horizon; past the trace's end capacity would be made up.
+    horizon = options.deadline_hours * 3 + sum(stage_hours.values())
+    trace = SpotTrace.load(options.trace, options.start_hour)
+    if horizon > trace.hours_available():
+        latest_start = trace.hours - horizon
+        advice = f"start by hour {latest_start:g}" if latest_start >= 0 else "use a longer trace"
+        raise TraceError(
+            f"{options.trace}: the trace has {trace.hours:g} h; a run from hour {options.start_hour:g} may need "
+            f"{horizon:g} h (3 x the deadline + the stage hours), past its end: {advice} or shorten the deadline"
+        )
     handler_output = io.StringIO()
     with (
         OfflineControlPlane(trace=options.trace, start_hour=options.start_hour, stage_hours=stage_hours) as plane,
         contextlib.redirect_stdout(handler_output),
     ):
         plane.upload("incoming/sample.csv", SAMPLE_CSV, metadata)
-        plane.run_until_settled(max_hours=options.deadline_hours * 3 + sum(stage_hours.values()))
+        plane.run_until_settled(max_hours=horizon)
         svc = control_plane_services(plane)
         runs = svc.ledger.list_runs()
         if not runs:

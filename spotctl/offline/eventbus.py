@@ -12,7 +12,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import boto3
 from spot_hpc.clock import format_time, utc_now
@@ -97,6 +97,21 @@ class EventBus:
         self.deliveries.extend(delivered)
         return delivered
 
+    def near_misses(self, event: dict[str, Any]) -> dict[str, list[str]]:
+        """{rule: the fields of its pattern besides source and detail-type} for each rule that takes the event's
+        source and detail-type: the fields an event must also match (the stack's own queue or bucket names)."""
+        from moto.events.models import EventPattern
+
+        misses: dict[str, list[str]] = {}
+        for rule in self._rules():
+            if rule.state != "ENABLED" or rule.scheduled_expression:
+                continue
+            pattern = rule.event_pattern.get_pattern()
+            kind = {key: value for key, value in pattern.items() if key in ("source", "detail-type")}
+            if EventPattern(None, kind).matches_event(cast(Any, event)):  # moto types events as a TypedDict
+                misses[rule.name] = sorted(_field_paths({k: v for k, v in pattern.items() if k not in kind}))
+        return misses
+
     def fire_due_schedules(self, now: datetime) -> list[Delivery]:
         """Fires every scheduled rule whose rate has come round on the (virtual) clock since it last fired."""
         delivered: list[Delivery] = []
@@ -142,3 +157,12 @@ class EventBus:
             MessageBody=json.dumps(event),
             MessageAttributes={"ERROR_MESSAGE": {"DataType": "String", "StringValue": error[:1000]}},
         )
+
+
+def _field_paths(pattern: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted field names a pattern tests: {"detail": {"jobQueue": [...]}} -> ["detail.jobQueue"]."""
+    paths: list[str] = []
+    for key, value in pattern.items():
+        path = f"{prefix}.{key}" if prefix else key
+        paths.extend(_field_paths(value, path) if isinstance(value, dict) else [path])
+    return paths

@@ -15,8 +15,8 @@ from typing import Any
 from spot_hpc.policy import TICK_POLICIES
 
 from spotctl.policy_sim.optimum import run_optimum
-from spotctl.policy_sim.scenarios import ScenarioError, build_job, parse_scenario
-from spotctl.policy_sim.simulator import simulate
+from spotctl.policy_sim.scenarios import Scenario, build_job, parse_scenario, scenario_id
+from spotctl.policy_sim.simulator import Job, simulate
 
 POLICY_ORDER = ("on_demand", "spot_only", "greedy", "uniform_progress", "optimum", "default")
 # Slack classes (deadline / compute) the summary is broken down by: [low, high).
@@ -25,28 +25,27 @@ SLACK_CLASSES = ((1.0, 1.25), (1.25, 1.5), (1.5, 2.0), (2.0, 2.5), (2.5, math.in
 
 def run_scenario(raw: Any, index: int, shared_dir: Path) -> list[dict[str, Any]]:
     """Result rows of one scenario (one per policy), or error rows when the scenario is invalid."""
-    scenario_id = str(raw.get("id", f"#{index}")) if isinstance(raw, dict) else f"#{index}"
     try:
         scenario = parse_scenario(raw, index)
         job = build_job(scenario, shared_dir)
-    except ScenarioError as exc:
-        return [{"id": scenario_id, "policy": name, "error": str(exc)} for name in POLICY_ORDER]
-    rows = []
-    for name in POLICY_ORDER:
-        policy = None if name == "optimum" else TICK_POLICIES[name](scenario.advisor_bucket)
-        result = run_optimum(job) if policy is None else simulate(job, policy)
-        finish = result.finish_hours
-        rows.append(
-            {
-                "id": scenario.id,
-                "policy": name,
-                "cost": round(result.cost, 6) if math.isfinite(result.cost) else math.inf,
-                "met": result.met,
-                "finish_hours": None if finish is None else round(finish, 6),
-                "slack": round(scenario.slack, 6),
-            }
-        )
-    return rows
+        return [_policy_row(scenario, job, name) for name in POLICY_ORDER]
+    except (ValueError, OverflowError) as exc:
+        # ScenarioError, or numbers too large to turn into ticks: one bad scenario must not stop the benchmark.
+        return [{"id": scenario_id(raw, index), "policy": name, "error": str(exc)} for name in POLICY_ORDER]
+
+
+def _policy_row(scenario: Scenario, job: Job, name: str) -> dict[str, Any]:
+    policy = None if name == "optimum" else TICK_POLICIES[name](scenario.advisor_bucket)
+    result = run_optimum(job) if policy is None else simulate(job, policy)
+    finish = result.finish_hours
+    return {
+        "id": scenario.id,
+        "policy": name,
+        "cost": round(result.cost, 6) if math.isfinite(result.cost) else math.inf,
+        "met": result.met,
+        "finish_hours": None if finish is None else round(finish, 6),
+        "slack": round(scenario.slack, 6),
+    }
 
 
 def _run_indexed(item: tuple[int, Any, str]) -> list[dict[str, Any]]:
@@ -104,12 +103,12 @@ def judged_ratios(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, tuple[f
         if "error" not in row:
             by_id.setdefault(row["id"], {})[row["policy"]] = row
     ratios: dict[str, dict[str, tuple[float, bool, float]]] = {}
-    for scenario_id, policies in by_id.items():
+    for judged_id, policies in by_id.items():
         optimum = policies.get("optimum")
         if not optimum or not optimum["met"]:
             continue
         best = optimum["cost"]
-        ratios[scenario_id] = {
+        ratios[judged_id] = {
             name: ((row["cost"] / best if best > 0 else 1.0) if row["met"] else math.inf, row["met"], row["slack"])
             for name, row in policies.items()
         }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,20 @@ class Scenario:
         return self.deadline_hours / self.compute_hours
 
 
+def scenario_id(raw: Any, index: int) -> str:
+    """A scenario's id, or `#index` (its place in the file) when it has none: how rows and `simulate --id` name it."""
+    return str(raw["id"]) if isinstance(raw, dict) and "id" in raw else f"#{index}"
+
+
+def _number(value: Any, name: str) -> float:
+    """A JSON number that is finite (json.loads also reads NaN and Infinity; a bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ScenarioError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ScenarioError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def parse_scenario(raw: Any, index: int) -> Scenario:
     """Validate one scenario object; raise ScenarioError with a message naming the problem."""
     if not isinstance(raw, dict):
@@ -64,10 +80,7 @@ def parse_scenario(raw: Any, index: int) -> Scenario:
         raise ScenarioError(f"missing field(s): {', '.join(missing)}")
     numbers: dict[str, float] = {}
     for name in REQUIRED_NUMBERS:
-        value = raw[name]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ScenarioError(f"{name} must be a number, got {value!r}")
-        numbers[name] = float(value)
+        numbers[name] = _number(raw[name], name)
     for name in ("nodes", "tick_seconds", "compute_hours", "deadline_hours"):
         if numbers[name] <= 0:
             raise ScenarioError(f"{name} must be positive")
@@ -79,14 +92,14 @@ def parse_scenario(raw: Any, index: int) -> Scenario:
     if not isinstance(raw["trace"], str) or not raw["trace"]:
         raise ScenarioError("trace must be a path")
     bucket = raw.get("advisor_bucket")
-    if bucket is not None and (not isinstance(bucket, int) or not 0 <= bucket <= 4):
+    if bucket is not None and (isinstance(bucket, bool) or not isinstance(bucket, int) or not 0 <= bucket <= 4):
         raise ScenarioError("advisor_bucket must be an integer 0..4")
     stages = tuple(_parse_stage(stage) for stage in raw.get("stages") or ())
     compute = numbers["compute_hours"]
     if stages and abs(sum(stage.compute_hours for stage in stages) - compute) > 1e-6:
         raise ScenarioError("compute_hours must be the sum of the stages' compute_hours")
     return Scenario(
-        id=str(raw.get("id", f"#{index}")),
+        id=scenario_id(raw, index),
         trace=raw["trace"],
         nodes=int(numbers["nodes"]),
         tick_seconds=numbers["tick_seconds"],
@@ -104,10 +117,13 @@ def parse_scenario(raw: Any, index: int) -> Scenario:
 def _parse_stage(raw: Any) -> StageSpec:
     if not isinstance(raw, dict) or "compute_hours" not in raw:
         raise ScenarioError("a stage needs compute_hours")
-    hours = raw["compute_hours"]
-    if isinstance(hours, bool) or not isinstance(hours, int | float) or hours <= 0:
+    hours = _number(raw["compute_hours"], "a stage's compute_hours")
+    if hours <= 0:
         raise ScenarioError("a stage's compute_hours must be a positive number")
-    return StageSpec(str(raw.get("name", "stage")), float(hours), bool(raw.get("spot", True)))
+    spot = raw.get("spot", True)
+    if not isinstance(spot, bool):
+        raise ScenarioError(f"a stage's spot must be true or false, got {spot!r}")
+    return StageSpec(str(raw.get("name", "stage")), hours, spot)
 
 
 def build_job(scenario: Scenario, shared_dir: Path) -> Job:
@@ -139,7 +155,8 @@ def build_job(scenario: Scenario, shared_dir: Path) -> Job:
 
 
 def load_scenarios(path: Path) -> list[Any]:
-    """The raw scenario objects of a scenario file (each is validated when it is run)."""
+    """The raw scenario objects of a scenario file (each is validated when it is run); ids must be unique, since
+    results are keyed by id."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -149,4 +166,8 @@ def load_scenarios(path: Path) -> list[Any]:
     scenarios = document.get("scenarios") if isinstance(document, dict) else None
     if not isinstance(scenarios, list):
         raise ToolError(f'{path}: expected {{"scenarios": [...]}}')
+    counts = Counter(scenario_id(raw, index) for index, raw in enumerate(scenarios))
+    duplicates = sorted(name for name, count in counts.items() if count > 1)
+    if duplicates:
+        raise ToolError(f"{path}: scenario ids must be unique; repeated: {', '.join(duplicates)}")
     return scenarios

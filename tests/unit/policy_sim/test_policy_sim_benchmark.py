@@ -60,3 +60,13 @@ def test_pipeline_stage_without_spot_runs_on_demand():
     for run in runs:
         assert run.met
         assert {r.action.value for r in run.timeline if r.stage == "hpc"} == {"on_demand"}
+
+
+def test_numbers_too_large_to_simulate_are_error_rows(tiny_trace, scenario):
+    # GIVEN a scenario whose hours are finite but overflow when turned into ticks
+    huge = {**scenario, "id": "huge", "compute_hours": 1e308, "deadline_hours": 1e308}
+    # WHEN the benchmark runs it beside a valid one
+    rows = run_benchmark([huge, scenario], tiny_trace.parent.parent)
+    # THEN the huge one has error rows and the valid one still runs
+    assert all("error" in row for row in rows if row["id"] == "huge")
+    assert all("error" not in row for row in rows if row["id"] == "t1")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 
@@ -102,3 +104,149 @@ def test_simulate_unknown_trace_is_a_clean_error(tmp_path, capsys):
     # THEN exit code 2 with the reason
     assert code == 2
     assert "trace not found" in capsys.readouterr().err
+
+
+def _bench(tmp_path, scenarios_file, *options, jobs=1):
+    common = ["bench", "policy", "--scenarios", str(scenarios_file), "--shared-dir", str(tmp_path)]
+    return main([*common, "--jobs", str(jobs), *options])
+
+
+def _simulate_tiny(trace):
+    return ["simulate", "--trace", str(trace), "--nodes", "4", "--deadline-hours", "3"]
+
+
+def _refuse_to_run(monkeypatch, target):
+    def run(*args, **kwargs):
+        raise AssertionError("ran although an option was refused")
+
+    monkeypatch.setattr(target, run)
+
+
+def test_bench_policy_reports_a_nan_scenario_as_error_rows(tmp_path, tiny_trace, scenario, capsys):
+    # GIVEN a scenario file (JSON text, as written by hand) where one scenario's deadline is NaN
+    bad = json.dumps({**scenario, "id": "nan"}).replace('"deadline_hours": 3.0', '"deadline_hours": NaN')
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(f'{{"scenarios": [{json.dumps(scenario)}, {bad}]}}')
+    out = tmp_path / "results.json"
+    # WHEN the benchmark runs on two worker processes
+    code = _bench(tmp_path, scenarios, "--json", str(out), jobs=2)
+    # THEN the NaN scenario has error rows naming the field, and the other scenario its results
+    assert code == 0
+    rows = json.loads(out.read_text())["results"]
+    assert all("deadline_hours must be a finite number" in row["error"] for row in rows if row["id"] == "nan")
+    assert all("error" not in row for row in rows if row["id"] == "t1")
+
+
+def test_bench_policy_refuses_duplicate_scenario_ids(tmp_path, tiny_trace, scenario, capsys):
+    # GIVEN two scenarios with the same id (results are keyed by id, so they would be merged)
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(json.dumps({"scenarios": [scenario, {**scenario, "start_tick": 2}]}))
+    # WHEN the benchmark runs
+    code = _bench(tmp_path, scenarios, "--json", str(tmp_path / "o.json"))
+    # THEN it refuses the file, naming the repeated id
+    assert code == 2
+    assert "repeated: t1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "path", "message"),
+    [
+        ("--plot", "cost.svg", "give a file name ending in .png"),
+        ("--plot", "a_file/cost.png", "is not a directory"),
+        ("--json", "a_file/results.json", "is not a directory"),
+        ("--summary", ".", "is a directory"),
+    ],
+)
+def test_bench_policy_refuses_unwritable_outputs_before_running(
+    tmp_path, tiny_trace, scenario, monkeypatch, capsys, option, path, message
+):
+    # GIVEN a scenario file, and an output path that cannot be written (a regular file where a folder should be)
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(json.dumps({"scenarios": [scenario]}))
+    (tmp_path / "a_file").write_text("")
+    outputs = {"--json": str(tmp_path / "results.json"), option: str(tmp_path / path)}
+    _refuse_to_run(monkeypatch, "spotctl.policy_sim.benchmark.run_benchmark")
+    # WHEN the benchmark is asked to write there
+    code = _bench(tmp_path, scenarios, *(item for pair in outputs.items() for item in pair))
+    # THEN it is refused before the benchmark runs or any output is written
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_bench_policy_creates_a_missing_plot_folder(tmp_path, tiny_trace, scenario, capsys):
+    # GIVEN a plot path in a folder that does not exist yet
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(json.dumps({"scenarios": [scenario]}))
+    plot = tmp_path / "plots" / "cost.png"
+    # WHEN the benchmark writes its plot there
+    code = _bench(tmp_path, scenarios, "--json", str(tmp_path / "o.json"), "--plot", str(plot))
+    # THEN the folder is made, as it is for --json
+    assert code == 0
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_simulate_refuses_job_options_beside_a_scenario_file(tmp_path, tiny_trace, scenario, capsys):
+    # GIVEN a scenario file
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(json.dumps({"scenarios": [scenario]}))
+    # WHEN a job option is given too (it would be ignored: the job comes from the file)
+    code = main(["simulate", "--scenarios", str(scenarios), "--deadline-hours", "9", "--nodes", "2"])
+    # THEN it is refused, naming the options
+    assert code == 2
+    assert "--deadline-hours, --nodes: the job comes from --scenarios" in capsys.readouterr().err
+
+
+def test_simulate_refuses_compute_hours_beside_stages(tiny_trace, capsys):
+    # GIVEN stages (whose hours are the compute) and a different --compute-hours
+    # WHEN simulated
+    code = main([*_simulate_tiny(tiny_trace), "--stages", "pre=0.5,hpc=1", "--compute-hours", "9"])
+    # THEN it is refused
+    assert code == 2
+    assert "--compute-hours or --stages, not both" in capsys.readouterr().err
+
+
+def test_simulate_finds_a_scenario_without_id_by_its_fallback_id(tmp_path, tiny_trace, scenario, capsys):
+    # GIVEN a scenario file whose second scenario has no id (the benchmark calls it #1)
+    unnamed = {key: value for key, value in scenario.items() if key != "id"}
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(json.dumps({"scenarios": [scenario, {**unnamed, "deadline_hours": 2.5}]}))
+    # WHEN simulated by that id
+    code = main(["simulate", "--scenarios", str(scenarios), "--id", "#1", "--shared-dir", str(tmp_path)])
+    # THEN that scenario is run (its 2.5 h deadline is 30 five-minute ticks)
+    assert code == 0
+    assert "deadline 30 ticks" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("option", "path", "message"),
+    [
+        ("--png", "timeline.jpg", "give a file name ending in .png"),
+        ("--png", "a_file/timeline.png", "is not a directory"),
+        ("--json", "a_file/run.json", "is not a directory"),
+    ],
+)
+def test_simulate_refuses_unwritable_outputs_before_running(
+    tmp_path, tiny_trace, monkeypatch, capsys, option, path, message
+):
+    # GIVEN an output path that cannot be written
+    (tmp_path / "a_file").write_text("")
+    _refuse_to_run(monkeypatch, "spotctl.policy_sim.simulator.simulate")
+    # WHEN simulated
+    code = main([*_simulate_tiny(tiny_trace), "--compute-hours", "1", option, str(tmp_path / path)])
+    # THEN it is refused before the simulation
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_output_to_a_closed_pipe_ends_quietly(tiny_trace, monkeypatch):
+    # GIVEN stdout is a pipe whose reader has gone (`spotctl simulate ... | head -1`)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w") as pipe:
+        monkeypatch.setattr(sys, "stdout", pipe)
+        # WHEN the command prints its timeline
+        code = main([*_simulate_tiny(tiny_trace), "--compute-hours", "1"])
+        # THEN it ends without an error, and nothing is left to fail when Python flushes stdout at exit
+        pipe.flush()
+    assert code == 1

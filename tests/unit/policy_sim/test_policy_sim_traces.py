@@ -63,6 +63,13 @@ def test_window_work_and_changeover_in_ticks(tiny_trace, scenario):
         ({"deadline_hours": "soon"}, "deadline_hours must be a number"),
         ({"trace": None}, "trace must be a path"),
         ({"stages": [{"compute_hours": 1.0}]}, "sum of the stages"),
+        # json.loads reads NaN and Infinity; NaN passes every `<= 0` check
+        ({"deadline_hours": float("nan")}, "deadline_hours must be a finite number"),
+        ({"od_price": float("inf")}, "od_price must be a finite number"),
+        ({"stages": [{"compute_hours": float("nan")}]}, "compute_hours must be a finite number"),
+        # bool("false") is True, and a bool is an int
+        ({"stages": [{"compute_hours": 1.5, "spot": "false"}]}, "spot must be true or false"),
+        ({"advisor_bucket": True}, "advisor_bucket must be an integer"),
     ],
 )
 def test_invalid_fields_are_reported(scenario, change, message):

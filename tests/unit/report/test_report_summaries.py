@@ -186,3 +186,28 @@ def test_spotctl_report_refuses_a_non_png_plot(tmp_path: Path, capsys: pytest.Ca
 
     # THEN it is a user error
     assert code == 2 and "PNG" in capsys.readouterr().err
+
+
+def test_only_a_json_true_counts_as_deadline_met() -> None:
+    # GIVEN a report whose deadline_met is the string "false" (bool("false") is True)
+    report = _run_report("run-s", None, 2.0, 10.0, deadline_met="false")
+
+    # WHEN summarised
+    (run,) = summarise_runs([report])
+
+    # THEN the deadline is not counted as met
+    assert run.deadline_met is False
+    assert summarise_periods([run])[0].deadlines_met == 0
+
+
+def test_spotctl_report_refuses_a_plot_under_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN a valid report file, and a plot path whose folder is a regular file
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(REPORTS[0]))
+    (tmp_path / "a_file").write_text("")
+
+    # WHEN the chart is asked for there
+    code = main(["report", "--from-json", str(path), "--plot", str(tmp_path / "a_file" / "chart.png")])
+
+    # THEN it is a user error, not a traceback
+    assert code == 2 and "is not a directory" in capsys.readouterr().err

@@ -1,0 +1,52 @@
+"""Files the commands read and write: OS errors become ToolErrors, and output paths are checked before a long run
+rather than after it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from spotctl.cli import ToolError
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ToolError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ToolError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Around a writer that takes a path (savefig): creates the folder, and says which file could not be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield
+    except OSError as exc:
+        raise ToolError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def write_text(path: Path, text: str) -> None:
+    with writing(path):
+        path.write_text(text, encoding="utf-8")
+
+
+def check_output(path: Path, option: str, suffix: str | None = None) -> None:
+    """Refuses an output path that cannot be written: the wrong suffix, a directory, or a folder that is a file or
+    read-only. Missing folders are fine: `writing` creates them."""
+    if suffix is not None and path.suffix.lower() != suffix:
+        kind = suffix.lstrip(".").upper()
+        raise ToolError(f"{option} writes a {kind}: give a file name ending in {suffix}, not {path.name!r}")
+    if path.is_dir():
+        raise ToolError(f"{option} {path} is a directory; give a file name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ToolError(f"{option} {path}: {folder} is not a directory")
+    if not os.access(folder if not path.exists() else path, os.W_OK):
+        raise ToolError(f"{option} {path}: permission denied")

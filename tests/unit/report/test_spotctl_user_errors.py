@@ -1,0 +1,159 @@
+"""User errors of `spotctl` commands outside the policy simulator: a one-line message and exit code 2, never a
+traceback, and output paths refused before a long run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pytest
+
+from spotctl.cli import main
+
+EVENTS = Path(__file__).resolve().parents[3] / "events"
+
+
+def _refuse_to_run(monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    def run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ran although the command should have stopped before")
+
+    monkeypatch.setattr(target, run)
+
+
+@pytest.fixture
+def no_aws_account(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No credentials anywhere botocore looks, and a fresh default session."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_DEFAULT_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_ENDPOINT_URL"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    ("region", "env", "message"),
+    [
+        ("us-east-1", {}, "Unable to locate credentials"),
+        ("not a region!", {}, "doesn't match a supported format"),
+        (
+            "us-east-1",
+            {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+             "AWS_MAX_ATTEMPTS": "1"},
+            "Could not connect to the endpoint URL",
+        ),
+    ],
+)  # fmt: skip
+def test_report_stack_without_a_reachable_account_is_a_user_error(
+    no_aws_account: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], region: str, env: dict, message: str
+) -> None:
+    # GIVEN no credentials, an invalid region, or an endpoint nothing listens on
+    for name, value in env.items():
+        no_aws_account.setenv(name, value)
+    # WHEN the report reads a deployed stack
+    code = main(["report", "--stack", "spot-hpc", "--region", region])
+    # THEN botocore's message is printed as a user error
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_demo_refuses_a_start_too_close_to_the_end_of_the_trace(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN the default trace (about 1092 h) and a start at hour 1080: the run may need 3 x 12 + 7 = 43 h
+    _refuse_to_run(monkeypatch, "spotctl.offline.demo.OfflineControlPlane")
+    # WHEN the demo runs
+    code = main(["demo", "--start-hour", "1080"])
+    # THEN it is refused before the run, with the trace's length and what the run may need
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "the trace has 1091.89 h; a run from hour 1080 may need 43 h" in err
+
+
+def test_demo_refuses_a_trace_that_is_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN a directory given as the trace
+    # WHEN the demo runs
+    code = main(["demo", "--trace", str(tmp_path)])
+    # THEN it says the trace cannot be read
+    assert code == 2
+    assert "cannot read the trace" in capsys.readouterr().err
+
+
+def test_demo_refuses_an_unwritable_json_path_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a report path whose folder is a regular file
+    (tmp_path / "a_file").write_text("")
+    _refuse_to_run(monkeypatch, "spotctl.offline.demo.run_demo")
+    # WHEN the demo runs
+    code = main(["demo", "--json", str(tmp_path / "a_file" / "run.json")])
+    # THEN the path is refused before the run
+    assert code == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_demo_one_hpc_node_is_explained_in_the_demos_terms(capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN / WHEN the demo is asked for a one-node HPC stage
+    code = main(["demo", "--hpc-nodes", "1"])
+    # THEN the message does not point at hpc_mode, which the demo has no option for
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--hpc-nodes 1" in err and "at least 2 nodes" in err and "hpc_mode" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["simulate", "--trace", "t.json", "--compute-hours", "1", "--deadline-hours", "nan"],
+        ["simulate", "--trace", "t.json", "--compute-hours", "1", "--deadline-hours", "3", "--od-price", "inf"],
+        ["demo", "--start-hour", "nan"],
+        ["demo", "--deadline-hours", "inf"],
+        ["checkpoint-drill", "--poll-seconds", "nan"],
+    ],
+)
+def test_float_options_refuse_nan_and_infinity(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN / WHEN a float option is nan or inf (float() accepts both)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    # THEN argparse refuses it
+    assert exit_info.value.code == 2
+    assert "not a finite number" in capsys.readouterr().err
+
+
+def test_put_events_refuses_a_directory_and_an_unwritable_json_path_before_deploying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a directory as the event file, and a deliveries path whose folder is a regular file
+    (tmp_path / "a_file").write_text("")
+    _refuse_to_run(monkeypatch, "spotctl.offline.runtime.OfflineControlPlane")
+    # WHEN put-events runs with each
+    directory = main(["put-events", str(tmp_path)])
+    directory_err = capsys.readouterr().err
+    bad_json = main(["put-events", str(EVENTS / "spot_interruption_warning.json"), "--json",
+                     str(tmp_path / "a_file" / "d.json")])  # fmt: skip
+    # THEN both are user errors, before the stack is deployed
+    assert (directory, bad_json) == (2, 2)
+    assert "cannot read" in directory_err
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_put_events_says_why_a_sample_event_matched_no_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN the sample Batch event, whose job queue is not one of the offline stack's
+    # WHEN it is put on the stack's bus
+    code = main(["put-events", str(EVENTS / "batch_job_failed_host_terminated.json")])
+    # THEN stderr says it matched no rule, which field the Batch rule also matches, and what to do instead
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "matched no rule of the stack" in err and "detail.jobQueue" in err and "spotctl invoke" in err
+
+
+def test_top_level_help_describes_the_tool(capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN / WHEN `spotctl --help`
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    # THEN the description is for users, not about how subcommand modules are written
+    out = capsys.readouterr().out
+    assert "register(subparsers)" not in out and "Run the Spot HPC control plane offline" in out
