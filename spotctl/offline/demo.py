@@ -108,7 +108,7 @@ def format_summary(report: dict[str, Any], timeline: list[str]) -> str:
             _hours(a["started_hours"]),
             _hours(a["stopped_hours"]),
             f"{a['cost_usd']:.2f}",
-            "yes" if a["resumed_from_checkpoint"] else "",
+            "yes" if a["resumed_from_checkpoint"] and a["started_hours"] is not None else "",  # a never-run one did not
             _reason(a),
         )
         for stage in report["stages"]

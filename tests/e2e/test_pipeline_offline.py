@@ -63,3 +63,17 @@ def test_summary_says_why_each_attempt_ended(demo_run):
     reclaimed = next(line for line in text.splitlines() if line.split()[:4] == ["preprocess", "spot", "x1", "FAILED"])
     assert "checkpointed_interruption: Essential container in task exited" in reclaimed
     assert f"{report['finished_hours']:.2f} h of {report['deadline_hours']} h: deadline met" in text
+
+
+def test_summary_says_resumed_only_of_attempts_that_ran(demo_run):
+    # GIVEN the run's report, with attempts that ran from a checkpoint and, in this run, one cancelled before it ran
+    report, timeline = demo_run
+    attempts = [a for stage in report["stages"] for a in stage["attempts"]]
+    # WHEN the demo prints its summary
+    table = format_summary(report, timeline).split("why it ended", 1)[1]
+    rows = [line.split() for line in table.splitlines() if "  x" in line]
+    # THEN "yes" stands only in the rows of attempts that started, from a checkpoint
+    resumed = [a["resumed_from_checkpoint"] and a["started_hours"] is not None for a in attempts]
+    assert len(rows) == len(attempts) and any(resumed)
+    assert ["yes" in row for row in rows] == resumed
+    assert any(a["started_hours"] is None and a["resumed_from_checkpoint"] for a in attempts)

@@ -222,3 +222,26 @@ def test_a_notification_sns_refused_is_sent_by_the_retry_and_only_once(plane, mo
     # THEN the first retry sends it and the second finds it sent
     assert refused == ["requeued"] and (retried, repeated) == (True, False)
     assert [n["channel"] for n in svc.ledger.run_notifications(run.run_id)].count("sns") == 1
+
+
+# ------------------------------------------------------------------ stage runner
+def test_a_runner_retried_after_its_stage_settled_answers_the_new_token(plane, monkeypatch):
+    from spot_hpc import runner
+
+    # GIVEN a stage that has settled (and answered the state machine's first token)
+    svc = control_plane_services(plane)
+    event = _s3_event(plane, "incoming/settled.csv", _upload(plane, "incoming/settled.csv", {"deadline-hours": "6"}))
+    run_id = plane.invoke("StartPipelineFunction", event)[0]["run_id"]
+    settled = svc.ledger.update_stage(run_id, "preprocess", status="SUCCEEDED", task_token="first", job_id="job-1")
+    answered: list[tuple[str, object]] = []
+
+    def answer(token, output, cause=""):
+        answered.append((token, output))
+        return True
+
+    monkeypatch.setattr(svc.pipeline, "answer", answer)
+    # WHEN the state machine runs the stage runner again, with a token of its own
+    result = runner.run_stage(svc, {"run_id": run_id, "stage": "preprocess", "task_token": "second-token"})
+    # THEN the new token is answered with the stage's outcome, and nothing is placed again
+    assert result["status"] == "already settled"
+    assert answered == [("second-token", {"stage": "preprocess", "job_id": "job-1", "attempt": settled.attempt})]

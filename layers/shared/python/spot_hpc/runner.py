@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from spot_hpc.events import TERMINAL_STATUSES
+from spot_hpc.job_events import answer_state_machine
 from spot_hpc.pipeline import STAGE_NAMES
 from spot_hpc.placement import CAPACITY_OF_ACTION, choose_capacity, place_attempt
 from spot_hpc.policy import Action
@@ -44,7 +46,11 @@ def run_stage(svc: Services, payload: dict[str, Any]) -> dict[str, Any]:
         raise StageRequestError(f"run {request.run_id} / stage {request.stage} is not in the ledger")
     if stage.status != "PENDING":
         # A retried invocation (the Lambda or the state machine retried): refresh the token, place nothing twice.
-        svc.ledger.update_stage(run.run_id, stage.stage, task_token=request.task_token)
+        stage = svc.ledger.update_stage(run.run_id, stage.stage, task_token=request.task_token)
+        if stage.status in TERMINAL_STATUSES:
+            # Settled already, and answered on the old token: the new one would otherwise wait forever.
+            answer_state_machine(svc, stage)
+            return {"status": "already settled", "stage_status": stage.status, "attempt": stage.attempt}
         return {"status": "already placed", "attempt": stage.attempt, "job_id": stage.job_id}
     stage = svc.ledger.update_stage(run.run_id, stage.stage, task_token=request.task_token)
     decision = choose_capacity(svc, run, stage, current=Action.IDLE, spot_available=True)
