@@ -4,13 +4,16 @@
     python benchmarks/make_scenarios.py --pipelines --count 60 --out benchmarks/pipelines.json
     python benchmarks/make_scenarios.py --changeover-hours 0.25,0.5,0.75,1 --seed 5 --out long-changeovers.json
     python benchmarks/make_scenarios.py --tick-seconds 60 --seed 6 --out one-minute-ticks.json
+    python benchmarks/make_scenarios.py --tick-seconds 60 --max-sample-seconds 60 --seed 16 --out fine-traces.json
 
 Every trace set is drawn equally often; slack (deadline / compute) is uniform in 1.1..3, compute log-uniform from
 2 hours to 2 days, nodes 1..16 as far as the trace's node count allows, the start uniform over the ticks where the
 window fits. Prices per hour for the whole job: On-Demand from data/ec2-ondemand-prices.json times nodes; Spot from
 the trace's own prices over the window where it has them, else On-Demand less the Spot Advisor savings.
 Changeovers are 0.1, 0.2 or 0.25 hours and ticks 5 minutes unless asked otherwise (to check that the policy holds up
-beyond the checked-in set).
+beyond the checked-in set). A tick is a whole number of the trace's samples (BENCHMARK's rule 1), so traces sampled
+every 10 minutes keep 10-minute ticks whatever is asked: `--max-sample-seconds` draws only from traces sampled at
+least that often.
 """
 
 from __future__ import annotations
@@ -37,9 +40,16 @@ INSTANCE_BY_SUFFIX = {
 NODE_CHOICES = {1: (1,), 4: (1, 2, 4), 16: (1, 2, 4, 8, 16)}
 
 
-def trace_sets() -> dict[str, list[Path]]:
+def trace_sets(max_sample_seconds: float | None = None) -> dict[str, list[Path]]:
+    """Trace files by set (folder); only those sampled at least every `max_sample_seconds` when given."""
     sets: dict[str, list[Path]] = {}
     for path in sorted((ROOT / TRACES).rglob("*.json")):
+        too_coarse = (
+            max_sample_seconds is not None
+            and json.loads(path.read_text())["metadata"]["gap_seconds"] > max_sample_seconds
+        )
+        if too_coarse:
+            continue
         sets.setdefault(str(path.parent.relative_to(ROOT)), []).append(path)
     return sets
 
@@ -123,9 +133,16 @@ def main() -> None:
         help="comma-separated changeover times to draw from (default: %(default)s)",
     )
     parser.add_argument("--tick-seconds", type=int, default=TICK_SECONDS, help="decision tick (default: %(default)s)")
+    parser.add_argument(
+        "--max-sample-seconds",
+        type=float,
+        help="draw only from traces sampled at least this often (so that fine ticks are not rounded up)",
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    sets = trace_sets()
+    sets = trace_sets(args.max_sample_seconds)
+    if not sets:
+        parser.error(f"no trace is sampled every {args.max_sample_seconds:g} s or more often")
     scenarios = [
         draw(rng, sets, number, args.pipelines, args.changeover_hours, args.tick_seconds)
         for number in range(1, args.count + 1)
