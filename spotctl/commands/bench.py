@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from spotctl.cli import ToolError
+from spotctl.cli import ToolError, positive_int
 from spotctl.files import check_output, write_text, writing
 
 # The project root: its data/ holds the traces that scenario paths are relative to.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Invalid scenarios named on stderr; the rest are counted (every one has error rows in --json).
+MAX_INVALID_SHOWN = 20
 
 
 def register(subparsers: Any) -> None:
@@ -31,12 +34,23 @@ def register(subparsers: Any) -> None:
     policy.add_argument("--json", type=Path, required=True, help="write the result rows here")
     policy.add_argument("--plot", type=Path, help="write a PNG of cost / optimum by slack, one line per policy")
     policy.add_argument("--summary", type=Path, help="also write the summary tables (markdown) here")
-    policy.add_argument("--jobs", type=int, default=0, help="worker processes (default: up to 2)")
+    policy.add_argument(
+        "--jobs",
+        type=positive_int,
+        help="worker processes (default: 2); never more than the CPUs (os.cpu_count(), "
+        f"{os.cpu_count() or 1} here) or the scenarios in the file",
+    )
     policy.set_defaults(func=run_policy_bench)
 
 
 def run_policy_bench(args: argparse.Namespace) -> int:
-    from spotctl.policy_sim.benchmark import default_jobs, format_summary, progress_bar, run_benchmark
+    from spotctl.policy_sim.benchmark import (
+        format_summary,
+        invalid_scenarios,
+        progress_bar,
+        run_benchmark,
+        worker_count,
+    )
     from spotctl.policy_sim.scenarios import load_scenarios
 
     if not args.shared_dir.is_dir():
@@ -48,12 +62,18 @@ def run_policy_bench(args: argparse.Namespace) -> int:
     if args.plot:
         check_output(args.plot, "--plot", suffix=".png")
     scenarios = load_scenarios(args.scenarios)
+    if not scenarios:
+        raise ToolError(f"{args.scenarios} has no scenarios: nothing to benchmark")
     started = time.monotonic()
-    rows = run_benchmark(
-        scenarios, args.shared_dir, jobs=args.jobs or default_jobs(), progress=progress_bar(sys.stderr)
-    )
+    jobs = worker_count(args.jobs, len(scenarios))
+    rows = run_benchmark(scenarios, args.shared_dir, jobs=jobs, progress=progress_bar(sys.stderr))
     elapsed = time.monotonic() - started
+    # The rows are written even when every scenario is invalid: they hold every scenario's error.
     write_text(args.json, json.dumps({"results": rows}, indent=1) + "\n")
+    invalid = invalid_scenarios(rows)
+    _print_invalid(invalid, args.json)
+    if len(invalid) == len(scenarios):
+        raise ToolError(f"all {len(scenarios)} scenarios of {args.scenarios} are invalid: nothing was benchmarked")
     summary = format_summary(rows)
     print(summary)
     print(f"{len(scenarios)} scenarios in {elapsed:.1f} s; rows written to {args.json}")
@@ -66,3 +86,14 @@ def run_policy_bench(args: argparse.Namespace) -> int:
             plot_benchmark(rows, args.plot)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _print_invalid(invalid: dict[str, str], rows_path: Path) -> None:
+    """One stderr line per invalid scenario (the first MAX_INVALID_SHOWN): the reasons are otherwise only in the
+    rows, and the run still succeeds when some scenario is valid."""
+    for scenario_id, error in list(invalid.items())[:MAX_INVALID_SHOWN]:
+        message = " ".join(error.split())  # one line each, whatever the error says
+        print(f"spotctl bench policy: invalid scenario {scenario_id}: {message}", file=sys.stderr)
+    if len(invalid) > MAX_INVALID_SHOWN:
+        more = len(invalid) - MAX_INVALID_SHOWN
+        print(f"spotctl bench policy: ... and {more} more invalid (every error is in {rows_path})", file=sys.stderr)

@@ -14,7 +14,12 @@ from spotctl.files import check_output, write_text
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("demo", help="run one pipeline offline and print its timeline and cost")
-    parser.add_argument("--trace", type=Path, help="Spot availability trace (default: a p3.2xlarge us-east-1a trace)")
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        help="Spot availability trace; a relative path is relative to the current directory (default: a p3.2xlarge "
+        "us-east-1a trace of the project)",
+    )
     parser.add_argument("--start-hour", type=finite_float, help="hour of the trace the run starts at (default 75)")
     parser.add_argument("--deadline-hours", type=finite_float, help="the run's deadline (default 12)")
     parser.add_argument(

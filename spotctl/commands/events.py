@@ -26,7 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     put.set_defaults(func=put_events)
     invoke = subparsers.add_parser("invoke", help="run one handler offline with an event")
     invoke.add_argument("function", help="logical id in template.yaml, e.g. SpotInterruptionFunction")
-    invoke.add_argument("-e", "--event", type=Path, required=True)
+    invoke.add_argument(
+        "-e",
+        "--event",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="JSON file of the event to invoke the function with (required: there is no default event), "
+        "e.g. events/spot_interruption_warning.json",
+    )
     invoke.set_defaults(func=invoke_function)
 
 

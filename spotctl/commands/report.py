@@ -32,7 +32,12 @@ def register(subparsers: Any) -> None:
         metavar="NAME",
         help="read every run from a deployed stack's ledger (AWS credentials of the account are used)",
     )
-    parser.add_argument("--region", default=None, help="region of --stack (default: AWS_REGION or us-east-1)")
+    parser.add_argument(
+        "--region",
+        default=None,
+        help="region of --stack (default: AWS_REGION, else the AWS CLI's region: AWS_DEFAULT_REGION or the "
+        "profile's region, else us-east-1)",
+    )
     parser.add_argument("--period", choices=("day", "week"), default="day", help="period of the totals table")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of cost vs On-Demand by run")
     parser.set_defaults(func=run_report)
@@ -58,13 +63,28 @@ def load_run_reports(paths: list[Path]) -> list[dict[str, Any]]:
     return reports
 
 
-def load_stack_reports(stack: str, region: str | None) -> list[dict[str, Any]]:
+def stack_region(region: str | None) -> str:
+    """--region, else AWS_REGION, else the region boto3 would use (AWS_DEFAULT_REGION, then the profile's), else
+    us-east-1: a region given the usual AWS ways is not silently replaced by us-east-1."""
     import os
 
+    import boto3
+
+    from spotctl.deployed import aws_errors
+
+    if region:
+        return region
+    if os.environ.get("AWS_REGION"):
+        return os.environ["AWS_REGION"]
+    with aws_errors("finding the AWS region"):  # an AWS_PROFILE that is not configured, an unreadable config
+        return boto3.session.Session().region_name or "us-east-1"
+
+
+def load_stack_reports(stack: str, region: str | None) -> list[dict[str, Any]]:
     from spotctl.deployed import StackNotFound, run_reports, services_for_stack
 
     try:
-        return run_reports(services_for_stack(stack, region or os.environ.get("AWS_REGION", "us-east-1")))
+        return run_reports(services_for_stack(stack, stack_region(region)))
     except StackNotFound as exc:
         raise ToolError(str(exc)) from None
 

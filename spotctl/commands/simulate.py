@@ -34,13 +34,26 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "simulate",
         help="one job or pipeline on one Spot trace, with a per-tick timeline",
-        description="Simulates one job (or pipeline) on a trace and prints when and why it ran on Spot, "
-        "On-Demand or waited. Take the job from a scenario file (--scenarios, --id) or describe it with options.",
+        description="Simulates one job (or pipeline) on a trace and prints when it ran on Spot, On-Demand or "
+        "waited. Only --policy default (the deployed policy) also says why at each choice; the other policies "
+        "give no reasons (optimum only notes that it knows the whole window). Take the job from a scenario file "
+        "(--scenarios, --id) or describe it with options.",
     )
+    defaults = JOB_OPTION_DEFAULTS
     parser.add_argument("--scenarios", type=Path, help="a benchmark scenario file to take the job from")
     parser.add_argument("--id", help="the scenario's id in --scenarios (default: the first)")
-    parser.add_argument("--trace", help="trace file (relative paths are under --shared-dir)")
-    parser.add_argument("--shared-dir", type=Path, default=PROJECT_ROOT, help="base of relative trace paths")
+    parser.add_argument(
+        "--trace",
+        help="trace file; a relative path is under --shared-dir (the project root by default), "
+        "not the current directory",
+    )
+    parser.add_argument(
+        "--shared-dir",
+        type=Path,
+        default=PROJECT_ROOT,
+        help="base of relative trace paths, of --trace and of the scenario file's traces (default: the project "
+        "root, %(default)s)",
+    )
     parser.add_argument("--compute-hours", type=finite_float, help="compute the job needs (or use --stages)")
     parser.add_argument("--deadline-hours", type=finite_float, help="hours from the start to the deadline")
     parser.add_argument(
@@ -49,13 +62,33 @@ def register(subparsers: Any) -> None:
         "(e.g. preprocess=2,hpc=20:od,postprocess=1)",
     )
     parser.add_argument("--start-tick", type=int, help="first tick of the window (default 0)")
-    parser.add_argument("--nodes", type=int, help="nodes the job needs (default 1)")
-    parser.add_argument("--tick-seconds", type=finite_float, help="length of a policy tick (default 300)")
-    parser.add_argument("--changeover-hours", type=finite_float, help="time lost to a changeover (default 0.2)")
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        help=f"nodes the job needs: a tick has Spot capacity when the trace has at least this many "
+        f"(default {defaults['nodes']})",
+    )
+    parser.add_argument(
+        "--tick-seconds",
+        type=finite_float,
+        help="length of a policy tick, rounded to a whole number (at least 1) of the trace's samples "
+        f"(default {defaults['tick_seconds']:g})",
+    )
+    parser.add_argument(
+        "--changeover-hours",
+        type=finite_float,
+        help="paid time lost each time the job starts on, or switches to, Spot or On-Demand; rounded to whole ticks "
+        f"(default {defaults['changeover_hours']:g})",
+    )
     parser.add_argument("--od-price", type=finite_float, help="USD per hour, whole job (default 3.06, p3.2xlarge)")
     parser.add_argument("--spot-price", type=finite_float, help="USD per hour, whole job (default 0.918)")
     parser.add_argument("--advisor-bucket", type=int, choices=range(5), help="Spot Advisor interruption bucket")
-    parser.add_argument("--policy", choices=POLICIES, default="default")
+    parser.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="default",
+        help="the policy to run (default: default, the deployed policy; the only one that says why it chose)",
+    )
     parser.add_argument("--png", type=Path, help="write the timeline as a PNG")
     parser.add_argument("--json", type=Path, help="write the run (summary and per-tick timeline) as JSON")
     parser.set_defaults(func=run_simulate)

@@ -250,3 +250,115 @@ def test_output_to_a_closed_pipe_ends_quietly(tiny_trace, monkeypatch):
         # THEN it ends without an error, and nothing is left to fail when Python flushes stdout at exit
         pipe.flush()
     assert code == 1
+
+
+def test_bench_policy_names_each_invalid_scenario_on_stderr(tmp_path, tiny_trace, scenario, capsys):
+    # GIVEN one valid scenario and 25 invalid ones (nodes -1)
+    bad = [{**scenario, "id": f"bad{index}", "nodes": -1} for index in range(25)]
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(json.dumps({"scenarios": [scenario, *bad]}))
+    # WHEN the benchmark runs
+    code = _bench(tmp_path, scenarios, "--json", str(tmp_path / "o.json"))
+    # THEN it still succeeds, and stderr gives the first 20 invalid ones' reasons, one line each, and counts the rest
+    err = capsys.readouterr().err.splitlines()
+    assert code == 0
+    assert "spotctl bench policy: invalid scenario bad0: nodes must be positive" in err
+    assert sum("invalid scenario" in line for line in err) == 20
+    assert not any("bad20" in line for line in err)
+    assert any("... and 5 more invalid" in line for line in err)
+
+
+def test_bench_policy_refuses_a_file_without_scenarios(tmp_path, capsys):
+    # GIVEN a scenario file with an empty list
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(json.dumps({"scenarios": []}))
+    # WHEN the benchmark runs
+    code = _bench(tmp_path, scenarios, "--json", str(tmp_path / "o.json"))
+    # THEN it is a user error, not an empty success
+    assert code == 2
+    assert "has no scenarios" in capsys.readouterr().err
+
+
+def test_bench_policy_fails_when_every_scenario_is_invalid(tmp_path, tiny_trace, scenario, capsys):
+    # GIVEN a scenario file whose only scenarios are invalid (a missing trace, a negative node count)
+    gone = {**scenario, "id": "gone", "trace": "traces/nope.json"}
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(json.dumps({"scenarios": [gone, {**scenario, "id": "neg", "nodes": -1}]}))
+    out = tmp_path / "o.json"
+    # WHEN the benchmark runs
+    code = _bench(tmp_path, scenarios, "--json", str(out))
+    # THEN exit code 2, each reason on stderr, and the error rows are still written
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "invalid scenario gone: trace not found" in err and "invalid scenario neg: nodes must be positive" in err
+    assert "all 2 scenarios" in err and "are invalid" in err
+    assert all("error" in row for row in json.loads(out.read_text())["results"])
+
+
+@pytest.mark.parametrize("jobs", ["-3", "0"])
+def test_bench_policy_jobs_must_be_a_positive_integer(tmp_path, jobs, capsys):
+    # GIVEN / WHEN --jobs is not a positive integer
+    with pytest.raises(SystemExit) as exit_info:
+        _bench(tmp_path, tmp_path / "scenarios.json", "--json", str(tmp_path / "o.json"), jobs=jobs)
+    # THEN argparse refuses it
+    assert exit_info.value.code == 2
+    assert f"argument --jobs: not a positive integer: '{jobs}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("jobs", "scenario_count", "expected"),
+    [(["--jobs", "1000"], 3, 3), (["--jobs", "1000"], 6, 4), ([], 1, 1)],
+)
+def test_bench_policy_caps_workers_at_cpus_and_scenarios(
+    tmp_path, tiny_trace, scenario, monkeypatch, capsys, jobs, scenario_count, expected
+):
+    # GIVEN a machine with 4 CPUs and a scenario file of `scenario_count` scenarios
+    import spotctl.policy_sim.benchmark as benchmark
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    many = [{**scenario, "id": f"s{index}"} for index in range(scenario_count)]
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(json.dumps({"scenarios": many}))
+    used = []
+    real_run = benchmark.run_benchmark
+
+    def run(scenarios, shared_dir, *, jobs, progress=None):
+        used.append(jobs)
+        return real_run(scenarios, shared_dir, jobs=1)
+
+    monkeypatch.setattr(benchmark, "run_benchmark", run)
+    # WHEN the benchmark runs with that many workers asked for (or the default)
+    common = ["bench", "policy", "--scenarios", str(scenarios), "--shared-dir", str(tmp_path)]
+    code = main([*common, "--json", str(tmp_path / "o.json"), *jobs])
+    # THEN it uses no more workers than CPUs or scenarios
+    assert code == 0
+    assert used == [expected]
+
+
+@pytest.mark.parametrize(
+    ("argv", "phrases"),
+    [
+        (
+            ["simulate", "--help"],
+            [
+                "Only --policy default (the deployed policy) also says why",
+                "rounded to a whole number (at least 1) of the trace's samples (default 300)",
+                "rounded to whole ticks (default 0.2)",
+                "at least this many (default 1)",
+                "not the current directory",
+                "(default: the project root,",
+            ],
+        ),
+        (["bench", "policy", "--help"], ["never more than the CPUs", "or the scenarios in the file"]),
+    ],
+)
+def test_policy_sim_help_is_accurate(argv, phrases, monkeypatch, capsys):
+    # GIVEN a wide terminal, so that no phrase is wrapped
+    monkeypatch.setenv("COLUMNS", "400")
+    # WHEN the help is printed
+    with pytest.raises(SystemExit):
+        main(argv)
+    # THEN it says which policy explains itself, how ticks and changeovers are rounded, and the defaults
+    out = " ".join(capsys.readouterr().out.split())
+    for phrase in phrases:
+        assert phrase in out

@@ -157,3 +157,54 @@ def test_top_level_help_describes_the_tool(capsys: pytest.CaptureFixture[str]) -
     # THEN the description is for users, not about how subcommand modules are written
     out = capsys.readouterr().out
     assert "register(subparsers)" not in out and "Run the Spot HPC control plane offline" in out
+
+
+@pytest.mark.parametrize(
+    ("env", "profile_region", "expected"),
+    [
+        ({"AWS_DEFAULT_REGION": "eu-west-3"}, None, "eu-west-3"),
+        ({"AWS_PROFILE": "dev"}, "ap-south-1", "ap-south-1"),
+    ],
+)
+def test_report_stack_region_defaults_to_the_aws_configuration(
+    no_aws_account: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    profile_region: str | None,
+    expected: str,
+) -> None:
+    # GIVEN no --region, but a region in the environment or in the profile's configuration (and no credentials)
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        no_aws_account.delenv(name, raising=False)
+    for name, value in env.items():
+        no_aws_account.setenv(name, value)
+    if profile_region:
+        (tmp_path / "no-config").write_text(f"[profile dev]\nregion = {profile_region}\n")
+    # WHEN the report reads a deployed stack
+    code = main(["report", "--stack", "spot-hpc"])
+    # THEN the stack is looked for in that region, not in us-east-1
+    assert code == 2
+    assert f"stack 'spot-hpc' in {expected}:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "phrases"),
+    [
+        (["demo", "--help"], ["relative to the current directory"]),
+        (["invoke", "--help"], ["-e FILE, --event FILE JSON file of the event"]),
+        (["report", "--help"], ["AWS_DEFAULT_REGION or the profile's region, else us-east-1"]),
+    ],
+)
+def test_help_says_where_paths_and_regions_come_from(
+    argv: list[str], phrases: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a wide terminal, so that no phrase is wrapped
+    monkeypatch.setenv("COLUMNS", "400")
+    # WHEN the help is printed
+    with pytest.raises(SystemExit):
+        main(argv)
+    # THEN it says what a relative trace is relative to, what -e is, and where the region comes from
+    out = " ".join(capsys.readouterr().out.split())
+    for phrase in phrases:
+        assert phrase in out
