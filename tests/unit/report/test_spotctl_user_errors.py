@@ -194,6 +194,18 @@ def test_report_stack_region_defaults_to_the_aws_configuration(
         (["demo", "--help"], ["relative to the current directory"]),
         (["invoke", "--help"], ["-e FILE, --event FILE JSON file of the event"]),
         (["report", "--help"], ["AWS_DEFAULT_REGION or the profile's region, else us-east-1"]),
+        (
+            ["simulate", "--help"],
+            [
+                "Only --policy default (the deployed policy) also says why",
+                "rounded to a whole number (at least 1) of the trace's samples (default 300)",
+                "rounded to whole ticks (default 0.2)",
+                "at least this many (default 1)",
+                "not the current directory",
+                "(default: the project root,",
+            ],
+        ),
+        (["bench", "policy", "--help"], ["never more than the CPUs", "or the scenarios in the file"]),
     ],
 )
 def test_help_says_where_paths_and_regions_come_from(
@@ -204,7 +216,8 @@ def test_help_says_where_paths_and_regions_come_from(
     # WHEN the help is printed
     with pytest.raises(SystemExit):
         main(argv)
-    # THEN it says what a relative trace is relative to, what -e is, and where the region comes from
+    # THEN it says what paths are relative to, what -e is, where the region comes from, which policy explains
+    # itself, and how ticks and changeovers are rounded
     out = " ".join(capsys.readouterr().out.split())
     for phrase in phrases:
         assert phrase in out
