@@ -11,7 +11,7 @@ from typing import Any
 
 from spotctl.cli import ToolError
 from spotctl.policy_sim.simulator import Job, Stage
-from spotctl.policy_sim.traces import block_trace, resolve, ticks_to_cover, ticks_within
+from spotctl.policy_sim.traces import block_trace, nearest_whole, resolve, ticks_to_cover, ticks_within
 
 REQUIRED_NUMBERS = (
     "nodes",
@@ -147,7 +147,7 @@ def build_job(scenario: Scenario, shared_dir: Path) -> Job:
     return Job(
         capacity=blocked.capacity[scenario.start_tick : scenario.start_tick + n],
         stages=stages,
-        changeover_ticks=round(scenario.changeover_hours / h),
+        changeover_ticks=nearest_whole(scenario.changeover_hours / h),
         tick_hours=h,
         od_price=scenario.od_price,
         spot_price=scenario.spot_price,

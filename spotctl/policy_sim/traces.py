@@ -56,7 +56,12 @@ def load_trace(path: str) -> RawTrace:
 
 
 def ticks_per_block(tick_seconds: float, gap_seconds: float) -> int:
-    return max(1, round(tick_seconds / gap_seconds))
+    return max(1, nearest_whole(tick_seconds / gap_seconds))
+
+
+def nearest_whole(ratio: float) -> int:
+    """`round` (ties to even), tolerant of float noise: 0.2975 / 0.085 is 3.4999999999999996 in floats, a tie."""
+    return round(round(ratio, 9))
 
 
 @lru_cache(maxsize=128)

@@ -57,6 +57,25 @@ def test_window_work_and_changeover_in_ticks(tiny_trace, scenario):
 
 
 @pytest.mark.parametrize(
+    ("changeover_hours", "ticks"),
+    [
+        (0.2975, 4),  # 3.5 ticks of 0.085 h, which floats compute as 3.4999999999999996: a tie, to even
+        (0.2125, 2),  # 2.5 ticks: a tie, to even
+        (0.2, 2),  # 2.35 ticks
+    ],
+)
+def test_changeover_ticks_round_ties_to_even_despite_float_noise(tmp_path, changeover_hours, ticks):
+    # GIVEN a trace sampled every 34 s, so that 300-second ticks are blocks of 9 samples (0.085 h)
+    path = write_trace(tmp_path, [1] * 400, 34)
+    raw = {"trace": path, "nodes": 1, "tick_seconds": 300, "start_tick": 0, "compute_hours": 1.0}
+    raw.update(deadline_hours=2.0, changeover_hours=changeover_hours, od_price=3.0, spot_price=1.0)
+    # WHEN the job is built
+    job = build_job(parse_scenario(raw, 0), tmp_path)
+    # THEN d = round(changeover_hours / h) as BENCHMARK says, exact ties going to the even number
+    assert job.changeover_ticks == ticks
+
+
+@pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"nodes": 0}, "nodes must be positive"),
