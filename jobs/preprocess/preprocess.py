@@ -2,7 +2,8 @@
 
 Input CSV columns (header required, case and surrounding spaces ignored, extra columns dropped):
 ``source_id, x_m, y_m, power_w`` - one heat source on a 1 m x 1 m plate. Rows are kept in input order;
-a row is rejected (and counted by reason in ``report.json``) when it is malformed, has no id, a non-numeric or
+a row is rejected (and counted by reason in ``report.json``) when it is malformed, has no id or an id with a control
+character (a CR or LF would break the output CSV's lines), a non-numeric or
 non-finite number, a position off the plate, a power outside (0, MAX_POWER_W], or repeats an earlier id.
 """
 
@@ -13,6 +14,7 @@ import io
 import json
 import math
 import sys
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ COLUMNS = ("source_id", "x_m", "y_m", "power_w")
 MAX_POWER_W = 10_000.0
 OUTPUT_CSV = "sources.csv"
 OUTPUT_REPORT = "report.json"
+SEEN_IDS_PAYLOAD = "seen_ids.json"
 DEFAULT_CHUNK_ROWS = 5000
 
 
@@ -39,7 +42,11 @@ class CleaningState:
 
     def payloads(self) -> dict[str, bytes]:
         header = {"rows_read": self.rows_read, "rejected": dict(sorted(self.rejected.items()))}
-        return {"state.json": json.dumps(header).encode(), "cleaned.csv": self.cleaned.getvalue().encode()}
+        return {
+            "state.json": json.dumps(header).encode(),
+            "cleaned.csv": self.cleaned.getvalue().encode(),
+            SEEN_IDS_PAYLOAD: json.dumps(sorted(self.seen_ids)).encode(),
+        }
 
     @classmethod
     def from_payloads(cls, payloads: Mapping[str, bytes]) -> CleaningState:
@@ -47,7 +54,10 @@ class CleaningState:
         text = payloads["cleaned.csv"].decode()
         state = cls(rows_read=int(header["rows_read"]), rejected=Counter(header["rejected"]))
         state.cleaned.write(text)
-        state.seen_ids = {row[0] for row in csv.reader(io.StringIO(text))}
+        if SEEN_IDS_PAYLOAD in payloads:
+            state.seen_ids = set(json.loads(payloads[SEEN_IDS_PAYLOAD]))
+        else:  # a checkpoint from before the ids were saved: recover them from the output so far
+            state.seen_ids = {row[0] for row in csv.reader(io.StringIO(text))}
         return state
 
 
@@ -66,6 +76,8 @@ def clean_row(row: list[str], positions: list[int], seen_ids: set[str]) -> tuple
     source_id, x_raw, y_raw, power_raw = (row[position].strip() for position in positions)
     if not source_id:
         return None, "missing_id"
+    if has_control_character(source_id):
+        return None, "control_character"
     try:
         x, y, power = float(x_raw), float(y_raw), float(power_raw)
     except ValueError:
@@ -79,6 +91,10 @@ def clean_row(row: list[str], positions: list[int], seen_ids: set[str]) -> tuple
     if source_id in seen_ids:
         return None, "duplicate"
     return [source_id, repr(x), repr(y), repr(power)], None
+
+
+def has_control_character(text: str) -> bool:
+    return any(unicodedata.category(char) == "Cc" for char in text)
 
 
 def data_rows(text: str, skip: int) -> tuple[list[int], Iterator[list[str]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -38,7 +39,9 @@ class InstanceMetadata:
                 return int(response.status), bytes(response.read())
         except urllib.error.HTTPError as exc:
             return int(exc.code), b""
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        # A truncated or garbled answer (IncompleteRead, BadStatusLine, a bad header or URL) is as unavailable as
+        # no answer: the caller polls again rather than dying. UnicodeError is a ValueError.
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, ValueError) as exc:
             raise MetadataUnavailable(f"instance metadata at {self.endpoint} unreachable: {exc}") from exc
 
     def _session_token(self) -> str:
@@ -46,7 +49,10 @@ class InstanceMetadata:
             status, body = self._request("PUT", TOKEN_PATH, {TOKEN_TTL_HEADER: str(self.token_ttl_seconds)})
             if status != 200 or not body:
                 raise MetadataUnavailable(f"instance metadata token request answered {status}")
-            self._token = body.decode()
+            try:
+                self._token = body.decode("ascii")
+            except UnicodeDecodeError as exc:
+                raise MetadataUnavailable("instance metadata returned an unreadable token") from exc
             # Renew a minute early so a poll never carries an expired token.
             self._token_expires = time.monotonic() + max(self.token_ttl_seconds - 60, 1)
         return self._token

@@ -33,6 +33,7 @@ ENV_MIN_INTERVAL_SECONDS = "SPOT_CHECKPOINT_MIN_INTERVAL_SECONDS"  # default 60
 ENV_MAX_INTERVAL_SECONDS = "SPOT_CHECKPOINT_MAX_INTERVAL_SECONDS"  # default 900
 ENV_MAX_OVERHEAD = "SPOT_CHECKPOINT_MAX_OVERHEAD"  # fraction of run time spent checkpointing, default 0.02
 ENV_KEEP = "SPOT_CHECKPOINT_KEEP"  # complete checkpoints kept per part for fallback, default 2
+ENV_ATTEMPT = "ATTEMPT"  # the stage attempt this job is (set by the control plane); requests for earlier ones ignored
 ENV_PARTS = "SPOT_CHECKPOINT_PARTS"  # number of array shards (Batch tells a shard its index, not the array size)
 # Set by AWS Batch.
 ENV_NODE_INDEX = "AWS_BATCH_JOB_NODE_INDEX"
@@ -86,6 +87,7 @@ class RuntimeConfig:
     poll_seconds: float = 5.0
     interval: CheckpointInterval = field(default_factory=CheckpointInterval)
     keep: int = DEFAULT_KEEP
+    attempt: int | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
@@ -123,7 +125,14 @@ class RuntimeConfig:
             poll_seconds=number(ENV_POLL_SECONDS, 5.0) or 5.0,
             interval=interval,
             keep=int(number(ENV_KEEP, DEFAULT_KEEP) or DEFAULT_KEEP),
+            attempt=_attempt_from(env.get(ENV_ATTEMPT, "")),
         )
+
+
+def _attempt_from(raw: str) -> int | None:
+    # An unset or odd ATTEMPT (a job run by hand) means "unknown": every request then applies, as before.
+    raw = raw.strip()
+    return int(raw) if raw.isdigit() else None
 
 
 class Stopped(SystemExit):
@@ -158,12 +167,13 @@ class CheckpointedJob:
         poll_seconds: float = 5.0,
         interval: CheckpointInterval | None = None,
         events: EventSink = log_event_to_stderr,
+        attempt: int | None = None,
     ) -> None:
         self.store = store
         self.interval = interval or CheckpointInterval()
         self.events = events
         self.watcher = InterruptionWatcher(
-            metadata=metadata, store=store, poll_seconds=poll_seconds, on_signal=self._on_signal
+            metadata=metadata, store=store, poll_seconds=poll_seconds, attempt=attempt, on_signal=self._on_signal
         )
         self.resumed: Checkpoint | None = None
         self._work_before = 0.0
@@ -186,7 +196,14 @@ class CheckpointedJob:
         else:
             logger.warning("%s is not set: running without checkpoints", ENV_CHECKPOINT_URI)
         metadata = InstanceMetadata(config.metadata_endpoint) if config.metadata_endpoint else None
-        return cls(store, metadata=metadata, poll_seconds=config.poll_seconds, interval=config.interval, events=events)
+        return cls(
+            store,
+            metadata=metadata,
+            poll_seconds=config.poll_seconds,
+            interval=config.interval,
+            events=events,
+            attempt=config.attempt,
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> Checkpoint | None:
@@ -265,7 +282,7 @@ class CheckpointedJob:
                 self.store.cleanup()
             else:
                 self.store.save(b"", 1.0, meta=meta, work_seconds=self.work_seconds, final=True)
-                self.store.prune(keep=1)
+                self._prune(keep=1)
         self._emit("finished", work_seconds=self.work_seconds)
 
     # -- internals ----------------------------------------------------------------------------------------------
@@ -295,11 +312,21 @@ class CheckpointedJob:
             save_seconds=save_seconds,
             next_interval_seconds=interval,
         )
-        self.store.prune()
+        self._prune()
         # Checkpoint time is not work: restart the work clock after the save.
         self._mark = time.monotonic()
         self._next_due = self._mark + interval
         return seq
+
+    def _prune(self, keep: int | None = None) -> None:
+        # Pruning is housekeeping after a committed save: its failure must not turn the save into a failure (on a
+        # stop that would report work lost, exit 87, for a checkpoint that is there). The next save prunes again.
+        assert self.store is not None
+        try:
+            self.store.prune(keep)
+        except Exception as exc:
+            logger.warning("pruning old checkpoints failed (the checkpoint itself is saved): %s", exc)
+            self._emit("prune_failed", error=str(exc))
 
     def _stop(self, stop: StopSignal, snapshot: Snapshot, progress: float, meta: Mapping[str, Any] | None) -> None:
         exit_code = EXIT_CHECKPOINTED

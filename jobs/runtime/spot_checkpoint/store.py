@@ -4,14 +4,16 @@ Key layout under the stage prefix given by the control plane (``CHECKPOINT_URI``
 ``s3://bucket/checkpoints/<run_id>/<stage>/``::
 
     <prefix>request.json                       the control plane's checkpoint request (one per stage)
-    <prefix><part>/<seq>/<payload name>        payload objects of checkpoint <seq>, written first
-    <prefix><part>/<seq>/manifest.json         commit marker, written last
+    <prefix><part>/<seq>/<writer>/<payload>    payload objects of checkpoint <seq>, written first
+    <prefix><part>/<seq>/manifest.json         commit marker, written last, only if absent (conditional PUT)
 
 ``<part>`` is ``main`` for a single-container job, ``node-<i>`` for a multi-node parallel job and ``shard-<i>`` for
 an array job; ``<seq>`` is a zero-padded decimal sequence number. A checkpoint is complete only when its manifest
 exists and every payload it lists has the recorded size and SHA-256: a job killed half way through a save leaves
 payloads without a manifest, which readers ignore, and a corrupt or truncated object makes readers fall back to the
-previous complete checkpoint.
+previous complete checkpoint. ``<writer>`` is a token drawn per save and recorded in the manifest, so two writers
+racing for one ``<seq>`` never overwrite each other's payloads; the loser of the manifest PUT retries at the next
+``<seq>``. The store owns only these keys: :meth:`CheckpointStore.cleanup` deletes nothing else under the prefix.
 """
 
 from __future__ import annotations
@@ -35,10 +37,17 @@ STATE_PAYLOAD = "state"
 MANIFEST_FORMAT = "spot-checkpoint/1"
 SEQ_DIGITS = 10
 DEFAULT_KEEP = 2
+COMMIT_ATTEMPTS = 5  # manifest PUTs lost to another writer before a save gives up
+DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 
 _PAYLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PART_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _SEQ_DIR = re.compile(rf"^(\d{{{SEQ_DIGITS}}})/")
+_MANIFEST_KEY = re.compile(rf"^(\d{{{SEQ_DIGITS}}})/{re.escape(MANIFEST_NAME)}$")
+# A checkpoint object of any part, relative to the stage prefix: ``<part>/<seq>/...``.
+_CHECKPOINT_KEY = re.compile(rf"^[a-z0-9][a-z0-9-]{{0,63}}/\d{{{SEQ_DIGITS}}}/.+$")
+# S3's answers to a conditional PUT whose condition failed (412) or that raced another conditional write (409).
+_LOST_RACE_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _MISSING_BUCKET_CODES = {"NoSuchBucket", "AccessDenied", "AllAccessDisabled", "InvalidBucketName"}
 
 
@@ -77,6 +86,7 @@ class CheckpointRequest:
     request_id: str
     reason: str
     requested_at: float
+    attempt: int | None = None  # the stage attempt the request is for; None (older writers): any attempt
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -129,6 +139,11 @@ class CheckpointStore:
         self.s3 = s3_client
         self.uri = uri
         self.bucket, self.prefix = parse_s3_uri(uri)
+        if not self.prefix:
+            # cleanup() deletes the stage's checkpoints under the prefix: at a bucket's root that is far too wide.
+            raise ValueError(
+                f"checkpoint URI {uri!r} has no key prefix; use a stage prefix such as s3://bucket/checkpoints/<run>/<stage>/"
+            )
         self.part = part
         self.parts_total = parts_total
         self.keep = keep
@@ -191,7 +206,7 @@ class CheckpointStore:
                 continue
             seq = int(match.group(1))
             seen.add(seq)
-            if key.endswith(f"/{MANIFEST_NAME}"):
+            if _MANIFEST_KEY.match(key[len(self.part_prefix) :]):
                 committed.add(seq)
         return seen, committed
 
@@ -219,38 +234,68 @@ class CheckpointStore:
         for name in payloads:
             if not _PAYLOAD_NAME.match(name) or name == MANIFEST_NAME:
                 raise ValueError(f"invalid payload name {name!r}")
+        facts = {
+            "progress": min(max(float(progress), 0.0), 1.0),
+            "work_seconds": float(work_seconds),
+            "request_id": request_id,
+            "final": final,
+            "meta": dict(meta or {}),
+        }
+        for _ in range(COMMIT_ATTEMPTS):
+            seq = self._claim_seq()
+            if self._write_checkpoint(seq, payloads, facts):
+                return seq
+            logger.warning(
+                "checkpoint %s seq %d was committed by another writer; retrying at the next one", self.uri, seq
+            )
+            self._next_seq = None  # re-list: the winner's manifest moves the next free number past it
+        raise CheckpointError(
+            f"checkpoint {self.uri} part {self.part}: lost {COMMIT_ATTEMPTS} commits to other writers"
+        )
+
+    def _claim_seq(self) -> int:
         if self._next_seq is None:
             seen, _ = self._seq_dirs()
             self._next_seq = max(seen, default=-1) + 1
         seq = self._next_seq
         self._next_seq += 1
+        return seq
+
+    def _write_checkpoint(self, seq: int, payloads: Mapping[str, bytes], facts: Mapping[str, Any]) -> bool:
+        """Write payloads, then the manifest if no other writer committed ``seq``; False if one did."""
         base = self._seq_prefix(seq)
+        writer = uuid.uuid4().hex[:16]
         listed: dict[str, dict[str, Any]] = {}
         for name, blob in payloads.items():
             blob = bytes(blob)
-            self._call("put_object", Key=f"{base}{name}", Body=blob)
-            listed[name] = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+            relative_key = f"{writer}/{name}"
+            self._call("put_object", Key=f"{base}{relative_key}", Body=blob)
+            listed[name] = {"key": relative_key, "size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
         manifest = {
             "format": MANIFEST_FORMAT,
             "seq": seq,
             "part": self.part,
             "parts_total": self.parts_total,
-            "progress": min(max(float(progress), 0.0), 1.0),
-            "work_seconds": float(work_seconds),
             "created_at": time.time(),
-            "request_id": request_id,
-            "final": final,
             "payloads": listed,
-            "meta": dict(meta or {}),
+            **facts,
         }
-        # The manifest is the commit marker: written last, so a checkpoint is complete or absent.
-        self._call(
-            "put_object",
-            Key=f"{base}{MANIFEST_NAME}",
-            Body=json.dumps(manifest, sort_keys=True).encode(),
-            ContentType="application/json",
-        )
-        return seq
+        # The manifest is the commit marker: written last, so a checkpoint is complete or absent; and only if absent,
+        # so a second writer on the part (a replacement started before its predecessor stopped) cannot replace it.
+        try:
+            self._call(
+                "put_object",
+                Key=f"{base}{MANIFEST_NAME}",
+                Body=json.dumps(manifest, sort_keys=True).encode(),
+                ContentType="application/json",
+                IfNoneMatch="*",
+            )
+        except Exception as exc:
+            if _error_code(exc) not in _LOST_RACE_CODES:
+                raise
+            self._delete([f"{base}{entry['key']}" for entry in listed.values()])
+            return False
+        return True
 
     # -- read ---------------------------------------------------------------------------------------------------
     def _read_manifest(self, seq: int) -> dict[str, Any] | None:
@@ -274,7 +319,8 @@ class CheckpointStore:
             return None
         payloads: dict[str, bytes] = {}
         for name, expected in manifest["payloads"].items():
-            blob = self._get(f"{self._seq_prefix(seq)}{name}")
+            # Manifests written before per-writer keys name the payload object by the payload name alone.
+            blob = self._get(f"{self._seq_prefix(seq)}{expected.get('key', name)}")
             if (
                 blob is None
                 or len(blob) != expected.get("size")
@@ -323,22 +369,60 @@ class CheckpointStore:
         return self._delete(stale)
 
     def cleanup(self) -> int:
-        """Delete every checkpoint of every part of the stage, and its request; call after the stage succeeded."""
-        return self._delete(self._list(self.prefix))
+        """Delete every checkpoint of every part of the stage, and its request; call after the stage succeeded.
+
+        Only the checkpoint layout's keys go (``request.json`` and ``<part>/<seq>/...``): anything else under the
+        prefix is not the store's to delete.
+        """
+        return self._delete([key for key in self._list(self.prefix) if self._is_checkpoint_layout_key(key)])
+
+    def _is_checkpoint_layout_key(self, key: str) -> bool:
+        relative = key[len(self.prefix) :]
+        return relative == REQUEST_NAME or bool(_CHECKPOINT_KEY.match(relative))
 
     def _delete(self, keys: list[str]) -> int:
-        # Manifests first, so that an interrupted cleanup never leaves a committed checkpoint without its payloads.
-        ordered = sorted(keys, key=lambda key: (not key.endswith(f"/{MANIFEST_NAME}"), key))
-        for start in range(0, len(ordered), 1000):
-            batch = ordered[start : start + 1000]
-            self._call("delete_objects", Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True})
-        return len(ordered)
+        """Delete ``keys``, manifests first; returns how many S3 reports deleted."""
+        manifests = [key for key in keys if key.endswith(f"/{MANIFEST_NAME}")]
+        deleted, failed_manifests = self._delete_batches(manifests)
+        # S3 does not order deletions within one call: payloads go in later calls, and a checkpoint whose manifest
+        # survived keeps its payloads, so an interrupted or refused delete never leaves a manifest without them.
+        still_committed = tuple(key[: -len(MANIFEST_NAME)] for key in failed_manifests)
+        others = [
+            key
+            for key in keys
+            if not key.endswith(f"/{MANIFEST_NAME}") and not any(key.startswith(seq_dir) for seq_dir in still_committed)
+        ]
+        deleted_others, _ = self._delete_batches(others)
+        return deleted + deleted_others
+
+    def _delete_batches(self, keys: list[str]) -> tuple[int, list[str]]:
+        """(deleted count, keys S3 refused): DeleteObjects answers 200 and lists per-key failures in ``Errors``."""
+        failed: list[str] = []
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            response = self._call("delete_objects", Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True})
+            for error in response.get("Errors", []) or []:
+                logger.warning(
+                    "could not delete %s from %s: %s %s",
+                    error.get("Key"),
+                    self.bucket,
+                    error.get("Code"),
+                    error.get("Message"),
+                )
+                failed.append(str(error.get("Key")))
+        return len(keys) - len(failed), failed
 
     # -- the control plane's checkpoint request -------------------------------------------------------------------
-    def request_checkpoint(self, reason: str) -> str:
-        """Ask every job of the stage to checkpoint now and stop; returns the request id recorded in manifests."""
+    def request_checkpoint(self, reason: str, *, attempt: int | None = None) -> str:
+        """Ask every job of the stage to checkpoint now and stop; returns the request id recorded in manifests.
+
+        ``attempt`` is the stage attempt the request is for: a job of a later attempt (the replacement the control
+        plane places right after asking) ignores it. Without it, the request applies to any attempt.
+        """
         request_id = uuid.uuid4().hex
-        body = {"request_id": request_id, "reason": reason, "requested_at": time.time()}
+        body: dict[str, Any] = {"request_id": request_id, "reason": reason, "requested_at": time.time()}
+        if attempt is not None:
+            body["attempt"] = int(attempt)
         self._call(
             "put_object",
             Key=self.request_key,
@@ -354,7 +438,13 @@ class CheckpointStore:
             return None
         try:
             body = json.loads(raw)
-            return CheckpointRequest(str(body["request_id"]), str(body.get("reason", "")), float(body["requested_at"]))
+            attempt = body.get("attempt")
+            return CheckpointRequest(
+                str(body["request_id"]),
+                str(body.get("reason", "")),
+                float(body["requested_at"]),
+                None if attempt is None else int(attempt),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning("unreadable checkpoint request at %s (%s), ignoring it", self.request_key, exc)
             return None

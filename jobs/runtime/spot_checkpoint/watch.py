@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from .imds import InstanceMetadata, MetadataUnavailable
-from .store import CheckpointStore
+from .store import CheckpointRequest, CheckpointStore
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +24,10 @@ REASON_SPOT_INTERRUPTION = "spot-interruption"
 REASON_CHECKPOINT_REQUEST = "checkpoint-request"
 REASON_SIGTERM = "sigterm"
 
-# While the metadata service does not answer (not on EC2, hop limit of 1 in a bridged container), poll it less often.
+# While the metadata service does not answer (not on EC2, hop limit of 1 in a bridged container), poll it less often;
+# but only after several failures in a row, so one lost answer does not hide a notice AWS advises checking every 5 s.
 UNREACHABLE_BACKOFF_SECONDS = 30.0
+FAILURES_BEFORE_BACKOFF = 3
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,8 @@ class InterruptionWatcher:
     """Polls instance metadata and the checkpoint request on a daemon thread, and records SIGTERM.
 
     ``ignore_request_id`` is the request the part's latest checkpoint already honoured, so that a resubmitted job
-    does not stop again on the request that stopped its predecessor.
+    does not stop again on the request that stopped its predecessor. ``attempt`` is this job's stage attempt: a
+    request for an earlier attempt was meant for a predecessor still stopping, not for this job.
     """
 
     def __init__(
@@ -52,12 +55,14 @@ class InterruptionWatcher:
         store: CheckpointStore | None,
         poll_seconds: float = 5.0,
         ignore_request_id: str | None = None,
+        attempt: int | None = None,
         on_signal: Callable[[StopSignal], None] | None = None,
     ) -> None:
         self.metadata = metadata
         self.store = store
         self.poll_seconds = poll_seconds
         self.ignore_request_id = ignore_request_id
+        self.attempt = attempt
         self.on_signal = on_signal
         self.signals_received = 0
         self._stop: StopSignal | None = None
@@ -65,6 +70,7 @@ class InterruptionWatcher:
         self._thread: threading.Thread | None = None
         self._metadata_retry_at = 0.0
         self._metadata_warned = False
+        self._metadata_failures = 0
         self._previous_sigterm: object = None
 
     @property
@@ -108,13 +114,16 @@ class InterruptionWatcher:
         try:
             notice = self.metadata.spot_instance_action()
         except MetadataUnavailable as exc:
-            if not self._metadata_warned:
-                logger.warning(
-                    "%s; retrying every %.0f s, SIGTERM and requests still work", exc, UNREACHABLE_BACKOFF_SECONDS
-                )
-                self._metadata_warned = True
-            self._metadata_retry_at = time.monotonic() + UNREACHABLE_BACKOFF_SECONDS
+            self._metadata_failures += 1
+            if self._metadata_failures >= FAILURES_BEFORE_BACKOFF:
+                if not self._metadata_warned:
+                    logger.warning(
+                        "%s; retrying every %.0f s, SIGTERM and requests still work", exc, UNREACHABLE_BACKOFF_SECONDS
+                    )
+                    self._metadata_warned = True
+                self._metadata_retry_at = time.monotonic() + UNREACHABLE_BACKOFF_SECONDS
             return
+        self._metadata_failures = 0
         if notice is not None:
             self.trigger(REASON_SPOT_INTERRUPTION, f"{notice.get('action', '?')} at {notice.get('time', '?')}")
 
@@ -126,19 +135,30 @@ class InterruptionWatcher:
         except Exception as exc:  # a transient S3 error must not kill the watcher
             logger.warning("could not read the checkpoint request: %s", exc)
             return
-        if request is not None and request.request_id != self.ignore_request_id:
-            self.trigger(REASON_CHECKPOINT_REQUEST, request.reason, request.request_id)
+        if request is None or request.request_id == self.ignore_request_id or self._for_earlier_attempt(request):
+            return
+        self.trigger(REASON_CHECKPOINT_REQUEST, request.reason, request.request_id)
+
+    def _for_earlier_attempt(self, request: CheckpointRequest) -> bool:
+        return request.attempt is not None and self.attempt is not None and request.attempt < self.attempt
+
+    def _poll_safely(self) -> None:
+        # Whatever one poll raises, the watcher must live on: a dead watcher never sees a notice or request again.
+        try:
+            self.poll_once()
+        except Exception:
+            logger.exception("checking for a Spot notice or checkpoint request failed; polling on")
 
     def _run(self) -> None:
         while not self._closed.is_set() and self._stop is None:
-            self.poll_once()
+            self._poll_safely()
             self._closed.wait(self.poll_seconds)
 
     def start(self) -> None:
         self.install_signal_handler()
         # The first look is synchronous: a job started on an instance already marked for interruption, or while a
         # request is pending, stops after its first unit of work rather than whenever the thread gets to it.
-        self.poll_once()
+        self._poll_safely()
         self._thread = threading.Thread(target=self._run, name="spot-checkpoint-watcher", daemon=True)
         self._thread.start()
 

@@ -25,6 +25,16 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield client
 
 
+class S3Passthrough:
+    """An S3 client passing every call through to moto's; a test's subclass replaces the calls it makes fail."""
+
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s3, name)
+
+
 class EventRecorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any]]] = []

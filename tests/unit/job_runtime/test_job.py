@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
+import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,10 +26,12 @@ from spot_checkpoint import (
     RuntimeConfig,
     Stopped,
 )
+from spot_hpc.ledger import Stage
+from spot_hpc.placement import request_checkpoint
 
 from spotctl.drill.metadata_server import MetadataStandIn
 
-from .conftest import BUCKET, EventRecorder
+from .conftest import BUCKET, EventRecorder, S3Passthrough
 
 URI = f"s3://{BUCKET}/checkpoints/run-7/preprocess/"
 
@@ -206,13 +211,7 @@ def test_notice_during_periodic_checkpoint_stops_right_after_it(s3: Any, events:
     assert [event["reason"] for event in events.named("checkpoint_saved")] == ["periodic"]
 
 
-class BrokenPuts:
-    def __init__(self, s3: Any) -> None:
-        self._s3 = s3
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._s3, name)
-
+class BrokenPuts(S3Passthrough):
     def put_object(self, **kwargs: Any) -> Any:
         raise ConnectionError("S3 unreachable")
 
@@ -281,3 +280,168 @@ def test_watcher_ignores_a_broken_request_reader(events: EventRecorder) -> None:
     watcher = InterruptionWatcher(metadata=None, store=Unreadable(), poll_seconds=0.01)  # type: ignore[arg-type]
     # WHEN / THEN polling survives and nothing stops the job
     assert watcher.poll_once() is None
+
+
+class FailingPrune(S3Passthrough):
+    """An S3 client whose DeleteObjects fails outright (throttled, network blip)."""
+
+    def delete_objects(self, **kwargs: Any) -> Any:
+        raise ConnectionError("SlowDown")
+
+
+def test_failed_prune_after_a_committed_checkpoint_still_counts_as_saved(s3: Any, events: EventRecorder) -> None:
+    # GIVEN a part with an old checkpoint to prune, on a client whose deletes fail
+    CheckpointStore(s3, URI, keep=1).save(b"old", 0.1)
+    store = CheckpointStore(FailingPrune(s3), URI, keep=1)
+    job = CheckpointedJob(store, interval=CheckpointInterval(fixed_seconds=3600), events=events)
+    # WHEN the job is told to stop and checkpoints
+    with job, pytest.raises(Stopped) as stopped:
+        job.watcher.trigger(REASON_SIGTERM, "test")
+        job.step(lambda: b"new state", progress=0.5)
+    # THEN the save counts: the checkpoint exit code, one save, no failed save, and the prune failure is reported
+    assert stopped.value.code == EXIT_CHECKPOINTED
+    assert len(events.named("checkpoint_saved")) == 1
+    assert events.named("checkpoint_failed") == []
+    assert len(events.named("prune_failed")) == 1
+    assert CheckpointStore(s3, URI).latest().state == b"new state"  # type: ignore[union-attr]
+
+
+class TruncatingMetadataServer:
+    """A loopback HTTP server that promises 40 bytes and sends 5 (http.client.IncompleteRead for the client)."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(16)
+        self.endpoint = f"http://127.0.0.1:{self._socket.getsockname()[1]}/"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:  # closed
+                return
+            with connection:
+                connection.recv(4096)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\nAQAEA")
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def test_garbled_metadata_answer_is_unavailable_and_the_job_starts(s3: Any, events: EventRecorder) -> None:
+    # GIVEN a metadata service whose answers are cut short
+    server = TruncatingMetadataServer()
+    try:
+        metadata = InstanceMetadata(server.endpoint, timeout=1.0)
+        # WHEN / THEN the client reports it unavailable rather than raising http.client's error
+        with pytest.raises(MetadataUnavailable):
+            metadata.spot_instance_action()
+        # AND a job polling it starts and works
+        with make_job(s3, events, metadata=metadata) as job:
+            assert counting_job(job, 2) == 2
+    finally:
+        server.close()
+
+
+class FlakyMetadata:
+    """Instance metadata whose first calls fail as given, then carry a Spot notice."""
+
+    timeout = 0.1
+
+    def __init__(self, *failures: Exception) -> None:
+        self.failures = list(failures)
+        self.calls = 0
+
+    def spot_instance_action(self) -> dict[str, str] | None:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return {"action": "terminate", "time": "soon"}
+
+
+def test_watcher_thread_survives_an_unexpected_error_in_a_poll() -> None:
+    # GIVEN a watcher whose first two polls raise something nobody expected
+    metadata = FlakyMetadata(RuntimeError("bug"), RuntimeError("bug"))
+    watcher = InterruptionWatcher(metadata=metadata, store=None, poll_seconds=0.01)  # type: ignore[arg-type]
+    # WHEN it runs (first poll synchronous, then on its thread)
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 5
+        while watcher.stop_signal is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        watcher.close()
+    # THEN it kept polling and saw the notice
+    assert watcher.stop_signal is not None and watcher.stop_signal.reason == REASON_SPOT_INTERRUPTION
+
+
+def test_one_failed_metadata_poll_does_not_pause_notice_polling() -> None:
+    # GIVEN a metadata service that misses one answer, then has a notice
+    metadata = FlakyMetadata(MetadataUnavailable("timed out"))
+    watcher = InterruptionWatcher(metadata=metadata, store=None)  # type: ignore[arg-type]
+    # WHEN the watcher polls twice
+    assert watcher.poll_once() is None
+    stop = watcher.poll_once()
+    # THEN the second poll asked again and saw the notice
+    assert stop is not None and stop.reason == REASON_SPOT_INTERRUPTION
+
+
+def test_metadata_polling_backs_off_after_consecutive_failures_and_resets_on_success() -> None:
+    # GIVEN a metadata service that fails three times in a row
+    metadata = FlakyMetadata(*(MetadataUnavailable("unreachable") for _ in range(3)))
+    watcher = InterruptionWatcher(metadata=metadata, store=None)  # type: ignore[arg-type]
+    # WHEN the watcher polls five times
+    for _ in range(5):
+        watcher.poll_once()
+    # THEN it asked three times, then backed off
+    assert metadata.calls == 3
+    # WHEN the back-off is over and the service answers (here: with a notice)
+    watcher._metadata_retry_at = 0.0
+    # THEN polling resumes and the failure count is reset
+    assert watcher.poll_once() is not None
+    assert watcher._metadata_failures == 0
+
+
+def test_request_for_an_earlier_attempt_does_not_stop_the_replacement(s3: Any, events: EventRecorder) -> None:
+    # GIVEN the control plane asked attempt 1 to checkpoint, then placed attempt 2 which starts first
+    CheckpointStore(s3, URI).request_checkpoint("requeue to on-demand", attempt=1)
+    replacement = CheckpointedJob.from_environment(
+        s3, {"CHECKPOINT_URI": URI, "ATTEMPT": "2", "AWS_EC2_METADATA_DISABLED": "true"}, events=events
+    )
+    # WHEN the replacement works
+    with replacement:
+        replacement.watcher.poll_once()
+        done = counting_job(replacement, 3)
+    # THEN the request was not its own: it finished
+    assert done == 3
+    # AND the Spot job of attempt 1, and a job that does not know its attempt, still see it
+    for attempt in (1, None):
+        watcher = InterruptionWatcher(metadata=None, store=CheckpointStore(s3, URI), attempt=attempt)
+        stop = watcher.poll_once()
+        assert stop is not None and stop.reason == REASON_CHECKPOINT_REQUEST
+
+
+def test_request_without_an_attempt_applies_to_every_attempt(s3: Any, events: EventRecorder) -> None:
+    # GIVEN a request from an older control plane, without the attempt
+    CheckpointStore(s3, URI).request_checkpoint("old control plane")
+    # WHEN a job of attempt 3 works
+    job = CheckpointedJob.from_environment(
+        s3, {"CHECKPOINT_URI": URI, "ATTEMPT": "3", "AWS_EC2_METADATA_DISABLED": "true"}, events=events
+    )
+    with job, pytest.raises(Stopped) as stopped:
+        job.watcher.poll_once()
+        counting_job(job, 3)
+    # THEN it stops for it, as before
+    assert stopped.value.stop.reason == REASON_CHECKPOINT_REQUEST
+
+
+def test_control_plane_request_names_the_attempt_it_is_for(s3: Any) -> None:
+    # GIVEN a stage on its attempt 4
+    stage = Stage("run-7", "preprocess", 0, 1.0, True, 1, attempt=4, checkpoint_uri=URI)
+    # WHEN the control plane asks it to checkpoint
+    request_checkpoint(SimpleNamespace(s3=s3), stage, "interruption warning")  # type: ignore[arg-type]
+    # THEN jobs read the attempt from the request
+    request = CheckpointStore(s3, URI).pending_request()
+    assert request is not None and request.attempt == 4

@@ -14,7 +14,7 @@ from spot_checkpoint import (
     progress,
 )
 
-from .conftest import BUCKET
+from .conftest import BUCKET, S3Passthrough
 
 URI = f"s3://{BUCKET}/checkpoints/run-1/hpc/"
 
@@ -23,14 +23,15 @@ def keys(s3: Any, prefix: str = "checkpoints/") -> list[str]:
     return sorted(item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
 
 
-class FailingManifestPut:
+def payload_key(s3: Any, seq: int, name: str = "state", part: str = "main") -> str:
+    """The object key of one payload of a committed checkpoint, as its manifest records it."""
+    seq_prefix = f"checkpoints/run-1/hpc/{part}/{seq:010d}/"
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{seq_prefix}manifest.json")["Body"].read())
+    return f"{seq_prefix}{manifest['payloads'][name]['key']}"
+
+
+class FailingManifestPut(S3Passthrough):
     """An S3 client that dies while committing: payloads are written, the manifest never is."""
-
-    def __init__(self, s3: Any) -> None:
-        self._s3 = s3
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._s3, name)
 
     def put_object(self, **kwargs: Any) -> Any:
         if kwargs["Key"].endswith("manifest.json"):
@@ -89,7 +90,7 @@ def test_damaged_payload_falls_back_to_previous_complete_checkpoint(s3: Any, dam
     store = CheckpointStore(s3, URI)
     store.save(b"older state", 0.3)
     store.save(b"newer state", 0.6)
-    key = "checkpoints/run-1/hpc/main/0000000001/state"
+    key = payload_key(s3, 1)
     blob = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     s3.put_object(Bucket=BUCKET, Key=key, Body=damage(blob))
     # WHEN the job resumes
@@ -114,7 +115,7 @@ def test_missing_payload_and_all_corrupt_mean_no_checkpoint(s3: Any) -> None:
     # GIVEN a single checkpoint whose payload was deleted
     store = CheckpointStore(s3, URI)
     store.save(b"only", 0.3)
-    s3.delete_object(Bucket=BUCKET, Key="checkpoints/run-1/hpc/main/0000000000/state")
+    s3.delete_object(Bucket=BUCKET, Key=payload_key(s3, 0))
     # WHEN / THEN there is no complete checkpoint: the job starts over rather than resuming garbage
     assert CheckpointStore(s3, URI).latest() is None
 
@@ -201,5 +202,123 @@ def test_uri_and_names_are_validated() -> None:
     assert parse_s3_uri("s3://bucket") == ("bucket", "")
     with pytest.raises(ValueError):
         parse_s3_uri("/local/path")
+    for bucket_root in ("s3://bucket", "s3://bucket/", "s3://bucket//"):
+        with pytest.raises(ValueError, match="no key prefix"):
+            CheckpointStore(object(), bucket_root)
     with pytest.raises(ValueError):
         CheckpointStore(object(), "s3://bucket/x/", part="../escape")
+
+
+def test_store_at_a_bucket_root_is_refused_so_cleanup_cannot_empty_the_bucket(s3: Any) -> None:
+    # GIVEN a bucket holding another run's results
+    s3.put_object(Bucket=BUCKET, Key="runs/other/hpc/fields.npy", Body=b"precious")
+    # WHEN a store is made for the bucket's root
+    with pytest.raises(ValueError, match="no key prefix"):
+        CheckpointStore(s3, f"s3://{BUCKET}/")
+    # THEN nothing could be cleaned up, and the other run's results are there
+    assert keys(s3, "runs/") == ["runs/other/hpc/fields.npy"]
+
+
+def test_cleanup_deletes_only_the_checkpoint_layout(s3: Any) -> None:
+    # GIVEN a stage's checkpoints and request, and objects under its prefix that are not checkpoints
+    store = CheckpointStore(s3, URI)
+    store.save(b"a", 0.1)
+    CheckpointStore(s3, URI, part="node-1", parts_total=2).save({"grid.npy": b"g"}, 0.2)
+    store.request_checkpoint("test")
+    foreign = [
+        "checkpoints/run-1/hpc/notes.txt",
+        "checkpoints/run-1/hpc/node-0/fields.npy",
+        "checkpoints/run-1/hpc/main/12/state",
+        "checkpoints/run-1/hpc/Main/0000000000/state",
+        "checkpoints/run-1/hpc/sub/dir/0000000000/x",
+    ]
+    for key in foreign:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"not the store's")
+    # WHEN the stage is cleaned up
+    deleted = store.cleanup()
+    # THEN the checkpoints and request are gone (2 x payload + manifest, request) and nothing else was touched
+    assert deleted == 5
+    assert keys(s3) == sorted(foreign)
+
+
+class CommitRacer(S3Passthrough):
+    """An S3 client on which another writer commits a checkpoint just before this writer's manifest PUT."""
+
+    def __init__(self, s3: Any, other_writer: Any) -> None:
+        super().__init__(s3)
+        self._other_writer = other_writer
+
+    def put_object(self, **kwargs: Any) -> Any:
+        if kwargs["Key"].endswith("manifest.json") and self._other_writer is not None:
+            other_writer, self._other_writer = self._other_writer, None
+            other_writer()
+        return self._s3.put_object(**kwargs)
+
+
+def test_two_writers_on_one_part_never_commit_the_same_sequence_number(s3: Any) -> None:
+    # GIVEN a replacement job (B) and its predecessor (A) on one part, both about to write checkpoint 0
+    writer_b = CheckpointStore(s3, URI)
+    writer_b.latest()
+    writer_a = CheckpointStore(CommitRacer(s3, lambda: writer_b.save(b"B state", 0.3)), URI)
+    writer_a.latest()
+    # WHEN B writes and commits checkpoint 0 between A's payload and A's manifest
+    seq_a = writer_a.save(b"A state", 0.4)
+    # THEN B's checkpoint 0 is intact, and A lost the race and committed at the next number
+    assert seq_a == 1
+    store = CheckpointStore(s3, URI)
+    checkpoint_0 = store._load(0)
+    assert checkpoint_0 is not None and checkpoint_0.state == b"B state"
+    assert store.latest().state == b"A state"  # type: ignore[union-attr]
+    # AND A's payload written for the lost number was removed
+    assert len(keys(s3, "checkpoints/run-1/hpc/main/0000000000/")) == 2
+
+
+class RefusingDeletes(S3Passthrough):
+    """An S3 client whose DeleteObjects refuses some keys the way S3 does: HTTP 200 with per-key ``Errors``."""
+
+    def __init__(self, s3: Any, refuse: Any) -> None:
+        super().__init__(s3)
+        self._refuse = refuse
+        self.delete_calls: list[list[str]] = []
+
+    def delete_objects(self, Bucket: str, Delete: dict[str, Any]) -> dict[str, Any]:
+        asked = [item["Key"] for item in Delete["Objects"]]
+        self.delete_calls.append(asked)
+        allowed = [key for key in asked if not self._refuse(key)]
+        if allowed:
+            self._s3.delete_objects(Bucket=Bucket, Delete={"Objects": [{"Key": key} for key in allowed]})
+        errors = [
+            {"Key": key, "Code": "AccessDenied", "Message": "Access Denied"} for key in asked if key not in allowed
+        ]
+        return {"Errors": errors} if errors else {}
+
+
+def test_refused_deletes_are_not_counted_and_keep_refused_checkpoints_whole(s3: Any) -> None:
+    # GIVEN three checkpoints, on a client that may not delete manifests
+    client = RefusingDeletes(s3, refuse=lambda key: key.endswith("manifest.json"))
+    store = CheckpointStore(client, URI, keep=1)
+    for index in range(3):
+        store.save(f"state {index}".encode(), index / 3)
+    # WHEN the two older ones are pruned
+    deleted = store.prune()
+    # THEN nothing is reported deleted, and the checkpoints whose manifests stayed still have their payloads
+    assert deleted == 0
+    assert [store._load(seq).state for seq in (0, 1)] == [b"state 0", b"state 1"]  # type: ignore[union-attr]
+    # AND with every delete refused, cleanup reports nothing deleted either
+    assert CheckpointStore(RefusingDeletes(s3, refuse=lambda key: True), URI).cleanup() == 0
+
+
+def test_manifests_are_deleted_in_calls_before_their_payloads(s3: Any) -> None:
+    # GIVEN three checkpoints of which two are stale
+    client = RefusingDeletes(s3, refuse=lambda key: False)
+    store = CheckpointStore(client, URI, keep=1)
+    for index in range(3):
+        store.save(f"state {index}".encode(), index / 3)
+    # WHEN they are pruned
+    deleted = store.prune()
+    # THEN the manifests went in one call and the payloads in a later one (S3 does not order keys within a call)
+    assert deleted == 4
+    assert [[key.rsplit("/", 1)[1] for key in call] for call in client.delete_calls] == [
+        ["manifest.json", "manifest.json"],
+        ["state", "state"],
+    ]

@@ -167,3 +167,36 @@ def test_postprocess_refuses_incomplete_hpc_output(pipeline_inputs: Any) -> None
     # WHEN / THEN postprocess fails rather than summarising half an ensemble
     with pytest.raises(postprocess.InputError, match="parts"):
         postprocess.run(s3, stage_env("part", "postprocess", f"s3://{BUCKET}/intermediate/part/hpc/"))
+
+
+def test_preprocess_rejects_ids_with_control_characters_and_resumes_after_them(s3: Any) -> None:
+    # GIVEN a CSV whose (quoted) ids carry a carriage return and a line feed
+    body = 'source_id,x_m,y_m,power_w\n"a\rb",0.1,0.1,5\nc,0.2,0.2,5\n"d\ne",0.3,0.3,5\nb,0.4,0.4,5\n'
+    write_object(s3, INPUT_CSV, body.encode())
+    env = stage_env("chaos", "preprocess", INPUT_CSV, PREPROCESS_CHUNK_ROWS="1")
+    # WHEN it is cleaned while being interrupted after every row
+    interruptions = run_interrupted(s3, preprocess.run, env)
+    # THEN every resume succeeded, those rows were rejected, and the output reads back as the valid rows
+    assert interruptions > 0
+    outputs = list_objects(s3, env["OUTPUT_URI"])
+    report = json.loads(outputs["report.json"])
+    assert report["rejected"] == {"control_character": 2}
+    assert outputs["sources.csv"].decode().splitlines() == [
+        "source_id,x_m,y_m,power_w",
+        "c,0.2,0.2,5.0",
+        "b,0.4,0.4,5.0",
+    ]
+
+
+def test_preprocess_resume_takes_seen_ids_from_the_checkpoint_not_from_the_output_text() -> None:
+    # GIVEN a checkpoint whose output so far cannot be parsed back into the same ids (a bare CR inside a field)
+    payloads = {
+        "state.json": json.dumps({"rows_read": 2, "rejected": {}}).encode(),
+        "cleaned.csv": b"a\rb,0.1,0.1,5.0\nc,0.2,0.2,5.0\n",
+        preprocess.SEEN_IDS_PAYLOAD: json.dumps(["a\rb", "c"]).encode(),
+    }
+    # WHEN the state is restored
+    state = preprocess.CleaningState.from_payloads(payloads)
+    # THEN the ids seen are exactly those saved, and the output text is kept as it was
+    assert state.seen_ids == {"a\rb", "c"}
+    assert state.cleaned.getvalue() == "a\rb,0.1,0.1,5.0\nc,0.2,0.2,5.0\n"

@@ -289,4 +289,4 @@ def requeue_to_on_demand(svc: Services, run: Run, stage: Stage, job_id: str, rea
 def request_checkpoint(svc: Services, stage: Stage, reason: str) -> None:
     """Asks the stage's running jobs to checkpoint now (they poll for it; Batch forwards no Spot warning)."""
     if stage.checkpoint_uri:
-        CheckpointStore(svc.s3, stage.checkpoint_uri).request_checkpoint(reason)
+        CheckpointStore(svc.s3, stage.checkpoint_uri).request_checkpoint(reason, attempt=stage.attempt)
