@@ -280,9 +280,19 @@ class Drill:
             progress_at_notice, noticed_at = self._interrupt_at_progress(via, checkpoint_uri, metadatas, first)
             first_codes = [job.wait() for job in first]
             if any(code != EXIT_CHECKPOINTED for code in first_codes):
+                # What each part that did not stop saw: its last events and its metadata service's last answers.
+                seen = [
+                    {
+                        "part": job.part,
+                        "events": [event.get(EVENT_KEY) for event in job.events[-4:]],
+                        "metadata": metadata.requests[-4:],
+                        "stderr": job.other_lines[-3:],
+                    }
+                    for job, metadata, code in zip(first, metadatas, first_codes, strict=True)
+                    if code != EXIT_CHECKPOINTED
+                ]
                 raise DrillError(
-                    f"{workload}: interrupted run exited {first_codes}, expected {EXIT_CHECKPOINTED}: "
-                    f"{[job.other_lines[-5:] for job in first]}"
+                    f"{workload}: interrupted run exited {first_codes}, expected {EXIT_CHECKPOINTED}: {seen}"
                 )
             for metadata in metadatas:
                 metadata.clear_notice()  # the restart runs on a fresh instance
