@@ -63,6 +63,7 @@ def run_policy_bench(args: argparse.Namespace) -> int:
         check_output(args.plot, "--plot", suffix=".png")
     scenarios = load_scenarios(args.scenarios)
     if not scenarios:
+        write_text(args.json, json.dumps({"results": []}, indent=1) + "\n")  # the rows file exists whatever happens
         raise ToolError(f"{args.scenarios} has no scenarios: nothing to benchmark")
     started = time.monotonic()
     jobs = worker_count(args.jobs, len(scenarios))

@@ -273,10 +273,12 @@ def test_bench_policy_refuses_a_file_without_scenarios(tmp_path, capsys):
     scenarios = tmp_path / "scenarios.json"
     scenarios.write_text(json.dumps({"scenarios": []}))
     # WHEN the benchmark runs
-    code = _bench(tmp_path, scenarios, "--json", str(tmp_path / "o.json"))
-    # THEN it is a user error, not an empty success
+    out = tmp_path / "o.json"
+    code = _bench(tmp_path, scenarios, "--json", str(out))
+    # THEN it is a user error, not an empty success, and the rows file holds no rows
     assert code == 2
     assert "has no scenarios" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == {"results": []}
 
 
 def test_bench_policy_fails_when_every_scenario_is_invalid(tmp_path, tiny_trace, scenario, capsys):
