@@ -3,6 +3,7 @@ CloudFormation, configured with the deployed functions' own environment."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -29,6 +30,17 @@ def aws_errors(what: str) -> Iterator[None]:
         raise ToolError(f"{what}: {exc.response['Error']['Message']}") from exc
     except BotoCoreError as exc:
         raise ToolError(f"{what}: {exc}") from exc
+
+
+def stack_region(region: str | None) -> str:
+    """`region`, else AWS_REGION, else the region boto3 would use (AWS_DEFAULT_REGION, then the profile's), else
+    us-east-1: a region given the usual AWS ways is not silently replaced by us-east-1."""
+    if region:
+        return region
+    if os.environ.get("AWS_REGION"):
+        return os.environ["AWS_REGION"]
+    with aws_errors("finding the AWS region"):  # an AWS_PROFILE that is not configured, an unreadable config
+        return boto3.session.Session().region_name or "us-east-1"
 
 
 def services_for_stack(stack_name: str, region: str, extra_env: Mapping[str, str] | None = None) -> Services:

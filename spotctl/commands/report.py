@@ -63,25 +63,8 @@ def load_run_reports(paths: list[Path]) -> list[dict[str, Any]]:
     return reports
 
 
-def stack_region(region: str | None) -> str:
-    """--region, else AWS_REGION, else the region boto3 would use (AWS_DEFAULT_REGION, then the profile's), else
-    us-east-1: a region given the usual AWS ways is not silently replaced by us-east-1."""
-    import os
-
-    import boto3
-
-    from spotctl.deployed import aws_errors
-
-    if region:
-        return region
-    if os.environ.get("AWS_REGION"):
-        return os.environ["AWS_REGION"]
-    with aws_errors("finding the AWS region"):  # an AWS_PROFILE that is not configured, an unreadable config
-        return boto3.session.Session().region_name or "us-east-1"
-
-
 def load_stack_reports(stack: str, region: str | None) -> list[dict[str, Any]]:
-    from spotctl.deployed import StackNotFound, run_reports, services_for_stack
+    from spotctl.deployed import StackNotFound, run_reports, services_for_stack, stack_region
 
     try:
         return run_reports(services_for_stack(stack, stack_region(region)))

@@ -86,6 +86,11 @@ class BatchJobDetail(_Lenient):
         return parent if colon and index.isdigit() else None
 
     @property
+    def is_array_parent(self) -> bool:
+        """Whether this is the parent of an array job (it carries the array's size and its children's statuses)."""
+        return bool(self.array_properties and self.array_properties.size)
+
+    @property
     def shards_running(self) -> int:
         """Children of this array job running now (an array's parent itself stays PENDING while they run)."""
         return self.array_properties.status_summary.get("RUNNING", 0) if self.array_properties else 0

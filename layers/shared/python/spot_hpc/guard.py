@@ -91,7 +91,7 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
         return None
 
     waiting_since = stage.spot_waiting_since
-    if waiting_since and detail.array_properties and detail.array_properties.size and not detail.shards_waiting:
+    if waiting_since and detail.is_array_parent and not detail.shards_waiting:
         # An array waits for Spot while any shard does (it cannot finish without it): that wait is over.
         end_spot_wait(svc, stage)
         waiting_since = None

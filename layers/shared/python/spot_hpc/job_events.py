@@ -27,6 +27,7 @@ from spot_hpc.placement import (
     end_spot_wait,
     place_attempt,
     record_placed,
+    requeue_to_on_demand,
     spot_stats,
 )
 from spot_hpc.policy import Action
@@ -207,8 +208,8 @@ def _act_on_terminal(
     if detail.status == "SUCCEEDED":
         return _settle(svc, run, stage, "SUCCEEDED", attempt)
     if failure == FailureClass.CANCELLED_BY_CONTROL_PLANE:
-        # Cancelled for a requeue whose handler died before placing the On-Demand job: place it now.
-        placed = place_attempt(svc, run, stage, "on-demand", "completing an interrupted requeue to On-Demand")
+        # Cancelled for a requeue whose handler died before placing the On-Demand job: finish that requeue.
+        placed = requeue_to_on_demand(svc, run, stage, attempt.job_id, "completing an interrupted requeue")
         return {"status": "resubmitted" if placed else "recorded", "failure_class": failure}
     if failure in RECLAIM_CLASSES:
         result = _resubmit(svc, run, stage, failure, spot_available=False)

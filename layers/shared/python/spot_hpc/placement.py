@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
-from spot_checkpoint.job import ENV_PARTS
+from spot_checkpoint.job import ENV_ATTEMPT, ENV_PARTS
 from spot_checkpoint.store import CheckpointStore, progress
 
 from spot_hpc.batch import JobRequest
@@ -189,7 +189,7 @@ def job_environment(svc: Services, run: Run, stage: Stage) -> dict[str, str]:
     environment = {
         "RUN_ID": run.run_id,
         "STAGE": stage.stage,
-        "ATTEMPT": str(stage.attempt),
+        ENV_ATTEMPT: str(stage.attempt),
         "CHECKPOINT_URI": stage.checkpoint_uri or "",
         "INPUT_URI": stage_input_uri(stage.stage, f"s3://{run.bucket}/{run.key}", output_of),
         "OUTPUT_URI": output_of(stage.stage),

@@ -44,15 +44,14 @@ def run_stage(svc: Services, payload: dict[str, Any]) -> dict[str, Any]:
     stage = svc.ledger.get_stage(request.run_id, request.stage)
     if run is None or stage is None:
         raise StageRequestError(f"run {request.run_id} / stage {request.stage} is not in the ledger")
-    if stage.status != "PENDING":
-        # A retried invocation (the Lambda or the state machine retried): refresh the token, place nothing twice.
-        stage = svc.ledger.update_stage(run.run_id, stage.stage, task_token=request.task_token)
+    # A retried invocation (the Lambda or the state machine retried) brings a new token: the one answered is the latest.
+    stage = svc.ledger.update_stage(run.run_id, stage.stage, task_token=request.task_token)
+    if stage.status != "PENDING":  # placed already: place nothing twice
         if stage.status in TERMINAL_STATUSES:
             # Settled already, and answered on the old token: the new one would otherwise wait forever.
             answer_state_machine(svc, stage)
             return {"status": "already settled", "stage_status": stage.status, "attempt": stage.attempt}
         return {"status": "already placed", "attempt": stage.attempt, "job_id": stage.job_id}
-    stage = svc.ledger.update_stage(run.run_id, stage.stage, task_token=request.task_token)
     decision = choose_capacity(svc, run, stage, current=Action.IDLE, spot_available=True)
     capacity = CAPACITY_OF_ACTION.get(decision.action, "spot")
     placed = place_attempt(svc, run, stage, capacity, decision.reason)
