@@ -12,6 +12,7 @@ from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
 from spot_hpc.outcome import run_report
 from spot_hpc.pipeline import STAGE_NAMES
+from template_grants import allowed_actions, is_allowed
 
 from spotctl.offline.demo import control_plane_services
 from spotctl.offline.runtime import OfflineControlPlane
@@ -35,6 +36,17 @@ def _attempts(plane: OfflineControlPlane, stage: str):
     svc = control_plane_services(plane)
     run = svc.ledger.list_runs()[-1]
     return run, [a for a in svc.ledger.get_run_items(run.run_id)[1] if a.stage == stage]
+
+
+def _refused_calls(plane: OfflineControlPlane) -> dict[str, list[str]]:
+    """The AWS calls the handlers made that their roles in the translated template would not allow (the embedded AWS
+    enforces no IAM: the calls are recorded as IAM actions and checked here)."""
+    template = plane.stack.translated
+    refused = {
+        function: sorted(a for a in actions if not is_allowed(allowed_actions(template, function), a))
+        for function, actions in plane.aws_calls.actions.items()
+    }
+    return {function: actions for function, actions in refused.items() if actions}
 
 
 def _steady_trace(tmp_path, nodes: int):
@@ -348,6 +360,7 @@ def test_a_reclaimed_shard_replaces_the_array_as_a_reclaim_without_spending_retr
         ledger = control_plane_services(plane).ledger
         stage = ledger.get_stage(hpc[0].run_id, "hpc")
         indexed = {i: [ref.job_id for ref in ledger.jobs_on_instance(i)] for i in hpc[0].instance_ids}
+        refused = _refused_calls(plane)
     # THEN each shard's instance is known (for its interruption warning), the array was ended and placed again as
     # a reclaim (no retry spent), and the second array resumed from the shards' checkpoints
     assert status == "SUCCEEDED" and stage is not None and stage.app_retries_used == 0
@@ -355,3 +368,5 @@ def test_a_reclaimed_shard_replaces_the_array_as_a_reclaim_without_spending_retr
     assert hpc[0].failure_class in ("spot_reclaim", "checkpointed_interruption")
     assert hpc[0].shard_failure == hpc[0].failure_class
     assert hpc[-1].status == "SUCCEEDED" and hpc[-1].resumed_from_checkpoint
+    # AND every AWS call on the way (ending the array is a TerminateJob by the Batch handler) is one its role allows
+    assert refused == {}

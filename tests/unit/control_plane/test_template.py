@@ -1,0 +1,333 @@
+"""template.yaml, the pipeline's ASL and samconfig.toml as AWS and the SAM CLI read them: what the embedded AWS
+cannot tell (IAM is not enforced offline, resource policies and launch templates are not emulated)."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from typing import Any, cast
+
+import pytest
+from annotated_types import Ge, Gt, Le
+from spot_hpc.settings import ControlPlaneSettings
+from template_grants import (
+    REPO,
+    allowed_actions,
+    is_allowed,
+    resources_for,
+    source_template,
+    translated_template,
+)
+
+ASL_PATH = REPO / "statemachines" / "pipeline.asl.json"
+
+# ------------------------------------------------------------------ IAM: every call the domain code makes
+# The IAM actions behind the AWS calls each handler's code path can make (spot_hpc and spot_checkpoint; HeadObject
+# is s3:GetObject, with a VersionId also s3:GetObjectVersion; DeleteObjects is s3:DeleteObject per key).
+LEDGER = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"}
+NOTIFY = {"sns:Publish", "sqs:SendMessage", "secretsmanager:GetSecretValue"}  # notifier.notify
+PRICES = {"pricing:GetProducts", "ec2:DescribeSpotPriceHistory"}  # placement.node_price, choose_capacity
+PROGRESS = {"s3:ListBucket", "s3:GetObject"}  # placement.stage_progress (checkpoint manifests)
+CHECKPOINT_REQUEST = {"s3:PutObject"}  # placement.request_checkpoint
+CHECKPOINT_CLEANUP = {"s3:ListBucket", "s3:DeleteObject"}  # job_events._settle -> CheckpointStore.cleanup
+PLACE = {"batch:ListJobs", "batch:SubmitJob", "batch:TagResource"}  # placement.submit_claimed (tags on SubmitJob)
+TERMINATE = {"batch:TerminateJob"}  # requeue_to_on_demand, a reclaimed shard ending its array, the guard
+ANSWER = {"states:SendTaskSuccess", "states:SendTaskFailure"}  # job_events.answer_state_machine
+INSTANCES = {"ecs:DescribeContainerInstances"}  # job_events: the instances a RUNNING job is on
+
+BATCH_EVENT = set().union(LEDGER, NOTIFY, PRICES, PROGRESS, CHECKPOINT_CLEANUP, PLACE, TERMINATE, ANSWER, INSTANCES)
+
+HANDLER_CALLS: dict[str, set[str]] = {
+    "StartPipelineFunction": LEDGER | NOTIFY | {"s3:GetObject", "s3:GetObjectVersion", "states:StartExecution"},
+    "StageRunnerFunction": LEDGER | PRICES | PROGRESS | PLACE | ANSWER,
+    "BatchStateChangeFunction": BATCH_EVENT,
+    "SpotInterruptionFunction": set().union(LEDGER, NOTIFY, PRICES, PROGRESS, CHECKPOINT_REQUEST, PLACE, TERMINATE),
+    # The guard applies what lost Batch events would have (job_events.apply_job_state) and asks for checkpoints.
+    "SlaGuardFunction": BATCH_EVENT | CHECKPOINT_REQUEST | {"batch:DescribeJobs"},
+    "NotifyFunction": LEDGER | NOTIFY | PRICES,
+}
+
+
+@pytest.fixture(scope="module")
+def translated() -> dict[str, Any]:
+    return translated_template()
+
+
+@pytest.mark.parametrize("function", sorted(HANDLER_CALLS))
+def test_each_role_allows_every_call_its_handler_can_make(translated, function):
+    # GIVEN the role the translated template gives the function
+    granted = allowed_actions(translated, function)
+    # WHEN every action its code path needs is checked against it
+    missing = sorted(a for a in HANDLER_CALLS[function] if not is_allowed(granted, a))
+    # THEN none is refused (a refused call is an outage that the embedded AWS, which enforces no IAM, never shows)
+    assert missing == []
+
+
+def test_jobs_are_submitted_only_to_the_stacks_queues_and_job_definitions(translated):
+    queues = {"SpotJobQueue", "OnDemandJobQueue", "HpcJobQueue"}
+    definitions = {"PreprocessJobDefinition", "HpcJobDefinition", "HpcShardJobDefinition", "PostprocessJobDefinition"}
+    # The interruption handler only ever places On-Demand work (placement.requeue_to_on_demand).
+    expected_queues = {f: queues for f in ("StageRunnerFunction", "BatchStateChangeFunction", "SlaGuardFunction")}
+    expected_queues["SpotInterruptionFunction"] = {"OnDemandJobQueue"}
+    for function, wanted in expected_queues.items():
+        # GIVEN the resources of the function's batch:SubmitJob grant
+        granted = resources_for(translated, function, "batch:SubmitJob")
+        refs = {r["Ref"] for r in granted if isinstance(r, dict) and set(r) == {"Ref"}}
+        # THEN they are the queues it submits to and the stack's four job definitions, nothing wider
+        assert refs == wanted | definitions, function
+        assert all(isinstance(r, dict) and set(r) == {"Ref"} for r in granted), (function, granted)
+
+
+def test_the_slack_secret_grant_matches_only_that_secret(translated):
+    # GIVEN every function that may send a notification
+    for function in sorted(f for f, calls in HANDLER_CALLS.items() if "secretsmanager:GetSecretValue" in calls):
+        # WHEN the resource of its GetSecretValue grant is read
+        [resource] = resources_for(translated, function, "secretsmanager:GetSecretValue")
+        text = json.dumps(resource)
+        # THEN it is the named secret with Secrets Manager's six-character suffix, not every name starting alike
+        assert text.endswith('secret:${SlackSecretName}-??????"}}]}'), (function, text)
+
+
+# ------------------------------------------------------------------ EventBridge: targets, retries, dead letters
+def _rules(translated: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: v["Properties"] for k, v in translated["Resources"].items() if v["Type"] == "AWS::Events::Rule"}
+
+
+def test_every_rule_target_retries_and_dead_letters_to_a_queue_that_lets_that_rule_send(translated):
+    # GIVEN the rules of the translated template and the dead-letter queue's policy
+    rules = _rules(translated)
+    policy = translated["Resources"]["EventsDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]
+    [statement] = policy["Statement"]
+    allowed_sources = statement["Condition"]["ArnEquals"]["aws:SourceArn"]
+    assert rules
+    for logical_id, rule in rules.items():
+        for target in rule["Targets"]:
+            # THEN each target has a retry policy and the events dead-letter queue
+            assert target["RetryPolicy"]["MaximumRetryAttempts"] >= 1, logical_id
+            assert target["DeadLetterConfig"]["Arn"] == {"Fn::GetAtt": ["EventsDeadLetterQueue", "Arn"]}, logical_id
+        # AND the queue policy names that very rule (a name pattern would not survive CloudFormation shortening
+        # generated rule names of long stack names, and EventBridge would drop what it cannot dead-letter)
+        assert {"Fn::GetAtt": [logical_id, "Arn"]} in allowed_sources, logical_id
+
+
+def test_rule_patterns_use_the_fields_aws_sends(translated):
+    # GIVEN the rules' event patterns
+    patterns = {json.dumps(r["EventPattern"]["detail-type"]): r["EventPattern"] for r in _rules(translated).values()
+                if "EventPattern" in r}  # fmt: skip
+    # THEN each matches the source, detail-type and detail fields of the real events
+    spot = patterns['["EC2 Spot Instance Interruption Warning"]']
+    rebalance = patterns['["EC2 Instance Rebalance Recommendation"]']
+    batch = patterns['["Batch Job State Change"]']
+    s3 = patterns['["Object Created"]']
+    assert spot["source"] == rebalance["source"] == ["aws.ec2"]
+    assert batch["source"] == ["aws.batch"]
+    assert set(batch["detail"]) == {"jobQueue"}  # the queue's ARN, which a Ref to a job queue is
+    assert s3["source"] == ["aws.s3"]
+    assert s3["detail"]["bucket"]["name"] == [{"Ref": "IngestBucket"}]
+    assert s3["detail"]["object"]["key"] == [{"prefix": "incoming/"}]
+    # AND the bucket sends its events to EventBridge at all
+    bucket = translated["Resources"]["IngestBucket"]["Properties"]
+    assert bucket["NotificationConfiguration"]["EventBridgeConfiguration"]["EventBridgeEnabled"] is True
+
+
+def _with_stack_names(value: Any, names: dict[str, str]) -> Any:
+    """A pattern with its Refs to the stack's bucket and queues replaced by the names a sample event carries."""
+    if isinstance(value, dict):
+        if set(value) == {"Ref"}:
+            return names[value["Ref"]]
+        return {k: _with_stack_names(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_stack_names(v, names) for v in value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "sample",
+    ["spot_interruption_warning", "rebalance_recommendation", "batch_job_failed_host_terminated", "s3_object_created"],
+)
+def test_each_sample_event_is_matched_by_its_rule_once_the_stacks_names_are_its_own(translated, sample):
+    from moto.events.models import EventPattern
+    from sample_events import load_event
+
+    event = load_event(sample)
+    # GIVEN the sample's bucket and job queue taken as the stack's own (the samples name no deployed stack)
+    detail = event["detail"]
+    queue = detail.get("jobQueue", "")
+    names = {"IngestBucket": detail.get("bucket", {}).get("name", "")}
+    names |= {q: queue for q in ("SpotJobQueue", "OnDemandJobQueue", "HpcJobQueue")}
+    # WHEN the rules' patterns are applied to it as EventBridge would
+    matched = [
+        logical_id
+        for logical_id, rule in _rules(translated).items()
+        if "EventPattern" in rule
+        and EventPattern(None, _with_stack_names(rule["EventPattern"], names)).matches_event(event)
+    ]
+    # THEN exactly one rule takes it: the sample has the fields, names and casing AWS sends and the rules expect
+    assert len(matched) == 1, matched
+
+
+def test_every_asynchronously_invoked_function_has_a_failure_destination(translated):
+    resources = translated["Resources"]
+    targets = {t["Arn"]["Fn::GetAtt"][0] for r in _rules(translated).values() for t in r["Targets"]}
+    configs = {
+        v["Properties"]["FunctionName"]["Ref"]: v["Properties"]
+        for v in resources.values()
+        if v["Type"] == "AWS::Lambda::EventInvokeConfig"
+    }
+    # THEN every function EventBridge invokes sends what it finally fails on to a queue
+    assert targets and targets <= set(configs)
+    for function in targets:
+        assert configs[function]["DestinationConfig"]["OnFailure"]["Destination"], function
+
+
+# ------------------------------------------------------------------ settings: environment and parameters
+def _environment(template: dict[str, Any], function: str) -> dict[str, Any]:
+    shared = template["Globals"]["Function"]["Environment"]["Variables"]
+    own = template["Resources"][function]["Properties"].get("Environment", {}).get("Variables", {})
+    return {**shared, **own}
+
+
+def test_every_function_gets_every_variable_settings_requires():
+    template = source_template()
+    required = {f.alias for f in ControlPlaneSettings.model_fields.values() if f.is_required()}
+    # GIVEN the environment each function is deployed with
+    for function in HANDLER_CALLS:
+        # THEN settings finds every variable it requires (it refuses to start otherwise)
+        assert required <= set(_environment(template, function)), function
+    assert "STATE_MACHINE_ARN" in _environment(template, "StartPipelineFunction")
+
+
+def _bounds(field: Any) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for item in field.metadata:
+        if isinstance(item, Ge):
+            found["ge"] = float(cast(float, item.ge))
+        elif isinstance(item, Gt):
+            found["gt"] = float(cast(float, item.gt))
+        elif isinstance(item, Le):
+            found["le"] = float(cast(float, item.le))
+    return found
+
+
+def test_parameters_refuse_what_the_functions_would_refuse_at_cold_start():
+    template = source_template()
+    shared = template["Globals"]["Function"]["Environment"]["Variables"]
+    fields = {f.alias: f for f in ControlPlaneSettings.model_fields.values()}
+    checked = 0
+    for variable, value in shared.items():
+        if not (isinstance(value, dict) and set(value) == {"Ref"} and variable in fields):
+            continue
+        parameter = template["Parameters"].get(value["Ref"])
+        bounds = _bounds(fields[variable])
+        if parameter is None or not bounds:
+            continue
+        checked += 1
+        # GIVEN a numeric parameter the settings bound: THEN the parameter is bounded at least as tightly, so that
+        # `sam deploy` refuses the value rather than every function failing at its first cold start
+        if "ge" in bounds:
+            assert float(parameter["MinValue"]) >= bounds["ge"], value["Ref"]
+        if "gt" in bounds:
+            assert float(parameter["MinValue"]) > bounds["gt"], value["Ref"]
+        if "le" in bounds:
+            assert float(parameter["MaxValue"]) <= bounds["le"], value["Ref"]
+    assert checked >= 3
+
+
+def test_string_parameters_are_constrained():
+    parameters = source_template()["Parameters"]
+    # THEN every free-text or list parameter says what it accepts
+    for name, spec in parameters.items():
+        if spec["Type"] in ("String", "CommaDelimitedList"):
+            assert "AllowedPattern" in spec or "AllowedValues" in spec, name
+            assert "ConstraintDescription" in spec, name
+        # AND every default is one the parameter accepts (CloudFormation applies a list's pattern to each item)
+        default = spec.get("Default")
+        if default is not None and "AllowedPattern" in spec:
+            items = str(default).split(",") if spec["Type"] == "CommaDelimitedList" else [str(default)]
+            assert all(re.fullmatch(spec["AllowedPattern"], item) for item in items), name
+        if default is not None and spec["Type"] == "Number":
+            assert float(spec.get("MinValue", "-inf")) <= float(default) <= float(spec.get("MaxValue", "inf")), name
+    instance_type = re.compile(parameters["SpotInstanceTypes"]["AllowedPattern"])
+    assert instance_type.fullmatch("c6i.4xlarge") and instance_type.fullmatch("m6a.48xlarge")
+    assert not instance_type.fullmatch("c6i.4xlarge,") and not instance_type.fullmatch("optimal")
+    secret = re.compile(parameters["SlackSecretName"]["AllowedPattern"])
+    assert secret.fullmatch("spot-hpc/slack-webhook") and not secret.fullmatch("bad name")
+
+
+# ------------------------------------------------------------------ the state machine
+def test_every_arn_reaches_the_asl_through_definition_substitutions():
+    text = ASL_PATH.read_text()
+    substitutions = source_template()["Resources"]["PipelineStateMachine"]["Properties"]["DefinitionSubstitutions"]
+    placeholders = set(re.findall(r"\$\{(\w+)\}", text))
+    # THEN the ASL holds no literal ARN (nor partition), and its placeholders and the substitutions are one set
+    assert not re.search(r"arn:aws[\w-]*:", text)
+    assert placeholders == set(substitutions)
+
+
+def test_every_task_retries_service_errors_catches_to_a_failure_notice_and_cannot_wait_forever():
+    states = json.loads(ASL_PATH.read_text())["States"]
+    tasks = {name: s for name, s in states.items() if s["Type"] == "Task"}
+    for name, task in tasks.items():
+        retried = {e for r in task.get("Retry", []) if r.get("MaxAttempts", 3) > 0 for e in r["ErrorEquals"]}
+        # THEN Lambda's transient errors (throttling included) are retried
+        assert retried & {"States.ALL", "Lambda.TooManyRequestsException"}, name
+        assert retried & {"States.ALL", "Lambda.ServiceException"}, name
+        # AND every failure is caught
+        assert any("States.ALL" in c["ErrorEquals"] for c in task.get("Catch", [])), name
+        if task["Resource"].endswith(".waitForTaskToken"):
+            # a token nobody answers ends the wait, and the run is reported failed
+            assert task.get("TimeoutSeconds") or task.get("HeartbeatSeconds"), name
+            assert task["Catch"][-1]["Next"] == "NotifyFailed", name
+            # a stage that failed for good is not retried by the state machine (the control plane retried it)
+            no_retry = [r for r in task["Retry"] if "StageFailed" in r["ErrorEquals"]]
+            assert no_retry and no_retry[0]["MaxAttempts"] == 0, name
+
+
+# ------------------------------------------------------------------ Batch
+def _resources(kind: str) -> dict[str, dict[str, Any]]:
+    return {k: v["Properties"] for k, v in source_template()["Resources"].items() if v["Type"] == kind}
+
+
+def test_job_retry_strategies_leave_reclaims_to_the_control_plane_and_end_with_a_catch_all():
+    definitions = _resources("AWS::Batch::JobDefinition")
+    strategies = {name: d["RetryStrategy"]["EvaluateOnExit"] for name, d in definitions.items()}
+    for name, rules in strategies.items():
+        # THEN a host termination (a Spot reclaim) exits to the control plane, which re-places it from its checkpoint
+        assert rules[0] == {"OnStatusReason": "Host EC2*", "Action": "EXIT"}, name
+        # AND the last rule matches everything (unmatched failures would be retried by Batch: a double retry of
+        # application errors, whose budget the control plane keeps)
+        assert rules[-1] == {"OnReason": "*", "Action": "EXIT"}, name
+    # AND every definition treats the same infrastructure errors alike
+    assert len({json.dumps(rules) for rules in strategies.values()}) == 1
+
+
+def test_multinode_jobs_go_to_an_on_demand_queue_and_containers_can_read_the_spot_notice():
+    environments = _resources("AWS::Batch::ComputeEnvironment")
+    queues = _resources("AWS::Batch::JobQueue")
+    hpc_environments = [o["ComputeEnvironment"]["Ref"] for o in queues["HpcJobQueue"]["ComputeEnvironmentOrder"]]
+    # THEN the multi-node queue draws on no Spot environment, and the Spot one allocates by price and capacity
+    assert all(environments[e]["ComputeResources"]["Type"] == "EC2" for e in hpc_environments)
+    spot = environments["SpotComputeEnvironment"]["ComputeResources"]
+    assert spot["Type"] == "SPOT" and spot["AllocationStrategy"] == "SPOT_PRICE_CAPACITY_OPTIMIZED"
+    # AND every environment launches its instances with IMDSv2 reachable from a container (one hop more than the
+    # host): the job runtime reads spot/instance-action there, with a session token
+    templates = _resources("AWS::EC2::LaunchTemplate")
+    for name, environment in environments.items():
+        launch = environment["ComputeResources"]["LaunchTemplate"]
+        options = templates[launch["LaunchTemplateId"]["Ref"]]["LaunchTemplateData"]["MetadataOptions"]
+        assert options["HttpEndpoint"] == "enabled" and options["HttpTokens"] == "required", name
+        assert options["HttpPutResponseHopLimit"] >= 2, name
+
+
+# ------------------------------------------------------------------ sam build / deploy defaults
+def test_builds_are_not_cached_while_the_layer_takes_files_from_outside_its_folder():
+    config = tomllib.loads((REPO / "samconfig.toml").read_text())
+    makefile = (REPO / "layers" / "shared" / "Makefile").read_text()
+    # GIVEN a layer whose build copies the job runtime from outside its ContentUri (the SAM CLI hashes only that
+    # folder to decide whether a cached build is still good)
+    assert "jobs/runtime" in makefile
+    # THEN no environment builds from the cache, which would deploy a stale checkpoint protocol
+    for environment, commands in config.items():
+        if isinstance(commands, dict) and "build" in commands:
+            assert commands["build"]["parameters"].get("cached") is not True, environment
