@@ -53,6 +53,30 @@ def test_the_same_upload_delivered_twice_starts_one_execution(plane):
     assert sum(e["name"] == first["run_id"] for e in plane.executions()) == 1
 
 
+def test_the_state_machine_waits_on_a_stage_past_a_deadline_longer_than_a_week(plane):
+    # GIVEN an upload with a ten-day deadline
+    key = "incoming/ten-days.csv"
+    event = _s3_event(plane, key, _upload(plane, key, {"deadline-hours": "240"}))
+    # WHEN it is handled
+    result, _ = plane.invoke("StartPipelineFunction", event)
+    # THEN the execution waits on each stage until the deadline, the compute and a margin have passed
+    run = control_plane_services(plane).ledger.get_run(result["run_id"])
+    assert run is not None
+    wait = (240 + sum(run.stage_hours.values()) + 24) * 3600
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    assert json.loads(sfn.describe_execution(executionArn=result["execution_arn"])["input"]) == {
+        "run_id": result["run_id"],
+        "stage_timeout_seconds": int(wait),
+    }
+    # AND the state machine took it as the first stage's timeout
+    scheduled = [
+        e["taskScheduledEventDetails"]
+        for e in plane.history(result["execution_arn"])
+        if e["type"] == "TaskScheduled"
+    ]
+    assert scheduled and scheduled[0]["timeoutInSeconds"] == int(wait)
+
+
 def test_deadline_that_is_not_a_number_is_rejected_and_recorded(plane):
     # GIVEN an upload whose deadline metadata is not a number
     event = _s3_event(plane, "incoming/soon.csv", _upload(plane, "incoming/soon.csv", {"deadline-hours": "soon"}))

@@ -23,12 +23,12 @@ def stubbed() -> tuple[PipelineStateMachine, Stubber]:
 def test_a_run_starts_one_execution_named_by_its_run_id(stubbed):
     # GIVEN Step Functions that accepts the first start and refuses the second (same name)
     gateway, stubber = stubbed
-    request = {"stateMachineArn": MACHINE, "name": "run-1", "input": '{"run_id": "run-1"}'}
+    request = {"stateMachineArn": MACHINE, "name": "run-1", "input": '{"run_id": "run-1", "stage_timeout_seconds": 3600}'}
     started = {"executionArn": f"{MACHINE.replace(':stateMachine:', ':execution:')}:run-1", "startDate": "2026-01-05"}
     stubber.add_response("start_execution", started, request)
     stubber.add_client_error("start_execution", "ExecutionAlreadyExists", expected_params=request)
     # WHEN the run is started twice (the upload event came twice)
-    first, second = gateway.start("run-1"), gateway.start("run-1")
+    first, second = gateway.start("run-1", 3600), gateway.start("run-1", 3600)
     # THEN the second finds the first's execution instead of failing
     assert first == (started["executionArn"], False)
     assert second == (started["executionArn"], True)

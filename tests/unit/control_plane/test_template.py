@@ -277,7 +277,7 @@ def test_every_task_retries_service_errors_catches_to_a_failure_notice_and_canno
         assert any("States.ALL" in c["ErrorEquals"] for c in task.get("Catch", [])), name
         if task["Resource"].endswith(".waitForTaskToken"):
             # a token nobody answers ends the wait, and the run is reported failed
-            assert task.get("TimeoutSeconds") or task.get("HeartbeatSeconds"), name
+            assert task.get("TimeoutSecondsPath") == "$.stage_timeout_seconds", name
             assert task["Catch"][-1]["Next"] == "NotifyFailed", name
             # a stage that failed for good is not retried by the state machine (the control plane retried it)
             no_retry = [r for r in task["Retry"] if "StageFailed" in r["ErrorEquals"]]

@@ -12,7 +12,15 @@ from spot_hpc.events import S3EventNotificationEventBridgeModel
 from spot_hpc.intake import Rejected, parse_event, reject
 from spot_hpc.ledger import LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify, notify_rejected_upload
-from spot_hpc.pipeline import INGEST_PREFIX, InvalidRunOptions, build_run_options, manifest_key, run_id_for, stage_specs
+from spot_hpc.pipeline import (
+    INGEST_PREFIX,
+    InvalidRunOptions,
+    build_run_options,
+    manifest_key,
+    run_id_for,
+    stage_specs,
+    stage_timeout_seconds,
+)
 from spot_hpc.services import Services
 from spot_hpc.uploads import UploadTooLarge, UploadUnreadable
 
@@ -113,7 +121,7 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
 
 
 def _ensure_execution(svc: Services, run: Run, duplicate: bool) -> dict[str, Any]:
-    execution_arn, _ = svc.pipeline.start(run.run_id)
+    execution_arn, _ = svc.pipeline.start(run.run_id, stage_timeout_seconds(run.deadline_hours, run.stage_hours))
     if run.execution_arn != execution_arn:
         svc.ledger.update_run(run.run_id, execution_arn=execution_arn)
     return {"status": "duplicate" if duplicate else "started", "run_id": run.run_id, "execution_arn": execution_arn}

@@ -20,6 +20,9 @@ STAGE_NAMES = ("preprocess", "hpc", "postprocess")
 INGEST_PREFIX = "incoming/"
 DEFAULT_STAGE_HOURS = {"preprocess": 1.0, "hpc": 4.0, "postprocess": 1.0}
 MAX_DEADLINE_HOURS = 24 * 365
+# How long the state machine waits on a stage beyond the run's deadline and compute: capacity waits and restarts.
+STAGE_WAIT_MARGIN_HOURS = 24.0
+MAX_STAGE_WAIT_SECONDS = 365 * 24 * 3600  # a Standard workflow execution lives at most a year
 
 
 class InvalidRunOptions(ValueError):
@@ -101,6 +104,17 @@ def stage_specs(options: RunOptions) -> list[StageSpec]:
         StageSpec("hpc", 1, options.hpc_mode == "shards", options.hpc_nodes),
         StageSpec("postprocess", 2, True, 1),
     ]
+
+
+def stage_timeout_seconds(deadline_hours: float, stage_hours: Mapping[str, float]) -> int:
+    """How long the state machine waits on any one stage before it reports the run failed.
+
+    A stage may run until the deadline and, if the deadline is missed, goes on to the end on On-Demand: so the wait
+    is the deadline plus the whole pipeline's compute and a margin, never a fixed figure that a long deadline
+    outlasts (the run would be reported failed while its jobs still run).
+    """
+    hours = deadline_hours + sum(stage_hours.values()) + STAGE_WAIT_MARGIN_HOURS
+    return min(int(hours * 3600), MAX_STAGE_WAIT_SECONDS)
 
 
 def manifest_key(csv_key: str) -> str:

@@ -22,16 +22,18 @@ class PipelineStateMachine:
         self._client = client
         self._arn = state_machine_arn
 
-    def start(self, run_id: str) -> tuple[str, bool]:
+    def start(self, run_id: str, stage_timeout_seconds: int) -> tuple[str, bool]:
         """Starts the run's execution, named by its run id; returns (execution ARN, whether it already existed).
+        The state machine waits on each stage for at most `stage_timeout_seconds` (its TimeoutSecondsPath).
 
         Step Functions itself refuses a second execution of the same name, so a duplicate event starts nothing.
         """
         if not self._arn:
             raise RuntimeError("STATE_MACHINE_ARN is not set for the start-pipeline function")
         try:
+            execution_input = {"run_id": run_id, "stage_timeout_seconds": stage_timeout_seconds}
             response = self._client.start_execution(
-                stateMachineArn=self._arn, name=run_id, input=json.dumps({"run_id": run_id})
+                stateMachineArn=self._arn, name=run_id, input=json.dumps(execution_input)
             )
             return str(response["executionArn"]), False
         except ClientError as exc:
