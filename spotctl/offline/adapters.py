@@ -83,6 +83,35 @@ def inline_list_parameters(template: dict[str, Any], values: dict[str, Any]) -> 
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Batch: a compute environment that names no ServiceRole uses the AWSServiceRoleForBatch service-linked role, and
+# only such environments are updated in place (a new launch template or instance types replace the others, ending
+# the jobs on them). moto requires a ServiceRole; a stand-in role is given to the environments that name none.
+BATCH_SERVICE_ROLE_STAND_IN = "OfflineBatchServiceLinkedRole"
+
+
+def add_batch_service_role(template: dict[str, Any]) -> None:
+    resources = template.get("Resources", {})
+    environments = [
+        resource["Properties"]
+        for resource in resources.values()
+        if resource.get("Type") == "AWS::Batch::ComputeEnvironment" and "ServiceRole" not in resource["Properties"]
+    ]
+    if not environments:
+        return
+    resources[BATCH_SERVICE_ROLE_STAND_IN] = {
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "AssumeRolePolicyDocument": {
+                "Statement": [
+                    {"Effect": "Allow", "Principal": {"Service": "batch.amazonaws.com"}, "Action": "sts:AssumeRole"}
+                ]
+            }
+        },
+    }
+    for properties in environments:
+        properties["ServiceRole"] = {"Fn::GetAtt": [BATCH_SERVICE_ROLE_STAND_IN, "Arn"]}
+
+
 # CloudFormation: resource types moto cannot create. AWS creates them; moto's CloudFormation skips them with a
 # warning and leaves a Ref to them unresolved. They change no behaviour the offline runtime exercises, so they are
 # removed up front and listed (`spotctl demo` prints the list) with what AWS would do.

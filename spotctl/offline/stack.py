@@ -141,6 +141,7 @@ def deploy(template_path: Path, parameter_overrides: dict[str, str] | None = Non
     deployable = copy.deepcopy(translated)
     adapters.apply_definition_substitutions(deployable)
     adapters.inline_list_parameters(deployable, parameters)
+    adapters.add_batch_service_role(deployable)
     not_emulated = adapters.drop_unemulated_resources(deployable)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

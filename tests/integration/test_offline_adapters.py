@@ -60,6 +60,26 @@ def test_list_parameters_are_inlined_as_lists():
     assert template["Outputs"]["O"]["Value"]["Fn::Select"][1] == ["c6i.large", "m6i.large"]
 
 
+def test_compute_environments_without_a_service_role_get_a_stand_in_role():
+    # GIVEN one compute environment on Batch's service-linked role and one with a role of its own
+    template = {
+        "Resources": {
+            "Linked": {"Type": "AWS::Batch::ComputeEnvironment", "Properties": {"Type": "MANAGED"}},
+            "Own": {"Type": "AWS::Batch::ComputeEnvironment", "Properties": {"ServiceRole": "arn:role/own"}},
+        }
+    }
+    # WHEN it is adapted for moto, which requires a role
+    adapters.add_batch_service_role(template)
+    # THEN only the first gets the stand-in, which Batch may assume
+    resources = template["Resources"]
+    assert resources["Linked"]["Properties"]["ServiceRole"] == {
+        "Fn::GetAtt": [adapters.BATCH_SERVICE_ROLE_STAND_IN, "Arn"]
+    }
+    assert resources["Own"]["Properties"]["ServiceRole"] == "arn:role/own"
+    trust = resources[adapters.BATCH_SERVICE_ROLE_STAND_IN]["Properties"]["AssumeRolePolicyDocument"]
+    assert trust["Statement"][0]["Principal"] == {"Service": "batch.amazonaws.com"}
+
+
 def test_unemulated_resources_are_removed_listed_and_unreferenced():
     # GIVEN a placement group referenced by a compute environment that also depends on a bucket policy
     template = {

@@ -320,6 +320,14 @@ def test_multinode_jobs_go_to_an_on_demand_queue_and_containers_can_read_the_spo
         assert options["HttpPutResponseHopLimit"] >= 2, name
 
 
+def test_compute_environments_use_batchs_service_linked_role_so_updates_keep_their_jobs():
+    environments = _resources("AWS::Batch::ComputeEnvironment")
+    # THEN no environment names a service role: Batch's service-linked role is what lets CloudFormation update an
+    # environment's launch template or instance types in place instead of replacing it under running jobs
+    assert environments
+    assert all("ServiceRole" not in properties for properties in environments.values())
+
+
 # ------------------------------------------------------------------ sam build / deploy defaults
 def test_builds_are_not_cached_while_the_layer_takes_files_from_outside_its_folder():
     config = tomllib.loads((REPO / "samconfig.toml").read_text())
