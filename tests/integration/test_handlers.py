@@ -70,9 +70,7 @@ def test_the_state_machine_waits_on_a_stage_past_a_deadline_longer_than_a_week(p
     }
     # AND the state machine took it as the first stage's timeout
     scheduled = [
-        e["taskScheduledEventDetails"]
-        for e in plane.history(result["execution_arn"])
-        if e["type"] == "TaskScheduled"
+        e["taskScheduledEventDetails"] for e in plane.history(result["execution_arn"]) if e["type"] == "TaskScheduled"
     ]
     assert scheduled and scheduled[0]["timeoutInSeconds"] == int(wait)
 

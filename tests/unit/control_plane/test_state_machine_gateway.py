@@ -23,7 +23,11 @@ def stubbed() -> tuple[PipelineStateMachine, Stubber]:
 def test_a_run_starts_one_execution_named_by_its_run_id(stubbed):
     # GIVEN Step Functions that accepts the first start and refuses the second (same name)
     gateway, stubber = stubbed
-    request = {"stateMachineArn": MACHINE, "name": "run-1", "input": '{"run_id": "run-1", "stage_timeout_seconds": 3600}'}
+    request = {
+        "stateMachineArn": MACHINE,
+        "name": "run-1",
+        "input": '{"run_id": "run-1", "stage_timeout_seconds": 3600}',
+    }
     started = {"executionArn": f"{MACHINE.replace(':stateMachine:', ':execution:')}:run-1", "startDate": "2026-01-05"}
     stubber.add_response("start_execution", started, request)
     stubber.add_client_error("start_execution", "ExecutionAlreadyExists", expected_params=request)
