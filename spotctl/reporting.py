@@ -2,14 +2,18 @@
 
 Input is a list of run reports (the `--json` run report of `spotctl demo`, or what the ledger keeps). Two
 optional report fields identify runs: `run_id` (else "run-N" in input order) and `started_at` (ISO 8601; runs
-without it are grouped under the period "unknown").
+without it are grouped under the period "unknown"). Periods are UTC days and ISO weeks. A run still running
+(`pipeline_status` neither SUCCEEDED nor FAILED) shows its cost so far in its own row; its deadline is neither met
+nor missed yet, and the money totals leave it out (its cost so far set against its whole On-Demand plan would
+inflate the savings).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +23,7 @@ from spot_hpc.cost import check_run_report_costs, savings_pct
 Period = Literal["day", "week"]
 PERIODS: tuple[Period, ...] = ("day", "week")
 UNKNOWN_PERIOD = "unknown"
+ENDED_STATUSES = ("SUCCEEDED", "FAILED")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,10 @@ class RunSummary:
     requeues_to_on_demand: int
     cost_problems: tuple[str, ...]
 
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED_STATUSES
+
 
 @dataclass(frozen=True)
 class PeriodSummary:
@@ -45,6 +54,7 @@ class PeriodSummary:
     on_demand_only_cost_usd: float
     interruptions: int
     requeues_to_on_demand: int
+    ended: int  # runs that succeeded or failed: the others have no deadline outcome yet
 
     @property
     def savings_pct(self) -> float:
@@ -61,9 +71,9 @@ def summarise_run(run_report: Mapping[str, Any], index: int) -> RunSummary:
             status=str(run_report["pipeline_status"]),
             # Only a JSON true: bool("false") is True.
             deadline_met=run_report["deadline_met"] is True,
-            cost_usd=float(run_report["cost_usd"]),
-            on_demand_only_cost_usd=float(run_report["on_demand_only_cost_usd"]),
-            savings_pct=float(run_report["savings_pct"]),
+            cost_usd=_finite(run_report, "cost_usd"),
+            on_demand_only_cost_usd=_finite(run_report, "on_demand_only_cost_usd"),
+            savings_pct=_finite(run_report, "savings_pct"),
             interruptions=int(run_report.get("interruptions", 0)),
             requeues_to_on_demand=int(run_report.get("requeues_to_on_demand", 0)),
             cost_problems=tuple(check_run_report_costs(run_report)),
@@ -93,7 +103,7 @@ def period_label(moment: datetime | None, period: Period) -> str:
 
 
 def summarise_periods(runs: Sequence[RunSummary], period: Period = "day") -> list[PeriodSummary]:
-    """Totals per day or ISO week, in time order (runs of unknown date last)."""
+    """Totals per day or ISO week, in time order (runs of unknown date last); money of the runs that ended."""
     groups: dict[str, list[RunSummary]] = {}
     for run in runs:
         groups.setdefault(period_label(run.period_start, period), []).append(run)
@@ -104,8 +114,9 @@ def summarise_periods(runs: Sequence[RunSummary], period: Period = "day") -> lis
             runs=len(groups[label]),
             succeeded=sum(run.status == "SUCCEEDED" for run in groups[label]),
             deadlines_met=sum(run.deadline_met for run in groups[label]),
-            cost_usd=round(sum(run.cost_usd for run in groups[label]), 6),
-            on_demand_only_cost_usd=round(sum(run.on_demand_only_cost_usd for run in groups[label]), 6),
+            ended=sum(run.ended for run in groups[label]),
+            cost_usd=round(sum(run.cost_usd for run in groups[label] if run.ended), 6),
+            on_demand_only_cost_usd=round(sum(run.on_demand_only_cost_usd for run in groups[label] if run.ended), 6),
             interruptions=sum(run.interruptions for run in groups[label]),
             requeues_to_on_demand=sum(run.requeues_to_on_demand for run in groups[label]),
         )
@@ -136,6 +147,7 @@ RUN_HEADERS = (
     "interruptions",
     "requeues",
 )
+# "deadlines met" is out of the runs that ended (a run still running has not met or missed its deadline yet).
 PERIOD_HEADERS = ("runs", "succeeded", "deadlines met", "cost USD", "on-demand only USD", "savings %", "interruptions")
 
 
@@ -144,7 +156,7 @@ def run_table(runs: Sequence[RunSummary]) -> str:
         (
             run.run_id,
             run.status,
-            "yes" if run.deadline_met else "no",
+            "yes" if run.deadline_met else "no" if run.ended else "-",
             f"{run.cost_usd:,.2f}",
             f"{run.on_demand_only_cost_usd:,.2f}",
             f"{run.savings_pct:.1f}",
@@ -162,7 +174,7 @@ def period_table(periods: Sequence[PeriodSummary], period: Period) -> str:
             item.period,
             str(item.runs),
             str(item.succeeded),
-            f"{item.deadlines_met}/{item.runs}",
+            f"{item.deadlines_met}/{item.ended}",
             f"{item.cost_usd:,.2f}",
             f"{item.on_demand_only_cost_usd:,.2f}",
             f"{item.savings_pct:.1f}",
@@ -219,8 +231,10 @@ def render_report(run_reports: list[dict[str, Any]], plot_path: Path | None, per
     if not runs:
         return "No runs to report."
     periods = summarise_periods(runs, period)
-    total_cost = sum(run.cost_usd for run in runs)
-    total_on_demand = sum(run.on_demand_only_cost_usd for run in runs)
+    total_cost = sum(run.cost_usd for run in runs if run.ended)
+    total_on_demand = sum(run.on_demand_only_cost_usd for run in runs if run.ended)
+    running = sum(not run.ended for run in runs)
+    left_out = f" ({running} still running, left out of the money)" if running else ""
     sections = [
         "Runs",
         run_table(runs),
@@ -228,7 +242,7 @@ def render_report(run_reports: list[dict[str, Any]], plot_path: Path | None, per
         f"By {period}",
         period_table(periods, period),
         "",
-        f"Total: {len(runs)} runs, cost ${total_cost:,.2f} vs ${total_on_demand:,.2f} On-Demand only, "
+        f"Total: {len(runs)} runs{left_out}, cost ${total_cost:,.2f} vs ${total_on_demand:,.2f} On-Demand only, "
         f"saved ${total_on_demand - total_cost:,.2f} ({savings_pct(total_cost, total_on_demand):.1f}%)",
     ]
     problems = [f"  {run.run_id}: {problem}" for run in runs for problem in run.cost_problems]
@@ -241,6 +255,14 @@ def render_report(run_reports: list[dict[str, Any]], plot_path: Path | None, per
 
 
 def _parse_started_at(value: Any) -> datetime | None:
+    """The run's start in UTC (a timestamp with another offset is moved to UTC; one without is UTC already)."""
     if value in (None, ""):
         return None
-    return parse_time(str(value))
+    return parse_time(str(value)).astimezone(UTC)
+
+
+def _finite(run_report: Mapping[str, Any], name: str) -> float:
+    value = float(run_report[name])
+    if not math.isfinite(value):
+        raise ValueError(f"{name} is {value}, not a finite number")
+    return value

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     from spot_hpc.pipeline import InvalidRunOptions, parse_stage_hours
+    from spot_hpc.run_report import run_report_json
 
     from spotctl.offline.batch_emulator import TraceError
     from spotctl.offline.demo import DemoOptions, format_summary, run_demo
@@ -65,5 +65,6 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.json:
-        write_text(args.json, json.dumps(report, indent=2, default=str))
+        # Strict JSON (no NaN or Infinity): a report that cannot be written so is the tool's fault, not the run's.
+        write_text(args.json, run_report_json(report))
     return 0

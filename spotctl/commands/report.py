@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,10 @@ def load_run_reports(paths: list[Path]) -> list[dict[str, Any]]:
     reports: list[dict[str, Any]] = []
     for path in paths:
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
+            # Python's reader takes NaN, Infinity and 1e400 (inf); JSON has no such numbers, and totals must not either.
+            document = json.loads(
+                path.read_text(encoding="utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float
+            )
         except OSError as exc:
             raise ToolError(f"cannot read {path}: {exc.strerror or exc}") from None
         except ValueError as exc:
@@ -61,6 +65,17 @@ def load_run_reports(paths: list[Path]) -> list[dict[str, Any]]:
             report.setdefault("run_id", path.stem if len(items) == 1 else f"{path.stem}[{position}]")
             reports.append(report)
     return reports
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number (JSON has no NaN or Infinity)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
 
 
 def load_stack_reports(stack: str, region: str | None) -> list[dict[str, Any]]:

@@ -195,3 +195,28 @@ def test_a_summary_without_stages_has_nothing_to_check() -> None:
 
     # WHEN / THEN the check has nothing to disagree with
     assert check_run_report_costs(summary) == []
+
+
+def test_hours_rounded_for_the_report_bill_the_whole_seconds_they_stand_for() -> None:
+    # GIVEN the report's hours (6 decimals) of attempts of exactly 2,640 s and 14,460 s, which do not round evenly
+    # WHEN / THEN EC2 bills those seconds, not one more for the rounding
+    assert billed_seconds(0.033333, 0.766667) == 2640
+    assert billed_seconds(2.483333, 6.5) == 14460
+    # ... while a real fraction of a second is still rounded up to the billed second
+    assert billed_seconds(0.0, 2640.5 / 3600) == 2641
+
+
+def test_a_running_attempt_cost_so_far_is_taken_as_reported_but_must_be_a_cost() -> None:
+    # GIVEN a run still running: its last attempt has started and not stopped, and has cost 1.53 so far
+    report = copy.deepcopy(_run_report())
+    running = report["stages"][2]["attempts"][0]
+    running.update(stopped_hours=None, cost_usd=1.53)
+    report["cost_usd"] = round(28.7742 - 0.0102 + 1.53, 6)
+    report["savings_pct"] = savings_pct(report["cost_usd"], report["on_demand_only_cost_usd"])
+
+    # WHEN / THEN its figures check out, the cost so far counted in the run's sum
+    assert check_run_report_costs(report) == []
+
+    # ... and a cost so far that is no cost is named
+    running["cost_usd"] = -1.0
+    assert any("cost_usd so far -1.0" in problem for problem in check_run_report_costs(report))

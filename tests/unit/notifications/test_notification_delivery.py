@@ -136,3 +136,87 @@ def test_report_entries_name_each_channel() -> None:
         ("slack", "requeued", "dead-lettered"),
     ]
     assert entries[0]["text"] == notification_text(NOTIFICATION)
+
+
+class BrokenWebhook(SlackWebhook):
+    """A webhook whose sender fails in a way it does not foresee (any error the HTTP stack may raise)."""
+
+    def __init__(self) -> None:
+        super().__init__("https://hooks.slack.com/services/T0ABCDEF1/B0ABCDEF2/abcdefghijklmnopqrstuvwx")
+
+    def send(self, notification: Notification, *, budget_seconds: float | None = None) -> object:
+        raise RuntimeError("unforeseen")
+
+
+def test_an_unforeseen_slack_error_is_dead_lettered_not_raised(sqs: tuple[object, Stubber]) -> None:
+    # GIVEN a Slack sender that fails unexpectedly, after SNS has been told
+    sqs_client, sqs_stubber = sqs
+    sqs_stubber.add_response("send_message", {"MessageId": "dlq-1"}, None)
+
+    # WHEN the notification is delivered
+    outcome = deliver_notification(
+        NOTIFICATION, webhook=BrokenWebhook(), sqs_client=sqs_client, dead_letter_queue_url=QUEUE_URL
+    )
+
+    # THEN the message is parked for a redrive: raising would make the event's retry publish to SNS again
+    assert outcome.slack == "dead-lettered" and "RuntimeError" in (outcome.error or "")
+    sqs_stubber.assert_no_pending_responses()
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_after_slack_fails_the_next_notices_are_parked_without_waiting_on_it(sqs: tuple[object, Stubber]) -> None:
+    # GIVEN Slack down (503 on every try) and a circuit that rests Slack 60 s after a failure
+    from spot_hpc.slack import SlackCircuit
+
+    sqs_client, sqs_stubber = sqs
+    for _ in range(2):
+        sqs_stubber.add_response("send_message", {"MessageId": "dlq"}, None)
+    clock = ManualClock()
+    circuit = SlackCircuit(cool_down_seconds=60, clock=clock)
+    with WebhookSink([503] * 3) as sink:
+        webhook = SlackWebhook(sink.url, allow_loopback_http=True, sleep=lambda _: None, max_attempts=3)
+        channels = {"webhook": webhook, "sqs_client": sqs_client, "dead_letter_queue_url": QUEUE_URL}
+
+        # WHEN three notices follow one another, the third after the rest is over
+        first = deliver_notification(NOTIFICATION, circuit=circuit, **channels)  # type: ignore[arg-type]
+        tries_after_first = len(sink.requests)
+        clock.now += 30
+        second = deliver_notification(NOTIFICATION, circuit=circuit, **channels)  # type: ignore[arg-type]
+        tries_after_second = len(sink.requests)
+        clock.now += 31
+        third = deliver_notification(NOTIFICATION, circuit=circuit, **channels)  # type: ignore[arg-type]
+        url = sink.url
+
+    # THEN the first spent its tries, the second was parked at once (a handler with jobs to requeue within a Spot
+    # warning's two minutes does not wait on Slack again), and the third found Slack back
+    assert (first.slack, tries_after_first) == ("dead-lettered", 3)
+    assert second.slack == "dead-lettered" and tries_after_second == 3
+    assert "not tried" in (second.error or "") and "503" in (second.error or "") and url not in (second.error or "")
+    assert third.slack == "delivered" and len(sink.requests) == 4 and circuit.resting(webhook) is None
+    sqs_stubber.assert_no_pending_responses()
+
+
+def test_a_refused_message_does_not_rest_slack(sqs: tuple[object, Stubber]) -> None:
+    # GIVEN Slack refusing one message as invalid (a 400 is about that message, not about Slack being down)
+    from spot_hpc.slack import SlackCircuit
+
+    sqs_client, sqs_stubber = sqs
+    sqs_stubber.add_response("send_message", {"MessageId": "dlq"}, None)
+    circuit = SlackCircuit(cool_down_seconds=60, clock=ManualClock())
+    with WebhookSink([400]) as sink:
+        webhook = SlackWebhook(sink.url, allow_loopback_http=True, sleep=lambda _: None)
+
+        # WHEN two notices follow one another
+        first = deliver_notification(NOTIFICATION, webhook=webhook, sqs_client=sqs_client,
+                                     dead_letter_queue_url=QUEUE_URL, circuit=circuit)  # fmt: skip
+        second = deliver_notification(NOTIFICATION, webhook=webhook, circuit=circuit)
+
+    # THEN the second was tried, and delivered
+    assert (first.slack, second.slack) == ("dead-lettered", "delivered")

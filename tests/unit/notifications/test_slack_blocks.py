@@ -167,3 +167,46 @@ def test_money_is_formatted_for_people() -> None:
     assert format_usd(0.0102) == "$0.0102"
     assert format_usd(0) == "$0.00"
     assert format_usd(-2.5) == "-$2.50"
+
+
+def test_truncation_never_cuts_an_escaped_character_in_half() -> None:
+    # GIVEN a reason (e.g. an S3 key) full of characters Slack needs escaped, far longer than a section holds
+    notification = Notification(kind="failed", run_id="r", stage=None, reason="a&<b>" * 2_000)
+
+    # WHEN the message is built
+    message = build_message(notification)
+
+    # THEN the texts fit Slack's limits and end in a whole entity (no "&am" shown to the channel) then the ellipsis
+    for text in (message["blocks"][1]["text"]["text"], message["text"]):
+        assert len(text) <= SECTION_TEXT_LIMIT and text.endswith("…")
+        body = text[:-1]
+        assert body.endswith(("a", "&amp;", "&lt;", "b", "&gt;")), body[-8:]
+
+
+def test_a_run_that_cost_more_than_on_demand_says_so_in_words() -> None:
+    # GIVEN a run that cost more than On-Demand alone would have
+    notification = Notification(kind="succeeded", run_id="r", stage=None, reason="done", cost_usd=12.0,
+                                on_demand_only_cost_usd=10.0, savings_pct=-20.0)  # fmt: skip
+
+    # WHEN its text and fields are built
+    text = notification_text(notification)
+    fields = _field_texts(build_blocks(notification))
+
+    # THEN it says it cost 20% more, not that it "saved -20%"
+    assert "saved -" not in text and "cost 20.0% more than On-Demand only" in text
+    assert "*Savings*\nnone: 20.0% more than On-Demand" in fields
+
+
+def test_s3_keys_with_slack_control_characters_are_escaped_everywhere() -> None:
+    # GIVEN a notification about an upload whose key holds &, < and > (a user's own file name)
+    key = "incoming/<!here> & co>.csv"
+    notification = Notification(kind="failed", run_id="r", stage=None, reason=f"upload rejected: {key}",
+                                details={"source": f"s3://bucket/{key}"})  # fmt: skip
+
+    # WHEN the message is built
+    message = build_message(notification)
+
+    # THEN no raw control character reaches Slack in any text of the message
+    texts = [message["text"], message["blocks"][1]["text"]["text"], *_field_texts(message["blocks"])]
+    assert all("<" not in text and ">" not in text for text in texts)
+    assert any("&lt;!here&gt; &amp; co&gt;.csv" in text for text in texts)

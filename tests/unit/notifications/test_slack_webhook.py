@@ -202,3 +202,33 @@ def test_sink_rejects_a_body_that_is_not_json(sink: WebhookSink) -> None:
     assert caught.value.read() == b"invalid_payload"
     caught.value.close()
     assert sink.delivered_messages == []
+
+
+class GarbledOpener:
+    """An opener whose answers are not HTTP (a broken proxy or a cut connection): http.client raises, not urllib."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors = errors
+        self.requests = 0
+
+    def open(self, fullurl: object, data: object = None, timeout: float = 0) -> object:
+        self.requests += 1
+        raise self.errors.pop(0)
+
+
+def test_an_answer_that_is_not_http_is_retried_then_a_retryable_error() -> None:
+    # GIVEN an opener whose answers are a bad status line, then a body cut short, every time
+    import http.client
+
+    opener = GarbledOpener([http.client.BadStatusLine("garbage"), http.client.IncompleteRead(b"o", 1)])
+    url = "https://hooks.slack.com/services/T0ABCDEF1/B0ABCDEF2/abcdefghijklmnopqrstuvwx"
+    webhook = SlackWebhook(url, opener=opener, sleep=RecordingSleep(), jitter=lambda: 0.5, max_attempts=2)
+
+    # WHEN a notification is sent
+    with pytest.raises(SlackDeliveryError) as caught:
+        webhook.send(NOTIFICATION)
+
+    # THEN both tries were made and the failure is Slack's to retry later (the dead-letter queue), never the URL
+    assert opener.requests == 2
+    assert caught.value.retryable and caught.value.status is None
+    assert "abcdefghij" not in str(caught.value)

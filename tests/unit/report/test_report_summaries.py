@@ -211,3 +211,79 @@ def test_spotctl_report_refuses_a_plot_under_a_file(tmp_path: Path, capsys: pyte
 
     # THEN it is a user error, not a traceback
     assert code == 2 and "is not a directory" in capsys.readouterr().err
+
+
+def test_periods_are_utc_days_whatever_offset_a_report_carries() -> None:
+    # GIVEN a run started at 23:30 in UTC-5 on 23 June, which is 04:30 UTC on 24 June
+    report = _run_report("run-late", "2025-06-23T23:30:00-05:00", 2.0, 10.0)
+
+    # WHEN it is totalled per day
+    (day,) = summarise_periods(summarise_runs([report]), "day")
+
+    # THEN it counts on its UTC day, as every other run does
+    assert day.period == "2025-06-24"
+
+
+@pytest.mark.parametrize(
+    "text", ['"cost_usd": NaN', '"cost_usd": Infinity', '"cost_usd": -Infinity', '"cost_usd": 1e400']
+)
+def test_spotctl_report_refuses_non_finite_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    # GIVEN a report file whose cost is NaN or infinite (which Python's JSON reader would accept)
+    document = json.dumps(REPORTS[0]).replace('"cost_usd": 2.0, "on_demand_only', text + ', "on_demand_only')
+    assert text in document
+    path = tmp_path / "r.json"
+    path.write_text(document)
+
+    # WHEN `spotctl report` reads it
+    code = main(["report", "--from-json", str(path)])
+
+    # THEN it is a user error naming the file, not a table of "nan" or "inf"
+    captured = capsys.readouterr()
+    assert code == 2 and "nan" not in captured.out.lower() and "inf" not in captured.out.lower()
+    assert str(path) in captured.err and "finite" in captured.err
+
+
+def test_a_non_finite_figure_is_a_malformed_report() -> None:
+    # GIVEN a report (e.g. read from a ledger) whose On-Demand-only cost is infinite
+    report = _run_report("run-inf", None, 2.0, 10.0, on_demand_only_cost_usd=float("inf"))
+
+    # WHEN / THEN it is refused by name rather than summed into the totals
+    with pytest.raises(ValueError, match=r"run-inf.*on_demand_only_cost_usd"):
+        summarise_runs([report])
+
+
+def test_a_run_still_running_is_not_counted_as_a_missed_deadline() -> None:
+    # GIVEN a succeeded run and one still running (its cost so far, no finish yet)
+    running = _run_report("run-now", "2025-06-23T09:00:00Z", 0.5, 10.0, pipeline_status="RUNNING",
+                          deadline_met=False, finished_hours=None)  # fmt: skip
+    running["stages"][0]["attempts"][0].update(stopped_hours=None, cost_usd=0.5)
+    reports = [REPORTS[0], running]
+
+    # WHEN the report is rendered
+    text = render_report(reports, None)
+
+    # THEN the running run says so instead of "no", and the day's deadlines are counted over ended runs
+    row = next(line for line in text.splitlines() if line.startswith("run-now"))
+    assert row.split()[:3] == ["run-now", "RUNNING", "-"]
+    day = next(line for line in text.splitlines() if line.startswith("2025-06-23"))
+    assert "1/1" in day.split()
+    assert "Warning" not in text
+
+
+def test_savings_totals_leave_out_runs_still_running() -> None:
+    # GIVEN a run that ended (cost 2 of 10 On-Demand) and one just begun (0.5 so far of a 10 On-Demand plan)
+    running = _run_report("run-now", "2025-06-23T09:00:00Z", 0.5, 10.0, pipeline_status="RUNNING",
+                          deadline_met=False, finished_hours=None)  # fmt: skip
+    running["stages"][0]["attempts"][0].update(stopped_hours=None, cost_usd=0.5)
+
+    # WHEN the report is rendered
+    text = render_report([REPORTS[0], running], None)
+
+    # THEN the day's and the overall money are those of the ended run (80% saved), not 0.5 set against a whole
+    # plan not yet run (87.5%), and the total says a run is left out
+    day = next(line for line in text.splitlines() if line.startswith("2025-06-23")).split()
+    assert day[:4] == ["2025-06-23", "2", "1", "1/1"] and day[4:7] == ["2.00", "10.00", "80.0"]
+    assert "Total: 2 runs (1 still running, left out of the money), cost $2.00 vs $10.00 On-Demand only" in text
+    assert "(80.0%)" in text

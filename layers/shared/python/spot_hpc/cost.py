@@ -24,6 +24,9 @@ CAPACITIES: tuple[Capacity, ...] = ("spot", "on-demand")
 SECONDS_PER_HOUR = 3600.0
 # EC2 Linux instances are billed per second, at least 60 seconds each time an instance starts.
 MINIMUM_BILLED_SECONDS = 60
+# Run reports keep hours to 6 decimals (3.6 ms): a duration is taken to the hundredth of a second before it is
+# rounded up to the billed second, so a 2,640 s attempt reported as 0.033333 h -> 0.766667 h bills 2,640 s, not 2,641.
+DURATION_SECOND_DECIMALS = 2
 # Money is kept to the micro-dollar: enough for per-second prices, free of float noise in the ledger.
 USD_DECIMALS = 6
 PCT_DECIMALS = 2
@@ -105,8 +108,8 @@ def billed_seconds(started_hours: float | None, stopped_hours: float | None, now
     end_hours = stopped_hours if stopped_hours is not None else now_hours
     if end_hours is None or end_hours <= started_hours:
         return 0
-    # Round away float noise (0.5 h must be 1800 s, not 1801) before rounding up to the billed second.
-    seconds = math.ceil(round((end_hours - started_hours) * SECONDS_PER_HOUR, 6))
+    # Round away float noise and the hours' rounding (0.5 h must be 1800 s, not 1801) before rounding up.
+    seconds = math.ceil(round((end_hours - started_hours) * SECONDS_PER_HOUR, DURATION_SECOND_DECIMALS))
     return max(seconds, MINIMUM_BILLED_SECONDS)
 
 
@@ -182,31 +185,37 @@ def check_run_report_costs(run_report: Mapping[str, Any], tolerance_usd: float =
     """Recompute a run report's costs from its attempts and prices; return what disagrees (empty when all agree).
 
     Checks every attempt's `cost_usd`, the run's `cost_usd` (their sum), and, when the stages carry their plans,
-    `on_demand_only_cost_usd` and `savings_pct`. A summary without `stages` has nothing to check against.
+    `on_demand_only_cost_usd` and `savings_pct`. A summary without `stages` has nothing to check against. An attempt
+    still running (started, not stopped) was billed up to when the report was made, which the report does not say:
+    its cost so far is taken as reported (a non-negative number) and counted in the run's sum.
     """
     problems: list[str] = []
     if "stages" not in run_report:
         return problems
-    attempts: list[Attempt] = []
+    attempt_costs: list[float] = []
     for stage in run_report.get("stages", []):
         for index, attempt_dict in enumerate(stage["attempts"]):
             attempt = attempt_from_report(attempt_dict)
-            attempts.append(attempt)
+            reported = attempt_dict.get("cost_usd")
+            if attempt.started_hours is not None and attempt.stopped_hours is None:
+                if not (_is_number(reported) and math.isfinite(reported) and reported >= 0):
+                    problems.append(f"stage {stage['name']} attempt {index}: cost_usd so far {reported} is not a cost")
+                    continue
+                attempt_costs.append(float(reported))
+                continue
             expected = attempt_cost_usd(attempt)
-            if not _close(attempt_dict.get("cost_usd"), expected, tolerance_usd):
-                problems.append(
-                    f"stage {stage['name']} attempt {index}: cost_usd {attempt_dict.get('cost_usd')} != {expected}"
-                )
-    expected_run_cost = run_cost_usd(attempts)
+            attempt_costs.append(expected)
+            if not _close(reported, expected, tolerance_usd):
+                problems.append(f"stage {stage['name']} attempt {index}: cost_usd {reported} != {expected}")
+    expected_run_cost = round_usd(sum(attempt_costs))
     if not _close(run_report.get("cost_usd"), expected_run_cost, tolerance_usd):
         problems.append(f"run cost_usd {run_report.get('cost_usd')} != sum of attempts {expected_run_cost}")
     plans = stage_plans_from_report(run_report)
     if plans is not None:
-        settled = settle_run(attempts, plans)
-        if not _close(run_report.get("on_demand_only_cost_usd"), settled.on_demand_only_cost_usd, tolerance_usd):
+        expected_on_demand_only = on_demand_only_cost_usd(plans)
+        if not _close(run_report.get("on_demand_only_cost_usd"), expected_on_demand_only, tolerance_usd):
             problems.append(
-                f"on_demand_only_cost_usd {run_report.get('on_demand_only_cost_usd')} != "
-                f"{settled.on_demand_only_cost_usd}"
+                f"on_demand_only_cost_usd {run_report.get('on_demand_only_cost_usd')} != {expected_on_demand_only}"
             )
     on_demand_only = run_report.get("on_demand_only_cost_usd")
     if isinstance(on_demand_only, int | float) and isinstance(run_report.get("cost_usd"), int | float):
@@ -229,5 +238,9 @@ def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _close(actual: Any, expected: float, tolerance: float) -> bool:
-    return isinstance(actual, int | float) and abs(float(actual) - expected) <= tolerance
+    return _is_number(actual) and abs(float(actual) - expected) <= tolerance

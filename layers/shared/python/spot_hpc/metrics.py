@@ -28,7 +28,9 @@ PIPELINES_SUCCEEDED = "PipelinesSucceeded"
 PIPELINES_FAILED = "PipelinesFailed"
 DEADLINES_MET = "DeadlinesMet"
 DEADLINES_MISSED = "DeadlinesMissed"
-SPOT_INTERRUPTIONS = "SpotInterruptions"  # interruption warnings / rebalance recommendations acted on
+# The run report's `interruptions`: attempts that lost their capacity (Spot reclaim, host terminated, or stopped
+# after checkpointing on a notice). A Spot job replaced by On-Demand before its instance went is a requeue instead.
+SPOT_INTERRUPTIONS = "SpotInterruptions"
 SPOT_RECLAIMS = "SpotReclaims"  # attempts whose Spot host was taken away
 REQUEUES_TO_ON_DEMAND = "RequeuesToOnDemand"
 # Money, USD per settled run (CloudWatch has no currency unit: NoUnit).

@@ -1,6 +1,7 @@
 """Notifications from the control plane: deduplicated in the ledger, published to SNS and Slack.
 
-A Slack outage never fails a pipeline: undelivered messages go to the notifications dead-letter queue.
+A Slack outage never fails a pipeline: undelivered messages go to the notifications dead-letter queue, and for a
+minute after Slack failed to take one the next are parked there at once rather than each waiting on Slack.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from spot_hpc.ledger import Run
 from spot_hpc.services import Services
 from spot_hpc.slack import (
     Notification,
+    SlackCircuit,
     SlackWebhook,
     WebhookSecretError,
     deliver_notification,
@@ -24,6 +26,12 @@ logger = logging.getLogger(__name__)
 
 # Powertools caches the secret this long, so a rotated webhook is picked up without a cold start.
 WEBHOOK_MAX_AGE_SECONDS = 300
+# Each notice may spend this long on Slack (its retries included)...
+SLACK_BUDGET_SECONDS = 20.0
+# ... and after Slack failed to take one, the notices of the next minute in this process are parked on the
+# dead-letter queue at once: a Slack outage must not hold up requeues within a Spot warning's two minutes, nor the
+# SLA guard's pass over every stage.
+SLACK_CIRCUIT = SlackCircuit(cool_down_seconds=60.0)
 
 
 def _webhook(svc: Services) -> SlackWebhook | None:
@@ -84,7 +92,8 @@ def _send(svc: Services, notification: Notification, dedupe_key: str) -> bool:
             topic_arn=svc.settings.notification_topic_arn,
             sqs_client=svc.sqs,
             dead_letter_queue_url=svc.settings.notifications_dlq_url,
-            budget_seconds=20.0,
+            budget_seconds=SLACK_BUDGET_SECONDS,
+            circuit=SLACK_CIRCUIT,
         )
     except Exception:
         # SNS or SQS failed (after botocore's retries): free the claim so that the event's retry sends it.

@@ -10,7 +10,7 @@ from spot_hpc.ledger import Run
 from spot_hpc.metrics import record_settled_run
 from spot_hpc.notifier import notify
 from spot_hpc.placement import node_price
-from spot_hpc.run_report import build_run_report
+from spot_hpc.run_report import build_run_report, describe_failure
 from spot_hpc.services import Services
 
 
@@ -53,24 +53,48 @@ def finish(svc: Services, payload: dict[str, Any]) -> Settlement:
     first_time = svc.ledger.finish_run(run_id, "SUCCEEDED" if outcome == "succeeded" else "FAILED", error or None)
     run = svc.ledger.get_run(run_id) or run
     report = run_report(svc, run)
-    reason = (
-        f"deadline {'met' if report['deadline_met'] else 'missed'}: {report['finished_hours']:.2f} h of "
-        f"{run.deadline_hours:g} h"
-        if outcome == "succeeded"
-        else error or "a stage failed"
-    )
-    notify(
-        svc,
-        outcome,
-        run,
-        None,
-        reason,
-        cost_usd=report["cost_usd"],
-        on_demand_only_cost_usd=report["on_demand_only_cost_usd"],
-        savings_pct=report["savings_pct"],
-        deadline_met=report["deadline_met"],
-    )
+    history = _history(report)
+    stage: str | None = None
+    if outcome == "succeeded":
+        reason = (
+            f"deadline {'met' if report['deadline_met'] else 'missed'}: {report['finished_hours']:.2f} h of "
+            f"{run.deadline_hours:g} h; {history}"
+        )
+        figures = {k: report[k] for k in ("cost_usd", "on_demand_only_cost_usd", "savings_pct", "deadline_met")}
+    else:
+        # Which stage failed for good and why, in words; the state machine's error follows for the engineers.
+        # A failed run delivered nothing: its cost is told, not "savings" against stages it never ran.
+        failed = next((item for item in report["stages"] if item["status"] == "FAILED"), None)
+        stage = failed["name"] if failed else None
+        reason = f"{_stage_failure(failed) if failed else 'a stage failed'}; {history}"
+        if error:
+            reason += f". Details: {error}"
+        figures = {k: report[k] for k in ("cost_usd", "deadline_met")}
+    notify(svc, outcome, run, stage, reason, **figures)
     return Settlement(report, first_time)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _history(report: dict[str, Any]) -> str:
+    """What the run went through: "2 interruptions, 1 requeue to On-Demand"."""
+    return (
+        f"{_plural(report['interruptions'], 'interruption')}, "
+        f"{_plural(report['requeues_to_on_demand'], 'requeue')} to On-Demand"
+    )
+
+
+def _stage_failure(stage: dict[str, Any]) -> str:
+    attempts = stage["attempts"]
+    if not attempts:
+        return f"{stage['name']} failed for good"
+    last = attempts[-1]
+    return (
+        f"{stage['name']} failed for good on attempt {len(attempts)}: "
+        f"{describe_failure(last.get('failure_class'), last.get('exit_code'))}"
+    )
 
 
 def _error_text(error: Any) -> str:

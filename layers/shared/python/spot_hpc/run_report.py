@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
+from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from itertools import pairwise
 from typing import Any
 
 from spot_hpc import cost
-from spot_hpc.clock import hours_between, parse_time, utc_now
+from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
 from spot_hpc.ledger import Attempt, Run, Stage
 
 
@@ -27,9 +31,33 @@ RECLAIM_CLASSES = frozenset(
     {FailureClass.SPOT_RECLAIM, FailureClass.HOST_FAILURE, FailureClass.CHECKPOINTED_INTERRUPTION}
 )
 
+# What each class means, in the words a research team reads in Slack.
+FAILURE_WORDS: dict[str, str] = {
+    FailureClass.SPOT_RECLAIM: "Spot took its instance back",
+    FailureClass.HOST_FAILURE: "its instance was terminated under it",
+    FailureClass.CHECKPOINTED_INTERRUPTION: "it checkpointed and stopped for a Spot interruption",
+    FailureClass.CANCELLED_BY_CONTROL_PLANE: "the control plane cancelled it to move the work to On-Demand",
+    FailureClass.TIMEOUT: "it ran past its time limit",
+    FailureClass.APPLICATION_ERROR: "the application failed",
+}
+
+
+def describe_failure(failure_class: str | None, exit_code: int | None = None) -> str:
+    """Why an attempt failed, in plain words (with the exit code of an application error)."""
+    words = FAILURE_WORDS.get(failure_class or "", "it failed")
+    if failure_class == FailureClass.APPLICATION_ERROR and exit_code is not None:
+        words += f" (exit code {exit_code})"
+    return words
+
+
+def _exact_hours(run: Run, when: str | None) -> float | None:
+    return None if when is None else hours_between(parse_time(run.started_at), parse_time(when))
+
 
 def _hours(run: Run, when: str | None) -> float | None:
-    return None if when is None else round(hours_between(parse_time(run.started_at), parse_time(when)), 6)
+    """Hours since the run started, as the report shows them (6 decimals: 3.6 ms)."""
+    exact = _exact_hours(run, when)
+    return None if exact is None else round(exact, 6)
 
 
 def requeues_to_on_demand(attempts: list[Attempt]) -> int:
@@ -49,28 +77,34 @@ def build_run_report(
 ) -> dict[str, Any]:
     """`on_demand_usd_per_hour`: each stage's On-Demand price for all its nodes (the base of the savings)."""
     now_hours = hours_between(parse_time(run.started_at), utc_now())
-    stage_reports = []
+    stage_reports: list[dict[str, Any]] = []
     billed: list[cost.Attempt] = []
     for stage in stages:
         rows = []
         for attempt in sorted((a for a in attempts if a.stage == stage.stage), key=lambda a: a.attempt):
-            started, stopped = _hours(run, attempt.started_at), _hours(run, attempt.stopped_at)
-            billing = cost.Attempt(attempt.capacity, attempt.nodes, started, stopped, attempt.usd_per_hour)  # type: ignore[arg-type]
+            # Billed from the exact times (whole seconds in the ledger), not from the hours as rounded for the report.
+            billing = cost.Attempt(
+                attempt.capacity,  # type: ignore[arg-type]
+                int(attempt.nodes),
+                _exact_hours(run, attempt.started_at),
+                _exact_hours(run, attempt.stopped_at),
+                float(attempt.usd_per_hour),
+            )
             billed.append(billing)
             rows.append(
                 {
                     "job_id": attempt.job_id,
                     "queue": attempt.queue,
                     "capacity": attempt.capacity,
-                    "nodes": attempt.nodes,
+                    "nodes": int(attempt.nodes),
                     "status": attempt.status,
                     "status_reason": attempt.status_reason or "",
-                    "exit_code": attempt.exit_code,
+                    "exit_code": None if attempt.exit_code is None else int(attempt.exit_code),
                     "failure_class": attempt.failure_class,
-                    "started_hours": started,
-                    "stopped_hours": stopped,
-                    "resumed_from_checkpoint": attempt.resumed_from_checkpoint,
-                    "usd_per_hour": round(attempt.usd_per_hour, 6),
+                    "started_hours": _hours(run, attempt.started_at),
+                    "stopped_hours": _hours(run, attempt.stopped_at),
+                    "resumed_from_checkpoint": bool(attempt.resumed_from_checkpoint),
+                    "usd_per_hour": round(float(attempt.usd_per_hour), 6),
                     "cost_usd": cost.attempt_cost_usd(billing, now_hours),
                 }
             )
@@ -79,23 +113,50 @@ def build_run_report(
                 "name": stage.stage,
                 "status": stage.status,
                 "attempts": rows,
-                "compute_hours": stage.compute_hours,
-                "on_demand_usd_per_hour": on_demand_usd_per_hour.get(stage.stage, 0.0),
+                "compute_hours": float(stage.compute_hours),
+                "on_demand_usd_per_hour": round(float(on_demand_usd_per_hour.get(stage.stage, 0.0)), 6),
             }
         )
-    plans = [cost.StagePlan(s.stage, s.compute_hours, on_demand_usd_per_hour.get(s.stage, 0.0)) for s in stages]
+    plans = [cost.StagePlan(s["name"], s["compute_hours"], s["on_demand_usd_per_hour"]) for s in stage_reports]
     settled = cost.settle_run(billed, plans, now_hours)
-    finished = _hours(run, run.finished_at)
+    finished = _exact_hours(run, run.finished_at)
     return {
         "run_id": run.run_id,
         "source": f"s3://{run.bucket}/{run.key}",
-        "started_at": run.started_at,
+        "started_at": format_time(parse_time(run.started_at)),
         "pipeline_status": run.status,
-        "deadline_hours": run.deadline_hours,
-        "finished_hours": finished,
+        "deadline_hours": float(run.deadline_hours),
+        "finished_hours": _hours(run, run.finished_at),
+        # Met: the pipeline succeeded by its deadline. A failed run has not met it; nor, yet, has one still running.
         "deadline_met": run.status == "SUCCEEDED" and finished is not None and finished <= run.deadline_hours + 1e-9,
         "stages": stage_reports,
         "interruptions": sum(1 for a in attempts if a.failure_class in RECLAIM_CLASSES),
         "requeues_to_on_demand": requeues_to_on_demand(attempts),
         **settled.as_report_fields(),
     }
+
+
+def run_report_json(report: dict[str, Any], indent: int | None = 2) -> str:
+    """The report as strict JSON: NaN and Infinity are refused (no strict parser reads them), a Decimal is written as
+    a number and a datetime as ISO 8601 UTC, anything else that JSON cannot hold is an error."""
+    _refuse_non_finite(report, "report")
+    return json.dumps(report, indent=indent, allow_nan=False, default=_json_default)
+
+
+def _refuse_non_finite(value: Any, where: str) -> None:
+    if isinstance(value, float | Decimal) and not math.isfinite(value):
+        raise ValueError(f"run report field {where} is not a finite number: {value}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _refuse_non_finite(item, f"{where}[{index}]")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, datetime):
+        return format_time(value)
+    raise TypeError(f"a run report holds only JSON values, not {type(value).__name__}")

@@ -11,6 +11,7 @@ Only the standard library is used for HTTP: the Lambda runtime has no `requests`
 from __future__ import annotations
 
 import hashlib
+import http.client
 import ipaddress
 import json
 import logging
@@ -124,14 +125,15 @@ def notification_text(notification: Notification) -> str:
     if notification.on_demand_only_cost_usd is not None:
         parts.append(f"On-Demand only {format_usd(notification.on_demand_only_cost_usd)}")
     if notification.savings_pct is not None:
-        parts.append(f"saved {notification.savings_pct:.1f}%")
+        savings = notification.savings_pct
+        parts.append(f"saved {savings:.1f}%" if savings >= 0 else f"cost {-savings:.1f}% more than On-Demand only")
     return " | ".join(parts)
 
 
 def build_message(notification: Notification) -> dict[str, Any]:
     """The incoming-webhook payload: Block Kit blocks plus the plain-text fallback for notifications."""
     # Slack renders the fallback text as mrkdwn too, so it is escaped like the blocks.
-    text = _truncate(escape_mrkdwn(notification_text(notification)), SECTION_TEXT_LIMIT)
+    text = _truncate_mrkdwn(escape_mrkdwn(notification_text(notification)), SECTION_TEXT_LIMIT)
     return {"text": text, "blocks": build_blocks(notification)}
 
 
@@ -150,7 +152,8 @@ def build_blocks(notification: Notification) -> list[dict[str, Any]]:
     if notification.on_demand_only_cost_usd is not None:
         fields.append(("On-Demand only", format_usd(notification.on_demand_only_cost_usd)))
     if notification.savings_pct is not None:
-        fields.append(("Savings", f"{notification.savings_pct:.1f}%"))
+        savings = notification.savings_pct
+        fields.append(("Savings", f"{savings:.1f}%" if savings >= 0 else f"none: {-savings:.1f}% more than On-Demand"))
     if notification.deadline_hours is not None:
         deadline = f"{notification.deadline_hours:.2f} h"
         if notification.deadline_met is not None:
@@ -165,7 +168,7 @@ def build_blocks(notification: Notification) -> list[dict[str, Any]]:
         {
             "type": "section",
             "fields": [
-                {"type": "mrkdwn", "text": _truncate(f"*{name}*\n{value}", FIELD_TEXT_LIMIT)}
+                {"type": "mrkdwn", "text": _truncate_mrkdwn(f"*{name}*\n{value}", FIELD_TEXT_LIMIT)}
                 for name, value in fields[start : start + 10]
             ],
         }
@@ -177,7 +180,7 @@ def build_blocks(notification: Notification) -> list[dict[str, Any]]:
             "type": "section",
             "text": {
                 "type": "mrkdwn",
-                "text": _truncate(escape_mrkdwn(notification.reason) or "—", SECTION_TEXT_LIMIT),
+                "text": _truncate_mrkdwn(escape_mrkdwn(notification.reason) or "—", SECTION_TEXT_LIMIT),
             },
         },
         *field_blocks,
@@ -202,6 +205,18 @@ def format_usd(value: float) -> str:
 
 def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _truncate_mrkdwn(text: str, limit: int) -> str:
+    """`_truncate` for escaped mrkdwn: never ends inside an entity (`&amp;`, `&lt;`, `&gt;`), which Slack would show
+    as its raw characters. Every `&` of escaped text starts an entity."""
+    if len(text) <= limit:
+        return text
+    kept = text[: limit - 1]
+    entity = kept.rfind("&")
+    if entity != -1 and ";" not in kept[entity:]:
+        kept = kept[:entity]
+    return kept + "…"
 
 
 # --- The webhook URL --------------------------------------------------------------------------------------------
@@ -366,7 +381,7 @@ class SlackWebhook:
 
     - 429: waits exactly `Retry-After` seconds (Slack's rate limit) when that fits in the budget; otherwise
       gives up at once (a shorter wait would only be rate limited again; the dead-letter queue retries later).
-    - 5xx, timeouts, connection errors: exponential backoff with full jitter.
+    - 5xx, timeouts, connection errors, answers that are not HTTP: exponential backoff with full jitter.
     - other 4xx (invalid payload, revoked or archived webhook): no retry.
     At most `max_attempts` requests and never beyond `budget_seconds` (set it below the Lambda's remaining time).
     """
@@ -402,6 +417,11 @@ class SlackWebhook:
 
     def __repr__(self) -> str:
         return f"SlackWebhook(host={self._host!r})"
+
+    @property
+    def identity(self) -> str:
+        """Tells webhooks apart without showing the URL (a digest of it)."""
+        return hashlib.sha256(self._url.encode("utf-8")).hexdigest()[:16]
 
     def send(self, notification: Notification, *, budget_seconds: float | None = None) -> DeliveryResult:
         return self.post(build_message(notification), budget_seconds=budget_seconds)
@@ -446,6 +466,9 @@ class SlackWebhook:
                 problem = f"no answer within {self.timeout_seconds:g} s" if timed_out else "could not connect"
             except (ConnectionError, OSError) as exc:
                 status, problem = None, f"connection failed ({type(exc).__name__})"
+            except http.client.HTTPException as exc:
+                # An answer that is not HTTP (a bad status line, a body cut short): urllib lets http.client's raise.
+                status, problem = None, f"garbled answer ({type(exc).__name__})"
             if attempt == self.max_attempts:
                 break
             wait = retry_after if retry_after is not None else self._backoff(attempt)
@@ -508,6 +531,38 @@ def _safe_error_body(exc: urllib.error.HTTPError) -> str:
 # --- Delivery: Slack, SNS, dead-letter queue --------------------------------------------------------------------
 
 
+class SlackCircuit:
+    """Rests a webhook for `cool_down_seconds` after Slack failed to take a message (timeouts, 5xx, a rate limit
+    longer than the budget): the notices of that time go to the dead-letter queue at once instead of each spending
+    the whole delivery budget on a Slack that is down. The handlers that notify have other work to finish (requeueing
+    jobs within a Spot warning's two minutes, the SLA guard's pass over every stage) within their Lambda timeout.
+
+    A refusal of one message (another 4xx) says nothing of Slack's health and does not rest it; a delivery ends the
+    rest. Kept per process (a warm Lambda handles one event at a time), per webhook.
+    """
+
+    def __init__(self, cool_down_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cool_down_seconds = cool_down_seconds
+        self._clock = clock
+        self._failures: dict[str, tuple[float, str]] = {}  # webhook identity -> (when it failed, why)
+
+    def resting(self, webhook: SlackWebhook) -> str | None:
+        """Why Slack is not to be tried now; None when it is."""
+        failure = self._failures.get(webhook.identity)
+        if failure is None:
+            return None
+        age = self._clock() - failure[0]
+        if age >= self.cool_down_seconds:
+            return None
+        return f"Slack not tried: it failed to take a message {age:.0f} s ago ({failure[1]})"
+
+    def failed(self, webhook: SlackWebhook, error: str) -> None:
+        self._failures[webhook.identity] = (self._clock(), error)
+
+    def delivered(self, webhook: SlackWebhook) -> None:
+        self._failures.pop(webhook.identity, None)
+
+
 @dataclass(frozen=True)
 class DeliveryOutcome:
     slack: Literal["delivered", "dead-lettered", "skipped"]
@@ -564,23 +619,35 @@ def deliver_notification(
     sqs_client: Any | None = None,
     dead_letter_queue_url: str | None = None,
     budget_seconds: float | None = None,
+    circuit: SlackCircuit | None = None,
 ) -> DeliveryOutcome:
     """Tell SNS and Slack; never raise for a Slack failure (the message goes to the dead-letter queue).
 
     Dedupe is the caller's: check `notification.dedupe_key` in the ledger (conditional put) before calling this.
     Errors of SNS or SQS themselves do propagate: they are AWS failures the Lambda's own retries should see.
+    With a `circuit`, Slack is not tried while it rests after a failure (see `SlackCircuit`).
     """
     message_id = publish_to_sns(sns_client, topic_arn, notification) if sns_client and topic_arn else None
     if webhook is None:
         return DeliveryOutcome(slack="skipped", sns_message_id=message_id)
-    try:
-        webhook.send(notification, budget_seconds=budget_seconds)
-    except SlackDeliveryError as exc:
-        logger.warning(
-            "Slack notification not delivered; sent to the dead-letter queue",
-            extra={"kind": notification.kind, "run_id": notification.run_id, "error": str(exc)},
-        )
-        if sqs_client is not None and dead_letter_queue_url:
-            send_to_dead_letter_queue(sqs_client, dead_letter_queue_url, notification, str(exc))
-        return DeliveryOutcome(slack="dead-lettered", sns_message_id=message_id, error=str(exc))
-    return DeliveryOutcome(slack="delivered", sns_message_id=message_id)
+    error = circuit.resting(webhook) if circuit is not None else None
+    if error is None:
+        try:
+            webhook.send(notification, budget_seconds=budget_seconds)
+        except Exception as exc:
+            # Whatever went wrong with Slack, SNS has the message already: raising would make the event's retry
+            # publish it again. An error the sender did not foresee is named by its type only (it might quote the URL).
+            error = str(exc) if isinstance(exc, SlackDeliveryError) else f"Slack sender failed ({type(exc).__name__})"
+            if circuit is not None and (not isinstance(exc, SlackDeliveryError) or exc.retryable):
+                circuit.failed(webhook, error)
+        else:
+            if circuit is not None:
+                circuit.delivered(webhook)
+            return DeliveryOutcome(slack="delivered", sns_message_id=message_id)
+    logger.warning(
+        "Slack notification not delivered; sent to the dead-letter queue",
+        extra={"kind": notification.kind, "run_id": notification.run_id, "error": error},
+    )
+    if sqs_client is not None and dead_letter_queue_url:
+        send_to_dead_letter_queue(sqs_client, dead_letter_queue_url, notification, error)
+    return DeliveryOutcome(slack="dead-lettered", sns_message_id=message_id, error=error)

@@ -1,0 +1,179 @@
+"""The notice at the end of a run (the notify function): which stage failed and why, in words, with the figures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from spot_hpc import clock
+from spot_hpc.clock import format_time, utc_now
+from spot_hpc.ledger import Attempt, Run, Stage
+from spot_hpc.outcome import finish
+from spot_hpc.services import Services
+
+from spotctl.offline.webhook_sink import WebhookSink
+
+NOW = datetime(2026, 1, 5, 5, 0, tzinfo=UTC)
+STARTED_AT = "2026-01-05T00:00:00Z"
+ERROR = {
+    "Error": "StageFailed",
+    "Cause": "application_error: Essential container in task exited (exit code 3) after 2 retries",
+}
+
+
+class FakeLedger:
+    """The ledger calls the end of a run makes, kept in memory (claims are conditional, as DynamoDB's are)."""
+
+    def __init__(self, run: Run, stages: list[Stage], attempts: list[Attempt]) -> None:
+        self.run, self.stages, self.attempts = run, stages, attempts
+        self.claims: set[str] = set()
+        self.notes: list[dict[str, str]] = []
+
+    def get_run(self, run_id: str) -> Run | None:
+        return self.run if run_id == self.run.run_id else None
+
+    def finish_run(self, run_id: str, status: str, error: str | None = None) -> bool:
+        if self.run.status != "RUNNING":
+            return False
+        self.run.status, self.run.finished_at, self.run.error = status, format_time(utc_now()), error
+        return True
+
+    def get_run_items(self, run_id: str) -> tuple[list[Stage], list[Attempt]]:
+        return self.stages, self.attempts
+
+    def run_notifications(self, run_id: str) -> list[dict[str, str]]:
+        return list(self.notes)
+
+    def claim_notification(self, dedupe_key: str) -> bool:
+        if dedupe_key in self.claims:
+            return False
+        self.claims.add(dedupe_key)
+        return True
+
+    def release_notification(self, dedupe_key: str) -> None:
+        self.claims.discard(dedupe_key)
+
+    def record_notifications(self, run_id: str, entries: list[dict[str, str]]) -> None:
+        self.notes.extend(entries)
+
+
+class FakePrices:
+    def usd_per_hour(self, instance_type: str, region: str, capacity: str, nodes: int = 1, **_: Any) -> float:
+        return (1.0 if capacity == "on-demand" else 0.3) * nodes
+
+
+class FakeSecrets:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def get_secret_value(self, SecretId: str, **_: Any) -> dict[str, str]:  # boto3 names it SecretId
+        return {"SecretString": self.url}
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock() -> Iterator[None]:
+    clock.use_clock(lambda: NOW)
+    yield
+    clock.use_clock(None)
+
+
+@pytest.fixture
+def sink() -> Iterator[WebhookSink]:
+    with WebhookSink() as running:
+        yield running
+
+
+def _services(ledger: FakeLedger, sink: WebhookSink) -> Services:
+    settings = SimpleNamespace(
+        region="us-east-1", hpc_instance_type="c5n.18xlarge", spot_instance_type="c5.4xlarge",
+        on_demand_instance_type="c5.4xlarge", slack_allow_loopback=True, slack_secret_id="spot-hpc/slack-webhook",
+        notification_topic_arn=None, notifications_dlq_url=None,
+    )  # fmt: skip
+    return Services(settings, ledger, None, None, None, None, None, None, FakeSecrets(sink.url), FakePrices())  # type: ignore[arg-type]
+
+
+def _attempt(stage: str, number: int, start: str, stop: str, **fields: Any) -> Attempt:
+    return Attempt("run-1", stage, number, f"job-{stage}-{number}", f"{stage}-queue", "on-demand", 1, start,
+                   usd_per_hour=1.0, started_at=start, stopped_at=stop, **fields)  # fmt: skip
+
+
+def _failed_hpc_run() -> FakeLedger:
+    run = Run("run-1", "ingest", "incoming/a.csv", "v1", "2026-01-05T06:00:00Z", 6.0, STARTED_AT, {})
+    stages = [
+        Stage("run-1", "preprocess", 0, 1.0, True, 1, status="SUCCEEDED", attempt=1),
+        Stage("run-1", "hpc", 1, 2.0, False, 2, status="FAILED", attempt=3, failure=ERROR["Cause"]),
+        Stage("run-1", "postprocess", 2, 1.0, True, 1),
+    ]
+    app_error = {"status": "FAILED", "exit_code": 3, "failure_class": "application_error",
+                 "status_reason": "Essential container in task exited"}  # fmt: skip
+    attempts = [
+        _attempt("preprocess", 1, "2026-01-05T00:00:00Z", "2026-01-05T01:00:00Z", status="SUCCEEDED", exit_code=0),
+        _attempt("hpc", 1, "2026-01-05T01:00:00Z", "2026-01-05T01:10:00Z", **app_error),
+        _attempt("hpc", 2, "2026-01-05T01:10:00Z", "2026-01-05T01:20:00Z", **app_error),
+        _attempt("hpc", 3, "2026-01-05T01:20:00Z", "2026-01-05T01:30:00Z", **app_error),
+    ]
+    return FakeLedger(run, stages, attempts)
+
+
+def _fields(message: dict[str, Any]) -> list[str]:
+    return [f["text"] for block in message["blocks"] if block["type"] == "section" for f in block.get("fields", [])]
+
+
+def test_a_failed_run_says_which_stage_failed_and_why_in_words(sink: WebhookSink) -> None:
+    # GIVEN a run whose HPC stage failed for good with an application error (exit code 3) on its third attempt
+    ledger = _failed_hpc_run()
+
+    # WHEN the state machine's failure path settles it
+    finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+
+    # THEN Slack is told once: the stage, that the application failed (not Spot), and on which attempt
+    (message,) = sink.delivered_messages
+    assert "*Stage*\nhpc" in _fields(message)
+    reason = message["blocks"][1]["text"]["text"]
+    assert reason.startswith("hpc failed for good on attempt 3: the application failed (exit code 3)")
+    assert "0 interruptions, 0 requeues to On-Demand" in reason and "Details: StageFailed" in reason
+    # ... with its cost, and no "savings" for a run that delivered nothing
+    assert "*Cost*\n$1.50" in _fields(message) and not any("Savings" in text for text in _fields(message))
+    assert "*Deadline*\n6.00 h (missed)" in _fields(message)
+    # ... and the run report's notice carries the same words
+    assert ledger.notes[0]["kind"] == "failed" and "stage hpc | hpc failed for good" in ledger.notes[0]["text"]
+
+
+def test_the_failed_notice_is_sent_once_when_the_notify_task_is_retried(sink: WebhookSink) -> None:
+    # GIVEN a failed run already settled and notified
+    ledger = _failed_hpc_run()
+    svc = _services(ledger, sink)
+    finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+
+    # WHEN the state machine retries the notify task
+    settlement = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+
+    # THEN nothing more reaches Slack, and the figures are not counted again
+    assert len(sink.delivered_messages) == 1 and settlement.first_time is False
+
+
+def test_a_succeeded_run_says_what_it_went_through(sink: WebhookSink) -> None:
+    # GIVEN a run whose preprocess was reclaimed on Spot once and finished on On-Demand
+    run = Run("run-2", "ingest", "incoming/b.csv", "v1", "2026-01-05T06:00:00Z", 6.0, STARTED_AT, {})
+    stages = [Stage("run-2", "preprocess", 0, 1.0, True, 1, status="SUCCEEDED", attempt=2)]
+    attempts = [
+        Attempt("run-2", "preprocess", 1, "j1", "spot-queue", "spot", 1, STARTED_AT, usd_per_hour=0.3,
+                status="FAILED", failure_class="spot_reclaim", started_at=STARTED_AT, stopped_at="2026-01-05T00:30:00Z",
+                status_reason="Host EC2 (instance i-0abc) terminated."),
+        Attempt("run-2", "preprocess", 2, "j2", "od-queue", "on-demand", 1, STARTED_AT, usd_per_hour=1.0,
+                status="SUCCEEDED", exit_code=0, started_at="2026-01-05T00:30:00Z", stopped_at="2026-01-05T01:00:00Z",
+                resumed_from_checkpoint=True),
+    ]  # fmt: skip
+    ledger = FakeLedger(run, stages, attempts)
+
+    # WHEN it settles
+    finish(_services(ledger, sink), {"run_id": "run-2", "outcome": "succeeded"})
+
+    # THEN the notice says the deadline was met and what the run went through, with its cost and savings
+    (message,) = sink.delivered_messages
+    reason = message["blocks"][1]["text"]["text"]
+    assert reason == "deadline met: 5.00 h of 6 h; 1 interruption, 1 requeue to On-Demand"
+    assert "*Cost*\n$0.6500" in _fields(message) and "*Savings*\n35.0%" in _fields(message)

@@ -1,0 +1,120 @@
+"""The run report built from the ledger (the design's contract): billed time, field types, and JSON output."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from spot_hpc import clock
+from spot_hpc.cost import check_run_report_costs
+from spot_hpc.ledger import Attempt, Run, Stage
+from spot_hpc.run_report import build_run_report, run_report_json
+
+STARTED_AT = "2026-01-05T00:00:00Z"
+NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock() -> Iterator[None]:
+    clock.use_clock(lambda: NOW)
+    yield
+    clock.use_clock(None)
+
+
+def _run(**changes: object) -> Run:
+    # Whole numbers come back from DynamoDB as ints (the ledger turns a whole Decimal into an int).
+    run = Run("run-1", "ingest", "incoming/a.csv", "v1", "2026-01-05T12:00:00Z", 12, STARTED_AT, {"hpc": 4})
+    for name, value in changes.items():
+        setattr(run, name, value)
+    return run
+
+
+def _hpc_stage() -> Stage:
+    return Stage("run-1", "hpc", 1, 4, False, 2, status="SUCCEEDED", attempt=1)
+
+
+def _attempt(started_at: str | None, stopped_at: str | None, usd_per_hour: float = 2.72) -> Attempt:
+    return Attempt(
+        "run-1", "hpc", 1, "job-1", "hpc-queue", "on-demand", 2, STARTED_AT, usd_per_hour=usd_per_hour,
+        status="SUCCEEDED" if stopped_at else "RUNNING", exit_code=0 if stopped_at else None,
+        started_at=started_at, stopped_at=stopped_at,
+    )  # fmt: skip
+
+
+def test_an_attempt_is_billed_its_whole_seconds_not_the_rounded_hours() -> None:
+    # GIVEN an attempt of exactly 4 h 01 min (14,460 s) whose start and stop hours do not round to 6 decimals evenly
+    attempt = _attempt("2026-01-05T02:29:00Z", "2026-01-05T06:30:00Z")
+
+    # WHEN the run report is built
+    report = build_run_report(_run(status="SUCCEEDED"), [_hpc_stage()], [attempt], {"hpc": 2.72})
+
+    # THEN EC2 bills 14,460 s, not 14,461: 2.72 $/h x 14,460 s / 3,600 = $10.925333
+    row = report["stages"][0]["attempts"][0]
+    assert row["started_hours"] == 2.483333 and row["stopped_hours"] == 6.5
+    assert row["cost_usd"] == pytest.approx(10.925333, abs=1e-9)
+    assert report["cost_usd"] == pytest.approx(10.925333, abs=1e-9)
+    # ... and the report's own figures check out against its rounded hours
+    assert check_run_report_costs(report) == []
+
+
+def test_numbers_of_the_contract_are_json_floats_even_when_whole() -> None:
+    # GIVEN a run whose deadline, stage hours and price are whole numbers in the ledger
+    attempt = _attempt("2026-01-05T01:00:00Z", "2026-01-05T05:00:00Z", usd_per_hour=3)
+
+    # WHEN its report is built and written as JSON
+    report = build_run_report(_run(status="SUCCEEDED", finished_at="2026-01-05T06:00:00Z"), [_hpc_stage()],
+                              [attempt], {"hpc": 3})  # fmt: skip
+    document = json.loads(run_report_json(report))
+
+    # THEN the contract's float fields are floats (12.0, not 12): typed consumers read one type
+    assert isinstance(document["deadline_hours"], float) and document["deadline_hours"] == 12.0
+    assert isinstance(document["finished_hours"], float)
+    assert isinstance(document["stages"][0]["compute_hours"], float)
+    assert isinstance(document["stages"][0]["on_demand_usd_per_hour"], float)
+    row = document["stages"][0]["attempts"][0]
+    for name in ("usd_per_hour", "cost_usd", "started_hours", "stopped_hours"):
+        assert isinstance(row[name], float), name
+    for name in ("cost_usd", "on_demand_only_cost_usd", "savings_pct"):
+        assert isinstance(document[name], float), name
+    assert isinstance(row["nodes"], int) and isinstance(row["exit_code"], int)
+
+
+def test_a_run_still_in_progress_is_reported_so_far() -> None:
+    # GIVEN a run whose HPC attempt has run 3 h of the 9 h since the run started, and is still running
+    stage = Stage("run-1", "hpc", 1, 4, False, 2, status="RUNNING", attempt=1)
+    attempt = _attempt("2026-01-05T06:00:00Z", None)
+
+    # WHEN its report is built now
+    report = build_run_report(_run(), [stage], [attempt], {"hpc": 2.72})
+
+    # THEN it is RUNNING, unfinished, its deadline not (yet) met, and costs what has run so far
+    assert report["pipeline_status"] == "RUNNING"
+    assert report["finished_hours"] is None and report["deadline_met"] is False
+    assert report["stages"][0]["attempts"][0]["stopped_hours"] is None
+    assert report["cost_usd"] == pytest.approx(2.72 * 3)
+    # ... and checking its figures finds nothing wrong with the cost so far of the running attempt
+    assert check_run_report_costs(report) == []
+
+
+def test_an_empty_run_reports_zeros() -> None:
+    # GIVEN a run with no stages or attempts yet
+    # WHEN its report is built
+    report = build_run_report(_run(), [], [], {})
+
+    # THEN every figure is present and zero, and the JSON is strict
+    assert (report["cost_usd"], report["on_demand_only_cost_usd"], report["savings_pct"]) == (0.0, 0.0, 0.0)
+    assert report["stages"] == [] and report["interruptions"] == 0 and report["requeues_to_on_demand"] == 0
+    assert json.loads(run_report_json(report))["savings_pct"] == 0.0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_report_json_never_writes_nan_or_infinity(bad: float) -> None:
+    # GIVEN a report that somehow holds a non-finite number
+    report = {"pipeline_status": "SUCCEEDED", "stages": [{"attempts": [{"cost_usd": bad}]}]}
+
+    # WHEN / THEN it is refused rather than written as JSON no strict parser reads
+    with pytest.raises(ValueError, match="not a finite number"):
+        run_report_json(report)
