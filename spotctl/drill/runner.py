@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from spot_checkpoint import (
+    ENV_MAX_INTERVAL_SECONDS,
+    ENV_MIN_INTERVAL_SECONDS,
     EVENT_KEY,
     EXIT_CHECKPOINTED,
     CheckpointStore,
@@ -218,8 +220,10 @@ class Drill:
                 "OMP_NUM_THREADS": "1",
                 "OPENBLAS_NUM_THREADS": "1",
                 "SPOT_CHECKPOINT_POLL_SECONDS": str(self.poll_seconds),
-                "SPOT_CHECKPOINT_MIN_INTERVAL_SECONDS": "0.4",
-                "SPOT_CHECKPOINT_MAX_INTERVAL_SECONDS": "1.0",
+                # Checkpoints every 0.1-0.25 s: a part works only a second or two, and the drill must see it pass
+                # NOTICE_AT_PROGRESS with most of its work still ahead, or the part finishes before its notice.
+                ENV_MIN_INTERVAL_SECONDS: "0.1",
+                ENV_MAX_INTERVAL_SECONDS: "0.25",
                 "INPUT_URI": self.input_uri(workload),
                 "OUTPUT_URI": self.output_uri(run_id, workload),
                 "CHECKPOINT_URI": self.checkpoint_uri(run_id, workload),
