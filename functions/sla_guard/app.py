@@ -1,8 +1,12 @@
-"""Schedule -> re-evaluate every active stage against its deadline; reconcile the ledger with Batch."""
+"""Schedule -> re-evaluate every active stage against its deadline; reconcile the ledger with Batch; then send
+Slack notices parked while Slack was down."""
 
 from spot_hpc.guard import run_guard
 from spot_hpc.handler import control_plane_handler
 
 lambda_handler = control_plane_handler(
-    lambda services, event, context: run_guard(services),
+    # The Lambda's time left bounds the pass's last part (parked Slack notices), never its stage checks.
+    lambda services, event, context: run_guard(
+        services, remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000
+    ),
 )

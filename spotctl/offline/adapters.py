@@ -479,6 +479,30 @@ def install_task_token_adapter() -> Callable[[], None]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Step Functions: StopExecution. AWS ends the execution ABORTED at once. moto stops its program but leaves the
+# execution RUNNING until the program returns, which a task waiting on its token never does; the status is set here.
+
+
+def install_stop_execution_adapter() -> Callable[[], None]:
+    from moto.stepfunctions.parser.api import ExecutionStatus
+    from moto.stepfunctions.parser.backend.execution import Execution
+
+    original = Execution.stop
+
+    def stop(self: Any, stop_date: Any, error: str | None, cause: str | None) -> None:
+        original(self, stop_date, error, cause)
+        if self.exec_status == ExecutionStatus.RUNNING:
+            self.exec_status, self.stop_date = ExecutionStatus.ABORTED, stop_date
+
+    Execution.stop = stop  # type: ignore[method-assign]
+
+    def uninstall() -> None:
+        Execution.stop = original  # type: ignore[method-assign]
+
+    return uninstall
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # CloudFormation: S3 bucket versioning. AWS creates a bucket with its VersioningConfiguration, so every upload
 # gets a version id (one pipeline run per object version). moto's CloudFormation ignores the property; it is
 # applied to the created buckets.

@@ -124,6 +124,7 @@ class OfflineControlPlane:
         self._uninstall.append(adapters.install_job_definition_adapter())
         self._uninstall.append(adapters.install_send_task_failure_adapter())
         self._uninstall.append(adapters.install_task_token_adapter())
+        self._uninstall.append(adapters.install_stop_execution_adapter())
         self._uninstall.append(adapters.install_price_book_adapter(REPO_ROOT / "data"))
         self._uninstall.append(adapters.install_lambda_adapter(lambda name: self.stack.functions.get(name)))
         self._uninstall.append(batch_emulator.install(lambda: getattr(self, "batch", None)))

@@ -370,3 +370,62 @@ def test_a_reclaimed_shard_replaces_the_array_as_a_reclaim_without_spending_retr
     assert hpc[-1].status == "SUCCEEDED" and hpc[-1].resumed_from_checkpoint
     # AND every AWS call on the way (ending the array is a TerminateJob by the Batch handler) is one its role allows
     assert refused == {}
+
+
+# ------------------------------------------------------------------ a run that ends without its stages
+def _batch_status(job_id: str) -> str:
+    return str(boto3.client("batch", region_name=REGION).describe_jobs(jobs=[job_id])["jobs"][0]["status"])
+
+
+def test_an_aborted_execution_fails_the_run_and_the_guard_stops_its_job():
+    with OfflineControlPlane(
+        start_hour=SPOT_FROM_THE_START, stage_hours={"preprocess": 4, "hpc": 1, "postprocess": 1}
+    ) as plane:
+        # GIVEN preprocess running on Spot
+        plane.upload("incoming/aborted.csv", b"a\n1\n", {"deadline-hours": "40", "stage-hours": "preprocess=4"})
+        _run_until(plane, lambda: any(a.status == "RUNNING" for a in _attempts(plane, "preprocess")[1]))
+        run, attempts = _attempts(plane, "preprocess")
+        # WHEN a user aborts the execution (no failure notice runs) and the SLA guard comes round
+        boto3.client("stepfunctions", region_name=REGION).stop_execution(executionArn=run.execution_arn)
+        plane.step(minutes=10)
+        plane.step(minutes=10)
+        svc = control_plane_services(plane)
+        settled = svc.ledger.get_run(run.run_id)
+        stage = svc.ledger.get_stage(run.run_id, "preprocess")
+        job_status = _batch_status(attempts[-1].job_id)
+        _, after = _attempts(plane, "preprocess")
+        active = [s.stage for s in svc.ledger.active_stages() if s.run_id == run.run_id]
+        texts = [m.get("text") or "" for m in plane.webhook.delivered_messages]
+        refused = _refused_calls(plane)
+    # THEN the run is failed for its execution, its job terminated, not replaced, and out of the guard's watch
+    assert settled is not None and settled.status == "FAILED" and "ExecutionABORTED" in (settled.error or "")
+    assert stage is not None and stage.status == "FAILED" and active == []
+    assert job_status == "FAILED" and len(after) == len(attempts)
+    assert after[-1].failure_class == "cancelled_by_control_plane"
+    # AND the team is told, and every call on the way is one the guard's role allows
+    assert any("failed" in t and "preprocess was still on attempt 1" in t for t in texts), texts
+    assert refused == {}
+
+
+def test_a_failure_notice_for_a_stage_still_running_terminates_its_job():
+    with OfflineControlPlane(
+        start_hour=SPOT_FROM_THE_START, stage_hours={"preprocess": 4, "hpc": 1, "postprocess": 1}
+    ) as plane:
+        # GIVEN preprocess running on Spot
+        plane.upload("incoming/timeout.csv", b"a\n1\n", {"deadline-hours": "40", "stage-hours": "preprocess=4"})
+        _run_until(plane, lambda: any(a.status == "RUNNING" for a in _attempts(plane, "preprocess")[1]))
+        run, attempts = _attempts(plane, "preprocess")
+        # WHEN the state machine gives up on the stage (its wait timed out) and sends the failure notice, twice
+        payload = {"run_id": run.run_id, "outcome": "failed", "error": {"Error": "States.Timeout", "Cause": ""}}
+        plane.invoke("NotifyFunction", payload)
+        plane.invoke("NotifyFunction", payload)
+        plane.step(minutes=10)
+        svc = control_plane_services(plane)
+        stage = svc.ledger.get_stage(run.run_id, "preprocess")
+        job_status = _batch_status(attempts[-1].job_id)
+        _, after = _attempts(plane, "preprocess")
+        refused = _refused_calls(plane)
+    # THEN the stage's job is terminated and not replaced, and the notify function may do so
+    assert stage is not None and stage.status == "FAILED" and (stage.failure or "").startswith("run failed")
+    assert job_status == "FAILED" and len(after) == len(attempts)
+    assert refused == {}

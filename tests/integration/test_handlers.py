@@ -209,10 +209,25 @@ def test_demo_command_reports_bad_input_clearly(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ notifications
+def _run_to_notify(plane: OfflineControlPlane, name: str):
+    """A run the notifier can tell about (not in the ledger: notices need only its figures)."""
+    from spot_hpc.ledger import Run
+
+    return Run(
+        run_id=f"{name}-{uuid.uuid4().hex[:8]}",
+        bucket=plane.bucket,
+        key=f"incoming/{name}.csv",
+        version_id="v1",
+        deadline_at="2026-01-05T10:00:00Z",
+        deadline_hours=10,
+        started_at="2026-01-05T00:00:00Z",
+        stage_hours={},
+    )
+
+
 def test_a_notification_sns_refused_is_sent_by_the_retry_and_only_once(plane, monkeypatch):
     from botocore.exceptions import ClientError
     from spot_hpc import notifier
-    from spot_hpc.ledger import Run
 
     # GIVEN SNS throttling the first publish (after botocore's own retries)
     svc = control_plane_services(plane)
@@ -226,16 +241,7 @@ def test_a_notification_sns_refused_is_sent_by_the_retry_and_only_once(plane, mo
         return real_deliver(notification, **channels)
 
     monkeypatch.setattr(notifier, "deliver_notification", throttle_once)
-    run = Run(
-        run_id=f"notify-{uuid.uuid4().hex[:8]}",
-        bucket=plane.bucket,
-        key="incoming/n.csv",
-        version_id="v1",
-        deadline_at="2030-01-01T10:00:00Z",
-        deadline_hours=10,
-        started_at="2030-01-01T00:00:00Z",
-        stage_hours={},
-    )
+    run = _run_to_notify(plane, "notify")
     # WHEN the notification is sent, fails, and the event is retried twice
     with pytest.raises(ClientError):
         notifier.notify(svc, "requeued", run, "preprocess", "deadline at risk", attempt=2)
@@ -244,6 +250,43 @@ def test_a_notification_sns_refused_is_sent_by_the_retry_and_only_once(plane, mo
     # THEN the first retry sends it and the second finds it sent
     assert refused == ["requeued"] and (retried, repeated) == (True, False)
     assert [n["channel"] for n in svc.ledger.run_notifications(run.run_id)].count("sns") == 1
+
+
+def test_a_notice_parked_while_slack_was_down_reaches_slack_from_the_guard_once_slack_is_back(plane, monkeypatch):
+    from spot_hpc import notifier
+    from spot_hpc.slack import SlackCircuit, SlackWebhook
+    from template_grants import allowed_actions, is_allowed
+
+    # GIVEN Slack resting after failing, so that a notice goes to SNS and is parked on the stack's dead-letter queue
+    seconds = [0.0]
+    circuit = SlackCircuit(cool_down_seconds=60, clock=lambda: seconds[0])
+    circuit.failed(SlackWebhook(plane.webhook.url, allow_loopback_http=True), "HTTP 503")
+    monkeypatch.setattr(notifier, "SLACK_CIRCUIT", circuit)
+    svc = control_plane_services(plane)
+    run = _run_to_notify(plane, "parked")
+    assert notifier.notify(svc, "requeued", run, "hpc", "deadline at risk", attempt=2)
+    seen = len(plane.webhook.requests)
+    # WHEN Slack is back and the SLA guard's schedule fires
+    seconds[0] += 61
+    result, errored = plane.invoke("SlaGuardFunction", load_event("sla_guard_schedule"))
+    # THEN the guard sent the notice to Slack, saying it is late and when it was due, and took it off the queue
+    late = [r.json["text"] for r in plane.webhook.requests[seen:] if run.run_id in r.json["text"]]
+    assert not errored and result["parked_notices"]["redelivered"] == 1
+    assert len(late) == 1 and late[0].startswith("Delayed notice: first due 2026-01-05 ")
+    queue = boto3.client("sqs", region_name=REGION).get_queue_attributes(
+        QueueUrl=svc.settings.notifications_dlq_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert queue == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}
+    # AND SNS was told once, and the run's report says Slack got it late
+    notes = [(n["channel"], n.get("status")) for n in svc.ledger.run_notifications(run.run_id)]
+    assert notes.count(("sns", "delivered")) == 1
+    assert ("slack", "dead-lettered") in notes and ("slack", "delivered late") in notes
+    # AND the guard's role allows every call it made (the embedded AWS enforces no IAM)
+    granted = allowed_actions(plane.stack.translated, "SlaGuardFunction")
+    made = plane.aws_calls.actions["SlaGuardFunction"]
+    assert {"sqs:ReceiveMessage", "sqs:DeleteMessage"} <= made
+    assert sorted(a for a in made if not is_allowed(granted, a)) == []
 
 
 # ------------------------------------------------------------------ stage runner

@@ -53,3 +53,22 @@ def test_answers_succeed_or_fail_the_task_and_a_task_that_is_over_is_not_an_erro
     with pytest.raises(ClientError):
         gateway.answer("t-4", {"stage": "hpc"})
     stubber.assert_no_pending_responses()
+
+
+def test_an_executions_status_is_read_and_a_missing_execution_is_none(stubbed):
+    # GIVEN one aborted execution and one that does not exist
+    gateway, stubber = stubbed
+    arn = f"{MACHINE.replace(':stateMachine:', ':execution:')}:run-1"
+    described = {
+        "executionArn": arn,
+        "stateMachineArn": MACHINE,
+        "status": "ABORTED",
+        "startDate": "2026-01-05",
+    }
+    stubber.add_response("describe_execution", described, {"executionArn": arn})
+    stubber.add_client_error("describe_execution", "ExecutionDoesNotExist", expected_params={"executionArn": arn})
+    # WHEN their status is asked
+    statuses = [gateway.execution_status(arn), gateway.execution_status(arn)]
+    # THEN the first is ABORTED and the second None
+    assert statuses == ["ABORTED", None]
+    stubber.assert_no_pending_responses()

@@ -27,6 +27,8 @@ ASL_PATH = REPO / "statemachines" / "pipeline.asl.json"
 # is s3:GetObject, with a VersionId also s3:GetObjectVersion; DeleteObjects is s3:DeleteObject per key).
 LEDGER = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"}
 NOTIFY = {"sns:Publish", "sqs:SendMessage", "secretsmanager:GetSecretValue"}  # notifier.notify
+# notifier.redeliver_parked_notices (the guard): the notifications dead-letter queue's parked Slack notices
+PARKED_NOTICES = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibilityBatch"}
 PRICES = {"pricing:GetProducts", "ec2:DescribeSpotPriceHistory"}  # placement.node_price, choose_capacity
 PROGRESS = {"s3:ListBucket", "s3:GetObject"}  # placement.stage_progress (checkpoint manifests)
 CHECKPOINT_REQUEST = {"s3:PutObject"}  # placement.request_checkpoint
@@ -44,8 +46,12 @@ HANDLER_CALLS: dict[str, set[str]] = {
     "BatchStateChangeFunction": BATCH_EVENT,
     "SpotInterruptionFunction": set().union(LEDGER, NOTIFY, PRICES, PROGRESS, CHECKPOINT_REQUEST, PLACE, TERMINATE),
     # The guard applies what lost Batch events would have (job_events.apply_job_state) and asks for checkpoints.
-    "SlaGuardFunction": BATCH_EVENT | CHECKPOINT_REQUEST | {"batch:DescribeJobs"},
-    "NotifyFunction": LEDGER | NOTIFY | PRICES,
+    # ... and settles runs whose execution ended without them (outcome.finish stops their jobs).
+    # Last in each pass it sends the Slack notices parked while Slack was down.
+    "SlaGuardFunction": (
+        BATCH_EVENT | CHECKPOINT_REQUEST | {"batch:DescribeJobs", "states:DescribeExecution"} | PARKED_NOTICES
+    ),
+    "NotifyFunction": LEDGER | NOTIFY | PRICES | TERMINATE,  # outcome.stop_unfinished_stages
 }
 
 
@@ -339,3 +345,42 @@ def test_builds_are_not_cached_while_the_layer_takes_files_from_outside_its_fold
     for environment, commands in config.items():
         if isinstance(commands, dict) and "build" in commands:
             assert commands["build"]["parameters"].get("cached") is not True, environment
+
+
+# ------------------------------------------------------------------ notifications
+def test_only_the_guard_takes_parked_notices_and_only_from_the_notifications_dead_letter_queue(translated):
+    queue = {"Fn::GetAtt": ["NotificationsDeadLetterQueue", "QueueName"]}
+    for function in HANDLER_CALLS:
+        for action in sorted(PARKED_NOTICES):
+            # GIVEN the resources of the function's grants of the action
+            granted = resources_for(translated, function, action)
+            # THEN only the guard has it, on that queue alone (the events dead-letter queue is the operators')
+            if function != "SlaGuardFunction":
+                assert granted == [], (function, action)
+                continue
+            assert granted and all(r["Fn::Sub"][1] == {"queueName": queue} for r in granted), granted
+
+
+def test_parked_notices_outlive_an_outage_and_are_hidden_while_a_guard_pass_holds_them():
+    from spot_hpc.notifier import REDELIVERY_VISIBILITY_SECONDS
+
+    resources = source_template()["Resources"]
+    # GIVEN the notifications dead-letter queue and the guard that sends its notices again
+    queue = resources["NotificationsDeadLetterQueue"]["Properties"]
+    guard_timeout = resources["SlaGuardFunction"]["Properties"]["Timeout"]
+    # THEN a parked notice is kept 14 days (SQS's longest), and one a pass took is not taken by another pass
+    # while the taking one may still run
+    assert queue["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert guard_timeout <= REDELIVERY_VISIBILITY_SECONDS
+
+
+def test_a_notification_claim_outlasts_every_function_so_only_a_dead_handlers_claim_is_taken_over():
+    from spot_hpc.ledger import NOTIFICATION_LEASE
+
+    template = source_template()
+    default = template["Globals"]["Function"]["Timeout"]
+    functions = [r for r in template["Resources"].values() if r["Type"] == "AWS::Serverless::Function"]
+    # GIVEN the timeout of every function (any of them may notify)
+    timeouts = [int(f["Properties"].get("Timeout", default)) for f in functions]
+    # THEN a claim's lease is longer than each: a handler still sending never loses its claim
+    assert functions and max(timeouts) < NOTIFICATION_LEASE.total_seconds()

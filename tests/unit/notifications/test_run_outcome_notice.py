@@ -29,7 +29,7 @@ class FakeLedger:
 
     def __init__(self, run: Run, stages: list[Stage], attempts: list[Attempt]) -> None:
         self.run, self.stages, self.attempts = run, stages, attempts
-        self.claims: set[str] = set()
+        self.claims: dict[str, str] = {}  # dedupe key -> "claimed" | "sent"
         self.notes: list[dict[str, str]] = []
 
     def get_run(self, run_id: str) -> Run | None:
@@ -47,14 +47,18 @@ class FakeLedger:
     def run_notifications(self, run_id: str) -> list[dict[str, str]]:
         return list(self.notes)
 
-    def claim_notification(self, dedupe_key: str) -> bool:
+    def claim_notification(self, dedupe_key: str) -> str | None:
         if dedupe_key in self.claims:
-            return False
-        self.claims.add(dedupe_key)
+            return None
+        self.claims[dedupe_key] = "claimed"
+        return dedupe_key  # the claim id
+
+    def mark_notification_sent(self, dedupe_key: str, claim_id: str) -> bool:
+        self.claims[dedupe_key] = "sent"
         return True
 
-    def release_notification(self, dedupe_key: str) -> None:
-        self.claims.discard(dedupe_key)
+    def release_notification(self, dedupe_key: str, claim_id: str) -> None:
+        self.claims.pop(dedupe_key, None)
 
     def record_notifications(self, run_id: str, entries: list[dict[str, str]]) -> None:
         self.notes.extend(entries)
@@ -78,12 +82,6 @@ def fixed_clock() -> Iterator[None]:
     clock.use_clock(lambda: NOW)
     yield
     clock.use_clock(None)
-
-
-@pytest.fixture
-def sink() -> Iterator[WebhookSink]:
-    with WebhookSink() as running:
-        yield running
 
 
 def _services(ledger: FakeLedger, sink: WebhookSink) -> Services:

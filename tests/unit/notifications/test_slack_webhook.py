@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from spot_hpc.slack import Notification, SlackDeliveryError, SlackWebhook, build_message
 
@@ -20,12 +18,6 @@ class RecordingSleep:
 
     def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
-
-
-@pytest.fixture
-def sink() -> Iterator[WebhookSink]:
-    with WebhookSink() as running:
-        yield running
 
 
 def _webhook(sink: WebhookSink, sleep: RecordingSleep, **kwargs: object) -> SlackWebhook:

@@ -6,6 +6,7 @@ One query of the sparse active-stages index and one DescribeJobs per 100 jobs, w
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -13,13 +14,15 @@ from spot_hpc.clock import parse_time, utc_now
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail
 from spot_hpc.job_events import answer_state_machine, apply_job_state
 from spot_hpc.ledger import Run, Stage
-from spot_hpc.notifier import notify
+from spot_hpc.notifier import notify, redeliver_parked_notices
+from spot_hpc.outcome import finish
 from spot_hpc.placement import (
     choose_capacity,
     end_spot_wait,
     request_checkpoint,
     requeue_to_on_demand,
     stage_view,
+    stop_stage,
     submit_claimed,
 )
 from spot_hpc.policy import Action
@@ -29,24 +32,57 @@ logger = logging.getLogger(__name__)
 # A claimed attempt with no job, or a settled stage not yet answered, this long after the fact means its handler
 # died between two AWS calls.
 STALE_SUBMISSION = timedelta(minutes=3)
+# Execution statuses that end a run; SUCCEEDED is settled by the execution's own last state.
+ENDED_EXECUTION = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})
 
 
-def run_guard(svc: Services) -> dict[str, Any]:
+def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = None) -> dict[str, Any]:
+    """One pass over every active stage; then, with what time is left (`remaining_seconds`: the Lambda's), the Slack
+    notices parked while Slack was down."""
     stages = list(svc.ledger.active_stages())
     jobs = svc.batch.describe([s.job_id for s in stages if s.job_id])
     actions: list[dict[str, Any]] = []
+    runs: dict[str, Run | None] = {}
     for stage in stages:
-        run = svc.ledger.get_run(stage.run_id)
+        if stage.run_id not in runs:
+            runs[stage.run_id] = _current_run(svc, stage.run_id)
+        run = runs[stage.run_id]
         if run is None:
             continue
+        action: str | None
         try:
-            action = _guard_stage(svc, run, stage, jobs.get(stage.job_id or ""))
+            if run.status != "RUNNING":
+                # The run ended without this stage (its failure notice stops such stages; this repairs a crash).
+                stop_stage(svc, stage, f"run {run.status.lower()}")
+                action = f"stopped: the run is {run.status}"
+            else:
+                action = _guard_stage(svc, run, stage, jobs.get(stage.job_id or ""))
         except Exception:  # one broken stage must not stop the guard from looking after the others
             logger.exception("guard failed on a stage", extra={"run_id": stage.run_id, "stage": stage.stage})
             action = "error"
         if action:
             actions.append({"run_id": stage.run_id, "stage": stage.stage, "action": action})
-    return {"active_stages": len(stages), "actions": actions}
+    # Last, and bounded in time: Slack notices must never hold up the stages.
+    parked_notices = redeliver_parked_notices(svc, remaining_seconds)
+    return {"active_stages": len(stages), "actions": actions, "parked_notices": parked_notices}
+
+
+def _current_run(svc: Services, run_id: str) -> Run | None:
+    """The run, settled as failed first if its execution ended without settling it: aborted by a user, timed out,
+    or failed with its failure notice failing too. Its stages would otherwise be placed again and again."""
+    run = svc.ledger.get_run(run_id)
+    if run is None or run.status != "RUNNING" or not run.execution_arn:
+        return run
+    try:
+        status = svc.pipeline.execution_status(run.execution_arn)
+        if status not in ENDED_EXECUTION:
+            return run
+        cause = f"the pipeline's execution ended {status} before the run was settled"
+        finish(svc, {"run_id": run_id, "outcome": "failed", "error": {"Error": f"Execution{status}", "Cause": cause}})
+    except Exception:  # the stages are still looked after; the execution is checked again next pass
+        logger.exception("could not settle the run of an ended execution", extra={"run_id": run_id})
+        return run
+    return svc.ledger.get_run(run_id)
 
 
 def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | None) -> str | None:

@@ -7,7 +7,8 @@ Item layout (pk / sk):
   JOB#<job id>     JOB                      job id -> run, stage, attempt (Batch events carry only the job id)
   INSTANCE#<i-..>  JOB#<job id>             instance -> jobs on it (Spot warnings carry only the instance id)
   REJECTION        <time>#<id>              an input the control plane refused, with the reason
-  NOTIFIED#<key>   NOTIFIED                 one notification per event, however often the event repeats
+  NOTIFIED#<key>   NOTIFIED                 one notification per event, however often the event repeats: a claim
+                                            (a lease, taken over when its handler died), then sent
 Active stages carry `active` = "1" and sit in the sparse `active-stages` index that the SLA guard queries.
 
 Every write that decides something (claiming the next attempt, settling a stage) is conditional, so duplicated and
@@ -16,6 +17,8 @@ reordered events, and two handlers racing, lead to one action.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import uuid
 from collections.abc import Iterator, Mapping
@@ -31,8 +34,14 @@ from spot_hpc.clock import format_time, utc_now
 ACTIVE_INDEX = "active-stages"
 # An attempt's cancel_reason when the control plane replaced it by an On-Demand one.
 CANCEL_REQUEUE = "requeue_to_on_demand"
+CANCEL_RUN_ENDED = "run_ended"  # the run failed, was aborted or timed out while the attempt ran
 # Attributes that go to the sparse index; removed when a stage settles.
 _ACTIVE = "1"
+# A notification claim older than this was left by a handler that died before sending: longer than any function's
+# timeout (Lambda's longest is 15 minutes), so the claim of a handler still sending is never taken.
+NOTIFICATION_LEASE = timedelta(minutes=15)
+NOTICE_CLAIMED = "claimed"
+NOTICE_SENT = "sent"
 
 
 class LedgerConflict(Exception):
@@ -159,6 +168,10 @@ def _stage_key(run_id: str, stage: str) -> dict[str, str]:
 
 def _attempt_key(run_id: str, stage: str, attempt: int) -> dict[str, str]:
     return {"pk": f"RUN#{run_id}", "sk": f"ATTEMPT#{stage}#{attempt:03d}"}
+
+
+def _notification_key(dedupe_key: str) -> dict[str, str]:
+    return {"pk": f"NOTIFIED#{dedupe_key}", "sk": "NOTIFIED"}
 
 
 class Ledger:
@@ -348,6 +361,21 @@ class Ledger:
             ),
         )
 
+    def end_stage(self, run_id: str, stage: str, failure: str) -> Stage | None:
+        """Ends a running stage because its run ended without it (failed, aborted, timed out): FAILED with `failure`.
+        None when the stage was not running (it had ended, on its own or by an earlier call)."""
+        try:
+            item = self._update(
+                _stage_key(run_id, stage),
+                {"status": "FAILED", "settled_at": format_time(utc_now()), "failure": failure},
+                removes=("submitting_since", "spot_waiting_since"),
+                condition="#status = :running",
+                condition_values={"running": "RUNNING"},
+            )
+        except LedgerConflict:
+            return None
+        return _record(Stage, item)  # type: ignore[no-any-return]
+
     def mark_answered(self, run_id: str, stage: str) -> None:
         """The state machine knows how the stage ended: it leaves the active index."""
         self._update(_stage_key(run_id, stage), {}, removes=("active", "active_sk"))
@@ -429,23 +457,81 @@ class Ledger:
         return [_record(JobRef, item) for item in items]
 
     # ------------------------------------------------------------------ notifications
-    def claim_notification(self, dedupe_key: str) -> bool:
-        """True the first time a notification key is seen: one message per event however often it repeats."""
+    # NOTIFIED#<key> holds `notice` = "claimed" (with `claimed_at` and the claimer's `claim_id`) while a handler sends
+    # the notification, then "sent". A record without `notice` was written before claims were leases: it reads as sent.
+    def claim_notification(self, dedupe_key: str, lease: timedelta = NOTIFICATION_LEASE) -> str | None:
+        """A claim id when the caller is to send the notification; None when it was sent, or is being sent under a
+        claim younger than `lease`. A claim older than that was left by a handler that died before sending: it is
+        taken over. `lease` must outlast every function's timeout, or a live sender's claim could be taken."""
+        now = utc_now()
+        claim_id = uuid.uuid4().hex
+        item = {
+            **_notification_key(dedupe_key),
+            "notice": NOTICE_CLAIMED,
+            "claimed_at": format_time(now),
+            "claim_id": claim_id,
+            "expires_at": self._expires_at(now),
+        }
         try:
-            self._put_new({"pk": f"NOTIFIED#{dedupe_key}", "sk": "NOTIFIED"}, {"notified_at": format_time(utc_now())})
-            return True
+            self._table.put_item(
+                Item=_to_dynamo(item),
+                # The own claim id: the SDK sends a request again when its answer was lost (the write may be done).
+                # Times are compared as text: format_time writes one fixed-width UTC form.
+                ConditionExpression=(
+                    "attribute_not_exists(pk) OR #claim_id = :claim_id OR (#notice = :claimed AND #claimed_at < :stale)"
+                ),
+                ExpressionAttributeNames={"#claim_id": "claim_id", "#notice": "notice", "#claimed_at": "claimed_at"},
+                ExpressionAttributeValues={
+                    ":claim_id": claim_id,
+                    ":claimed": NOTICE_CLAIMED,
+                    ":stale": format_time(now - lease),
+                },
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return None
+            raise
+        return claim_id
+
+    def mark_notification_sent(self, dedupe_key: str, claim_id: str) -> bool:
+        """Settles a claimed notification as sent; False when the claim is no longer the caller's (taken over)."""
+        try:
+            self._update(
+                _notification_key(dedupe_key),
+                {"notice": NOTICE_SENT, "notified_at": format_time(utc_now())},
+                condition="#claim_id = :claim_id",
+                condition_values={"claim_id": claim_id},
+            )
         except LedgerConflict:
             return False
+        return True
 
-    def release_notification(self, dedupe_key: str) -> None:
-        """Forgets a claimed notification that could not be sent, so that a retry sends it."""
-        self._table.delete_item(Key={"pk": f"NOTIFIED#{dedupe_key}", "sk": "NOTIFIED"})
+    def release_notification(self, dedupe_key: str, claim_id: str) -> None:
+        """Gives back a claim whose notification could not be sent, so that a retry sends it at once (a claim taken
+        over meanwhile is left alone)."""
+        try:
+            self._table.delete_item(
+                Key=_notification_key(dedupe_key),
+                ConditionExpression="#claim_id = :claim_id",
+                ExpressionAttributeNames={"#claim_id": "claim_id"},
+                ExpressionAttributeValues={":claim_id": claim_id},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+
+    def notification_sent(self, dedupe_key: str) -> bool:
+        item = self._table.get_item(Key=_notification_key(dedupe_key), ConsistentRead=True).get("Item")
+        return item is not None and item.get("notice", NOTICE_SENT) == NOTICE_SENT
 
     def record_notifications(self, run_id: str, entries: list[dict[str, str]]) -> None:
         """What was told, per channel, for the run report."""
         now = format_time(utc_now())
         for entry in entries:
-            sk = f"NOTE#{now}#{entry.get('kind')}#{entry.get('channel')}"
+            # The entry's digest keeps two notices of one kind told in the same second apart (e.g. two stages'
+            # notices sent late in one pass); the same entry written again stays one.
+            digest = hashlib.sha256(json.dumps(entry, sort_keys=True).encode("utf-8")).hexdigest()[:12]
+            sk = f"NOTE#{now}#{entry.get('kind')}#{entry.get('channel')}#{digest}"
             self._put({"pk": f"RUN#{run_id}", "sk": sk, **entry})
 
     def run_notifications(self, run_id: str) -> list[dict[str, str]]:

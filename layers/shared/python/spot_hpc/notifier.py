@@ -1,25 +1,41 @@
 """Notifications from the control plane: deduplicated in the ledger, published to SNS and Slack.
 
 A Slack outage never fails a pipeline: undelivered messages go to the notifications dead-letter queue, and for a
-minute after Slack failed to take one the next are parked there at once rather than each waiting on Slack.
+minute after Slack failed to take one the next are parked there at once rather than each waiting on Slack. The SLA
+guard sends parked messages to Slack again once it is back (`redeliver_parked_notices`).
+
+Each notice is claimed in the ledger before it is sent, and the claim is a lease: a handler killed between the claim
+and the send leaves a claim that a retry of its event takes over once the lease ends (ledger.NOTIFICATION_LEASE).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from spot_hpc.clock import hours_between, parse_time, utc_now
 from spot_hpc.ledger import Run
 from spot_hpc.services import Services
 from spot_hpc.slack import (
+    MESSAGE_REFUSED_STATUSES,
+    NotANotification,
     Notification,
     SlackCircuit,
     SlackWebhook,
     WebhookSecretError,
+    build_delayed_message,
+    delete_parked_notice,
     deliver_notification,
     notification_report_entries,
+    notification_text,
+    parked_body_excerpt,
+    parse_parked_notice,
     read_webhook_url,
+    receive_parked_notices,
+    release_parked_notices,
+    try_slack,
 )
 
 logger = logging.getLogger(__name__)
@@ -82,7 +98,8 @@ def notify_rejected_upload(svc: Services, run_id: str, source: str, reason: str,
 
 
 def _send(svc: Services, notification: Notification, dedupe_key: str) -> bool:
-    if not svc.ledger.claim_notification(dedupe_key):
+    claim = svc.ledger.claim_notification(dedupe_key)
+    if claim is None:
         return False
     try:
         outcome = deliver_notification(
@@ -94,11 +111,13 @@ def _send(svc: Services, notification: Notification, dedupe_key: str) -> bool:
             dead_letter_queue_url=svc.settings.notifications_dlq_url,
             budget_seconds=SLACK_BUDGET_SECONDS,
             circuit=SLACK_CIRCUIT,
+            dedupe_key=dedupe_key,
         )
     except Exception:
-        # SNS or SQS failed (after botocore's retries): free the claim so that the event's retry sends it.
-        svc.ledger.release_notification(dedupe_key)
+        # SNS or SQS failed (after botocore's retries): give the claim back so that the event's retry sends it.
+        _release_claim(svc, dedupe_key, claim)
         raise
+    _settle_claim(svc, dedupe_key, claim)
     svc.ledger.record_notifications(notification.run_id, notification_report_entries(notification, outcome))
     logger.info(
         "notified",
@@ -110,3 +129,153 @@ def _send(svc: Services, notification: Notification, dedupe_key: str) -> bool:
         },
     )
     return True
+
+
+def _settle_claim(svc: Services, dedupe_key: str, claim: str) -> None:
+    """Marks a notice sent. Failing that (DynamoDB still throttling), the notice is out all the same: the handler
+    goes on, and the claim stops duplicates until its lease ends."""
+    try:
+        if not svc.ledger.mark_notification_sent(dedupe_key, claim):
+            logger.warning("notification claim was taken over before it was marked sent", extra={"key": dedupe_key})
+    except Exception:
+        logger.exception("notification sent but not marked sent; a retry after the lease may send it again")
+
+
+def _release_claim(svc: Services, dedupe_key: str, claim: str) -> None:
+    """Gives a claim back without hiding the error that made the send fail: a claim not given back is taken over by
+    a retry once its lease ends."""
+    try:
+        svc.ledger.release_notification(dedupe_key, claim)
+    except Exception:
+        logger.exception("notification claim not released; a retry takes it over after the lease")
+
+
+# --- Parked notices ---------------------------------------------------------------------------------------------
+
+# The SLA guard sends parked notices again after its stage checks, within this much time...
+REDELIVERY_BUDGET_SECONDS = 60.0
+# ... and never closer than this to its Lambda timeout.
+REDELIVERY_TIMEOUT_MARGIN_SECONDS = 15.0
+# At most this many a pass: a backlog drains over a few passes, never in one long one.
+REDELIVERY_MAX_NOTICES = 50
+# Taken notices are hidden from other readers this long: the guard's timeout, so the next pass never takes a notice
+# this one holds; one that Slack did not take comes back for a later pass.
+REDELIVERY_VISIBILITY_SECONDS = 300
+# Sending a parked notice again is claimed in the ledger too: a notice parked twice, or received again after its
+# delete failed, reaches Slack once.
+REDELIVERY_KEY_PREFIX = "redelivery#"
+PARKED_NOTICES_SOURCE = "notifications dead-letter queue"
+
+
+def redeliver_parked_notices(
+    svc: Services,
+    remaining_seconds: Callable[[], float] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Sends the notices Slack could not take, parked on the notifications dead-letter queue, to Slack again, each
+    saying it is late and when it was first due. Slack only: SNS had every one of them already.
+
+    Bounded: at most `REDELIVERY_MAX_NOTICES`, within `REDELIVERY_BUDGET_SECONDS` and, given `remaining_seconds` (the
+    Lambda's time left), never within `REDELIVERY_TIMEOUT_MARGIN_SECONDS` of its timeout; a notice is started only if
+    a whole Slack budget fits. A notice leaves the queue only when Slack took it, or when it can never be sent (not a
+    notification, or refused by Slack as invalid): those are recorded and dropped. While Slack rests (`SLACK_CIRCUIT`),
+    fails or refuses the webhook, nothing more is tried: the notices wait for a later pass (the queue keeps them 14
+    days). Never raises: the guard's own work is done by then.
+    """
+    counts = {"redelivered": 0, "duplicates": 0, "dropped": 0, "left": 0}
+    budget = REDELIVERY_BUDGET_SECONDS
+    if remaining_seconds is not None:
+        budget = min(budget, remaining_seconds() - REDELIVERY_TIMEOUT_MARGIN_SECONDS)
+    deadline = clock() + budget
+
+    def time_for_one() -> bool:
+        return deadline - clock() >= SLACK_BUDGET_SECONDS
+
+    if not time_for_one():
+        return _pass_summary(counts, "no time left in this invocation")
+    webhook = _webhook(svc)
+    if webhook is None:
+        return _pass_summary(counts, "Slack is not configured")
+    stopped = SLACK_CIRCUIT.resting(webhook)
+    queue_url = svc.settings.notifications_dlq_url
+    taken = 0
+    try:
+        while stopped is None and taken < REDELIVERY_MAX_NOTICES and time_for_one():
+            messages = receive_parked_notices(
+                svc.sqs,
+                queue_url,
+                max_messages=min(10, REDELIVERY_MAX_NOTICES - taken),
+                visibility_timeout_seconds=REDELIVERY_VISIBILITY_SECONDS,
+            )
+            if not messages:
+                break
+            taken += len(messages)
+            for index, message in enumerate(messages):
+                if stopped is None and not time_for_one():
+                    stopped = "time budget spent"
+                if stopped is not None:
+                    release_parked_notices(svc.sqs, queue_url, messages[index:])
+                    counts["left"] += len(messages) - index
+                    break
+                outcome, stopped = _redeliver(svc, webhook, message)
+                counts[outcome] += 1
+    except Exception:
+        # What was taken and not settled reappears when its visibility timeout ends.
+        logger.exception("sending parked notices again stopped on an AWS error; they stay on the queue")
+        stopped = "AWS error"
+    return _pass_summary(counts, stopped)
+
+
+def _pass_summary(counts: dict[str, int], stopped: str | None) -> dict[str, Any]:
+    if stopped is not None or any(counts.values()):
+        logger.info("parked notices", extra={**counts, "stopped": stopped})
+    return {**counts, "stopped": stopped}
+
+
+def _redeliver(svc: Services, webhook: SlackWebhook, message: dict[str, Any]) -> tuple[str, str | None]:
+    """One parked message: (what became of it, why the pass stops or None)."""
+    queue_url = svc.settings.notifications_dlq_url
+    try:
+        parked = parse_parked_notice(message)
+    except NotANotification as exc:
+        excerpt = parked_body_excerpt(message)
+        logger.error(
+            "parked message dropped: it is not a notification and can never be sent",
+            extra={"message_id": message.get("MessageId"), "problem": str(exc), "body": excerpt},
+        )
+        svc.ledger.record_rejection(
+            PARKED_NOTICES_SOURCE, str(exc), {"event_id": message.get("MessageId"), "body": excerpt}
+        )
+        delete_parked_notice(svc.sqs, queue_url, message)
+        return "dropped", None
+    key = REDELIVERY_KEY_PREFIX + parked.dedupe_key
+    claim = svc.ledger.claim_notification(key)
+    if claim is None:
+        if svc.ledger.notification_sent(key):  # a second copy of a notice sent again already
+            delete_parked_notice(svc.sqs, queue_url, message)
+            return "duplicates", None
+        return "left", None  # another pass is sending it now: it comes back if that pass dies
+    notification = parked.notification
+    attempt = try_slack(
+        webhook,
+        lambda: webhook.post(build_delayed_message(notification, parked.due_at), budget_seconds=SLACK_BUDGET_SECONDS),
+        SLACK_CIRCUIT,
+    )
+    details = {"kind": notification.kind, "run_id": notification.run_id, "due_at": parked.due_at, "then": parked.error}
+    if attempt.delivered:
+        status = "delivered late"
+        logger.info("parked notice delivered to Slack", extra=details)
+    elif attempt.status in MESSAGE_REFUSED_STATUSES:
+        status = "undeliverable"
+        logger.error("parked notice dropped: Slack refuses it", extra={**details, "error": attempt.error})
+    else:
+        svc.ledger.release_notification(key, claim)
+        # Slack is down (the circuit rests it now) or refuses the webhook itself (revoked, archived channel): the
+        # notices wait on the queue until the next passes find it back, or the webhook secret is fixed.
+        logger.warning("parked notice not delivered; left on the queue", extra={**details, "error": attempt.error})
+        return "left", attempt.error
+    _settle_claim(svc, key, claim)
+    delete_parked_notice(svc.sqs, queue_url, message)
+    entry = {"channel": "slack", "kind": notification.kind, "text": notification_text(notification), "status": status}
+    svc.ledger.record_notifications(notification.run_id, [entry])
+    return ("redelivered" if attempt.delivered else "dropped"), None

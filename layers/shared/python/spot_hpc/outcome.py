@@ -9,7 +9,7 @@ from typing import Any
 from spot_hpc.ledger import Run
 from spot_hpc.metrics import record_settled_run
 from spot_hpc.notifier import notify
-from spot_hpc.placement import node_price
+from spot_hpc.placement import node_price, stop_stage
 from spot_hpc.run_report import build_run_report, describe_failure
 from spot_hpc.services import Services
 
@@ -51,6 +51,9 @@ def finish(svc: Services, payload: dict[str, Any]) -> Settlement:
         raise ValueError(f"run {run_id!r} is not in the ledger")
     error = _error_text(payload.get("error"))
     first_time = svc.ledger.finish_run(run_id, "SUCCEEDED" if outcome == "succeeded" else "FAILED", error or None)
+    if outcome == "failed":
+        # A stage the state machine gave up on (timed out, its runner failed) may still have a job running.
+        stop_unfinished_stages(svc, run_id, f"run failed: {error or 'a stage failed'}")
     run = svc.ledger.get_run(run_id) or run
     report = run_report(svc, run)
     history = _history(report)
@@ -74,6 +77,15 @@ def finish(svc: Services, payload: dict[str, Any]) -> Settlement:
     return Settlement(report, first_time)
 
 
+def stop_unfinished_stages(svc: Services, run_id: str, reason: str) -> None:
+    """Ends the stages a run left running, terminating their jobs (see `placement.stop_stage`); stages it never
+    reached stay PENDING."""
+    stages, _ = svc.ledger.get_run_items(run_id)
+    for stage in stages:
+        if stage.status == "RUNNING":
+            stop_stage(svc, stage, reason)
+
+
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
@@ -91,6 +103,8 @@ def _stage_failure(stage: dict[str, Any]) -> str:
     if not attempts:
         return f"{stage['name']} failed for good"
     last = attempts[-1]
+    if last.get("failure_class") is None and last.get("status") != "FAILED":
+        return f"{stage['name']} was still on attempt {len(attempts)} when the run ended; its job is stopped"
     return (
         f"{stage['name']} failed for good on attempt {len(attempts)}: "
         f"{describe_failure(last.get('failure_class'), last.get('exit_code'))}"

@@ -8,6 +8,7 @@ claimed in the ledger before the job is submitted, so two handlers acting on the
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,8 @@ from spot_checkpoint.store import CheckpointStore, progress
 
 from spot_hpc.batch import JobRequest
 from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
-from spot_hpc.ledger import CANCEL_REQUEUE, Attempt, LedgerConflict, Run, Stage
+from spot_hpc.events import TERMINAL_STATUSES
+from spot_hpc.ledger import CANCEL_REQUEUE, CANCEL_RUN_ENDED, Attempt, LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify
 from spot_hpc.pipeline import STAGE_NAMES, job_name, job_tags, stage_input_uri, stage_output_uri
 from spot_hpc.policy import Action, Decision, SpotStats, decide, stage_must_finish_in
@@ -284,6 +286,26 @@ def requeue_to_on_demand(svc: Services, run: Run, stage: Stage, job_id: str, rea
     if placed:
         notify(svc, "requeued", run, stage.stage, reason, attempt=placed.attempt)
     return placed
+
+
+def stop_stage(svc: Services, stage: Stage, reason: str) -> None:
+    """The stage's run ended without it (failed, aborted, timed out): the stage ends, its job is terminated, and it
+    leaves the guard's watch. Safe to repeat and to resume after a crash: the stage is ended first (so the job's end
+    is recorded, not acted on), and a job whose attempt is still open is terminated again."""
+    current = svc.ledger.end_stage(stage.run_id, stage.stage, reason) or svc.ledger.get_stage(stage.run_id, stage.stage)
+    if current is not None and current.job_id:
+        attempt = svc.ledger.get_attempt(current.run_id, current.stage, current.attempt)
+        if attempt is not None and attempt.status not in TERMINAL_STATUSES:
+            with suppress(LedgerConflict):  # marked already: by an earlier call, or for a requeue
+                svc.ledger.update_attempt(
+                    current.run_id,
+                    current.stage,
+                    current.attempt,
+                    condition="attribute_not_exists(cancel_reason)",
+                    cancel_reason=CANCEL_RUN_ENDED,
+                )
+            svc.batch.terminate(current.job_id, f"spot-hpc: {reason}")
+    svc.ledger.mark_answered(stage.run_id, stage.stage)
 
 
 def request_checkpoint(svc: Services, stage: Stage, reason: str) -> None:

@@ -3,7 +3,7 @@
 The webhook URL is a secret (anyone holding it can post to the channel): it lives in Secrets Manager, is checked
 strictly before use, and is never logged, echoed in an error, or shown in a repr. A Slack outage never fails a
 pipeline: `deliver_notification` publishes to SNS, tries Slack, and parks an undelivered message on a dead-letter
-queue instead of raising.
+queue instead of raising; the SLA guard later sends parked messages to Slack again (`build_delayed_message`).
 
 Only the standard library is used for HTTP: the Lambda runtime has no `requests`.
 """
@@ -21,9 +21,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Protocol, get_args
 from urllib.parse import urlsplit
+
+from spot_hpc.clock import format_time, parse_time, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -347,7 +350,7 @@ class SlackDeliveryError(Exception):
         super().__init__(message)
         self.status = status
         self.attempts = attempts
-        self.retryable = retryable  # True when a later redrive may succeed (429, 5xx, timeouts)
+        self.retryable = retryable  # True when sending it again later may succeed (429, 5xx, timeouts)
 
 
 @dataclass(frozen=True)
@@ -601,13 +604,58 @@ def publish_to_sns(sns_client: Any, topic_arn: str, notification: Notification) 
     return str(response["MessageId"])
 
 
-def send_to_dead_letter_queue(sqs_client: Any, queue_url: str, notification: Notification, error: str) -> None:
-    """Park an undelivered message with why it failed, for a later redrive."""
+def send_to_dead_letter_queue(
+    sqs_client: Any,
+    queue_url: str,
+    notification: Notification,
+    error: str,
+    *,
+    dedupe_key: str | None = None,
+    due_at: str | None = None,
+) -> None:
+    """Park an undelivered message with why it failed and when it was due, for the SLA guard to send again
+    (`parse_parked_notice` reads it back)."""
+    key = dedupe_key or notification.dedupe_key
+    body = {"notification": notification.to_dict(), "error": error, "dedupe_key": key, "due_at": due_at}
     sqs_client.send_message(
         QueueUrl=queue_url,
-        MessageBody=json.dumps({"notification": notification.to_dict(), "error": error}),
-        MessageAttributes={"dedupe_key": {"DataType": "String", "StringValue": notification.dedupe_key}},
+        MessageBody=json.dumps({name: value for name, value in body.items() if value is not None}),
+        MessageAttributes={"dedupe_key": {"DataType": "String", "StringValue": key}},
     )
+
+
+@dataclass(frozen=True)
+class SlackAttempt:
+    """What one try to give Slack a message came to (`try_slack`)."""
+
+    error: str | None = None  # None: Slack took the message
+    status: int | None = None  # Slack's HTTP answer, when it gave one
+    retryable: bool = True  # False when Slack refused the message: sending the same again cannot help
+
+    @property
+    def delivered(self) -> bool:
+        return self.error is None
+
+
+def try_slack(webhook: SlackWebhook, post: Callable[[], object], circuit: SlackCircuit | None) -> SlackAttempt:
+    """Runs `post` (one message to `webhook`) unless the circuit rests the webhook, and tells the circuit how it went.
+    Never raises: an error the sender did not foresee is named by its type only (it might quote the URL)."""
+    resting = circuit.resting(webhook) if circuit is not None else None
+    if resting is not None:
+        return SlackAttempt(error=resting)
+    try:
+        post()
+    except Exception as exc:
+        if isinstance(exc, SlackDeliveryError):
+            attempt = SlackAttempt(error=str(exc), status=exc.status, retryable=exc.retryable)
+        else:
+            attempt = SlackAttempt(error=f"Slack sender failed ({type(exc).__name__})")
+        if circuit is not None and attempt.retryable:
+            circuit.failed(webhook, attempt.error or "")
+        return attempt
+    if circuit is not None:
+        circuit.delivered(webhook)
+    return SlackAttempt()
 
 
 def deliver_notification(
@@ -620,34 +668,140 @@ def deliver_notification(
     dead_letter_queue_url: str | None = None,
     budget_seconds: float | None = None,
     circuit: SlackCircuit | None = None,
+    dedupe_key: str | None = None,
 ) -> DeliveryOutcome:
     """Tell SNS and Slack; never raise for a Slack failure (the message goes to the dead-letter queue).
 
-    Dedupe is the caller's: check `notification.dedupe_key` in the ledger (conditional put) before calling this.
+    Dedupe is the caller's: claim `dedupe_key` (default `notification.dedupe_key`) in the ledger before calling this;
+    a parked message carries it, so that sending it again later is deduplicated too.
     Errors of SNS or SQS themselves do propagate: they are AWS failures the Lambda's own retries should see.
     With a `circuit`, Slack is not tried while it rests after a failure (see `SlackCircuit`).
     """
+    due_at = format_time(utc_now())
     message_id = publish_to_sns(sns_client, topic_arn, notification) if sns_client and topic_arn else None
     if webhook is None:
         return DeliveryOutcome(slack="skipped", sns_message_id=message_id)
-    error = circuit.resting(webhook) if circuit is not None else None
-    if error is None:
-        try:
-            webhook.send(notification, budget_seconds=budget_seconds)
-        except Exception as exc:
-            # Whatever went wrong with Slack, SNS has the message already: raising would make the event's retry
-            # publish it again. An error the sender did not foresee is named by its type only (it might quote the URL).
-            error = str(exc) if isinstance(exc, SlackDeliveryError) else f"Slack sender failed ({type(exc).__name__})"
-            if circuit is not None and (not isinstance(exc, SlackDeliveryError) or exc.retryable):
-                circuit.failed(webhook, error)
-        else:
-            if circuit is not None:
-                circuit.delivered(webhook)
-            return DeliveryOutcome(slack="delivered", sns_message_id=message_id)
+    # Whatever goes wrong with Slack, SNS has the message already: raising would make the event's retry publish again.
+    attempt = try_slack(webhook, lambda: webhook.send(notification, budget_seconds=budget_seconds), circuit)
+    if attempt.delivered:
+        return DeliveryOutcome(slack="delivered", sns_message_id=message_id)
     logger.warning(
         "Slack notification not delivered; sent to the dead-letter queue",
-        extra={"kind": notification.kind, "run_id": notification.run_id, "error": error},
+        extra={"kind": notification.kind, "run_id": notification.run_id, "error": attempt.error},
     )
     if sqs_client is not None and dead_letter_queue_url:
-        send_to_dead_letter_queue(sqs_client, dead_letter_queue_url, notification, error)
-    return DeliveryOutcome(slack="dead-lettered", sns_message_id=message_id, error=error)
+        send_to_dead_letter_queue(
+            sqs_client,
+            dead_letter_queue_url,
+            notification,
+            attempt.error or "",
+            dedupe_key=dedupe_key,
+            due_at=due_at,
+        )
+    return DeliveryOutcome(slack="dead-lettered", sns_message_id=message_id, error=attempt.error)
+
+
+# --- Parked notices: sent again once Slack is back --------------------------------------------------------------
+
+# Slack's answers that refuse the message itself (malformed, too large), not the webhook or its health: the same
+# message will never be taken. A revoked or archived webhook (403, 404, 410) refuses every message until it is fixed.
+MESSAGE_REFUSED_STATUSES = frozenset({400, 413})
+# How much of a body that is not a notification a log or record keeps.
+PARKED_BODY_EXCERPT = 500
+
+
+class NotANotification(ValueError):
+    """A dead-letter message whose body is not a parked notification: it can never be sent."""
+
+
+@dataclass(frozen=True)
+class ParkedNotice:
+    """A notification parked on the dead-letter queue, as received from it."""
+
+    notification: Notification
+    dedupe_key: str
+    due_at: str  # when the notice was first due (UTC, ISO 8601)
+    error: str  # why Slack did not take it then
+
+
+def receive_parked_notices(
+    sqs_client: Any, queue_url: str, *, max_messages: int, visibility_timeout_seconds: int
+) -> list[dict[str, Any]]:
+    """Up to `max_messages` (1-10) parked messages, hidden from other readers for `visibility_timeout_seconds`.
+    Short polling: an empty answer costs no wait (the next pass looks again)."""
+    response = sqs_client.receive_message(
+        QueueUrl=queue_url,
+        MaxNumberOfMessages=max_messages,
+        VisibilityTimeout=visibility_timeout_seconds,
+        WaitTimeSeconds=0,
+        MessageSystemAttributeNames=["SentTimestamp"],
+        MessageAttributeNames=["dedupe_key"],
+    )
+    return list(response.get("Messages", []))
+
+
+def delete_parked_notice(sqs_client: Any, queue_url: str, message: Mapping[str, Any]) -> None:
+    sqs_client.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def release_parked_notices(sqs_client: Any, queue_url: str, messages: list[dict[str, Any]]) -> None:
+    """Makes received messages visible again at once (taken, but not tried in this pass)."""
+    entries = [
+        {"Id": str(index), "ReceiptHandle": message["ReceiptHandle"], "VisibilityTimeout": 0}
+        for index, message in enumerate(messages)
+    ]
+    if not entries:
+        return
+    failed = sqs_client.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])
+    if failed:
+        # They reappear when their visibility timeout ends instead.
+        logger.warning("parked notices not released", extra={"failed": [entry.get("Code") for entry in failed]})
+
+
+def parse_parked_notice(message: Mapping[str, Any]) -> ParkedNotice:
+    """The notice in a received dead-letter message; `NotANotification` when its body is none.
+
+    Messages parked before the body carried `due_at` and `dedupe_key` take them from the message: when SQS got it,
+    and its `dedupe_key` attribute.
+    """
+    try:
+        body = json.loads(message["Body"])
+        notification = Notification.from_dict(body["notification"])
+        build_message(notification)  # fields of the wrong types would fail the message on every pass
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise NotANotification(f"the body is not a parked notification ({type(exc).__name__}: {exc})") from None
+    attributes = message.get("MessageAttributes", {})
+    dedupe_key = body.get("dedupe_key") or attributes.get("dedupe_key", {}).get("StringValue")
+    due_at = body.get("due_at")
+    sent_ms = str(message.get("Attributes", {}).get("SentTimestamp", ""))
+    if not due_at and sent_ms.isdigit():
+        due_at = format_time(datetime.fromtimestamp(int(sent_ms) / 1000, UTC))
+    return ParkedNotice(
+        notification=notification,
+        dedupe_key=str(dedupe_key or notification.dedupe_key),
+        due_at=str(due_at or "an unknown time"),
+        error=str(body.get("error", "")),
+    )
+
+
+def parked_body_excerpt(message: Mapping[str, Any]) -> str:
+    body = str(message.get("Body", ""))
+    return _truncate(body, PARKED_BODY_EXCERPT)
+
+
+def delayed_notice_line(due_at: str) -> str:
+    try:
+        due = parse_time(due_at).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        due = due_at
+    return f"Delayed notice: first due {due}; Slack could not take it then."
+
+
+def build_delayed_message(notification: Notification, due_at: str) -> dict[str, Any]:
+    """`build_message`, saying that the notice is late and when it was first due (text and a context block)."""
+    message = build_message(notification)
+    line = delayed_notice_line(due_at)
+    message["text"] = _truncate_mrkdwn(f"{escape_mrkdwn(line)} {message['text']}", SECTION_TEXT_LIMIT)
+    context = {"type": "context", "elements": [{"type": "mrkdwn", "text": f":hourglass: {escape_mrkdwn(line)}"}]}
+    message["blocks"] = [message["blocks"][0], context, *message["blocks"][1:]]
+    return message

@@ -41,6 +41,16 @@ class PipelineStateMachine:
                 raise
         return self._arn.replace(":stateMachine:", ":execution:") + f":{run_id}", True
 
+    def execution_status(self, execution_arn: str) -> str | None:
+        """RUNNING, SUCCEEDED, FAILED, TIMED_OUT or ABORTED; None when there is no such execution."""
+        try:
+            response = self._client.describe_execution(executionArn=execution_arn)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ExecutionDoesNotExist":
+                raise
+            return None
+        return str(response["status"])
+
     def answer(self, task_token: str, output: dict[str, Any] | None, cause: str = "") -> bool:
         """Succeeds the task with `output`, or fails it with `cause` when `output` is None; False when the state
         machine no longer waits on that token."""

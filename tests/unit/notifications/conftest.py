@@ -1,0 +1,131 @@
+"""Fixtures for the notification tests: a ledger on an in-process moto DynamoDB (its conditional writes are evaluated
+as DynamoDB evaluates them), a UTC clock the test moves, and a running Slack webhook sink."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from spot_hpc import clock, notifier
+from spot_hpc.ledger import ACTIVE_INDEX, Ledger
+from spot_hpc.services import Services
+from spot_hpc.settings import ControlPlaneSettings
+from spot_hpc.slack import SlackCircuit
+
+from spotctl.offline.webhook_sink import WebhookSink
+
+START = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
+
+
+class MovableClock:
+    """The control plane's UTC clock, moved by the test."""
+
+    def __init__(self, now: datetime = START) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def utc_clock() -> Iterator[MovableClock]:
+    moved = MovableClock()
+    clock.use_clock(moved)
+    yield moved
+    clock.use_clock(None)
+
+
+@pytest.fixture
+def ledger_table(moto_aws: None) -> Any:
+    """The ledger's table (keys and the guard's index, as the template declares them) on moto."""
+    import boto3
+
+    return boto3.resource("dynamodb", region_name="us-east-1").create_table(
+        TableName="ledger",
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": name, "AttributeType": "S"} for name in ("pk", "sk", "active", "active_sk")
+        ],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": ACTIVE_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "active", "KeyType": "HASH"},
+                    {"AttributeName": "active_sk", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    )
+
+
+@pytest.fixture
+def ledger(ledger_table: Any) -> Ledger:
+    return Ledger(ledger_table)
+
+
+@pytest.fixture
+def sink() -> Iterator[WebhookSink]:
+    with WebhookSink() as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def slack_circuit(monkeypatch: pytest.MonkeyPatch) -> SlackCircuit:
+    """A circuit of the test's own: one test's Slack outage does not rest Slack for the next."""
+    circuit = SlackCircuit(cool_down_seconds=60.0)
+    monkeypatch.setattr(notifier, "SLACK_CIRCUIT", circuit)
+    return circuit
+
+
+# The environment the template gives every function (names of the resources the fixtures below create).
+ENVIRONMENT = {
+    "LEDGER_TABLE": "ledger",
+    "INGEST_BUCKET": "ingest",
+    "SPOT_JOB_QUEUE": "spot",
+    "ON_DEMAND_JOB_QUEUE": "on-demand",
+    "HPC_JOB_QUEUE": "hpc",
+    "PREPROCESS_JOB_DEFINITION": "preprocess",
+    "HPC_JOB_DEFINITION": "hpc",
+    "HPC_SHARD_JOB_DEFINITION": "hpc-shard",
+    "POSTPROCESS_JOB_DEFINITION": "postprocess",
+    "SLACK_SECRET_ID": "spot-hpc/slack-webhook",
+    "DEFAULT_DEADLINE_HOURS": "24",
+    "LEDGER_RETENTION_DAYS": "90",
+    "HPC_NODES": "2",
+    "SLACK_ALLOW_LOOPBACK": "true",
+}
+
+
+@pytest.fixture
+def services(ledger: Ledger, sink: WebhookSink) -> Services:
+    """What a notifying handler gets, on moto: the ledger, an SNS topic, the notifications dead-letter queue and
+    the webhook secret (the sink's URL). Tests swap in stubbed clients where they check exact requests."""
+    import boto3
+
+    topic = boto3.client("sns", region_name="us-east-1").create_topic(Name="notifications")["TopicArn"]
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    queue = sqs.create_queue(QueueName="notifications-dlq")["QueueUrl"]
+    secrets = boto3.client("secretsmanager", region_name="us-east-1")
+    secrets.create_secret(Name=ENVIRONMENT["SLACK_SECRET_ID"], SecretString=sink.url)
+    settings = ControlPlaneSettings.from_environ(
+        {**ENVIRONMENT, "NOTIFICATION_TOPIC_ARN": topic, "NOTIFICATIONS_DLQ_URL": queue}
+    )
+    return Services(
+        settings=settings,
+        ledger=ledger,
+        batch=None,  # type: ignore[arg-type]
+        s3=None,
+        uploads=None,  # type: ignore[arg-type]
+        pipeline=None,  # type: ignore[arg-type]
+        sns=boto3.client("sns", region_name="us-east-1"),
+        sqs=sqs,
+        secrets=secrets,
+        prices=None,  # type: ignore[arg-type]
+    )
