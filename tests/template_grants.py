@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 from functools import cache
 from pathlib import Path
@@ -84,6 +85,16 @@ def allowed_actions(template: dict[str, Any], function: str) -> list[str]:
 
 def is_allowed(granted: list[str], action: str) -> bool:
     return any(fnmatchcase(action.lower(), pattern.lower()) for pattern in granted)
+
+
+def refused_calls(template: dict[str, Any], calls: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+    """Of the IAM actions each function's calls need, those its role would refuse (functions with none left out).
+    The embedded AWS enforces no IAM: the offline runtime records every call as the action it needs."""
+    refused = {
+        function: sorted(a for a in set(actions) if not is_allowed(allowed_actions(template, function), a))
+        for function, actions in calls.items()
+    }
+    return {function: actions for function, actions in refused.items() if actions}
 
 
 def resources_for(template: dict[str, Any], function: str, action: str) -> list[Any]:

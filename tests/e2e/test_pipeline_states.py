@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from template_grants import refused_calls
 
 from spotctl.offline.runtime import OfflineControlPlane
 
@@ -95,28 +96,7 @@ def test_duplicated_and_reordered_batch_events_change_nothing(failed_plane):
     assert svc.ledger.get_attempt(run.run_id, "hpc", last.attempt).status == "FAILED"  # type: ignore[union-attr]
 
 
-def _allowed_actions(template: dict, function: str) -> list[str]:
-    """Every action the function's role allows, from the translated template (inline and stack-managed policies)."""
-    resources = template["Resources"]
-    role = resources[f"{function}Role"]["Properties"]
-    documents = [p["PolicyDocument"] for p in role.get("Policies", [])]
-    documents += [
-        resources[arn["Ref"]]["Properties"]["PolicyDocument"]
-        for arn in role.get("ManagedPolicyArns", [])
-        if isinstance(arn, dict) and "Ref" in arn
-    ]
-    actions: list[str] = []
-    for document in documents:
-        for statement in document["Statement"]:
-            if statement.get("Effect") == "Allow":
-                found = statement["Action"]
-                actions += [found] if isinstance(found, str) else found
-    return actions
-
-
 def test_every_aws_call_a_handler_makes_is_allowed_by_its_role(succeeded_states, failed_plane):
-    from fnmatch import fnmatchcase
-
     # GIVEN the AWS calls every handler made on both runs (the offline runtime records them as IAM actions)
     _, _, succeeded_calls, template = succeeded_states
     calls = {fn: set(actions) for fn, actions in succeeded_calls.items()}
@@ -130,14 +110,9 @@ def test_every_aws_call_a_handler_makes_is_allowed_by_its_role(succeeded_states,
         "NotifyFunction",
     } <= set(calls)
     # WHEN each is checked against the role template.yaml gives the function
-    missing = {
-        fn: sorted(
-            a for a in actions if not any(fnmatchcase(a.lower(), g.lower()) for g in _allowed_actions(template, fn))
-        )
-        for fn, actions in calls.items()
-    }
+    missing = refused_calls(template, calls)
     # THEN nothing a deployed handler would do is refused by IAM
-    assert {fn: m for fn, m in missing.items() if m} == {}
+    assert missing == {}
 
 
 def test_report_reads_the_deployed_stacks_ledger(failed_plane, tmp_path, capsys):

@@ -12,7 +12,7 @@ from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
 from spot_hpc.outcome import run_report
 from spot_hpc.pipeline import STAGE_NAMES
-from template_grants import allowed_actions, is_allowed
+from template_grants import refused_calls
 
 from spotctl.offline.demo import control_plane_services
 from spotctl.offline.runtime import OfflineControlPlane
@@ -39,14 +39,8 @@ def _attempts(plane: OfflineControlPlane, stage: str):
 
 
 def _refused_calls(plane: OfflineControlPlane) -> dict[str, list[str]]:
-    """The AWS calls the handlers made that their roles in the translated template would not allow (the embedded AWS
-    enforces no IAM: the calls are recorded as IAM actions and checked here)."""
-    template = plane.stack.translated
-    refused = {
-        function: sorted(a for a in actions if not is_allowed(allowed_actions(template, function), a))
-        for function, actions in plane.aws_calls.actions.items()
-    }
-    return {function: actions for function, actions in refused.items() if actions}
+    """The AWS calls the handlers made that their roles in the translated template would not allow."""
+    return refused_calls(plane.stack.translated, plane.aws_calls.actions)
 
 
 def _steady_trace(tmp_path, nodes: int):
@@ -62,14 +56,20 @@ def _upload_quick_run(plane: OfflineControlPlane, deadline_hours: float) -> None
     plane.upload("incoming/tight.csv", b"a\n1\n", {"deadline-hours": str(deadline_hours), "stage-hours": stage_hours})
 
 
+LONG_PREPROCESS = {"preprocess": 4, "hpc": 1, "postprocess": 1}
+
+
+def _preprocess_running_on_spot(plane: OfflineControlPlane, key: str):
+    """A run whose 4-hour preprocess has a roomy 40-hour deadline, once its job runs on Spot: (run, its attempts)."""
+    plane.upload(key, b"a\n1\n", {"deadline-hours": "40", "stage-hours": "preprocess=4"})
+    _run_until(plane, lambda: any(a.status == "RUNNING" for a in _attempts(plane, "preprocess")[1]))
+    return _attempts(plane, "preprocess")
+
+
 def test_rebalance_recommendation_asks_the_running_job_to_checkpoint():
-    with OfflineControlPlane(
-        start_hour=SPOT_FROM_THE_START, stage_hours={"preprocess": 4, "hpc": 1, "postprocess": 1}
-    ) as plane:
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=LONG_PREPROCESS) as plane:
         # GIVEN preprocess running on Spot with a roomy deadline
-        plane.upload("incoming/long.csv", b"a\n1\n", {"deadline-hours": "40", "stage-hours": "preprocess=4"})
-        _run_until(plane, lambda: any(a.status == "RUNNING" for a in _attempts(plane, "preprocess")[1]))
-        run, attempts = _attempts(plane, "preprocess")
+        run, attempts = _preprocess_running_on_spot(plane, "incoming/long.csv")
         instance_id = attempts[-1].instance_ids[0]
         # WHEN EC2 recommends rebalancing that instance
         result, _ = plane.invoke(
@@ -378,13 +378,9 @@ def _batch_status(job_id: str) -> str:
 
 
 def test_an_aborted_execution_fails_the_run_and_the_guard_stops_its_job():
-    with OfflineControlPlane(
-        start_hour=SPOT_FROM_THE_START, stage_hours={"preprocess": 4, "hpc": 1, "postprocess": 1}
-    ) as plane:
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=LONG_PREPROCESS) as plane:
         # GIVEN preprocess running on Spot
-        plane.upload("incoming/aborted.csv", b"a\n1\n", {"deadline-hours": "40", "stage-hours": "preprocess=4"})
-        _run_until(plane, lambda: any(a.status == "RUNNING" for a in _attempts(plane, "preprocess")[1]))
-        run, attempts = _attempts(plane, "preprocess")
+        run, attempts = _preprocess_running_on_spot(plane, "incoming/aborted.csv")
         # WHEN a user aborts the execution (no failure notice runs) and the SLA guard comes round
         boto3.client("stepfunctions", region_name=REGION).stop_execution(executionArn=run.execution_arn)
         plane.step(minutes=10)
@@ -408,13 +404,9 @@ def test_an_aborted_execution_fails_the_run_and_the_guard_stops_its_job():
 
 
 def test_a_failure_notice_for_a_stage_still_running_terminates_its_job():
-    with OfflineControlPlane(
-        start_hour=SPOT_FROM_THE_START, stage_hours={"preprocess": 4, "hpc": 1, "postprocess": 1}
-    ) as plane:
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=LONG_PREPROCESS) as plane:
         # GIVEN preprocess running on Spot
-        plane.upload("incoming/timeout.csv", b"a\n1\n", {"deadline-hours": "40", "stage-hours": "preprocess=4"})
-        _run_until(plane, lambda: any(a.status == "RUNNING" for a in _attempts(plane, "preprocess")[1]))
-        run, attempts = _attempts(plane, "preprocess")
+        run, attempts = _preprocess_running_on_spot(plane, "incoming/timeout.csv")
         # WHEN the state machine gives up on the stage (its wait timed out) and sends the failure notice, twice
         payload = {"run_id": run.run_id, "outcome": "failed", "error": {"Error": "States.Timeout", "Cause": ""}}
         plane.invoke("NotifyFunction", payload)

@@ -432,6 +432,22 @@ class Ledger:
             ),
         )
 
+    def cancel_attempt(self, run_id: str, stage: str, attempt: int, reason: str) -> bool:
+        """Marks an attempt cancelled by the control plane for `reason` (CANCEL_*), before its job is terminated, so
+        that the job's end is read as that cancellation. True when it is so marked (now or by an earlier call); False
+        when it was marked for another reason first."""
+        try:
+            self.update_attempt(
+                run_id,
+                stage,
+                attempt,
+                condition="attribute_not_exists(cancel_reason) OR #cancel_reason = :cancel_reason",
+                cancel_reason=reason,
+            )
+        except LedgerConflict:
+            return False
+        return True
+
     def update_open_attempt(self, run_id: str, stage: str, attempt: int, **sets: Any) -> Attempt:
         """Updates an attempt that has not ended yet; LedgerConflict once it has (a late or repeated event)."""
         return self.update_attempt(

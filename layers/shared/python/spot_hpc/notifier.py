@@ -269,7 +269,7 @@ def _redeliver(svc: Services, webhook: SlackWebhook, message: dict[str, Any]) ->
         status = "undeliverable"
         logger.error("parked notice dropped: Slack refuses it", extra={**details, "error": attempt.error})
     else:
-        svc.ledger.release_notification(key, claim)
+        _release_claim(svc, key, claim)
         # Slack is down (the circuit rests it now) or refuses the webhook itself (revoked, archived channel): the
         # notices wait on the queue until the next passes find it back, or the webhook secret is fixed.
         logger.warning("parked notice not delivered; left on the queue", extra={**details, "error": attempt.error})

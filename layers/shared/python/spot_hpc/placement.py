@@ -8,7 +8,6 @@ claimed in the ledger before the job is submitted, so two handlers acting on the
 from __future__ import annotations
 
 import logging
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -271,15 +270,7 @@ def requeue_to_on_demand(svc: Services, run: Run, stage: Stage, job_id: str, rea
     cancellation, not a reclaim (marking it again is a no-op); the claim of the next attempt lets one caller place
     it; the Spot job is terminated whoever placed it (terminating an ended job changes nothing).
     """
-    try:
-        svc.ledger.update_attempt(
-            run.run_id,
-            stage.stage,
-            stage.attempt,
-            condition="attribute_not_exists(cancel_reason) OR #cancel_reason = :cancel_reason",
-            cancel_reason=CANCEL_REQUEUE,
-        )
-    except LedgerConflict:
+    if not svc.ledger.cancel_attempt(run.run_id, stage.stage, stage.attempt, CANCEL_REQUEUE):
         return None
     placed = place_attempt(svc, run, stage, "on-demand", reason)
     svc.batch.terminate(job_id, f"spot-hpc: requeued to On-Demand ({reason})")
@@ -296,14 +287,8 @@ def stop_stage(svc: Services, stage: Stage, reason: str) -> None:
     if current is not None and current.job_id:
         attempt = svc.ledger.get_attempt(current.run_id, current.stage, current.attempt)
         if attempt is not None and attempt.status not in TERMINAL_STATUSES:
-            with suppress(LedgerConflict):  # marked already: by an earlier call, or for a requeue
-                svc.ledger.update_attempt(
-                    current.run_id,
-                    current.stage,
-                    current.attempt,
-                    condition="attribute_not_exists(cancel_reason)",
-                    cancel_reason=CANCEL_RUN_ENDED,
-                )
+            # A requeue's mark, if the attempt has one, stays: either way its end is read as our cancellation.
+            svc.ledger.cancel_attempt(current.run_id, current.stage, current.attempt, CANCEL_RUN_ENDED)
             svc.batch.terminate(current.job_id, f"spot-hpc: {reason}")
     svc.ledger.mark_answered(stage.run_id, stage.stage)
 
