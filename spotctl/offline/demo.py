@@ -123,7 +123,7 @@ def format_summary(report: dict[str, Any], timeline: list[str]) -> str:
     lines += [
         "",
         f"Pipeline {report['pipeline_status']} in {_hours(report['finished_hours'])} h "
-        f"of {report['deadline_hours']} h: deadline {'met' if report['deadline_met'] else 'MISSED'}",
+        f"of {report['deadline_hours']:g} h: deadline {'met' if report['deadline_met'] else 'MISSED'}",
         f"Interruptions {report['interruptions']}, requeues to On-Demand {report['requeues_to_on_demand']}",
         f"Cost ${report['cost_usd']:.2f} vs ${report['on_demand_only_cost_usd']:.2f} On-Demand only "
         f"({report['savings_pct']:.1f}% saved)",

@@ -62,7 +62,7 @@ def test_summary_says_why_each_attempt_ended(demo_run):
     # THEN a reclaimed attempt is named by its class, not only by Batch's words, and hours read alike
     reclaimed = next(line for line in text.splitlines() if line.split()[:4] == ["preprocess", "spot", "x1", "FAILED"])
     assert "checkpointed_interruption: Essential container in task exited" in reclaimed
-    assert f"{report['finished_hours']:.2f} h of {report['deadline_hours']} h: deadline met" in text
+    assert f"{report['finished_hours']:.2f} h of {report['deadline_hours']:g} h: deadline met" in text
 
 
 def test_summary_says_resumed_only_of_attempts_that_ran(demo_run):
