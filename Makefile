@@ -37,7 +37,7 @@ lint: $(VENV)/.installed $(SAMVENV)/.installed
 	$(SAMVENV)/bin/sam validate --lint --region us-east-1
 
 build: $(SAMVENV)/.installed
-	$(SAMVENV)/bin/sam build
+	LAYER_PYTHON=$(abspath $(SAMVENV))/bin/python $(SAMVENV)/bin/sam build
 
 bench: $(VENV)/.installed
 	$(BIN)/spotctl bench policy --scenarios benchmarks/scenarios.json --json benchmarks/results.json \

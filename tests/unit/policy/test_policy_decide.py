@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from spot_hpc.policy import Action, SpotStats, decide
-from spot_hpc.policy.deadline import hop_reserve
 
 
 def stats_with(up_hours: float, down_hours: float, cycles: int = 20) -> SpotStats:
@@ -40,7 +39,7 @@ def test_takes_spot_when_capacity_and_slack():
     assert decision.reason
 
 
-def test_waits_for_spot_while_slack_is_above_the_reserve():
+def test_waits_for_spot_while_slack_is_ample():
     # GIVEN no capacity, 20 h of slack for 10 h of work
     # WHEN the policy decides
     decision = ask(spot_available=False)
@@ -48,22 +47,12 @@ def test_waits_for_spot_while_slack_is_above_the_reserve():
     assert decision.action == Action.IDLE
 
 
-def test_fills_a_gap_with_on_demand_once_slack_is_down_to_the_reserve():
-    # GIVEN no capacity and slack just at the reserve for the remaining work
-    stats = stats_with(4.0, 1.0)
-    reserve = hop_reserve(10.0, 0.25, 3.0, 1.0, stats)
-    # WHEN the policy decides
-    decision = ask(spot_available=False, hours_left=10.0 + reserve, stats=stats)
-    # THEN On-Demand
-    assert decision.action == Action.ON_DEMAND
-
-
 def test_never_idles_past_the_last_moment_on_demand_can_still_finish():
-    # GIVEN slack below one changeover plus one step, even with no reserve needed (Spot never seen to last)
+    # GIVEN slack below one changeover plus one step (Spot never seen to last)
     stats = stats_with(0.1, 5.0)
     # WHEN the policy decides without capacity
     decision = ask(spot_available=False, hours_left=10.0 + 0.25 + 0.2, stats=stats)
-    # THEN On-Demand, for that reason (the reserve rule alone would also say On-Demand here)
+    # THEN On-Demand, for that reason
     assert decision.action == Action.ON_DEMAND
     assert decision.reason == "waiting longer would leave no time for On-Demand"
 
@@ -93,7 +82,7 @@ def test_stays_on_spot_while_a_reclaim_would_still_leave_time():
 
 
 def test_returns_from_on_demand_to_spot_only_when_it_pays():
-    # GIVEN a stage on On-Demand, slack below the reserve, capacity back
+    # GIVEN a stage on On-Demand with 0.6 h of slack, capacity back
     long_runs, blips = stats_with(4.0, 1.0), stats_with(0.3, 1.0)
     hours_left = 10.0 + 0.6
     # WHEN capacity usually lasts hours, or usually vanishes within a changeover or so
@@ -101,53 +90,6 @@ def test_returns_from_on_demand_to_spot_only_when_it_pays():
     stay = ask(current=Action.ON_DEMAND, hours_left=hours_left, stats=blips)
     # THEN it returns to Spot only in the first case
     assert (back.action, stay.action) == (Action.SPOT, Action.ON_DEMAND)
-
-
-def test_reserve_covers_returns_to_spot_when_they_are_the_better_use_of_slack():
-    # GIVEN 4 h capacity runs, 1 h gaps, a 0.25 h changeover and Spot at a third of On-Demand
-    stats = stats_with(4.0, 1.0)
-    # WHEN the end-game reserve for 10 h of work is asked for
-    reserve = hop_reserve(10.0, 0.25, 3.0, 1.0, stats)
-    # THEN it holds the fallback changeover plus two changeovers per expected return (10 h / 5 h cycles, plus one)
-    cycle = stats.mean_up_hours + stats.mean_down_hours
-    assert reserve == pytest.approx(0.25 + 2 * 0.25 * (1.0 + 10.0 / cycle))
-
-
-@pytest.mark.parametrize(
-    ("why", "change", "od_price", "spot_price"),
-    [
-        ("long changeovers eat the Spot run", 1.0, 3.0, 1.0),
-        ("a small Spot discount (15%)", 0.25, 3.0, 2.55),
-    ],
-)
-def test_reserve_is_the_fallback_alone_when_slack_buys_more_waiting_in_gaps(why, change, od_price, spot_price):
-    # GIVEN the same 4 h capacity runs, where a return to Spot saves less than its two changeovers of slack would
-    # save spent waiting out gaps instead of On-Demand
-    stats = stats_with(4.0, 1.0)
-    # WHEN the end-game reserve is asked for
-    reserve = hop_reserve(10.0, change, od_price, spot_price, stats)
-    # THEN only the final On-Demand changeover is kept
-    assert reserve == pytest.approx(change), why
-
-
-def test_waits_where_a_return_reserve_would_have_filled_the_gap():
-    # GIVEN 1 h changeovers, 4 h capacity runs, and 4 h of slack for 10 h of work: under the reserve that counting
-    # returns would ask for (1 + 2 * (1 + 10 / 5) = 7 h), above the fallback changeover
-    stats = stats_with(4.0, 1.0)
-    # WHEN the policy decides without capacity
-    decision = ask(spot_available=False, changeover_hours=1.0, hours_left=14.0, stats=stats)
-    # THEN it waits for Spot: the slack buys more waiting in gaps than returning to Spot later
-    assert decision.action == Action.IDLE
-
-
-def test_does_not_flip_from_on_demand_to_idle_just_above_the_reserve():
-    # GIVEN a stage on On-Demand without capacity, slack a little above the reserve
-    stats = stats_with(4.0, 1.0)
-    reserve = hop_reserve(10.0, 0.25, 3.0, 1.0, stats)
-    # WHEN the policy decides
-    decision = ask(current=Action.ON_DEMAND, spot_available=False, hours_left=10.0 + reserve + 0.5, stats=stats)
-    # THEN it keeps On-Demand (leaving would bring another On-Demand changeover soon)
-    assert decision.action == Action.ON_DEMAND
 
 
 def test_stage_that_cannot_use_spot_runs_on_demand():
@@ -175,30 +117,6 @@ def test_missed_deadline_runs_on_demand(current):
     assert decision.action == Action.ON_DEMAND
 
 
-def test_fills_a_long_gap_with_on_demand_before_the_reserve():
-    # GIVEN capacity gone for 8 changeovers (2 h), and slack above the reserve by less than a tenth of the gap
-    # time expected over the remaining work (10 h of work at 80% availability: 2 h of gaps)
-    stats = stats_with(4.0, 1.0)
-    stats.observe(False, 1.0)
-    reserve = hop_reserve(10.0, 0.25, 3.0, 1.0, stats)
-    hours_left = 10.0 + reserve + 0.25 + 0.1  # one step above the reserve, plus 0.1 h
-    # WHEN the policy decides without capacity
-    decision = ask(spot_available=False, hours_left=hours_left, stats=stats)
-    # THEN On-Demand, for the long gap
-    assert decision.action == Action.ON_DEMAND
-    assert decision.reason == "a long gap in capacity: On-Demand pays for its changeovers here"
-
-
-def test_waits_out_a_young_gap_at_the_same_slack():
-    # GIVEN the same slack, but capacity gone for only 4 changeovers (1 h)
-    stats = stats_with(4.0, 1.0)
-    reserve = hop_reserve(10.0, 0.25, 3.0, 1.0, stats)
-    # WHEN the policy decides without capacity
-    decision = ask(spot_available=False, hours_left=10.0 + reserve + 0.25 + 0.1, stats=stats)
-    # THEN it waits: On-Demand in a short gap would not pay for its changeovers
-    assert decision.action == Action.IDLE
-
-
 def test_waits_out_a_long_gap_while_the_slack_is_ample():
     # GIVEN capacity gone for 2 h, but 20 h of slack for 10 h of work
     stats = stats_with(4.0, 1.0)
@@ -207,3 +125,53 @@ def test_waits_out_a_long_gap_while_the_slack_is_ample():
     decision = ask(spot_available=False, stats=stats)
     # THEN it keeps waiting
     assert decision.action == Action.IDLE
+
+
+def test_waits_out_a_gap_when_gaps_are_short_against_the_slack():
+    # GIVEN gaps of 10 minutes and the same 1 h of slack
+    stats = stats_with(4.0, 1.0 / 6.0)
+    # WHEN the policy decides without capacity
+    decision = ask(spot_available=False, hours_left=11.0, stats=stats)
+    # THEN it waits for Spot
+    assert decision.action == Action.IDLE
+
+
+def test_an_old_capacity_run_is_trusted_more_than_a_young_one():
+    # GIVEN a life table where most capacity runs end within 15 minutes but those past it last 5 h, and a stage on
+    # On-Demand with a 0.25 h changeover and just enough slack for one more return to Spot
+    stats = SpotStats.with_prior(4, band_hours=0.25)
+    for _ in range(20):
+        stats.observe(True, 0.25)
+        stats.observe(False, 0.5)
+    for _ in range(5):
+        stats.observe(True, 5.0)
+        stats.observe(False, 0.5)
+    young, old = stats_at_age(stats, 0.25), stats_at_age(stats, 1.0)
+    # WHEN capacity is seen, 15 minutes old or an hour old
+    at_young = ask(current=Action.ON_DEMAND, hours_left=10.6, stats=young)
+    at_old = ask(current=Action.ON_DEMAND, hours_left=10.6, stats=old)
+    # THEN it goes back to Spot only for the run that has already lasted
+    assert (at_young.action, at_old.action) == (Action.ON_DEMAND, Action.SPOT)
+
+
+def stats_at_age(stats: SpotStats, hours: float) -> SpotStats:
+    again = SpotStats.from_dict(stats.to_dict())
+    again.observe(True, hours)
+    return again
+
+
+def test_keeps_an_instance_through_its_changeover():
+    # GIVEN an On-Demand instance still starting, and Spot capacity
+    # WHEN the policy decides with plenty of slack
+    decision = ask(current=Action.ON_DEMAND, warmup_left_hours=0.1)
+    # THEN the starting instance is kept: its changeover is already paid for
+    assert decision.action == Action.ON_DEMAND
+    assert decision.reason.startswith("changeover in progress")
+
+
+def test_leaves_spot_when_a_reclaim_would_leave_no_time():
+    # GIVEN a stage on Spot with less than one changeover of slack
+    # WHEN the policy decides with capacity
+    decision = ask(current=Action.SPOT, hours_left=10.2)
+    # THEN On-Demand now, while it can still finish
+    assert decision.action == Action.ON_DEMAND

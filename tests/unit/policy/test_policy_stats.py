@@ -41,3 +41,58 @@ def test_stats_round_trip_through_json():
     again = SpotStats.from_dict(json.loads(json.dumps(stats.to_dict())))
     # THEN nothing is lost
     assert again == stats
+
+
+def test_life_table_records_exposure_and_ends_by_age():
+    # GIVEN bands of 0.25 h, and one capacity run of 0.6 h that ends, then a gap of 0.1 h in progress
+    stats = SpotStats.with_prior(4, band_hours=0.25)
+    stats.observe(True, 0.6)
+    stats.observe(False, 0.1)
+    # WHEN the life table is read
+    # THEN the run's exposure fills its first three bands and its end sits in the third (0.5, 0.75]
+    assert stats.up_exposure[:3] == pytest.approx([0.25, 0.25, 0.1])
+    assert stats.up_ends == [0, 0, 1, 0, 0, 0, 0, 0]
+    assert stats.down_exposure[0] == pytest.approx(0.1) and sum(stats.down_ends) == 0
+
+
+def test_hazards_come_from_ended_runs_shrunk_to_the_prior():
+    # GIVEN many capacity runs that each end in their first 0.25 h band
+    stats = SpotStats.with_prior(4, band_hours=0.25)
+    for _ in range(40):
+        stats.observe(True, 0.25)
+        stats.observe(False, 0.25)
+    stats.observe(True, 0.25)
+    # WHEN the planner's hazards are read
+    up = stats.hazards(True)
+    # THEN the first band says about one end per 0.25 h, later bands (never reached) stay at the prior
+    assert up[0] == pytest.approx((40 + 5 * 0.25 / PRIOR_MEAN_UP_HOURS[4]) / (40 * 0.25 + 5 * 0.25), rel=0.35)
+    assert up[0] > 3.0
+    assert up[5] == pytest.approx(1.0 / PRIOR_MEAN_UP_HOURS[4])
+
+
+def test_planner_hazards_hold_between_refreshes():
+    # GIVEN statistics whose planner hazards were taken at the first run end
+    stats = SpotStats.with_prior(4, band_hours=0.25)
+    stats.observe(True, 1.0)
+    stats.observe(False, 0.25)
+    first = stats.hazards(True)
+    # WHEN another run ends before the observed time has grown by half
+    stats.observe(True, 0.1)
+    stats.observe(False, 0.1)
+    held = stats.hazards(True)
+    # AND one ends after it has
+    stats.observe(True, 2.0)
+    stats.observe(False, 0.25)
+    # THEN the first end keeps the hazards, the second refreshes them
+    assert held == first
+    assert stats.hazards(True) != first
+
+
+def test_stats_without_a_life_table_still_load():
+    # GIVEN statistics stored before the life table existed, and one with other bands
+    old = {"advisor_bucket": 2, "up_hours": 3.0, "interruptions": 1, "available": True, "run_hours": 1.0}
+    other = SpotStats.with_prior(2).to_dict() | {"up_ends": [1, 2]}
+    # WHEN loaded
+    # THEN they load, with a fresh table where theirs does not fit
+    assert SpotStats.from_dict(old).up_ends == [0] * 8
+    assert SpotStats.from_dict(other).up_ends == [0] * 8

@@ -1,4 +1,4 @@
-"""Spot, On-Demand or wait: the deadline policy, one pure module (no AWS calls, no I/O, standard library only).
+"""Spot, On-Demand or wait: the deadline policy, one pure package (no AWS calls, no I/O; numpy for the planner).
 
 The Lambdas call it with what they know; the simulator and the benchmark call the very same code on real traces.
 
@@ -8,9 +8,11 @@ Stable API:
     @dataclass(frozen=True) class Decision: action: Action; reason: str
 
     @dataclass class SpotStats:                      # Spot availability learnt online; JSON via to_dict/from_dict
-        SpotStats.with_prior(advisor_bucket: int | None) -> SpotStats   # Spot Advisor bucket 0..4 as the prior
+        SpotStats.with_prior(advisor_bucket: int | None, band_hours: float = 5 min) -> SpotStats
+                                                                          # Spot Advisor bucket 0..4 as the prior
         observe(available: bool, hours: float) -> None                  # capacity seen (or not) for `hours`
         mean_up_hours, mean_down_hours, availability                      # current estimates
+        hazards(available: bool) -> list[float]                           # ends per hour by age band (life table)
         to_dict() -> dict; SpotStats.from_dict(dict) -> SpotStats
 
     decide(*, remaining_hours: float, hours_left: float, current: Action, spot_available: bool,
@@ -18,7 +20,6 @@ Stable API:
            spot_allowed: bool = True, step_hours: float = DEFAULT_STEP_HOURS,
            warmup_left_hours: float = 0.0) -> Decision
         # the deployed policy for ONE stage now; hours_left is the stage's own budget (below)
-    hop_reserve(remaining_hours, change, od_price, spot_price, stats) -> float       # slack kept for the end game
 
     @dataclass(frozen=True) class StageNeed: compute_hours: float; spot_allowed: bool = True
     allocate_deadlines(hours_left: float, stages: Sequence[StageNeed | tuple[float, bool]],
@@ -38,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from spot_hpc.policy.actions import Action, Decision
-from spot_hpc.policy.deadline import DEFAULT_STEP_HOURS, decide, hop_reserve
+from spot_hpc.policy.deadline import DEFAULT_STEP_HOURS, decide
 from spot_hpc.policy.pipeline import StageNeed, allocate_deadlines, stage_must_finish_in
 from spot_hpc.policy.stats import SpotStats
 from spot_hpc.policy.ticks import (
@@ -75,6 +76,5 @@ __all__ = [
     "UniformProgressPolicy",
     "allocate_deadlines",
     "decide",
-    "hop_reserve",
     "stage_must_finish_in",
 ]

@@ -5,11 +5,19 @@ expected length of each kind of run is estimated from the observed exposure and 
 the maximum-likelihood estimate for exponentially distributed runs and handles the run still in progress
 (censored) correctly. A prior, worth `PRIOR_WEIGHT` observed runs, comes from the Spot Advisor interruption
 bucket so that a fresh run has sensible figures before it has seen anything.
+
+Capacity in the public traces dies young far more often than an exponential lifetime says (a fifth of the runs
+end within five minutes; a run that has lasted half an hour is likely to last hours), so the statistics also keep a
+life table: exposure and run ends by age, in bands one decision step wide, for capacity runs and for gaps. It
+gives the hazard, the chance per hour that a run of a given age ends, that the planner (`spot_hpc.policy.plan`)
+works with. Each band is shrunk toward the prior by `PRIOR_EXPOSURE_BANDS` band widths of pseudo-exposure, so that
+a band seen little stays near it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Spot Advisor buckets (share of instances interrupted per month: <5%, 5-10%, 10-15%, 15-20%, >20%) mapped to a
@@ -19,6 +27,32 @@ PRIOR_MEAN_UP_HOURS = (48.0, 24.0, 12.0, 8.0, 4.0)
 PRIOR_MEAN_DOWN_HOURS = (0.25, 0.5, 0.5, 1.0, 1.0)
 DEFAULT_BUCKET = 4
 PRIOR_WEIGHT = 1.0
+# The life table has AGE_BANDS - 1 bands one decision step wide (the SLA guard's five minutes by default), then one
+# open band: ages are counted in the steps the planner works in.
+AGE_BANDS = 8
+DEFAULT_BAND_HOURS = 5.0 / 60.0
+PRIOR_EXPOSURE_BANDS = 5.0
+REFRESH_GROWTH = 1.5
+
+
+def age_edges(band_hours: float) -> tuple[float, ...]:
+    """Upper edges of the closed bands of the life table, in hours."""
+    return tuple(band_hours * band for band in range(1, AGE_BANDS))
+
+
+def age_band(age_hours: float, band_hours: float) -> int:
+    """The life-table band of a run that ends at `age_hours` (bands are closed above: (lower, upper])."""
+    return min(max(math.ceil(age_hours / band_hours - 1e-9), 1), AGE_BANDS) - 1
+
+
+def band_overlaps(start_hours: float, end_hours: float, band_hours: float) -> list[float]:
+    """Hours of the age span (start, end] that fall in each band."""
+    edges = age_edges(band_hours)
+    lowers = (0.0, *edges)
+    uppers = (*edges, math.inf)
+    return [
+        max(0.0, min(end_hours, upper) - max(start_hours, lower)) for lower, upper in zip(lowers, uppers, strict=True)
+    ]
 
 
 @dataclass
@@ -26,28 +60,48 @@ class SpotStats:
     """Exposure and run ends of Spot capacity observed so far (JSON-serialisable with `to_dict`/`from_dict`)."""
 
     advisor_bucket: int = DEFAULT_BUCKET
+    band_hours: float = DEFAULT_BAND_HOURS
     up_hours: float = 0.0
     down_hours: float = 0.0
     interruptions: int = 0
     recoveries: int = 0
     available: bool | None = None
     run_hours: float = 0.0
+    up_exposure: list[float] = field(default_factory=lambda: [0.0] * AGE_BANDS)
+    up_ends: list[int] = field(default_factory=lambda: [0] * AGE_BANDS)
+    down_exposure: list[float] = field(default_factory=lambda: [0.0] * AGE_BANDS)
+    down_ends: list[int] = field(default_factory=lambda: [0] * AGE_BANDS)
+    # The hazards the planner uses: taken from the life table when a run ends, at most once per `REFRESH_GROWTH` of
+    # observed time, so that a plan holds for a while (each new one is a solve).
+    planned_up: list[float] | None = None
+    planned_down: list[float] | None = None
+    planned_at_hours: float = 0.0
 
     @classmethod
-    def with_prior(cls, advisor_bucket: int | None) -> SpotStats:
+    def with_prior(cls, advisor_bucket: int | None, band_hours: float = DEFAULT_BAND_HOURS) -> SpotStats:
         """Fresh statistics seeded from a Spot Advisor interruption bucket (0..4); None means the worst bucket."""
         bucket = DEFAULT_BUCKET if advisor_bucket is None else min(max(int(advisor_bucket), 0), 4)
-        return cls(advisor_bucket=bucket)
+        return cls(advisor_bucket=bucket, band_hours=band_hours)
 
     def observe(self, available: bool, hours: float) -> None:
         """Record that Spot capacity was (or was not) available during the last `hours`."""
         if self.available is not None and available != self.available:
+            band = age_band(self.run_hours, self.band_hours)
             if available:
                 self.recoveries += 1
+                self.down_ends[band] += 1
             else:
                 self.interruptions += 1
+                self.up_ends[band] += 1
             self.run_hours = 0.0
+            observed = self.up_hours + self.down_hours
+            if self.planned_up is None or observed >= self.planned_at_hours * REFRESH_GROWTH:
+                self.planned_up, self.planned_down = self._table_hazards(True), self._table_hazards(False)
+                self.planned_at_hours = observed
         self.available = available
+        exposure = self.up_exposure if available else self.down_exposure
+        for band, overlap in enumerate(band_overlaps(self.run_hours, self.run_hours + hours, self.band_hours)):
+            exposure[band] += overlap
         self.run_hours += hours
         if available:
             self.up_hours += hours
@@ -72,10 +126,29 @@ class SpotStats:
         up, down = self.mean_up_hours, self.mean_down_hours
         return up / (up + down)
 
+    def hazards(self, available: bool) -> list[float]:
+        """Chance per hour that a capacity run (`available`) or a gap ends, by age band, as the planner uses it: the
+        life table as it was at the last refresh, or the prior before any run has ended."""
+        planned = self.planned_up if available else self.planned_down
+        return list(planned) if planned is not None else self._table_hazards(available, prior_only=True)
+
+    def _table_hazards(self, available: bool, prior_only: bool = False) -> list[float]:
+        if available:
+            prior, exposure, ends = 1.0 / PRIOR_MEAN_UP_HOURS[self.advisor_bucket], self.up_exposure, self.up_ends
+        else:
+            prior, exposure, ends = 1.0 / PRIOR_MEAN_DOWN_HOURS[self.advisor_bucket], self.down_exposure, self.down_ends
+        if prior_only:
+            exposure, ends = [0.0] * AGE_BANDS, [0] * AGE_BANDS
+        pseudo = PRIOR_EXPOSURE_BANDS * self.band_hours
+        return [(ended + pseudo * prior) / (hours + pseudo) for hours, ended in zip(exposure, ends, strict=True)]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpotStats:
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        for table in ("up_exposure", "up_ends", "down_exposure", "down_ends"):
+            if table in known and len(known[table]) != AGE_BANDS:
+                del known[table]  # written with other age bands: start the table afresh
         return cls(**known)

@@ -136,11 +136,14 @@ class DeadlinePolicy:
     name = "default"
 
     def __init__(self, advisor_bucket: int | None = None) -> None:
-        self.stats = SpotStats.with_prior(advisor_bucket)
+        self.stats: SpotStats | None = None
+        self.advisor_bucket = advisor_bucket
         self.last_reason = ""
 
     def choose(self, state: TickState) -> Action:
         hours = state.tick_hours
+        if self.stats is None:  # the life table counts ages in ticks
+            self.stats = SpotStats.with_prior(self.advisor_bucket, band_hours=hours)
         self.stats.observe(state.capacity, hours)
         stage_work = state.stage_work_left or (state.work_left,)
         stage_spot = state.stage_spot or (True,)

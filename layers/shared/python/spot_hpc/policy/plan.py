@@ -1,0 +1,231 @@
+"""The least expected cost of finishing a stage by its deadline, and the choice now that reaches it.
+
+A dynamic program over (time left, work left, what runs now, Spot capacity and its age), on a grid of `step` hours:
+- Capacity is a chain of runs and gaps whose chance of ending depends on their age, from the stage's life table
+  (`SpotStats.hazards`). Ages are counted in steps up to the last band of the table; older runs share its hazard.
+- Each step the stage runs on Spot (only with capacity), runs On-Demand or waits, as in the benchmark's model: a new
+  instance pays `change` steps without progress, Spot is lost when capacity goes, waiting costs nothing.
+- Missing the deadline costs `MISS_COST`, far more than any run: the plan never takes a chance of missing it that it
+  could avoid. (`decide` also keeps its own worst-case guard rails.)
+
+Decisions for every smaller time and work left come with one solve, and do not depend on where the solve started, so a
+plan is solved once and read many times while the stage's hazards, rounded by `HAZARD_STEPS_PER_E`, stay the same.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from spot_hpc.policy.actions import Action
+from spot_hpc.policy.stats import SpotStats, age_edges
+
+MISS_COST = 1e18
+# Hazards are rounded on a log scale to this many steps per factor e (about 10% apart), so that the plan is re-solved
+# when what is known of capacity changes, not at every observation.
+HAZARD_STEPS_PER_E = 3.0
+MIN_CHANCE, MAX_CHANCE = 1e-3, 1.0 - 1e-3
+# The grid is made coarser (whole multiples of the step) past this many cells of time x work x capacity states, which
+# bounds the time and memory of one solve (about 1 s and 50 MB).
+MAX_CELLS = 16_000_000
+
+_IDLE, _SPOT, _ON_DEMAND = 0, 1, 2
+_ACTIONS = (Action.IDLE, Action.SPOT, Action.ON_DEMAND)
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What a plan depends on, in grid steps (hashable: plans are cached by it)."""
+
+    change_steps: int
+    up_chances: tuple[float, ...]  # chance a capacity run of age 1, 2, ... steps ends within the next step
+    down_chances: tuple[float, ...]  # the same for a gap
+    spot_cost: float  # per step
+    od_cost: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Decision tables by what runs now: `[steps_left, capacity_state, work_left]` -> 0 idle, 1 Spot, 2 On-Demand.
+
+    Capacity states are `ages` gap states (age 1 .. ages steps, the last meaning older) then `ages` run states."""
+
+    inputs: PlanInputs
+    steps: int
+    work: int
+    idle: np.ndarray
+    spot: np.ndarray
+    on_demand: np.ndarray
+
+    @property
+    def ages(self) -> int:
+        return len(self.inputs.up_chances)
+
+    def choose(self, running: Action, available: bool, age_steps: int, steps_left: int, work_left: int) -> Action:
+        """The planned choice; `running` is what runs now, warm (a changeover in progress is the caller's)."""
+        state = (self.ages if available else 0) + min(max(age_steps, 1), self.ages) - 1
+        table = {Action.IDLE: self.idle, Action.SPOT: self.spot, Action.ON_DEMAND: self.on_demand}[running]
+        return _ACTIONS[int(table[steps_left, state, work_left])]
+
+
+def end_chances(hazards: list[float], band_hours: float, step_hours: float) -> tuple[float, ...]:
+    """Chance that a run of age 1, 2, ... steps ends within its next step, from hazards per hour by age band, rounded
+    (see `HAZARD_STEPS_PER_E`). The last age is the first whose step lies wholly in the open band."""
+    edges = age_edges(band_hours)
+    ages = math.ceil(edges[-1] / step_hours - 1e-9) + 1
+    lowers = (0.0, *edges)
+    uppers = (*edges, math.inf)
+    chances = []
+    for age in range(1, ages + 1):
+        start, end = (age - 1) * step_hours, age * step_hours
+        expected_ends = sum(
+            rate * max(0.0, min(end, upper) - max(start, lower))
+            for rate, lower, upper in zip(hazards, lowers, uppers, strict=True)
+        )
+        chance = min(max(expected_ends, MIN_CHANCE), MAX_CHANCE)
+        chances.append(
+            min(
+                max(math.exp(round(math.log(chance) * HAZARD_STEPS_PER_E) / HAZARD_STEPS_PER_E), MIN_CHANCE), MAX_CHANCE
+            )
+        )
+    return tuple(chances)
+
+
+def grid_multiple(steps_left: int, work_left: int, ages: int) -> int:
+    """How many steps one grid step spans: 1 unless the plan would pass `MAX_CELLS`."""
+    multiple = 1
+    while (steps_left // multiple + 1) * (math.ceil(work_left / multiple) + 1) * 2 * ages > MAX_CELLS:
+        multiple += 1
+    return multiple
+
+
+def plan_inputs(
+    stats: SpotStats, step_hours: float, change_hours: float, spot_price: float, od_price: float
+) -> PlanInputs:
+    return PlanInputs(
+        change_steps=round(change_hours / step_hours),
+        up_chances=end_chances(stats.hazards(True), stats.band_hours, step_hours),
+        down_chances=end_chances(stats.hazards(False), stats.band_hours, step_hours),
+        spot_cost=spot_price * step_hours,
+        od_cost=od_price * step_hours,
+    )
+
+
+def plan_for(inputs: PlanInputs, steps: int, work: int) -> Plan:
+    """A plan covering `steps` steps left and `work` steps of work, reusing the last one solved when it does."""
+    cached = _last_plan(inputs)
+    if cached is not None and cached.steps >= steps and cached.work >= work:
+        return cached
+    plan = solve(inputs, steps, work)
+    _remember(plan)
+    return plan
+
+
+_PLANS: dict[PlanInputs, Plan] = {}
+
+
+def _last_plan(inputs: PlanInputs) -> Plan | None:
+    return _PLANS.get(inputs)
+
+
+def _remember(plan: Plan) -> None:
+    # One plan per process: a Lambda decides for one stage at a time, the benchmark runs one scenario at a time.
+    _PLANS.clear()
+    _PLANS[plan.inputs] = plan
+
+
+@lru_cache(maxsize=8)
+def _chain(up: tuple[float, ...], down: tuple[float, ...], change: int) -> tuple[np.ndarray, np.ndarray]:
+    """One-step transition matrix over the capacity states, and its `change`-th power."""
+    ages = len(up)
+    size = 2 * ages
+    step = np.zeros((size, size))
+    for age in range(ages):
+        older = min(age + 1, ages - 1)
+        step[age, ages] += down[age]  # the gap ends: a run of age 1
+        step[age, older] += 1.0 - down[age]
+        step[ages + age, 0] += up[age]  # the run ends: a gap of age 1
+        step[ages + age, ages + older] += 1.0 - up[age]
+    return step, np.linalg.matrix_power(step, change)
+
+
+def solve(inputs: PlanInputs, steps: int, work: int) -> Plan:
+    """Backward induction over steps left 1..`steps`, for every work left 0..`work`."""
+    up, down, change = inputs.up_chances, inputs.down_chances, inputs.change_steps
+    ages = len(up)
+    size = 2 * ages
+    spot, od = inputs.spot_cost, inputs.od_cost
+    step, step_change = _chain(up, down, change)
+    has_capacity = np.zeros(size, dtype=bool)
+    has_capacity[ages:] = True
+    # Starting Spot at run age a: lost after k steps (paid, no progress, a gap of age 1), or warm at age a + change.
+    lost_after = np.zeros((ages, max(change, 1)))
+    kept = np.ones(ages)
+    warm_age = np.arange(ages)
+    for age in range(ages):
+        for k in range(change):
+            current = min(age + k, ages - 1)
+            lost_after[age, k] = kept[age] * up[current]
+            kept[age] *= 1.0 - up[current]
+        warm_age[age] = min(age + change, ages - 1)
+
+    width = work + 1
+    unreachable = np.full((size, width), MISS_COST)
+    done = unreachable.copy()
+    done[:, 0] = 0.0
+    keep = change + 1  # values of the last `change` + 1 steps are all the recursion reads
+    idle_v: list[np.ndarray] = [done] * keep
+    spot_v: list[np.ndarray] = [done] * keep
+    od_v: list[np.ndarray] = [done] * keep
+    tables = {name: np.zeros((steps + 1, size, width), dtype=np.int8) for name in ("idle", "spot", "od")}
+    work_index = np.arange(width)
+
+    def progressed(values: np.ndarray) -> np.ndarray:
+        out = np.empty_like(values)
+        out[:, 0] = 0.0
+        out[:, 1:] = values[:, :-1]
+        return out
+
+    for left in range(1, steps + 1):
+        prev = (left - 1) % keep
+        wait = step @ idle_v[prev]
+        od_on = od + progressed(step @ od_v[prev])
+        spot_on = spot + progressed(step @ np.where(has_capacity[:, None], spot_v[prev], idle_v[prev]))
+        spot_on[~has_capacity] = MISS_COST
+        if change == 0:
+            od_start, spot_start = od_on, spot_on
+        elif left >= change:
+            back = (left - change) % keep
+            od_start = od * change + step_change @ od_v[back]
+            spot_start = unreachable.copy()
+            expected = kept[:, None] * (spot * change + spot_v[back][ages + warm_age])
+            for k in range(1, change + 1):
+                expected = expected + lost_after[:, k - 1 : k] * (spot * k + idle_v[(left - k) % keep][0][None, :])
+            spot_start[ages:] = expected
+        else:
+            od_start = spot_start = unreachable
+        too_late = work_index > left
+        now = left % keep
+        idle_v[now], tables["idle"][left] = _best((wait, od_start, spot_start), (_IDLE, _ON_DEMAND, _SPOT), too_late)
+        spot_v[now], tables["spot"][left] = _best((spot_on, od_start, wait), (_SPOT, _ON_DEMAND, _IDLE), too_late)
+        od_v[now], tables["od"][left] = _best((od_on, spot_start, wait), (_ON_DEMAND, _SPOT, _IDLE), too_late)
+    return Plan(inputs, steps, work, tables["idle"], tables["spot"], tables["od"])
+
+
+def _best(
+    options: tuple[np.ndarray, ...], codes: tuple[int, ...], too_late: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cheapest option per cell (the first on ties) and its code."""
+    value = options[0]
+    choice = np.full(value.shape, codes[0], dtype=np.int8)
+    for option, code in zip(options[1:], codes[1:], strict=True):
+        cheaper = option < value
+        value = np.where(cheaper, option, value)
+        choice[cheaper] = code
+    value = np.minimum(value, MISS_COST)
+    value[:, 0] = 0.0
+    value[:, too_late] = MISS_COST
+    return value, choice

@@ -1,0 +1,106 @@
+"""The planner behind the deployed policy: exact expected costs on tiny cases, and how hazards become chances."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import pytest
+from spot_hpc.policy import Action
+from spot_hpc.policy.plan import MISS_COST, Plan, PlanInputs, end_chances, grid_multiple, solve
+
+
+def expected_cost(inputs: PlanInputs, steps: int, work: int, running: Action, state: int, plan: Plan | None) -> float:
+    """Expected cost by plain recursion over every capacity path (tiny cases only): following `plan`'s choices, or,
+    without a plan, the least over every choice at every step."""
+    up, down, change = inputs.up_chances, inputs.down_chances, inputs.change_steps
+    ages = len(up)
+
+    def next_states(s: int) -> list[tuple[int, float]]:
+        if s < ages:  # a gap of age s + 1
+            return [(ages, down[s]), (min(s + 1, ages - 1), 1.0 - down[s])]
+        age = s - ages
+        return [(0, up[age]), (ages + min(age + 1, ages - 1), 1.0 - up[age])]
+
+    @functools.cache
+    def cost(left: int, todo: int, run: Action, s: int, warm: int) -> float:
+        if todo == 0:
+            return 0.0
+        if left < todo:
+            return MISS_COST
+        if run == Action.SPOT and s < ages:
+            run, warm = Action.IDLE, 0  # reclaimed
+        if warm > 0:
+            choices = [run]  # an instance is kept through its changeover
+        elif plan is not None:
+            choices = [plan.choose(run, s >= ages, s % ages + 1, left, todo)]
+        else:
+            choices = [Action.IDLE, Action.ON_DEMAND] + ([Action.SPOT] if s >= ages else [])
+        best = MISS_COST
+        for choice in choices:
+            if choice == Action.IDLE:
+                paid, new_warm, progress = 0.0, 0, 0
+            else:
+                new_warm = warm if choice == run else change
+                paid = inputs.spot_cost if choice == Action.SPOT else inputs.od_cost
+                progress = 0 if new_warm > 0 else 1
+                new_warm = max(new_warm - 1, 0)
+            expected = paid + sum(
+                chance * cost(left - 1, todo - progress, choice, nxt, new_warm) for nxt, chance in next_states(s)
+            )
+            best = min(best, expected)
+        return best
+
+    return cost(steps, work, running, state, 0)
+
+
+CASES = [
+    PlanInputs(1, (0.4, 0.1), (0.5, 0.3), 1.0, 3.0),
+    PlanInputs(2, (0.6, 0.2, 0.05), (0.2, 0.2, 0.5), 0.3, 1.0),
+    PlanInputs(0, (0.3,), (0.6,), 1.0, 2.0),
+    PlanInputs(1, (0.05, 0.5), (0.9, 0.1), 2.5, 3.0),
+]
+
+
+@pytest.mark.parametrize("inputs", CASES)
+def test_plan_reaches_the_least_expected_cost_on_tiny_cases(inputs):
+    # GIVEN tiny stages: every time and work left up to 7 and 4 steps, every starting state
+    ages = len(inputs.up_chances)
+    for steps, work, running, state in itertools.product(range(1, 8), range(1, 5), list(Action), range(2 * ages)):
+        if running == Action.SPOT and state < ages:
+            continue
+        # WHEN the plan is followed, and when every choice is searched
+        best = expected_cost(inputs, steps, work, running, state, plan=None)
+        followed = expected_cost(inputs, steps, work, running, state, plan=solve(inputs, steps, work))
+        # THEN following the plan costs exactly the least expected cost
+        assert followed == pytest.approx(best, rel=1e-9), (steps, work, running, state)
+
+
+def test_plan_never_risks_the_deadline_it_can_keep():
+    # GIVEN capacity that usually lasts, a stage with exactly one changeover of slack
+    inputs = PlanInputs(1, (0.01,), (0.5,), 0.1, 3.0)
+    plan = solve(inputs, 6, 5)
+    # WHEN Spot is available and the stage is idle
+    choice = plan.choose(Action.IDLE, True, 1, 6, 5)
+    # THEN On-Demand: a Spot start lost once would miss the deadline, however cheap Spot is
+    assert choice == Action.ON_DEMAND
+
+
+def test_end_chances_follow_the_life_table_bands():
+    # GIVEN hazards of 2, 1, then 0.1 per hour in bands of 0.25 h
+    hazards = [2.0, 1.0] + [0.1] * 6
+    # WHEN turned into chances per 0.25 h step, and per 0.5 h step
+    quarter = end_chances(hazards, 0.25, 0.25)
+    half = end_chances(hazards, 0.25, 0.5)
+    # THEN each step gets the expected ends over its span (rounded to about 10%), and the last age is the open band
+    assert quarter[0] == pytest.approx(0.5, rel=0.06) and quarter[1] == pytest.approx(0.25, rel=0.06)
+    assert quarter[-1] == pytest.approx(0.025, rel=0.06) and len(quarter) == 8
+    assert half[0] == pytest.approx(0.75, rel=0.06) and len(half) == 5
+
+
+def test_grid_is_coarsened_only_past_the_cell_budget():
+    # GIVEN a day of 5-minute steps, and a year of them
+    # WHEN the grid is chosen
+    # THEN the day keeps every step and the year spans several per grid step
+    assert grid_multiple(288, 200, 8) == 1
+    assert grid_multiple(105_120, 50_000, 8) > 1
