@@ -39,9 +39,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from spot_hpc.policy.actions import Action, Decision
-from spot_hpc.policy.deadline import DEFAULT_STEP_HOURS, decide
+from spot_hpc.policy.deadline import decide
 from spot_hpc.policy.pipeline import StageNeed, allocate_deadlines, stage_must_finish_in
-from spot_hpc.policy.stats import SpotStats
+from spot_hpc.policy.stats import DEFAULT_STEP_HOURS, SpotStats
 from spot_hpc.policy.ticks import (
     DeadlinePolicy,
     GreedyPolicy,

@@ -20,11 +20,9 @@ from __future__ import annotations
 import math
 
 from spot_hpc.policy.actions import Action, Decision
-from spot_hpc.policy.plan import end_chances, grid_multiple, plan_for, plan_inputs
-from spot_hpc.policy.stats import SpotStats
+from spot_hpc.policy.plan import age_states, grid_multiple, plan_for, plan_inputs
+from spot_hpc.policy.stats import DEFAULT_STEP_HOURS, SpotStats
 
-# Time until the policy is asked again, when the caller does not say (the SLA guard's schedule).
-DEFAULT_STEP_HOURS = 5.0 / 60.0
 _EPS = 1e-9
 
 
@@ -100,8 +98,7 @@ def _planned(
     """The least-expected-cost choice of `spot_hpc.policy.plan`, on a grid of whole decision steps."""
     steps_left = math.floor(hours_left / step_hours + _EPS)
     work = math.ceil(remaining_hours / step_hours - _EPS)
-    ages = len(end_chances(stats.hazards(True), stats.band_hours, step_hours))
-    multiple = grid_multiple(steps_left, work, ages)
+    multiple = grid_multiple(steps_left, work, age_states(stats.band_hours, step_hours))
     grid = step_hours * multiple
     steps_left, work = steps_left // multiple, math.ceil(work / multiple)
     if work > steps_left:

@@ -71,15 +71,19 @@ class Plan:
         return _ACTIONS[int(table[steps_left, state, work_left])]
 
 
+def age_states(band_hours: float, step_hours: float) -> int:
+    """How many ages, in steps, the plan tells apart: up to the first whose step lies wholly in the open band."""
+    return math.ceil(age_edges(band_hours)[-1] / step_hours - 1e-9) + 1
+
+
 def end_chances(hazards: list[float], band_hours: float, step_hours: float) -> tuple[float, ...]:
     """Chance that a run of age 1, 2, ... steps ends within its next step, from hazards per hour by age band, rounded
     (see `HAZARD_STEPS_PER_E`). The last age is the first whose step lies wholly in the open band."""
     edges = age_edges(band_hours)
-    ages = math.ceil(edges[-1] / step_hours - 1e-9) + 1
     lowers = (0.0, *edges)
     uppers = (*edges, math.inf)
     chances = []
-    for age in range(1, ages + 1):
+    for age in range(1, age_states(band_hours, step_hours) + 1):
         start, end = (age - 1) * step_hours, age * step_hours
         expected_ends = sum(
             rate * max(0.0, min(end, upper) - max(start, lower))
@@ -116,25 +120,16 @@ def plan_inputs(
 
 def plan_for(inputs: PlanInputs, steps: int, work: int) -> Plan:
     """A plan covering `steps` steps left and `work` steps of work, reusing the last one solved when it does."""
-    cached = _last_plan(inputs)
-    if cached is not None and cached.steps >= steps and cached.work >= work:
+    global _last_plan
+    cached = _last_plan
+    if cached is not None and cached.inputs == inputs and cached.steps >= steps and cached.work >= work:
         return cached
-    plan = solve(inputs, steps, work)
-    _remember(plan)
-    return plan
+    _last_plan = solve(inputs, steps, work)
+    return _last_plan
 
 
-_PLANS: dict[PlanInputs, Plan] = {}
-
-
-def _last_plan(inputs: PlanInputs) -> Plan | None:
-    return _PLANS.get(inputs)
-
-
-def _remember(plan: Plan) -> None:
-    # One plan per process: a Lambda decides for one stage at a time, the benchmark runs one scenario at a time.
-    _PLANS.clear()
-    _PLANS[plan.inputs] = plan
+# One plan kept per process: a Lambda decides for one stage at a time, the benchmark runs one scenario at a time.
+_last_plan: Plan | None = None
 
 
 @lru_cache(maxsize=8)

@@ -30,7 +30,9 @@ PRIOR_WEIGHT = 1.0
 # The life table has AGE_BANDS - 1 bands one decision step wide (the SLA guard's five minutes by default), then one
 # open band: ages are counted in the steps the planner works in.
 AGE_BANDS = 8
-DEFAULT_BAND_HOURS = 5.0 / 60.0
+# Time until the policy is asked again, when the caller does not say (the SLA guard's schedule), and so the width of
+# a band of the life table.
+DEFAULT_STEP_HOURS = 5.0 / 60.0
 PRIOR_EXPOSURE_BANDS = 5.0
 REFRESH_GROWTH = 1.5
 
@@ -60,7 +62,7 @@ class SpotStats:
     """Exposure and run ends of Spot capacity observed so far (JSON-serialisable with `to_dict`/`from_dict`)."""
 
     advisor_bucket: int = DEFAULT_BUCKET
-    band_hours: float = DEFAULT_BAND_HOURS
+    band_hours: float = DEFAULT_STEP_HOURS
     up_hours: float = 0.0
     down_hours: float = 0.0
     interruptions: int = 0
@@ -78,7 +80,7 @@ class SpotStats:
     planned_at_hours: float = 0.0
 
     @classmethod
-    def with_prior(cls, advisor_bucket: int | None, band_hours: float = DEFAULT_BAND_HOURS) -> SpotStats:
+    def with_prior(cls, advisor_bucket: int | None, band_hours: float = DEFAULT_STEP_HOURS) -> SpotStats:
         """Fresh statistics seeded from a Spot Advisor interruption bucket (0..4); None means the worst bucket."""
         bucket = DEFAULT_BUCKET if advisor_bucket is None else min(max(int(advisor_bucket), 0), 4)
         return cls(advisor_bucket=bucket, band_hours=band_hours)
@@ -130,15 +132,18 @@ class SpotStats:
         """Chance per hour that a capacity run (`available`) or a gap ends, by age band, as the planner uses it: the
         life table as it was at the last refresh, or the prior before any run has ended."""
         planned = self.planned_up if available else self.planned_down
-        return list(planned) if planned is not None else self._table_hazards(available, prior_only=True)
+        return list(planned) if planned is not None else [self._prior_hazard(available)] * AGE_BANDS
 
-    def _table_hazards(self, available: bool, prior_only: bool = False) -> list[float]:
+    def _prior_hazard(self, available: bool) -> float:
+        means = PRIOR_MEAN_UP_HOURS if available else PRIOR_MEAN_DOWN_HOURS
+        return 1.0 / means[self.advisor_bucket]
+
+    def _table_hazards(self, available: bool) -> list[float]:
+        prior = self._prior_hazard(available)
         if available:
-            prior, exposure, ends = 1.0 / PRIOR_MEAN_UP_HOURS[self.advisor_bucket], self.up_exposure, self.up_ends
+            exposure, ends = self.up_exposure, self.up_ends
         else:
-            prior, exposure, ends = 1.0 / PRIOR_MEAN_DOWN_HOURS[self.advisor_bucket], self.down_exposure, self.down_ends
-        if prior_only:
-            exposure, ends = [0.0] * AGE_BANDS, [0] * AGE_BANDS
+            exposure, ends = self.down_exposure, self.down_ends
         pseudo = PRIOR_EXPOSURE_BANDS * self.band_hours
         return [(ended + pseudo * prior) / (hours + pseudo) for hours, ended in zip(exposure, ends, strict=True)]
 
