@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from spot_hpc.policy import Action, SpotStats, decide
+from spot_hpc.policy import Action, DeadlinePolicy, SpotStats, decide
 
 
 def stats_with(up_hours: float, down_hours: float, cycles: int = 20) -> SpotStats:
@@ -175,3 +175,13 @@ def test_leaves_spot_when_a_reclaim_would_leave_no_time():
     decision = ask(current=Action.SPOT, hours_left=10.2)
     # THEN On-Demand now, while it can still finish
     assert decision.action == Action.ON_DEMAND
+
+
+def test_the_default_policy_counts_capacity_ages_in_bands_fitting_its_changeover(make_state):
+    # GIVEN the default policy on one-minute ticks with a 12-tick changeover
+    policy = DeadlinePolicy()
+    # WHEN it makes its first choice
+    policy.choose(make_state(tick_hours=1 / 60, changeover_ticks=12, ticks=2000, work_ticks=600))
+    # THEN its life table counts ages in bands of three ticks, a quarter changeover
+    assert policy.stats is not None
+    assert policy.stats.band_hours == pytest.approx(3 / 60)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from spot_hpc.policy import SpotStats
+from spot_hpc.policy import SpotStats, band_hours_for
 from spot_hpc.policy.stats import PRIOR_MEAN_UP_HOURS
 
 
@@ -96,3 +96,22 @@ def test_stats_without_a_life_table_still_load():
     # THEN they load, with a fresh table where theirs does not fit
     assert SpotStats.from_dict(old).up_ends == [0] * 8
     assert SpotStats.from_dict(other).up_ends == [0] * 8
+
+
+@pytest.mark.parametrize(
+    ("step_hours", "changeover_hours", "band_hours"),
+    [
+        (5 / 60, 0.25, 5 / 60),  # a changeover of three steps: bands one step wide
+        (5 / 60, 0.0, 5 / 60),
+        (5 / 60, 1.0, 0.25),  # twelve steps: bands of three
+        (1 / 60, 0.2, 3 / 60),  # one-minute steps, a 12-minute changeover
+        (1.0, 0.25, 1.0),  # hourly steps: never narrower than a step
+    ],
+)
+def test_bands_are_whole_steps_about_a_quarter_changeover_wide(step_hours, changeover_hours, band_hours):
+    # GIVEN a policy asked every step_hours, whose instances take changeover_hours to start
+    # WHEN the width of its life-table bands is worked out
+    width = band_hours_for(step_hours, changeover_hours)
+    # THEN it is band_hours, a whole number of steps
+    assert width == pytest.approx(band_hours)
+    assert (width / step_hours) == pytest.approx(round(width / step_hours))

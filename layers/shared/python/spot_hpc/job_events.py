@@ -240,7 +240,7 @@ def _learn_spot(svc: Services, stage: Stage, attempt: Attempt, failure: str | No
     """Feeds what the attempt saw of Spot into the stage's online statistics."""
     if attempt.capacity != "spot" or not attempt.started_at or not attempt.stopped_at:
         return
-    stats = spot_stats(stage)
+    stats = spot_stats(stage, svc.settings.changeover_hours)
     stats.observe(True, hours_between(parse_time(attempt.started_at), parse_time(attempt.stopped_at)))
     if failure in RECLAIM_CLASSES:
         stats.observe(False, 0.0)

@@ -22,7 +22,15 @@ from spot_hpc.events import TERMINAL_STATUSES
 from spot_hpc.ledger import CANCEL_REQUEUE, CANCEL_RUN_ENDED, Attempt, LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify
 from spot_hpc.pipeline import STAGE_NAMES, job_name, job_tags, stage_input_uri, stage_output_uri
-from spot_hpc.policy import Action, Decision, SpotStats, decide, stage_must_finish_in
+from spot_hpc.policy import (
+    DEFAULT_STEP_HOURS,
+    Action,
+    Decision,
+    SpotStats,
+    band_hours_for,
+    decide,
+    stage_must_finish_in,
+)
 from spot_hpc.services import Services
 
 logger = logging.getLogger(__name__)
@@ -87,16 +95,21 @@ def node_price(svc: Services, capacity: str, stage: Stage) -> float:
         return 0.0
 
 
-def spot_stats(stage: Stage) -> SpotStats:
-    """What the stage has learnt of Spot so far (the worst Spot Advisor bucket as the prior)."""
-    return SpotStats.from_dict(stage.spot_stats) if stage.spot_stats else SpotStats.with_prior(None)
+def spot_stats(stage: Stage, changeover_hours: float) -> SpotStats:
+    """What the stage has learnt of Spot so far (the worst Spot Advisor bucket as the prior); a fresh life table gets
+    age bands fitting the SLA guard's schedule and the changeover."""
+    if stage.spot_stats:
+        return SpotStats.from_dict(stage.spot_stats)
+    return SpotStats.with_prior(None, band_hours=band_hours_for(DEFAULT_STEP_HOURS, changeover_hours))
 
 
-def spot_stats_now(stage: Stage, spot_available: bool, now: datetime | None = None) -> SpotStats:
+def spot_stats_now(
+    stage: Stage, spot_available: bool, changeover_hours: float, now: datetime | None = None
+) -> SpotStats:
     """The stage's Spot statistics for a decision now: without capacity, the wait still in progress counts as the
     gap the policy weighs (a long gap is filled with On-Demand). Not stored: `end_spot_wait` records the whole wait
     once it is over."""
-    stats = spot_stats(stage)
+    stats = spot_stats(stage, changeover_hours)
     if not spot_available and stage.spot_waiting_since:
         stats.observe(False, hours_between(parse_time(stage.spot_waiting_since), now or utc_now()))
     return stats
@@ -106,7 +119,7 @@ def end_spot_wait(svc: Services, stage: Stage) -> None:
     """A wait for Spot capacity is over (capacity came, or the work went elsewhere): learn how long it lasted."""
     if not stage.spot_waiting_since:
         return
-    stats = spot_stats(stage)
+    stats = spot_stats(stage, svc.settings.changeover_hours)
     stats.observe(False, hours_between(parse_time(stage.spot_waiting_since), utc_now()))
     svc.ledger.update_stage(stage.run_id, stage.stage, removes=("spot_waiting_since",), spot_stats=stats.to_dict())
 
@@ -126,7 +139,7 @@ def choose_capacity(
         changeover_hours=svc.settings.changeover_hours,
         od_price=od_price,
         spot_price=spot_price,
-        stats=spot_stats_now(stage, spot_available),
+        stats=spot_stats_now(stage, spot_available, svc.settings.changeover_hours),
         spot_allowed=stage.spot_allowed,
     )
     logger.info(

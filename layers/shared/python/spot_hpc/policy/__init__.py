@@ -14,6 +14,7 @@ Stable API:
         mean_up_hours, mean_down_hours, availability                      # current estimates
         hazards(available: bool) -> list[float]                           # ends per hour by age band (life table)
         to_dict() -> dict; SpotStats.from_dict(dict) -> SpotStats
+    band_hours_for(step_hours: float, changeover_hours: float) -> float  # life-table band width to use
 
     decide(*, remaining_hours: float, hours_left: float, current: Action, spot_available: bool,
            changeover_hours: float, od_price: float, spot_price: float, stats: SpotStats,
@@ -41,7 +42,7 @@ from collections.abc import Callable
 from spot_hpc.policy.actions import Action, Decision
 from spot_hpc.policy.deadline import decide
 from spot_hpc.policy.pipeline import StageNeed, allocate_deadlines, stage_must_finish_in
-from spot_hpc.policy.stats import DEFAULT_STEP_HOURS, SpotStats
+from spot_hpc.policy.stats import DEFAULT_STEP_HOURS, SpotStats, band_hours_for
 from spot_hpc.policy.ticks import (
     DeadlinePolicy,
     GreedyPolicy,
@@ -75,6 +76,7 @@ __all__ = [
     "TickState",
     "UniformProgressPolicy",
     "allocate_deadlines",
+    "band_hours_for",
     "decide",
     "stage_must_finish_in",
 ]

@@ -26,7 +26,7 @@ from spot_hpc.policy.stats import SpotStats, age_edges
 MISS_COST = 1e18
 # Hazards are rounded on a log scale to this many steps per factor e (about 10% apart), so that the plan is re-solved
 # when what is known of capacity changes, not at every observation.
-HAZARD_STEPS_PER_E = 3.0
+HAZARD_STEPS_PER_E = 10.0
 MIN_CHANCE, MAX_CHANCE = 1e-3, 1.0 - 1e-3
 # The grid is made coarser (whole multiples of the step) past this many cells of time x work x capacity states, which
 # bounds the time and memory of one solve (about 1 s and 50 MB).

@@ -33,8 +33,17 @@ AGE_BANDS = 8
 # Time until the policy is asked again, when the caller does not say (the SLA guard's schedule), and so the width of
 # a band of the life table.
 DEFAULT_STEP_HOURS = 5.0 / 60.0
+# A band is a whole number of decision steps, about this share of a changeover wide when a changeover spans several
+# steps: the closed bands then reach the ages, up to about two changeovers, at which a Spot start pays back or not.
+BANDS_PER_CHANGEOVER = 4
 PRIOR_EXPOSURE_BANDS = 5.0
 REFRESH_GROWTH = 1.5
+
+
+def band_hours_for(step_hours: float, changeover_hours: float) -> float:
+    """Width of a life-table band for a policy asked every `step_hours` whose instances take `changeover_hours` to
+    start: one step, or as many whole steps as a quarter changeover when that is longer."""
+    return step_hours * max(1, round(changeover_hours / step_hours / BANDS_PER_CHANGEOVER))
 
 
 def age_edges(band_hours: float) -> tuple[float, ...]:

@@ -17,7 +17,7 @@ from typing import Protocol
 from spot_hpc.policy.actions import Action
 from spot_hpc.policy.deadline import decide
 from spot_hpc.policy.pipeline import StageNeed, stage_must_finish_in
-from spot_hpc.policy.stats import SpotStats
+from spot_hpc.policy.stats import SpotStats, band_hours_for
 
 
 @dataclass(frozen=True)
@@ -142,8 +142,9 @@ class DeadlinePolicy:
 
     def choose(self, state: TickState) -> Action:
         hours = state.tick_hours
-        if self.stats is None:  # the life table counts ages in ticks
-            self.stats = SpotStats.with_prior(self.advisor_bucket, band_hours=hours)
+        if self.stats is None:  # the life table counts ages in whole ticks
+            band = band_hours_for(hours, state.changeover_ticks * hours)
+            self.stats = SpotStats.with_prior(self.advisor_bucket, band_hours=band)
         self.stats.observe(state.capacity, hours)
         stage_work = state.stage_work_left or (state.work_left,)
         stage_spot = state.stage_spot or (True,)
