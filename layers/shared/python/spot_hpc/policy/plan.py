@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 
 from spot_hpc.policy.actions import Action
-from spot_hpc.policy.stats import SpotStats, age_edges
+from spot_hpc.policy.stats import SpotStats, age_edges, band_overlaps
 
 MISS_COST = 1e18
 # Hazards are rounded on a log scale to this many steps per factor e (about 10% apart), so that the plan is re-solved
@@ -79,22 +79,12 @@ def age_states(band_hours: float, step_hours: float) -> int:
 def end_chances(hazards: list[float], band_hours: float, step_hours: float) -> tuple[float, ...]:
     """Chance that a run of age 1, 2, ... steps ends within its next step, from hazards per hour by age band, rounded
     (see `HAZARD_STEPS_PER_E`). The last age is the first whose step lies wholly in the open band."""
-    edges = age_edges(band_hours)
-    lowers = (0.0, *edges)
-    uppers = (*edges, math.inf)
     chances = []
     for age in range(1, age_states(band_hours, step_hours) + 1):
-        start, end = (age - 1) * step_hours, age * step_hours
-        expected_ends = sum(
-            rate * max(0.0, min(end, upper) - max(start, lower))
-            for rate, lower, upper in zip(hazards, lowers, uppers, strict=True)
-        )
-        chance = min(max(expected_ends, MIN_CHANCE), MAX_CHANCE)
-        chances.append(
-            min(
-                max(math.exp(round(math.log(chance) * HAZARD_STEPS_PER_E) / HAZARD_STEPS_PER_E), MIN_CHANCE), MAX_CHANCE
-            )
-        )
+        overlaps = band_overlaps((age - 1) * step_hours, age * step_hours, band_hours)
+        expected_ends = sum(rate * hours for rate, hours in zip(hazards, overlaps, strict=True))
+        steps = round(math.log(max(expected_ends, MIN_CHANCE)) * HAZARD_STEPS_PER_E)
+        chances.append(min(max(math.exp(steps / HAZARD_STEPS_PER_E), MIN_CHANCE), MAX_CHANCE))
     return tuple(chances)
 
 

@@ -1,17 +1,14 @@
 """Online statistics of Spot availability, learnt from what a run has seen so far.
 
 Availability is modelled as alternating runs: capacity (an instance can be had or kept) and no capacity. The
-expected length of each kind of run is estimated from the observed exposure and the observed run ends, which is
-the maximum-likelihood estimate for exponentially distributed runs and handles the run still in progress
-(censored) correctly. A prior, worth `PRIOR_WEIGHT` observed runs, comes from the Spot Advisor interruption
-bucket so that a fresh run has sensible figures before it has seen anything.
-
-Capacity in the public traces dies young far more often than an exponential lifetime says (a fifth of the runs
-end within five minutes; a run that has lasted half an hour is likely to last hours), so the statistics also keep a
-life table: exposure and run ends by age, in bands one decision step wide, for capacity runs and for gaps. It
-gives the hazard, the chance per hour that a run of a given age ends, that the planner (`spot_hpc.policy.plan`)
-works with. Each band is shrunk toward the prior by `PRIOR_EXPOSURE_BANDS` band widths of pseudo-exposure, so that
-a band seen little stays near it.
+statistics keep a life table of both: exposure and run ends by age, in bands a whole number of decision steps wide
+(`band_hours_for`). It gives the hazard, the chance per hour that a run of a given age ends, that the planner
+(`spot_hpc.policy.plan`) works with. Ages matter: capacity in the public traces dies young far more often than an
+exponential lifetime says (a fifth of the runs end within five minutes; a run that has lasted half an hour is likely
+to last hours). The prior comes from the Spot Advisor interruption bucket, so that a fresh run has sensible figures
+before it has seen anything; each band is shrunk toward it by `PRIOR_EXPOSURE_BANDS` band widths of pseudo-exposure,
+so that a band seen little stays near it. Totals and mean run lengths (the exponential estimate, with the prior worth
+`PRIOR_WEIGHT` runs) are read off the same table.
 """
 
 from __future__ import annotations
@@ -72,10 +69,6 @@ class SpotStats:
 
     advisor_bucket: int = DEFAULT_BUCKET
     band_hours: float = DEFAULT_STEP_HOURS
-    up_hours: float = 0.0
-    down_hours: float = 0.0
-    interruptions: int = 0
-    recoveries: int = 0
     available: bool | None = None
     run_hours: float = 0.0
     up_exposure: list[float] = field(default_factory=lambda: [0.0] * AGE_BANDS)
@@ -97,13 +90,8 @@ class SpotStats:
     def observe(self, available: bool, hours: float) -> None:
         """Record that Spot capacity was (or was not) available during the last `hours`."""
         if self.available is not None and available != self.available:
-            band = age_band(self.run_hours, self.band_hours)
-            if available:
-                self.recoveries += 1
-                self.down_ends[band] += 1
-            else:
-                self.interruptions += 1
-                self.up_ends[band] += 1
+            ends = self.down_ends if available else self.up_ends
+            ends[age_band(self.run_hours, self.band_hours)] += 1
             self.run_hours = 0.0
             observed = self.up_hours + self.down_hours
             if self.planned_up is None or observed >= self.planned_at_hours * REFRESH_GROWTH:
@@ -114,10 +102,26 @@ class SpotStats:
         for band, overlap in enumerate(band_overlaps(self.run_hours, self.run_hours + hours, self.band_hours)):
             exposure[band] += overlap
         self.run_hours += hours
-        if available:
-            self.up_hours += hours
-        else:
-            self.down_hours += hours
+
+    @property
+    def up_hours(self) -> float:
+        """Hours with capacity observed."""
+        return math.fsum(self.up_exposure)
+
+    @property
+    def down_hours(self) -> float:
+        """Hours without capacity observed."""
+        return math.fsum(self.down_exposure)
+
+    @property
+    def interruptions(self) -> int:
+        """Capacity runs seen to end."""
+        return sum(self.up_ends)
+
+    @property
+    def recoveries(self) -> int:
+        """Gaps seen to end."""
+        return sum(self.down_ends)
 
     @property
     def mean_up_hours(self) -> float:
@@ -157,7 +161,9 @@ class SpotStats:
         return [(ended + pseudo * prior) / (hours + pseudo) for hours, ended in zip(exposure, ends, strict=True)]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # The totals go along for whoever reads the stored record; they are derived, so `from_dict` ignores them.
+        totals = {"up_hours": self.up_hours, "down_hours": self.down_hours}
+        return asdict(self) | totals | {"interruptions": self.interruptions, "recoveries": self.recoveries}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpotStats:
