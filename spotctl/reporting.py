@@ -19,11 +19,11 @@ from typing import Any, Literal
 
 from spot_hpc.clock import parse_time
 from spot_hpc.cost import check_run_report_costs, savings_pct
+from spot_hpc.events import TERMINAL_STATUSES
 
 Period = Literal["day", "week"]
 PERIODS: tuple[Period, ...] = ("day", "week")
 UNKNOWN_PERIOD = "unknown"
-ENDED_STATUSES = ("SUCCEEDED", "FAILED")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class RunSummary:
 
     @property
     def ended(self) -> bool:
-        return self.status in ENDED_STATUSES
+        return self.status in TERMINAL_STATUSES
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,12 @@ Slack notices parked while Slack was down."""
 
 from spot_hpc.guard import run_guard
 from spot_hpc.handler import control_plane_handler
+from spot_hpc.outcome import record_guard_pass
 
 lambda_handler = control_plane_handler(
     # The Lambda's time left bounds the pass's last part (parked Slack notices), never its stage checks.
     lambda services, event, context: run_guard(
         services, remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000
     ),
+    record_guard_pass,
 )

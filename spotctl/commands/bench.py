@@ -63,14 +63,14 @@ def run_policy_bench(args: argparse.Namespace) -> int:
         check_output(args.plot, "--plot", suffix=".png")
     scenarios = load_scenarios(args.scenarios)
     if not scenarios:
-        write_text(args.json, json.dumps({"results": []}, indent=1) + "\n")  # the rows file exists whatever happens
+        _write_rows(args.json, [])  # the rows file exists whatever happens
         raise ToolError(f"{args.scenarios} has no scenarios: nothing to benchmark")
     started = time.monotonic()
     jobs = worker_count(args.jobs, len(scenarios))
     rows = run_benchmark(scenarios, args.shared_dir, jobs=jobs, progress=progress_bar(sys.stderr))
     elapsed = time.monotonic() - started
     # The rows are written even when every scenario is invalid: they hold every scenario's error.
-    write_text(args.json, json.dumps({"results": rows}, indent=1) + "\n")
+    _write_rows(args.json, rows)
     invalid = invalid_scenarios(rows)
     _print_invalid(invalid, args.json)
     if len(invalid) == len(scenarios):
@@ -98,3 +98,7 @@ def _print_invalid(invalid: dict[str, str], rows_path: Path) -> None:
     if len(invalid) > MAX_INVALID_SHOWN:
         more = len(invalid) - MAX_INVALID_SHOWN
         print(f"spotctl bench policy: ... and {more} more invalid (every error is in {rows_path})", file=sys.stderr)
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    write_text(path, json.dumps({"results": rows}, indent=1) + "\n")

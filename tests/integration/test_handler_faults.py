@@ -409,15 +409,20 @@ def test_a_failure_notice_for_a_stage_still_running_terminates_its_job():
         run, attempts = _preprocess_running_on_spot(plane, "incoming/timeout.csv")
         # WHEN the state machine gives up on the stage (its wait timed out) and sends the failure notice, twice
         payload = {"run_id": run.run_id, "outcome": "failed", "error": {"Error": "States.Timeout", "Cause": ""}}
-        plane.invoke("NotifyFunction", payload)
-        plane.invoke("NotifyFunction", payload)
+        seen = len(plane.webhook.delivered_messages)
+        _, first_errored = plane.invoke("NotifyFunction", payload)
+        _, again_errored = plane.invoke("NotifyFunction", payload)
         plane.step(minutes=10)
         svc = control_plane_services(plane)
         stage = svc.ledger.get_stage(run.run_id, "preprocess")
         job_status = _batch_status(attempts[-1].job_id)
         _, after = _attempts(plane, "preprocess")
         refused = _refused_calls(plane)
+        failed_notices = [m for m in plane.webhook.delivered_messages[seen:] if run.run_id in (m.get("text") or "")]
     # THEN the stage's job is terminated and not replaced, and the notify function may do so
     assert stage is not None and stage.status == "FAILED" and (stage.failure or "").startswith("run failed")
     assert job_status == "FAILED" and len(after) == len(attempts)
     assert refused == {}
+    # AND both deliveries of the notice succeeded, and the team was told once
+    assert not first_errored and not again_errored
+    assert len(failed_notices) == 1 and "failed" in failed_notices[0]["text"], failed_notices

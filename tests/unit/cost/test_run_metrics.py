@@ -87,3 +87,24 @@ def test_reclaims_counted_from_the_report_when_given(powertools_metrics: Any) ->
     # WHEN / THEN that count is used
     assert run_metrics.count_reclaims(report) == 4
     assert run_metrics.count_reclaims(_report()) == 1
+
+
+def test_runs_the_guard_settles_are_counted_once_like_the_notify_functions(powertools_metrics: Any) -> None:
+    from spot_hpc.outcome import Settlement, record_guard_pass
+
+    # GIVEN a guard pass that settled one run as failed, and met one already settled (counted before)
+    failed = _report() | {"run_id": "run-4", "pipeline_status": "FAILED", "stages": []}
+    settlements = [Settlement(failed, first_time=True), Settlement(_report(), first_time=False)]
+    result = {"active_stages": 3, "actions": [], "settlements": settlements}
+
+    # WHEN the pass's outcome is recorded
+    answer = record_guard_pass(powertools_metrics, result)
+    blob = powertools_metrics.serialize_metric_set()
+
+    # THEN the newly settled run counts as a failed pipeline and a missed deadline, once, next to the pass's figures
+    assert _value(blob, run_metrics.PIPELINES_FAILED) == 1.0 and _value(blob, run_metrics.DEADLINES_MISSED) == 1.0
+    assert _value(blob, run_metrics.ACTIVE_STAGES) == 3.0
+    # AND the handler answers with both runs' summaries, not the settlements themselves
+    assert [run["run_id"] for run in answer["settled_runs"]] == ["run-4", "run-3"]
+    assert "settlements" not in answer
+    json.dumps(answer)

@@ -231,6 +231,26 @@ def test_a_pass_stays_within_its_time_budget(services, queue, sink, utc_clock):
     assert (result["redelivered"], result["left"], result["stopped"]) == (2, 1, "time budget spent")
 
 
+def test_a_pass_sends_at_most_its_share_and_leaves_the_rest_for_the_next(services, queue, sink, utc_clock):
+    # GIVEN one more parked notice than a pass may send
+    limit = notifier.REDELIVERY_MAX_NOTICES
+    notices = [Notification(kind="requeued", run_id="run-1", stage="hpc", reason="gone", attempt=n) for n in range(51)]
+    assert len(notices) == limit + 1
+    messages = _parked(*notices)
+    for start in range(0, limit, 10):
+        _expect_receive(queue, services, messages[start : start + 10])
+        for message in messages[start : start + 10]:
+            _expect_delete(queue, services, message)
+
+    # WHEN a pass runs (Slack is up and answers at once)
+    result = redeliver_parked_notices(services, clock=lambda: 0.0)
+
+    # THEN it sent exactly its share, asked the queue for no more (the stub has no sixth receive), and the last notice
+    # stays parked for the next pass
+    assert result["redelivered"] == limit
+    assert len(sink.delivered_messages) == limit
+
+
 def test_a_guard_near_its_timeout_leaves_parked_notices_alone(services, queue, sink, utc_clock):
     # GIVEN a guard whose stage checks left it 30 s before its Lambda timeout
     # WHEN its pass comes to the parked notices

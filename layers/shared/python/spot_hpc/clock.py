@@ -38,3 +38,9 @@ def parse_time(value: str) -> datetime:
 
 def format_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def format_epoch_ms(value: int | None) -> str | None:
+    """An AWS epoch-milliseconds timestamp (Batch's startedAt, SQS's SentTimestamp) in `format_time`'s form; None
+    for none or zero."""
+    return None if not value else format_time(datetime.fromtimestamp(value / 1000, UTC))

@@ -1,6 +1,7 @@
 """The SLA guard (scheduled): re-evaluates every active stage and repairs what lost events left behind.
 
-One query of the sparse active-stages index and one DescribeJobs per 100 jobs, whatever the table's size.
+One query of the sparse active-stages index and one DescribeJobs per 100 jobs, whatever the table's size; then, per
+active run, one read of the run and one DescribeExecution.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail
 from spot_hpc.job_events import answer_state_machine, apply_job_state
 from spot_hpc.ledger import Run, Stage
 from spot_hpc.notifier import notify, redeliver_parked_notices
-from spot_hpc.outcome import finish
+from spot_hpc.outcome import Settlement, finish
 from spot_hpc.placement import (
     choose_capacity,
     end_spot_wait,
@@ -43,15 +44,19 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
     jobs = svc.batch.describe([s.job_id for s in stages if s.job_id])
     actions: list[dict[str, Any]] = []
     runs: dict[str, Run | None] = {}
+    settlements: list[Settlement] = []
     for stage in stages:
         if stage.run_id not in runs:
-            runs[stage.run_id] = _current_run(svc, stage.run_id)
+            runs[stage.run_id], settlement = _current_run(svc, stage.run_id)
+            settlements += [settlement] if settlement else []
         run = runs[stage.run_id]
         if run is None:
             continue
         action: str | None
         try:
-            if run.status != "RUNNING":
+            if any(s.report["run_id"] == run.run_id for s in settlements):
+                action = "settled the run as failed: its execution had ended (its stages stopped)"
+            elif run.status != "RUNNING":
                 # The run ended without this stage (its failure notice stops such stages; this repairs a crash).
                 stop_stage(svc, stage, f"run {run.status.lower()}")
                 action = f"stopped: the run is {run.status}"
@@ -64,25 +69,31 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
             actions.append({"run_id": stage.run_id, "stage": stage.stage, "action": action})
     # Last, and bounded in time: Slack notices must never hold up the stages.
     parked_notices = redeliver_parked_notices(svc, remaining_seconds)
-    return {"active_stages": len(stages), "actions": actions, "parked_notices": parked_notices}
+    return {
+        "active_stages": len(stages),
+        "actions": actions,
+        "parked_notices": parked_notices,
+        "settlements": settlements,  # counted by `outcome.record_guard_pass`, as the notify function counts its own
+    }
 
 
-def _current_run(svc: Services, run_id: str) -> Run | None:
+def _current_run(svc: Services, run_id: str) -> tuple[Run | None, Settlement | None]:
     """The run, settled as failed first if its execution ended without settling it: aborted by a user, timed out,
     or failed with its failure notice failing too. Its stages would otherwise be placed again and again."""
     run = svc.ledger.get_run(run_id)
     if run is None or run.status != "RUNNING" or not run.execution_arn:
-        return run
+        return run, None
     try:
         status = svc.pipeline.execution_status(run.execution_arn)
         if status not in ENDED_EXECUTION:
-            return run
+            return run, None
         cause = f"the pipeline's execution ended {status} before the run was settled"
-        finish(svc, {"run_id": run_id, "outcome": "failed", "error": {"Error": f"Execution{status}", "Cause": cause}})
+        error = {"Error": f"Execution{status}", "Cause": cause}
+        settlement = finish(svc, {"run_id": run_id, "outcome": "failed", "error": error})
     except Exception:  # the stages are still looked after; the execution is checked again next pass
         logger.exception("could not settle the run of an ended execution", extra={"run_id": run_id})
-        return run
-    return svc.ledger.get_run(run_id)
+        return run, None
+    return svc.ledger.get_run(run_id), settlement
 
 
 def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | None) -> str | None:

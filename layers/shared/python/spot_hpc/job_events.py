@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from spot_checkpoint import EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT
 from spot_checkpoint.store import CheckpointStore
 
-from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
+from spot_hpc.clock import format_epoch_ms, format_time, hours_between, parse_time, utc_now
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail, BatchJobStateChangeEvent
 from spot_hpc.intake import Rejected, parse_event, reject
 from spot_hpc.ledger import Attempt, JobRef, LedgerConflict, Run, Stage
@@ -85,7 +84,7 @@ def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
         return _apply_terminal(svc, ref, attempt, detail)
     sets: dict[str, Any] = {"status": detail.status}
     if detail.status == "RUNNING":
-        sets["started_at"] = _epoch_ms(detail.started_at) or format_time(utc_now())
+        sets["started_at"] = format_epoch_ms(detail.started_at) or format_time(utc_now())
         instance_ids = svc.batch.instance_ids(detail.container_instance_arns)
         sets["instance_ids"] = instance_ids
         for instance_id in instance_ids:
@@ -116,7 +115,7 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
             svc.ledger.index_instance(instance_id, ref)
         sets["instance_ids"] = sorted({*attempt.instance_ids, *instance_ids})
         if attempt.status != "RUNNING":
-            sets.update(status="RUNNING", started_at=_epoch_ms(detail.started_at) or format_time(utc_now()))
+            sets.update(status="RUNNING", started_at=format_epoch_ms(detail.started_at) or format_time(utc_now()))
     failure = classify_failure(detail, attempt) if detail.status == "FAILED" else None
     if failure and (failure in RECLAIM_CLASSES or not attempt.shard_failure):
         sets["shard_failure"] = failure
@@ -147,10 +146,6 @@ def _track_spot_wait(svc: Services, ref: JobRef, status: str) -> None:
         end_spot_wait(svc, stage)
 
 
-def _epoch_ms(value: int | None) -> str | None:
-    return None if not value else format_time(datetime.fromtimestamp(value / 1000, UTC))
-
-
 def _adopt(svc: Services, detail: BatchJobDetail) -> JobRef | None:
     """A job submitted by a handler that crashed before recording it: its tags say whose it is."""
     run_id, stage_name = detail.tags.get(TAG_RUN), detail.tags.get(TAG_STAGE)
@@ -176,8 +171,8 @@ def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJ
             status_reason=detail.status_reason or "",
             exit_code=detail.exit_code,
             failure_class=failure,
-            stopped_at=_epoch_ms(detail.stopped_at) or format_time(utc_now()),
-            started_at=attempt.started_at or _epoch_ms(detail.started_at),
+            stopped_at=format_epoch_ms(detail.stopped_at) or format_time(utc_now()),
+            started_at=attempt.started_at or format_epoch_ms(detail.started_at),
         )
     except LedgerConflict:  # another delivery recorded it first: act on what it recorded
         recorded = svc.ledger.get_attempt(ref.run_id, ref.stage, ref.attempt)

@@ -184,17 +184,18 @@ class Ledger:
     def _expires_at(self, now: datetime | None = None) -> int:
         return int(((now or utc_now()) + self._retention).timestamp())
 
-    def _put(self, item: Mapping[str, Any], now: datetime | None = None, **conditions: str) -> None:
-        """Writes one item; every item expires after the retention period."""
-        self._table.put_item(Item=_to_dynamo({**item, "expires_at": self._expires_at(now)}), **conditions)
-
-    def _put_new(self, key: dict[str, str], body: Mapping[str, Any]) -> None:
+    def _put(self, item: Mapping[str, Any], now: datetime | None = None, **conditions: Any) -> None:
+        """Writes one item; every item expires after the retention period. LedgerConflict when `conditions` (a
+        ConditionExpression and its names and values) refuse the write."""
         try:
-            self._put({**key, **body}, ConditionExpression="attribute_not_exists(pk)")
+            self._table.put_item(Item=_to_dynamo({**item, "expires_at": self._expires_at(now)}), **conditions)
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                raise LedgerConflict(f"{key['pk']}/{key['sk']} exists") from exc
+                raise LedgerConflict(f"{item['pk']}/{item['sk']}: {conditions['ConditionExpression']}") from exc
             raise
+
+    def _put_new(self, key: dict[str, str], body: Mapping[str, Any]) -> None:
+        self._put({**key, **body}, ConditionExpression="attribute_not_exists(pk)")
 
     def _update(
         self,
@@ -344,20 +345,28 @@ class Ledger:
             ),
         )
 
-    def settle_stage(self, run_id: str, stage: str, status: str, attempt: int, failure: str | None = None) -> Stage:
-        """Marks a stage SUCCEEDED or FAILED once, for the attempt that settled it.
+    def settle_stage(
+        self, run_id: str, stage: str, status: str, attempt: int | None, failure: str | None = None
+    ) -> Stage:
+        """Marks a running stage SUCCEEDED or FAILED once, for the attempt that settled it (None: whatever attempt it
+        is on). LedgerConflict when it is not running, or on another attempt.
 
         The stage stays in the active index until the state machine has been told (`mark_answered`), so a crash
         in between leaves it where the SLA guard looks.
         """
+        condition = "#status = :running"
+        condition_values: dict[str, Any] = {"running": "RUNNING"}
+        if attempt is not None:
+            condition += " AND #attempt = :attempt"
+            condition_values["attempt"] = attempt
         return _record(
             Stage,
             self._update(  # type: ignore[no-any-return]
                 _stage_key(run_id, stage),
                 {"status": status, "settled_at": format_time(utc_now()), "failure": failure},
                 removes=("submitting_since", "spot_waiting_since"),
-                condition="#attempt = :attempt AND #status = :running",
-                condition_values={"attempt": attempt, "running": "RUNNING"},
+                condition=condition,
+                condition_values=condition_values,
             ),
         )
 
@@ -365,16 +374,9 @@ class Ledger:
         """Ends a running stage because its run ended without it (failed, aborted, timed out): FAILED with `failure`.
         None when the stage was not running (it had ended, on its own or by an earlier call)."""
         try:
-            item = self._update(
-                _stage_key(run_id, stage),
-                {"status": "FAILED", "settled_at": format_time(utc_now()), "failure": failure},
-                removes=("submitting_since", "spot_waiting_since"),
-                condition="#status = :running",
-                condition_values={"running": "RUNNING"},
-            )
+            return self.settle_stage(run_id, stage, "FAILED", None, failure)
         except LedgerConflict:
             return None
-        return _record(Stage, item)  # type: ignore[no-any-return]
 
     def mark_answered(self, run_id: str, stage: str) -> None:
         """The state machine knows how the stage ended: it leaves the active index."""
@@ -486,11 +488,11 @@ class Ledger:
             "notice": NOTICE_CLAIMED,
             "claimed_at": format_time(now),
             "claim_id": claim_id,
-            "expires_at": self._expires_at(now),
         }
         try:
-            self._table.put_item(
-                Item=_to_dynamo(item),
+            self._put(
+                item,
+                now,
                 # The own claim id: the SDK sends a request again when its answer was lost (the write may be done).
                 # Times are compared as text: format_time writes one fixed-width UTC form.
                 ConditionExpression=(
@@ -503,10 +505,8 @@ class Ledger:
                     ":stale": format_time(now - lease),
                 },
             )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return None
-            raise
+        except LedgerConflict:
+            return None
         return claim_id
 
     def mark_notification_sent(self, dedupe_key: str, claim_id: str) -> bool:

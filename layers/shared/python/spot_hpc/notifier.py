@@ -29,7 +29,7 @@ from spot_hpc.slack import (
     delete_parked_notice,
     deliver_notification,
     notification_report_entries,
-    notification_text,
+    notification_report_entry,
     parked_body_excerpt,
     parse_parked_notice,
     read_webhook_url,
@@ -276,6 +276,5 @@ def _redeliver(svc: Services, webhook: SlackWebhook, message: dict[str, Any]) ->
         return "left", attempt.error
     _settle_claim(svc, key, claim)
     delete_parked_notice(svc.sqs, queue_url, message)
-    entry = {"channel": "slack", "kind": notification.kind, "text": notification_text(notification), "status": status}
-    svc.ledger.record_notifications(notification.run_id, [entry])
+    svc.ledger.record_notifications(notification.run_id, [notification_report_entry(notification, "slack", status)])
     return ("redelivered" if attempt.delivered else "dropped"), None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spot_hpc.ledger import Run
-from spot_hpc.metrics import record_settled_run
+from spot_hpc.metrics import record_event_outcome, record_settled_run
 from spot_hpc.notifier import notify
 from spot_hpc.placement import node_price, stop_stage
 from spot_hpc.run_report import build_run_report, describe_failure
@@ -37,6 +37,12 @@ def record_settlement(metrics: Any, settlement: Settlement) -> dict[str, Any]:
     if settlement.first_time:
         record_settled_run(metrics, settlement.report)
     return settlement.summary()
+
+
+def record_guard_pass(metrics: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """The SLA guard's pass: the runs it settled are counted like the notify function's, then its own figures."""
+    settled = [record_settlement(metrics, settlement) for settlement in result.pop("settlements", [])]
+    return record_event_outcome(metrics, result | {"settled_runs": settled})
 
 
 SUMMARY_FIELDS = ("run_id", "pipeline_status", "cost_usd", "on_demand_only_cost_usd", "savings_pct", "deadline_met")

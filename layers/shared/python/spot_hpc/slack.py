@@ -21,12 +21,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Protocol, get_args
 from urllib.parse import urlsplit
 
-from spot_hpc.clock import format_time, parse_time, utc_now
+from spot_hpc.clock import format_epoch_ms, format_time, parse_time, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -575,13 +574,17 @@ class DeliveryOutcome:
 
 def notification_report_entries(notification: Notification, outcome: DeliveryOutcome) -> list[dict[str, str]]:
     """The run report's `notifications` entries for one delivery: one per channel the message went to."""
-    text = notification_text(notification)
     entries = []
     if outcome.sns_message_id is not None:
-        entries.append({"channel": "sns", "kind": notification.kind, "text": text, "status": "delivered"})
+        entries.append(notification_report_entry(notification, "sns", "delivered"))
     if outcome.slack != "skipped":
-        entries.append({"channel": "slack", "kind": notification.kind, "text": text, "status": outcome.slack})
+        entries.append(notification_report_entry(notification, "slack", outcome.slack))
     return entries
+
+
+def notification_report_entry(notification: Notification, channel: str, status: str) -> dict[str, str]:
+    """One `notifications` entry of the run report: how the notification went on one channel."""
+    return {"channel": channel, "kind": notification.kind, "text": notification_text(notification), "status": status}
 
 
 def sns_subject(notification: Notification) -> str:
@@ -775,7 +778,7 @@ def parse_parked_notice(message: Mapping[str, Any]) -> ParkedNotice:
     due_at = body.get("due_at")
     sent_ms = str(message.get("Attributes", {}).get("SentTimestamp", ""))
     if not due_at and sent_ms.isdigit():
-        due_at = format_time(datetime.fromtimestamp(int(sent_ms) / 1000, UTC))
+        due_at = format_epoch_ms(int(sent_ms))
     return ParkedNotice(
         notification=notification,
         dedupe_key=str(dedupe_key or notification.dedupe_key),
