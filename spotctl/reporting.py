@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -159,7 +159,7 @@ def run_table(runs: Sequence[RunSummary]) -> str:
             "yes" if run.deadline_met else "no" if run.ended else "-",
             f"{run.cost_usd:,.2f}",
             f"{run.on_demand_only_cost_usd:,.2f}",
-            f"{run.savings_pct:.1f}",
+            f"{run.savings_pct:.1f}" if run.ended else "-",  # cost so far against the whole plan says nothing yet
             str(run.interruptions),
             str(run.requeues_to_on_demand),
         )
@@ -206,7 +206,8 @@ def plot_cost_vs_on_demand(runs: Sequence[RunSummary], plot_path: Path) -> Path:
     )
     for position, run in zip(positions, runs, strict=True):
         top = max(run.cost_usd, run.on_demand_only_cost_usd)
-        axes.annotate(f"{run.savings_pct:.0f}%", (position, top), ha="center", va="bottom", fontsize=8)
+        if run.ended:  # a run in progress has no savings yet (see `run_table`)
+            axes.annotate(f"{run.savings_pct:.0f}%", (position, top), ha="center", va="bottom", fontsize=8)
     axes.set_xticks(positions, [r.run_id for r in runs], rotation=30, ha="right", fontsize=8)
     axes.set_ylabel("USD")
     axes.set_title("Run cost vs On-Demand (label: savings)")
@@ -258,7 +259,7 @@ def _parse_started_at(value: Any) -> datetime | None:
     """The run's start in UTC (a timestamp with another offset is moved to UTC; one without is UTC already)."""
     if value in (None, ""):
         return None
-    return parse_time(str(value)).astimezone(UTC)
+    return parse_time(str(value))
 
 
 def _finite(run_report: Mapping[str, Any], name: str) -> float:

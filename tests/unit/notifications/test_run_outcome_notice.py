@@ -140,6 +140,24 @@ def test_a_failed_run_says_which_stage_failed_and_why_in_words(sink: WebhookSink
     assert ledger.notes[0]["kind"] == "failed" and "stage hpc | hpc failed for good" in ledger.notes[0]["text"]
 
 
+def test_a_stage_stopped_because_the_run_ended_is_not_told_as_a_move_to_on_demand(sink: WebhookSink) -> None:
+    # GIVEN a run ended (aborted) while hpc ran: its job was stopped by the control plane, and Batch's end of it is
+    # already recorded as a control-plane cancellation when the notice is built (a retried notify task)
+    ledger = _failed_hpc_run()
+    ledger.attempts[-1] = _attempt(
+        "hpc", 3, "2026-01-05T01:20:00Z", "2026-01-05T01:30:00Z", status="FAILED",
+        failure_class="cancelled_by_control_plane", status_reason="spot-hpc: run_ended (attempt 3)",
+    )  # fmt: skip
+
+    # WHEN the run is settled as failed
+    finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+
+    # THEN the team reads that hpc was still running when the run ended, not that its work moved to On-Demand
+    reason = sink.delivered_messages[0]["blocks"][1]["text"]["text"]
+    assert reason.startswith("hpc was still on attempt 3 when the run ended; its job is stopped"), reason
+    assert "On-Demand" not in reason.split(";")[0]
+
+
 def test_the_failed_notice_is_sent_once_when_the_notify_task_is_retried(sink: WebhookSink) -> None:
     # GIVEN a failed run already settled and notified
     ledger = _failed_hpc_run()

@@ -287,3 +287,6 @@ def test_savings_totals_leave_out_runs_still_running() -> None:
     assert day[:4] == ["2025-06-23", "2", "1", "1/1"] and day[4:7] == ["2.00", "10.00", "80.0"]
     assert "Total: 2 runs (1 still running, left out of the money), cost $2.00 vs $10.00 On-Demand only" in text
     assert "(80.0%)" in text
+    # AND the running run's own row gives no savings yet
+    row = next(line for line in text.splitlines() if line.startswith("run-now")).split()
+    assert row[3:6] == ["0.50", "10.00", "-"], row

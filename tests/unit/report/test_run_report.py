@@ -44,7 +44,7 @@ def _attempt(started_at: str | None, stopped_at: str | None, usd_per_hour: float
     )  # fmt: skip
 
 
-def test_an_attempt_is_billed_its_whole_seconds_not_the_rounded_hours() -> None:
+def test_an_attempt_is_billed_its_whole_seconds_though_its_hours_are_rounded() -> None:
     # GIVEN an attempt of exactly 4 h 01 min (14,460 s) whose start and stop hours do not round to 6 decimals evenly
     attempt = _attempt("2026-01-05T02:29:00Z", "2026-01-05T06:30:00Z")
 

@@ -32,8 +32,9 @@ def hours_between(start: datetime, end: datetime) -> float:
 
 
 def parse_time(value: str) -> datetime:
+    """An ISO 8601 time as a UTC datetime (another offset is moved to UTC; none means UTC)."""
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def format_time(value: datetime) -> str:

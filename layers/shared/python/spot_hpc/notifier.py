@@ -4,8 +4,10 @@ A Slack outage never fails a pipeline: undelivered messages go to the notificati
 minute after Slack failed to take one the next are parked there at once rather than each waiting on Slack. The SLA
 guard sends parked messages to Slack again once it is back (`redeliver_parked_notices`).
 
-Each notice is claimed in the ledger before it is sent, and the claim is a lease: a handler killed between the claim
-and the send leaves a claim that a retry of its event takes over once the lease ends (ledger.NOTIFICATION_LEASE).
+Each notice is claimed in the ledger before it is sent, and the claim is a lease (ledger.NOTIFICATION_LEASE): a
+handler killed between the claim and the send leaves a claim that only a notice raised again after the lease takes
+over (the SLA guard raises its at-risk notices every pass). The event's own retries come sooner and find the claim
+held: such a notice is lost, a known gap.
 """
 
 from __future__ import annotations

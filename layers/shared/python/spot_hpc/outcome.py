@@ -10,7 +10,7 @@ from spot_hpc.ledger import Run
 from spot_hpc.metrics import record_event_outcome, record_settled_run
 from spot_hpc.notifier import notify
 from spot_hpc.placement import node_price, stop_stage
-from spot_hpc.run_report import build_run_report, describe_failure
+from spot_hpc.run_report import FailureClass, build_run_report, describe_failure
 from spot_hpc.services import Services
 
 
@@ -109,7 +109,10 @@ def _stage_failure(stage: dict[str, Any]) -> str:
     if not attempts:
         return f"{stage['name']} failed for good"
     last = attempts[-1]
-    if last.get("failure_class") is None and last.get("status") != "FAILED":
+    # Running when the run ended, or stopped by the control plane for it: a requeue's cancelled attempt is never a
+    # stage's last (the requeue places the next one), so a last cancelled attempt is the run's end, not the stage's.
+    stopped_for_the_run = last.get("failure_class") == FailureClass.CANCELLED_BY_CONTROL_PLANE
+    if stopped_for_the_run or (last.get("failure_class") is None and last.get("status") != "FAILED"):
         return f"{stage['name']} was still on attempt {len(attempts)} when the run ended; its job is stopped"
     return (
         f"{stage['name']} failed for good on attempt {len(attempts)}: "

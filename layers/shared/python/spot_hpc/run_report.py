@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
-from decimal import Decimal
 from enum import StrEnum
 from itertools import pairwise
 from typing import Any
@@ -50,14 +48,9 @@ def describe_failure(failure_class: str | None, exit_code: int | None = None) ->
     return words
 
 
-def _exact_hours(run: Run, when: str | None) -> float | None:
-    return None if when is None else hours_between(parse_time(run.started_at), parse_time(when))
-
-
 def _hours(run: Run, when: str | None) -> float | None:
     """Hours since the run started, as the report shows them (6 decimals: 3.6 ms)."""
-    exact = _exact_hours(run, when)
-    return None if exact is None else round(exact, 6)
+    return None if when is None else round(hours_between(parse_time(run.started_at), parse_time(when)), 6)
 
 
 def requeues_to_on_demand(attempts: list[Attempt]) -> int:
@@ -82,15 +75,6 @@ def build_run_report(
     for stage in stages:
         rows = []
         for attempt in sorted((a for a in attempts if a.stage == stage.stage), key=lambda a: a.attempt):
-            # Billed from the exact times (whole seconds in the ledger), not from the hours as rounded for the report.
-            billing = cost.Attempt(
-                attempt.capacity,  # type: ignore[arg-type]
-                int(attempt.nodes),
-                _exact_hours(run, attempt.started_at),
-                _exact_hours(run, attempt.stopped_at),
-                float(attempt.usd_per_hour),
-            )
-            billed.append(billing)
             rows.append(
                 {
                     "job_id": attempt.job_id,
@@ -105,9 +89,12 @@ def build_run_report(
                     "stopped_hours": _hours(run, attempt.stopped_at),
                     "resumed_from_checkpoint": bool(attempt.resumed_from_checkpoint),
                     "usd_per_hour": round(float(attempt.usd_per_hour), 6),
-                    "cost_usd": cost.attempt_cost_usd(billing, now_hours),
                 }
             )
+            # Billed from the reported hours, as `cost.check_run_report_costs` recomputes them: rounded to 3.6 ms,
+            # they still give the ledger's whole seconds (`cost.billed_seconds`).
+            billed.append(cost.attempt_from_report(rows[-1]))
+            rows[-1]["cost_usd"] = cost.attempt_cost_usd(billed[-1], now_hours)
         stage_reports.append(
             {
                 "name": stage.stage,
@@ -117,16 +104,16 @@ def build_run_report(
                 "on_demand_usd_per_hour": round(float(on_demand_usd_per_hour.get(stage.stage, 0.0)), 6),
             }
         )
-    plans = [cost.StagePlan(s["name"], s["compute_hours"], s["on_demand_usd_per_hour"]) for s in stage_reports]
+    plans = cost.stage_plans_from_report({"stages": stage_reports}) or []  # every stage carries its plan
     settled = cost.settle_run(billed, plans, now_hours)
-    finished = _exact_hours(run, run.finished_at)
+    finished = _hours(run, run.finished_at)
     return {
         "run_id": run.run_id,
         "source": f"s3://{run.bucket}/{run.key}",
         "started_at": format_time(parse_time(run.started_at)),
         "pipeline_status": run.status,
         "deadline_hours": float(run.deadline_hours),
-        "finished_hours": _hours(run, run.finished_at),
+        "finished_hours": finished,
         # Met: the pipeline succeeded by its deadline. A failed run has not met it; nor, yet, has one still running.
         "deadline_met": run.status == "SUCCEEDED" and finished is not None and finished <= run.deadline_hours + 1e-9,
         "stages": stage_reports,
@@ -137,14 +124,13 @@ def build_run_report(
 
 
 def run_report_json(report: dict[str, Any], indent: int | None = 2) -> str:
-    """The report as strict JSON: NaN and Infinity are refused (no strict parser reads them), a Decimal is written as
-    a number and a datetime as ISO 8601 UTC, anything else that JSON cannot hold is an error."""
+    """The report as strict JSON: NaN and Infinity are refused, naming the field (no strict parser reads them)."""
     _refuse_non_finite(report, "report")
-    return json.dumps(report, indent=indent, allow_nan=False, default=_json_default)
+    return json.dumps(report, indent=indent, allow_nan=False)
 
 
 def _refuse_non_finite(value: Any, where: str) -> None:
-    if isinstance(value, float | Decimal) and not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"run report field {where} is not a finite number: {value}")
     if isinstance(value, dict):
         for key, item in value.items():
@@ -152,11 +138,3 @@ def _refuse_non_finite(value: Any, where: str) -> None:
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             _refuse_non_finite(item, f"{where}[{index}]")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, datetime):
-        return format_time(value)
-    raise TypeError(f"a run report holds only JSON values, not {type(value).__name__}")
