@@ -9,6 +9,7 @@ import uuid
 import boto3
 import pytest
 from sample_events import load_event
+from spot_hpc.clock import parse_time
 
 from spotctl.offline.demo import control_plane_services
 from spotctl.offline.runtime import OfflineControlPlane
@@ -101,6 +102,19 @@ def test_manifest_next_to_the_csv_sets_the_run_options(plane):
     # THEN the manifest decided
     run = control_plane_services(plane).ledger.get_run(result["run_id"])
     assert run is not None and run.deadline_hours == 30 and run.hpc_nodes == 4 and run.stage_hours["hpc"] == 9
+
+
+def test_a_notice_is_claimed_for_as_long_as_the_invocation_sending_it_may_run(plane):
+    # GIVEN an upload the team is told of (its deadline is not a number)
+    event = _s3_event(plane, "incoming/lease.csv", _upload(plane, "incoming/lease.csv", {"deadline-hours": "x"}))
+    # WHEN it is handled by an invocation with a minute left
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN the notice's claim lapsed with that invocation (a minute and a second), not after 15 minutes
+    assert not errored and result["status"] == "rejected"
+    table = boto3.resource("dynamodb", region_name=REGION).Table(control_plane_services(plane).settings.ledger_table)
+    claim = table.get_item(Key={"pk": f"NOTIFIED#rejected#{event['id']}", "sk": "NOTIFIED"})["Item"]
+    lease = parse_time(str(claim["lease_until"])) - parse_time(str(claim["claimed_at"]))
+    assert claim["notice"] == "sent" and 61 <= lease.total_seconds() <= 62
 
 
 def test_an_oversized_manifest_is_rejected_not_cut_short(plane):

@@ -1,14 +1,17 @@
-"""A notification is claimed in the ledger before it is sent, and the claim is a lease: a handler killed between the
-claim and the send leaves a claim that a later retry takes over, while a fresh claim or a sent notice stops every
-duplicate. The ledger runs on moto, whose conditional writes are evaluated as DynamoDB's are."""
+"""A notification is claimed in the ledger before it is sent, and the claim is a lease that ends with the claiming
+invocation: a handler killed between the claim and the send leaves a claim that the event's retry takes over, while
+a live claim or a sent notice stops every duplicate. The ledger runs on moto, whose conditional writes are evaluated
+as DynamoDB's are."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 from spot_hpc import notifier
+from spot_hpc.clock import format_time, utc_now
 from spot_hpc.ledger import Ledger, Run
 from spot_hpc.slack import notification_dedupe_key
 
@@ -28,10 +31,7 @@ def _sns_notes(svc: Any) -> int:
     return [n["channel"] for n in svc.ledger.run_notifications(RUN.run_id)].count("sns")
 
 
-def test_a_notice_whose_handler_died_after_claiming_it_is_sent_by_a_retry_after_the_lease(
-    services, sink, utc_clock, monkeypatch
-):
-    # GIVEN a handler killed after claiming a notice and before sending it
+def _killed_while_sending(services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     def killed(*_: Any, **__: Any) -> None:
         raise KilledLambda
 
@@ -40,7 +40,50 @@ def test_a_notice_whose_handler_died_after_claiming_it_is_sent_by_a_retry_after_
         with pytest.raises(KilledLambda):
             _notify(services)
 
-    # WHEN the event is retried within the lease (15 minutes), then after it, then once more
+
+def test_a_notice_whose_handler_was_killed_at_its_timeout_is_sent_by_the_next_retry(
+    services, sink, utc_clock, monkeypatch
+):
+    # GIVEN a handler killed at its one-minute timeout after claiming a notice and before sending it
+    services.invocation_ends_at = utc_now() + timedelta(seconds=60)
+    _killed_while_sending(services, monkeypatch)
+
+    # WHEN the state machine retries it two seconds after the timeout, and again later
+    utc_clock.advance(seconds=62)
+    services.invocation_ends_at = utc_now() + timedelta(seconds=60)
+    retried = _notify(services)
+    utc_clock.advance(seconds=4)
+    again = _notify(services)
+
+    # THEN the first retry takes the claim over and sends the notice, once
+    assert (retried, again) == (True, False)
+    assert len(sink.delivered_messages) == 1 and _sns_notes(services) == 1
+
+
+def test_a_notice_claimed_by_a_live_invocation_is_left_to_it_until_that_invocation_ends(
+    services, sink, utc_clock, monkeypatch
+):
+    # GIVEN a handler with 50 seconds left, killed after claiming a notice (a crash, before its deadline)
+    services.invocation_ends_at = utc_now() + timedelta(seconds=50)
+    _killed_while_sending(services, monkeypatch)
+
+    # WHEN a duplicate comes while that invocation could still be sending, and another after its deadline
+    utc_clock.advance(seconds=30)
+    during = _notify(services)
+    utc_clock.advance(seconds=30)
+    after = _notify(services)
+
+    # THEN the duplicate sends nothing, and the one after the deadline sends the notice
+    assert (during, after) == (False, True)
+    assert len(sink.delivered_messages) == 1
+
+
+def test_a_claim_without_its_holders_deadline_is_a_fifteen_minute_lease(services, sink, utc_clock, monkeypatch):
+    # GIVEN a notice claimed by a caller that does not know its deadline, killed before sending it
+    services.invocation_ends_at = None
+    _killed_while_sending(services, monkeypatch)
+
+    # WHEN it is retried within the 15 minutes, then after them, then once more
     utc_clock.advance(minutes=14)
     within_lease = _notify(services)
     utc_clock.advance(minutes=2)
@@ -48,9 +91,34 @@ def test_a_notice_whose_handler_died_after_claiming_it_is_sent_by_a_retry_after_
     utc_clock.advance(minutes=30)
     once_more = _notify(services)
 
-    # THEN the first retry leaves the fresh claim alone, the second takes it over and sends the notice, once
+    # THEN only the retry after the lease sends it, once
     assert (within_lease, after_lease, once_more) == (False, True, False)
     assert len(sink.delivered_messages) == 1 and _sns_notes(services) == 1
+
+
+def test_a_claim_written_before_leases_followed_the_invocation_still_lapses(
+    ledger: Ledger, ledger_table, utc_clock
+) -> None:
+    # GIVEN a claim written without `lease_until`, as the previous version wrote them
+    ledger_table.put_item(
+        Item={
+            "pk": f"NOTIFIED#{KEY}",
+            "sk": "NOTIFIED",
+            "notice": "claimed",
+            "claimed_at": format_time(utc_now()),
+            "claim_id": "old-claim",
+            "expires_at": 1,
+        }
+    )
+
+    # WHEN it is claimed within 15 minutes of its claim, then after
+    utc_clock.advance(minutes=10)
+    within = ledger.claim_notification(KEY, utc_now() + timedelta(seconds=60))
+    utc_clock.advance(minutes=6)
+    after = ledger.claim_notification(KEY, utc_now() + timedelta(seconds=60))
+
+    # THEN it keeps its old 15-minute lease
+    assert within is None and after is not None
 
 
 def test_a_fresh_claim_and_a_sent_notice_both_stop_a_duplicate(ledger: Ledger, utc_clock) -> None:

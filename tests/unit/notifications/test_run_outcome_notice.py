@@ -47,7 +47,7 @@ class FakeLedger:
     def run_notifications(self, run_id: str) -> list[dict[str, str]]:
         return list(self.notes)
 
-    def claim_notification(self, dedupe_key: str) -> str | None:
+    def claim_notification(self, dedupe_key: str, holder_ends_at: datetime | None = None) -> str | None:
         if dedupe_key in self.claims:
             return None
         self.claims[dedupe_key] = "claimed"

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from spot_hpc.clock import utc_now
 from spot_hpc.metrics import new_metrics, record_event_outcome
 from spot_hpc.services import Services
 
@@ -38,6 +40,7 @@ def control_plane_handler(
     @tracer.capture_lambda_handler
     @metrics.log_metrics
     def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        services.invocation_ends_at = utc_now() + timedelta(milliseconds=context.get_remaining_time_in_millis())
         return outcome(metrics, call(services, event, context))
 
     return lambda_handler

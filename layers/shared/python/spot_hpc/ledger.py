@@ -37,9 +37,11 @@ CANCEL_REQUEUE = "requeue_to_on_demand"
 CANCEL_RUN_ENDED = "run_ended"  # the run failed, was aborted or timed out while the attempt ran
 # Attributes that go to the sparse index; removed when a stage settles.
 _ACTIVE = "1"
-# A notification claim older than this was left by a handler that died before sending: longer than any function's
-# timeout (Lambda's longest is 15 minutes), so the claim of a handler still sending is never taken.
+# A notification claim is a lease that ends when its holder's invocation must have ended (plus a second for the
+# clocks of two Lambda hosts), or after this when that is unknown: longer than any function's timeout (Lambda's
+# longest is 15 minutes), so the claim of a handler still sending is never taken.
 NOTIFICATION_LEASE = timedelta(minutes=15)
+CLAIM_CLOCK_MARGIN = timedelta(seconds=1)
 NOTICE_CLAIMED = "claimed"
 NOTICE_SENT = "sent"
 
@@ -475,19 +477,27 @@ class Ledger:
         return [_record(JobRef, item) for item in items]
 
     # ------------------------------------------------------------------ notifications
-    # NOTIFIED#<key> holds `notice` = "claimed" (with `claimed_at` and the claimer's `claim_id`) while a handler sends
-    # the notification, then "sent". A record without `notice` was written before claims were leases: it reads as sent.
-    def claim_notification(self, dedupe_key: str, lease: timedelta = NOTIFICATION_LEASE) -> str | None:
+    # NOTIFIED#<key> holds `notice` = "claimed" (with `claimed_at`, the claimer's `claim_id` and `lease_until`) while a
+    # handler sends the notification, then "sent". A record without `notice` was written before claims were leases:
+    # it reads as sent. A claim without `lease_until` was written before leases followed the holder's invocation.
+    def claim_notification(self, dedupe_key: str, holder_ends_at: datetime | None = None) -> str | None:
         """A claim id when the caller is to send the notification; None when it was sent, or is being sent under a
-        claim younger than `lease`. A claim older than that was left by a handler that died before sending: it is
-        taken over. `lease` must outlast every function's timeout, or a live sender's claim could be taken."""
+        claim whose lease has not ended. The lease ends when the claiming invocation must have ended,
+        `holder_ends_at` (its Lambda deadline), or after `NOTIFICATION_LEASE` when that is not given. A claim past its
+        lease was left by a handler that died before sending: it is taken over, so that the event's retry sends the
+        notice (a retry after a timeout at once, one after a crash from the crashed invocation's deadline on)."""
         now = utc_now()
         claim_id = uuid.uuid4().hex
+        lease_until = now + NOTIFICATION_LEASE
+        if holder_ends_at is not None:
+            lease_until = min(lease_until, holder_ends_at + CLAIM_CLOCK_MARGIN)
         item = {
             **_notification_key(dedupe_key),
             "notice": NOTICE_CLAIMED,
             "claimed_at": format_time(now),
             "claim_id": claim_id,
+            # Rounded up to the second format_time keeps: a lease never ends before its holder.
+            "lease_until": format_time(lease_until + timedelta(microseconds=999_999)),
         }
         try:
             self._put(
@@ -496,13 +506,20 @@ class Ledger:
                 # The own claim id: the SDK sends a request again when its answer was lost (the write may be done).
                 # Times are compared as text: format_time writes one fixed-width UTC form.
                 ConditionExpression=(
-                    "attribute_not_exists(pk) OR #claim_id = :claim_id OR (#notice = :claimed AND #claimed_at < :stale)"
+                    "attribute_not_exists(pk) OR #claim_id = :claim_id OR (#notice = :claimed AND ("
+                    "#lease_until < :now OR (attribute_not_exists(#lease_until) AND #claimed_at < :stale)))"
                 ),
-                ExpressionAttributeNames={"#claim_id": "claim_id", "#notice": "notice", "#claimed_at": "claimed_at"},
+                ExpressionAttributeNames={
+                    "#claim_id": "claim_id",
+                    "#notice": "notice",
+                    "#claimed_at": "claimed_at",
+                    "#lease_until": "lease_until",
+                },
                 ExpressionAttributeValues={
                     ":claim_id": claim_id,
                     ":claimed": NOTICE_CLAIMED,
-                    ":stale": format_time(now - lease),
+                    ":now": format_time(now),
+                    ":stale": format_time(now - NOTIFICATION_LEASE),
                 },
             )
         except LedgerConflict:

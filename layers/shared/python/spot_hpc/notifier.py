@@ -4,10 +4,11 @@ A Slack outage never fails a pipeline: undelivered messages go to the notificati
 minute after Slack failed to take one the next are parked there at once rather than each waiting on Slack. The SLA
 guard sends parked messages to Slack again once it is back (`redeliver_parked_notices`).
 
-Each notice is claimed in the ledger before it is sent, and the claim is a lease (ledger.NOTIFICATION_LEASE): a
-handler killed between the claim and the send leaves a claim that only a notice raised again after the lease takes
-over (the SLA guard raises its at-risk notices every pass). The event's own retries come sooner and find the claim
-held: such a notice is lost, a known gap.
+Each notice is claimed in the ledger before it is sent, and the claim is a lease that ends with the claiming
+invocation (`Services.invocation_ends_at`): a handler killed between the claim and the send leaves a claim that the
+event's retry takes over. Lambda retries an event a minute or more after the failure, after any invocation's end;
+the state machine retries its notices 2, 4 and 8 seconds after, which follows a timeout but can come before the end of
+an invocation that crashed sooner (see README, known gaps).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def notify_rejected_upload(svc: Services, run_id: str, source: str, reason: str,
 
 
 def _send(svc: Services, notification: Notification, dedupe_key: str) -> bool:
-    claim = svc.ledger.claim_notification(dedupe_key)
+    claim = svc.ledger.claim_notification(dedupe_key, svc.invocation_ends_at)
     if claim is None:
         return False
     try:
@@ -251,7 +252,7 @@ def _redeliver(svc: Services, webhook: SlackWebhook, message: dict[str, Any]) ->
         delete_parked_notice(svc.sqs, queue_url, message)
         return "dropped", None
     key = REDELIVERY_KEY_PREFIX + parked.dedupe_key
-    claim = svc.ledger.claim_notification(key)
+    claim = svc.ledger.claim_notification(key, svc.invocation_ends_at)
     if claim is None:
         if svc.ledger.notification_sent(key):  # a second copy of a notice sent again already
             delete_parked_notice(svc.sqs, queue_url, message)

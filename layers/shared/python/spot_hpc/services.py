@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from spot_hpc import aws
@@ -26,6 +27,9 @@ class Services:
     sqs: Any
     secrets: Any
     prices: PriceBook
+    # When the invocation being served must end (its Lambda deadline), set by the handler for each invocation: a
+    # notification claimed in it is free to retry from then on (ledger.claim_notification).
+    invocation_ends_at: datetime | None = None
 
     @classmethod
     def from_settings(cls, settings: ControlPlaneSettings) -> Services:
