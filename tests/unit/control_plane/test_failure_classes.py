@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from sample_events import load_event
 from spot_hpc.events import BatchJobStateChangeEvent
-from spot_hpc.job_events import classify_failure
+from spot_hpc.job_events import classify_failure, interruption_notice
 from spot_hpc.ledger import Attempt
-from spot_hpc.run_report import RECLAIM_CLASSES, FailureClass
+from spot_hpc.run_report import FAILURE_WORDS, RECLAIM_CLASSES, FailureClass
+from spot_hpc.slack import Notification, notification_text
 
 
 def _detail(status_reason: str, exit_code: int | None) -> BatchJobStateChangeEvent:
@@ -68,3 +69,22 @@ def test_a_shard_is_known_by_its_parent_id_and_index():
     # WHEN / THEN the child names its parent, and the parent counts its shards running and waiting
     assert child.array_parent_id == "4c1e-77" and parent.array_parent_id is None
     assert (parent.shards_running, parent.shards_waiting) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("capacity", "failure", "title"),
+    [
+        ("spot", FailureClass.SPOT_RECLAIM, "Spot interruption"),
+        ("spot", FailureClass.HOST_FAILURE, "Spot interruption"),
+        ("on-demand", FailureClass.HOST_FAILURE, "On-Demand instance lost"),
+    ],
+)
+def test_a_lost_instance_is_told_as_a_spot_interruption_only_when_it_was_spot(capacity, failure, title):
+    # GIVEN an attempt whose instance went away under it
+    reason = "Host EC2 (instance i-0b662ef9931388ba0) terminated."
+    # WHEN its notice is written
+    notice_title, notice_reason = interruption_notice(_attempt(capacity), failure, reason)
+    notification = Notification("interrupted", "run-1", "preprocess", notice_reason, attempt=1, title=notice_title)
+    # THEN the title says what was lost, and the reason says it in words with Batch's own reason
+    assert notification_text(notification).startswith(f"{title}: run run-1")
+    assert notice_reason == f"{FAILURE_WORDS[failure]} ({reason})"

@@ -54,6 +54,21 @@ def test_titles_differ_per_kind() -> None:
     assert len(headers) == len(NOTIFICATION_KINDS)
 
 
+def test_a_notice_with_its_own_title_shows_it_in_the_header_the_text_and_the_sns_subject() -> None:
+    # GIVEN an interruption notice titled for an On-Demand instance
+    notification = Notification(
+        kind="interrupted", run_id="r", stage="hpc", reason="x", title="On-Demand instance lost"
+    )
+
+    # WHEN its message parts are built
+    header = build_blocks(notification)[0]["text"]["text"]
+
+    # THEN each carries that title, with the kind's emoji
+    assert header == ":warning: On-Demand instance lost"
+    assert notification_text(notification).startswith("On-Demand instance lost: run r")
+    assert "On-Demand instance lost" in sns_subject(notification)
+
+
 def test_final_message_carries_cost_on_demand_and_savings() -> None:
     # GIVEN a succeeded run with its settled figures
     notification = Notification(

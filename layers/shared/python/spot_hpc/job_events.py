@@ -30,7 +30,7 @@ from spot_hpc.placement import (
     spot_stats,
 )
 from spot_hpc.policy import Action
-from spot_hpc.run_report import RECLAIM_CLASSES, FailureClass
+from spot_hpc.run_report import FAILURE_WORDS, RECLAIM_CLASSES, FailureClass
 from spot_hpc.services import Services
 
 logger = logging.getLogger(__name__)
@@ -208,14 +208,8 @@ def _act_on_terminal(
         return {"status": "resubmitted" if placed else "recorded", "failure_class": failure}
     if failure in RECLAIM_CLASSES:
         result = _resubmit(svc, run, stage, failure, spot_available=False)
-        notify(
-            svc,
-            "interrupted",
-            run,
-            stage.stage,
-            f"{detail.status_reason or 'interrupted'} ({failure})",
-            attempt=attempt.attempt,
-        )
+        title, reason = interruption_notice(attempt, failure, detail.status_reason)
+        notify(svc, "interrupted", run, stage.stage, reason, attempt=attempt.attempt, title=title)
         return result
     # Application error or timeout: spends the retry budget.
     if stage.app_retries_used >= stage.retry_budget:
@@ -229,6 +223,13 @@ def _act_on_terminal(
             f"(exit code {detail.exit_code}) after {stage.app_retries_used} retries",
         )
     return _resubmit(svc, run, stage, failure or "", spot_available=attempt.capacity == "spot", spends_retry=True)
+
+
+def interruption_notice(attempt: Attempt, failure: str, status_reason: str | None) -> tuple[str | None, str]:
+    """The title (None: the kind's own, "Spot interruption") and reason of the notice that an attempt lost its
+    instance: an On-Demand host that failed is told as such, not as a Spot interruption."""
+    title = None if attempt.capacity == "spot" else "On-Demand instance lost"
+    return title, f"{FAILURE_WORDS[failure]} ({status_reason or 'Batch gave no reason'})"
 
 
 def _learn_spot(svc: Services, stage: Stage, attempt: Attempt, failure: str | None) -> None:

@@ -76,6 +76,7 @@ class Notification:
     elapsed_hours: float | None = None
     deadline_met: bool | None = None
     details: Mapping[str, str] = field(default_factory=dict)  # extra fields shown as-is, e.g. job id, queue
+    title: str | None = None  # instead of the kind's own (an On-Demand instance lost is no Spot interruption)
 
     def __post_init__(self) -> None:
         if self.kind not in NOTIFICATION_KINDS:
@@ -110,7 +111,7 @@ def notification_dedupe_key(run_id: str, stage: str | None, kind: str, attempt: 
 
 
 def notification_title(notification: Notification) -> str:
-    return _KIND_TITLES[notification.kind][1]
+    return notification.title or _KIND_TITLES[notification.kind][1]
 
 
 def notification_text(notification: Notification) -> str:
@@ -141,7 +142,7 @@ def build_message(notification: Notification) -> dict[str, Any]:
 
 def build_blocks(notification: Notification) -> list[dict[str, Any]]:
     """Block Kit blocks: a header, the event's reason, and fields for run, stage, cost and savings."""
-    emoji, title = _KIND_TITLES[notification.kind]
+    emoji, title = _KIND_TITLES[notification.kind][0], notification_title(notification)
     fields = [
         ("Run", escape_mrkdwn(notification.run_id)),
         ("Stage", escape_mrkdwn(notification.stage) if notification.stage else "—"),
