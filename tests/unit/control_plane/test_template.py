@@ -333,6 +333,16 @@ def test_compute_environments_are_updated_in_place_so_updates_keep_their_jobs():
     assert all(properties.get("ReplaceComputeEnvironment") is False for properties in environments.values())
 
 
+def test_compute_environments_launch_amazon_linux_2023_not_the_unsupported_al2_images():
+    environments = _resources("AWS::Batch::ComputeEnvironment")
+    # THEN every environment names its images (Batch's default for an environment made before 2026 is AL2): AL2023,
+    # and AL2023's NVIDIA image for GPU instance types
+    assert environments
+    for name, environment in environments.items():
+        images = [entry["ImageType"] for entry in environment["ComputeResources"].get("Ec2Configuration", [])]
+        assert images == ["ECS_AL2023", "ECS_AL2023_NVIDIA"], name
+
+
 # ------------------------------------------------------------------ sam build / deploy defaults
 def test_builds_are_not_cached_while_the_layer_takes_files_from_outside_its_folder():
     config = tomllib.loads((REPO / "samconfig.toml").read_text())
@@ -383,3 +393,18 @@ def test_a_notification_claim_outlasts_every_function_so_only_a_dead_handlers_cl
     timeouts = [int(f["Properties"].get("Timeout", default)) for f in functions]
     # THEN a claim's lease is longer than each: a handler still sending never loses its claim
     assert functions and max(timeouts) < NOTIFICATION_LEASE.total_seconds()
+
+
+# ------------------------------------------------------------------ what outlives the stack
+def test_uploads_and_the_ledger_outlive_the_stack_and_function_logs_expire(translated):
+    resources = source_template()["Resources"]
+    # THEN deleting or replacing the stack keeps the uploads and every run's history
+    for name in ("IngestBucket", "Ledger"):
+        assert resources[name].get("DeletionPolicy") == "Retain", name
+        assert resources[name].get("UpdateReplacePolicy") == "Retain", name
+    # AND every function logs to the stack's group, whose events expire
+    functions = {k: v["Properties"] for k, v in translated["Resources"].items() if v["Type"] == "AWS::Lambda::Function"}
+    assert functions
+    for name, function in functions.items():
+        assert function["LoggingConfig"]["LogGroup"] == {"Ref": "FunctionLogGroup"}, name
+    assert resources["FunctionLogGroup"]["Properties"]["RetentionInDays"] == 90
