@@ -95,7 +95,7 @@ def _services(ledger: FakeLedger, sink: WebhookSink) -> Services:
 
 def _attempt(stage: str, number: int, start: str, stop: str, **fields: Any) -> Attempt:
     return Attempt("run-1", stage, number, f"job-{stage}-{number}", f"{stage}-queue", "on-demand", 1, start,
-                   usd_per_hour=1.0, started_at=start, stopped_at=stop, **fields)  # fmt: skip
+                   started_at=start, stopped_at=stop, **{"usd_per_hour": 1.0, **fields})  # fmt: skip
 
 
 def _failed_hpc_run() -> FakeLedger:
@@ -193,3 +193,49 @@ def test_a_succeeded_run_says_what_it_went_through(sink: WebhookSink) -> None:
     reason = message["blocks"][1]["text"]["text"]
     assert reason == "deadline met: 5.00 h of 6 h; 1 interruption, 1 requeue to On-Demand"
     assert "*Cost*\n$0.6500" in _fields(message) and "*Savings*\n35.0%" in _fields(message)
+
+
+class PricesDown(FakePrices):
+    """A price list that cannot be reached (the Pricing API refusing, say)."""
+
+    def usd_per_hour(self, *_: Any, **__: Any) -> float:
+        raise ConnectionError("pricing endpoint unreachable")
+
+
+def _run_priced_while_prices_were_down() -> FakeLedger:
+    ledger = _failed_hpc_run()
+    ledger.attempts[0] = _attempt(
+        "preprocess", 1, "2026-01-05T00:00:00Z", "2026-01-05T01:00:00Z", status="SUCCEEDED", exit_code=0,
+        usd_per_hour=0.0, price_unknown=True,
+    )  # fmt: skip
+    return ledger
+
+
+def test_an_attempt_placed_while_prices_were_down_is_priced_at_the_run_end(sink: WebhookSink) -> None:
+    # GIVEN a run whose preprocess attempt was placed while its price could not be looked up (recorded as $0)
+    ledger = _run_priced_while_prices_were_down()
+
+    # WHEN the run ends, with prices back
+    settlement = finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+
+    # THEN that hour of On-Demand is billed ($1.00 of the $1.50), and nothing is flagged
+    assert settlement.report["cost_usd"] == pytest.approx(1.5, abs=1e-5) and settlement.report["prices_unknown"] == 0
+    (message,) = sink.delivered_messages
+    assert "*Cost*\n$1.50" in _fields(message) and "looked up" not in message["blocks"][1]["text"]["text"]
+
+
+def test_a_price_still_unknown_at_the_run_end_is_flagged_not_silently_zero(sink: WebhookSink) -> None:
+    # GIVEN the same run, and prices still down at its end
+    ledger = _run_priced_while_prices_were_down()
+    services = _services(ledger, sink)
+    services.prices = PricesDown()
+
+    # WHEN the run ends
+    settlement = finish(services, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+
+    # THEN the attempt and the three stages' On-Demand bases are flagged in the report and told in the notice
+    report = settlement.report
+    assert report["prices_unknown"] == 4 and report["stages"][0]["attempts"][0]["price_unknown"] is True
+    assert report["cost_usd"] == pytest.approx(0.5, abs=1e-5)  # the three priced hpc attempts only
+    (message,) = sink.delivered_messages
+    assert "the cost counts 4 prices that could not be looked up as $0" in message["blocks"][1]["text"]["text"]

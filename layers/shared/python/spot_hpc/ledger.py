@@ -139,6 +139,8 @@ class Attempt:
     nodes: int
     submitted_at: str
     usd_per_hour: float = 0.0
+    # The price could not be looked up when the job was placed: 0 until the run report prices the attempt again.
+    price_unknown: bool = False
     status: str = "SUBMITTED"
     status_reason: str | None = None
     exit_code: int | None = None

@@ -16,6 +16,12 @@ from spot_hpc.services import Services
 
 def run_report(svc: Services, run: Run) -> dict[str, Any]:
     stages, attempts = svc.ledger.get_run_items(run.run_id)
+    by_name = {stage.stage: stage for stage in stages}
+    for attempt in attempts:  # placed while prices could not be looked up: try again
+        if attempt.price_unknown and attempt.stage in by_name:
+            price = node_price(svc, attempt.capacity, by_name[attempt.stage])
+            if price is not None:
+                attempt.usd_per_hour, attempt.price_unknown = price, False
     prices = {stage.stage: node_price(svc, "on-demand", stage) for stage in stages}
     report = build_run_report(run, stages, attempts, prices)
     report["notifications"] = svc.ledger.run_notifications(run.run_id)
@@ -79,6 +85,8 @@ def finish(svc: Services, payload: dict[str, Any]) -> Settlement:
         if error:
             reason += f". Details: {error}"
         figures = {k: report[k] for k in ("cost_usd", "deadline_met")}
+    if report["prices_unknown"]:
+        reason += f"; the cost counts {_plural(report['prices_unknown'], 'price')} that could not be looked up as $0"
     notify(svc, outcome, run, stage, reason, **figures)
     return Settlement(report, first_time)
 

@@ -81,8 +81,9 @@ def stage_view(svc: Services, run: Run, stage: Stage, now: datetime | None = Non
     return StageView(remaining_hours=remaining_here, hours_left=hours_left, progress=done)
 
 
-def node_price(svc: Services, capacity: str, stage: Stage) -> float:
-    """USD per hour of the stage's capacity for all its nodes."""
+def node_price(svc: Services, capacity: str, stage: Stage) -> float | None:
+    """USD per hour of the stage's capacity for all its nodes; None when it cannot be looked up (the run report
+    says so, and tries again)."""
     settings = svc.settings
     if stage.multinode:
         instance_type = settings.hpc_instance_type
@@ -90,9 +91,9 @@ def node_price(svc: Services, capacity: str, stage: Stage) -> float:
         instance_type = settings.spot_instance_type if capacity == "spot" else settings.on_demand_instance_type
     try:
         return svc.prices.usd_per_hour(instance_type, settings.region, capacity, nodes=stage.nodes)  # type: ignore[arg-type]
-    except Exception:  # a price is for reporting; never block a placement on it
-        logger.warning("no price for %s %s", capacity, instance_type)
-        return 0.0
+    except Exception:  # a price is for reporting and weighing; never block a placement on it
+        logger.warning("no price for %s %s", capacity, instance_type, exc_info=True)
+        return None
 
 
 def spot_stats(stage: Stage, changeover_hours: float) -> SpotStats:
@@ -247,6 +248,7 @@ def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason:
 def record_placed(svc: Services, stage: Stage, job_id: str, queue: str, capacity: str, reason: str) -> Attempt:
     """Records the job of the stage's current attempt, priced, and whether it resumes from a checkpoint."""
     done = stage_progress(svc, stage)
+    price = node_price(svc, capacity, stage)
     attempt = Attempt(
         run_id=stage.run_id,
         stage=stage.stage,
@@ -256,7 +258,8 @@ def record_placed(svc: Services, stage: Stage, job_id: str, queue: str, capacity
         capacity=capacity,
         nodes=stage.nodes,
         submitted_at=format_time(utc_now()),
-        usd_per_hour=node_price(svc, capacity, stage),
+        usd_per_hour=price or 0.0,
+        price_unknown=price is None,
         resumed_from_checkpoint=done > 0,
         cancel_reason=None,
     )

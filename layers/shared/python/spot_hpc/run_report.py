@@ -66,9 +66,10 @@ def requeues_to_on_demand(attempts: list[Attempt]) -> int:
 
 
 def build_run_report(
-    run: Run, stages: list[Stage], attempts: list[Attempt], on_demand_usd_per_hour: dict[str, float]
+    run: Run, stages: list[Stage], attempts: list[Attempt], on_demand_usd_per_hour: dict[str, float | None]
 ) -> dict[str, Any]:
-    """`on_demand_usd_per_hour`: each stage's On-Demand price for all its nodes (the base of the savings)."""
+    """`on_demand_usd_per_hour`: each stage's On-Demand price for all its nodes (the base of the savings), None when
+    it could not be looked up. An unknown price counts as 0 and is counted in `prices_unknown`."""
     now_hours = hours_between(parse_time(run.started_at), utc_now())
     stage_reports: list[dict[str, Any]] = []
     billed: list[cost.Attempt] = []
@@ -89,6 +90,7 @@ def build_run_report(
                     "stopped_hours": _hours(run, attempt.stopped_at),
                     "resumed_from_checkpoint": bool(attempt.resumed_from_checkpoint),
                     "usd_per_hour": round(float(attempt.usd_per_hour), 6),
+                    "price_unknown": bool(attempt.price_unknown),
                 }
             )
             # Billed from the reported hours, as `cost.check_run_report_costs` recomputes them: rounded to 3.6 ms,
@@ -101,7 +103,7 @@ def build_run_report(
                 "status": stage.status,
                 "attempts": rows,
                 "compute_hours": float(stage.compute_hours),
-                "on_demand_usd_per_hour": round(float(on_demand_usd_per_hour.get(stage.stage, 0.0)), 6),
+                "on_demand_usd_per_hour": round(float(on_demand_usd_per_hour.get(stage.stage) or 0.0), 6),
             }
         )
     plans = cost.stage_plans_from_report({"stages": stage_reports}) or []  # every stage carries its plan
@@ -119,6 +121,9 @@ def build_run_report(
         "stages": stage_reports,
         "interruptions": sum(1 for a in attempts if a.failure_class in RECLAIM_CLASSES),
         "requeues_to_on_demand": requeues_to_on_demand(attempts),
+        # Prices (of attempts, and stages' On-Demand bases) that could not be looked up and count as 0.
+        "prices_unknown": sum(1 for a in attempts if a.price_unknown)
+        + sum(1 for stage in stages if on_demand_usd_per_hour.get(stage.stage) is None),
         **settled.as_report_fields(),
     }
 
