@@ -5,8 +5,10 @@
     python benchmarks/make_scenarios.py --changeover-hours 0.25,0.5,0.75,1 --seed 5 --out long-changeovers.json
     python benchmarks/make_scenarios.py --tick-seconds 60 --seed 6 --out one-minute-ticks.json
     python benchmarks/make_scenarios.py --tick-seconds 60 --max-sample-seconds 60 --seed 16 --out fine-traces.json
+    python benchmarks/make_scenarios.py --draw-by file --count 300 --seed 71 --out by-file.json
 
-Every trace set is drawn equally often; slack (deadline / compute) is uniform in 1.1..3, compute log-uniform from
+Every trace set is drawn equally often (or, with `--draw-by file`, every trace file: the 1-node availability sets
+then give 17 of 30 draws); slack (deadline / compute) is uniform in 1.1..3, compute log-uniform from
 2 hours to 2 days, nodes 1..16 as far as the trace's node count allows, the start uniform over the ticks where the
 window fits. Prices per hour for the whole job: On-Demand from data/ec2-ondemand-prices.json times nodes; Spot from
 the trace's own prices over the window where it has them, else On-Demand less the Spot Advisor savings.
@@ -138,9 +140,17 @@ def main() -> None:
         type=float,
         help="draw only from traces sampled at least this often (so that fine ticks are not rounded up)",
     )
+    parser.add_argument(
+        "--draw-by",
+        choices=("set", "file"),
+        default="set",
+        help="draw a trace set then a file in it, or any trace file alike (default: %(default)s)",
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     sets = trace_sets(args.max_sample_seconds)
+    if args.draw_by == "file":  # each file its own "set", named by its path (node_capacity reads the folder in it)
+        sets = {str(path.relative_to(ROOT)): [path] for paths in sets.values() for path in paths}
     if not sets:
         parser.error(f"no trace is sampled every {args.max_sample_seconds:g} s or more often")
     scenarios = [

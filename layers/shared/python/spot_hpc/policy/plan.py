@@ -7,6 +7,8 @@ A dynamic program over (time left, work left, what runs now, Spot capacity and i
   instance pays `change` steps without progress, Spot is lost when capacity goes, waiting costs nothing.
 - Missing the deadline costs `MISS_COST`, far more than any run: the plan never takes a chance of missing it that it
   could avoid. (`decide` also keeps its own worst-case guard rails.)
+- Finishing sooner is worth a little (`TIME_VALUE`): among choices of (nearly) the same expected cost, the plan makes
+  progress rather than wait.
 
 Decisions for every smaller time and work left come with one solve, and do not depend on where the solve started, so a
 plan is solved once and read many times while the stage's hazards, rounded by `HAZARD_STEPS_PER_E`, stay the same.
@@ -28,6 +30,10 @@ MISS_COST = 1e18
 # when what is known of capacity changes, not at every observation.
 HAZARD_STEPS_PER_E = 10.0
 MIN_CHANCE, MAX_CHANCE = 1e-3, 1.0 - 1e-3
+# Each step with work left costs this share of a Spot step. The model takes the capacity seen so far as the guide to
+# the rest of the stage, and a long wait is where that guide fails worst (a day-long gap after hours of capacity):
+# with plenty of slack, waiting and running on Spot look equally cheap to it, and this settles it for progress.
+TIME_VALUE = 0.05
 # The grid is made coarser (whole multiples of the step) past this many cells of time x work x capacity states, which
 # bounds the time and memory of one solve (about 1 s and 50 MB).
 MAX_CELLS = 16_000_000
@@ -45,6 +51,7 @@ class PlanInputs:
     down_chances: tuple[float, ...]  # the same for a gap
     spot_cost: float  # per step
     od_cost: float
+    step_value: float = 0.0  # cost of a step with work left, whatever runs (see `TIME_VALUE`)
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,7 @@ def plan_inputs(
         down_chances=end_chances(stats.hazards(False), stats.band_hours, step_hours),
         spot_cost=spot_price * step_hours,
         od_cost=od_price * step_hours,
+        step_value=TIME_VALUE * spot_price * step_hours,
     )
 
 
@@ -142,7 +150,9 @@ def solve(inputs: PlanInputs, steps: int, work: int) -> Plan:
     up, down, change = inputs.up_chances, inputs.down_chances, inputs.change_steps
     ages = len(up)
     size = 2 * ages
-    spot, od = inputs.spot_cost, inputs.od_cost
+    # Every step with work left costs its `step_value`, idle or paid.
+    wait_cost = inputs.step_value
+    spot, od = inputs.spot_cost + wait_cost, inputs.od_cost + wait_cost
     step, step_change = _chain(up, down, change)
     has_capacity = np.zeros(size, dtype=bool)
     has_capacity[ages:] = True
@@ -176,7 +186,7 @@ def solve(inputs: PlanInputs, steps: int, work: int) -> Plan:
 
     for left in range(1, steps + 1):
         prev = (left - 1) % keep
-        wait = step @ idle_v[prev]
+        wait = wait_cost + step @ idle_v[prev]
         od_on = od + progressed(step @ od_v[prev])
         spot_on = spot + progressed(step @ np.where(has_capacity[:, None], spot_v[prev], idle_v[prev]))
         spot_on[~has_capacity] = MISS_COST
