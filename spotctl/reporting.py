@@ -38,6 +38,8 @@ class RunSummary:
     interruptions: int
     requeues_to_on_demand: int
     cost_problems: tuple[str, ...]
+    # Prices that could not be looked up, which the run's cost counts as $0 (absent from reports written before).
+    prices_unknown: int = 0
 
     @property
     def ended(self) -> bool:
@@ -77,6 +79,7 @@ def summarise_run(run_report: Mapping[str, Any], index: int) -> RunSummary:
             interruptions=int(run_report.get("interruptions", 0)),
             requeues_to_on_demand=int(run_report.get("requeues_to_on_demand", 0)),
             cost_problems=tuple(check_run_report_costs(run_report)),
+            prices_unknown=int(run_report.get("prices_unknown", 0)),
         )
     except KeyError as exc:
         raise ValueError(f"run report {run_id!r} has no {exc.args[0]!r} field") from None
@@ -249,6 +252,9 @@ def render_report(run_reports: list[dict[str, Any]], plot_path: Path | None, per
     problems = [f"  {run.run_id}: {problem}" for run in runs for problem in run.cost_problems]
     if problems:
         sections += ["", "Warning: these figures disagree with their attempts' billed time and prices:", *problems]
+    unpriced = [f"  {run.run_id}: {run.prices_unknown}" for run in runs if run.prices_unknown]
+    if unpriced:
+        sections += ["", "Warning: these runs' costs count prices that could not be looked up as $0:", *unpriced]
     if plot_path is not None:
         plot_cost_vs_on_demand(runs, plot_path)
         sections += ["", f"Chart written to {plot_path}"]

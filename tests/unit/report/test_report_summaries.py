@@ -114,6 +114,19 @@ def test_figures_that_disagree_with_their_attempts_are_flagged() -> None:
     assert "Warning" in text and "run-x: run cost_usd 1.0 != sum of attempts 2.0" in text
 
 
+def test_runs_whose_cost_counts_unknown_prices_as_zero_are_flagged() -> None:
+    # GIVEN a run whose report says two prices could not be looked up, and one written before reports said so
+    unpriced = _run_report("run-u", None, 2.0, 10.0, prices_unknown=2)
+    older = _run_report("run-o", None, 2.0, 10.0)
+
+    # WHEN the report is rendered
+    text = render_report([unpriced, older], None)
+
+    # THEN it warns of that run only, with the count, and not as figures that disagree
+    assert "Warning: these runs' costs count prices that could not be looked up as $0:\n  run-u: 2" in text
+    assert "run-o:" not in text and "disagree" not in text
+
+
 def test_png_chart_is_written(tmp_path: Path) -> None:
     # GIVEN a path in a directory that does not exist yet
     plot = tmp_path / "charts" / "cost.png"
