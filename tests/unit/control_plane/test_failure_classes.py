@@ -72,14 +72,14 @@ def test_a_shard_is_known_by_its_parent_id_and_index():
 
 
 @pytest.mark.parametrize(
-    ("capacity", "failure", "title"),
+    ("capacity", "failure", "title", "words"),
     [
-        ("spot", FailureClass.SPOT_RECLAIM, "Spot interruption"),
-        ("spot", FailureClass.HOST_FAILURE, "Spot interruption"),
-        ("on-demand", FailureClass.HOST_FAILURE, "On-Demand instance lost"),
+        ("spot", FailureClass.SPOT_RECLAIM, "Spot interruption", "Spot took its instance back"),
+        ("spot", FailureClass.HOST_FAILURE, "Spot interruption", "its instance was terminated under it"),
+        ("on-demand", FailureClass.HOST_FAILURE, "On-Demand instance lost", "its instance was terminated under it"),
     ],
 )
-def test_a_lost_instance_is_told_as_a_spot_interruption_only_when_it_was_spot(capacity, failure, title):
+def test_a_lost_instance_is_told_as_a_spot_interruption_only_when_it_was_spot(capacity, failure, title, words):
     # GIVEN an attempt whose instance went away under it
     reason = "Host EC2 (instance i-0b662ef9931388ba0) terminated."
     # WHEN its notice is written
@@ -87,4 +87,4 @@ def test_a_lost_instance_is_told_as_a_spot_interruption_only_when_it_was_spot(ca
     notification = Notification("interrupted", "run-1", "preprocess", notice_reason, attempt=1, title=notice_title)
     # THEN the title says what was lost, and the reason says it in words with Batch's own reason
     assert notification_text(notification).startswith(f"{title}: run run-1")
-    assert notice_reason == f"{FAILURE_WORDS[failure]} ({reason})"
+    assert notice_reason == f"{FAILURE_WORDS[failure]} ({reason})" == f"{words} ({reason})"

@@ -44,17 +44,18 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
     jobs = svc.batch.describe([s.job_id for s in stages if s.job_id])
     actions: list[dict[str, Any]] = []
     runs: dict[str, Run | None] = {}
-    settlements: list[Settlement] = []
+    settlements: dict[str, Settlement] = {}  # by run: the runs this pass settled
     for stage in stages:
         if stage.run_id not in runs:
             runs[stage.run_id], settlement = _current_run(svc, stage.run_id)
-            settlements += [settlement] if settlement else []
+            if settlement is not None:
+                settlements[stage.run_id] = settlement
         run = runs[stage.run_id]
         if run is None:
             continue
         action: str | None
         try:
-            if any(s.report["run_id"] == run.run_id for s in settlements):
+            if run.run_id in settlements:
                 action = "settled the run as failed: its execution had ended (its stages stopped)"
             elif run.status != "RUNNING":
                 # The run ended without this stage (its failure notice stops such stages; this repairs a crash).
@@ -73,7 +74,9 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
         "active_stages": len(stages),
         "actions": actions,
         "parked_notices": parked_notices,
-        "settlements": settlements,  # counted by `outcome.record_guard_pass`, as the notify function counts its own
+        "settlements": list(
+            settlements.values()
+        ),  # counted by `outcome.record_guard_pass`, as the notify function counts its own
     }
 
 
