@@ -426,3 +426,62 @@ def test_a_failure_notice_for_a_stage_still_running_terminates_its_job():
     # AND both deliveries of the notice succeeded, and the team was told once
     assert not first_errored and not again_errored
     assert len(failed_notices) == 1 and "failed" in failed_notices[0]["text"], failed_notices
+
+
+# ------------------------------------------------------------------ the run-end notice
+class RuntimeExitError(Exception):
+    """A Lambda whose process died (out of memory): Step Functions sees the runtime's exit, not a handled error."""
+
+
+def test_a_run_end_notice_whose_notifier_died_before_its_deadline_is_sent_once_its_claim_lapses(monkeypatch):
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+    from spot_hpc import notifier
+
+    with OfflineControlPlane(
+        start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES, failing_stages={"preprocess": 3}
+    ) as plane:
+        # The state machine's retry waits pass on the virtual clock (moto would sleep them).
+        monkeypatch.setattr(
+            retrier_decl, "time", SimpleNamespace(sleep=lambda seconds: plane.clock.advance(timedelta(seconds=seconds)))
+        )
+        # GIVEN the notify function's first invocation dying as it sends the run's failure notice, after claiming
+        # it and well before its deadline: a dead process runs no `except`, so the claim is not given back
+        real_deliver, real_release = notifier.deliver_notification, notifier._release_claim
+        dying: list[str] = []  # the run whose notice the dead invocation claimed
+        dead = {"now": False}
+
+        def die_once(notification, **channels):
+            if notification.kind == "failed" and not dying:
+                dying.append(notification.run_id)
+                dead["now"] = True
+                raise RuntimeExitError("Runtime exited: out of memory")
+            return real_deliver(notification, **channels)
+
+        def release_unless_dead(svc, dedupe_key, claim):
+            if dead["now"]:
+                dead["now"] = False
+                return
+            real_release(svc, dedupe_key, claim)
+
+        monkeypatch.setattr(notifier, "deliver_notification", die_once)
+        monkeypatch.setattr(notifier, "_release_claim", release_unless_dead)
+        # WHEN a run whose preprocess fails for good goes its course
+        plane.upload("incoming/died.csv", b"a\n1\n", {"deadline-hours": "6"})
+        status = plane.run_until_settled(max_hours=6)
+        execution = plane.executions()[0]
+        errors = [
+            details["error"]
+            for event in plane.history(execution["executionArn"])
+            for name, details in event.items()
+            if name.endswith("FailedEventDetails") and "error" in details
+        ]
+        sent = [m.get("text") or "" for m in plane.webhook.delivered_messages]
+    # THEN the retry that found the dead invocation's claim failed (retried) instead of succeeding without a notice
+    assert status == "FAILED" and dying
+    assert "RuntimeExitError" in errors and "NotificationClaimHeld" in errors, errors
+    # AND once the claim lapsed a retry sent the notice: the team was told once
+    failed_notices = [text for text in sent if text.startswith("Pipeline failed") and dying[0] in text]
+    assert len(failed_notices) == 1, sent

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 
 import boto3
 import pytest
@@ -115,6 +116,34 @@ def test_a_notice_is_claimed_for_as_long_as_the_invocation_sending_it_may_run(pl
     claim = table.get_item(Key={"pk": f"NOTIFIED#rejected#{event['id']}", "sk": "NOTIFIED"})["Item"]
     lease = parse_time(str(claim["lease_until"])) - parse_time(str(claim["claimed_at"]))
     assert claim["notice"] == "sent" and 61 <= lease.total_seconds() <= 62
+
+
+@pytest.mark.parametrize("holder", ["sends it", "dies"])
+def test_a_duplicate_upload_event_finding_its_notice_claimed_fails_and_its_retry_ends_with_one_notice(plane, holder):
+    from spot_hpc.clock import utc_now
+
+    # GIVEN an upload the team is told of (its deadline is not a number), whose notice a first delivery of the same
+    # event has claimed with a minute left to run
+    key = f"incoming/duplicate-{holder.replace(' ', '-')}.csv"
+    event = _s3_event(plane, key, _upload(plane, key, {"deadline-hours": "x"}), id=str(uuid.uuid4()))
+    svc = control_plane_services(plane)
+    notice = f"rejected#{event['id']}"
+    claim = svc.ledger.claim_notification(notice, utc_now() + timedelta(seconds=60))
+    seen = len(plane.webhook.delivered_messages)
+    # WHEN the duplicate delivery is handled meanwhile
+    failure, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN it fails with the retryable error (Lambda retries it) and sends nothing
+    assert errored and failure["errorType"] == "NotificationClaimHeld"
+    assert len(plane.webhook.delivered_messages) == seen
+    # WHEN the first delivery sends the notice, or dies without sending it, and Lambda retries the duplicate (its
+    # second retry comes three minutes after the failure)
+    if holder == "sends it":
+        assert claim and svc.ledger.mark_notification_sent(notice, claim)
+    plane.clock.advance(timedelta(minutes=3))
+    retried, errored_again = plane.invoke("StartPipelineFunction", event)
+    # THEN the retry succeeds: a no-op for a notice sent, and the one sending for a holder that died
+    assert not errored_again and retried["status"] == "rejected"
+    assert len(plane.webhook.delivered_messages) == seen + (holder == "dies")
 
 
 def test_an_oversized_manifest_is_rejected_not_cut_short(plane):

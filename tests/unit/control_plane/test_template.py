@@ -288,6 +288,49 @@ def test_every_task_retries_service_errors_catches_to_a_failure_notice_and_canno
             assert no_retry and no_retry[0]["MaxAttempts"] == 0, name
 
 
+def _notify_timeout_seconds() -> float:
+    template = source_template()
+    default = template["Globals"]["Function"]["Timeout"]
+    return float(template["Resources"]["NotifyFunction"]["Properties"].get("Timeout", default))
+
+
+def _retrier_backoff_seconds(retrier: dict[str, Any]) -> float:
+    """How long a retrier waits in all before its last attempt (the ASL's defaults where a field is left out)."""
+    interval, rate = retrier.get("IntervalSeconds", 1), retrier.get("BackoffRate", 2.0)
+    return float(sum(interval * rate**n for n in range(retrier.get("MaxAttempts", 3))))
+
+
+def test_a_run_end_notice_whose_claim_is_held_is_retried_past_the_longest_lease_of_that_claim():
+    from spot_hpc.ledger import CLAIM_CLOCK_MARGIN, NotificationClaimHeld
+
+    # GIVEN the longest a notify invocation's claim can last: its timeout, the ledger's margin for clocks, and up to
+    # 2 s more for whole seconds (the lease is rounded up to one, and compared with the time in whole seconds)
+    longest_lease = _notify_timeout_seconds() + CLAIM_CLOCK_MARGIN.total_seconds() + 2
+    states = json.loads(ASL_PATH.read_text())["States"]
+    notify_tasks = {
+        name: state
+        for name, state in states.items()
+        if state["Type"] == "Task" and state["Parameters"]["FunctionName"] == "${NotifyFunctionArn}"
+    }
+    assert set(notify_tasks) == {"NotifySucceeded", "NotifyFailed"}
+    for name, task in notify_tasks.items():
+        retriers = task["Retry"]
+        held = [i for i, r in enumerate(retriers) if NotificationClaimHeld.__name__ in r["ErrorEquals"]]
+        catch_all = [i for i, r in enumerate(retriers) if "States.ALL" in r["ErrorEquals"]]
+        # THEN the error the notifier raises has a retrier of its own, before the catch-all one (the first that
+        # matches is taken), with no jitter or cap to shorten its waits
+        assert held and catch_all and held[0] < catch_all[0], name
+        retrier = retriers[held[0]]
+        assert retrier["ErrorEquals"] == ["NotificationClaimHeld"], name
+        assert retrier.get("JitterStrategy", "NONE") == "NONE" and "MaxDelaySeconds" not in retrier, name
+        # AND its waits add up to more than the lease: a retry comes after the claim of an attempt that died at once
+        assert _retrier_backoff_seconds(retrier) >= longest_lease, name
+        # AND when they are spent the error is caught as every other: the run still reaches its end state
+        assert task["Catch"] == [
+            {"ErrorEquals": ["States.ALL"], "ResultPath": "$.notify_error", "Next": task["Next"]}
+        ], name
+
+
 # ------------------------------------------------------------------ Batch
 def _resources(kind: str) -> dict[str, dict[str, Any]]:
     return {k: v["Properties"] for k, v in source_template()["Resources"].items() if v["Type"] == kind}

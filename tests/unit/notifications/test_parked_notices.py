@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import boto3
@@ -13,9 +14,16 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from spot_hpc import notifier
+from spot_hpc.clock import utc_now
 from spot_hpc.guard import run_guard
 from spot_hpc.notifier import redeliver_parked_notices
-from spot_hpc.slack import Notification, SlackCircuit, notification_text, send_to_dead_letter_queue
+from spot_hpc.slack import (
+    Notification,
+    SlackCircuit,
+    notification_text,
+    parse_parked_notice,
+    send_to_dead_letter_queue,
+)
 
 from spotctl.offline.webhook_sink import SinkResponse
 
@@ -192,6 +200,22 @@ def test_a_notice_parked_twice_reaches_slack_once(services, queue, sink, utc_clo
     # THEN Slack got it once, and the copy left the queue unsent
     assert [(p["redelivered"], p["duplicates"]) for p in passes] == [(1, 0), (0, 1)]
     assert len(sink.delivered_messages) == 1
+
+
+def test_a_notice_another_pass_is_sending_again_stays_on_the_queue(services, queue, sink, utc_clock):
+    # GIVEN a parked notice that another guard pass (overlapping, or dead before its timeout) has claimed to send
+    (message,) = _parked(REQUEUED)
+    key = notifier.REDELIVERY_KEY_PREFIX + parse_parked_notice(message).dedupe_key
+    assert services.ledger.claim_notification(key, utc_now() + timedelta(seconds=300))
+    _expect_receive(queue, services, [message])
+    _expect_receive(queue, services, [])
+
+    # WHEN this pass receives it
+    result = redeliver_parked_notices(services)
+
+    # THEN it is left on the queue (not deleted: it comes back if that pass dies), and Slack got nothing from here
+    assert result == {"redelivered": 0, "duplicates": 0, "dropped": 0, "left": 1, "stopped": None}
+    assert sink.delivered_messages == []
 
 
 def test_a_notice_parked_before_it_said_when_it_was_due_takes_the_time_sqs_got_it(services, queue, sink, utc_clock):

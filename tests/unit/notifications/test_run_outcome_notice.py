@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from spot_hpc import clock
 from spot_hpc.clock import format_time, utc_now
-from spot_hpc.ledger import Attempt, Run, Stage
+from spot_hpc.ledger import Attempt, NotificationClaimHeld, Run, Stage
 from spot_hpc.outcome import finish
 from spot_hpc.services import Services
+from spot_hpc.slack import notification_dedupe_key
 
 from spotctl.offline.webhook_sink import WebhookSink
 
@@ -48,6 +49,8 @@ class FakeLedger:
         return list(self.notes)
 
     def claim_notification(self, dedupe_key: str, holder_ends_at: datetime | None = None) -> str | None:
+        if self.claims.get(dedupe_key) == "claimed":  # another invocation's, within its lease
+            raise NotificationClaimHeld(dedupe_key, utc_now() + timedelta(seconds=62))
         if dedupe_key in self.claims:
             return None
         self.claims[dedupe_key] = "claimed"
@@ -169,6 +172,54 @@ def test_the_failed_notice_is_sent_once_when_the_notify_task_is_retried(sink: We
 
     # THEN nothing more reaches Slack, and the figures are not counted again
     assert len(sink.delivered_messages) == 1 and settlement.first_time is False
+
+
+FAILED_NOTICE = notification_dedupe_key("run-1", "hpc", "failed")
+
+
+def test_a_notice_held_by_an_earlier_attempt_fails_the_notify_task_so_that_the_state_machine_retries_it(
+    sink: WebhookSink,
+) -> None:
+    # GIVEN a failed run whose notice an earlier attempt of the notify task claimed (it died before sending)
+    ledger = _failed_hpc_run()
+    ledger.claims[FAILED_NOTICE] = "claimed"
+
+    # WHEN the state machine runs the notify task again
+    with pytest.raises(NotificationClaimHeld):
+        finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+
+    # THEN the task fails with the error the state machine retries, the run is settled, and nothing went out
+    assert ledger.run.status == "FAILED" and sink.delivered_messages == []
+
+
+def test_a_notice_whose_holder_sent_it_makes_the_retried_notify_task_a_no_op(sink: WebhookSink) -> None:
+    # GIVEN a failed run settled by a notify attempt that failed on a held claim, whose holder then sent the notice
+    ledger = _failed_hpc_run()
+    ledger.claims[FAILED_NOTICE] = "claimed"
+    with pytest.raises(NotificationClaimHeld):
+        finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+    ledger.claims[FAILED_NOTICE] = "sent"
+
+    # WHEN the state machine retries the task
+    settlement = finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+
+    # THEN it succeeds without telling anyone again, and the figures are not counted again
+    assert sink.delivered_messages == [] and settlement.first_time is False
+
+
+def test_the_guard_settling_a_run_leaves_a_held_notice_to_its_holder_and_still_counts_the_run(
+    sink: WebhookSink,
+) -> None:
+    # GIVEN a run whose failure notice another invocation is sending (a notify task racing the guard)
+    ledger = _failed_hpc_run()
+    ledger.claims[FAILED_NOTICE] = "claimed"
+
+    # WHEN the SLA guard settles it, as it does a run whose execution ended without settling it
+    payload = {"run_id": "run-1", "outcome": "failed", "error": ERROR}
+    settlement = finish(_services(ledger, sink), payload, leave_held_notice=True)
+
+    # THEN the guard does not fail over it (it never comes back to the run), and it counts the run it settled
+    assert settlement.first_time is True and sink.delivered_messages == []
 
 
 def test_a_succeeded_run_says_what_it_went_through(sink: WebhookSink) -> None:

@@ -27,9 +27,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
-from spot_hpc.clock import format_time, utc_now
+from spot_hpc.clock import format_time, parse_time, utc_now
 
 ACTIVE_INDEX = "active-stages"
 # An attempt's cancel_reason when the control plane replaced it by an On-Demand one.
@@ -47,7 +48,23 @@ NOTICE_SENT = "sent"
 
 
 class LedgerConflict(Exception):
-    """A conditional write lost: somebody else already did this (a duplicate event, a racing handler)."""
+    """A conditional write lost: somebody else already did this (a duplicate event, a racing handler). `current` is
+    the item that refused the write, when the write asked DynamoDB for it."""
+
+    def __init__(self, message: str, current: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class NotificationClaimHeld(Exception):
+    """Another invocation holds the notice's claim and its lease has not lapsed: it may be sending the notice now, or
+    have died before sending it (a crash before its deadline). Retryable: a retry from `lapses_at` on finds the
+    notice sent, or takes the claim over and sends it. Its name is what the state machine's retrier matches."""
+
+    def __init__(self, dedupe_key: str, lapses_at: datetime) -> None:
+        super().__init__(f"notice {dedupe_key} is claimed by another invocation until {format_time(lapses_at)}")
+        self.dedupe_key = dedupe_key
+        self.lapses_at = lapses_at
 
 
 def _to_dynamo(value: Any) -> Any:
@@ -68,6 +85,15 @@ def _from_dynamo(value: Any) -> Any:
     if isinstance(value, list):
         return [_from_dynamo(v) for v in value]
     return value
+
+
+def _refusing_item(exc: ClientError) -> dict[str, Any] | None:
+    """The item a conditional write was refused by, as DynamoDB returns it on ReturnValuesOnConditionCheckFailure."""
+    raw = exc.response.get("Item")
+    if not raw:
+        return None
+    deserializer = TypeDeserializer()
+    return _from_dynamo({name: deserializer.deserialize(value) for name, value in raw.items()})
 
 
 def _record(cls: Any, item: Mapping[str, Any]) -> Any:
@@ -178,6 +204,16 @@ def _notification_key(dedupe_key: str) -> dict[str, str]:
     return {"pk": f"NOTIFIED#{dedupe_key}", "sk": "NOTIFIED"}
 
 
+def _claim_lapses_at(claim: Mapping[str, Any]) -> datetime:
+    """The first second at which a notification claim can be taken over: its lease's end is compared to the time in
+    whole seconds, and must be past. A claim without `lease_until` keeps the 15 minutes it was taken for."""
+    if "lease_until" in claim:
+        lease_until = parse_time(str(claim["lease_until"]))
+    else:
+        lease_until = parse_time(str(claim["claimed_at"])) + NOTIFICATION_LEASE
+    return lease_until + timedelta(seconds=1)
+
+
 class Ledger:
     """Typed access to the ledger table. `table` is a boto3 DynamoDB Table resource (injectable)."""
 
@@ -195,7 +231,8 @@ class Ledger:
             self._table.put_item(Item=_to_dynamo({**item, "expires_at": self._expires_at(now)}), **conditions)
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                raise LedgerConflict(f"{item['pk']}/{item['sk']}: {conditions['ConditionExpression']}") from exc
+                message = f"{item['pk']}/{item['sk']}: {conditions['ConditionExpression']}"
+                raise LedgerConflict(message, _refusing_item(exc)) from exc
             raise
 
     def _put_new(self, key: dict[str, str], body: Mapping[str, Any]) -> None:
@@ -483,11 +520,14 @@ class Ledger:
     # handler sends the notification, then "sent". A record without `notice` was written before claims were leases:
     # it reads as sent. A claim without `lease_until` was written before leases followed the holder's invocation.
     def claim_notification(self, dedupe_key: str, holder_ends_at: datetime | None = None) -> str | None:
-        """A claim id when the caller is to send the notification; None when it was sent, or is being sent under a
-        claim whose lease has not ended. The lease ends when the claiming invocation must have ended,
-        `holder_ends_at` (its Lambda deadline), or after `NOTIFICATION_LEASE` when that is not given. A claim past its
-        lease was left by a handler that died before sending: it is taken over, so that the event's retry sends the
-        notice (a retry after a timeout at once, one after a crash from the crashed invocation's deadline on)."""
+        """A claim id when the caller is to send the notification; None when it was sent. NotificationClaimHeld when
+        another invocation holds a claim on it whose lease has not ended: that one may still send it, or may have
+        died before sending, which the caller cannot tell; it is to retry from the lease's end on.
+
+        The lease ends when the claiming invocation must have ended, `holder_ends_at` (its Lambda deadline), or after
+        `NOTIFICATION_LEASE` when that is not given. A claim past its lease was left by a handler that died before
+        sending: it is taken over, so that the retry sends the notice (a retry after a timeout at once, one after a
+        crash from the crashed invocation's deadline on)."""
         now = utc_now()
         claim_id = uuid.uuid4().hex
         lease_until = now + NOTIFICATION_LEASE
@@ -523,9 +563,14 @@ class Ledger:
                     ":now": format_time(now),
                     ":stale": format_time(now - NOTIFICATION_LEASE),
                 },
+                # The record that refused the claim says which it is: sent, or claimed under a lease (no second read).
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except LedgerConflict:
-            return None
+        except LedgerConflict as conflict:
+            record = conflict.current or {}
+            if record.get("notice", NOTICE_SENT) != NOTICE_CLAIMED:
+                return None
+            raise NotificationClaimHeld(dedupe_key, _claim_lapses_at(record)) from None
         return claim_id
 
     def mark_notification_sent(self, dedupe_key: str, claim_id: str) -> bool:

@@ -6,9 +6,11 @@ guard sends parked messages to Slack again once it is back (`redeliver_parked_no
 
 Each notice is claimed in the ledger before it is sent, and the claim is a lease that ends with the claiming
 invocation (`Services.invocation_ends_at`): a handler killed between the claim and the send leaves a claim that the
-event's retry takes over. Lambda retries an event a minute or more after the failure, after any invocation's end;
-the state machine retries its notices 2, 4 and 8 seconds after, which follows a timeout but can come before the end of
-an invocation that crashed sooner (see README, known gaps).
+event's retry takes over. A send that finds the claim still held by another invocation raises
+`NotificationClaimHeld` (retryable) rather than report success: that invocation may have died before sending (a crash
+well before its deadline), and only a retry after its lease can tell. The state machine retries its run-end notice
+for longer than the notify function's lease; Lambda retries an event a minute or more after the failure. Callers that
+are not retried to send that notice again leave it to its holder (the SLA guard).
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from spot_hpc.clock import hours_between, parse_time, utc_now
-from spot_hpc.ledger import Run
+from spot_hpc.ledger import NotificationClaimHeld, Run
 from spot_hpc.services import Services
 from spot_hpc.slack import (
     MESSAGE_REFUSED_STATUSES,
+    DeliveryOutcome,
     NotANotification,
     Notification,
+    SlackAttempt,
     SlackCircuit,
     SlackWebhook,
     WebhookSecretError,
@@ -42,6 +46,7 @@ from spot_hpc.slack import (
 )
 
 logger = logging.getLogger(__name__)
+Sent = TypeVar("Sent")  # what a notice's sender returns
 
 # Powertools caches the secret this long, so a rotated webhook is picked up without a cold start.
 WEBHOOK_MAX_AGE_SECONDS = 300
@@ -101,11 +106,11 @@ def notify_rejected_upload(svc: Services, run_id: str, source: str, reason: str,
 
 
 def _send(svc: Services, notification: Notification, dedupe_key: str) -> bool:
-    claim = svc.ledger.claim_notification(dedupe_key, svc.invocation_ends_at)
-    if claim is None:
-        return False
-    try:
-        outcome = deliver_notification(
+    """Sends a notice once (SNS and Slack, or parked for Slack); False when it was sent already. NotificationClaimHeld
+    when another invocation holds its claim."""
+
+    def deliver() -> DeliveryOutcome:
+        return deliver_notification(
             notification,
             webhook=_webhook(svc),
             sns_client=svc.sns,
@@ -116,11 +121,11 @@ def _send(svc: Services, notification: Notification, dedupe_key: str) -> bool:
             circuit=SLACK_CIRCUIT,
             dedupe_key=dedupe_key,
         )
-    except Exception:
-        # SNS or SQS failed (after botocore's retries): give the claim back so that the event's retry sends it.
-        _release_claim(svc, dedupe_key, claim)
-        raise
-    _settle_claim(svc, dedupe_key, claim)
+
+    # SNS or SQS failing (after botocore's retries) raises: the claim is given back so that the retry sends it.
+    outcome = _send_claimed(svc, dedupe_key, deliver)
+    if outcome is None:
+        return False
     svc.ledger.record_notifications(notification.run_id, notification_report_entries(notification, outcome))
     logger.info(
         "notified",
@@ -132,6 +137,31 @@ def _send(svc: Services, notification: Notification, dedupe_key: str) -> bool:
         },
     )
     return True
+
+
+def _send_claimed(
+    svc: Services,
+    dedupe_key: str,
+    send: Callable[[], Sent],
+    went_out: Callable[[Sent], bool] = lambda _: True,
+) -> Sent | None:
+    """The one flow of every notice: claim it in the ledger, `send` it, then mark it sent when it `went_out`, or give
+    the claim back (`send` raising, or what it returned saying the notice did not go out) so that a retry sends it at
+    once. None, sending nothing, when it was sent already; NotificationClaimHeld when another invocation holds its
+    claim."""
+    claim = svc.ledger.claim_notification(dedupe_key, svc.invocation_ends_at)
+    if claim is None:
+        return None
+    try:
+        result = send()
+    except Exception:
+        _release_claim(svc, dedupe_key, claim)
+        raise
+    if went_out(result):
+        _settle_claim(svc, dedupe_key, claim)
+    else:
+        _release_claim(svc, dedupe_key, claim)
+    return result
 
 
 def _settle_claim(svc: Services, dedupe_key: str, claim: str) -> None:
@@ -251,19 +281,22 @@ def _redeliver(svc: Services, webhook: SlackWebhook, message: dict[str, Any]) ->
         )
         delete_parked_notice(svc.sqs, queue_url, message)
         return "dropped", None
-    key = REDELIVERY_KEY_PREFIX + parked.dedupe_key
-    claim = svc.ledger.claim_notification(key, svc.invocation_ends_at)
-    if claim is None:
-        if svc.ledger.notification_sent(key):  # a second copy of a notice sent again already
-            delete_parked_notice(svc.sqs, queue_url, message)
-            return "duplicates", None
-        return "left", None  # another pass is sending it now: it comes back if that pass dies
     notification = parked.notification
-    attempt = try_slack(
-        webhook,
-        lambda: webhook.post(build_delayed_message(notification, parked.due_at), budget_seconds=SLACK_BUDGET_SECONDS),
-        SLACK_CIRCUIT,
-    )
+
+    def post_late() -> SlackAttempt:
+        late = build_delayed_message(notification, parked.due_at)
+        return try_slack(webhook, lambda: webhook.post(late, budget_seconds=SLACK_BUDGET_SECONDS), SLACK_CIRCUIT)
+
+    def done_with(attempt: SlackAttempt) -> bool:  # taken, or refused as invalid (it never will be taken)
+        return attempt.delivered or attempt.status in MESSAGE_REFUSED_STATUSES
+
+    try:
+        attempt = _send_claimed(svc, REDELIVERY_KEY_PREFIX + parked.dedupe_key, post_late, went_out=done_with)
+    except NotificationClaimHeld:
+        return "left", None  # another pass is sending it now: it comes back if that pass dies
+    if attempt is None:  # a second copy of a notice sent again already
+        delete_parked_notice(svc.sqs, queue_url, message)
+        return "duplicates", None
     details = {"kind": notification.kind, "run_id": notification.run_id, "due_at": parked.due_at, "then": parked.error}
     if attempt.delivered:
         status = "delivered late"
@@ -272,12 +305,11 @@ def _redeliver(svc: Services, webhook: SlackWebhook, message: dict[str, Any]) ->
         status = "undeliverable"
         logger.error("parked notice dropped: Slack refuses it", extra={**details, "error": attempt.error})
     else:
-        _release_claim(svc, key, claim)
         # Slack is down (the circuit rests it now) or refuses the webhook itself (revoked, archived channel): the
-        # notices wait on the queue until the next passes find it back, or the webhook secret is fixed.
+        # claim was given back and the notices wait on the queue until the next passes find it back, or the webhook
+        # secret is fixed.
         logger.warning("parked notice not delivered; left on the queue", extra={**details, "error": attempt.error})
         return "left", attempt.error
-    _settle_claim(svc, key, claim)
     delete_parked_notice(svc.sqs, queue_url, message)
     svc.ledger.record_notifications(notification.run_id, [notification_report_entry(notification, "slack", status)])
     return ("redelivered" if attempt.delivered else "dropped"), None

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
-from spot_hpc.ledger import Run
+from spot_hpc.ledger import NotificationClaimHeld, Run
 from spot_hpc.metrics import record_event_outcome, record_settled_run
 from spot_hpc.notifier import notify
 from spot_hpc.placement import node_price, stop_stage
 from spot_hpc.run_report import FailureClass, build_run_report, describe_failure
 from spot_hpc.services import Services
+
+logger = logging.getLogger(__name__)
 
 
 def run_report(svc: Services, run: Run) -> dict[str, Any]:
@@ -54,7 +57,11 @@ def record_guard_pass(metrics: Any, result: dict[str, Any]) -> dict[str, Any]:
 SUMMARY_FIELDS = ("run_id", "pipeline_status", "cost_usd", "on_demand_only_cost_usd", "savings_pct", "deadline_met")
 
 
-def finish(svc: Services, payload: dict[str, Any]) -> Settlement:
+def finish(svc: Services, payload: dict[str, Any], leave_held_notice: bool = False) -> Settlement:
+    """Settles the run and tells how it ended. A notice whose claim another invocation holds raises
+    NotificationClaimHeld, so that the state machine retries the notify task after that claim's lease (its holder may
+    have died before sending); `leave_held_notice` leaves the notice to its holder instead, for a caller that never
+    comes back to the run (the SLA guard)."""
     run_id, outcome = str(payload.get("run_id", "")), payload.get("outcome")
     if outcome not in ("succeeded", "failed"):
         raise ValueError(f"outcome must be succeeded or failed, not {outcome!r}")
@@ -87,7 +94,12 @@ def finish(svc: Services, payload: dict[str, Any]) -> Settlement:
         figures = {k: report[k] for k in ("cost_usd", "deadline_met")}
     if report["prices_unknown"]:
         reason += f"; the cost counts {_plural(report['prices_unknown'], 'price')} that could not be looked up as $0"
-    notify(svc, outcome, run, stage, reason, **figures)
+    try:
+        notify(svc, outcome, run, stage, reason, **figures)
+    except NotificationClaimHeld as held:
+        if not leave_held_notice:
+            raise
+        logger.warning("run-end notice left to the invocation holding its claim", extra={"held": str(held)})
     return Settlement(report, first_time)
 
 
