@@ -7,7 +7,7 @@ ARGS ?=
 # No telemetry from the SAM CLI: builds and validation need no network.
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: demo test lint build bench bench-burst clean
+.PHONY: demo test lint build bench bench-burst bench-planner clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench: $(VENV)/.installed
 
 bench-burst: $(VENV)/.installed
 	$(BIN)/python benchmarks/interruption_burst.py --jobs 1000 --json benchmarks/interruption_burst.json
+
+bench-planner: $(VENV)/.installed
+	$(BIN)/spotctl bench planner $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(SAMVENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""`spotctl bench policy`: every policy on a scenario file, against the exact optimum (see benchmarks/RESULTS.md)."""
+"""`spotctl bench policy`: every policy on a scenario file, against the exact optimum; `spotctl bench planner`: the
+deadline planner's solve time and peak memory in the SLA guard Lambda (both in benchmarks/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,28 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from spotctl.cli import ToolError, positive_int
 from spotctl.files import check_output, write_text, writing
+
+# Only the standard library at import: the planner's cases are measured in processes of their own.
+from spotctl.policy_sim.planner_cost import (
+    CHANGEOVER_HOURS,
+    FUNCTION,
+    PlannerCostError,
+    default_cases,
+    format_table,
+    handler_file,
+    lambda_environment,
+    memory_limit_mb,
+    over_memory,
+    parse_case,
+    parse_changeovers,
+    run_cases,
+)
 
 # The project root: its data/ holds the traces that scenario paths are relative to.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +59,42 @@ def register(subparsers: Any) -> None:
         f"{os.cpu_count() or 1} here) or the scenarios in the file",
     )
     policy.set_defaults(func=run_policy_bench)
+    planner = kinds.add_parser(
+        "planner",
+        help="the deadline planner's solve time and peak memory in the SLA guard Lambda, against its MemorySize",
+        description=(
+            "Runs each case in a fresh process that loads the SLA guard's handler as a cold start does and asks the "
+            "policy once from a cold plan cache; reports solve time, peak RSS and the grid used, and exits 1 when a "
+            "case's peak RSS exceeds the memory limit. Default cases: deadlines of 24, 72 and 168 h with 96 h of "
+            "work (capped where the policy still plans), changeovers of 0.1, 0.2 and 1 h, and the largest plan "
+            "the planner's bounds allow."
+        ),
+    )
+    cases = planner.add_mutually_exclusive_group()
+    cases.add_argument(
+        "--changeovers",
+        type=_argument_type(parse_changeovers),
+        metavar="HOURS,...",
+        help="changeovers of the default cases (default: 0.1,0.2,1); the largest plan is taken with the longest",
+    )
+    cases.add_argument(
+        "--case",
+        dest="cases",
+        action="append",
+        type=_argument_type(parse_case),
+        metavar="DEADLINE:WORK:CHANGEOVER",
+        help="a case in hours instead of the default ones (repeatable), e.g. 24:12:0.2",
+    )
+    planner.add_argument(
+        "--template", type=Path, default=PROJECT_ROOT / "template.yaml", help="SAM template (default: the project's)"
+    )
+    planner.add_argument(
+        "--memory-mb",
+        type=positive_int,
+        help="the memory limit to check against (default: the SLA guard function's MemorySize in the template)",
+    )
+    planner.add_argument("--json", type=Path, help="also write the rows here")
+    planner.set_defaults(func=run_planner_bench)
 
 
 def run_policy_bench(args: argparse.Namespace) -> int:
@@ -87,6 +141,45 @@ def run_policy_bench(args: argparse.Namespace) -> int:
             plot_benchmark(rows, args.plot)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a parser that raises ValueError with a message for the user."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def run_planner_bench(args: argparse.Namespace) -> int:
+    from spotctl.offline.stack import TemplateError, load_template
+
+    if args.json:
+        check_output(args.json, "--json")
+    try:
+        template = load_template(args.template)
+        memory_mb = args.memory_mb or memory_limit_mb(template)
+        handler = handler_file(template, args.template.resolve().parent)
+        environment = lambda_environment(template)
+    except (TemplateError, PlannerCostError) as exc:
+        raise ToolError(str(exc)) from exc
+    if not handler.is_file():
+        raise ToolError(f"{FUNCTION}'s handler {handler} is not there")
+    cases = args.cases or default_cases(args.changeovers or CHANGEOVER_HOURS)
+    rows = run_cases(cases, handler, environment, memory_mb)
+    print(format_table(rows))
+    if args.json:
+        _write_rows(args.json, rows)
+        print(f"rows written to {args.json}")
+    over = over_memory(rows)
+    for row in over:
+        problem = row.get("error") or f"peak RSS {row['peak_rss_mb']:.0f} MB exceeds {memory_mb} MB"
+        print(f"spotctl bench planner: {row['label']}: {problem}", file=sys.stderr)
+    return 1 if over else 0
 
 
 def _print_invalid(invalid: dict[str, str], rows_path: Path) -> None:

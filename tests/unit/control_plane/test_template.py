@@ -202,6 +202,14 @@ def test_every_function_gets_every_variable_settings_requires():
     assert "STATE_MACHINE_ARN" in _environment(template, "StartPipelineFunction")
 
 
+def test_every_function_that_places_a_stage_runs_numpy_on_one_thread():
+    template = source_template()
+    # GIVEN the functions that ask the deadline planner where a stage runs (a numpy dynamic program)
+    for function in ("StageRunnerFunction", "SpotInterruptionFunction", "SlaGuardFunction", "BatchStateChangeFunction"):
+        # THEN BLAS starts no thread per visible core: the function has a fraction of one CPU
+        assert _environment(template, function)["OPENBLAS_NUM_THREADS"] == "1", function
+
+
 def _bounds(field: Any) -> dict[str, float]:
     found: dict[str, float] = {}
     for item in field.metadata:

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 
 import pytest
 from spot_hpc.policy import Action
-from spot_hpc.policy.plan import MISS_COST, TIME_VALUE, Plan, PlanInputs, end_chances, grid_multiple, solve
+from spot_hpc.policy.plan import (
+    MAX_VALUE_CELLS,
+    MISS_COST,
+    TIME_VALUE,
+    Plan,
+    PlanInputs,
+    end_chances,
+    grid_multiple,
+    solve,
+)
 
 
 def expected_cost(inputs: PlanInputs, steps: int, work: int, running: Action, state: int, plan: Plan | None) -> float:
@@ -121,3 +131,18 @@ def test_grid_is_coarsened_only_past_the_cell_budget():
     # THEN the day keeps every step and the year spans several per grid step
     assert grid_multiple(288, 200, 8) == 1
     assert grid_multiple(105_120, 50_000, 8) > 1
+
+
+def test_grid_is_coarsened_when_a_changeover_of_hours_would_pass_the_value_budget():
+    # GIVEN a plan whose decision tables fit, but whose changeover spans 100 steps (8 h of 5-minute steps, say)
+    steps, work, ages, change = 150, 50, 500, 100
+    assert grid_multiple(steps, work, ages) == 1
+    # WHEN the grid is chosen with the changeover
+    multiple = grid_multiple(steps, work, ages, change)
+
+    # THEN it is coarsened until the expected costs the solve keeps fit their budget, and no further
+    def kept_cells(m: int) -> int:
+        return (round(change / m) + 1) * (math.ceil(work / m) + 1) * 2 * ages
+
+    assert multiple > 1
+    assert kept_cells(multiple) <= MAX_VALUE_CELLS < kept_cells(multiple - 1)

@@ -96,13 +96,21 @@ def _planned(
     step_hours: float,
 ) -> Action:
     """The least-expected-cost choice of `spot_hpc.policy.plan`, on a grid of whole decision steps."""
-    steps_left = math.floor(hours_left / step_hours + _EPS)
-    work = math.ceil(remaining_hours / step_hours - _EPS)
-    multiple = grid_multiple(steps_left, work, age_states(stats.band_hours, step_hours))
+    multiple, steps_left, work = plan_grid(remaining_hours, hours_left, change, stats.band_hours, step_hours)
     grid = step_hours * multiple
-    steps_left, work = steps_left // multiple, math.ceil(work / multiple)
     if work > steps_left:
         return Action.ON_DEMAND
     inputs = plan_inputs(stats, grid, change, spot_price, od_price)
     age_steps = max(1, math.ceil(stats.run_hours / grid - _EPS)) if stats.available == spot_available else 1
     return plan_for(inputs, steps_left, work).choose(current, spot_available, age_steps, steps_left, work)
+
+
+def plan_grid(
+    remaining_hours: float, hours_left: float, change: float, band_hours: float, step_hours: float
+) -> tuple[int, int, int]:
+    """The plan's grid: how many decision steps one grid step spans (`grid_multiple`), then the grid steps left and
+    of work."""
+    steps_left = math.floor(hours_left / step_hours + _EPS)
+    work = math.ceil(remaining_hours / step_hours - _EPS)
+    multiple = grid_multiple(steps_left, work, age_states(band_hours, step_hours), round(change / step_hours))
+    return multiple, steps_left // multiple, math.ceil(work / multiple)

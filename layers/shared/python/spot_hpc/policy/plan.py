@@ -34,9 +34,14 @@ MIN_CHANCE, MAX_CHANCE = 1e-3, 1.0 - 1e-3
 # the rest of the stage, and a long wait is where that guide fails worst (a day-long gap after hours of capacity):
 # with plenty of slack, waiting and running on Spot look equally cheap to it, and this settles it for progress.
 TIME_VALUE = 0.05
-# The grid is made coarser (whole multiples of the step) past this many cells of time x work x capacity states, which
-# bounds the time and memory of one solve (about 1 s and 50 MB).
+# The grid is made coarser (whole multiples of the step) past this many cells of time x work x capacity states (the
+# decision tables, a byte each), which bounds the time and memory of one solve (about 1 s and 50 MB; measured by
+# `spotctl bench planner`).
 MAX_CELLS = 16_000_000
+# ... or past this many cells of the expected costs the solve keeps, (changeover + 1) x work x capacity states, eight
+# bytes each for each of the three things that may run: they grow with the changeover, not with the time left, and only
+# a changeover of hours makes them bind (24 MB at most).
+MAX_VALUE_CELLS = 1_000_000
 
 _IDLE, _SPOT, _ON_DEMAND = 0, 1, 2
 _ACTIONS = (Action.IDLE, Action.SPOT, Action.ON_DEMAND)
@@ -95,12 +100,15 @@ def end_chances(hazards: list[float], band_hours: float, step_hours: float) -> t
     return tuple(chances)
 
 
-def grid_multiple(steps_left: int, work_left: int, ages: int) -> int:
-    """How many steps one grid step spans: 1 unless the plan would pass `MAX_CELLS`."""
+def grid_multiple(steps_left: int, work_left: int, ages: int, change_steps: int = 0) -> int:
+    """How many steps one grid step spans: 1 unless the plan would pass `MAX_CELLS` or `MAX_VALUE_CELLS`."""
     multiple = 1
-    while (steps_left // multiple + 1) * (math.ceil(work_left / multiple) + 1) * 2 * ages > MAX_CELLS:
+    while True:
+        cells = (math.ceil(work_left / multiple) + 1) * 2 * ages
+        kept = round(change_steps / multiple) + 1
+        if (steps_left // multiple + 1) * cells <= MAX_CELLS and kept * cells <= MAX_VALUE_CELLS:
+            return multiple
         multiple += 1
-    return multiple
 
 
 def plan_inputs(

@@ -1,0 +1,91 @@
+"""`spotctl bench planner`: the planner's solve time and peak memory in the SLA guard Lambda, each case in a process of
+its own, checked against the function's MemorySize."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from spot_hpc.policy.plan import MAX_CELLS, age_states, grid_multiple
+from spot_hpc.policy.stats import band_hours_for
+
+from spotctl.cli import main
+from spotctl.offline.stack import load_template
+from spotctl.policy_sim.planner_cost import PROJECT_ROOT, default_cases, memory_limit_mb
+
+STEP_HOURS = 5 / 60
+
+
+def test_a_small_case_is_measured_in_its_own_process_and_checked_against_the_template(tmp_path: Path, capsys) -> None:
+    # GIVEN one small case: 1 h of work due in 2 h, with 6-minute changeovers
+    out = tmp_path / "planner.json"
+
+    # WHEN the benchmark runs it, against the SLA guard's MemorySize
+    code = main(["bench", "planner", "--case", "2:1:0.1", "--json", str(out)])
+
+    # THEN its row has the plan it solved, how long that took and the memory of its process, within the limit
+    assert code == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["memory_mb"] == memory_limit_mb(load_template(PROJECT_ROOT / "template.yaml"))
+    assert row["within_memory"] is True and row["decision"] in {"spot", "idle", "on_demand"}
+    assert row["grid_multiple"] == 1 and row["step_minutes"] == pytest.approx(5.0)
+    assert row["plan_cells"] == (24 + 1) * (12 + 1) * 2 * 8  # 24 steps left, 12 of work, 8 ages of a 5-minute band
+    assert 0 < row["solve_seconds"] < 5
+    assert 20 < row["baseline_rss_mb"] <= row["peak_rss_mb"] < row["memory_mb"]
+    assert "| 2:1:0.1 | 2 | 1 | 0.1 | 1 (5 min) |" in capsys.readouterr().out
+
+
+def test_a_case_started_from_a_large_process_is_charged_only_its_own_memory(tmp_path: Path) -> None:
+    # GIVEN a benchmark started from a process holding more than the function's memory (a test run can)
+    ballast = bytearray(300 * 2**20)
+    ballast[:: 2**12] = b"\x01" * len(ballast[:: 2**12])  # touched, so resident
+    out = tmp_path / "planner.json"
+
+    # WHEN it runs a small case
+    code = main(["bench", "planner", "--case", "2:1:0.1", "--json", str(out)])
+
+    # THEN the case's peak is its own process's, not its parent's carried over through fork and exec
+    (row,) = json.loads(out.read_text())["results"]
+    assert code == 0 and row["peak_rss_mb"] < 300 - 1 < len(ballast) / 2**20
+
+
+def test_a_case_over_the_memory_limit_fails_the_benchmark(capsys) -> None:
+    # GIVEN a memory limit no Python process fits in
+    # WHEN the benchmark runs the same small case
+    code = main(["bench", "planner", "--case", "2:1:0.1", "--memory-mb", "1"])
+
+    # THEN it exits 1 and says which case exceeded it, and by how much
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "**no** (1)" in captured.out
+    assert "2:1:0.1: peak RSS" in captured.err and "exceeds 1 MB" in captured.err
+
+
+def test_the_default_cases_cap_the_work_and_end_with_the_largest_plan_max_cells_allows() -> None:
+    # GIVEN the default cases
+    cases = default_cases()
+
+    # THEN three deadlines times three changeovers, 96 h of work capped where the policy still plans...
+    by_label = {case.label: case for case in cases}
+    assert len(cases) == 10
+    assert by_label["168 h / c 1 h"].work_hours == 96.0
+    assert by_label["24 h / c 1 h"].work_hours == pytest.approx(22.0)  # two changeovers of slack
+    # ... and last a plan on the finest grid that one more step of work would make coarser
+    worst = cases[-1]
+    ages = age_states(band_hours_for(STEP_HOURS, 1.0), STEP_HOURS)
+    steps, work = round(worst.deadline_hours / STEP_HOURS), round(worst.work_hours / STEP_HOURS)
+    assert worst.changeover_hours == 1.0
+    assert grid_multiple(steps, work, ages) == 1 and grid_multiple(steps + 1, work + 1, ages) > 1
+    assert (steps + 1) * (work + 1) * 2 * ages > 0.99 * MAX_CELLS
+
+
+def test_a_malformed_case_is_a_usage_error(capsys) -> None:
+    # GIVEN a case with work longer than its deadline
+    # WHEN the benchmark is asked for it
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "planner", "--case", "2:3:0.1"])
+
+    # THEN argparse refuses it, saying why
+    assert exited.value.code == 2
+    assert "0 < work <= deadline" in capsys.readouterr().err
