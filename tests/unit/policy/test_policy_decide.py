@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from spot_hpc.policy import Action, DeadlinePolicy, SpotStats, decide
+from spot_hpc.policy import Action, DeadlinePolicy, SpotStats, band_hours_for, decide
+from spot_hpc.policy.stats import PRIOR_MEAN_DOWN_HOURS
 
 
 def stats_with(up_hours: float, down_hours: float, cycles: int = 20) -> SpotStats:
@@ -125,6 +126,38 @@ def test_waits_out_a_long_gap_while_the_slack_is_ample():
     decision = ask(spot_available=False, stats=stats)
     # THEN it keeps waiting
     assert decision.action == Action.IDLE
+
+
+def test_a_gap_older_than_any_seen_counts_before_it_ends_and_is_not_waited_out_to_the_last_of_the_slack():
+    # GIVEN a stage that has run 2 h on Spot and seen no gap end yet (its gap figures are the prior's), with 30 h of
+    # work, 8 h of slack and half-hour changeovers, in a gap that goes on
+    step = 5 / 60
+    stats = SpotStats.with_prior(4, band_hours=band_hours_for(step, 0.5))
+    stats.observe(True, 2.0)
+    waited = 0.0
+    decision = None
+    # WHEN the policy is asked every 5 minutes of the gap
+    while waited < 8.0:
+        stats.observe(False, step)
+        waited += step
+        decision = ask(
+            remaining_hours=30.0,
+            hours_left=38.0 - waited,
+            spot_available=False,
+            changeover_hours=0.5,
+            od_price=3.06,
+            spot_price=0.918,
+            stats=stats,
+            step_hours=step,
+        )
+        if decision.action != Action.IDLE:
+            break
+    # THEN it waits while the gap is young, and once the gap has outlived the life table's bands (about 1.2 h) and
+    # its length counts, it goes On-Demand with most of the slack left, for Spot to come back to later (taking the
+    # prior's hour-long gaps at their word, it waited 6.5 h)
+    assert decision is not None and decision.action == Action.ON_DEMAND
+    assert 1.2 < waited < 2.5
+    assert stats.hazards(False)[-1] < 0.6 / PRIOR_MEAN_DOWN_HOURS[4]  # the prior expects a gap to end within the hour
 
 
 def test_waits_out_a_gap_when_gaps_are_short_against_the_slack():

@@ -88,6 +88,48 @@ def test_planner_hazards_hold_between_refreshes():
     assert stats.hazards(True) != first
 
 
+def test_a_gap_that_outlives_the_closed_bands_refreshes_the_gap_hazards_as_it_grows():
+    # GIVEN bands of 0.25 h (closed up to 1.75 h), hazards taken at the end of a first capacity run, and a gap
+    stats = SpotStats.with_prior(4, band_hours=0.25)
+    stats.observe(True, 1.0)
+    at_run_end = stats.hazards(False)
+    # WHEN the gap is still within the closed bands
+    stats.observe(False, 1.75)
+    within = stats.hazards(False)
+    up = stats.hazards(True)
+    # AND once it has outlived them, then grown by less than half, then by half
+    stats.observe(False, 0.25)
+    outlived = stats.hazards(False)
+    stats.observe(False, 0.75)
+    held = stats.hazards(False)
+    stats.observe(False, 0.25)
+    grown = stats.hazards(False)
+    # THEN the gap counts only once it has outlived the bands, then at most once per half again of its age: its
+    # hours without an end lower the open band's hazard (and the young bands', which it passed without ending)
+    assert within == at_run_end
+    assert outlived[-1] < at_run_end[-1] and outlived[0] < at_run_end[0]
+    assert held == outlived
+    assert grown[-1] < outlived[-1]
+    assert stats.gap_planned_at_hours == pytest.approx(3.0)
+    # AND the capacity hazards are left as they were
+    assert stats.hazards(True) == up
+
+
+def test_a_new_gap_is_counted_afresh_from_its_own_age():
+    # GIVEN a long gap that refreshed the gap hazards, then capacity, then a new gap
+    stats = SpotStats.with_prior(4, band_hours=0.25)
+    stats.observe(True, 1.0)
+    stats.observe(False, 3.0)
+    stats.observe(True, 1.0)
+    stats.observe(False, 0.5)
+    young = stats.hazards(False)
+    # WHEN the new gap outlives the closed bands, younger than the first was at its last refresh
+    stats.observe(False, 1.5)
+    # THEN it refreshes the hazards all the same
+    assert stats.gap_planned_at_hours == pytest.approx(2.0)
+    assert stats.hazards(False) != young
+
+
 def test_stats_without_a_life_table_still_load():
     # GIVEN statistics stored before the life table existed, and one with other bands
     old = {"advisor_bucket": 2, "up_hours": 3.0, "interruptions": 1, "available": True, "run_hours": 1.0}

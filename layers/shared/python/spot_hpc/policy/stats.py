@@ -76,10 +76,12 @@ class SpotStats:
     down_exposure: list[float] = field(default_factory=lambda: [0.0] * AGE_BANDS)
     down_ends: list[int] = field(default_factory=lambda: [0] * AGE_BANDS)
     # The hazards the planner uses: taken from the life table when a run ends, at most once per `REFRESH_GROWTH` of
-    # observed time, so that a plan holds for a while (each new one is a solve).
+    # observed time, so that a plan holds for a while (each new one is a solve). A gap that outlives the closed bands
+    # refreshes the gap hazards itself, at most once per `REFRESH_GROWTH` of its age (`gap_planned_at_hours`).
     planned_up: list[float] | None = None
     planned_down: list[float] | None = None
     planned_at_hours: float = 0.0
+    gap_planned_at_hours: float = 0.0
 
     @classmethod
     def with_prior(cls, advisor_bucket: int | None, band_hours: float = DEFAULT_STEP_HOURS) -> SpotStats:
@@ -97,11 +99,25 @@ class SpotStats:
             if self.planned_up is None or observed >= self.planned_at_hours * REFRESH_GROWTH:
                 self.planned_up, self.planned_down = self._table_hazards(True), self._table_hazards(False)
                 self.planned_at_hours = observed
+            self.gap_planned_at_hours = 0.0
         self.available = available
         exposure = self.up_exposure if available else self.down_exposure
         for band, overlap in enumerate(band_overlaps(self.run_hours, self.run_hours + hours, self.band_hours)):
             exposure[band] += overlap
         self.run_hours += hours
+        if not available:
+            self._refresh_for_long_gap()
+
+    def _refresh_for_long_gap(self) -> None:
+        """A gap in progress that is older than the closed bands counts in the gap hazards the planner uses, before
+        it ends: its hours without an end say that old gaps last. Otherwise a run that has seen only short gaps (or
+        none: the prior) goes on expecting capacity back soon, hour after hour, and waits away slack that it needs
+        later to return to Spot from On-Demand. (Refreshing capacity runs in progress the same way measured no better:
+        benchmarks/RESULTS.md.)"""
+        outlived = self.run_hours > age_edges(self.band_hours)[-1]
+        if outlived and self.run_hours >= self.gap_planned_at_hours * REFRESH_GROWTH:
+            self.planned_down = self._table_hazards(False)
+            self.gap_planned_at_hours = self.run_hours
 
     @property
     def up_hours(self) -> float:
