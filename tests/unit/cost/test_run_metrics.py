@@ -94,7 +94,7 @@ def test_runs_the_guard_settles_are_counted_once_like_the_notify_functions(power
 
     # GIVEN a guard pass that settled one run as failed, and met one already settled (counted before)
     failed = _report() | {"run_id": "run-4", "pipeline_status": "FAILED", "stages": []}
-    settlements = [Settlement(failed, first_time=True), Settlement(_report(), first_time=False)]
+    settlements = [Settlement(failed, counted=True), Settlement(_report(), counted=False)]
     result = {"active_stages": 3, "actions": [], "settlements": settlements}
 
     # WHEN the pass's outcome is recorded

@@ -171,7 +171,7 @@ def test_the_failed_notice_is_sent_once_when_the_notify_task_is_retried(sink: We
     settlement = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
 
     # THEN nothing more reaches Slack, and the figures are not counted again
-    assert len(sink.delivered_messages) == 1 and settlement.first_time is False
+    assert len(sink.delivered_messages) == 1 and settlement.counted is False
 
 
 FAILED_NOTICE = notification_dedupe_key("run-1", "hpc", "failed")
@@ -204,10 +204,10 @@ def test_a_notice_whose_holder_sent_it_makes_the_retried_notify_task_a_no_op(sin
     settlement = finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
 
     # THEN it succeeds without telling anyone again, and the figures are not counted again
-    assert sink.delivered_messages == [] and settlement.first_time is False
+    assert sink.delivered_messages == [] and settlement.counted is False
 
 
-def test_the_guard_settling_a_run_leaves_a_held_notice_to_its_holder_and_still_counts_the_run(
+def test_the_guard_settling_a_run_leaves_a_held_notice_and_the_run_s_count_to_the_notice_s_holder(
     sink: WebhookSink,
 ) -> None:
     # GIVEN a run whose failure notice another invocation is sending (a notify task racing the guard)
@@ -218,8 +218,35 @@ def test_the_guard_settling_a_run_leaves_a_held_notice_to_its_holder_and_still_c
     payload = {"run_id": "run-1", "outcome": "failed", "error": ERROR}
     settlement = finish(_services(ledger, sink), payload, leave_held_notice=True)
 
-    # THEN the guard does not fail over it (it never comes back to the run), and it counts the run it settled
-    assert settlement.first_time is True and sink.delivered_messages == []
+    # THEN the guard does not fail over it (it never comes back to the run), and leaves the count to whoever sends it
+    assert ledger.run.status == "FAILED"
+    assert settlement.counted is False and sink.delivered_messages == []
+
+
+def test_a_run_settled_by_an_invocation_that_died_before_its_notice_is_told_and_counted_by_the_retry(
+    sink: WebhookSink,
+) -> None:
+    # GIVEN a failed run that a notify attempt settled before it died, without claiming its notice
+    ledger = _failed_hpc_run()
+    assert ledger.finish_run("run-1", "FAILED", ERROR)
+
+    # WHEN the state machine retries the notify task
+    settlement = finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+
+    # THEN the retry sends the notice and counts the run's figures (they were never counted)
+    assert len(sink.delivered_messages) == 1 and settlement.counted is True
+
+
+def test_a_late_call_with_the_other_outcome_counts_nothing(sink: WebhookSink) -> None:
+    # GIVEN a run settled as failed
+    ledger = _failed_hpc_run()
+    finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+
+    # WHEN a call settles it as succeeded after that
+    settlement = finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "succeeded"})
+
+    # THEN the run stays failed and its figures are not counted a second time
+    assert ledger.run.status == "FAILED" and settlement.counted is False
 
 
 def test_a_succeeded_run_says_what_it_went_through(sink: WebhookSink) -> None:

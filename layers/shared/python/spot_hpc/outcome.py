@@ -34,8 +34,10 @@ def run_report(svc: Services, run: Run) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Settlement:
     report: dict[str, Any]
-    # False when the run was already settled (the state machine retried the notify task): count it once.
-    first_time: bool
+    # Whether this invocation tells of the run, and so counts its figures: the run-end notice goes out once, so the
+    # figures are counted once, also when the invocation that settled the run died before its notice and a retry
+    # sends it (a retry after the notice went out counts nothing).
+    counted: bool
 
     def summary(self) -> dict[str, Any]:
         return {k: self.report[k] for k in SUMMARY_FIELDS}
@@ -43,7 +45,7 @@ class Settlement:
 
 def record_settlement(metrics: Any, settlement: Settlement) -> dict[str, Any]:
     """The run's figures go to the metrics once (not again when the state machine retries the notify task)."""
-    if settlement.first_time:
+    if settlement.counted:
         record_settled_run(metrics, settlement.report)
     return settlement.summary()
 
@@ -69,7 +71,8 @@ def finish(svc: Services, payload: dict[str, Any], leave_held_notice: bool = Fal
     if run is None:
         raise ValueError(f"run {run_id!r} is not in the ledger")
     error = _error_text(payload.get("error"))
-    first_time = svc.ledger.finish_run(run_id, "SUCCEEDED" if outcome == "succeeded" else "FAILED", error or None)
+    settled_as = "SUCCEEDED" if outcome == "succeeded" else "FAILED"
+    svc.ledger.finish_run(run_id, settled_as, error or None)
     if outcome == "failed":
         # A stage the state machine gave up on (timed out, its runner failed) may still have a job running.
         stop_unfinished_stages(svc, run_id, f"run failed: {error or 'a stage failed'}")
@@ -95,12 +98,14 @@ def finish(svc: Services, payload: dict[str, Any], leave_held_notice: bool = Fal
     if report["prices_unknown"]:
         reason += f"; the cost counts {_plural(report['prices_unknown'], 'price')} that could not be looked up as $0"
     try:
-        notify(svc, outcome, run, stage, reason, **figures)
+        sent = notify(svc, outcome, run, stage, reason, **figures)
     except NotificationClaimHeld as held:
         if not leave_held_notice:
             raise
         logger.warning("run-end notice left to the invocation holding its claim", extra={"held": str(held)})
-    return Settlement(report, first_time)
+        sent = False  # its holder counts the run
+    # A late call with the other outcome (the run was settled first as the other) counts nothing.
+    return Settlement(report, counted=sent and run.status == settled_as)
 
 
 def stop_unfinished_stages(svc: Services, run_id: str, reason: str) -> None:
