@@ -162,8 +162,6 @@ def solve(inputs: PlanInputs, steps: int, work: int) -> Plan:
     wait_cost = inputs.step_value
     spot, od = inputs.spot_cost + wait_cost, inputs.od_cost + wait_cost
     step, step_change = _chain(up, down, change)
-    has_capacity = np.zeros(size, dtype=bool)
-    has_capacity[ages:] = True
     # Starting Spot at run age a: lost after k steps (paid, no progress, a gap of age 1), or warm at age a + change.
     lost_after = np.zeros((ages, max(change, 1)))
     kept = np.ones(ages)
@@ -184,7 +182,6 @@ def solve(inputs: PlanInputs, steps: int, work: int) -> Plan:
     spot_v: list[np.ndarray] = [done] * keep
     od_v: list[np.ndarray] = [done] * keep
     tables = {name: np.zeros((steps + 1, size, width), dtype=np.int8) for name in ("idle", "spot", "od")}
-    work_index = np.arange(width)
 
     def progressed(values: np.ndarray) -> np.ndarray:
         out = np.empty_like(values)
@@ -196,8 +193,9 @@ def solve(inputs: PlanInputs, steps: int, work: int) -> Plan:
         prev = (left - 1) % keep
         wait = wait_cost + step @ idle_v[prev]
         od_on = od + progressed(step @ od_v[prev])
-        spot_on = spot + progressed(step @ np.where(has_capacity[:, None], spot_v[prev], idle_v[prev]))
-        spot_on[~has_capacity] = MISS_COST
+        # On Spot: kept while capacity lasts (run states), idle when it goes (gap states).
+        spot_on = spot + progressed(step @ np.concatenate((idle_v[prev][:ages], spot_v[prev][ages:])))
+        spot_on[:ages] = MISS_COST
         if change == 0:
             od_start, spot_start = od_on, spot_on
         elif left >= change:
@@ -210,7 +208,7 @@ def solve(inputs: PlanInputs, steps: int, work: int) -> Plan:
             spot_start[ages:] = expected
         else:
             od_start = spot_start = unreachable
-        too_late = work_index > left
+        too_late = left + 1  # more work left than steps
         now = left % keep
         idle_v[now], tables["idle"][left] = _best((wait, od_start, spot_start), (_IDLE, _ON_DEMAND, _SPOT), too_late)
         spot_v[now], tables["spot"][left] = _best((spot_on, od_start, wait), (_SPOT, _ON_DEMAND, _IDLE), too_late)
@@ -219,16 +217,16 @@ def solve(inputs: PlanInputs, steps: int, work: int) -> Plan:
 
 
 def _best(
-    options: tuple[np.ndarray, ...], codes: tuple[int, ...], too_late: np.ndarray
+    options: tuple[np.ndarray, ...], codes: tuple[int, ...], first_too_late: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The cheapest option per cell (the first on ties) and its code."""
+    """The cheapest option per cell (the first on ties) and its code; work from `first_too_late` on cannot be done."""
     value = options[0]
     choice = np.full(value.shape, codes[0], dtype=np.int8)
     for option, code in zip(options[1:], codes[1:], strict=True):
         cheaper = option < value
-        value = np.where(cheaper, option, value)
-        choice[cheaper] = code
-    value = np.minimum(value, MISS_COST)
+        np.putmask(choice, cheaper, code)
+        value = np.minimum(option, value)
+    np.minimum(value, MISS_COST, out=value)
     value[:, 0] = 0.0
-    value[:, too_late] = MISS_COST
+    value[:, first_too_late:] = MISS_COST
     return value, choice
