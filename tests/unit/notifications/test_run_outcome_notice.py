@@ -317,3 +317,21 @@ def test_a_price_still_unknown_at_the_run_end_is_flagged_not_silently_zero(sink:
     assert report["cost_usd"] == pytest.approx(0.5, abs=1e-5)  # the three priced hpc attempts only
     (message,) = sink.delivered_messages
     assert "the cost counts 4 prices that could not be looked up as $0" in message["blocks"][1]["text"]["text"]
+
+
+def test_whole_numbers_of_hours_and_dollars_read_back_from_dynamodb_as_the_floats_they_were(ledger: Any) -> None:
+    # GIVEN a run, a stage and an attempt whose float fields hold whole numbers (DynamoDB keeps one kind of number)
+    run = Run("run-9", "ingest", "incoming/c.csv", "v1", "2026-01-05T06:00:00Z", 6.0, STARTED_AT, {})
+    ledger.create_run(run, [Stage("run-9", "preprocess", 0, 2.0, True, 1, attempt=1)])
+    ledger.record_attempt(
+        Attempt("run-9", "preprocess", 1, "j9", "spot-queue", "spot", 2, STARTED_AT, usd_per_hour=1.0)
+    )
+
+    # WHEN they are read back
+    stages, attempts = ledger.get_run_items("run-9")
+    again = ledger.get_run("run-9")
+
+    # THEN the float fields are floats again for every reader, and whole-number fields stay ints
+    assert type(again.deadline_hours) is float and type(stages[0].compute_hours) is float
+    assert type(attempts[0].usd_per_hour) is float and attempts[0].usd_per_hour == 1.0
+    assert type(attempts[0].nodes) is int and attempts[0].nodes == 2

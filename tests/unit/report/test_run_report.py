@@ -25,15 +25,15 @@ def fixed_clock() -> Iterator[None]:
 
 
 def _run(**changes: object) -> Run:
-    # Whole numbers come back from DynamoDB as ints (the ledger turns a whole Decimal into an int).
-    run = Run("run-1", "ingest", "incoming/a.csv", "v1", "2026-01-05T12:00:00Z", 12, STARTED_AT, {"hpc": 4})
+    # As the ledger reads it: whole numbers in float fields are floats again (test_run_outcome_notice checks it).
+    run = Run("run-1", "ingest", "incoming/a.csv", "v1", "2026-01-05T12:00:00Z", 12.0, STARTED_AT, {"hpc": 4})
     for name, value in changes.items():
         setattr(run, name, value)
     return run
 
 
 def _hpc_stage() -> Stage:
-    return Stage("run-1", "hpc", 1, 4, False, 2, status="SUCCEEDED", attempt=1)
+    return Stage("run-1", "hpc", 1, 4.0, False, 2, status="SUCCEEDED", attempt=1)
 
 
 def _attempt(started_at: str | None, stopped_at: str | None, usd_per_hour: float = 2.72) -> Attempt:
@@ -61,8 +61,8 @@ def test_an_attempt_is_billed_its_whole_seconds_though_its_hours_are_rounded() -
 
 
 def test_numbers_of_the_contract_are_json_floats_even_when_whole() -> None:
-    # GIVEN a run whose deadline, stage hours and price are whole numbers in the ledger
-    attempt = _attempt("2026-01-05T01:00:00Z", "2026-01-05T05:00:00Z", usd_per_hour=3)
+    # GIVEN a run whose deadline, stage hours and prices are whole numbers
+    attempt = _attempt("2026-01-05T01:00:00Z", "2026-01-05T05:00:00Z", usd_per_hour=3.0)
 
     # WHEN its report is built and written as JSON
     report = build_run_report(_run(status="SUCCEEDED", finished_at="2026-01-05T06:00:00Z"), [_hpc_stage()],
@@ -84,7 +84,7 @@ def test_numbers_of_the_contract_are_json_floats_even_when_whole() -> None:
 
 def test_a_run_still_in_progress_is_reported_so_far() -> None:
     # GIVEN a run whose HPC attempt has run 3 h of the 9 h since the run started, and is still running
-    stage = Stage("run-1", "hpc", 1, 4, False, 2, status="RUNNING", attempt=1)
+    stage = Stage("run-1", "hpc", 1, 4.0, False, 2, status="RUNNING", attempt=1)
     attempt = _attempt("2026-01-05T06:00:00Z", None)
 
     # WHEN its report is built now

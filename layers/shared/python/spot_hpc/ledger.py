@@ -25,7 +25,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from functools import cache
+from typing import Any, get_type_hints
 
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
@@ -96,9 +97,18 @@ def _refusing_item(exc: ClientError) -> dict[str, Any] | None:
     return _from_dynamo({name: deserializer.deserialize(value) for name, value in raw.items()})
 
 
+@cache
+def _float_fields(cls: Any) -> frozenset[str]:
+    return frozenset(name for name, hint in get_type_hints(cls).items() if hint is float)
+
+
 def _record(cls: Any, item: Mapping[str, Any]) -> Any:
+    """The record of an item, typed as its class says: DynamoDB keeps one kind of number, so a float field that holds
+    a whole number (2.0 hours) reads back as an int and is made a float again here, once for every reader."""
     names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in _from_dynamo(dict(item)).items() if k in names})
+    floats = _float_fields(cls)
+    values = {k: v for k, v in _from_dynamo(dict(item)).items() if k in names}
+    return cls(**{k: float(v) if k in floats and type(v) is int else v for k, v in values.items()})
 
 
 @dataclass

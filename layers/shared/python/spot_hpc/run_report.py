@@ -81,15 +81,15 @@ def build_run_report(
                     "job_id": attempt.job_id,
                     "queue": attempt.queue,
                     "capacity": attempt.capacity,
-                    "nodes": int(attempt.nodes),
+                    "nodes": attempt.nodes,
                     "status": attempt.status,
                     "status_reason": attempt.status_reason or "",
-                    "exit_code": None if attempt.exit_code is None else int(attempt.exit_code),
+                    "exit_code": attempt.exit_code,
                     "failure_class": attempt.failure_class,
                     "started_hours": _hours(run, attempt.started_at),
                     "stopped_hours": _hours(run, attempt.stopped_at),
                     "resumed_from_checkpoint": bool(attempt.resumed_from_checkpoint),
-                    "usd_per_hour": round(float(attempt.usd_per_hour), 6),
+                    "usd_per_hour": round(attempt.usd_per_hour, 6),
                     "price_unknown": bool(attempt.price_unknown),
                 }
             )
@@ -102,7 +102,7 @@ def build_run_report(
                 "name": stage.stage,
                 "status": stage.status,
                 "attempts": rows,
-                "compute_hours": float(stage.compute_hours),
+                "compute_hours": stage.compute_hours,
                 "on_demand_usd_per_hour": round(float(on_demand_usd_per_hour.get(stage.stage) or 0.0), 6),
             }
         )
@@ -114,7 +114,7 @@ def build_run_report(
         "source": f"s3://{run.bucket}/{run.key}",
         "started_at": format_time(parse_time(run.started_at)),
         "pipeline_status": run.status,
-        "deadline_hours": float(run.deadline_hours),
+        "deadline_hours": run.deadline_hours,
         "finished_hours": finished,
         # Met: the pipeline succeeded by its deadline. A failed run has not met it; nor, yet, has one still running.
         "deadline_met": run.status == "SUCCEEDED" and finished is not None and finished <= run.deadline_hours + 1e-9,
