@@ -7,6 +7,7 @@ active run, one read of the run and one DescribeExecution.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -35,17 +36,27 @@ logger = logging.getLogger(__name__)
 STALE_SUBMISSION = timedelta(minutes=3)
 # Execution statuses that end a run; SUCCEEDED is settled by the execution's own last state.
 ENDED_EXECUTION = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})
+# A pass starts no stage check with less of its invocation left than this (a check may solve a plan, some seconds
+# at a fraction of a CPU, then place a job). The stages left wait for a later pass, which takes them in another order.
+STAGE_CHECK_MARGIN_SECONDS = 30.0
+# How often the guard runs (its schedule): each period's pass has an order of its own.
+PASS_PERIOD = timedelta(minutes=5)
 
 
 def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = None) -> dict[str, Any]:
     """One pass over every active stage; then, with what time is left (`remaining_seconds`: the Lambda's), the Slack
     notices parked while Slack was down."""
-    stages = list(svc.ledger.active_stages())
+    stages = _in_pass_order(list(svc.ledger.active_stages()))
     jobs = svc.batch.describe([s.job_id for s in stages if s.job_id])
     actions: list[dict[str, Any]] = []
     runs: dict[str, Run | None] = {}
     settlements: dict[str, Settlement] = {}  # by run: the runs this pass settled
-    for stage in stages:
+    deferred = 0
+    for index, stage in enumerate(stages):
+        if remaining_seconds is not None and remaining_seconds() < STAGE_CHECK_MARGIN_SECONDS:
+            deferred = len(stages) - index
+            logger.warning("pass out of time: stages left to the next pass", extra={"deferred": deferred})
+            break
         if stage.run_id not in runs:
             runs[stage.run_id], settlement = _current_run(svc, stage.run_id)
             if settlement is not None:
@@ -77,12 +88,22 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
     parked_notices = redeliver_parked_notices(svc, remaining_seconds)
     return {
         "active_stages": len(stages),
+        "deferred_stages": deferred,
         "actions": actions,
         "parked_notices": parked_notices,
         "settlements": list(
             settlements.values()
         ),  # counted by `outcome.record_guard_pass`, as the notify function counts its own
     }
+
+
+def _in_pass_order(stages: list[Stage]) -> list[Stage]:
+    """The stages in an order drawn for this pass (the same for a retry of it): a pass that runs out of time (see
+    `STAGE_CHECK_MARGIN_SECONDS`) leaves different stages to the next, never the same ones pass after pass."""
+    pass_number = int(utc_now().timestamp() // PASS_PERIOD.total_seconds())
+    ordered = sorted(stages, key=lambda stage: (stage.run_id, stage.order))
+    random.Random(pass_number).shuffle(ordered)
+    return ordered
 
 
 def _current_run(svc: Services, run_id: str) -> tuple[Run | None, Settlement | None]:

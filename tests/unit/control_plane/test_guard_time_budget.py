@@ -1,0 +1,112 @@
+"""The SLA guard's pass within its invocation's time: it starts no stage check too near its timeout, and the stages it
+leaves are not the same ones pass after pass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from spot_hpc import clock
+from spot_hpc.guard import PASS_PERIOD, STAGE_CHECK_MARGIN_SECONDS, run_guard
+from spot_hpc.ledger import Run, Stage
+
+START = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+class LedgerOfVanishedRuns:
+    """Active stages whose runs are gone (the cheapest check there is); records which runs the pass looked up."""
+
+    def __init__(self, stages: list[Stage]) -> None:
+        self.stages = stages
+        self.looked_up: list[str] = []
+
+    def active_stages(self) -> Iterator[Stage]:
+        return iter(self.stages)
+
+    def get_run(self, run_id: str) -> Run | None:
+        self.looked_up.append(run_id)
+        return None
+
+
+class NoJobs:
+    def describe(self, job_ids: list[str]) -> dict[str, Any]:
+        return {}
+
+
+@pytest.fixture
+def now() -> Iterator[list[datetime]]:
+    current = [START]
+    clock.use_clock(lambda: current[0])
+    yield current
+    clock.use_clock(None)
+
+
+@pytest.fixture(autouse=True)
+def no_parked_notices(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Sent last in a pass, with its own time bounds (tests/unit/notifications/test_parked_notices.py).
+    monkeypatch.setattr("spot_hpc.guard.redeliver_parked_notices", lambda svc, remaining: {"sent": 0})
+
+
+def _services(ledger: LedgerOfVanishedRuns) -> Any:
+    return SimpleNamespace(ledger=ledger, batch=NoJobs())  # all the guard reaches on this path
+
+
+def _stages(count: int) -> list[Stage]:
+    return [Stage(f"run-{number}", "preprocess", 0, 1.0, True, 1) for number in range(count)]
+
+
+def _seconds_left(per_check: float, total: float) -> Any:
+    """The invocation's time left, falling by `per_check` each time it is asked."""
+    left = [total + per_check]
+
+    def remaining() -> float:
+        left[0] -= per_check
+        return left[0]
+
+    return remaining
+
+
+def test_a_pass_starts_no_stage_check_within_its_margin_of_the_timeout(now) -> None:
+    # GIVEN five active stages, and an invocation whose time runs out after two checks
+    ledger = LedgerOfVanishedRuns(_stages(5))
+    remaining = _seconds_left(per_check=60.0, total=STAGE_CHECK_MARGIN_SECONDS + 60.0)
+
+    # WHEN the guard runs a pass
+    result = run_guard(_services(ledger), remaining_seconds=remaining)
+
+    # THEN it checked two stages and says it left three to a later pass
+    assert len(ledger.looked_up) == 2
+    assert result["active_stages"] == 5 and result["deferred_stages"] == 3
+
+
+def test_the_stages_a_short_pass_leaves_are_not_the_same_pass_after_pass(now) -> None:
+    # GIVEN five active stages, and passes that each have time for one check
+    stages = _stages(5)
+    checked: set[str] = set()
+    orders = set()
+    # WHEN the guard runs a pass every five minutes for an hour
+    for _ in range(12):
+        ledger = LedgerOfVanishedRuns(stages)
+        run_guard(_services(ledger), remaining_seconds=_seconds_left(per_check=60.0, total=STAGE_CHECK_MARGIN_SECONDS))
+        checked.update(ledger.looked_up)
+        orders.add(tuple(ledger.looked_up))
+        now[0] += PASS_PERIOD
+    # THEN every stage was checked in some pass
+    assert checked == {stage.run_id for stage in stages}
+    assert len(orders) > 1
+
+
+def test_a_pass_with_time_checks_every_stage_and_a_retry_of_it_in_the_same_order(now) -> None:
+    # GIVEN five active stages and plenty of time
+    ledger = LedgerOfVanishedRuns(_stages(5))
+    # WHEN the guard runs a pass, and the same pass again (a retry within its period)
+    first = run_guard(_services(ledger), remaining_seconds=lambda: 280.0)
+    once = list(ledger.looked_up)
+    now[0] += timedelta(seconds=30)
+    run_guard(_services(ledger), remaining_seconds=lambda: 280.0)
+    # THEN it checked every stage, deferred none, and the retry took them in the same order
+    assert sorted(once) == sorted(f"run-{number}" for number in range(5)) and first["deferred_stages"] == 0
+    assert ledger.looked_up[5:] == once
