@@ -6,7 +6,7 @@ from spot_hpc.handler import control_plane_handler
 from spot_hpc.outcome import record_guard_pass
 
 lambda_handler = control_plane_handler(
-    # The Lambda's time left bounds the pass's last part (parked Slack notices), never its stage checks.
+    # The Lambda's time left: no stage check is started near the timeout, and parked Slack notices use what is left.
     lambda services, event, context: run_guard(
         services, remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000
     ),

@@ -95,7 +95,7 @@ def test_runs_the_guard_settles_are_counted_once_like_the_notify_functions(power
     # GIVEN a guard pass that settled one run as failed, and met one already settled (counted before)
     failed = _report() | {"run_id": "run-4", "pipeline_status": "FAILED", "stages": []}
     settlements = [Settlement(failed, counted=True), Settlement(_report(), counted=False)]
-    result = {"active_stages": 3, "actions": [], "settlements": settlements}
+    result = {"active_stages": 3, "deferred_stages": 1, "actions": [], "settlements": settlements}
 
     # WHEN the pass's outcome is recorded
     answer = record_guard_pass(powertools_metrics, result)
@@ -103,7 +103,7 @@ def test_runs_the_guard_settles_are_counted_once_like_the_notify_functions(power
 
     # THEN the newly settled run counts as a failed pipeline and a missed deadline, once, next to the pass's figures
     assert _value(blob, run_metrics.PIPELINES_FAILED) == 1.0 and _value(blob, run_metrics.DEADLINES_MISSED) == 1.0
-    assert _value(blob, run_metrics.ACTIVE_STAGES) == 3.0
+    assert _value(blob, run_metrics.ACTIVE_STAGES) == 3.0 and _value(blob, run_metrics.DEFERRED_STAGES) == 1.0
     # AND the handler answers with both runs' summaries, not the settlements themselves
     assert [run["run_id"] for run in answer["settled_runs"]] == ["run-4", "run-3"]
     assert "settlements" not in answer

@@ -45,6 +45,7 @@ STAGE_DURATION_SECONDS = "StageDurationSeconds"
 REJECTED_INPUTS = "RejectedInputs"  # malformed events, foreign accounts, bad uploads: recorded in the ledger too
 FOREIGN_INSTANCE_SIGNALS = "ForeignInstanceSignals"  # Spot signals for instances running none of our jobs
 ACTIVE_STAGES = "ActiveStages"  # what the SLA guard looked after on one run
+DEFERRED_STAGES = "DeferredStages"  # what a guard pass left to a later one, out of time (an alarm's figure)
 
 
 def new_metrics() -> Any:
@@ -121,4 +122,6 @@ def record_event_outcome(metrics: Any, result: dict[str, Any]) -> dict[str, Any]
         metrics.add_metric(name=FOREIGN_INSTANCE_SIGNALS, unit=MetricUnit.Count, value=1)
     if "active_stages" in result:
         metrics.add_metric(name=ACTIVE_STAGES, unit=MetricUnit.Count, value=int(result["active_stages"]))
+    if "deferred_stages" in result:
+        metrics.add_metric(name=DEFERRED_STAGES, unit=MetricUnit.Count, value=int(result["deferred_stages"]))
     return result
