@@ -114,10 +114,19 @@ def test_dashboard_is_deployed_and_alarms_watch_failures_dlqs_and_deadlines(plan
     charted = {m[1] for w in body["widgets"] for m in w["properties"]["metrics"] if m[0] == metrics.NAMESPACE}
     emitted = {metrics.RUN_COST_USD, metrics.SAVINGS_USD, metrics.REQUEUES_TO_ON_DEMAND, metrics.DEADLINES_MISSED}
     assert emitted <= charted
-    # AND three alarms watch failed executions, both dead-letter queues and missed deadlines, all to the alarm topic
-    assert set(alarms) == {"FailedPipelinesAlarm", "DeadLetterQueueDepthAlarm", "DeadlineMissedAlarm"}
-    assert alarms["DeadlineMissedAlarm"]["MetricName"] == metrics.DEADLINES_MISSED
-    assert alarms["DeadlineMissedAlarm"]["Namespace"] == metrics.NAMESPACE
+    # AND four alarms watch failed executions, both dead-letter queues, missed deadlines and guard passes out of
+    # time, all to the alarm topic
+    assert set(alarms) == {
+        "FailedPipelinesAlarm",
+        "DeadLetterQueueDepthAlarm",
+        "DeadlineMissedAlarm",
+        "GuardOutOfTimeAlarm",
+    }
+    for name, metric in (
+        ("DeadlineMissedAlarm", metrics.DEADLINES_MISSED),
+        ("GuardOutOfTimeAlarm", metrics.DEFERRED_STAGES),
+    ):
+        assert alarms[name]["MetricName"] == metric and alarms[name]["Namespace"] == metrics.NAMESPACE
     queues = {
         d["Value"]["Fn::GetAtt"][0]
         for q in alarms["DeadLetterQueueDepthAlarm"]["Metrics"]

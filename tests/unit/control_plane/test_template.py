@@ -202,18 +202,6 @@ def test_every_function_gets_every_variable_settings_requires():
     assert "STATE_MACHINE_ARN" in _environment(template, "StartPipelineFunction")
 
 
-def test_guard_passes_out_of_time_raise_an_alarm_on_the_metric_the_guard_records():
-    from spot_hpc.metrics import DEFERRED_STAGES
-
-    # GIVEN the alarm on guard passes that leave stages unchecked
-    alarm = source_template()["Resources"]["GuardOutOfTimeAlarm"]["Properties"]
-    # THEN it watches the figure the guard records, in the functions' namespace, and pages the alarm topic
-    shared = source_template()["Globals"]["Function"]["Environment"]["Variables"]
-    assert alarm["MetricName"] == DEFERRED_STAGES
-    assert alarm["Namespace"] == shared["POWERTOOLS_METRICS_NAMESPACE"]
-    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}] and alarm["Threshold"] == 1
-
-
 def test_every_function_that_places_a_stage_runs_numpy_on_one_thread():
     template = source_template()
     # GIVEN the functions that ask the deadline planner where a stage runs (a numpy dynamic program)
