@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from spot_hpc import clock
 
 
 @pytest.fixture
@@ -17,3 +19,27 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with mock_aws():
         yield
+
+
+START = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
+
+
+class MovableClock:
+    """The control plane's UTC clock, moved by the test."""
+
+    def __init__(self, now: datetime = START) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def utc_clock() -> Iterator[MovableClock]:
+    moved = MovableClock()
+    clock.use_clock(moved)
+    yield moved
+    clock.use_clock(None)

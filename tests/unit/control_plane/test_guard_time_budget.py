@@ -4,16 +4,12 @@ leaves are not the same ones pass after pass."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from spot_hpc import clock
 from spot_hpc.guard import PASS_PERIOD, STAGE_CHECK_MARGIN_SECONDS, run_guard
 from spot_hpc.ledger import Run, Stage
-
-START = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
 class LedgerOfVanishedRuns:
@@ -34,14 +30,6 @@ class LedgerOfVanishedRuns:
 class NoJobs:
     def describe(self, job_ids: list[str]) -> dict[str, Any]:
         return {}
-
-
-@pytest.fixture
-def now() -> Iterator[list[datetime]]:
-    current = [START]
-    clock.use_clock(lambda: current[0])
-    yield current
-    clock.use_clock(None)
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +57,7 @@ def _seconds_left(per_check: float, total: float) -> Any:
     return remaining
 
 
-def test_a_pass_starts_no_stage_check_within_its_margin_of_the_timeout(now) -> None:
+def test_a_pass_starts_no_stage_check_within_its_margin_of_the_timeout(utc_clock) -> None:
     # GIVEN five active stages, and an invocation whose time runs out after two checks
     ledger = LedgerOfVanishedRuns(_stages(5))
     remaining = _seconds_left(per_check=60.0, total=STAGE_CHECK_MARGIN_SECONDS + 60.0)
@@ -82,7 +70,7 @@ def test_a_pass_starts_no_stage_check_within_its_margin_of_the_timeout(now) -> N
     assert result["active_stages"] == 5 and result["deferred_stages"] == 3
 
 
-def test_the_stages_a_short_pass_leaves_are_not_the_same_pass_after_pass(now) -> None:
+def test_the_stages_a_short_pass_leaves_are_not_the_same_pass_after_pass(utc_clock) -> None:
     # GIVEN five active stages, and passes that each have time for one check
     stages = _stages(5)
     checked: set[str] = set()
@@ -93,19 +81,19 @@ def test_the_stages_a_short_pass_leaves_are_not_the_same_pass_after_pass(now) ->
         run_guard(_services(ledger), remaining_seconds=_seconds_left(per_check=60.0, total=STAGE_CHECK_MARGIN_SECONDS))
         checked.update(ledger.looked_up)
         orders.add(tuple(ledger.looked_up))
-        now[0] += PASS_PERIOD
+        utc_clock.now += PASS_PERIOD
     # THEN every stage was checked in some pass
     assert checked == {stage.run_id for stage in stages}
     assert len(orders) > 1
 
 
-def test_a_pass_with_time_checks_every_stage_and_a_retry_of_it_in_the_same_order(now) -> None:
+def test_a_pass_with_time_checks_every_stage_and_a_retry_of_it_in_the_same_order(utc_clock) -> None:
     # GIVEN five active stages and plenty of time
     ledger = LedgerOfVanishedRuns(_stages(5))
     # WHEN the guard runs a pass, and the same pass again (a retry within its period)
     first = run_guard(_services(ledger), remaining_seconds=lambda: 280.0)
     once = list(ledger.looked_up)
-    now[0] += timedelta(seconds=30)
+    utc_clock.advance(seconds=30)
     run_guard(_services(ledger), remaining_seconds=lambda: 280.0)
     # THEN it checked every stage, deferred none, and the retry took them in the same order
     assert sorted(once) == sorted(f"run-{number}" for number in range(5)) and first["deferred_stages"] == 0

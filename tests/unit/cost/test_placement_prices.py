@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from spot_hpc import clock
 from spot_hpc.ledger import Attempt, Stage
 from spot_hpc.placement import record_placed
 from spot_hpc.services import Services
 
-NOW = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
+pytestmark = pytest.mark.usefixtures("utc_clock")
 
 
 class FakeLedger:
@@ -38,13 +35,6 @@ class PricesDown:
 
     def usd_per_hour(self, *_: Any, **__: Any) -> float:
         raise ConnectionError("pricing endpoint unreachable")
-
-
-@pytest.fixture(autouse=True)
-def fixed_clock() -> Iterator[None]:
-    clock.use_clock(lambda: NOW)
-    yield
-    clock.use_clock(None)
 
 
 def _services(ledger: FakeLedger, prices: Any) -> Services:

@@ -1,43 +1,19 @@
 """Fixtures for the notification tests: a ledger on an in-process moto DynamoDB (its conditional writes are evaluated
-as DynamoDB evaluates them), a UTC clock the test moves, and a running Slack webhook sink."""
+as DynamoDB evaluates them) and a running Slack webhook sink (`utc_clock`, a clock the test moves, is for all tests)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from spot_hpc import clock, notifier
+from spot_hpc import notifier
 from spot_hpc.ledger import ACTIVE_INDEX, Ledger
 from spot_hpc.services import Services
 from spot_hpc.settings import ControlPlaneSettings
 from spot_hpc.slack import SlackCircuit
 
 from spotctl.offline.webhook_sink import WebhookSink
-
-START = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
-
-
-class MovableClock:
-    """The control plane's UTC clock, moved by the test."""
-
-    def __init__(self, now: datetime = START) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
-@pytest.fixture
-def utc_clock() -> Iterator[MovableClock]:
-    moved = MovableClock()
-    clock.use_clock(moved)
-    yield moved
-    clock.use_clock(None)
 
 
 @pytest.fixture
