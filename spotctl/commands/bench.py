@@ -67,7 +67,7 @@ def register(subparsers: Any) -> None:
             "policy once from a cold plan cache; reports solve time, peak RSS and the grid used, and exits 1 when a "
             "case's peak RSS exceeds the memory limit. Default cases: deadlines of 24, 72 and 168 h with 96 h of "
             "work (capped where the policy still plans), changeovers of 0.1, 0.2 and 1 h, and the largest plan "
-            "the planner's bounds allow."
+            "the planner's bounds allow, from a cold plan cache and from one full of other stages' plans."
         ),
     )
     cases = planner.add_mutually_exclusive_group()

@@ -3,10 +3,11 @@
 Each case runs in a fresh process (`python -m spotctl.policy_sim.planner_cost CASE`), so that its peak RSS is its
 own: the process loads the SLA guard's handler module as a cold start does (Powertools, boto3 and the clients the
 handler builds, numpy, spot_hpc; the environment is the template's, with placeholders for what a deployment fills
-in), then asks `decide` once for a stage idle with Spot capacity, from a cold plan cache, as a guard pass asks
-`placement.choose_capacity`. The plan the policy then solves is the one a stage with this much work and time left
-gets. Peak RSS (the process's own high-water mark: see `_peak_rss_mb`) is compared with the function's MemorySize
-in template.yaml: Lambda counts MB of 2^20 bytes, and so does this module.
+in), then asks `decide` once for a stage idle with Spot capacity, as a guard pass asks `placement.choose_capacity`:
+from a cold plan cache, or (the last case) with the cache full of other stages' plans, as a warm guard keeps them.
+The plan the policy then solves is the one a stage with this much work and time left gets. Peak RSS (the process's
+own high-water mark: see `_peak_rss_mb`) is compared with the function's MemorySize in template.yaml: Lambda counts
+MB of 2^20 bytes, and so does this module.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ class PlannerCase:
     deadline_hours: float
     work_hours: float
     changeover_hours: float
+    # Solved with the plan cache first filled to its bound (`PLAN_CACHE_BYTES`) with other stages' plans.
+    full_cache: bool = False
 
 
 def planned_work_hours(deadline_hours: float, changeover_hours: float, work_hours: float = WORK_HOURS) -> float:
@@ -61,15 +64,17 @@ def planned_work_hours(deadline_hours: float, changeover_hours: float, work_hour
 
 def default_cases(changeovers: Sequence[float] = CHANGEOVER_HOURS) -> list[PlannerCase]:
     """Every deadline with 96 h of work (capped) and every changeover, then the largest plan the bounds allow with
-    the longest changeover (the most age states, and so the most work per cell). A deadline too short to plan for
-    with a changeover is left out."""
+        the longest changeover (the most age states, and so the most work per cell), from a cold plan cache and from a full
+    one. A deadline too short to plan for
+        with a changeover is left out."""
     cases = [
         PlannerCase(f"{deadline:g} h / c {change:g} h", deadline, work, change)
         for deadline in DEADLINE_HOURS
         for change in changeovers
         if (work := planned_work_hours(deadline, change)) > 0
     ]
-    return [*cases, worst_case(max(changeovers))]
+    largest = worst_case(max(changeovers))
+    return [*cases, largest, replace(largest, label=largest.label + ", plan cache full", full_cache=True)]
 
 
 def worst_case(changeover_hours: float) -> PlannerCase:
@@ -223,26 +228,27 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a markdown table (readable in a terminal too)."""
     lines = [
         "| case | deadline h | work h | changeover h | grid (x step) | plan cells | solve s | cold start MB "
-        "| peak RSS MB | within limit MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| plans cached MB (before / after) | peak RSS MB | within limit MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         head = f"| {row['label']} | {row['deadline_hours']:g} | {row['work_hours']:g} | {row['changeover_hours']:g} "
         if "error" in row:
-            lines.append(head + f"| | | | | | no: {row['error']} |")
+            lines.append(head + f"| | | | | | | no: {row['error']} |")
             continue
         within = "yes" if row["within_memory"] else "**no**"
         lines.append(
             head + f"| {row['grid_multiple']} ({row['grid_multiple'] * row['step_minutes']:g} min) "
             f"| {row['plan_cells']:,} | {row['solve_seconds']:.2f} "
-            f"| {row['baseline_rss_mb']:.0f} | {row['peak_rss_mb']:.0f} | {within} ({row['memory_mb']}) |"
+            f"| {row['baseline_rss_mb']:.0f} | {row['cached_mb_before']:.0f} / {row['cached_mb_after']:.0f} "
+            f"| {row['peak_rss_mb']:.0f} | {within} ({row['memory_mb']}) |"
         )
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ the child: one case, measured
 def measure(case: PlannerCase, handler: Path) -> dict[str, Any]:
-    """Loads the handler as a cold start does, then times one `decide` from a cold plan cache."""
+    """Loads the handler as a cold start does, then times one `decide`, from a cold plan cache or a full one."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("sla_guard_app", handler)
@@ -259,8 +265,12 @@ def measure(case: PlannerCase, handler: Path) -> dict[str, Any]:
     from spot_hpc.policy.deadline import plan_grid
 
     baseline = _peak_rss_mb()
-    if plan._last_plan is not None:
+    if len(plan.PLANS):
         raise PlannerCostError("the plan cache is not cold")
+    if case.full_cache:
+        _fill_plan_cache()
+    cached_mb = plan.PLANS.nbytes / 2**20
+    solves = plan.PLANS.solves
     # A stage that has learnt nothing of Spot yet, as the guard reads it from the ledger (its bands fit the changeover).
     stage = Stage("bench", "preprocess", 0, case.work_hours, True, 1)
     stats = spot_stats(stage, case.changeover_hours)
@@ -276,8 +286,8 @@ def measure(case: PlannerCase, handler: Path) -> dict[str, Any]:
         stats=stats,
     )
     seconds = time.perf_counter() - started
-    solved = plan._last_plan
-    if solved is None:
+    solved = plan.PLANS.last()
+    if solved is None or plan.PLANS.solves != solves + 1:
         raise PlannerCostError(f"no plan was solved: the policy decided {decision.action} ({decision.reason})")
     multiple, _, _ = plan_grid(
         case.work_hours, case.deadline_hours, case.changeover_hours, stats.band_hours, DEFAULT_STEP_HOURS
@@ -289,8 +299,36 @@ def measure(case: PlannerCase, handler: Path) -> dict[str, Any]:
         "decision": decision.action.value,
         "solve_seconds": round(seconds, 4),
         "baseline_rss_mb": round(baseline, 1),
+        "cached_mb_before": round(cached_mb, 1),
+        "cached_mb_after": round(plan.PLANS.nbytes / 2**20, 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
+
+
+def _fill_plan_cache() -> None:
+    """Fills the plan cache to its bound with the plans of stages that differ only in their Spot price (so in their
+    plans' inputs), each with a day's deadline and 20 hours of work, as a guard keeps them for the stages it checks."""
+    from spot_hpc.ledger import Stage
+    from spot_hpc.placement import spot_stats
+    from spot_hpc.policy import Action, decide, plan
+
+    stats = spot_stats(Stage("bench", "fill", 0, 20.0, True, 1), 0.2)
+    price = SPOT_PRICE
+    while True:
+        price *= 0.9
+        decide(
+            remaining_hours=20.0,
+            hours_left=24.0,
+            current=Action.IDLE,
+            spot_available=True,
+            changeover_hours=0.2,
+            od_price=OD_PRICE,
+            spot_price=price,
+            stats=stats,
+        )
+        last = plan.PLANS.last()
+        if last is None or plan.PLANS.nbytes + last.nbytes > plan.PLANS.max_bytes:
+            return
 
 
 def _peak_rss_mb() -> float:

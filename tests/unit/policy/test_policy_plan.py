@@ -7,16 +7,18 @@ import itertools
 import math
 
 import pytest
-from spot_hpc.policy import Action
+from spot_hpc.policy import Action, SpotStats, decide, plan
 from spot_hpc.policy.plan import (
     MAX_VALUE_CELLS,
     MISS_COST,
     TIME_VALUE,
     Plan,
+    PlanCache,
     PlanInputs,
     end_chances,
     grid_multiple,
     solve,
+    table_bytes,
 )
 
 
@@ -146,3 +148,72 @@ def test_grid_is_coarsened_when_a_changeover_of_hours_would_pass_the_value_budge
 
     assert multiple > 1
     assert kept_cells(multiple) <= MAX_VALUE_CELLS < kept_cells(multiple - 1)
+
+
+def _inputs(spot_cost: float) -> PlanInputs:
+    return PlanInputs(1, (0.2, 0.1), (0.5, 0.3), spot_cost, 1.0)
+
+
+def test_a_guard_pass_over_several_stages_again_solves_no_plan(monkeypatch):
+    # GIVEN a process's plan cache, and three stages whose Spot figures differ (so do their plans)
+    cache = PlanCache(plan.PLAN_CACHE_BYTES)
+    monkeypatch.setattr(plan, "PLANS", cache)
+    stages = [SpotStats.with_prior(bucket) for bucket in (0, 2, 4)]
+
+    def guard_pass() -> list[Action]:
+        return [
+            decide(
+                remaining_hours=10.0,
+                hours_left=20.0,
+                current=Action.IDLE,
+                spot_available=True,
+                changeover_hours=0.2,
+                od_price=3.0,
+                spot_price=0.9,
+                stats=stats,
+            ).action
+            for stats in stages
+        ]
+
+    # WHEN the SLA guard checks them all, twice
+    first = guard_pass()
+    solved_first = cache.solves
+    second = guard_pass()
+
+    # THEN the first pass solved a plan per stage, and the second read them all back, choosing the same
+    assert solved_first == 3 and len(cache) == 3
+    assert cache.solves == 3 and second == first
+
+
+def test_the_plan_cache_drops_the_least_recently_used_plan_to_stay_within_its_bytes():
+    # GIVEN a cache with room for two plans of 40 steps and 20 of work, holding two
+    size = table_bytes(2, 40, 20)
+    cache = PlanCache(2 * size + size // 2)
+    first, second, third = (_inputs(cost) for cost in (0.1, 0.2, 0.3))
+    cache.solve(first, 40, 20)
+    cache.solve(second, 40, 20)
+    # WHEN the first is used again, then a third plan is solved
+    assert cache.get(first, 40, 20) is not None
+    cache.solve(third, 40, 20)
+
+    # THEN the second, used least recently, made room; the tables kept stay within the bound
+    assert cache.get(second, 40, 20) is None
+    assert cache.get(first, 40, 20) is not None and cache.get(third, 40, 20) is not None
+    assert cache.nbytes == 2 * size <= cache.max_bytes
+
+
+def test_a_cached_plan_serves_less_time_and_work_and_a_larger_solve_replaces_it():
+    # GIVEN a cached plan for 40 steps and 20 of work
+    cache = PlanCache(plan.PLAN_CACHE_BYTES)
+    inputs = _inputs(0.1)
+    small = cache.solve(inputs, 40, 20)
+
+    # WHEN asked for less, then for more time left
+    # THEN the plan serves the smaller question (its decisions do not depend on where the solve started), and the
+    # larger one needs a solve, which replaces it
+    assert cache.get(inputs, 30, 20) is small
+    assert cache.get(inputs, 41, 20) is None
+    bigger = cache.solve(inputs, 41, 20)
+    assert len(cache) == 1 and cache.get(inputs, 40, 20) is bigger
+    for running in ("idle", "spot", "on_demand"):
+        assert (getattr(bigger, running)[:41] == getattr(small, running)).all()

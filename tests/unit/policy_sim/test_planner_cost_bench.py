@@ -4,15 +4,24 @@ its own, checked against the function's MemorySize."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from spot_hpc.policy.plan import MAX_CELLS, age_states, grid_multiple
+from spot_hpc.policy.plan import MAX_CELLS, PLAN_CACHE_BYTES, age_states, grid_multiple
 from spot_hpc.policy.stats import band_hours_for
 
 from spotctl.cli import main
 from spotctl.offline.stack import load_template
-from spotctl.policy_sim.planner_cost import PROJECT_ROOT, default_cases, memory_limit_mb
+from spotctl.policy_sim.planner_cost import (
+    PROJECT_ROOT,
+    PlannerCase,
+    default_cases,
+    handler_file,
+    lambda_environment,
+    memory_limit_mb,
+    run_case,
+)
 
 STEP_HOURS = 5 / 60
 
@@ -68,11 +77,13 @@ def test_the_default_cases_cap_the_work_and_end_with_the_largest_plan_max_cells_
 
     # THEN three deadlines times three changeovers, 96 h of work capped where the policy still plans...
     by_label = {case.label: case for case in cases}
-    assert len(cases) == 10
+    assert len(cases) == 11
     assert by_label["168 h / c 1 h"].work_hours == 96.0
     assert by_label["24 h / c 1 h"].work_hours == pytest.approx(22.0)  # two changeovers of slack
-    # ... and last a plan on the finest grid that one more step of work would make coarser
-    worst = cases[-1]
+    # ... then a plan on the finest grid that one more step of work would make coarser, from a cold plan cache and
+    # last from a full one
+    worst = cases[-2]
+    assert not worst.full_cache and cases[-1] == replace(worst, label=cases[-1].label, full_cache=True)
     ages = age_states(band_hours_for(STEP_HOURS, 1.0), STEP_HOURS)
     steps, work = round(worst.deadline_hours / STEP_HOURS), round(worst.work_hours / STEP_HOURS)
     assert worst.changeover_hours == 1.0
@@ -89,3 +100,20 @@ def test_a_malformed_case_is_a_usage_error(capsys) -> None:
     # THEN argparse refuses it, saying why
     assert exited.value.code == 2
     assert "0 < work <= deadline" in capsys.readouterr().err
+
+
+def test_a_case_solved_with_the_plan_cache_full_keeps_it_within_its_bound() -> None:
+    # GIVEN the SLA guard's handler and environment, and a small case solved after other stages' plans filled the
+    # plan cache to its bound
+    template = load_template(PROJECT_ROOT / "template.yaml")
+    case = PlannerCase("full", 2.0, 1.0, 0.1, full_cache=True)
+
+    # WHEN it is measured in its own process
+    row = run_case(case, handler_file(template, PROJECT_ROOT), lambda_environment(template), memory_limit_mb(template))
+
+    # THEN the cache held close to its bound before the solve and no more after it, and the process stayed within
+    # the function's memory
+    bound_mb = PLAN_CACHE_BYTES / 2**20
+    assert "error" not in row, row.get("error")
+    assert bound_mb - 5 < row["cached_mb_before"] <= bound_mb and row["cached_mb_after"] <= bound_mb
+    assert row["within_memory"] is True

@@ -11,12 +11,14 @@ A dynamic program over (time left, work left, what runs now, Spot capacity and i
   progress rather than wait.
 
 Decisions for every smaller time and work left come with one solve, and do not depend on where the solve started, so a
-plan is solved once and read many times while the stage's hazards, rounded by `HAZARD_STEPS_PER_E`, stay the same.
+plan is solved once and read many times while the stage's hazards, rounded by `HAZARD_STEPS_PER_E`, stay the same
+(`PLANS` keeps the plans of a process, bounded in bytes).
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -76,6 +78,10 @@ class Plan:
     def ages(self) -> int:
         return len(self.inputs.up_chances)
 
+    @property
+    def nbytes(self) -> int:
+        return self.idle.nbytes + self.spot.nbytes + self.on_demand.nbytes
+
     def choose(self, running: Action, available: bool, age_steps: int, steps_left: int, work_left: int) -> Action:
         """The planned choice; `running` is what runs now, warm (a changeover in progress is the caller's)."""
         state = (self.ages if available else 0) + min(max(age_steps, 1), self.ages) - 1
@@ -125,17 +131,66 @@ def plan_inputs(
 
 
 def plan_for(inputs: PlanInputs, steps: int, work: int) -> Plan:
-    """A plan covering `steps` steps left and `work` steps of work, reusing the last one solved when it does."""
-    global _last_plan
-    cached = _last_plan
-    if cached is not None and cached.inputs == inputs and cached.steps >= steps and cached.work >= work:
-        return cached
-    _last_plan = solve(inputs, steps, work)
-    return _last_plan
+    """A plan covering `steps` steps left and `work` steps of work: a cached one for the same inputs when it covers
+    them, else a new solve."""
+    cached = PLANS.get(inputs, steps, work)
+    return cached if cached is not None else PLANS.solve(inputs, steps, work)
 
 
-# One plan kept per process: a Lambda decides for one stage at a time, the benchmark runs one scenario at a time.
-_last_plan: Plan | None = None
+class PlanCache:
+    """Solved plans by their inputs, least recently used out first, up to `max_bytes` of decision tables.
+
+    A Lambda process keeps it across invocations, and the SLA guard checks every active stage each pass, each with a
+    plan of its own: with one plan kept, every pass over several stages solved them all again."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.solves = 0
+        self._plans: OrderedDict[PlanInputs, Plan] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(plan.nbytes for plan in self._plans.values())
+
+    def get(self, inputs: PlanInputs, steps: int, work: int) -> Plan | None:
+        plan = self._plans.get(inputs)
+        if plan is None or plan.steps < steps or plan.work < work:
+            return None
+        self._plans.move_to_end(inputs)
+        return plan
+
+    def solve(self, inputs: PlanInputs, steps: int, work: int) -> Plan:
+        """Solves and keeps a plan. Room is made before the solve, so that the tables kept and the new ones together
+        stay within `max_bytes` (a plan larger than that on its own is kept alone)."""
+        self._plans.pop(inputs, None)  # a plan for less time or work: the new one covers it
+        needed = table_bytes(len(inputs.up_chances), steps, work)
+        while self._plans and self.nbytes + needed > self.max_bytes:
+            self._plans.popitem(last=False)
+        plan = solve(inputs, steps, work)
+        self.solves += 1
+        self._plans[inputs] = plan
+        return plan
+
+    def last(self) -> Plan | None:
+        """The plan used most recently."""
+        return next(reversed(self._plans.values()), None)
+
+    def clear(self) -> None:
+        self._plans.clear()
+
+
+def table_bytes(ages: int, steps: int, work: int) -> int:
+    """Bytes of a plan's three decision tables (a byte per cell)."""
+    return 3 * (steps + 1) * 2 * ages * (work + 1)
+
+
+# The bound leaves room in the smallest function (256 MB, about 120 MB after its cold start) for the largest solve
+# (`MAX_CELLS`: 48 MB of tables, plus the expected costs it works with), measured by `spotctl bench planner`.
+PLAN_CACHE_BYTES = 64 * 2**20
+PLANS = PlanCache(PLAN_CACHE_BYTES)
 
 
 @lru_cache(maxsize=8)
