@@ -90,7 +90,7 @@ def test_the_slack_secret_grant_matches_only_that_secret(translated):
         [resource] = resources_for(translated, function, "secretsmanager:GetSecretValue")
         text = json.dumps(resource)
         # THEN it is the named secret with Secrets Manager's six-character suffix, not every name starting alike
-        assert text.endswith('secret:${SlackSecretName}-??????"}}]}'), (function, text)
+        assert text.endswith('secret:${SlackSecretName}-??????"}'), (function, text)
 
 
 # ------------------------------------------------------------------ EventBridge: targets, retries, dead letters
