@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from spot_hpc import clock
 from spot_hpc.ledger import Attempt, JobRef, Ledger, Run, Stage
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -27,10 +25,8 @@ class RecordingTable:
 
 
 @pytest.fixture(autouse=True)
-def fixed_clock() -> Iterator[None]:
-    clock.use_clock(lambda: NOW)
-    yield
-    clock.use_clock(None)
+def fixed_clock(utc_clock) -> None:
+    utc_clock.now = NOW
 
 
 def test_every_write_sets_the_expiry():

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from spot_hpc import clock
 from spot_hpc.cost import check_run_report_costs
 from spot_hpc.ledger import Attempt, Run, Stage
 from spot_hpc.run_report import build_run_report, run_report_json
@@ -18,10 +16,8 @@ NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
-def fixed_clock() -> Iterator[None]:
-    clock.use_clock(lambda: NOW)
-    yield
-    clock.use_clock(None)
+def fixed_clock(utc_clock) -> None:
+    utc_clock.now = NOW
 
 
 def _run(**changes: object) -> Run:
