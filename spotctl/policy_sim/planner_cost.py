@@ -64,9 +64,8 @@ def planned_work_hours(deadline_hours: float, changeover_hours: float, work_hour
 
 def default_cases(changeovers: Sequence[float] = CHANGEOVER_HOURS) -> list[PlannerCase]:
     """Every deadline with 96 h of work (capped) and every changeover, then the largest plan the bounds allow with
-        the longest changeover (the most age states, and so the most work per cell), from a cold plan cache and from a full
-    one. A deadline too short to plan for
-        with a changeover is left out."""
+    the longest changeover (the most age states, and so the most work per cell), from a cold plan cache and from a
+    full one. A deadline too short to plan for with a changeover is left out."""
     cases = [
         PlannerCase(f"{deadline:g} h / c {change:g} h", deadline, work, change)
         for deadline in DEADLINE_HOURS
