@@ -485,3 +485,45 @@ def test_a_run_end_notice_whose_notifier_died_before_its_deadline_is_sent_once_i
     # AND once the claim lapsed a retry sent the notice: the team was told once
     failed_notices = [text for text in sent if text.startswith("Pipeline failed") and dying[0] in text]
     assert len(failed_notices) == 1, sent
+
+
+def test_a_run_end_notice_whose_notifier_died_with_no_retry_to_come_is_sent_and_counted_by_the_next_guard_pass(
+    monkeypatch,
+):
+    from datetime import timedelta
+
+    from spot_hpc import notifier, outcome
+
+    counted: list[str] = []
+    monkeypatch.setattr(outcome, "record_settled_run", lambda metrics, report: counted.append(report["run_id"]))
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=LONG_PREPROCESS) as plane:
+        # GIVEN preprocess running on Spot, and the run's failure notice (its stage timed out) claimed by a notify
+        # invocation that died before sending it: a dead process gives no claim back, and no retry of it comes
+        run, _ = _preprocess_running_on_spot(plane, "incoming/orphaned.csv")
+        payload = {"run_id": run.run_id, "outcome": "failed", "error": {"Error": "States.Timeout", "Cause": ""}}
+
+        def die(notification, **channels):
+            raise RuntimeExitError("Runtime exited: out of memory")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(notifier, "deliver_notification", die)
+            patched.setattr(notifier, "_release_claim", lambda svc, dedupe_key, claim: None)
+            _, died = plane.invoke("NotifyFunction", payload)
+        seen = len(plane.webhook.delivered_messages)
+        # WHEN the invocation's lease has lapsed and the SLA guard's schedule fires, and fires again
+        plane.clock.advance(timedelta(seconds=62))
+        first, first_errored = plane.invoke("SlaGuardFunction", load_event("sla_guard_schedule"))
+        second, second_errored = plane.invoke("SlaGuardFunction", load_event("sla_guard_schedule"))
+        sent = [m.get("text") or "" for m in plane.webhook.delivered_messages[seen:]]
+        notes = run_report(control_plane_services(plane), run)["notifications"]
+        refused = _refused_calls(plane)
+    # THEN the first pass sent the notice, late, once, and counted the run its dead sender never counted
+    assert died and not first_errored and not second_errored
+    assert first["orphaned_notices"]["sent"] == 1 and second["orphaned_notices"]["sent"] == 0
+    failed = [text for text in sent if "Pipeline failed" in text and run.run_id in text]
+    assert len(failed) == 1 and failed[0].startswith("Delayed notice: first due 2026-01-05 "), sent
+    assert [r["run_id"] for r in first["settled_runs"]] == [run.run_id] and second["settled_runs"] == []
+    assert counted == [run.run_id]
+    assert ("sns", "failed", "delivered late") in [(n["channel"], n["kind"], n["status"]) for n in notes]
+    # AND every call the guard made on the way is one its role allows
+    assert refused == {}

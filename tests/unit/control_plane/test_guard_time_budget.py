@@ -33,9 +33,11 @@ class NoJobs:
 
 
 @pytest.fixture(autouse=True)
-def no_parked_notices(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Sent last in a pass, with its own time bounds (tests/unit/notifications/test_parked_notices.py).
+def no_notices_to_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Sent last in a pass, with their own time bounds (tests/unit/notifications/test_parked_notices.py and
+    # test_notification_claims.py).
     monkeypatch.setattr("spot_hpc.guard.redeliver_parked_notices", lambda svc, remaining: {"sent": 0})
+    monkeypatch.setattr("spot_hpc.guard.send_orphaned_notices", lambda svc, remaining, **_: ({"sent": 0}, []))
 
 
 def _services(ledger: LedgerOfVanishedRuns) -> Any:

@@ -46,7 +46,8 @@ HANDLER_CALLS: dict[str, set[str]] = {
     "SpotInterruptionFunction": set().union(LEDGER, NOTIFY, PRICES, PROGRESS, CHECKPOINT_REQUEST, PLACE, TERMINATE),
     # The guard applies what lost Batch events would have (job_events.apply_job_state) and asks for checkpoints.
     # ... and settles runs whose execution ended without them (outcome.finish stops their jobs).
-    # Last in each pass it sends the Slack notices parked while Slack was down.
+    # Last in each pass it sends the notices whose sender died after claiming them (notifier.send_orphaned_notices:
+    # the ledger's index, then NOTIFY), and the Slack notices parked while Slack was down.
     "SlaGuardFunction": (
         BATCH_EVENT | CHECKPOINT_REQUEST | {"batch:DescribeJobs", "states:DescribeExecution"} | PARKED_NOTICES
     ),

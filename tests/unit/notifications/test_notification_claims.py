@@ -1,8 +1,8 @@
 """A notification is claimed in the ledger before it is sent, and the claim is a lease that ends with the claiming
 invocation: a handler killed between the claim and the send leaves a claim that the event's retry takes over. A
 sent notice makes a duplicate a no-op; a live claim refuses it with NotificationClaimHeld, a retryable error, since
-its holder may yet die without sending. The ledger runs on moto, whose conditional writes are evaluated as DynamoDB's
-are."""
+its holder may yet die without sending. The claim keeps the notice it sends: when no retry comes after its lease, the
+SLA guard sends it. The ledger runs on moto, whose conditional writes are evaluated as DynamoDB's are."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from spot_hpc import notifier
 from spot_hpc.clock import format_time, utc_now
 from spot_hpc.guard import run_guard
 from spot_hpc.ledger import Attempt, Ledger, NotificationClaimHeld, Run, Stage
-from spot_hpc.slack import notification_dedupe_key
+from spot_hpc.notifier import ORPHAN_SWEEP_MAX_NOTICES, ORPHANED_NOTICES_SOURCE, send_orphaned_notices
+from spot_hpc.outcome import finish
+from spot_hpc.slack import Notification, notification_dedupe_key, notification_text, stored_notice
 
 RUN = Run("run-1", "ingest", "incoming/a.csv", "v1", "2026-01-05T18:00:00Z", 12.0, "2026-01-05T05:00:00Z", {})
 KEY = "notification#abc"
@@ -34,14 +36,14 @@ def _sns_notes(svc: Any) -> int:
     return [n["channel"] for n in svc.ledger.run_notifications(RUN.run_id)].count("sns")
 
 
-def _killed_while_sending(services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def _killed_while_sending(services: Any, monkeypatch: pytest.MonkeyPatch, send: Any = _notify) -> None:
     def killed(*_: Any, **__: Any) -> None:
         raise KilledLambda
 
     with monkeypatch.context() as patched:
         patched.setattr(notifier, "deliver_notification", killed)
         with pytest.raises(KilledLambda):
-            _notify(services)
+            send(services)
 
 
 def test_a_notice_whose_handler_was_killed_at_its_timeout_is_sent_by_the_next_retry(
@@ -388,3 +390,337 @@ def test_an_at_risk_notice_another_guard_pass_holds_fails_no_pass_and_a_pass_aft
     # THEN the first pass checked the stage without failing or sending, and the later one sent the notice once
     assert [a["action"] for a in during["actions"] + after["actions"]] == []
     assert len(sink.delivered_messages) == 1 and "at risk" in sink.delivered_messages[0]["text"].lower()
+
+
+# ------------------------------------------------------------------ claims keep their notice; the guard sends orphans
+REQUEUED = Notification(kind="requeued", run_id=RUN.run_id, stage="hpc", reason="deadline at risk", attempt=2)
+NOTICE = REQUEUED.dedupe_key
+# What `_notify` sends an hour into RUN.
+NOTIFIED = dataclasses.replace(REQUEUED, deadline_hours=12.0, elapsed_hours=1.0)
+SENDER_DIED = "the invocation sending it stopped before it did."
+
+
+def _record(ledger_table: Any, key: str = NOTICE) -> dict[str, Any]:
+    return ledger_table.get_item(Key={"pk": f"NOTIFIED#{key}", "sk": "NOTIFIED"}).get("Item", {})
+
+
+def _listed(ledger: Ledger) -> list[str]:
+    """The keys of the claims the guard's sweep would look at now (their lease has lapsed)."""
+    return [claim.dedupe_key for claim in ledger.lapsed_notice_claims()]
+
+
+def _orphaned(services: Any, utc_clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The requeue notice claimed by a handler with a minute left and killed before sending it; then the minute
+    passes (and the lease with it), and no retry comes."""
+    services.invocation_ends_at = utc_now() + timedelta(seconds=60)
+    _killed_while_sending(services, monkeypatch)
+    services.invocation_ends_at = None
+    utc_clock.advance(seconds=62)
+
+
+def _sweeps(services: Any) -> dict[str, Any]:
+    services.batch = RunningOnDemand()
+    return run_guard(services)
+
+
+def test_a_claim_keeps_the_notice_it_sends_in_the_guards_index_until_it_is_sent(
+    services, sink, ledger_table, utc_clock, monkeypatch
+):
+    # GIVEN a handler killed after claiming a notice, and the same notice sent by another handler
+    services.invocation_ends_at = utc_now() + timedelta(seconds=60)
+    _killed_while_sending(services, monkeypatch)
+    claimed = _record(ledger_table)
+    ledger_table.delete_item(Key={"pk": f"NOTIFIED#{NOTICE}", "sk": "NOTIFIED"})
+    _notify(services)
+
+    # WHEN the records are read
+    sent = _record(ledger_table)
+
+    # THEN the claim held the notice (compact: no field left at no value) and was listed by its lease's end
+    assert claimed["active"] == "notice" and claimed["active_sk"] == claimed["lease_until"]
+    assert claimed["notice_body"] == stored_notice(NOTIFIED, due_at=format_time(utc_now()))
+    # AND the sent one stays, for dedupe, without the notice and out of the index
+    assert sent["notice"] == "sent" and not {"active", "active_sk", "notice_body"} & set(sent)
+
+
+def test_a_claim_given_back_after_a_failed_send_leaves_the_index(services, sink, ledger_table, utc_clock, monkeypatch):
+    # GIVEN SNS refusing the publish (after the SDK's retries)
+    def refuse(**_: Any) -> Any:
+        raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "Publish")
+
+    monkeypatch.setattr(services.sns, "publish", refuse)
+
+    # WHEN the notice is sent, and the sweep looks long after any lease
+    with pytest.raises(ClientError):
+        _notify(services)
+    utc_clock.advance(hours=1)
+
+    # THEN the claim was given back (for the event's retry, at once): nothing is left for the guard
+    assert _record(ledger_table) == {} and _listed(services.ledger) == []
+
+
+def test_the_guard_sends_a_notice_whose_sender_died_once_late_and_a_retry_after_it_sends_nothing(
+    services, sink, ledger_table, utc_clock, monkeypatch
+):
+    # GIVEN a notice whose sender died after claiming it, and no retry before its lease lapsed
+    claimed_at = utc_now()
+    _orphaned(services, utc_clock, monkeypatch)
+    published: list[str] = []
+    real_publish = services.sns.publish
+    monkeypatch.setattr(services.sns, "publish", lambda **kw: published.append(kw["Message"]) or real_publish(**kw))
+
+    # WHEN the SLA guard runs a pass, then another, and then the event's retry comes after all
+    first = _sweeps(services)
+    second = _sweeps(services)
+    retried = _notify(services)
+
+    # THEN the first pass sent it once, to SNS and Slack, each saying it is late and when it was first due
+    assert first["orphaned_notices"] == {"sent": 1, "already_sent": 0, "held": 0, "dropped": 0, "stopped": None}
+    due = claimed_at.strftime("%Y-%m-%d %H:%M UTC")
+    late = f"Delayed notice: first due {due}; {SENDER_DIED}"
+    (message,) = sink.delivered_messages
+    assert message["text"].startswith(late) and message["blocks"][1]["elements"][0]["text"] == f":hourglass: {late}"
+    assert published == [f"{notification_text(NOTIFIED)}\n{late}"]
+    # AND its run's report says it went out late; the second pass and the retry sent nothing
+    notes = [(n["channel"], n["status"]) for n in services.ledger.run_notifications(RUN.run_id)]
+    assert sorted(notes) == [("slack", "delivered late"), ("sns", "delivered late")]
+    assert second["orphaned_notices"]["sent"] == 0 and retried is False and len(sink.delivered_messages) == 1
+    assert services.ledger.notification_sent(NOTICE) and _listed(services.ledger) == []
+
+
+def test_a_live_claim_is_left_to_its_holder(services, sink, utc_clock, monkeypatch):
+    # GIVEN a handler with a minute left, killed after claiming a notice (or still sending it)
+    services.invocation_ends_at = utc_now() + timedelta(seconds=60)
+    _killed_while_sending(services, monkeypatch)
+
+    # WHEN the SLA guard runs a pass half a minute later
+    utc_clock.advance(seconds=30)
+    result = _sweeps(services)
+
+    # THEN it did not even look at the claim: its holder may still send it
+    assert result["orphaned_notices"] == {"sent": 0, "already_sent": 0, "held": 0, "dropped": 0, "stopped": None}
+    assert sink.delivered_messages == []
+
+
+def test_a_retry_that_takes_a_claim_over_after_the_sweep_read_it_is_the_only_sender(
+    services, sink, utc_clock, monkeypatch
+):
+    # GIVEN an orphaned notice, and a sweep reading the index just before the event's retry takes the claim over
+    _orphaned(services, utc_clock, monkeypatch)
+    read_before = list(services.ledger.lapsed_notice_claims())
+    real_deliver = notifier.deliver_notification
+    sweeps: list[dict[str, Any]] = []
+
+    def deliver_while_the_sweep_comes(*args: Any, **kwargs: Any) -> Any:
+        sweeps.append(send_orphaned_notices(services)[0])
+        return real_deliver(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(services.ledger, "lapsed_notice_claims", lambda limit=None: iter(read_before))
+        patched.setattr(notifier, "deliver_notification", deliver_while_the_sweep_comes)
+        retried = _notify(services)
+        # WHEN the sweep comes again with what it read, after the retry sent the notice
+        sweeps.append(send_orphaned_notices(services)[0])
+
+    # THEN the sweep left the claim to the retry, then found it sent: one message
+    assert retried is True and [(s["held"], s["already_sent"], s["sent"]) for s in sweeps] == [(1, 0, 0), (0, 1, 0)]
+    assert len(sink.delivered_messages) == 1 and _sns_notes(services) == 1
+
+
+def test_a_claim_written_before_claims_kept_their_notice_is_left_to_the_retry(services, sink, ledger_table, utc_clock):
+    # GIVEN a lapsed claim written without the notice, as the previous version wrote them
+    ledger_table.put_item(
+        Item={
+            "pk": f"NOTIFIED#{NOTICE}",
+            "sk": "NOTIFIED",
+            "notice": "claimed",
+            "claimed_at": format_time(utc_now()),
+            "claim_id": "old-claim",
+            "lease_until": format_time(utc_now() + timedelta(seconds=61)),
+            "expires_at": 1,
+        }
+    )
+    utc_clock.advance(minutes=5)
+
+    # WHEN the SLA guard runs a pass, and then the event's retry comes
+    result = _sweeps(services)
+    retried = _notify(services)
+
+    # THEN the pass did not see it and failed on nothing; the retry took it over and sent the notice, as before
+    assert result["orphaned_notices"]["sent"] == 0 and result["orphaned_notices"]["stopped"] is None
+    assert retried is True and len(sink.delivered_messages) == 1
+
+
+def test_a_stored_notice_that_cannot_be_read_is_recorded_and_leaves_the_index(
+    services, sink, ledger_table, utc_clock, caplog
+):
+    # GIVEN a lapsed claim whose stored notice is not one, and an orphaned good one
+    ledger_table.put_item(
+        Item={
+            "pk": "NOTIFIED#notification#garbled",
+            "sk": "NOTIFIED",
+            "notice": "claimed",
+            "claimed_at": format_time(utc_now()),
+            "claim_id": "garbled-claim",
+            "lease_until": format_time(utc_now()),
+            "active": "notice",
+            "active_sk": format_time(utc_now()),
+            "notice_body": '{"notification": {"kind": "lunch", "run_id": "run-1", "stage": null, "reason": "noon"}}',
+            "expires_at": 1,
+        }
+    )
+    assert services.ledger.claim_notification(KEY, None, stored_notice(REQUEUED, format_time(utc_now())))
+    utc_clock.advance(minutes=16)
+
+    # WHEN the SLA guard runs a pass, and another
+    first = _sweeps(services)
+    second = _sweeps(services)
+
+    # THEN the garbled one is recorded as refused input and out of the index, and the pass went on to the good one
+    assert (first["orphaned_notices"]["dropped"], first["orphaned_notices"]["sent"]) == (1, 1)
+    assert second["orphaned_notices"]["dropped"] == 0 and _listed(services.ledger) == []
+    (rejection,) = services.ledger.list_rejections()
+    assert rejection["source"] == ORPHANED_NOTICES_SOURCE and "lunch" in rejection["reason"]
+    assert "lunch" in rejection["detail"]["body"] and rejection["detail"]["event_id"] == "notification#garbled"
+    garbled = _record(ledger_table, "notification#garbled")
+    assert garbled["notice"] == "claimed" and not {"active", "active_sk", "notice_body"} & set(garbled)
+    assert len(sink.delivered_messages) == 1
+    assert any("can never be sent" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
+def _orphans(services: Any, count: int) -> None:
+    """`count` notices claimed (for 15 minutes: their claimer's deadline unknown) and never sent; the lease passes."""
+    for attempt in range(count):
+        notice = dataclasses.replace(REQUEUED, attempt=attempt)
+        assert services.ledger.claim_notification(notice.dedupe_key, None, stored_notice(notice, "2026-01-05T06:00Z"))
+
+
+def test_a_sweep_looks_at_most_at_its_share_of_claims_and_leaves_the_rest_to_the_next_pass(services, sink, utc_clock):
+    # GIVEN one more orphaned notice than a pass may send
+    _orphans(services, ORPHAN_SWEEP_MAX_NOTICES + 1)
+    utc_clock.advance(minutes=16)
+
+    # WHEN the sweep runs (Slack answers at once), and again
+    first, _ = send_orphaned_notices(services, clock=lambda: 0.0)
+    second, _ = send_orphaned_notices(services, clock=lambda: 0.0)
+
+    # THEN the first sent exactly its share and said why it stopped; the next sent the last
+    assert (first["sent"], first["stopped"]) == (ORPHAN_SWEEP_MAX_NOTICES, f"at most {ORPHAN_SWEEP_MAX_NOTICES} a pass")
+    assert (second["sent"], second["stopped"]) == (1, None)
+    assert len(sink.delivered_messages) == ORPHAN_SWEEP_MAX_NOTICES + 1
+
+
+def test_a_sweep_stays_within_its_time_budget_and_away_from_the_timeout(services, sink, utc_clock):
+    # GIVEN three orphaned notices
+    _orphans(services, 3)
+    utc_clock.advance(minutes=16)
+
+    # WHEN a guard 30 s from its timeout comes to them, then one with time, each Slack request taking 30 s of its
+    # 60 s budget
+    near_timeout, _ = send_orphaned_notices(services, remaining_seconds=lambda: 30.0)
+    with_time, _ = send_orphaned_notices(
+        services, remaining_seconds=lambda: 280.0, clock=lambda: len(sink.requests) * 30.0
+    )
+
+    # THEN the first did not even look; the second started a notice only while a whole Slack budget (20 s) fitted
+    assert near_timeout["stopped"] == "no time left in this invocation" and near_timeout["sent"] == 0
+    assert (with_time["sent"], with_time["stopped"]) == (2, "time budget spent")
+    assert len(_listed(services.ledger)) == 1
+
+
+def test_an_aws_error_stops_the_sweep_keeps_the_notice_and_a_later_pass_sends_it(
+    services, sink, ledger_table, utc_clock, monkeypatch
+):
+    # GIVEN an orphaned notice, and SNS refusing the guard's publish (after the SDK's retries)
+    _orphaned(services, utc_clock, monkeypatch)
+    real_publish = services.sns.publish
+
+    def refuse(**_: Any) -> Any:
+        raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "Publish")
+
+    # WHEN the SLA guard runs a pass, then another with SNS back
+    with monkeypatch.context() as patched:
+        patched.setattr(services.sns, "publish", refuse)
+        failed = _sweeps(services)
+    kept = _record(ledger_table)
+    utc_clock.advance(seconds=1)
+    monkeypatch.setattr(services.sns, "publish", real_publish)
+    later = _sweeps(services)
+
+    # THEN the first pass did not fail, stopped the sweep, and gave the claim back with its notice, lapsed at once
+    assert failed["orphaned_notices"]["stopped"] == "AWS error" and failed["orphaned_notices"]["sent"] == 0
+    assert kept["notice"] == "claimed" and kept["notice_body"] and kept["active_sk"] == kept["lease_until"]
+    assert kept["lease_until"] < format_time(utc_now())
+    # AND the next pass sent it, once
+    assert later["orphaned_notices"]["sent"] == 1 and len(sink.delivered_messages) == 1
+
+
+def _settled_run(services: Any) -> Run:
+    """RUN in the ledger, its one stage never reached."""
+    services.ledger.create_run(RUN, [Stage(RUN.run_id, "postprocess", 0, 1.0, True, 1)])
+    return RUN
+
+
+FAILED = {"run_id": RUN.run_id, "outcome": "failed", "error": {"Error": "StageFailed", "Cause": "exit code 3"}}
+
+
+def test_a_run_end_notice_the_guard_sends_for_a_dead_notifier_counts_the_run_once(
+    services, sink, utc_clock, monkeypatch
+):
+    # GIVEN a notify invocation that settled a run as failed and died sending its notice (no settlement returned,
+    # nothing counted), and no retry of the task before the claim lapsed
+    _settled_run(services)
+    services.invocation_ends_at = utc_now() + timedelta(seconds=60)
+    _killed_while_sending(services, monkeypatch, send=lambda svc: finish(svc, FAILED))
+    services.invocation_ends_at = None
+    utc_clock.advance(seconds=62)
+
+    # WHEN the SLA guard runs a pass, another, and the state machine retries the notify task after all
+    first = _sweeps(services)
+    second = _sweeps(services)
+    retried = finish(services, FAILED)
+
+    # THEN the first pass sent the notice and counts the run (its sender counts it), with the run's figures
+    (settlement,) = first["settlements"]
+    assert settlement.counted is True and settlement.summary()["run_id"] == RUN.run_id
+    assert settlement.report["pipeline_status"] == "FAILED"
+    (message,) = sink.delivered_messages
+    assert "Pipeline failed" in message["text"] and SENDER_DIED in message["text"]
+    # AND neither the next pass nor the retry sends it or counts the run again
+    assert second["settlements"] == [] and retried.counted is False and len(sink.delivered_messages) == 1
+
+
+def test_a_run_end_notice_of_the_other_outcome_sent_late_counts_nothing(services, sink, utc_clock):
+    # GIVEN a run settled as failed, and a late "succeeded" notice for it whose claimer died
+    _settled_run(services)
+    services.ledger.finish_run(RUN.run_id, "FAILED", "StageFailed")
+    late = Notification(kind="succeeded", run_id=RUN.run_id, stage=None, reason="deadline met")
+    assert services.ledger.claim_notification(late.dedupe_key, None, stored_notice(late, format_time(utc_now())))
+    utc_clock.advance(minutes=16)
+
+    # WHEN the SLA guard runs a pass
+    result = _sweeps(services)
+
+    # THEN the notice goes out (it was claimed to), but the run is not counted as the other outcome (as `finish`)
+    assert result["orphaned_notices"]["sent"] == 1 and result["settlements"] == []
+
+
+def test_a_handler_come_back_to_told_work_leaves_a_held_notice_to_its_holder_and_then_to_the_guard(
+    services, sink, utc_clock, monkeypatch
+):
+    # GIVEN a handler with 50 seconds left, killed after claiming a notice and before sending it
+    services.invocation_ends_at = utc_now() + timedelta(seconds=50)
+    _killed_while_sending(services, monkeypatch)
+
+    # WHEN another handler comes back to the work that notice tells of, while the claim is held
+    utc_clock.advance(seconds=2)
+    told = notifier.notify(services, "requeued", RUN, "hpc", "deadline at risk", attempt=2, leave_held=True)
+
+    # THEN it sends nothing and does not fail (a retry would meet the same claim) ...
+    assert told is False and sink.delivered_messages == [] and _sns_notes(services) == 0
+    # ... and once the lease lapses the guard's sweep sends the notice, once
+    utc_clock.advance(seconds=60)
+    summary, _ = send_orphaned_notices(services)
+    again = notifier.notify(services, "requeued", RUN, "hpc", "deadline at risk", attempt=2, leave_held=True)
+    assert summary["sent"] == 1 and again is False
+    assert len(sink.delivered_messages) == 1 and _sns_notes(services) == 1

@@ -315,3 +315,28 @@ def test_the_guard_sends_parked_notices_after_its_stage_checks_and_never_fails_o
     # THEN the stages came first, the notices last, and the queue's failure did not fail the pass
     assert calls == ["stage checks", "parked notices"]
     assert result["parked_notices"]["stopped"] == "AWS error" and result["active_stages"] == 0
+
+
+def test_sending_a_parked_notice_again_claims_it_without_a_copy_the_queue_holds_it_already(
+    services, queue, sink, utc_clock, monkeypatch
+):
+    # GIVEN a parked notice, and the ledger's claims watched
+    (message,) = _parked(REQUEUED)
+    _expect_receive(queue, services, [message])
+    _expect_delete(queue, services, message)
+    _expect_receive(queue, services, [])
+    claims: list[tuple[str, str | None]] = []
+    real_claim = services.ledger.claim_notification
+
+    def watched(key: str, holder_ends_at: Any = None, notice: str | None = None) -> Any:
+        claims.append((key, notice))
+        return real_claim(key, holder_ends_at, notice)
+
+    monkeypatch.setattr(services.ledger, "claim_notification", watched)
+
+    # WHEN a pass sends it to Slack again
+    redeliver_parked_notices(services)
+
+    # THEN its claim keeps no notice: should the pass die, the queue gives the message back, and the guard's sweep of
+    # orphaned claims never sends it a second time
+    assert [(key.startswith(notifier.REDELIVERY_KEY_PREFIX), notice) for key, notice in claims] == [(True, None)]

@@ -48,7 +48,9 @@ class FakeLedger:
     def run_notifications(self, run_id: str) -> list[dict[str, str]]:
         return list(self.notes)
 
-    def claim_notification(self, dedupe_key: str, holder_ends_at: datetime | None = None) -> str | None:
+    def claim_notification(
+        self, dedupe_key: str, holder_ends_at: datetime | None = None, notice: str | None = None
+    ) -> str | None:
         if self.claims.get(dedupe_key) == "claimed":  # another invocation's, within its lease
             raise NotificationClaimHeld(dedupe_key, utc_now() + timedelta(seconds=62))
         if dedupe_key in self.claims:

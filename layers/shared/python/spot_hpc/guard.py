@@ -1,7 +1,8 @@
 """The SLA guard (scheduled): re-evaluates every active stage and repairs what lost events left behind.
 
 One query of the sparse active-stages index and one DescribeJobs per 100 jobs, whatever the table's size; then, per
-active run, one read of the run and one DescribeExecution.
+active run, one read of the run and one DescribeExecution. Last, with bounded time: one query of the same index for
+notices whose claimer died before sending them (`notifier.send_orphaned_notices`), and the parked Slack notices.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from spot_hpc.clock import parse_time, utc_now
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail
 from spot_hpc.job_events import answer_state_machine, apply_job_state
 from spot_hpc.ledger import NotificationClaimHeld, Run, Stage
-from spot_hpc.notifier import notify, redeliver_parked_notices
-from spot_hpc.outcome import Settlement, finish
+from spot_hpc.notifier import notify, redeliver_parked_notices, send_orphaned_notices
+from spot_hpc.outcome import Settlement, finish, late_run_end_settlement
 from spot_hpc.placement import (
     choose_capacity,
     end_spot_wait,
@@ -44,8 +45,8 @@ PASS_PERIOD = timedelta(minutes=5)
 
 
 def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = None) -> dict[str, Any]:
-    """One pass over every active stage; then, with what time is left (`remaining_seconds`: the Lambda's), the Slack
-    notices parked while Slack was down."""
+    """One pass over every active stage; then, with what time is left (`remaining_seconds`: the Lambda's), the
+    notices whose sender died after claiming them, and the Slack notices parked while Slack was down."""
     stages = _in_pass_order(list(svc.ledger.active_stages()))
     jobs = svc.batch.describe([s.job_id for s in stages if s.job_id])
     actions: list[dict[str, Any]] = []
@@ -84,12 +85,23 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
             action = "error"
         if action:
             actions.append({"run_id": stage.run_id, "stage": stage.stage, "action": action})
-    # Last, and bounded in time: Slack notices must never hold up the stages.
+    # Last, and bounded in time: notices must never hold up the stages. First those nobody has had (nor SNS), then
+    # those Slack could not take.
+    orphaned_notices, late_settlements = send_orphaned_notices(
+        svc,
+        remaining_seconds,
+        # A run-end notice's sender counts the run: its claimer died before sending it, so counted nothing.
+        before_sending=lambda notification, key: late_run_end_settlement(svc, notification, key),
+    )
+    for settlement in late_settlements:
+        # Replaces what this pass's own settling of the run left to the notice's holder (counted nothing).
+        settlements[settlement.report["run_id"]] = settlement
     parked_notices = redeliver_parked_notices(svc, remaining_seconds)
     return {
         "active_stages": len(stages),
         "deferred_stages": deferred,
         "actions": actions,
+        "orphaned_notices": orphaned_notices,
         "parked_notices": parked_notices,
         "settlements": list(
             settlements.values()
@@ -192,11 +204,9 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
 
 def _notify_at_risk(svc: Services, run: Run, stage: Stage, reason: str) -> None:
     """Once per run and stage (notify claims each message in the ledger). A claim another pass holds never holds up
-    this stage's placement: the next pass raises the notice again while the stage is at risk."""
-    try:
-        notify(svc, "sla_at_risk", run, stage.stage, reason)
-    except NotificationClaimHeld as held:
-        logger.info("at-risk notice held by another pass; raised again next pass", extra={"held": str(held)})
+    this stage's placement: it is left to its holder, and the next pass raises the notice again while the stage is at
+    risk."""
+    notify(svc, "sla_at_risk", run, stage.stage, reason, leave_held=True)
 
 
 def _end_requeued_job(svc: Services, stage: Stage) -> None:

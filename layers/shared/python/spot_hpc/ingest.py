@@ -66,8 +66,9 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
     run_id = run_id_for(obj.key, version_id, obj.sequencer)
     existing = svc.ledger.get_run(run_id)
     if existing is not None:
-        # A repeated delivery: make sure its execution exists (a crash may have come between the two writes).
-        return _ensure_execution(svc, existing, duplicate=True)
+        # A repeated delivery: make sure its execution exists and its start was told (a crash may have come between
+        # recording the run, starting it and telling of it).
+        return _ensure_started(svc, existing, duplicate=True)
     try:
         options = build_run_options(
             _manifest(svc, bucket, obj.key),
@@ -108,22 +109,18 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
     except LedgerConflict:
         existing = svc.ledger.get_run(run_id)
         assert existing is not None
-        return _ensure_execution(svc, existing, duplicate=True)
-    result = _ensure_execution(svc, run, duplicate=False)
-    notify(
-        svc,
-        "started",
-        run,
-        None,
-        f"{obj.key} (deadline {options.deadline_hours:g} h, HPC {options.hpc_mode} x{options.hpc_nodes})",
-    )
-    return result
+        return _ensure_started(svc, existing, duplicate=True)
+    return _ensure_started(svc, run, duplicate=False)
 
 
-def _ensure_execution(svc: Services, run: Run, duplicate: bool) -> dict[str, Any]:
+def _ensure_started(svc: Services, run: Run, duplicate: bool) -> dict[str, Any]:
+    """Starts the run's execution and tells of it, each once however often the upload's event comes."""
     execution_arn, _ = svc.pipeline.start(run.run_id, stage_timeout_seconds(run.deadline_hours, run.stage_hours))
     if run.execution_arn != execution_arn:
         svc.ledger.update_run(run.run_id, execution_arn=execution_arn)
+    reason = f"{run.key} (deadline {run.deadline_hours:g} h, HPC {run.hpc_mode} x{run.hpc_nodes})"
+    # A repeat leaves a notice another delivery is sending to it (or, should that one die, to the SLA guard).
+    notify(svc, "started", run, None, reason, leave_held=duplicate)
     return {"status": "duplicate" if duplicate else "started", "run_id": run.run_id, "execution_arn": execution_arn}
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from spot_hpc.events import RebalanceRecommendationEvent, SpotInterruptionEvent
 from spot_hpc.intake import NOT_THIS_STACKS_INSTANCE, Rejected, parse_event, reject
 from spot_hpc.ledger import JobRef
-from spot_hpc.placement import choose_capacity, request_checkpoint, requeue_to_on_demand
+from spot_hpc.placement import choose_capacity, request_checkpoint, requeue_to_on_demand, tell_requeue
 from spot_hpc.policy import Action
 from spot_hpc.services import Services
 
@@ -43,6 +43,9 @@ def _handle_job(svc: Services, ref: JobRef, instance_id: str, signal: str, warni
     run = svc.ledger.get_run(ref.run_id)
     stage = svc.ledger.get_stage(ref.run_id, ref.stage)
     if run is None or stage is None or stage.attempt != ref.attempt or stage.status != "RUNNING":
+        if run is not None and stage is not None and stage.attempt > ref.attempt:
+            # Requeued already: by this warning's earlier delivery, perhaps, which died before telling of it.
+            tell_requeue(svc, run, stage.stage, ref.attempt, f"{signal} on {instance_id}")
         return {"job_id": ref.job_id, "action": "none", "reason": "job no longer current"}
     request_checkpoint(svc, stage, f"{signal} for {instance_id}")
     # After a warning the capacity is going: the policy chooses between waiting for Spot and On-Demand now.

@@ -28,6 +28,7 @@ from spot_hpc.placement import (
     record_placed,
     requeue_to_on_demand,
     spot_stats,
+    tell_requeue,
 )
 from spot_hpc.policy import Action
 from spot_hpc.run_report import FAILURE_WORDS, RECLAIM_CLASSES, FailureClass
@@ -196,6 +197,8 @@ def _act_on_terminal(
     if run is None or stage is None:
         return {"status": "ignored", "reason": "run not in ledger"}
     if stage.attempt != ref.attempt or stage.status != "RUNNING":
+        if stage.attempt > ref.attempt:
+            _tell_what_followed(svc, run, stage, attempt, detail)
         if repeated:
             return {"status": "ignored", "reason": "duplicate terminal event"}
         return {"status": "recorded", "reason": "superseded attempt", "failure_class": failure}
@@ -223,6 +226,16 @@ def _act_on_terminal(
             f"(exit code {detail.exit_code}) after {stage.app_retries_used} retries",
         )
     return _resubmit(svc, run, stage, failure or "", spot_available=attempt.capacity == "spot", spends_retry=True)
+
+
+def _tell_what_followed(svc: Services, run: Run, stage: Stage, attempt: Attempt, detail: BatchJobDetail) -> None:
+    """The attempt was followed by another: tells of the move to On-Demand and of the reclaim, if the handler that
+    placed the next attempt died before telling of them (this event's repeat, or the end of a requeue's cancelled
+    Spot job, comes back here). Each notice goes out once whoever sends it."""
+    tell_requeue(svc, run, stage.stage, attempt.attempt, "the Spot job was replaced by an On-Demand one")
+    if attempt.failure_class in RECLAIM_CLASSES:
+        title, reason = interruption_notice(attempt, attempt.failure_class, detail.status_reason)
+        notify(svc, "interrupted", run, stage.stage, reason, attempt=attempt.attempt, title=title, leave_held=True)
 
 
 def interruption_notice(attempt: Attempt, failure: str, status_reason: str | None) -> tuple[str | None, str]:

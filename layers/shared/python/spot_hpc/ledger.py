@@ -9,7 +9,10 @@ Item layout (pk / sk):
   REJECTION        <time>#<id>              an input the control plane refused, with the reason
   NOTIFIED#<key>   NOTIFIED                 one notification per event, however often the event repeats: a claim
                                             (a lease, taken over when its handler died), then sent
-Active stages carry `active` = "1" and sit in the sparse `active-stages` index that the SLA guard queries.
+The sparse `active-stages` index that the SLA guard queries holds two kinds of items, each under a hash value of its
+own: active stages (`active` = "1", `active_sk` = run#stage), and notices claimed and not yet sent (`active` =
+"notice", `active_sk` = the claim's lease end), so that the guard sends those whose claimer died
+(`lapsed_notice_claims`).
 
 Every write that decides something (claiming the next attempt, settling a stage) is conditional, so duplicated and
 reordered events, and two handlers racing, lead to one action.
@@ -46,6 +49,10 @@ NOTIFICATION_LEASE = timedelta(minutes=15)
 CLAIM_CLOCK_MARGIN = timedelta(seconds=1)
 NOTICE_CLAIMED = "claimed"
 NOTICE_SENT = "sent"
+# The index's hash value for notices claimed and not yet sent (their range key is the claim's lease end), and the
+# attributes that list such a claim there with the notice it carries.
+_CLAIMED_NOTICE = "notice"
+_NOTICE_LISTING = ("active", "active_sk", "notice_body")
 
 
 class LedgerConflict(Exception):
@@ -188,6 +195,17 @@ class Attempt:
     cancel_reason: str | None = None
     # Why a shard of an array job failed (its parent's own end says only that a child failed).
     shard_failure: str | None = None
+
+
+@dataclass(frozen=True)
+class NoticeClaim:
+    """A notice claimed and not sent, as the active-stages index holds it: `notice` is what its claimer stored to send
+    (text the notifier wrote and reads; whatever the item holds, it is the notifier's to judge)."""
+
+    dedupe_key: str
+    claim_id: str
+    lease_until: str
+    notice: Any
 
 
 @dataclass
@@ -529,7 +547,12 @@ class Ledger:
     # NOTIFIED#<key> holds `notice` = "claimed" (with `claimed_at`, the claimer's `claim_id` and `lease_until`) while a
     # handler sends the notification, then "sent". A record without `notice` was written before claims were leases:
     # it reads as sent. A claim without `lease_until` was written before leases followed the holder's invocation.
-    def claim_notification(self, dedupe_key: str, holder_ends_at: datetime | None = None) -> str | None:
+    # A claim given the notice it sends (`notice_body`) is in the active-stages index until it is sent or given back,
+    # so that the SLA guard sends it when its claimer died and no retry came (claims written before that carry none
+    # and stay out of the index).
+    def claim_notification(
+        self, dedupe_key: str, holder_ends_at: datetime | None = None, notice: str | None = None
+    ) -> str | None:
         """A claim id when the caller is to send the notification; None when it was sent. NotificationClaimHeld when
         another invocation holds a claim on it whose lease has not ended: that one may still send it, or may have
         died before sending, which the caller cannot tell; it is to retry from the lease's end on.
@@ -537,20 +560,26 @@ class Ledger:
         The lease ends when the claiming invocation must have ended, `holder_ends_at` (its Lambda deadline), or after
         `NOTIFICATION_LEASE` when that is not given. A claim past its lease was left by a handler that died before
         sending: it is taken over, so that the retry sends the notice (a retry after a timeout at once, one after a
-        crash from the crashed invocation's deadline on)."""
+        crash from the crashed invocation's deadline on).
+
+        `notice` (what is to be sent, as the notifier writes it) is kept with the claim, and the claim listed in the
+        active-stages index by its lease's end, for `lapsed_notice_claims`."""
         now = utc_now()
         claim_id = uuid.uuid4().hex
         lease_until = now + NOTIFICATION_LEASE
         if holder_ends_at is not None:
             lease_until = min(lease_until, holder_ends_at + CLAIM_CLOCK_MARGIN)
+        # Rounded up to the second format_time keeps: a lease never ends before its holder.
+        lease_text = format_time(lease_until + timedelta(microseconds=999_999))
         item = {
             **_notification_key(dedupe_key),
             "notice": NOTICE_CLAIMED,
             "claimed_at": format_time(now),
             "claim_id": claim_id,
-            # Rounded up to the second format_time keeps: a lease never ends before its holder.
-            "lease_until": format_time(lease_until + timedelta(microseconds=999_999)),
+            "lease_until": lease_text,
         }
+        if notice is not None:
+            item |= {"notice_body": notice, "active": _CLAIMED_NOTICE, "active_sk": lease_text}
         try:
             self._put(
                 item,
@@ -584,11 +613,13 @@ class Ledger:
         return claim_id
 
     def mark_notification_sent(self, dedupe_key: str, claim_id: str) -> bool:
-        """Settles a claimed notification as sent; False when the claim is no longer the caller's (taken over)."""
+        """Settles a claimed notification as sent; False when the claim is no longer the caller's (taken over). The
+        record stays, for dedupe, without the notice it carried and out of the index."""
         try:
             self._update(
                 _notification_key(dedupe_key),
                 {"notice": NOTICE_SENT, "notified_at": format_time(utc_now())},
+                removes=_NOTICE_LISTING,
                 condition="#claim_id = :claim_id",
                 condition_values={"claim_id": claim_id},
             )
@@ -598,7 +629,7 @@ class Ledger:
 
     def release_notification(self, dedupe_key: str, claim_id: str) -> None:
         """Gives back a claim whose notification could not be sent, so that a retry sends it at once (a claim taken
-        over meanwhile is left alone)."""
+        over meanwhile is left alone). The record goes, and with it its place in the index."""
         try:
             self._table.delete_item(
                 Key=_notification_key(dedupe_key),
@@ -609,6 +640,58 @@ class Ledger:
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
+
+    def lapse_notification(self, dedupe_key: str, claim_id: str) -> bool:
+        """Gives back a claim whose notice could not be sent, keeping the notice: its lease ends now, so that a retry
+        takes it over at once, or a later pass of the SLA guard (`lapsed_notice_claims`). False when the claim is no
+        longer the caller's."""
+        lapsed = format_time(utc_now() - timedelta(seconds=1))
+        try:
+            self._update(
+                _notification_key(dedupe_key),
+                {"lease_until": lapsed, "active_sk": lapsed},
+                condition="#claim_id = :claim_id AND #notice = :claimed AND attribute_exists(#notice_body)",
+                condition_values={"claim_id": claim_id, "claimed": NOTICE_CLAIMED},
+            )
+        except LedgerConflict:
+            return False
+        return True
+
+    def unlist_notification(self, dedupe_key: str, claim_id: str) -> bool:
+        """Takes a lapsed claim whose stored notice can never be sent out of the index, dropping that notice; the
+        claim stays lapsed, for a retry of its event to take over. False when the claim is no longer that one
+        (taken over, sent) or its lease has not ended (the index lags the table)."""
+        try:
+            self._update(
+                _notification_key(dedupe_key),
+                {},
+                removes=_NOTICE_LISTING,
+                condition="#claim_id = :claim_id AND #notice = :claimed AND #lease_until < :now",
+                condition_values={"claim_id": claim_id, "claimed": NOTICE_CLAIMED, "now": format_time(utc_now())},
+            )
+        except LedgerConflict:
+            return False
+        return True
+
+    def lapsed_notice_claims(self, limit: int | None = None) -> Iterator[NoticeClaim]:
+        """The claimed notices whose lease has ended, with what their claimers stored to send, from the sparse index
+        (paged; eventually consistent: a claim listed may have been taken over or sent since, which a take-over
+        through `claim_notification` finds). `limit` is a page's size."""
+        query: dict[str, Any] = {
+            "IndexName": ACTIVE_INDEX,
+            "KeyConditionExpression": "#active = :notice AND #active_sk < :now",
+            "ExpressionAttributeNames": {"#active": "active", "#active_sk": "active_sk"},
+            "ExpressionAttributeValues": {":notice": _CLAIMED_NOTICE, ":now": format_time(utc_now())},
+        }
+        if limit is not None:
+            query["Limit"] = limit
+        for item in self._query(query):
+            yield NoticeClaim(
+                dedupe_key=str(item["pk"]).removeprefix("NOTIFIED#"),
+                claim_id=str(item.get("claim_id", "")),
+                lease_until=str(item.get("active_sk", "")),
+                notice=_from_dynamo(item.get("notice_body")),
+            )
 
     def notification_sent(self, dedupe_key: str) -> bool:
         item = self._table.get_item(Key=_notification_key(dedupe_key), ConsistentRead=True).get("Item")

@@ -11,6 +11,9 @@ event's retry takes over. A send that finds the claim still held by another invo
 well before its deadline), and only a retry after its lease can tell. The state machine retries its run-end notice
 for longer than the notify function's lease; Lambda retries an event a minute or more after the failure. Callers that
 are not retried to send that notice again leave it to its holder (the SLA guard).
+
+A claim keeps the notice it is to send: when its holder died and no retry comes after its lease (the event's retries
+were spent on the held claim), the SLA guard sends it, late (`send_orphaned_notices`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from spot_hpc.clock import hours_between, parse_time, utc_now
-from spot_hpc.ledger import NotificationClaimHeld, Run
+from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
+from spot_hpc.ledger import NoticeClaim, NotificationClaimHeld, Run
 from spot_hpc.services import Services
 from spot_hpc.slack import (
     MESSAGE_REFUSED_STATUSES,
@@ -39,9 +42,12 @@ from spot_hpc.slack import (
     notification_report_entry,
     parked_body_excerpt,
     parse_parked_notice,
+    parse_stored_notice,
     read_webhook_url,
     receive_parked_notices,
     release_parked_notices,
+    stored_notice,
+    stored_notice_excerpt,
     try_slack,
 )
 
@@ -81,9 +87,15 @@ def notify(
     stage: str | None,
     reason: str,
     attempt: int | None = None,
+    leave_held: bool = False,
     **figures: Any,
 ) -> bool:
-    """Sends one notification per (run, stage, kind, attempt); False when it was already sent."""
+    """Sends one notification per (run, stage, kind, attempt); False when it was already sent.
+
+    `leave_held`: for a handler that comes back to work done before (its event repeated, or an event that follows
+    from that work) to tell of it in case the one that did it died before telling. A claim another invocation holds
+    is then left to it, or, should it have died, to the SLA guard once the lease lapses (`send_orphaned_notices`),
+    rather than failing this handler (False)."""
     notification = Notification(
         kind=kind,  # type: ignore[arg-type]
         run_id=run.run_id,
@@ -94,7 +106,13 @@ def notify(
         elapsed_hours=round(hours_between(parse_time(run.started_at), utc_now()), 3),
         **figures,
     )
-    return _send(svc, notification, notification.dedupe_key)
+    try:
+        return _send(svc, notification, notification.dedupe_key)
+    except NotificationClaimHeld:
+        if not leave_held:
+            raise
+        logger.info("notice held by another invocation; left to it", extra={"kind": kind, "run_id": run.run_id})
+        return False
 
 
 def notify_rejected_upload(svc: Services, run_id: str, source: str, reason: str, event_id: str) -> bool:
@@ -105,25 +123,35 @@ def notify_rejected_upload(svc: Services, run_id: str, source: str, reason: str,
     return _send(svc, notification, f"rejected#{event_id or source}")
 
 
+def _deliver(
+    svc: Services, notification: Notification, dedupe_key: str, late_since: str | None = None
+) -> DeliveryOutcome:
+    """SNS and Slack, or parked for Slack (`late_since`: a notice its first sender died with, first due then)."""
+    return deliver_notification(
+        notification,
+        webhook=_webhook(svc),
+        sns_client=svc.sns,
+        topic_arn=svc.settings.notification_topic_arn,
+        sqs_client=svc.sqs,
+        dead_letter_queue_url=svc.settings.notifications_dlq_url,
+        budget_seconds=SLACK_BUDGET_SECONDS,
+        circuit=SLACK_CIRCUIT,
+        dedupe_key=dedupe_key,
+        late_since=late_since,
+    )
+
+
 def _send(svc: Services, notification: Notification, dedupe_key: str) -> bool:
     """Sends a notice once (SNS and Slack, or parked for Slack); False when it was sent already. NotificationClaimHeld
-    when another invocation holds its claim."""
-
-    def deliver() -> DeliveryOutcome:
-        return deliver_notification(
-            notification,
-            webhook=_webhook(svc),
-            sns_client=svc.sns,
-            topic_arn=svc.settings.notification_topic_arn,
-            sqs_client=svc.sqs,
-            dead_letter_queue_url=svc.settings.notifications_dlq_url,
-            budget_seconds=SLACK_BUDGET_SECONDS,
-            circuit=SLACK_CIRCUIT,
-            dedupe_key=dedupe_key,
-        )
-
+    when another invocation holds its claim. The claim keeps the notice, for the SLA guard to send if this invocation
+    dies before it does."""
     # SNS or SQS failing (after botocore's retries) raises: the claim is given back so that the retry sends it.
-    outcome = _send_claimed(svc, dedupe_key, deliver)
+    outcome = _send_claimed(
+        svc,
+        dedupe_key,
+        lambda: _deliver(svc, notification, dedupe_key),
+        notice=stored_notice(notification, due_at=format_time(utc_now())),
+    )
     if outcome is None:
         return False
     svc.ledger.record_notifications(notification.run_id, notification_report_entries(notification, outcome))
@@ -144,23 +172,30 @@ def _send_claimed(
     dedupe_key: str,
     send: Callable[[], Sent],
     went_out: Callable[[Sent], bool] = lambda _: True,
+    notice: str | None = None,
+    keep_notice: bool = False,
 ) -> Sent | None:
     """The one flow of every notice: claim it in the ledger, `send` it, then mark it sent when it `went_out`, or give
     the claim back (`send` raising, or what it returned saying the notice did not go out) so that a retry sends it at
     once. None, sending nothing, when it was sent already; NotificationClaimHeld when another invocation holds its
-    claim."""
-    claim = svc.ledger.claim_notification(dedupe_key, svc.invocation_ends_at)
+    claim.
+
+    `notice` (`stored_notice`) is kept with the claim until it is marked sent or given back, for the SLA guard to
+    send should this invocation die in between; `keep_notice` gives a claim back with its notice kept (the guard's
+    own sends: no retry of an event comes back for them)."""
+    claim = svc.ledger.claim_notification(dedupe_key, svc.invocation_ends_at, notice)
     if claim is None:
         return None
+    give_back = _lapse_claim if keep_notice else _release_claim
     try:
         result = send()
     except Exception:
-        _release_claim(svc, dedupe_key, claim)
+        give_back(svc, dedupe_key, claim)
         raise
     if went_out(result):
         _settle_claim(svc, dedupe_key, claim)
     else:
-        _release_claim(svc, dedupe_key, claim)
+        give_back(svc, dedupe_key, claim)
     return result
 
 
@@ -181,6 +216,15 @@ def _release_claim(svc: Services, dedupe_key: str, claim: str) -> None:
         svc.ledger.release_notification(dedupe_key, claim)
     except Exception:
         logger.exception("notification claim not released; a retry takes it over after the lease")
+
+
+def _lapse_claim(svc: Services, dedupe_key: str, claim: str) -> None:
+    """Gives a claim back keeping its notice, for a retry or a later guard pass (an error here is logged: the claim
+    lapses with its lease all the same)."""
+    try:
+        svc.ledger.lapse_notification(dedupe_key, claim)
+    except Exception:
+        logger.exception("notification claim not given back; it lapses with its lease")
 
 
 # --- Parked notices ---------------------------------------------------------------------------------------------
@@ -216,14 +260,7 @@ def redeliver_parked_notices(
     days). Never raises: the guard's own work is done by then.
     """
     counts = {"redelivered": 0, "duplicates": 0, "dropped": 0, "left": 0}
-    budget = REDELIVERY_BUDGET_SECONDS
-    if remaining_seconds is not None:
-        budget = min(budget, remaining_seconds() - REDELIVERY_TIMEOUT_MARGIN_SECONDS)
-    deadline = clock() + budget
-
-    def time_for_one() -> bool:
-        return deadline - clock() >= SLACK_BUDGET_SECONDS
-
+    time_for_one = _time_for_one_notice(REDELIVERY_BUDGET_SECONDS, remaining_seconds, clock)
     if not time_for_one():
         return _pass_summary(counts, "no time left in this invocation")
     webhook = _webhook(svc)
@@ -257,6 +294,19 @@ def redeliver_parked_notices(
         logger.exception("sending parked notices again stopped on an AWS error; they stay on the queue")
         stopped = "AWS error"
     return _pass_summary(counts, stopped)
+
+
+def _time_for_one_notice(
+    budget_seconds: float, remaining_seconds: Callable[[], float] | None, clock: Callable[[], float]
+) -> Callable[[], bool]:
+    """Whether one more notice, with its whole Slack budget, fits in a guard's sending of late notices that started
+    now: within `budget_seconds`, and never within `REDELIVERY_TIMEOUT_MARGIN_SECONDS` of the Lambda's timeout
+    (`remaining_seconds`: its time left)."""
+    budget = budget_seconds
+    if remaining_seconds is not None:
+        budget = min(budget, remaining_seconds() - REDELIVERY_TIMEOUT_MARGIN_SECONDS)
+    deadline = clock() + budget
+    return lambda: deadline - clock() >= SLACK_BUDGET_SECONDS
 
 
 def _pass_summary(counts: dict[str, int], stopped: str | None) -> dict[str, Any]:
@@ -313,3 +363,108 @@ def _redeliver(svc: Services, webhook: SlackWebhook, message: dict[str, Any]) ->
     delete_parked_notice(svc.sqs, queue_url, message)
     svc.ledger.record_notifications(notification.run_id, [notification_report_entry(notification, "slack", status)])
     return ("redelivered" if attempt.delivered else "dropped"), None
+
+
+# --- Orphaned notices -------------------------------------------------------------------------------------------
+
+# The SLA guard sends notices whose claimer died before sending them (and whose lease has ended) after its stage
+# checks and before the parked notices, within this much time (and never within REDELIVERY_TIMEOUT_MARGIN_SECONDS
+# of its timeout)...
+ORPHAN_SWEEP_BUDGET_SECONDS = 60.0
+# ... and looks at most at this many claims a pass: the rest wait for the next.
+ORPHAN_SWEEP_MAX_NOTICES = 20
+ORPHANED_NOTICES_SOURCE = "notification claims"
+
+
+def send_orphaned_notices(
+    svc: Services,
+    remaining_seconds: Callable[[], float] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    before_sending: Callable[[Notification, str], Any] | None = None,
+) -> tuple[dict[str, Any], list[Any]]:
+    """Sends the notices whose claimer died between its claim and its send, when no retry came back for them after
+    the claim's lease (the event's retries were spent on the held claim): SNS and Slack (or parked for it), each
+    saying it is late and when it was first due, recorded on its run and marked sent.
+
+    Each is taken over through the same conditional claim as a retry's, so that a retry and the guard never both
+    send it: a claim taken meanwhile (held) or a notice sent meanwhile is skipped. `before_sending(notification,
+    dedupe_key)` runs under the claim before the notice goes out (raising gives the claim back, sending nothing);
+    what it returns for each notice sent is returned with the pass's summary.
+
+    Bounded like `redeliver_parked_notices`: at most `ORPHAN_SWEEP_MAX_NOTICES` claims, within
+    `ORPHAN_SWEEP_BUDGET_SECONDS`, never within `REDELIVERY_TIMEOUT_MARGIN_SECONDS` of the Lambda's timeout, and a
+    notice is started only if a whole Slack budget fits. A stored notice that cannot be read is recorded as a
+    rejection and taken out of the index. An AWS error stops the sweep until the next pass. Never raises.
+    """
+    counts = {"sent": 0, "already_sent": 0, "held": 0, "dropped": 0}
+    prepared: list[Any] = []
+    time_for_one = _time_for_one_notice(ORPHAN_SWEEP_BUDGET_SECONDS, remaining_seconds, clock)
+    if not time_for_one():
+        return _sweep_summary(counts, "no time left in this invocation"), prepared
+    stopped: str | None = None
+    looked_at = 0
+    try:
+        for claim in svc.ledger.lapsed_notice_claims(limit=ORPHAN_SWEEP_MAX_NOTICES + 1):
+            if looked_at >= ORPHAN_SWEEP_MAX_NOTICES:
+                stopped = f"at most {ORPHAN_SWEEP_MAX_NOTICES} a pass"
+                break
+            if not time_for_one():
+                stopped = "time budget spent"
+                break
+            looked_at += 1
+            outcome, before = _send_orphan(svc, claim, before_sending)
+            counts[outcome] += 1
+            if outcome == "sent" and before is not None:
+                prepared.append(before)
+    except Exception:
+        # A claim taken and not sent was given back (lapsed, its notice kept) or lapses with this invocation.
+        logger.exception("sending orphaned notices stopped on an error; they wait for the next pass")
+        stopped = "AWS error"
+    return _sweep_summary(counts, stopped), prepared
+
+
+def _sweep_summary(counts: dict[str, int], stopped: str | None) -> dict[str, Any]:
+    if stopped is not None or any(counts.values()):
+        logger.info("orphaned notices", extra={**counts, "stopped": stopped})
+    return {**counts, "stopped": stopped}
+
+
+def _send_orphan(
+    svc: Services, claim: NoticeClaim, before_sending: Callable[[Notification, str], Any] | None
+) -> tuple[str, Any]:
+    """One lapsed claim: (what became of it, what `before_sending` returned for it)."""
+    key = claim.dedupe_key
+    try:
+        notification, due_at = parse_stored_notice(claim.notice)
+    except NotANotification as exc:
+        excerpt = stored_notice_excerpt(claim.notice)
+        logger.error(
+            "orphaned notice dropped: what its claim stored is not a notification and can never be sent",
+            extra={"key": key, "problem": str(exc), "body": excerpt},
+        )
+        svc.ledger.record_rejection(ORPHANED_NOTICES_SOURCE, str(exc), {"event_id": key, "body": excerpt})
+        svc.ledger.unlist_notification(key, claim.claim_id)
+        return "dropped", None
+    before: list[Any] = []
+
+    def send() -> DeliveryOutcome:
+        if before_sending is not None:
+            before.append(before_sending(notification, key))
+        return _deliver(svc, notification, key, late_since=due_at)
+
+    # Taken over as a retry would take it; SNS or SQS failing gives the claim back with its notice (and raises).
+    try:
+        outcome = _send_claimed(svc, key, send, notice=claim.notice, keep_notice=True)
+    except NotificationClaimHeld:
+        return "held", None  # a retry took it over since the index was read: it sends it
+    if outcome is None:
+        return "already_sent", None
+    details = {"kind": notification.kind, "run_id": notification.run_id, "due_at": due_at, "slack": outcome.slack}
+    logger.warning("orphaned notice sent late: the invocation that claimed it died before sending it", extra=details)
+    try:
+        svc.ledger.record_notifications(
+            notification.run_id, notification_report_entries(notification, outcome, late=True)
+        )
+    except Exception:
+        logger.exception("orphaned notice sent but not recorded on its run", extra=details)
+    return "sent", before[0] if before else None

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any
 
-from spot_hpc.ledger import NotificationClaimHeld, Run
+from spot_hpc.ledger import Run
 from spot_hpc.metrics import record_event_outcome, record_settled_run
 from spot_hpc.notifier import notify
 from spot_hpc.placement import node_price, stop_stage
 from spot_hpc.run_report import FailureClass, build_run_report, describe_failure
 from spot_hpc.services import Services
-
-logger = logging.getLogger(__name__)
+from spot_hpc.slack import Notification
 
 
 def run_report(svc: Services, run: Run) -> dict[str, Any]:
@@ -97,15 +95,25 @@ def finish(svc: Services, payload: dict[str, Any], leave_held_notice: bool = Fal
         figures = {k: report[k] for k in ("cost_usd", "deadline_met")}
     if report["prices_unknown"]:
         reason += f"; the cost counts {_plural(report['prices_unknown'], 'price')} that could not be looked up as $0"
-    try:
-        sent = notify(svc, outcome, run, stage, reason, **figures)
-    except NotificationClaimHeld as held:
-        if not leave_held_notice:
-            raise
-        logger.warning("run-end notice left to the invocation holding its claim", extra={"held": str(held)})
-        sent = False  # its holder counts the run
+    # A notice left to the invocation holding its claim is not sent here: its holder counts the run.
+    sent = notify(svc, outcome, run, stage, reason, leave_held=leave_held_notice, **figures)
     # A late call with the other outcome (the run was settled first as the other) counts nothing.
     return Settlement(report, counted=sent and run.status == settled_as)
+
+
+def late_run_end_settlement(svc: Services, notification: Notification, dedupe_key: str) -> Settlement | None:
+    """The figures of a run whose run-end notice the SLA guard sends because the invocation that claimed it died
+    first (`notifier.send_orphaned_notices`, called under the guard's claim, before the notice goes out): that
+    invocation counted nothing (a notify invocation counts the run with the notice it sends), so the guard counts
+    them, once, as that notice goes out once. The report is read now: the run was settled before its notice was
+    claimed. None for any other notice, and for a run-end notice of the other outcome than the run was settled as
+    (`finish` counts nothing for it either)."""
+    if notification.kind not in ("succeeded", "failed") or dedupe_key != notification.dedupe_key:
+        return None  # not a run's end (a rejected upload's notice is keyed by its event)
+    run = svc.ledger.get_run(notification.run_id)
+    if run is None or run.status != notification.kind.upper():
+        return None
+    return Settlement(run_report(svc, run), counted=True)
 
 
 def stop_unfinished_stages(svc: Services, run_id: str, reason: str) -> None:

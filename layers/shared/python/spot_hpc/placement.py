@@ -292,7 +292,22 @@ def requeue_to_on_demand(svc: Services, run: Run, stage: Stage, job_id: str, rea
     svc.batch.terminate(job_id, f"spot-hpc: requeued to On-Demand ({reason})")
     if placed:
         notify(svc, "requeued", run, stage.stage, reason, attempt=placed.attempt)
+    else:  # placed by an earlier call, which may have died before telling of it
+        tell_requeue(svc, run, stage.stage, stage.attempt, reason)
     return placed
+
+
+def tell_requeue(svc: Services, run: Run, stage_name: str, replaced: int, reason: str) -> bool:
+    """Tells of the move from Spot to On-Demand after attempt `replaced`, if there was one and it was never told; for
+    a handler that comes back to a placement made before (its own event's earlier delivery, or another handler's),
+    whose maker may have died between placing it and telling of it. The notice is the one the placement sends
+    (`requeued`, for the On-Demand attempt), so it goes out once whoever sends it. False when there is nothing to
+    tell, or it was told already."""
+    spot = svc.ledger.get_attempt(run.run_id, stage_name, replaced)
+    on_demand = svc.ledger.get_attempt(run.run_id, stage_name, replaced + 1)
+    if spot is None or on_demand is None or (spot.capacity, on_demand.capacity) != ("spot", "on-demand"):
+        return False
+    return notify(svc, "requeued", run, stage_name, reason, attempt=on_demand.attempt, leave_held=True)
 
 
 def stop_stage(svc: Services, stage: Stage, reason: str) -> None:

@@ -20,7 +20,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Protocol, get_args
 from urllib.parse import urlsplit
@@ -98,6 +99,15 @@ class Notification:
     def from_dict(cls, data: Mapping[str, Any]) -> Notification:
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
         return cls(**known)
+
+    def to_compact_dict(self) -> dict[str, Any]:
+        """`to_dict` without the optional fields left at no value (`from_dict` fills them in again), for storing."""
+        required = {f.name for f in dataclass_fields(self) if f.default is MISSING and f.default_factory is MISSING}
+        return {
+            name: value
+            for name, value in self.to_dict().items()
+            if name in required or (value is not None and value != {})
+        }
 
 
 def notification_dedupe_key(run_id: str, stage: str | None, kind: str, attempt: int | None = None) -> str:
@@ -573,13 +583,18 @@ class DeliveryOutcome:
     error: str | None = None
 
 
-def notification_report_entries(notification: Notification, outcome: DeliveryOutcome) -> list[dict[str, str]]:
-    """The run report's `notifications` entries for one delivery: one per channel the message went to."""
+def notification_report_entries(
+    notification: Notification, outcome: DeliveryOutcome, late: bool = False
+) -> list[dict[str, str]]:
+    """The run report's `notifications` entries for one delivery: one per channel the message went to (`late`: it
+    went later than it was due, "delivered late")."""
+    delivered = "delivered late" if late else "delivered"
     entries = []
     if outcome.sns_message_id is not None:
-        entries.append(notification_report_entry(notification, "sns", "delivered"))
+        entries.append(notification_report_entry(notification, "sns", delivered))
     if outcome.slack != "skipped":
-        entries.append(notification_report_entry(notification, "slack", outcome.slack))
+        status = delivered if outcome.slack == "delivered" else outcome.slack
+        entries.append(notification_report_entry(notification, "slack", status))
     return entries
 
 
@@ -594,12 +609,14 @@ def sns_subject(notification: Notification) -> str:
     return _truncate(printable, SNS_SUBJECT_LIMIT).replace("…", ".")
 
 
-def publish_to_sns(sns_client: Any, topic_arn: str, notification: Notification) -> str:
-    """Publish the notification for email or other subscribers; returns the SNS message id."""
+def publish_to_sns(sns_client: Any, topic_arn: str, notification: Notification, note: str | None = None) -> str:
+    """Publish the notification for email or other subscribers, with `note` as a line of its own after the text;
+    returns the SNS message id."""
+    text = notification_text(notification)
     response = sns_client.publish(
         TopicArn=topic_arn,
         Subject=sns_subject(notification),
-        Message=notification_text(notification),
+        Message=f"{text}\n{note}" if note else text,
         MessageAttributes={
             "kind": {"DataType": "String", "StringValue": notification.kind},
             "run_id": {"DataType": "String", "StringValue": notification.run_id},
@@ -673,6 +690,7 @@ def deliver_notification(
     budget_seconds: float | None = None,
     circuit: SlackCircuit | None = None,
     dedupe_key: str | None = None,
+    late_since: str | None = None,
 ) -> DeliveryOutcome:
     """Tell SNS and Slack; never raise for a Slack failure (the message goes to the dead-letter queue).
 
@@ -680,13 +698,23 @@ def deliver_notification(
     a parked message carries it, so that sending it again later is deduplicated too.
     Errors of SNS or SQS themselves do propagate: they are AWS failures the Lambda's own retries should see.
     With a `circuit`, Slack is not tried while it rests after a failure (see `SlackCircuit`).
+    `late_since` (when the notice was first due) sends a notice whose first sender died before sending it: both
+    channels say it is late, and a parked copy keeps that time.
     """
-    due_at = format_time(utc_now())
-    message_id = publish_to_sns(sns_client, topic_arn, notification) if sns_client and topic_arn else None
+    due_at = late_since or format_time(utc_now())
+    late_line = delayed_notice_line(late_since, SENDER_STOPPED) if late_since else None
+    message_id = publish_to_sns(sns_client, topic_arn, notification, late_line) if sns_client and topic_arn else None
     if webhook is None:
         return DeliveryOutcome(slack="skipped", sns_message_id=message_id)
+
+    def post() -> object:
+        if late_since is None:
+            return webhook.send(notification, budget_seconds=budget_seconds)
+        late = build_delayed_message(notification, late_since, SENDER_STOPPED)
+        return webhook.post(late, budget_seconds=budget_seconds)
+
     # Whatever goes wrong with Slack, SNS has the message already: raising would make the event's retry publish again.
-    attempt = try_slack(webhook, lambda: webhook.send(notification, budget_seconds=budget_seconds), circuit)
+    attempt = try_slack(webhook, post, circuit)
     if attempt.delivered:
         return DeliveryOutcome(slack="delivered", sns_message_id=message_id)
     logger.warning(
@@ -762,18 +790,24 @@ def release_parked_notices(sqs_client: Any, queue_url: str, messages: list[dict[
         logger.warning("parked notices not released", extra={"failed": [entry.get("Code") for entry in failed]})
 
 
+def _notice_in(text: Any, what: str) -> tuple[Notification, dict[str, Any]]:
+    """The notification in a JSON body `{"notification": {...}, ...}` and the body; `NotANotification` otherwise."""
+    try:
+        body = json.loads(text)
+        notification = Notification.from_dict(body["notification"])
+        build_message(notification)  # fields of the wrong types would fail the message on every pass
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise NotANotification(f"the body is not a {what} ({type(exc).__name__}: {exc})") from None
+    return notification, body
+
+
 def parse_parked_notice(message: Mapping[str, Any]) -> ParkedNotice:
     """The notice in a received dead-letter message; `NotANotification` when its body is none.
 
     Messages parked before the body carried `due_at` and `dedupe_key` take them from the message: when SQS got it,
     and its `dedupe_key` attribute.
     """
-    try:
-        body = json.loads(message["Body"])
-        notification = Notification.from_dict(body["notification"])
-        build_message(notification)  # fields of the wrong types would fail the message on every pass
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise NotANotification(f"the body is not a parked notification ({type(exc).__name__}: {exc})") from None
+    notification, body = _notice_in(message.get("Body"), "parked notification")
     attributes = message.get("MessageAttributes", {})
     dedupe_key = body.get("dedupe_key") or attributes.get("dedupe_key", {}).get("StringValue")
     due_at = body.get("due_at")
@@ -793,19 +827,45 @@ def parked_body_excerpt(message: Mapping[str, Any]) -> str:
     return _truncate(body, PARKED_BODY_EXCERPT)
 
 
-def delayed_notice_line(due_at: str) -> str:
+# Why a notice is late: Slack did not take it (parked), or the invocation that was to send it died before it did.
+SLACK_DID_NOT_TAKE_IT = "Slack could not take it then."
+SENDER_STOPPED = "the invocation sending it stopped before it did."
+
+
+def delayed_notice_line(due_at: str, why: str = SLACK_DID_NOT_TAKE_IT) -> str:
     try:
         due = parse_time(due_at).strftime("%Y-%m-%d %H:%M UTC")
     except ValueError:
         due = due_at
-    return f"Delayed notice: first due {due}; Slack could not take it then."
+    return f"Delayed notice: first due {due}; {why}"
 
 
-def build_delayed_message(notification: Notification, due_at: str) -> dict[str, Any]:
-    """`build_message`, saying that the notice is late and when it was first due (text and a context block)."""
+def build_delayed_message(notification: Notification, due_at: str, why: str = SLACK_DID_NOT_TAKE_IT) -> dict[str, Any]:
+    """`build_message`, saying that the notice is late, when it was first due and `why` (text and a context block)."""
     message = build_message(notification)
-    line = delayed_notice_line(due_at)
+    line = delayed_notice_line(due_at, why)
     message["text"] = _truncate_mrkdwn(f"{escape_mrkdwn(line)} {message['text']}", SECTION_TEXT_LIMIT)
     context = {"type": "context", "elements": [{"type": "mrkdwn", "text": f":hourglass: {escape_mrkdwn(line)}"}]}
     message["blocks"] = [message["blocks"][0], context, *message["blocks"][1:]]
     return message
+
+
+# --- Claimed notices: kept with their claim, sent by the SLA guard when their sender died -------------------------
+
+
+def stored_notice(notification: Notification, due_at: str) -> str:
+    """What a claim keeps of the notice it is to send (compact JSON: fields left at no value are not written), and
+    when it was due; `parse_stored_notice` reads it back."""
+    body = {"notification": notification.to_compact_dict(), "due_at": due_at}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_stored_notice(stored: Any) -> tuple[Notification, str]:
+    """The notice a claim keeps and when it was first due; `NotANotification` when it holds none that can be sent."""
+    notification, body = _notice_in(stored, "stored notification")
+    due_at = body.get("due_at")
+    return notification, str(due_at) if due_at else "an unknown time"
+
+
+def stored_notice_excerpt(stored: Any) -> str:
+    return _truncate(str(stored), PARKED_BODY_EXCERPT)

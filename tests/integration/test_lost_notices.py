@@ -1,0 +1,147 @@
+"""Notices of work a handler did and died before telling of: the event's retry (or the next event about the same job)
+comes back to that work, finds it done, and tells of it, once."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from spot_hpc import ingest, job_events, placement
+
+from spotctl.offline.demo import control_plane_services
+from spotctl.offline.runtime import OfflineControlPlane
+
+pytestmark = pytest.mark.integration
+REGION = "us-east-1"
+QUICK_STAGES = {"preprocess": 0.5, "hpc": 0.5, "postprocess": 0.5}
+STAGE_HOURS = ",".join(f"{stage}={hours}" for stage, hours in QUICK_STAGES.items())
+HANDLER_OF_SOURCE = {
+    "aws.s3": "StartPipelineFunction",
+    "aws.ec2": "SpotInterruptionFunction",
+    "aws.batch": "BatchStateChangeFunction",
+}
+
+
+class RuntimeExit(Exception):
+    """A Lambda runtime that exits (out of memory, timed out): the invocation fails where it stands."""
+
+
+def _capacity_for(tmp_path, ten_minute_ticks: int):
+    """A trace with capacity for one node for the first `ten_minute_ticks` ticks, then none for days."""
+    trace = tmp_path / "short-capacity.json"
+    trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [1] * ten_minute_ticks + [0] * 500}))
+    return trace
+
+
+def _die_before_telling(monkeypatch, kind: str) -> list[str]:
+    """Every handler that tells of `kind` dies the first time, after the work and before the notice's claim."""
+    died: list[str] = []
+    for module in (ingest, placement, job_events):
+        real_notify = module.notify
+
+        def notify_or_die(svc, notice_kind, *args, _real=real_notify, **kwargs):
+            if notice_kind == kind and not died:
+                died.append(notice_kind)
+                raise RuntimeExit("Runtime exited before telling")
+            return _real(svc, notice_kind, *args, **kwargs)
+
+        monkeypatch.setattr(module, "notify", notify_or_die)
+    return died
+
+
+def _dead_lettered(plane: OfflineControlPlane) -> list[dict]:
+    """The events whose handler failed, as the events dead-letter queue holds them (Lambda retries them)."""
+    sqs = boto3.client("sqs", region_name=REGION)
+    url = sqs.get_queue_url(QueueName=plane.stack.physical_id("EventsDeadLetterQueue").rsplit("/", 1)[-1])["QueueUrl"]
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    return [json.loads(message["Body"]) for message in messages]
+
+
+def _upload_tight_run(plane: OfflineControlPlane) -> None:
+    """Three half-hour stages due in 2.5 hours."""
+    plane.upload("incoming/tight.csv", b"a\n1\n", {"deadline-hours": "2.5", "stage-hours": STAGE_HOURS})
+
+
+def _notices(plane: OfflineControlPlane, kind: str, stage: str) -> list[str]:
+    """The texts of the `kind` notices told of `stage` (of the run: "") on SNS, which takes every notice."""
+    svc = control_plane_services(plane)
+    run = svc.ledger.list_runs()[-1]
+    return [
+        n["text"]
+        for n in svc.ledger.run_notifications(run.run_id)
+        if n["kind"] == kind and n["channel"] == "sns" and (not stage or f"stage {stage} |" in n["text"])
+    ]
+
+
+def test_a_requeue_whose_warning_handler_died_before_telling_is_told_once(monkeypatch, tmp_path):
+    # GIVEN Spot capacity for half an hour, a run with little slack, and the interruption handler dying right after
+    # moving preprocess to On-Demand on the warning, before telling of it
+    died = _die_before_telling(monkeypatch, "requeued")
+    with OfflineControlPlane(trace=_capacity_for(tmp_path, 3), stage_hours=QUICK_STAGES) as plane:
+        _upload_tight_run(plane)
+        status = plane.run_until_settled(max_hours=4)
+        # WHEN Lambda retries the warning (the Spot job's end, which the requeue brought about, came back too)
+        [warning] = _dead_lettered(plane)
+        retried, errored = plane.invoke(HANDLER_OF_SOURCE[warning["source"]], warning)
+        requeued = _notices(plane, "requeued", "preprocess")
+    # THEN the move was told once, and the retry found nothing more to do
+    assert died == ["requeued"] and warning["detail-type"] == "EC2 Spot Instance Interruption Warning"
+    assert status == "SUCCEEDED" and not errored and retried["jobs"][0]["reason"] == "job no longer current"
+    assert len(requeued) == 1 and "| attempt 2 |" in requeued[0], requeued
+
+
+def test_a_reclaim_whose_batch_handler_died_before_telling_is_told_by_the_events_retry(monkeypatch, tmp_path):
+    # GIVEN Spot capacity for 20 minutes, and the Batch handler dying right after placing the reclaimed preprocess's
+    # next attempt, before telling of the reclaim
+    died = _die_before_telling(monkeypatch, "interrupted")
+    with OfflineControlPlane(trace=_capacity_for(tmp_path, 2), stage_hours=QUICK_STAGES) as plane:
+        _upload_tight_run(plane)
+        status = plane.run_until_settled(max_hours=4)
+        told_before_the_retry = _notices(plane, "interrupted", "preprocess")
+        # WHEN Lambda retries the job's FAILED event
+        [failed] = _dead_lettered(plane)
+        retried, errored = plane.invoke(HANDLER_OF_SOURCE[failed["source"]], failed)
+        interrupted = _notices(plane, "interrupted", "preprocess")
+        requeued = _notices(plane, "requeued", "preprocess")
+    # THEN the retry, finding the next attempt placed, told of the reclaim: once
+    assert died == ["interrupted"] and failed["detail"]["status"] == "FAILED" and told_before_the_retry == []
+    assert status == "SUCCEEDED" and not errored and retried["status"] == "ignored", retried
+    assert len(interrupted) == 1 and "| attempt 1 |" in interrupted[0], interrupted
+    # AND told no move to On-Demand that was not one (the reclaimed attempt's successor waited on Spot)
+    assert not any("| attempt 2 |" in text for text in requeued), requeued
+
+
+def test_a_requeue_whose_guard_pass_died_before_telling_is_told_when_the_spot_job_ends(monkeypatch, tmp_path):
+    # GIVEN Spot capacity for 20 minutes, so that the reclaimed preprocess waits for Spot that does not come, and the
+    # SLA guard dying right after moving it to On-Demand, before telling of it (a guard pass is not retried)
+    died = _die_before_telling(monkeypatch, "requeued")
+    with OfflineControlPlane(trace=_capacity_for(tmp_path, 2), stage_hours=QUICK_STAGES) as plane:
+        _upload_tight_run(plane)
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=4)
+        requeued = _notices(plane, "requeued", "preprocess")
+        dead_lettered = _dead_lettered(plane)
+    # THEN no event was retried (the guard's pass is not), yet the end of the Spot job the guard replaced brought the
+    # Batch handler back to the move, which it told
+    assert died == ["requeued"] and status == "SUCCEEDED" and dead_lettered == []
+    assert len(requeued) == 1 and "| attempt 3 |" in requeued[0], requeued
+
+
+def test_a_start_whose_handler_died_before_telling_is_told_by_the_uploads_retry(monkeypatch, tmp_path):
+    # GIVEN the upload handler dying right after starting the run's execution, before telling of it
+    died = _die_before_telling(monkeypatch, "started")
+    with OfflineControlPlane(trace=_capacity_for(tmp_path, 30), stage_hours=QUICK_STAGES) as plane:
+        _upload_tight_run(plane)
+        told_before_the_retry = len(_notices(plane, "started", ""))
+        # WHEN Lambda retries the upload's event
+        [upload] = _dead_lettered(plane)
+        retried, errored = plane.invoke(HANDLER_OF_SOURCE[upload["source"]], upload)
+        again, errored_again = plane.invoke(HANDLER_OF_SOURCE[upload["source"]], upload)
+        status = plane.run_until_settled(max_hours=4)
+        started = _notices(plane, "started", "")
+        executions = plane.executions()
+    # THEN the retry, finding the run started, told of it; a later duplicate found it told; one run, one execution
+    assert died == ["started"] and told_before_the_retry == 0
+    assert (retried["status"], errored, again["status"], errored_again) == ("duplicate", False, "duplicate", False)
+    assert len(started) == 1 and len(executions) == 1 and status == "SUCCEEDED"
