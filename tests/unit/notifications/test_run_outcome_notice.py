@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from spot_hpc import clock
 from spot_hpc.clock import format_time, utc_now
 from spot_hpc.ledger import Attempt, NotificationClaimHeld, Run, Stage
 from spot_hpc.outcome import finish
@@ -83,10 +81,8 @@ class FakeSecrets:
 
 
 @pytest.fixture(autouse=True)
-def fixed_clock() -> Iterator[None]:
-    clock.use_clock(lambda: NOW)
-    yield
-    clock.use_clock(None)
+def fixed_clock(utc_clock) -> None:
+    utc_clock.now = NOW
 
 
 def _services(ledger: FakeLedger, sink: WebhookSink) -> Services:
