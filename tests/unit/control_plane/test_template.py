@@ -268,6 +268,24 @@ def test_string_parameters_are_constrained():
     assert secret.fullmatch("spot-hpc/slack-webhook") and not secret.fullmatch("bad name")
 
 
+def test_every_function_takes_the_public_powertools_layer_unless_the_deployment_names_its_own(translated):
+    # GIVEN the functions CloudFormation would create, and the parameter naming another Powertools layer
+    functions = {k: v["Properties"] for k, v in translated["Resources"].items() if v["Type"] == "AWS::Lambda::Function"}
+    layer_arn = re.compile(source_template()["Parameters"]["PowertoolsLayerArn"]["AllowedPattern"])
+    # THEN each function's first layer is the commercial partition's public layer while the parameter is empty, and
+    # the layer the parameter names otherwise (AWS China and GovCloud (US) publish it under other accounts)
+    assert translated["Conditions"]["UsePublicPowertoolsLayer"] == {"Fn::Equals": [{"Ref": "PowertoolsLayerArn"}, ""]}
+    for name, properties in functions.items():
+        condition, public, own = properties["Layers"][0]["Fn::If"]
+        assert condition == "UsePublicPowertoolsLayer" and own == {"Ref": "PowertoolsLayerArn"}, name
+        assert ":017000801446:layer:AWSLambdaPowertoolsPythonV3-python311-x86_64:" in public["Fn::Sub"], name
+    # AND the parameter takes an empty value or a layer version ARN of any partition, and nothing else
+    china = "arn:aws-cn:lambda:cn-north-1:498634801083:layer:AWSLambdaPowertoolsPythonV3-python311-x86_64:18"
+    assert layer_arn.fullmatch("") and layer_arn.fullmatch(china)
+    assert layer_arn.fullmatch("arn:aws-us-gov:lambda:us-gov-west-1:123456789012:layer:powertools-v3:4")
+    assert not layer_arn.fullmatch("AWSLambdaPowertoolsPythonV3") and not layer_arn.fullmatch(china[:-3])
+
+
 # ------------------------------------------------------------------ the state machine
 def test_every_arn_reaches_the_asl_through_definition_substitutions():
     text = ASL_PATH.read_text()
