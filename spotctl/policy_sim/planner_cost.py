@@ -285,7 +285,7 @@ def measure(case: PlannerCase, handler: Path) -> dict[str, Any]:
         stats=stats,
     )
     seconds = time.perf_counter() - started
-    solved = plan.PLANS.last()
+    solved = plan.PLANS.latest
     if solved is None or plan.PLANS.solves != solves + 1:
         raise PlannerCostError(f"no plan was solved: the policy decided {decision.action} ({decision.reason})")
     multiple, _, _ = plan_grid(
@@ -325,7 +325,7 @@ def _fill_plan_cache() -> None:
             spot_price=price,
             stats=stats,
         )
-        last = plan.PLANS.last()
+        last = plan.PLANS.latest
         if last is None or plan.PLANS.nbytes + last.nbytes > plan.PLANS.max_bytes:
             return
 

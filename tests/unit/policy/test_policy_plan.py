@@ -217,3 +217,25 @@ def test_a_cached_plan_serves_less_time_and_work_and_a_larger_solve_replaces_it(
     assert len(cache) == 1 and cache.get(inputs, 40, 20) is bigger
     for running in ("idle", "spot", "on_demand"):
         assert (getattr(bigger, running)[:41] == getattr(small, running)).all()
+
+
+def test_a_pass_over_more_stages_than_the_cache_holds_keeps_the_plans_it_has():
+    # GIVEN a cache with room for two plans, and a guard checking three stages pass after pass
+    size = table_bytes(2, 40, 20)
+    cache = PlanCache(2 * size + size // 2)
+    stages = [_inputs(cost) for cost in (0.1, 0.2, 0.3)]
+
+    def guard_pass() -> int:
+        solved = cache.solves
+        for inputs in stages:
+            if cache.get(inputs, 40, 20) is None:
+                cache.solve(inputs, 40, 20)
+        return cache.solves - solved
+
+    # WHEN it makes three passes
+    passes = [guard_pass() for _ in range(3)]
+
+    # THEN after the first, each pass reads back the plan the cache kept and solves the two others (least recently
+    # used out first would drop each plan just before its turn, and solve all three every pass)
+    assert passes == [3, 2, 2]
+    assert cache.nbytes <= cache.max_bytes and cache.latest is not None

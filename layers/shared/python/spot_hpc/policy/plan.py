@@ -141,11 +141,15 @@ class PlanCache:
     """Solved plans by their inputs, least recently used out first, up to `max_bytes` of decision tables.
 
     A Lambda process keeps it across invocations, and the SLA guard checks every active stage each pass, each with a
-    plan of its own: with one plan kept, every pass over several stages solved them all again."""
+    plan of its own: with one plan kept, every pass over several stages solved them all again. A plan solved while
+    the cache is full goes in as the least recently used, and moves up only when it is read again: a guard pass over
+    more stages than the cache holds then keeps the plans it has and solves the rest (plain LRU would drop each plan
+    just before the next pass needs it, and solve nearly all of them every pass)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.solves = 0
+        self.latest: Plan | None = None  # the plan solved or read last
         self._plans: OrderedDict[PlanInputs, Plan] = OrderedDict()
 
     def __len__(self) -> int:
@@ -160,6 +164,7 @@ class PlanCache:
         if plan is None or plan.steps < steps or plan.work < work:
             return None
         self._plans.move_to_end(inputs)
+        self.latest = plan
         return plan
 
     def solve(self, inputs: PlanInputs, steps: int, work: int) -> Plan:
@@ -167,19 +172,21 @@ class PlanCache:
         stay within `max_bytes` (a plan larger than that on its own is kept alone)."""
         self._plans.pop(inputs, None)  # a plan for less time or work: the new one covers it
         needed = table_bytes(len(inputs.up_chances), steps, work)
+        full = False
         while self._plans and self.nbytes + needed > self.max_bytes:
             self._plans.popitem(last=False)
+            full = True
         plan = solve(inputs, steps, work)
         self.solves += 1
         self._plans[inputs] = plan
+        if full:
+            self._plans.move_to_end(inputs, last=False)
+        self.latest = plan
         return plan
-
-    def last(self) -> Plan | None:
-        """The plan used most recently."""
-        return next(reversed(self._plans.values()), None)
 
     def clear(self) -> None:
         self._plans.clear()
+        self.latest = None
 
 
 def table_bytes(ages: int, steps: int, work: int) -> int:
