@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
 import math
+import weakref
+from typing import Any
 
 import pytest
 from spot_hpc.policy import Action, SpotStats, decide, plan
@@ -239,3 +242,41 @@ def test_a_pass_over_more_stages_than_the_cache_holds_keeps_the_plans_it_has():
     # used out first would drop each plan just before its turn, and solve all three every pass)
     assert passes == [3, 2, 2]
     assert cache.nbytes <= cache.max_bytes and cache.latest is not None
+
+
+def test_a_plan_the_cache_drops_is_not_kept_in_memory_while_the_next_one_is_solved(monkeypatch):
+    # GIVEN a cache with room for one plan, holding one solved last
+    size = table_bytes(2, 40, 20)
+    cache = PlanCache(size + size // 2)
+    first = cache.solve(_inputs(0.1), 40, 20)
+    dropped = weakref.ref(first)
+    del first
+    alive_while_solving: list[bool] = []
+    real_solve = plan.solve
+
+    def solving(*args: Any) -> Plan:
+        gc.collect()
+        alive_while_solving.append(dropped() is not None)
+        return real_solve(*args)
+
+    monkeypatch.setattr(plan, "solve", solving)
+    # WHEN another plan is solved, for which the first makes room
+    cache.solve(_inputs(0.2), 40, 20)
+
+    # THEN the first is gone from memory before the solve starts: the cache's bound holds at its peak
+    assert alive_while_solving == [False]
+
+
+def test_requests_of_other_sizes_for_the_same_inputs_share_one_plan():
+    # GIVEN two stages with the same figures (fresh ones, say): one with more time left, the other with more work
+    cache = PlanCache(plan.PLAN_CACHE_BYTES)
+    inputs = _inputs(0.1)
+    # WHEN a guard checks both, pass after pass
+    for _ in range(3):
+        for steps, work in ((100, 10), (50, 20)):
+            if cache.get(inputs, steps, work) is None:
+                cache.solve(inputs, steps, work)
+
+    # THEN the second solve covers both, and no pass solves again
+    assert cache.solves == 2 and len(cache) == 1
+    assert cache.latest is not None and (cache.latest.steps, cache.latest.work) == (100, 20)

@@ -149,7 +149,9 @@ class PlanCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.solves = 0
-        self.latest: Plan | None = None  # the plan solved or read last
+        # Which plan was solved or read last, by its key: a reference to the plan itself would keep it in memory
+        # after the cache dropped it.
+        self._latest: PlanInputs | None = None
         self._plans: OrderedDict[PlanInputs, Plan] = OrderedDict()
 
     def __len__(self) -> int:
@@ -159,18 +161,30 @@ class PlanCache:
     def nbytes(self) -> int:
         return sum(plan.nbytes for plan in self._plans.values())
 
+    @property
+    def latest(self) -> Plan | None:
+        """The plan solved or read last, while the cache keeps it."""
+        return self._plans.get(self._latest) if self._latest is not None else None
+
     def get(self, inputs: PlanInputs, steps: int, work: int) -> Plan | None:
         plan = self._plans.get(inputs)
         if plan is None or plan.steps < steps or plan.work < work:
             return None
         self._plans.move_to_end(inputs)
-        self.latest = plan
+        self._latest = inputs
         return plan
 
     def solve(self, inputs: PlanInputs, steps: int, work: int) -> Plan:
         """Solves and keeps a plan. Room is made before the solve, so that the tables kept and the new ones together
-        stay within `max_bytes` (a plan larger than that on its own is kept alone)."""
-        self._plans.pop(inputs, None)  # a plan for less time or work: the new one covers it
+        stay within `max_bytes` (a plan larger than that on its own is kept alone). A plan kept for the same inputs
+        is replaced by one covering both it and the request, when that fits one grid (`grid_multiple`): two stages
+        with the same figures and other sizes would otherwise replace each other's plan at every turn."""
+        kept = self._plans.pop(inputs, None)
+        if kept is not None:
+            steps_both, work_both = max(steps, kept.steps), max(work, kept.work)
+            if grid_multiple(steps_both, work_both, len(inputs.up_chances), inputs.change_steps) == 1:
+                steps, work = steps_both, work_both
+            del kept
         needed = table_bytes(len(inputs.up_chances), steps, work)
         full = False
         while self._plans and self.nbytes + needed > self.max_bytes:
@@ -181,12 +195,12 @@ class PlanCache:
         self._plans[inputs] = plan
         if full:
             self._plans.move_to_end(inputs, last=False)
-        self.latest = plan
+        self._latest = inputs
         return plan
 
     def clear(self) -> None:
         self._plans.clear()
-        self.latest = None
+        self._latest = None
 
 
 def table_bytes(ages: int, steps: int, work: int) -> int:
