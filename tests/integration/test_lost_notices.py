@@ -145,3 +145,70 @@ def test_a_start_whose_handler_died_before_telling_is_told_by_the_uploads_retry(
     assert died == ["started"] and told_before_the_retry == 0
     assert (retried["status"], errored, again["status"], errored_again) == ("duplicate", False, "duplicate", False)
     assert len(started) == 1 and len(executions) == 1 and status == "SUCCEEDED"
+
+
+def test_a_move_to_on_demand_whose_submission_died_is_told_by_the_guard_that_submits_it(monkeypatch, tmp_path):
+    from datetime import timedelta
+
+    from sample_events import load_event
+    from spot_hpc.batch import BatchGateway
+
+    with OfflineControlPlane(trace=_capacity_for(tmp_path, 30), stage_hours=QUICK_STAGES) as plane:
+        # GIVEN preprocess running on Spot, and a handler that claimed its next attempt on On-Demand (after a
+        # reclaim, say) and died before SubmitJob: nothing records the move, and the Spot job's end is behind it
+        _upload_tight_run(plane)
+        svc = control_plane_services(plane)
+        for _ in range(100):
+            run = svc.ledger.list_runs()[-1]
+            stage = svc.ledger.get_stage(run.run_id, "preprocess")
+            if stage is not None and stage.job_id and stage.capacity == "spot":
+                break
+            plane.step()
+        with monkeypatch.context() as patched:
+
+            def die(self, request):
+                raise RuntimeExit("Runtime exited before SubmitJob")
+
+            patched.setattr(BatchGateway, "submit", die)
+            with pytest.raises(RuntimeExit):
+                placement.place_attempt(svc, run, stage, "on-demand", "the Spot job was reclaimed")
+        told_before = _notices(plane, "requeued", "preprocess")
+        # WHEN the SLA guard's pass finds the claimed attempt without a job, past its grace
+        plane.clock.advance(timedelta(minutes=4))
+        result, errored = plane.invoke("SlaGuardFunction", load_event("sla_guard_schedule"))
+        requeued = _notices(plane, "requeued", "preprocess")
+    # THEN it submits the attempt on On-Demand and tells of the move, which no one else would have
+    assert told_before == [] and not errored
+    assert {"run_id": run.run_id, "stage": "preprocess", "action": "resubmitted lost submission"} in result["actions"]
+    assert len(requeued) == 1 and "| attempt 2 |" in requeued[0], requeued
+
+
+def test_an_upload_whose_start_notice_another_delivery_holds_starts_the_run_without_failing(tmp_path):
+    from datetime import timedelta
+
+    from sample_events import load_event
+    from spot_hpc.clock import utc_now
+    from spot_hpc.pipeline import run_id_for
+    from spot_hpc.slack import notification_dedupe_key
+
+    with OfflineControlPlane(trace=_capacity_for(tmp_path, 30), stage_hours=QUICK_STAGES) as plane:
+        # GIVEN an uploaded CSV whose event a second delivery handles at the same time, holding the start notice
+        key = "incoming/concurrent.csv"
+        version = boto3.client("s3", region_name=REGION).put_object(
+            Bucket=plane.bucket, Key=key, Body=b"a\n1\n", Metadata={"deadline-hours": "2.5", "stage-hours": STAGE_HOURS}
+        )["VersionId"]
+        event = load_event("s3_object_created")
+        event["detail"]["bucket"]["name"] = plane.bucket
+        event["detail"]["object"].update({"key": key, "version-id": version})
+        run_id = run_id_for(key, version, event["detail"]["object"]["sequencer"])
+        svc = control_plane_services(plane)
+        svc.ledger.claim_notification(
+            notification_dedupe_key(run_id, None, "started"), utc_now() + timedelta(minutes=1)
+        )
+        # WHEN this delivery is handled
+        result, errored = plane.invoke("StartPipelineFunction", event)
+        executions = plane.executions()
+    # THEN it starts the run and leaves the notice to the holder (or to the SLA guard, should the holder die),
+    # rather than failing, to be retried for a notice alone
+    assert not errored and result["status"] == "started" and result["run_id"] == run_id
+    assert [e["name"] for e in executions] == [run_id]

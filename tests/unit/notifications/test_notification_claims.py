@@ -20,6 +20,8 @@ from spot_hpc.notifier import ORPHAN_SWEEP_MAX_NOTICES, ORPHANED_NOTICES_SOURCE,
 from spot_hpc.outcome import finish
 from spot_hpc.slack import Notification, notification_dedupe_key, notification_text, stored_notice
 
+from spotctl.offline.webhook_sink import SinkResponse
+
 RUN = Run("run-1", "ingest", "incoming/a.csv", "v1", "2026-01-05T18:00:00Z", 12.0, "2026-01-05T05:00:00Z", {})
 KEY = "notification#abc"
 
@@ -724,3 +726,32 @@ def test_a_handler_come_back_to_told_work_leaves_a_held_notice_to_its_holder_and
     again = notifier.notify(services, "requeued", RUN, "hpc", "deadline at risk", attempt=2, leave_held=True)
     assert summary["sent"] == 1 and again is False
     assert len(sink.delivered_messages) == 1 and _sns_notes(services) == 1
+
+
+def test_a_late_notice_whose_slack_copy_cannot_be_parked_is_not_published_again_each_pass(
+    services, sink, ledger_table, utc_clock, monkeypatch
+):
+    # GIVEN an orphaned notice, Slack down, and the notifications dead-letter queue refusing its copy
+    _orphaned(services, utc_clock, monkeypatch)
+    sink.respond_with(*[SinkResponse(503, "service_unavailable")] * 10)
+    published: list[str] = []
+    real_publish = services.sns.publish
+
+    def publish(**request: Any) -> Any:
+        published.append(request["Message"])
+        return real_publish(**request)
+
+    def refuse(**_: Any) -> Any:
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not allowed"}}, "SendMessage")
+
+    monkeypatch.setattr(services.sns, "publish", publish)
+    monkeypatch.setattr(services.sqs, "send_message", refuse)
+    # WHEN the SLA guard runs two passes
+    first, second = _sweeps(services), _sweeps(services)
+
+    # THEN the first published it on SNS, once, and settled it (its Slack copy recorded as undelivered); the second
+    # found nothing to send, rather than publishing it again
+    assert first["orphaned_notices"]["sent"] == 1 and second["orphaned_notices"]["sent"] == 0
+    assert len(published) == 1 and _record(ledger_table)["notice"] == "sent"
+    statuses = {(n["channel"], n["status"]) for n in services.ledger.run_notifications(RUN.run_id)}
+    assert ("sns", "delivered late") in statuses and ("slack", "undelivered") in statuses

@@ -27,6 +27,7 @@ from spot_hpc.placement import (
     stage_view,
     stop_stage,
     submit_claimed,
+    tell_requeue,
 )
 from spot_hpc.policy import Action
 from spot_hpc.services import Services
@@ -150,6 +151,9 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
     if not stage.job_id:
         if stage.submitting_since and now - parse_time(stage.submitting_since) > STALE_SUBMISSION:
             submit_claimed(svc, run, stage, stage.capacity or "spot", "recovered an interrupted submission")
+            # The handler that claimed it died before telling of a move to On-Demand, if it was one; nothing else
+            # comes back to it (the attempt before has ended).
+            tell_requeue(svc, run, stage.stage, stage.attempt - 1, "placed on On-Demand after the Spot attempt before")
             return "resubmitted lost submission"
         return None
     if job is None:

@@ -92,10 +92,11 @@ def notify(
 ) -> bool:
     """Sends one notification per (run, stage, kind, attempt); False when it was already sent.
 
-    `leave_held`: for a handler that comes back to work done before (its event repeated, or an event that follows
-    from that work) to tell of it in case the one that did it died before telling. A claim another invocation holds
-    is then left to it, or, should it have died, to the SLA guard once the lease lapses (`send_orphaned_notices`),
-    rather than failing this handler (False)."""
+    `leave_held`: a claim another invocation holds is left to it, or, should it have died, to the SLA guard once its
+    lease lapses (`send_orphaned_notices`), rather than failing this handler (False). For the event handlers, whose
+    notice is the last step of work already done (a retry would redo nothing else), and for a handler that comes back
+    to work done before to tell of it in case the one that did it died before telling. Without it (the state
+    machine's notify task, which retries) NotificationClaimHeld is raised."""
     notification = Notification(
         kind=kind,  # type: ignore[arg-type]
         run_id=run.run_id,

@@ -291,7 +291,7 @@ def requeue_to_on_demand(svc: Services, run: Run, stage: Stage, job_id: str, rea
     placed = place_attempt(svc, run, stage, "on-demand", reason)
     svc.batch.terminate(job_id, f"spot-hpc: requeued to On-Demand ({reason})")
     if placed:
-        notify(svc, "requeued", run, stage.stage, reason, attempt=placed.attempt)
+        notify(svc, "requeued", run, stage.stage, reason, attempt=placed.attempt, leave_held=True)
     else:  # placed by an earlier call, which may have died before telling of it
         tell_requeue(svc, run, stage.stage, stage.attempt, reason)
     return placed

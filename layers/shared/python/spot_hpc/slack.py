@@ -578,7 +578,8 @@ class SlackCircuit:
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    slack: Literal["delivered", "dead-lettered", "skipped"]
+    # "undelivered": a late notice whose Slack copy could not be parked either (see `deliver_notification`)
+    slack: Literal["delivered", "dead-lettered", "skipped", "undelivered"]
     sns_message_id: str | None
     error: str | None = None
 
@@ -722,14 +723,22 @@ def deliver_notification(
         extra={"kind": notification.kind, "run_id": notification.run_id, "error": attempt.error},
     )
     if sqs_client is not None and dead_letter_queue_url:
-        send_to_dead_letter_queue(
-            sqs_client,
-            dead_letter_queue_url,
-            notification,
-            attempt.error or "",
-            dedupe_key=dedupe_key,
-            due_at=due_at,
-        )
+        try:
+            send_to_dead_letter_queue(
+                sqs_client,
+                dead_letter_queue_url,
+                notification,
+                attempt.error or "",
+                dedupe_key=dedupe_key,
+                due_at=due_at,
+            )
+        except Exception:
+            if late_since is None:
+                raise
+            # A late notice (the SLA guard's, which nothing retries but the guard's next pass) is not sent again for
+            # its Slack copy: SNS has it, and each pass would publish it again.
+            logger.exception("late notice's Slack copy not parked; SNS has it", extra={"kind": notification.kind})
+            return DeliveryOutcome(slack="undelivered", sns_message_id=message_id, error=attempt.error)
     return DeliveryOutcome(slack="dead-lettered", sns_message_id=message_id, error=attempt.error)
 
 
