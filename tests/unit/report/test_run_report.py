@@ -7,7 +7,7 @@ import math
 from datetime import UTC, datetime
 
 import pytest
-from spot_hpc.cost import check_run_report_costs
+from spot_hpc.cost import check_run_report_costs, savings_pct
 from spot_hpc.ledger import Attempt, Run, Stage
 from spot_hpc.run_report import build_run_report, run_report_json
 
@@ -91,8 +91,28 @@ def test_a_run_still_in_progress_is_reported_so_far() -> None:
     assert report["finished_hours"] is None and report["deadline_met"] is False
     assert report["stages"][0]["attempts"][0]["stopped_hours"] is None
     assert report["cost_usd"] == pytest.approx(2.72 * 3)
-    # ... and checking its figures finds nothing wrong with the cost so far of the running attempt
+    # ... and checking its figures finds nothing wrong with the cost so far of the running attempt, billed up to when
+    # the report was made
+    assert report["as_of_hours"] == 9.0
     assert check_run_report_costs(report) == []
+
+
+def test_the_cost_so_far_of_a_running_attempt_is_checked_against_when_the_report_was_made() -> None:
+    # GIVEN the report of a run whose HPC attempt has run 3 h and is still running, with that attempt's cost so far
+    # made a third lower (and the run's cost and savings with it)
+    stage = Stage("run-1", "hpc", 1, 4.0, False, 2, status="RUNNING", attempt=1)
+    report = build_run_report(_run(), [stage], [_attempt("2026-01-05T06:00:00Z", None)], {"hpc": 2.72})
+    report["stages"][0]["attempts"][0]["cost_usd"] = report["cost_usd"] = 2.72 * 2
+    report["savings_pct"] = savings_pct(report["cost_usd"], report["on_demand_only_cost_usd"])
+
+    # WHEN its figures are checked, and those of the same report without the time it was made (made before reports
+    # said it)
+    problems = check_run_report_costs(report)
+    undated = {key: value for key, value in report.items() if key != "as_of_hours"}
+
+    # THEN the attempt's cost is found short of the 3 h it was billed; only the undated report must take it as told
+    assert any("stage hpc attempt 0" in problem for problem in problems), problems
+    assert check_run_report_costs(undated) == []
 
 
 def test_an_empty_run_reports_zeros() -> None:

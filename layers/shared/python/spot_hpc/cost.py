@@ -186,24 +186,28 @@ def check_run_report_costs(run_report: Mapping[str, Any], tolerance_usd: float =
 
     Checks every attempt's `cost_usd`, the run's `cost_usd` (their sum), and, when the stages carry their plans,
     `on_demand_only_cost_usd` and `savings_pct`. A summary without `stages` has nothing to check against. An attempt
-    still running (started, not stopped) was billed up to when the report was made, which the report does not say:
-    its cost so far is taken as reported (a non-negative number) and counted in the run's sum.
+    still running (started, not stopped) was billed up to when the report was made, `as_of_hours`. A report without
+    it (made before it was written) does not say: that attempt's cost so far is taken as reported (a non-negative
+    number) and counted in the run's sum.
     """
     problems: list[str] = []
     if "stages" not in run_report:
         return problems
+    as_of: Any = run_report.get("as_of_hours")
+    as_of_hours = float(as_of) if _is_number(as_of) and math.isfinite(as_of) else None
     attempt_costs: list[float] = []
     for stage in run_report.get("stages", []):
         for index, attempt_dict in enumerate(stage["attempts"]):
             attempt = attempt_from_report(attempt_dict)
             reported = attempt_dict.get("cost_usd")
-            if attempt.started_hours is not None and attempt.stopped_hours is None:
+            running = attempt.started_hours is not None and attempt.stopped_hours is None
+            if running and as_of_hours is None:
                 if not (_is_number(reported) and math.isfinite(reported) and reported >= 0):
                     problems.append(f"stage {stage['name']} attempt {index}: cost_usd so far {reported} is not a cost")
                     continue
                 attempt_costs.append(float(reported))
                 continue
-            expected = attempt_cost_usd(attempt)
+            expected = attempt_cost_usd(attempt, as_of_hours)
             attempt_costs.append(expected)
             if not _close(reported, expected, tolerance_usd):
                 problems.append(f"stage {stage['name']} attempt {index}: cost_usd {reported} != {expected}")

@@ -70,7 +70,8 @@ def build_run_report(
 ) -> dict[str, Any]:
     """`on_demand_usd_per_hour`: each stage's On-Demand price for all its nodes (the base of the savings), None when
     it could not be looked up. An unknown price counts as 0 and is counted in `prices_unknown`."""
-    now_hours = hours_between(parse_time(run.started_at), utc_now())
+    # Rounded as the report shows hours: the running attempts' costs are recomputed from it (`as_of_hours`).
+    now_hours = round(hours_between(parse_time(run.started_at), utc_now()), 6)
     stage_reports: list[dict[str, Any]] = []
     billed: list[cost.Attempt] = []
     for stage in stages:
@@ -116,6 +117,8 @@ def build_run_report(
         "pipeline_status": run.status,
         "deadline_hours": run.deadline_hours,
         "finished_hours": finished,
+        # When the report was made: what an attempt still running is billed up to.
+        "as_of_hours": now_hours,
         # Met: the pipeline succeeded by its deadline. A failed run has not met it; nor, yet, has one still running.
         "deadline_met": run.status == "SUCCEEDED" and finished is not None and finished <= run.deadline_hours + 1e-9,
         "stages": stage_reports,
