@@ -119,31 +119,46 @@ def test_a_notice_is_claimed_for_as_long_as_the_invocation_sending_it_may_run(pl
 
 
 @pytest.mark.parametrize("holder", ["sends it", "dies"])
-def test_a_duplicate_upload_event_finding_its_notice_claimed_fails_and_its_retry_ends_with_one_notice(plane, holder):
-    from spot_hpc.clock import utc_now
+def test_a_duplicate_upload_event_finding_its_notice_claimed_leaves_it_to_the_holder_or_the_guard(plane, holder):
+    from spot_hpc.clock import format_time, utc_now
+    from spot_hpc.pipeline import run_id_for
+    from spot_hpc.slack import Notification, stored_notice
 
     # GIVEN an upload the team is told of (its deadline is not a number), whose notice a first delivery of the same
-    # event has claimed with a minute left to run
+    # event has claimed with a minute left to run, keeping the notice with its claim as every sender does
     key = f"incoming/duplicate-{holder.replace(' ', '-')}.csv"
     event = _s3_event(plane, key, _upload(plane, key, {"deadline-hours": "x"}), id=str(uuid.uuid4()))
     svc = control_plane_services(plane)
     notice = f"rejected#{event['id']}"
-    claim = svc.ledger.claim_notification(notice, utc_now() + timedelta(seconds=60))
+    source = f"s3://{plane.bucket}/{key}"
+    held = Notification(
+        kind="failed",
+        run_id=run_id_for(source, event["id"], None),
+        stage=None,
+        reason="upload rejected: deadline-hours is not a number",
+        details={"source": source},
+    )
+    claim = svc.ledger.claim_notification(
+        notice, utc_now() + timedelta(seconds=60), stored_notice(held, due_at=format_time(utc_now()))
+    )
     seen = len(plane.webhook.delivered_messages)
     # WHEN the duplicate delivery is handled meanwhile
-    failure, errored = plane.invoke("StartPipelineFunction", event)
-    # THEN it fails with the retryable error (Lambda retries it) and sends nothing
-    assert errored and failure["errorType"] == "NotificationClaimHeld"
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN it records the rejection and leaves the notice to its holder: no failure for a notice alone, nothing sent
+    assert not errored and result["status"] == "rejected"
     assert len(plane.webhook.delivered_messages) == seen
-    # WHEN the first delivery sends the notice, or dies without sending it, and Lambda retries the duplicate (its
-    # second retry comes three minutes after the failure)
+    # WHEN the first delivery sends the notice, or dies without sending it, and the SLA guard's next pass comes after
+    # its lease
     if holder == "sends it":
         assert claim and svc.ledger.mark_notification_sent(notice, claim)
     plane.clock.advance(timedelta(minutes=3))
-    retried, errored_again = plane.invoke("StartPipelineFunction", event)
-    # THEN the retry succeeds: a no-op for a notice sent, and the one sending for a holder that died
-    assert not errored_again and retried["status"] == "rejected"
-    assert len(plane.webhook.delivered_messages) == seen + (holder == "dies")
+    guard, guard_errored = plane.invoke("SlaGuardFunction", load_event("sla_guard_schedule"))
+    # THEN the team was told once: by the holder, or late by the guard for a holder that died (the guard's pass over
+    # this module's other runs tells of them too)
+    assert not guard_errored and guard["orphaned_notices"]["stopped"] is None
+    late = [m for m in plane.webhook.delivered_messages[seen:] if held.run_id in (m.get("text") or "")]
+    assert len(late) == (holder == "dies")
+    assert all((message.get("text") or "").startswith("Delayed notice: first due") for message in late)
 
 
 def test_an_oversized_manifest_is_rejected_not_cut_short(plane):

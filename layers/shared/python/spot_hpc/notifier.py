@@ -5,15 +5,13 @@ minute after Slack failed to take one the next are parked there at once rather t
 guard sends parked messages to Slack again once it is back (`redeliver_parked_notices`).
 
 Each notice is claimed in the ledger before it is sent, and the claim is a lease that ends with the claiming
-invocation (`Services.invocation_ends_at`): a handler killed between the claim and the send leaves a claim that the
-event's retry takes over. A send that finds the claim still held by another invocation raises
-`NotificationClaimHeld` (retryable) rather than report success: that invocation may have died before sending (a crash
-well before its deadline), and only a retry after its lease can tell. The state machine retries its run-end notice
-for longer than the notify function's lease; Lambda retries an event a minute or more after the failure. Callers that
-are not retried to send that notice again leave it to its holder (the SLA guard).
-
-A claim keeps the notice it is to send: when its holder died and no retry comes after its lease (the event's retries
-were spent on the held claim), the SLA guard sends it, late (`send_orphaned_notices`).
+invocation (`Services.invocation_ends_at`): a handler killed between the claim and the send leaves a claim that a
+retry takes over. A claim also keeps the notice it is to send, so that when its holder died and nothing else comes
+back for it, the SLA guard sends it, late, once the lease has lapsed (`send_orphaned_notices`). A send that finds
+the claim still held by another invocation never reports it sent: that invocation may have died before sending (a
+crash well before its deadline). The state machine's notify task then raises `NotificationClaimHeld` and retries its
+run-end notice for longer than the notify function's lease; the event handlers and the SLA guard leave it to the
+holder, or to the guard (`notify(..., leave_held=True)`).
 """
 
 from __future__ import annotations
@@ -107,21 +105,16 @@ def notify(
         elapsed_hours=round(hours_between(parse_time(run.started_at), utc_now()), 3),
         **figures,
     )
-    try:
-        return _send(svc, notification, notification.dedupe_key)
-    except NotificationClaimHeld:
-        if not leave_held:
-            raise
-        logger.info("notice held by another invocation; left to it", extra={"kind": kind, "run_id": run.run_id})
-        return False
+    return _send(svc, notification, notification.dedupe_key, leave_held)
 
 
 def notify_rejected_upload(svc: Services, run_id: str, source: str, reason: str, event_id: str) -> bool:
-    """Tells the team an upload will not run (once per event): it would otherwise wait for a run that never comes."""
+    """Tells the team an upload will not run (once per event): it would otherwise wait for a run that never comes. A
+    claim another delivery of the event holds is left to it (see `notify`)."""
     notification = Notification(
         kind="failed", run_id=run_id, stage=None, reason=f"upload rejected: {reason}", details={"source": source}
     )
-    return _send(svc, notification, f"rejected#{event_id or source}")
+    return _send(svc, notification, f"rejected#{event_id or source}", leave_held=True)
 
 
 def _deliver(
@@ -142,17 +135,23 @@ def _deliver(
     )
 
 
-def _send(svc: Services, notification: Notification, dedupe_key: str) -> bool:
-    """Sends a notice once (SNS and Slack, or parked for Slack); False when it was sent already. NotificationClaimHeld
-    when another invocation holds its claim. The claim keeps the notice, for the SLA guard to send if this invocation
-    dies before it does."""
+def _send(svc: Services, notification: Notification, dedupe_key: str, leave_held: bool) -> bool:
+    """Sends a notice once (SNS and Slack, or parked for Slack); False when it was sent already, or (`leave_held`)
+    another invocation holds its claim; else NotificationClaimHeld then. The claim keeps the notice, for the SLA guard
+    to send if this invocation dies before it does."""
     # SNS or SQS failing (after botocore's retries) raises: the claim is given back so that the retry sends it.
-    outcome = _send_claimed(
-        svc,
-        dedupe_key,
-        lambda: _deliver(svc, notification, dedupe_key),
-        notice=stored_notice(notification, due_at=format_time(utc_now())),
-    )
+    try:
+        outcome = _send_claimed(
+            svc,
+            dedupe_key,
+            lambda: _deliver(svc, notification, dedupe_key),
+            notice=stored_notice(notification, due_at=format_time(utc_now())),
+        )
+    except NotificationClaimHeld:
+        if not leave_held:
+            raise
+        logger.info("notice held by another invocation; left to it", extra={"key": dedupe_key})
+        return False
     if outcome is None:
         return False
     svc.ledger.record_notifications(notification.run_id, notification_report_entries(notification, outcome))
