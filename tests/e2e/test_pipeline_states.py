@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from offline_runs import QUICK_STAGES
 from template_grants import refused_calls
 
 from spotctl.offline.runtime import OfflineControlPlane
 
 pytestmark = pytest.mark.e2e
 ASL = json.loads(Path("statemachines/pipeline.asl.json").read_text())
-QUICK_STAGES = {"preprocess": 0.5, "hpc": 0.5, "postprocess": 0.5}
 APPLICATION_BUG_EXIT_CODE = 3
 
 

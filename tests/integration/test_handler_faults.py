@@ -7,6 +7,7 @@ import json
 
 import boto3
 import pytest
+from offline_runs import QUICK_STAGES, RuntimeExitError, steady_trace, upload_quick_run
 from sample_events import load_event
 from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
@@ -19,7 +20,6 @@ from spotctl.offline.runtime import OfflineControlPlane
 
 pytestmark = pytest.mark.integration
 REGION = "us-east-1"
-QUICK_STAGES = {"preprocess": 0.5, "hpc": 0.5, "postprocess": 0.5}
 SPOT_FROM_THE_START = 75.0  # hour of the default trace with Spot capacity for the first 45 minutes
 
 
@@ -41,19 +41,6 @@ def _attempts(plane: OfflineControlPlane, stage: str):
 def _refused_calls(plane: OfflineControlPlane) -> dict[str, list[str]]:
     """The AWS calls the handlers made that their roles in the translated template would not allow."""
     return refused_calls(plane.stack.translated, plane.aws_calls.actions)
-
-
-def _steady_trace(tmp_path, nodes: int):
-    """A trace with Spot capacity for `nodes` nodes at every tick (0: none at all)."""
-    trace = tmp_path / f"steady-{nodes}.json"
-    trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [nodes] * 500}))
-    return trace
-
-
-def _upload_quick_run(plane: OfflineControlPlane, deadline_hours: float) -> None:
-    """Three half-hour stages under `deadline_hours`."""
-    stage_hours = ",".join(f"{stage}={hours}" for stage, hours in QUICK_STAGES.items())
-    plane.upload("incoming/tight.csv", b"a\n1\n", {"deadline-hours": str(deadline_hours), "stage-hours": stage_hours})
 
 
 LONG_PREPROCESS = {"preprocess": 4, "hpc": 1, "postprocess": 1}
@@ -84,8 +71,8 @@ def test_rebalance_recommendation_asks_the_running_job_to_checkpoint():
 
 def test_stuck_runnable_on_spot_moves_to_on_demand_and_meets_the_deadline(tmp_path):
     # GIVEN a trace with no Spot capacity at all, and a deadline with little slack
-    with OfflineControlPlane(trace=_steady_trace(tmp_path, 0), stage_hours=QUICK_STAGES) as plane:
-        _upload_quick_run(plane, 2.5)
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 0), stage_hours=QUICK_STAGES) as plane:
+        upload_quick_run(plane, 2.5)
         # WHEN the run goes its course
         status = plane.run_until_settled(max_hours=6)
         run, preprocess = _attempts(plane, "preprocess")
@@ -251,8 +238,8 @@ def test_crash_in_a_requeue_before_the_on_demand_attempt_is_claimed_is_repaired(
         return real_place(svc, run, stage, capacity, reason, **claim_sets)
 
     monkeypatch.setattr(placement, "place_attempt", crash_once)
-    with OfflineControlPlane(trace=_steady_trace(tmp_path, 0), stage_hours=QUICK_STAGES) as plane:
-        _upload_quick_run(plane, 2.5)
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 0), stage_hours=QUICK_STAGES) as plane:
+        upload_quick_run(plane, 2.5)
         # WHEN the run goes its course (the guard tries the requeue again 5 minutes later)
         status = plane.run_until_settled(max_hours=6)
         _, preprocess = _attempts(plane, "preprocess")
@@ -276,8 +263,8 @@ def test_a_requeue_that_dies_before_submitting_is_resubmitted_on_demand_and_the_
         return real_submit(self, request)
 
     monkeypatch.setattr(BatchGateway, "submit", crash_once_on_demand)
-    with OfflineControlPlane(trace=_steady_trace(tmp_path, 0), stage_hours=QUICK_STAGES) as plane:
-        _upload_quick_run(plane, 2.5)
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 0), stage_hours=QUICK_STAGES) as plane:
+        upload_quick_run(plane, 2.5)
         # WHEN the run goes its course (the guard finds the claimed attempt without a job)
         status = plane.run_until_settled(max_hours=6)
         jobs = {job.name: job for job in plane.batch.jobs.values() if "-preprocess-" in job.name}
@@ -291,7 +278,7 @@ def test_a_requeue_that_dies_before_submitting_is_resubmitted_on_demand_and_the_
 
 def test_hpc_in_shards_mode_runs_as_an_array_job_on_spot(tmp_path):
     # GIVEN a trace with Spot capacity for 4 nodes throughout, and an upload asking for 3 independent HPC shards
-    with OfflineControlPlane(trace=_steady_trace(tmp_path, 4), stage_hours=QUICK_STAGES) as plane:
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 4), stage_hours=QUICK_STAGES) as plane:
         plane.upload("incoming/shards.csv", b"a\n1\n", {"deadline-hours": "12", "hpc-mode": "shards", "hpc-nodes": "3"})
         # WHEN the run goes its course
         status = plane.run_until_settled(max_hours=12)
@@ -313,8 +300,8 @@ def test_hpc_in_shards_mode_runs_as_an_array_job_on_spot(tmp_path):
 
 def test_a_stage_that_cannot_make_its_deadline_share_is_notified_once_on_any_capacity(tmp_path):
     # GIVEN Spot capacity throughout and a deadline barely above the work (1.5 h of stages in 1.7 h)
-    with OfflineControlPlane(trace=_steady_trace(tmp_path, 1), stage_hours=QUICK_STAGES) as plane:
-        _upload_quick_run(plane, 1.7)
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 1), stage_hours=QUICK_STAGES) as plane:
+        upload_quick_run(plane, 1.7)
         # WHEN the run goes its course (the SLA guard looks at every active stage every 5 minutes)
         plane.run_until_settled(max_hours=4)
         run, _ = _attempts(plane, "preprocess")
@@ -334,7 +321,7 @@ def _shards_run(plane: OfflineControlPlane, deadline_hours: float, hpc_hours: fl
 
 def test_shards_waiting_for_spot_are_moved_to_on_demand_in_time(tmp_path):
     # GIVEN Spot capacity for 2 nodes only, and 3 HPC shards under a deadline with little slack
-    with OfflineControlPlane(trace=_steady_trace(tmp_path, 2), stage_hours=QUICK_STAGES) as plane:
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 2), stage_hours=QUICK_STAGES) as plane:
         _shards_run(plane, deadline_hours=2.5)
         # WHEN the run goes its course (the array's parent stays PENDING; its third shard waits RUNNABLE)
         status = plane.run_until_settled(max_hours=6)
@@ -429,10 +416,6 @@ def test_a_failure_notice_for_a_stage_still_running_terminates_its_job():
 
 
 # ------------------------------------------------------------------ the run-end notice
-class RuntimeExitError(Exception):
-    """A Lambda whose process died (out of memory): Step Functions sees the runtime's exit, not a handled error."""
-
-
 def test_a_run_end_notice_whose_notifier_died_before_its_deadline_is_sent_once_its_claim_lapses(monkeypatch):
     from datetime import timedelta
     from types import SimpleNamespace

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import boto3
 import pytest
+from offline_runs import QUICK_STAGES
 from sample_events import load_event
 from spot_hpc.clock import parse_time
 
@@ -17,7 +18,6 @@ from spotctl.offline.runtime import OfflineControlPlane
 
 pytestmark = pytest.mark.integration
 REGION = "us-east-1"
-QUICK_STAGES = {"preprocess": 0.5, "hpc": 0.5, "postprocess": 0.5}
 SPOT_FROM_THE_START = 75.0  # hour of the default trace with Spot capacity for the first 45 minutes
 
 

@@ -7,6 +7,7 @@ import json
 
 import boto3
 import pytest
+from offline_runs import QUICK_STAGE_HOURS, QUICK_STAGES, RuntimeExitError, trace_file, upload_quick_run
 from spot_hpc import ingest, job_events, placement
 
 from spotctl.offline.demo import control_plane_services
@@ -14,8 +15,6 @@ from spotctl.offline.runtime import OfflineControlPlane
 
 pytestmark = pytest.mark.integration
 REGION = "us-east-1"
-QUICK_STAGES = {"preprocess": 0.5, "hpc": 0.5, "postprocess": 0.5}
-STAGE_HOURS = ",".join(f"{stage}={hours}" for stage, hours in QUICK_STAGES.items())
 HANDLER_OF_SOURCE = {
     "aws.s3": "StartPipelineFunction",
     "aws.ec2": "SpotInterruptionFunction",
@@ -23,15 +22,9 @@ HANDLER_OF_SOURCE = {
 }
 
 
-class RuntimeExit(Exception):
-    """A Lambda runtime that exits (out of memory, timed out): the invocation fails where it stands."""
-
-
 def _capacity_for(tmp_path, ten_minute_ticks: int):
     """A trace with capacity for one node for the first `ten_minute_ticks` ticks, then none for days."""
-    trace = tmp_path / "short-capacity.json"
-    trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [1] * ten_minute_ticks + [0] * 500}))
-    return trace
+    return trace_file(tmp_path, "short-capacity", [1] * ten_minute_ticks + [0] * 500)
 
 
 def _die_before_telling(monkeypatch, kind: str) -> list[str]:
@@ -43,7 +36,7 @@ def _die_before_telling(monkeypatch, kind: str) -> list[str]:
         def notify_or_die(svc, notice_kind, *args, _real=real_notify, **kwargs):
             if notice_kind == kind and not died:
                 died.append(notice_kind)
-                raise RuntimeExit("Runtime exited before telling")
+                raise RuntimeExitError("Runtime exited before telling")
             return _real(svc, notice_kind, *args, **kwargs)
 
         monkeypatch.setattr(module, "notify", notify_or_die)
@@ -60,7 +53,14 @@ def _dead_lettered(plane: OfflineControlPlane) -> list[dict]:
 
 def _upload_tight_run(plane: OfflineControlPlane) -> None:
     """Three half-hour stages due in 2.5 hours."""
-    plane.upload("incoming/tight.csv", b"a\n1\n", {"deadline-hours": "2.5", "stage-hours": STAGE_HOURS})
+    upload_quick_run(plane, 2.5)
+
+
+def _retry_dead_lettered(plane: OfflineControlPlane) -> tuple[dict, object, bool]:
+    """Lambda's retry of the one event whose handler failed: (the event, what the retry returned, whether it failed)."""
+    [event] = _dead_lettered(plane)
+    result, errored = plane.invoke(HANDLER_OF_SOURCE[event["source"]], event)
+    return event, result, errored
 
 
 def _notices(plane: OfflineControlPlane, kind: str, stage: str) -> list[str]:
@@ -82,8 +82,7 @@ def test_a_requeue_whose_warning_handler_died_before_telling_is_told_once(monkey
         _upload_tight_run(plane)
         status = plane.run_until_settled(max_hours=4)
         # WHEN Lambda retries the warning (the Spot job's end, which the requeue brought about, came back too)
-        [warning] = _dead_lettered(plane)
-        retried, errored = plane.invoke(HANDLER_OF_SOURCE[warning["source"]], warning)
+        warning, retried, errored = _retry_dead_lettered(plane)
         requeued = _notices(plane, "requeued", "preprocess")
     # THEN the move was told once, and the retry found nothing more to do
     assert died == ["requeued"] and warning["detail-type"] == "EC2 Spot Instance Interruption Warning"
@@ -100,8 +99,7 @@ def test_a_reclaim_whose_batch_handler_died_before_telling_is_told_by_the_events
         status = plane.run_until_settled(max_hours=4)
         told_before_the_retry = _notices(plane, "interrupted", "preprocess")
         # WHEN Lambda retries the job's FAILED event
-        [failed] = _dead_lettered(plane)
-        retried, errored = plane.invoke(HANDLER_OF_SOURCE[failed["source"]], failed)
+        failed, retried, errored = _retry_dead_lettered(plane)
         interrupted = _notices(plane, "interrupted", "preprocess")
         requeued = _notices(plane, "requeued", "preprocess")
     # THEN the retry, finding the next attempt placed, told of the reclaim: once
@@ -135,8 +133,7 @@ def test_a_start_whose_handler_died_before_telling_is_told_by_the_uploads_retry(
         _upload_tight_run(plane)
         told_before_the_retry = len(_notices(plane, "started", ""))
         # WHEN Lambda retries the upload's event
-        [upload] = _dead_lettered(plane)
-        retried, errored = plane.invoke(HANDLER_OF_SOURCE[upload["source"]], upload)
+        upload, retried, errored = _retry_dead_lettered(plane)
         again, errored_again = plane.invoke(HANDLER_OF_SOURCE[upload["source"]], upload)
         status = plane.run_until_settled(max_hours=4)
         started = _notices(plane, "started", "")
@@ -167,10 +164,10 @@ def test_a_move_to_on_demand_whose_submission_died_is_told_by_the_guard_that_sub
         with monkeypatch.context() as patched:
 
             def die(self, request):
-                raise RuntimeExit("Runtime exited before SubmitJob")
+                raise RuntimeExitError("Runtime exited before SubmitJob")
 
             patched.setattr(BatchGateway, "submit", die)
-            with pytest.raises(RuntimeExit):
+            with pytest.raises(RuntimeExitError):
                 placement.place_attempt(svc, run, stage, "on-demand", "the Spot job was reclaimed")
         told_before = _notices(plane, "requeued", "preprocess")
         # WHEN the SLA guard's pass finds the claimed attempt without a job, past its grace
@@ -195,7 +192,10 @@ def test_an_upload_whose_start_notice_another_delivery_holds_starts_the_run_with
         # GIVEN an uploaded CSV whose event a second delivery handles at the same time, holding the start notice
         key = "incoming/concurrent.csv"
         version = boto3.client("s3", region_name=REGION).put_object(
-            Bucket=plane.bucket, Key=key, Body=b"a\n1\n", Metadata={"deadline-hours": "2.5", "stage-hours": STAGE_HOURS}
+            Bucket=plane.bucket,
+            Key=key,
+            Body=b"a\n1\n",
+            Metadata={"deadline-hours": "2.5", "stage-hours": QUICK_STAGE_HOURS},
         )["VersionId"]
         event = load_event("s3_object_created")
         event["detail"]["bucket"]["name"] = plane.bucket
