@@ -130,6 +130,33 @@ def test_a_new_gap_is_counted_afresh_from_its_own_age():
     assert stats.hazards(False) != young
 
 
+def test_a_gap_reported_in_one_call_refreshes_as_one_seen_step_by_step():
+    # GIVEN a stage that saw 2 h of capacity, then a gap of 8 h: seen every 5-minute step (as the simulator sees it),
+    # or rebuilt from the stored record and told the whole wait in one call (as each SLA guard pass does)
+    step = 5 / 60
+
+    def after_capacity() -> SpotStats:
+        stats = SpotStats.with_prior(4)
+        stats.observe(True, 2.0)
+        return stats
+
+    stepped = after_capacity()
+    for _ in range(96):
+        stepped.observe(False, step)
+    told_at_once = after_capacity()
+    told_at_once.observe(False, 8.0)
+    # ... and, between two refreshes of that gap (at 5.6 h and at 8.4 h of it), told at once at 6 h and at 7.5 h
+    at_six, at_seven_and_a_half = after_capacity(), after_capacity()
+    at_six.observe(False, 6.0)
+    at_seven_and_a_half.observe(False, 7.5)
+
+    # THEN the gap hazards the planner uses are the same whichever way the gap was told, and hold between refreshes
+    assert told_at_once.gap_planned_at_hours == pytest.approx(stepped.gap_planned_at_hours)
+    assert told_at_once.hazards(False) == pytest.approx(stepped.hazards(False))
+    assert at_six.hazards(False) == pytest.approx(at_seven_and_a_half.hazards(False))
+    assert at_six.gap_planned_at_hours == pytest.approx(at_seven_and_a_half.gap_planned_at_hours)
+
+
 def test_stats_without_a_life_table_still_load():
     # GIVEN statistics stored before the life table existed, and one with other bands
     old = {"advisor_bucket": 2, "up_hours": 3.0, "interruptions": 1, "available": True, "run_hours": 1.0}

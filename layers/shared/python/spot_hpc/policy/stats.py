@@ -102,11 +102,19 @@ class SpotStats:
             self.gap_planned_at_hours = 0.0
         self.available = available
         exposure = self.up_exposure if available else self.down_exposure
-        for band, overlap in enumerate(band_overlaps(self.run_hours, self.run_hours + hours, self.band_hours)):
-            exposure[band] += overlap
-        self.run_hours += hours
-        if not available:
-            self._refresh_for_long_gap()
+        # A gap is taken a band at a time, as a policy asked every step sees it: its refresh below then depends on the
+        # gap's age alone, not on how much of it one call reports (the SLA guard reports a whole wait in one call).
+        left = hours
+        while True:
+            span = left if available else min(left, self.band_hours)
+            for band, overlap in enumerate(band_overlaps(self.run_hours, self.run_hours + span, self.band_hours)):
+                exposure[band] += overlap
+            self.run_hours += span
+            left -= span
+            if not available:
+                self._refresh_for_long_gap()
+            if left <= 1e-12:
+                return
 
     def _refresh_for_long_gap(self) -> None:
         """A gap in progress that is older than the closed bands counts in the gap hazards the planner uses, before
