@@ -7,7 +7,7 @@ ARGS ?=
 # No telemetry from the SAM CLI: builds and validation need no network.
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: demo test lint build bench bench-burst bench-planner clean
+.PHONY: demo test lint build bench bench-burst bench-planner bench-plan-cache clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-burst: $(VENV)/.installed
 
 bench-planner: $(VENV)/.installed
 	$(BIN)/spotctl bench planner $(ARGS)
+
+bench-plan-cache: $(VENV)/.installed
+	$(BIN)/python benchmarks/guard_plan_cache.py --json benchmarks/guard_plan_cache.json
 
 clean:
 	rm -rf $(VENV) $(SAMVENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
