@@ -105,3 +105,10 @@ def resources_for(template: dict[str, Any], function: str, action: str) -> list[
         if is_allowed(_as_list(s["Action"]), action)
         for r in _as_list(s["Resource"])
     ]
+
+
+def function_timeout_seconds(function: str) -> float:
+    """The function's Timeout in template.yaml, or the Globals' when it has none of its own."""
+    template = source_template()
+    default = template["Globals"]["Function"]["Timeout"]
+    return float(template["Resources"][function]["Properties"].get("Timeout", default))

@@ -22,7 +22,10 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from spot_hpc.policy import Decision, SpotStats
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FUNCTION = "SlaGuardFunction"
@@ -258,9 +261,7 @@ def measure(case: PlannerCase, handler: Path) -> dict[str, Any]:
     if missing:
         raise PlannerCostError(f"the handler's cold start did not load {missing}: its memory would be understated")
 
-    from spot_hpc.ledger import Stage
-    from spot_hpc.placement import spot_stats
-    from spot_hpc.policy import DEFAULT_STEP_HOURS, Action, decide, plan
+    from spot_hpc.policy import DEFAULT_STEP_HOURS, plan
     from spot_hpc.policy.deadline import plan_grid
 
     baseline = _peak_rss_mb()
@@ -270,20 +271,8 @@ def measure(case: PlannerCase, handler: Path) -> dict[str, Any]:
         _fill_plan_cache()
     cached_mb = plan.PLANS.nbytes / 2**20
     solves = plan.PLANS.solves
-    # A stage that has learnt nothing of Spot yet, as the guard reads it from the ledger (its bands fit the changeover).
-    stage = Stage("bench", "preprocess", 0, case.work_hours, True, 1)
-    stats = spot_stats(stage, case.changeover_hours)
     started = time.perf_counter()
-    decision = decide(
-        remaining_hours=case.work_hours,
-        hours_left=case.deadline_hours,
-        current=Action.IDLE,
-        spot_available=True,
-        changeover_hours=case.changeover_hours,
-        od_price=OD_PRICE,
-        spot_price=SPOT_PRICE,
-        stats=stats,
-    )
+    decision, stats = _ask_idle_with_capacity(case.work_hours, case.deadline_hours, case.changeover_hours, SPOT_PRICE)
     seconds = time.perf_counter() - started
     solved = plan.PLANS.latest
     if solved is None or plan.PLANS.solves != solves + 1:
@@ -294,7 +283,7 @@ def measure(case: PlannerCase, handler: Path) -> dict[str, Any]:
     return {
         "step_minutes": DEFAULT_STEP_HOURS * 60,
         "grid_multiple": multiple,
-        "plan_cells": (solved.steps + 1) * (solved.work + 1) * 2 * solved.ages,
+        "plan_cells": solved.cells,
         "decision": decision.action.value,
         "solve_seconds": round(seconds, 4),
         "baseline_rss_mb": round(baseline, 1),
@@ -307,27 +296,38 @@ def measure(case: PlannerCase, handler: Path) -> dict[str, Any]:
 def _fill_plan_cache() -> None:
     """Fills the plan cache to its bound with the plans of stages that differ only in their Spot price (so in their
     plans' inputs), each with a day's deadline and 20 hours of work, as a guard keeps them for the stages it checks."""
-    from spot_hpc.ledger import Stage
-    from spot_hpc.placement import spot_stats
-    from spot_hpc.policy import Action, decide, plan
+    from spot_hpc.policy import plan
 
-    stats = spot_stats(Stage("bench", "fill", 0, 20.0, True, 1), 0.2)
     price = SPOT_PRICE
     while True:
         price *= 0.9
-        decide(
-            remaining_hours=20.0,
-            hours_left=24.0,
-            current=Action.IDLE,
-            spot_available=True,
-            changeover_hours=0.2,
-            od_price=OD_PRICE,
-            spot_price=price,
-            stats=stats,
-        )
+        _ask_idle_with_capacity(20.0, 24.0, 0.2, price)
         last = plan.PLANS.latest
         if last is None or plan.PLANS.nbytes + last.nbytes > plan.PLANS.max_bytes:
             return
+
+
+def _ask_idle_with_capacity(
+    work_hours: float, deadline_hours: float, changeover_hours: float, spot_price: float
+) -> tuple[Decision, SpotStats]:
+    """`decide` for a stage idle with Spot capacity that has learnt nothing of Spot yet, as the guard reads it from
+    the ledger (its bands fit the changeover): (the decision, the stage's statistics)."""
+    from spot_hpc.ledger import Stage
+    from spot_hpc.placement import spot_stats
+    from spot_hpc.policy import Action, decide
+
+    stats = spot_stats(Stage("bench", "preprocess", 0, work_hours, True, 1), changeover_hours)
+    decision = decide(
+        remaining_hours=work_hours,
+        hours_left=deadline_hours,
+        current=Action.IDLE,
+        spot_available=True,
+        changeover_hours=changeover_hours,
+        od_price=OD_PRICE,
+        spot_price=spot_price,
+        stats=stats,
+    )
+    return decision, stats
 
 
 def _peak_rss_mb() -> float:

@@ -46,7 +46,7 @@ def _die_before_telling(monkeypatch, kind: str) -> list[str]:
 def _dead_lettered(plane: OfflineControlPlane) -> list[dict]:
     """The events whose handler failed, as the events dead-letter queue holds them (Lambda retries them)."""
     sqs = boto3.client("sqs", region_name=REGION)
-    url = sqs.get_queue_url(QueueName=plane.stack.physical_id("EventsDeadLetterQueue").rsplit("/", 1)[-1])["QueueUrl"]
+    url = plane.stack.physical_id("EventsDeadLetterQueue")  # a queue's physical id is its URL
     messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
     return [json.loads(message["Body"]) for message in messages]
 

@@ -13,6 +13,7 @@ from annotated_types import Ge, Gt, Le
 from spot_hpc.settings import ControlPlaneSettings
 from template_grants import (
     REPO,
+    function_timeout_seconds,
     refused_calls,
     resources_for,
     source_template,
@@ -315,12 +316,6 @@ def test_every_task_retries_service_errors_catches_to_a_failure_notice_and_canno
             assert no_retry and no_retry[0]["MaxAttempts"] == 0, name
 
 
-def _notify_timeout_seconds() -> float:
-    template = source_template()
-    default = template["Globals"]["Function"]["Timeout"]
-    return float(template["Resources"]["NotifyFunction"]["Properties"].get("Timeout", default))
-
-
 def _retrier_backoff_seconds(retrier: dict[str, Any]) -> float:
     """How long a retrier waits in all before its last attempt (the ASL's defaults where a field is left out)."""
     interval, rate = retrier.get("IntervalSeconds", 1), retrier.get("BackoffRate", 2.0)
@@ -332,7 +327,7 @@ def test_a_run_end_notice_whose_claim_is_held_is_retried_past_the_longest_lease_
 
     # GIVEN the longest a notify invocation's claim can last: its timeout, the ledger's margin for clocks, and up to
     # 2 s more for whole seconds (the lease is rounded up to one, and compared with the time in whole seconds)
-    longest_lease = _notify_timeout_seconds() + CLAIM_CLOCK_MARGIN.total_seconds() + 2
+    longest_lease = function_timeout_seconds("NotifyFunction") + CLAIM_CLOCK_MARGIN.total_seconds() + 2
     states = json.loads(ASL_PATH.read_text())["States"]
     notify_tasks = {
         name: state

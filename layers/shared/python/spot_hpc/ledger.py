@@ -204,7 +204,6 @@ class NoticeClaim:
 
     dedupe_key: str
     claim_id: str
-    lease_until: str
     notice: Any
 
 
@@ -689,7 +688,6 @@ class Ledger:
             yield NoticeClaim(
                 dedupe_key=str(item["pk"]).removeprefix("NOTIFIED#"),
                 claim_id=str(item.get("claim_id", "")),
-                lease_until=str(item.get("active_sk", "")),
                 notice=_from_dynamo(item.get("notice_body")),
             )
 

@@ -59,10 +59,13 @@ def requeues_to_on_demand(attempts: list[Attempt]) -> int:
     moves = 0
     for stage in {a.stage for a in attempts}:
         ordered = sorted((a for a in attempts if a.stage == stage), key=lambda a: a.attempt)
-        moves += sum(
-            1 for before, after in pairwise(ordered) if (before.capacity, after.capacity) == ("spot", "on-demand")
-        )
+        moves += sum(1 for before, after in pairwise(ordered) if moved_to_on_demand(before, after))
     return moves
+
+
+def moved_to_on_demand(before: Attempt, after: Attempt) -> bool:
+    """Whether the attempt after `before` moved the stage's work from Spot to On-Demand (a requeue)."""
+    return (before.capacity, after.capacity) == ("spot", "on-demand")
 
 
 def build_run_report(

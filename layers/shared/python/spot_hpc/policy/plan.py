@@ -79,6 +79,11 @@ class Plan:
         return len(self.inputs.up_chances)
 
     @property
+    def cells(self) -> int:
+        """Cells of one decision table: time left x capacity states x work left."""
+        return int(self.idle.size)
+
+    @property
     def nbytes(self) -> int:
         return self.idle.nbytes + self.spot.nbytes + self.on_demand.nbytes
 
@@ -197,10 +202,6 @@ class PlanCache:
             self._plans.move_to_end(inputs, last=False)
         self._latest = inputs
         return plan
-
-    def clear(self) -> None:
-        self._plans.clear()
-        self._latest = None
 
 
 def table_bytes(ages: int, steps: int, work: int) -> int:
