@@ -7,6 +7,7 @@ SLA guard sends it. The ledger runs on moto, whose conditional writes are evalua
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -31,7 +32,8 @@ class KilledLambda(BaseException):
 
 
 def _notify(svc: Any) -> bool:
-    return notifier.notify(svc, "requeued", RUN, "hpc", "deadline at risk", attempt=2)
+    """A sender that is retried for a held claim (as the state machine's notify task is)."""
+    return notifier.notify(svc, "requeued", RUN, "hpc", "deadline at risk", attempt=2, raise_if_held=True)
 
 
 def _sns_notes(svc: Any) -> int:
@@ -315,11 +317,9 @@ def _notify_task(state: str) -> tuple[float, dict[str, Any]]:
     """The notify function's timeout (template.yaml) and the ASL's retrier for a held claim on `state`."""
     import json
 
-    from template_grants import REPO, source_template
+    from template_grants import REPO, function_timeout_seconds
 
-    template = source_template()
-    default = template["Globals"]["Function"]["Timeout"]
-    timeout = float(template["Resources"]["NotifyFunction"]["Properties"].get("Timeout", default))
+    timeout = function_timeout_seconds("NotifyFunction")
     task = json.loads((REPO / "statemachines" / "pipeline.asl.json").read_text())["States"][state]
     return timeout, next(r for r in task["Retry"] if r["ErrorEquals"] == [NotificationClaimHeld.__name__])
 
@@ -441,6 +441,8 @@ def test_a_claim_keeps_the_notice_it_sends_in_the_guards_index_until_it_is_sent(
     # THEN the claim held the notice (compact: no field left at no value) and was listed by its lease's end
     assert claimed["active"] == "notice" and claimed["active_sk"] == claimed["lease_until"]
     assert claimed["notice_body"] == stored_notice(NOTIFIED, due_at=format_time(utc_now()))
+    stored = json.loads(claimed["notice_body"])["notification"]
+    assert stored["kind"] == "requeued" and all(value not in (None, {}) for value in stored.values()), stored
     # AND the sent one stays, for dedupe, without the notice and out of the index
     assert sent["notice"] == "sent" and not {"active", "active_sk", "notice_body"} & set(sent)
 
@@ -716,14 +718,14 @@ def test_a_handler_come_back_to_told_work_leaves_a_held_notice_to_its_holder_and
 
     # WHEN another handler comes back to the work that notice tells of, while the claim is held
     utc_clock.advance(seconds=2)
-    told = notifier.notify(services, "requeued", RUN, "hpc", "deadline at risk", attempt=2, leave_held=True)
+    told = notifier.notify(services, "requeued", RUN, "hpc", "deadline at risk", attempt=2)
 
     # THEN it sends nothing and does not fail (a retry would meet the same claim) ...
     assert told is False and sink.delivered_messages == [] and _sns_notes(services) == 0
     # ... and once the lease lapses the guard's sweep sends the notice, once
     utc_clock.advance(seconds=60)
     summary, _ = send_orphaned_notices(services)
-    again = notifier.notify(services, "requeued", RUN, "hpc", "deadline at risk", attempt=2, leave_held=True)
+    again = notifier.notify(services, "requeued", RUN, "hpc", "deadline at risk", attempt=2)
     assert summary["sent"] == 1 and again is False
     assert len(sink.delivered_messages) == 1 and _sns_notes(services) == 1
 

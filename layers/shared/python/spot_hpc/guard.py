@@ -16,7 +16,7 @@ from typing import Any
 from spot_hpc.clock import parse_time, utc_now
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail
 from spot_hpc.job_events import answer_state_machine, apply_job_state
-from spot_hpc.ledger import NotificationClaimHeld, Run, Stage
+from spot_hpc.ledger import Run, Stage
 from spot_hpc.notifier import notify, redeliver_parked_notices, send_orphaned_notices
 from spot_hpc.outcome import Settlement, finish, late_run_end_settlement
 from spot_hpc.placement import (
@@ -76,11 +76,6 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
                 action = f"stopped: the run is {run.status}"
             else:
                 action = _guard_stage(svc, run, stage, jobs.get(stage.job_id or ""))
-        except NotificationClaimHeld as held:
-            # The notice comes last in a repair (a reclaim's, a requeue's), so the repair is done; the notice is the
-            # invocation's that holds its claim (a handler of the same event, most likely, sending it now).
-            logger.info("notice left to the invocation holding its claim", extra={"held": str(held)})
-            action = "notice left to the invocation holding its claim"
         except Exception:  # one broken stage must not stop the guard from looking after the others
             logger.exception("guard failed on a stage", extra={"run_id": stage.run_id, "stage": stage.stage})
             action = "error"
@@ -173,12 +168,9 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
     view = stage_view(svc, run, stage)
     if view.hours_left - view.remaining_hours < 2 * svc.settings.changeover_hours:
         # On any capacity: an On-Demand stage that cannot make its share of the deadline is at risk too.
-        _notify_at_risk(
-            svc,
-            run,
-            stage,
-            f"{view.remaining_hours:.2f} h of work left, {view.hours_left:.2f} h to the stage's deadline share",
-        )
+        # Once per run and stage; a claim another pass holds is left to it, and the next pass raises it again.
+        reason = f"{view.remaining_hours:.2f} h of work left, {view.hours_left:.2f} h to the stage's deadline share"
+        notify(svc, "sla_at_risk", run, stage.stage, reason)
     if stage.capacity != "spot":
         return None
 
@@ -204,13 +196,6 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
         request_checkpoint(svc, stage, f"requeue to On-Demand: {decision.reason}")
     placed = requeue_to_on_demand(svc, run, stage, detail.job_id, decision.reason)
     return "requeued to On-Demand" if placed else None
-
-
-def _notify_at_risk(svc: Services, run: Run, stage: Stage, reason: str) -> None:
-    """Once per run and stage (notify claims each message in the ledger). A claim another pass holds never holds up
-    this stage's placement: it is left to its holder, and the next pass raises the notice again while the stage is at
-    risk."""
-    notify(svc, "sla_at_risk", run, stage.stage, reason, leave_held=True)
 
 
 def _end_requeued_job(svc: Services, stage: Stage) -> None:

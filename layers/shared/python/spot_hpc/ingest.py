@@ -120,7 +120,7 @@ def _ensure_started(svc: Services, run: Run, duplicate: bool) -> dict[str, Any]:
         svc.ledger.update_run(run.run_id, execution_arn=execution_arn)
     reason = f"{run.key} (deadline {run.deadline_hours:g} h, HPC {run.hpc_mode} x{run.hpc_nodes})"
     # A notice another delivery of the event is sending is left to it (or, should that one die, to the SLA guard).
-    notify(svc, "started", run, None, reason, leave_held=True)
+    notify(svc, "started", run, None, reason)
     return {"status": "duplicate" if duplicate else "started", "run_id": run.run_id, "execution_arn": execution_arn}
 
 

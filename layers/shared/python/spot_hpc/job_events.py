@@ -212,7 +212,7 @@ def _act_on_terminal(
     if failure in RECLAIM_CLASSES:
         result = _resubmit(svc, run, stage, failure, spot_available=False)
         title, reason = interruption_notice(attempt, failure, detail.status_reason)
-        notify(svc, "interrupted", run, stage.stage, reason, attempt=attempt.attempt, title=title, leave_held=True)
+        notify(svc, "interrupted", run, stage.stage, reason, attempt=attempt.attempt, title=title)
         return result
     # Application error or timeout: spends the retry budget.
     if stage.app_retries_used >= stage.retry_budget:
@@ -235,7 +235,7 @@ def _tell_what_followed(svc: Services, run: Run, stage: Stage, attempt: Attempt,
     tell_requeue(svc, run, stage.stage, attempt.attempt, "the Spot job was replaced by an On-Demand one")
     if attempt.failure_class in RECLAIM_CLASSES:
         title, reason = interruption_notice(attempt, attempt.failure_class, detail.status_reason)
-        notify(svc, "interrupted", run, stage.stage, reason, attempt=attempt.attempt, title=title, leave_held=True)
+        notify(svc, "interrupted", run, stage.stage, reason, attempt=attempt.attempt, title=title)
 
 
 def interruption_notice(attempt: Attempt, failure: str, status_reason: str | None) -> tuple[str | None, str]:
@@ -269,7 +269,7 @@ def _resubmit(
     spent = {"app_retries_used": stage.app_retries_used + 1} if spends_retry else {}
     placed = place_attempt(svc, run, stage, capacity, f"{why}: {decision.reason}", **spent)
     if placed and capacity == "on-demand" and stage.capacity == "spot":
-        notify(svc, "requeued", run, stage.stage, decision.reason, attempt=placed.attempt, leave_held=True)
+        notify(svc, "requeued", run, stage.stage, decision.reason, attempt=placed.attempt)
     return {"status": "resubmitted" if placed else "ignored", "capacity": capacity, "reason": decision.reason}
 
 

@@ -11,7 +11,7 @@ back for it, the SLA guard sends it, late, once the lease has lapsed (`send_orph
 the claim still held by another invocation never reports it sent: that invocation may have died before sending (a
 crash well before its deadline). The state machine's notify task then raises `NotificationClaimHeld` and retries its
 run-end notice for longer than the notify function's lease; the event handlers and the SLA guard leave it to the
-holder, or to the guard (`notify(..., leave_held=True)`).
+holder, or to the guard (`notify`'s default).
 """
 
 from __future__ import annotations
@@ -85,16 +85,15 @@ def notify(
     stage: str | None,
     reason: str,
     attempt: int | None = None,
-    leave_held: bool = False,
+    raise_if_held: bool = False,
     **figures: Any,
 ) -> bool:
     """Sends one notification per (run, stage, kind, attempt); False when it was already sent.
 
-    `leave_held`: a claim another invocation holds is left to it, or, should it have died, to the SLA guard once its
-    lease lapses (`send_orphaned_notices`), rather than failing this handler (False). For the event handlers, whose
-    notice is the last step of work already done (a retry would redo nothing else), and for a handler that comes back
-    to work done before to tell of it in case the one that did it died before telling. Without it (the state
-    machine's notify task, which retries) NotificationClaimHeld is raised."""
+    A claim another invocation holds is left to it, or, should it have died, to the SLA guard once its lease lapses
+    (`send_orphaned_notices`): for the event handlers, whose notice is the last step of work already done, and the
+    guard (False). `raise_if_held` raises NotificationClaimHeld instead, for the state machine's notify task, which
+    retries its run-end notice past the holder's lease."""
     notification = Notification(
         kind=kind,  # type: ignore[arg-type]
         run_id=run.run_id,
@@ -105,16 +104,16 @@ def notify(
         elapsed_hours=round(hours_between(parse_time(run.started_at), utc_now()), 3),
         **figures,
     )
-    return _send(svc, notification, notification.dedupe_key, leave_held)
+    return _send(svc, notification, notification.dedupe_key, raise_if_held)
 
 
 def notify_rejected_upload(svc: Services, run_id: str, source: str, reason: str, event_id: str) -> bool:
     """Tells the team an upload will not run (once per event): it would otherwise wait for a run that never comes. A
-    claim another delivery of the event holds is left to it (see `notify`)."""
+    claim another delivery of the event holds is left to it, as `notify` leaves one."""
     notification = Notification(
         kind="failed", run_id=run_id, stage=None, reason=f"upload rejected: {reason}", details={"source": source}
     )
-    return _send(svc, notification, f"rejected#{event_id or source}", leave_held=True)
+    return _send(svc, notification, f"rejected#{event_id or source}")
 
 
 def _deliver(
@@ -135,9 +134,9 @@ def _deliver(
     )
 
 
-def _send(svc: Services, notification: Notification, dedupe_key: str, leave_held: bool) -> bool:
-    """Sends a notice once (SNS and Slack, or parked for Slack); False when it was sent already, or (`leave_held`)
-    another invocation holds its claim; else NotificationClaimHeld then. The claim keeps the notice, for the SLA guard
+def _send(svc: Services, notification: Notification, dedupe_key: str, raise_if_held: bool = False) -> bool:
+    """Sends a notice once (SNS and Slack, or parked for Slack); False when it was sent already, or another invocation
+    holds its claim (NotificationClaimHeld with `raise_if_held`). The claim keeps the notice, for the SLA guard
     to send if this invocation dies before it does."""
     # SNS or SQS failing (after botocore's retries) raises: the claim is given back so that the retry sends it.
     try:
@@ -148,7 +147,7 @@ def _send(svc: Services, notification: Notification, dedupe_key: str, leave_held
             notice=stored_notice(notification, due_at=format_time(utc_now())),
         )
     except NotificationClaimHeld:
-        if not leave_held:
+        if raise_if_held:
             raise
         logger.info("notice held by another invocation; left to it", extra={"key": dedupe_key})
         return False
@@ -309,9 +308,10 @@ def _time_for_one_notice(
     return lambda: deadline - clock() >= SLACK_BUDGET_SECONDS
 
 
-def _pass_summary(counts: dict[str, int], stopped: str | None) -> dict[str, Any]:
+def _pass_summary(counts: dict[str, int], stopped: str | None, what: str = "parked notices") -> dict[str, Any]:
+    """What a guard pass did with late notices (`what`), logged when it did or stopped anything."""
     if stopped is not None or any(counts.values()):
-        logger.info("parked notices", extra={**counts, "stopped": stopped})
+        logger.info(what, extra={**counts, "stopped": stopped})
     return {**counts, "stopped": stopped}
 
 
@@ -400,7 +400,7 @@ def send_orphaned_notices(
     prepared: list[Any] = []
     time_for_one = _time_for_one_notice(ORPHAN_SWEEP_BUDGET_SECONDS, remaining_seconds, clock)
     if not time_for_one():
-        return _sweep_summary(counts, "no time left in this invocation"), prepared
+        return _pass_summary(counts, "no time left in this invocation", "orphaned notices"), prepared
     stopped: str | None = None
     looked_at = 0
     try:
@@ -420,13 +420,7 @@ def send_orphaned_notices(
         # A claim taken and not sent was given back (lapsed, its notice kept) or lapses with this invocation.
         logger.exception("sending orphaned notices stopped on an error; they wait for the next pass")
         stopped = "AWS error"
-    return _sweep_summary(counts, stopped), prepared
-
-
-def _sweep_summary(counts: dict[str, int], stopped: str | None) -> dict[str, Any]:
-    if stopped is not None or any(counts.values()):
-        logger.info("orphaned notices", extra={**counts, "stopped": stopped})
-    return {**counts, "stopped": stopped}
+    return _pass_summary(counts, stopped, "orphaned notices"), prepared
 
 
 def _send_orphan(

@@ -96,7 +96,7 @@ def finish(svc: Services, payload: dict[str, Any], leave_held_notice: bool = Fal
     if report["prices_unknown"]:
         reason += f"; the cost counts {_plural(report['prices_unknown'], 'price')} that could not be looked up as $0"
     # A notice left to the invocation holding its claim is not sent here: its holder counts the run.
-    sent = notify(svc, outcome, run, stage, reason, leave_held=leave_held_notice, **figures)
+    sent = notify(svc, outcome, run, stage, reason, raise_if_held=not leave_held_notice, **figures)
     # A late call with the other outcome (the run was settled first as the other) counts nothing.
     return Settlement(report, counted=sent and run.status == settled_as)
 

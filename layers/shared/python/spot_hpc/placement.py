@@ -31,6 +31,7 @@ from spot_hpc.policy import (
     decide,
     stage_must_finish_in,
 )
+from spot_hpc.run_report import moved_to_on_demand
 from spot_hpc.services import Services
 
 logger = logging.getLogger(__name__)
@@ -291,7 +292,7 @@ def requeue_to_on_demand(svc: Services, run: Run, stage: Stage, job_id: str, rea
     placed = place_attempt(svc, run, stage, "on-demand", reason)
     svc.batch.terminate(job_id, f"spot-hpc: requeued to On-Demand ({reason})")
     if placed:
-        notify(svc, "requeued", run, stage.stage, reason, attempt=placed.attempt, leave_held=True)
+        notify(svc, "requeued", run, stage.stage, reason, attempt=placed.attempt)
     else:  # placed by an earlier call, which may have died before telling of it
         tell_requeue(svc, run, stage.stage, stage.attempt, reason)
     return placed
@@ -305,9 +306,9 @@ def tell_requeue(svc: Services, run: Run, stage_name: str, replaced: int, reason
     tell, or it was told already."""
     spot = svc.ledger.get_attempt(run.run_id, stage_name, replaced)
     on_demand = svc.ledger.get_attempt(run.run_id, stage_name, replaced + 1)
-    if spot is None or on_demand is None or (spot.capacity, on_demand.capacity) != ("spot", "on-demand"):
+    if spot is None or on_demand is None or not moved_to_on_demand(spot, on_demand):
         return False
-    return notify(svc, "requeued", run, stage_name, reason, attempt=on_demand.attempt, leave_held=True)
+    return notify(svc, "requeued", run, stage_name, reason, attempt=on_demand.attempt)
 
 
 def stop_stage(svc: Services, stage: Stage, reason: str) -> None:
