@@ -286,8 +286,9 @@ def test_a_throttled_mark_as_sent_fails_nothing_and_sends_nothing_twice_within_t
     with pytest.raises(NotificationClaimHeld):
         _notify(services)
 
-    # THEN the handler did not fail over a notice already out, and the repeat found the claim: one message
-    assert first is True and len(sink.delivered_messages) == 1
+    # THEN the handler did not fail over a notice already out (it says it did not settle it), and the repeat found
+    # the claim: one message
+    assert first is False and len(sink.delivered_messages) == 1
 
 
 def test_a_notice_sns_refused_is_released_and_sent_by_the_retry_at_once(services, sink, utc_clock, monkeypatch):
@@ -692,6 +693,68 @@ def test_a_run_end_notice_the_guard_sends_for_a_dead_notifier_counts_the_run_onc
     assert "Pipeline failed" in message["text"] and SENDER_DIED in message["text"]
     # AND neither the next pass nor the retry sends it or counts the run again
     assert second["settlements"] == [] and retried.counted is False and len(sink.delivered_messages) == 1
+
+
+def test_a_run_end_notice_sent_but_not_marked_sent_is_sent_again_by_the_guard_and_the_run_counted_once(
+    services, sink, utc_clock, monkeypatch
+):
+    # GIVEN a notify invocation that settled a run as failed and sent its notice, with DynamoDB throttling the write
+    # that marks it sent (after the SDK's retries)
+    _settled_run(services)
+    services.invocation_ends_at = utc_now() + timedelta(seconds=60)
+
+    def throttled(*_: Any, **__: Any) -> bool:
+        raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "Rate"}}, "Update")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(services.ledger, "mark_notification_sent", throttled)
+        settled = finish(services, FAILED)
+
+    # WHEN its lease lapses with no retry (the invocation succeeded), and the SLA guard runs two passes
+    services.invocation_ends_at = None
+    utc_clock.advance(seconds=62)
+    first, second = _sweeps(services), _sweeps(services)
+
+    # THEN the notify invocation did not fail and counted nothing; the guard sent the notice again, late (the cost of
+    # a lost mark), and counted the run: once in all
+    assert settled.counted is False and settled.summary()["pipeline_status"] == "FAILED"
+    (late,) = first["settlements"]
+    assert late.counted is True and late.summary()["run_id"] == RUN.run_id
+    assert second["settlements"] == [] and second["orphaned_notices"]["sent"] == 0
+    assert len(sink.delivered_messages) == 2 and SENDER_DIED in sink.delivered_messages[1]["text"]
+    assert services.ledger.notification_sent(notification_dedupe_key(RUN.run_id, None, "failed", None))
+
+
+def test_a_late_run_end_notice_the_guard_cannot_mark_sent_is_counted_by_the_pass_that_can(
+    services, sink, utc_clock, monkeypatch
+):
+    # GIVEN a run-end notice whose notify invocation died sending it, and a guard pass sending it late while DynamoDB
+    # throttles the write that marks it sent
+    _settled_run(services)
+    services.invocation_ends_at = utc_now() + timedelta(seconds=60)
+    _killed_while_sending(services, monkeypatch, send=lambda svc: finish(svc, FAILED))
+    services.invocation_ends_at = None
+    utc_clock.advance(seconds=62)
+
+    def throttled(*_: Any, **__: Any) -> bool:
+        raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "Rate"}}, "Update")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(services.ledger, "mark_notification_sent", throttled)
+        unmarked = _sweeps(services)
+
+    # WHEN a pass runs within that pass's lease, and another after it
+    utc_clock.advance(minutes=1)
+    within = _sweeps(services)
+    utc_clock.advance(minutes=15)
+    after = _sweeps(services)
+
+    # THEN the pass that could not mark it counted nothing, and the pass after the lease sent it again and counted
+    # the run: once in all
+    assert unmarked["orphaned_notices"]["sent"] == 1 and unmarked["settlements"] == []
+    assert within["orphaned_notices"]["sent"] == 0 and within["settlements"] == []
+    (late,) = after["settlements"]
+    assert late.counted is True and after["orphaned_notices"]["sent"] == 1 and len(sink.delivered_messages) == 2
 
 
 def test_a_run_end_notice_of_the_other_outcome_sent_late_counts_nothing(services, sink, utc_clock):

@@ -88,7 +88,10 @@ def notify(
     raise_if_held: bool = False,
     **figures: Any,
 ) -> bool:
-    """Sends one notification per (run, stage, kind, attempt); False when it was already sent.
+    """Sends one notification per (run, stage, kind, attempt). True when this invocation settled it: sent it and
+    recorded it sent. False when it was sent already, or left to another invocation (below), or went out but could not
+    be recorded sent: its claim then lapses with its notice, and whoever sends it again (a retry, or the SLA guard)
+    settles it, so that a run's end is counted once (`outcome.finish`).
 
     A claim another invocation holds is left to it, or, should it have died, to the SLA guard once its lease lapses
     (`send_orphaned_notices`): for the event handlers, whose notice is the last step of work already done, and the
@@ -135,9 +138,9 @@ def _deliver(
 
 
 def _send(svc: Services, notification: Notification, dedupe_key: str, raise_if_held: bool = False) -> bool:
-    """Sends a notice once (SNS and Slack, or parked for Slack); False when it was sent already, or another invocation
-    holds its claim (NotificationClaimHeld with `raise_if_held`). The claim keeps the notice, for the SLA guard
-    to send if this invocation dies before it does."""
+    """Sends a notice once (SNS and Slack, or parked for Slack); whether this invocation settled it, as `notify` says
+    (NotificationClaimHeld with `raise_if_held` when another invocation holds its claim). The claim keeps the
+    notice, for the SLA guard to send if this invocation dies before it does."""
     # SNS or SQS failing (after botocore's retries) raises: the claim is given back so that the retry sends it.
     try:
         outcome = _send_claimed(
@@ -153,17 +156,18 @@ def _send(svc: Services, notification: Notification, dedupe_key: str, raise_if_h
         return False
     if outcome is None:
         return False
-    svc.ledger.record_notifications(notification.run_id, notification_report_entries(notification, outcome))
+    delivered, settled = outcome
+    svc.ledger.record_notifications(notification.run_id, notification_report_entries(notification, delivered))
     logger.info(
         "notified",
         extra={
             "kind": notification.kind,
             "run_id": notification.run_id,
             "stage": notification.stage,
-            "slack": outcome.slack,
+            "slack": delivered.slack,
         },
     )
-    return True
+    return settled
 
 
 def _send_claimed(
@@ -173,11 +177,11 @@ def _send_claimed(
     went_out: Callable[[Sent], bool] = lambda _: True,
     notice: str | None = None,
     keep_notice: bool = False,
-) -> Sent | None:
+) -> tuple[Sent, bool] | None:
     """The one flow of every notice: claim it in the ledger, `send` it, then mark it sent when it `went_out`, or give
     the claim back (`send` raising, or what it returned saying the notice did not go out) so that a retry sends it at
-    once. None, sending nothing, when it was sent already; NotificationClaimHeld when another invocation holds its
-    claim.
+    once. Returns what `send` returned and whether the notice is now marked sent by this invocation; None, sending
+    nothing, when it was sent already; NotificationClaimHeld when another invocation holds its claim.
 
     `notice` (`stored_notice`) is kept with the claim until it is marked sent or given back, for the SLA guard to
     send should this invocation die in between; `keep_notice` gives a claim back with its notice kept (the guard's
@@ -192,20 +196,22 @@ def _send_claimed(
         give_back(svc, dedupe_key, claim)
         raise
     if went_out(result):
-        _settle_claim(svc, dedupe_key, claim)
-    else:
-        give_back(svc, dedupe_key, claim)
-    return result
+        return result, _settle_claim(svc, dedupe_key, claim)
+    give_back(svc, dedupe_key, claim)
+    return result, False
 
 
-def _settle_claim(svc: Services, dedupe_key: str, claim: str) -> None:
-    """Marks a notice sent. Failing that (DynamoDB still throttling), the notice is out all the same: the handler
-    goes on, and the claim stops duplicates until its lease ends."""
+def _settle_claim(svc: Services, dedupe_key: str, claim: str) -> bool:
+    """Marks a notice sent; whether it could. Failing that (DynamoDB still throttling), the notice is out all the
+    same: the handler goes on, and the claim stops duplicates until its lease ends. Then its notice, kept with the
+    claim, is sent again by a retry or the SLA guard, which settle it (and count a run's end: this one does not)."""
     try:
-        if not svc.ledger.mark_notification_sent(dedupe_key, claim):
-            logger.warning("notification claim was taken over before it was marked sent", extra={"key": dedupe_key})
+        if svc.ledger.mark_notification_sent(dedupe_key, claim):
+            return True
+        logger.warning("notification claim was taken over before it was marked sent", extra={"key": dedupe_key})
     except Exception:
         logger.exception("notification sent but not marked sent; a retry after the lease may send it again")
+    return False
 
 
 def _release_claim(svc: Services, dedupe_key: str, claim: str) -> None:
@@ -341,12 +347,13 @@ def _redeliver(svc: Services, webhook: SlackWebhook, message: dict[str, Any]) ->
         return attempt.delivered or attempt.status in MESSAGE_REFUSED_STATUSES
 
     try:
-        attempt = _send_claimed(svc, REDELIVERY_KEY_PREFIX + parked.dedupe_key, post_late, went_out=done_with)
+        claimed = _send_claimed(svc, REDELIVERY_KEY_PREFIX + parked.dedupe_key, post_late, went_out=done_with)
     except NotificationClaimHeld:
         return "left", None  # another pass is sending it now: it comes back if that pass dies
-    if attempt is None:  # a second copy of a notice sent again already
+    if claimed is None:  # a second copy of a notice sent again already
         delete_parked_notice(svc.sqs, queue_url, message)
         return "duplicates", None
+    attempt, _ = claimed
     details = {"kind": notification.kind, "run_id": notification.run_id, "due_at": parked.due_at, "then": parked.error}
     if attempt.delivered:
         status = "delivered late"
@@ -389,7 +396,7 @@ def send_orphaned_notices(
     Each is taken over through the same conditional claim as a retry's, so that a retry and the guard never both
     send it: a claim taken meanwhile (held) or a notice sent meanwhile is skipped. `before_sending(notification,
     dedupe_key)` runs under the claim before the notice goes out (raising gives the claim back, sending nothing);
-    what it returns for each notice sent is returned with the pass's summary.
+    what it returns for each notice sent and marked sent is returned with the pass's summary.
 
     Bounded like `redeliver_parked_notices`: at most `ORPHAN_SWEEP_MAX_NOTICES` claims, within
     `ORPHAN_SWEEP_BUDGET_SECONDS`, never within `REDELIVERY_TIMEOUT_MARGIN_SECONDS` of the Lambda's timeout, and a
@@ -448,11 +455,12 @@ def _send_orphan(
 
     # Taken over as a retry would take it; SNS or SQS failing gives the claim back with its notice (and raises).
     try:
-        outcome = _send_claimed(svc, key, send, notice=claim.notice, keep_notice=True)
+        claimed = _send_claimed(svc, key, send, notice=claim.notice, keep_notice=True)
     except NotificationClaimHeld:
         return "held", None  # a retry took it over since the index was read: it sends it
-    if outcome is None:
+    if claimed is None:
         return "already_sent", None
+    outcome, settled = claimed
     details = {"kind": notification.kind, "run_id": notification.run_id, "due_at": due_at, "slack": outcome.slack}
     logger.warning("orphaned notice sent late: the invocation that claimed it died before sending it", extra=details)
     try:
@@ -461,4 +469,5 @@ def _send_orphan(
         )
     except Exception:
         logger.exception("orphaned notice sent but not recorded on its run", extra=details)
-    return "sent", before[0] if before else None
+    # Not marked sent, it is sent again by a later pass, which counts a run's end instead of this one.
+    return "sent", before[0] if before and settled else None

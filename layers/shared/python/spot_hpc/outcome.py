@@ -32,9 +32,10 @@ def run_report(svc: Services, run: Run) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Settlement:
     report: dict[str, Any]
-    # Whether this invocation tells of the run, and so counts its figures: the run-end notice goes out once, so the
-    # figures are counted once, also when the invocation that settled the run died before its notice and a retry
-    # sends it (a retry after the notice went out counts nothing).
+    # Whether this invocation settled the run-end notice (sent it and marked it sent), and so counts the run's
+    # figures: a notice is marked sent once, so they are counted once, also when the invocation that settled the run
+    # died before its notice and a retry sends it (a retry after the notice went out counts nothing), or when a notice
+    # sent could not be marked sent and is sent again.
     counted: bool
 
     def summary(self) -> dict[str, Any]:
@@ -95,7 +96,8 @@ def finish(svc: Services, payload: dict[str, Any], leave_held_notice: bool = Fal
         figures = {k: report[k] for k in ("cost_usd", "deadline_met")}
     if report["prices_unknown"]:
         reason += f"; the cost counts {_plural(report['prices_unknown'], 'price')} that could not be looked up as $0"
-    # A notice left to the invocation holding its claim is not sent here: its holder counts the run.
+    # A notice left to the invocation holding its claim is not sent here: its holder counts the run. One sent but not
+    # marked sent is sent again after its lease, by a retry or the SLA guard, which count it instead.
     sent = notify(svc, outcome, run, stage, reason, raise_if_held=not leave_held_notice, **figures)
     # A late call with the other outcome (the run was settled first as the other) counts nothing.
     return Settlement(report, counted=sent and run.status == settled_as)
