@@ -1,15 +1,16 @@
-"""The notice at the end of a run (the notify function): which stage failed and why, in words, with the figures."""
+"""The notice at the end of a run (the notify function): which stage failed and why, in words, with the figures. The
+ledger runs on moto (conftest), so the notice's claim and the run's count follow the ledger's own conditional writes."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from spot_hpc.clock import format_time, utc_now
-from spot_hpc.ledger import Attempt, NotificationClaimHeld, Run, Stage
+from spot_hpc.clock import utc_now
+from spot_hpc.ledger import Attempt, Ledger, NotificationClaimHeld, Run, Stage
 from spot_hpc.outcome import finish
+from spot_hpc.pricing import PriceBook
 from spot_hpc.services import Services
 from spot_hpc.slack import notification_dedupe_key
 
@@ -21,63 +22,14 @@ ERROR = {
     "Error": "StageFailed",
     "Cause": "application_error: Essential container in task exited (exit code 3) after 2 retries",
 }
+FAILED_NOTICE = notification_dedupe_key("run-1", "hpc", "failed")
 
 
-class FakeLedger:
-    """The ledger calls the end of a run makes, kept in memory (claims are conditional, as DynamoDB's are)."""
+class FakePrices(PriceBook):
+    """On-Demand at $1.00 an instance-hour (the run report asks only On-Demand prices)."""
 
-    def __init__(self, run: Run, stages: list[Stage], attempts: list[Attempt]) -> None:
-        self.run, self.stages, self.attempts = run, stages, attempts
-        self.claims: dict[str, str] = {}  # dedupe key -> "claimed" | "sent"
-        self.notes: list[dict[str, str]] = []
-
-    def get_run(self, run_id: str) -> Run | None:
-        return self.run if run_id == self.run.run_id else None
-
-    def finish_run(self, run_id: str, status: str, error: str | None = None) -> bool:
-        if self.run.status != "RUNNING":
-            return False
-        self.run.status, self.run.finished_at, self.run.error = status, format_time(utc_now()), error
-        return True
-
-    def get_run_items(self, run_id: str) -> tuple[list[Stage], list[Attempt]]:
-        return self.stages, self.attempts
-
-    def run_notifications(self, run_id: str) -> list[dict[str, str]]:
-        return list(self.notes)
-
-    def claim_notification(
-        self, dedupe_key: str, holder_ends_at: datetime | None = None, notice: str | None = None
-    ) -> str | None:
-        if self.claims.get(dedupe_key) == "claimed":  # another invocation's, within its lease
-            raise NotificationClaimHeld(dedupe_key, utc_now() + timedelta(seconds=62))
-        if dedupe_key in self.claims:
-            return None
-        self.claims[dedupe_key] = "claimed"
-        return dedupe_key  # the claim id
-
-    def mark_notification_sent(self, dedupe_key: str, claim_id: str) -> bool:
-        self.claims[dedupe_key] = "sent"
-        return True
-
-    def release_notification(self, dedupe_key: str, claim_id: str) -> None:
-        self.claims.pop(dedupe_key, None)
-
-    def record_notifications(self, run_id: str, entries: list[dict[str, str]]) -> None:
-        self.notes.extend(entries)
-
-
-class FakePrices:
-    def usd_per_hour(self, instance_type: str, region: str, capacity: str, nodes: int = 1, **_: Any) -> float:
-        return (1.0 if capacity == "on-demand" else 0.3) * nodes
-
-
-class FakeSecrets:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def get_secret_value(self, SecretId: str, **_: Any) -> dict[str, str]:  # boto3 names it SecretId
-        return {"SecretString": self.url}
+    def on_demand_usd_per_hour(self, instance_type: str, region: str) -> float:
+        return 1.0
 
 
 @pytest.fixture(autouse=True)
@@ -85,13 +37,25 @@ def fixed_clock(utc_clock) -> None:
     utc_clock.now = NOW
 
 
-def _services(ledger: FakeLedger, sink: WebhookSink) -> Services:
-    settings = SimpleNamespace(
-        region="us-east-1", hpc_instance_type="c5n.18xlarge", spot_instance_type="c5.4xlarge",
-        on_demand_instance_type="c5.4xlarge", slack_allow_loopback=True, slack_secret_id="spot-hpc/slack-webhook",
-        notification_topic_arn=None, notifications_dlq_url=None,
-    )  # fmt: skip
-    return Services(settings, ledger, None, None, None, None, None, None, FakeSecrets(sink.url), FakePrices())  # type: ignore[arg-type]
+@pytest.fixture
+def svc(services: Services) -> Services:
+    """The notify function's services on moto (conftest), with a price list."""
+    services.prices = FakePrices()
+    return services
+
+
+def _write_run(
+    ledger: Ledger, run: Run, stages: list[Stage], attempts: list[Attempt], ended: dict[str, tuple[str, str | None]]
+) -> None:
+    """The run as the control plane leaves it in the ledger: each attempt claimed on its stage and recorded in turn,
+    then each stage in `ended` settled (status, failure) and answered to the state machine; the others stay PENDING."""
+    ledger.create_run(run, stages)
+    for attempt in attempts:
+        ledger.claim_attempt(run.run_id, attempt.stage, attempt.attempt - 1)
+        ledger.record_attempt(attempt)
+    for stage, (status, failure) in ended.items():
+        ledger.settle_stage(run.run_id, stage, status, None, failure)
+        ledger.mark_answered(run.run_id, stage)
 
 
 def _attempt(stage: str, number: int, start: str, stop: str, **fields: Any) -> Attempt:
@@ -99,34 +63,47 @@ def _attempt(stage: str, number: int, start: str, stop: str, **fields: Any) -> A
                    started_at=start, stopped_at=stop, **{"usd_per_hour": 1.0, **fields})  # fmt: skip
 
 
-def _failed_hpc_run() -> FakeLedger:
-    run = Run("run-1", "ingest", "incoming/a.csv", "v1", "2026-01-05T06:00:00Z", 6.0, STARTED_AT, {})
-    stages = [
-        Stage("run-1", "preprocess", 0, 1.0, True, 1, status="SUCCEEDED", attempt=1),
-        Stage("run-1", "hpc", 1, 2.0, False, 2, status="FAILED", attempt=3, failure=ERROR["Cause"]),
-        Stage("run-1", "postprocess", 2, 1.0, True, 1),
-    ]
+def _hpc_failed_attempts() -> list[Attempt]:
+    """Preprocess done in an hour, then hpc failing three times with an application error (exit code 3)."""
     app_error = {"status": "FAILED", "exit_code": 3, "failure_class": "application_error",
                  "status_reason": "Essential container in task exited"}  # fmt: skip
-    attempts = [
+    return [
         _attempt("preprocess", 1, "2026-01-05T00:00:00Z", "2026-01-05T01:00:00Z", status="SUCCEEDED", exit_code=0),
         _attempt("hpc", 1, "2026-01-05T01:00:00Z", "2026-01-05T01:10:00Z", **app_error),
         _attempt("hpc", 2, "2026-01-05T01:10:00Z", "2026-01-05T01:20:00Z", **app_error),
         _attempt("hpc", 3, "2026-01-05T01:20:00Z", "2026-01-05T01:30:00Z", **app_error),
     ]
-    return FakeLedger(run, stages, attempts)
+
+
+def _failed_hpc_run(ledger: Ledger, attempts: list[Attempt] | None = None) -> None:
+    """run-1, whose HPC stage failed for good (on `attempts`, `_hpc_failed_attempts` unless given)."""
+    run = Run("run-1", "ingest", "incoming/a.csv", "v1", "2026-01-05T06:00:00Z", 6.0, STARTED_AT, {})
+    stages = [
+        Stage("run-1", "preprocess", 0, 1.0, True, 1),
+        Stage("run-1", "hpc", 1, 2.0, False, 2),
+        Stage("run-1", "postprocess", 2, 1.0, True, 1),
+    ]
+    ended = {"preprocess": ("SUCCEEDED", None), "hpc": ("FAILED", ERROR["Cause"])}
+    _write_run(ledger, run, stages, attempts or _hpc_failed_attempts(), ended)
+
+
+def _claim_held_by_another_invocation(ledger: Ledger) -> str:
+    """The failed notice's claim, taken by a notify invocation that has a minute left (its lease): its claim id."""
+    claim = ledger.claim_notification(FAILED_NOTICE, utc_now() + timedelta(minutes=1))
+    assert claim is not None
+    return claim
 
 
 def _fields(message: dict[str, Any]) -> list[str]:
     return [f["text"] for block in message["blocks"] if block["type"] == "section" for f in block.get("fields", [])]
 
 
-def test_a_failed_run_says_which_stage_failed_and_why_in_words(sink: WebhookSink) -> None:
+def test_a_failed_run_says_which_stage_failed_and_why_in_words(svc: Services, sink: WebhookSink) -> None:
     # GIVEN a run whose HPC stage failed for good with an application error (exit code 3) on its third attempt
-    ledger = _failed_hpc_run()
+    _failed_hpc_run(svc.ledger)
 
     # WHEN the state machine's failure path settles it
-    finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+    finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
 
     # THEN Slack is told once: the stage, that the application failed (not Spot), and on which attempt
     (message,) = sink.delivered_messages
@@ -138,20 +115,24 @@ def test_a_failed_run_says_which_stage_failed_and_why_in_words(sink: WebhookSink
     assert "*Cost*\n$1.50" in _fields(message) and not any("Savings" in text for text in _fields(message))
     assert "*Deadline*\n6.00 h (missed)" in _fields(message)
     # ... and the run report's notice carries the same words
-    assert ledger.notes[0]["kind"] == "failed" and "stage hpc | hpc failed for good" in ledger.notes[0]["text"]
+    notes = svc.ledger.run_notifications("run-1")
+    assert notes[0]["kind"] == "failed" and "stage hpc | hpc failed for good" in notes[0]["text"]
 
 
-def test_a_stage_stopped_because_the_run_ended_is_not_told_as_a_move_to_on_demand(sink: WebhookSink) -> None:
+def test_a_stage_stopped_because_the_run_ended_is_not_told_as_a_move_to_on_demand(
+    svc: Services, sink: WebhookSink
+) -> None:
     # GIVEN a run ended (aborted) while hpc ran: its job was stopped by the control plane, and Batch's end of it is
     # already recorded as a control-plane cancellation when the notice is built (a retried notify task)
-    ledger = _failed_hpc_run()
-    ledger.attempts[-1] = _attempt(
+    attempts = _hpc_failed_attempts()
+    attempts[-1] = _attempt(
         "hpc", 3, "2026-01-05T01:20:00Z", "2026-01-05T01:30:00Z", status="FAILED",
         failure_class="cancelled_by_control_plane", status_reason="spot-hpc: run_ended (attempt 3)",
     )  # fmt: skip
+    _failed_hpc_run(svc.ledger, attempts)
 
     # WHEN the run is settled as failed
-    finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+    finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
 
     # THEN the team reads that hpc was still running when the run ended, not that its work moved to On-Demand
     reason = sink.delivered_messages[0]["blocks"][1]["text"]["text"]
@@ -159,10 +140,9 @@ def test_a_stage_stopped_because_the_run_ended_is_not_told_as_a_move_to_on_deman
     assert "On-Demand" not in reason.split(";")[0]
 
 
-def test_the_failed_notice_is_sent_once_when_the_notify_task_is_retried(sink: WebhookSink) -> None:
+def test_the_failed_notice_is_sent_once_when_the_notify_task_is_retried(svc: Services, sink: WebhookSink) -> None:
     # GIVEN a failed run already settled and notified
-    ledger = _failed_hpc_run()
-    svc = _services(ledger, sink)
+    _failed_hpc_run(svc.ledger)
     finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
 
     # WHEN the state machine retries the notify task
@@ -172,85 +152,84 @@ def test_the_failed_notice_is_sent_once_when_the_notify_task_is_retried(sink: We
     assert len(sink.delivered_messages) == 1 and settlement.counted is False
 
 
-FAILED_NOTICE = notification_dedupe_key("run-1", "hpc", "failed")
-
-
 def test_a_notice_held_by_an_earlier_attempt_fails_the_notify_task_so_that_the_state_machine_retries_it(
-    sink: WebhookSink,
+    svc: Services, sink: WebhookSink
 ) -> None:
     # GIVEN a failed run whose notice an earlier attempt of the notify task claimed (it died before sending)
-    ledger = _failed_hpc_run()
-    ledger.claims[FAILED_NOTICE] = "claimed"
+    _failed_hpc_run(svc.ledger)
+    _claim_held_by_another_invocation(svc.ledger)
 
-    # WHEN the state machine runs the notify task again
+    # WHEN the state machine runs the notify task again, within that claim's lease
     with pytest.raises(NotificationClaimHeld):
-        finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+        finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
 
     # THEN the task fails with the error the state machine retries, the run is settled, and nothing went out
-    assert ledger.run.status == "FAILED" and sink.delivered_messages == []
+    run = svc.ledger.get_run("run-1")
+    assert run is not None and run.status == "FAILED" and sink.delivered_messages == []
 
 
-def test_a_notice_whose_holder_sent_it_makes_the_retried_notify_task_a_no_op(sink: WebhookSink) -> None:
+def test_a_notice_whose_holder_sent_it_makes_the_retried_notify_task_a_no_op(svc: Services, sink: WebhookSink) -> None:
     # GIVEN a failed run settled by a notify attempt that failed on a held claim, whose holder then sent the notice
-    ledger = _failed_hpc_run()
-    ledger.claims[FAILED_NOTICE] = "claimed"
+    _failed_hpc_run(svc.ledger)
+    holder = _claim_held_by_another_invocation(svc.ledger)
     with pytest.raises(NotificationClaimHeld):
-        finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
-    ledger.claims[FAILED_NOTICE] = "sent"
+        finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+    assert svc.ledger.mark_notification_sent(FAILED_NOTICE, holder)
 
     # WHEN the state machine retries the task
-    settlement = finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+    settlement = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
 
     # THEN it succeeds without telling anyone again, and the figures are not counted again
     assert sink.delivered_messages == [] and settlement.counted is False
 
 
 def test_the_guard_settling_a_run_leaves_a_held_notice_and_the_run_s_count_to_the_notice_s_holder(
-    sink: WebhookSink,
+    svc: Services, sink: WebhookSink
 ) -> None:
     # GIVEN a run whose failure notice another invocation is sending (a notify task racing the guard)
-    ledger = _failed_hpc_run()
-    ledger.claims[FAILED_NOTICE] = "claimed"
+    _failed_hpc_run(svc.ledger)
+    _claim_held_by_another_invocation(svc.ledger)
 
     # WHEN the SLA guard settles it, as it does a run whose execution ended without settling it
     payload = {"run_id": "run-1", "outcome": "failed", "error": ERROR}
-    settlement = finish(_services(ledger, sink), payload, leave_held_notice=True)
+    settlement = finish(svc, payload, leave_held_notice=True)
 
     # THEN the guard does not fail over it (it never comes back to the run), and leaves the count to whoever sends it
-    assert ledger.run.status == "FAILED"
+    run = svc.ledger.get_run("run-1")
+    assert run is not None and run.status == "FAILED"
     assert settlement.counted is False and sink.delivered_messages == []
 
 
 def test_a_run_settled_by_an_invocation_that_died_before_its_notice_is_told_and_counted_by_the_retry(
-    sink: WebhookSink,
+    svc: Services, sink: WebhookSink
 ) -> None:
     # GIVEN a failed run that a notify attempt settled before it died, without claiming its notice
-    ledger = _failed_hpc_run()
-    assert ledger.finish_run("run-1", "FAILED", ERROR)
+    _failed_hpc_run(svc.ledger)
+    assert svc.ledger.finish_run("run-1", "FAILED", f"{ERROR['Error']}: {ERROR['Cause']}")
 
     # WHEN the state machine retries the notify task
-    settlement = finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+    settlement = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
 
     # THEN the retry sends the notice and counts the run's figures (they were never counted)
     assert len(sink.delivered_messages) == 1 and settlement.counted is True
 
 
-def test_a_late_call_with_the_other_outcome_counts_nothing(sink: WebhookSink) -> None:
+def test_a_late_call_with_the_other_outcome_counts_nothing(svc: Services, sink: WebhookSink) -> None:
     # GIVEN a run settled as failed
-    ledger = _failed_hpc_run()
-    finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+    _failed_hpc_run(svc.ledger)
+    finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
 
     # WHEN a call settles it as succeeded after that
-    settlement = finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "succeeded"})
+    settlement = finish(svc, {"run_id": "run-1", "outcome": "succeeded"})
 
     # THEN the run stays failed and its figures are not counted a second time
-    assert ledger.run.status == "FAILED" and settlement.counted is False
+    run = svc.ledger.get_run("run-1")
+    assert run is not None and run.status == "FAILED" and settlement.counted is False
 
 
-def test_a_succeeded_run_says_what_it_went_through(sink: WebhookSink) -> None:
+def test_a_succeeded_run_says_what_it_went_through(svc: Services, sink: WebhookSink) -> None:
     # GIVEN a run whose preprocess was reclaimed on Spot once and finished on On-Demand
     run = Run("run-2", "ingest", "incoming/b.csv", "v1", "2026-01-05T06:00:00Z", 6.0, STARTED_AT, {})
-    stages = [Stage("run-2", "preprocess", 0, 1.0, True, 1, status="SUCCEEDED", attempt=2)]
     attempts = [
         Attempt("run-2", "preprocess", 1, "j1", "spot-queue", "spot", 1, STARTED_AT, usd_per_hour=0.3,
                 status="FAILED", failure_class="spot_reclaim", started_at=STARTED_AT, stopped_at="2026-01-05T00:30:00Z",
@@ -259,10 +238,11 @@ def test_a_succeeded_run_says_what_it_went_through(sink: WebhookSink) -> None:
                 status="SUCCEEDED", exit_code=0, started_at="2026-01-05T00:30:00Z", stopped_at="2026-01-05T01:00:00Z",
                 resumed_from_checkpoint=True),
     ]  # fmt: skip
-    ledger = FakeLedger(run, stages, attempts)
+    stages = [Stage("run-2", "preprocess", 0, 1.0, True, 1)]
+    _write_run(svc.ledger, run, stages, attempts, {"preprocess": ("SUCCEEDED", None)})
 
     # WHEN it settles
-    finish(_services(ledger, sink), {"run_id": "run-2", "outcome": "succeeded"})
+    finish(svc, {"run_id": "run-2", "outcome": "succeeded"})
 
     # THEN the notice says the deadline was met and what the run went through, with its cost and savings
     (message,) = sink.delivered_messages
@@ -274,25 +254,25 @@ def test_a_succeeded_run_says_what_it_went_through(sink: WebhookSink) -> None:
 class PricesDown(FakePrices):
     """A price list that cannot be reached (the Pricing API refusing, say)."""
 
-    def usd_per_hour(self, *_: Any, **__: Any) -> float:
+    def on_demand_usd_per_hour(self, instance_type: str, region: str) -> float:
         raise ConnectionError("pricing endpoint unreachable")
 
 
-def _run_priced_while_prices_were_down() -> FakeLedger:
-    ledger = _failed_hpc_run()
-    ledger.attempts[0] = _attempt(
+def _run_priced_while_prices_were_down(ledger: Ledger) -> None:
+    attempts = _hpc_failed_attempts()
+    attempts[0] = _attempt(
         "preprocess", 1, "2026-01-05T00:00:00Z", "2026-01-05T01:00:00Z", status="SUCCEEDED", exit_code=0,
         usd_per_hour=0.0, price_unknown=True,
     )  # fmt: skip
-    return ledger
+    _failed_hpc_run(ledger, attempts)
 
 
-def test_an_attempt_placed_while_prices_were_down_is_priced_at_the_run_end(sink: WebhookSink) -> None:
+def test_an_attempt_placed_while_prices_were_down_is_priced_at_the_run_end(svc: Services, sink: WebhookSink) -> None:
     # GIVEN a run whose preprocess attempt was placed while its price could not be looked up (recorded as $0)
-    ledger = _run_priced_while_prices_were_down()
+    _run_priced_while_prices_were_down(svc.ledger)
 
     # WHEN the run ends, with prices back
-    settlement = finish(_services(ledger, sink), {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+    settlement = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
 
     # THEN that hour of On-Demand is billed ($1.00 of the $1.50), and nothing is flagged
     assert settlement.report["cost_usd"] == pytest.approx(1.5, abs=1e-5) and settlement.report["prices_unknown"] == 0
@@ -300,14 +280,13 @@ def test_an_attempt_placed_while_prices_were_down_is_priced_at_the_run_end(sink:
     assert "*Cost*\n$1.50" in _fields(message) and "looked up" not in message["blocks"][1]["text"]["text"]
 
 
-def test_a_price_still_unknown_at_the_run_end_is_flagged_not_silently_zero(sink: WebhookSink) -> None:
+def test_a_price_still_unknown_at_the_run_end_is_flagged_not_silently_zero(svc: Services, sink: WebhookSink) -> None:
     # GIVEN the same run, and prices still down at its end
-    ledger = _run_priced_while_prices_were_down()
-    services = _services(ledger, sink)
-    services.prices = PricesDown()
+    _run_priced_while_prices_were_down(svc.ledger)
+    svc.prices = PricesDown()
 
     # WHEN the run ends
-    settlement = finish(services, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+    settlement = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
 
     # THEN the attempt and the three stages' On-Demand bases are flagged in the report and told in the notice
     report = settlement.report
