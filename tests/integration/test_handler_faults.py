@@ -13,6 +13,7 @@ from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
 from spot_hpc.outcome import run_report
 from spot_hpc.pipeline import STAGE_NAMES
+from spot_hpc.placement import submit_claimed
 from template_grants import refused_calls
 
 from spotctl.offline.demo import control_plane_services
@@ -143,6 +144,39 @@ def test_crash_between_submit_job_and_the_ledger_write_submits_once(monkeypatch)
     assert len(tokens) >= 4 and len(set(tokens)) == len(tokens)
     # and the orphaned job, once found, is recorded like any placed one: priced, so the run's cost counts it
     assert preprocess[0].job_id and all(a.usd_per_hour > 0 for a in preprocess)
+
+
+def test_a_placement_finished_late_keeps_what_the_jobs_events_recorded(monkeypatch):
+    # GIVEN a stage runner that dies right after SubmitJob (before recording the job), the stage as read then, and
+    # the job's RUNNING event adopting the job from its tags
+    real_submit = BatchGateway.submit
+    crashed: list[str] = []
+
+    def submit_then_crash(self, request):
+        job_id = real_submit(self, request)
+        if not crashed:
+            crashed.append(job_id)
+            raise TimeoutError("Lambda timed out after SubmitJob")
+        return job_id
+
+    monkeypatch.setattr(BatchGateway, "submit", submit_then_crash)
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as plane:
+        plane.upload("incoming/late.csv", b"a\n1\n", {"deadline-hours": "12"})
+        _run_until(plane, lambda: bool(crashed))
+        svc = control_plane_services(plane)
+        run = svc.ledger.list_runs()[-1]
+        stale = svc.ledger.get_stage(run.run_id, "preprocess")
+        _run_until(plane, lambda: any(a.status == "RUNNING" for a in _attempts(plane, "preprocess")[1]))
+        (running,) = _attempts(plane, "preprocess")[1]
+
+        # WHEN an SLA guard pass that read the stage before the adoption finishes its placement now
+        placed = submit_claimed(svc, run, stale, "spot", "placement repaired by the SLA guard")
+        (kept,) = _attempts(plane, "preprocess")[1]
+
+    # THEN it adopts the same job, and the attempt keeps the status, start and instance the event recorded
+    assert stale.job_id is None and running.job_id == crashed[0] and placed.job_id == crashed[0]
+    assert (kept.status, kept.started_at, kept.instance_ids) == ("RUNNING", running.started_at, running.instance_ids)
+    assert kept.started_at and kept.instance_ids
 
 
 def test_batch_throttling_is_retried_without_a_second_job(monkeypatch):

@@ -20,6 +20,7 @@ reordered events, and two handlers racing, lead to one action.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -462,8 +463,17 @@ class Ledger:
 
     # ------------------------------------------------------------------ attempts and jobs
     def record_attempt(self, attempt: Attempt) -> None:
-        """The attempt, its job index and the stage's pointer to it (idempotent: same job id, same items)."""
-        self._put({**_attempt_key(attempt.run_id, attempt.stage, attempt.attempt), **asdict(attempt)})
+        """The attempt, its job index and the stage's pointer to it (idempotent: same job id, same items).
+
+        An attempt already recorded with the same job is left as it is: placing it again (the SLA guard finishing a
+        placement whose handler died after SubmitJob) must not undo what the job's events recorded since."""
+        with contextlib.suppress(LedgerConflict):  # recorded with this job already
+            self._put(
+                {**_attempt_key(attempt.run_id, attempt.stage, attempt.attempt), **asdict(attempt)},
+                ConditionExpression="attribute_not_exists(pk) OR #job_id <> :job_id",
+                ExpressionAttributeNames={"#job_id": "job_id"},
+                ExpressionAttributeValues={":job_id": attempt.job_id},
+            )
         self._put(
             {
                 "pk": f"JOB#{attempt.job_id}",
