@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from spotctl.offline.runtime import OfflineControlPlane
+import boto3
+
+from spotctl.offline.runtime import REGION, OfflineControlPlane
 
 # Three half-hour stages: a whole pipeline in a couple of virtual hours.
 QUICK_STAGES = {"preprocess": 0.5, "hpc": 0.5, "postprocess": 0.5}
@@ -34,3 +37,26 @@ def upload_quick_run(plane: OfflineControlPlane, deadline_hours: float) -> None:
     """Three half-hour stages (`QUICK_STAGES`) under `deadline_hours`."""
     metadata = {"deadline-hours": str(deadline_hours), "stage-hours": QUICK_STAGE_HOURS}
     plane.upload("incoming/tight.csv", b"a\n1\n", metadata)
+
+
+# The function each event source's rule invokes.
+HANDLER_OF_SOURCE = {
+    "aws.s3": "StartPipelineFunction",
+    "aws.ec2": "SpotInterruptionFunction",
+    "aws.batch": "BatchStateChangeFunction",
+}
+
+
+def dead_lettered(plane: OfflineControlPlane) -> list[dict[str, Any]]:
+    """The events whose handler failed, as the events dead-letter queue holds them (Lambda retries them)."""
+    sqs = boto3.client("sqs", region_name=REGION)
+    url = plane.stack.physical_id("EventsDeadLetterQueue")  # a queue's physical id is its URL
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    return [json.loads(message["Body"]) for message in messages]
+
+
+def retry_dead_lettered(plane: OfflineControlPlane) -> tuple[dict[str, Any], Any, bool]:
+    """Lambda's retry of the one event whose handler failed: (the event, what the retry returned, whether it failed)."""
+    [event] = dead_lettered(plane)
+    result, errored = plane.invoke(HANDLER_OF_SOURCE[event["source"]], event)
+    return event, result, errored

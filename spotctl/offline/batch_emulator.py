@@ -269,10 +269,12 @@ class BatchEmulator:
             summary[status] = summary.get(status, 0) + 1
         return job.describe(summary)
 
-    def list(self, queue: str | None, status: str | None, name: str | None) -> list[dict[str, Any]]:
+    def list(
+        self, queue: str | None, status: str | None, name: str | None, array_job_id: str | None = None
+    ) -> list[dict[str, Any]]:
         found = []
         for job in self.jobs.values():
-            if job.parent_id:  # ListJobs lists an array's children only when asked for them by arrayJobId
+            if job.parent_id != array_job_id:  # ListJobs lists an array's children only when asked by arrayJobId
                 continue
             if queue and queue not in (job.queue, job.queue.rsplit("/", 1)[-1]):
                 continue
@@ -537,9 +539,10 @@ def install(emulator_ref: Callable[[], BatchEmulator | None]) -> Callable[[], No
 
     def list_jobs(self: Any, emulator: BatchEmulator) -> str:
         name = next((f["values"][0] for f in self._get_param("filters") or [] if f.get("name") == "JOB_NAME"), None)
-        return json.dumps(
-            {"jobSummaryList": emulator.list(self._get_param("jobQueue"), self._get_param("jobStatus"), name)}
+        found = emulator.list(
+            self._get_param("jobQueue"), self._get_param("jobStatus"), name, self._get_param("arrayJobId")
         )
+        return json.dumps({"jobSummaryList": found})
 
     def terminate(self: Any, emulator: BatchEmulator) -> str:
         emulator.terminate(self._get_param("jobId"), self._get_param("reason"))

@@ -4,13 +4,15 @@ event, a crash between two AWS calls, Batch throttling."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import boto3
 import pytest
-from offline_runs import QUICK_STAGES, RuntimeExitError, steady_trace, upload_quick_run
+from offline_runs import QUICK_STAGES, RuntimeExitError, retry_dead_lettered, steady_trace, trace_file, upload_quick_run
 from sample_events import load_event
 from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
+from spot_hpc.ledger import Ledger
 from spot_hpc.outcome import run_report
 from spot_hpc.pipeline import STAGE_NAMES
 from spot_hpc.placement import submit_claimed
@@ -83,6 +85,65 @@ def test_stuck_runnable_on_spot_moves_to_on_demand_and_meets_the_deadline(tmp_pa
     assert preprocess[0].capacity == "spot" and preprocess[0].started_at is None
     assert preprocess[0].cancel_reason == "requeue_to_on_demand"
     assert preprocess[-1].capacity == "on-demand" and preprocess[-1].status == "SUCCEEDED"
+
+
+def _die_once_writing_the_spot_wait(monkeypatch, change: str) -> list[str]:
+    """The first write that `change`s ("starts" or "ends") a stage's Spot wait dies with its Lambda, after the job's
+    status was recorded."""
+    real_update_stage = Ledger.update_stage
+    died: list[str] = []
+
+    def update_or_die(self, run_id, stage, removes=(), **sets):
+        writes = "spot_waiting_since" in (sets if change == "starts" else removes)
+        if writes and not died:
+            died.append(stage)
+            raise RuntimeExitError(f"Runtime exited before the Spot wait {change}")
+        return real_update_stage(self, run_id, stage, removes=removes, **sets)
+
+    monkeypatch.setattr(Ledger, "update_stage", update_or_die)
+    return died
+
+
+@pytest.mark.parametrize("retried", [True, False], ids=["event retried", "event lost"])
+def test_a_spot_job_whose_wait_was_not_recorded_is_still_moved_to_on_demand(monkeypatch, tmp_path, retried):
+    # GIVEN no Spot capacity at all, a tight deadline, and the Batch handler dying after recording the Spot job
+    # RUNNABLE and before starting the stage's Spot wait
+    died = _die_once_writing_the_spot_wait(monkeypatch, "starts")
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 0), stage_hours=QUICK_STAGES) as plane:
+        upload_quick_run(plane, 2.5)
+        _run_until(plane, lambda: bool(died))
+        # WHEN Lambda retries the event (or its retries are lost too), and the run goes its course
+        retry = retry_dead_lettered(plane) if retried else None
+        run, _ = _attempts(plane, "preprocess")
+        waiting_after_retry = (
+            control_plane_services(plane).ledger.get_stage(run.run_id, "preprocess").spot_waiting_since
+        )
+        status = plane.run_until_settled(max_hours=6)
+        run, preprocess = _attempts(plane, "preprocess")
+        report = run_report(control_plane_services(plane), run)
+    # THEN the stage was seen waiting for Spot (by the retry, or by the SLA guard from Batch) and moved to On-Demand
+    # in time
+    assert died == ["preprocess"] and (retry is None or (retry[2] is False and waiting_after_retry))
+    assert status == "SUCCEEDED" and report["deadline_met"] is True
+    assert preprocess[0].cancel_reason == "requeue_to_on_demand" and preprocess[-1].capacity == "on-demand"
+
+
+def test_a_spot_job_running_whose_wait_was_not_ended_is_not_taken_for_waiting(monkeypatch, tmp_path):
+    # GIVEN Spot capacity after ten minutes without, a 2-hour preprocess in a pipeline due in 8 hours, and the
+    # Batch handler dying after recording the Spot job RUNNING and before ending its wait; the event is not retried
+    died = _die_once_writing_the_spot_wait(monkeypatch, "ends")
+    trace = trace_file(tmp_path, "late-capacity", [0] + [1] * 500)
+    with OfflineControlPlane(trace=trace, stage_hours={**QUICK_STAGES, "preprocess": 2}) as plane:
+        plane.upload("incoming/late.csv", b"a\n1\n", {"deadline-hours": "8", "stage-hours": "preprocess=2"})
+        _run_until(plane, lambda: bool(died))
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=6)
+        run, preprocess = _attempts(plane, "preprocess")
+        stage = control_plane_services(plane).ledger.get_stage(run.run_id, "preprocess")
+    # THEN the SLA guard ended the wait (it was learnt) and left the running Spot job alone, which finished the stage
+    assert died == ["preprocess"] and status == "SUCCEEDED"
+    assert [(a.capacity, a.status) for a in preprocess] == [("spot", "SUCCEEDED")]
+    assert stage.spot_waiting_since is None and stage.spot_stats["recoveries"] == 1
 
 
 def test_lost_batch_events_are_reconciled_by_the_guard():
@@ -369,10 +430,14 @@ def test_shards_waiting_for_spot_are_moved_to_on_demand_in_time(tmp_path):
     ]
 
 
+def _third_node_reclaimed_for_half_an_hour(tmp_path) -> Path:
+    """Capacity for 3 nodes, then for 2 from an hour on for half an hour, then for 3 again."""
+    return trace_file(tmp_path, "dip", [3] * 10 + [2] * 3 + [3] * 500)
+
+
 def test_a_reclaimed_shard_replaces_the_array_as_a_reclaim_without_spending_retries(tmp_path):
     # GIVEN 3 HPC shards of 2 h on Spot, and the third node reclaimed an hour into them, for half an hour
-    trace = tmp_path / "dip.json"
-    trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [3] * 10 + [2] * 3 + [3] * 500}))
+    trace = _third_node_reclaimed_for_half_an_hour(tmp_path)
     with OfflineControlPlane(trace=trace, stage_hours={**QUICK_STAGES, "hpc": 2.0}) as plane:
         _shards_run(plane, deadline_hours=12, hpc_hours=2.0)
         # WHEN the run goes its course
@@ -390,6 +455,42 @@ def test_a_reclaimed_shard_replaces_the_array_as_a_reclaim_without_spending_retr
     assert hpc[0].shard_failure == hpc[0].failure_class
     assert hpc[-1].status == "SUCCEEDED" and hpc[-1].resumed_from_checkpoint
     # AND every AWS call on the way (ending the array is a TerminateJob by the Batch handler) is one its role allows
+    assert refused == {}
+
+
+def test_an_arrays_end_told_before_its_reclaimed_shards_is_still_a_reclaim(tmp_path):
+    # GIVEN 3 HPC shards of 2 h on Spot, the third node reclaimed an hour into them, and EventBridge delivering the
+    # array's FAILED event before its shards' (it keeps no order)
+    trace = _third_node_reclaimed_for_half_an_hour(tmp_path)
+    with OfflineControlPlane(trace=trace, stage_hours={**QUICK_STAGES, "hpc": 2.0}) as plane:
+        deliver = plane.bus.put
+        held_back: list[dict] = []
+
+        def shards_after_their_array(event):
+            detail = event.get("detail", {})
+            if event["source"] != "aws.batch" or detail.get("status") != "FAILED":
+                return deliver(event)
+            if ":" in detail["jobId"]:  # a shard's end ("<array id>:<index>"): held back until its array's is told
+                held_back.append(event)
+                return []
+            deliveries = deliver(event)
+            for shard in held_back:
+                deliveries += deliver(shard)
+            held_back.clear()
+            return deliveries
+
+        plane.bus.put = shards_after_their_array  # type: ignore[method-assign]
+        _shards_run(plane, deadline_hours=12, hpc_hours=2.0)
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=12)
+        _, hpc = _attempts(plane, "hpc")
+        stage = control_plane_services(plane).ledger.get_stage(hpc[0].run_id, "hpc")
+        refused = _refused_calls(plane)
+    # THEN the array's failure was asked of its failed shards: a reclaim, placed again without spending a retry
+    assert status == "SUCCEEDED" and stage is not None and stage.app_retries_used == 0
+    assert hpc[0].status == "FAILED" and hpc[0].failure_class in ("spot_reclaim", "checkpointed_interruption")
+    assert hpc[-1].status == "SUCCEEDED" and hpc[-1].resumed_from_checkpoint
+    # AND listing the shards (ListJobs by arrayJobId) is a call the Batch handler's role allows
     assert refused == {}
 
 

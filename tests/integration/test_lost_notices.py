@@ -3,11 +3,18 @@ comes back to that work, finds it done, and tells of it, once."""
 
 from __future__ import annotations
 
-import json
-
 import boto3
 import pytest
-from offline_runs import QUICK_STAGE_HOURS, QUICK_STAGES, RuntimeExitError, trace_file, upload_quick_run
+from offline_runs import (
+    HANDLER_OF_SOURCE,
+    QUICK_STAGE_HOURS,
+    QUICK_STAGES,
+    RuntimeExitError,
+    dead_lettered,
+    retry_dead_lettered,
+    trace_file,
+    upload_quick_run,
+)
 from spot_hpc import ingest, job_events, placement
 
 from spotctl.offline.demo import control_plane_services
@@ -15,11 +22,6 @@ from spotctl.offline.runtime import OfflineControlPlane
 
 pytestmark = pytest.mark.integration
 REGION = "us-east-1"
-HANDLER_OF_SOURCE = {
-    "aws.s3": "StartPipelineFunction",
-    "aws.ec2": "SpotInterruptionFunction",
-    "aws.batch": "BatchStateChangeFunction",
-}
 
 
 def _capacity_for(tmp_path, ten_minute_ticks: int):
@@ -43,24 +45,9 @@ def _die_before_telling(monkeypatch, kind: str) -> list[str]:
     return died
 
 
-def _dead_lettered(plane: OfflineControlPlane) -> list[dict]:
-    """The events whose handler failed, as the events dead-letter queue holds them (Lambda retries them)."""
-    sqs = boto3.client("sqs", region_name=REGION)
-    url = plane.stack.physical_id("EventsDeadLetterQueue")  # a queue's physical id is its URL
-    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
-    return [json.loads(message["Body"]) for message in messages]
-
-
 def _upload_tight_run(plane: OfflineControlPlane) -> None:
     """Three half-hour stages due in 2.5 hours."""
     upload_quick_run(plane, 2.5)
-
-
-def _retry_dead_lettered(plane: OfflineControlPlane) -> tuple[dict, object, bool]:
-    """Lambda's retry of the one event whose handler failed: (the event, what the retry returned, whether it failed)."""
-    [event] = _dead_lettered(plane)
-    result, errored = plane.invoke(HANDLER_OF_SOURCE[event["source"]], event)
-    return event, result, errored
 
 
 def _notices(plane: OfflineControlPlane, kind: str, stage: str) -> list[str]:
@@ -82,7 +69,7 @@ def test_a_requeue_whose_warning_handler_died_before_telling_is_told_once(monkey
         _upload_tight_run(plane)
         status = plane.run_until_settled(max_hours=4)
         # WHEN Lambda retries the warning (the Spot job's end, which the requeue brought about, came back too)
-        warning, retried, errored = _retry_dead_lettered(plane)
+        warning, retried, errored = retry_dead_lettered(plane)
         requeued = _notices(plane, "requeued", "preprocess")
     # THEN the move was told once, and the retry found nothing more to do
     assert died == ["requeued"] and warning["detail-type"] == "EC2 Spot Instance Interruption Warning"
@@ -99,7 +86,7 @@ def test_a_reclaim_whose_batch_handler_died_before_telling_is_told_by_the_events
         status = plane.run_until_settled(max_hours=4)
         told_before_the_retry = _notices(plane, "interrupted", "preprocess")
         # WHEN Lambda retries the job's FAILED event
-        failed, retried, errored = _retry_dead_lettered(plane)
+        failed, retried, errored = retry_dead_lettered(plane)
         interrupted = _notices(plane, "interrupted", "preprocess")
         requeued = _notices(plane, "requeued", "preprocess")
     # THEN the retry, finding the next attempt placed, told of the reclaim: once
@@ -119,10 +106,10 @@ def test_a_requeue_whose_guard_pass_died_before_telling_is_told_when_the_spot_jo
         # WHEN the run goes its course
         status = plane.run_until_settled(max_hours=4)
         requeued = _notices(plane, "requeued", "preprocess")
-        dead_lettered = _dead_lettered(plane)
+        failed_events = dead_lettered(plane)
     # THEN no event was retried (the guard's pass is not), yet the end of the Spot job the guard replaced brought the
     # Batch handler back to the move, which it told
-    assert died == ["requeued"] and status == "SUCCEEDED" and dead_lettered == []
+    assert died == ["requeued"] and status == "SUCCEEDED" and failed_events == []
     assert len(requeued) == 1 and "| attempt 3 |" in requeued[0], requeued
 
 
@@ -133,7 +120,7 @@ def test_a_start_whose_handler_died_before_telling_is_told_by_the_uploads_retry(
         _upload_tight_run(plane)
         told_before_the_retry = len(_notices(plane, "started", ""))
         # WHEN Lambda retries the upload's event
-        upload, retried, errored = _retry_dead_lettered(plane)
+        upload, retried, errored = retry_dead_lettered(plane)
         again, errored_again = plane.invoke(HANDLER_OF_SOURCE[upload["source"]], upload)
         status = plane.run_until_settled(max_hours=4)
         started = _notices(plane, "started", "")

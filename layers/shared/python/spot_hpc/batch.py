@@ -55,6 +55,14 @@ class BatchGateway:
             ids.extend(job["jobId"] for job in page.get("jobSummaryList", []) if job.get("jobName") == name)
         return ids
 
+    def failed_children(self, array_job_id: str) -> list[dict[str, Any]]:
+        """The failed children of an array job, described (ListJobs lists children only when asked by arrayJobId)."""
+        paginator = self._batch.get_paginator("list_jobs")
+        ids: list[str] = []
+        for page in paginator.paginate(arrayJobId=array_job_id, jobStatus="FAILED"):
+            ids.extend(job["jobId"] for job in page.get("jobSummaryList", []))
+        return list(self.describe(ids).values())
+
     def terminate(self, job_id: str, reason: str) -> None:
         self._batch.terminate_job(jobId=job_id, reason=reason[:256])
 

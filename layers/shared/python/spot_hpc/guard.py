@@ -25,6 +25,7 @@ from spot_hpc.placement import (
     request_checkpoint,
     requeue_to_on_demand,
     stage_view,
+    start_spot_wait,
     stop_stage,
     submit_claimed,
     tell_requeue,
@@ -174,11 +175,18 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
     if stage.capacity != "spot":
         return None
 
+    # The stage's Spot wait follows the job's events. A handler that died between recording a status and the wait,
+    # or an event lost, leaves the ledger's wait behind what Batch says: mended here, or a job stuck RUNNABLE would
+    # never be seen waiting (and never moved to On-Demand), and a running one would be taken for waiting.
+    # An array waits for Spot while any shard does (it cannot finish without it).
+    job_waits = detail.shards_waiting > 0 if detail.is_array_parent else detail.status == "RUNNABLE"
+    job_runs = not detail.shards_waiting if detail.is_array_parent else detail.status == "RUNNING"
     waiting_since = stage.spot_waiting_since
-    if waiting_since and detail.is_array_parent and not detail.shards_waiting:
-        # An array waits for Spot while any shard does (it cannot finish without it): that wait is over.
+    if waiting_since and job_runs:
         end_spot_wait(svc, stage)
         waiting_since = None
+    elif not waiting_since and job_waits:
+        waiting_since = start_spot_wait(svc, stage)
     waiting = waiting_since and now - parse_time(waiting_since) > timedelta(
         minutes=svc.settings.spot_wait_signal_minutes
     )

@@ -28,6 +28,7 @@ from spot_hpc.placement import (
     record_placed,
     requeue_to_on_demand,
     spot_stats,
+    start_spot_wait,
     tell_requeue,
 )
 from spot_hpc.policy import Action
@@ -79,6 +80,9 @@ def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
         # A repeated terminal event: its first delivery may have died after recording it and before acting on it.
         return _act_on_terminal(svc, ref, attempt, detail, repeated=True)
     if STATUS_RANK[detail.status] <= STATUS_RANK.get(attempt.status, -1):
+        if detail.status == attempt.status and attempt.capacity == "spot" and detail.status in SPOT_WAIT_STATUSES:
+            # A repeated status: its first delivery may have died after recording it, before the stage's Spot wait.
+            _track_spot_wait(svc, ref, detail.status)
         return {"status": "ignored", "reason": f"stale {detail.status} after {attempt.status}"}
 
     if detail.status in TERMINAL_STATUSES:
@@ -94,7 +98,7 @@ def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
         svc.ledger.update_open_attempt(ref.run_id, ref.stage, ref.attempt, **sets)
     except LedgerConflict:
         return {"status": "ignored", "reason": "attempt already settled"}
-    if attempt.capacity == "spot" and detail.status in ("RUNNABLE", "RUNNING"):
+    if attempt.capacity == "spot" and detail.status in SPOT_WAIT_STATUSES:
         _track_spot_wait(svc, ref, detail.status)
     return {"status": "recorded", "job_status": detail.status}
 
@@ -136,13 +140,17 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
     return {"status": "recorded", "shard_status": detail.status, "failure_class": failure}
 
 
+# The statuses that start (RUNNABLE) and end (RUNNING) a Spot job's wait for capacity.
+SPOT_WAIT_STATUSES = ("RUNNABLE", "RUNNING")
+
+
 def _track_spot_wait(svc: Services, ref: JobRef, status: str) -> None:
     """A Spot job waits RUNNABLE while there is no capacity: the wait, once over, teaches the stage's statistics."""
     stage = svc.ledger.get_stage(ref.run_id, ref.stage)
     if stage is None:
         return
-    if status == "RUNNABLE" and not stage.spot_waiting_since:
-        svc.ledger.update_stage(ref.run_id, ref.stage, spot_waiting_since=format_time(utc_now()))
+    if status == "RUNNABLE":
+        start_spot_wait(svc, stage)
     elif status == "RUNNING":
         end_spot_wait(svc, stage)
 
@@ -163,6 +171,8 @@ def _adopt(svc: Services, detail: BatchJobDetail) -> JobRef | None:
 
 def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJobDetail) -> dict[str, Any]:
     failure = None if detail.status == "SUCCEEDED" else classify_failure(detail, attempt)
+    if failure and detail.is_array_parent and not (attempt.shard_failure or attempt.cancel_reason):
+        failure = _failed_shards_class(svc, detail, attempt) or failure
     try:
         attempt = svc.ledger.update_open_attempt(
             ref.run_id,
@@ -184,6 +194,18 @@ def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJ
     if stage is not None:
         _learn_spot(svc, stage, attempt, failure)
     return _act_on_terminal(svc, ref, attempt, detail, repeated=False)
+
+
+def _failed_shards_class(svc: Services, detail: BatchJobDetail, attempt: Attempt) -> str | None:
+    """Why an array failed when no shard's end has told it yet (EventBridge keeps no order between a shard's event
+    and its parent's, and the SLA guard reads the parent alone): asked of its failed shards, a reclaim first, as the
+    shards' own events would have recorded it (`_apply_shard_state`). Otherwise a reclaimed shard would read as an
+    application error and spend the stage's retries."""
+    failures = [
+        classify_failure(BatchJobDetail.model_validate(child), attempt)
+        for child in svc.batch.failed_children(detail.job_id)
+    ]
+    return next((failure for failure in failures if failure in RECLAIM_CLASSES), failures[0] if failures else None)
 
 
 def _act_on_terminal(

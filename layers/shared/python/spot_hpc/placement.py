@@ -117,6 +117,15 @@ def spot_stats_now(
     return stats
 
 
+def start_spot_wait(svc: Services, stage: Stage) -> str:
+    """A Spot job waits RUNNABLE for capacity: its wait starts now, unless it has already. Returns when it started."""
+    if stage.spot_waiting_since:
+        return stage.spot_waiting_since
+    since = format_time(utc_now())
+    svc.ledger.update_stage(stage.run_id, stage.stage, spot_waiting_since=since)
+    return since
+
+
 def end_spot_wait(svc: Services, stage: Stage) -> None:
     """A wait for Spot capacity is over (capacity came, or the work went elsewhere): learn how long it lasted."""
     if not stage.spot_waiting_since:
