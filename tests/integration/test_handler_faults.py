@@ -16,6 +16,7 @@ from spot_hpc.ledger import Ledger
 from spot_hpc.outcome import run_report
 from spot_hpc.pipeline import STAGE_NAMES
 from spot_hpc.placement import submit_claimed
+from spot_hpc.stepfunctions import PipelineStateMachine
 from template_grants import refused_calls
 
 from spotctl.offline.demo import control_plane_services
@@ -238,6 +239,34 @@ def test_a_placement_finished_late_keeps_what_the_jobs_events_recorded(monkeypat
     assert stale.job_id is None and running.job_id == crashed[0] and placed.job_id == crashed[0]
     assert (kept.status, kept.started_at, kept.instance_ids) == ("RUNNING", running.started_at, running.instance_ids)
     assert kept.started_at and kept.instance_ids
+
+
+def test_an_upload_whose_run_was_recorded_and_not_started_starts_on_the_retry_after_the_file_is_gone(monkeypatch):
+    # GIVEN the upload's handler dying after recording the run and before starting its execution, and the uploaded
+    # version deleted before Lambda retries the event
+    real_start = PipelineStateMachine.start
+    died: list[str] = []
+
+    def start_or_die(self, run_id, stage_timeout_seconds):
+        if not died:
+            died.append(run_id)
+            raise RuntimeExitError("Runtime exited before StartExecution")
+        return real_start(self, run_id, stage_timeout_seconds)
+
+    monkeypatch.setattr(PipelineStateMachine, "start", start_or_die)
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as plane:
+        upload_quick_run(plane, 12)
+        _run_until(plane, lambda: bool(died))
+        s3 = boto3.client("s3", region_name=REGION)
+        for version in s3.list_object_versions(Bucket=plane.bucket, Prefix="incoming/")["Versions"]:
+            s3.delete_object(Bucket=plane.bucket, Key=version["Key"], VersionId=version["VersionId"])
+        # WHEN Lambda retries the event
+        _, result, errored = retry_dead_lettered(plane)
+        run = control_plane_services(plane).ledger.get_run(died[0])
+
+    # THEN the retry found the run the first delivery recorded and started it, without reading the file again
+    assert errored is False and result["status"] == "duplicate" and result["run_id"] == died[0]
+    assert run is not None and run.execution_arn == result["execution_arn"]
 
 
 def test_batch_throttling_is_retried_without_a_second_job(monkeypatch):

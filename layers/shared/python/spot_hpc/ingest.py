@@ -61,14 +61,18 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
     if not obj.key.lower().endswith(".csv"):
         raise Rejected(f"key {obj.key} is not a CSV (uploads must end in .csv)")
 
-    head = _head(svc, bucket, obj.key, obj.version_id)
-    version_id = obj.version_id or head.get("VersionId") or "null"
+    # The event names the version in a versioned bucket (the template's): a repeated delivery then finds its run
+    # without reading the object, which may be gone since the first delivery recorded the run and died before
+    # starting it.
+    head = None if obj.version_id else _head(svc, bucket, obj.key, None)
+    version_id = obj.version_id or (head or {}).get("VersionId") or "null"
     run_id = run_id_for(obj.key, version_id, obj.sequencer)
     existing = svc.ledger.get_run(run_id)
     if existing is not None:
         # A repeated delivery: make sure its execution exists and its start was told (a crash may have come between
         # recording the run, starting it and telling of it).
         return _ensure_started(svc, existing, duplicate=True)
+    head = head or _head(svc, bucket, obj.key, obj.version_id)
     try:
         options = build_run_options(
             _manifest(svc, bucket, obj.key),
