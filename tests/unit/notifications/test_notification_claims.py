@@ -669,16 +669,27 @@ def _settled_run(services: Any) -> Run:
 FAILED = {"run_id": RUN.run_id, "outcome": "failed", "error": {"Error": "StageFailed", "Cause": "exit code 3"}}
 
 
-def test_a_run_end_notice_the_guard_sends_for_a_dead_notifier_counts_the_run_once(
-    services, sink, utc_clock, monkeypatch
-):
-    # GIVEN a notify invocation that settled a run as failed and died sending its notice (no settlement returned,
-    # nothing counted), and no retry of the task before the claim lapsed
+def _notifier_died_settling_a_run(services: Any, utc_clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notify invocation with a minute left that settled RUN as failed and died sending its notice (no settlement
+    returned, nothing counted); then the minute passes (and the lease with it), and no retry of the task comes."""
     _settled_run(services)
     services.invocation_ends_at = utc_now() + timedelta(seconds=60)
     _killed_while_sending(services, monkeypatch, send=lambda svc: finish(svc, FAILED))
     services.invocation_ends_at = None
     utc_clock.advance(seconds=62)
+
+
+def _throttled_mark(*_: Any, **__: Any) -> bool:
+    """DynamoDB refusing the write that marks a notice sent, after the SDK's retries."""
+    raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "Rate"}}, "UpdateItem")
+
+
+def test_a_run_end_notice_the_guard_sends_for_a_dead_notifier_counts_the_run_once(
+    services, sink, utc_clock, monkeypatch
+):
+    # GIVEN a notify invocation that settled a run as failed and died sending its notice (no settlement returned,
+    # nothing counted), and no retry of the task before the claim lapsed
+    _notifier_died_settling_a_run(services, utc_clock, monkeypatch)
 
     # WHEN the SLA guard runs a pass, another, and the state machine retries the notify task after all
     first = _sweeps(services)
@@ -703,11 +714,8 @@ def test_a_run_end_notice_sent_but_not_marked_sent_is_sent_again_by_the_guard_an
     _settled_run(services)
     services.invocation_ends_at = utc_now() + timedelta(seconds=60)
 
-    def throttled(*_: Any, **__: Any) -> bool:
-        raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "Rate"}}, "Update")
-
     with monkeypatch.context() as patched:
-        patched.setattr(services.ledger, "mark_notification_sent", throttled)
+        patched.setattr(services.ledger, "mark_notification_sent", _throttled_mark)
         settled = finish(services, FAILED)
 
     # WHEN its lease lapses with no retry (the invocation succeeded), and the SLA guard runs two passes
@@ -730,17 +738,10 @@ def test_a_late_run_end_notice_the_guard_cannot_mark_sent_is_counted_by_the_pass
 ):
     # GIVEN a run-end notice whose notify invocation died sending it, and a guard pass sending it late while DynamoDB
     # throttles the write that marks it sent
-    _settled_run(services)
-    services.invocation_ends_at = utc_now() + timedelta(seconds=60)
-    _killed_while_sending(services, monkeypatch, send=lambda svc: finish(svc, FAILED))
-    services.invocation_ends_at = None
-    utc_clock.advance(seconds=62)
-
-    def throttled(*_: Any, **__: Any) -> bool:
-        raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "Rate"}}, "Update")
+    _notifier_died_settling_a_run(services, utc_clock, monkeypatch)
 
     with monkeypatch.context() as patched:
-        patched.setattr(services.ledger, "mark_notification_sent", throttled)
+        patched.setattr(services.ledger, "mark_notification_sent", _throttled_mark)
         unmarked = _sweeps(services)
 
     # WHEN a pass runs within that pass's lease, and another after it
