@@ -67,4 +67,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         # Strict JSON (no NaN or Infinity): a report that cannot be written so is the tool's fault, not the run's.
         write_text(args.json, run_report_json(report))
+    if report["pipeline_status"] == "RUNNING":
+        # The run itself ending, succeeded or failed, is exit 0; one the demo stopped watching is the demo's failure.
+        print(
+            "spotctl demo: error: the run had not ended when virtual time reached the demo's horizon (3 x the "
+            "deadline + the stage hours + their jobs' starts); its report above is of an unfinished run",
+            file=sys.stderr,
+        )
+        return 1
     return 0

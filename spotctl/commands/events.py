@@ -65,8 +65,11 @@ def put_events(args: argparse.Namespace) -> int:
         check_output(args.json, "--json")
     events = _load(args.file)
     events = events if isinstance(events, list) else [events]
-    if not all(isinstance(e, dict) and "source" in e and "detail-type" in e for e in events):
-        raise ToolError(f"{args.file}: every event needs at least source and detail-type")
+    if not events:
+        raise ToolError(f"{args.file}: no events (the list is empty)")
+    for index, event in enumerate(events):
+        if not (isinstance(event, dict) and "source" in event and "detail-type" in event):
+            raise ToolError(f"{args.file}: event [{index}] needs at least source and detail-type")
     deliveries = []
     with OfflineControlPlane() as plane:
         for event in events:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,9 @@ from spot_hpc.pipeline import build_run_options
 
 from spotctl.deployed import services_for_stack
 from spotctl.offline.adapters import OFFLINE_FUNCTION_ENV
-from spotctl.offline.batch_emulator import SpotTrace, TraceError
+from spotctl.offline.batch_emulator import START_DELAY, SpotTrace, TraceError
 from spotctl.offline.eventbus import REGION
-from spotctl.offline.runtime import DEFAULT_TRACE, OfflineControlPlane
+from spotctl.offline.runtime import CLOCK_STEP_MINUTES, DEFAULT_TRACE, OfflineControlPlane
 from spotctl.offline.stack import STACK_NAME
 from spotctl.reporting import format_table
 
@@ -32,11 +33,14 @@ class DemoOptions:
     hpc_nodes: int = 2
 
     def upload_metadata(self) -> dict[str, str]:
-        """The object metadata the demo upload carries (what a user would set with `aws s3 cp --metadata`)."""
+        """The object metadata the demo upload carries (what a user would set with `aws s3 cp --metadata`).
+
+        Hours are written with repr, which float() reads back exactly (`:g` would round to six digits).
+        """
         return {
-            "deadline-hours": f"{self.deadline_hours:g}",
+            "deadline-hours": repr(float(self.deadline_hours)),
             "hpc-nodes": str(self.hpc_nodes),
-            "stage-hours": ",".join(f"{k}={v:g}" for k, v in self.stage_hours.items()),
+            "stage-hours": ",".join(f"{k}={float(v)!r}" for k, v in self.stage_hours.items()),
         }
 
 
@@ -55,14 +59,18 @@ def run_demo(options: DemoOptions) -> tuple[dict[str, Any], list[str]]:
     metadata = options.upload_metadata()
     stage_hours = build_run_options(None, metadata, options.deadline_hours, options.hpc_nodes).stage_hours
     # Virtual time runs until the pipeline settles or this horizon; past the trace's end capacity would be made up.
-    horizon = options.deadline_hours * 3 + sum(stage_hours.values())
+    # Besides its compute, each stage's job may wait START_DELAY for an On-Demand instance, between the clock step
+    # in which it becomes RUNNABLE and the one in which it runs: time a deadline of minutes would not cover.
+    start_hours = (START_DELAY + 2 * timedelta(minutes=CLOCK_STEP_MINUTES)) / timedelta(hours=1)
+    horizon = options.deadline_hours * 3 + sum(stage_hours.values()) + len(stage_hours) * start_hours
     trace = SpotTrace.load(options.trace, options.start_hour)
     if horizon > trace.hours_available():
         latest_start = trace.hours - horizon
         advice = f"start by hour {latest_start:g}" if latest_start >= 0 else "use a longer trace"
         raise TraceError(
             f"{options.trace}: the trace has {trace.hours:g} h; a run from hour {options.start_hour:g} may need "
-            f"{horizon:g} h (3 x the deadline + the stage hours), past its end: {advice} or shorten the deadline"
+            f"{horizon:g} h (3 x the deadline + the stage hours + their jobs' starts), past its end: {advice} or "
+            "shorten the deadline"
         )
     handler_output = io.StringIO()
     with (

@@ -86,8 +86,13 @@ class EventBus:
 
         return list(events_backends[ACCOUNT_ID][REGION].event_buses["default"].rules.values())
 
-    def put(self, event: dict[str, Any]) -> list[Delivery]:
-        """Delivers one event to every target of every enabled rule whose pattern matches it."""
+    def put(self, entry: dict[str, Any]) -> list[Delivery]:
+        """Delivers one event to every target of every enabled rule whose pattern matches it.
+
+        As PutEvents does, the bus gives the entry whatever it left out (id, time, account, region, version, ...),
+        keeping what it gave, so that rules and targets see an event of the shape EventBridge delivers.
+        """
+        event = {**make_event(entry["source"], entry["detail-type"], {}), **entry}
         delivered: list[Delivery] = []
         for rule in self._rules():
             if rule.state != "ENABLED" or rule.scheduled_expression or not rule.event_pattern.matches_event(event):

@@ -29,6 +29,7 @@ from spotctl.offline.webhook_sink import WebhookSink
 DEFAULT_TEMPLATE = REPO_ROOT / "template.yaml"
 DEFAULT_TRACE = REPO_ROOT / "data/spot-traces/availability/1-node/aws-02-15-2023/us-east-1a_v100_1.json"
 VIRTUAL_EPOCH = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)
+CLOCK_STEP_MINUTES = 1.0  # how far virtual time moves at a time, unless the caller says otherwise
 # Execution history events after which an execution waits on the outside world (a task token, or nothing).
 _WAITING_EVENTS = {"TaskSubmitted", "ExecutionSucceeded", "ExecutionFailed", "ExecutionAborted", "ExecutionTimedOut"}
 
@@ -240,14 +241,14 @@ class OfflineControlPlane:
             time.sleep(0.003)
         raise RuntimeError("the state machine did not settle (a handler or state is stuck)")
 
-    def step(self, minutes: float = 1.0) -> None:
+    def step(self, minutes: float = CLOCK_STEP_MINUTES) -> None:
         delta = timedelta(minutes=minutes)
         now = self.clock.advance(delta)
         self.batch.advance(now, delta)
         if self.bus.fire_due_schedules(now):
             self.settle()
 
-    def run_until_settled(self, max_hours: float, step_minutes: float = 1.0) -> str:
+    def run_until_settled(self, max_hours: float, step_minutes: float = CLOCK_STEP_MINUTES) -> str:
         """Advances virtual time until every execution has ended (or `max_hours` pass); returns the last status."""
         while self.clock.hours < max_hours:
             executions = self.executions()

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from spot_hpc.cost import check_run_report_costs
+from spot_hpc.pipeline import build_run_options
 
+from spotctl.cli import main
 from spotctl.offline.demo import DemoOptions, format_summary, run_demo
+from spotctl.offline.runtime import OfflineControlPlane
 
 pytestmark = pytest.mark.e2e
 
@@ -77,3 +82,39 @@ def test_summary_says_resumed_only_of_attempts_that_ran(demo_run):
     assert len(rows) == len(attempts) and any(resumed)
     assert ["yes" in row for row in rows] == resumed
     assert any(a["started_hours"] is None and a["resumed_from_checkpoint"] for a in attempts)
+
+
+def test_upload_metadata_carries_the_hours_exactly():
+    # GIVEN a deadline and stage hours with more digits than `:g` keeps
+    options = DemoOptions(deadline_hours=12.3456789, stage_hours={"preprocess": 0.1234567, "hpc": 1 / 3})
+    # WHEN the control plane reads the run options from the demo's upload metadata
+    run_options = build_run_options(None, options.upload_metadata(), 1.0, 2)
+    # THEN it gets the very same hours, not rounded to six significant digits
+    assert run_options.deadline_hours == 12.3456789
+    assert run_options.stage_hours["preprocess"] == 0.1234567 and run_options.stage_hours["hpc"] == 1 / 3
+
+
+def test_a_run_shorter_than_the_start_delays_is_run_to_its_end(tmp_path, capsys):
+    # GIVEN stages and a deadline of seconds: 3 x the deadline and the stage hours add up to less than the minutes
+    # an On-Demand job takes to start
+    report_path = tmp_path / "run.json"
+    # WHEN the demo runs them
+    code = main(["demo", "--stage-hours", "preprocess=0.001,hpc=0.001,postprocess=0.001", "--deadline-hours", "0.01",
+                 "--json", str(report_path)])  # fmt: skip
+    # THEN virtual time runs until the pipeline has ended, and every stage ran
+    report = json.loads(report_path.read_text())
+    assert code == 0
+    assert report["pipeline_status"] == "SUCCEEDED"
+    assert [s["status"] for s in report["stages"]] == ["SUCCEEDED"] * 3
+
+
+def test_a_run_cut_off_by_the_horizon_is_an_error_with_its_report(tmp_path, capsys, monkeypatch):
+    # GIVEN a runtime whose virtual time never moves, so that the run cannot end before the horizon
+    monkeypatch.setattr(OfflineControlPlane, "run_until_settled", lambda self, max_hours: "RUNNING")
+    report_path = tmp_path / "run.json"
+    # WHEN the demo runs
+    code = main(["demo", "--json", str(report_path)])
+    # THEN it exits non-zero, saying that the run had not ended, and still writes the report of the run so far
+    assert code == 1
+    assert "had not ended" in capsys.readouterr().err
+    assert json.loads(report_path.read_text())["pipeline_status"] == "RUNNING"

@@ -221,6 +221,37 @@ def test_target_that_fails_sends_the_event_to_its_dead_letter_queue(plane):
     events.delete_rule(Name="probe-rule")
 
 
+def test_event_put_with_only_source_and_detail_type_is_completed_as_eventbridge_does(plane):
+    # GIVEN a rule whose target fails, so that the event its target was handed waits in the dead-letter queue
+    events, sqs = boto3.client("events", region_name=REGION), boto3.client("sqs", region_name=REGION)
+    dlq_url = plane.stack.physical_id("EventsDeadLetterQueue")
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="bare-rule", EventPattern=json.dumps({"source": ["bare.source"]}))
+    events.put_targets(
+        Rule="bare-rule",
+        Targets=[
+            {
+                "Id": "missing",
+                "Arn": "arn:aws:lambda:us-east-1:123456789012:function:missing",
+                "DeadLetterConfig": {"Arn": dlq_arn},
+            }
+        ],
+    )
+    # WHEN an event with no id, time, account, region or version is put, with a detail of its own
+    deliveries = plane.put_event({"source": "bare.source", "detail-type": "Bare", "detail": {"n": 2}})
+    # THEN it is delivered with the id PutEvents would have assigned, and the target got a whole event
+    assert [d.status for d in deliveries] == ["error"]
+    messages = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10)["Messages"]
+    delivered = next(e for e in map(json.loads, (m["Body"] for m in messages)) if e["source"] == "bare.source")
+    assert delivered["id"] == deliveries[0].event_id and delivered["id"]
+    assert delivered["time"] and delivered["version"] == "0"
+    assert (delivered["account"], delivered["region"]) == ("123456789012", REGION)
+    # AND what the caller gave is kept
+    assert (delivered["detail-type"], delivered["detail"]) == ("Bare", {"n": 2})
+    events.remove_targets(Rule="bare-rule", Ids=["missing"])
+    events.delete_rule(Name="bare-rule")
+
+
 def test_scheduled_rule_fires_once_per_period(plane):
     # GIVEN the SLA guard's rate(5 minutes) rule
     now = plane.clock.now()

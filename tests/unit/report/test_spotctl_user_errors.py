@@ -3,6 +3,7 @@ traceback, and output paths refused before a long run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import boto3
@@ -63,14 +64,15 @@ def test_report_stack_without_a_reachable_account_is_a_user_error(
 def test_demo_refuses_a_start_too_close_to_the_end_of_the_trace(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # GIVEN the default trace (about 1092 h) and a start at hour 1080: the run may need 3 x 12 + 7 = 43 h
+    # GIVEN the default trace (about 1092 h) and a start at hour 1080: the run may need 3 x 12 + 7 h, and 6 minutes
+    # for each of the 3 jobs to start: 43.3 h
     _refuse_to_run(monkeypatch, "spotctl.offline.demo.OfflineControlPlane")
     # WHEN the demo runs
     code = main(["demo", "--start-hour", "1080"])
     # THEN it is refused before the run, with the trace's length and what the run may need
     err = capsys.readouterr().err
     assert code == 2
-    assert "the trace has 1091.89 h; a run from hour 1080 may need 43 h" in err
+    assert "the trace has 1091.89 h; a run from hour 1080 may need 43.3 h" in err
 
 
 def test_demo_refuses_a_trace_that_is_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -148,6 +150,90 @@ def test_put_events_says_why_a_sample_event_matched_no_rule(capsys: pytest.Captu
     err = capsys.readouterr().err
     assert code == 0
     assert "matched no rule of the stack" in err and "detail.jobQueue" in err and "spotctl invoke" in err
+
+
+def test_put_events_names_the_entry_that_is_not_an_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a list of a good event, then an entry with no detail-type
+    events = tmp_path / "events.json"
+    events.write_text(json.dumps([{"source": "aws.ec2", "detail-type": "Probe"}, {"source": "aws.ec2"}]))
+    _refuse_to_run(monkeypatch, "spotctl.offline.runtime.OfflineControlPlane")
+    # WHEN they are put on the bus
+    code = main(["put-events", str(events)])
+    # THEN the file is refused before the stack is deployed, naming the bad entry by its index
+    assert code == 2
+    assert "event [1] needs at least source and detail-type" in capsys.readouterr().err
+
+
+def test_put_events_says_an_empty_list_has_no_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a file holding an empty list
+    events = tmp_path / "events.json"
+    events.write_text("[]")
+    _refuse_to_run(monkeypatch, "spotctl.offline.runtime.OfflineControlPlane")
+    # WHEN it is put on the bus
+    code = main(["put-events", str(events)])
+    # THEN it is a user error saying there are no events, not that no rule matched
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "no events" in captured.err and "no rule matched" not in captured.out
+
+
+@pytest.mark.parametrize(
+    ("trace", "start_hour", "message"),
+    [
+        (None, "1e308", "start hour 1e+308 is outside the trace"),
+        ('{"metadata": {"gap_seconds": NaN}, "data": [1, 1]}', "0", "gap_seconds must be a positive finite number"),
+        ('{"metadata": {"gap_seconds": Infinity}, "data": [1, 1]}', "0", "gap_seconds must be a positive finite"),
+        ('{"metadata": {"gap_seconds": "300"}, "data": [1, 1]}', "0", "gap_seconds must be a positive finite number"),
+        ('{"metadata": {"gap_seconds": 300}, "data": [1, -1]}', "0", "capacity [1] is -1: not a whole number >= 0"),
+        ('{"metadata": {"gap_seconds": 300}, "data": [1.5, 1]}', "0", "capacity [0] is 1.5: not a whole number >= 0"),
+        ('{"metadata": {"gap_seconds": 300}, "data": [1, "x"]}', "0", "capacity [1] is 'x': not a whole number >= 0"),
+    ],
+)
+def test_demo_refuses_a_trace_or_start_hour_it_cannot_use(
+    trace: str | None,
+    start_hour: str,
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # GIVEN a start hour past any trace, or a trace whose gap or capacities cannot be used
+    argv = ["demo", "--start-hour", start_hour]
+    if trace is not None:
+        (tmp_path / "trace.json").write_text(trace)
+        argv += ["--trace", str(tmp_path / "trace.json")]
+    _refuse_to_run(monkeypatch, "spotctl.offline.demo.OfflineControlPlane")
+    # WHEN the demo runs
+    code = main(argv)
+    # THEN it is refused before the run with a one-line message, not a traceback
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("stage_hours", "message"),
+    [
+        ("hpc=1,hpc=2", "stage hours: hpc is given twice"),
+        ("", "stage hours: none given"),
+        (" , ", "stage hours: none given"),
+        ("hpc=9000", "stage hours must be more than 0 and at most 8760"),
+        ("hpc=0", "stage hours must be more than 0 and at most 8760"),
+    ],
+)
+def test_demo_refuses_stage_hours_it_cannot_use(
+    stage_hours: str, message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a stage given twice, no stages at all, or hours outside 0 < hours <= 8760
+    _refuse_to_run(monkeypatch, "spotctl.offline.demo.OfflineControlPlane")
+    # WHEN the demo runs with them
+    code = main(["demo", "--stage-hours", stage_hours])
+    # THEN they are refused with the rule they break
+    assert code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_top_level_help_describes_the_tool(capsys: pytest.CaptureFixture[str]) -> None:

@@ -44,7 +44,7 @@ class RunOptions(BaseModel):
         if unknown:
             raise ValueError(f"unknown stages {sorted(unknown)}; stages are {list(STAGE_NAMES)}")
         if any(not (0 < hours <= MAX_DEADLINE_HOURS) for hours in value.values()):
-            raise ValueError("stage hours must be positive")
+            raise ValueError(f"stage hours must be more than 0 and at most {MAX_DEADLINE_HOURS}")
         return {**DEFAULT_STAGE_HOURS, **value}
 
 
@@ -55,10 +55,15 @@ def parse_stage_hours(text: str) -> dict[str, float]:
         name, sep, value = part.partition("=")
         if not sep:
             raise InvalidRunOptions(f"stage hours {part!r}: expected name=hours")
+        name = name.strip()
+        if name in hours:  # which one was meant is anyone's guess
+            raise InvalidRunOptions(f"stage hours: {name} is given twice")
         try:
-            hours[name.strip()] = float(value)
+            hours[name] = float(value)
         except ValueError as exc:
             raise InvalidRunOptions(f"stage hours {part!r}: {value!r} is not a number") from exc
+    if not hours:  # an empty value would otherwise mean the defaults, silently
+        raise InvalidRunOptions(f"stage hours: none given in {text!r}; expected name=hours,...")
     return hours
 
 
