@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -369,6 +370,41 @@ def test_job_retry_strategies_leave_reclaims_to_the_control_plane_and_end_with_a
         assert rules[-1] == {"OnReason": "*", "Action": "EXIT"}, name
     # AND every definition treats the same infrastructure errors alike
     assert len({json.dumps(rules) for rules in strategies.values()}) == 1
+
+
+def _dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(instruction, arguments) of a Dockerfile, continuation lines joined and comments left out."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [(line.split(maxsplit=1)[0].upper(), line.split(maxsplit=1)[1]) for line in lines]
+
+
+def test_the_job_image_answers_every_job_definitions_command_with_the_pinned_versions():
+    # GIVEN the job definitions' containers (a multi-node one's per node range) and the job image they run
+    containers = {
+        name: definition.get("ContainerProperties")
+        or next(iter(definition["NodeProperties"]["NodeRangeProperties"]))["Container"]
+        for name, definition in _resources("AWS::Batch::JobDefinition").items()
+    }
+    commands = {name: container["Command"] for name, container in containers.items()}
+    images = {container["Image"]["Ref"] for container in containers.values()}
+    instructions = _dockerfile_instructions(REPO / "jobs" / "Dockerfile")
+    workdir = next(args for op, args in instructions if op == "WORKDIR")
+    copied = [args.split() for op, args in instructions if op == "COPY"]
+    in_workdir = {Path(source).name for *sources, dest in copied if dest.rstrip("/") == workdir for source in sources}
+    # THEN every definition runs a module of the one image, which the image holds in its working directory (where
+    # `python -m` looks), each copied from the workload's source in jobs/
+    assert images == {"JobImage"}
+    for name, command in commands.items():
+        assert command[:2] == ["python", "-m"] and f"{command[2]}.py" in in_workdir, name
+    assert all((REPO / "jobs" / source).exists() for *sources, _ in copied for source in sources)
+    # AND the image sets no ENTRYPOINT, which would make the job's command mere arguments to it
+    assert "ENTRYPOINT" not in {op for op, _ in instructions}
+    # AND it installs the versions pinned in requirements.txt
+    pins = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().splitlines() if "==" in line)
+    installs = " ".join(args for op, args in instructions if op == "RUN" and "pip install" in args)
+    for package, version in re.findall(r"([A-Za-z0-9_.-]+)==([0-9][^\s]*)", installs):
+        assert pins[package] == version, package
 
 
 def test_multinode_jobs_go_to_an_on_demand_queue_and_containers_can_read_the_spot_notice():
