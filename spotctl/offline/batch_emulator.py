@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -27,7 +26,9 @@ import boto3
 from spot_checkpoint import EXIT_CHECKPOINTED
 from spot_checkpoint.store import CheckpointStore, part_name
 
+from spotctl.cli import ToolError
 from spotctl.offline.eventbus import ACCOUNT_ID, REGION, make_event
+from spotctl.policy_sim.traces import load_trace
 
 WARNING_LEAD = timedelta(minutes=2)
 CONTAINER_EXITED = "Essential container in task exited"  # Batch's statusReason when the container's process ends
@@ -36,13 +37,6 @@ START_DELAY = timedelta(minutes=4)  # instance launch + image pull + restore: th
 
 class TraceError(ValueError):
     """The Spot trace cannot be used."""
-
-
-def _is_count(value: object) -> bool:
-    """A capacity of the trace: a whole number of instances, at least 0 (3.0 is one; True, 1.5 and "3" are not)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return value >= 0 and (isinstance(value, int) or value.is_integer())
 
 
 @dataclass
@@ -57,28 +51,14 @@ class SpotTrace:
     @classmethod
     def load(cls, path: Path, start_hour: float) -> SpotTrace:
         try:
-            raw = json.loads(path.read_text())
-            gap = raw["metadata"]["gap_seconds"]
-            data = raw["data"]
-        except FileNotFoundError as exc:
-            raise TraceError(f"{path}: no such trace file") from exc
-        except OSError as exc:
-            raise TraceError(f"{path}: cannot read the trace: {exc.strerror or exc}") from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise TraceError(f"{path}: not a Spot trace ({exc})") from exc
-        # json reads NaN and Infinity, and bool is an int: refuse them here rather than fail mid-run.
-        if isinstance(gap, bool) or not isinstance(gap, int | float) or not 0 < gap < math.inf:
-            raise TraceError(f"{path}: gap_seconds must be a positive finite number, not {gap!r}")
-        if not isinstance(data, list) or not data:
-            raise TraceError(f"{path}: data must be a non-empty list of capacities")
-        for index, value in enumerate(data):
-            if not _is_count(value):
-                raise TraceError(f"{path}: capacity [{index}] is {value!r}: not a whole number >= 0")
+            raw = load_trace(str(path))
+        except ToolError as exc:
+            raise TraceError(str(exc)) from exc
         # Compared before int(): a start past any trace (1e308 h) is out of range, not an OverflowError.
-        start = start_hour * 3600 / gap
-        if not 0 <= start < len(data):
-            raise TraceError(f"{path}: start hour {start_hour} is outside the trace ({len(data) * gap / 3600:.0f} h)")
-        return cls(path, float(gap), [int(v) for v in data], int(start))
+        start = start_hour * 3600 / raw.gap_seconds
+        if not 0 <= start < len(raw.values):
+            raise TraceError(f"{path}: start hour {start_hour} is outside the trace ({raw.hours:.0f} h)")
+        return cls(path, raw.gap_seconds, list(raw.values), int(start))
 
     @property
     def hours(self) -> float:

@@ -36,23 +36,34 @@ class BlockedTrace:
 
 @lru_cache(maxsize=64)
 def load_trace(path: str) -> RawTrace:
-    """Read a trace file (cached: the benchmark reads the same traces many times)."""
+    """Read and check a trace file (cached: the benchmark reads the same traces many times). The one reader of the
+    format: the simulator, the benchmark and the offline runtime's Batch emulator all take traces through it."""
     try:
         with open(path, encoding="utf-8") as handle:
             document = json.load(handle)
+        gap, data, prices = document["metadata"]["gap_seconds"], document["data"], document.get("prices")
     except FileNotFoundError:
-        raise ToolError(f"trace not found: {path}") from None
-    except (OSError, ValueError) as exc:
-        raise ToolError(f"cannot read trace {path}: {exc}") from None
-    try:
-        gap = float(document["metadata"]["gap_seconds"])
-        values = tuple(int(value) for value in document["data"])
-        prices = tuple(float(p) for p in document["prices"]) if document.get("prices") else None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ToolError(f"not a spot trace ({exc!r}): {path}") from None
-    if gap <= 0 or not values:
-        raise ToolError(f"empty trace or bad gap_seconds: {path}")
-    return RawTrace(path, gap, values, prices)
+        raise ToolError(f"{path}: no such trace file") from None
+    except OSError as exc:
+        raise ToolError(f"{path}: cannot read the trace: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ToolError(f"{path}: not a Spot trace ({exc!r})") from None
+    # json reads NaN and Infinity, and bool is an int: refuse them here rather than fail mid-run.
+    if not _is_number(gap) or not 0 < gap < math.inf:
+        raise ToolError(f"{path}: gap_seconds must be a positive finite number, not {gap!r}")
+    if not isinstance(data, list) or not data:
+        raise ToolError(f"{path}: data must be a non-empty list of capacities")
+    for index, value in enumerate(data):
+        if not (_is_number(value) and value >= 0 and float(value).is_integer()):
+            raise ToolError(f"{path}: capacity [{index}] is {value!r}: not a whole number >= 0")
+    if prices and not (isinstance(prices, list) and all(_is_number(p) and 0 <= p < math.inf for p in prices)):
+        raise ToolError(f"{path}: prices must be a list of finite prices >= 0")
+    counts = tuple(int(value) for value in data)
+    return RawTrace(path, float(gap), counts, tuple(map(float, prices)) if prices else None)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def ticks_per_block(tick_seconds: float, gap_seconds: float) -> int:

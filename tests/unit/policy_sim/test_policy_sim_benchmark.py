@@ -22,7 +22,33 @@ def test_rows_for_every_policy_and_error_rows_for_invalid_scenarios(tiny_trace, 
     assert {row["policy"] for row in valid} == set(POLICY_ORDER)
     assert all("error" not in row and row["met"] for row in valid if row["policy"] != "spot_only")
     errors = {row["id"]: row["error"] for row in rows if "error" in row}
-    assert "not found" in errors["gone"] and "passes the end" in errors["late"] and "#3" in errors
+    assert "no such trace file" in errors["gone"] and "passes the end" in errors["late"] and "#3" in errors
+
+
+def test_a_trace_with_values_no_trace_has_gives_error_rows(tiny_trace, scenario):
+    # GIVEN scenarios on traces whose gap is NaN, infinite or a string, or whose capacities are negative or fractional
+    broken = {
+        "nan-gap": '{"metadata": {"gap_seconds": NaN}, "data": [1, 1]}',
+        "inf-gap": '{"metadata": {"gap_seconds": Infinity}, "data": [1, 1]}',
+        "text-gap": '{"metadata": {"gap_seconds": "300"}, "data": [1, 1]}',
+        "negative": '{"metadata": {"gap_seconds": 300}, "data": [1, -1]}',
+        "fraction": '{"metadata": {"gap_seconds": 300}, "data": [1, 0.5]}',
+        "bad-price": '{"metadata": {"gap_seconds": 300}, "data": [1, 1], "prices": [0.3, NaN]}',
+    }
+    scenarios = []
+    for name, text in broken.items():
+        (tiny_trace.parent / f"{name}.json").write_text(text)
+        scenarios.append({**scenario, "id": name, "trace": f"traces/{name}.json"})
+    # WHEN the benchmark runs
+    rows = run_benchmark(scenarios, tiny_trace.parent.parent)
+    # THEN each gets error rows saying what is wrong with its trace, and nothing crashed
+    errors = {row["id"]: row["error"] for row in rows}
+    assert len(rows) == len(broken) * len(POLICY_ORDER) and set(errors) == set(broken)
+    assert all(
+        "gap_seconds must be a positive finite number" in errors[name] for name in ("nan-gap", "inf-gap", "text-gap")
+    )
+    assert "capacity [1] is -1" in errors["negative"] and "capacity [1] is 0.5" in errors["fraction"]
+    assert "prices must be" in errors["bad-price"]
 
 
 def test_optimum_is_the_cheapest_row(tiny_trace, scenario):

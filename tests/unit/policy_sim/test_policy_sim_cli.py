@@ -103,7 +103,7 @@ def test_simulate_unknown_trace_is_a_clean_error(tmp_path, capsys):
     code = main(["simulate", "--trace", str(tmp_path / "x.json"), "--deadline-hours", "3", "--compute-hours", "1"])
     # THEN exit code 2 with the reason
     assert code == 2
-    assert "trace not found" in capsys.readouterr().err
+    assert "no such trace file" in capsys.readouterr().err
 
 
 def _bench(tmp_path, scenarios_file, *options, jobs=1):
@@ -292,7 +292,8 @@ def test_bench_policy_fails_when_every_scenario_is_invalid(tmp_path, tiny_trace,
     # THEN exit code 2, each reason on stderr, and the error rows are still written
     err = capsys.readouterr().err
     assert code == 2
-    assert "invalid scenario gone: trace not found" in err and "invalid scenario neg: nodes must be positive" in err
+    assert "invalid scenario gone: " in err and "no such trace file" in err
+    assert "invalid scenario neg: nodes must be positive" in err
     assert "all 2 scenarios" in err and "are invalid" in err
     assert all("error" in row for row in json.loads(out.read_text())["results"])
 
