@@ -19,6 +19,8 @@ class JobRequest:
     parameters: Mapping[str, str]
     array_size: int | None = None
     num_nodes: int | None = None
+    # Replaces the job definition's timeout: Batch ends an attempt running longer (a hung job).
+    attempt_timeout_seconds: int | None = None
 
 
 class BatchGateway:
@@ -45,6 +47,8 @@ class BatchGateway:
             kwargs["containerOverrides"] = {"environment": env}
         if request.array_size and request.array_size > 1:
             kwargs["arrayProperties"] = {"size": request.array_size}
+        if request.attempt_timeout_seconds:
+            kwargs["timeout"] = {"attemptDurationSeconds": request.attempt_timeout_seconds}
         return str(self._batch.submit_job(**kwargs)["jobId"])
 
     def find_jobs_named(self, queue: str, name: str) -> list[str]:

@@ -8,6 +8,7 @@ claimed in the ledger before the job is submitted, so two handlers acting on the
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -226,6 +227,18 @@ def job_environment(svc: Services, run: Run, stage: Stage) -> dict[str, str]:
     return environment
 
 
+# An attempt may run this many times its stage's declared compute hours, plus an hour (instance start, checkpoint
+# writes, a slower instance), before Batch ends it as hung. The job definitions' own timeouts are fixed; a run may
+# declare longer stages, which they would end at every attempt, each spending the stage's retries.
+ATTEMPT_TIMEOUT_FACTOR = 2.0
+ATTEMPT_TIMEOUT_MARGIN_HOURS = 1.0
+
+
+def attempt_timeout_seconds(compute_hours: float) -> int:
+    """How long Batch lets one attempt of a stage of `compute_hours` run (a fresh attempt does the whole stage)."""
+    return math.ceil((compute_hours * ATTEMPT_TIMEOUT_FACTOR + ATTEMPT_TIMEOUT_MARGIN_HOURS) * 3600)
+
+
 def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason: str) -> Attempt:
     """Submits the job of a claimed attempt (or adopts the one a crashed handler already submitted) and records it."""
     queue = queue_for(svc, stage, capacity)
@@ -243,6 +256,7 @@ def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason:
             parameters={"stage": stage.stage},
             num_nodes=stage.nodes if stage.multinode else None,
             array_size=stage.array_size,
+            attempt_timeout_seconds=attempt_timeout_seconds(stage.compute_hours),
         )
         try:
             job_id = svc.batch.submit(request)
