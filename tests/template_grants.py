@@ -74,13 +74,13 @@ def allowed_statements(template: dict[str, Any], function: str) -> list[dict[str
     return [s for s in statements if s.get("Effect") == "Allow"]
 
 
-def _as_list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
 def allowed_actions(template: dict[str, Any], function: str) -> list[str]:
     """Every action (or action pattern) the function's role allows."""
-    return [a for s in allowed_statements(template, function) for a in _as_list(s["Action"])]
+    return [a for s in allowed_statements(template, function) for a in as_list(s["Action"])]
 
 
 def is_allowed(granted: list[str], action: str) -> bool:
@@ -102,8 +102,8 @@ def resources_for(template: dict[str, Any], function: str, action: str) -> list[
     return [
         r
         for s in allowed_statements(template, function)
-        if is_allowed(_as_list(s["Action"]), action)
-        for r in _as_list(s["Resource"])
+        if is_allowed(as_list(s["Action"]), action)
+        for r in as_list(s["Resource"])
     ]
 
 

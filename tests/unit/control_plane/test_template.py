@@ -3,6 +3,7 @@ cannot tell (IAM is not enforced offline, resource policies and launch templates
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import tomllib
@@ -11,9 +12,12 @@ from typing import Any, cast
 
 import pytest
 from annotated_types import Ge, Gt, Le
+from spot_hpc.pipeline import INGEST_PREFIX, stage_output_uri
+from spot_hpc.placement import checkpoint_uri
 from spot_hpc.settings import ControlPlaneSettings
 from template_grants import (
     REPO,
+    as_list,
     function_timeout_seconds,
     refused_calls,
     resources_for,
@@ -405,6 +409,31 @@ def test_the_job_image_answers_every_job_definitions_command_with_the_pinned_ver
     installs = " ".join(args for op, args in instructions if op == "RUN" and "pip install" in args)
     for package, version in re.findall(r"([A-Za-z0-9_.-]+)==([0-9][^\s]*)", installs):
         assert pins[package] == version, package
+
+
+def test_the_jobs_role_reads_the_pinned_upload_and_writes_only_results_and_checkpoints():
+    # GIVEN where the control plane tells a job to read and write, and the job role's grants by object prefix
+    run, bucket = "run-1", "bucket"
+    upload = f"{INGEST_PREFIX}data.csv"
+    written = [stage_output_uri(bucket, run, "hpc"), checkpoint_uri(bucket, run, "hpc")]
+    statements = _resources("AWS::IAM::Role")["JobRole"]["Policies"][0]["PolicyDocument"]["Statement"]
+    grants: dict[str, set[str]] = {}
+    for statement in statements:
+        for resource in as_list(statement["Resource"]):
+            pattern = resource["Fn::Sub"].removeprefix("${IngestBucket.Arn}/") if "Fn::Sub" in resource else None
+            if pattern is not None:
+                grants.setdefault(pattern, set()).update(as_list(statement["Action"]))
+
+    def granted(key: str) -> set[str]:
+        return set().union(*(actions for pattern, actions in grants.items() if fnmatch.fnmatch(key, pattern)))
+
+    # THEN a job reads the upload's pinned version (GetObject with a VersionId is s3:GetObjectVersion) and may not
+    # change it, and writes and deletes results and checkpoints
+    assert {"s3:GetObject", "s3:GetObjectVersion"} <= granted(upload)
+    assert not granted(upload) & {"s3:PutObject", "s3:DeleteObject"}
+    for uri in written:
+        key = uri.removeprefix(f"s3://{bucket}/") + "part/object"
+        assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"} <= granted(key), key
 
 
 def test_multinode_jobs_go_to_an_on_demand_queue_and_containers_can_read_the_spot_notice():
