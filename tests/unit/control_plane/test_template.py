@@ -411,6 +411,17 @@ def test_the_job_image_answers_every_job_definitions_command_with_the_pinned_ver
         assert pins[package] == version, package
 
 
+def test_the_multinode_environment_keeps_to_one_subnet_for_its_cluster_placement_group():
+    # GIVEN the HPC compute environment, whose instances share a cluster placement group
+    hpc = _resources("AWS::Batch::ComputeEnvironment")["HpcComputeEnvironment"]["ComputeResources"]
+    condition, given, default = hpc["Subnets"]["Fn::If"]
+    # THEN it launches in one subnet, so one Availability Zone (a cluster placement group cannot span zones): the
+    # subnet given for it, else the first of the stack's subnets
+    assert hpc["PlacementGroup"] == {"Ref": "HpcPlacementGroup"}
+    assert source_template()["Conditions"][condition] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "HpcSubnetId"}, ""]}]}
+    assert given == [{"Ref": "HpcSubnetId"}] and default == [{"Fn::Select": [0, {"Ref": "SubnetIds"}]}]
+
+
 def test_the_jobs_role_reads_the_pinned_upload_and_writes_only_results_and_checkpoints():
     # GIVEN where the control plane tells a job to read and write, and the job role's grants by object prefix
     run, bucket = "run-1", "bucket"
