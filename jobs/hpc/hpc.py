@@ -8,6 +8,9 @@ progress, and resumes bit for bit.
 
 Output per part, under ``OUTPUT_URI``: ``<part>/fields.npy`` (final temperature rise of each of its members,
 members x grid x grid, float64) and ``<part>/members.json`` (member ids and the parameters), written last.
+
+On a multi-node parallel job the main node (``AWS_BATCH_JOB_MAIN_NODE_INDEX``), after its own part, waits until every
+other node's ``members.json`` exists: AWS Batch ends the job, with the main node's status, when the main node exits.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from spot_checkpoint import (
     InputError,
     RuntimeConfig,
     join_uri,
+    list_keys,
+    part_name,
     read_object,
     run_job,
     write_object,
@@ -36,6 +41,7 @@ DIFFUSIVITY_M2_S = 9.7e-5
 AREAL_HEAT_CAPACITY_J_M2K = 2700.0 * 900.0 * 0.005
 PERTURBATION = 0.2  # members vary powers and diffusivity uniformly within +-20 %
 STABILITY = 0.2  # explicit scheme: alpha dt / dx^2 <= 0.25; 0.2 for the largest perturbed alpha
+MEMBERS_JSON = "members.json"  # a part's output file written last: the part is complete once it exists
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,55 @@ class PartState:
         return state
 
 
+def solve_part(job: CheckpointedJob, sources: np.ndarray, ensemble: Ensemble, members: list[int]) -> np.ndarray:
+    """The final fields of the part's members (members x grid x grid), resuming from the job's checkpoint."""
+    units_per_member = -(-ensemble.steps // ensemble.steps_per_unit)
+    units_total = max(len(members) * units_per_member, 1)
+    if job.resumed is not None:
+        state = PartState.from_payloads(job.resumed.payloads)
+    else:
+        state = PartState(finished=[], step=0, rise=np.zeros((ensemble.grid, ensemble.grid)))
+    heating_of: dict[int, tuple[np.ndarray, float]] = {}
+    while len(state.finished) < len(members):
+        member = members[len(state.finished)]
+        if member not in heating_of:
+            heating_of.clear()
+            heating_of[member] = member_heating(sources, ensemble, member)
+        heating, diffusivity = heating_of[member]
+        steps = min(ensemble.steps_per_unit, ensemble.steps - state.step)
+        advance(state.rise, heating, diffusivity, ensemble, steps)
+        state.step += steps
+        if state.step == ensemble.steps:
+            state.finished.append(state.rise)
+            state.rise, state.step = np.zeros_like(state.rise), 0
+        units_done = len(state.finished) * units_per_member + -(-state.step // ensemble.steps_per_unit)
+        job.step(state.payloads, progress=units_done / units_total)
+    return np.stack(state.finished) if state.finished else np.zeros((0, ensemble.grid, ensemble.grid))
+
+
+def write_part_output(
+    s3: Any, output_uri: str, config: RuntimeConfig, ensemble: Ensemble, members: list[int], fields: np.ndarray
+) -> None:
+    description = {
+        "part": config.part,
+        "parts_total": config.parts_total,
+        "members": members,
+        "grid": ensemble.grid,
+        "steps": ensemble.steps,
+        "seed": ensemble.seed,
+        "dx_m": ensemble.dx,
+        "dt_s": ensemble.dt,
+    }
+    write_object(s3, join_uri(output_uri, f"{config.part}/fields.npy"), to_npy(fields))
+    body = json.dumps(description, indent=2).encode()
+    write_object(s3, join_uri(output_uri, f"{config.part}/{MEMBERS_JSON}"), body, "application/json")  # last
+
+
+def completed_parts(s3: Any, output_uri: str) -> set[str]:
+    """The parts whose output is complete (their members.json exists)."""
+    return {name.split("/")[0] for name in list_keys(s3, output_uri) if name.endswith(f"/{MEMBERS_JSON}")}
+
+
 def run(s3: Any, environ: Mapping[str, str]) -> None:
     try:
         input_uri, output_uri = environ["INPUT_URI"], environ["OUTPUT_URI"]
@@ -147,47 +202,20 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
     config = RuntimeConfig.from_environ(environ)
     members = ensemble.member_ids(config.part_index, config.parts_total)
     sources = load_sources(read_object(s3, input_uri))
-    units_per_member = -(-ensemble.steps // ensemble.steps_per_unit)
-    units_total = max(len(members) * units_per_member, 1)
 
     with CheckpointedJob.from_environment(s3, environ) as job:
-        if job.resumed is not None and job.resumed.final:
-            return  # this part finished in an earlier attempt and its output is written
-        if job.resumed is not None:
-            state = PartState.from_payloads(job.resumed.payloads)
-        else:
-            state = PartState(finished=[], step=0, rise=np.zeros((ensemble.grid, ensemble.grid)))
-        heating_of: dict[int, tuple[np.ndarray, float]] = {}
-        while len(state.finished) < len(members):
-            member = members[len(state.finished)]
-            if member not in heating_of:
-                heating_of.clear()
-                heating_of[member] = member_heating(sources, ensemble, member)
-            heating, diffusivity = heating_of[member]
-            steps = min(ensemble.steps_per_unit, ensemble.steps - state.step)
-            advance(state.rise, heating, diffusivity, ensemble, steps)
-            state.step += steps
-            if state.step == ensemble.steps:
-                state.finished.append(state.rise)
-                state.rise, state.step = np.zeros_like(state.rise), 0
-            units_done = len(state.finished) * units_per_member + -(-state.step // ensemble.steps_per_unit)
-            job.step(state.payloads, progress=units_done / units_total)
-        fields = np.stack(state.finished) if state.finished else np.zeros((0, ensemble.grid, ensemble.grid))
-        description = {
-            "part": config.part,
-            "parts_total": config.parts_total,
-            "members": members,
-            "grid": ensemble.grid,
-            "steps": ensemble.steps,
-            "seed": ensemble.seed,
-            "dx_m": ensemble.dx,
-            "dt_s": ensemble.dt,
-        }
-        write_object(s3, join_uri(output_uri, f"{config.part}/fields.npy"), to_npy(fields))
-        # members.json last: a part's output is complete when it exists.
-        body = json.dumps(description, indent=2).encode()
-        write_object(s3, join_uri(output_uri, f"{config.part}/members.json"), body, "application/json")
-        job.finish()
+        # A final checkpoint: this part finished in an earlier attempt and its output is written.
+        if job.resumed is None or not job.resumed.final:
+            fields = solve_part(job, sources, ensemble, members)
+            write_part_output(s3, output_uri, config, ensemble, members, fields)
+            job.finish()
+        if config.is_main_node:
+            # AWS Batch ends a multi-node parallel job when its main node exits, with the main node's status, and
+            # stops the other nodes then: exiting 0 now would settle the stage SUCCEEDED (and have its checkpoints
+            # cleaned up) with other nodes unfinished. So wait for their output. A node that crashed never writes
+            # it: the job's own timeout (Batch attemptDurationSeconds) bounds that wait.
+            others = {part_name(node_index=node) for node in range(config.parts_total)} - {config.part}
+            job.wait_until(lambda: others <= completed_parts(s3, output_uri), what=f"output of {sorted(others)}")
 
 
 def main() -> int:

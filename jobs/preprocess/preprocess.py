@@ -5,6 +5,7 @@ Input CSV columns (header required, case and surrounding spaces ignored, extra c
 a row is rejected (and counted by reason in ``report.json``) when it is malformed, has no id or an id with a control
 character (a CR or LF would break the output CSV's lines), a non-numeric or
 non-finite number, a position off the plate, a power outside (0, MAX_POWER_W], or repeats an earlier id.
+The input is ``INPUT_URI`` at ``INPUT_VERSION_ID`` when that is set (the control plane pins the run's upload).
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
     except KeyError as exc:
         raise InputError(f"environment variable {exc.args[0]} is not set") from None
     chunk_rows = int(environ.get("PREPROCESS_CHUNK_ROWS", DEFAULT_CHUNK_ROWS))
-    text = read_object(s3, input_uri).decode("utf-8-sig")
+    # The run's own upload: a resumed attempt must not read a newer file uploaded under the same key since.
+    text = read_object(s3, input_uri, environ.get("INPUT_VERSION_ID")).decode("utf-8-sig")
     total_rows = max(text.count("\n"), 1)  # an estimate for progress only
     with CheckpointedJob.from_environment(s3, environ) as job:
         state = CleaningState.from_payloads(job.resumed.payloads) if job.resumed else CleaningState()

@@ -13,8 +13,9 @@ Key layout under the stage prefix the control plane passes as ``CHECKPOINT_URI``
 ``<part>`` is ``main`` (single container), ``node-<i>`` (multi-node parallel, AWS_BATCH_JOB_NODE_INDEX) or
 ``shard-<i>`` (array job, AWS_BATCH_JOB_ARRAY_INDEX). The manifest is JSON: ``format``, ``seq``, ``part``,
 ``parts_total``, ``progress`` (0..1), ``work_seconds``, ``created_at``, ``request_id`` (the request this checkpoint
-honoured), ``final``, ``payloads`` (name -> size, sha256) and the job's ``meta``. A checkpoint is complete only when
-its manifest exists and every payload matches it; readers fall back to the previous complete one otherwise.
+honoured), ``final``, ``writer`` (the token of the save that wrote it), ``payloads`` (name -> key, size, sha256) and
+the job's ``meta``. A checkpoint is complete only when its manifest exists and every payload matches it; readers fall
+back to the previous complete one otherwise.
 
 The checkpoint request (``request.json``): ``{"request_id": "<hex>", "reason": "...", "requested_at": <epoch s>}``.
 Every part of the stage checkpoints and stops when it sees a request id its latest checkpoint has not honoured yet.
@@ -59,7 +60,7 @@ from .job import (
     Stopped,
     log_event_to_stderr,
 )
-from .objects import join_uri, list_objects, read_object, write_object
+from .objects import join_uri, list_keys, list_objects, read_object, write_object
 from .store import (
     DEFAULT_PART,
     MANIFEST_NAME,
@@ -117,6 +118,7 @@ __all__ = [
     "StopSignal",
     "Stopped",
     "join_uri",
+    "list_keys",
     "list_objects",
     "log_event_to_stderr",
     "parse_s3_uri",

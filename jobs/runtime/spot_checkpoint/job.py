@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from .imds import DEFAULT_ENDPOINT, InstanceMetadata
-from .store import DEFAULT_KEEP, Checkpoint, CheckpointStore, part_name
+from .store import DEFAULT_KEEP, DEFAULT_PART, Checkpoint, CheckpointStore, part_name
 from .watch import InterruptionWatcher, StopSignal
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ ENV_PARTS = "SPOT_CHECKPOINT_PARTS"  # number of array shards (Batch tells a sha
 # Set by AWS Batch.
 ENV_NODE_INDEX = "AWS_BATCH_JOB_NODE_INDEX"
 ENV_NUM_NODES = "AWS_BATCH_JOB_NUM_NODES"
+ENV_MAIN_NODE_INDEX = "AWS_BATCH_JOB_MAIN_NODE_INDEX"
 ENV_ARRAY_INDEX = "AWS_BATCH_JOB_ARRAY_INDEX"
 
 EVENT_KEY = "spot_checkpoint"  # every structured log line of the runtime carries this key
@@ -88,6 +89,7 @@ class RuntimeConfig:
     interval: CheckpointInterval = field(default_factory=CheckpointInterval)
     keep: int = DEFAULT_KEEP
     attempt: int | None = None
+    is_main_node: bool = False  # a multi-node parallel job's main node: its exit ends the job, with its status
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
@@ -99,10 +101,13 @@ class RuntimeConfig:
 
         node_index = env.get(ENV_NODE_INDEX)
         array_index = env.get(ENV_ARRAY_INDEX)
+        main_node_index = env.get(ENV_MAIN_NODE_INDEX)
+        is_main_node = False
         if node_index is not None:
             part_index = int(node_index)
             part = part_name(node_index=part_index)
             parts_total = int(env.get(ENV_NUM_NODES, "1"))
+            is_main_node = main_node_index is not None and int(main_node_index) == part_index
         elif array_index is not None:
             part_index = int(array_index)
             part = part_name(shard_index=part_index)
@@ -126,6 +131,7 @@ class RuntimeConfig:
             interval=interval,
             keep=int(number(ENV_KEEP, DEFAULT_KEEP) or DEFAULT_KEEP),
             attempt=_attempt_from(env.get(ENV_ATTEMPT, "")),
+            is_main_node=is_main_node,
         )
 
 
@@ -182,6 +188,7 @@ class CheckpointedJob:
         self._next_due = float("inf")
         self._unsaved = False
         self._honoured_request_id: str | None = None
+        self._final_meta: Mapping[str, Any] | None = None  # set once the part's work is done (finish or resumed)
 
     @classmethod
     def from_environment(
@@ -215,6 +222,8 @@ class CheckpointedJob:
             self._work_before = self.resumed.work_seconds
             self._honoured_request_id = self.resumed.request_id
             self.watcher.ignore_request_id = self.resumed.request_id
+            if self.resumed.final:
+                self._final_meta = self.resumed.meta
             self._emit(
                 "resumed",
                 seq=self.resumed.seq,
@@ -272,18 +281,37 @@ class CheckpointedJob:
     def finish(self, meta: Mapping[str, Any] | None = None) -> None:
         """The part's outputs are written: remove checkpoints no longer needed.
 
-        A single-part stage is done, so its checkpoints go. A part of a multi-part stage keeps one small final
+        A single-part stage (part ``main``) is done, so its checkpoints go. Any other part keeps one small final
         checkpoint so that, if the stage is resubmitted, this part is not redone; the control plane removes the rest
         with :meth:`CheckpointStore.cleanup` once the whole stage succeeded.
         """
         self._account()
         if self.store is not None:
-            if self.store.parts_total == 1:
-                self.store.cleanup()
+            if self.store.parts_total == 1 and self.store.part == DEFAULT_PART:
+                self._cleanup()
             else:
-                self.store.save(b"", 1.0, meta=meta, work_seconds=self.work_seconds, final=True)
-                self._prune(keep=1)
+                self._final_meta = dict(meta or {})
+                self._save(lambda: b"", 1.0, self._final_meta, "finished", final=True)
         self._emit("finished", work_seconds=self.work_seconds)
+
+    def wait_until(self, done: Callable[[], bool], what: str) -> None:
+        """After :meth:`finish` (or on resuming this part's final checkpoint): return once ``done()`` is true.
+
+        ``done`` is called every poll interval (``SPOT_CHECKPOINT_POLL_SECONDS``). The watcher stays in force: a Spot
+        notice, a checkpoint request or SIGTERM while waiting ends the job as any stop does (:class:`Stopped`, exit
+        :data:`EXIT_CHECKPOINTED`); the part's final checkpoint records the request, so the next attempt skips the
+        part's work and waits again. No time limit here: the caller's job timeout bounds the wait.
+        """
+        if self.store is not None and self._final_meta is None:
+            raise RuntimeError("wait_until() is for a part whose work is done: call finish() first")
+        self._account()
+        self._emit("waiting", what=what)
+        while not done():
+            stop = self.watcher.stop_signal
+            if stop is not None:
+                self._stop(stop, lambda: b"", 1.0, self._final_meta, final=True)
+            time.sleep(self.watcher.poll_seconds)
+            self._mark = time.monotonic()  # waiting is not work: work_seconds stay the part's own
 
     # -- internals ----------------------------------------------------------------------------------------------
     def _account(self) -> None:
@@ -291,14 +319,18 @@ class CheckpointedJob:
         self._work_here += now - self._mark
         self._mark = now
 
-    def _save(self, snapshot: Snapshot, progress: float, meta: Mapping[str, Any] | None, reason: str) -> int:
+    def _save(
+        self, snapshot: Snapshot, progress: float, meta: Mapping[str, Any] | None, reason: str, *, final: bool = False
+    ) -> int:
         assert self.store is not None
         self._account()
         work_seconds = self._work_before + self._work_here
         started = time.monotonic()
         stop = self.watcher.stop_signal
         request_id = stop.request_id if stop is not None and stop.request_id else self._honoured_request_id
-        seq = self.store.save(snapshot(), progress, meta=meta, work_seconds=work_seconds, request_id=request_id)
+        seq = self.store.save(
+            snapshot(), progress, meta=meta, work_seconds=work_seconds, request_id=request_id, final=final
+        )
         save_seconds = time.monotonic() - started
         self._honoured_request_id = request_id
         self._unsaved = False
@@ -312,7 +344,7 @@ class CheckpointedJob:
             save_seconds=save_seconds,
             next_interval_seconds=interval,
         )
-        self._prune()
+        self._prune(keep=1 if final else None)  # a final checkpoint is all a finished part needs
         # Checkpoint time is not work: restart the work clock after the save.
         self._mark = time.monotonic()
         self._next_due = self._mark + interval
@@ -328,7 +360,26 @@ class CheckpointedJob:
             logger.warning("pruning old checkpoints failed (the checkpoint itself is saved): %s", exc)
             self._emit("prune_failed", error=str(exc))
 
-    def _stop(self, stop: StopSignal, snapshot: Snapshot, progress: float, meta: Mapping[str, Any] | None) -> None:
+    def _cleanup(self) -> None:
+        # The outputs are written: deleting the checkpoints is housekeeping, which the control plane repeats after
+        # the stage succeeds and a bucket lifecycle rule backs up. Failing the finished job for it (exit 1, an
+        # application error) would redo or fail work that is done.
+        assert self.store is not None
+        try:
+            self.store.cleanup()
+        except Exception as exc:
+            logger.warning("removing the finished stage's checkpoints failed (the outputs are written): %s", exc)
+            self._emit("cleanup_failed", error=str(exc))
+
+    def _stop(
+        self,
+        stop: StopSignal,
+        snapshot: Snapshot,
+        progress: float,
+        meta: Mapping[str, Any] | None,
+        *,
+        final: bool = False,
+    ) -> None:
         exit_code = EXIT_CHECKPOINTED
         request_recorded = stop.request_id is None or stop.request_id == self._honoured_request_id
         if self.store is None:
@@ -336,7 +387,7 @@ class CheckpointedJob:
         elif self._unsaved or not request_recorded:
             for attempt in (1, 2):
                 try:
-                    self._save(snapshot, progress, meta, stop.reason)
+                    self._save(snapshot, progress, meta, stop.reason, final=final)
                     break
                 except Exception as exc:
                     logger.error("checkpoint on %s failed (attempt %d): %s", stop.reason, attempt, exc)

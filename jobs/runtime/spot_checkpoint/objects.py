@@ -12,9 +12,11 @@ def join_uri(prefix_uri: str, name: str) -> str:
     return f"{prefix_uri.rstrip('/')}/{name.lstrip('/')}"
 
 
-def read_object(s3_client: Any, uri: str) -> bytes:
+def read_object(s3_client: Any, uri: str, version_id: str | None = None) -> bytes:
+    """The object's bytes; ``version_id`` pins one version of it (a later upload under the same key is not read)."""
     bucket, key = parse_s3_uri(uri)
-    return bytes(s3_client.get_object(Bucket=bucket, Key=key.rstrip("/"))["Body"].read())
+    version = {"VersionId": version_id} if version_id else {}
+    return bytes(s3_client.get_object(Bucket=bucket, Key=key.rstrip("/"), **version)["Body"].read())
 
 
 def write_object(s3_client: Any, uri: str, body: bytes, content_type: str = "application/octet-stream") -> None:
@@ -22,12 +24,23 @@ def write_object(s3_client: Any, uri: str, body: bytes, content_type: str = "app
     s3_client.put_object(Bucket=bucket, Key=key.rstrip("/"), Body=body, ContentType=content_type)
 
 
+def list_keys(s3_client: Any, prefix_uri: str) -> list[str]:
+    """The keys under a prefix, relative to the prefix (sorted); lists only, reads no object."""
+    bucket, prefix = parse_s3_uri(prefix_uri)
+    keys: list[str] = []
+    request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    while True:
+        page = s3_client.list_objects_v2(**request)
+        keys.extend(item["Key"][len(prefix) :] for item in page.get("Contents", []))
+        if not page.get("IsTruncated"):
+            return sorted(keys)
+        request["ContinuationToken"] = page["NextContinuationToken"]
+
+
 def list_objects(s3_client: Any, prefix_uri: str) -> dict[str, bytes]:
     """Every object under a prefix, keyed by its path relative to the prefix (sorted)."""
     bucket, prefix = parse_s3_uri(prefix_uri)
-    keys: list[str] = []
-    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys.extend(item["Key"] for item in page.get("Contents", []))
     return {
-        key[len(prefix) :]: bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()) for key in sorted(keys)
+        name: bytes(s3_client.get_object(Bucket=bucket, Key=f"{prefix}{name}")["Body"].read())
+        for name in list_keys(s3_client, prefix_uri)
     }

@@ -13,7 +13,8 @@ exists and every payload it lists has the recorded size and SHA-256: a job kille
 payloads without a manifest, which readers ignore, and a corrupt or truncated object makes readers fall back to the
 previous complete checkpoint. ``<writer>`` is a token drawn per save and recorded in the manifest, so two writers
 racing for one ``<seq>`` never overwrite each other's payloads; the loser of the manifest PUT retries at the next
-``<seq>``. The store owns only these keys: :meth:`CheckpointStore.cleanup` deletes nothing else under the prefix.
+``<seq>``, and a writer whose retried PUT finds its own manifest (the first answer was lost) counts it as committed.
+The store owns only these keys: :meth:`CheckpointStore.cleanup` deletes nothing else under the prefix.
 """
 
 from __future__ import annotations
@@ -277,6 +278,7 @@ class CheckpointStore:
             "part": self.part,
             "parts_total": self.parts_total,
             "created_at": time.time(),
+            "writer": writer,
             "payloads": listed,
             **facts,
         }
@@ -293,7 +295,15 @@ class CheckpointStore:
         except Exception as exc:
             if _error_code(exc) not in _LOST_RACE_CODES:
                 raise
-            self._delete([f"{base}{entry['key']}" for entry in listed.values()])
+            committed = self._read_manifest(seq)
+            # botocore retries a PUT whose answer was lost; if the first try landed, the retry fails on this save's
+            # own manifest, which is a commit like any other.
+            if committed is not None and committed.get("writer") == writer:
+                return True
+            # Another writer's commit: our payloads are garbage. With no manifest readable (409: a write still in
+            # flight, perhaps our own) they stay for prune and cleanup rather than risk breaking a commit.
+            if committed is not None:
+                self._delete([f"{base}{entry['key']}" for entry in listed.values()])
             return False
         return True
 

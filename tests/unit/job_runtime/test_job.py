@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from spot_checkpoint import (
     EXIT_CHECKPOINTED,
     EXIT_STOPPED_WITHOUT_CHECKPOINT,
@@ -73,7 +74,16 @@ def test_config_from_environment_names_the_part() -> None:
     node = RuntimeConfig.from_environ({"AWS_BATCH_JOB_NODE_INDEX": "2", "AWS_BATCH_JOB_NUM_NODES": "4"})
     shard = RuntimeConfig.from_environ({"AWS_BATCH_JOB_ARRAY_INDEX": "5", "SPOT_CHECKPOINT_PARTS": "8"})
     plain = RuntimeConfig.from_environ({"AWS_EC2_METADATA_DISABLED": "true", "SPOT_CHECKPOINT_POLL_SECONDS": "0.2"})
-    # THEN checkpoints are keyed by node or shard, never by job id
+    main_node = RuntimeConfig.from_environ(
+        {"AWS_BATCH_JOB_NODE_INDEX": "0", "AWS_BATCH_JOB_NUM_NODES": "4", "AWS_BATCH_JOB_MAIN_NODE_INDEX": "0"}
+    )
+    # THEN checkpoints are keyed by node or shard, never by job id, and only the main node is told it is
+    assert (main_node.part, main_node.is_main_node, node.is_main_node, plain.is_main_node) == (
+        "node-0",
+        True,
+        False,
+        False,
+    )
     assert (node.part, node.part_index, node.parts_total) == ("node-2", 2, 4)
     assert (shard.part, shard.part_index, shard.parts_total) == ("shard-5", 5, 8)
     assert (plain.part, plain.parts_total, plain.metadata_endpoint, plain.poll_seconds) == ("main", 1, None, 0.2)
@@ -269,6 +279,48 @@ def test_finish_of_a_part_keeps_a_final_marker_so_a_rerun_skips_it(s3: Any, even
     store.cleanup()
     # THEN nothing is left
     assert store._list(store.prefix) == []
+
+
+def test_finish_of_a_shard_that_does_not_know_the_part_count_leaves_the_other_parts_checkpoints(
+    s3: Any, events: EventRecorder
+) -> None:
+    # GIVEN shard 1 of an array stage midway, and shard 0 told its index but not the array size (parts_total 1)
+    CheckpointStore(s3, URI, part="shard-1").save(b"half way", 0.5)
+    with make_job(s3, events, part="shard-0", interval=CheckpointInterval(fixed_seconds=0.0)) as job:
+        counting_job(job, 3)
+        # WHEN shard 0 finishes
+        job.finish()
+    # THEN shard 1's checkpoint is still there (only the stage's end may wipe it), and shard 0 kept a final one
+    assert CheckpointStore(s3, URI, part="shard-1").latest().state == b"half way"  # type: ignore[union-attr]
+    assert CheckpointStore(s3, URI, part="shard-0").latest().final  # type: ignore[union-attr]
+
+
+class FailingDeletes(S3Passthrough):
+    """An S3 client whose DeleteObjects fails with the given error code (throttled, or a role without the right)."""
+
+    def __init__(self, s3: Any, code: str) -> None:
+        super().__init__(s3)
+        self._code = code
+
+    def delete_objects(self, **kwargs: Any) -> Any:
+        raise ClientError({"Error": {"Code": self._code, "Message": "refused"}}, "DeleteObjects")
+
+
+@pytest.mark.parametrize("code", ["SlowDown", "AccessDenied"])
+def test_failed_cleanup_after_the_outputs_are_written_does_not_fail_the_job(
+    s3: Any, events: EventRecorder, code: str
+) -> None:
+    # GIVEN a single-part job that has done its work, on a client whose deletes fail
+    store = CheckpointStore(FailingDeletes(s3, code), URI)
+    job = CheckpointedJob(store, interval=CheckpointInterval(fixed_seconds=0.0), events=events)
+    with job:
+        counting_job(job, 3)
+        # WHEN it finishes
+        job.finish()
+    # THEN finishing succeeds (the control plane and the bucket's lifecycle rule remove what is left), and says so
+    assert len(events.named("finished")) == 1
+    assert len(events.named("cleanup_failed")) == 1
+    assert CheckpointStore(s3, URI).latest() is not None  # left for the control plane's cleanup
 
 
 def test_watcher_ignores_a_broken_request_reader(events: EventRecorder) -> None:

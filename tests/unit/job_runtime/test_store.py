@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from spot_checkpoint import (
     CheckpointStore,
     CheckpointStoreUnavailable,
@@ -322,3 +323,37 @@ def test_manifests_are_deleted_in_calls_before_their_payloads(s3: Any) -> None:
         ["manifest.json", "manifest.json"],
         ["state", "state"],
     ]
+
+
+class ManifestAnswerLost(S3Passthrough):
+    """An S3 client on which the first manifest PUT is applied but its answer is lost: botocore retries the
+    conditional PUT, and the retry's If-None-Match fails against the manifest the first try wrote (412)."""
+
+    def __init__(self, s3: Any) -> None:
+        super().__init__(s3)
+        self.answer_lost = False
+
+    def put_object(self, **kwargs: Any) -> Any:
+        result = self._s3.put_object(**kwargs)
+        if kwargs["Key"].endswith("manifest.json") and not self.answer_lost:
+            self.answer_lost = True
+            error = {"Error": {"Code": "PreconditionFailed", "Message": "At least one of the preconditions failed"}}
+            raise ClientError(error, "PutObject")
+        return result
+
+
+def test_retried_manifest_put_that_finds_its_own_commit_counts_as_saved(s3: Any) -> None:
+    # GIVEN a part with one checkpoint, and a writer whose next manifest PUT lands but whose answer is lost
+    CheckpointStore(s3, URI).save(b"state 0", 0.1)
+    writer = CheckpointStore(ManifestAnswerLost(s3), URI)
+    writer.latest()
+    # WHEN it saves
+    seq = writer.save(b"state 1", 0.2)
+    # THEN the 412 is recognised as its own commit: the save is that checkpoint, whole, and nothing more was written
+    store = CheckpointStore(s3, URI)
+    assert seq == 1
+    assert store.latest().state == b"state 1"  # type: ignore[union-attr]
+    assert store._seq_dirs() == ({0, 1}, {0, 1})
+    # AND pruning keeps two loadable checkpoints
+    store.prune(keep=2)
+    assert [store._load(seq).state for seq in (0, 1)] == [b"state 0", b"state 1"]  # type: ignore[union-attr]

@@ -6,7 +6,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
 from spot_checkpoint import EXIT_CHECKPOINTED, CheckpointStore, Stopped, list_objects, write_object
 
 from jobs.hpc import hpc
@@ -14,7 +16,7 @@ from jobs.postprocess import postprocess
 from jobs.preprocess import preprocess
 from spotctl.drill.runner import drill_source_csv
 
-from .conftest import BUCKET
+from .conftest import BUCKET, S3Passthrough
 
 INPUT_CSV = f"s3://{BUCKET}/incoming/sources.csv"
 SMALL = {
@@ -200,3 +202,126 @@ def test_preprocess_resume_takes_seen_ids_from_the_checkpoint_not_from_the_outpu
     # THEN the ids seen are exactly those saved, and the output text is kept as it was
     assert state.seen_ids == {"a\rb", "c"}
     assert state.cleaned.getvalue() == "a\rb,0.1,0.1,5.0\nc,0.2,0.2,5.0\n"
+
+
+def test_resumed_preprocess_reads_the_upload_version_of_its_run(s3: Any) -> None:
+    # GIVEN a versioned ingest bucket, and a run pinned to the first upload (as placement.job_environment pins it)
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    first = b"source_id,x_m,y_m,power_w\na,0.1,0.1,1\nb,0.2,0.2,2\nc,0.3,0.3,3\nd,0.4,0.4,4\n"
+    second = b"source_id,x_m,y_m,power_w\nw,0.9,0.9,9\nx,0.8,0.8,8\ny,0.7,0.7,7\nz,0.6,0.6,6\n"
+    first_version = s3.put_object(Bucket=BUCKET, Key="incoming/sources.csv", Body=first)["VersionId"]
+    env = stage_env(
+        "r", "preprocess", INPUT_CSV, INPUT_VERSION_ID=first_version, PREPROCESS_CHUNK_ROWS="2", ATTEMPT="1"
+    )
+    env.update(SPOT_CHECKPOINT_INTERVAL_SECONDS="3600", SPOT_CHECKPOINT_POLL_SECONDS="0.01")
+    # AND its first attempt stopped by a checkpoint request after its first chunk
+    CheckpointStore(s3, env["CHECKPOINT_URI"]).request_checkpoint("spot warning", attempt=1)
+    with pytest.raises(Stopped) as stopped:
+        preprocess.run(s3, env)
+    assert stopped.value.code == EXIT_CHECKPOINTED
+    # WHEN a new file is uploaded under the same key, and the run's second attempt resumes
+    s3.put_object(Bucket=BUCKET, Key="incoming/sources.csv", Body=second)
+    preprocess.run(s3, {**env, "ATTEMPT": "2"})
+    # THEN the run's output is its own upload only
+    output = list_objects(s3, env["OUTPUT_URI"])["sources.csv"].decode()
+    assert [line.split(",")[0] for line in output.splitlines()[1:]] == ["a", "b", "c", "d"]
+
+
+class FailingDeletes(S3Passthrough):
+    """An S3 client whose DeleteObjects is throttled."""
+
+    def delete_objects(self, **kwargs: Any) -> Any:
+        raise ClientError(
+            {"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}, "DeleteObjects"
+        )
+
+
+def test_done_job_exits_0_when_checkpoint_cleanup_fails(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a preprocess job whose checkpoint deletes fail
+    write_object(s3, INPUT_CSV, b"source_id,x_m,y_m,power_w\na,0.1,0.1,1\nb,0.2,0.2,2\n")
+    env = stage_env("r", "preprocess", INPUT_CSV, PREPROCESS_CHUNK_ROWS="1")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(boto3, "client", lambda *args, **kwargs: FailingDeletes(s3))
+    # WHEN it runs as in its container
+    code = preprocess.main()
+    # THEN its outputs are written and it reports success, not an application error
+    assert "report.json" in list_objects(s3, env["OUTPUT_URI"])
+    assert code == 0
+
+
+MAIN_NODE = {
+    "AWS_BATCH_JOB_NUM_NODES": "2",
+    "AWS_BATCH_JOB_MAIN_NODE_INDEX": "0",
+    "SPOT_CHECKPOINT_POLL_SECONDS": "0.01",
+}
+
+
+class OnFirstLookAtOutput(S3Passthrough):
+    """An S3 client that runs ``action`` once, right after the job's first listing of the stage's output prefix."""
+
+    def __init__(self, s3: Any, output_uri: str, action: Callable[[], None]) -> None:
+        super().__init__(s3)
+        self._output_prefix = output_uri.split("/", 3)[3]
+        self._action: Callable[[], None] | None = action
+        self.looks = 0
+
+    def list_objects_v2(self, **kwargs: Any) -> Any:
+        listing = self._s3.list_objects_v2(**kwargs)
+        if kwargs.get("Prefix", "").startswith(self._output_prefix):
+            self.looks += 1
+            if self._action is not None:
+                action, self._action = self._action, None
+                action()
+        return listing
+
+
+@pytest.fixture
+def hpc_input(pipeline_inputs: Any) -> str:
+    preprocess.run(pipeline_inputs, stage_env("mnp", "preprocess", INPUT_CSV))
+    return f"s3://{BUCKET}/intermediate/mnp/preprocess/sources.csv"
+
+
+def test_main_node_exits_only_once_every_node_has_finished(s3: Any, hpc_input: str) -> None:
+    # GIVEN a two-node stage whose child node 1 finishes only after the main node has started waiting for it
+    child = stage_env("mnp", "hpc", hpc_input, **MAIN_NODE, AWS_BATCH_JOB_NODE_INDEX="1")
+    client = OnFirstLookAtOutput(s3, child["OUTPUT_URI"], lambda: hpc.run(s3, child))
+    # WHEN the main node runs its own part
+    hpc.run(client, stage_env("mnp", "hpc", hpc_input, **MAIN_NODE, AWS_BATCH_JOB_NODE_INDEX="0"))
+    # THEN it returned (exit 0: the stage succeeds) only after looking again and finding node 1's output
+    assert client.looks >= 2
+    outputs = list_objects(s3, child["OUTPUT_URI"])
+    assert {"node-0/members.json", "node-1/members.json"} <= set(outputs)
+    # AND each node's final checkpoint is left for the control plane's cleanup of the successful stage
+    left = list_objects(s3, child["CHECKPOINT_URI"])
+    assert {name.split("/")[0] for name in left if name.endswith("manifest.json")} == {"node-0", "node-1"}
+
+
+def test_main_node_stopped_while_waiting_exits_as_a_stop_and_resumes_waiting(s3: Any, hpc_input: str) -> None:
+    # GIVEN a two-node stage whose child node 1 is unfinished
+    main = stage_env("mnp", "hpc", hpc_input, **MAIN_NODE, AWS_BATCH_JOB_NODE_INDEX="0")
+    child = {**main, "AWS_BATCH_JOB_NODE_INDEX": "1"}
+    store = CheckpointStore(s3, main["CHECKPOINT_URI"])
+    # AND a checkpoint request that comes while the main node waits for node 1
+    request_ids: list[str] = []
+    client = OnFirstLookAtOutput(
+        s3, main["OUTPUT_URI"], lambda: request_ids.append(store.request_checkpoint("rebalance"))
+    )
+    # WHEN the main node runs
+    with pytest.raises(Stopped) as stopped:
+        hpc.run(client, main)
+    # THEN it ends as a stop, its own part checkpointed complete and the request recorded as honoured
+    assert stopped.value.code == EXIT_CHECKPOINTED
+    own = CheckpointStore(s3, main["CHECKPOINT_URI"], part="node-0", parts_total=2).latest()
+    assert own is not None and own.final and own.request_id == request_ids[0]
+    assert "node-0/members.json" in list_objects(s3, main["OUTPUT_URI"])
+    # WHEN node 1, stopped by the same request, is restarted and finishes, and so is the main node
+    with pytest.raises(Stopped):
+        hpc.run(s3, child)
+    hpc.run(s3, child)
+    resumed = OnFirstLookAtOutput(s3, main["OUTPUT_URI"], lambda: None)
+    hpc.run(resumed, main)
+    # THEN the main node did not redo its part nor stop again: it found node 1 done and returned
+    assert resumed.looks == 1
+    restarted = CheckpointStore(s3, main["CHECKPOINT_URI"], part="node-0", parts_total=2).latest()
+    assert restarted is not None and restarted.seq == own.seq
