@@ -134,3 +134,98 @@ def test_report_json_never_writes_nan_or_infinity(bad: float) -> None:
     # WHEN / THEN it is refused rather than written as JSON no strict parser reads
     with pytest.raises(ValueError, match="not a finite number"):
         run_report_json(report)
+
+
+# ------------------------------------------------------------------ the On-Demand-only base of the savings
+def _stage_attempt(stage: str, number: int, capacity: str, start: str, stop: str | None, **fields: object) -> Attempt:
+    status = fields.pop("status", "SUCCEEDED" if stop else "RUNNING")
+    return Attempt(
+        "run-1", stage, number, f"job-{stage}-{number}", f"{capacity}-queue", capacity, 1, STARTED_AT,
+        usd_per_hour=1.0 if capacity == "on-demand" else 0.3, status=status, started_at=start, stopped_at=stop,
+        **fields,
+    )  # type: ignore[arg-type]  # fmt: skip
+
+
+PRICES = {"preprocess": 1.0, "hpc": 1.0, "postprocess": 1.0}
+
+
+def _stages(*statuses: str) -> list[Stage]:
+    """preprocess, hpc and postprocess declared at 2, 4 and 2 hours, with these statuses."""
+    hours = {"preprocess": 2.0, "hpc": 4.0, "postprocess": 2.0}
+    return [
+        Stage("run-1", name, order, hours[name], True, 1, status=status)
+        for order, (name, status) in enumerate(zip(hours, statuses, strict=True))
+    ]
+
+
+def test_an_uninterrupted_on_demand_run_faster_than_declared_saved_nothing() -> None:
+    # GIVEN every stage run once on On-Demand, uninterrupted, in half its declared hours (1 + 2 + 1 h at $1/h)
+    attempts = [
+        _stage_attempt("preprocess", 1, "on-demand", "2026-01-05T00:00:00Z", "2026-01-05T01:00:00Z"),
+        _stage_attempt("hpc", 1, "on-demand", "2026-01-05T01:00:00Z", "2026-01-05T03:00:00Z"),
+        _stage_attempt("postprocess", 1, "on-demand", "2026-01-05T03:00:00Z", "2026-01-05T04:00:00Z"),
+    ]
+    run = _run(status="SUCCEEDED", finished_at="2026-01-05T04:00:00Z")
+
+    # WHEN its report is built
+    report = build_run_report(run, _stages("SUCCEEDED", "SUCCEEDED", "SUCCEEDED"), attempts, PRICES)
+
+    # THEN the On-Demand-only base is what the stages took, not the 8 h declared: nothing saved
+    assert [stage["on_demand_only_hours"] for stage in report["stages"]] == [1.0, 2.0, 1.0]
+    assert (report["cost_usd"], report["on_demand_only_cost_usd"], report["savings_pct"]) == (4.0, 4.0, 0.0)
+    assert check_run_report_costs(report) == []
+
+
+def test_a_stage_finished_by_an_attempt_resumed_from_a_checkpoint_counts_its_declared_hours() -> None:
+    # GIVEN an hpc stage reclaimed on Spot after an hour and finished on On-Demand from its checkpoint
+    attempts = [
+        _stage_attempt("preprocess", 1, "on-demand", "2026-01-05T00:00:00Z", "2026-01-05T02:00:00Z"),
+        _stage_attempt("hpc", 1, "spot", "2026-01-05T02:00:00Z", "2026-01-05T03:00:00Z", status="FAILED",
+                       failure_class="spot_reclaim"),
+        _stage_attempt("hpc", 2, "on-demand", "2026-01-05T03:10:00Z", "2026-01-05T06:10:00Z",
+                       resumed_from_checkpoint=True),
+        _stage_attempt("postprocess", 1, "spot", "2026-01-05T06:10:00Z", "2026-01-05T08:10:00Z"),
+    ]  # fmt: skip
+    run = _run(status="SUCCEEDED", finished_at="2026-01-05T08:10:00Z")
+
+    # WHEN its report is built
+    report = build_run_report(run, _stages("SUCCEEDED", "SUCCEEDED", "SUCCEEDED"), attempts, PRICES)
+
+    # THEN the resumed attempt did only the rest of hpc, so hpc counts its declared 4 h; the others what they took
+    assert [stage["on_demand_only_hours"] for stage in report["stages"]] == [2.0, 4.0, 2.0]
+    assert report["on_demand_only_cost_usd"] == 8.0 and check_run_report_costs(report) == []
+
+
+def test_a_failed_run_saves_only_on_what_it_ran() -> None:
+    # GIVEN preprocess failing after half an hour on Spot ($0.30/h, $1/h On-Demand), the later stages never reached
+    failed = _stage_attempt("preprocess", 1, "spot", "2026-01-05T00:00:00Z", "2026-01-05T00:30:00Z", status="FAILED",
+                            exit_code=3, failure_class="application_error")  # fmt: skip
+    run = _run(status="FAILED", finished_at="2026-01-05T00:30:00Z")
+
+    # WHEN its report is built
+    report = build_run_report(run, _stages("FAILED", "PENDING", "PENDING"), [failed], PRICES)
+
+    # THEN the base is the same half hour on On-Demand, not the 8 h of stages it never ran (99% "saved")
+    assert [stage["on_demand_only_hours"] for stage in report["stages"]] == [0.5, 0.0, 0.0]
+    assert (report["cost_usd"], report["on_demand_only_cost_usd"], report["savings_pct"]) == (0.15, 0.5, 70.0)
+    assert check_run_report_costs(report) == []
+
+
+def test_a_running_run_saves_so_far_on_what_it_ran_so_far() -> None:
+    # GIVEN a run nine hours in on On-Demand only: preprocess done in 2 h, hpc running for 7 h (declared 4 h)
+    attempts = [
+        _stage_attempt("preprocess", 1, "on-demand", "2026-01-05T00:00:00Z", "2026-01-05T02:00:00Z"),
+        _stage_attempt("hpc", 1, "on-demand", "2026-01-05T02:00:00Z", None),
+    ]
+
+    # WHEN its report is built
+    report = build_run_report(_run(), _stages("SUCCEEDED", "RUNNING", "PENDING"), attempts, PRICES)
+
+    # THEN the base is what ran so far, on On-Demand: nothing saved so far (all three stages' declared 8 h would have
+    # told -12.5%)
+    assert report["as_of_hours"] == 9.0
+    assert [stage["on_demand_only_hours"] for stage in report["stages"]] == [2.0, 7.0, 0.0]
+    assert (report["cost_usd"], report["on_demand_only_cost_usd"], report["savings_pct"]) == (9.0, 9.0, 0.0)
+    # AND a report that changed the base is caught
+    assert check_run_report_costs(report) == []
+    assert check_run_report_costs({**report, "on_demand_only_cost_usd": 8.0})

@@ -4,8 +4,12 @@ Billing model (EC2 Linux, which AWS Batch instances are): per-second billing wit
 time an instance starts. An attempt's `usd_per_hour` is the price of its capacity for all of its nodes, so an
 attempt's cost is `usd_per_hour * billed_hours`. The run's cost is the sum over its attempts.
 
-What the run "would have cost On-Demand" is each stage's uninterrupted compute (the hours one attempt needs
-without interruption) at the On-Demand price of that stage's nodes, summed over stages. Savings compare the two.
+What the run "would have cost On-Demand" is each stage's uninterrupted compute at the On-Demand price of that
+stage's nodes, summed over stages (`on_demand_only_hours`): measured where the run measured it (a stage whose
+successful attempt did all its work), the stage's declared compute hours where it did not (the successful attempt
+resumed from a checkpoint), and, for a stage that has not succeeded, the run time of its attempts so far (the same
+work on On-Demand: an unfinished run's savings are so far, and a failed run's are on what it ran). Savings compare the
+two.
 
 The functions return the run-report fields (see the run report contract in the design): `cost_usd` per attempt,
 and `cost_usd`, `on_demand_only_cost_usd`, `savings_pct` per run (plus `savings_usd`, an added field).
@@ -171,14 +175,60 @@ def attempts_from_report(run_report: Mapping[str, Any]) -> list[Attempt]:
     return [attempt_from_report(attempt) for stage in run_report.get("stages", []) for attempt in stage["attempts"]]
 
 
+def on_demand_only_hours(stage: Mapping[str, Any], as_of_hours: float | None = None) -> float:
+    """The hours a stage of a run report counts for in `on_demand_only_cost_usd` (see the module's docstring).
+
+    A declared estimate alone would credit a run with savings it did not make whenever a stage ran faster than
+    declared (an uninterrupted On-Demand run would show them); the successful attempt's run time is what the stage
+    took, unless it resumed from a checkpoint (then it did only the rest, and the declared hours stand)."""
+    attempts = [attempt_from_report(attempt) for attempt in stage["attempts"]]
+    if stage.get("status") == "SUCCEEDED":
+        succeeded = [
+            (report, attempt)
+            for report, attempt in zip(stage["attempts"], attempts, strict=True)
+            if report.get("status") == "SUCCEEDED"
+        ]
+        if len(succeeded) == 1:
+            report, attempt = succeeded[0]
+            ran = _run_hours(attempt, as_of_hours)
+            if not report.get("resumed_from_checkpoint") and ran > 0:
+                return ran
+        return float(stage["compute_hours"])
+    return sum(_run_hours(attempt, as_of_hours) for attempt in attempts)
+
+
+def _run_hours(attempt: Attempt, as_of_hours: float | None) -> float:
+    """How long an attempt ran (so far, up to `as_of_hours`, when it still runs)."""
+    end = attempt.stopped_hours if attempt.stopped_hours is not None else as_of_hours
+    if attempt.started_hours is None or end is None:
+        return 0.0
+    return max(0.0, end - attempt.started_hours)
+
+
 def stage_plans_from_report(run_report: Mapping[str, Any]) -> list[StagePlan] | None:
-    """The stages' plans when the report carries them (stage fields `compute_hours`, `on_demand_usd_per_hour`)."""
+    """The stages' On-Demand-only plans when the report carries what they need (stage fields `compute_hours` and
+    `on_demand_usd_per_hour`), hours by `on_demand_only_hours`. A report that does not say when it was made cannot
+    give a running attempt's run time: its stages' `on_demand_only_hours` are taken as told. One written before
+    stages told those hours counted every stage's declared compute hours."""
+    as_of_hours = _as_of_hours(run_report)
     plans: list[StagePlan] = []
     for stage in run_report.get("stages", []):
         if "compute_hours" not in stage or "on_demand_usd_per_hour" not in stage:
             return None
-        plans.append(StagePlan(stage["name"], float(stage["compute_hours"]), float(stage["on_demand_usd_per_hour"])))
+        if "on_demand_only_hours" not in stage:
+            hours = float(stage["compute_hours"])
+        elif as_of_hours is None:
+            hours = float(stage["on_demand_only_hours"])
+        else:
+            hours = on_demand_only_hours(stage, as_of_hours)
+        plans.append(StagePlan(stage["name"], hours, float(stage["on_demand_usd_per_hour"])))
     return plans
+
+
+def _as_of_hours(run_report: Mapping[str, Any]) -> float | None:
+    """When the report was made (hours since the run started), if it says."""
+    as_of: Any = run_report.get("as_of_hours")
+    return float(as_of) if _is_number(as_of) and math.isfinite(as_of) else None
 
 
 def check_run_report_costs(run_report: Mapping[str, Any], tolerance_usd: float = CHECK_TOLERANCE_USD) -> list[str]:
@@ -193,8 +243,7 @@ def check_run_report_costs(run_report: Mapping[str, Any], tolerance_usd: float =
     problems: list[str] = []
     if "stages" not in run_report:
         return problems
-    as_of: Any = run_report.get("as_of_hours")
-    as_of_hours = float(as_of) if _is_number(as_of) and math.isfinite(as_of) else None
+    as_of_hours = _as_of_hours(run_report)
     attempt_costs: list[float] = []
     for stage in run_report.get("stages", []):
         for index, attempt_dict in enumerate(stage["attempts"]):

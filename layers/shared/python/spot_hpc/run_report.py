@@ -110,7 +110,9 @@ def build_run_report(
                 "on_demand_usd_per_hour": round(float(on_demand_usd_per_hour.get(stage.stage) or 0.0), 6),
             }
         )
-    plans = cost.stage_plans_from_report({"stages": stage_reports}) or []  # every stage carries its plan
+    for stage_report in stage_reports:  # the hours its On-Demand-only cost counts, for whoever reads the report
+        stage_report["on_demand_only_hours"] = round(cost.on_demand_only_hours(stage_report, now_hours), 6)
+    plans = cost.stage_plans_from_report({"stages": stage_reports, "as_of_hours": now_hours}) or []
     settled = cost.settle_run(billed, plans, now_hours)
     finished = _hours(run, run.finished_at)
     return {
