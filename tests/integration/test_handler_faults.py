@@ -4,6 +4,7 @@ event, a crash between two AWS calls, Batch throttling."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import boto3
@@ -12,6 +13,7 @@ from offline_runs import QUICK_STAGES, RuntimeExitError, retry_dead_lettered, st
 from sample_events import load_event
 from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
+from spot_hpc.cost import check_run_report_costs
 from spot_hpc.ledger import Ledger
 from spot_hpc.outcome import run_report
 from spot_hpc.pipeline import STAGE_NAMES
@@ -457,6 +459,33 @@ def test_shards_waiting_for_spot_are_moved_to_on_demand_in_time(tmp_path):
         ("spot", "FAILED", "requeue_to_on_demand"),
         ("on-demand", "SUCCEEDED", None),
     ]
+
+
+def test_an_arrays_shards_are_billed_each_for_its_own_run_and_one_that_never_ran_for_nothing(tmp_path):
+    # GIVEN Spot capacity for 2 nodes only, so that of 3 HPC shards on Spot the third waits RUNNABLE until the array
+    # is moved to On-Demand
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 2), stage_hours=QUICK_STAGES) as plane:
+        _shards_run(plane, deadline_hours=2.5)
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=6)
+        run, hpc = _attempts(plane, "hpc")
+        report = run_report(control_plane_services(plane), run)
+        batch = boto3.client("batch", region_name=REGION)
+        shards = [
+            job
+            for state in ("SUCCEEDED", "FAILED")
+            for summary in batch.list_jobs(arrayJobId=hpc[0].job_id, jobStatus=state)["jobSummaryList"]
+            for job in batch.describe_jobs(jobs=[summary["jobId"]])["jobs"]
+        ]
+    # THEN the Spot array is billed for the seconds its two shards ran, each on its own instance (at least a minute
+    # each), not for three instances over the array's whole span
+    ran = [max(60, math.ceil((s["stoppedAt"] - s["startedAt"]) / 1000)) for s in shards if s.get("startedAt")]
+    assert status == "SUCCEEDED" and len(shards) == 3 and len(ran) == 2
+    spot = report["stages"][1]["attempts"][0]
+    assert spot["capacity"] == "spot" and spot["instance_seconds"] == sum(ran)
+    assert spot["cost_usd"] == pytest.approx(spot["usd_per_hour"] / 3 * sum(ran) / 3600, abs=1e-6)
+    span = (spot["stopped_hours"] - spot["started_hours"]) * spot["usd_per_hour"]
+    assert spot["cost_usd"] < span and check_run_report_costs(report) == []
 
 
 def _third_node_reclaimed_for_half_an_hour(tmp_path) -> Path:

@@ -59,12 +59,14 @@ class BatchGateway:
             ids.extend(job["jobId"] for job in page.get("jobSummaryList", []) if job.get("jobName") == name)
         return ids
 
-    def failed_children(self, array_job_id: str) -> list[dict[str, Any]]:
-        """The failed children of an array job, described (ListJobs lists children only when asked by arrayJobId)."""
+    def array_children(self, array_job_id: str, *statuses: str) -> list[dict[str, Any]]:
+        """The children of an array job in these statuses, described (ListJobs lists children only when asked by
+        arrayJobId, and one status at a time)."""
         paginator = self._batch.get_paginator("list_jobs")
         ids: list[str] = []
-        for page in paginator.paginate(arrayJobId=array_job_id, jobStatus="FAILED"):
-            ids.extend(job["jobId"] for job in page.get("jobSummaryList", []))
+        for status in statuses:
+            for page in paginator.paginate(arrayJobId=array_job_id, jobStatus=status):
+                ids.extend(job["jobId"] for job in page.get("jobSummaryList", []))
         return list(self.describe(ids).values())
 
     def terminate(self, job_id: str, reason: str) -> None:

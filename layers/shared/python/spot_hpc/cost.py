@@ -44,6 +44,9 @@ class Attempt:
 
     `stopped_hours` is None while the attempt is still running. An attempt that never got an instance
     (cancelled or failed while RUNNABLE) has `started_hours` None or equal to `stopped_hours`, and costs nothing.
+    An ended array job's shards each ran on an instance of their own, for as long as they ran: `instance_seconds` is
+    what EC2 billed them, at `usd_per_hour / nodes` each (the array's own times span its shards, and while it runs
+    it is billed as all of them from its start).
     """
 
     capacity: Capacity
@@ -51,6 +54,7 @@ class Attempt:
     started_hours: float | None
     stopped_hours: float | None
     usd_per_hour: float
+    instance_seconds: int | None = None
 
     def __post_init__(self) -> None:
         if self.capacity not in CAPACITIES:
@@ -119,6 +123,8 @@ def billed_seconds(started_hours: float | None, stopped_hours: float | None, now
 
 def attempt_cost_usd(attempt: Attempt, now_hours: float | None = None) -> float:
     """What EC2 bills for the attempt (all of its nodes), so far when it is still running."""
+    if attempt.instance_seconds is not None:
+        return round_usd(attempt.usd_per_hour / attempt.nodes * attempt.instance_seconds / SECONDS_PER_HOUR)
     seconds = billed_seconds(attempt.started_hours, attempt.stopped_hours, now_hours)
     return round_usd(attempt.usd_per_hour * seconds / SECONDS_PER_HOUR)
 
@@ -168,6 +174,7 @@ def attempt_from_report(attempt: Mapping[str, Any]) -> Attempt:
         started_hours=_optional_float(attempt.get("started_hours")),
         stopped_hours=_optional_float(attempt.get("stopped_hours")),
         usd_per_hour=float(attempt["usd_per_hour"]),
+        instance_seconds=None if attempt.get("instance_seconds") is None else int(attempt["instance_seconds"]),
     )
 
 
@@ -190,7 +197,11 @@ def on_demand_only_hours(stage: Mapping[str, Any], as_of_hours: float | None = N
         ]
         if len(succeeded) == 1:
             report, attempt = succeeded[0]
-            ran = _run_hours(attempt, as_of_hours)
+            # An array's shards ran side by side: the stage took their instance time over the array's nodes.
+            if attempt.instance_seconds is not None:
+                ran = attempt.instance_seconds / attempt.nodes / SECONDS_PER_HOUR
+            else:
+                ran = _run_hours(attempt, as_of_hours)
             if not report.get("resumed_from_checkpoint") and ran > 0:
                 return ran
         return float(stage["compute_hours"])

@@ -14,6 +14,7 @@ from spot_checkpoint import EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT
 from spot_checkpoint.store import CheckpointStore
 
 from spot_hpc.clock import format_epoch_ms, format_time, hours_between, parse_time, utc_now
+from spot_hpc.cost import billed_seconds
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail, BatchJobStateChangeEvent
 from spot_hpc.intake import Rejected, parse_event, reject
 from spot_hpc.ledger import Attempt, JobRef, LedgerConflict, Run, Stage
@@ -140,6 +141,7 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
     return {"status": "recorded", "shard_status": detail.status, "failure_class": failure}
 
 
+MS_PER_HOUR = 3_600_000.0  # Batch gives times in epoch milliseconds
 # The statuses that start (RUNNABLE) and end (RUNNING) a Spot job's wait for capacity.
 SPOT_WAIT_STATUSES = ("RUNNABLE", "RUNNING")
 
@@ -171,8 +173,11 @@ def _adopt(svc: Services, detail: BatchJobDetail) -> JobRef | None:
 
 def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJobDetail) -> dict[str, Any]:
     failure = None if detail.status == "SUCCEEDED" else classify_failure(detail, attempt)
+    # An array ends after all its shards: what they did is asked of them.
+    shards = svc.batch.array_children(detail.job_id, "SUCCEEDED", "FAILED") if detail.is_array_parent else []
     if failure and detail.is_array_parent and not (attempt.shard_failure or attempt.cancel_reason):
-        failure = _failed_shards_class(svc, detail, attempt) or failure
+        failure = _failed_shards_class(shards, attempt) or failure
+    array_sets = {"instance_seconds": _shards_billed_seconds(shards)} if detail.is_array_parent else {}
     try:
         attempt = svc.ledger.update_open_attempt(
             ref.run_id,
@@ -184,6 +189,7 @@ def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJ
             failure_class=failure,
             stopped_at=format_epoch_ms(detail.stopped_at) or format_time(utc_now()),
             started_at=attempt.started_at or format_epoch_ms(detail.started_at),
+            **array_sets,
         )
     except LedgerConflict:  # another delivery recorded it first: act on what it recorded
         recorded = svc.ledger.get_attempt(ref.run_id, ref.stage, ref.attempt)
@@ -196,16 +202,23 @@ def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJ
     return _act_on_terminal(svc, ref, attempt, detail, repeated=False)
 
 
-def _failed_shards_class(svc: Services, detail: BatchJobDetail, attempt: Attempt) -> str | None:
+def _failed_shards_class(shards: list[dict[str, Any]], attempt: Attempt) -> str | None:
     """Why an array failed when no shard's end has told it yet (EventBridge keeps no order between a shard's event
     and its parent's, and the SLA guard reads the parent alone): asked of its failed shards, a reclaim first, as the
     shards' own events would have recorded it (`_apply_shard_state`). Otherwise a reclaimed shard would read as an
     application error and spend the stage's retries."""
     failures = [
-        classify_failure(BatchJobDetail.model_validate(child), attempt)
-        for child in svc.batch.failed_children(detail.job_id)
+        classify_failure(BatchJobDetail.model_validate(shard), attempt)
+        for shard in shards
+        if shard.get("status") == "FAILED"
     ]
     return next((failure for failure in failures if failure in RECLAIM_CLASSES), failures[0] if failures else None)
+
+
+def _shards_billed_seconds(shards: list[dict[str, Any]]) -> int:
+    """What EC2 billed an ended array's shards, each on an instance of its own from its start to its stop."""
+    times = [(shard.get("startedAt"), shard.get("stoppedAt")) for shard in shards]
+    return sum(billed_seconds(start / MS_PER_HOUR, stop / MS_PER_HOUR) for start, stop in times if start and stop)
 
 
 def _act_on_terminal(

@@ -196,6 +196,9 @@ class Attempt:
     cancel_reason: str | None = None
     # Why a shard of an array job failed (its parent's own end says only that a child failed).
     shard_failure: str | None = None
+    # An ended array job's: the seconds EC2 billed its shards, each on its own instance from its start to its stop
+    # (the parent's times span them all, and a shard that never started cost nothing).
+    instance_seconds: int | None = None
 
 
 @dataclass(frozen=True)
