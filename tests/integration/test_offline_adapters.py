@@ -7,8 +7,11 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -194,62 +197,49 @@ def test_event_matching_no_rule_is_delivered_nowhere(plane):
     assert plane.put_event(event) == []
 
 
-def test_target_that_fails_sends_the_event_to_its_dead_letter_queue(plane):
-    # GIVEN a rule whose target function does not exist, with the stack's dead-letter queue
+@contextmanager
+def _rule_with_a_failing_target(plane: OfflineControlPlane, rule: str, source: str) -> Iterator[tuple[str, Any]]:
+    """A rule for `source` whose target function does not exist, dead-lettering to the stack's events queue, for the
+    time of the block: (that queue's URL, an SQS client)."""
     events, sqs = boto3.client("events", region_name=REGION), boto3.client("sqs", region_name=REGION)
     dlq_url = plane.stack.physical_id("EventsDeadLetterQueue")
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name="probe-rule", EventPattern=json.dumps({"source": ["probe.source"]}))
-    events.put_targets(
-        Rule="probe-rule",
-        Targets=[
-            {
-                "Id": "missing",
-                "Arn": "arn:aws:lambda:us-east-1:123456789012:function:missing",
-                "DeadLetterConfig": {"Arn": dlq_arn},
-            }
-        ],
-    )
-    # WHEN a matching event is put
-    deliveries = plane.put_event(make_event("probe.source", "Probe", {"n": 1}))
+    events.put_rule(Name=rule, EventPattern=json.dumps({"source": [source]}))
+    missing = {"Id": "missing", "Arn": "arn:aws:lambda:us-east-1:123456789012:function:missing"}
+    events.put_targets(Rule=rule, Targets=[{**missing, "DeadLetterConfig": {"Arn": dlq_arn}}])
+    try:
+        yield dlq_url, sqs
+    finally:
+        events.remove_targets(Rule=rule, Ids=["missing"])
+        events.delete_rule(Name=rule)
+
+
+def test_target_that_fails_sends_the_event_to_its_dead_letter_queue(plane):
+    # GIVEN a rule whose target function does not exist, with the stack's dead-letter queue
+    with _rule_with_a_failing_target(plane, "probe-rule", "probe.source") as (dlq_url, sqs):
+        # WHEN a matching event is put
+        deliveries = plane.put_event(make_event("probe.source", "Probe", {"n": 1}))
+        message = sqs.receive_message(QueueUrl=dlq_url, MessageAttributeNames=["All"])["Messages"][0]
     # THEN the delivery is an error and the event waits in the dead-letter queue with the error
     assert [d.status for d in deliveries] == ["error"]
-    message = sqs.receive_message(QueueUrl=dlq_url, MessageAttributeNames=["All"])["Messages"][0]
     assert json.loads(message["Body"])["source"] == "probe.source"
     assert message["MessageAttributes"]["ERROR_MESSAGE"]["StringValue"]
-    events.remove_targets(Rule="probe-rule", Ids=["missing"])
-    events.delete_rule(Name="probe-rule")
 
 
 def test_event_put_with_only_source_and_detail_type_is_completed_as_eventbridge_does(plane):
     # GIVEN a rule whose target fails, so that the event its target was handed waits in the dead-letter queue
-    events, sqs = boto3.client("events", region_name=REGION), boto3.client("sqs", region_name=REGION)
-    dlq_url = plane.stack.physical_id("EventsDeadLetterQueue")
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name="bare-rule", EventPattern=json.dumps({"source": ["bare.source"]}))
-    events.put_targets(
-        Rule="bare-rule",
-        Targets=[
-            {
-                "Id": "missing",
-                "Arn": "arn:aws:lambda:us-east-1:123456789012:function:missing",
-                "DeadLetterConfig": {"Arn": dlq_arn},
-            }
-        ],
-    )
-    # WHEN an event with no id, time, account, region or version is put, with a detail of its own
-    deliveries = plane.put_event({"source": "bare.source", "detail-type": "Bare", "detail": {"n": 2}})
+    with _rule_with_a_failing_target(plane, "bare-rule", "bare.source") as (dlq_url, sqs):
+        # WHEN an event with no id, time, account, region or version is put, with a detail of its own
+        deliveries = plane.put_event({"source": "bare.source", "detail-type": "Bare", "detail": {"n": 2}})
+        messages = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10)["Messages"]
     # THEN it is delivered with the id PutEvents would have assigned, and the target got a whole event
     assert [d.status for d in deliveries] == ["error"]
-    messages = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10)["Messages"]
     delivered = next(e for e in map(json.loads, (m["Body"] for m in messages)) if e["source"] == "bare.source")
     assert delivered["id"] == deliveries[0].event_id and delivered["id"]
     assert delivered["time"] and delivered["version"] == "0"
     assert (delivered["account"], delivered["region"]) == ("123456789012", REGION)
     # AND what the caller gave is kept
     assert (delivered["detail-type"], delivered["detail"]) == ("Bare", {"n": 2})
-    events.remove_targets(Rule="bare-rule", Ids=["missing"])
-    events.delete_rule(Name="bare-rule")
 
 
 def test_scheduled_rule_fires_once_per_period(plane):
