@@ -51,6 +51,17 @@ def test_a_trace_with_values_no_trace_has_gives_error_rows(tiny_trace, scenario)
     assert "prices must be" in errors["bad-price"]
 
 
+def test_a_scenario_whose_id_is_not_an_id_gets_error_rows_named_by_its_place(tiny_trace, scenario):
+    # GIVEN scenarios whose ids are null, a list and an empty string, and one with a whole-number id
+    scenarios = [{**scenario, "id": None}, {**scenario, "id": ["x"]}, {**scenario, "id": ""}, {**scenario, "id": 7}]
+    # WHEN the benchmark runs
+    rows = run_benchmark(scenarios, tiny_trace.parent.parent)
+    # THEN the first three are error rows named by their place in the file, saying what is wrong; 7 is an id
+    errors = {row["id"]: row["error"] for row in rows if "error" in row}
+    assert set(errors) == {"#0", "#1", "#2"} and all("id must be" in error for error in errors.values())
+    assert {row["policy"] for row in rows if row["id"] == "7" and "error" not in row} == set(POLICY_ORDER)
+
+
 def test_optimum_is_the_cheapest_row(tiny_trace, scenario):
     # GIVEN a valid scenario
     # WHEN the benchmark runs
