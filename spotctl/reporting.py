@@ -5,7 +5,8 @@ optional report fields identify runs: `run_id` (else "run-N" in input order) and
 without it are grouped under the period "unknown"). Periods are UTC days and ISO weeks. A run still running
 (`pipeline_status` neither SUCCEEDED nor FAILED) shows its cost so far in its own row; its deadline is neither met
 nor missed yet, and the money totals leave it out (its cost so far set against its whole On-Demand plan would
-inflate the savings).
+inflate the savings). A failed run delivered nothing to compare: its cost is counted apart, as spent on failed
+runs, and it has no savings; the savings compare the succeeded runs' cost with their On-Demand-only cost.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ class RunSummary:
     def ended(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "SUCCEEDED"
+
+    @property
+    def failed(self) -> bool:
+        return self.ended and not self.succeeded
+
 
 @dataclass(frozen=True)
 class PeriodSummary:
@@ -52,11 +61,12 @@ class PeriodSummary:
     runs: int
     succeeded: int
     deadlines_met: int
-    cost_usd: float
+    cost_usd: float  # of the succeeded runs, as `on_demand_only_cost_usd`
     on_demand_only_cost_usd: float
     interruptions: int
     requeues_to_on_demand: int
     ended: int  # runs that succeeded or failed: the others have no deadline outcome yet
+    failed_cost_usd: float  # spent on failed runs, which have no savings
 
     @property
     def savings_pct(self) -> float:
@@ -106,7 +116,8 @@ def period_label(moment: datetime | None, period: Period) -> str:
 
 
 def summarise_periods(runs: Sequence[RunSummary], period: Period = "day") -> list[PeriodSummary]:
-    """Totals per day or ISO week, in time order (runs of unknown date last); money of the runs that ended."""
+    """Totals per day or ISO week, in time order (runs of unknown date last); money of the runs that ended, the
+    failed runs' cost apart."""
     groups: dict[str, list[RunSummary]] = {}
     for run in runs:
         groups.setdefault(period_label(run.period_start, period), []).append(run)
@@ -115,13 +126,16 @@ def summarise_periods(runs: Sequence[RunSummary], period: Period = "day") -> lis
         PeriodSummary(
             period=label,
             runs=len(groups[label]),
-            succeeded=sum(run.status == "SUCCEEDED" for run in groups[label]),
+            succeeded=sum(run.succeeded for run in groups[label]),
             deadlines_met=sum(run.deadline_met for run in groups[label]),
             ended=sum(run.ended for run in groups[label]),
-            cost_usd=round(sum(run.cost_usd for run in groups[label] if run.ended), 6),
-            on_demand_only_cost_usd=round(sum(run.on_demand_only_cost_usd for run in groups[label] if run.ended), 6),
+            cost_usd=round(sum(run.cost_usd for run in groups[label] if run.succeeded), 6),
+            on_demand_only_cost_usd=round(
+                sum(run.on_demand_only_cost_usd for run in groups[label] if run.succeeded), 6
+            ),
             interruptions=sum(run.interruptions for run in groups[label]),
             requeues_to_on_demand=sum(run.requeues_to_on_demand for run in groups[label]),
+            failed_cost_usd=round(sum(run.cost_usd for run in groups[label] if run.failed), 6),
         )
         for label in ordered
     ]
@@ -150,8 +164,18 @@ RUN_HEADERS = (
     "interruptions",
     "requeues",
 )
-# "deadlines met" is out of the runs that ended (a run still running has not met or missed its deadline yet).
-PERIOD_HEADERS = ("runs", "succeeded", "deadlines met", "cost USD", "on-demand only USD", "savings %", "interruptions")
+# "deadlines met" is out of the runs that ended (a run still running has not met or missed its deadline yet). Cost,
+# On-Demand only and savings are the succeeded runs'; "failed USD" what the failed runs cost.
+PERIOD_HEADERS = (
+    "runs",
+    "succeeded",
+    "deadlines met",
+    "cost USD",
+    "on-demand only USD",
+    "savings %",
+    "failed USD",
+    "interruptions",
+)
 
 
 def run_table(runs: Sequence[RunSummary]) -> str:
@@ -162,7 +186,8 @@ def run_table(runs: Sequence[RunSummary]) -> str:
             "yes" if run.deadline_met else "no" if run.ended else "-",
             f"{run.cost_usd:,.2f}",
             f"{run.on_demand_only_cost_usd:,.2f}",
-            f"{run.savings_pct:.1f}" if run.ended else "-",  # cost so far against the whole plan says nothing yet
+            # Cost so far against the whole plan says nothing yet; a failed run delivered nothing to compare.
+            f"{run.savings_pct:.1f}" if run.succeeded else "-",
             str(run.interruptions),
             str(run.requeues_to_on_demand),
         )
@@ -180,12 +205,13 @@ def period_table(periods: Sequence[PeriodSummary], period: Period) -> str:
             f"{item.deadlines_met}/{item.ended}",
             f"{item.cost_usd:,.2f}",
             f"{item.on_demand_only_cost_usd:,.2f}",
-            f"{item.savings_pct:.1f}",
+            f"{item.savings_pct:.1f}" if item.succeeded else "-",
+            f"{item.failed_cost_usd:,.2f}",
             str(item.interruptions),
         )
         for item in periods
     ]
-    return format_table((period, *PERIOD_HEADERS), rows, numeric_columns={1, 2, 3, 4, 5, 6, 7})
+    return format_table((period, *PERIOD_HEADERS), rows, numeric_columns={1, 2, 3, 4, 5, 6, 7, 8})
 
 
 def plot_cost_vs_on_demand(runs: Sequence[RunSummary], plot_path: Path) -> Path:
@@ -209,7 +235,7 @@ def plot_cost_vs_on_demand(runs: Sequence[RunSummary], plot_path: Path) -> Path:
     )
     for position, run in zip(positions, runs, strict=True):
         top = max(run.cost_usd, run.on_demand_only_cost_usd)
-        if run.ended:  # a run in progress has no savings yet (see `run_table`)
+        if run.succeeded:  # a run in progress has no savings yet, a failed one none (see `run_table`)
             axes.annotate(f"{run.savings_pct:.0f}%", (position, top), ha="center", va="bottom", fontsize=8)
     axes.set_xticks(positions, [r.run_id for r in runs], rotation=30, ha="right", fontsize=8)
     axes.set_ylabel("USD")
@@ -235,10 +261,18 @@ def render_report(run_reports: list[dict[str, Any]], plot_path: Path | None, per
     if not runs:
         return "No runs to report."
     periods = summarise_periods(runs, period)
-    total_cost = sum(run.cost_usd for run in runs if run.ended)
-    total_on_demand = sum(run.on_demand_only_cost_usd for run in runs if run.ended)
+    total_cost = sum(run.cost_usd for run in runs if run.succeeded)
+    total_on_demand = sum(run.on_demand_only_cost_usd for run in runs if run.succeeded)
     running = sum(not run.ended for run in runs)
     left_out = f" ({running} still running, left out of the money)" if running else ""
+    failed = [run for run in runs if run.failed]
+    # A failed run's cost is spent all the same, but it has nothing to compare with On-Demand.
+    whose_cost = "succeeded ones cost" if failed else "cost"
+    failed_spend = (
+        f"; {len(failed)} failed run{'' if len(failed) == 1 else 's'} cost ${sum(run.cost_usd for run in failed):,.2f}"
+        if failed
+        else ""
+    )
     sections = [
         "Runs",
         run_table(runs),
@@ -246,8 +280,9 @@ def render_report(run_reports: list[dict[str, Any]], plot_path: Path | None, per
         f"By {period}",
         period_table(periods, period),
         "",
-        f"Total: {len(runs)} runs{left_out}, cost ${total_cost:,.2f} vs ${total_on_demand:,.2f} On-Demand only, "
-        f"saved ${total_on_demand - total_cost:,.2f} ({savings_pct(total_cost, total_on_demand):.1f}%)",
+        f"Total: {len(runs)} runs{left_out}, {whose_cost} ${total_cost:,.2f} vs ${total_on_demand:,.2f} On-Demand "
+        f"only, saved ${total_on_demand - total_cost:,.2f} ({savings_pct(total_cost, total_on_demand):.1f}%)"
+        f"{failed_spend}",
     ]
     problems = [f"  {run.run_id}: {problem}" for run in runs for problem in run.cost_problems]
     if problems:

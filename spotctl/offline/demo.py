@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from spot_hpc.pipeline import build_run_options
+from spot_hpc.slack import savings_shown
 
 from spotctl.deployed import services_for_stack
 from spotctl.offline.adapters import OFFLINE_FUNCTION_ENV
@@ -106,6 +107,17 @@ def _reason(attempt: dict[str, Any]) -> str:
     return f"{failure}: {attempt['status_reason']}" if failure else str(attempt["status_reason"])
 
 
+def _cost_line(report: dict[str, Any]) -> str:
+    """What the run cost, and, for a run that succeeded, what it saved (worded as its Slack notice words it); a run
+    that did not succeed delivered nothing to compare, and its notice tells its cost only too."""
+    cost = f"Cost ${report['cost_usd']:.2f}"
+    if report["pipeline_status"] != "SUCCEEDED":
+        return f"{cost} (the run {report['pipeline_status'].lower()}: no savings to tell)"
+    saved, percent = savings_shown(report["savings_pct"])
+    told = f"saved {percent}" if saved else f"{percent} more than On-Demand only"
+    return f"{cost} vs ${report['on_demand_only_cost_usd']:.2f} On-Demand only ({told})"
+
+
 def format_summary(report: dict[str, Any], timeline: list[str]) -> str:
     attempts = [
         (
@@ -133,8 +145,7 @@ def format_summary(report: dict[str, Any], timeline: list[str]) -> str:
         f"Pipeline {report['pipeline_status']} in {_hours(report['finished_hours'])} h "
         f"of {report['deadline_hours']:g} h: deadline {'met' if report['deadline_met'] else 'MISSED'}",
         f"Interruptions {report['interruptions']}, requeues to On-Demand {report['requeues_to_on_demand']}",
-        f"Cost ${report['cost_usd']:.2f} vs ${report['on_demand_only_cost_usd']:.2f} On-Demand only "
-        f"({report['savings_pct']:.1f}% saved)",
+        _cost_line(report),
         "Notifications: " + ", ".join(f"{n['channel']}:{n['kind']}" for n in report.get("notifications", [])),
     ]
     return "\n".join(lines)

@@ -70,6 +70,21 @@ def test_summary_says_why_each_attempt_ended(demo_run):
     assert f"{report['finished_hours']:.2f} h of {report['deadline_hours']:g} h: deadline met" in text
 
 
+def test_summary_tells_savings_of_a_succeeded_run_only_and_never_rounds_them_wrong(demo_run):
+    # GIVEN the run's report, and the same report as if the run had failed, or had cost a hair more than On-Demand
+    report, timeline = demo_run
+
+    def cost_line(changes: dict) -> str:
+        text = format_summary({**report, **changes}, timeline)
+        return next(line for line in text.splitlines() if line.startswith("Cost $"))
+
+    # WHEN / THEN the succeeded run tells what it saved; a failed one its cost only, as its notice does; a tiny
+    # loss is not "-0.0% saved"
+    assert cost_line({}).endswith(f"(saved {report['savings_pct']:.1f}%)")
+    assert cost_line({"pipeline_status": "FAILED"}).endswith("(the run failed: no savings to tell)")
+    assert cost_line({"savings_pct": -0.04}).endswith("(<0.1% more than On-Demand only)")
+
+
 def test_summary_says_resumed_only_of_attempts_that_ran(demo_run):
     # GIVEN the run's report, with attempts that ran from a checkpoint and, in this run, one cancelled before it ran
     report, timeline = demo_run

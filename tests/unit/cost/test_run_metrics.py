@@ -108,3 +108,18 @@ def test_runs_the_guard_settles_are_counted_once_like_the_notify_functions(power
     assert [run["run_id"] for run in answer["settled_runs"]] == ["run-4", "run-3"]
     assert "settlements" not in answer
     json.dumps(answer)
+
+
+def test_a_failed_run_counts_its_cost_but_no_savings(powertools_metrics: Any) -> None:
+    # GIVEN a failed run: its notice tells its cost only, not savings against stages it never ran
+    report = _report() | {"pipeline_status": "FAILED", "cost_usd": 0.3, "savings_pct": 94.0}
+
+    # WHEN its figures are recorded
+    run_metrics.record_settled_run(powertools_metrics, report)
+    blob = powertools_metrics.serialize_metric_set()
+
+    # THEN its cost counts, and no savings or On-Demand-only baseline go to CloudWatch for it
+    assert _value(blob, run_metrics.PIPELINES_FAILED) == 1.0
+    assert _value(blob, run_metrics.RUN_COST_USD) == 0.3
+    for name in (run_metrics.SAVINGS_PERCENT, run_metrics.SAVINGS_USD, run_metrics.ON_DEMAND_ONLY_COST_USD):
+        assert name not in blob, name

@@ -12,6 +12,8 @@ from spot_hpc.slack import (
     Notification,
     build_blocks,
     build_message,
+    escape_mrkdwn,
+    format_usd,
     notification_dedupe_key,
     notification_text,
     sns_subject,
@@ -225,3 +227,37 @@ def test_s3_keys_with_slack_control_characters_are_escaped_everywhere() -> None:
     texts = [message["text"], message["blocks"][1]["text"]["text"], *_field_texts(message["blocks"])]
     assert all("<" not in text and ">" not in text for text in texts)
     assert any("&lt;!here&gt; &amp; co&gt;.csv" in text for text in texts)
+
+
+@pytest.mark.parametrize(
+    ("savings", "said", "field"),
+    [(-0.04, "cost <0.1% more than On-Demand only", "none: <0.1% more than On-Demand"),
+     (0.04, "saved under 0.1%", "under 0.1%"),
+     (99.96, "saved >99.9%", ">99.9%"),
+     (0.0, "saved 0.0%", "0.0%"),
+     (-0.05, "cost 0.1% more than On-Demand only", "none: 0.1% more than On-Demand")],
+)  # fmt: skip
+def test_savings_at_the_ends_are_not_rounded_into_a_wrong_figure(savings: float, said: str, field: str) -> None:
+    # GIVEN a run whose savings round to 0.0% or 100.0% (a tiny loss, a tiny saving, almost all saved)
+    notification = Notification(kind="succeeded", run_id="r", stage=None, reason="done", cost_usd=1.0,
+                                on_demand_only_cost_usd=1.0, savings_pct=savings)  # fmt: skip
+
+    # WHEN its text and fields are built
+    text = notification_text(notification)
+    blocks = build_blocks(notification)
+
+    # THEN it says which side of zero or a hundred the run is, never "0.0% more" or "saved 100.0%"
+    assert said in text
+    # AND the field is escaped for Slack (a bare ">" starting a line would quote it)
+    assert f"*Savings*\n{escape_mrkdwn(field)}" in _field_texts(blocks)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(0.999996, "$1.00"), (0.99994, "$0.9999"), (0.00004, "<$0.0001"), (0.00009, "<$0.0001"),
+     (0.0001, "$0.0001"), (1.0, "$1.00")],
+)  # fmt: skip
+def test_money_is_rounded_before_its_format_is_chosen(value: float, shown: str) -> None:
+    # GIVEN an amount just under a dollar, or under a hundredth of a cent
+    # WHEN / THEN it shows as it rounds: "$1.00", not "$1.0000"; a tiny amount as "<$0.0001", not "$0.0000"
+    assert format_usd(value) == shown

@@ -71,7 +71,7 @@ def test_run_table_lists_every_run_with_its_figures() -> None:
     row_a = next(line for line in lines if line.startswith("run-a"))
     assert row_a.split() == ["run-a", "SUCCEEDED", "yes", "2.00", "10.00", "80.0", "2", "1"]
     row_c = next(line for line in lines if line.startswith("run-c"))
-    assert row_c.split() == ["run-c", "FAILED", "no", "12.00", "10.00", "-20.0", "0", "0"]
+    assert row_c.split() == ["run-c", "FAILED", "no", "12.00", "10.00", "-", "0", "0"]  # a failed run saved nothing
     # the table is aligned: right-aligned numbers end in the same column
     rows = [line for line in lines if line.startswith("run-")]
     assert len({line.index("10.00") + len("10.00") for line in rows if "10.00" in line}) == 1
@@ -100,7 +100,7 @@ def test_rendered_report_has_period_table_and_overall_total() -> None:
     # THEN it has the per-week table and the overall line
     assert "By week" in text
     assert any(line.startswith("2025-W26") and "2/2" in line for line in text.splitlines())
-    assert "Total: 4 runs, cost $18.00 vs $34.00 On-Demand only, saved $16.00 (47.1%)" in text
+    assert "Total: 4 runs, succeeded ones cost $6.00 vs $24.00 On-Demand only, saved $18.00 (75.0%)" in text
     assert "Warning" not in text
 
 
@@ -303,3 +303,22 @@ def test_savings_totals_leave_out_runs_still_running() -> None:
     # AND the running run's own row gives no savings yet
     row = next(line for line in text.splitlines() if line.startswith("run-now")).split()
     assert row[3:6] == ["0.50", "10.00", "-"], row
+
+
+def test_a_failed_run_counts_in_the_spend_but_not_in_the_savings() -> None:
+    # GIVEN three succeeded runs (cost 6 of 24 On-Demand) and a failed one that spent 12 (its plan: 10 On-Demand)
+    # WHEN the report is rendered by week
+    text = render_report(REPORTS, None, period="week")
+    lines = text.splitlines()
+
+    # THEN the failed run's row gives no savings: it delivered nothing to compare
+    row = next(line for line in lines if line.startswith("run-c")).split()
+    assert row[:6] == ["run-c", "FAILED", "no", "12.00", "10.00", "-"], row
+    # AND its week counts its spend apart, with no On-Demand-only baseline or savings
+    week = next(line for line in lines if line.startswith("2025-W27")).split()
+    assert week[4:8] == ["0.00", "0.00", "-", "12.00"], week
+    # AND the total compares the succeeded runs with their baseline, and states the failed run's spend besides
+    assert lines[-1] == (
+        "Total: 4 runs, succeeded ones cost $6.00 vs $24.00 On-Demand only, saved $18.00 (75.0%); "
+        "1 failed run cost $12.00"
+    )

@@ -72,7 +72,8 @@ def record_settled_run(metrics: Any, run_report: Mapping[str, Any]) -> None:
     """Add a settled run's figures to `metrics` (flushed by the caller, e.g. `@metrics.log_metrics`).
 
     `run_report` is the run report of the design (pipeline_status, deadline_met, stages, interruptions,
-    requeues_to_on_demand, cost_usd, on_demand_only_cost_usd, savings_pct).
+    requeues_to_on_demand, cost_usd, on_demand_only_cost_usd, savings_pct). Every run's cost counts; the
+    On-Demand-only cost and the savings only a succeeded run's.
     """
     from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
@@ -88,11 +89,14 @@ def record_settled_run(metrics: Any, run_report: Mapping[str, Any]) -> None:
         name=REQUEUES_TO_ON_DEMAND, unit=MetricUnit.Count, value=int(run_report.get("requeues_to_on_demand", 0))
     )
     cost = float(run_report.get("cost_usd", 0.0))
-    on_demand_only = float(run_report.get("on_demand_only_cost_usd", 0.0))
     metrics.add_metric(name=RUN_COST_USD, unit=MetricUnit.NoUnit, value=cost)
-    metrics.add_metric(name=ON_DEMAND_ONLY_COST_USD, unit=MetricUnit.NoUnit, value=on_demand_only)
-    metrics.add_metric(name=SAVINGS_USD, unit=MetricUnit.NoUnit, value=round(on_demand_only - cost, 6))
-    metrics.add_metric(name=SAVINGS_PERCENT, unit=MetricUnit.Percent, value=float(run_report.get("savings_pct", 0.0)))
+    if succeeded:
+        # A failed run delivered nothing to compare: its notice tells its cost only, and so do its metrics.
+        on_demand_only = float(run_report.get("on_demand_only_cost_usd", 0.0))
+        metrics.add_metric(name=ON_DEMAND_ONLY_COST_USD, unit=MetricUnit.NoUnit, value=on_demand_only)
+        metrics.add_metric(name=SAVINGS_USD, unit=MetricUnit.NoUnit, value=round(on_demand_only - cost, 6))
+        savings = float(run_report.get("savings_pct", 0.0))
+        metrics.add_metric(name=SAVINGS_PERCENT, unit=MetricUnit.Percent, value=savings)
     if run_report.get("run_id"):
         metrics.add_metadata(key="run_id", value=str(run_report["run_id"]))
 

@@ -138,8 +138,8 @@ def notification_text(notification: Notification) -> str:
     if notification.on_demand_only_cost_usd is not None:
         parts.append(f"On-Demand only {format_usd(notification.on_demand_only_cost_usd)}")
     if notification.savings_pct is not None:
-        savings = notification.savings_pct
-        parts.append(f"saved {savings:.1f}%" if savings >= 0 else f"cost {-savings:.1f}% more than On-Demand only")
+        saved, percent = savings_shown(notification.savings_pct)
+        parts.append(f"saved {percent}" if saved else f"cost {percent} more than On-Demand only")
     return " | ".join(parts)
 
 
@@ -161,12 +161,13 @@ def build_blocks(notification: Notification) -> list[dict[str, Any]]:
         fields.append(("Attempt", str(notification.attempt)))
     final = notification.kind in ("succeeded", "failed")
     if notification.cost_usd is not None:
-        fields.append(("Cost" if final else "Cost so far", format_usd(notification.cost_usd)))
+        fields.append(("Cost" if final else "Cost so far", escape_mrkdwn(format_usd(notification.cost_usd))))
     if notification.on_demand_only_cost_usd is not None:
-        fields.append(("On-Demand only", format_usd(notification.on_demand_only_cost_usd)))
+        fields.append(("On-Demand only", escape_mrkdwn(format_usd(notification.on_demand_only_cost_usd))))
     if notification.savings_pct is not None:
-        savings = notification.savings_pct
-        fields.append(("Savings", f"{savings:.1f}%" if savings >= 0 else f"none: {-savings:.1f}% more than On-Demand"))
+        saved, percent = savings_shown(notification.savings_pct)
+        # Escaped: a value line starting with ">" would show as a quote.
+        fields.append(("Savings", escape_mrkdwn(percent if saved else f"none: {percent} more than On-Demand")))
     if notification.deadline_hours is not None:
         deadline = f"{notification.deadline_hours:.2f} h"
         if notification.deadline_met is not None:
@@ -209,11 +210,28 @@ def escape_mrkdwn(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def savings_shown(savings_pct: float) -> tuple[bool, str]:
+    """Whether the run saved (else it cost more), and by what percentage as shown: to a tenth, but never rounded to
+    0.0% or 100.0% when it is not (a tiny loss is "<0.1%", a tiny saving "under 0.1%", almost all ">99.9%")."""
+    shown = f"{abs(savings_pct):.1f}"
+    if savings_pct < 0:
+        return False, "<0.1%" if shown == "0.0" else f"{shown}%"
+    if shown == "0.0" and savings_pct > 0:
+        return True, "under 0.1%"
+    if shown == "100.0" and savings_pct < 100:
+        return True, ">99.9%"
+    return True, f"{shown}%"
+
+
 def format_usd(value: float) -> str:
-    """Dollars to the cent; sub-dollar amounts to a hundredth of a cent so short attempts do not read as $0.00."""
+    """Dollars to the cent; sub-dollar amounts to a hundredth of a cent so short attempts do not read as $0.00.
+    The format is chosen from the amount as rounded ($0.999996 is "$1.00"); a positive amount under a hundredth of
+    a cent is "<$0.0001"."""
+    if 0 < value < 0.0001:
+        return "<$0.0001"
     sign = "-" if value < 0 else ""
     amount = abs(value)
-    return f"{sign}${amount:,.2f}" if amount >= 1 or amount == 0 else f"{sign}${amount:,.4f}"
+    return f"{sign}${amount:,.2f}" if round(amount, 4) >= 1 or amount == 0 else f"{sign}${amount:,.4f}"
 
 
 def _truncate(text: str, limit: int) -> str:
