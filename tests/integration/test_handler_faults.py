@@ -271,6 +271,32 @@ def test_an_upload_whose_run_was_recorded_and_not_started_starts_on_the_retry_af
     assert run is not None and run.execution_arn == result["execution_arn"]
 
 
+def test_a_stage_longer_than_its_job_definitions_timeout_gets_an_attempt_timeout_of_its_own(monkeypatch):
+    from spotctl.offline.batch_emulator import BatchEmulator
+
+    # GIVEN a run declaring a 20-hour preprocess, longer than its job definition's 12-hour timeout
+    submitted: list[dict] = []
+    real_submit = BatchEmulator.submit
+
+    def recording(self, backend, kwargs):
+        submitted.append(kwargs)
+        return real_submit(self, backend, kwargs)
+
+    monkeypatch.setattr(BatchEmulator, "submit", recording)
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as plane:
+        plane.upload("incoming/long.csv", b"a\n1\n", {"deadline-hours": "60", "stage-hours": "preprocess=20"})
+        # WHEN its first job is submitted
+        while not submitted:
+            plane.step()
+        definition = boto3.client("batch", region_name=REGION).describe_job_definitions(
+            jobDefinitions=[submitted[0]["jobDefinition"]]
+        )["jobDefinitions"][0]
+    # THEN SubmitJob gives the attempt twice its compute and an hour, over the definition's 12 hours (which would end
+    # every attempt as a timeout, spending the stage's retries)
+    assert definition["timeout"]["attemptDurationSeconds"] == 12 * 3600
+    assert submitted[0]["timeout"] == {"attemptDurationSeconds": (20 * 2 + 1) * 3600}
+
+
 def test_batch_throttling_is_retried_without_a_second_job(monkeypatch):
     from moto.core.exceptions import JsonRESTError
 
@@ -436,6 +462,37 @@ def test_a_stage_that_cannot_make_its_deadline_share_is_notified_once_on_any_cap
     at_risk = [n["text"] for n in slack if n["kind"] == "sla_at_risk"]
     stages = [text.split("| stage ")[1].split(" |")[0] for text in at_risk]
     assert "hpc" in stages and len(stages) == len(set(stages))
+
+
+def test_a_roomy_deadline_puts_no_stage_at_risk_the_multinode_one_included(tmp_path):
+    # GIVEN Spot capacity throughout and 1.5 h of stages due in 10 h (the multi-node HPC stage, On-Demand only, gets
+    # none of the slack: its share is its compute and a changeover)
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 1), stage_hours=QUICK_STAGES) as plane:
+        upload_quick_run(plane, 10)
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=12)
+        run, _ = _attempts(plane, "preprocess")
+        report = run_report(control_plane_services(plane), run)
+    # THEN no stage was told at risk: each could still finish long before the run's deadline needed it
+    assert status == "SUCCEEDED" and report["deadline_met"] is True
+    assert [n["text"] for n in report["notifications"] if n["kind"] == "sla_at_risk"] == []
+
+
+def test_a_spot_job_placed_with_little_slack_is_moved_before_its_wait_counts_as_no_capacity(tmp_path):
+    # GIVEN no Spot capacity, and a preprocess placed on Spot with about 0.2 h of slack (two changeovers and a bit):
+    # the policy counted on being asked again at the SLA guard's next pass, five minutes on, while a wait counts as
+    # a want of capacity only after ten
+    stages = {"preprocess": 0.5, "hpc": 0.5, "postprocess": 0.02}
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 0), stage_hours=stages) as plane:
+        hours = ",".join(f"{name}={hours}" for name, hours in stages.items())
+        plane.upload("incoming/tight.csv", b"a\n1\n", {"deadline-hours": "1.54", "stage-hours": hours})
+        # WHEN the run goes its course
+        plane.run_until_settled(max_hours=4)
+        run, preprocess = _attempts(plane, "preprocess")
+        report = run_report(control_plane_services(plane), run)
+    # THEN the guard rail moved it to On-Demand at the first pass that could no longer wait, and the deadline was met
+    assert preprocess[0].capacity == "spot" and preprocess[0].cancel_reason == "requeue_to_on_demand"
+    assert report["deadline_met"] is True
 
 
 def _shards_run(plane: OfflineControlPlane, deadline_hours: float, hpc_hours: float = 0.5) -> None:

@@ -77,32 +77,6 @@ def test_the_state_machine_waits_on_a_stage_past_a_deadline_longer_than_a_week(p
     assert scheduled and scheduled[0]["timeoutInSeconds"] == int(wait)
 
 
-def test_a_stage_longer_than_its_job_definitions_timeout_gets_an_attempt_timeout_of_its_own(monkeypatch):
-    from spotctl.offline.batch_emulator import BatchEmulator
-
-    # GIVEN a run declaring a 20-hour preprocess, longer than its job definition's 12-hour timeout
-    submitted: list[dict] = []
-    real_submit = BatchEmulator.submit
-
-    def recording(self, backend, kwargs):
-        submitted.append(kwargs)
-        return real_submit(self, backend, kwargs)
-
-    monkeypatch.setattr(BatchEmulator, "submit", recording)
-    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as plane:
-        plane.upload("incoming/long.csv", b"a\n1\n", {"deadline-hours": "60", "stage-hours": "preprocess=20"})
-        # WHEN its first job is submitted
-        while not submitted:
-            plane.step()
-        definition = boto3.client("batch", region_name=REGION).describe_job_definitions(
-            jobDefinitions=[submitted[0]["jobDefinition"]]
-        )["jobDefinitions"][0]
-    # THEN SubmitJob gives the attempt twice its compute and an hour, over the definition's 12 hours (which would end
-    # every attempt as a timeout, spending the stage's retries)
-    assert definition["timeout"]["attemptDurationSeconds"] == 12 * 3600
-    assert submitted[0]["timeout"] == {"attemptDurationSeconds": (20 * 2 + 1) * 3600}
-
-
 def test_deadline_that_is_not_a_number_is_rejected_and_recorded(plane):
     # GIVEN an upload whose deadline metadata is not a number
     event = _s3_event(plane, "incoming/soon.csv", _upload(plane, "incoming/soon.csv", {"deadline-hours": "soon"}))

@@ -30,7 +30,8 @@ from spot_hpc.placement import (
     submit_claimed,
     tell_requeue,
 )
-from spot_hpc.policy import Action
+from spot_hpc.policy import Action, Decision, waiting_leaves_time
+from spot_hpc.policy.deadline import WAITING_LEAVES_NO_TIME
 from spot_hpc.services import Services
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ ENDED_EXECUTION = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})
 STAGE_CHECK_MARGIN_SECONDS = 30.0
 # How often the guard runs (its schedule): each period's pass has an order of its own.
 PASS_PERIOD = timedelta(minutes=5)
+PASS_HOURS = PASS_PERIOD / timedelta(hours=1)
 
 
 def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = None) -> dict[str, Any]:
@@ -167,10 +169,16 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
     if detail.status in TERMINAL_STATUSES:
         return None
     view = stage_view(svc, run, stage)
-    if view.hours_left - view.remaining_hours < 2 * svc.settings.changeover_hours:
-        # On any capacity: an On-Demand stage that cannot make its share of the deadline is at risk too.
-        # Once per run and stage; a claim another pass holds is left to it, and the next pass raises it again.
-        reason = f"{view.remaining_hours:.2f} h of work left, {view.hours_left:.2f} h to the stage's deadline share"
+    change = svc.settings.changeover_hours
+    # At risk: the stage may no longer finish in time for the run's deadline, the later stages on On-Demand, once it
+    # starts On-Demand (a changeover), or on Spot, once a reclaim makes it do so (two). Its share of the slack is only
+    # what the policy plans with: a stage that cannot use Spot gets none, and would be told at risk on every run.
+    # Once per run and stage; a claim another pass holds is left to it, and the next pass raises it again.
+    if view.latest_hours - view.remaining_hours < (2 if stage.capacity == "spot" else 1) * change:
+        reason = (
+            f"{view.remaining_hours:.2f} h of work left, {view.latest_hours:.2f} h until it must be done for the "
+            "run's deadline"
+        )
         notify(svc, "sla_at_risk", run, stage.stage, reason)
     if stage.capacity != "spot":
         return None
@@ -196,6 +204,10 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
         decision = choose_capacity(svc, run, stage, current=Action.IDLE, spot_available=False, view=view)
     elif running:
         decision = choose_capacity(svc, run, stage, current=Action.SPOT, spot_available=True, view=view)
+    elif waiting_since and not waiting_leaves_time(view.remaining_hours, view.hours_left, change, PASS_HOURS):
+        # Too young a wait to call it a want of capacity (instances take minutes to start), but the deadline's guard
+        # rail holds whatever the wait: the policy placed it on Spot counting on being asked again a pass later.
+        decision = Decision(Action.ON_DEMAND, WAITING_LEAVES_NO_TIME)
     else:
         return None
     if decision.action != Action.ON_DEMAND:

@@ -30,6 +30,7 @@ from spot_hpc.policy import (
     SpotStats,
     band_hours_for,
     decide,
+    stage_latest_finish_in,
     stage_must_finish_in,
 )
 from spot_hpc.run_report import moved_to_on_demand
@@ -46,8 +47,9 @@ class StageView:
     """What the policy is told about a stage now."""
 
     remaining_hours: float
-    hours_left: float
+    hours_left: float  # the stage's share of the time left (what the policy plans with)
     progress: float
+    latest_hours: float  # the latest it may finish for the run to make its deadline (`stage_latest_finish_in`)
 
 
 def checkpoint_uri(bucket: str, run_id: str, stage: str) -> str:
@@ -77,10 +79,14 @@ def stage_view(svc: Services, run: Run, stage: Stage, now: datetime | None = Non
         for s in stages
         if s.order >= stage.order
     ]
-    hours_left = stage_must_finish_in(
-        max(hours_between(now, parse_time(run.deadline_at)), 0.0), work, svc.settings.changeover_hours
+    run_hours_left = max(hours_between(now, parse_time(run.deadline_at)), 0.0)
+    change = svc.settings.changeover_hours
+    return StageView(
+        remaining_hours=remaining_here,
+        hours_left=stage_must_finish_in(run_hours_left, work, change),
+        progress=done,
+        latest_hours=stage_latest_finish_in(run_hours_left, work, change),
     )
-    return StageView(remaining_hours=remaining_here, hours_left=hours_left, progress=done)
 
 
 def node_price(svc: Services, capacity: str, stage: Stage) -> float | None:

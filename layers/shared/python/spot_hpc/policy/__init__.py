@@ -29,6 +29,10 @@ Stable API:
                          changeover_hours: float) -> float
         # a pipeline's time left shared between its remaining stages (current first);
         # a stage is a StageNeed or a (compute_hours, spot_allowed) pair
+    stage_latest_finish_in(hours_left, stages, changeover_hours) -> float
+        # the latest the current stage may finish, the later ones on On-Demand: past it the deadline is lost
+    waiting_leaves_time(remaining_hours, hours_left, changeover_hours, step_hours) -> bool
+        # the guard rail of an idle stage: may it wait one more step and still finish on On-Demand?
 
 The tick model of the benchmark (`TickState`, `TickPolicy`) and its policies: `OnDemandPolicy`, `SpotOnlyPolicy`,
 `GreedyPolicy`, `UniformProgressPolicy` (the published baselines) and `DeadlinePolicy` (`decide` in ticks).
@@ -40,8 +44,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from spot_hpc.policy.actions import Action, Decision
-from spot_hpc.policy.deadline import decide
-from spot_hpc.policy.pipeline import StageNeed, allocate_deadlines, stage_must_finish_in
+from spot_hpc.policy.deadline import decide, waiting_leaves_time
+from spot_hpc.policy.pipeline import StageNeed, allocate_deadlines, stage_latest_finish_in, stage_must_finish_in
 from spot_hpc.policy.stats import DEFAULT_STEP_HOURS, SpotStats, band_hours_for
 from spot_hpc.policy.ticks import (
     DeadlinePolicy,
@@ -78,5 +82,7 @@ __all__ = [
     "allocate_deadlines",
     "band_hours_for",
     "decide",
+    "stage_latest_finish_in",
     "stage_must_finish_in",
+    "waiting_leaves_time",
 ]

@@ -66,8 +66,8 @@ def decide(
     if warmup_left_hours > eps and current != Action.IDLE:
         return Decision(current, "changeover in progress: the new instance is kept")
 
-    if not spot_available and slack - step_hours < change - eps:
-        return Decision(Action.ON_DEMAND, "waiting longer would leave no time for On-Demand")
+    if not spot_available and not waiting_leaves_time(remaining_hours, hours_left, change, step_hours):
+        return Decision(Action.ON_DEMAND, WAITING_LEAVES_NO_TIME)
     if spot_available and current != Action.SPOT and slack < 2 * change - eps:
         return Decision(Action.ON_DEMAND, "too little slack to pay a Spot changeover and a fallback")
     planned = _planned(
@@ -82,6 +82,16 @@ def decide(
     if spot_available:
         return Decision(Action.ON_DEMAND, "Spot capacity is expected to end too soon to pay for its changeovers")
     return Decision(Action.ON_DEMAND, "no Spot capacity, and waiting for it is expected to cost more than On-Demand")
+
+
+WAITING_LEAVES_NO_TIME = "waiting longer would leave no time for On-Demand"
+
+
+def waiting_leaves_time(remaining_hours: float, hours_left: float, changeover_hours: float, step_hours: float) -> bool:
+    """The guard rail of a stage without capacity: whether it may wait until it is asked again, `step_hours` from
+    now, and still start On-Demand and finish in time."""
+    eps = _EPS * max(1.0, hours_left)
+    return hours_left - remaining_hours - step_hours >= changeover_hours - eps
 
 
 def _planned(

@@ -30,7 +30,7 @@ def allocate_deadlines(hours_left: float, stages: Sequence[StageLike], changeove
     `stages` are `StageNeed`s or `(compute_hours, spot_allowed)` pairs, the current stage first; the first budget is
     the current stage's: it must finish within that many hours from now.
     """
-    needs = [stage if isinstance(stage, StageNeed) else StageNeed(float(stage[0]), bool(stage[1])) for stage in stages]
+    needs = _needs(stages)
     if not needs:
         return []
     minimum = [stage.compute_hours + changeover_hours for stage in needs]
@@ -49,3 +49,15 @@ def allocate_deadlines(hours_left: float, stages: Sequence[StageLike], changeove
 def stage_must_finish_in(hours_left: float, stages: Sequence[StageLike], changeover_hours: float) -> float:
     """Hours from now by which the current stage (stages[0]) must finish."""
     return allocate_deadlines(hours_left, stages, changeover_hours)[0]
+
+
+def stage_latest_finish_in(hours_left: float, stages: Sequence[StageLike], changeover_hours: float) -> float:
+    """Hours from now by which the current stage (stages[0]) must finish for the pipeline to still make its deadline,
+    the later stages running on On-Demand (their compute and a changeover each): past it the deadline is lost,
+    whereas its share (`stage_must_finish_in`) is only what the policy plans with."""
+    later = _needs(stages)[1:]
+    return max(hours_left - sum(stage.compute_hours + changeover_hours for stage in later), 0.0)
+
+
+def _needs(stages: Sequence[StageLike]) -> list[StageNeed]:
+    return [stage if isinstance(stage, StageNeed) else StageNeed(float(stage[0]), bool(stage[1])) for stage in stages]
