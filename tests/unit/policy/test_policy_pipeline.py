@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from spot_hpc.policy import StageNeed, allocate_deadlines, stage_must_finish_in
+from spot_hpc.policy import StageNeed, allocate_deadlines, stage_latest_finish_in, stage_must_finish_in
 
 
 def test_slack_goes_to_spot_stages_in_proportion_to_compute():
@@ -48,3 +48,15 @@ def test_stages_may_be_given_as_pairs():
     # WHEN shared
     # THEN the budgets are the same
     assert allocate_deadlines(20.0, pairs, 0.5) == allocate_deadlines(20.0, needs, 0.5)
+
+
+def test_the_latest_finish_leaves_the_later_stages_their_on_demand_time_whatever_the_shares():
+    # GIVEN 10 h left for a Spot stage of 0.5 h, an On-Demand-only stage of 0.5 h and a Spot stage of 0.5 h
+    stages = [(0.5, True), (0.5, False), (0.5, True)]
+    # WHEN / THEN the On-Demand-only stage's share is its compute and a changeover (it gets no slack), but the latest
+    # it may finish leaves only the last stage's On-Demand time (0.6 h) after it
+    assert allocate_deadlines(9.4, stages[1:], 0.1)[0] == pytest.approx(0.6)
+    assert stage_latest_finish_in(9.4, stages[1:], 0.1) == pytest.approx(8.8)
+    assert stage_latest_finish_in(10.0, stages, 0.1) == pytest.approx(8.8)
+    # AND past the time the later stages need, it is zero (the deadline is lost), never negative
+    assert stage_latest_finish_in(1.0, stages, 0.1) == 0.0 and stage_latest_finish_in(2.0, [(0.5, True)], 0.1) == 2.0
