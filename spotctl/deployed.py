@@ -54,9 +54,9 @@ def services_for_stack(stack_name: str, region: str, extra_env: Mapping[str, str
             raise StackNotFound(f"stack {stack_name!r} in {region}: {exc.response['Error']['Message']}") from exc
         name = function["StackResourceDetail"]["PhysicalResourceId"]
         config = boto3.client("lambda", region_name=region).get_function_configuration(FunctionName=name)
-    variables = {k: str(v) for k, v in config["Environment"]["Variables"].items()}
-    settings = ControlPlaneSettings.from_environ({**variables, "AWS_REGION": region, **(extra_env or {})})
-    return Services.from_settings(settings)
+        variables = {k: str(v) for k, v in config["Environment"]["Variables"].items()}
+        settings = ControlPlaneSettings.from_environ({**variables, "AWS_REGION": region, **(extra_env or {})})
+        return Services.from_settings(settings)
 
 
 def run_reports(svc: Services) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -43,3 +44,15 @@ def utc_clock() -> Iterator[MovableClock]:
     clock.use_clock(moved)
     yield moved
     clock.use_clock(None)
+
+
+@pytest.fixture(autouse=True)
+def domain_logging_restored() -> Iterator[None]:
+    """A handler's cold start hands the domain package's logger ("spot_hpc") to Powertools, which stops it propagating
+    (`spot_hpc.handler`): undone after each test, so that a later test's caplog still sees the domain's records."""
+    package = logging.getLogger("spot_hpc")
+    level, handlers, propagate = package.level, list(package.handlers), package.propagate
+    yield
+    package.setLevel(level)
+    package.handlers = handlers
+    package.propagate = propagate

@@ -61,6 +61,36 @@ def test_report_stack_without_a_reachable_account_is_a_user_error(
     assert message in capsys.readouterr().err
 
 
+# The environment a deployed function has, as `spotctl report --stack` reads it from the stack's functions.
+STACK_FUNCTION_ENV = {
+    "LEDGER_TABLE": "ledger", "INGEST_BUCKET": "bucket", "SPOT_JOB_QUEUE": "q", "ON_DEMAND_JOB_QUEUE": "q",
+    "HPC_JOB_QUEUE": "q", "PREPROCESS_JOB_DEFINITION": "d", "HPC_JOB_DEFINITION": "d",
+    "HPC_SHARD_JOB_DEFINITION": "d", "POSTPROCESS_JOB_DEFINITION": "d",
+    "NOTIFICATION_TOPIC_ARN": "arn:aws:sns:eu-west-1:123456789012:t", "NOTIFICATIONS_DLQ_URL": "https://sqs/q",
+    "SLACK_SECRET_ID": "s", "DEFAULT_DEADLINE_HOURS": "8", "LEDGER_RETENTION_DAYS": "90", "HPC_NODES": "2",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("default_region", ["us-east-1", None])
+def test_report_stack_reads_every_service_in_the_stacks_region(no_aws_account, default_region) -> None:
+    from spot_hpc.services import Services
+    from spot_hpc.settings import ControlPlaneSettings
+
+    # GIVEN a stack in eu-west-1, and the user's default region another one, or none at all
+    no_aws_account.delenv("AWS_REGION", raising=False)
+    if default_region:
+        no_aws_account.setenv("AWS_DEFAULT_REGION", default_region)
+    else:
+        no_aws_account.delenv("AWS_DEFAULT_REGION", raising=False)
+    settings = ControlPlaneSettings.from_environ({**STACK_FUNCTION_ENV, "AWS_REGION": "eu-west-1"})
+    # WHEN the report builds the stack's services
+    services = Services.from_settings(settings)
+    # THEN the ledger and every other client are the stack's region's (no NoRegionError, no other region's table)
+    clients = [services.ledger._table.meta.client, services.s3, services.sns, services.sqs, services.secrets]
+    clients += [services.batch._batch, services.batch._ecs, services.pipeline._client]
+    assert {client.meta.region_name for client in clients} == {"eu-west-1"}
+
+
 def test_demo_refuses_a_start_too_close_to_the_end_of_the_trace(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

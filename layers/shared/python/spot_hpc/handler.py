@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spot_hpc.clock import utc_now
@@ -34,6 +35,10 @@ def control_plane_handler(
 ) -> Handler:
     """`call` does the work; `outcome` records its metrics and returns what the handler answers."""
     logger, tracer, metrics = Logger(), Tracer(), new_metrics()
+    # The domain package logs through `logging.getLogger(__name__)` ("spot_hpc.*"), which Powertools' logger (named
+    # after the service) is not a parent of: without its configuration they would log at the Lambda runtime's
+    # default level (WARNING), their INFO records lost, and unstructured.
+    copy_config_to_registered_loggers(source_logger=logger, include={"spot_hpc"})
     services = Services.from_environ()
 
     @logger.inject_lambda_context

@@ -33,17 +33,23 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: ControlPlaneSettings) -> Services:
-        s3 = aws.client("s3")
+        # In the stack's region: a Lambda's default region is it, but `spotctl report --stack` runs where the user's
+        # default region may be another.
+        def client(service: str) -> Any:
+            return aws.client(service, region_name=settings.region)
+
+        s3 = client("s3")
+        table = aws.resource("dynamodb", region_name=settings.region).Table(settings.ledger_table)
         return cls(
             settings=settings,
-            ledger=Ledger(aws.resource("dynamodb").Table(settings.ledger_table), settings.ledger_retention_days),
-            batch=BatchGateway(aws.client("batch"), aws.client("ecs")),
+            ledger=Ledger(table, settings.ledger_retention_days),
+            batch=BatchGateway(client("batch"), client("ecs")),
             s3=s3,
             uploads=UploadBucket(s3),
-            pipeline=PipelineStateMachine(aws.client("stepfunctions"), settings.state_machine_arn),
-            sns=aws.client("sns"),
-            sqs=aws.client("sqs"),
-            secrets=aws.client("secretsmanager"),
+            pipeline=PipelineStateMachine(client("stepfunctions"), settings.state_machine_arn),
+            sns=client("sns"),
+            sqs=client("sqs"),
+            secrets=client("secretsmanager"),
             prices=make_aws_price_book(settings.region),
         )
 
