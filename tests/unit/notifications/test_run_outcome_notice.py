@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from spot_hpc.clock import utc_now
 from spot_hpc.ledger import Attempt, Ledger, NotificationClaimHeld, Run, Stage
-from spot_hpc.outcome import finish
+from spot_hpc.outcome import finish, run_report
 from spot_hpc.pricing import PriceBook
 from spot_hpc.services import Services
 from spot_hpc.slack import notification_dedupe_key
@@ -58,8 +58,8 @@ def _write_run(
         ledger.mark_answered(run.run_id, stage)
 
 
-def _attempt(stage: str, number: int, start: str, stop: str, **fields: Any) -> Attempt:
-    return Attempt("run-1", stage, number, f"job-{stage}-{number}", f"{stage}-queue", "on-demand", 1, start,
+def _attempt(stage: str, number: int, start: str, stop: str, capacity: str = "on-demand", **fields: Any) -> Attempt:
+    return Attempt("run-1", stage, number, f"job-{stage}-{number}", f"{stage}-queue", capacity, 1, start,
                    started_at=start, stopped_at=stop, **{"usd_per_hour": 1.0, **fields})  # fmt: skip
 
 
@@ -278,6 +278,47 @@ def test_an_attempt_placed_while_prices_were_down_is_priced_at_the_run_end(svc: 
     assert settlement.report["cost_usd"] == pytest.approx(1.5, abs=1e-5) and settlement.report["prices_unknown"] == 0
     (message,) = sink.delivered_messages
     assert "*Cost*\n$1.50" in _fields(message) and "looked up" not in message["blocks"][1]["text"]["text"]
+
+
+class SpotPriceHistory(FakePrices):
+    """Spot at $0.20 an instance-hour when the run's first attempt was placed (00:00), $0.50 at any other time; the
+    moments it was asked about."""
+
+    def __init__(self) -> None:
+        self.asked: list[datetime | None] = []
+
+    def observed_spot_usd_per_hour(
+        self, instance_type: str, availability_zone: str | None = None, at: datetime | None = None
+    ) -> float | None:
+        self.asked.append(at)
+        return 0.2 if at == datetime(2026, 1, 5, 0, 0, tzinfo=UTC) else 0.5
+
+
+def test_a_spot_attempt_placed_while_prices_were_down_is_priced_as_of_its_placement_once(
+    svc: Services, sink: WebhookSink, utc_clock
+) -> None:
+    # GIVEN a run whose preprocess ran an hour on Spot, placed at 00:00 while prices could not be looked up
+    attempts = _hpc_failed_attempts()
+    attempts[0] = _attempt(
+        "preprocess", 1, "2026-01-05T00:00:00Z", "2026-01-05T01:00:00Z", status="SUCCEEDED", exit_code=0,
+        capacity="spot", usd_per_hour=0.0, price_unknown=True,
+    )  # fmt: skip
+    _failed_hpc_run(svc.ledger, attempts)
+    history = svc.prices = SpotPriceHistory()
+
+    # WHEN the run ends five hours later, and a report is made a month on, with prices down again
+    settlement = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+    utc_clock.advance(days=30)
+    svc.prices = PricesDown()
+    later = run_report(svc, svc.ledger.get_run("run-1"))  # type: ignore[arg-type]
+
+    # THEN it is billed at the Spot price of its placement, not of the run's end, and that price is kept: the later
+    # report bills it alike without asking
+    assert history.asked == [datetime(2026, 1, 5, 0, 0, tzinfo=UTC)]
+    assert settlement.report["stages"][0]["attempts"][0]["usd_per_hour"] == 0.2
+    kept = svc.ledger.get_attempt("run-1", "preprocess", 1)
+    assert kept is not None and (kept.usd_per_hour, kept.price_unknown) == (0.2, False)
+    assert later["stages"][0]["attempts"][0]["cost_usd"] == settlement.report["stages"][0]["attempts"][0]["cost_usd"]
 
 
 def test_a_price_still_unknown_at_the_run_end_is_flagged_not_silently_zero(svc: Services, sink: WebhookSink) -> None:

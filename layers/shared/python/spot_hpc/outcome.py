@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from spot_hpc.clock import parse_time
 from spot_hpc.ledger import Run
 from spot_hpc.metrics import record_event_outcome, record_settled_run
 from spot_hpc.notifier import notify
@@ -18,11 +19,15 @@ from spot_hpc.slack import Notification
 def run_report(svc: Services, run: Run) -> dict[str, Any]:
     stages, attempts = svc.ledger.get_run_items(run.run_id)
     by_name = {stage.stage: stage for stage in stages}
-    for attempt in attempts:  # placed while prices could not be looked up: try again
+    for attempt in attempts:  # placed while prices could not be looked up: try again, as of when it was placed
         if attempt.price_unknown and attempt.stage in by_name:
-            price = node_price(svc, attempt.capacity, by_name[attempt.stage])
+            price = node_price(svc, attempt.capacity, by_name[attempt.stage], at=parse_time(attempt.submitted_at))
             if price is not None:
                 attempt.usd_per_hour, attempt.price_unknown = price, False
+                # Kept, so that every later report bills it alike (a price looked up later would be another's).
+                svc.ledger.update_attempt(
+                    attempt.run_id, attempt.stage, attempt.attempt, usd_per_hour=price, price_unknown=False
+                )
     prices = {stage.stage: node_price(svc, "on-demand", stage) for stage in stages}
     report = build_run_report(run, stages, attempts, prices)
     report["notifications"] = svc.ledger.run_notifications(run.run_id)

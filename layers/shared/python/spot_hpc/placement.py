@@ -89,16 +89,16 @@ def stage_view(svc: Services, run: Run, stage: Stage, now: datetime | None = Non
     )
 
 
-def node_price(svc: Services, capacity: str, stage: Stage) -> float | None:
-    """USD per hour of the stage's capacity for all its nodes; None when it cannot be looked up (the run report
-    says so, and tries again)."""
+def node_price(svc: Services, capacity: str, stage: Stage, at: datetime | None = None) -> float | None:
+    """USD per hour of the stage's capacity for all its nodes (Spot's as it was `at`, when given; now otherwise);
+    None when it cannot be looked up (the run report says so, and tries again)."""
     settings = svc.settings
     if stage.multinode:
         instance_type = settings.hpc_instance_type
     else:
         instance_type = settings.spot_instance_type if capacity == "spot" else settings.on_demand_instance_type
     try:
-        return svc.prices.usd_per_hour(instance_type, settings.region, capacity, nodes=stage.nodes)  # type: ignore[arg-type]
+        return svc.prices.usd_per_hour(instance_type, settings.region, capacity, nodes=stage.nodes, at=at)  # type: ignore[arg-type]
     except Exception:  # a price is for reporting and weighing; never block a placement on it
         logger.warning("no price for %s %s", capacity, instance_type, exc_info=True)
         return None
