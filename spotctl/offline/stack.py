@@ -128,6 +128,10 @@ def default_network(ec2: Any) -> dict[str, str]:
     }
 
 
+# The parameters a user must give besides the network: the job image (the Batch emulator runs no image).
+OFFLINE_PARAMETERS = {"JobImage": "spot-hpc-jobs:offline"}
+
+
 def deploy(template_path: Path, parameter_overrides: dict[str, str] | None = None) -> DeployedStack:
     """Deploys the template into the (already started) embedded AWS and returns what was created."""
     root = template_path.resolve().parent
@@ -135,7 +139,8 @@ def deploy(template_path: Path, parameter_overrides: dict[str, str] | None = Non
     cfn = boto3.client("cloudformation", region_name=REGION)
     template = load_template(template_path)
     packaged, code_dirs = package(template, root, s3)
-    parameters = {**default_network(boto3.client("ec2", region_name=REGION)), **(parameter_overrides or {})}
+    network = default_network(boto3.client("ec2", region_name=REGION))
+    parameters = {**network, **OFFLINE_PARAMETERS, **(parameter_overrides or {})}
     translated = translate(packaged, parameters)
     # What moto is given: the translation, adapted where moto differs from AWS (the translation itself is kept).
     deployable = copy.deepcopy(translated)

@@ -399,6 +399,8 @@ def test_the_job_image_answers_every_job_definitions_command_with_the_pinned_ver
     # THEN every definition runs a module of the one image, which the image holds in its working directory (where
     # `python -m` looks), each copied from the workload's source in jobs/
     assert images == {"JobImage"}
+    # AND the stack has no default image: one without the workloads would fail every job as an application error
+    assert "Default" not in source_template()["Parameters"]["JobImage"]
     for name, command in commands.items():
         assert command[:2] == ["python", "-m"] and f"{command[2]}.py" in in_workdir, name
     assert all((REPO / "jobs" / source).exists() for *sources, _ in copied for source in sources)
