@@ -149,6 +149,24 @@ def test_a_spot_job_running_whose_wait_was_not_ended_is_not_taken_for_waiting(mo
     assert stage.spot_waiting_since is None and stage.spot_stats["recoveries"] == 1
 
 
+def test_a_guard_pass_that_read_batch_before_a_job_started_does_not_start_its_wait(monkeypatch):
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=LONG_PREPROCESS) as plane:
+        # GIVEN preprocess running on Spot, its start recorded by its RUNNING event
+        run, attempts = _preprocess_running_on_spot(plane, "incoming/started.csv")
+        # WHEN an SLA guard pass reads Batch as it was before the start (a pass describes every job once, at its
+        # start, and can last minutes)
+        real_describe = BatchGateway.describe
+
+        def described_before_the_start(self, job_ids):
+            return {job_id: {**job, "status": "RUNNABLE"} for job_id, job in real_describe(self, job_ids).items()}
+
+        monkeypatch.setattr(BatchGateway, "describe", described_before_the_start)
+        plane.invoke("SlaGuardFunction", load_event("sla_guard_schedule"))
+        stage = control_plane_services(plane).ledger.get_stage(run.run_id, "preprocess")
+    # THEN the ledger's record of the start stands: no wait for Spot is started (it would be learnt as a gap)
+    assert attempts[-1].status == "RUNNING" and stage is not None and stage.spot_waiting_since is None
+
+
 def test_lost_batch_events_are_reconciled_by_the_guard():
     with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as plane:
         # GIVEN every Batch job event is lost on its way to the control plane
@@ -450,7 +468,7 @@ def test_hpc_in_shards_mode_runs_as_an_array_job_on_spot(tmp_path):
     assert len({env[stage]["OUTPUT_URI"] for stage in STAGE_NAMES}) == 3
 
 
-def test_a_stage_that_cannot_make_its_deadline_share_is_notified_once_on_any_capacity(tmp_path):
+def test_a_stage_that_can_no_longer_make_the_runs_deadline_is_notified_once_on_any_capacity(tmp_path):
     # GIVEN Spot capacity throughout and a deadline barely above the work (1.5 h of stages in 1.7 h)
     with OfflineControlPlane(trace=steady_trace(tmp_path, 1), stage_hours=QUICK_STAGES) as plane:
         upload_quick_run(plane, 1.7)

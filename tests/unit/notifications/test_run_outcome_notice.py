@@ -321,6 +321,25 @@ def test_a_spot_attempt_placed_while_prices_were_down_is_priced_as_of_its_placem
     assert later["stages"][0]["attempts"][0]["cost_usd"] == settlement.report["stages"][0]["attempts"][0]["cost_usd"]
 
 
+def test_a_reader_of_the_ledger_prices_such_an_attempt_without_writing_it(svc: Services) -> None:
+    # GIVEN the same Spot attempt, its price still unknown in the ledger
+    attempts = _hpc_failed_attempts()
+    attempts[0] = _attempt(
+        "preprocess", 1, "2026-01-05T00:00:00Z", "2026-01-05T01:00:00Z", status="SUCCEEDED", exit_code=0,
+        capacity="spot", usd_per_hour=0.0, price_unknown=True,
+    )  # fmt: skip
+    _failed_hpc_run(svc.ledger, attempts)
+    svc.prices = SpotPriceHistory()
+
+    # WHEN a report is made as `spotctl report --stack` makes it (its user may only read the ledger)
+    report = run_report(svc, svc.ledger.get_run("run-1"))  # type: ignore[arg-type]
+
+    # THEN the report prices it as of its placement, and the ledger is left as it was
+    assert report["stages"][0]["attempts"][0]["usd_per_hour"] == 0.2
+    kept = svc.ledger.get_attempt("run-1", "preprocess", 1)
+    assert kept is not None and (kept.usd_per_hour, kept.price_unknown) == (0.0, True)
+
+
 def test_a_price_still_unknown_at_the_run_end_is_flagged_not_silently_zero(svc: Services, sink: WebhookSink) -> None:
     # GIVEN the same run, and prices still down at its end
     _run_priced_while_prices_were_down(svc.ledger)

@@ -139,10 +139,11 @@ def test_report_json_never_writes_nan_or_infinity(bad: float) -> None:
 # ------------------------------------------------------------------ the On-Demand-only base of the savings
 def _stage_attempt(stage: str, number: int, capacity: str, start: str, stop: str | None, **fields: object) -> Attempt:
     status = fields.pop("status", "SUCCEEDED" if stop else "RUNNING")
+    nodes = int(fields.pop("nodes", 1))  # type: ignore[call-overload]
     return Attempt(
-        "run-1", stage, number, f"job-{stage}-{number}", f"{capacity}-queue", capacity, 1, STARTED_AT,
-        usd_per_hour=1.0 if capacity == "on-demand" else 0.3, status=status, started_at=start, stopped_at=stop,
-        **fields,
+        "run-1", stage, number, f"job-{stage}-{number}", f"{capacity}-queue", capacity, nodes, STARTED_AT,
+        usd_per_hour=(1.0 if capacity == "on-demand" else 0.3) * nodes, status=status, started_at=start,
+        stopped_at=stop, **fields,
     )  # type: ignore[arg-type]  # fmt: skip
 
 
@@ -229,3 +230,19 @@ def test_a_running_run_saves_so_far_on_what_it_ran_so_far() -> None:
     # AND a report that changed the base is caught
     assert check_run_report_costs(report) == []
     assert check_run_report_costs({**report, "on_demand_only_cost_usd": 8.0})
+
+
+def test_a_failed_array_counts_its_shards_instance_time_not_its_span() -> None:
+    # GIVEN a 4-shard Spot array failed after a 3 h span in which its shards ran an hour each (4 instance-hours)
+    array = _stage_attempt("preprocess", 1, "spot", "2026-01-05T00:00:00Z", "2026-01-05T03:00:00Z", status="FAILED",
+                           failure_class="application_error", nodes=4, instance_seconds=4 * 3600)  # fmt: skip
+    run = _run(status="FAILED", finished_at="2026-01-05T03:00:00Z")
+
+    # WHEN its report is built
+    report = build_run_report(run, _stages("FAILED", "PENDING", "PENDING"), [array], PRICES)
+
+    # THEN both its cost ($0.30 an instance-hour) and its On-Demand-only base count the shards' hour each, not four
+    # instances for 3 h
+    assert report["stages"][0]["on_demand_only_hours"] == 1.0
+    assert report["stages"][0]["attempts"][0]["cost_usd"] == pytest.approx(4 * 0.3, abs=1e-9)
+    assert check_run_report_costs(report) == []

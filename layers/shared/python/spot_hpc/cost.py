@@ -197,11 +197,7 @@ def on_demand_only_hours(stage: Mapping[str, Any], as_of_hours: float | None = N
         ]
         if len(succeeded) == 1:
             report, attempt = succeeded[0]
-            # An array's shards ran side by side: the stage took their instance time over the array's nodes.
-            if attempt.instance_seconds is not None:
-                ran = attempt.instance_seconds / attempt.nodes / SECONDS_PER_HOUR
-            else:
-                ran = _run_hours(attempt, as_of_hours)
+            ran = _run_hours(attempt, as_of_hours)
             if not report.get("resumed_from_checkpoint") and ran > 0:
                 return ran
         return float(stage["compute_hours"])
@@ -209,7 +205,10 @@ def on_demand_only_hours(stage: Mapping[str, Any], as_of_hours: float | None = N
 
 
 def _run_hours(attempt: Attempt, as_of_hours: float | None) -> float:
-    """How long an attempt ran (so far, up to `as_of_hours`, when it still runs)."""
+    """How long an attempt ran (so far, up to `as_of_hours`, when it still runs). An ended array's shards ran side
+    by side, each for its own time: their instance time over the array's nodes."""
+    if attempt.instance_seconds is not None:
+        return attempt.instance_seconds / attempt.nodes / SECONDS_PER_HOUR
     end = attempt.stopped_hours if attempt.stopped_hours is not None else as_of_hours
     if attempt.started_hours is None or end is None:
         return 0.0

@@ -189,11 +189,13 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
     # An array waits for Spot while any shard does (it cannot finish without it).
     job_waits = detail.shards_waiting > 0 if detail.is_array_parent else detail.status == "RUNNABLE"
     job_runs = not detail.shards_waiting if detail.is_array_parent else detail.status == "RUNNING"
+    # Batch was described at the start of the pass: a job whose start the ledger has recorded since is not waiting.
+    started_since = attempt is not None and attempt.status == "RUNNING" and not detail.is_array_parent
     waiting_since = stage.spot_waiting_since
     if waiting_since and job_runs:
         end_spot_wait(svc, stage)
         waiting_since = None
-    elif not waiting_since and job_waits:
+    elif not waiting_since and job_waits and not started_since:
         waiting_since = start_spot_wait(svc, stage)
     waiting = waiting_since and now - parse_time(waiting_since) > timedelta(
         minutes=svc.settings.spot_wait_signal_minutes

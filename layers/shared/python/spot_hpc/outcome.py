@@ -16,18 +16,21 @@ from spot_hpc.services import Services
 from spot_hpc.slack import Notification
 
 
-def run_report(svc: Services, run: Run) -> dict[str, Any]:
+def run_report(svc: Services, run: Run, keep_prices: bool = False) -> dict[str, Any]:
+    """The run's report. An attempt placed while prices could not be looked up is priced again, as of its placement;
+    `keep_prices` keeps that price in the ledger, so that every later report bills it alike: for the control plane,
+    which settles runs, not for a reader of the ledger (`spotctl report --stack` may only read it)."""
     stages, attempts = svc.ledger.get_run_items(run.run_id)
     by_name = {stage.stage: stage for stage in stages}
-    for attempt in attempts:  # placed while prices could not be looked up: try again, as of when it was placed
+    for attempt in attempts:
         if attempt.price_unknown and attempt.stage in by_name:
             price = node_price(svc, attempt.capacity, by_name[attempt.stage], at=parse_time(attempt.submitted_at))
             if price is not None:
                 attempt.usd_per_hour, attempt.price_unknown = price, False
-                # Kept, so that every later report bills it alike (a price looked up later would be another's).
-                svc.ledger.update_attempt(
-                    attempt.run_id, attempt.stage, attempt.attempt, usd_per_hour=price, price_unknown=False
-                )
+                if keep_prices:
+                    svc.ledger.update_attempt(
+                        attempt.run_id, attempt.stage, attempt.attempt, usd_per_hour=price, price_unknown=False
+                    )
     prices = {stage.stage: node_price(svc, "on-demand", stage) for stage in stages}
     report = build_run_report(run, stages, attempts, prices)
     report["notifications"] = svc.ledger.run_notifications(run.run_id)
@@ -81,7 +84,7 @@ def finish(svc: Services, payload: dict[str, Any], leave_held_notice: bool = Fal
         # A stage the state machine gave up on (timed out, its runner failed) may still have a job running.
         stop_unfinished_stages(svc, run_id, f"run failed: {error or 'a stage failed'}")
     run = svc.ledger.get_run(run_id) or run
-    report = run_report(svc, run)
+    report = run_report(svc, run, keep_prices=True)
     history = _history(report)
     stage: str | None = None
     if outcome == "succeeded":
@@ -120,7 +123,7 @@ def late_run_end_settlement(svc: Services, notification: Notification, dedupe_ke
     run = svc.ledger.get_run(notification.run_id)
     if run is None or run.status != notification.kind.upper():
         return None
-    return Settlement(run_report(svc, run), counted=True)
+    return Settlement(run_report(svc, run, keep_prices=True), counted=True)
 
 
 def stop_unfinished_stages(svc: Services, run_id: str, reason: str) -> None:
