@@ -75,14 +75,20 @@ def test_rebalance_recommendation_asks_the_running_job_to_checkpoint():
         assert "rebalance recommendation" in json.loads(request["Body"].read())["reason"]
 
 
+def _quick_run(tmp_path, spot_nodes: int, deadline_hours: float, max_hours: float):
+    """The three half-hour stages under `deadline_hours`, on a trace with Spot capacity for `spot_nodes` nodes
+    throughout, run until they settle: (the pipeline's status, preprocess's attempts, the run report)."""
+    with OfflineControlPlane(trace=steady_trace(tmp_path, spot_nodes), stage_hours=QUICK_STAGES) as plane:
+        upload_quick_run(plane, deadline_hours)
+        status = plane.run_until_settled(max_hours=max_hours)
+        run, preprocess = _attempts(plane, "preprocess")
+        return status, preprocess, run_report(control_plane_services(plane), run)
+
+
 def test_stuck_runnable_on_spot_moves_to_on_demand_and_meets_the_deadline(tmp_path):
     # GIVEN a trace with no Spot capacity at all, and a deadline with little slack
-    with OfflineControlPlane(trace=steady_trace(tmp_path, 0), stage_hours=QUICK_STAGES) as plane:
-        upload_quick_run(plane, 2.5)
-        # WHEN the run goes its course
-        status = plane.run_until_settled(max_hours=6)
-        run, preprocess = _attempts(plane, "preprocess")
-        report = run_report(control_plane_services(plane), run)
+    # WHEN the run goes its course
+    status, preprocess, report = _quick_run(tmp_path, spot_nodes=0, deadline_hours=2.5, max_hours=6)
     # THEN the Spot attempt never ran, the SLA guard requeued it to On-Demand, and the deadline was met
     assert status == "SUCCEEDED" and report["deadline_met"] is True and report["requeues_to_on_demand"] >= 1
     assert preprocess[0].capacity == "spot" and preprocess[0].started_at is None
@@ -485,12 +491,8 @@ def test_a_stage_that_can_no_longer_make_the_runs_deadline_is_notified_once_on_a
 def test_a_roomy_deadline_puts_no_stage_at_risk_the_multinode_one_included(tmp_path):
     # GIVEN Spot capacity throughout and 1.5 h of stages due in 10 h (the multi-node HPC stage, On-Demand only, gets
     # none of the slack: its share is its compute and a changeover)
-    with OfflineControlPlane(trace=steady_trace(tmp_path, 1), stage_hours=QUICK_STAGES) as plane:
-        upload_quick_run(plane, 10)
-        # WHEN the run goes its course
-        status = plane.run_until_settled(max_hours=12)
-        run, _ = _attempts(plane, "preprocess")
-        report = run_report(control_plane_services(plane), run)
+    # WHEN the run goes its course
+    status, _, report = _quick_run(tmp_path, spot_nodes=1, deadline_hours=10, max_hours=12)
     # THEN no stage was told at risk: each could still finish long before the run's deadline needed it
     assert status == "SUCCEEDED" and report["deadline_met"] is True
     assert [n["text"] for n in report["notifications"] if n["kind"] == "sla_at_risk"] == []

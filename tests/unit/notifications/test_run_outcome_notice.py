@@ -258,10 +258,12 @@ class PricesDown(FakePrices):
         raise ConnectionError("pricing endpoint unreachable")
 
 
-def _run_priced_while_prices_were_down(ledger: Ledger) -> None:
+def _run_priced_while_prices_were_down(ledger: Ledger, capacity: str = "on-demand") -> None:
+    """The failed hpc run, its preprocess attempt (an hour on `capacity`, placed at 00:00) recorded at $0 with its
+    price unknown."""
     attempts = _hpc_failed_attempts()
     attempts[0] = _attempt(
-        "preprocess", 1, "2026-01-05T00:00:00Z", "2026-01-05T01:00:00Z", status="SUCCEEDED", exit_code=0,
+        "preprocess", 1, "2026-01-05T00:00:00Z", "2026-01-05T01:00:00Z", capacity, status="SUCCEEDED", exit_code=0,
         usd_per_hour=0.0, price_unknown=True,
     )  # fmt: skip
     _failed_hpc_run(ledger, attempts)
@@ -298,12 +300,7 @@ def test_a_spot_attempt_placed_while_prices_were_down_is_priced_as_of_its_placem
     svc: Services, sink: WebhookSink, utc_clock
 ) -> None:
     # GIVEN a run whose preprocess ran an hour on Spot, placed at 00:00 while prices could not be looked up
-    attempts = _hpc_failed_attempts()
-    attempts[0] = _attempt(
-        "preprocess", 1, "2026-01-05T00:00:00Z", "2026-01-05T01:00:00Z", status="SUCCEEDED", exit_code=0,
-        capacity="spot", usd_per_hour=0.0, price_unknown=True,
-    )  # fmt: skip
-    _failed_hpc_run(svc.ledger, attempts)
+    _run_priced_while_prices_were_down(svc.ledger, capacity="spot")
     history = svc.prices = SpotPriceHistory()
 
     # WHEN the run ends five hours later, and a report is made a month on, with prices down again
@@ -323,12 +320,7 @@ def test_a_spot_attempt_placed_while_prices_were_down_is_priced_as_of_its_placem
 
 def test_a_reader_of_the_ledger_prices_such_an_attempt_without_writing_it(svc: Services) -> None:
     # GIVEN the same Spot attempt, its price still unknown in the ledger
-    attempts = _hpc_failed_attempts()
-    attempts[0] = _attempt(
-        "preprocess", 1, "2026-01-05T00:00:00Z", "2026-01-05T01:00:00Z", status="SUCCEEDED", exit_code=0,
-        capacity="spot", usd_per_hour=0.0, price_unknown=True,
-    )  # fmt: skip
-    _failed_hpc_run(svc.ledger, attempts)
+    _run_priced_while_prices_were_down(svc.ledger, capacity="spot")
     svc.prices = SpotPriceHistory()
 
     # WHEN a report is made as `spotctl report --stack` makes it (its user may only read the ledger)
