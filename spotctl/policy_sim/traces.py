@@ -48,22 +48,23 @@ def load_trace(path: str) -> RawTrace:
         raise ToolError(f"{path}: cannot read the trace: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ToolError(f"{path}: not a Spot trace ({exc!r})") from None
-    # json reads NaN and Infinity, and bool is an int: refuse them here rather than fail mid-run.
-    if not _is_number(gap) or not 0 < gap < math.inf:
+    # Refused here rather than failing mid-run.
+    if not finite_number(gap) or gap <= 0:
         raise ToolError(f"{path}: gap_seconds must be a positive finite number, not {gap!r}")
     if not isinstance(data, list) or not data:
         raise ToolError(f"{path}: data must be a non-empty list of capacities")
     for index, value in enumerate(data):
-        if not (_is_number(value) and value >= 0 and float(value).is_integer()):
+        if not (finite_number(value) and value >= 0 and float(value).is_integer()):
             raise ToolError(f"{path}: capacity [{index}] is {value!r}: not a whole number >= 0")
-    if prices and not (isinstance(prices, list) and all(_is_number(p) and 0 <= p < math.inf for p in prices)):
+    if prices and not (isinstance(prices, list) and all(finite_number(p) and p >= 0 for p in prices)):
         raise ToolError(f"{path}: prices must be a list of finite prices >= 0")
     counts = tuple(int(value) for value in data)
     return RawTrace(path, float(gap), counts, tuple(map(float, prices)) if prices else None)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def finite_number(value: object) -> bool:
+    """A finite JSON number: json reads NaN and Infinity, and a bool is an int to Python."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def ticks_per_block(tick_seconds: float, gap_seconds: float) -> int:

@@ -41,7 +41,12 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def from_epoch_ms(value: int) -> datetime:
+    """A time AWS gives in milliseconds since the epoch (Batch's startedAt, stoppedAt)."""
+    return datetime.fromtimestamp(value / 1000, UTC)
+
+
 def format_epoch_ms(value: int | None) -> str | None:
     """An AWS epoch-milliseconds timestamp (Batch's startedAt, SQS's SentTimestamp) in `format_time`'s form; None
     for none or zero."""
-    return None if not value else format_time(datetime.fromtimestamp(value / 1000, UTC))
+    return None if not value else format_time(from_epoch_ms(value))

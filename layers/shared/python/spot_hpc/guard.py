@@ -30,8 +30,7 @@ from spot_hpc.placement import (
     submit_claimed,
     tell_requeue,
 )
-from spot_hpc.policy import Action, Decision, waiting_leaves_time
-from spot_hpc.policy.deadline import WAITING_LEAVES_NO_TIME
+from spot_hpc.policy import DEFAULT_STEP_HOURS, WAITING_LEAVES_NO_TIME, Action, Decision, waiting_leaves_time
 from spot_hpc.services import Services
 
 logger = logging.getLogger(__name__)
@@ -43,9 +42,9 @@ ENDED_EXECUTION = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})
 # A pass starts no stage check with less of its invocation left than this (a check may solve a plan, some seconds
 # at a fraction of a CPU, then place a job). The stages left wait for a later pass, which takes them in another order.
 STAGE_CHECK_MARGIN_SECONDS = 30.0
-# How often the guard runs (its schedule): each period's pass has an order of its own.
-PASS_PERIOD = timedelta(minutes=5)
-PASS_HOURS = PASS_PERIOD / timedelta(hours=1)
+# How often the guard runs (its schedule, and so the step the policy plans with): each period's pass has an order of
+# its own.
+PASS_PERIOD = timedelta(hours=DEFAULT_STEP_HOURS)
 
 
 def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = None) -> dict[str, Any]:
@@ -206,7 +205,7 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
         decision = choose_capacity(svc, run, stage, current=Action.IDLE, spot_available=False, view=view)
     elif running:
         decision = choose_capacity(svc, run, stage, current=Action.SPOT, spot_available=True, view=view)
-    elif waiting_since and not waiting_leaves_time(view.remaining_hours, view.hours_left, change, PASS_HOURS):
+    elif waiting_since and not waiting_leaves_time(view.remaining_hours, view.hours_left, change):
         # Too young a wait to call it a want of capacity (instances take minutes to start), but the deadline's guard
         # rail holds whatever the wait: the policy placed it on Spot counting on being asked again a pass later.
         decision = Decision(Action.ON_DEMAND, WAITING_LEAVES_NO_TIME)

@@ -13,7 +13,7 @@ from typing import Any
 from spot_checkpoint import EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT
 from spot_checkpoint.store import CheckpointStore
 
-from spot_hpc.clock import format_epoch_ms, format_time, hours_between, parse_time, utc_now
+from spot_hpc.clock import format_epoch_ms, format_time, from_epoch_ms, hours_between, parse_time, utc_now
 from spot_hpc.cost import billed_seconds
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail, BatchJobStateChangeEvent
 from spot_hpc.intake import Rejected, parse_event, reject
@@ -141,7 +141,6 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
     return {"status": "recorded", "shard_status": detail.status, "failure_class": failure}
 
 
-MS_PER_HOUR = 3_600_000.0  # Batch gives times in epoch milliseconds
 # The statuses that start (RUNNABLE) and end (RUNNING) a Spot job's wait for capacity.
 SPOT_WAIT_STATUSES = ("RUNNABLE", "RUNNING")
 
@@ -218,7 +217,8 @@ def _failed_shards_class(shards: list[dict[str, Any]], attempt: Attempt) -> str 
 def _shards_billed_seconds(shards: list[dict[str, Any]]) -> int:
     """What EC2 billed an ended array's shards, each on an instance of its own from its start to its stop."""
     times = [(shard.get("startedAt"), shard.get("stoppedAt")) for shard in shards]
-    return sum(billed_seconds(start / MS_PER_HOUR, stop / MS_PER_HOUR) for start, stop in times if start and stop)
+    ran = [hours_between(from_epoch_ms(start), from_epoch_ms(stop)) for start, stop in times if start and stop]
+    return sum(billed_seconds(0.0, hours) for hours in ran)
 
 
 def _act_on_terminal(

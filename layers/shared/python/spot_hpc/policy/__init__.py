@@ -31,7 +31,7 @@ Stable API:
         # a stage is a StageNeed or a (compute_hours, spot_allowed) pair
     stage_latest_finish_in(hours_left, stages, changeover_hours) -> float
         # the latest the current stage may finish, the later ones on On-Demand: past it the deadline is lost
-    waiting_leaves_time(remaining_hours, hours_left, changeover_hours, step_hours) -> bool
+    waiting_leaves_time(remaining_hours, hours_left, changeover_hours, step_hours=DEFAULT_STEP_HOURS) -> bool
         # the guard rail of an idle stage: may it wait one more step and still finish on On-Demand?
 
 The tick model of the benchmark (`TickState`, `TickPolicy`) and its policies: `OnDemandPolicy`, `SpotOnlyPolicy`,
@@ -44,7 +44,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from spot_hpc.policy.actions import Action, Decision
-from spot_hpc.policy.deadline import decide, waiting_leaves_time
+from spot_hpc.policy.deadline import WAITING_LEAVES_NO_TIME, decide, waiting_leaves_time
 from spot_hpc.policy.pipeline import StageNeed, allocate_deadlines, stage_latest_finish_in, stage_must_finish_in
 from spot_hpc.policy.stats import DEFAULT_STEP_HOURS, SpotStats, band_hours_for
 from spot_hpc.policy.ticks import (
@@ -68,6 +68,7 @@ TICK_POLICIES: dict[str, Callable[[int | None], TickPolicy]] = {
 __all__ = [
     "DEFAULT_STEP_HOURS",
     "TICK_POLICIES",
+    "WAITING_LEAVES_NO_TIME",
     "Action",
     "DeadlinePolicy",
     "Decision",

@@ -87,9 +87,11 @@ def decide(
 WAITING_LEAVES_NO_TIME = "waiting longer would leave no time for On-Demand"
 
 
-def waiting_leaves_time(remaining_hours: float, hours_left: float, changeover_hours: float, step_hours: float) -> bool:
+def waiting_leaves_time(
+    remaining_hours: float, hours_left: float, changeover_hours: float, step_hours: float = DEFAULT_STEP_HOURS
+) -> bool:
     """The guard rail of a stage without capacity: whether it may wait until it is asked again, `step_hours` from
-    now, and still start On-Demand and finish in time."""
+    now (the SLA guard's next pass by default), and still start On-Demand and finish in time."""
     eps = _EPS * max(1.0, hours_left)
     return hours_left - remaining_hours - step_hours >= changeover_hours - eps
 
