@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from spot_hpc import clock
+from spot_hpc.ledger import ACTIVE_INDEX, Ledger
 
 
 @pytest.fixture
@@ -20,6 +22,37 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with mock_aws():
         yield
+
+
+@pytest.fixture
+def ledger_table(moto_aws: None) -> Any:
+    """The ledger's table (keys and the guard's index, as the template declares them) on moto, which evaluates
+    conditional writes as DynamoDB does."""
+    import boto3
+
+    return boto3.resource("dynamodb", region_name="us-east-1").create_table(
+        TableName="ledger",
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": name, "AttributeType": "S"} for name in ("pk", "sk", "active", "active_sk")
+        ],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": ACTIVE_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "active", "KeyType": "HASH"},
+                    {"AttributeName": "active_sk", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    )
+
+
+@pytest.fixture
+def ledger(ledger_table: Any) -> Ledger:
+    return Ledger(ledger_table)
 
 
 START = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)

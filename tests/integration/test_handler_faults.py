@@ -6,18 +6,23 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from offline_runs import QUICK_STAGES, RuntimeExitError, retry_dead_lettered, steady_trace, trace_file, upload_quick_run
 from sample_events import load_event
 from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
+from spot_hpc.clock import format_time
 from spot_hpc.cost import check_run_report_costs
+from spot_hpc.events import BatchJobDetail
 from spot_hpc.ledger import Ledger
 from spot_hpc.outcome import run_report
 from spot_hpc.pipeline import STAGE_NAMES
 from spot_hpc.placement import submit_claimed
+from spot_hpc.run_report import RECLAIM_CLASSES
 from spot_hpc.stepfunctions import PipelineStateMachine
 from template_grants import refused_calls
 
@@ -73,6 +78,41 @@ def test_rebalance_recommendation_asks_the_running_job_to_checkpoint():
         key = f"checkpoints/{run.run_id}/preprocess/request.json"
         request = boto3.client("s3", region_name=REGION).get_object(Bucket=plane.bucket, Key=key)
         assert "rebalance recommendation" in json.loads(request["Body"].read())["reason"]
+
+
+def test_an_interruption_warning_told_before_its_jobs_start_is_acted_on_once_the_start_is():
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=LONG_PREPROCESS) as plane:
+        # GIVEN preprocess starting on Spot, and EventBridge holding back its RUNNING event (it keeps no order
+        # between EC2's events and Batch's)
+        deliver = plane.bus.put
+        held_back: list[dict] = []
+
+        def hold_back_running(event):
+            if event["source"] == "aws.batch" and event["detail"]["status"] == "RUNNING" and not held_back:
+                held_back.append(event)
+                return []
+            return deliver(event)
+
+        plane.bus.put = hold_back_running  # type: ignore[method-assign]
+        plane.upload("incoming/early.csv", b"a\n1\n", {"deadline-hours": "40", "stage-hours": "preprocess=4"})
+        _run_until(plane, lambda: bool(held_back))
+        started = BatchJobDetail.model_validate(held_back[0]["detail"])
+        [instance_id] = control_plane_services(plane).batch.instance_ids(started.container_instance_arns)
+        # WHEN EC2's interruption warning for its instance is told first, then the job's start
+        warning = load_event("spot_interruption_warning", **{"instance-id": instance_id})
+        warning["time"] = format_time(plane.clock.now())
+        told_first, _ = plane.invoke("SpotInterruptionFunction", warning)
+        start, errored = plane.invoke("BatchStateChangeFunction", held_back[0])
+        run, _ = _attempts(plane, "preprocess")
+        key = f"checkpoints/{run.run_id}/preprocess/request.json"
+        request = boto3.client("s3", region_name=REGION).get_object(Bucket=plane.bucket, Key=key)
+        refused = _refused_calls(plane)
+    # THEN the warning was kept, and acted on once the start was recorded: the job is asked to checkpoint, as a
+    # warning told in order would have had it
+    assert told_first["status"] == "ignored" and not errored
+    assert [signal["action"] for signal in start["signals"]] == ["checkpoint"]
+    assert "interruption warning" in json.loads(request["Body"].read())["reason"]
+    assert refused == {}
 
 
 def _quick_run(tmp_path, spot_nodes: int, deadline_hours: float, max_hours: float):
@@ -400,6 +440,35 @@ def test_crash_between_recording_an_attempt_end_and_settling_the_stage_is_repair
     assert [(a.attempt, a.status) for a in preprocess] == [(1, "SUCCEEDED")]
 
 
+def test_a_reclaim_whose_handler_died_after_recording_it_is_learnt_once(monkeypatch, tmp_path):
+    # GIVEN Spot capacity for 20 minutes, then none for 10, and the Batch handler dying right after recording that
+    # the Spot job was reclaimed
+    real_update = Ledger.update_open_attempt
+    died: list[str] = []
+
+    def record_then_die(self, run_id, stage, attempt, **sets):
+        recorded = real_update(self, run_id, stage, attempt, **sets)
+        if sets.get("status") == "FAILED" and not died:
+            died.append(stage)
+            raise RuntimeExitError("Runtime exited after recording the job's end")
+        return recorded
+
+    monkeypatch.setattr(Ledger, "update_open_attempt", record_then_die)
+    trace = trace_file(tmp_path, "short-capacity", [1, 1, 0] + [1] * 500)
+    with OfflineControlPlane(trace=trace, stage_hours=QUICK_STAGES) as plane:
+        upload_quick_run(plane, 12)
+        _run_until(plane, lambda: bool(died))
+        # WHEN Lambda retries the event, twice (EventBridge and Lambda deliver at least once)
+        event, _, errored = retry_dead_lettered(plane)
+        _, errored_again = plane.invoke("BatchStateChangeFunction", event)
+        run, preprocess = _attempts(plane, "preprocess")
+        stage = control_plane_services(plane).ledger.get_stage(run.run_id, "preprocess")
+    # THEN the reclaim was learnt by the stage's Spot statistics, once
+    assert died == ["preprocess"] and (errored, errored_again) == (False, False)
+    assert preprocess[0].failure_class in RECLAIM_CLASSES and stage is not None
+    assert (stage.spot_stats["interruptions"], stage.spot_learnt_attempt) == (1, 1)
+
+
 def test_crash_in_a_requeue_before_the_on_demand_attempt_is_claimed_is_repaired(monkeypatch, tmp_path):
     from spot_hpc import placement
 
@@ -616,6 +685,42 @@ def test_an_arrays_end_told_before_its_reclaimed_shards_is_still_a_reclaim(tmp_p
     assert hpc[-1].status == "SUCCEEDED" and hpc[-1].resumed_from_checkpoint
     # AND listing the shards (ListJobs by arrayJobId) is a call the Batch handler's role allows
     assert refused == {}
+
+
+@pytest.mark.parametrize("failing_stages", [{}, {"preprocess": 3}], ids=["succeeded", "failed"])
+def test_a_run_whose_notify_task_failed_past_its_retries_is_settled_and_told_by_the_guard(monkeypatch, failing_stages):
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    # GIVEN DynamoDB throttling the notify task's four attempts at the run's end (its retries wait 2+4+8 s, here at
+    # once), so that the state machine's Catch ends the execution with the run's end untold
+    monkeypatch.setattr(retrier_decl, "time", SimpleNamespace(sleep=lambda seconds: None))
+    real_finish_run = Ledger.finish_run
+    throttled: list[str] = []
+
+    def throttled_four_times(self, run_id, status, error=None):
+        if len(throttled) < 4:
+            throttled.append(run_id)
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "UpdateItem")
+        return real_finish_run(self, run_id, status, error)
+
+    monkeypatch.setattr(Ledger, "finish_run", throttled_four_times)
+    with OfflineControlPlane(
+        start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES, failing_stages=failing_stages
+    ) as plane:
+        plane.upload("incoming/untold.csv", b"a\n1\n", {"deadline-hours": "6"})
+        status = plane.run_until_settled(max_hours=6)
+        svc = control_plane_services(plane)
+        untold = svc.ledger.list_runs()[-1].status
+        # WHEN the SLA guard's next pass comes
+        plane.step(minutes=5)
+        run = svc.ledger.list_runs()[-1]
+        open_runs = list(svc.ledger.open_runs())
+        told = [message.get("text", "") for message in plane.webhook.delivered_messages]
+    # THEN the run was settled as its execution ended, and the team told of it, once
+    expected = "FAILED" if failing_stages else "SUCCEEDED"
+    assert len(throttled) == 4 and status == expected and untold == "RUNNING"
+    assert run.status == expected and open_runs == []
+    assert sum(text.startswith(f"Pipeline {expected.lower()}") for text in told) == 1, told
 
 
 # ------------------------------------------------------------------ a run that ends without its stages

@@ -1,49 +1,18 @@
-"""Fixtures for the notification tests: a ledger on an in-process moto DynamoDB (its conditional writes are evaluated
-as DynamoDB evaluates them) and a running Slack webhook sink (`utc_clock`, a clock the test moves, is for all tests)."""
+"""Fixtures for the notification tests: a running Slack webhook sink and a Slack circuit of each test's own (`ledger`,
+on moto, and `utc_clock`, a clock the test moves, are for all tests)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from spot_hpc import notifier
-from spot_hpc.ledger import ACTIVE_INDEX, Ledger
+from spot_hpc.ledger import Ledger
 from spot_hpc.services import Services
 from spot_hpc.settings import ControlPlaneSettings
 from spot_hpc.slack import SlackCircuit
 
 from spotctl.offline.webhook_sink import WebhookSink
-
-
-@pytest.fixture
-def ledger_table(moto_aws: None) -> Any:
-    """The ledger's table (keys and the guard's index, as the template declares them) on moto."""
-    import boto3
-
-    return boto3.resource("dynamodb", region_name="us-east-1").create_table(
-        TableName="ledger",
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": name, "AttributeType": "S"} for name in ("pk", "sk", "active", "active_sk")
-        ],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": ACTIVE_INDEX,
-                "KeySchema": [
-                    {"AttributeName": "active", "KeyType": "HASH"},
-                    {"AttributeName": "active_sk", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-    )
-
-
-@pytest.fixture
-def ledger(ledger_table: Any) -> Ledger:
-    return Ledger(ledger_table)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from spot_hpc.validation import describe_validation_error
 
 logger = logging.getLogger(__name__)
 EventModel = TypeVar("EventModel", bound=BaseModel)
-# The reason given when a Spot signal is for an instance that runs none of this stack's jobs.
+# The reason given when a Spot signal is for an instance that runs none of this stack's jobs (that the ledger knows of).
 NOT_THIS_STACKS_INSTANCE = "not this stack's instance"
 
 

@@ -3,21 +3,30 @@
 Within the two-minute window: one ledger query finds the jobs on the instance (no scans), each gets a checkpoint
 request, and when the policy says the deadline is at risk the Spot job is replaced by an On-Demand one before the
 instance goes. AWS calls per job are bounded: a checkpoint-request put, at most one SubmitJob and one TerminateJob.
+
+A signal for an instance with no job known on it is kept: EventBridge keeps no order between EC2's events and Batch's,
+so the job's RUNNING may be told after it (`act_on_kept_signals`, called when a job's instance is recorded).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
+from spot_hpc.clock import format_time, utc_now
 from spot_hpc.events import RebalanceRecommendationEvent, SpotInterruptionEvent
 from spot_hpc.intake import NOT_THIS_STACKS_INSTANCE, Rejected, parse_event, reject
-from spot_hpc.ledger import JobRef
+from spot_hpc.ledger import InstanceSignal, JobRef
 from spot_hpc.placement import choose_capacity, request_checkpoint, requeue_to_on_demand, tell_requeue
 from spot_hpc.policy import Action
 from spot_hpc.services import Services
 
 logger = logging.getLogger(__name__)
+# A kept signal is acted on when its job's start is told within this long of it: a warning comes two minutes before
+# the reclaim, and a start event may come minutes late (delivery, a handler's retries). Later, the job has ended.
+SIGNAL_KEPT_FOR = timedelta(minutes=10)
 
 
 def on_spot_signal(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, Any]:
@@ -30,16 +39,31 @@ def on_spot_signal(svc: Services, event: dict[str, Any], account_id: str) -> dic
     except Rejected as exc:
         return reject(svc, "ec2-event", str(exc), event)
     instance_id = parsed.detail.instance_id
+    signal = "rebalance recommendation" if rebalance else "interruption warning"
     refs = svc.ledger.jobs_on_instance(instance_id)
     if not refs:
-        # Other workloads' instances share the account's event stream: counted, not acted on.
+        # Mostly other workloads' instances, which share the account's event stream: counted, not acted on. Kept
+        # (briefly) for a job of ours whose start has not been told yet.
+        signalled_at = format_time(min(parsed.time, utc_now()))
+        kept = InstanceSignal(instance_id, signal, warning=not rebalance, signalled_at=signalled_at)
+        svc.ledger.keep_instance_signal(kept, parsed.id)
         return {"status": "ignored", "reason": NOT_THIS_STACKS_INSTANCE, "instance_id": instance_id}
-    signal = "rebalance recommendation" if rebalance else "interruption warning"
-    jobs = [_handle_job(svc, ref, instance_id, signal, warning=not rebalance) for ref in refs]
+    jobs = [act_on_signal(svc, ref, instance_id, signal, warning=not rebalance) for ref in refs]
     return {"status": "handled", "instance_id": instance_id, "jobs": jobs}
 
 
-def _handle_job(svc: Services, ref: JobRef, instance_id: str, signal: str, warning: bool) -> dict[str, Any]:
+def act_on_kept_signals(svc: Services, ref: JobRef, instance_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """A job's start on `instance_ids` was just recorded: the Spot signals given for them before it was (kept by
+    `on_spot_signal`) are acted on now, as they would have been."""
+    since = utc_now() - SIGNAL_KEPT_FOR
+    return [
+        act_on_signal(svc, ref, instance_id, kept.signal, warning=kept.warning)
+        for instance_id in instance_ids
+        for kept in svc.ledger.instance_signals(instance_id, since)
+    ]
+
+
+def act_on_signal(svc: Services, ref: JobRef, instance_id: str, signal: str, warning: bool) -> dict[str, Any]:
     run = svc.ledger.get_run(ref.run_id)
     stage = svc.ledger.get_stage(ref.run_id, ref.stage)
     if run is None or stage is None or stage.attempt != ref.attempt or stage.status != "RUNNING":

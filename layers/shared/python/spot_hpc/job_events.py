@@ -17,6 +17,7 @@ from spot_hpc.clock import format_epoch_ms, format_time, from_epoch_ms, hours_be
 from spot_hpc.cost import billed_seconds
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail, BatchJobStateChangeEvent
 from spot_hpc.intake import Rejected, parse_event, reject
+from spot_hpc.interruptions import act_on_kept_signals
 from spot_hpc.ledger import Attempt, JobRef, LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify
 from spot_hpc.pipeline import TAG_ATTEMPT, TAG_RUN, TAG_STAGE
@@ -82,8 +83,11 @@ def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
         return _act_on_terminal(svc, ref, attempt, detail, repeated=True)
     if STATUS_RANK[detail.status] <= STATUS_RANK.get(attempt.status, -1):
         if detail.status == attempt.status and attempt.capacity == "spot" and detail.status in SPOT_WAIT_STATUSES:
-            # A repeated status: its first delivery may have died after recording it, before the stage's Spot wait.
+            # A repeated status: its first delivery may have died after recording it, before the stage's Spot wait
+            # and the signals given before it.
             _track_spot_wait(svc, ref, detail.status)
+            if detail.status == "RUNNING":
+                act_on_kept_signals(svc, ref, attempt.instance_ids)
         return {"status": "ignored", "reason": f"stale {detail.status} after {attempt.status}"}
 
     if detail.status in TERMINAL_STATUSES:
@@ -99,9 +103,12 @@ def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
         svc.ledger.update_open_attempt(ref.run_id, ref.stage, ref.attempt, **sets)
     except LedgerConflict:
         return {"status": "ignored", "reason": "attempt already settled"}
+    result: dict[str, Any] = {"status": "recorded", "job_status": detail.status}
     if attempt.capacity == "spot" and detail.status in SPOT_WAIT_STATUSES:
         _track_spot_wait(svc, ref, detail.status)
-    return {"status": "recorded", "job_status": detail.status}
+        if detail.status == "RUNNING":
+            result["signals"] = act_on_kept_signals(svc, ref, sets["instance_ids"])
+    return result
 
 
 def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) -> dict[str, Any]:
@@ -134,11 +141,14 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
         # The array can no longer succeed: end it now, its running shards checkpointing on SIGTERM, so that the
         # stage is placed again at once rather than when its last shard finishes.
         svc.batch.terminate(parent_id, f"spot-hpc: shard {detail.job_id} ended by {failure}")
+    result: dict[str, Any] = {"status": "recorded", "shard_status": detail.status, "failure_class": failure}
     if attempt.capacity == "spot" and detail.status == "RUNNABLE":
         # The array waits while any shard does: one shard starting does not end it (the SLA guard, which sees
         # every shard's status in the parent's summary, does).
         _track_spot_wait(svc, ref, detail.status)
-    return {"status": "recorded", "shard_status": detail.status, "failure_class": failure}
+    if attempt.capacity == "spot" and detail.status == "RUNNING":
+        result["signals"] = act_on_kept_signals(svc, ref, instance_ids)
+    return result
 
 
 # The statuses that start (RUNNABLE) and end (RUNNING) a Spot job's wait for capacity.
@@ -195,9 +205,6 @@ def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJ
         if recorded is None or recorded.status != detail.status:
             return {"status": "ignored", "reason": "attempt already settled"}
         return _act_on_terminal(svc, ref, recorded, detail, repeated=True)
-    stage = svc.ledger.get_stage(ref.run_id, ref.stage)
-    if stage is not None:
-        _learn_spot(svc, stage, attempt, failure)
     return _act_on_terminal(svc, ref, attempt, detail, repeated=False)
 
 
@@ -231,6 +238,7 @@ def _act_on_terminal(
     stage = svc.ledger.get_stage(ref.run_id, ref.stage)
     if run is None or stage is None:
         return {"status": "ignored", "reason": "run not in ledger"}
+    stage = _learn_spot(svc, stage, attempt)
     if stage.attempt != ref.attempt or stage.status != "RUNNING":
         if stage.attempt > ref.attempt:
             _tell_what_followed(svc, run, stage, attempt, detail)
@@ -280,15 +288,19 @@ def interruption_notice(attempt: Attempt, failure: str, status_reason: str | Non
     return title, f"{FAILURE_WORDS[failure]} ({status_reason or 'Batch gave no reason'})"
 
 
-def _learn_spot(svc: Services, stage: Stage, attempt: Attempt, failure: str | None) -> None:
-    """Feeds what the attempt saw of Spot into the stage's online statistics."""
+def _learn_spot(svc: Services, stage: Stage, attempt: Attempt) -> Stage:
+    """Feeds what the ended attempt saw of Spot into the stage's online statistics, once however often its end is
+    told (a first delivery may die after recording the end, before this); returns the stage as it is now."""
     if attempt.capacity != "spot" or not attempt.started_at or not attempt.stopped_at:
-        return
+        return stage
+    if stage.spot_learnt_attempt >= attempt.attempt:
+        return stage
     stats = spot_stats(stage, svc.settings.changeover_hours)
     stats.observe(True, hours_between(parse_time(attempt.started_at), parse_time(attempt.stopped_at)))
-    if failure in RECLAIM_CLASSES:
+    if attempt.failure_class in RECLAIM_CLASSES:
         stats.observe(False, 0.0)
-    svc.ledger.update_stage(stage.run_id, stage.stage, spot_stats=stats.to_dict())
+    learnt = svc.ledger.learn_spot(stage.run_id, stage.stage, attempt.attempt, stats.to_dict())
+    return learnt or svc.ledger.get_stage(stage.run_id, stage.stage) or stage
 
 
 def _resubmit(

@@ -6,13 +6,15 @@ Item layout (pk / sk):
   RUN#<run>        ATTEMPT#<stage>#<nnn>    one Batch job of a stage: queue, capacity, times, outcome, price
   JOB#<job id>     JOB                      job id -> run, stage, attempt (Batch events carry only the job id)
   INSTANCE#<i-..>  JOB#<job id>             instance -> jobs on it (Spot warnings carry only the instance id)
+  INSTANCE#<i-..>  SIGNAL#<time>#<event>    a Spot signal for an instance no job was known to run on (yet)
   REJECTION        <time>#<id>              an input the control plane refused, with the reason
   NOTIFIED#<key>   NOTIFIED                 one notification per event, however often the event repeats: a claim
                                             (a lease, taken over when its handler died), then sent
-The sparse `active-stages` index that the SLA guard queries holds two kinds of items, each under a hash value of its
-own: active stages (`active` = "1", `active_sk` = run#stage), and notices claimed and not yet sent (`active` =
+The sparse `active-stages` index that the SLA guard queries holds three kinds of items, each under a hash value of
+its own: active stages (`active` = "1", `active_sk` = run#stage); notices claimed and not yet sent (`active` =
 "notice", `active_sk` = the claim's lease end), so that the guard sends those whose claimer died
-(`lapsed_notice_claims`).
+(`lapsed_notice_claims`); and runs whose end has not been told yet (`active` = "run", `active_sk` = the run id), so
+that the guard settles those whose execution ended without it (`open_runs`).
 
 Every write that decides something (claiming the next attempt, settling a stage) is conditional, so duplicated and
 reordered events, and two handlers racing, lead to one action.
@@ -43,6 +45,8 @@ CANCEL_REQUEUE = "requeue_to_on_demand"
 CANCEL_RUN_ENDED = "run_ended"  # the run failed, was aborted or timed out while the attempt ran
 # Attributes that go to the sparse index; removed when a stage settles.
 _ACTIVE = "1"
+# The index's hash value for runs whose end has not been told yet.
+_OPEN_RUN = "run"
 # A notification claim is a lease that ends when its holder's invocation must have ended (plus a second for the
 # clocks of two Lambda hosts), or after this when that is unknown: longer than any function's timeout (Lambda's
 # longest is 15 minutes), so the claim of a handler still sending is never taken.
@@ -157,6 +161,8 @@ class Stage:
     submitting_since: str | None = None
     spot_waiting_since: str | None = None
     spot_stats: dict[str, Any] = field(default_factory=dict)
+    # The last attempt whose run on Spot `spot_stats` has learnt: a repeated end event learns it once.
+    spot_learnt_attempt: int = 0
     settled_at: str | None = None
     # Why a stage failed for good, kept so the answer to the state machine can be sent again after a crash.
     failure: str | None = None
@@ -217,6 +223,17 @@ class JobRef:
     run_id: str
     stage: str
     attempt: int
+
+
+@dataclass(frozen=True)
+class InstanceSignal:
+    """A Spot interruption warning (`warning`) or rebalance recommendation for an instance, kept until its job's
+    start is told."""
+
+    instance_id: str
+    signal: str  # as the notices and checkpoint requests say it, e.g. "interruption warning"
+    warning: bool
+    signalled_at: str
 
 
 def _run_key(run_id: str) -> dict[str, str]:
@@ -306,8 +323,9 @@ class Ledger:
 
     # ------------------------------------------------------------------ runs
     def create_run(self, run: Run, stages: list[Stage]) -> None:
-        """Writes the run first (its conditional put is the exactly-once gate), then its stages."""
-        self._put_new(_run_key(run.run_id), asdict(run))
+        """Writes the run first (its conditional put is the exactly-once gate), then its stages. The run is open until
+        its end has been told (`close_run`)."""
+        self._put_new(_run_key(run.run_id), {**asdict(run), "active": _OPEN_RUN, "active_sk": run.run_id})
         for stage in stages:
             self._put({**_stage_key(run.run_id, stage.stage), **asdict(stage)})
 
@@ -330,6 +348,22 @@ class Ledger:
             return True
         except LedgerConflict:
             return False
+
+    def close_run(self, run_id: str) -> None:
+        """The run's end has been told (or its notice claimed, which the guard sends if its claimer dies): it leaves
+        the open runs."""
+        self._update(_run_key(run_id), {}, removes=("active", "active_sk"))
+
+    def open_runs(self) -> Iterator[Run]:
+        """Runs whose end has not been told yet (one query of the sparse index, however many runs the table holds)."""
+        for item in self._query(
+            {
+                "IndexName": ACTIVE_INDEX,
+                "KeyConditionExpression": "active = :run",
+                "ExpressionAttributeValues": {":run": _OPEN_RUN},
+            }
+        ):
+            yield _record(Run, item)
 
     def list_runs(self) -> list[Run]:
         """Every run (reporting only: a scan, paginated; the handlers never call it)."""
@@ -442,6 +476,22 @@ class Ledger:
             ),
         )
 
+    def learn_spot(self, run_id: str, stage: str, attempt: int, spot_stats: dict[str, Any]) -> Stage | None:
+        """Keeps the stage's Spot statistics with what `attempt` saw, once: None when an attempt as late or later was
+        learnt already (a repeated event, or one that came after the next attempt's)."""
+        try:
+            return _record(  # type: ignore[no-any-return]
+                Stage,
+                self._update(
+                    _stage_key(run_id, stage),
+                    {"spot_stats": spot_stats, "spot_learnt_attempt": attempt},
+                    condition="attribute_not_exists(#spot_learnt_attempt) OR #spot_learnt_attempt < :attempt",
+                    condition_values={"attempt": attempt},
+                ),
+            )
+        except LedgerConflict:
+            return None
+
     def end_stage(self, run_id: str, stage: str, failure: str) -> Stage | None:
         """Ends a running stage because its run ended without it (failed, aborted, timed out): FAILED with `failure`.
         None when the stage was not running (it had ended, on its own or by an earlier call)."""
@@ -551,9 +601,32 @@ class Ledger:
 
     def jobs_on_instance(self, instance_id: str) -> list[JobRef]:
         items = self._query(
-            {"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": f"INSTANCE#{instance_id}"}}
+            {
+                "KeyConditionExpression": "pk = :pk AND begins_with(sk, :jobs)",
+                "ExpressionAttributeValues": {":pk": f"INSTANCE#{instance_id}", ":jobs": "JOB#"},
+            }
         )
         return [_record(JobRef, item) for item in items]
+
+    def keep_instance_signal(self, signal: InstanceSignal, event_id: str) -> None:
+        """Keeps a Spot signal for an instance that runs no job known here: its job's start may be told later
+        (EventBridge keeps no order between EC2's events and Batch's). A repeated event keeps one record."""
+        sk = f"SIGNAL#{signal.signalled_at}#{event_id or uuid.uuid4().hex}"
+        self._put({"pk": f"INSTANCE#{signal.instance_id}", "sk": sk, **asdict(signal)})
+
+    def instance_signals(self, instance_id: str, since: datetime) -> list[InstanceSignal]:
+        """The signals kept for an instance that were given at `since` or later."""
+        items = self._query(
+            {
+                "KeyConditionExpression": "pk = :pk AND sk BETWEEN :since AND :last",
+                "ExpressionAttributeValues": {
+                    ":pk": f"INSTANCE#{instance_id}",
+                    ":since": f"SIGNAL#{format_time(since)}",
+                    ":last": "SIGNAL#\uffff",
+                },
+            }
+        )
+        return [_record(InstanceSignal, item) for item in items]
 
     # ------------------------------------------------------------------ notifications
     # NOTIFIED#<key> holds `notice` = "claimed" (with `claimed_at`, the claimer's `claim_id` and `lease_until`) while a
