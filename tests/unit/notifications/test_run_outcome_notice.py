@@ -7,8 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
+from spot_hpc import notifier
 from spot_hpc.clock import utc_now
 from spot_hpc.ledger import Attempt, Ledger, NotificationClaimHeld, Run, Stage
+from spot_hpc.notifier import redeliver_parked_notices
 from spot_hpc.outcome import finish, run_report
 from spot_hpc.pricing import PriceBook
 from spot_hpc.services import Services
@@ -212,6 +215,63 @@ def test_a_run_settled_by_an_invocation_that_died_before_its_notice_is_told_and_
 
     # THEN the retry sends the notice and counts the run's figures (they were never counted)
     assert len(sink.delivered_messages) == 1 and settlement.counted is True
+
+
+def test_a_notice_sent_whose_note_on_the_run_could_not_be_written_still_counts_the_run_once(
+    svc: Services, sink: WebhookSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a failed run, and DynamoDB failing (past botocore's retries) the note of its notice on the run, written
+    # once the notice went out and was marked sent
+    _failed_hpc_run(svc.ledger)
+    real_record = Ledger.record_notifications
+    failed: list[str] = []
+
+    def fail_once(self: Ledger, run_id: str, entries: list[dict[str, str]]) -> None:
+        if not failed:
+            failed.append(run_id)
+            raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException"}}, "PutItem")
+        real_record(self, run_id, entries)
+
+    monkeypatch.setattr(Ledger, "record_notifications", fail_once)
+
+    # WHEN the notify task runs, and the state machine runs it again (as it would after a failure)
+    settlements = [finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR}) for _ in range(2)]
+
+    # THEN the team was told once and the run counted once: by the invocation that sent the notice
+    assert failed == ["run-1"] and len(sink.delivered_messages) == 1
+    assert [settlement.counted for settlement in settlements] == [True, False]
+
+
+class SecretsManagerFailing:
+    """Secrets Manager failing (past botocore's retries) while `failing`; the real client otherwise."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.failing = real, True
+
+    def get_secret_value(self, **request: Any) -> Any:
+        if self.failing:
+            raise ClientError({"Error": {"Code": "InternalServiceError", "Message": "unavailable"}}, "GetSecretValue")
+        return self.real.get_secret_value(**request)
+
+
+def test_a_run_end_notice_whose_webhook_secret_could_not_be_read_reaches_slack_once_it_can(
+    svc: Services, sink: WebhookSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a failed run, and Secrets Manager failing for a moment as its notice goes out
+    _failed_hpc_run(svc.ledger)
+    secrets = SecretsManagerFailing(svc.secrets)
+    svc.secrets = secrets
+    settlement = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+    parked_notes = [(n["channel"], n.get("status")) for n in svc.ledger.run_notifications("run-1")]
+
+    # WHEN Secrets Manager is back and the SLA guard sends the parked notices (past the secret's cache)
+    secrets.failing = False
+    monkeypatch.setattr(notifier, "WEBHOOK_MAX_AGE_SECONDS", 0)
+    redeliver_parked_notices(svc)
+
+    # THEN the Slack copy was parked, not skipped as if Slack were not set up, and reached Slack late, once
+    assert settlement.counted is True and ("slack", "dead-lettered") in parked_notes
+    assert ["Pipeline failed: run run-1" in m["text"] for m in sink.delivered_messages] == [True]
 
 
 def test_a_late_call_with_the_other_outcome_counts_nothing(svc: Services, sink: WebhookSink) -> None:

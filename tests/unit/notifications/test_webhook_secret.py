@@ -13,6 +13,7 @@ from spot_hpc.slack import (
     InvalidWebhookUrl,
     SlackWebhook,
     WebhookSecretError,
+    WebhookSecretUnreadable,
     read_webhook_url,
     validate_webhook_url,
 )
@@ -150,6 +151,30 @@ def test_missing_secret_is_a_typed_error() -> None:
     # WHEN / THEN reading fails with WebhookSecretError naming the secret id
     with pytest.raises(WebhookSecretError, match="spot-hpc/slack-webhook"):
         read_webhook_url(client, SECRET_ID)
+
+
+@pytest.mark.parametrize(
+    ("code", "unreadable"),
+    [("ResourceNotFoundException", False), ("ThrottlingException", True), ("InternalServiceError", True),
+     ("AccessDeniedException", True)],
+)  # fmt: skip
+@pytest.mark.parametrize("cached", [False, True], ids=["direct", "through Powertools' cache"])
+def test_a_secret_that_cannot_be_read_now_is_told_apart_from_one_that_does_not_exist(
+    code: str, unreadable: bool, cached: bool
+) -> None:
+    # GIVEN Secrets Manager answering with `code` (after botocore's retries)
+    client = boto3.client("secretsmanager", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stubber = Stubber(client)
+    stubber.add_client_error("get_secret_value", code, "no", 400)
+    stubber.activate()
+
+    # WHEN the URL is read
+    with pytest.raises(WebhookSecretError) as caught:
+        read_webhook_url(client, SECRET_ID, max_age_seconds=300 if cached else None)
+
+    # THEN only a missing secret means Slack is not set up; any other error is Slack unreachable for now
+    assert isinstance(caught.value, WebhookSecretUnreadable) is unreadable
+    assert code in str(caught.value)
 
 
 def test_cached_read_asks_secrets_manager_once() -> None:

@@ -2,7 +2,9 @@
 
 One query of the sparse active-stages index and one DescribeJobs per 100 jobs, whatever the table's size; then, per
 active run, one read of the run and one DescribeExecution. Last, with bounded time: one query of the same index for
-notices whose claimer died before sending them (`notifier.send_orphaned_notices`), and the parked Slack notices.
+runs whose execution ended without telling their end (a DescribeExecution for each open run without active stages),
+one for notices whose claimer died before sending them (`notifier.send_orphaned_notices`), and the parked Slack
+notices.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
             action = "error"
         if action:
             actions.append({"run_id": stage.run_id, "stage": stage.stage, "action": action})
+    for settlement in _settle_ended_runs(svc, set(runs), remaining_seconds):
+        settlements[settlement.report["run_id"]] = settlement
     # Last, and bounded in time: notices must never hold up the stages. First those nobody has had (nor SNS), then
     # those Slack could not take.
     orphaned_notices, late_settlements = send_orphaned_notices(
@@ -134,6 +138,35 @@ def _current_run(svc: Services, run_id: str) -> tuple[Run | None, Settlement | N
         logger.exception("could not settle the run of an ended execution", extra={"run_id": run_id})
         return run, None
     return svc.ledger.get_run(run_id), settlement
+
+
+def _settle_ended_runs(
+    svc: Services, checked: set[str], remaining_seconds: Callable[[], float] | None
+) -> list[Settlement]:
+    """Settles and tells the end of open runs whose execution ended without doing so: its notify task failed past
+    its retries (Lambda or DynamoDB throttled for a while at the run's end), and the state machine's Catch ended the
+    execution anyway. Nothing else comes back to such a run: its stages have all left the guard's watch. The runs
+    this pass checked for their stages are left to the next pass (they are open for their stages' sake)."""
+    settled: list[Settlement] = []
+    for run in svc.ledger.open_runs():
+        if run.run_id in checked or not run.execution_arn:
+            continue  # a run recorded and not started is the upload's retry's (see `ingest`)
+        if remaining_seconds is not None and remaining_seconds() < STAGE_CHECK_MARGIN_SECONDS:
+            break
+        try:
+            status = svc.pipeline.execution_status(run.execution_arn)
+            if status != "SUCCEEDED" and status not in ENDED_EXECUTION:
+                continue
+            succeeded = run.status == "SUCCEEDED" or (run.status == "RUNNING" and status == "SUCCEEDED")
+            cause = f"the pipeline's execution ended {status} without telling the run's end"
+            payload: dict[str, Any] = {"run_id": run.run_id, "outcome": "succeeded" if succeeded else "failed"}
+            if not succeeded:
+                payload["error"] = {"Error": f"Execution{status}", "Cause": cause}
+            settled.append(finish(svc, payload, leave_held_notice=True))
+            logger.warning("settled a run its execution had left open", extra={"run_id": run.run_id, "status": status})
+        except Exception:  # the next pass tries again
+            logger.exception("could not settle an open run whose execution ended", extra={"run_id": run.run_id})
+    return settled
 
 
 def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | None) -> str | None:

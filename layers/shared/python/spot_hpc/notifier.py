@@ -33,6 +33,7 @@ from spot_hpc.slack import (
     SlackCircuit,
     SlackWebhook,
     WebhookSecretError,
+    WebhookSecretUnreadable,
     build_delayed_message,
     delete_parked_notice,
     deliver_notification,
@@ -62,8 +63,9 @@ SLACK_BUDGET_SECONDS = 20.0
 SLACK_CIRCUIT = SlackCircuit(cool_down_seconds=60.0)
 
 
-def _webhook(svc: Services) -> SlackWebhook | None:
-    """The Slack webhook; None (SNS only) when the secret is missing or invalid."""
+def _webhook(svc: Services) -> SlackWebhook | WebhookSecretUnreadable | None:
+    """The Slack webhook; None (SNS only) when the secret is missing or invalid; why it could not be read, when it
+    could not be now (Slack's copies are parked until it can)."""
     loopback = svc.settings.slack_allow_loopback
     try:
         url = read_webhook_url(
@@ -72,6 +74,9 @@ def _webhook(svc: Services) -> SlackWebhook | None:
             allow_loopback_http=loopback,
             max_age_seconds=WEBHOOK_MAX_AGE_SECONDS,
         )
+    except WebhookSecretUnreadable as exc:
+        logger.warning("Slack unreachable: %s", exc)
+        return exc
     except WebhookSecretError as exc:
         logger.warning("Slack disabled: %s", exc)
         return None
@@ -157,7 +162,7 @@ def _send(svc: Services, notification: Notification, dedupe_key: str, raise_if_h
     if outcome is None:
         return False
     delivered, settled = outcome
-    svc.ledger.record_notifications(notification.run_id, notification_report_entries(notification, delivered))
+    _note_on_run(svc, notification, notification_report_entries(notification, delivered))
     logger.info(
         "notified",
         extra={
@@ -168,6 +173,18 @@ def _send(svc: Services, notification: Notification, dedupe_key: str, raise_if_h
         },
     )
     return settled
+
+
+def _note_on_run(svc: Services, notification: Notification, entries: list[dict[str, str]]) -> None:
+    """Notes a notice's delivery on its run, for the run report. The notice went out (and may be marked sent): a
+    failure here must not fail its sender, whose retry would find the notice sent and count nothing for it."""
+    try:
+        svc.ledger.record_notifications(notification.run_id, entries)
+    except Exception:
+        logger.exception(
+            "notice sent but not noted on its run",
+            extra={"kind": notification.kind, "run_id": notification.run_id, "stage": notification.stage},
+        )
 
 
 def _send_claimed(
@@ -271,6 +288,8 @@ def redeliver_parked_notices(
     webhook = _webhook(svc)
     if webhook is None:
         return _pass_summary(counts, "Slack is not configured")
+    if isinstance(webhook, WebhookSecretUnreadable):
+        return _pass_summary(counts, str(webhook))
     stopped = SLACK_CIRCUIT.resting(webhook)
     queue_url = svc.settings.notifications_dlq_url
     taken = 0
@@ -368,7 +387,7 @@ def _redeliver(svc: Services, webhook: SlackWebhook, message: dict[str, Any]) ->
         logger.warning("parked notice not delivered; left on the queue", extra={**details, "error": attempt.error})
         return "left", attempt.error
     delete_parked_notice(svc.sqs, queue_url, message)
-    svc.ledger.record_notifications(notification.run_id, [notification_report_entry(notification, "slack", status)])
+    _note_on_run(svc, notification, [notification_report_entry(notification, "slack", status)])
     return ("redelivered" if attempt.delivered else "dropped"), None
 
 
@@ -463,11 +482,6 @@ def _send_orphan(
     outcome, settled = claimed
     details = {"kind": notification.kind, "run_id": notification.run_id, "due_at": due_at, "slack": outcome.slack}
     logger.warning("orphaned notice sent late: the invocation that claimed it died before sending it", extra=details)
-    try:
-        svc.ledger.record_notifications(
-            notification.run_id, notification_report_entries(notification, outcome, late=True)
-        )
-    except Exception:
-        logger.exception("orphaned notice sent but not recorded on its run", extra=details)
+    _note_on_run(svc, notification, notification_report_entries(notification, outcome, late=True))
     # Not marked sent, it is sent again by a later pass, which counts a run's end instead of this one.
     return "sent", before[0] if before and settled else None

@@ -107,6 +107,8 @@ def finish(svc: Services, payload: dict[str, Any], leave_held_notice: bool = Fal
     # A notice left to the invocation holding its claim is not sent here: its holder counts the run. One sent but not
     # marked sent is sent again after its lease, by a retry or the SLA guard, which count it instead.
     sent = notify(svc, outcome, run, stage, reason, raise_if_held=not leave_held_notice, **figures)
+    # Told, or claimed by an invocation that tells it (or, if it dies, the SLA guard): the run is no longer open.
+    svc.ledger.close_run(run_id)
     # A late call with the other outcome (the run was settled first as the other) counts nothing.
     return Settlement(report, counted=sent and run.status == settled_as)
 

@@ -257,6 +257,11 @@ class WebhookSecretError(RuntimeError):
     """The webhook secret could not be read or used. The message names the secret id at most, never its value."""
 
 
+class WebhookSecretUnreadable(WebhookSecretError):
+    """The webhook secret exists (or may) but could not be read now: throttled, Secrets Manager failing, access
+    denied. Slack is configured, so a notice's Slack copy is parked for later, not skipped."""
+
+
 class InvalidWebhookUrl(WebhookSecretError, ValueError):
     """The secret does not hold a usable Slack webhook URL. The message never contains the secret."""
 
@@ -348,11 +353,26 @@ def read_webhook_url(
         else:
             secret_string = _secrets_provider(secrets_client).get(secret_id, max_age=max_age_seconds)
     except Exception as exc:
-        # Only the error's type: some SDK errors quote the request, and the secret id is the caller's own.
-        raise WebhookSecretError(
-            f"could not read the Slack webhook secret {secret_id!r}: {type(exc).__name__}"
-        ) from None
+        # Only the error's type and code: some SDK errors quote the request, and the secret id is the caller's own.
+        code = _client_error_code(exc)
+        problem = f"could not read the Slack webhook secret {secret_id!r}: {type(exc).__name__}"
+        problem += f" ({code})" if code else ""
+        # A secret that does not exist means Slack is not set up (SNS only); anything else is Slack unreachable.
+        missing = code == "ResourceNotFoundException"
+        raise (WebhookSecretError if missing else WebhookSecretUnreadable)(problem) from None
     return webhook_url_from_secret(secret_string, allow_loopback_http=allow_loopback_http)
+
+
+def _client_error_code(exc: BaseException) -> str | None:
+    """The AWS error code of `exc`, or of the error it was raised from (Powertools wraps every error it meets in a
+    GetParameterError of its own, raised while handling it)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict) and isinstance(response.get("Error"), dict):
+            return str(response["Error"].get("Code") or "") or None
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 # One Powertools provider (and so one cache) per client; the client is kept so a reused id() cannot alias.
@@ -701,7 +721,7 @@ def try_slack(webhook: SlackWebhook, post: Callable[[], object], circuit: SlackC
 def deliver_notification(
     notification: Notification,
     *,
-    webhook: SlackWebhook | None,
+    webhook: SlackWebhook | WebhookSecretUnreadable | None,
     sns_client: Any | None = None,
     topic_arn: str | None = None,
     sqs_client: Any | None = None,
@@ -713,6 +733,9 @@ def deliver_notification(
 ) -> DeliveryOutcome:
     """Tell SNS and Slack; never raise for a Slack failure (the message goes to the dead-letter queue).
 
+    `webhook`: Slack's, None when Slack is not set up (SNS only), or why its secret could not be read now (the
+    message is parked, as for Slack failing).
+
     Dedupe is the caller's: claim `dedupe_key` (default `notification.dedupe_key`) in the ledger before calling this;
     a parked message carries it, so that sending it again later is deduplicated too.
     Errors of SNS or SQS themselves do propagate: they are AWS failures the Lambda's own retries should see.
@@ -723,17 +746,22 @@ def deliver_notification(
     due_at = late_since or format_time(utc_now())
     late_line = delayed_notice_line(late_since, SENDER_STOPPED) if late_since else None
     message_id = publish_to_sns(sns_client, topic_arn, notification, late_line) if sns_client and topic_arn else None
-    if webhook is None:
+    if isinstance(webhook, WebhookSecretUnreadable):
+        attempt = SlackAttempt(error=str(webhook))  # configured, and unreachable for now: parked below
+    elif webhook is None:
         return DeliveryOutcome(slack="skipped", sns_message_id=message_id)
+    else:
+        slack = webhook
 
-    def post() -> object:
-        if late_since is None:
-            return webhook.send(notification, budget_seconds=budget_seconds)
-        late = build_delayed_message(notification, late_since, SENDER_STOPPED)
-        return webhook.post(late, budget_seconds=budget_seconds)
+        def post() -> object:
+            if late_since is None:
+                return slack.send(notification, budget_seconds=budget_seconds)
+            late = build_delayed_message(notification, late_since, SENDER_STOPPED)
+            return slack.post(late, budget_seconds=budget_seconds)
 
-    # Whatever goes wrong with Slack, SNS has the message already: raising would make the event's retry publish again.
-    attempt = try_slack(webhook, post, circuit)
+        # Whatever goes wrong with Slack, SNS has the message already: raising would make the event's retry publish
+        # again.
+        attempt = try_slack(webhook, post, circuit)
     if attempt.delivered:
         return DeliveryOutcome(slack="delivered", sns_message_id=message_id)
     logger.warning(
