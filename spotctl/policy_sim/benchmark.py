@@ -29,8 +29,9 @@ def run_scenario(raw: Any, index: int, shared_dir: Path) -> list[dict[str, Any]]
         scenario = parse_scenario(raw, index)
         job = build_job(scenario, shared_dir)
         return [_policy_row(scenario, job, name) for name in POLICY_ORDER]
-    except (ValueError, OverflowError) as exc:
-        # ScenarioError, or numbers too large to turn into ticks: one bad scenario must not stop the benchmark.
+    except (ValueError, OverflowError, MemoryError) as exc:
+        # ScenarioError, or numbers too large to turn into ticks or tables: one bad scenario must not stop the
+        # benchmark.
         return [{"id": scenario_id(raw, index), "policy": name, "error": str(exc)} for name in POLICY_ORDER]
 
 

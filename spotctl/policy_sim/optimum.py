@@ -39,6 +39,10 @@ class OptimumPlan:
 def solve(job: Job) -> OptimumPlan:
     """Exact least cost over all policies for `job` (inf when no policy meets the deadline)."""
     n, work, d = job.ticks, job.work_ticks, job.changeover_ticks
+    if work > 0 and work + d > n:
+        # Not even On-Demand from the first tick finishes in the window (and the tables would be as large as the
+        # work or the changeover, however absurd).
+        return OptimumPlan(math.inf, None, max(min(d, n), 1))
     warm = max(d, 1)
     n_states = 1 + 2 * warm
     spot_row = [1 + r for r in range(warm)]

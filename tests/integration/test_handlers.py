@@ -11,7 +11,7 @@ import boto3
 import pytest
 from offline_runs import QUICK_STAGES
 from sample_events import load_event
-from spot_hpc.clock import parse_time
+from spot_hpc.clock import format_time, parse_time
 
 from spotctl.offline.demo import control_plane_services
 from spotctl.offline.runtime import OfflineControlPlane
@@ -29,6 +29,7 @@ def plane():
 
 def _s3_event(plane: OfflineControlPlane, key: str, version_id: str | None, **changes: object) -> dict:
     event = load_event("s3_object_created")
+    event["time"] = format_time(plane.clock.now())  # S3's event is handled as the object is created
     event["detail"]["bucket"]["name"] = plane.bucket
     event["detail"]["object"].update({"key": key, "version-id": version_id})
     event.update(changes)
@@ -120,7 +121,7 @@ def test_a_notice_is_claimed_for_as_long_as_the_invocation_sending_it_may_run(pl
 
 @pytest.mark.parametrize("holder", ["sends it", "dies"])
 def test_a_duplicate_upload_event_finding_its_notice_claimed_leaves_it_to_the_holder_or_the_guard(plane, holder):
-    from spot_hpc.clock import format_time, utc_now
+    from spot_hpc.clock import utc_now
     from spot_hpc.pipeline import run_id_for
     from spot_hpc.slack import Notification, stored_notice
 

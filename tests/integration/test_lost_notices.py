@@ -171,7 +171,7 @@ def test_an_upload_whose_start_notice_another_delivery_holds_starts_the_run_with
     from datetime import timedelta
 
     from sample_events import load_event
-    from spot_hpc.clock import utc_now
+    from spot_hpc.clock import format_time, utc_now
     from spot_hpc.pipeline import run_id_for
     from spot_hpc.slack import notification_dedupe_key
 
@@ -185,6 +185,7 @@ def test_an_upload_whose_start_notice_another_delivery_holds_starts_the_run_with
             Metadata={"deadline-hours": "2.5", "stage-hours": QUICK_STAGE_HOURS},
         )["VersionId"]
         event = load_event("s3_object_created")
+        event["time"] = format_time(plane.clock.now())
         event["detail"]["bucket"]["name"] = plane.bucket
         event["detail"]["object"].update({"key": key, "version-id": version})
         run_id = run_id_for(key, version, event["detail"]["object"]["sequencer"])

@@ -15,12 +15,16 @@ from spot_hpc.ledger import Run, Stage
 class LedgerOfVanishedRuns:
     """Active stages whose runs are gone (the cheapest check there is); records which runs the pass looked up."""
 
-    def __init__(self, stages: list[Stage]) -> None:
+    def __init__(self, stages: list[Stage], open_runs: list[Run] | None = None) -> None:
         self.stages = stages
+        self.runs = open_runs or []
         self.looked_up: list[str] = []
 
     def active_stages(self) -> Iterator[Stage]:
         return iter(self.stages)
+
+    def open_runs(self) -> Iterator[Run]:
+        return iter(self.runs)
 
     def get_run(self, run_id: str) -> Run | None:
         self.looked_up.append(run_id)
@@ -32,6 +36,17 @@ class NoJobs:
         return {}
 
 
+class ExecutionsAsked:
+    """Step Functions, recording which executions a pass asked about (each still running)."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def execution_status(self, execution_arn: str) -> str:
+        self.asked.append(execution_arn)
+        return "RUNNING"
+
+
 @pytest.fixture(autouse=True)
 def no_notices_to_send(monkeypatch: pytest.MonkeyPatch) -> None:
     # Sent last in a pass, with their own time bounds (tests/unit/notifications/test_parked_notices.py and
@@ -40,8 +55,8 @@ def no_notices_to_send(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("spot_hpc.guard.send_orphaned_notices", lambda svc, remaining, **_: ({"sent": 0}, []))
 
 
-def _services(ledger: LedgerOfVanishedRuns) -> Any:
-    return SimpleNamespace(ledger=ledger, batch=NoJobs())  # all the guard reaches on this path
+def _services(ledger: LedgerOfVanishedRuns, pipeline: ExecutionsAsked | None = None) -> Any:
+    return SimpleNamespace(ledger=ledger, batch=NoJobs(), pipeline=pipeline)  # all the guard reaches on this path
 
 
 def _stages(count: int) -> list[Stage]:
@@ -70,6 +85,20 @@ def test_a_pass_starts_no_stage_check_within_its_margin_of_the_timeout(utc_clock
     # THEN it checked two stages and says it left three to a later pass
     assert len(ledger.looked_up) == 2
     assert result["active_stages"] == 5 and result["deferred_stages"] == 3
+
+
+def test_a_pass_out_of_time_leaves_the_open_runs_to_a_later_pass(utc_clock) -> None:
+    # GIVEN three open runs without active stages, and an invocation whose time runs out after two looks
+    runs = [Run(f"run-{n}", "b", "incoming/a.csv", "v", "2026-01-05T12:00:00Z", 6.0, "2026-01-05T06:00:00Z", {},
+                execution_arn=f"arn:execution:{n}") for n in range(3)]  # fmt: skip
+    pipeline = ExecutionsAsked()
+    remaining = _seconds_left(per_check=60.0, total=STAGE_CHECK_MARGIN_SECONDS + 60.0)
+
+    # WHEN the guard runs a pass
+    run_guard(_services(LedgerOfVanishedRuns([], runs), pipeline), remaining_seconds=remaining)
+
+    # THEN it asked after two runs' executions, and left the third
+    assert pipeline.asked == ["arn:execution:0", "arn:execution:1"]
 
 
 def test_the_stages_a_short_pass_leaves_are_not_the_same_pass_after_pass(utc_clock) -> None:

@@ -99,6 +99,20 @@ def test_pipeline_stage_without_spot_runs_on_demand():
         assert {r.action.value for r in run.timeline if r.stage == "hpc"} == {"on_demand"}
 
 
+def test_work_or_a_changeover_that_cannot_fit_the_window_is_unmeetable_at_once(tiny_trace, scenario):
+    # GIVEN scenarios whose compute, or changeover, is absurdly longer than their 3-hour window (a typo): sized by
+    # them, the optimum's tables would take terabytes
+    scenarios = [
+        {**scenario, "id": "work", "compute_hours": 1e12},
+        {**scenario, "id": "change", "changeover_hours": 1e12},
+    ]
+    # WHEN the benchmark runs them
+    rows = run_benchmark(scenarios, tiny_trace.parent.parent)
+    # THEN no policy meets them, the optimum included (inf cost), and every row is there
+    assert len(rows) == 2 * len(POLICY_ORDER) and not any(row["met"] for row in rows)
+    assert [row["cost"] for row in rows if row["policy"] == "optimum"] == [math.inf, math.inf]
+
+
 def test_numbers_too_large_to_simulate_are_error_rows(tiny_trace, scenario):
     # GIVEN a scenario whose hours are finite but overflow when turned into ticks
     huge = {**scenario, "id": "huge", "compute_hours": 1e308, "deadline_hours": 1e308}

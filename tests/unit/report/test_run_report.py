@@ -207,7 +207,10 @@ def test_a_failed_run_saves_only_on_what_it_ran() -> None:
     report = build_run_report(run, _stages("FAILED", "PENDING", "PENDING"), [failed], PRICES)
 
     # THEN the base is the same half hour on On-Demand, not the 8 h of stages it never ran (99% "saved")
-    assert [stage["on_demand_only_hours"] for stage in report["stages"]] == [0.5, 0.0, 0.0]
+    assert [stage["on_demand_only_hours"] for stage in report["stages"]] == [0.5]
+    # AND the stages it never reached are named apart, so that every stage listed SUCCEEDED or FAILED (the contract)
+    assert [stage["status"] for stage in report["stages"]] == ["FAILED"]
+    assert report["stages_not_run"] == ["hpc", "postprocess"]
     assert (report["cost_usd"], report["on_demand_only_cost_usd"], report["savings_pct"]) == (0.15, 0.5, 70.0)
     assert check_run_report_costs(report) == []
 
@@ -224,7 +227,7 @@ def test_a_running_run_saves_so_far_on_what_it_ran_so_far() -> None:
 
     # THEN the base is what ran so far, on On-Demand: nothing saved so far (all three stages' declared 8 h would have
     # told -12.5%)
-    assert report["as_of_hours"] == 9.0
+    assert report["as_of_hours"] == 9.0 and report["stages_not_run"] == []
     assert [stage["on_demand_only_hours"] for stage in report["stages"]] == [2.0, 7.0, 0.0]
     assert (report["cost_usd"], report["on_demand_only_cost_usd"], report["savings_pct"]) == (9.0, 9.0, 0.0)
     # AND a report that changed the base is caught

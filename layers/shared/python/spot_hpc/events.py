@@ -20,6 +20,7 @@ __all__ = [
     "RebalanceRecommendationEvent",
     "S3EventNotificationEventBridgeModel",
     "SpotInterruptionEvent",
+    "UploadEvent",
 ]
 
 JobStatus = Literal["SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED"]
@@ -147,3 +148,11 @@ class RebalanceRecommendationEvent(EventBridgeModel):
     source: Literal["aws.ec2"]
     detail_type: Literal["EC2 Instance Rebalance Recommendation"] = Field(alias="detail-type")
     detail: RebalanceDetail  # type: ignore[assignment]
+
+
+class UploadEvent(S3EventNotificationEventBridgeModel):
+    """An object created in the ingest bucket (the rule sends no other S3 event; a deletion given by hand is refused
+    here, not taken for an upload)."""
+
+    source: Literal["aws.s3"]
+    detail_type: Literal["Object Created"] = Field(alias="detail-type")

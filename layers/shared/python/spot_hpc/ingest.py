@@ -6,9 +6,10 @@ import json
 import logging
 from datetime import timedelta
 from typing import Any
+from urllib.parse import unquote_plus
 
 from spot_hpc.clock import format_time, utc_now
-from spot_hpc.events import S3EventNotificationEventBridgeModel
+from spot_hpc.events import UploadEvent
 from spot_hpc.intake import Rejected, parse_event, reject
 from spot_hpc.ledger import LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify, notify_rejected_upload
@@ -48,7 +49,7 @@ def _describe_source(event: dict[str, Any]) -> str:
 
 
 def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, Any]:
-    parsed = parse_event(S3EventNotificationEventBridgeModel, event, account_id)
+    parsed = parse_event(UploadEvent, event, account_id)
     bucket, obj = parsed.detail.bucket.name, parsed.detail.object
     if bucket != svc.settings.ingest_bucket:
         raise Rejected(f"bucket {bucket} is not this stack's ingest bucket")
@@ -64,18 +65,20 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
     # The event names the version in a versioned bucket (the template's): a repeated delivery then finds its run
     # without reading the object, which may be gone since the first delivery recorded the run and died before
     # starting it.
-    head = None if obj.version_id else _head(svc, bucket, obj.key, None)
-    version_id = obj.version_id or (head or {}).get("VersionId") or "null"
+    read = None if obj.version_id else _head(svc, bucket, obj.key, None)
+    version_id = obj.version_id or (read[1] if read else {}).get("VersionId") or "null"
     run_id = run_id_for(obj.key, version_id, obj.sequencer)
     existing = svc.ledger.get_run(run_id)
     if existing is not None:
         # A repeated delivery: make sure its execution exists and its start was told (a crash may have come between
         # recording the run, starting it and telling of it).
         return _ensure_started(svc, existing, duplicate=True)
-    head = head or _head(svc, bucket, obj.key, obj.version_id)
+    key, head = read or _head(svc, bucket, obj.key, obj.version_id)
+    if head.get("ContentLength") == 0:
+        raise Rejected(f"s3://{bucket}/{key} is empty: there is nothing to run")
     try:
         options = build_run_options(
-            _manifest(svc, bucket, obj.key),
+            _manifest(svc, bucket, key),
             head.get("Metadata", {}),
             svc.settings.default_deadline_hours,
             svc.settings.hpc_nodes,
@@ -83,15 +86,17 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
     except InvalidRunOptions as exc:
         raise Rejected(f"invalid run options: {exc}") from exc
 
-    now = utc_now()
+    # The deadline counts from the upload, not from when its event is handled (EventBridge retries an event for up
+    # to an hour, Lambda for hours more).
+    uploaded_at = min(parsed.time, utc_now())
     run = Run(
         run_id=run_id,
         bucket=bucket,
-        key=obj.key,
+        key=key,
         version_id=version_id,
-        deadline_at=format_time(now + timedelta(hours=options.deadline_hours)),
+        deadline_at=format_time(uploaded_at + timedelta(hours=options.deadline_hours)),
         deadline_hours=options.deadline_hours,
-        started_at=format_time(now),
+        started_at=format_time(uploaded_at),
         stage_hours=options.stage_hours,
         hpc_mode=options.hpc_mode,
         hpc_nodes=options.hpc_nodes,
@@ -128,11 +133,17 @@ def _ensure_started(svc: Services, run: Run, duplicate: bool) -> dict[str, Any]:
     return {"status": "duplicate" if duplicate else "started", "run_id": run.run_id, "execution_arn": execution_arn}
 
 
-def _head(svc: Services, bucket: str, key: str, version_id: str | None) -> dict[str, Any]:
-    try:
-        return svc.uploads.head(bucket, key, version_id)
-    except UploadUnreadable as exc:
-        raise Rejected(f"s3://{bucket}/{key} cannot be read ({exc.code})") from exc
+def _head(svc: Services, bucket: str, key: str, version_id: str | None) -> tuple[str, dict[str, Any]]:
+    """The upload's key and metadata. S3 may give the key URL-encoded in its event ("my run.csv" as "my+run.csv", as
+    its other notifications do): the key as given is read first, then decoded."""
+    unreadable: UploadUnreadable | None = None
+    for candidate in dict.fromkeys((key, unquote_plus(key))):
+        try:
+            return candidate, svc.uploads.head(bucket, candidate, version_id)
+        except UploadUnreadable as exc:
+            unreadable = unreadable or exc
+    assert unreadable is not None
+    raise Rejected(f"s3://{bucket}/{key} cannot be read ({unreadable.code})") from unreadable
 
 
 def _manifest(svc: Services, bucket: str, key: str) -> dict[str, Any] | None:
@@ -144,7 +155,7 @@ def _manifest(svc: Services, bucket: str, key: str) -> dict[str, Any] | None:
         return None
     try:
         manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise Rejected(f"manifest {manifest_key(key)} is not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict):
         raise Rejected(f"manifest {manifest_key(key)} must be a JSON object")

@@ -384,7 +384,8 @@ class Ledger:
         self._put(
             {
                 "pk": "REJECTION",
-                "sk": f"{format_time(now)}#{source}#{unique}",
+                # The source by its digest: an S3 key alone may take the 1,024 bytes a sort key has.
+                "sk": f"{format_time(now)}#{hashlib.sha256(source.encode()).hexdigest()[:16]}#{unique}",
                 "source": source,
                 "reason": reason,
                 "detail": dict(detail),

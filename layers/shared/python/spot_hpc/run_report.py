@@ -116,6 +116,9 @@ def build_run_report(
         stage_report["on_demand_only_hours"] = round(cost.on_demand_only_hours(stage_report, now_hours), 6)
     plans = cost.stage_plans_from_report({"stages": stage_reports, "as_of_hours": now_hours}) or []
     settled = cost.settle_run(billed, plans, now_hours)
+    # A run that ended lists the stages it ran, each SUCCEEDED or FAILED; those it never reached (after a stage that
+    # failed for good) are named apart: they cost nothing and have no outcome.
+    not_run = [item["name"] for item in stage_reports if run.status != "RUNNING" and item["status"] == "PENDING"]
     finished = _hours(run, run.finished_at)
     return {
         "run_id": run.run_id,
@@ -128,7 +131,8 @@ def build_run_report(
         "as_of_hours": now_hours,
         # Met: the pipeline succeeded by its deadline. A failed run has not met it; nor, yet, has one still running.
         "deadline_met": run.status == "SUCCEEDED" and finished is not None and finished <= run.deadline_hours + 1e-9,
-        "stages": stage_reports,
+        "stages": [item for item in stage_reports if item["name"] not in not_run],
+        "stages_not_run": not_run,
         "interruptions": sum(1 for a in attempts if a.failure_class in RECLAIM_CLASSES),
         "requeues_to_on_demand": requeues_to_on_demand(attempts),
         # Prices (of attempts, and stages' On-Demand bases) that could not be looked up and count as 0.

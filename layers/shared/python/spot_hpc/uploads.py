@@ -6,9 +6,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-# Errors that mean the object cannot be read at all (gone, never there, or not ours to read); anything else, such
-# as throttling, is raised for the handler to retry.
-UNREADABLE_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NoSuchVersion", "403", "AccessDenied"})
+# Errors that mean the object cannot be read at all (gone, never there, not ours to read, or a delete marker: S3
+# answers a HEAD of a marker's version with 405); anything else, such as throttling, is raised for the handler to retry.
+UNREADABLE_CODES = frozenset(
+    {"404", "NoSuchKey", "NoSuchBucket", "NoSuchVersion", "403", "AccessDenied", "405", "MethodNotAllowed"}
+)
 
 
 class UploadUnreadable(Exception):

@@ -1,0 +1,118 @@
+"""Bad and unusual uploads at the intake, through the start-pipeline handler on the offline stack: every refusal is
+recorded and answered, never a crash; every good upload starts its run, against the deadline its user set."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from urllib.parse import quote_plus
+
+import boto3
+import pytest
+from offline_runs import QUICK_STAGES
+from sample_events import load_event
+from spot_hpc.clock import format_time, parse_time
+
+from spotctl.offline.demo import control_plane_services
+from spotctl.offline.runtime import REGION, OfflineControlPlane
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def plane():
+    with OfflineControlPlane(start_hour=75.0, stage_hours=QUICK_STAGES) as running:
+        yield running
+
+
+def _event(plane: OfflineControlPlane, key_in_event: str, version_id: str | None, **changes: object) -> dict:
+    """S3's "Object Created" event for a key of the plane's bucket, as EventBridge hands it over now."""
+    event = load_event("s3_object_created")
+    event.update({"id": str(uuid.uuid4()), "time": format_time(plane.clock.now())})
+    event["detail"]["bucket"]["name"] = plane.bucket
+    event["detail"]["object"].update({"key": key_in_event, "version-id": version_id})
+    event.update(changes)
+    return event
+
+
+def _put(plane: OfflineControlPlane, key: str, body: bytes = b"a\n1\n", metadata: dict | None = None) -> str:
+    s3 = boto3.client("s3", region_name=REGION)
+    return str(s3.put_object(Bucket=plane.bucket, Key=key, Body=body, Metadata=metadata or {})["VersionId"])
+
+
+def _rejections(plane: OfflineControlPlane) -> list[dict]:
+    return control_plane_services(plane).ledger.list_rejections()
+
+
+@pytest.mark.parametrize("encoded", [True, False], ids=["URL-encoded in the event", "as is"])
+@pytest.mark.parametrize("key", ["incoming/my run.csv", "incoming/données été.csv", "incoming/a+b (2).csv"])
+def test_an_upload_whose_key_has_spaces_plus_signs_or_accents_starts_its_run_on_that_object(plane, key, encoded):
+    # GIVEN an upload whose key S3's notifications may give URL-encoded ("my run.csv" as "my+run.csv")
+    version = _put(plane, key, metadata={"deadline-hours": "6"})
+    event = _event(plane, quote_plus(key, safe="/") if encoded else key, version)
+    # WHEN its event is handled
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN its run starts, reading the object by its real key
+    assert not errored and result["status"] == "started", result
+    assert control_plane_services(plane).ledger.get_run(result["run_id"]).key == key
+
+
+@pytest.mark.parametrize("detail_type", ["Object Created", "Object Deleted"])
+def test_an_event_for_a_deleted_upload_is_refused_and_recorded(plane, detail_type):
+    # GIVEN an upload deleted since (a delete marker in the versioned bucket), and an event naming the marker: S3's
+    # "Object Deleted" (which the rule does not send, but a hand may), or a created event pointing at the marker
+    key = f"incoming/deleted-{detail_type.split()[1].lower()}.csv"
+    _put(plane, key)
+    marker = boto3.client("s3", region_name=REGION).delete_object(Bucket=plane.bucket, Key=key)["VersionId"]
+    before = len(_rejections(plane))
+    # WHEN it is handled
+    result, errored = plane.invoke("StartPipelineFunction", _event(plane, key, marker, **{"detail-type": detail_type}))
+    # THEN it is refused with its reason, and the refusal recorded
+    assert not errored and result["status"] == "rejected", result
+    assert len(_rejections(plane)) == before + 1
+
+
+def test_an_empty_csv_is_refused_not_run(plane):
+    # GIVEN an empty CSV (a client's upload that failed or was aborted)
+    key = "incoming/empty.csv"
+    event = _event(plane, key, _put(plane, key, body=b""))
+    # WHEN it is handled
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN it is refused, rather than started as a pipeline whose first job fails on no input, retries and all
+    assert not errored and result["status"] == "rejected" and "empty" in result["reason"], result
+
+
+def test_a_deeply_nested_manifest_is_refused_not_crashed_on(plane):
+    # GIVEN a manifest within the 64 KiB a manifest may take, nested deeper than a JSON parser goes
+    key = "incoming/nested.csv"
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.put_object(Bucket=plane.bucket, Key="incoming/nested.manifest.json", Body=b"[" * 30000 + b"]" * 30000)
+    # WHEN its CSV's event is handled
+    result, errored = plane.invoke("StartPipelineFunction", _event(plane, key, _put(plane, key)))
+    # THEN the upload is refused with the reason
+    assert not errored and result["status"] == "rejected" and "not valid JSON" in result["reason"], result
+
+
+def test_a_refused_upload_with_a_long_key_is_recorded(plane):
+    # GIVEN an upload with a long key (S3 takes 1,024 bytes; a DynamoDB sort key as many) and a deadline in words
+    key = "incoming/" + "run-" * 230 + ".csv"
+    event = _event(plane, key, _put(plane, key, metadata={"deadline-hours": "soon"}))
+    # WHEN it is handled
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN it is refused and the refusal recorded, naming the upload
+    assert not errored and result["status"] == "rejected", result
+    assert any(rejection["source"].endswith(key) for rejection in _rejections(plane))
+
+
+def test_the_deadline_counts_from_the_upload_not_from_when_its_event_is_handled(plane):
+    # GIVEN an upload with a 3-hour deadline whose event is handled two hours after it (EventBridge retries an event
+    # for up to an hour, Lambda for hours more)
+    key = "incoming/late.csv"
+    uploaded_at = plane.clock.now() - timedelta(hours=2)
+    version = _put(plane, key, metadata={"deadline-hours": "3"})
+    # WHEN it is handled
+    result, errored = plane.invoke("StartPipelineFunction", _event(plane, key, version, time=format_time(uploaded_at)))
+    # THEN the run is due three hours after the upload, as its user asked, and started then
+    run = control_plane_services(plane).ledger.get_run(result["run_id"])
+    assert not errored and result["status"] == "started", result
+    assert (parse_time(run.started_at), parse_time(run.deadline_at)) == (uploaded_at, uploaded_at + timedelta(hours=3))
