@@ -496,6 +496,24 @@ def test_crash_in_a_requeue_before_the_on_demand_attempt_is_claimed_is_repaired(
     ]
 
 
+def test_a_requeue_that_died_after_marking_the_spot_attempt_is_carried_out_by_the_guard(tmp_path):
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 1), stage_hours=LONG_PREPROCESS) as plane:
+        # GIVEN preprocess running on Spot with capacity throughout, and a requeue to On-Demand that died right after
+        # its first step, marking the Spot attempt (the policy of a later look, with capacity, may not move it)
+        run, _ = _preprocess_running_on_spot(plane, "incoming/marked.csv")
+        control_plane_services(plane).ledger.cancel_attempt(run.run_id, "preprocess", 1, "requeue_to_on_demand")
+        # WHEN the SLA guard's next pass comes, and the run goes its course
+        plane.step(minutes=5)
+        status = plane.run_until_settled(max_hours=12)
+        _, preprocess = _attempts(plane, "preprocess")
+    # THEN the requeue was carried out: the Spot job ended as our cancellation, On-Demand finished the stage
+    assert status == "SUCCEEDED"
+    assert [(a.capacity, a.status, a.failure_class) for a in preprocess] == [
+        ("spot", "FAILED", "cancelled_by_control_plane"),
+        ("on-demand", "SUCCEEDED", None),
+    ]
+
+
 def test_a_requeue_that_dies_before_submitting_is_resubmitted_on_demand_and_the_spot_job_ended(monkeypatch, tmp_path):
     # GIVEN no Spot capacity, and a requeue that claims the On-Demand attempt and dies before SubmitJob
     real_submit = BatchGateway.submit

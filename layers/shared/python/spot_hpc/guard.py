@@ -18,7 +18,7 @@ from typing import Any
 from spot_hpc.clock import parse_time, utc_now
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail
 from spot_hpc.job_events import answer_state_machine, apply_job_state
-from spot_hpc.ledger import Run, Stage
+from spot_hpc.ledger import CANCEL_REQUEUE, Run, Stage
 from spot_hpc.notifier import notify, redeliver_parked_notices, send_orphaned_notices
 from spot_hpc.outcome import Settlement, finish, late_run_end_settlement
 from spot_hpc.placement import (
@@ -200,6 +200,12 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
             return f"reconciled {detail.status}: {result.get('status')}"
     if detail.status in TERMINAL_STATUSES:
         return None
+    if attempt is not None and attempt.cancel_reason == CANCEL_REQUEUE:
+        # A requeue decided (its first step marks the Spot attempt) whose handler died before placing the On-Demand
+        # job: carried out now. Left alone, the Spot job would run on under a mark that reads its end, whatever it
+        # is, as our cancellation (an application error would then move to On-Demand without spending a retry).
+        placed = requeue_to_on_demand(svc, run, stage, detail.job_id, "completing an interrupted requeue")
+        return "completed an interrupted requeue" if placed else None
     view = stage_view(svc, run, stage)
     change = svc.settings.changeover_hours
     # At risk: the stage may no longer finish in time for the run's deadline, the later stages on On-Demand, once it
