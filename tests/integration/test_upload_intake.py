@@ -116,3 +116,16 @@ def test_the_deadline_counts_from_the_upload_not_from_when_its_event_is_handled(
     run = control_plane_services(plane).ledger.get_run(result["run_id"])
     assert not errored and result["status"] == "started", result
     assert (parse_time(run.started_at), parse_time(run.deadline_at)) == (uploaded_at, uploaded_at + timedelta(hours=3))
+
+
+def test_an_upload_event_whose_time_has_no_zone_counts_it_as_utc(plane):
+    # GIVEN an upload's event given by hand with a time without a zone (EventBridge always says "Z")
+    key = "incoming/no-zone.csv"
+    uploaded_at = plane.clock.now() - timedelta(minutes=30)
+    event = _event(plane, key, _put(plane, key, metadata={"deadline-hours": "6"}))
+    event["time"] = uploaded_at.replace(tzinfo=None).isoformat(timespec="seconds")
+    # WHEN it is handled
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN the run starts, as of that time in UTC
+    assert not errored and result["status"] == "started", result
+    assert parse_time(control_plane_services(plane).ledger.get_run(result["run_id"]).started_at) == uploaded_at

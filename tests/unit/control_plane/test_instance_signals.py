@@ -6,9 +6,14 @@ from __future__ import annotations
 from datetime import timedelta
 from types import SimpleNamespace
 
+import pytest
+from sample_events import load_event
 from spot_hpc.clock import format_time
-from spot_hpc.interruptions import SIGNAL_KEPT_FOR, act_on_kept_signals
+from spot_hpc.interruptions import SIGNAL_KEPT_FOR, act_on_kept_signals, on_spot_signal
 from spot_hpc.ledger import InstanceSignal, JobRef, Ledger
+
+ACCOUNT = "123456789012"
+INSTANCE = "i-0aaaaaaaaaaaaaaa1"
 
 
 def _signal(at, signal: str = "interruption warning") -> InstanceSignal:
@@ -19,9 +24,11 @@ def test_kept_signals_are_apart_from_the_jobs_on_the_instance(ledger: Ledger, ut
     # GIVEN a job on an instance, a warning and a rebalance recommendation for it, and one for another instance
     ref = JobRef("job-1", "r1", "preprocess", 1)
     ledger.index_instance("i-1", ref)
-    ledger.keep_instance_signal(_signal(utc_clock.now - timedelta(minutes=3)), "e1")
-    ledger.keep_instance_signal(_signal(utc_clock.now, "rebalance recommendation"), "e2")
-    ledger.keep_instance_signal(InstanceSignal("i-2", "interruption warning", True, format_time(utc_clock.now)), "e3")
+    ledger.keep_instance_signal(_signal(utc_clock.now - timedelta(minutes=3)), "e1", SIGNAL_KEPT_FOR)
+    ledger.keep_instance_signal(_signal(utc_clock.now, "rebalance recommendation"), "e2", SIGNAL_KEPT_FOR)
+    ledger.keep_instance_signal(
+        InstanceSignal("i-2", "interruption warning", True, format_time(utc_clock.now)), "e3", SIGNAL_KEPT_FOR
+    )
     # WHEN the instance's jobs and its signals of the last two minutes are read
     jobs = ledger.jobs_on_instance("i-1")
     recent = ledger.instance_signals("i-1", since=utc_clock.now - timedelta(minutes=2))
@@ -33,7 +40,7 @@ def test_kept_signals_are_apart_from_the_jobs_on_the_instance(ledger: Ledger, ut
 def test_a_repeated_signal_is_kept_once(ledger: Ledger, utc_clock):
     # GIVEN one warning event delivered twice (EventBridge delivers at least once)
     for _ in range(2):
-        ledger.keep_instance_signal(_signal(utc_clock.now), "e1")
+        ledger.keep_instance_signal(_signal(utc_clock.now), "e1", SIGNAL_KEPT_FOR)
     # WHEN the instance's signals are read
     kept = ledger.instance_signals("i-1", since=utc_clock.now - SIGNAL_KEPT_FOR)
     # THEN there is one
@@ -42,9 +49,60 @@ def test_a_repeated_signal_is_kept_once(ledger: Ledger, utc_clock):
 
 def test_a_signal_older_than_the_window_is_not_acted_on_when_a_job_starts(ledger: Ledger, utc_clock):
     # GIVEN a warning kept longer ago than a start event may come late, and one kept a minute ago
-    ledger.keep_instance_signal(_signal(utc_clock.now - SIGNAL_KEPT_FOR - timedelta(minutes=1)), "old")
-    ledger.keep_instance_signal(_signal(utc_clock.now - timedelta(minutes=1)), "new")
+    ledger.keep_instance_signal(_signal(utc_clock.now - SIGNAL_KEPT_FOR - timedelta(minutes=1)), "old", SIGNAL_KEPT_FOR)
+    ledger.keep_instance_signal(_signal(utc_clock.now - timedelta(minutes=1)), "new", SIGNAL_KEPT_FOR)
     # WHEN a job's start on the instance is recorded (its run is not in this ledger: the answer says so)
     acted = act_on_kept_signals(SimpleNamespace(ledger=ledger), JobRef("job-1", "r1", "preprocess", 1), ["i-1"])  # type: ignore[arg-type]
     # THEN only the recent warning is acted on
     assert acted == [{"job_id": "job-1", "action": "none", "reason": "job no longer current"}]
+
+
+def _warning(time: str) -> dict:
+    event = load_event("spot_interruption_warning", **{"instance-id": INSTANCE})
+    event["time"] = time
+    return event
+
+
+def test_a_warning_for_an_instance_that_ran_an_earlier_job_is_kept_for_the_job_starting_there(ledger, utc_clock):
+    # GIVEN an instance that ran an earlier job of ours (Batch reuses instances), whose new job's RUNNING is not
+    # told yet
+    ledger.index_instance(INSTANCE, JobRef("job-old", "run-old", "preprocess", 1))
+    svc = SimpleNamespace(ledger=ledger)
+    # WHEN the interruption warning comes first
+    answer = on_spot_signal(svc, _warning(format_time(utc_clock.now)), ACCOUNT)  # type: ignore[arg-type]
+    # THEN it finds the old job no longer current, and is kept for the new job's start all the same
+    assert [job["reason"] for job in answer["jobs"]] == ["job no longer current"]
+    assert [kept.signal for kept in ledger.instance_signals(INSTANCE, utc_clock.now - SIGNAL_KEPT_FOR)] == [
+        "interruption warning"
+    ]
+
+
+def test_a_warning_racing_its_jobs_start_is_seen_by_one_of_the_two_handlers(ledger, utc_clock, monkeypatch):
+    # GIVEN the job's RUNNING recorded (its instance indexed, then the kept signals read) while the warning's handler
+    # runs, right before it reads the instance's jobs
+    svc = SimpleNamespace(ledger=ledger)
+    ref = JobRef("job-new", "run-new", "preprocess", 1)
+    running_saw: list[dict] = []
+    real_jobs_on_instance = Ledger.jobs_on_instance
+
+    def running_recorded_meanwhile(self: Ledger, instance_id: str) -> list[JobRef]:
+        ledger.index_instance(instance_id, ref)
+        running_saw.extend(act_on_kept_signals(svc, ref, [instance_id]))  # type: ignore[arg-type]
+        return real_jobs_on_instance(self, instance_id)
+
+    monkeypatch.setattr(Ledger, "jobs_on_instance", running_recorded_meanwhile)
+    # WHEN the warning is handled
+    answer = on_spot_signal(svc, _warning(format_time(utc_clock.now)), ACCOUNT)  # type: ignore[arg-type]
+    # THEN both saw the job and the warning together (the signal is kept before the jobs are read): neither lost it
+    assert answer["status"] == "handled" and len(running_saw) == 1
+
+
+@pytest.mark.parametrize("time", ["2026-01-05T06:00:00", "2026-01-05T07:00:00+01:00"])
+def test_a_warning_whose_time_has_no_zone_or_another_one_is_kept_at_that_time_in_utc(ledger, utc_clock, time):
+    # GIVEN a warning given by hand with a time without a zone (EventBridge always says "Z"), or with an offset
+    utc_clock.now = utc_clock.now.replace(hour=6, minute=1)
+    # WHEN it is handled
+    answer = on_spot_signal(SimpleNamespace(ledger=ledger), _warning(time), ACCOUNT)  # type: ignore[arg-type]
+    # THEN it is kept at 06:00 UTC, not a crash on comparing it with the clock
+    kept = ledger.instance_signals(INSTANCE, utc_clock.now - SIGNAL_KEPT_FOR)
+    assert answer["status"] == "ignored" and [k.signalled_at for k in kept] == ["2026-01-05T06:00:00Z"]

@@ -93,11 +93,12 @@ def test_jobs_are_submitted_only_to_the_stacks_queues_and_job_definitions(transl
 def test_the_slack_secret_grant_matches_only_that_secret(translated):
     # GIVEN every function that may send a notification
     for function in sorted(f for f, calls in HANDLER_CALLS.items() if "secretsmanager:GetSecretValue" in calls):
-        # WHEN the resource of its GetSecretValue grant is read
-        [resource] = resources_for(translated, function, "secretsmanager:GetSecretValue")
-        text = json.dumps(resource)
-        # THEN it is the named secret with Secrets Manager's six-character suffix, not every name starting alike
-        assert text.endswith('secret:${SlackSecretName}-??????"}'), (function, text)
+        # WHEN the resources of its GetSecretValue grant are read
+        suffixed, bare = (json.dumps(r) for r in resources_for(translated, function, "secretsmanager:GetSecretValue"))
+        # THEN they are the named secret with Secrets Manager's six-character suffix, not every name starting alike,
+        # and the bare name that IAM checks when the secret does not exist (so that AWS says it does not)
+        assert suffixed.endswith('secret:${SlackSecretName}-??????"}'), (function, suffixed)
+        assert bare.endswith('secret:${SlackSecretName}"}'), (function, bare)
 
 
 # ------------------------------------------------------------------ EventBridge: targets, retries, dead letters

@@ -33,8 +33,17 @@ def hours_between(start: datetime, end: datetime) -> float:
 
 def parse_time(value: str) -> datetime:
     """An ISO 8601 time as a UTC datetime (another offset is moved to UTC; none means UTC)."""
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    return as_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+
+
+def as_utc(value: datetime) -> datetime:
+    """The time in UTC; a time without an offset is taken as UTC."""
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def happened_at(event_time: datetime) -> datetime:
+    """When an event says it happened, in UTC, and never later than now (its sender's clock may run ahead)."""
+    return min(as_utc(event_time), utc_now())
 
 
 def format_time(value: datetime) -> str:

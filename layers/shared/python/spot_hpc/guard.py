@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from spot_hpc.clock import parse_time, utc_now
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail
@@ -36,6 +36,7 @@ from spot_hpc.policy import DEFAULT_STEP_HOURS, WAITING_LEAVES_NO_TIME, Action, 
 from spot_hpc.services import Services
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 # A claimed attempt with no job, or a settled stage not yet answered, this long after the fact means its handler
 # died between two AWS calls.
 STALE_SUBMISSION = timedelta(minutes=3)
@@ -52,7 +53,7 @@ PASS_PERIOD = timedelta(hours=DEFAULT_STEP_HOURS)
 def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = None) -> dict[str, Any]:
     """One pass over every active stage; then, with what time is left (`remaining_seconds`: the Lambda's), the
     notices whose sender died after claiming them, and the Slack notices parked while Slack was down."""
-    stages = _in_pass_order(list(svc.ledger.active_stages()))
+    stages = _in_pass_order(list(svc.ledger.active_stages()), key=lambda stage: (stage.run_id, stage.order))
     jobs = svc.batch.describe([s.job_id for s in stages if s.job_id])
     actions: list[dict[str, Any]] = []
     runs: dict[str, Run | None] = {}
@@ -111,11 +112,11 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
     }
 
 
-def _in_pass_order(stages: list[Stage]) -> list[Stage]:
-    """The stages in an order drawn for this pass (the same for a retry of it): a pass that runs out of time (see
-    `STAGE_CHECK_MARGIN_SECONDS`) leaves different stages to the next, never the same ones pass after pass."""
+def _in_pass_order(items: list[T], key: Callable[[T], Any]) -> list[T]:
+    """Stages (or runs) in an order drawn for this pass (the same for a retry of it): a pass that runs out of time
+    (see `STAGE_CHECK_MARGIN_SECONDS`) leaves different ones to the next, never the same ones pass after pass."""
     pass_number = int(utc_now().timestamp() // PASS_PERIOD.total_seconds())
-    ordered = sorted(stages, key=lambda stage: (stage.run_id, stage.order))
+    ordered = sorted(items, key=key)
     random.Random(pass_number).shuffle(ordered)
     return ordered
 
@@ -148,7 +149,7 @@ def _settle_ended_runs(
     execution anyway. Nothing else comes back to such a run: its stages have all left the guard's watch. The runs
     this pass checked for their stages are left to the next pass (they are open for their stages' sake)."""
     settled: list[Settlement] = []
-    for run in svc.ledger.open_runs():
+    for run in _in_pass_order(list(svc.ledger.open_runs()), key=lambda run: run.run_id):
         if run.run_id in checked or not run.execution_arn:
             continue  # a run recorded and not started is the upload's retry's (see `ingest`)
         if remaining_seconds is not None and remaining_seconds() < STAGE_CHECK_MARGIN_SECONDS:

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote_plus
 
-from spot_hpc.clock import format_time, utc_now
+from spot_hpc.clock import format_time, happened_at
 from spot_hpc.events import UploadEvent
 from spot_hpc.intake import Rejected, parse_event, reject
 from spot_hpc.ledger import LedgerConflict, Run, Stage
@@ -88,7 +88,7 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
 
     # The deadline counts from the upload, not from when its event is handled (EventBridge retries an event for up
     # to an hour, Lambda for hours more).
-    uploaded_at = min(parsed.time, utc_now())
+    uploaded_at = happened_at(parsed.time)
     run = Run(
         run_id=run_id,
         bucket=bucket,

@@ -4,8 +4,8 @@ Within the two-minute window: one ledger query finds the jobs on the instance (n
 request, and when the policy says the deadline is at risk the Spot job is replaced by an On-Demand one before the
 instance goes. AWS calls per job are bounded: a checkpoint-request put, at most one SubmitJob and one TerminateJob.
 
-A signal for an instance with no job known on it is kept: EventBridge keeps no order between EC2's events and Batch's,
-so the job's RUNNING may be told after it (`act_on_kept_signals`, called when a job's instance is recorded).
+Every signal is also kept for a while: EventBridge keeps no order between EC2's events and Batch's, so a job's RUNNING
+may be told after it (`act_on_kept_signals`, called when a job's instance is recorded).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from spot_hpc.clock import format_time, utc_now
+from spot_hpc.clock import format_time, happened_at, utc_now
 from spot_hpc.events import RebalanceRecommendationEvent, SpotInterruptionEvent
 from spot_hpc.intake import NOT_THIS_STACKS_INSTANCE, Rejected, parse_event, reject
 from spot_hpc.ledger import InstanceSignal, JobRef
@@ -40,13 +40,14 @@ def on_spot_signal(svc: Services, event: dict[str, Any], account_id: str) -> dic
         return reject(svc, "ec2-event", str(exc), event)
     instance_id = parsed.detail.instance_id
     signal = "rebalance recommendation" if rebalance else "interruption warning"
+    # Kept first, whatever runs there, then the instance's jobs read: a job whose start is recorded meanwhile (or
+    # later, on an instance that ran other jobs of ours before) finds the signal when it is.
+    signalled_at = format_time(happened_at(parsed.time))
+    kept = InstanceSignal(instance_id, signal, warning=not rebalance, signalled_at=signalled_at)
+    svc.ledger.keep_instance_signal(kept, parsed.id, SIGNAL_KEPT_FOR)
     refs = svc.ledger.jobs_on_instance(instance_id)
     if not refs:
-        # Mostly other workloads' instances, which share the account's event stream: counted, not acted on. Kept
-        # (briefly) for a job of ours whose start has not been told yet.
-        signalled_at = format_time(min(parsed.time, utc_now()))
-        kept = InstanceSignal(instance_id, signal, warning=not rebalance, signalled_at=signalled_at)
-        svc.ledger.keep_instance_signal(kept, parsed.id)
+        # Mostly other workloads' instances, which share the account's event stream: counted, not acted on.
         return {"status": "ignored", "reason": NOT_THIS_STACKS_INSTANCE, "instance_id": instance_id}
     jobs = [act_on_signal(svc, ref, instance_id, signal, warning=not rebalance) for ref in refs]
     return {"status": "handled", "instance_id": instance_id, "jobs": jobs}

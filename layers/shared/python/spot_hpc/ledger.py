@@ -272,11 +272,14 @@ class Ledger:
     def _expires_at(self, now: datetime | None = None) -> int:
         return int(((now or utc_now()) + self._retention).timestamp())
 
-    def _put(self, item: Mapping[str, Any], now: datetime | None = None, **conditions: Any) -> None:
-        """Writes one item; every item expires after the retention period. LedgerConflict when `conditions` (a
-        ConditionExpression and its names and values) refuse the write."""
+    def _put(
+        self, item: Mapping[str, Any], now: datetime | None = None, expires_at: int | None = None, **conditions: Any
+    ) -> None:
+        """Writes one item; every item expires after the retention period (or at `expires_at`). LedgerConflict when
+        `conditions` (a ConditionExpression and its names and values) refuse the write."""
+        expiry = expires_at if expires_at is not None else self._expires_at(now)
         try:
-            self._table.put_item(Item=_to_dynamo({**item, "expires_at": self._expires_at(now)}), **conditions)
+            self._table.put_item(Item=_to_dynamo({**item, "expires_at": expiry}), **conditions)
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 message = f"{item['pk']}/{item['sk']}: {conditions['ConditionExpression']}"
@@ -600,25 +603,31 @@ class Ledger:
     def index_instance(self, instance_id: str, ref: JobRef) -> None:
         self._put({"pk": f"INSTANCE#{instance_id}", "sk": f"JOB#{ref.job_id}", **asdict(ref)})
 
+    # The instance's jobs and signals are read strongly consistent: a signal handler writes the signal then reads
+    # the jobs, a job's start handler writes the job then reads the signals, so that one of the two sees the other.
     def jobs_on_instance(self, instance_id: str) -> list[JobRef]:
         items = self._query(
             {
                 "KeyConditionExpression": "pk = :pk AND begins_with(sk, :jobs)",
                 "ExpressionAttributeValues": {":pk": f"INSTANCE#{instance_id}", ":jobs": "JOB#"},
+                "ConsistentRead": True,
             }
         )
         return [_record(JobRef, item) for item in items]
 
-    def keep_instance_signal(self, signal: InstanceSignal, event_id: str) -> None:
-        """Keeps a Spot signal for an instance that runs no job known here: its job's start may be told later
-        (EventBridge keeps no order between EC2's events and Batch's). A repeated event keeps one record."""
+    def keep_instance_signal(self, signal: InstanceSignal, event_id: str, kept_for: timedelta) -> None:
+        """Keeps a Spot signal for an instance, for a job whose start is told later (EventBridge keeps no order
+        between EC2's events and Batch's), for `kept_for` and a day (DynamoDB's expiry is lazy). A repeated event
+        keeps one record."""
         sk = f"SIGNAL#{signal.signalled_at}#{event_id or uuid.uuid4().hex}"
-        self._put({"pk": f"INSTANCE#{signal.instance_id}", "sk": sk, **asdict(signal)})
+        expires_at = int((parse_time(signal.signalled_at) + kept_for + timedelta(days=1)).timestamp())
+        self._put({"pk": f"INSTANCE#{signal.instance_id}", "sk": sk, **asdict(signal)}, expires_at=expires_at)
 
     def instance_signals(self, instance_id: str, since: datetime) -> list[InstanceSignal]:
         """The signals kept for an instance that were given at `since` or later."""
         items = self._query(
             {
+                "ConsistentRead": True,
                 "KeyConditionExpression": "pk = :pk AND sk BETWEEN :since AND :last",
                 "ExpressionAttributeValues": {
                     ":pk": f"INSTANCE#{instance_id}",
