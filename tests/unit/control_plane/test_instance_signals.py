@@ -106,3 +106,25 @@ def test_a_warning_whose_time_has_no_zone_or_another_one_is_kept_at_that_time_in
     # THEN it is kept at 06:00 UTC, not a crash on comparing it with the clock
     kept = ledger.instance_signals(INSTANCE, utc_clock.now - SIGNAL_KEPT_FOR)
     assert answer["status"] == "ignored" and [k.signalled_at for k in kept] == ["2026-01-05T06:00:00Z"]
+
+
+class QueryRecordingTable:
+    """A table that answers every query with no items and keeps what was asked (fakes over mocks)."""
+
+    def __init__(self) -> None:
+        self.queries: list[dict] = []
+
+    def query(self, **request: object) -> dict:
+        self.queries.append(request)
+        return {"Items": []}
+
+
+def test_an_instances_jobs_and_signals_are_read_strongly_consistent(utc_clock):
+    # GIVEN a ledger on a table that records its queries
+    table = QueryRecordingTable()
+    ledger = Ledger(table)
+    # WHEN the instance's jobs and its signals are read (each handler writes its side first, then reads the other's)
+    ledger.jobs_on_instance(INSTANCE)
+    ledger.instance_signals(INSTANCE, utc_clock.now - SIGNAL_KEPT_FOR)
+    # THEN both reads are strongly consistent: an eventually consistent one could miss the other handler's write
+    assert [query.get("ConsistentRead") for query in table.queries] == [True, True]

@@ -131,10 +131,7 @@ def _current_run(svc: Services, run_id: str) -> tuple[Run | None, Settlement | N
         status = svc.pipeline.execution_status(run.execution_arn)
         if status not in ENDED_EXECUTION:
             return run, None
-        cause = f"the pipeline's execution ended {status} before the run was settled"
-        error = {"Error": f"Execution{status}", "Cause": cause}
-        # This pass settles the run once and never comes back to it: a notice another invocation holds is its own.
-        settlement = finish(svc, {"run_id": run_id, "outcome": "failed", "error": error}, leave_held_notice=True)
+        settlement = _settle_as_ended(svc, run, status)
     except Exception:  # the stages are still looked after; the execution is checked again next pass
         logger.exception("could not settle the run of an ended execution", extra={"run_id": run_id})
         return run, None
@@ -158,16 +155,23 @@ def _settle_ended_runs(
             status = svc.pipeline.execution_status(run.execution_arn)
             if status != "SUCCEEDED" and status not in ENDED_EXECUTION:
                 continue
-            succeeded = run.status == "SUCCEEDED" or (run.status == "RUNNING" and status == "SUCCEEDED")
-            cause = f"the pipeline's execution ended {status} without telling the run's end"
-            payload: dict[str, Any] = {"run_id": run.run_id, "outcome": "succeeded" if succeeded else "failed"}
-            if not succeeded:
-                payload["error"] = {"Error": f"Execution{status}", "Cause": cause}
-            settled.append(finish(svc, payload, leave_held_notice=True))
+            settled.append(_settle_as_ended(svc, run, status))
             logger.warning("settled a run its execution had left open", extra={"run_id": run.run_id, "status": status})
         except Exception:  # the next pass tries again
             logger.exception("could not settle an open run whose execution ended", extra={"run_id": run.run_id})
     return settled
+
+
+def _settle_as_ended(svc: Services, run: Run, execution_status: str) -> Settlement:
+    """Settles and tells the end of a run whose execution ended (`execution_status`) without doing so: as the run
+    was settled already, if it was, else as its execution ended. The guard never comes back to it, so a notice
+    another invocation holds is left to that one."""
+    succeeded = run.status == "SUCCEEDED" or (run.status == "RUNNING" and execution_status == "SUCCEEDED")
+    payload: dict[str, Any] = {"run_id": run.run_id, "outcome": "succeeded" if succeeded else "failed"}
+    if not succeeded:
+        cause = f"the pipeline's execution ended {execution_status} before the run's end was told"
+        payload["error"] = {"Error": f"Execution{execution_status}", "Cause": cause}
+    return finish(svc, payload, leave_held_notice=True)
 
 
 def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | None) -> str | None:

@@ -16,7 +16,8 @@ from spot_hpc.validation import describe_validation_error
 
 logger = logging.getLogger(__name__)
 EventModel = TypeVar("EventModel", bound=BaseModel)
-# The reason given when a Spot signal is for an instance that runs none of this stack's jobs (that the ledger knows of).
+# The reason given when a Spot signal is for an instance that runs none of this stack's jobs (as far as the ledger
+# knows yet: the signal is kept for a job whose start is told later).
 NOT_THIS_STACKS_INSTANCE = "not this stack's instance"
 
 

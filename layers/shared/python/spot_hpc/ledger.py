@@ -6,7 +6,7 @@ Item layout (pk / sk):
   RUN#<run>        ATTEMPT#<stage>#<nnn>    one Batch job of a stage: queue, capacity, times, outcome, price
   JOB#<job id>     JOB                      job id -> run, stage, attempt (Batch events carry only the job id)
   INSTANCE#<i-..>  JOB#<job id>             instance -> jobs on it (Spot warnings carry only the instance id)
-  INSTANCE#<i-..>  SIGNAL#<time>#<event>    a Spot signal for an instance no job was known to run on (yet)
+  INSTANCE#<i-..>  SIGNAL#<time>#<event>    a Spot signal for the instance, kept for a job whose start comes later
   REJECTION        <time>#<id>              an input the control plane refused, with the reason
   NOTIFIED#<key>   NOTIFIED                 one notification per event, however often the event repeats: a claim
                                             (a lease, taken over when its handler died), then sent
