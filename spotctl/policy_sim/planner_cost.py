@@ -315,8 +315,10 @@ def _ask_idle_with_capacity(
     from spot_hpc.ledger import Stage
     from spot_hpc.placement import spot_stats
     from spot_hpc.policy import Action, decide
+    from spot_hpc.settings import ControlPlaneSettings
 
-    stats = spot_stats(Stage("bench", "preprocess", 0, work_hours, True, 1), changeover_hours)
+    bucket = ControlPlaneSettings.model_fields["spot_interruption_bucket"].default  # the stack's default
+    stats = spot_stats(Stage("bench", "preprocess", 0, work_hours, True, 1), changeover_hours, bucket)
     decision = decide(
         remaining_hours=work_hours,
         hours_left=deadline_hours,

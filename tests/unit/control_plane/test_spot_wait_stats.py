@@ -32,7 +32,7 @@ def test_the_wait_in_progress_counts_as_the_current_gap():
     # GIVEN a stage waiting for Spot capacity since 2.5 h ago, after a reclaim
     stage = waiting_stage("2026-11-22T09:30:00Z")
     # WHEN its statistics are read for a decision without capacity
-    stats = spot_stats_now(stage, spot_available=False, changeover_hours=0.25, now=NOW)
+    stats = spot_stats_now(stage, spot_available=False, changeover_hours=0.25, advisor_bucket=4, now=NOW)
     # THEN the current gap is 2.5 h old, and the stored statistics are left as they were
     assert stats.available is False
     assert stats.run_hours == 2.5
@@ -44,7 +44,7 @@ def test_the_wait_is_not_counted_when_capacity_is_there():
     # GIVEN the same waiting stage
     stage = waiting_stage("2026-11-22T09:30:00Z")
     # WHEN its statistics are read for a decision with Spot capacity
-    stats = spot_stats_now(stage, spot_available=True, changeover_hours=0.25, now=NOW)
+    stats = spot_stats_now(stage, spot_available=True, changeover_hours=0.25, advisor_bucket=4, now=NOW)
     # THEN they are the stored ones
     assert stats == SpotStats.from_dict(stage.spot_stats)
 
@@ -53,7 +53,7 @@ def test_a_stage_that_is_not_waiting_has_its_stored_statistics():
     # GIVEN a stage with no wait in progress
     stage = waiting_stage(None)
     # WHEN its statistics are read without capacity
-    stats = spot_stats_now(stage, spot_available=False, changeover_hours=0.25, now=NOW)
+    stats = spot_stats_now(stage, spot_available=False, changeover_hours=0.25, advisor_bucket=4, now=NOW)
     # THEN they are the stored ones: the gap is as old as the reclaim recorded it
     assert stats == SpotStats.from_dict(stage.spot_stats)
     assert stats.run_hours == 0.0
@@ -64,7 +64,28 @@ def test_a_fresh_stage_gets_bands_fitting_its_changeover():
     stage = waiting_stage(None)
     stage.spot_stats = {}
     # WHEN its statistics are read with one-hour changeovers
-    stats = spot_stats_now(stage, spot_available=True, changeover_hours=1.0, now=NOW)
+    stats = spot_stats_now(stage, spot_available=True, changeover_hours=1.0, advisor_bucket=4, now=NOW)
     # THEN its life table counts ages in bands of three five-minute guard steps
     assert stats.band_hours == pytest.approx(0.25)
     assert stats.available is None
+
+
+@pytest.mark.parametrize("bucket", [0, 2, 4])
+def test_a_fresh_stage_expects_of_spot_what_the_stacks_advisor_bucket_says(bucket: int):
+    # GIVEN a stage that has learnt nothing of Spot yet, in a stack whose Spot types are in interruption bucket `bucket`
+    stage = waiting_stage(None)
+    stage.spot_stats = {}
+    # WHEN its statistics are read
+    stats = spot_stats_now(stage, spot_available=True, changeover_hours=0.25, advisor_bucket=bucket, now=NOW)
+    # THEN the policy's prior is that bucket's: capacity expected to last as long as the Spot Advisor says
+    assert stats.advisor_bucket == bucket
+    assert stats.hazards(True) == SpotStats.with_prior(bucket).hazards(True)
+
+
+def test_a_stage_that_has_learnt_keeps_its_own_figures_whatever_the_bucket():
+    # GIVEN a stage that has learnt Spot under the worst bucket
+    stage = waiting_stage(None)
+    # WHEN its statistics are read in a stack now set to the best bucket
+    stats = spot_stats_now(stage, spot_available=True, changeover_hours=0.25, advisor_bucket=0, now=NOW)
+    # THEN what it learnt stands
+    assert stats == SpotStats.from_dict(stage.spot_stats)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -245,6 +246,11 @@ def test_parameters_refuse_what_the_functions_would_refuse_at_cold_start():
         checked += 1
         # GIVEN a numeric parameter the settings bound: THEN the parameter is bounded at least as tightly, so that
         # `sam deploy` refuses the value rather than every function failing at its first cold start
+        if "AllowedValues" in parameter:
+            allowed = [float(v) for v in parameter["AllowedValues"]]
+            assert all(bounds.get("ge", -math.inf) <= v <= bounds.get("le", math.inf) for v in allowed), value["Ref"]
+            assert all(bounds.get("gt", -math.inf) < v for v in allowed), value["Ref"]
+            continue
         if "ge" in bounds:
             assert float(parameter["MinValue"]) >= bounds["ge"], value["Ref"]
         if "gt" in bounds:
@@ -252,6 +258,35 @@ def test_parameters_refuse_what_the_functions_would_refuse_at_cold_start():
         if "le" in bounds:
             assert float(parameter["MaxValue"]) <= bounds["le"], value["Ref"]
     assert checked >= 3
+
+
+@pytest.mark.parametrize(
+    ("parameter", "variable", "given", "setting", "expected"),
+    [
+        ("ChangeoverHours", "CHANGEOVER_HOURS", "0.75", "changeover_hours", 0.75),
+        ("SpotInterruptionBucket", "SPOT_INTERRUPTION_BUCKET", "1", "spot_interruption_bucket", 1),
+    ],
+)
+def test_the_deadline_policys_inputs_are_the_stacks_parameters(
+    parameter: str, variable: str, given: str, setting: str, expected: float
+):
+    template = source_template()
+    # GIVEN the parameters of the stack that describe its capacity to the deadline policy
+    spec = template["Parameters"][parameter]
+    # THEN every function gets them
+    assert template["Globals"]["Function"]["Environment"]["Variables"][variable] == {"Ref": parameter}
+    assert "Description" in spec
+    # AND a value given at deploy time is what the functions' settings read (as CloudFormation passes it: a string)
+    environ = {
+        name: "x" * 8 if field.annotation is str else "2"
+        for name, field in ((f.alias, f) for f in ControlPlaneSettings.model_fields.values())
+        if name and field.is_required()
+    }
+    settings = ControlPlaneSettings.from_environ({**environ, variable: given})
+    assert getattr(settings, setting) == expected
+    # AND the stack's default is the settings' own, so that the offline runtime and `sam deploy` agree
+    default = ControlPlaneSettings.model_fields[setting].default
+    assert float(spec["Default"]) == default
 
 
 def test_string_parameters_are_constrained():

@@ -295,7 +295,7 @@ def _learn_spot(svc: Services, stage: Stage, attempt: Attempt) -> Stage:
         return stage
     if stage.spot_learnt_attempt >= attempt.attempt:
         return stage
-    stats = spot_stats(stage, svc.settings.changeover_hours)
+    stats = spot_stats(stage, svc.settings.changeover_hours, svc.settings.spot_interruption_bucket)
     stats.observe(True, hours_between(parse_time(attempt.started_at), parse_time(attempt.stopped_at)))
     if attempt.failure_class in RECLAIM_CLASSES:
         stats.observe(False, 0.0)

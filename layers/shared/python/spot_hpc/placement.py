@@ -104,21 +104,21 @@ def node_price(svc: Services, capacity: str, stage: Stage, at: datetime | None =
         return None
 
 
-def spot_stats(stage: Stage, changeover_hours: float) -> SpotStats:
-    """What the stage has learnt of Spot so far (the worst Spot Advisor bucket as the prior); a fresh life table gets
-    age bands fitting the SLA guard's schedule and the changeover."""
+def spot_stats(stage: Stage, changeover_hours: float, advisor_bucket: int) -> SpotStats:
+    """What the stage has learnt of Spot so far; a fresh life table has the stack's Spot Advisor interruption bucket
+    as its prior and age bands fitting the SLA guard's schedule and the changeover."""
     if stage.spot_stats:
         return SpotStats.from_dict(stage.spot_stats)
-    return SpotStats.with_prior(None, band_hours=band_hours_for(DEFAULT_STEP_HOURS, changeover_hours))
+    return SpotStats.with_prior(advisor_bucket, band_hours=band_hours_for(DEFAULT_STEP_HOURS, changeover_hours))
 
 
 def spot_stats_now(
-    stage: Stage, spot_available: bool, changeover_hours: float, now: datetime | None = None
+    stage: Stage, spot_available: bool, changeover_hours: float, advisor_bucket: int, now: datetime | None = None
 ) -> SpotStats:
     """The stage's Spot statistics for a decision now: without capacity, the wait still in progress counts as the
     gap the policy weighs (a long gap is filled with On-Demand). Not stored: `end_spot_wait` records the whole wait
     once it is over."""
-    stats = spot_stats(stage, changeover_hours)
+    stats = spot_stats(stage, changeover_hours, advisor_bucket)
     if not spot_available and stage.spot_waiting_since:
         stats.observe(False, hours_between(parse_time(stage.spot_waiting_since), now or utc_now()))
     return stats
@@ -137,7 +137,7 @@ def end_spot_wait(svc: Services, stage: Stage) -> None:
     """A wait for Spot capacity is over (capacity came, or the work went elsewhere): learn how long it lasted."""
     if not stage.spot_waiting_since:
         return
-    stats = spot_stats(stage, svc.settings.changeover_hours)
+    stats = spot_stats(stage, svc.settings.changeover_hours, svc.settings.spot_interruption_bucket)
     stats.observe(False, hours_between(parse_time(stage.spot_waiting_since), utc_now()))
     svc.ledger.update_stage(stage.run_id, stage.stage, removes=("spot_waiting_since",), spot_stats=stats.to_dict())
 
@@ -157,7 +157,9 @@ def choose_capacity(
         changeover_hours=svc.settings.changeover_hours,
         od_price=od_price,
         spot_price=spot_price,
-        stats=spot_stats_now(stage, spot_available, svc.settings.changeover_hours),
+        stats=spot_stats_now(
+            stage, spot_available, svc.settings.changeover_hours, svc.settings.spot_interruption_bucket
+        ),
         spot_allowed=stage.spot_allowed,
     )
     logger.info(

@@ -38,6 +38,9 @@ class ControlPlaneSettings(BaseModel):
     hpc_instance_type: str = Field(default="c6i.8xlarge", alias="HPC_INSTANCE_TYPE")
     # Time from asking for new capacity to a job making progress on it (scale-up, image pull, restore).
     changeover_hours: float = Field(default=0.1, alias="CHANGEOVER_HOURS", ge=0, le=24)
+    # The Spot Instance Advisor's interruption bucket of the Spot types (0: <5% .. 4: >20% a month): the deadline
+    # policy's prior of Spot capacity before a stage has seen its own.
+    spot_interruption_bucket: int = Field(default=4, alias="SPOT_INTERRUPTION_BUCKET", ge=0, le=4)
     # Application errors a stage may retry before it fails for good (Spot reclaims never spend it).
     stage_retry_budget: int = Field(default=2, alias="STAGE_RETRY_BUDGET", ge=0, le=20)
     # A job RUNNABLE on the Spot queue this long means there is no Spot capacity for it.
