@@ -15,6 +15,7 @@ from spot_hpc.cost import (
     billed_seconds,
     check_run_report_costs,
     on_demand_only_cost_usd,
+    on_demand_only_hours,
     run_cost_usd,
     savings_pct,
     settle_run,
@@ -220,3 +221,12 @@ def test_a_running_attempt_cost_so_far_is_taken_as_reported_but_must_be_a_cost()
     # ... and a cost so far that is no cost is named
     running["cost_usd"] = -1.0
     assert any("cost_usd so far -1.0" in problem for problem in check_run_report_costs(report))
+
+
+def test_money_summed_over_no_attempts_is_a_float() -> None:
+    # GIVEN a run that ended before any job was placed (no attempts), and a stage with no attempt
+    # WHEN its cost and a stage's On-Demand-only hours are summed
+    settled = settle_run([], [])
+    hours = on_demand_only_hours({"name": "hpc", "status": "FAILED", "attempts": [], "compute_hours": 4.0})
+    # THEN they are floats, as the report's JSON contract has them (0.0, not 0)
+    assert isinstance(settled.cost_usd, float) and isinstance(hours, float)

@@ -242,6 +242,68 @@ def test_a_notice_sent_whose_note_on_the_run_could_not_be_written_still_counts_t
     assert [settlement.counted for settlement in settlements] == [True, False]
 
 
+def test_a_run_whose_closing_failed_after_its_notice_went_out_is_still_counted_once(
+    svc: Services, sink: WebhookSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a failed run, and DynamoDB failing (past botocore's retries) the one write after its notice: closing the run
+    _failed_hpc_run(svc.ledger)
+    real_close = Ledger.close_run
+    failed: list[str] = []
+
+    def fail_once(self: Ledger, run_id: str) -> None:
+        if not failed:
+            failed.append(run_id)
+            raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException"}}, "UpdateItem")
+        real_close(self, run_id)
+
+    monkeypatch.setattr(Ledger, "close_run", fail_once)
+
+    # WHEN the notify task runs, and then the SLA guard's sweep settles the run it finds still open
+    settlement = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+    open_after_notice = [run.run_id for run in svc.ledger.open_runs()]
+    swept = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR}, leave_held_notice=True)
+
+    # THEN the team was told once and the run counted once, by the invocation that sent the notice (before, it failed
+    # and its retry found the notice sent: no invocation counted it); the sweep closes the run
+    assert failed == ["run-1"] and len(sink.delivered_messages) == 1
+    assert (settlement.counted, swept.counted) == (True, False)
+    assert open_after_notice == ["run-1"] and list(svc.ledger.open_runs()) == []
+
+
+class JobsTerminated:
+    """AWS Batch as the run's end reaches it: the jobs it terminates."""
+
+    def __init__(self) -> None:
+        self.terminated: list[str] = []
+
+    def terminate(self, job_id: str, reason: str) -> None:
+        self.terminated.append(job_id)
+
+
+def test_an_ended_run_is_billed_as_of_its_end_when_an_attempt_s_own_end_was_never_recorded(
+    svc: Services, sink: WebhookSink, utc_clock
+) -> None:
+    # GIVEN run-1 failed at 05:00 while hpc ran On-Demand on 2 nodes ($1 a node-hour) from 01:30: the run's end stopped
+    # the job, but its end event was lost, so its attempt stays RUNNING in the ledger
+    run = Run("run-1", "ingest", "incoming/a.csv", "v1", "2026-01-05T06:00:00Z", 6.0, STARTED_AT, {})
+    stages = [Stage("run-1", "preprocess", 0, 1.0, True, 1), Stage("run-1", "hpc", 1, 2.0, False, 2)]
+    preprocess = _attempt("preprocess", 1, STARTED_AT, "2026-01-05T01:00:00Z", status="SUCCEEDED", exit_code=0)
+    hpc = Attempt("run-1", "hpc", 1, "job-hpc-1", "hpc-queue", "on-demand", 2, "2026-01-05T01:30:00Z",
+                  usd_per_hour=2.0, status="RUNNING", started_at="2026-01-05T01:30:00Z")  # fmt: skip
+    _write_run(svc.ledger, run, stages, [preprocess, hpc], {"preprocess": ("SUCCEEDED", None)})
+    svc.batch = JobsTerminated()
+    told = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR}).report
+
+    # WHEN its report is read a month later (`spotctl report --stack`)
+    utc_clock.advance(days=30)
+    later = run_report(svc, svc.ledger.get_run("run-1"))  # type: ignore[arg-type]
+
+    # THEN it costs what it cost when it ended: 1 h of preprocess and 3.5 h of hpc at $2, not a month of a job stopped
+    assert told["cost_usd"] == pytest.approx(1.0 + 3.5 * 2.0)
+    assert later["cost_usd"] == told["cost_usd"] and later["as_of_hours"] == told["finished_hours"] == 5.0
+    assert svc.batch.terminated == ["job-hpc-1"]
+
+
 class SecretsManagerFailing:
     """Secrets Manager failing (past botocore's retries) while `failing`; the real client otherwise."""
 

@@ -103,7 +103,8 @@ class RunCost:
 
 
 def round_usd(value: float) -> float:
-    return round(value, USD_DECIMALS)
+    # A float even for a sum over nothing (an int 0 there): the report's money fields are JSON numbers with a point.
+    return float(round(value, USD_DECIMALS))
 
 
 def billed_seconds(started_hours: float | None, stopped_hours: float | None, now_hours: float | None = None) -> int:
@@ -201,7 +202,7 @@ def on_demand_only_hours(stage: Mapping[str, Any], as_of_hours: float | None = N
             if not report.get("resumed_from_checkpoint") and ran > 0:
                 return ran
         return float(stage["compute_hours"])
-    return sum(_run_hours(attempt, as_of_hours) for attempt in attempts)
+    return math.fsum(_run_hours(attempt, as_of_hours) for attempt in attempts)
 
 
 def _run_hours(attempt: Attempt, as_of_hours: float | None) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,8 @@ from spot_hpc.placement import node_price, stop_stage
 from spot_hpc.run_report import FailureClass, build_run_report, describe_failure
 from spot_hpc.services import Services
 from spot_hpc.slack import Notification
+
+logger = logging.getLogger(__name__)
 
 
 def run_report(svc: Services, run: Run, keep_prices: bool = False) -> dict[str, Any]:
@@ -108,7 +111,12 @@ def finish(svc: Services, payload: dict[str, Any], leave_held_notice: bool = Fal
     # marked sent is sent again after its lease, by a retry or the SLA guard, which count it instead.
     sent = notify(svc, outcome, run, stage, reason, raise_if_held=not leave_held_notice, **figures)
     # Told, or claimed by an invocation that tells it (or, if it dies, the SLA guard): the run is no longer open.
-    svc.ledger.close_run(run_id)
+    # A failure here must not fail the invocation: its retry would find the notice sent and count nothing, so the
+    # run's figures would reach no metric. A run left open is settled again by the SLA guard, which counts nothing.
+    try:
+        svc.ledger.close_run(run_id)
+    except Exception:
+        logger.exception("could not close the run; the SLA guard's sweep closes it", extra={"run_id": run_id})
     # A late call with the other outcome (the run was settled first as the other) counts nothing.
     return Settlement(report, counted=sent and run.status == settled_as)
 

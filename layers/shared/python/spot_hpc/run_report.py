@@ -75,6 +75,11 @@ def build_run_report(
     it could not be looked up. An unknown price counts as 0 and is counted in `prices_unknown`."""
     # Rounded as the report shows hours: the running attempts' costs are recomputed from it (`as_of_hours`).
     now_hours = round(hours_between(parse_time(run.started_at), utc_now()), 6)
+    finished = _hours(run, run.finished_at)
+    if run.status != "RUNNING" and finished is not None:
+        # A run that ended is billed as of its end: the run's end stopped its jobs, and an attempt whose own end was
+        # never recorded (its job's event lost once the stage had left the guard's watch) is not billed for ever.
+        now_hours = min(now_hours, finished)
     stage_reports: list[dict[str, Any]] = []
     billed: list[cost.Attempt] = []
     for stage in stages:
@@ -119,7 +124,6 @@ def build_run_report(
     # A run that ended lists the stages it ran, each SUCCEEDED or FAILED; those it never reached (after a stage that
     # failed for good) are named apart: they cost nothing and have no outcome.
     not_run = [item["name"] for item in stage_reports if run.status != "RUNNING" and item["status"] == "PENDING"]
-    finished = _hours(run, run.finished_at)
     return {
         "run_id": run.run_id,
         "source": f"s3://{run.bucket}/{run.key}",
@@ -127,7 +131,7 @@ def build_run_report(
         "pipeline_status": run.status,
         "deadline_hours": run.deadline_hours,
         "finished_hours": finished,
-        # When the report was made: what an attempt still running is billed up to.
+        # What an attempt still running is billed up to: when the report was made, or the end of a run that ended.
         "as_of_hours": now_hours,
         # Met: the pipeline succeeded by its deadline. A failed run has not met it; nor, yet, has one still running.
         "deadline_met": run.status == "SUCCEEDED" and finished is not None and finished <= run.deadline_hours + 1e-9,
