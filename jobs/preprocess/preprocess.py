@@ -99,6 +99,9 @@ def has_control_character(text: str) -> bool:
 
 
 def data_rows(text: str, skip: int) -> tuple[list[int], Iterator[list[str]]]:
+    # No field is longer than the input, which is in memory already: a long one is a row to reject, not a crash
+    # (the csv module's own limit, 128 KiB, raises for the whole file).
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header is None:

@@ -291,7 +291,13 @@ class CheckpointedJob:
                 self._cleanup()
             else:
                 self._final_meta = dict(meta or {})
-                self._save(lambda: b"", 1.0, self._final_meta, "finished", final=True)
+                try:
+                    self._save(lambda: b"", 1.0, self._final_meta, "finished", final=True)
+                except Exception as exc:
+                    # The outputs are written: failing now would turn finished work into an application error
+                    # (spending the stage's retries). Without this checkpoint, a resubmitted stage redoes the part.
+                    logger.warning("final checkpoint failed: %s", exc)
+                    self._emit("checkpoint_failed", reason="finished", error=str(exc))
         self._emit("finished", work_seconds=self.work_seconds)
 
     def wait_until(self, done: Callable[[], bool], what: str) -> None:
@@ -306,7 +312,7 @@ class CheckpointedJob:
             raise RuntimeError("wait_until() is for a part whose work is done: call finish() first")
         self._account()
         self._emit("waiting", what=what)
-        while not done():
+        while not self._done_yet(done):
             stop = self.watcher.stop_signal
             if stop is not None:
                 self._stop(stop, lambda: b"", 1.0, self._final_meta, final=True)
@@ -314,6 +320,16 @@ class CheckpointedJob:
             self._mark = time.monotonic()  # waiting is not work: work_seconds stay the part's own
 
     # -- internals ----------------------------------------------------------------------------------------------
+    def _done_yet(self, done: Callable[[], bool]) -> bool:
+        """`done()`, with a failure to tell (S3 throttled past botocore's retries, say) taken as "not yet": the wait
+        may last hours, and one failed look must not fail the job as an application error."""
+        try:
+            return done()
+        except Exception as exc:
+            logger.warning("could not tell whether the wait is over: %s", exc)
+            self._emit("wait_check_failed", error=str(exc))
+            return False
+
     def _account(self) -> None:
         now = time.monotonic()
         self._work_here += now - self._mark
