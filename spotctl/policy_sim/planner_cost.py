@@ -315,10 +315,9 @@ def _ask_idle_with_capacity(
     from spot_hpc.ledger import Stage
     from spot_hpc.placement import spot_stats
     from spot_hpc.policy import Action, decide
-    from spot_hpc.settings import ControlPlaneSettings
+    from spot_hpc.policy.stats import DEFAULT_BUCKET
 
-    bucket = ControlPlaneSettings.model_fields["spot_interruption_bucket"].default  # the stack's default
-    stats = spot_stats(Stage("bench", "preprocess", 0, work_hours, True, 1), changeover_hours, bucket)
+    stats = spot_stats(Stage("bench", "preprocess", 0, work_hours, True, 1), changeover_hours, DEFAULT_BUCKET)
     decision = decide(
         remaining_hours=work_hours,
         hours_left=deadline_hours,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 from spot_checkpoint import list_objects, write_object
@@ -15,7 +14,7 @@ from jobs.preprocess import preprocess
 
 from . import test_workloads
 from .conftest import S3Passthrough
-from .test_workloads import INPUT_CSV, MAIN_NODE, stage_env
+from .test_workloads import INPUT_CSV, MAIN_NODE, as_in_container, stage_env
 
 # The workloads' fixtures: an input preprocessed for the HPC stage.
 pipeline_inputs, hpc_input = test_workloads.pipeline_inputs, test_workloads.hpc_input
@@ -39,9 +38,7 @@ def test_a_shard_whose_output_is_written_succeeds_though_its_final_checkpoint_fa
 ) -> None:
     # GIVEN shard 1 of an HPC array, and S3 refusing the final checkpoint it writes after its output
     env = stage_env("arr", "hpc", hpc_input, AWS_BATCH_JOB_ARRAY_INDEX="1", SPOT_CHECKPOINT_PARTS="2")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(boto3, "client", lambda *args, **kwargs: FinalManifestRefused(s3))
+    as_in_container(monkeypatch, env, FinalManifestRefused(s3))
     # WHEN the shard runs as its container does
     code = hpc.main()
     # THEN its output is written and it exits 0: the final checkpoint only saves a resubmitted stage redoing it

@@ -42,6 +42,13 @@ def stage_env(run_id: str, stage: str, input_uri: str, **extra: str) -> dict[str
     }
 
 
+def as_in_container(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], s3: Any) -> None:
+    """A workload's `main()` run as its container runs it: `env` is the environment, `s3` the client boto3 gives."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(boto3, "client", lambda *args, **kwargs: s3)
+
+
 def run_interrupted(s3: Any, run: Callable[[Any, dict[str, str]], None], env: dict[str, str]) -> int:
     """Run a workload, stopping it by a fresh checkpoint request before every attempt; returns the interruptions."""
     interruptions = 0
@@ -240,9 +247,7 @@ def test_done_job_exits_0_when_checkpoint_cleanup_fails(s3: Any, monkeypatch: py
     # GIVEN a preprocess job whose checkpoint deletes fail
     write_object(s3, INPUT_CSV, b"source_id,x_m,y_m,power_w\na,0.1,0.1,1\nb,0.2,0.2,2\n")
     env = stage_env("r", "preprocess", INPUT_CSV, PREPROCESS_CHUNK_ROWS="1")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(boto3, "client", lambda *args, **kwargs: FailingDeletes(s3))
+    as_in_container(monkeypatch, env, FailingDeletes(s3))
     # WHEN it runs as in its container
     code = preprocess.main()
     # THEN its outputs are written and it reports success, not an application error

@@ -217,22 +217,29 @@ def test_a_run_settled_by_an_invocation_that_died_before_its_notice_is_told_and_
     assert len(sink.delivered_messages) == 1 and settlement.counted is True
 
 
+def _fail_first_write(monkeypatch: pytest.MonkeyPatch, method: str, operation: str) -> list[str]:
+    """DynamoDB failing (past botocore's retries) the first call of `Ledger.<method>`, a write about a run; the later
+    ones go through. Returns the runs it failed for."""
+    real = getattr(Ledger, method)
+    failed: list[str] = []
+
+    def fail_once(self: Ledger, run_id: str, *args: Any) -> Any:
+        if not failed:
+            failed.append(run_id)
+            raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException"}}, operation)
+        return real(self, run_id, *args)
+
+    monkeypatch.setattr(Ledger, method, fail_once)
+    return failed
+
+
 def test_a_notice_sent_whose_note_on_the_run_could_not_be_written_still_counts_the_run_once(
     svc: Services, sink: WebhookSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN a failed run, and DynamoDB failing (past botocore's retries) the note of its notice on the run, written
     # once the notice went out and was marked sent
     _failed_hpc_run(svc.ledger)
-    real_record = Ledger.record_notifications
-    failed: list[str] = []
-
-    def fail_once(self: Ledger, run_id: str, entries: list[dict[str, str]]) -> None:
-        if not failed:
-            failed.append(run_id)
-            raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException"}}, "PutItem")
-        real_record(self, run_id, entries)
-
-    monkeypatch.setattr(Ledger, "record_notifications", fail_once)
+    failed = _fail_first_write(monkeypatch, "record_notifications", "PutItem")
 
     # WHEN the notify task runs, and the state machine runs it again (as it would after a failure)
     settlements = [finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR}) for _ in range(2)]
@@ -247,16 +254,7 @@ def test_a_run_whose_closing_failed_after_its_notice_went_out_is_still_counted_o
 ) -> None:
     # GIVEN a failed run, and DynamoDB failing (past botocore's retries) the one write after its notice: closing the run
     _failed_hpc_run(svc.ledger)
-    real_close = Ledger.close_run
-    failed: list[str] = []
-
-    def fail_once(self: Ledger, run_id: str) -> None:
-        if not failed:
-            failed.append(run_id)
-            raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException"}}, "UpdateItem")
-        real_close(self, run_id)
-
-    monkeypatch.setattr(Ledger, "close_run", fail_once)
+    failed = _fail_first_write(monkeypatch, "close_run", "UpdateItem")
 
     # WHEN the notify task runs, and then the SLA guard's sweep settles the run it finds still open
     settlement = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
