@@ -18,7 +18,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -454,6 +454,12 @@ class BatchEmulator:
         instance = self._ec2.run_instances(
             ImageId=self._image_id, MinCount=1, MaxCount=1, InstanceType=self.instance_types[job.capacity], **market
         )["Instances"][0]
+        # moto stamps the launch with the wall clock; the control plane reads it on the virtual one (a Spot instance
+        # interrupted within its first hour is not charged).
+        from moto.ec2.models import ec2_backends
+
+        launched = self._now().astimezone(UTC).replace(tzinfo=None)  # naive UTC, as moto keeps it
+        ec2_backends[ACCOUNT_ID][REGION].get_instance(instance["InstanceId"]).launch_time = launched
         registered = self._ecs.register_container_instance(
             cluster=f"spot-hpc-{job.capacity}",
             instanceIdentityDocument=json.dumps({"instanceId": instance["InstanceId"]}),

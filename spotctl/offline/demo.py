@@ -104,7 +104,13 @@ def _hours(value: float | None) -> str:
 def _reason(attempt: dict[str, Any]) -> str:
     # Batch's words ("Essential container in task exited") say little on their own; lead with the control plane's class.
     failure = attempt.get("failure_class")
-    return f"{failure}: {attempt['status_reason']}" if failure else str(attempt["status_reason"])
+    reason = f"{failure}: {attempt['status_reason']}" if failure else str(attempt["status_reason"])
+    # Why such an attempt's cost is 0.00.
+    return (
+        f"{reason} (not charged: EC2 interrupted the instance in its first hour)"
+        if attempt.get("interrupted_in_first_hour")
+        else reason
+    )
 
 
 def _cost_line(report: dict[str, Any]) -> str:

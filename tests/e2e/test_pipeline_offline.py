@@ -70,6 +70,19 @@ def test_summary_says_why_each_attempt_ended(demo_run):
     assert f"{report['finished_hours']:.2f} h of {report['deadline_hours']:g} h: deadline met" in text
 
 
+def test_a_spot_attempt_reclaimed_in_its_instances_first_hour_is_not_charged_and_the_summary_says_so(demo_run):
+    # GIVEN the run's report: preprocess's first Spot instance was reclaimed 46 minutes into the run
+    report, timeline = demo_run
+    first = report["stages"][0]["attempts"][0]
+    # WHEN the demo prints its summary
+    text = format_summary(report, timeline)
+    # THEN that attempt costs nothing (AWS does not charge for it), and its line says why
+    assert first["interrupted_in_first_hour"] is True and first["cost_usd"] == 0
+    assert first["stopped_hours"] - first["started_hours"] < 1
+    line = next(line for line in text.splitlines() if line.split()[:4] == ["preprocess", "spot", "x1", "FAILED"])
+    assert line.split()[6] == "0.00" and "not charged: EC2 interrupted the instance in its first hour" in line
+
+
 def test_summary_tells_savings_of_a_succeeded_run_only_and_never_rounds_them_wrong(demo_run):
     # GIVEN the run's report, and the same report as if the run had failed, or had cost a hair more than On-Demand
     report, timeline = demo_run

@@ -892,3 +892,59 @@ def test_a_run_end_notice_whose_notifier_died_with_no_retry_to_come_is_sent_and_
     assert ("sns", "failed", "delivered late") in [(n["channel"], n["kind"], n["status"]) for n in notes]
     # AND every call the guard made on the way is one its role allows
     assert refused == {}
+
+
+@pytest.mark.parametrize(("capacity_ticks", "charged"), [(3, False), (9, True)])
+def test_a_spot_job_reclaimed_in_its_instances_first_hour_is_not_charged(tmp_path, capacity_ticks, charged):
+    # GIVEN Spot capacity for 30 minutes (or 90), then none for 20 minutes, under a 4-hour preprocess with a roomy
+    # deadline: the Spot job is reclaimed half an hour (or an hour and a half) after its instance was launched
+    trace = trace_file(tmp_path, "reclaimed", [1] * capacity_ticks + [0, 0] + [1] * 500)
+    with OfflineControlPlane(trace=trace, stage_hours=LONG_PREPROCESS) as plane:
+        plane.upload("incoming/reclaimed.csv", b"a\n1\n", {"deadline-hours": "40", "stage-hours": "preprocess=4"})
+        # WHEN the reclaim's events are handled
+        _run_until(plane, lambda: any(a.failure_class for a in _attempts(plane, "preprocess")[1]))
+        run, _ = _attempts(plane, "preprocess")
+        report = run_report(control_plane_services(plane), run)
+        refused = _refused_calls(plane)
+    # THEN the reclaimed attempt costs nothing when the reclaim came in the instance's first hour (AWS charges
+    # nothing then), and its billed run time otherwise; the report's figures agree with themselves
+    reclaimed = report["stages"][0]["attempts"][0]
+    assert reclaimed["capacity"] == "spot" and reclaimed["failure_class"] in RECLAIM_CLASSES
+    assert reclaimed.get("interrupted_in_first_hour", False) is not charged
+    ran_hours = reclaimed["stopped_hours"] - reclaimed["started_hours"]
+    assert reclaimed["cost_usd"] == (pytest.approx(ran_hours * reclaimed["usd_per_hour"], abs=1e-3) if charged else 0)
+    assert check_run_report_costs(report) == []
+    assert refused == {}
+
+
+def test_a_shard_reclaimed_in_its_instances_first_hour_is_not_charged(tmp_path):
+    # GIVEN 3 HPC shards of 2 h on Spot, and the third node reclaimed about 40 minutes into them (70 minutes into the
+    # trace, the shards starting after a half-hour preprocess)
+    trace = trace_file(tmp_path, "early-dip", [3] * 7 + [2] * 3 + [3] * 500)
+    with OfflineControlPlane(trace=trace, stage_hours={**QUICK_STAGES, "hpc": 2.0}) as plane:
+        _shards_run(plane, deadline_hours=12, hpc_hours=2.0)
+        # WHEN the array has ended for the reclaim (the warned shard checkpointed and exited, the others were ended)
+        _run_until(plane, lambda: any(a.failure_class for a in _attempts(plane, "hpc")[1]))
+        run, hpc = _attempts(plane, "hpc")
+        report = run_report(control_plane_services(plane), run)
+        warned = {text.split()[-1] for _, text in plane.batch.timeline if "Spot interruption notice" in text}
+        batch = boto3.client("batch", region_name=REGION)
+        shards = [
+            job
+            for state in ("SUCCEEDED", "FAILED")
+            for summary in batch.list_jobs(arrayJobId=hpc[0].job_id, jobStatus=state)["jobSummaryList"]
+            for job in batch.describe_jobs(jobs=[summary["jobId"]])["jobs"]
+        ]
+        on_instance = control_plane_services(plane).batch.instances_of(
+            shard["container"]["containerInstanceArn"] for shard in shards
+        )
+        refused = _refused_calls(plane)
+    # THEN the shard on the warned instance, which EC2 took back within its first hour, costs nothing: the array is
+    # billed for its other two shards' runs alone
+    reclaimed = [s for s in shards if on_instance[s["container"]["containerInstanceArn"]] in warned]
+    others = [s for s in shards if s not in reclaimed]
+    assert len(warned) == 1 and len(reclaimed) == 1 and len(others) == 2
+    assert reclaimed[0]["stoppedAt"] - reclaimed[0]["startedAt"] < 3600 * 1000
+    spot = report["stages"][1]["attempts"][0]
+    assert spot["instance_seconds"] == sum(max(60, math.ceil((s["stoppedAt"] - s["startedAt"]) / 1000)) for s in others)
+    assert check_run_report_costs(report) == [] and refused == {}

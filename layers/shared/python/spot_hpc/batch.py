@@ -1,12 +1,16 @@
-"""AWS Batch and ECS calls of the control plane, each bounded and throttling-aware (clients are injected)."""
+"""AWS Batch, ECS and EC2 calls of the control plane, each bounded and throttling-aware (clients are injected)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from spot_hpc.clock import as_utc
+
 DESCRIBE_BATCH = 100  # DescribeJobs takes at most 100 ids.
+DESCRIBE_CONTAINER_INSTANCES = 100  # DescribeContainerInstances takes at most 100 ARNs.
 
 
 @dataclass(frozen=True)
@@ -24,9 +28,10 @@ class JobRequest:
 
 
 class BatchGateway:
-    def __init__(self, batch_client: Any, ecs_client: Any) -> None:
+    def __init__(self, batch_client: Any, ecs_client: Any, ec2_client: Any) -> None:
         self._batch = batch_client
         self._ecs = ecs_client
+        self._ec2 = ec2_client
 
     def submit(self, request: JobRequest) -> str:
         env = [{"name": k, "value": v} for k, v in sorted(request.environment.items())]
@@ -82,17 +87,42 @@ class BatchGateway:
 
     def instance_ids(self, container_instance_arns: Iterable[str]) -> list[str]:
         """EC2 instance ids behind ECS container instances (one DescribeContainerInstances call per cluster)."""
+        return list(self.instances_of(container_instance_arns).values())
+
+    def instances_of(self, container_instance_arns: Iterable[str]) -> dict[str, str]:
+        """{container instance ARN: the EC2 instance id behind it} (one DescribeContainerInstances call per cluster,
+        of at most DESCRIBE_CONTAINER_INSTANCES ARNs)."""
         by_cluster: dict[str, list[str]] = {}
-        for arn in container_instance_arns:
+        for arn in dict.fromkeys(container_instance_arns):
             # arn:aws:ecs:<region>:<account>:container-instance/<cluster>/<id>
             resource = arn.split(":", 5)[-1]
             parts = resource.split("/")
             if len(parts) == 3:
                 by_cluster.setdefault(parts[1], []).append(arn)
-        found: list[str] = []
+        found: dict[str, str] = {}
         for cluster, arns in by_cluster.items():
-            described = self._ecs.describe_container_instances(cluster=cluster, containerInstances=arns)
-            found.extend(
-                ci["ec2InstanceId"] for ci in described.get("containerInstances", []) if ci.get("ec2InstanceId")
-            )
+            for start in range(0, len(arns), DESCRIBE_CONTAINER_INSTANCES):
+                described = self._ecs.describe_container_instances(
+                    cluster=cluster, containerInstances=arns[start : start + DESCRIBE_CONTAINER_INSTANCES]
+                )
+                found.update(
+                    (ci["containerInstanceArn"], ci["ec2InstanceId"])
+                    for ci in described.get("containerInstances", [])
+                    if ci.get("ec2InstanceId") and ci.get("containerInstanceArn")
+                )
         return found
+
+    def instance_launch_times(self, instance_ids: Iterable[str]) -> dict[str, datetime]:
+        """When each EC2 instance was launched, for those EC2 still describes (a terminated one, for about an hour).
+        Asked by filter, not by id: an unknown id then leaves the instance out instead of failing the whole call."""
+        ids = sorted(set(instance_ids))
+        if not ids:
+            return {}
+        paginator = self._ec2.get_paginator("describe_instances")
+        return {
+            instance["InstanceId"]: as_utc(instance["LaunchTime"])
+            for page in paginator.paginate(Filters=[{"Name": "instance-id", "Values": ids}])
+            for reservation in page.get("Reservations", [])
+            for instance in reservation.get("Instances", [])
+            if instance.get("LaunchTime")
+        }

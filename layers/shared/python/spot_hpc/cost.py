@@ -1,8 +1,9 @@
 """Cost and savings accounting of a pipeline run: pure functions, no AWS.
 
 Billing model (EC2 Linux, which AWS Batch instances are): per-second billing with a 60-second minimum each
-time an instance starts. An attempt's `usd_per_hour` is the price of its capacity for all of its nodes, so an
-attempt's cost is `usd_per_hour * billed_hours`. The run's cost is the sum over its attempts.
+time an instance starts, and nothing for a Spot instance that EC2 interrupts within its first hour. An attempt's
+`usd_per_hour` is the price of its capacity for all of its nodes, so an attempt's cost is
+`usd_per_hour * billed_hours`. The run's cost is the sum over its attempts.
 
 What the run "would have cost On-Demand" is each stage's uninterrupted compute at the On-Demand price of that
 stage's nodes, summed over stages (`on_demand_only_hours`): measured where the run measured it (a stage whose
@@ -46,7 +47,8 @@ class Attempt:
     (cancelled or failed while RUNNABLE) has `started_hours` None or equal to `stopped_hours`, and costs nothing.
     An ended array job's shards each ran on an instance of their own, for as long as they ran: `instance_seconds` is
     what EC2 billed them, at `usd_per_hour / nodes` each (the array's own times span its shards, and while it runs
-    it is billed as all of them from its start).
+    it is billed as all of them from its start). An attempt whose Spot instance EC2 interrupted within the instance's
+    first hour (`interrupted_in_first_hour`) costs nothing: AWS does not charge for such an instance.
     """
 
     capacity: Capacity
@@ -55,6 +57,7 @@ class Attempt:
     stopped_hours: float | None
     usd_per_hour: float
     instance_seconds: int | None = None
+    interrupted_in_first_hour: bool = False
 
     def __post_init__(self) -> None:
         if self.capacity not in CAPACITIES:
@@ -124,6 +127,8 @@ def billed_seconds(started_hours: float | None, stopped_hours: float | None, now
 
 def attempt_cost_usd(attempt: Attempt, now_hours: float | None = None) -> float:
     """What EC2 bills for the attempt (all of its nodes), so far when it is still running."""
+    if attempt.interrupted_in_first_hour:
+        return 0.0
     if attempt.instance_seconds is not None:
         return round_usd(attempt.usd_per_hour / attempt.nodes * attempt.instance_seconds / SECONDS_PER_HOUR)
     seconds = billed_seconds(attempt.started_hours, attempt.stopped_hours, now_hours)
@@ -176,6 +181,7 @@ def attempt_from_report(attempt: Mapping[str, Any]) -> Attempt:
         stopped_hours=_optional_float(attempt.get("stopped_hours")),
         usd_per_hour=float(attempt["usd_per_hour"]),
         instance_seconds=None if attempt.get("instance_seconds") is None else int(attempt["instance_seconds"]),
+        interrupted_in_first_hour=attempt.get("interrupted_in_first_hour") is True,
     )
 
 

@@ -5,17 +5,21 @@ request, and when the policy says the deadline is at risk the Spot job is replac
 instance goes. AWS calls per job are bounded: a checkpoint-request put, at most one SubmitJob and one TerminateJob.
 
 Every signal is also kept for a while: EventBridge keeps no order between EC2's events and Batch's, so a job's RUNNING
-may be told after it (`act_on_kept_signals`, called when a job's instance is recorded).
+may be told after it (`act_on_kept_signals`, called when a job's instance is recorded). A kept warning also tells,
+once the job has ended, whether EC2 interrupted its instance within the instance's first hour, which AWS does not
+charge for (`unbilled_instances`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from spot_hpc.clock import format_time, happened_at, utc_now
+from botocore.exceptions import BotoCoreError, ClientError
+
+from spot_hpc.clock import format_time, happened_at, parse_time, utc_now
 from spot_hpc.events import RebalanceRecommendationEvent, SpotInterruptionEvent
 from spot_hpc.intake import NOT_THIS_STACKS_INSTANCE, Rejected, parse_event, reject
 from spot_hpc.ledger import InstanceSignal, JobRef
@@ -27,6 +31,11 @@ logger = logging.getLogger(__name__)
 # A kept signal is acted on when its job's start is told within this long of it: a warning comes two minutes before
 # the reclaim, and a start event may come minutes late (delivery, a handler's retries). Later, the job has ended.
 SIGNAL_KEPT_FOR = timedelta(minutes=10)
+# EC2 carries out an interruption two minutes after its warning.
+INTERRUPTION_LEAD = timedelta(minutes=2)
+# AWS charges nothing for a Spot instance's usage when EC2 interrupts it within this long of its launch (Linux and
+# Windows; "Billing for interrupted Spot Instances", EC2 User Guide).
+UNBILLED_INTERRUPTION_WITHIN = timedelta(hours=1)
 
 
 def on_spot_signal(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, Any]:
@@ -81,3 +90,28 @@ def act_on_signal(svc: Services, ref: JobRef, instance_id: str, signal: str, war
     if placed is None:
         return {"job_id": ref.job_id, "action": "none", "reason": "already requeued"}
     return {"job_id": ref.job_id, "action": "requeued", "reason": decision.reason}
+
+
+def unbilled_instances(svc: Services, instance_ids: Iterable[str], since: datetime) -> set[str]:
+    """Those of `instance_ids` that EC2 interrupted within their first hour, so that AWS charges nothing for them:
+    an interruption warning for the instance was kept (given at `since` or later) and the instance's launch time, which
+    EC2 describes for about an hour after it terminated, puts the interruption in that hour. Where the launch time
+    cannot be had the instance counts as billed: a cost reported too high, never one hidden."""
+    warned: dict[str, datetime] = {}
+    for instance_id in set(instance_ids):
+        kept = svc.ledger.instance_signals(instance_id, since)
+        if warnings := [parse_time(signal.signalled_at) for signal in kept if signal.warning]:
+            warned[instance_id] = min(warnings)
+    if not warned:
+        return set()
+    try:
+        launched = svc.batch.instance_launch_times(warned)
+    except (BotoCoreError, ClientError):
+        logger.warning("instance launch times unavailable: billed in full", extra={"instance_ids": sorted(warned)})
+        return set()
+    return {
+        instance_id
+        for instance_id, warned_at in warned.items()
+        if instance_id in launched
+        and warned_at + INTERRUPTION_LEAD < launched[instance_id] + UNBILLED_INTERRUPTION_WITHIN
+    }

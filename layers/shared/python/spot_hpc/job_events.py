@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from spot_checkpoint import EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT
@@ -17,7 +18,7 @@ from spot_hpc.clock import format_epoch_ms, format_time, from_epoch_ms, hours_be
 from spot_hpc.cost import billed_seconds
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail, BatchJobStateChangeEvent
 from spot_hpc.intake import Rejected, parse_event, reject
-from spot_hpc.interruptions import act_on_kept_signals
+from spot_hpc.interruptions import SIGNAL_KEPT_FOR, act_on_kept_signals, unbilled_instances
 from spot_hpc.ledger import Attempt, JobRef, LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify
 from spot_hpc.pipeline import TAG_ATTEMPT, TAG_RUN, TAG_STAGE
@@ -186,7 +187,7 @@ def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJ
     shards = svc.batch.array_children(detail.job_id, "SUCCEEDED", "FAILED") if detail.is_array_parent else []
     if failure and detail.is_array_parent and not (attempt.shard_failure or attempt.cancel_reason):
         failure = _failed_shards_class(shards, attempt) or failure
-    array_sets = {"instance_seconds": _shards_billed_seconds(shards)} if detail.is_array_parent else {}
+    billing = _billing_sets(svc, attempt, detail, shards)
     try:
         attempt = svc.ledger.update_open_attempt(
             ref.run_id,
@@ -198,7 +199,7 @@ def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJ
             failure_class=failure,
             stopped_at=format_epoch_ms(detail.stopped_at) or format_time(utc_now()),
             started_at=attempt.started_at or format_epoch_ms(detail.started_at),
-            **array_sets,
+            **billing,
         )
     except LedgerConflict:  # another delivery recorded it first: act on what it recorded
         recorded = svc.ledger.get_attempt(ref.run_id, ref.stage, ref.attempt)
@@ -221,10 +222,41 @@ def _failed_shards_class(shards: list[dict[str, Any]], attempt: Attempt) -> str 
     return next((failure for failure in failures if failure in RECLAIM_CLASSES), failures[0] if failures else None)
 
 
-def _shards_billed_seconds(shards: list[dict[str, Any]]) -> int:
-    """What EC2 billed an ended array's shards, each on an instance of its own from its start to its stop."""
-    times = [(shard.get("startedAt"), shard.get("stoppedAt")) for shard in shards]
-    ran = [hours_between(from_epoch_ms(start), from_epoch_ms(stop)) for start, stop in times if start and stop]
+def _billing_sets(
+    svc: Services, attempt: Attempt, detail: BatchJobDetail, shards: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The ended attempt's billing fields: an array's `instance_seconds`, and whether EC2 interrupted the Spot
+    instance of a single job within the instance's first hour (`interrupted_in_first_hour`: AWS charges nothing)."""
+    if detail.is_array_parent:
+        # An array that succeeded lost no shard to a reclaim (a reclaimed shard ends it): its instances are not asked.
+        unbilled = _unbilled(svc, attempt, attempt.instance_ids) if detail.status == "FAILED" else set()
+        return {"instance_seconds": _shards_billed_seconds(svc, shards, unbilled)}
+    # The instances its start recorded; those its end names when that start was never told.
+    instance_ids = set(attempt.instance_ids) or set(svc.batch.instance_ids(detail.container_instance_arns))
+    if instance_ids and _unbilled(svc, attempt, instance_ids) == instance_ids:
+        return {"interrupted_in_first_hour": True}
+    return {}
+
+
+def _unbilled(svc: Services, attempt: Attempt, instance_ids: Iterable[str]) -> set[str]:
+    """Of the attempt's instances, those EC2 interrupted within their first hour (On-Demand ones are never)."""
+    if attempt.capacity != "spot" or not instance_ids:
+        return set()
+    return unbilled_instances(svc, instance_ids, parse_time(attempt.submitted_at) - SIGNAL_KEPT_FOR)
+
+
+def _shards_billed_seconds(svc: Services, shards: list[dict[str, Any]], unbilled: set[str]) -> int:
+    """What EC2 billed an ended array's shards, each on an instance of its own from its start to its stop; nothing
+    for a shard on an instance EC2 interrupted within its first hour (`unbilled`)."""
+    arns = [BatchJobDetail.model_validate(shard).container_instance_arns for shard in shards]
+    on_instance = svc.batch.instances_of(arn for shard_arns in arns for arn in shard_arns) if unbilled else {}
+    ran = [
+        hours_between(from_epoch_ms(shard["startedAt"]), from_epoch_ms(shard["stoppedAt"]))
+        for shard, shard_arns in zip(shards, arns, strict=True)
+        if shard.get("startedAt")
+        and shard.get("stoppedAt")
+        and not any(on_instance.get(arn) in unbilled for arn in shard_arns)
+    ]
     return sum(billed_seconds(0.0, hours) for hours in ran)
 
 

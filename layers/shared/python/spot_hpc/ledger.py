@@ -205,6 +205,8 @@ class Attempt:
     # An ended array job's: the seconds EC2 billed its shards, each on its own instance from its start to its stop
     # (the parent's times span them all, and a shard that never started cost nothing).
     instance_seconds: int | None = None
+    # An ended Spot job's instance was interrupted by EC2 within its first hour: AWS charges nothing for it.
+    interrupted_in_first_hour: bool = False
 
 
 @dataclass(frozen=True)

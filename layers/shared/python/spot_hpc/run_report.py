@@ -104,6 +104,8 @@ def build_run_report(
             )
             if attempt.instance_seconds is not None:  # an ended array: its shards' own instance time
                 rows[-1]["instance_seconds"] = attempt.instance_seconds
+            if attempt.interrupted_in_first_hour:  # AWS charges nothing for the instance
+                rows[-1]["interrupted_in_first_hour"] = True
             # Billed from the reported hours, as `cost.check_run_report_costs` recomputes them: rounded to 3.6 ms,
             # they still give the ledger's whole seconds (`cost.billed_seconds`).
             billed.append(cost.attempt_from_report(rows[-1]))

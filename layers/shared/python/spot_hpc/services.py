@@ -43,7 +43,7 @@ class Services:
         return cls(
             settings=settings,
             ledger=Ledger(table, settings.ledger_retention_days),
-            batch=BatchGateway(client("batch"), client("ecs")),
+            batch=BatchGateway(client("batch"), client("ecs"), client("ec2")),
             s3=s3,
             uploads=UploadBucket(s3),
             pipeline=PipelineStateMachine(client("stepfunctions"), settings.state_machine_arn),

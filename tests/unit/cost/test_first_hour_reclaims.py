@@ -1,0 +1,173 @@
+"""A Spot instance that EC2 interrupts within its first hour is not charged (EC2 User Guide, "Billing for interrupted
+Spot Instances"): told by the interruption warning kept for the instance and its launch time from DescribeInstances,
+and billed as nothing in the run's cost."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from spot_hpc.batch import BatchGateway
+from spot_hpc.clock import format_time
+from spot_hpc.cost import attempt_cost_usd, attempt_from_report, run_cost_usd
+from spot_hpc.interruptions import SIGNAL_KEPT_FOR, unbilled_instances
+from spot_hpc.ledger import InstanceSignal, Ledger
+
+INSTANCE = "i-0aaaaaaaaaaaaaaa1"
+
+
+def _gateway() -> tuple[BatchGateway, Stubber]:
+    ec2 = boto3.client("ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stubber = Stubber(ec2)
+    stubber.activate()
+    return BatchGateway(batch_client=None, ecs_client=None, ec2_client=ec2), stubber
+
+
+def _described(launched: datetime, instance_id: str = INSTANCE) -> dict[str, Any]:
+    return {"Reservations": [{"Instances": [{"InstanceId": instance_id, "LaunchTime": launched}]}]}
+
+
+def _request(*instance_ids: str) -> dict[str, Any]:
+    return {"Filters": [{"Name": "instance-id", "Values": list(instance_ids)}]}
+
+
+def _warn(ledger: Ledger, at: datetime, signal: str = "interruption warning", instance_id: str = INSTANCE) -> None:
+    kept = InstanceSignal(instance_id, signal, warning=signal == "interruption warning", signalled_at=format_time(at))
+    ledger.keep_instance_signal(kept, f"event-{instance_id}-{at.isoformat()}", SIGNAL_KEPT_FOR)
+
+
+@pytest.mark.parametrize(
+    ("warned_after_launch", "unbilled"),
+    [
+        (timedelta(minutes=30), True),
+        (timedelta(minutes=57, seconds=59), True),  # interrupted at 59:59
+        (timedelta(minutes=58), False),  # interrupted at 60:00, in the second hour
+        (timedelta(hours=5), False),
+    ],
+)
+def test_an_instance_is_unbilled_when_its_interruption_falls_in_its_first_hour(
+    ledger: Ledger, utc_clock, warned_after_launch, unbilled
+):
+    # GIVEN an instance launched at some time, and EC2's interruption warning for it (the interruption follows
+    # two minutes later)
+    launched = utc_clock.now - timedelta(hours=6)
+    _warn(ledger, launched + warned_after_launch)
+    batch, stubber = _gateway()
+    stubber.add_response("describe_instances", _described(launched), _request(INSTANCE))
+    # WHEN the instances EC2 interrupted within their first hour are asked for
+    found = unbilled_instances(SimpleNamespace(ledger=ledger, batch=batch), [INSTANCE], launched - timedelta(hours=1))  # type: ignore[arg-type]
+    # THEN the instance is among them exactly when the interruption came before its first hour was out
+    assert found == ({INSTANCE} if unbilled else set())
+    stubber.assert_no_pending_responses()
+
+
+def test_an_instance_given_only_a_rebalance_recommendation_is_billed_without_asking_ec2(ledger: Ledger, utc_clock):
+    # GIVEN a rebalance recommendation for the instance (EC2 does not interrupt on it: whoever ends the instance
+    # after it pays) and a warning for another instance given before `since`
+    _warn(ledger, utc_clock.now, "rebalance recommendation")
+    _warn(ledger, utc_clock.now - timedelta(hours=2), instance_id="i-0bbbbbbbbbbbbbbb2")
+    batch, stubber = _gateway()
+    # WHEN the unbilled instances are asked for
+    found = unbilled_instances(
+        SimpleNamespace(ledger=ledger, batch=batch),  # type: ignore[arg-type]
+        [INSTANCE, "i-0bbbbbbbbbbbbbbb2"],
+        utc_clock.now - timedelta(hours=1),
+    )
+    # THEN there are none, and EC2 was not asked (the stubber holds no response: a call would fail)
+    assert found == set()
+    stubber.assert_no_pending_responses()
+
+
+def test_an_instance_ec2_no_longer_describes_is_billed(ledger: Ledger, utc_clock):
+    # GIVEN a warning for an instance EC2 no longer describes (terminated over an hour ago)
+    _warn(ledger, utc_clock.now)
+    batch, stubber = _gateway()
+    stubber.add_response("describe_instances", {"Reservations": []}, _request(INSTANCE))
+    # WHEN the unbilled instances are asked for
+    found = unbilled_instances(SimpleNamespace(ledger=ledger, batch=batch), [INSTANCE], utc_clock.now)  # type: ignore[arg-type]
+    # THEN it is billed: a cost too high rather than one hidden
+    assert found == set()
+
+
+def test_an_instance_whose_launch_cannot_be_read_is_billed_and_logged(ledger: Ledger, utc_clock, caplog):
+    # GIVEN a warning, and DescribeInstances throttled past the client's retries
+    _warn(ledger, utc_clock.now)
+    batch, stubber = _gateway()
+    stubber.add_client_error("describe_instances", "RequestLimitExceeded", expected_params=_request(INSTANCE))
+    # WHEN the unbilled instances are asked for
+    with caplog.at_level(logging.WARNING):
+        found = unbilled_instances(SimpleNamespace(ledger=ledger, batch=batch), [INSTANCE], utc_clock.now)  # type: ignore[arg-type]
+    # THEN the instance is billed in full, and the log says why
+    assert found == set()
+    assert "instance launch times unavailable" in caplog.text
+
+
+def test_launch_times_are_asked_for_by_filter_once_for_several_instances():
+    # GIVEN two instances (one asked for twice), described with launch times in another zone's offset
+    batch, stubber = _gateway()
+    launched = datetime.fromisoformat("2026-01-05T08:00:00+02:00")
+    described = {
+        "Reservations": [
+            {"Instances": [{"InstanceId": "i-1", "LaunchTime": launched}]},
+            {"Instances": [{"InstanceId": "i-2", "LaunchTime": launched + timedelta(minutes=5)}]},
+        ]
+    }
+    stubber.add_response("describe_instances", described, _request("i-1", "i-2"))
+    # WHEN their launch times are read
+    times = batch.instance_launch_times(["i-2", "i-1", "i-2"])
+    # THEN one filtered call gives both, in UTC
+    assert {key: format_time(value) for key, value in times.items()} == {
+        "i-1": "2026-01-05T06:00:00Z",
+        "i-2": "2026-01-05T06:05:00Z",
+    }
+    stubber.assert_no_pending_responses()
+
+
+def test_an_attempt_interrupted_in_its_instances_first_hour_costs_nothing():
+    # GIVEN two 40-minute Spot attempts at $1.20 an hour, one of them on an instance EC2 interrupted within its
+    # first hour
+    ran = {"capacity": "spot", "nodes": 1, "started_hours": 0.0, "stopped_hours": 40 / 60, "usd_per_hour": 1.2}
+    billed = attempt_from_report(ran)
+    unbilled = attempt_from_report({**ran, "interrupted_in_first_hour": True})
+    # WHEN they are costed
+    # THEN the interrupted one costs nothing and the run only the other's 40 minutes
+    assert attempt_cost_usd(billed) == pytest.approx(0.8)
+    assert attempt_cost_usd(unbilled) == 0.0
+    assert run_cost_usd([billed, unbilled]) == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("flag", [{}, {"interrupted_in_first_hour": False}, {"interrupted_in_first_hour": "yes"}])
+def test_a_report_field_that_is_not_true_does_not_make_an_attempt_free(flag):
+    # GIVEN a report row whose flag is missing, false or not a boolean
+    ran = {"capacity": "spot", "nodes": 1, "started_hours": 0.0, "stopped_hours": 1.0, "usd_per_hour": 1.0, **flag}
+    # WHEN it is read and costed
+    attempt = attempt_from_report(ran)
+    # THEN it is billed its hour
+    assert not attempt.interrupted_in_first_hour
+    assert attempt_cost_usd(attempt) == 1.0
+
+
+def test_container_instances_are_mapped_to_ec2_instances_at_most_100_per_call():
+    # GIVEN 101 container instances of one cluster (DescribeContainerInstances takes at most 100), one named twice
+    ecs = boto3.client("ecs", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stubber = Stubber(ecs)
+    stubber.activate()
+    arns = [f"arn:aws:ecs:us-east-1:123456789012:container-instance/spot/{n:032x}" for n in range(101)]
+
+    def described(part: list[str]) -> dict[str, Any]:
+        return {"containerInstances": [{"containerInstanceArn": arn, "ec2InstanceId": f"i-{arn[-8:]}"} for arn in part]}
+
+    for part in (arns[:100], arns[100:]):
+        stubber.add_response(
+            "describe_container_instances", described(part), {"cluster": "spot", "containerInstances": part}
+        )
+    # WHEN the EC2 instance behind each is asked for
+    found = BatchGateway(batch_client=None, ecs_client=ecs, ec2_client=None).instances_of([*arns, arns[0]])
+    # THEN two calls give every one
+    assert found == {arn: f"i-{arn[-8:]}" for arn in arns}
+    stubber.assert_no_pending_responses()
