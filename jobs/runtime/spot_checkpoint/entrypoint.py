@@ -19,9 +19,13 @@ class InputError(Exception):
 def run_job(name: str, run: Callable[[Any, Mapping[str, str]], None]) -> int:
     """Runs `run(s3_client, environ)`; a job's `main()` is `return run_job("<name>", run)`."""
     import boto3  # the job image has it; imported here so the workload modules import without it
+    from botocore.config import Config
 
+    # botocore's defaults (60 s to connect, 60 s per read, each retried) let one hung call outlast the two-minute Spot
+    # warning the checkpoint must be written in.
+    s3 = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=20))
     try:
-        run(boto3.client("s3"), os.environ)
+        run(s3, os.environ)
     except (InputError, CheckpointStoreUnavailable) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR

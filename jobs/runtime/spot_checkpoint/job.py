@@ -424,7 +424,7 @@ class CheckpointedJob:
         raise Stopped(exit_code, stop)
 
     def _on_signal(self, stop: StopSignal) -> None:
-        # Called from the watcher thread or a signal handler: log only, the work loop does the checkpoint.
+        # Called from a watcher thread or a signal handler: log only, the work loop does the checkpoint.
         self._emit("notice", reason=stop.reason, detail=stop.detail)
 
     def _emit(self, event: str, **fields: Any) -> None:

@@ -1,7 +1,8 @@
 """Watching for the end: the Spot notice in instance metadata, the control plane's request, and SIGTERM.
 
-AWS Batch forwards the two-minute Spot warning to no container, so the job polls for it itself. The watcher only
-records *that* the job must stop; the job's own thread checkpoints at its next safe point, so a signal or a notice
+AWS Batch forwards the two-minute Spot warning to no container, so the job polls for it itself, on a thread of its
+own: a slow or hung S3 read of the request (botocore waits and retries) must not eat into that warning. The watcher
+only records *that* the job must stop; the job's own thread checkpoints at its next safe point, so a signal or a notice
 arriving during a checkpoint never interrupts the write.
 """
 
@@ -41,7 +42,7 @@ class StopSignal:
 
 
 class InterruptionWatcher:
-    """Polls instance metadata and the checkpoint request on a daemon thread, and records SIGTERM.
+    """Polls instance metadata and the checkpoint request, each on a daemon thread of its own, and records SIGTERM.
 
     ``ignore_request_id`` is the request the part's latest checkpoint already honoured, so that a resubmitted job
     does not stop again on the request that stopped its predecessor. ``attempt`` is this job's stage attempt: a
@@ -67,7 +68,8 @@ class InterruptionWatcher:
         self.signals_received = 0
         self._stop: StopSignal | None = None
         self._closed = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._first_reason = threading.Lock()  # taken once, by the first reason to stop; never released
+        self._threads: list[threading.Thread] = []
         self._metadata_retry_at = 0.0
         self._metadata_warned = False
         self._metadata_failures = 0
@@ -79,9 +81,9 @@ class InterruptionWatcher:
 
     def trigger(self, reason: str, detail: str = "", request_id: str | None = None, *, notify: bool = True) -> bool:
         """Record a reason to stop; only the first one counts. Returns True if this call set it."""
-        # No lock: the SIGTERM handler runs on the main thread and must never wait; a race between two first
-        # reasons only decides which one is reported.
-        if self._stop is not None:
+        # Two pollers and the SIGTERM handler may race here. The handler runs on the main thread and must never wait,
+        # so the first reason claims a lock without blocking, and every later one finds it taken.
+        if self._stop is not None or not self._first_reason.acquire(blocking=False):
             return False
         stop = self._stop = StopSignal(reason, detail, time.time(), request_id)
         if notify and self.on_signal is not None:
@@ -142,30 +144,40 @@ class InterruptionWatcher:
     def _for_earlier_attempt(self, request: CheckpointRequest) -> bool:
         return request.attempt is not None and self.attempt is not None and request.attempt < self.attempt
 
-    def _poll_safely(self) -> None:
-        # Whatever one poll raises, the watcher must live on: a dead watcher never sees a notice or request again.
+    def _poll_safely(self, poll: Callable[[], None]) -> None:
+        # Whatever one poll raises, its poller must live on: a dead poller never sees a notice or request again.
         try:
-            self.poll_once()
+            poll()
         except Exception:
             logger.exception("checking for a Spot notice or checkpoint request failed; polling on")
 
-    def _run(self) -> None:
+    def _run(self, poll: Callable[[], None]) -> None:
         while not self._closed.is_set() and self._stop is None:
-            self._poll_safely()
+            self._poll_safely(poll)
             self._closed.wait(self.poll_seconds)
 
     def start(self) -> None:
         self.install_signal_handler()
-        # The first look is synchronous: a job started on an instance already marked for interruption, or while a
-        # request is pending, stops after its first unit of work rather than whenever the thread gets to it.
-        self._poll_safely()
-        self._thread = threading.Thread(target=self._run, name="spot-checkpoint-watcher", daemon=True)
-        self._thread.start()
+        pollers = (("metadata", self.metadata, self._poll_metadata), ("request", self.store, self._poll_request))
+        for name, source, poll in pollers:
+            if source is None:
+                continue
+            # The first look is synchronous: a job started on an instance already marked for interruption, or while a
+            # request is pending, stops after its first unit of work rather than whenever the thread gets to it. The
+            # metadata thread starts before the first request read, which a hung S3 could hold up.
+            if self._stop is None:
+                self._poll_safely(poll)
+            thread = threading.Thread(target=self._run, args=(poll,), name=f"spot-checkpoint-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def close(self) -> None:
         self._closed.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.metadata.timeout * 2 + 1 if self.metadata else 1)
+        # Wait about as long as one metadata poll can take, no longer: a poller stuck in an S3 read is a daemon thread
+        # and does not hold up the job's exit.
+        deadline = time.monotonic() + (self.metadata.timeout * 2 + 1 if self.metadata else 1)
+        for thread in self._threads:
+            thread.join(timeout=max(deadline - time.monotonic(), 0))
         if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._previous_sigterm)  # type: ignore[arg-type]
             self._previous_sigterm = None

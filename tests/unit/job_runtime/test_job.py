@@ -10,6 +10,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 from spot_checkpoint import (
@@ -26,6 +27,7 @@ from spot_checkpoint import (
     MetadataUnavailable,
     RuntimeConfig,
     Stopped,
+    run_job,
 )
 from spot_hpc.ledger import Stage
 from spot_hpc.placement import request_checkpoint
@@ -427,6 +429,58 @@ def test_watcher_thread_survives_an_unexpected_error_in_a_poll() -> None:
         watcher.close()
     # THEN it kept polling and saw the notice
     assert watcher.stop_signal is not None and watcher.stop_signal.reason == REASON_SPOT_INTERRUPTION
+
+
+class StallingReads(S3Passthrough):
+    """An S3 client whose GetObject hangs, once told to, until released (30 s at most, so no test hangs)."""
+
+    def __init__(self, s3: Any) -> None:
+        super().__init__(s3)
+        self.stalling = threading.Event()
+        self.stalled = threading.Event()  # a read is hanging now
+        self.released = threading.Event()
+
+    def get_object(self, **kwargs: Any) -> Any:
+        if self.stalling.is_set():
+            self.stalled.set()
+            self.released.wait(timeout=30)
+        return self._s3.get_object(**kwargs)
+
+
+def test_spot_notice_is_noticed_while_the_checkpoint_request_read_hangs(s3: Any) -> None:
+    # GIVEN a watcher whose read of the checkpoint request from S3 hangs
+    reads = StallingReads(s3)
+    noticed = threading.Event()
+    with MetadataStandIn() as metadata:
+        watcher = InterruptionWatcher(
+            metadata=InstanceMetadata(metadata.endpoint),
+            store=CheckpointStore(reads, URI),
+            poll_seconds=0.01,
+            on_signal=lambda stop: noticed.set(),
+        )
+        watcher.start()
+        try:
+            reads.stalling.set()
+            assert reads.stalled.wait(timeout=5)
+            # WHEN EC2 posts the Spot interruption notice
+            metadata.post_notice()
+            # THEN the watcher reports it while the S3 read still hangs (it is released only below)
+            assert noticed.wait(timeout=5)
+            assert watcher.stop_signal is not None and watcher.stop_signal.reason == REASON_SPOT_INTERRUPTION
+        finally:
+            reads.released.set()
+            watcher.close()
+
+
+def test_the_job_s3_client_gives_up_on_a_hung_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a job run as its container runs it, with the client options boto3 is given recorded
+    options: list[dict[str, Any]] = []
+    monkeypatch.setattr(boto3, "client", lambda *args, **kwargs: options.append(kwargs))
+    # WHEN it runs
+    assert run_job("probe", lambda s3, environ: None) == 0
+    # THEN its S3 client waits for a connection and for an answer far less than the two-minute Spot warning
+    config = options[0]["config"]
+    assert config.connect_timeout <= 10 and config.read_timeout <= 30
 
 
 def test_one_failed_metadata_poll_does_not_pause_notice_polling() -> None:
