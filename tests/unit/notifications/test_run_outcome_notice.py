@@ -484,3 +484,47 @@ def test_whole_numbers_of_hours_and_dollars_read_back_from_dynamodb_as_the_float
     assert type(again.deadline_hours) is float and type(stages[0].compute_hours) is float
     assert type(attempts[0].usd_per_hour) is float and attempts[0].usd_per_hour == 1.0
     assert type(attempts[0].nodes) is int and attempts[0].nodes == 2
+
+
+class DoubledPrices(FakePrices):
+    """On-Demand at $2.00 an instance-hour: AWS's price, or the stack's On-Demand instance type, changed."""
+
+    def on_demand_usd_per_hour(self, instance_type: str, region: str) -> float:
+        return 2.0
+
+
+def test_a_settled_runs_savings_keep_the_on_demand_base_of_its_end(svc: Services, sink: WebhookSink) -> None:
+    # GIVEN the failed hpc run, settled while On-Demand was $1.00 an instance-hour
+    _failed_hpc_run(svc.ledger, _hpc_failed_attempts())
+    settlement = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+
+    # WHEN On-Demand costs twice that later, and the run is settled again (a retried notify task) and read
+    svc.prices = DoubledPrices()
+    again = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+    later = run_report(svc, svc.ledger.get_run("run-1"))  # type: ignore[arg-type]
+
+    # THEN every report tells the On-Demand base and savings of the run's end, which the ledger keeps per stage
+    bases = [stage["on_demand_usd_per_hour"] for stage in settlement.report["stages"]]
+    assert bases == [1.0, 2.0]  # preprocess and hpc (2 nodes): postprocess was never reached
+    for report in (again.report, later):
+        assert [stage["on_demand_usd_per_hour"] for stage in report["stages"]] == bases
+        for field in ("on_demand_only_cost_usd", "savings_usd", "savings_pct"):
+            assert report[field] == settlement.report[field]
+    assert [stage.on_demand_usd_per_hour for stage in svc.ledger.get_stages("run-1")] == [1.0, 2.0, 1.0]
+
+
+def test_a_running_runs_on_demand_base_is_priced_anew_and_not_kept(svc: Services) -> None:
+    # GIVEN a run not yet settled (its stages have ended, the run has not), its report made at $1.00 an instance-hour
+    _failed_hpc_run(svc.ledger)
+    run = svc.ledger.get_run("run-1")
+    assert run is not None and run.status == "RUNNING"
+    first = run_report(svc, run, keep_prices=True)
+
+    # WHEN On-Demand costs twice that, and the report is made again
+    svc.prices = DoubledPrices()
+    second = run_report(svc, run, keep_prices=True)
+
+    # THEN the base follows the price (nothing is kept before the run ends)
+    assert [stage["on_demand_usd_per_hour"] for stage in first["stages"]] == [1.0, 2.0, 1.0]
+    assert [stage["on_demand_usd_per_hour"] for stage in second["stages"]] == [2.0, 4.0, 2.0]
+    assert all(stage.on_demand_usd_per_hour is None for stage in svc.ledger.get_stages("run-1"))

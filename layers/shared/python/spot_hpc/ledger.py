@@ -166,6 +166,8 @@ class Stage:
     settled_at: str | None = None
     # Why a stage failed for good, kept so the answer to the state machine can be sent again after a crash.
     failure: str | None = None
+    # The stage's On-Demand price for all its nodes as its run was settled: the base its savings keep from then on.
+    on_demand_usd_per_hour: float | None = None
 
     @property
     def multinode(self) -> bool:
@@ -435,6 +437,15 @@ class Ledger:
 
     def update_stage(self, run_id: str, stage: str, removes: tuple[str, ...] = (), **sets: Any) -> Stage:
         return _record(Stage, self._update(_stage_key(run_id, stage), sets, removes))  # type: ignore[no-any-return]
+
+    def keep_on_demand_base(self, run_id: str, stage: str, usd_per_hour: float) -> None:
+        """Keeps the stage's On-Demand price as its settled run's savings base; the first one kept stays."""
+        with contextlib.suppress(LedgerConflict):  # kept already (a repeated settlement), or the stage is gone
+            self._update(
+                _stage_key(run_id, stage),
+                {"on_demand_usd_per_hour": usd_per_hour},
+                condition="attribute_exists(#pk) AND attribute_not_exists(#on_demand_usd_per_hour)",
+            )
 
     def claim_attempt(self, run_id: str, stage: str, expected_attempt: int, **sets: Any) -> Stage:
         """Moves a stage from `expected_attempt` to the next; exactly one caller wins (others: LedgerConflict)."""

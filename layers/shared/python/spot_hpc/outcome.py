@@ -21,8 +21,10 @@ logger = logging.getLogger(__name__)
 
 def run_report(svc: Services, run: Run, keep_prices: bool = False) -> dict[str, Any]:
     """The run's report. An attempt placed while prices could not be looked up is priced again, as of its placement;
-    `keep_prices` keeps that price in the ledger, so that every later report bills it alike: for the control plane,
-    which settles runs, not for a reader of the ledger (`spotctl report --stack` may only read it)."""
+    `keep_prices` keeps that price in the ledger, and, once the run has ended, each stage's On-Demand price (the base
+    of its savings), so that every later report tells the same figures whatever the stack's instance types or AWS's
+    prices are by then: for the control plane, which settles runs, not for a reader of the ledger (`spotctl report
+    --stack` may only read it)."""
     stages, attempts = svc.ledger.get_run_items(run.run_id)
     by_name = {stage.stage: stage for stage in stages}
     for attempt in attempts:
@@ -34,7 +36,17 @@ def run_report(svc: Services, run: Run, keep_prices: bool = False) -> dict[str, 
                     svc.ledger.update_attempt(
                         attempt.run_id, attempt.stage, attempt.attempt, usd_per_hour=price, price_unknown=False
                     )
-    prices = {stage.stage: node_price(svc, "on-demand", stage) for stage in stages}
+    prices = {
+        stage.stage: stage.on_demand_usd_per_hour
+        if stage.on_demand_usd_per_hour is not None
+        else node_price(svc, "on-demand", stage)
+        for stage in stages
+    }
+    if keep_prices and run.status != "RUNNING":
+        for stage in stages:
+            price = prices[stage.stage]
+            if stage.on_demand_usd_per_hour is None and price is not None:
+                svc.ledger.keep_on_demand_base(run.run_id, stage.stage, price)
     report = build_run_report(run, stages, attempts, prices)
     report["notifications"] = svc.ledger.run_notifications(run.run_id)
     return report
