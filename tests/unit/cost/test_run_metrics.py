@@ -89,23 +89,32 @@ def test_reclaims_counted_from_the_report_when_given(powertools_metrics: Any) ->
     assert run_metrics.count_reclaims(_report()) == 1
 
 
-def test_runs_the_guard_settles_are_counted_once_like_the_notify_functions(powertools_metrics: Any) -> None:
+def test_runs_the_guard_settles_are_counted_once_like_the_notify_functions(powertools_metrics: Any, capsys) -> None:
     from spot_hpc.outcome import Settlement, record_guard_pass
 
-    # GIVEN a guard pass that settled one run as failed, and met one already settled (counted before)
+    # GIVEN a guard pass that settled two runs as failed, and met one already settled (counted before)
     failed = _report() | {"run_id": "run-4", "pipeline_status": "FAILED", "stages": []}
-    settlements = [Settlement(failed, counted=True), Settlement(_report(), counted=False)]
+    settlements = [
+        Settlement(failed, counted=True),
+        Settlement(failed | {"run_id": "run-5", "cost_usd": 7.0}, counted=True),
+        Settlement(_report(), counted=False),
+    ]
     result = {"active_stages": 3, "deferred_stages": 1, "actions": [], "settlements": settlements}
 
     # WHEN the pass's outcome is recorded
     answer = record_guard_pass(powertools_metrics, result)
     blob = powertools_metrics.serialize_metric_set()
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
 
-    # THEN the newly settled run counts as a failed pipeline and a missed deadline, once, next to the pass's figures
-    assert _value(blob, run_metrics.PIPELINES_FAILED) == 1.0 and _value(blob, run_metrics.DEADLINES_MISSED) == 1.0
+    # THEN each newly settled run went out as a record of its own, with its own run_id and cost, once
+    assert [(r["run_id"], _value(r, run_metrics.RUN_COST_USD)) for r in records] == [("run-4", 2.0), ("run-5", 7.0)]
+    assert all(_value(r, run_metrics.PIPELINES_FAILED) == 1.0 for r in records)
+    assert all(_value(r, run_metrics.DEADLINES_MISSED) == 1.0 for r in records)
+    # AND the pass's own figures stay for the handler's record, without any run's
     assert _value(blob, run_metrics.ACTIVE_STAGES) == 3.0 and _value(blob, run_metrics.DEFERRED_STAGES) == 1.0
-    # AND the handler answers with both runs' summaries, not the settlements themselves
-    assert [run["run_id"] for run in answer["settled_runs"]] == ["run-4", "run-3"]
+    assert run_metrics.PIPELINES_FAILED not in blob and "run_id" not in blob
+    # AND the handler answers with the three runs' summaries, not the settlements themselves
+    assert [run["run_id"] for run in answer["settled_runs"]] == ["run-4", "run-5", "run-3"]
     assert "settlements" not in answer
     json.dumps(answer)
 

@@ -73,8 +73,14 @@ def record_settlement(metrics: Any, settlement: Settlement) -> dict[str, Any]:
 
 
 def record_guard_pass(metrics: Any, result: dict[str, Any]) -> dict[str, Any]:
-    """The SLA guard's pass: the runs it settled are counted like the notify function's, then its own figures."""
-    settled = [record_settlement(metrics, settlement) for settlement in result.pop("settlements", [])]
+    """The SLA guard's pass: the runs it settled are counted like the notify function's, then its own figures. Each
+    run it counts goes out as a record of its own, as the notify function's do, so that its `run_id` goes with its
+    figures (one record for several runs would carry only the last one's)."""
+    settled = []
+    for settlement in result.pop("settlements", []):
+        settled.append(record_settlement(metrics, settlement))
+        if settlement.counted:
+            metrics.flush_metrics()
     return record_event_outcome(metrics, result | {"settled_runs": settled})
 
 
