@@ -460,12 +460,14 @@ def test_a_price_still_unknown_at_the_run_end_is_flagged_not_silently_zero(svc: 
     # WHEN the run ends
     settlement = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
 
-    # THEN the attempt and the three stages' On-Demand bases are flagged in the report and told in the notice
+    # THEN the attempt and the On-Demand bases of the two stages that ran are flagged in the report and told in the
+    # notice; postprocess, never reached, counts no hours, so its unknown price changes no figure and is not counted
     report = settlement.report
-    assert report["prices_unknown"] == 4 and report["stages"][0]["attempts"][0]["price_unknown"] is True
+    assert report["prices_unknown"] == 3 and report["stages"][0]["attempts"][0]["price_unknown"] is True
+    assert report["stages_not_run"] == ["postprocess"]
     assert report["cost_usd"] == pytest.approx(0.5, abs=1e-5)  # the three priced hpc attempts only
     (message,) = sink.delivered_messages
-    assert "the cost counts 4 prices that could not be looked up as $0" in message["blocks"][1]["text"]["text"]
+    assert "the cost counts 3 prices that could not be looked up as $0" in message["blocks"][1]["text"]["text"]
 
 
 def test_whole_numbers_of_hours_and_dollars_read_back_from_dynamodb_as_the_floats_they_were(ledger: Any) -> None:

@@ -249,3 +249,25 @@ def test_a_failed_array_counts_its_shards_instance_time_not_its_span() -> None:
     assert report["stages"][0]["on_demand_only_hours"] == 1.0
     assert report["stages"][0]["attempts"][0]["cost_usd"] == pytest.approx(4 * 0.3, abs=1e-9)
     assert check_run_report_costs(report) == []
+
+
+def test_only_prices_a_figure_needed_are_counted_unknown() -> None:
+    # GIVEN a run nine hours in: preprocess done in 2 h on On-Demand, placed while prices were down; hpc's first
+    # attempt placed so too and cancelled before it got an instance, its second running; no On-Demand price known
+    # for any stage, postprocess not reached yet
+    attempts = [
+        _stage_attempt("preprocess", 1, "on-demand", "2026-01-05T00:00:00Z", "2026-01-05T02:00:00Z",
+                       price_unknown=True),
+        _stage_attempt("hpc", 1, "spot", None, "2026-01-05T02:30:00Z", status="FAILED", price_unknown=True,
+                       failure_class="cancelled_by_control_plane"),
+        _stage_attempt("hpc", 2, "on-demand", "2026-01-05T02:40:00Z", None),
+    ]  # fmt: skip
+    prices = dict.fromkeys(PRICES)
+
+    # WHEN its report is built
+    report = build_run_report(_run(), _stages("SUCCEEDED", "RUNNING", "PENDING"), attempts, prices)
+
+    # THEN the unknown prices counted are those a figure stood on: the attempt that ran, and the bases of the two
+    # stages that count hours; not the attempt that never ran nor postprocess's base (each counts for nothing)
+    assert [stage["on_demand_only_hours"] for stage in report["stages"]] == [2.0, pytest.approx(6 + 1 / 3), 0.0]
+    assert report["prices_unknown"] == 3

@@ -72,7 +72,7 @@ def build_run_report(
     run: Run, stages: list[Stage], attempts: list[Attempt], on_demand_usd_per_hour: dict[str, float | None]
 ) -> dict[str, Any]:
     """`on_demand_usd_per_hour`: each stage's On-Demand price for all its nodes (the base of the savings), None when
-    it could not be looked up. An unknown price counts as 0 and is counted in `prices_unknown`."""
+    it could not be looked up. An unknown price counts as 0, and in `prices_unknown` when a figure needed it."""
     # Rounded as the report shows hours: the running attempts' costs are recomputed from it (`as_of_hours`).
     now_hours = round(hours_between(parse_time(run.started_at), utc_now()), 6)
     finished = _hours(run, run.finished_at)
@@ -141,9 +141,14 @@ def build_run_report(
         "stages_not_run": not_run,
         "interruptions": sum(1 for a in attempts if a.failure_class in RECLAIM_CLASSES),
         "requeues_to_on_demand": requeues_to_on_demand(attempts),
-        # Prices (of attempts, and stages' On-Demand bases) that could not be looked up and count as 0.
-        "prices_unknown": sum(1 for a in attempts if a.price_unknown)
-        + sum(1 for stage in stages if on_demand_usd_per_hour.get(stage.stage) is None),
+        # Prices that could not be looked up and count as 0 in a figure: of attempts that ran, and of the On-Demand
+        # bases of stages that count hours (one never reached, or not yet, counts none: its price changes nothing).
+        "prices_unknown": sum(1 for a in attempts if a.price_unknown and a.started_at is not None)
+        + sum(
+            1
+            for item in stage_reports
+            if on_demand_usd_per_hour.get(item["name"]) is None and item["on_demand_only_hours"] > 0
+        ),
         **settled.as_report_fields(),
     }
 
