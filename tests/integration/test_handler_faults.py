@@ -22,12 +22,14 @@ from spot_hpc.ledger import Ledger
 from spot_hpc.outcome import run_report
 from spot_hpc.pipeline import STAGE_NAMES
 from spot_hpc.placement import submit_claimed
+from spot_hpc.pricing import DataFilePriceBook
 from spot_hpc.run_report import RECLAIM_CLASSES
 from spot_hpc.stepfunctions import PipelineStateMachine
 from template_grants import refused_calls
 
 from spotctl.offline.demo import control_plane_services
 from spotctl.offline.runtime import OfflineControlPlane
+from spotctl.offline.stack import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 REGION = "us-east-1"
@@ -947,4 +949,30 @@ def test_a_shard_reclaimed_in_its_instances_first_hour_is_not_charged(tmp_path):
     assert reclaimed[0]["stoppedAt"] - reclaimed[0]["startedAt"] < 3600 * 1000
     spot = report["stages"][1]["attempts"][0]
     assert spot["instance_seconds"] == sum(max(60, math.ceil((s["stoppedAt"] - s["startedAt"]) / 1000)) for s in others)
+    assert check_run_report_costs(report) == [] and refused == {}
+
+
+def test_a_spot_job_is_priced_on_the_instance_type_it_got(tmp_path):
+    # GIVEN the Spot compute environment launching an m6i.4xlarge, its second instance type (the placement prices
+    # the first, c6i.4xlarge)
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 1), stage_hours=QUICK_STAGES) as plane:
+        plane.batch.instance_types["spot"] = "m6i.4xlarge"
+        upload_quick_run(plane, 12)
+        # WHEN preprocess's Spot job starts, and the run goes its course
+        _run_until(plane, lambda: any(a.instance_type for a in _attempts(plane, "preprocess")[1]))
+        status = plane.run_until_settled(max_hours=6)
+        run, preprocess = _attempts(plane, "preprocess")
+        report = run_report(control_plane_services(plane), run)
+        settings = control_plane_services(plane).settings
+        refused = _refused_calls(plane)
+    # THEN its price is the m6i.4xlarge's Spot price in the zone it ran in, which the report bills and names
+    book = DataFilePriceBook.from_data_dir(REPO_ROOT / "data")
+    spot = preprocess[0]
+    assert status == "SUCCEEDED" and spot.capacity == "spot" and spot.status == "SUCCEEDED"
+    assert (spot.instance_type, spot.availability_zone is not None) == ("m6i.4xlarge", True)
+    assert spot.usd_per_hour == pytest.approx(book.usd_per_hour("m6i.4xlarge", REGION, "spot"))
+    assert spot.usd_per_hour != pytest.approx(book.usd_per_hour(settings.spot_instance_type, REGION, "spot"))
+    row = report["stages"][0]["attempts"][0]
+    assert (row["instance_type"], row["availability_zone"]) == ("m6i.4xlarge", spot.availability_zone)
+    assert row["usd_per_hour"] == pytest.approx(spot.usd_per_hour)
     assert check_run_report_costs(report) == [] and refused == {}

@@ -28,8 +28,13 @@ def _gateway() -> tuple[BatchGateway, Stubber]:
     return BatchGateway(batch_client=None, ecs_client=None, ec2_client=ec2), stubber
 
 
+def _instance(instance_id: str, launched: datetime) -> dict[str, Any]:
+    placement = {"AvailabilityZone": "us-east-1b"}
+    return {"InstanceId": instance_id, "InstanceType": "c6i.4xlarge", "Placement": placement, "LaunchTime": launched}
+
+
 def _described(launched: datetime, instance_id: str = INSTANCE) -> dict[str, Any]:
-    return {"Reservations": [{"Instances": [{"InstanceId": instance_id, "LaunchTime": launched}]}]}
+    return {"Reservations": [{"Instances": [_instance(instance_id, launched)]}]}
 
 
 def _request(*instance_ids: str) -> dict[str, Any]:
@@ -107,23 +112,25 @@ def test_an_instance_whose_launch_cannot_be_read_is_billed_and_logged(ledger: Le
     assert "instance launch times unavailable" in caplog.text
 
 
-def test_launch_times_are_asked_for_by_filter_once_for_several_instances():
+def test_instances_are_described_by_filter_once_for_several():
     # GIVEN two instances (one asked for twice), described with launch times in another zone's offset
     batch, stubber = _gateway()
     launched = datetime.fromisoformat("2026-01-05T08:00:00+02:00")
     described = {
         "Reservations": [
-            {"Instances": [{"InstanceId": "i-1", "LaunchTime": launched}]},
-            {"Instances": [{"InstanceId": "i-2", "LaunchTime": launched + timedelta(minutes=5)}]},
+            {"Instances": [_instance("i-1", launched)]},
+            {"Instances": [_instance("i-2", launched + timedelta(minutes=5))]},
         ]
     }
     stubber.add_response("describe_instances", described, _request("i-1", "i-2"))
-    # WHEN their launch times are read
-    times = batch.instance_launch_times(["i-2", "i-1", "i-2"])
-    # THEN one filtered call gives both, in UTC
-    assert {key: format_time(value) for key, value in times.items()} == {
-        "i-1": "2026-01-05T06:00:00Z",
-        "i-2": "2026-01-05T06:05:00Z",
+    # WHEN they are described
+    instances = batch.describe_instances(["i-2", "i-1", "i-2"])
+    # THEN one filtered call gives both: type, zone and launch time in UTC
+    assert {
+        key: (i.instance_type, i.availability_zone, format_time(i.launched_at)) for key, i in instances.items()
+    } == {
+        "i-1": ("c6i.4xlarge", "us-east-1b", "2026-01-05T06:00:00Z"),
+        "i-2": ("c6i.4xlarge", "us-east-1b", "2026-01-05T06:05:00Z"),
     }
     stubber.assert_no_pending_responses()
 

@@ -1,13 +1,16 @@
-"""The price a placement records on its attempt: looked up when the job is placed, flagged when it cannot be."""
+"""The price a placement records on its attempt: looked up when the job is placed, flagged when it cannot be, and
+looked up again for the instance the job got once it starts."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from spot_hpc.batch import Ec2Instance
 from spot_hpc.ledger import Attempt, Stage
-from spot_hpc.placement import record_placed
+from spot_hpc.placement import price_on_instance, record_placed
 from spot_hpc.services import Services
 
 pytestmark = pytest.mark.usefixtures("utc_clock")
@@ -75,3 +78,59 @@ def test_a_placement_whose_price_is_looked_up_is_recorded_with_it() -> None:
     # THEN the attempt carries the price for both nodes, and nothing is flagged
     assert ledger.attempts == [attempt]
     assert attempt.usd_per_hour == pytest.approx(2.0) and attempt.price_unknown is False
+
+
+class ZonedPrices:
+    """Spot of an m6i.4xlarge at $0.40 in us-east-1c, at $0.30 elsewhere; the calls it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str, int, str | None, Any]] = []
+
+    def usd_per_hour(self, instance_type: str, region: str, capacity: str, nodes: int = 1, **where: Any) -> float:
+        self.asked.append((instance_type, capacity, nodes, where.get("availability_zone"), where.get("at")))
+        return (0.4 if where.get("availability_zone") == "us-east-1c" else 0.3) * nodes
+
+
+class DescribedInstances:
+    """EC2's answer for the instances it knows (an `Ec2Instance` each)."""
+
+    def __init__(self, known: dict[str, Any]) -> None:
+        self.known = known
+
+    def describe_instances(self, instance_ids: list[str]) -> dict[str, Any]:
+        return {i: self.known[i] for i in instance_ids if i in self.known}
+
+
+def _started_attempt() -> Attempt:
+    return Attempt("run-1", "preprocess", 1, "job-1", "spot-queue", "spot", 2, "2026-01-05T00:00:00Z",
+                   usd_per_hour=0.6, started_at="2026-01-05T00:10:00Z")  # fmt: skip
+
+
+def test_a_started_job_is_priced_on_the_instance_it_got() -> None:
+    # GIVEN a 2-node Spot job placed at the first Spot type's price, started on an m6i.4xlarge in us-east-1c
+    started = datetime(2026, 1, 5, 0, 10, tzinfo=UTC)
+    services = _services(FakeLedger(), prices := ZonedPrices())
+    services.batch = DescribedInstances({"i-1": Ec2Instance("m6i.4xlarge", "us-east-1c", started)})  # type: ignore[assignment]
+
+    # WHEN it is priced on that instance
+    priced = price_on_instance(services, _started_attempt(), "i-1", started)
+
+    # THEN the price is that type's Spot price in that zone as it started, for both nodes, and says what it is of
+    assert priced == {"usd_per_hour": 0.8, "price_unknown": False, "instance_type": "m6i.4xlarge",
+                      "availability_zone": "us-east-1c"}  # fmt: skip
+    assert prices.asked == [("m6i.4xlarge", "spot", 2, "us-east-1c", started)]
+
+
+@pytest.mark.parametrize("cannot_tell", ["instance unknown to EC2", "prices down"])
+def test_a_started_job_that_cannot_be_priced_on_its_instance_keeps_its_placement_price(cannot_tell) -> None:
+    # GIVEN EC2 not describing the instance, or the price list down
+    started = datetime(2026, 1, 5, 0, 10, tzinfo=UTC)
+    known = (
+        {} if cannot_tell == "instance unknown to EC2" else {"i-1": Ec2Instance("m6i.4xlarge", "us-east-1c", started)}
+    )
+    services = _services(FakeLedger(), PricesDown())
+    services.batch = DescribedInstances(known)  # type: ignore[assignment]
+
+    # WHEN it is priced on its instance
+    # THEN nothing changes: the placement's price stands
+    assert price_on_instance(services, _started_attempt(), "i-1", started) == {}

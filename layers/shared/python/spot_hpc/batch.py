@@ -27,6 +27,16 @@ class JobRequest:
     attempt_timeout_seconds: int | None = None
 
 
+@dataclass(frozen=True)
+class Ec2Instance:
+    """What the control plane needs of an EC2 instance a job ran on: what it is and where (its price) and when it
+    was launched (whether an interruption fell in its first hour, which AWS does not charge)."""
+
+    instance_type: str
+    availability_zone: str
+    launched_at: datetime
+
+
 class BatchGateway:
     def __init__(self, batch_client: Any, ecs_client: Any, ec2_client: Any) -> None:
         self._batch = batch_client
@@ -112,17 +122,22 @@ class BatchGateway:
                 )
         return found
 
-    def instance_launch_times(self, instance_ids: Iterable[str]) -> dict[str, datetime]:
-        """When each EC2 instance was launched, for those EC2 still describes (a terminated one, for about an hour).
-        Asked by filter, not by id: an unknown id then leaves the instance out instead of failing the whole call."""
+    def describe_instances(self, instance_ids: Iterable[str]) -> dict[str, Ec2Instance]:
+        """What EC2 says of each instance it still describes (a terminated one, for about an hour). Asked by filter,
+        not by id: an unknown id then leaves the instance out instead of failing the whole call."""
         ids = sorted(set(instance_ids))
         if not ids:
             return {}
         paginator = self._ec2.get_paginator("describe_instances")
         return {
-            instance["InstanceId"]: as_utc(instance["LaunchTime"])
+            instance["InstanceId"]: Ec2Instance(
+                instance_type=instance["InstanceType"],
+                availability_zone=instance["Placement"]["AvailabilityZone"],
+                launched_at=as_utc(instance["LaunchTime"]),
+            )
             for page in paginator.paginate(Filters=[{"Name": "instance-id", "Values": ids}])
             for reservation in page.get("Reservations", [])
             for instance in reservation.get("Instances", [])
-            if instance.get("LaunchTime")
+            if {"InstanceType", "LaunchTime"} <= instance.keys()
+            and instance.get("Placement", {}).get("AvailabilityZone")
         }

@@ -105,13 +105,13 @@ def unbilled_instances(svc: Services, instance_ids: Iterable[str], since: dateti
     if not warned:
         return set()
     try:
-        launched = svc.batch.instance_launch_times(warned)
+        described = svc.batch.describe_instances(warned)
     except (BotoCoreError, ClientError):
         logger.warning("instance launch times unavailable: billed in full", extra={"instance_ids": sorted(warned)})
         return set()
     return {
         instance_id
         for instance_id, warned_at in warned.items()
-        if instance_id in launched
-        and warned_at + INTERRUPTION_LEAD < launched[instance_id] + UNBILLED_INTERRUPTION_WITHIN
+        if instance_id in described
+        and warned_at + INTERRUPTION_LEAD < described[instance_id].launched_at + UNBILLED_INTERRUPTION_WITHIN
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from spot_checkpoint import EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT
@@ -28,6 +29,7 @@ from spot_hpc.placement import (
     choose_capacity,
     end_spot_wait,
     place_attempt,
+    price_on_instance,
     record_placed,
     requeue_to_on_demand,
     spot_stats,
@@ -89,6 +91,8 @@ def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
             _track_spot_wait(svc, ref, detail.status)
             if detail.status == "RUNNING":
                 act_on_kept_signals(svc, ref, attempt.instance_ids)
+        if detail.status == attempt.status == "RUNNING" and not attempt.instance_type:
+            _price_as_run(svc, attempt, attempt.instance_ids)  # the first delivery died before pricing it
         return {"status": "ignored", "reason": f"stale {detail.status} after {attempt.status}"}
 
     if detail.status in TERMINAL_STATUSES:
@@ -109,7 +113,19 @@ def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
         _track_spot_wait(svc, ref, detail.status)
         if detail.status == "RUNNING":
             result["signals"] = act_on_kept_signals(svc, ref, sets["instance_ids"])
+    if detail.status == "RUNNING":
+        # After the signals: a warning kept for this instance is acted on first, within its two minutes.
+        _price_as_run(svc, replace(attempt, started_at=sets["started_at"]), sets["instance_ids"])
     return result
+
+
+def _price_as_run(svc: Services, attempt: Attempt, instance_ids: list[str]) -> None:
+    """Prices a job that has started on the one instance it got (`placement.price_on_instance`)."""
+    if len(instance_ids) != 1 or not attempt.started_at:
+        return
+    priced = price_on_instance(svc, attempt, instance_ids[0], parse_time(attempt.started_at))
+    if priced:
+        svc.ledger.update_attempt(attempt.run_id, attempt.stage, attempt.attempt, **priced)
 
 
 def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) -> dict[str, Any]:

@@ -209,6 +209,9 @@ class Attempt:
     instance_seconds: int | None = None
     # An ended Spot job's instance was interrupted by EC2 within its first hour: AWS charges nothing for it.
     interrupted_in_first_hour: bool = False
+    # The instance the job got, once it runs (and was described): what `usd_per_hour` is then the price of.
+    instance_type: str | None = None
+    availability_zone: str | None = None
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,33 @@ def node_price(svc: Services, capacity: str, stage: Stage, at: datetime | None =
         return None
 
 
+def price_on_instance(svc: Services, attempt: Attempt, instance_id: str, started: datetime) -> dict[str, Any]:
+    """The attempt's price on the instance it got, as the ledger keeps it: of that instance's type (the compute
+    environment may pick any of its types; the placement priced the first) and, on Spot, in its zone as it started
+    (the placement took the region's). {} when EC2 or the price list cannot tell: the placement's price stands."""
+    try:
+        instance = svc.batch.describe_instances([instance_id]).get(instance_id)
+        if instance is None:
+            return {}
+        price = svc.prices.usd_per_hour(
+            instance.instance_type,
+            svc.settings.region,
+            attempt.capacity,  # type: ignore[arg-type]
+            nodes=attempt.nodes,
+            availability_zone=instance.availability_zone,
+            at=started,
+        )
+    except Exception:  # a price is for reporting; never fail a job's start on it
+        logger.warning("no price for the instance a job got", extra={"instance_id": instance_id}, exc_info=True)
+        return {}
+    return {
+        "usd_per_hour": price,
+        "price_unknown": False,
+        "instance_type": instance.instance_type,
+        "availability_zone": instance.availability_zone,
+    }
+
+
 def spot_stats(stage: Stage, changeover_hours: float, advisor_bucket: int) -> SpotStats:
     """What the stage has learnt of Spot so far; a fresh life table has the stack's Spot Advisor interruption bucket
     as its prior and age bands fitting the SLA guard's schedule and the changeover."""

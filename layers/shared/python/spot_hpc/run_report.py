@@ -106,6 +106,9 @@ def build_run_report(
                 rows[-1]["instance_seconds"] = attempt.instance_seconds
             if attempt.interrupted_in_first_hour:  # AWS charges nothing for the instance
                 rows[-1]["interrupted_in_first_hour"] = True
+            if attempt.instance_type:  # what the job ran on, which its price is of
+                rows[-1]["instance_type"] = attempt.instance_type
+                rows[-1]["availability_zone"] = attempt.availability_zone
             # Billed from the reported hours, as `cost.check_run_report_costs` recomputes them: rounded to 3.6 ms,
             # they still give the ledger's whole seconds (`cost.billed_seconds`).
             billed.append(cost.attempt_from_report(rows[-1]))
