@@ -611,6 +611,17 @@ def _shards_run(plane: OfflineControlPlane, deadline_hours: float, hpc_hours: fl
     plane.upload("incoming/shards.csv", b"a\n1\n", {**metadata, "hpc-mode": "shards", "hpc-nodes": "3"})
 
 
+def _ended_shards(array_job_id: str) -> list[dict]:
+    """The array's shards that ended, as DescribeJobs tells them."""
+    batch = boto3.client("batch", region_name=REGION)
+    return [
+        job
+        for state in ("SUCCEEDED", "FAILED")
+        for summary in batch.list_jobs(arrayJobId=array_job_id, jobStatus=state)["jobSummaryList"]
+        for job in batch.describe_jobs(jobs=[summary["jobId"]])["jobs"]
+    ]
+
+
 def test_shards_waiting_for_spot_are_moved_to_on_demand_in_time_and_billed_for_their_own_runs(tmp_path):
     # GIVEN Spot capacity for 2 nodes only, and 3 HPC shards under a deadline with little slack
     with OfflineControlPlane(trace=steady_trace(tmp_path, 2), stage_hours=QUICK_STAGES) as plane:
@@ -619,13 +630,7 @@ def test_shards_waiting_for_spot_are_moved_to_on_demand_in_time_and_billed_for_t
         status = plane.run_until_settled(max_hours=6)
         run, hpc = _attempts(plane, "hpc")
         report = run_report(control_plane_services(plane), run)
-        batch = boto3.client("batch", region_name=REGION)
-        shards = [
-            job
-            for state in ("SUCCEEDED", "FAILED")
-            for summary in batch.list_jobs(arrayJobId=hpc[0].job_id, jobStatus=state)["jobSummaryList"]
-            for job in batch.describe_jobs(jobs=[summary["jobId"]])["jobs"]
-        ]
+        shards = _ended_shards(hpc[0].job_id)
     # THEN the waiting shard was noticed, the array requeued to On-Demand, and the deadline met
     assert status == "SUCCEEDED" and report["deadline_met"] is True
     assert [(a.capacity, a.status, a.cancel_reason) for a in hpc] == [
@@ -930,13 +935,7 @@ def test_a_shard_reclaimed_in_its_instances_first_hour_is_not_charged(tmp_path):
         run, hpc = _attempts(plane, "hpc")
         report = run_report(control_plane_services(plane), run)
         warned = {text.split()[-1] for _, text in plane.batch.timeline if "Spot interruption notice" in text}
-        batch = boto3.client("batch", region_name=REGION)
-        shards = [
-            job
-            for state in ("SUCCEEDED", "FAILED")
-            for summary in batch.list_jobs(arrayJobId=hpc[0].job_id, jobStatus=state)["jobSummaryList"]
-            for job in batch.describe_jobs(jobs=[summary["jobId"]])["jobs"]
-        ]
+        shards = _ended_shards(hpc[0].job_id)
         on_instance = control_plane_services(plane).batch.instances_of(
             shard["container"]["containerInstanceArn"] for shard in shards
         )
