@@ -25,7 +25,8 @@ from spot_checkpoint import (
     CheckpointedJob,
     InputError,
     join_uri,
-    list_objects,
+    list_keys,
+    open_object,
     read_object,
     run_job,
     write_object,
@@ -50,8 +51,8 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 def load_ensemble(s3: Any, input_uri: str) -> Ensemble:
     descriptions = {
-        name.split("/")[0]: json.loads(body)
-        for name, body in list_objects(s3, input_uri).items()
+        name.split("/")[0]: json.loads(read_object(s3, join_uri(input_uri, name)))
+        for name in list_keys(s3, input_uri)
         if name.endswith("/members.json")
     }
     if not descriptions:
@@ -62,8 +63,9 @@ def load_ensemble(s3: Any, input_uri: str) -> Ensemble:
     ids: list[int] = []
     fields: list[np.ndarray] = []
     for part in sorted(descriptions):
-        blob = read_object(s3, join_uri(input_uri, f"{part}/fields.npy"))
-        part_fields = np.load(io.BytesIO(blob), allow_pickle=False)
+        # Read once, from the stream into the array, never held as bytes beside it.
+        body = open_object(s3, join_uri(input_uri, f"{part}/fields.npy"))
+        part_fields = np.lib.format.read_array(body, allow_pickle=False)
         if len(part_fields) != len(descriptions[part]["members"]):
             raise InputError(f"{part}: {len(part_fields)} fields for {len(descriptions[part]['members'])} members")
         ids.extend(int(member) for member in descriptions[part]["members"])

@@ -6,30 +6,73 @@ a row is rejected (and counted by reason in ``report.json``) when it is malforme
 character (a CR or LF would break the output CSV's lines), a non-numeric or
 non-finite number, a position off the plate, a power outside (0, MAX_POWER_W], or repeats an earlier id.
 The input is ``INPUT_URI`` at ``INPUT_VERSION_ID`` when that is set (the control plane pins the run's upload).
+
+The input and the output go through temporary files on local disk, a row at a time, so neither is held in memory:
+what grows with the input is the set of ids kept (for the duplicate rule) and, while a checkpoint is written, its
+payloads.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
 import math
 import sys
+import tempfile
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import IO, Any, TextIO
 
-from spot_checkpoint import CheckpointedJob, InputError, join_uri, read_object, run_job, write_object
+from spot_checkpoint import CheckpointedJob, InputError, join_uri, open_object, run_job, write_object
 
 COLUMNS = ("source_id", "x_m", "y_m", "power_w")
 MAX_POWER_W = 10_000.0
 OUTPUT_CSV = "sources.csv"
+OUTPUT_HEADER = (",".join(COLUMNS) + "\n").encode()
 OUTPUT_REPORT = "report.json"
 SEEN_IDS_PAYLOAD = "seen_ids.json"
 DEFAULT_CHUNK_ROWS = 5000
+INPUT_ENCODING = "utf-8-sig"  # UTF-8, a byte order mark before the header dropped
+COPY_BYTES = 1 << 20  # the upload is copied to local disk in pieces of this size
+
+
+class CleanedCsv:
+    """The output CSV being built, in a temporary file on local disk: its header, then the cleaned rows so far.
+
+    A ``csv.writer`` writes rows to it (:meth:`write`); :meth:`getvalue` is the rows so far as text.
+    """
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - open as long as the state, closed by whoever ends it
+        self.file.write(OUTPUT_HEADER)
+
+    def write(self, text: str) -> None:
+        self.file.write(text.encode())
+
+    def append_rows(self, rows: bytes) -> None:
+        self.file.write(rows)
+
+    def rows(self) -> bytes:
+        """The rows so far, without the header; the file is left at its end, where the next row goes."""
+        self.file.seek(len(OUTPUT_HEADER))
+        return self.file.read()
+
+    def getvalue(self) -> str:
+        return self.rows().decode()
+
+    def whole(self) -> IO[bytes]:
+        """The file from its start, header included, for the upload."""
+        self.file.seek(0)
+        return self.file
+
+    def close(self) -> None:
+        self.file.close()
 
 
 @dataclass
@@ -38,27 +81,27 @@ class CleaningState:
 
     rows_read: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
-    cleaned: io.StringIO = field(default_factory=io.StringIO)
+    cleaned: CleanedCsv = field(default_factory=CleanedCsv)
     seen_ids: set[str] = field(default_factory=set)
 
     def payloads(self) -> dict[str, bytes]:
         header = {"rows_read": self.rows_read, "rejected": dict(sorted(self.rejected.items()))}
         return {
             "state.json": json.dumps(header).encode(),
-            "cleaned.csv": self.cleaned.getvalue().encode(),
+            # Checkpoint payloads are bytes: the output so far is in memory only while a checkpoint is written.
+            "cleaned.csv": self.cleaned.rows(),
             SEEN_IDS_PAYLOAD: json.dumps(sorted(self.seen_ids)).encode(),
         }
 
     @classmethod
     def from_payloads(cls, payloads: Mapping[str, bytes]) -> CleaningState:
         header = json.loads(payloads["state.json"])
-        text = payloads["cleaned.csv"].decode()
         state = cls(rows_read=int(header["rows_read"]), rejected=Counter(header["rejected"]))
-        state.cleaned.write(text)
+        state.cleaned.append_rows(payloads["cleaned.csv"])
         if SEEN_IDS_PAYLOAD in payloads:
             state.seen_ids = set(json.loads(payloads[SEEN_IDS_PAYLOAD]))
         else:  # a checkpoint from before the ids were saved: recover them from the output so far
-            state.seen_ids = {row[0] for row in csv.reader(io.StringIO(text))}
+            state.seen_ids = {row[0] for row in csv.reader(io.StringIO(payloads["cleaned.csv"].decode()))}
         return state
 
 
@@ -98,15 +141,66 @@ def has_control_character(text: str) -> bool:
     return any(unicodedata.category(char) == "Cc" for char in text)
 
 
-def data_rows(text: str, skip: int) -> tuple[list[int], Iterator[list[str]]]:
-    # No field is longer than the input, which is in memory already: a long one is a row to reject, not a crash
-    # (the csv module's own limit, 128 KiB, raises for the whole file).
-    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
-    reader = csv.reader(io.StringIO(text))
+@contextmanager
+def local_copy(s3: Any, uri: str, version_id: str | None) -> Iterator[tuple[TextIO, int, int]]:
+    """The upload copied piece by piece to a temporary file on local disk and read back as text; with its size in
+    bytes and its line feeds.
+
+    Each piece is decoded on the way, only to check it: an upload that is not UTF-8 fails here, before any work.
+    """
+    check_text = codecs.getincrementaldecoder(INPUT_ENCODING)()
+    body = open_object(s3, uri, version_id)
+    size = line_feeds = 0
+    with tempfile.TemporaryFile() as copy:
+        while piece := body.read(COPY_BYTES):
+            check_text.decode(piece)
+            size += len(piece)
+            line_feeds += piece.count(b"\n")
+            copy.write(piece)
+        check_text.decode(b"", final=True)
+        copy.seek(0)
+        # Lines end at line feeds only: a carriage return is left to the csv module (part of a quoted field, a line
+        # ending before a line feed, an error elsewhere).
+        with io.TextIOWrapper(copy, encoding=INPUT_ENCODING, newline="\n") as text:
+            yield text, size, line_feeds
+
+
+def data_rows(text: Iterable[str], size: int, skip: int) -> tuple[list[int], Iterator[list[str]]]:
+    """The column positions from the header, and the data rows after the first ``skip``, read as needed."""
+    # No field has more characters than the upload has bytes: a long one is a row to reject, not a crash (the csv
+    # module's own limit, 128 KiB, raises for the whole file).
+    csv.field_size_limit(max(csv.field_size_limit(), size + 1))
+    reader = csv.reader(text)
     header = next(reader, None)
     if header is None:
         raise InputError("input CSV is empty")
     return column_positions(header), islice(reader, skip, None)
+
+
+def clean_rows(
+    job: CheckpointedJob,
+    state: CleaningState,
+    positions: list[int],
+    rows: Iterator[list[str]],
+    *,
+    chunk_rows: int,
+    total_rows: int,
+) -> None:
+    """Clean ``rows`` into ``state`` one at a time; each ``chunk_rows`` rows are a unit of work (``job.step``)."""
+    writer = csv.writer(state.cleaned, lineterminator="\n")
+    while True:
+        rows_before = state.rows_read
+        for row in islice(rows, chunk_rows):
+            cleaned, reason = clean_row(row, positions, state.seen_ids)
+            if cleaned is None:
+                state.rejected[str(reason)] += 1
+            else:
+                state.seen_ids.add(cleaned[0])
+                writer.writerow(cleaned)
+            state.rows_read += 1
+        if state.rows_read == rows_before:
+            return
+        job.step(state.payloads, progress=min(state.rows_read / total_rows, 1.0))
 
 
 def run(s3: Any, environ: Mapping[str, str]) -> None:
@@ -116,29 +210,22 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
         raise InputError(f"environment variable {exc.args[0]} is not set") from None
     chunk_rows = int(environ.get("PREPROCESS_CHUNK_ROWS", DEFAULT_CHUNK_ROWS))
     # The run's own upload: a resumed attempt must not read a newer file uploaded under the same key since.
-    text = read_object(s3, input_uri, environ.get("INPUT_VERSION_ID")).decode("utf-8-sig")
-    total_rows = max(text.count("\n"), 1)  # an estimate for progress only
-    with CheckpointedJob.from_environment(s3, environ) as job:
-        state = CleaningState.from_payloads(job.resumed.payloads) if job.resumed else CleaningState()
-        positions, rows = data_rows(text, state.rows_read)
-        writer = csv.writer(state.cleaned, lineterminator="\n")
-        while chunk := list(islice(rows, chunk_rows)):
-            for row in chunk:
-                cleaned, reason = clean_row(row, positions, state.seen_ids)
-                if cleaned is None:
-                    state.rejected[str(reason)] += 1
-                else:
-                    state.seen_ids.add(cleaned[0])
-                    writer.writerow(cleaned)
-            state.rows_read += len(chunk)
-            job.step(state.payloads, progress=min(state.rows_read / total_rows, 1.0))
-        rows_out = state.rows_read - sum(state.rejected.values())
-        report = {"rows_in": state.rows_read, "rows_out": rows_out, "rejected": dict(sorted(state.rejected.items()))}
-        write_object(
-            s3, join_uri(output_uri, OUTPUT_CSV), (",".join(COLUMNS) + "\n" + state.cleaned.getvalue()).encode()
-        )
-        write_object(s3, join_uri(output_uri, OUTPUT_REPORT), json.dumps(report, indent=2).encode(), "application/json")
-        job.finish()
+    with local_copy(s3, input_uri, environ.get("INPUT_VERSION_ID")) as (text, size, line_feeds):
+        total_rows = max(line_feeds, 1)  # an estimate for progress only
+        with CheckpointedJob.from_environment(s3, environ) as job:
+            state = CleaningState.from_payloads(job.resumed.payloads) if job.resumed else CleaningState()
+            with closing(state.cleaned):
+                positions, rows = data_rows(text, size, state.rows_read)
+                clean_rows(job, state, positions, rows, chunk_rows=chunk_rows, total_rows=total_rows)
+                report = {
+                    "rows_in": state.rows_read,
+                    "rows_out": state.rows_read - sum(state.rejected.values()),
+                    "rejected": dict(sorted(state.rejected.items())),
+                }
+                write_object(s3, join_uri(output_uri, OUTPUT_CSV), state.cleaned.whole())
+                report_json = json.dumps(report, indent=2).encode()
+                write_object(s3, join_uri(output_uri, OUTPUT_REPORT), report_json, "application/json")
+            job.finish()
 
 
 def main() -> int:

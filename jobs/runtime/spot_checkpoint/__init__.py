@@ -60,7 +60,7 @@ from .job import (
     Stopped,
     log_event_to_stderr,
 )
-from .objects import join_uri, list_keys, list_objects, read_object, write_object
+from .objects import join_uri, list_keys, list_objects, open_object, read_object, write_object
 from .store import (
     DEFAULT_PART,
     MANIFEST_NAME,
@@ -121,6 +121,7 @@ __all__ = [
     "list_keys",
     "list_objects",
     "log_event_to_stderr",
+    "open_object",
     "parse_s3_uri",
     "part_name",
     "part_progress",

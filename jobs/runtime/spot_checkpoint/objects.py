@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any
 
 from .store import parse_s3_uri
 
@@ -12,14 +12,23 @@ def join_uri(prefix_uri: str, name: str) -> str:
     return f"{prefix_uri.rstrip('/')}/{name.lstrip('/')}"
 
 
-def read_object(s3_client: Any, uri: str, version_id: str | None = None) -> bytes:
-    """The object's bytes; ``version_id`` pins one version of it (a later upload under the same key is not read)."""
+def open_object(s3_client: Any, uri: str, version_id: str | None = None) -> Any:
+    """The object's body as a stream to ``read(size)`` piece by piece, for an object too large to hold in memory;
+    ``version_id`` pins one version of it (a later upload under the same key is not read)."""
     bucket, key = parse_s3_uri(uri)
     version = {"VersionId": version_id} if version_id else {}
-    return bytes(s3_client.get_object(Bucket=bucket, Key=key.rstrip("/"), **version)["Body"].read())
+    return s3_client.get_object(Bucket=bucket, Key=key.rstrip("/"), **version)["Body"]
 
 
-def write_object(s3_client: Any, uri: str, body: bytes, content_type: str = "application/octet-stream") -> None:
+def read_object(s3_client: Any, uri: str, version_id: str | None = None) -> bytes:
+    """The object's bytes; ``version_id`` as for :func:`open_object`."""
+    return bytes(open_object(s3_client, uri, version_id).read())
+
+
+def write_object(
+    s3_client: Any, uri: str, body: bytes | IO[bytes], content_type: str = "application/octet-stream"
+) -> None:
+    """``body`` is bytes, or a binary file that is sent from its current position to its end without being loaded."""
     bucket, key = parse_s3_uri(uri)
     s3_client.put_object(Bucket=bucket, Key=key.rstrip("/"), Body=body, ContentType=content_type)
 
