@@ -442,20 +442,26 @@ def test_crash_between_recording_an_attempt_end_and_settling_the_stage_is_repair
     assert [(a.attempt, a.status) for a in preprocess] == [(1, "SUCCEEDED")]
 
 
-def test_a_reclaim_whose_handler_died_after_recording_it_is_learnt_once(monkeypatch, tmp_path):
-    # GIVEN Spot capacity for 20 minutes, then none for 10, and the Batch handler dying right after recording that
-    # the Spot job was reclaimed
+def _die_once_after_recording(monkeypatch, status: str) -> list[str]:
+    """The Batch handler dies once, right after recording an attempt's `status`: the stages it died on."""
     real_update = Ledger.update_open_attempt
     died: list[str] = []
 
     def record_then_die(self, run_id, stage, attempt, **sets):
         recorded = real_update(self, run_id, stage, attempt, **sets)
-        if sets.get("status") == "FAILED" and not died:
+        if sets.get("status") == status and not died:
             died.append(stage)
-            raise RuntimeExitError("Runtime exited after recording the job's end")
+            raise RuntimeExitError(f"Runtime exited after recording the job's {status}")
         return recorded
 
     monkeypatch.setattr(Ledger, "update_open_attempt", record_then_die)
+    return died
+
+
+def test_a_reclaim_whose_handler_died_after_recording_it_is_learnt_once(monkeypatch, tmp_path):
+    # GIVEN Spot capacity for 20 minutes, then none for 10, and the Batch handler dying right after recording that
+    # the Spot job was reclaimed
+    died = _die_once_after_recording(monkeypatch, "FAILED")
     trace = trace_file(tmp_path, "short-capacity", [1, 1, 0] + [1] * 500)
     with OfflineControlPlane(trace=trace, stage_hours=QUICK_STAGES) as plane:
         upload_quick_run(plane, 12)
@@ -975,3 +981,21 @@ def test_a_spot_job_is_priced_on_the_instance_type_it_got(tmp_path):
     assert (row["instance_type"], row["availability_zone"]) == ("m6i.4xlarge", spot.availability_zone)
     assert row["usd_per_hour"] == pytest.approx(spot.usd_per_hour)
     assert check_run_report_costs(report) == [] and refused == {}
+
+
+def test_a_start_whose_handler_died_before_pricing_it_is_priced_by_the_retry(monkeypatch, tmp_path):
+    # GIVEN the Spot compute environment launching an m6i.4xlarge, and the Batch handler dying right after recording
+    # that the Spot job runs, before pricing it on its instance
+    died = _die_once_after_recording(monkeypatch, "RUNNING")
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 1), stage_hours=QUICK_STAGES) as plane:
+        plane.batch.instance_types["spot"] = "m6i.4xlarge"
+        upload_quick_run(plane, 12)
+        _run_until(plane, lambda: bool(died))
+        unpriced = _attempts(plane, "preprocess")[1][0]
+        # WHEN Lambda retries the event
+        _, result, errored = retry_dead_lettered(plane)
+        priced = _attempts(plane, "preprocess")[1][0]
+    # THEN the retry, finding the start recorded, prices the attempt on the instance it got
+    assert died == ["preprocess"] and not errored and result["status"] == "ignored"
+    assert (unpriced.status, unpriced.instance_type) == ("RUNNING", None)
+    assert priced.instance_type == "m6i.4xlarge" and priced.usd_per_hour != unpriced.usd_per_hour

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -243,22 +242,19 @@ def _billing_sets(
 ) -> dict[str, Any]:
     """The ended attempt's billing fields: an array's `instance_seconds`, and whether EC2 interrupted the Spot
     instance of a single job within the instance's first hour (`interrupted_in_first_hour`: AWS charges nothing)."""
+    since = parse_time(attempt.submitted_at) - SIGNAL_KEPT_FOR
     if detail.is_array_parent:
         # An array that succeeded lost no shard to a reclaim (a reclaimed shard ends it): its instances are not asked.
-        unbilled = _unbilled(svc, attempt, attempt.instance_ids) if detail.status == "FAILED" else set()
+        asked = attempt.capacity == "spot" and detail.status == "FAILED"
+        unbilled = unbilled_instances(svc, attempt.instance_ids, since) if asked else set()
         return {"instance_seconds": _shards_billed_seconds(svc, shards, unbilled)}
+    if attempt.capacity != "spot":
+        return {}
     # The instances its start recorded; those its end names when that start was never told.
     instance_ids = set(attempt.instance_ids) or set(svc.batch.instance_ids(detail.container_instance_arns))
-    if instance_ids and _unbilled(svc, attempt, instance_ids) == instance_ids:
+    if instance_ids and unbilled_instances(svc, instance_ids, since) == instance_ids:
         return {"interrupted_in_first_hour": True}
     return {}
-
-
-def _unbilled(svc: Services, attempt: Attempt, instance_ids: Iterable[str]) -> set[str]:
-    """Of the attempt's instances, those EC2 interrupted within their first hour (On-Demand ones are never)."""
-    if attempt.capacity != "spot" or not instance_ids:
-        return set()
-    return unbilled_instances(svc, instance_ids, parse_time(attempt.submitted_at) - SIGNAL_KEPT_FOR)
 
 
 def _shards_billed_seconds(svc: Services, shards: list[dict[str, Any]], unbilled: set[str]) -> int:

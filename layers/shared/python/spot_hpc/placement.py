@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from spot_checkpoint.job import ENV_ATTEMPT, ENV_PARTS
 from spot_checkpoint.store import CheckpointStore, progress
 
@@ -97,9 +97,29 @@ def node_price(svc: Services, capacity: str, stage: Stage, at: datetime | None =
         instance_type = settings.hpc_instance_type
     else:
         instance_type = settings.spot_instance_type if capacity == "spot" else settings.on_demand_instance_type
+    return instance_price(svc, instance_type, capacity, stage.nodes, at=at)
+
+
+def instance_price(
+    svc: Services,
+    instance_type: str,
+    capacity: str,
+    nodes: int,
+    availability_zone: str | None = None,
+    at: datetime | None = None,
+) -> float | None:
+    """USD per hour of `nodes` instances of the type (Spot's in the zone, or the region's, as it was `at`); None when
+    it cannot be looked up."""
     try:
-        return svc.prices.usd_per_hour(instance_type, settings.region, capacity, nodes=stage.nodes, at=at)  # type: ignore[arg-type]
-    except Exception:  # a price is for reporting and weighing; never block a placement on it
+        return svc.prices.usd_per_hour(
+            instance_type,
+            svc.settings.region,
+            capacity,  # type: ignore[arg-type]
+            nodes=nodes,
+            availability_zone=availability_zone,
+            at=at,
+        )
+    except Exception:  # a price is for reporting and weighing; never block a placement or a job's start on it
         logger.warning("no price for %s %s", capacity, instance_type, exc_info=True)
         return None
 
@@ -110,18 +130,14 @@ def price_on_instance(svc: Services, attempt: Attempt, instance_id: str, started
     (the placement took the region's). {} when EC2 or the price list cannot tell: the placement's price stands."""
     try:
         instance = svc.batch.describe_instances([instance_id]).get(instance_id)
-        if instance is None:
-            return {}
-        price = svc.prices.usd_per_hour(
-            instance.instance_type,
-            svc.settings.region,
-            attempt.capacity,  # type: ignore[arg-type]
-            nodes=attempt.nodes,
-            availability_zone=instance.availability_zone,
-            at=started,
-        )
-    except Exception:  # a price is for reporting; never fail a job's start on it
-        logger.warning("no price for the instance a job got", extra={"instance_id": instance_id}, exc_info=True)
+    except (BotoCoreError, ClientError):  # the price is for reporting; never fail a job's start on it
+        logger.warning("could not describe the instance a job got", extra={"instance_id": instance_id}, exc_info=True)
+        return {}
+    if instance is None:
+        return {}
+    zone = instance.availability_zone
+    price = instance_price(svc, instance.instance_type, attempt.capacity, attempt.nodes, zone, at=started)
+    if price is None:
         return {}
     return {
         "usd_per_hour": price,
