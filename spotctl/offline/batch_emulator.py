@@ -32,6 +32,7 @@ from spotctl.policy_sim.traces import load_trace
 
 WARNING_LEAD = timedelta(minutes=2)
 CONTAINER_EXITED = "Essential container in task exited"  # Batch's statusReason when the container's process ends
+DEFAULT_INSTANCE_TYPE = "c6i.4xlarge"  # for a compute environment that lists no instance types
 START_DELAY = timedelta(minutes=4)  # instance launch + image pull + restore: the changeover the policy assumes
 
 
@@ -88,6 +89,7 @@ class EmulatedJob:
     retry_strategy: dict[str, Any]
     is_multinode: bool = False
     array_size: int | None = None
+    instance_type: str = DEFAULT_INSTANCE_TYPE
     # An array job is a parent that never runs and one child per index ("<parent id>:<index>"), as in AWS Batch.
     parent_id: str | None = None
     array_index: int | None = None
@@ -180,7 +182,9 @@ class BatchEmulator:
         self.checkpoint_interval = checkpoint_interval
         self.jobs: dict[str, EmulatedJob] = {}
         self._image_id: str | None = None
-        self.instance_types = {"spot": "c6i.4xlarge", "on-demand": "c6i.4xlarge"}
+        # The instance type launched by capacity, in place of the job's compute environment's first (a test's
+        # environment picking another of its types).
+        self.instance_types: dict[str, str] = {}
         self._s3 = boto3.client("s3", region_name=REGION)
         self._ec2 = boto3.client("ec2", region_name=REGION)
         self._ecs = boto3.client("ecs", region_name=REGION)
@@ -199,11 +203,14 @@ class BatchEmulator:
         env_entries = (kwargs.get("containerOverrides") or {}).get("environment") or []
         for override in (kwargs.get("nodeOverrides") or {}).get("nodePropertyOverrides", []):
             env_entries = override.get("containerOverrides", {}).get("environment", env_entries)
-        compute_types = {
-            ce.compute_resources.get("type")
+        environments = [
+            ce
             for ce in (backend.get_compute_environment(o["computeEnvironment"]) for o in queue.env_order_json)
             if ce is not None
-        }
+        ]
+        compute_types = {ce.compute_resources.get("type") for ce in environments}
+        # Batch launches one of the environment's types; the emulator, the first (the one the stack prices by).
+        listed = [t for ce in environments for t in ce.compute_resources.get("instanceTypes") or []]
         is_multinode = definition.type == "multinode"
         if is_multinode and "SPOT" in compute_types:
             from moto.batch.exceptions import ClientException
@@ -232,6 +239,7 @@ class BatchEmulator:
             retry_strategy=definition.retry_strategy or {},
             is_multinode=is_multinode,
             array_size=array_size,
+            instance_type=listed[0] if listed else DEFAULT_INSTANCE_TYPE,
         )
         job.work_hours = self.stage_hours.get(job.stage, 1.0)
         self.jobs[job.job_id] = job
@@ -452,7 +460,11 @@ class BatchEmulator:
                 self._ecs.create_cluster(clusterName=cluster)
         market = {"InstanceMarketOptions": {"MarketType": "spot"}} if job.capacity == "spot" else {}
         instance = self._ec2.run_instances(
-            ImageId=self._image_id, MinCount=1, MaxCount=1, InstanceType=self.instance_types[job.capacity], **market
+            ImageId=self._image_id,
+            MinCount=1,
+            MaxCount=1,
+            InstanceType=self.instance_types.get(job.capacity, job.instance_type),
+            **market,
         )["Instances"][0]
         # moto stamps the launch with the wall clock; the control plane reads it on the virtual one (a Spot instance
         # interrupted within its first hour is not charged).

@@ -7,10 +7,13 @@ import json
 import pytest
 from spot_hpc.cost import check_run_report_costs
 from spot_hpc.pipeline import build_run_options
+from spot_hpc.pricing import DataFilePriceBook
+from template_grants import source_template
 
 from spotctl.cli import main
 from spotctl.offline.demo import DemoOptions, format_summary, run_demo
 from spotctl.offline.runtime import OfflineControlPlane
+from spotctl.offline.stack import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +48,21 @@ def test_hpc_runs_multinode_on_the_hpc_queue_only(demo_run):
     hpc = report["stages"][1]["attempts"]
     assert hpc and hpc[-1]["status"] == "SUCCEEDED"
     assert all(a["capacity"] == "on-demand" and a["nodes"] == 2 and "HpcJobQueue" in a["queue"] for a in hpc)
+
+
+def test_each_attempt_is_billed_for_the_instance_type_its_compute_environment_launched(demo_run):
+    # GIVEN the run's report, and the stack's instance types (the first of each compute environment's list)
+    report, _ = demo_run
+    parameters = source_template()["Parameters"]
+    first = {name: parameters[name]["Default"].split(",")[0] for name in ("SpotInstanceTypes", "HpcInstanceTypes")}
+    book = DataFilePriceBook.from_data_dir(REPO_ROOT / "data")
+    # WHEN / THEN the multi-node HPC stage ran and is billed on the HPC type, both nodes at its On-Demand price, and
+    # every Spot attempt that ran on the Spot type
+    hpc = report["stages"][1]["attempts"][-1]
+    assert hpc["instance_type"] == first["HpcInstanceTypes"]
+    assert hpc["usd_per_hour"] == pytest.approx(2 * book.on_demand_usd_per_hour(first["HpcInstanceTypes"], "us-east-1"))
+    ran_on_spot = [a for s in report["stages"] for a in s["attempts"] if a["capacity"] == "spot" and a["started_hours"]]
+    assert ran_on_spot and all(a["instance_type"] == first["SpotInstanceTypes"] for a in ran_on_spot)
 
 
 def test_tight_deadline_requeues_to_on_demand_and_is_notified(demo_run):
