@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -955,6 +956,41 @@ def test_a_shard_reclaimed_in_its_instances_first_hour_is_not_charged(tmp_path):
     spot = report["stages"][1]["attempts"][0]
     assert spot["instance_seconds"] == sum(max(60, math.ceil((s["stoppedAt"] - s["startedAt"]) / 1000)) for s in others)
     assert check_run_report_costs(report) == [] and refused == {}
+
+
+def test_shards_starting_at_once_each_keep_their_instance_on_the_array(monkeypatch, tmp_path):
+    # GIVEN three HPC shards starting at once, each start's Batch event handled by its own invocation that read the
+    # array's attempt before the others wrote theirs (the list of its instances read empty by all three)
+    stale = {"reads": True}
+    read_attempt = Ledger.get_attempt
+
+    def read_before_the_others(self, run_id, stage, attempt):
+        found = read_attempt(self, run_id, stage, attempt)
+        return replace(found, instance_ids=[]) if found and stage == "hpc" and stale["reads"] else found
+
+    monkeypatch.setattr(Ledger, "get_attempt", read_before_the_others)
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 3), stage_hours={**QUICK_STAGES, "hpc": 2.0}) as plane:
+        _shards_run(plane, deadline_hours=12, hpc_hours=2.0)
+        # WHEN every shard has started
+        batch = boto3.client("batch", region_name=REGION)
+
+        def shards_running() -> list[dict]:
+            hpc = _attempts(plane, "hpc")[1]
+            if not hpc or not hpc[0].job_id:
+                return []
+            listed = batch.list_jobs(arrayJobId=hpc[0].job_id, jobStatus="RUNNING")["jobSummaryList"]
+            return [job for summary in listed for job in batch.describe_jobs(jobs=[summary["jobId"]])["jobs"]]
+
+        _run_until(plane, lambda: len(shards_running()) == 3)
+        stale["reads"] = False
+        hpc = _attempts(plane, "hpc")[1][0]
+        on_instance = control_plane_services(plane).batch.instances_of(
+            shard["container"]["containerInstanceArn"] for shard in shards_running()
+        )
+    # THEN the array's attempt names all three instances (asked at its end whether EC2 took one back in its first
+    # hour): no start's write replaced another's
+    assert len(set(on_instance.values())) == 3
+    assert sorted(hpc.instance_ids) == sorted(on_instance.values())
 
 
 def test_a_spot_job_is_priced_on_the_instance_type_it_got(tmp_path):

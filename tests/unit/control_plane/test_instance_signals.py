@@ -10,7 +10,7 @@ import pytest
 from sample_events import load_event
 from spot_hpc.clock import format_time
 from spot_hpc.interruptions import SIGNAL_KEPT_FOR, act_on_kept_signals, on_spot_signal
-from spot_hpc.ledger import InstanceSignal, JobRef, Ledger
+from spot_hpc.ledger import Attempt, InstanceSignal, JobRef, Ledger, Run, Stage
 
 ACCOUNT = "123456789012"
 INSTANCE = "i-0aaaaaaaaaaaaaaa1"
@@ -128,3 +128,22 @@ def test_an_instances_jobs_and_signals_are_read_strongly_consistent(utc_clock):
     ledger.instance_signals(INSTANCE, utc_clock.now - SIGNAL_KEPT_FOR)
     # THEN both reads are strongly consistent: an eventually consistent one could miss the other handler's write
     assert [query.get("ConsistentRead") for query in table.queries] == [True, True]
+
+
+def test_an_attempts_instances_are_added_without_losing_a_concurrent_one_or_listing_one_twice(ledger: Ledger):
+    # GIVEN an array's attempt recorded with no instance yet
+    started = "2026-01-05T00:00:00Z"
+    ledger.create_run(
+        Run("r1", "ingest", "incoming/a.csv", "v1", started, 6.0, started, {}), [Stage("r1", "hpc", 1, 2.0, True, 3)]
+    )
+    ledger.claim_attempt("r1", "hpc", 0)
+    ledger.record_attempt(Attempt("r1", "hpc", 1, "array-1", "spot-queue", "spot", 3, started))
+    # WHEN three shards' starts add their instances, one start told twice
+    for instance_id in ("i-1", "i-2", "i-2", "i-3"):
+        ledger.add_attempt_instance("r1", "hpc", 1, instance_id)
+    # AND an instance is added to an attempt that was never recorded
+    ledger.add_attempt_instance("r1", "hpc", 2, "i-4")
+    # THEN the attempt lists each instance once, in the order they started, and no attempt is made up
+    recorded = ledger.get_attempt("r1", "hpc", 1)
+    assert recorded is not None and recorded.instance_ids == ["i-1", "i-2", "i-3"]
+    assert ledger.get_attempt("r1", "hpc", 2) is None

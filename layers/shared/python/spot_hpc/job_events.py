@@ -142,7 +142,7 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
         instance_ids = svc.batch.instance_ids(detail.container_instance_arns)
         for instance_id in instance_ids:
             svc.ledger.index_instance(instance_id, ref)
-        sets["instance_ids"] = sorted({*attempt.instance_ids, *instance_ids})
+            svc.ledger.add_attempt_instance(ref.run_id, ref.stage, ref.attempt, instance_id)
         if attempt.status != "RUNNING":
             sets.update(status="RUNNING", started_at=format_epoch_ms(detail.started_at) or format_time(utc_now()))
     failure = classify_failure(detail, attempt) if detail.status == "FAILED" else None

@@ -612,6 +612,22 @@ class Ledger:
             **sets,
         )
 
+    def add_attempt_instance(self, run_id: str, stage: str, attempt: int, instance_id: str) -> None:
+        """Adds an instance to those the attempt ran on, in one write that reads nothing first: the shards of an array
+        start together, each told by its own invocation, and a list read and written back would keep only the last
+        writer's instance. An instance already listed (a repeated event) is left as it is."""
+        try:
+            self._table.update_item(
+                Key=_attempt_key(run_id, stage, attempt),
+                UpdateExpression="SET #ids = list_append(if_not_exists(#ids, :none), :id)",
+                ConditionExpression="attribute_exists(pk) AND NOT contains(#ids, :instance)",
+                ExpressionAttributeNames={"#ids": "instance_ids"},
+                ExpressionAttributeValues={":none": [], ":id": [instance_id], ":instance": instance_id},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+
     def find_job(self, job_id: str) -> JobRef | None:
         item = self._table.get_item(Key={"pk": f"JOB#{job_id}", "sk": "JOB"}).get("Item")
         return _record(JobRef, item) if item else None
