@@ -18,7 +18,7 @@ from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
 from spot_hpc.clock import format_time
 from spot_hpc.cost import check_run_report_costs
-from spot_hpc.events import BatchJobDetail
+from spot_hpc.events import TERMINAL_STATUSES, BatchJobDetail
 from spot_hpc.ledger import Ledger
 from spot_hpc.outcome import run_report
 from spot_hpc.pipeline import STAGE_NAMES
@@ -1017,6 +1017,62 @@ def test_a_spot_job_is_priced_on_the_instance_type_it_got(tmp_path):
     assert (row["instance_type"], row["availability_zone"]) == ("m6i.4xlarge", spot.availability_zone)
     assert row["usd_per_hour"] == pytest.approx(spot.usd_per_hour)
     assert check_run_report_costs(report) == [] and refused == {}
+
+
+def test_an_array_is_billed_for_the_instance_type_its_shards_got(tmp_path):
+    # GIVEN the Spot compute environment launching m6i.4xlarge instances, its fourth instance type (the placement
+    # prices the first, c6i.4xlarge), for 3 HPC shards of half an hour
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 3), stage_hours=QUICK_STAGES) as plane:
+        plane.batch.instance_types["spot"] = "m6i.4xlarge"
+        _shards_run(plane, deadline_hours=12)
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=6)
+        run, hpc = _attempts(plane, "hpc")
+        report = run_report(control_plane_services(plane), run)
+        settings = control_plane_services(plane).settings
+        refused = _refused_calls(plane)
+    # THEN the array's price is the m6i.4xlarge's Spot price for its three nodes, in the zone they ran in, which
+    # the report bills and names
+    book = DataFilePriceBook.from_data_dir(REPO_ROOT / "data")
+    array = hpc[0]
+    assert status == "SUCCEEDED" and (array.capacity, array.status, array.nodes) == ("spot", "SUCCEEDED", 3)
+    assert (array.instance_type, array.availability_zone is not None) == ("m6i.4xlarge", True)
+    assert array.usd_per_hour == pytest.approx(book.usd_per_hour("m6i.4xlarge", REGION, "spot", nodes=3))
+    assert array.usd_per_hour != pytest.approx(book.usd_per_hour(settings.spot_instance_type, REGION, "spot", nodes=3))
+    row = report["stages"][1]["attempts"][0]
+    assert (row["instance_type"], row["usd_per_hour"]) == ("m6i.4xlarge", pytest.approx(array.usd_per_hour))
+    assert check_run_report_costs(report) == [] and refused == {}
+
+
+def test_an_array_whose_shards_instances_cannot_be_told_at_its_end_settles_at_its_placement_price(
+    monkeypatch, tmp_path
+):
+    # GIVEN 3 HPC shards on m6i.4xlarge instances, and ECS throttling every DescribeContainerInstances once they all
+    # run (botocore's own retries used up)
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 3), stage_hours=QUICK_STAGES) as plane:
+        plane.batch.instance_types["spot"] = "m6i.4xlarge"
+        _shards_run(plane, deadline_hours=12)
+        _run_until(
+            plane,
+            lambda: len(next(iter(_attempts(plane, "hpc")[1]), SimpleNamespace(instance_ids=[])).instance_ids) == 3,
+        )
+
+        def throttled(self, container_instance_arns):
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "Describe")
+
+        monkeypatch.setattr(BatchGateway, "instances_of", throttled)
+        # WHEN the array ends
+        _run_until(plane, lambda: _attempts(plane, "hpc")[1][0].status in TERMINAL_STATUSES)
+        monkeypatch.undo()
+        status = plane.run_until_settled(max_hours=6)
+        run, hpc = _attempts(plane, "hpc")
+        report = run_report(control_plane_services(plane), run)
+    # THEN the stage settles all the same, its shards billed for their runs at the price it was placed at
+    array = hpc[0]
+    assert status == "SUCCEEDED" and array.status == "SUCCEEDED" and array.instance_seconds
+    placed = DataFilePriceBook.from_data_dir(REPO_ROOT / "data").usd_per_hour("c6i.4xlarge", REGION, "spot", nodes=3)
+    assert (array.usd_per_hour, array.instance_type) == (pytest.approx(placed), None)
+    assert check_run_report_costs(report) == []
 
 
 def test_a_start_whose_handler_died_before_pricing_it_is_priced_by_the_retry(monkeypatch, tmp_path):

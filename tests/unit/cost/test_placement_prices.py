@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from spot_hpc.batch import Ec2Instance
 from spot_hpc.ledger import Attempt, Stage
-from spot_hpc.placement import price_on_instance, record_placed
+from spot_hpc.placement import price_on_instances, record_placed
 from spot_hpc.services import Services
 
 pytestmark = pytest.mark.usefixtures("utc_clock")
@@ -113,12 +113,12 @@ def test_a_started_job_is_priced_on_the_instance_it_got() -> None:
     services.batch = DescribedInstances({"i-1": Ec2Instance("m6i.4xlarge", "us-east-1c", started)})  # type: ignore[assignment]
 
     # WHEN it is priced on that instance
-    priced = price_on_instance(services, _started_attempt(), "i-1", started)
+    priced = price_on_instances(services, _started_attempt(), [("i-1", 1.0)], started)
 
     # THEN the price is that type's Spot price in that zone as it started, for both nodes, and says what it is of
     assert priced == {"usd_per_hour": 0.8, "price_unknown": False, "instance_type": "m6i.4xlarge",
                       "availability_zone": "us-east-1c"}  # fmt: skip
-    assert prices.asked == [("m6i.4xlarge", "spot", 2, "us-east-1c", started)]
+    assert prices.asked == [("m6i.4xlarge", "spot", 1, "us-east-1c", started)]
 
 
 @pytest.mark.parametrize("cannot_tell", ["instance unknown to EC2", "prices down"])
@@ -133,4 +133,54 @@ def test_a_started_job_that_cannot_be_priced_on_its_instance_keeps_its_placement
 
     # WHEN it is priced on its instance
     # THEN nothing changes: the placement's price stands
-    assert price_on_instance(services, _started_attempt(), "i-1", started) == {}
+    assert price_on_instances(services, _started_attempt(), [("i-1", 1.0)], started) == {}
+
+
+def _array_attempt(usd_per_hour: float = 0.9, price_unknown: bool = False) -> Attempt:
+    """Three Spot shards placed at the first Spot type's price, $0.30 a node."""
+    placed = {"usd_per_hour": usd_per_hour, "price_unknown": price_unknown, "started_at": "2026-01-05T00:10:00Z"}
+    return Attempt("run-1", "hpc", 1, "array-1", "spot-queue", "spot", 3, "2026-01-05T00:00:00Z", **placed)
+
+
+def test_an_array_is_priced_on_its_shards_instances_weighed_by_their_seconds() -> None:
+    # GIVEN three shards, two on m6i.4xlarge instances in us-east-1c ($0.40) for an hour each, one on an instance
+    # EC2 no longer describes for half an hour (at the placement's $0.30 a node)
+    started = datetime(2026, 1, 5, 0, 10, tzinfo=UTC)
+    services = _services(FakeLedger(), ZonedPrices())
+    services.batch = DescribedInstances(  # type: ignore[assignment]
+        {i: Ec2Instance("m6i.4xlarge", "us-east-1c", started) for i in ("i-1", "i-2")}
+    )
+
+    # WHEN the array is priced on its shards' instances
+    priced = price_on_instances(services, _array_attempt(), [("i-1", 3600), ("i-2", 3600), ("i-gone", 1800)], started)
+
+    # THEN the price for its three nodes is the seconds-weighted mean of theirs, so that the array's cost is each
+    # shard's seconds at its own price; the type is not named, one shard's being unknown
+    assert priced == {"usd_per_hour": pytest.approx((0.4 * 3600 * 2 + 0.3 * 1800) / 9000 * 3), "price_unknown": False}
+    cost = priced["usd_per_hour"] / 3 * 9000 / 3600
+    assert cost == pytest.approx(0.4 + 0.4 + 0.15)
+
+
+def test_an_array_whose_shards_all_got_one_type_in_one_zone_names_them() -> None:
+    # GIVEN two shards on m6i.4xlarge instances in us-east-1c
+    started = datetime(2026, 1, 5, 0, 10, tzinfo=UTC)
+    services = _services(FakeLedger(), ZonedPrices())
+    services.batch = DescribedInstances(  # type: ignore[assignment]
+        {i: Ec2Instance("m6i.4xlarge", "us-east-1c", started) for i in ("i-1", "i-2")}
+    )
+    # WHEN it is priced
+    priced = price_on_instances(services, _array_attempt(), [("i-1", 600), ("i-2", 1200)], started)
+    # THEN it names them
+    assert (priced["instance_type"], priced["availability_zone"]) == ("m6i.4xlarge", "us-east-1c")
+    assert priced["usd_per_hour"] == pytest.approx(1.2)
+
+
+def test_an_array_with_a_shard_that_cannot_be_priced_at_all_keeps_its_placement_price() -> None:
+    # GIVEN an array placed while the price list was down, one shard on an instance EC2 no longer describes
+    started = datetime(2026, 1, 5, 0, 10, tzinfo=UTC)
+    services = _services(FakeLedger(), ZonedPrices())
+    services.batch = DescribedInstances({"i-1": Ec2Instance("m6i.4xlarge", "us-east-1c", started)})  # type: ignore[assignment]
+    attempt = _array_attempt(usd_per_hour=0.0, price_unknown=True)
+    # WHEN it is priced
+    # THEN nothing changes: a figure from some shards' prices would hide that one is unknown (the report prices it)
+    assert price_on_instances(services, attempt, [("i-1", 600), (None, 600)], started) == {}

@@ -11,6 +11,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from spot_checkpoint import EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT
 from spot_checkpoint.store import CheckpointStore
 
@@ -28,7 +29,7 @@ from spot_hpc.placement import (
     choose_capacity,
     end_spot_wait,
     place_attempt,
-    price_on_instance,
+    price_on_instances,
     record_placed,
     requeue_to_on_demand,
     spot_stats,
@@ -119,10 +120,10 @@ def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
 
 
 def _price_as_run(svc: Services, attempt: Attempt, instance_ids: list[str]) -> None:
-    """Prices a job that has started on the one instance it got (`placement.price_on_instance`)."""
+    """Prices a job that has started on the one instance it got (`placement.price_on_instances`)."""
     if len(instance_ids) != 1 or not attempt.started_at:
         return
-    priced = price_on_instance(svc, attempt, instance_ids[0], parse_time(attempt.started_at))
+    priced = price_on_instances(svc, attempt, [(instance_ids[0], 1.0)], parse_time(attempt.started_at))
     if priced:
         svc.ledger.update_attempt(attempt.run_id, attempt.stage, attempt.attempt, **priced)
 
@@ -240,14 +241,19 @@ def _failed_shards_class(shards: list[dict[str, Any]], attempt: Attempt) -> str 
 def _billing_sets(
     svc: Services, attempt: Attempt, detail: BatchJobDetail, shards: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The ended attempt's billing fields: an array's `instance_seconds`, and whether EC2 interrupted the Spot
-    instance of a single job within the instance's first hour (`interrupted_in_first_hour`: AWS charges nothing)."""
+    """The ended attempt's billing fields: an array's `instance_seconds` and its price on the instances its shards
+    got, and whether EC2 interrupted the Spot instance of a single job within the instance's first hour
+    (`interrupted_in_first_hour`: AWS charges nothing)."""
     since = parse_time(attempt.submitted_at) - SIGNAL_KEPT_FOR
     if detail.is_array_parent:
         # An array that succeeded lost no shard to a reclaim (a reclaimed shard ends it): its instances are not asked.
         asked = attempt.capacity == "spot" and detail.status == "FAILED"
         unbilled = unbilled_instances(svc, attempt.instance_ids, since) if asked else set()
-        return {"instance_seconds": _shards_billed_seconds(svc, shards, unbilled)}
+        billed = _shards_billed(svc, shards, unbilled)
+        sets: dict[str, Any] = {"instance_seconds": sum(seconds for _, seconds in billed)}
+        if attempt.started_at and billed:
+            sets.update(price_on_instances(svc, attempt, billed, parse_time(attempt.started_at)))
+        return sets
     if attempt.capacity != "spot":
         return {}
     # The instances its start recorded; those its end names when that start was never told.
@@ -257,19 +263,25 @@ def _billing_sets(
     return {}
 
 
-def _shards_billed_seconds(svc: Services, shards: list[dict[str, Any]], unbilled: set[str]) -> int:
-    """What EC2 billed an ended array's shards, each on an instance of its own from its start to its stop; nothing
-    for a shard on an instance EC2 interrupted within its first hour (`unbilled`)."""
-    arns = [BatchJobDetail.model_validate(shard).container_instance_arns for shard in shards]
-    on_instance = svc.batch.instances_of(arn for shard_arns in arns for arn in shard_arns) if unbilled else {}
-    ran = [
-        hours_between(from_epoch_ms(shard["startedAt"]), from_epoch_ms(shard["stoppedAt"]))
-        for shard, shard_arns in zip(shards, arns, strict=True)
-        if shard.get("startedAt")
-        and shard.get("stoppedAt")
-        and not any(on_instance.get(arn) in unbilled for arn in shard_arns)
-    ]
-    return sum(billed_seconds(0.0, hours) for hours in ran)
+def _shards_billed(svc: Services, shards: list[dict[str, Any]], unbilled: set[str]) -> list[tuple[str | None, int]]:
+    """What EC2 billed an ended array's shards: (the instance, seconds) for each shard that ran, on an instance of its
+    own from its start to its stop; none for a shard on an instance EC2 interrupted within its first hour
+    (`unbilled`). The instance is None where ECS cannot tell it, and such a shard is billed."""
+    ran = [(shard, BatchJobDetail.model_validate(shard).container_instance_arns) for shard in shards]
+    ran = [(shard, arns) for shard, arns in ran if shard.get("startedAt") and shard.get("stoppedAt")]
+    try:
+        on_instance = svc.batch.instances_of(arn for _, arns in ran for arn in arns)
+    except (BotoCoreError, ClientError):  # billed in full, at the placement's price: never fail the settlement on it
+        logger.warning("could not tell the instances of an array's shards", exc_info=True)
+        on_instance = {}
+    billed: list[tuple[str | None, int]] = []
+    for shard, arns in ran:
+        instances = [on_instance[arn] for arn in arns if arn in on_instance]
+        if any(instance in unbilled for instance in instances):
+            continue
+        hours = hours_between(from_epoch_ms(shard["startedAt"]), from_epoch_ms(shard["stoppedAt"]))
+        billed.append((instances[0] if instances else None, billed_seconds(0.0, hours)))
+    return billed
 
 
 def _act_on_terminal(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from spot_checkpoint.job import ENV_ATTEMPT, ENV_PARTS
 from spot_checkpoint.store import CheckpointStore, progress
 
-from spot_hpc.batch import JobRequest
+from spot_hpc.batch import Ec2Instance, JobRequest
 from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
 from spot_hpc.events import TERMINAL_STATUSES
 from spot_hpc.ledger import CANCEL_REQUEUE, CANCEL_RUN_ENDED, Attempt, LedgerConflict, Run, Stage
@@ -124,27 +125,49 @@ def instance_price(
         return None
 
 
-def price_on_instance(svc: Services, attempt: Attempt, instance_id: str, started: datetime) -> dict[str, Any]:
-    """The attempt's price on the instance it got, as the ledger keeps it: of that instance's type (the compute
-    environment may pick any of its types; the placement priced the first) and, on Spot, in its zone as it started
-    (the placement took the region's). {} when EC2 or the price list cannot tell: the placement's price stands."""
+def price_on_instances(
+    svc: Services, attempt: Attempt, billed: Sequence[tuple[str | None, float]], started: datetime
+) -> dict[str, Any]:
+    """The attempt's price on the instances it got, as the ledger keeps it: each instance of its own type (the compute
+    environment may pick any of its types; the placement priced the first) and, on Spot, in its zone as the attempt
+    started (the placement took the region's).
+
+    `billed`: the instances and the seconds billed on each, one for a job and one per shard for an array, whose
+    shards are weighed by their seconds (a shard on an instance EC2 no longer describes, or of a type without a
+    price, at the placement's price). {} when no instance can be priced, or a shard cannot be priced at all: the
+    placement's price stands. The type and zone are named when every instance has the same."""
+    ids = {instance_id for instance_id, _ in billed if instance_id}
     try:
-        instance = svc.batch.describe_instances([instance_id]).get(instance_id)
-    except (BotoCoreError, ClientError):  # the price is for reporting; never fail a job's start on it
-        logger.warning("could not describe the instance a job got", extra={"instance_id": instance_id}, exc_info=True)
+        described = svc.batch.describe_instances(ids)
+    except (BotoCoreError, ClientError):  # the price is for reporting; never fail a job's start or end on it
+        logger.warning("could not describe the instances a job got", extra={"instance_ids": sorted(ids)}, exc_info=True)
         return {}
-    if instance is None:
+    placed = None if attempt.price_unknown else attempt.usd_per_hour / attempt.nodes
+    usd = seconds = 0.0
+    got: list[Ec2Instance] = []
+    for instance_id, held in billed:
+        instance = described.get(instance_id) if instance_id else None
+        price = None
+        if instance is not None:
+            zone = instance.availability_zone
+            price = instance_price(svc, instance.instance_type, attempt.capacity, 1, zone, at=started)
+        if price is not None and instance is not None:
+            got.append(instance)
+        else:
+            price = placed
+        if price is None:
+            return {}
+        usd += price * held
+        seconds += held
+    if not got or seconds <= 0:
         return {}
-    zone = instance.availability_zone
-    price = instance_price(svc, instance.instance_type, attempt.capacity, attempt.nodes, zone, at=started)
-    if price is None:
-        return {}
-    return {
-        "usd_per_hour": price,
-        "price_unknown": False,
-        "instance_type": instance.instance_type,
-        "availability_zone": instance.availability_zone,
-    }
+    priced: dict[str, Any] = {"usd_per_hour": usd / seconds * attempt.nodes, "price_unknown": False}
+    types, zones = {i.instance_type for i in got}, {i.availability_zone for i in got}
+    if len(got) == len(billed) and len(types) == 1:
+        priced["instance_type"] = types.pop()
+        if len(zones) == 1:
+            priced["availability_zone"] = zones.pop()
+    return priced
 
 
 def spot_stats(stage: Stage, changeover_hours: float, advisor_bucket: int) -> SpotStats:
