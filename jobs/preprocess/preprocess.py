@@ -2,10 +2,12 @@
 
 Input CSV columns (header required, case and surrounding spaces ignored, extra columns dropped):
 ``source_id, x_m, y_m, power_w`` - one heat source on a 1 m x 1 m plate. Rows are kept in input order;
-a row is rejected (and counted by reason in ``report.json``) when it is malformed, has no id or an id with a control
-character (a CR or LF would break the output CSV's lines), a non-numeric or
-non-finite number, a position off the plate, a power outside (0, MAX_POWER_W], or repeats an earlier id.
-The input is ``INPUT_URI`` at ``INPUT_VERSION_ID`` when that is set (the control plane pins the run's upload).
+a row is rejected (and counted by reason in ``report.json``) when it is malformed, has a carriage return inside an
+unquoted field (the csv module cannot split such a line), has no id or an id with a control character (a CR or LF
+would break the output CSV's lines), a non-numeric or non-finite number, a position off the plate, a power outside
+(0, MAX_POWER_W], or repeats an earlier id. An upload that is not UTF-8, or whose header cannot be read, is an
+``InputError`` (exit 1, one line saying why and where). The input is ``INPUT_URI`` at ``INPUT_VERSION_ID`` when that
+is set (the control plane pins the run's upload).
 
 The input and the output go through temporary files on local disk, a row at a time, so neither is held in memory:
 what grows with the input is the set of ids kept (for the duplicate rule) and, while a checkpoint is written, its
@@ -113,8 +115,11 @@ def column_positions(header: list[str]) -> list[int]:
     return [names.index(column) for column in COLUMNS]
 
 
-def clean_row(row: list[str], positions: list[int], seen_ids: set[str]) -> tuple[list[str] | None, str | None]:
-    """(canonical row, None) if the row is valid, else (None, rejection reason)."""
+def clean_row(row: list[str] | None, positions: list[int], seen_ids: set[str]) -> tuple[list[str] | None, str | None]:
+    """(canonical row, None) if the row is valid, else (None, rejection reason); ``row`` None: a line the csv module
+    could not split into fields (see :func:`split_rows`)."""
+    if row is None:
+        return None, "carriage_return"
     if len(row) <= max(positions):
         return None, "malformed"
     source_id, x_raw, y_raw, power_raw = (row[position].strip() for position in positions)
@@ -146,18 +151,21 @@ def local_copy(s3: Any, uri: str, version_id: str | None) -> Iterator[tuple[Text
     """The upload copied piece by piece to a temporary file on local disk and read back as text; with its size in
     bytes and its line feeds.
 
-    Each piece is decoded on the way, only to check it: an upload that is not UTF-8 fails here, before any work.
+    Each piece is decoded on the way, only to check it: an upload that is not UTF-8 is an input error here, before
+    any work.
     """
-    check_text = codecs.getincrementaldecoder(INPUT_ENCODING)()
+    # Plain UTF-8: it takes the same bytes as INPUT_ENCODING (a byte order mark is UTF-8 too), and the positions of
+    # its errors count from the start of what it was given, which check_utf8 needs to say where the upload is wrong.
+    check_text = codecs.getincrementaldecoder("utf-8")()
     body = open_object(s3, uri, version_id)
     size = line_feeds = 0
     with tempfile.TemporaryFile() as copy:
         while piece := body.read(COPY_BYTES):
-            check_text.decode(piece)
+            check_utf8(check_text, piece, size, line_feeds)
             size += len(piece)
             line_feeds += piece.count(b"\n")
             copy.write(piece)
-        check_text.decode(b"", final=True)
+        check_utf8(check_text, b"", size, line_feeds, final=True)
         copy.seek(0)
         # Lines end at line feeds only: a carriage return is left to the csv module (part of a quoted field, a line
         # ending before a line feed, an error elsewhere).
@@ -165,23 +173,59 @@ def local_copy(s3: Any, uri: str, version_id: str | None) -> Iterator[tuple[Text
             yield text, size, line_feeds
 
 
-def data_rows(text: Iterable[str], size: int, skip: int) -> tuple[list[int], Iterator[list[str]]]:
-    """The column positions from the header, and the data rows after the first ``skip``, read as needed."""
+def check_utf8(decoder: codecs.IncrementalDecoder, piece: bytes, offset: int, lines: int, final: bool = False) -> None:
+    """Decode ``piece``, which starts at byte ``offset`` of the upload after ``lines`` line feeds, only to check it;
+    an :class:`InputError` saying where the upload is not UTF-8 if it is not."""
+    pending = decoder.getstate()[0]  # the start of a character the previous piece ended in
+    try:
+        decoder.decode(piece, final)
+    except UnicodeDecodeError as exc:
+        data = pending + piece  # what the error's positions count in
+        line = lines + data[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"input is not UTF-8 text: {exc.reason}, byte 0x{data[exc.start]:02x} at offset "
+            f"{offset - len(pending) + exc.start} (line {line}); save the CSV as UTF-8"
+        ) from None
+
+
+def split_rows(reader: Iterator[list[str]]) -> Iterator[list[str] | None]:
+    """The reader's rows, and None for a line it cannot split into fields: it then goes on with the next line."""
+    while True:
+        try:
+            row: list[str] | None = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            # The one error left to the reader: lines end at line feeds and no field is longer than the upload, so it
+            # is a carriage return inside an unquoted field. The reader drops the rest of that line.
+            row = None
+        yield row
+
+
+def data_rows(text: Iterable[str], size: int, skip: int) -> tuple[list[int], Iterator[list[str] | None]]:
+    """The column positions from the header, and the data rows after the first ``skip``, read as needed (None for
+    a row that cannot be split into fields, counted as a row so that ``skip`` is the same on every attempt)."""
     # No field has more characters than the upload has bytes: a long one is a row to reject, not a crash (the csv
     # module's own limit, 128 KiB, raises for the whole file).
     csv.field_size_limit(max(csv.field_size_limit(), size + 1))
     reader = csv.reader(text)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error:
+        raise InputError(
+            "input CSV header has a carriage return inside an unquoted field: lines must end in LF or CRLF, "
+            "not CR alone"
+        ) from None
     if header is None:
         raise InputError("input CSV is empty")
-    return column_positions(header), islice(reader, skip, None)
+    return column_positions(header), islice(split_rows(reader), skip, None)
 
 
 def clean_rows(
     job: CheckpointedJob,
     state: CleaningState,
     positions: list[int],
-    rows: Iterator[list[str]],
+    rows: Iterator[list[str] | None],
     *,
     chunk_rows: int,
     total_rows: int,
