@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import IO, Any
 
-from .store import parse_s3_uri
+from .entrypoint import InputError
+from .store import _MISSING_BUCKET_CODES, _error_code, parse_s3_uri
+
+_MISSING_OBJECT_CODES = {"NoSuchKey", "NoSuchVersion"}
 
 
 def join_uri(prefix_uri: str, name: str) -> str:
@@ -14,10 +17,23 @@ def join_uri(prefix_uri: str, name: str) -> str:
 
 def open_object(s3_client: Any, uri: str, version_id: str | None = None) -> Any:
     """The object's body as a stream to ``read(size)`` piece by piece, for an object too large to hold in memory;
-    ``version_id`` pins one version of it (a later upload under the same key is not read)."""
+    ``version_id`` pins one version of it (a later upload under the same key is not read).
+
+    An object (or version) that does not exist, or a bucket that is missing or not accessible, raises
+    :class:`InputError`: the job's input is not there, which no retry changes.
+    """
     bucket, key = parse_s3_uri(uri)
     version = {"VersionId": version_id} if version_id else {}
-    return s3_client.get_object(Bucket=bucket, Key=key.rstrip("/"), **version)["Body"]
+    try:
+        return s3_client.get_object(Bucket=bucket, Key=key.rstrip("/"), **version)["Body"]
+    except Exception as exc:
+        code = _error_code(exc)
+        where = f"{uri} (version {version_id})" if version_id else uri
+        if code in _MISSING_OBJECT_CODES:
+            raise InputError(f"{where} does not exist ({code})") from None
+        if code in _MISSING_BUCKET_CODES:
+            raise InputError(f"{where} cannot be read ({code}): check the URI and the job role") from None
+        raise
 
 
 def read_object(s3_client: Any, uri: str, version_id: str | None = None) -> bytes:

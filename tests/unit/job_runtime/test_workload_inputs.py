@@ -4,13 +4,16 @@ error with a clear message (exit 1), never a crash with a traceback."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from spot_checkpoint import InputError, list_objects, write_object
 
+from jobs.hpc import hpc
 from jobs.preprocess import preprocess
 
+from .conftest import BUCKET
 from .test_workloads import INPUT_CSV, as_in_container, run_interrupted, stage_env
 
 HEADER = "source_id,x_m,y_m,power_w\n"
@@ -83,3 +86,39 @@ def test_preprocess_bad_upload_exits_1_with_a_message_not_a_traceback(
     # THEN it exits with the application error's code, saying why in one line
     assert code == 1
     assert capsys.readouterr().err.splitlines()[-1].startswith("preprocess: input is not UTF-8 text")
+
+
+# -- any workload -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("run", "input_uri"),
+    [(preprocess.run, INPUT_CSV), (hpc.run, f"s3://{BUCKET}/intermediate/gone/preprocess/sources.csv")],
+    ids=["preprocess", "hpc"],
+)
+def test_a_missing_input_object_is_an_input_error(
+    s3: Any, run: Callable[[Any, dict[str, str]], None], input_uri: str
+) -> None:
+    # GIVEN no object at the stage's input
+    # WHEN / THEN the job fails with an input error naming it
+    with pytest.raises(InputError, match=f"{input_uri} does not exist"):
+        run(s3, stage_env("gone", "stage", input_uri))
+
+
+def test_a_deleted_upload_version_is_an_input_error(s3: Any) -> None:
+    # GIVEN a run pinned to an upload version that was deleted since, a newer upload under the same key
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    version = s3.put_object(Bucket=BUCKET, Key="incoming/sources.csv", Body=HEADER.encode())["VersionId"]
+    s3.delete_object(Bucket=BUCKET, Key="incoming/sources.csv", VersionId=version)
+    write_object(s3, INPUT_CSV, HEADER.encode())
+    # WHEN / THEN preprocess fails with an input error naming the version, rather than read another upload
+    with pytest.raises(InputError, match=f"version {version}\\) does not exist"):
+        preprocess.run(s3, stage_env("gone", "preprocess", INPUT_CSV, INPUT_VERSION_ID=version))
+
+
+def test_an_input_bucket_that_does_not_exist_is_an_input_error(s3: Any) -> None:
+    # GIVEN an input URI in a bucket that does not exist
+    input_uri = "s3://no-such-ingest-bucket/incoming/sources.csv"
+    # WHEN / THEN preprocess fails with an input error naming it
+    with pytest.raises(InputError, match=f"{input_uri} cannot be read \\(NoSuchBucket\\)"):
+        preprocess.run(s3, stage_env("gone", "preprocess", input_uri))
