@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ AREAL_HEAT_CAPACITY_J_M2K = 2700.0 * 900.0 * 0.005
 PERTURBATION = 0.2  # members vary powers and diffusivity uniformly within +-20 %
 STABILITY = 0.2  # explicit scheme: alpha dt / dx^2 <= 0.25; 0.2 for the largest perturbed alpha
 MEMBERS_JSON = "members.json"  # a part's output file written last: the part is complete once it exists
+SOURCE_COLUMNS = ("x_m", "y_m", "power_w")  # what the solver reads of preprocess's sources.csv
 
 
 @dataclass(frozen=True)
@@ -78,12 +80,49 @@ class Ensemble:
 
 
 def load_sources(csv_bytes: bytes) -> np.ndarray:
-    """The cleaned sources as an (n, 3) array of x, y, power."""
-    reader = csv.DictReader(io.StringIO(csv_bytes.decode()))
-    rows = [(float(row["x_m"]), float(row["y_m"]), float(row["power_w"])) for row in reader]
+    """The cleaned sources as an (n, 3) array of x, y, power; an :class:`InputError` naming the line of anything the
+    solver cannot take (preprocess writes none of it)."""
+    try:
+        text = csv_bytes.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"sources CSV is not UTF-8 text: {exc}") from None
+    # preprocess keeps an id of any length: no field is longer than the file (the csv module's own limit is 128 KiB).
+    csv.field_size_limit(max(csv.field_size_limit(), len(csv_bytes) + 1))
+    reader = csv.DictReader(io.StringIO(text))
+    rows: list[tuple[float, ...]] = []
+    try:
+        header = reader.fieldnames  # None: an empty file, told below as one without sources
+        missing = [column for column in SOURCE_COLUMNS if header is not None and column not in header]
+        if missing:
+            raise InputError(f"sources CSV has no column(s) {', '.join(missing)}; expected {', '.join(SOURCE_COLUMNS)}")
+        for row in reader:
+            rows.append(source_of(row, reader.line_num))
+    except csv.Error as exc:  # the line the csv module stopped in (DictReader counts only the lines it returned)
+        raise InputError(f"sources CSV line {reader.reader.line_num}: cannot be split into fields ({exc})") from None
     if not rows:
         raise InputError("no heat sources in the input")
     return np.asarray(rows, dtype=np.float64)
+
+
+def source_of(row: Mapping[str, str | None], line: int) -> tuple[float, ...]:
+    """(x, y, power) of one row of the sources CSV."""
+    numbers = []
+    for column in SOURCE_COLUMNS:
+        raw = row[column]
+        if raw is None:  # DictReader's value of a column past the end of a short row
+            raise InputError(f"sources CSV line {line}: has no {column}")
+        try:
+            number = float(raw)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise InputError(f"sources CSV line {line}: {column} is {raw!r}, not a finite number")
+        numbers.append(number)
+    x, y, _ = numbers
+    # A source off the plate would be binned outside the grid (an index error, or a wrong cell from the other side).
+    if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+        raise InputError(f"sources CSV line {line}: ({x!r}, {y!r}) m is off the 1 m x 1 m plate")
+    return tuple(numbers)
 
 
 def member_heating(sources: np.ndarray, ensemble: Ensemble, member: int) -> tuple[np.ndarray, float]:

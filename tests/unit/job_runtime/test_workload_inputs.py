@@ -3,8 +3,9 @@ error with a clear message (exit 1), never a crash with a traceback."""
 
 from __future__ import annotations
 
+import csv
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +18,16 @@ from .conftest import BUCKET
 from .test_workloads import INPUT_CSV, as_in_container, run_interrupted, stage_env
 
 HEADER = "source_id,x_m,y_m,power_w\n"
+CSV_FIELD_LIMIT = 131_072  # the csv module's own limit on a field, as a new process has it
+
+
+@pytest.fixture
+def fresh_csv_limit() -> Iterator[None]:
+    """The csv module's field limit as a job's new process has it (a preprocess run in this process raised it)."""
+    before = csv.field_size_limit(CSV_FIELD_LIMIT)
+    yield
+    csv.field_size_limit(before)
+
 
 # -- preprocess ---------------------------------------------------------------------------------------------------
 
@@ -122,3 +133,56 @@ def test_an_input_bucket_that_does_not_exist_is_an_input_error(s3: Any) -> None:
     # WHEN / THEN preprocess fails with an input error naming it
     with pytest.raises(InputError, match=f"{input_uri} cannot be read \\(NoSuchBucket\\)"):
         preprocess.run(s3, stage_env("gone", "preprocess", input_uri))
+
+
+# -- hpc ----------------------------------------------------------------------------------------------------------
+
+HPC = {"HPC_GRID": "8", "HPC_MEMBERS": "2", "HPC_STEPS": "2", "HPC_STEPS_PER_UNIT": "2"}
+HPC_SOURCES = f"s3://{BUCKET}/intermediate/r/preprocess/sources.csv"
+
+
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        (b"source_id,x_m,y_m\na,0.1,0.1\n", "no column\\(s\\) power_w"),
+        (HEADER.encode() + b"a,0.1,0.1,5\nb,0.2\n", "line 3: has no y_m"),
+        (HEADER.encode() + b"a,0.1,zero,5\n", "line 2: .*y_m"),
+        (HEADER.encode() + b"a,nan,0.1,5\n", "line 2: .*x_m"),
+        (HEADER.encode() + b"a,1.5,0.1,5\n", "line 2: .*off the 1 m x 1 m plate"),
+        (HEADER.encode() + b"a,0.1,-0.5,5\n", "line 2: .*off the 1 m x 1 m plate"),
+        (HEADER.encode() + b"a,0.1,0.1,inf\n", "line 2: .*power_w"),
+        (HEADER.encode() + b"a\rb,0.1,0.1,5\n", "line 2: .*new-line character"),
+        (HEADER.encode() + b"caf\xe9,0.1,0.1,5\n", "not UTF-8"),
+    ],
+    ids=["no-column", "short-row", "not-a-number", "nan", "off-the-plate", "negative", "infinite", "cr", "latin-1"],
+)
+def test_hpc_sources_it_cannot_use_are_an_input_error(s3: Any, sources: bytes, message: str) -> None:
+    # GIVEN sources that are not a cleaned heat-source table
+    write_object(s3, HPC_SOURCES, sources)
+    env = stage_env("r", "hpc", HPC_SOURCES, **HPC)
+    # WHEN / THEN the job fails with an input error saying what is wrong and where, and writes nothing
+    with pytest.raises(InputError, match=message):
+        hpc.run(s3, env)
+    assert list_objects(s3, env["OUTPUT_URI"]) == {}
+
+
+def test_hpc_reads_the_cleaned_sources_of_an_upload_with_a_very_long_id(s3: Any, fresh_csv_limit: None) -> None:
+    # GIVEN an upload with one id of 200,000 characters, which preprocess keeps
+    write_object(s3, INPUT_CSV, (HEADER + "a" * 200_000 + ",0.1,0.1,5\nb,0.2,0.2,5\n").encode())
+    preprocess.run(s3, stage_env("long-id", "preprocess", INPUT_CSV))
+    csv.field_size_limit(CSV_FIELD_LIMIT)  # the HPC stage runs in a process of its own
+    env = stage_env("long-id", "hpc", HPC_SOURCES.replace("/r/", "/long-id/"), **HPC)
+    # WHEN the HPC stage reads them
+    hpc.run(s3, env)
+    # THEN it solved its members
+    assert json.loads(list_objects(s3, env["OUTPUT_URI"])["main/members.json"])["members"] == [0, 1]
+
+
+def test_hpc_reads_sources_with_a_byte_order_mark(s3: Any) -> None:
+    # GIVEN sources whose first column is x_m, saved with a UTF-8 byte order mark
+    write_object(s3, HPC_SOURCES, b"\xef\xbb\xbfx_m,y_m,power_w,source_id\n0.1,0.1,5,a\n")
+    env = stage_env("r", "hpc", HPC_SOURCES, **HPC)
+    # WHEN the HPC stage reads them
+    hpc.run(s3, env)
+    # THEN it solved its members
+    assert json.loads(list_objects(s3, env["OUTPUT_URI"])["main/members.json"])["members"] == [0, 1]
