@@ -1,8 +1,9 @@
 """Postprocess: merge the HPC parts into ensemble statistics and a summary, with a bootstrap confidence interval.
 
-Reads every ``<part>/members.json`` + ``<part>/fields.npy`` under ``INPUT_URI`` (fails if a part is missing), orders
-the members by id and writes under ``OUTPUT_URI``: ``mean_rise.npy`` and ``std_rise.npy`` (ensemble mean and standard
-deviation of the temperature rise per cell), ``members.csv`` (each member's peak and mean rise) and ``summary.json``.
+Reads every ``<part>/members.json`` + ``<part>/fields.npy`` under ``INPUT_URI`` (an ``InputError`` if a part is
+missing, unreadable or not as its ``members.json`` describes it), orders the members by id and writes under
+``OUTPUT_URI``: ``mean_rise.npy`` and ``std_rise.npy`` (ensemble mean and standard deviation of the temperature rise
+per cell), ``members.csv`` (each member's peak and mean rise) and ``summary.json``.
 
 The hot area is the plate area where the ensemble-mean rise exceeds ``POSTPROCESS_HOT_FRACTION`` of its peak. Its
 95 % confidence interval comes from a bootstrap over members: replicate ``r`` resamples members with a counter-based
@@ -49,34 +50,83 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class Part:
+    """What one HPC part's ``members.json`` says of it."""
+
+    name: str
+    parts_total: int
+    members: list[int]
+    grid: int
+    dx_m: float
+    seed: int
+
+
+def read_part(s3: Any, input_uri: str, name: str) -> Part:
+    """The description of part ``name``; an :class:`InputError` if it is not one the HPC stage writes."""
+    try:
+        description = json.loads(read_object(s3, join_uri(input_uri, f"{name}/members.json")))
+        if not isinstance(description, dict):
+            raise TypeError("not a JSON object")
+        return Part(
+            name=name,
+            parts_total=int(description["parts_total"]),
+            members=[int(member) for member in description["members"]],
+            grid=int(description["grid"]),
+            dx_m=float(description["dx_m"]),
+            seed=int(description["seed"]),
+        )
+    except KeyError as exc:
+        raise InputError(f"{name}/members.json: no {exc}") from None
+    except (TypeError, ValueError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        raise InputError(f"{name}/members.json: not an HPC part's description ({exc})") from None
+
+
+def read_fields(s3: Any, input_uri: str, part: Part) -> np.ndarray:
+    """The part's fields, members x grid x grid, as its description says; an :class:`InputError` otherwise."""
+    name = f"{part.name}/fields.npy"
+    # Read once, from the stream into the array, never held as bytes beside it.
+    body = open_object(s3, join_uri(input_uri, name))
+    try:
+        fields = np.lib.format.read_array(body, allow_pickle=False)
+    except (ValueError, MemoryError) as exc:
+        # numpy's errors for a truncated or foreign file; a MemoryError is the array its header declares, which
+        # could not be allocated, so nothing is held.
+        raise InputError(f"{name}: not a readable array ({exc})") from None
+    expected = (len(part.members), part.grid, part.grid)
+    if fields.shape != expected:
+        raise InputError(
+            f"{name}: shape {fields.shape}, not {expected} ({len(part.members)} members on a {part.grid} x "
+            f"{part.grid} grid, as members.json says)"
+        )
+    if fields.dtype.kind != "f":
+        raise InputError(f"{name}: {fields.dtype} values, not temperatures")
+    return fields
+
+
 def load_ensemble(s3: Any, input_uri: str) -> Ensemble:
-    descriptions = {
-        name.split("/")[0]: json.loads(read_object(s3, join_uri(input_uri, name)))
-        for name in list_keys(s3, input_uri)
-        if name.endswith("/members.json")
-    }
-    if not descriptions:
+    names = sorted(name.split("/")[0] for name in list_keys(s3, input_uri) if name.endswith("/members.json"))
+    parts = [read_part(s3, input_uri, name) for name in names]
+    if not parts:
         raise InputError(f"no HPC output (<part>/members.json) under {input_uri}")
-    parts_total = {int(description["parts_total"]) for description in descriptions.values()}
-    if len(parts_total) != 1 or len(descriptions) != parts_total.pop():
-        raise InputError(f"HPC output under {input_uri} has {len(descriptions)} parts, not the number it declares")
+    parts_total = {part.parts_total for part in parts}
+    if len(parts_total) != 1 or len(parts) != parts_total.pop():
+        raise InputError(f"HPC output under {input_uri} has {len(parts)} parts, not the number it declares")
+    if len({part.grid for part in parts}) != 1:
+        raise InputError(f"HPC output under {input_uri}: its parts are on different grids")
     ids: list[int] = []
     fields: list[np.ndarray] = []
-    for part in sorted(descriptions):
-        # Read once, from the stream into the array, never held as bytes beside it.
-        body = open_object(s3, join_uri(input_uri, f"{part}/fields.npy"))
-        part_fields = np.lib.format.read_array(body, allow_pickle=False)
-        if len(part_fields) != len(descriptions[part]["members"]):
-            raise InputError(f"{part}: {len(part_fields)} fields for {len(descriptions[part]['members'])} members")
-        ids.extend(int(member) for member in descriptions[part]["members"])
-        fields.extend(part_fields)
+    for part in parts:
+        fields.extend(read_fields(s3, input_uri, part))
+        ids.extend(part.members)
+    if not ids:
+        raise InputError(f"HPC output under {input_uri} has no members")
     order = np.argsort(ids, kind="stable")
-    first = descriptions[sorted(descriptions)[0]]
     return Ensemble(
         member_ids=[ids[i] for i in order],
         fields=np.stack([fields[i] for i in order]),
-        dx_m=float(first["dx_m"]),
-        seed=int(first["seed"]),
+        dx_m=parts[0].dx_m,
+        seed=parts[0].seed,
     )
 
 

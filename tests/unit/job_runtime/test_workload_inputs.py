@@ -4,14 +4,17 @@ error with a clear message (exit 1), never a crash with a traceback."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import pytest
-from spot_checkpoint import InputError, list_objects, write_object
+from spot_checkpoint import InputError, RuntimeConfig, list_objects, write_object
 
 from jobs.hpc import hpc
+from jobs.postprocess import postprocess
 from jobs.preprocess import preprocess
 
 from .conftest import BUCKET
@@ -186,3 +189,133 @@ def test_hpc_reads_sources_with_a_byte_order_mark(s3: Any) -> None:
     hpc.run(s3, env)
     # THEN it solved its members
     assert json.loads(list_objects(s3, env["OUTPUT_URI"])["main/members.json"])["members"] == [0, 1]
+
+
+# -- postprocess --------------------------------------------------------------------------------------------------
+
+HPC_OUTPUT = f"s3://{BUCKET}/intermediate/r/hpc/"
+GRID = 6
+
+
+def npy(array: np.ndarray, *, allow_pickle: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+def npy_header(shape: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def hpc_output(s3: Any) -> dict[str, bytes]:
+    """A two-node HPC stage's output (members 0, 2 on node 0 and 1, 3 on node 1), as the HPC job writes it."""
+    ensemble = hpc.Ensemble(grid=GRID, members=4, steps=1, seed=7, steps_per_unit=1)
+    for node in (0, 1):
+        config = RuntimeConfig(checkpoint_uri=None, part=f"node-{node}", part_index=node, parts_total=2)
+        members = ensemble.member_ids(node, 2)
+        fields = np.stack([np.full((GRID, GRID), 1.0 + member) for member in members])
+        hpc.write_part_output(s3, HPC_OUTPUT, config, ensemble, members, fields)
+    return list_objects(s3, HPC_OUTPUT)
+
+
+def test_postprocess_reads_the_hpc_output_written_here(s3: Any, hpc_output: dict[str, bytes]) -> None:
+    # GIVEN the HPC output these tests break
+    env = stage_env("r", "postprocess", HPC_OUTPUT, POSTPROCESS_BOOTSTRAP="10", POSTPROCESS_BATCH="10")
+    # WHEN postprocess merges it
+    postprocess.run(s3, env)
+    # THEN it summarised every member
+    summary = json.loads(list_objects(s3, env["OUTPUT_URI"])["summary.json"])
+    assert (summary["members"], summary["grid"], summary["peak_mean_rise_k"]) == (4, GRID, 2.5)
+
+
+def without(name: str) -> Callable[[Any], None]:
+    def delete(s3: Any) -> None:
+        s3.delete_object(Bucket=BUCKET, Key=f"intermediate/r/hpc/{name}")
+
+    return delete
+
+
+def replaced(name: str, body: bytes | Callable[[bytes], bytes]) -> Callable[[Any], None]:
+    def replace(s3: Any) -> None:
+        uri = f"{HPC_OUTPUT}{name}"
+        old = list_objects(s3, HPC_OUTPUT)[name]
+        write_object(s3, uri, body(old) if callable(body) else body)
+
+    return replace
+
+
+def described(node: int, **changes: Any) -> Callable[[Any], None]:
+    """node-<node>/members.json with ``changes`` to its description."""
+    return replaced(f"node-{node}/members.json", lambda old: json.dumps({**json.loads(old), **changes}).encode())
+
+
+def other_grid(s3: Any) -> None:
+    described(1, grid=GRID + 1)(s3)
+    write_object(s3, f"{HPC_OUTPUT}node-1/fields.npy", npy(np.zeros((2, GRID + 1, GRID + 1))))
+
+
+def no_members_anywhere(s3: Any) -> None:
+    for node in (0, 1):
+        described(node, members=[])(s3)
+        write_object(s3, f"{HPC_OUTPUT}node-{node}/fields.npy", npy(np.zeros((0, GRID, GRID))))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (without("node-1/fields.npy"), "node-1/fields.npy does not exist"),
+        (replaced("node-1/fields.npy", lambda old: old[: len(old) // 2]), "node-1/fields.npy: .*EOF"),
+        (replaced("node-1/fields.npy", lambda old: old[:60]), "node-1/fields.npy: .*EOF"),
+        (replaced("node-1/fields.npy", b""), "node-1/fields.npy: .*EOF"),
+        (replaced("node-1/fields.npy", b"not an array"), "node-1/fields.npy: .*magic"),
+        (replaced("node-1/fields.npy", npy(np.array([None, 1]), allow_pickle=True)), "node-1/fields.npy: .*Object"),
+        # a header declaring more than any address space holds
+        (replaced("node-1/fields.npy", npy_header((2, GRID, 10**15)) + bytes(64)), "node-1/fields.npy: .*allocate"),
+        (replaced("node-1/fields.npy", npy(np.zeros((2, GRID + 1, GRID + 1)))), "node-1/fields.npy: .*shape"),
+        (replaced("node-1/fields.npy", npy(np.zeros((2, GRID * GRID)))), "node-1/fields.npy: .*shape"),
+        (replaced("node-1/fields.npy", npy(np.float64(1.0))), "node-1/fields.npy: .*shape"),
+        (replaced("node-1/fields.npy", npy(np.full((2, GRID, GRID), "x"))), "node-1/fields.npy: .*<U1"),
+        (replaced("node-1/members.json", b"{not json"), "node-1/members.json: "),
+        (replaced("node-1/members.json", b"[1, 2]"), "node-1/members.json: "),
+        (replaced("node-1/members.json", b'{"parts_total": 2}'), "node-1/members.json: .*members"),
+        (described(1, parts_total="two"), "node-1/members.json: .*two"),
+        (described(1, members=[1, "x"]), "node-1/members.json: .*'x'"),
+        (replaced("node-1/members.json", b'{"members": "\xff"}'), "node-1/members.json: "),
+        (other_grid, "different grids"),
+        (no_members_anywhere, "no members"),
+    ],
+    ids=[
+        "fields-missing",
+        "fields-truncated",
+        "fields-header-cut",
+        "fields-empty",
+        "fields-not-npy",
+        "fields-of-objects",
+        "fields-declared-huge",
+        "fields-of-another-grid",
+        "fields-flat",
+        "fields-scalar",
+        "fields-of-text",
+        "members-not-json",
+        "members-not-an-object",
+        "members-without-keys",
+        "parts-total-not-a-number",
+        "member-id-not-a-number",
+        "members-not-utf8",
+        "grids-differ",
+        "no-members",
+    ],
+)
+def test_postprocess_refuses_hpc_output_it_cannot_read(
+    s3: Any, hpc_output: dict[str, bytes], damage: Callable[[Any], None], message: str
+) -> None:
+    # GIVEN the output of a two-node HPC stage, damaged
+    damage(s3)
+    env = stage_env("r", "postprocess", HPC_OUTPUT, POSTPROCESS_BOOTSTRAP="10", POSTPROCESS_BATCH="10")
+    # WHEN / THEN postprocess fails with an input error naming the part and what is wrong, and writes nothing
+    with pytest.raises(InputError, match=message):
+        postprocess.run(s3, env)
+    assert list_objects(s3, env["OUTPUT_URI"]) == {}
