@@ -34,6 +34,7 @@ from spot_checkpoint import (
     part_name,
     read_object,
     run_job,
+    whole_number,
     write_object,
 )
 
@@ -56,16 +57,13 @@ class Ensemble:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Ensemble:
-        ensemble = cls(
-            grid=int(environ.get("HPC_GRID", "256")),
-            members=int(environ.get("HPC_MEMBERS", "64")),
-            steps=int(environ.get("HPC_STEPS", "5000")),
-            seed=int(environ.get("HPC_SEED", "20240601")),
-            steps_per_unit=int(environ.get("HPC_STEPS_PER_UNIT", "100")),
+        return cls(
+            grid=whole_number(environ, "HPC_GRID", 256, minimum=3),
+            members=whole_number(environ, "HPC_MEMBERS", 64),
+            steps=whole_number(environ, "HPC_STEPS", 5000),
+            seed=whole_number(environ, "HPC_SEED", 20240601, minimum=0),
+            steps_per_unit=whole_number(environ, "HPC_STEPS_PER_UNIT", 100),
         )
-        if ensemble.grid < 3 or ensemble.members < 1 or ensemble.steps < 1 or ensemble.steps_per_unit < 1:
-            raise InputError(f"invalid ensemble parameters: {ensemble}")
-        return ensemble
 
     @property
     def dx(self) -> float:

@@ -25,11 +25,13 @@ import numpy as np
 from spot_checkpoint import (
     CheckpointedJob,
     InputError,
+    fraction,
     join_uri,
     list_keys,
     open_object,
     read_object,
     run_job,
+    whole_number,
     write_object,
 )
 
@@ -148,9 +150,9 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
         input_uri, output_uri = environ["INPUT_URI"], environ["OUTPUT_URI"]
     except KeyError as exc:
         raise InputError(f"environment variable {exc.args[0]} is not set") from None
-    replicates = int(environ.get("POSTPROCESS_BOOTSTRAP", "2000"))
-    batch = int(environ.get("POSTPROCESS_BATCH", "100"))
-    hot_fraction = float(environ.get("POSTPROCESS_HOT_FRACTION", "0.5"))
+    replicates = whole_number(environ, "POSTPROCESS_BOOTSTRAP", 2000)
+    batch = whole_number(environ, "POSTPROCESS_BATCH", 100)
+    hot_fraction = fraction(environ, "POSTPROCESS_HOT_FRACTION", 0.5)
     ensemble = load_ensemble(s3, input_uri)
     mean_rise = ensemble.fields.mean(axis=0)
     std_rise = ensemble.fields.std(axis=0)

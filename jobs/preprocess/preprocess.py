@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import IO, Any, TextIO
 
-from spot_checkpoint import CheckpointedJob, InputError, join_uri, open_object, run_job, write_object
+from spot_checkpoint import CheckpointedJob, InputError, join_uri, open_object, run_job, whole_number, write_object
 
 COLUMNS = ("source_id", "x_m", "y_m", "power_w")
 MAX_POWER_W = 10_000.0
@@ -252,7 +252,7 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
         input_uri, output_uri = environ["INPUT_URI"], environ["OUTPUT_URI"]
     except KeyError as exc:
         raise InputError(f"environment variable {exc.args[0]} is not set") from None
-    chunk_rows = int(environ.get("PREPROCESS_CHUNK_ROWS", DEFAULT_CHUNK_ROWS))
+    chunk_rows = whole_number(environ, "PREPROCESS_CHUNK_ROWS", DEFAULT_CHUNK_ROWS)
     # The run's own upload: a resumed attempt must not read a newer file uploaded under the same key since.
     with local_copy(s3, input_uri, environ.get("INPUT_VERSION_ID")) as (text, size, line_feeds):
         total_rows = max(line_feeds, 1)  # an estimate for progress only

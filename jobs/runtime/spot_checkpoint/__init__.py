@@ -35,7 +35,7 @@ Control plane / emulator side::
 Job side: :class:`CheckpointedJob` (see its docstring), configured from the environment (``ENV_*`` constants).
 """
 
-from .entrypoint import EXIT_INPUT_ERROR, InputError, run_job
+from .entrypoint import EXIT_INPUT_ERROR, InputError, fraction, run_job, whole_number
 from .imds import InstanceMetadata, MetadataUnavailable
 from .job import (
     ENV_ARRAY_INDEX,
@@ -117,6 +117,7 @@ __all__ = [
     "RuntimeConfig",
     "StopSignal",
     "Stopped",
+    "fraction",
     "join_uri",
     "list_keys",
     "list_objects",
@@ -128,5 +129,6 @@ __all__ = [
     "progress",
     "read_object",
     "run_job",
+    "whole_number",
     "write_object",
 ]

@@ -16,6 +16,36 @@ class InputError(Exception):
     """The input or configuration cannot be used: an application error, not a reason to resubmit."""
 
 
+def whole_number(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    """A whole-number setting of the job from its environment, `default` when unset; an :class:`InputError` naming it
+    when it is not a whole number of at least `minimum` (a batch size of 0 would loop for ever, a word would crash)."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise InputError(f"environment variable {name} must be a whole number of at least {minimum}, not {raw!r}")
+    return value
+
+
+def fraction(environ: Mapping[str, str], name: str, default: float) -> float:
+    """A setting between 0 (excluded) and 1 from the job's environment, `default` when unset; an :class:`InputError`
+    naming it otherwise."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 1.0:  # NaN fails it too
+        raise InputError(f"environment variable {name} must be a number in (0, 1], not {raw!r}")
+    return value
+
+
 def run_job(name: str, run: Callable[[Any, Mapping[str, str]], None]) -> int:
     """Runs `run(s3_client, environ)`; a job's `main()` is `return run_job("<name>", run)`."""
     import boto3  # the job image has it; imported here so the workload modules import without it

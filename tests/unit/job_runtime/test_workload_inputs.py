@@ -319,3 +319,42 @@ def test_postprocess_refuses_hpc_output_it_cannot_read(
     with pytest.raises(InputError, match=message):
         postprocess.run(s3, env)
     assert list_objects(s3, env["OUTPUT_URI"]) == {}
+
+
+# -- settings -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("job", "name", "raw", "message"),
+    [
+        (
+            preprocess,
+            "PREPROCESS_CHUNK_ROWS",
+            "0",
+            "PREPROCESS_CHUNK_ROWS must be a whole number of at least 1, not '0'",
+        ),
+        (preprocess, "PREPROCESS_CHUNK_ROWS", "5k", "PREPROCESS_CHUNK_ROWS must be a whole number"),
+        (hpc, "HPC_GRID", "2", "HPC_GRID must be a whole number of at least 3, not '2'"),
+        (hpc, "HPC_MEMBERS", "64.5", "HPC_MEMBERS must be a whole number"),
+        (hpc, "HPC_SEED", "-1", "HPC_SEED must be a whole number of at least 0"),
+        (postprocess, "POSTPROCESS_BATCH", "0", "POSTPROCESS_BATCH must be a whole number of at least 1"),
+        (postprocess, "POSTPROCESS_BOOTSTRAP", "many", "POSTPROCESS_BOOTSTRAP must be a whole number"),
+        (postprocess, "POSTPROCESS_HOT_FRACTION", "1.5", r"POSTPROCESS_HOT_FRACTION must be a number in \(0, 1\]"),
+        (postprocess, "POSTPROCESS_HOT_FRACTION", "nan", "POSTPROCESS_HOT_FRACTION must be a number"),
+    ],
+)
+def test_a_job_setting_it_cannot_use_is_an_input_error_naming_it(s3: Any, job: Any, name: str, raw: str, message: str):
+    # GIVEN a job whose definition sets one of its settings to a value it cannot work with (a batch of 0 rows or
+    # replicates would loop for ever; a word or a fraction crashed it with a ValueError)
+    env = {**stage_env("settings", job.__name__.rsplit(".", 1)[-1], INPUT_CSV), name: raw}
+    # WHEN / THEN it stops before any work with an input error naming the setting and the value
+    with pytest.raises(InputError, match=message):
+        job.run(s3, env)
+    assert list_objects(s3, env["OUTPUT_URI"]) == {}
+
+
+def test_a_job_setting_left_empty_takes_its_default() -> None:
+    # GIVEN an ensemble whose settings are set but empty (a job definition's blank value)
+    blank = {name: " " for name in ("HPC_GRID", "HPC_MEMBERS", "HPC_STEPS", "HPC_SEED", "HPC_STEPS_PER_UNIT")}
+    # WHEN / THEN it takes the defaults
+    assert hpc.Ensemble.from_environ(blank) == hpc.Ensemble.from_environ({})
