@@ -321,6 +321,29 @@ def test_postprocess_refuses_hpc_output_it_cannot_read(
     assert list_objects(s3, env["OUTPUT_URI"]) == {}
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (HEADER, "no rows left to compute on: 0 read, rejected: none"),
+        (HEADER + "a,0.1,0.1,-5\nb,7,0.2,5\n", "no rows left to compute on: 2 read, rejected: 1 "),
+    ],
+    ids=["header-only", "every-row-rejected"],
+)
+def test_preprocess_with_no_row_left_is_an_input_error_after_writing_its_report(
+    s3: Any, body: str, message: str
+) -> None:
+    # GIVEN an upload with a header only, or whose every row is rejected
+    write_object(s3, INPUT_CSV, body.encode())
+    env = stage_env("empty", "preprocess", INPUT_CSV)
+    # WHEN it is cleaned
+    # THEN the job fails at once with an input error saying why (not the HPC stage, after paying for its nodes), and
+    # its report of what was rejected is written for the user
+    with pytest.raises(InputError, match=message):
+        preprocess.run(s3, env)
+    report = json.loads(list_objects(s3, env["OUTPUT_URI"])["report.json"])
+    assert report["rows_out"] == 0 and report["rows_in"] == body.count("\n") - 1
+
+
 # -- settings -----------------------------------------------------------------------------------------------------
 
 
