@@ -18,6 +18,8 @@ def read_text(path: Path) -> str:
         raise ToolError(f"{path}: no such file") from None
     except OSError as exc:
         raise ToolError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ToolError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 @contextmanager

@@ -211,6 +211,21 @@ def test_put_events_says_an_empty_list_has_no_events(
     assert "no events" in captured.err and "no rule matched" not in captured.out
 
 
+@pytest.mark.parametrize("command", [["put-events"], ["invoke", "SpotInterruptionFunction", "-e"]])
+def test_an_event_file_that_is_not_utf8_text_is_a_user_error(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN an event file that is not UTF-8 text (a binary file picked by mistake)
+    events = tmp_path / "events.json"
+    events.write_bytes(b"\xff\xfe\x00binary")
+    _refuse_to_run(monkeypatch, "spotctl.offline.runtime.OfflineControlPlane")
+    # WHEN put-events or invoke reads it
+    code = main([*command, str(events)])
+    # THEN it is refused before the stack is deployed, naming the file, not with a traceback
+    assert code == 2
+    assert f"{events}: not UTF-8 text" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("trace", "start_hour", "message"),
     [
