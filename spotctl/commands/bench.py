@@ -165,8 +165,10 @@ def run_planner_bench(args: argparse.Namespace) -> int:
         memory_mb = args.memory_mb or memory_limit_mb(template)
         handler = handler_file(template, args.template.resolve().parent)
         environment = lambda_environment(template)
-    except (TemplateError, PlannerCostError) as exc:
+    except TemplateError as exc:
         raise ToolError(str(exc)) from exc
+    except PlannerCostError as exc:
+        raise ToolError(f"{args.template}: {exc}") from exc
     if not handler.is_file():
         raise ToolError(f"{FUNCTION}'s handler {handler} is not there")
     cases = args.cases or default_cases(args.changeovers or CHANGEOVER_HOURS)

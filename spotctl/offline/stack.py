@@ -46,12 +46,20 @@ class DeployedStack:
 def load_template(path: Path) -> dict[str, Any]:
     from samtranslator.yaml_helper import yaml_parse
 
+    from spotctl.cli import ToolError
+    from spotctl.files import read_text
+
     try:
-        template = yaml_parse(path.read_text())
-    except FileNotFoundError as exc:
-        raise TemplateError(f"{path}: no such template") from exc
+        text = read_text(path)
+    except ToolError as exc:  # not there, a directory, not UTF-8 text
+        raise TemplateError(str(exc)) from exc
+    try:
+        template = yaml_parse(text)
     except Exception as exc:
-        raise TemplateError(f"{path}: not valid YAML: {exc}") from exc
+        # One line: YAML's own message quotes the offending line under it, with a caret.
+        problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+        reason = f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if problem and mark else exc
+        raise TemplateError(f"{path}: not valid YAML: {' '.join(str(reason).split())}") from exc
     if not isinstance(template, dict) or not isinstance(template.get("Resources"), dict):
         raise TemplateError(f"{path}: a template needs a Resources mapping")
     return template

@@ -140,28 +140,28 @@ def parse_case(text: str) -> PlannerCase:
 def memory_limit_mb(template: dict[str, Any], function: str = FUNCTION) -> int:
     """The function's MemorySize, or the template's Globals' when it has none of its own."""
     own = _function_properties(template, function).get("MemorySize")
-    shared = template.get("Globals", {}).get("Function", {}).get("MemorySize")
+    shared = _section(template, "Globals", "Function").get("MemorySize")
     size = own if own is not None else shared
     if not isinstance(size, int):
-        raise PlannerCostError(f"template.yaml gives {function} no MemorySize in MB")
+        raise PlannerCostError(f"{function} has no MemorySize in MB")
     return size
 
 
 def handler_file(template: dict[str, Any], root: Path, function: str = FUNCTION) -> Path:
     """The module the function's Handler names, under its CodeUri."""
-    properties = {**template.get("Globals", {}).get("Function", {}), **_function_properties(template, function)}
+    properties = {**_section(template, "Globals", "Function"), **_function_properties(template, function)}
     code_uri, handler = properties.get("CodeUri"), properties.get("Handler")
     if not isinstance(code_uri, str) or not isinstance(handler, str):
-        raise PlannerCostError(f"template.yaml gives {function} no local CodeUri and Handler")
+        raise PlannerCostError(f"{function} has no local CodeUri and Handler")
     return root / code_uri / (handler.rsplit(".", 1)[0].replace(".", "/") + ".py")
 
 
 def lambda_environment(template: dict[str, Any], function: str = FUNCTION) -> dict[str, str]:
     """The function's environment variables: parameters' defaults where a value refers to one, else a placeholder
     (the name of what a deployment fills in): enough for the handler's settings to validate at cold start."""
-    shared = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
-    own = _function_properties(template, function).get("Environment", {}).get("Variables", {})
-    parameters = template.get("Parameters", {})
+    shared = _section(template, "Globals", "Function", "Environment", "Variables")
+    own = _function_properties(template, function, "Environment", "Variables")
+    parameters = _section(template, "Parameters")
     region = "us-east-1"
     environment = {"AWS_REGION": region, "AWS_DEFAULT_REGION": region, "AWS_LAMBDA_FUNCTION_NAME": function}
     for name, value in {**shared, **own}.items():
@@ -172,17 +172,31 @@ def lambda_environment(template: dict[str, Any], function: str = FUNCTION) -> di
 def _placeholder(name: str, value: Any, parameters: dict[str, Any]) -> str:
     if isinstance(value, str | int | float):
         return str(value)
-    if isinstance(value, dict) and set(value) == {"Ref"} and "Default" in parameters.get(value["Ref"], {}):
-        return str(parameters[value["Ref"]]["Default"])
+    reference = value.get("Ref") if isinstance(value, dict) and len(value) == 1 else None
+    parameter = parameters.get(reference) if isinstance(reference, str) else None
+    if isinstance(parameter, dict) and "Default" in parameter:
+        return str(parameter["Default"])
     return f"placeholder-{name.lower().replace('_', '-')}"
 
 
-def _function_properties(template: dict[str, Any], function: str) -> dict[str, Any]:
-    resource_ = template.get("Resources", {}).get(function)
-    if not isinstance(resource_, dict):
-        raise PlannerCostError(f"template.yaml has no {function}")
-    properties = resource_.get("Properties", {})
-    return properties if isinstance(properties, dict) else {}
+def _function_properties(template: dict[str, Any], function: str, *keys: str) -> dict[str, Any]:
+    """The function's Properties, or the mapping at `keys` under them."""
+    if function not in _section(template, "Resources"):
+        raise PlannerCostError(f"no {function} in Resources")
+    return _section(template, "Resources", function, "Properties", *keys)
+
+
+def _section(template: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The mapping at `keys`, {} where a key is absent; a section that is there and not a mapping is the template's
+    error to name, not an AttributeError."""
+    section: Any = template
+    for depth, key in enumerate(keys):
+        section = section.get(key)
+        if section is None:
+            return {}
+        if not isinstance(section, dict):
+            raise PlannerCostError(f"{'.'.join(keys[: depth + 1])} is not a mapping")
+    return section
 
 
 # ------------------------------------------------------------------ the parent: one process per case

@@ -14,6 +14,7 @@ from spot_hpc.policy.stats import band_hours_for
 from spotctl.cli import main
 from spotctl.offline.stack import load_template
 from spotctl.policy_sim.planner_cost import (
+    FUNCTION,
     PROJECT_ROOT,
     PlannerCase,
     default_cases,
@@ -100,6 +101,76 @@ def test_a_malformed_case_is_a_usage_error(capsys) -> None:
     # THEN argparse refuses it, saying why
     assert exited.value.code == 2
     assert "0 < work <= deadline" in capsys.readouterr().err
+
+
+FUNCTION_256_MB = "  SlaGuardFunction:\n    Type: AWS::Serverless::Function\n    Properties: {MemorySize: 256%s}\n"
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("Resources:\n  Other: {Type: AWS::SNS::Topic}\n", "no SlaGuardFunction in Resources"),
+        ("Globals: [1]\nResources:\n" + FUNCTION_256_MB % "", "Globals is not a mapping"),
+        ("Globals: {Function: x}\nResources:\n" + FUNCTION_256_MB % "", "Globals.Function is not a mapping"),
+        (
+            "Resources:\n" + FUNCTION_256_MB % ", CodeUri: functions/sla_guard, Handler: app.handler, Environment: x",
+            "Resources.SlaGuardFunction.Properties.Environment is not a mapping",
+        ),
+        ("Resources:\n  SlaGuardFunction: {Type: AWS::Serverless::Function}\n", "SlaGuardFunction has no MemorySize"),
+        ("Resources: [\n", "not valid YAML: expected the node content, but found '<stream end>' (line 2, column 1)"),
+    ],
+    ids=["no function", "Globals a list", "Globals.Function a string", "Environment a string", "no MemorySize", "YAML"],
+)
+def test_a_template_without_what_the_benchmark_needs_is_named_in_one_line(
+    template: str, message: str, tmp_path: Path, capsys
+) -> None:
+    # GIVEN a --template that has no SLA guard function, has a section of the wrong shape, or is not YAML
+    path = tmp_path / "other.yaml"
+    path.write_text(template)
+
+    # WHEN the benchmark reads it
+    code = main(["bench", "planner", "--case", "2:1:0.1", "--template", str(path)])
+
+    # THEN it is a user error of one line that names the template given (not the project's) and what is wrong
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and f"{path}: " in err and message in err
+    assert "template.yaml" not in err
+
+
+@pytest.mark.parametrize(("kind", "message"), [("directory", "cannot read {path}: "), ("binary", "{path}: not UTF-8")])
+def test_a_template_that_cannot_be_read_as_text_is_a_user_error(
+    kind: str, message: str, tmp_path: Path, capsys
+) -> None:
+    # GIVEN a --template that is a directory, or a file that is not text
+    path = tmp_path / "other.yaml"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"\xff\xfe\x00")
+
+    # WHEN the benchmark reads it
+    code = main(["bench", "planner", "--case", "2:1:0.1", "--template", str(path)])
+
+    # THEN it says so in one line, not that it is not YAML
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and message.format(path=path) in err and "YAML" not in err
+
+
+def test_a_reference_to_a_parameter_the_template_does_not_define_gets_a_placeholder() -> None:
+    # GIVEN environment values referring to a parameter that is not a mapping, and with a Ref that is not a name
+    variables = {"SIZE": {"Ref": "Size"}, "ODD": {"Ref": ["Size"]}}
+    template = {
+        "Parameters": {"Size": 5},
+        "Resources": {FUNCTION: {"Properties": {"Environment": {"Variables": variables}}}},
+    }
+
+    # WHEN the function's environment is built from it
+    environment = lambda_environment(template)
+
+    # THEN each gets a placeholder, as any value the template does not resolve does, rather than a TypeError
+    assert environment["SIZE"] == "placeholder-size" and environment["ODD"] == "placeholder-odd"
 
 
 def test_a_case_solved_with_the_plan_cache_full_keeps_it_within_its_bound() -> None:
