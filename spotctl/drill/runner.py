@@ -95,6 +95,7 @@ class DrillResult:
 class JobProcess:
     """One running part of a workload, with the runtime events it has printed so far."""
 
+    workload: str
     part: str  # the checkpoint part it owns (node-0, main, ...)
     process: subprocess.Popen[str]
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -114,10 +115,21 @@ class JobProcess:
                 self.other_lines.append(line.rstrip())
 
     def wait(self) -> int:
-        code = self.process.wait(timeout=JOB_TIMEOUT_SECONDS)
+        try:
+            code = self.process.wait(timeout=JOB_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise DrillError(f"{self.workload} {self.part}: still running after {JOB_TIMEOUT_SECONDS:g} s") from None
         if self.reader is not None:
             self.reader.join(timeout=5)
         return code
+
+    def stop(self) -> None:
+        """Kill, not SIGTERM: a part takes SIGTERM as a Spot notice, and one waiting on others may not look for a
+        long while (its poll interval)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def first(self, name: str, **match: Any) -> dict[str, Any] | None:
         for event in self.events:
@@ -170,6 +182,7 @@ class Drill:
             self.s3.create_bucket(Bucket=bucket)
         write_object(self.s3, f"s3://{INGEST_BUCKET}/{INPUT_KEY}", drill_source_csv(), "text/csv")
         self._references: dict[str, str] = {}
+        self._jobs: list[JobProcess] = []
 
     # -- where things are ---------------------------------------------------------------------------------------
     @staticmethod
@@ -245,10 +258,17 @@ class Drill:
             stderr=subprocess.PIPE,
             text=True,
         )
-        job = JobProcess(RuntimeConfig.from_environ(env).part, process)
+        job = JobProcess(workload, RuntimeConfig.from_environ(env).part, process)
+        self._jobs.append(job)
         job.reader = threading.Thread(target=job.read_stderr, daemon=True)
         job.reader.start()
         return job
+
+    def stop_jobs(self) -> None:
+        """Ends every job still running: a drill that failed leaves the other parts of a stage running, and a job
+        process outlives the drill unless stopped."""
+        for job in self._jobs:
+            job.stop()
 
     def run_to_end(self, workload: str, run_id: str, metadatas: list[MetadataStandIn]) -> list[JobProcess]:
         jobs = [
@@ -397,4 +417,7 @@ class Drill:
 def run_drills(workloads: list[str], via: str = "imds", poll_seconds: float = 0.2) -> list[DrillResult]:
     with EmbeddedS3() as s3_server:
         drill = Drill(s3_server.endpoint, poll_seconds=poll_seconds)
-        return [drill.drill(workload, via) for workload in workloads]
+        try:
+            return [drill.drill(workload, via) for workload in workloads]
+        finally:
+            drill.stop_jobs()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from spotctl.cli import main
-from spotctl.drill.runner import WORKLOADS, DrillResult, run_drills
+from spotctl.drill import runner
+from spotctl.drill.runner import WORKLOADS, DrillResult, JobProcess, run_drills
 
 pytestmark = pytest.mark.integration
 
@@ -57,3 +59,26 @@ def test_drill_via_sigterm_writes_the_json_report(tmp_path: Path) -> None:
 def test_bad_poll_interval_is_a_user_error() -> None:
     # GIVEN / WHEN a nonsensical option / THEN spotctl reports a user error (exit code 2)
     assert main(["checkpoint-drill", "--poll-seconds", "0"]) == 2
+
+
+def test_a_job_that_outlives_the_drills_timeout_fails_the_drill_and_leaves_no_process_running(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN HPC parts given less time than they take (as a long --poll-seconds can keep a part waiting past the real
+    # timeout; the preprocess output they read is made first, in its own time), and every job process recorded
+    started: list[JobProcess] = []
+    start = runner.Drill.start
+
+    def recorded_start(self: runner.Drill, workload: str, *args: Any, **kwargs: Any) -> JobProcess:
+        started.append(start(self, workload, *args, **kwargs))  # an HPC part's start runs preprocess to the end
+        if workload == "hpc":
+            monkeypatch.setattr(runner, "JOB_TIMEOUT_SECONDS", 0.1)
+        return started[-1]
+
+    monkeypatch.setattr(runner.Drill, "start", recorded_start)
+    # WHEN the two-part HPC workload is drilled
+    code = main(["checkpoint-drill", "--workload", "hpc"])
+    # THEN it is a drill error naming the part that overran, not a traceback, and no part is left running
+    assert code == 2
+    assert "hpc node-0: still running after 0.1 s" in capsys.readouterr().err
+    assert len(started) == 3 and all(job.process.poll() is not None for job in started)
