@@ -123,8 +123,10 @@ def _scenario_from_args(args: argparse.Namespace) -> tuple[Any, int]:
             flags = ", ".join(_option_flag(name) for name in given)
             raise ToolError(f"{flags}: the job comes from --scenarios; drop these options or --scenarios")
         scenarios = load_scenarios(args.scenarios)
+        if not scenarios:
+            raise ToolError(f"{args.scenarios} has no scenarios: nothing to simulate")
         if args.id is None:
-            return (scenarios[0] if scenarios else {}), 0
+            return scenarios[0], 0
         for index, candidate in enumerate(scenarios):
             if scenario_id(candidate, index) == args.id:
                 return candidate, index

@@ -102,7 +102,10 @@ def parse_scenario(raw: Any, index: int) -> Scenario:
     bucket = raw.get("advisor_bucket")
     if bucket is not None and (isinstance(bucket, bool) or not isinstance(bucket, int) or not 0 <= bucket <= 4):
         raise ScenarioError("advisor_bucket must be an integer 0..4")
-    stages = tuple(_parse_stage(stage) for stage in raw.get("stages") or ())
+    listed = raw.get("stages")
+    if listed is not None and not isinstance(listed, list):
+        raise ScenarioError("stages must be a list of stages")
+    stages = tuple(_parse_stage(stage) for stage in listed or ())
     compute = numbers["compute_hours"]
     if stages and abs(sum(stage.compute_hours for stage in stages) - compute) > 1e-6:
         raise ScenarioError("compute_hours must be the sum of the stages' compute_hours")

@@ -62,6 +62,19 @@ def test_a_scenario_whose_id_is_not_an_id_gets_error_rows_named_by_its_place(tin
     assert {row["policy"] for row in rows if row["id"] == "7" and "error" not in row} == set(POLICY_ORDER)
 
 
+def test_stages_that_are_not_a_list_are_error_rows_saying_so(tiny_trace, scenario):
+    # GIVEN scenarios whose stages are a string and an object instead of a list of stages
+    scenarios = [
+        {**scenario, "id": "text", "stages": "pre"},
+        {**scenario, "id": "object", "stages": {"compute_hours": 1}},
+    ]
+    # WHEN the benchmark runs
+    rows = run_benchmark(scenarios, tiny_trace.parent.parent)
+    # THEN both are error rows saying what stages must be (not that a stage lacks compute_hours)
+    errors = {row["id"]: row["error"] for row in rows}
+    assert errors == {"text": "stages must be a list of stages", "object": "stages must be a list of stages"}
+
+
 def test_optimum_is_the_cheapest_row(tiny_trace, scenario):
     # GIVEN a valid scenario
     # WHEN the benchmark runs

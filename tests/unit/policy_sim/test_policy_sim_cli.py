@@ -218,6 +218,18 @@ def test_simulate_finds_a_scenario_without_id_by_its_fallback_id(tmp_path, tiny_
     assert "deadline 30 ticks" in capsys.readouterr().out
 
 
+def test_simulate_says_a_file_without_scenarios_has_none(tmp_path, capsys):
+    # GIVEN a scenario file with an empty list
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(json.dumps({"scenarios": []}))
+    # WHEN simulated (without --id: its first scenario)
+    code = main(["simulate", "--scenarios", str(scenarios)])
+    # THEN it says the file has none, not that a scenario lacks every field
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{scenarios} has no scenarios" in err and "missing field" not in err
+
+
 @pytest.mark.parametrize(
     ("option", "path", "message"),
     [
