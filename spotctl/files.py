@@ -33,8 +33,21 @@ def writing(path: Path) -> Iterator[None]:
 
 
 def write_text(path: Path, text: str) -> None:
+    """Writes the whole text or leaves the file as it was: a write that fails half way (a full disk) must not leave
+    a truncated file where an earlier run's was, for `spotctl report` to read. The text goes to a file beside it that
+    is renamed over it."""
     with writing(path):
-        path.write_text(text, encoding="utf-8")
+        # A device or a descriptor (/dev/stdout, a pipe) is written as it is, even when it leads to a regular file.
+        if path.exists() and (not path.is_file() or str(path.absolute()).startswith(("/dev/", "/proc/"))):
+            path.write_text(text, encoding="utf-8")
+            return
+        target = path.resolve()  # through a symlink to the file it names, leaving the link
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        try:
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 def check_output(path: Path, option: str, suffix: str | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 
 import pytest
@@ -249,6 +250,43 @@ def test_simulate_refuses_unwritable_outputs_before_running(
     # THEN it is refused before the simulation
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture
+def four_kib_files():
+    """Regular files this process writes stop at 4 KiB, as a full disk stops them (Python ignores SIGXFSZ, so a write
+    past the limit fails with EFBIG)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_an_output_that_cannot_be_written_whole_leaves_the_earlier_file_as_it_was(
+    tmp_path, tiny_trace, four_kib_files, capsys
+):
+    # GIVEN the JSON of an earlier run, and a disk that takes no more than 4 KiB of a file
+    out = tmp_path / "run.json"
+    out.write_text('{"earlier": true}\n')
+    # WHEN a simulation whose timeline is longer than that writes its run there
+    code = main([*_simulate_tiny(tiny_trace), "--compute-hours", "1", "--json", str(out)])
+    # THEN it says the file could not be written, and leaves the earlier one whole, with no partial file beside it
+    assert code == 2
+    assert f"cannot write {out}" in capsys.readouterr().err
+    assert out.read_text() == '{"earlier": true}\n'
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run.json", "traces"]
+
+
+def test_a_json_output_through_a_symlink_is_written_to_the_file_it_names(tmp_path, tiny_trace):
+    # GIVEN a link to the file runs are kept in
+    kept, link = tmp_path / "kept.json", tmp_path / "latest.json"
+    kept.write_text("{}")
+    link.symlink_to(kept)
+    # WHEN a simulation writes its run through the link
+    code = main([*_simulate_tiny(tiny_trace), "--compute-hours", "1", "--json", str(link)])
+    # THEN the file it names has the run, and the link is still a link
+    assert code == 0
+    assert link.is_symlink() and json.loads(kept.read_text())["policy"] == "default"
 
 
 def test_output_to_a_closed_pipe_ends_quietly(tiny_trace, monkeypatch):
