@@ -58,7 +58,8 @@ def register(subparsers: Any) -> None:
         help="worker processes (default: 2); never more than the CPUs (os.cpu_count(), "
         f"{os.cpu_count() or 1} here) or the scenarios in the file",
     )
-    policy.set_defaults(func=run_policy_bench)
+    # `command` heads the command's error lines (cli.main): the whole command, as argparse names it in its own.
+    policy.set_defaults(func=run_policy_bench, command="bench policy")
     planner = kinds.add_parser(
         "planner",
         help="the deadline planner's solve time and peak memory in the SLA guard Lambda, against its MemorySize",
@@ -94,7 +95,7 @@ def register(subparsers: Any) -> None:
         help="the memory limit to check against (default: the SLA guard function's MemorySize in the template)",
     )
     planner.add_argument("--json", type=Path, help="also write the rows here")
-    planner.set_defaults(func=run_planner_bench)
+    planner.set_defaults(func=run_planner_bench, command="bench planner")
 
 
 def run_policy_bench(args: argparse.Namespace) -> int:

@@ -52,6 +52,23 @@ def test_bench_policy_missing_scenario_file_is_a_clean_error(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "policy", "--scenarios", "none.json", "--json", "o.json"],
+        ["bench", "planner", "--case", "2:1:0.1", "--template", "none.yaml"],
+    ],
+)
+def test_bench_errors_name_the_benchmark(tmp_path, monkeypatch, capsys, argv):
+    # GIVEN a scenario file or a template that is not there
+    monkeypatch.chdir(tmp_path)
+    # WHEN a benchmark is run with it
+    code = main(argv)
+    # THEN the error is headed by the whole command, as argparse's usage errors and the invalid scenarios' lines are
+    assert code == 2
+    assert capsys.readouterr().err.startswith(f"spotctl bench {argv[1]}: error: ")
+
+
 def test_simulate_prints_timeline_and_writes_png_and_json(tmp_path, tiny_trace, capsys):
     # GIVEN a two-stage pipeline on the tiny trace
     png, out = tmp_path / "timeline.png", tmp_path / "run.json"
