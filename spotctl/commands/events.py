@@ -83,6 +83,11 @@ def put_events(args: argparse.Namespace) -> int:
         print("no rule matched")
     if args.json:
         write_text(args.json, json.dumps({"deliveries": deliveries}, indent=2))
+    failed = sum(d["status"] != "ok" for d in deliveries)
+    if failed:
+        # As `invoke` fails when its handler does: the events were put, but not every handler took them.
+        print(f"spotctl put-events: {failed} of {len(deliveries)} deliveries failed (see above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -182,6 +182,37 @@ def test_put_events_says_why_a_sample_event_matched_no_rule(capsys: pytest.Captu
     assert "matched no rule of the stack" in err and "detail.jobQueue" in err and "spotctl invoke" in err
 
 
+def test_put_events_fails_when_a_handler_failed_on_an_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spotctl.offline.eventbus import Delivery
+
+    # GIVEN a stack on which one of two events' handler fails (the other's succeeds)
+    class Plane:
+        def __enter__(self) -> Plane:
+            return self
+
+        def __exit__(self, *exc_info: object) -> None:
+            return None
+
+        def put_event(self, event: dict) -> list[Delivery]:
+            status, error = ("error", "RuntimeError: boom") if event["id"] == "bad" else ("ok", "")
+            return [Delivery(event["id"], "rule", "arn:aws:lambda:us-east-1:123456789012:function:f", status, error)]
+
+    monkeypatch.setattr("spotctl.offline.runtime.OfflineControlPlane", Plane)
+    events = tmp_path / "events.json"
+    events.write_text(json.dumps([{"id": i, "source": "aws.ec2", "detail-type": "Probe"} for i in ("good", "bad")]))
+    out = tmp_path / "deliveries.json"
+    # WHEN they are put on the bus
+    code = main(["put-events", str(events), "--json", str(out)])
+    # THEN every delivery is printed and written, and the command fails, as invoke does when its handler fails
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "bad  rule  error  RuntimeError: boom" in captured.out
+    assert "1 of 2 deliveries failed" in captured.err
+    assert [d["status"] for d in json.loads(out.read_text())["deliveries"]] == ["ok", "error"]
+
+
 def test_put_events_names_the_entry_that_is_not_an_event(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
