@@ -45,8 +45,10 @@ def register(subparsers: Any) -> None:
 
 
 def load_run_reports(paths: list[Path]) -> list[dict[str, Any]]:
-    """Run reports from JSON files; a report without `run_id` is named after its file."""
+    """Run reports from JSON files; a report without `run_id` is named after its file. A run id given twice is
+    refused: its cost would count twice in the totals."""
     reports: list[dict[str, Any]] = []
+    found_in: dict[str, Path] = {}
     for path in paths:
         try:
             # Python's reader takes NaN, Infinity and 1e400 (inf); JSON has no such numbers, and totals must not either.
@@ -61,6 +63,11 @@ def load_run_reports(paths: list[Path]) -> list[dict[str, Any]]:
         for position, item in enumerate(items):
             if not isinstance(item, dict):
                 raise ToolError(f"{path}: expected a run report object (or a list of them)")
+            if item.get("run_id") not in (None, ""):
+                run_id = str(item["run_id"])
+                if run_id in found_in:
+                    raise ToolError(f"run {run_id!r} is in {found_in[run_id]} and again in {path}: give each run once")
+                found_in[run_id] = path
             report = dict(item)
             report.setdefault("run_id", path.stem if len(items) == 1 else f"{path.stem}[{position}]")
             reports.append(report)

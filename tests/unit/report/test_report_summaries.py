@@ -189,6 +189,23 @@ def test_spotctl_report_user_errors(
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("files", [["all.json", "a.json"], ["a.json", "a.json"]])
+def test_spotctl_report_refuses_a_run_given_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], files: list[str]
+) -> None:
+    # GIVEN one run's report on its own and in a list of every run (or the same file named twice)
+    (tmp_path / "a.json").write_text(json.dumps(REPORTS[0]))
+    (tmp_path / "all.json").write_text(json.dumps(REPORTS[:2]))
+
+    # WHEN `spotctl report` reads them
+    code = main(["report", "--from-json", *(str(tmp_path / name) for name in files)])
+
+    # THEN it is a user error naming the run and where it was found again, not totals that count its cost twice
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert f"run 'run-a' is in {tmp_path / files[0]} and again in {tmp_path / 'a.json'}" in captured.err
+
+
 def test_spotctl_report_refuses_a_non_png_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # GIVEN a valid report file
     path = tmp_path / "r.json"
