@@ -994,7 +994,7 @@ def test_shards_starting_at_once_each_keep_their_instance_on_the_array(monkeypat
 
 
 def test_a_spot_job_is_priced_on_the_instance_type_it_got(tmp_path):
-    # GIVEN the Spot compute environment launching an m6i.4xlarge, its second instance type (the placement prices
+    # GIVEN the Spot compute environment launching an m6i.4xlarge, its fourth instance type (the placement prices
     # the first, c6i.4xlarge)
     with OfflineControlPlane(trace=steady_trace(tmp_path, 1), stage_hours=QUICK_STAGES) as plane:
         plane.batch.instance_types["spot"] = "m6i.4xlarge"
