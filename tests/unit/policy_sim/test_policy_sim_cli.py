@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import resource
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -269,22 +270,27 @@ def test_simulate_refuses_unwritable_outputs_before_running(
     assert message in capsys.readouterr().err
 
 
-@pytest.fixture
-def four_kib_files():
-    """Regular files this process writes stop at 4 KiB, as a full disk stops them (Python ignores SIGXFSZ, so a write
-    past the limit fails with EFBIG)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+def _full_disk_after_4_kib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text files written from here on stop at 4 KiB and then fail, as a full disk stops them. (A file-size limit on
+    the process would do it too, but also stop pytest's own output when that goes to a file.)"""
+    write_text = Path.write_text
+
+    def full_disk(self, data, *args, **kwargs):
+        write_text(self, data[:4096], *args, **kwargs)
+        if len(data) > 4096:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return len(data)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
 
 
 def test_an_output_that_cannot_be_written_whole_leaves_the_earlier_file_as_it_was(
-    tmp_path, tiny_trace, four_kib_files, capsys
+    tmp_path, tiny_trace, monkeypatch, capsys
 ):
     # GIVEN the JSON of an earlier run, and a disk that takes no more than 4 KiB of a file
     out = tmp_path / "run.json"
     out.write_text('{"earlier": true}\n')
+    _full_disk_after_4_kib(monkeypatch)
     # WHEN a simulation whose timeline is longer than that writes its run there
     code = main([*_simulate_tiny(tiny_trace), "--compute-hours", "1", "--json", str(out)])
     # THEN it says the file could not be written, and leaves the earlier one whole, with no partial file beside it
