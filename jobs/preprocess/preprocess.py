@@ -271,7 +271,7 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
                 write_object(s3, join_uri(output_uri, OUTPUT_REPORT), report_json, "application/json")
             if report["rows_out"] == 0:
                 # Told here, with the reasons, rather than by the HPC stage after it has paid for its nodes.
-                rejected = ", ".join(f"{count} {reason}" for reason, count in report["rejected"].items()) or "none"
+                rejected = ", ".join(f"{count} {reason}" for reason, count in sorted(state.rejected.items())) or "none"
                 raise InputError(f"no rows left to compute on: {report['rows_in']} read, rejected: {rejected}")
             job.finish()
 
