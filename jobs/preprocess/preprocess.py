@@ -261,18 +261,16 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
             with closing(state.cleaned):
                 positions, rows = data_rows(text, size, state.rows_read)
                 clean_rows(job, state, positions, rows, chunk_rows=chunk_rows, total_rows=total_rows)
-                report = {
-                    "rows_in": state.rows_read,
-                    "rows_out": state.rows_read - sum(state.rejected.values()),
-                    "rejected": dict(sorted(state.rejected.items())),
-                }
+                rejected = dict(sorted(state.rejected.items()))
+                rows_out = state.rows_read - sum(rejected.values())
+                report = {"rows_in": state.rows_read, "rows_out": rows_out, "rejected": rejected}
                 write_object(s3, join_uri(output_uri, OUTPUT_CSV), state.cleaned.whole())
                 report_json = json.dumps(report, indent=2).encode()
                 write_object(s3, join_uri(output_uri, OUTPUT_REPORT), report_json, "application/json")
-            if report["rows_out"] == 0:
+            if rows_out == 0:
                 # Told here, with the reasons, rather than by the HPC stage after it has paid for its nodes.
-                rejected = ", ".join(f"{count} {reason}" for reason, count in sorted(state.rejected.items())) or "none"
-                raise InputError(f"no rows left to compute on: {report['rows_in']} read, rejected: {rejected}")
+                reasons = ", ".join(f"{count} {reason}" for reason, count in rejected.items()) or "none"
+                raise InputError(f"no rows left to compute on: {state.rows_read} read, rejected: {reasons}")
             job.finish()
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from .store import CheckpointStoreUnavailable
+
+T = TypeVar("T", int, float)
 
 EXIT_INPUT_ERROR = 1  # an application error: the control plane spends the stage's retry budget on it
 
@@ -19,30 +21,34 @@ class InputError(Exception):
 def whole_number(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     """A whole-number setting of the job from its environment, `default` when unset; an :class:`InputError` naming it
     when it is not a whole number of at least `minimum` (a batch size of 0 would loop for ever, a word would crash)."""
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
-    if value is None or value < minimum:
-        raise InputError(f"environment variable {name} must be a whole number of at least {minimum}, not {raw!r}")
-    return value
+    return _setting(
+        environ, name, default, int, lambda value: value >= minimum, f"a whole number of at least {minimum}"
+    )
 
 
 def fraction(environ: Mapping[str, str], name: str, default: float) -> float:
     """A setting between 0 (excluded) and 1 from the job's environment, `default` when unset; an :class:`InputError`
-    naming it otherwise."""
+    naming it otherwise (NaN included)."""
+    return _setting(environ, name, default, float, lambda value: 0.0 < value <= 1.0, "a number in (0, 1]")
+
+
+def _setting(
+    environ: Mapping[str, str],
+    name: str,
+    default: T,
+    parse: Callable[[str], T],
+    valid: Callable[[T], bool],
+    expected: str,
+) -> T:
     raw = environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError:
-        value = float("nan")
-    if not 0.0 < value <= 1.0:  # NaN fails it too
-        raise InputError(f"environment variable {name} must be a number in (0, 1], not {raw!r}")
+        raise InputError(f"environment variable {name} must be {expected}, not {raw!r}") from None
+    if not valid(value):
+        raise InputError(f"environment variable {name} must be {expected}, not {raw!r}")
     return value
 
 

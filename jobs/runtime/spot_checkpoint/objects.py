@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import IO, Any
 
 from .entrypoint import InputError
-from .store import _MISSING_BUCKET_CODES, _error_code, parse_s3_uri
+from .store import MISSING_BUCKET_CODES, error_code, parse_s3_uri
 
 _MISSING_OBJECT_CODES = {"NoSuchKey", "NoSuchVersion"}
 
@@ -27,11 +27,11 @@ def open_object(s3_client: Any, uri: str, version_id: str | None = None) -> Any:
     try:
         return s3_client.get_object(Bucket=bucket, Key=key.rstrip("/"), **version)["Body"]
     except Exception as exc:
-        code = _error_code(exc)
+        code = error_code(exc)
         where = f"{uri} (version {version_id})" if version_id else uri
         if code in _MISSING_OBJECT_CODES:
             raise InputError(f"{where} does not exist ({code})") from None
-        if code in _MISSING_BUCKET_CODES:
+        if code in MISSING_BUCKET_CODES:
             raise InputError(f"{where} cannot be read ({code}): check the URI and the job role") from None
         raise
 

@@ -49,7 +49,7 @@ _MANIFEST_KEY = re.compile(rf"^(\d{{{SEQ_DIGITS}}})/{re.escape(MANIFEST_NAME)}$"
 _CHECKPOINT_KEY = re.compile(rf"^[a-z0-9][a-z0-9-]{{0,63}}/\d{{{SEQ_DIGITS}}}/.+$")
 # S3's answers to a conditional PUT whose condition failed (412) or that raced another conditional write (409).
 _LOST_RACE_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
-_MISSING_BUCKET_CODES = {"NoSuchBucket", "AccessDenied", "AllAccessDisabled", "InvalidBucketName"}
+MISSING_BUCKET_CODES = {"NoSuchBucket", "AccessDenied", "AllAccessDisabled", "InvalidBucketName"}
 
 
 class CheckpointError(Exception):
@@ -110,7 +110,7 @@ def part_name(*, node_index: int | None = None, shard_index: int | None = None) 
     return DEFAULT_PART
 
 
-def _error_code(exc: Exception) -> str:
+def error_code(exc: Exception) -> str:
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
         return str(response.get("Error", {}).get("Code", ""))
@@ -167,9 +167,9 @@ class CheckpointStore:
         try:
             return getattr(self.s3, operation)(Bucket=self.bucket, **kwargs)
         except Exception as exc:
-            if _error_code(exc) in _MISSING_BUCKET_CODES:
+            if error_code(exc) in MISSING_BUCKET_CODES:
                 raise CheckpointStoreUnavailable(
-                    f"checkpoint bucket {self.bucket!r} is missing or not accessible ({_error_code(exc)}): "
+                    f"checkpoint bucket {self.bucket!r} is missing or not accessible ({error_code(exc)}): "
                     f"check CHECKPOINT_URI={self.uri!r} and the job role"
                 ) from exc
             raise
@@ -193,7 +193,7 @@ class CheckpointStore:
         except CheckpointStoreUnavailable:
             raise
         except Exception as exc:
-            if _error_code(exc) in {"NoSuchKey", "404"}:
+            if error_code(exc) in {"NoSuchKey", "404"}:
                 return None
             raise
 
@@ -293,7 +293,7 @@ class CheckpointStore:
                 IfNoneMatch="*",
             )
         except Exception as exc:
-            if _error_code(exc) not in _LOST_RACE_CODES:
+            if error_code(exc) not in _LOST_RACE_CODES:
                 raise
             committed = self._read_manifest(seq)
             # botocore retries a PUT whose answer was lost; if the first try landed, the retry fails on this save's

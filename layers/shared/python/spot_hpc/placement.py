@@ -147,14 +147,13 @@ def price_on_instances(
     got: list[Ec2Instance] = []
     for instance_id, held in billed:
         instance = described.get(instance_id) if instance_id else None
-        price = None
+        own = None
         if instance is not None:
             zone = instance.availability_zone
-            price = instance_price(svc, instance.instance_type, attempt.capacity, 1, zone, at=started)
-        if price is not None and instance is not None:
-            got.append(instance)
-        else:
-            price = placed
+            own = instance_price(svc, instance.instance_type, attempt.capacity, 1, zone, at=started)
+            if own is not None:
+                got.append(instance)
+        price = own if own is not None else placed
         if price is None:
             return {}
         usd += price * held
