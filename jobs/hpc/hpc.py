@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from spot_checkpoint import (
     CheckpointedJob,
     InputError,
     RuntimeConfig,
+    csv_number,
     join_uri,
     list_keys,
     part_name,
@@ -110,12 +110,9 @@ def source_of(row: Mapping[str, str | None], line: int) -> tuple[float, ...]:
         if raw is None:  # DictReader's value of a column past the end of a short row
             raise InputError(f"sources CSV line {line}: has no {column}")
         try:
-            number = float(raw)
+            numbers.append(csv_number(raw))  # as preprocess writes them: plain ASCII decimal, finite
         except ValueError:
-            number = math.nan
-        if not math.isfinite(number):
-            raise InputError(f"sources CSV line {line}: {column} is {raw!r}, not a finite number")
-        numbers.append(number)
+            raise InputError(f"sources CSV line {line}: {column} is {raw!r}, not a finite decimal number") from None
     x, y, _ = numbers
     # A source off the plate would be binned outside the grid (an index error, or a wrong cell from the other side).
     if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):

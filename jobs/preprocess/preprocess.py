@@ -4,7 +4,8 @@ Input CSV columns (header required, case and surrounding spaces ignored, extra c
 ``source_id, x_m, y_m, power_w`` - one heat source on a 1 m x 1 m plate. Rows are kept in input order;
 a row is rejected (and counted by reason in ``report.json``) when it is malformed, has a carriage return inside an
 unquoted field (the csv module cannot split such a line), has no id or an id with a control character (a CR or LF
-would break the output CSV's lines), a non-numeric or non-finite number, a position off the plate, a power outside
+would break the output CSV's lines), a number that is not plain ASCII decimal or not finite (``csv_number``: not
+``1_0``, ``inf``, Arabic-Indic digits or a no-break space around it), a position off the plate, a power outside
 (0, MAX_POWER_W], or repeats an earlier id. An upload that is not UTF-8, or whose header cannot be read, is an
 ``InputError`` (exit 1, one line saying why and where). The input is ``INPUT_URI`` at ``INPUT_VERSION_ID`` when that
 is set (the control plane pins the run's upload).
@@ -20,7 +21,6 @@ import codecs
 import csv
 import io
 import json
-import math
 import sys
 import tempfile
 import unicodedata
@@ -31,7 +31,16 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import IO, Any, TextIO
 
-from spot_checkpoint import CheckpointedJob, InputError, join_uri, open_object, run_job, whole_number, write_object
+from spot_checkpoint import (
+    CheckpointedJob,
+    InputError,
+    csv_number,
+    join_uri,
+    open_object,
+    run_job,
+    whole_number,
+    write_object,
+)
 
 COLUMNS = ("source_id", "x_m", "y_m", "power_w")
 MAX_POWER_W = 10_000.0
@@ -122,16 +131,14 @@ def clean_row(row: list[str] | None, positions: list[int], seen_ids: set[str]) -
         return None, "carriage_return"
     if len(row) <= max(positions):
         return None, "malformed"
-    source_id, x_raw, y_raw, power_raw = (row[position].strip() for position in positions)
+    source_id = row[positions[0]].strip()
     if not source_id:
         return None, "missing_id"
     if has_control_character(source_id):
         return None, "control_character"
     try:
-        x, y, power = float(x_raw), float(y_raw), float(power_raw)
-    except ValueError:
-        return None, "not_a_number"
-    if not all(math.isfinite(value) for value in (x, y, power)):
+        x, y, power = (csv_number(row[position]) for position in positions[1:])
+    except ValueError:  # not plain ASCII decimal (float() would take 1_0, Arabic-Indic digits, inf), or not finite
         return None, "not_a_number"
     if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
         return None, "outside_plate"

@@ -49,6 +49,31 @@ def test_preprocess_rejects_rows_with_a_carriage_return_in_an_unquoted_field_and
     assert outputs["sources.csv"].decode().splitlines() == [HEADER.strip(), "c,0.2,0.2,5.0", "e,0.4,0.4,5.0"]
 
 
+def test_preprocess_takes_plain_ascii_decimal_numbers_only(s3: Any) -> None:
+    # GIVEN rows whose numbers float() reads but no CSV holds (underscores, the digits of other scripts, whitespace
+    # other than spaces and tabs around them), numbers that are not finite, and plain ones written in several ways
+    body = HEADER + (
+        "a,0.5,0.5,1_0\n"  # digits grouped with an underscore
+        "b,\u0660.\u0665,0.5,5\n"  # Arabic-Indic digits
+        "c,0.5,\uff10.\uff15,5\n"  # fullwidth digits
+        "d,\u00a00.5,0.5,5\n"  # a no-break space before it
+        "e,0.5,0.5\u3000,5\n"  # an ideographic space after it
+        'f,0.5,"0.5\n",5\n'  # a line feed inside quotes
+        "g,0.5,0.5,inf\n"
+        "h,0.5,0.5,1e999\n"  # beyond the largest double
+        "k, 0.5 ,\t.5,+2E0\n"  # spaces and tabs around, a fraction alone, a sign and an exponent
+        "l,1.,0e0,5\n"  # a trailing point
+    )
+    write_object(s3, INPUT_CSV, body.encode())
+    env = stage_env("numbers", "preprocess", INPUT_CSV)
+    # WHEN it is cleaned
+    preprocess.run(s3, env)
+    # THEN the plain numbers are kept, canonically written, and every other row is rejected as not a number
+    outputs = list_objects(s3, env["OUTPUT_URI"])
+    assert json.loads(outputs["report.json"]) == {"rows_in": 10, "rows_out": 2, "rejected": {"not_a_number": 8}}
+    assert outputs["sources.csv"].decode().splitlines() == [HEADER.strip(), "k,0.5,0.5,2.0", "l,1.0,0.0,5.0"]
+
+
 def test_preprocess_upload_with_bare_carriage_return_line_ends_is_an_input_error(s3: Any) -> None:
     # GIVEN a CSV whose lines end in a carriage return alone (no line feed)
     write_object(s3, INPUT_CSV, b"source_id,x_m,y_m,power_w\ra,0.1,0.1,5\rb,0.2,0.2,5\r")
@@ -154,10 +179,26 @@ HPC_SOURCES = f"s3://{BUCKET}/intermediate/r/preprocess/sources.csv"
         (HEADER.encode() + b"a,1.5,0.1,5\n", "line 2: .*off the 1 m x 1 m plate"),
         (HEADER.encode() + b"a,0.1,-0.5,5\n", "line 2: .*off the 1 m x 1 m plate"),
         (HEADER.encode() + b"a,0.1,0.1,inf\n", "line 2: .*power_w"),
+        (HEADER.encode() + b"a,0.1,0.1,1_0\n", "line 2: .*power_w"),
+        ((HEADER + "a,\u0660.\u0661,0.1,5\n").encode(), "line 2: .*x_m"),
+        ((HEADER + "a,0.1,\u00a00.1,5\n").encode(), "line 2: .*y_m"),
         (HEADER.encode() + b"a\rb,0.1,0.1,5\n", "line 2: .*new-line character"),
         (HEADER.encode() + b"caf\xe9,0.1,0.1,5\n", "not UTF-8"),
     ],
-    ids=["no-column", "short-row", "not-a-number", "nan", "off-the-plate", "negative", "infinite", "cr", "latin-1"],
+    ids=[
+        "no-column",
+        "short-row",
+        "not-a-number",
+        "nan",
+        "off-the-plate",
+        "negative",
+        "infinite",
+        "underscore",
+        "arabic-indic-digits",
+        "no-break-space",
+        "cr",
+        "latin-1",
+    ],
 )
 def test_hpc_sources_it_cannot_use_are_an_input_error(s3: Any, sources: bytes, message: str) -> None:
     # GIVEN sources that are not a cleaned heat-source table
