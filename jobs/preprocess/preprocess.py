@@ -6,9 +6,9 @@ a row is rejected (and counted by reason in ``report.json``) when it is malforme
 unquoted field (the csv module cannot split such a line), has no id or an id with a control character (a CR or LF
 would break the output CSV's lines), a number that is not plain ASCII decimal or not finite (``csv_number``: not
 ``1_0``, ``inf``, Arabic-Indic digits or a no-break space around it), a position off the plate, a power outside
-(0, MAX_POWER_W], or repeats an earlier id. An upload that is not UTF-8, or whose header cannot be read, is an
-``InputError`` (exit 1, one line saying why and where). The input is ``INPUT_URI`` at ``INPUT_VERSION_ID`` when that
-is set (the control plane pins the run's upload).
+(0, MAX_POWER_W], or repeats an earlier id. An upload that is not UTF-8, or whose header cannot be read, lacks a
+column or names one twice, is an ``InputError`` (exit 1, one line saying why and where). The input is ``INPUT_URI``
+at ``INPUT_VERSION_ID`` when that is set (the control plane pins the run's upload).
 
 The input and the output go through temporary files on local disk, a row at a time, so neither is held in memory:
 what grows with the input is the set of ids kept (for the duplicate rule) and, while a checkpoint is written, its
@@ -117,10 +117,21 @@ class CleaningState:
 
 
 def column_positions(header: list[str]) -> list[int]:
+    """Where each of COLUMNS is in the header (case and surrounding spaces ignored); an :class:`InputError` if one is
+    missing or named more than once (which of two x_m holds the position is anybody's guess). Extra columns are
+    dropped, so they may repeat."""
     names = [name.strip().lower() for name in header]
     missing = [column for column in COLUMNS if column not in names]
     if missing:
         raise InputError(f"input CSV has no column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}")
+    repeated = {
+        column: [number for number, name in enumerate(names, start=1) if name == column]
+        for column in COLUMNS
+        if names.count(column) > 1
+    }
+    if repeated:
+        where = "; ".join(f"{column} (columns {', '.join(map(str, numbers))})" for column, numbers in repeated.items())
+        raise InputError(f"input CSV header names a column more than once: {where}; name each column once")
     return [names.index(column) for column in COLUMNS]
 
 

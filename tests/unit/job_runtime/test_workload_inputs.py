@@ -74,6 +74,39 @@ def test_preprocess_takes_plain_ascii_decimal_numbers_only(s3: Any) -> None:
     assert outputs["sources.csv"].decode().splitlines() == [HEADER.strip(), "k,0.5,0.5,2.0", "l,1.0,0.0,5.0"]
 
 
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("source_id,x_m,y_m,power_w,x_m", r"x_m \(columns 2, 5\)"),
+        (" X_M ,source_id,x_m,y_m,power_w", r"x_m \(columns 1, 3\)"),
+        ("source_id,power_w,x_m,y_m,Power_W,source_id", r"source_id \(columns 1, 6\); power_w \(columns 2, 5\)"),
+    ],
+    ids=["same-name", "same-but-for-case-and-spaces", "two-columns"],
+)
+def test_preprocess_header_naming_a_column_twice_is_an_input_error_naming_it(
+    s3: Any, header: str, message: str
+) -> None:
+    # GIVEN an upload whose header names a required column twice, the two holding different values
+    write_object(s3, INPUT_CSV, f"{header}\n{','.join(['a', '0.1', '0.2', '5', '0.9', 'b'])}\n".encode())
+    env = stage_env("twice", "preprocess", INPUT_CSV)
+    # WHEN / THEN the job fails with an input error naming the column and where it is, rather than taking the first,
+    # and writes nothing
+    with pytest.raises(InputError, match=f"names a column more than once: {message}"):
+        preprocess.run(s3, env)
+    assert list_objects(s3, env["OUTPUT_URI"]) == {}
+    assert list_objects(s3, env["CHECKPOINT_URI"]) == {}
+
+
+def test_preprocess_drops_extra_columns_named_twice(s3: Any) -> None:
+    # GIVEN an upload with two extra columns of the same name, and an empty name twice (trailing commas)
+    write_object(s3, INPUT_CSV, b"source_id,note,x_m,y_m,power_w,note,,\na,n1,0.1,0.2,5,n2,,\n")
+    env = stage_env("extra", "preprocess", INPUT_CSV)
+    # WHEN it is cleaned
+    preprocess.run(s3, env)
+    # THEN they are dropped as any extra column is
+    assert list_objects(s3, env["OUTPUT_URI"])["sources.csv"].decode() == HEADER + "a,0.1,0.2,5.0\n"
+
+
 def test_preprocess_upload_with_bare_carriage_return_line_ends_is_an_input_error(s3: Any) -> None:
     # GIVEN a CSV whose lines end in a carriage return alone (no line feed)
     write_object(s3, INPUT_CSV, b"source_id,x_m,y_m,power_w\ra,0.1,0.1,5\rb,0.2,0.2,5\r")
