@@ -1,7 +1,8 @@
 """Postprocess: merge the HPC parts into ensemble statistics and a summary, with a bootstrap confidence interval.
 
 Reads every ``<part>/members.json`` + ``<part>/fields.npy`` under ``INPUT_URI`` (an ``InputError`` if a part is
-missing, unreadable or not as its ``members.json`` describes it), orders the members by id and writes under
+missing, unreadable or not as its ``members.json`` describes it, if a member is listed twice, by one part or by two,
+or if a field holds a NaN or an infinity), orders the members by id and writes under
 ``OUTPUT_URI``: ``mean_rise.npy`` and ``std_rise.npy`` (ensemble mean and standard deviation of the temperature rise
 per cell), ``members.csv`` (each member's peak and mean rise) and ``summary.json``.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -70,7 +72,7 @@ def read_part(s3: Any, input_uri: str, name: str) -> Part:
         description = json.loads(read_object(s3, join_uri(input_uri, f"{name}/members.json")))
         if not isinstance(description, dict):
             raise TypeError("not a JSON object")
-        return Part(
+        part = Part(
             name=name,
             parts_total=int(description["parts_total"]),
             members=[int(member) for member in description["members"]],
@@ -82,6 +84,11 @@ def read_part(s3: Any, input_uri: str, name: str) -> Part:
         raise InputError(f"{name}/members.json: no {exc}") from None
     except (TypeError, ValueError) as exc:  # JSON and UTF-8 errors are ValueErrors
         raise InputError(f"{name}/members.json: not an HPC part's description ({exc})") from None
+    # hpc lists each of its members once: one listed twice would count twice in every statistic.
+    repeated = sorted(member for member, count in Counter(part.members).items() if count > 1)
+    if repeated:
+        raise InputError(f"{name}/members.json: member(s) {', '.join(map(str, repeated))} listed more than once")
+    return part
 
 
 def read_fields(s3: Any, input_uri: str, part: Part) -> np.ndarray:
@@ -103,6 +110,13 @@ def read_fields(s3: Any, input_uri: str, part: Part) -> np.ndarray:
         )
     if fields.dtype.kind != "f":
         raise InputError(f"{name}: {fields.dtype} values, not temperatures")
+    # The explicit scheme hpc runs is stable: a NaN or an infinity is a broken file, and would make every statistic
+    # NaN (and summary.json not JSON). One member at a time, so the check holds no second array the size of the part.
+    broken = [member for member, field in zip(part.members, fields, strict=True) if not np.isfinite(field).all()]
+    if broken:
+        raise InputError(
+            f"{name}: member(s) {', '.join(map(str, broken))} hold NaN or infinite values, not temperatures"
+        )
     return fields
 
 
@@ -116,6 +130,14 @@ def load_ensemble(s3: Any, input_uri: str) -> Ensemble:
         raise InputError(f"HPC output under {input_uri} has {len(parts)} parts, not the number it declares")
     if len({part.grid for part in parts}) != 1:
         raise InputError(f"HPC output under {input_uri}: its parts are on different grids")
+    listed_by: dict[int, str] = {}  # member -> the part that lists it; a member runs on one part only
+    for part in parts:
+        for member in part.members:
+            if member in listed_by:
+                raise InputError(
+                    f"{part.name}/members.json: member {member} is also in {listed_by[member]}/members.json"
+                )
+            listed_by[member] = part.name
     ids: list[int] = []
     fields: list[np.ndarray] = []
     for part in parts:

@@ -326,6 +326,13 @@ def described(node: int, **changes: Any) -> Callable[[Any], None]:
     return replaced(f"node-{node}/members.json", lambda old: json.dumps({**json.loads(old), **changes}).encode())
 
 
+def with_value(value: float, position: int) -> np.ndarray:
+    """node-1's fields (members 1 and 3) as the fixture writes them, but for one cell of the field at ``position``."""
+    fields = np.stack([np.full((GRID, GRID), 1.0 + member) for member in (1, 3)])
+    fields[position, GRID // 2, GRID // 3] = value
+    return fields
+
+
 def other_grid(s3: Any) -> None:
     described(1, grid=GRID + 1)(s3)
     write_object(s3, f"{HPC_OUTPUT}node-1/fields.npy", npy(np.zeros((2, GRID + 1, GRID + 1))))
@@ -358,6 +365,11 @@ def no_members_anywhere(s3: Any) -> None:
         (described(1, parts_total="two"), "node-1/members.json: .*two"),
         (described(1, members=[1, "x"]), "node-1/members.json: .*'x'"),
         (replaced("node-1/members.json", b'{"members": "\xff"}'), "node-1/members.json: "),
+        (described(1, members=[1, 1]), r"node-1/members.json: member\(s\) 1 listed more than once"),
+        (described(1, members=[1, 2]), "node-1/members.json: member 2 is also in node-0/members.json"),
+        (replaced("node-1/fields.npy", npy(with_value(np.nan, position=1))), r"node-1/fields.npy: member\(s\) 3 .*NaN"),
+        (replaced("node-1/fields.npy", npy(with_value(np.inf, position=0))), r"node-1/fields.npy: member\(s\) 1 .*inf"),
+        (replaced("node-1/fields.npy", npy(with_value(-np.inf, position=1))), r"node-1/fields.npy: member\(s\) 3 "),
         (other_grid, "different grids"),
         (no_members_anywhere, "no members"),
     ],
@@ -379,6 +391,11 @@ def no_members_anywhere(s3: Any) -> None:
         "parts-total-not-a-number",
         "member-id-not-a-number",
         "members-not-utf8",
+        "member-listed-twice",
+        "member-in-two-parts",
+        "fields-with-nan",
+        "fields-with-infinity",
+        "fields-with-negative-infinity",
         "grids-differ",
         "no-members",
     ],
