@@ -215,9 +215,20 @@ class CheckpointedJob:
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> Checkpoint | None:
         """Find the latest complete checkpoint (raising CheckpointStoreUnavailable on a missing bucket) and watch."""
-        if self.store is not None:
-            self.store.check_bucket()
-            self.resumed = self.store.latest()
+        # SIGTERM is sent once, and may come while the checkpoint is read (a large one takes seconds, a slow S3 more):
+        # without a handler by then it is lost (ignored by Python as a container's PID 1, so the job works on
+        # without a checkpoint until Batch's SIGKILL). The handler only records it; step(), after the state is loaded,
+        # acts on it. The Spot notice and the checkpoint request are not lost meanwhile: both stay posted, and the
+        # watcher's first look, synchronous, comes as soon as the checkpoint is loaded. The request poller cannot start
+        # before anyway: which request the part has already honoured is in the checkpoint.
+        self.watcher.install_signal_handler()
+        try:
+            if self.store is not None:
+                self.store.check_bucket()
+                self.resumed = self.store.latest()
+        except BaseException:
+            self.watcher.close()  # no job is returned to close: put the previous SIGTERM handler back here
+            raise
         if self.resumed is not None:
             self._work_before = self.resumed.work_seconds
             self._honoured_request_id = self.resumed.request_id

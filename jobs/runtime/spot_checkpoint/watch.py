@@ -73,6 +73,7 @@ class InterruptionWatcher:
         self._metadata_retry_at = 0.0
         self._metadata_warned = False
         self._metadata_failures = 0
+        self._sigterm_handled = False
         self._previous_sigterm: object = None
 
     @property
@@ -98,8 +99,10 @@ class InterruptionWatcher:
         self.trigger(REASON_SIGTERM, f"signal {signum}", notify=False)
 
     def install_signal_handler(self) -> None:
-        if threading.current_thread() is threading.main_thread():
+        """Record SIGTERM from now on (once: a second call keeps the handler the first one replaced, for close())."""
+        if not self._sigterm_handled and threading.current_thread() is threading.main_thread():
             self._previous_sigterm = signal.signal(signal.SIGTERM, self._handle_sigterm)
+            self._sigterm_handled = True
 
     # -- polling ------------------------------------------------------------------------------------------------
     def poll_once(self) -> StopSignal | None:
@@ -178,6 +181,8 @@ class InterruptionWatcher:
         deadline = time.monotonic() + (self.metadata.timeout * 2 + 1 if self.metadata else 1)
         for thread in self._threads:
             thread.join(timeout=max(deadline - time.monotonic(), 0))
-        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._previous_sigterm)  # type: ignore[arg-type]
+        if self._sigterm_handled and threading.current_thread() is threading.main_thread():
+            if self._previous_sigterm is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(signal.SIGTERM, self._previous_sigterm)  # type: ignore[arg-type]
             self._previous_sigterm = None
+            self._sigterm_handled = False

@@ -7,6 +7,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,6 +23,7 @@ from spot_checkpoint import (
     CheckpointedJob,
     CheckpointInterval,
     CheckpointStore,
+    CheckpointStoreUnavailable,
     InstanceMetadata,
     InterruptionWatcher,
     MetadataUnavailable,
@@ -551,3 +553,81 @@ def test_control_plane_request_names_the_attempt_it_is_for(s3: Any) -> None:
     # THEN jobs read the attempt from the request
     request = CheckpointStore(s3, URI).pending_request()
     assert request is not None and request.attempt == 4
+
+
+class DuringCheckpointRead(S3Passthrough):
+    """An S3 client that, while a job reads its checkpoint (at the manifest), makes something happen once."""
+
+    def __init__(self, s3: Any, happening: Callable[[], object]) -> None:
+        super().__init__(s3)
+        self.happening = happening
+        self.happened = False
+
+    def get_object(self, **kwargs: Any) -> Any:
+        if kwargs["Key"].endswith("/manifest.json") and not self.happened:
+            self.happened = True
+            self.happening()
+        return self._s3.get_object(**kwargs)
+
+
+def test_sigterm_while_the_checkpoint_is_read_stops_the_job_after_its_first_unit(
+    s3: Any, events: EventRecorder
+) -> None:
+    # GIVEN a part checkpointed after 3 units, a process that ignores a SIGTERM it has no handler for (as Python does as
+    # a container's PID 1, the job image's case), and a SIGTERM that comes while the next attempt reads the checkpoint
+    CheckpointStore(s3, URI).save(b"3", 0.3)
+    reads = DuringCheckpointRead(s3, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    job = CheckpointedJob(CheckpointStore(reads, URI), interval=CheckpointInterval(fixed_seconds=3600), events=events)
+    unhandled = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        # WHEN that attempt resumes and works
+        with job, pytest.raises(Stopped) as stopped:
+            counting_job(job, 10, start=int(job.resumed.state))  # type: ignore[union-attr]
+        after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, unhandled)
+    # THEN it resumed from the checkpoint and, as for any SIGTERM, checkpointed its first unit and stopped (before, the
+    # signal was lost: the job worked on to the end here, and in its container until Batch's SIGKILL)
+    assert reads.happened and events.named("resumed")[0]["seq"] == 0
+    assert (stopped.value.code, stopped.value.stop.reason) == (EXIT_CHECKPOINTED, REASON_SIGTERM)
+    assert CheckpointStore(s3, URI).latest().state == b"4"  # type: ignore[union-attr]
+    # AND the process's own disposition is back once the job is over
+    assert after == signal.SIG_IGN
+
+
+def test_spot_notice_posted_while_the_checkpoint_is_read_stops_the_job_after_its_first_unit(
+    s3: Any, events: EventRecorder
+) -> None:
+    # GIVEN a part checkpointed after 3 units, and EC2 posting the Spot notice while the next attempt reads the
+    # checkpoint, whose watcher would poll again only an hour after its first look
+    CheckpointStore(s3, URI).save(b"3", 0.3)
+    with MetadataStandIn() as metadata:
+        reads = DuringCheckpointRead(s3, metadata.post_notice)
+        job = CheckpointedJob(
+            CheckpointStore(reads, URI),
+            metadata=InstanceMetadata(metadata.endpoint),
+            poll_seconds=3600,
+            interval=CheckpointInterval(fixed_seconds=3600),
+            events=events,
+        )
+        # WHEN that attempt resumes and works
+        with job, pytest.raises(Stopped) as stopped:
+            counting_job(job, 10, start=int(job.resumed.state))  # type: ignore[union-attr]
+    # THEN the watcher's first look, once the checkpoint is loaded, saw the notice, which stays posted: the job
+    # checkpointed its first unit and stopped, as a job started on an instance already marked does
+    assert reads.happened and events.named("resumed")[0]["seq"] == 0
+    assert (stopped.value.code, stopped.value.stop.reason) == (EXIT_CHECKPOINTED, REASON_SPOT_INTERRUPTION)
+    assert CheckpointStore(s3, URI).latest().state == b"4"  # type: ignore[union-attr]
+
+
+def test_a_job_whose_checkpoint_bucket_is_missing_leaves_the_sigterm_handler_as_it_was(
+    s3: Any, events: EventRecorder
+) -> None:
+    # GIVEN a job whose checkpoint bucket does not exist
+    previous = signal.getsignal(signal.SIGTERM)
+    job = CheckpointedJob(CheckpointStore(s3, "s3://no-such-checkpoint-bucket/checkpoints/run-7/x/"), events=events)
+    # WHEN it starts
+    with pytest.raises(CheckpointStoreUnavailable):
+        job.start()
+    # THEN it fails (exit 1 in its container) with the handler it had before the checkpoint read put back
+    assert signal.getsignal(signal.SIGTERM) == previous
