@@ -3,10 +3,12 @@ rather than after it."""
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from spotctl.cli import ToolError
 
@@ -36,18 +38,37 @@ def write_text(path: Path, text: str) -> None:
     """Writes the whole text or leaves the file as it was: a write that fails half way (a full disk) must not leave
     a truncated file where an earlier run's was, for `spotctl report` to read. The text goes to a file beside it that
     is renamed over it."""
+    _write_whole(path, text)
+
+
+def write_png(path: Path, figure: Any, **savefig: Any) -> None:
+    """Writes a matplotlib figure as a PNG as `write_text` writes text: drawn in memory first, then written whole or
+    not at all, so that a chart that fails half way (a full disk, an interrupt) leaves the earlier one."""
+    drawn = io.BytesIO()
+    figure.savefig(drawn, format="png", **savefig)
+    _write_whole(path, drawn.getvalue())
+
+
+def _write_whole(path: Path, content: str | bytes) -> None:
     with writing(path):
         # A device or a descriptor (/dev/stdout, a pipe) is written as it is, even when it leads to a regular file.
         if path.exists() and (not path.is_file() or str(path.absolute()).startswith(("/dev/", "/proc/"))):
-            path.write_text(text, encoding="utf-8")
+            _write(path, content)
             return
         target = path.resolve()  # through a symlink to the file it names, leaving the link
         partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
         try:
-            partial.write_text(text, encoding="utf-8")
+            _write(partial, content)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
+
+
+def _write(path: Path, content: str | bytes) -> None:
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    else:
+        path.write_bytes(content)
 
 
 def check_output(path: Path, option: str, suffix: str | None = None) -> None:

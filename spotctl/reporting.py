@@ -22,6 +22,8 @@ from spot_hpc.clock import parse_time
 from spot_hpc.cost import check_run_report_costs, savings_pct
 from spot_hpc.events import TERMINAL_STATUSES
 
+from spotctl.files import write_png
+
 Period = Literal["day", "week"]
 PERIODS: tuple[Period, ...] = ("day", "week")
 UNKNOWN_PERIOD = "unknown"
@@ -245,8 +247,7 @@ def plot_cost_vs_on_demand(runs: Sequence[RunSummary], plot_path: Path) -> Path:
     axes.set_ylim(0, tallest * 1.3 if tallest > 0 else 1.0)
     axes.legend(fontsize=8, loc="upper left", ncols=2)
     figure.tight_layout()
-    plot_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(plot_path, format="png")
+    write_png(plot_path, figure)
     return plot_path
 
 

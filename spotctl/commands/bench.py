@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from spotctl.cli import ToolError, positive_int
-from spotctl.files import check_output, write_text, writing
+from spotctl.files import check_output, write_text
 
 # Only the standard library at import: the planner's cases are measured in processes of their own.
 from spotctl.policy_sim.planner_cost import (
@@ -138,8 +138,7 @@ def run_policy_bench(args: argparse.Namespace) -> int:
     if args.plot:
         from spotctl.policy_sim.plots import plot_benchmark
 
-        with writing(args.plot):
-            plot_benchmark(rows, args.plot)
+        plot_benchmark(rows, args.plot)
         print(f"plot written to {args.plot}")
     return 0
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from spotctl.cli import ToolError, finite_float
 from spotctl.commands.bench import PROJECT_ROOT
-from spotctl.files import check_output, write_text, writing
+from spotctl.files import check_output, write_text
 
 POLICIES = ("default", "greedy", "uniform_progress", "spot_only", "on_demand", "optimum")
 # Options that describe the job, when it is not taken from a scenario file; their defaults are applied only then,
@@ -200,7 +200,6 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.png:
         from spotctl.policy_sim.plots import plot_timeline
 
-        with writing(args.png):
-            plot_timeline(job, result, args.png)
+        plot_timeline(job, result, args.png)
         print(f"timeline written to {args.png}")
     return 0

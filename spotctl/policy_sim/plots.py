@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from spotctl.files import write_png
 from spotctl.policy_sim.benchmark import POLICY_ORDER, SLACK_CLASSES, summarise
 from spotctl.policy_sim.simulator import Job, RunResult
 
@@ -47,7 +48,7 @@ def plot_benchmark(rows: Sequence[dict[str, Any]], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_png(path, fig, dpi=110)
     plt.close(fig)
 
 
@@ -87,5 +88,5 @@ def plot_timeline(job: Job, result: RunResult, path: Path) -> None:
     met = "met" if result.met else "missed"
     fig.suptitle(f"{result.policy}: cost ${result.cost:,.2f}, deadline {met}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_png(path, fig, dpi=110)
     plt.close(fig)

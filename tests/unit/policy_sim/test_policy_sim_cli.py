@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
+from full_disk import full_disk_after_4_kib
 
 from spotctl.cli import main
 
@@ -270,27 +269,13 @@ def test_simulate_refuses_unwritable_outputs_before_running(
     assert message in capsys.readouterr().err
 
 
-def _full_disk_after_4_kib(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Text files written from here on stop at 4 KiB and then fail, as a full disk stops them. (A file-size limit on
-    the process would do it too, but also stop pytest's own output when that goes to a file.)"""
-    write_text = Path.write_text
-
-    def full_disk(self, data, *args, **kwargs):
-        write_text(self, data[:4096], *args, **kwargs)
-        if len(data) > 4096:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self))
-        return len(data)
-
-    monkeypatch.setattr(Path, "write_text", full_disk)
-
-
 def test_an_output_that_cannot_be_written_whole_leaves_the_earlier_file_as_it_was(
     tmp_path, tiny_trace, monkeypatch, capsys
 ):
     # GIVEN the JSON of an earlier run, and a disk that takes no more than 4 KiB of a file
     out = tmp_path / "run.json"
     out.write_text('{"earlier": true}\n')
-    _full_disk_after_4_kib(monkeypatch)
+    full_disk_after_4_kib(monkeypatch)
     # WHEN a simulation whose timeline is longer than that writes its run there
     code = main([*_simulate_tiny(tiny_trace), "--compute-hours", "1", "--json", str(out)])
     # THEN it says the file could not be written, and leaves the earlier one whole, with no partial file beside it
@@ -298,6 +283,28 @@ def test_an_output_that_cannot_be_written_whole_leaves_the_earlier_file_as_it_wa
     assert f"cannot write {out}" in capsys.readouterr().err
     assert out.read_text() == '{"earlier": true}\n'
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run.json", "traces"]
+
+
+@pytest.mark.parametrize("command", ["bench policy", "simulate"])
+def test_a_chart_that_cannot_be_written_whole_leaves_the_earlier_one_as_it_was(
+    tmp_path, tiny_trace, scenario, monkeypatch, capsys, command
+):
+    # GIVEN the chart of an earlier run, and a disk that takes no more than 4 KiB of a file
+    plot, earlier = tmp_path / "chart.png", b"\x89PNG\r\n\x1a\n(an earlier chart)"
+    plot.write_bytes(earlier)
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(json.dumps({"scenarios": [scenario]}))
+    full_disk_after_4_kib(monkeypatch)
+    # WHEN the command draws its chart, larger than that, there
+    if command == "simulate":
+        code = main([*_simulate_tiny(tiny_trace), "--compute-hours", "1", "--png", str(plot)])
+    else:
+        code = _bench(tmp_path, scenarios, "--json", str(tmp_path / "rows.json"), "--plot", str(plot))
+    # THEN it says the chart could not be written, and leaves the earlier one whole, with no partial file beside it
+    assert code == 2
+    assert f"cannot write {plot}" in capsys.readouterr().err
+    assert plot.read_bytes() == earlier
+    assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".partial")]
 
 
 def test_a_json_output_through_a_symlink_is_written_to_the_file_it_names(tmp_path, tiny_trace):

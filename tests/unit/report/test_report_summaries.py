@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from full_disk import full_disk_after_4_kib
 
 from spotctl.cli import main
 from spotctl.reporting import render_report, summarise_periods, summarise_runs
@@ -138,6 +139,24 @@ def test_png_chart_is_written(tmp_path: Path) -> None:
     assert plot.stat().st_size > 0
     assert plot.read_bytes()[:8] == PNG_SIGNATURE
     assert f"Chart written to {plot}" in text
+
+
+def test_spotctl_report_chart_that_cannot_be_written_whole_leaves_the_earlier_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN the chart of an earlier report, and a disk that takes no more than 4 KiB of a file
+    path, plot, earlier = tmp_path / "r.json", tmp_path / "cost.png", PNG_SIGNATURE + b"(an earlier chart)"
+    path.write_text(json.dumps(REPORTS))
+    plot.write_bytes(earlier)
+    full_disk_after_4_kib(monkeypatch)
+
+    # WHEN the report draws its chart, larger than that, there
+    code = main(["report", "--from-json", str(path), "--plot", str(plot)])
+
+    # THEN it says the chart could not be written, and leaves the earlier one whole, with no partial file beside it
+    assert code == 2 and f"cannot write {plot}" in capsys.readouterr().err
+    assert plot.read_bytes() == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cost.png", "r.json"]
 
 
 def test_no_runs_and_bad_reports() -> None:
