@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,23 @@ def read_text(path: Path) -> str:
 
 @contextmanager
 def writing(path: Path) -> Iterator[None]:
-    """Around a writer that takes a path (savefig): creates the folder, and says which file could not be written."""
+    """Around the write of a file whose content is ready: creates its missing folders, removes them again when the
+    write fails (a command that fails leaves none behind), and says which file could not be written."""
+    missing = []
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield
-    except OSError as exc:
-        raise ToolError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException as exc:
+        for created in missing:  # the deepest first; one that something else has written in since stays
+            with suppress(OSError):
+                created.rmdir()
+        if isinstance(exc, OSError):
+            raise ToolError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
 
 
 def write_text(path: Path, text: str) -> None:
@@ -73,7 +84,7 @@ def _write(path: Path, content: str | bytes) -> None:
 
 def check_output(path: Path, option: str, suffix: str | None = None) -> None:
     """Refuses an output path that cannot be written: the wrong suffix, a directory, or a folder that is a file or
-    read-only. Missing folders are fine: `writing` creates them."""
+    read-only. Missing folders are fine: `writing` creates them when the file is written."""
     if suffix is not None and path.suffix.lower() != suffix:
         kind = suffix.lstrip(".").upper()
         raise ToolError(f"{option} writes a {kind}: give a file name ending in {suffix}, not {path.name!r}")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 from spotctl.cli import ToolError
-from spotctl.files import check_output, writing
+from spotctl.files import check_output
 
 
 def register(subparsers: Any) -> None:
@@ -101,9 +100,9 @@ def run_report(args: argparse.Namespace) -> int:
         check_output(args.plot, "--plot", suffix=".png")
     reports = load_run_reports(list(args.from_json)) if args.from_json else load_stack_reports(args.stack, args.region)
     try:
-        # render_report writes only the chart: an OSError there is the chart's.
-        with writing(args.plot) if args.plot is not None else contextlib.nullcontext():
-            text = render_report(reports, args.plot, period=args.period)
+        # The chart's folders are made only as it is written, after every report was read: a report that fails
+        # leaves none behind.
+        text = render_report(reports, args.plot, period=args.period)
     except ValueError as exc:
         raise ToolError(str(exc)) from None
     print(text)

@@ -262,6 +262,36 @@ def test_spotctl_report_refuses_a_plot_under_a_file(tmp_path: Path, capsys: pyte
     assert code == 2 and "is not a directory" in capsys.readouterr().err
 
 
+def test_spotctl_report_that_fails_creates_no_plot_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN a report without its figures, and a chart asked for in folders that are not there yet
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"run_id": "r", "pipeline_status": "SUCCEEDED", "deadline_met": True}))
+
+    # WHEN the report is made
+    code = main(["report", "--from-json", str(path), "--plot", str(tmp_path / "charts" / "june" / "cost.png")])
+
+    # THEN it fails as a user error and leaves no folder behind
+    assert code == 2 and "has no 'cost_usd' field" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_spotctl_report_whose_chart_cannot_be_written_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a valid report, a chart asked for in folders that are not there yet, and a disk that takes 4 KiB a file
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(REPORTS))
+    plot = tmp_path / "charts" / "june" / "cost.png"
+    full_disk_after_4_kib(monkeypatch)
+
+    # WHEN the report writes its chart
+    code = main(["report", "--from-json", str(path), "--plot", str(plot)])
+
+    # THEN it says the chart could not be written, and removes the folders it made for it
+    assert code == 2 and f"cannot write {plot}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
 def test_periods_are_utc_days_whatever_offset_a_report_carries() -> None:
     # GIVEN a run started at 23:30 in UTC-5 on 23 June, which is 04:30 UTC on 24 June
     report = _run_report("run-late", "2025-06-23T23:30:00-05:00", 2.0, 10.0)
