@@ -12,6 +12,9 @@ from typing import Any
 from spotctl.cli import ToolError
 from spotctl.files import check_output, read_text, write_text
 
+# What a function is in template.yaml (SAM's, or a plain one), as `invoke` takes it.
+FUNCTION_TYPES = ("AWS::Serverless::Function", "AWS::Lambda::Function")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     put = subparsers.add_parser(
@@ -92,16 +95,24 @@ def put_events(args: argparse.Namespace) -> int:
 
 
 def invoke_function(args: argparse.Namespace) -> int:
-    from spotctl.offline.runtime import OfflineControlPlane
+    from spotctl.offline.runtime import DEFAULT_TEMPLATE, OfflineControlPlane
+    from spotctl.offline.stack import TemplateError, load_template
 
+    # The name is looked up in the template, not in the deployed stack: a name that is not there is told at once,
+    # not after the seconds a deployment takes.
+    try:
+        resources = load_template(DEFAULT_TEMPLATE)["Resources"]
+    except TemplateError as exc:
+        raise ToolError(str(exc)) from exc
+    names = sorted(
+        logical_id
+        for logical_id, resource in resources.items()
+        if isinstance(resource, dict) and resource.get("Type") in FUNCTION_TYPES
+    )
+    if args.function not in names:
+        raise ToolError(f"no function {args.function!r} in {DEFAULT_TEMPLATE.name}; functions: {', '.join(names)}")
     event = _load(args.event)
     with OfflineControlPlane() as plane:
-        if (
-            args.function not in plane.stack.resources
-            or plane.stack.resources[args.function]["type"] != "AWS::Lambda::Function"
-        ):
-            names = sorted(k for k, v in plane.stack.resources.items() if v["type"] == "AWS::Lambda::Function")
-            raise ToolError(f"no function {args.function!r}; functions: {', '.join(names)}")
         result, errored = plane.invoke(args.function, event)
     print(json.dumps(result, indent=2, default=str))
     return 1 if errored else 0

@@ -172,6 +172,21 @@ def test_put_events_refuses_a_directory_and_an_unwritable_json_path_before_deplo
     assert "is not a directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["SpotInterruptionFuncton", "IngestBucket"])
+def test_invoke_refuses_a_name_that_is_not_a_function_before_deploying(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a function name with a typo, or a resource of the template that is not a function
+    _refuse_to_run(monkeypatch, "spotctl.offline.runtime.OfflineControlPlane")
+    # WHEN invoke is asked to run it
+    code = main(["invoke", name, "-e", str(EVENTS / "spot_interruption_warning.json")])
+    # THEN it is a user error naming the template's functions, before the stack is deployed
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"no function {name!r} in template.yaml; functions: BatchStateChangeFunction, NotifyFunction, " in err
+    assert "SpotInterruptionFunction" in err and "IngestBucket," not in err
+
+
 def test_put_events_says_why_a_sample_event_matched_no_rule(capsys: pytest.CaptureFixture[str]) -> None:
     # GIVEN the sample Batch event, whose job queue is not one of the offline stack's
     # WHEN it is put on the stack's bus
