@@ -44,10 +44,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         check_output(args.json, "--json")
     workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    failure: DrillError | None = None
     try:
         results = run_drills(workloads, via=args.via, poll_seconds=args.poll_seconds)
     except DrillError as exc:
-        raise ToolError(str(exc)) from exc
+        # The drill stops at a workload that cannot be drilled; those drilled before it are reported all the same.
+        results, failure = exc.completed, exc
     for result in results:
         print(
             f"{result.workload:<12} via {result.interrupted_via:<8} notice->checkpoint "
@@ -57,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.json is not None:
         rows = [result.as_row() for result in results]
-        write_text(args.json, json.dumps(rows[0] if len(rows) == 1 else rows, indent=2) + "\n")
+        if failure is not None:
+            rows.append({"workload": failure.workload, "interrupted_via": args.via, "error": str(failure)})
+        write_text(args.json, json.dumps(rows if args.workload == "all" else rows[0], indent=2) + "\n")
+    if failure is not None:
+        not_drilled = workloads[len(results) + 1 :]
+        after = f" (not drilled after it: {', '.join(not_drilled)})" if not_drilled else ""
+        raise ToolError(f"{failure}{after}") from failure
     ok = all(result.output_matches_uninterrupted and result.resumed_from_checkpoint for result in results)
     return 0 if ok else 1

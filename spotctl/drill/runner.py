@@ -67,7 +67,13 @@ JOB_TIMEOUT_SECONDS = 120.0
 
 
 class DrillError(Exception):
-    """The drill could not be carried out (a job failed, or finished before it could be interrupted)."""
+    """The drill could not be carried out (a job failed, or finished before it could be interrupted). `run_drills`
+    names the workload it was drilling, and keeps the results of the workloads drilled before it in `completed`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.workload: str | None = None
+        self.completed: list[DrillResult] = []
 
 
 @dataclass
@@ -415,9 +421,17 @@ class Drill:
 
 
 def run_drills(workloads: list[str], via: str = "imds", poll_seconds: float = 0.2) -> list[DrillResult]:
+    """Drills the workloads in turn, up to the first that cannot be drilled: its DrillError carries the results of
+    those before it."""
+    results: list[DrillResult] = []
     with EmbeddedS3() as s3_server:
         drill = Drill(s3_server.endpoint, poll_seconds=poll_seconds)
         try:
-            return [drill.drill(workload, via) for workload in workloads]
+            for workload in workloads:
+                results.append(drill.drill(workload, via))
+        except DrillError as exc:
+            exc.workload, exc.completed = workload, results
+            raise
         finally:
             drill.stop_jobs()
+    return results

@@ -82,3 +82,38 @@ def test_a_job_that_outlives_the_drills_timeout_fails_the_drill_and_leaves_no_pr
     assert code == 2
     assert "hpc node-0: still running after 0.1 s" in capsys.readouterr().err
     assert len(started) == 3 and all(job.process.poll() is not None for job in started)
+
+
+def test_a_workload_that_cannot_be_drilled_keeps_the_results_of_those_drilled_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN preprocess drilled, and hpc a workload whose drill fails (a part that overran)
+    drilled: list[str] = []
+
+    def drill(self: runner.Drill, workload: str, via: str = "imds") -> DrillResult:
+        drilled.append(workload)
+        if workload == "hpc":
+            raise runner.DrillError("hpc node-1: still running after 120 s")
+        return DrillResult(
+            workload=workload, interruptions=1, notice_to_checkpoint_seconds=0.1, lost_work_seconds=0.05,
+            resumed_from_checkpoint=True, output_matches_uninterrupted=True, interrupted_via=via, parts=1,
+            exit_codes=[86, 0], checkpoint_interval_seconds=0.25, progress_at_notice=0.2,
+            checkpoints_removed_after_success=True, wall_seconds=1.5,
+        )  # fmt: skip
+
+    monkeypatch.setattr(runner.Drill, "drill", drill)
+    out = tmp_path / "drill.json"
+    # WHEN every workload is drilled
+    code = main(["checkpoint-drill", "--workload", "all", "--json", str(out)])
+    # THEN the drill stops at hpc and fails as a drill error, but preprocess's result is printed and written, with a
+    # row for the workload that failed, and the error says which workloads were not drilled
+    captured = capsys.readouterr()
+    assert code == 2 and drilled == ["preprocess", "hpc"]
+    assert captured.out.startswith("preprocess   via imds")
+    assert captured.err == (
+        "spotctl checkpoint-drill: error: hpc node-1: still running after 120 s (not drilled after it: postprocess)\n"
+    )
+    rows = json.loads(out.read_text())
+    assert [row["workload"] for row in rows] == ["preprocess", "hpc"]
+    assert rows[0]["output_matches_uninterrupted"] is True
+    assert rows[1] == {"workload": "hpc", "interrupted_via": "imds", "error": "hpc node-1: still running after 120 s"}
