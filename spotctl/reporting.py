@@ -239,7 +239,8 @@ def plot_cost_vs_on_demand(runs: Sequence[RunSummary], plot_path: Path) -> Path:
         top = max(run.cost_usd, run.on_demand_only_cost_usd)
         if run.succeeded:  # a run in progress has no savings yet, a failed one none (see `run_table`)
             axes.annotate(f"{run.savings_pct:.0f}%", (position, top), ha="center", va="bottom", fontsize=8)
-    axes.set_xticks(positions, [r.run_id for r in runs], rotation=30, ha="right", fontsize=8)
+    # Run ids are names, not mathtext: "$" in one is a dollar sign.
+    axes.set_xticks(positions, [r.run_id for r in runs], rotation=30, ha="right", fontsize=8, parse_math=False)
     axes.set_ylabel("USD")
     axes.set_title("Run cost vs On-Demand (label: savings)")
     # Headroom above the tallest bar keeps the legend and the labels off the bars.

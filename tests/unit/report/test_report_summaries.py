@@ -159,6 +159,23 @@ def test_spotctl_report_chart_that_cannot_be_written_whole_leaves_the_earlier_on
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cost.png", "r.json"]
 
 
+def test_spotctl_report_charts_run_ids_with_dollar_signs_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN runs whose ids have dollar signs, which matplotlib would read as mathtext (one of them not valid mathtext)
+    path, plot = tmp_path / "r.json", tmp_path / "cost.png"
+    path.write_text(json.dumps([_run_report("budget $5 and $6", None, 2.0, 10.0),
+                                _run_report(r"a$\foo{$", None, 3.0, 10.0)]))  # fmt: skip
+
+    # WHEN the report charts them
+    code = main(["report", "--from-json", str(path), "--plot", str(plot)])
+
+    # THEN the chart is written, its labels taken as text, rather than the report failing on a mathtext error
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert plot.read_bytes()[:8] == PNG_SIGNATURE
+
+
 def test_no_runs_and_bad_reports() -> None:
     # GIVEN / WHEN / THEN an empty list says so; a report without its figures is a clear error
     assert render_report([], None) == "No runs to report."
