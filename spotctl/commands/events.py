@@ -46,6 +46,8 @@ def _load(path: Path) -> Any:
         return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise ToolError(f"{path}: not JSON: {exc}") from exc
+    except RecursionError:
+        raise ToolError(f"{path}: JSON nested too deeply to read") from None
 
 
 def _why_unmatched(event: dict[str, Any], near_misses: dict[str, list[str]]) -> str:

@@ -58,6 +58,8 @@ def load_run_reports(paths: list[Path]) -> list[dict[str, Any]]:
             raise ToolError(f"cannot read {path}: {exc.strerror or exc}") from None
         except ValueError as exc:
             raise ToolError(f"{path} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ToolError(f"{path}: JSON nested too deeply to read") from None
         items = document if isinstance(document, list) else [document]
         for position, item in enumerate(items):
             if not isinstance(item, dict):

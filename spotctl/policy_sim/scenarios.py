@@ -172,7 +172,7 @@ def load_scenarios(path: Path) -> list[Any]:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ToolError(f"scenario file not found: {path}") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
         raise ToolError(f"cannot read scenario file {path}: {exc}") from None
     scenarios = document.get("scenarios") if isinstance(document, dict) else None
     if not isinstance(scenarios, list):

@@ -46,7 +46,7 @@ def load_trace(path: str) -> RawTrace:
         raise ToolError(f"{path}: no such trace file") from None
     except OSError as exc:
         raise ToolError(f"{path}: cannot read the trace: {exc.strerror or exc}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise ToolError(f"{path}: not a Spot trace ({exc!r})") from None
     # Refused here rather than failing mid-run.
     if not finite_number(gap) or gap <= 0:

@@ -307,6 +307,25 @@ def test_a_chart_that_cannot_be_written_whole_leaves_the_earlier_one_as_it_was(
     assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".partial")]
 
 
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["simulate", "--scenarios", "{deep}"], "cannot read scenario file {deep}: maximum recursion depth"),
+        (["bench", "policy", "--json", "{out}", "--scenarios", "{deep}"], "cannot read scenario file {deep}: max"),
+        (["simulate", "--deadline-hours", "3", "--compute-hours", "1", "--trace", "{deep}"], "{deep}: not a Spot"),
+    ],
+)
+def test_a_json_file_nested_too_deeply_is_a_user_error(tmp_path, capsys, command, message):
+    # GIVEN a JSON file nested deeper than Python's JSON reader goes (its recursion limit)
+    deep, out = tmp_path / "deep.json", tmp_path / "rows.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    # WHEN a command reads it as its scenarios or its trace
+    code = main([part.format(deep=deep, out=out) for part in command])
+    # THEN it is a one-line user error naming the file, not a traceback
+    assert code == 2
+    assert message.format(deep=deep) in capsys.readouterr().err
+
+
 def test_a_json_output_through_a_symlink_is_written_to_the_file_it_names(tmp_path, tiny_trace):
     # GIVEN a link to the file runs are kept in
     kept, link = tmp_path / "kept.json", tmp_path / "latest.json"

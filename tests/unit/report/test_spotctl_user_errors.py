@@ -257,6 +257,30 @@ def test_put_events_says_an_empty_list_has_no_events(
     assert "no events" in captured.err and "no rule matched" not in captured.out
 
 
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["report", "--from-json"], "JSON nested too deeply to read"),
+        (["put-events"], "JSON nested too deeply to read"),
+        (["invoke", "SpotInterruptionFunction", "-e"], "JSON nested too deeply to read"),
+        (["demo", "--trace"], "not a Spot trace (RecursionError("),
+    ],
+)
+def test_a_json_file_nested_too_deeply_is_a_user_error(
+    command: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    # GIVEN a JSON file nested deeper than Python's JSON reader goes (its recursion limit)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    _refuse_to_run(monkeypatch, "spotctl.offline.runtime.deploy")
+    # WHEN a command reads it
+    code = main([*command, str(deep)])
+    # THEN it is a one-line user error naming the file, not a traceback
+    assert code == 2
+    assert f"{deep}: {message}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [["put-events"], ["invoke", "SpotInterruptionFunction", "-e"]])
 def test_an_event_file_that_is_not_utf8_text_is_a_user_error(
     command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
