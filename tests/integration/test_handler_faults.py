@@ -16,7 +16,7 @@ from offline_runs import QUICK_STAGES, RuntimeExitError, retry_dead_lettered, st
 from sample_events import load_event
 from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
-from spot_hpc.clock import format_time
+from spot_hpc.clock import format_time, hours_between, parse_time
 from spot_hpc.cost import check_run_report_costs
 from spot_hpc.events import TERMINAL_STATUSES, BatchJobDetail
 from spot_hpc.ledger import Ledger
@@ -142,17 +142,27 @@ def test_stuck_runnable_on_spot_moves_to_on_demand_and_meets_the_deadline(tmp_pa
 def _die_once_writing_the_spot_wait(monkeypatch, change: str) -> list[str]:
     """The first write that `change`s ("starts" or "ends") a stage's Spot wait dies with its Lambda, after the job's
     status was recorded."""
-    real_update_stage = Ledger.update_stage
+    real_update_stage, real_learn_spot = Ledger.update_stage, Ledger.learn_spot
     died: list[str] = []
 
-    def update_or_die(self, run_id, stage, removes=(), **sets):
-        writes = "spot_waiting_since" in (sets if change == "starts" else removes)
-        if writes and not died:
+    def die_once(stage: str) -> None:
+        if not died:
             died.append(stage)
             raise RuntimeExitError(f"Runtime exited before the Spot wait {change}")
+
+    def update_or_die(self, run_id, stage, removes=(), **sets):
+        if change == "starts" and "spot_waiting_since" in sets:
+            die_once(stage)
         return real_update_stage(self, run_id, stage, removes=removes, **sets)
 
+    def learn_or_die(self, stage, learn):
+        # The wait ends with the write that learns it: the stage's wait removed with its new statistics.
+        if change == "ends" and "spot_waiting_since" in (learn(stage) or {}):
+            die_once(stage.stage)
+        return real_learn_spot(self, stage, learn)
+
     monkeypatch.setattr(Ledger, "update_stage", update_or_die)
+    monkeypatch.setattr(Ledger, "learn_spot", learn_or_die)
     return died
 
 
@@ -196,6 +206,48 @@ def test_a_spot_job_running_whose_wait_was_not_ended_is_not_taken_for_waiting(mo
     assert died == ["preprocess"] and status == "SUCCEEDED"
     assert [(a.capacity, a.status) for a in preprocess] == [("spot", "SUCCEEDED")]
     assert stage.spot_waiting_since is None and stage.spot_stats["recoveries"] == 1
+
+
+def test_a_spot_waits_end_that_lost_every_write_to_other_handlers_fails_and_its_retry_learns_it(monkeypatch, tmp_path):
+    # GIVEN Spot capacity after ten minutes without, and the Batch handler that is told the Spot job started losing
+    # each of its writes of the stage's Spot statistics to another handler's, which came between its read and write
+    real_learn_spot = Ledger.learn_spot
+    contended: list[str] = []
+
+    def learn_against_other_writers(self, stage, learn):
+        if contended or "spot_waiting_since" not in (learn(stage) or {}):
+            return real_learn_spot(self, stage, learn)
+        contended.append(stage.stage)
+        real_read = self.get_stage
+
+        def written_by_another(read):
+            real_learn_spot(self, read, lambda current: {"spot_stats": current.spot_stats})
+            return read
+
+        written_by_another(stage)
+        with monkeypatch.context() as patched:
+            patched.setattr(self, "get_stage", lambda run_id, name: written_by_another(real_read(run_id, name)))
+            return real_learn_spot(self, stage, learn)
+
+    monkeypatch.setattr(Ledger, "learn_spot", learn_against_other_writers)
+    trace = trace_file(tmp_path, "late-capacity", [0] + [1] * 500)
+    with OfflineControlPlane(trace=trace, stage_hours={**QUICK_STAGES, "preprocess": 2}) as plane:
+        plane.upload("incoming/contended.csv", b"a\n1\n", {"deadline-hours": "8", "stage-hours": "preprocess=2"})
+        _run_until(plane, lambda: bool(contended))
+        run, _ = _attempts(plane, "preprocess")
+        ledger = control_plane_services(plane).ledger
+        failed = ledger.get_stage(run.run_id, "preprocess")
+        # WHEN Lambda retries the event
+        event, _, errored = retry_dead_lettered(plane)
+        stage = ledger.get_stage(run.run_id, "preprocess")
+        waited = hours_between(parse_time(failed.spot_waiting_since), plane.clock.now())
+    # THEN the first delivery failed with nothing of its own written (the stage still waited, its statistics only
+    # the other handlers'), and the retry learnt the wait, once
+    assert contended == ["preprocess"] and event["detail"]["status"] == "RUNNING"
+    assert failed.spot_waiting_since and failed.spot_stats.get("down_hours", 0.0) == 0.0
+    assert errored is False and stage.spot_waiting_since is None
+    assert stage.spot_stats_version == failed.spot_stats_version + 1
+    assert waited > 0 and stage.spot_stats["down_hours"] == pytest.approx(waited)
 
 
 def test_a_guard_pass_that_read_batch_before_a_job_started_does_not_start_its_wait(monkeypatch):

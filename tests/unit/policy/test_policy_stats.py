@@ -43,6 +43,19 @@ def test_stats_round_trip_through_json():
     assert again == stats
 
 
+def test_observing_loaded_stats_leaves_the_record_they_were_loaded_from_as_it_was():
+    # GIVEN a stored record of statistics with a run and a gap seen
+    seen = SpotStats.with_prior(2)
+    seen.observe(True, 0.5)
+    seen.observe(False, 0.25)
+    record = seen.to_dict()
+    stored = json.loads(json.dumps(record))
+    # WHEN statistics loaded from it observe more
+    SpotStats.from_dict(record).observe(True, 1.0)
+    # THEN the record is as it was: loaded again, it has not seen that
+    assert record == stored and SpotStats.from_dict(record) == seen
+
+
 def test_life_table_records_exposure_and_ends_by_age():
     # GIVEN bands of 0.25 h, and one capacity run of 0.6 h that ends, then a gap of 0.1 h in progress
     stats = SpotStats.with_prior(4, band_hours=0.25)

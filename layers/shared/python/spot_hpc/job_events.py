@@ -349,14 +349,18 @@ def _learn_spot(svc: Services, stage: Stage, attempt: Attempt) -> Stage:
     told (a first delivery may die after recording the end, before this); returns the stage as it is now."""
     if attempt.capacity != "spot" or not attempt.started_at or not attempt.stopped_at:
         return stage
-    if stage.spot_learnt_attempt >= attempt.attempt:
-        return stage
-    stats = spot_stats(stage, svc.settings.changeover_hours, svc.settings.spot_interruption_bucket)
-    stats.observe(True, hours_between(parse_time(attempt.started_at), parse_time(attempt.stopped_at)))
-    if attempt.failure_class in RECLAIM_CLASSES:
-        stats.observe(False, 0.0)
-    learnt = svc.ledger.learn_spot(stage.run_id, stage.stage, attempt.attempt, stats.to_dict())
-    return learnt or svc.ledger.get_stage(stage.run_id, stage.stage) or stage
+    started, stopped = parse_time(attempt.started_at), parse_time(attempt.stopped_at)
+
+    def learn(stage: Stage) -> dict[str, Any] | None:
+        if stage.spot_learnt_attempt >= attempt.attempt:  # learnt already, or an attempt after it was
+            return None
+        stats = spot_stats(stage, svc.settings.changeover_hours, svc.settings.spot_interruption_bucket)
+        stats.observe(True, hours_between(started, stopped))
+        if attempt.failure_class in RECLAIM_CLASSES:
+            stats.observe(False, 0.0)
+        return {"spot_stats": stats.to_dict(), "spot_learnt_attempt": attempt.attempt}
+
+    return svc.ledger.learn_spot(stage, learn)
 
 
 def _resubmit(

@@ -27,7 +27,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -58,6 +58,9 @@ NOTICE_SENT = "sent"
 # attributes that list such a claim there with the notice it carries.
 _CLAIMED_NOTICE = "notice"
 _NOTICE_LISTING = ("active", "active_sk", "notice_body")
+# Writes of a stage's Spot statistics from a fresh read before `learn_spot` gives up: each write lost is another
+# handler's won (a stage sees a few a job: its wait's end, its run's end), so losing this many in a row is rare.
+SPOT_STATS_TRIES = 5
 
 
 class LedgerConflict(Exception):
@@ -67,6 +70,11 @@ class LedgerConflict(Exception):
     def __init__(self, message: str, current: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.current = current
+
+
+class LedgerContended(Exception):
+    """A read-modify-write lost to other writers every time it tried: nothing was written. Retryable: the event is
+    delivered again, and its retry reads what they wrote."""
 
 
 class NotificationClaimHeld(Exception):
@@ -163,6 +171,8 @@ class Stage:
     spot_stats: dict[str, Any] = field(default_factory=dict)
     # The last attempt whose run on Spot `spot_stats` has learnt: a repeated end event learns it once.
     spot_learnt_attempt: int = 0
+    # How often `spot_stats` was written: a write from a read that is no longer current is refused (`learn_spot`).
+    spot_stats_version: int = 0
     settled_at: str | None = None
     # Why a stage failed for good, kept so the answer to the state machine can be sent again after a crash.
     failure: str | None = None
@@ -496,21 +506,39 @@ class Ledger:
             ),
         )
 
-    def learn_spot(self, run_id: str, stage: str, attempt: int, spot_stats: dict[str, Any]) -> Stage | None:
-        """Keeps the stage's Spot statistics with what `attempt` saw, once: None when an attempt as late or later was
-        learnt already (a repeated event, or one that came after the next attempt's)."""
-        try:
-            return _record(  # type: ignore[no-any-return]
-                Stage,
-                self._update(
-                    _stage_key(run_id, stage),
-                    {"spot_stats": spot_stats, "spot_learnt_attempt": attempt},
-                    condition="attribute_not_exists(#spot_learnt_attempt) OR #spot_learnt_attempt < :attempt",
-                    condition_values={"attempt": attempt},
-                ),
-            )
-        except LedgerConflict:
-            return None
+    def learn_spot(self, stage: Stage, learn: Callable[[Stage], Mapping[str, Any] | None]) -> Stage:
+        """Writes what `learn` makes of the stage as read: the attributes to set, its new `spot_stats` among them (None
+        removes one), or None when there is nothing to learn (learnt already). Returns the stage as it is then.
+
+        The statistics are read, added to and written back whole, and handlers race to do it (a job's start and its
+        end told at once): the write is refused when they were written since the read (`spot_stats_version`), which
+        would otherwise drop what that other write learnt. The stage is then read again and learnt from anew, up to
+        SPOT_STATS_TRIES times in all; LedgerContended after that."""
+        for tries in range(1, SPOT_STATS_TRIES + 1):
+            sets = learn(stage)
+            if sets is None:
+                return stage
+            try:
+                return _record(  # type: ignore[no-any-return]
+                    Stage,
+                    self._update(
+                        _stage_key(stage.run_id, stage.stage),
+                        {**sets, "spot_stats_version": stage.spot_stats_version + 1},
+                        condition="attribute_exists(#pk) AND "
+                        "(attribute_not_exists(#spot_stats_version) OR #spot_stats_version = :read)",
+                        condition_values={"read": stage.spot_stats_version},
+                    ),
+                )
+            except LedgerConflict:
+                if tries == SPOT_STATS_TRIES:
+                    break
+                current = self.get_stage(stage.run_id, stage.stage)
+                if current is None:  # the stage is gone: nothing to learn for
+                    return stage
+                stage = current
+        raise LedgerContended(
+            f"{stage.run_id}/{stage.stage}: Spot statistics written by others at each of {SPOT_STATS_TRIES} tries"
+        )
 
     def end_stage(self, run_id: str, stage: str, failure: str) -> Stage | None:
         """Ends a running stage because its run ended without it (failed, aborted, timed out): FAILED with `failure`.

@@ -199,12 +199,19 @@ def start_spot_wait(svc: Services, stage: Stage) -> str:
 
 
 def end_spot_wait(svc: Services, stage: Stage) -> None:
-    """A wait for Spot capacity is over (capacity came, or the work went elsewhere): learn how long it lasted."""
+    """A wait for Spot capacity is over (capacity came, or the work went elsewhere): learn how long it lasted, once
+    however often its end is told (the wait goes with the write that learns it)."""
     if not stage.spot_waiting_since:
         return
-    stats = spot_stats(stage, svc.settings.changeover_hours, svc.settings.spot_interruption_bucket)
-    stats.observe(False, hours_between(parse_time(stage.spot_waiting_since), utc_now()))
-    svc.ledger.update_stage(stage.run_id, stage.stage, removes=("spot_waiting_since",), spot_stats=stats.to_dict())
+
+    def learn(stage: Stage) -> dict[str, Any] | None:
+        if not stage.spot_waiting_since:
+            return None
+        stats = spot_stats(stage, svc.settings.changeover_hours, svc.settings.spot_interruption_bucket)
+        stats.observe(False, hours_between(parse_time(stage.spot_waiting_since), utc_now()))
+        return {"spot_stats": stats.to_dict(), "spot_waiting_since": None}
+
+    svc.ledger.learn_spot(stage, learn)
 
 
 def choose_capacity(

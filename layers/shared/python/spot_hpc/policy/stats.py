@@ -13,6 +13,7 @@ so that a band seen little stays near it. Totals and mean run lengths (the expon
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -191,7 +192,8 @@ class SpotStats:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpotStats:
-        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        # A copy: what is observed next must not change the record read (a stage's, which may be learnt from again).
+        known = copy.deepcopy({name: data[name] for name in cls.__dataclass_fields__ if name in data})
         for table in ("up_exposure", "up_ends", "down_exposure", "down_ends"):
             if table in known and len(known[table]) != AGE_BANDS:
                 del known[table]  # written with other age bands: start the table afresh

@@ -1,0 +1,130 @@
+"""A stage's Spot statistics are read, added to and written back whole, by handlers that race (EventBridge delivers
+at least once and in any order, and Lambdas run at once): what each learnt stays learnt."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from spot_hpc.clock import format_time
+from spot_hpc.job_events import _learn_spot
+from spot_hpc.ledger import SPOT_STATS_TRIES, Attempt, Ledger, LedgerContended, Run, Stage
+from spot_hpc.placement import end_spot_wait
+from spot_hpc.policy import SpotStats
+from spot_hpc.run_report import FailureClass
+
+WAIT_HOURS = 1.0  # the Spot job waited RUNNABLE this long for capacity ...
+RUN_HOURS = 2.0  # ... then ran this long before EC2 took its instance back
+
+
+def _services(ledger: Ledger) -> SimpleNamespace:
+    return SimpleNamespace(ledger=ledger, settings=SimpleNamespace(changeover_hours=0.25, spot_interruption_bucket=4))
+
+
+def _waiting_stage(ledger: Ledger, utc_clock) -> Stage:
+    """A stage whose Spot job waited for capacity until now (`utc_clock`), as a handler reads it."""
+    waited_from = utc_clock.now - timedelta(hours=WAIT_HOURS)
+    run = Run("r1", "b", "incoming/a.csv", "v1", format_time(waited_from + timedelta(hours=12)), 12.0, "", {})
+    stage = Stage("r1", "preprocess", 0, 4.0, True, 1, attempt=1, capacity="spot")
+    stage.spot_waiting_since = format_time(waited_from)
+    ledger.create_run(run, [stage])
+    read = ledger.get_stage("r1", "preprocess")
+    assert read is not None
+    return read
+
+
+def _reclaimed(utc_clock) -> Attempt:
+    """The stage's Spot attempt: started now (which ended the wait), reclaimed after RUN_HOURS."""
+    return Attempt(
+        "r1",
+        "preprocess",
+        1,
+        "job-1",
+        "spot-queue",
+        "spot",
+        1,
+        format_time(utc_clock.now - timedelta(minutes=70)),
+        status="FAILED",
+        failure_class=FailureClass.SPOT_RECLAIM,
+        started_at=format_time(utc_clock.now),
+        stopped_at=format_time(utc_clock.now + timedelta(hours=RUN_HOURS)),
+    )
+
+
+def _learnt(ledger: Ledger) -> SpotStats:
+    stage = ledger.get_stage("r1", "preprocess")
+    assert stage is not None
+    return SpotStats.from_dict(stage.spot_stats)
+
+
+@pytest.mark.parametrize("first", ["start", "end"])
+def test_a_jobs_start_and_end_handled_at_once_are_both_learnt(ledger: Ledger, utc_clock, first: str):
+    # GIVEN a Spot job's start (which ends the stage's wait for capacity) and its end (a reclaim) handled at once,
+    # each handler having read the stage before the other wrote it
+    svc = _services(ledger)
+    read = _waiting_stage(ledger, utc_clock)
+    start = lambda: end_spot_wait(svc, read)  # noqa: E731
+    end = lambda: _learn_spot(svc, read, _reclaimed(utc_clock))  # noqa: E731
+    # WHEN both write what they learnt, `first` first
+    for handled in (start, end) if first == "start" else (end, start):
+        handled()
+    # THEN the statistics hold both the wait and the run, and the wait is over
+    learnt = _learnt(ledger)
+    assert (learnt.down_hours, learnt.up_hours, learnt.interruptions) == pytest.approx((WAIT_HOURS, RUN_HOURS, 1))
+    stage = ledger.get_stage("r1", "preprocess")
+    assert stage is not None and stage.spot_waiting_since is None and stage.spot_learnt_attempt == 1
+
+
+@pytest.mark.parametrize("repeated", ["start", "end"])
+def test_an_event_handled_twice_at_once_is_learnt_once(ledger: Ledger, utc_clock, repeated: str):
+    # GIVEN a Spot job's start (or its end) delivered twice, both deliveries handled at once from one read
+    svc = _services(ledger)
+    read = _waiting_stage(ledger, utc_clock)
+    attempt = _reclaimed(utc_clock)
+    # WHEN both deliveries write what they learnt
+    for _ in range(2):
+        if repeated == "start":
+            end_spot_wait(svc, read)
+        else:
+            _learn_spot(svc, read, attempt)
+    # THEN it was learnt once
+    learnt = _learnt(ledger)
+    expected = (WAIT_HOURS, 0.0, 0) if repeated == "start" else (0.0, RUN_HOURS, 1)
+    assert (learnt.down_hours, learnt.up_hours, learnt.interruptions) == pytest.approx(expected)
+
+
+def test_a_write_that_loses_to_other_writers_at_every_try_fails_and_its_retry_learns(
+    ledger: Ledger, utc_clock, monkeypatch: pytest.MonkeyPatch
+):
+    # GIVEN a Spot job's start handled while other handlers write the stage's Spot statistics between each of its
+    # reads and its write (each of them learning nothing new here)
+    svc = _services(ledger)
+    read = _waiting_stage(ledger, utc_clock)
+    real_read = Ledger.get_stage
+    reads: list[int] = []
+
+    def written_by_another(stage: Stage) -> None:
+        Ledger.learn_spot(ledger, stage, lambda current: {"spot_stats": current.spot_stats})
+
+    def read_then_written_by_another(self, run_id, stage):
+        found = real_read(self, run_id, stage)
+        reads.append(found.spot_stats_version)
+        written_by_another(found)
+        return found
+
+    written_by_another(read)  # since the start's handler read the stage
+    # WHEN it writes what it learnt
+    with monkeypatch.context() as patched, pytest.raises(LedgerContended, match=f"{SPOT_STATS_TRIES} tries"):
+        patched.setattr(Ledger, "get_stage", read_then_written_by_another)
+        end_spot_wait(svc, read)
+    # THEN it failed (the event is to be delivered again) after reading the stage afresh for each try but the first,
+    # and wrote nothing: the stage still waits, and has learnt nothing
+    assert len(reads) == SPOT_STATS_TRIES - 1
+    stage = ledger.get_stage("r1", "preprocess")
+    assert stage is not None and stage.spot_waiting_since == read.spot_waiting_since
+    assert _learnt(ledger).down_hours == 0.0
+    # AND the event's retry, the others done, learns the wait: once, however often it is delivered
+    end_spot_wait(svc, stage)
+    end_spot_wait(svc, stage)
+    assert _learnt(ledger).down_hours == pytest.approx(WAIT_HOURS)
