@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from spot_checkpoint import EXIT_CHECKPOINTED, REASON_SIGTERM, list_objects
 
 from spotctl.cli import main
 from spotctl.drill import runner
+from spotctl.drill.metadata_server import MetadataStandIn
 from spotctl.drill.runner import WORKLOADS, DrillResult, JobProcess, run_drills
+from spotctl.drill.s3_server import EmbeddedS3
 
 pytestmark = pytest.mark.integration
 
@@ -117,3 +123,44 @@ def test_a_workload_that_cannot_be_drilled_keeps_the_results_of_those_drilled_be
     assert [row["workload"] for row in rows] == ["preprocess", "hpc"]
     assert rows[0]["output_matches_uninterrupted"] is True
     assert rows[1] == {"workload": "hpc", "interrupted_via": "imds", "error": "hpc node-1: still running after 120 s"}
+
+
+def test_a_sigterm_while_a_job_copies_its_upload_stops_it_with_a_checkpoint_and_the_restart_resumes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with EmbeddedS3() as s3_server, MetadataStandIn() as metadata:
+        drill = runner.Drill(s3_server.endpoint)
+        reference = list_objects(drill.s3, drill.reference("preprocess"))
+        # GIVEN preprocess as a real process, sent SIGTERM (as `docker stop` sends it) once, when it asks S3 for the
+        # upload it copies to local disk before it starts its checkpointed work
+        job_pid: list[int] = []
+        started, sent = threading.Event(), threading.Event()
+        dispatch = s3_server._dispatch
+
+        def sigterm_on_reading_the_upload(method: str, path: str, *args: Any) -> Any:
+            if method == "GET" and runner.INPUT_KEY in path and not sent.is_set() and started.wait(timeout=30):
+                sent.set()
+                os.kill(job_pid[0], signal.SIGTERM)
+            return dispatch(method, path, *args)
+
+        monkeypatch.setattr(s3_server, "_dispatch", sigterm_on_reading_the_upload)
+        try:
+            # WHEN it runs, and is started again once it has exited
+            first = drill.start("preprocess", "sigterm-at-input", metadata, {})
+            job_pid.append(first.process.pid)
+            started.set()
+            first_code = first.wait()
+            second = drill.start("preprocess", "sigterm-at-input", metadata, {})
+            second_code = second.wait()
+        finally:
+            drill.stop_jobs()
+        # THEN the signal was neither lost nor fatal: the job checkpointed its first unit and exited 86, as for any
+        # SIGTERM (before, the process died of it here, and as a container's PID 1 it would have ignored it)
+        assert sent.is_set(), "the job never read its upload"
+        assert first_code == EXIT_CHECKPOINTED, first.other_lines[-5:]
+        stopping = first.first("stopping")
+        assert stopping is not None and (stopping["reason"], stopping["signals_received"]) == (REASON_SIGTERM, 1)
+        assert first.first("checkpoint_saved", reason=REASON_SIGTERM) is not None
+        # AND the restart resumed from that checkpoint and wrote the uninterrupted run's output
+        assert second_code == 0 and second.first("resumed") is not None
+        assert list_objects(drill.s3, drill.output_uri("sigterm-at-input", "preprocess")) == reference

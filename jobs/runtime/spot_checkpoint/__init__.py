@@ -77,7 +77,15 @@ from .store import (
     part_progress,
     progress,
 )
-from .watch import REASON_CHECKPOINT_REQUEST, REASON_SIGTERM, REASON_SPOT_INTERRUPTION, InterruptionWatcher, StopSignal
+from .watch import (
+    REASON_CHECKPOINT_REQUEST,
+    REASON_SIGTERM,
+    REASON_SPOT_INTERRUPTION,
+    InterruptionWatcher,
+    SigtermRecorder,
+    StopSignal,
+    sigterm_recorded,
+)
 
 __all__ = [
     "DEFAULT_PART",
@@ -116,6 +124,7 @@ __all__ = [
     "InterruptionWatcher",
     "MetadataUnavailable",
     "RuntimeConfig",
+    "SigtermRecorder",
     "StopSignal",
     "Stopped",
     "csv_number",
@@ -131,6 +140,7 @@ __all__ = [
     "progress",
     "read_object",
     "run_job",
+    "sigterm_recorded",
     "whole_number",
     "write_object",
 ]

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from .store import CheckpointStoreUnavailable
+from .watch import sigterm_recorded
 
 T = TypeVar("T", int, float)
 
@@ -54,15 +55,18 @@ def _setting(
 
 def run_job(name: str, run: Callable[[Any, Mapping[str, str]], None]) -> int:
     """Runs `run(s3_client, environ)`; a job's `main()` is `return run_job("<name>", run)`."""
-    import boto3  # the job image has it; imported here so the workload modules import without it
-    from botocore.config import Config
+    # First of all: a job reads its input before it starts its CheckpointedJob, and a SIGTERM sent meanwhile must
+    # reach the job's watcher (it stops the job at its first step), not be lost.
+    with sigterm_recorded():
+        import boto3  # the job image has it; imported here so the workload modules import without it
+        from botocore.config import Config
 
-    # botocore's defaults (60 s to connect, 60 s per read, each retried) let one hung call outlast the two-minute Spot
-    # warning the checkpoint must be written in.
-    s3 = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=20))
-    try:
-        run(s3, os.environ)
-    except (InputError, CheckpointStoreUnavailable) as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
-    return 0
+        # botocore's defaults (60 s to connect, 60 s per read, each retried) let one hung call outlast the two-minute
+        # Spot warning the checkpoint must be written in.
+        s3 = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=20))
+        try:
+            run(s3, os.environ)
+        except (InputError, CheckpointStoreUnavailable) as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            return EXIT_INPUT_ERROR
+        return 0

@@ -12,7 +12,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 
@@ -39,6 +40,39 @@ class StopSignal:
     detail: str
     noticed_at: float
     request_id: str | None = None
+
+
+class SigtermRecorder:
+    """The SIGTERM handler of a job process until its watcher is in place: it only counts the signals, and the watcher
+    that replaces it takes them over (see :func:`sigterm_recorded`)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.received += 1
+
+    def take(self) -> int:
+        """The signals recorded so far, which are no longer recorded here."""
+        received, self.received = self.received, 0
+        return received
+
+
+@contextmanager
+def sigterm_recorded() -> Iterator[None]:
+    """Record SIGTERM from now to the end of the block, for the watcher of a job started in it: a SIGTERM sent once
+    while the job reads its input, before it starts, is not lost (Python as a container's PID 1 ignores a signal it
+    has no handler for) but stops the job at its first step, as one sent while it reads its checkpoint does. The
+    previous handler is put back at the end. ``run_job`` runs every job in such a block."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, SigtermRecorder())
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: a handler not set from Python, which cannot be put back
+            signal.signal(signal.SIGTERM, previous)
 
 
 class InterruptionWatcher:
@@ -99,10 +133,15 @@ class InterruptionWatcher:
         self.trigger(REASON_SIGTERM, f"signal {signum}", notify=False)
 
     def install_signal_handler(self) -> None:
-        """Record SIGTERM from now on (once: a second call keeps the handler the first one replaced, for close())."""
+        """Record SIGTERM from now on (once: a second call keeps the handler the first one replaced, for close()),
+        and any that a :class:`SigtermRecorder` it replaces recorded before."""
         if not self._sigterm_handled and threading.current_thread() is threading.main_thread():
             self._previous_sigterm = signal.signal(signal.SIGTERM, self._handle_sigterm)
             self._sigterm_handled = True
+            if isinstance(self._previous_sigterm, SigtermRecorder):
+                # The recorder is no longer called from here on: no signal is counted twice, or lost in between.
+                for _ in range(self._previous_sigterm.take()):
+                    self._handle_sigterm(signal.SIGTERM, None)
 
     # -- polling ------------------------------------------------------------------------------------------------
     def poll_once(self) -> StopSignal | None:

@@ -631,3 +631,34 @@ def test_a_job_whose_checkpoint_bucket_is_missing_leaves_the_sigterm_handler_as_
         job.start()
     # THEN it fails (exit 1 in its container) with the handler it had before the checkpoint read put back
     assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_run_job_keeps_a_sigterm_sent_before_the_job_starts_for_the_job(
+    s3: Any, events: EventRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a process that ignores a SIGTERM it has no handler for (as Python does as a container's PID 1), and a job
+    # run by run_job that is sent SIGTERM once while it reads its input, before it starts its CheckpointedJob
+    def run(client: Any, environ: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # while the job reads its input
+        job = CheckpointedJob(
+            CheckpointStore(client, URI), interval=CheckpointInterval(fixed_seconds=3600), events=events
+        )
+        with job:
+            counting_job(job, 10)
+
+    monkeypatch.setattr(boto3, "client", lambda *args, **kwargs: s3)
+    unhandled = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        # WHEN the job runs
+        with pytest.raises(Stopped) as stopped:
+            run_job("counting", run)
+        after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, unhandled)
+    # THEN, as for a SIGTERM while it works, it checkpointed its first unit and stopped with the recognised code, the
+    # signal counted once (before, it was lost: the job worked on to the end here, and in its container until SIGKILL)
+    assert (stopped.value.code, stopped.value.stop.reason) == (EXIT_CHECKPOINTED, REASON_SIGTERM)
+    assert CheckpointStore(s3, URI).latest().state == b"1"  # type: ignore[union-attr]
+    assert events.named("stopping")[0]["signals_received"] == 1
+    # AND the process's own disposition is back once the job is over
+    assert after == signal.SIG_IGN

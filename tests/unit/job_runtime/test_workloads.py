@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from spot_checkpoint import EXIT_CHECKPOINTED, CheckpointStore, Stopped, list_objects, write_object
+from spot_checkpoint import (
+    EXIT_CHECKPOINTED,
+    REASON_SIGTERM,
+    CheckpointStore,
+    Stopped,
+    list_objects,
+    write_object,
+)
 
 from jobs.hpc import hpc
 from jobs.postprocess import postprocess
@@ -330,3 +339,67 @@ def test_main_node_stopped_while_waiting_exits_as_a_stop_and_resumes_waiting(s3:
     assert resumed.looks == 1
     restarted = CheckpointStore(s3, main["CHECKPOINT_URI"], part="node-0", parts_total=2).latest()
     assert restarted is not None and restarted.seq == own.seq
+
+
+class SigtermWhileReading(S3Passthrough):
+    """An S3 client that sends this process SIGTERM once, as the job starts reading its input (under ``input_uri``)."""
+
+    def __init__(self, s3: Any, input_uri: str) -> None:
+        super().__init__(s3)
+        self._input_key = input_uri.split("/", 3)[3]
+        self.sent = False
+
+    def get_object(self, **kwargs: Any) -> Any:
+        if kwargs["Key"].startswith(self._input_key) and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self._s3.get_object(**kwargs)
+
+
+def preprocess_reads(s3: Any) -> str:
+    return INPUT_CSV
+
+
+def hpc_reads(s3: Any) -> str:
+    preprocess.run(s3, stage_env("early", "preprocess", INPUT_CSV))
+    return f"s3://{BUCKET}/intermediate/early/preprocess/sources.csv"
+
+
+def postprocess_reads(s3: Any) -> str:
+    hpc.run(s3, stage_env("early", "hpc", hpc_reads(s3)))
+    return f"s3://{BUCKET}/intermediate/early/hpc/"
+
+
+@pytest.mark.parametrize(
+    ("job", "given_input"),
+    [(preprocess, preprocess_reads), (hpc, hpc_reads), (postprocess, postprocess_reads)],
+    ids=["preprocess", "hpc", "postprocess"],
+)
+def test_a_sigterm_while_the_job_reads_its_input_stops_it_at_its_first_step(
+    pipeline_inputs: Any, monkeypatch: pytest.MonkeyPatch, job: Any, given_input: Callable[[Any], str]
+) -> None:
+    s3 = pipeline_inputs
+    # GIVEN a process that ignores a SIGTERM it has no handler for (as Python does as a container's PID 1, the job
+    # image's case), and a job sent SIGTERM once as it starts reading its input (the upload preprocess copies to local
+    # disk, the sources hpc reads, the fields postprocess loads), before it starts its CheckpointedJob
+    stage = job.__name__.rsplit(".", 1)[-1]
+    env = stage_env("sigterm", stage, given_input(s3))
+    reads = SigtermWhileReading(s3, env["INPUT_URI"])
+    as_in_container(monkeypatch, env, reads)
+    unhandled = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        # WHEN it runs as in its container
+        with pytest.raises(Stopped) as stopped:
+            job.main()
+        after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, unhandled)
+    # THEN it stopped as for any SIGTERM: its first unit checkpointed, exit 86, no output (before, the signal was lost:
+    # the job worked on to the end here, and in its container until Batch's SIGKILL)
+    assert reads.sent
+    assert (stopped.value.code, stopped.value.stop.reason) == (EXIT_CHECKPOINTED, REASON_SIGTERM)
+    checkpoint = CheckpointStore(s3, env["CHECKPOINT_URI"]).latest()
+    assert checkpoint is not None and 0.0 < checkpoint.progress < 1.0
+    assert list_objects(s3, env["OUTPUT_URI"]) == {}
+    # AND the process's own disposition is back once the job is over
+    assert after == signal.SIG_IGN
