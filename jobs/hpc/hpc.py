@@ -28,6 +28,7 @@ from spot_checkpoint import (
     CheckpointedJob,
     InputError,
     RuntimeConfig,
+    column_positions,
     csv_number,
     join_uri,
     list_keys,
@@ -86,29 +87,30 @@ def load_sources(csv_bytes: bytes) -> np.ndarray:
         raise InputError(f"sources CSV is not UTF-8 text: {exc}") from None
     # preprocess keeps an id of any length: no field is longer than the file (the csv module's own limit is 128 KiB).
     csv.field_size_limit(max(csv.field_size_limit(), len(csv_bytes) + 1))
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.reader(io.StringIO(text))
     rows: list[tuple[float, ...]] = []
     try:
-        header = reader.fieldnames  # None: an empty file, told below as one without sources
-        missing = [column for column in SOURCE_COLUMNS if header is not None and column not in header]
-        if missing:
-            raise InputError(f"sources CSV has no column(s) {', '.join(missing)}; expected {', '.join(SOURCE_COLUMNS)}")
-        for row in reader:
-            rows.append(source_of(row, reader.line_num))
-    except csv.Error as exc:  # the line the csv module stopped in (DictReader counts only the lines it returned)
-        raise InputError(f"sources CSV line {reader.reader.line_num}: cannot be split into fields ({exc})") from None
+        header = next(reader, None)  # None: an empty file, told below as one without sources
+        if header is not None:
+            # Matched as preprocess matches its upload's: a column named twice is an error, not one of the two.
+            positions = column_positions(header, SOURCE_COLUMNS, "sources CSV")
+            for row in reader:
+                if row:  # a blank line holds no source
+                    rows.append(source_of(row, positions, reader.line_num))
+    except csv.Error as exc:  # the line the csv module stopped in
+        raise InputError(f"sources CSV line {reader.line_num}: cannot be split into fields ({exc})") from None
     if not rows:
         raise InputError("no heat sources in the input")
     return np.asarray(rows, dtype=np.float64)
 
 
-def source_of(row: Mapping[str, str | None], line: int) -> tuple[float, ...]:
-    """(x, y, power) of one row of the sources CSV."""
+def source_of(row: list[str], positions: list[int], line: int) -> tuple[float, ...]:
+    """(x, y, power) of one row of the sources CSV, whose SOURCE_COLUMNS are at ``positions``."""
     numbers = []
-    for column in SOURCE_COLUMNS:
-        raw = row[column]
-        if raw is None:  # DictReader's value of a column past the end of a short row
+    for column, position in zip(SOURCE_COLUMNS, positions, strict=True):
+        if position >= len(row):  # a short row
             raise InputError(f"sources CSV line {line}: has no {column}")
+        raw = row[position]
         try:
             numbers.append(csv_number(raw))  # as preprocess writes them: plain ASCII decimal, finite
         except ValueError:

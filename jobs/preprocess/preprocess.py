@@ -34,6 +34,7 @@ from typing import IO, Any, TextIO
 from spot_checkpoint import (
     CheckpointedJob,
     InputError,
+    column_positions,
     csv_number,
     join_uri,
     open_object,
@@ -114,25 +115,6 @@ class CleaningState:
         else:  # a checkpoint from before the ids were saved: recover them from the output so far
             state.seen_ids = {row[0] for row in csv.reader(io.StringIO(payloads["cleaned.csv"].decode()))}
         return state
-
-
-def column_positions(header: list[str]) -> list[int]:
-    """Where each of COLUMNS is in the header (case and surrounding spaces ignored); an :class:`InputError` if one is
-    missing or named more than once (which of two x_m holds the position is anybody's guess). Extra columns are
-    dropped, so they may repeat."""
-    names = [name.strip().lower() for name in header]
-    missing = [column for column in COLUMNS if column not in names]
-    if missing:
-        raise InputError(f"input CSV has no column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}")
-    repeated = {
-        column: [number for number, name in enumerate(names, start=1) if name == column]
-        for column in COLUMNS
-        if names.count(column) > 1
-    }
-    if repeated:
-        where = "; ".join(f"{column} (columns {', '.join(map(str, numbers))})" for column, numbers in repeated.items())
-        raise InputError(f"input CSV header names a column more than once: {where}; name each column once")
-    return [names.index(column) for column in COLUMNS]
 
 
 def clean_row(row: list[str] | None, positions: list[int], seen_ids: set[str]) -> tuple[list[str] | None, str | None]:
@@ -236,7 +218,7 @@ def data_rows(text: Iterable[str], size: int, skip: int) -> tuple[list[int], Ite
         ) from None
     if header is None:
         raise InputError("input CSV is empty")
-    return column_positions(header), islice(split_rows(reader), skip, None)
+    return column_positions(header, COLUMNS, "input CSV"), islice(split_rows(reader), skip, None)
 
 
 def clean_rows(

@@ -35,7 +35,7 @@ Control plane / emulator side::
 Job side: :class:`CheckpointedJob` (see its docstring), configured from the environment (``ENV_*`` constants).
 """
 
-from .csvfields import csv_number
+from .csvfields import column_positions, csv_number
 from .entrypoint import EXIT_INPUT_ERROR, InputError, fraction, run_job, whole_number
 from .imds import InstanceMetadata, MetadataUnavailable
 from .job import (
@@ -127,6 +127,7 @@ __all__ = [
     "SigtermRecorder",
     "StopSignal",
     "Stopped",
+    "column_positions",
     "csv_number",
     "fraction",
     "join_uri",

@@ -1,9 +1,13 @@
-"""What the example jobs take as a number in a CSV field, in one place for every stage that reads one."""
+"""What the example jobs take from a CSV, in one place for every stage that reads one: which column of the header
+is which, and a number in a field."""
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
+
+from .entrypoint import InputError
 
 # An optional sign, digits with an optional fraction (or a fraction alone), an optional exponent: ASCII only, as
 # spreadsheets export numbers and as ``repr(float)`` writes them. Python's float() takes more, none of it a CSV
@@ -24,3 +28,22 @@ def csv_number(field: str) -> float:
     if not math.isfinite(number):  # e.g. 1e999: beyond the largest float
         raise ValueError(f"not a finite number: {field!r}")
     return number
+
+
+def column_positions(header: Sequence[str], columns: Sequence[str], what: str) -> list[int]:
+    """Where each of ``columns`` is in the ``header`` of the CSV ``what`` names (case and surrounding spaces of a name
+    ignored); an :class:`InputError` if one is missing or named more than once (which of two x_m holds the position is
+    anybody's guess). Other columns are the caller's to drop, so they may repeat."""
+    names = [name.strip().lower() for name in header]
+    missing = [column for column in columns if column not in names]
+    if missing:
+        raise InputError(f"{what} has no column(s) {', '.join(missing)}; expected {', '.join(columns)}")
+    repeated = {
+        column: [number for number, name in enumerate(names, start=1) if name == column]
+        for column in columns
+        if names.count(column) > 1
+    }
+    if repeated:
+        where = "; ".join(f"{column} (columns {', '.join(map(str, numbers))})" for column, numbers in repeated.items())
+        raise InputError(f"{what} header names a column more than once: {where}; name each column once")
+    return [names.index(column) for column in columns]

@@ -243,6 +243,25 @@ def test_hpc_sources_it_cannot_use_are_an_input_error(s3: Any, sources: bytes, m
     assert list_objects(s3, env["OUTPUT_URI"]) == {}
 
 
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        ("source_id,x_m,y_m,power_w,power_w\na,0.1,0.2,5,9000\n", r"power_w \(columns 4, 5\)"),
+        ("x_m,source_id,y_m,power_w, X_M \n0.1,a,0.2,5,0.9\n", r"x_m \(columns 1, 5\)"),
+    ],
+    ids=["same-name", "same-but-for-case-and-spaces"],
+)
+def test_hpc_sources_naming_a_column_twice_are_an_input_error_naming_it(s3: Any, sources: str, message: str) -> None:
+    # GIVEN sources whose header names a column the solver reads twice, the two holding different values
+    write_object(s3, HPC_SOURCES, sources.encode())
+    env = stage_env("r", "hpc", HPC_SOURCES, **HPC)
+    # WHEN / THEN the job fails with an input error naming the column and where it is, as preprocess does for its
+    # upload, rather than silently taking one of them (csv.DictReader took the last), and writes nothing
+    with pytest.raises(InputError, match=f"sources CSV header names a column more than once: {message}"):
+        hpc.run(s3, env)
+    assert list_objects(s3, env["OUTPUT_URI"]) == {}
+
+
 def test_hpc_reads_the_cleaned_sources_of_an_upload_with_a_very_long_id(s3: Any, fresh_csv_limit: None) -> None:
     # GIVEN an upload with one id of 200,000 characters, which preprocess keeps
     write_object(s3, INPUT_CSV, (HEADER + "a" * 200_000 + ",0.1,0.1,5\nb,0.2,0.2,5\n").encode())
