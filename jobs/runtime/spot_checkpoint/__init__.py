@@ -36,7 +36,8 @@ Job side: :class:`CheckpointedJob` (see its docstring), configured from the envi
 """
 
 from .csvfields import column_positions, csv_number
-from .entrypoint import EXIT_INPUT_ERROR, InputError, fraction, run_job, whole_number
+from .entrypoint import EXIT_INPUT_ERROR, fraction, run_job, whole_number
+from .errors import InputError
 from .imds import InstanceMetadata, MetadataUnavailable
 from .job import (
     ENV_ARRAY_INDEX,

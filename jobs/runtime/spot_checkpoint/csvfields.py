@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Sequence
 
-from .entrypoint import InputError
+from .errors import InputError
 
 # An optional sign, digits with an optional fraction (or a fraction alone), an optional exponent: ASCII only, as
 # spreadsheets export numbers and as ``repr(float)`` writes them. Python's float() takes more, none of it a CSV

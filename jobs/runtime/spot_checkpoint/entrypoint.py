@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import string
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from .csvfields import csv_number
+from .errors import InputError
 from .store import CheckpointStoreUnavailable
 from .watch import sigterm_recorded
 
@@ -15,22 +18,26 @@ T = TypeVar("T", int, float)
 EXIT_INPUT_ERROR = 1  # an application error: the control plane spends the stage's retry budget on it
 
 
-class InputError(Exception):
-    """The input or configuration cannot be used: an application error, not a reason to resubmit."""
-
-
 def whole_number(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     """A whole-number setting of the job from its environment, `default` when unset; an :class:`InputError` naming it
-    when it is not a whole number of at least `minimum` (a batch size of 0 would loop for ever, a word would crash)."""
+    when it is not ASCII digits (int() also takes ``1_0`` and the digits of any script) of at least `minimum` (a batch
+    size of 0 would loop for ever, a word would crash)."""
     return _setting(
-        environ, name, default, int, lambda value: value >= minimum, f"a whole number of at least {minimum}"
+        environ, name, default, _ascii_digits, lambda value: value >= minimum, f"a whole number of at least {minimum}"
     )
 
 
 def fraction(environ: Mapping[str, str], name: str, default: float) -> float:
     """A setting between 0 (excluded) and 1 from the job's environment, `default` when unset; an :class:`InputError`
-    naming it otherwise (NaN included)."""
-    return _setting(environ, name, default, float, lambda value: 0.0 < value <= 1.0, "a number in (0, 1]")
+    naming it otherwise: a number is plain ASCII decimal, as in a CSV field (:func:`csv_number`; float() also takes
+    ``0_5``, the digits of any script and NaN)."""
+    return _setting(environ, name, default, csv_number, lambda value: 0.0 < value <= 1.0, "a number in (0, 1]")
+
+
+def _ascii_digits(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"not ASCII digits: {text!r}")
+    return int(text)
 
 
 def _setting(
@@ -41,7 +48,8 @@ def _setting(
     valid: Callable[[T], bool],
     expected: str,
 ) -> T:
-    raw = environ.get(name, "").strip()
+    # ASCII whitespace only around it (a trailing line feed, say): a no-break space is no part of a plain number.
+    raw = environ.get(name, "").strip(string.whitespace)
     if not raw:
         return default
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import IO, Any
 
-from .entrypoint import InputError
+from .errors import InputError
 from .store import MISSING_BUCKET_CODES, error_code, parse_s3_uri
 
 _MISSING_OBJECT_CODES = {"NoSuchKey", "NoSuchVersion"}

@@ -6,12 +6,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from spot_checkpoint import InputError, RuntimeConfig, list_objects, write_object
+from spot_checkpoint import InputError, RuntimeConfig, fraction, list_objects, whole_number, write_object
 
 from jobs.hpc import hpc
 from jobs.postprocess import postprocess
@@ -491,3 +492,44 @@ def test_a_job_setting_left_empty_takes_its_default() -> None:
     blank = {name: " " for name in ("HPC_GRID", "HPC_MEMBERS", "HPC_STEPS", "HPC_SEED", "HPC_STEPS_PER_UNIT")}
     # WHEN / THEN it takes the defaults
     assert hpc.Ensemble.from_environ(blank) == hpc.Ensemble.from_environ({})
+
+
+@pytest.mark.parametrize(
+    ("read", "raw"),
+    [
+        (whole_number, "1_0"),  # digits grouped with an underscore
+        (whole_number, "\u0661\u0660"),  # Arabic-Indic digits
+        (whole_number, "\uff11\uff10"),  # fullwidth digits
+        (whole_number, "\u00a010"),  # a no-break space before it
+        (whole_number, "10\u3000"),  # an ideographic space after it
+        (fraction, "0.2_5"),
+        (fraction, "\u0660.\u0665"),
+        (fraction, "\uff10.\uff15"),
+        (fraction, "0.5\u00a0"),
+    ],
+    ids=[
+        "whole-underscore",
+        "whole-arabic-indic",
+        "whole-fullwidth",
+        "whole-no-break-space",
+        "whole-ideographic-space",
+        "fraction-underscore",
+        "fraction-arabic-indic",
+        "fraction-fullwidth",
+        "fraction-no-break-space",
+    ],
+)
+def test_a_job_setting_is_plain_ascii_or_an_input_error_naming_it(read: Callable[..., float], raw: str) -> None:
+    # GIVEN a setting int() or float() reads as a number, written with what no plain ASCII number has
+    environ = {"SETTING": raw}
+    # WHEN / THEN the job's reader of the setting refuses it, naming the setting and the value
+    with pytest.raises(InputError, match=f"SETTING must be .*, not {re.escape(repr(raw))}"):
+        read(environ, "SETTING", 1)
+
+
+def test_a_job_setting_in_plain_ascii_is_read_with_spaces_around_it() -> None:
+    # GIVEN settings written in plain ASCII, with spaces, a tab or a line feed around them
+    environ = {"COUNT": " 10\t", "SEED": "0", "SHARE": "\n.25 ", "TINY": "5e-1"}
+    # WHEN / THEN they are read as the numbers they are
+    assert (whole_number(environ, "COUNT", 1), whole_number(environ, "SEED", 1, minimum=0)) == (10, 0)
+    assert (fraction(environ, "SHARE", 0.5), fraction(environ, "TINY", 0.1)) == (0.25, 0.5)
