@@ -1,7 +1,8 @@
 """Postprocess: merge the HPC parts into ensemble statistics and a summary, with a bootstrap confidence interval.
 
 Reads every ``<part>/members.json`` + ``<part>/fields.npy`` under ``INPUT_URI`` (an ``InputError`` if a part is
-missing, unreadable or not as its ``members.json`` describes it, if a member is listed twice, by one part or by two,
+missing, unreadable or not as its ``members.json`` describes it, if a ``members.json`` holds a member id or count that
+is not a JSON integer (``1.5``, ``true``, ``"3"``), if a member is listed twice, by one part or by two,
 or if a field holds a NaN or an infinity), orders the members by id and writes under
 ``OUTPUT_URI``: ``mean_rise.npy`` and ``std_rise.npy`` (ensemble mean and standard deviation of the temperature rise
 per cell), ``members.csv`` (each member's peak and mean rise) and ``summary.json``.
@@ -66,6 +67,14 @@ class Part:
     seed: int
 
 
+def json_whole_number(value: object, what: str) -> int:
+    """A whole number of a ``members.json``, a JSON integer as hpc writes it; a :class:`ValueError` for anything else,
+    which int() would take as one (``1.5``, ``true`` or ``"3"``)."""
+    if type(value) is not int:  # a bool is an int too: true is no member id
+        raise ValueError(f"{what} {value!r} is not a whole number")
+    return value
+
+
 def read_part(s3: Any, input_uri: str, name: str) -> Part:
     """The description of part ``name``; an :class:`InputError` if it is not one the HPC stage writes."""
     try:
@@ -74,11 +83,11 @@ def read_part(s3: Any, input_uri: str, name: str) -> Part:
             raise TypeError("not a JSON object")
         part = Part(
             name=name,
-            parts_total=int(description["parts_total"]),
-            members=[int(member) for member in description["members"]],
-            grid=int(description["grid"]),
+            parts_total=json_whole_number(description["parts_total"], "parts_total"),
+            members=[json_whole_number(member, "member") for member in description["members"]],
+            grid=json_whole_number(description["grid"], "grid"),
             dx_m=float(description["dx_m"]),
-            seed=int(description["seed"]),
+            seed=json_whole_number(description["seed"], "seed"),
         )
     except KeyError as exc:
         raise InputError(f"{name}/members.json: no {exc}") from None
