@@ -11,7 +11,7 @@ runs, and it has no savings; the savings compare the succeeded runs' cost with t
 
 from __future__ import annotations
 
-import math
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +27,13 @@ from spotctl.files import write_png
 Period = Literal["day", "week"]
 PERIODS: tuple[Period, ...] = ("day", "week")
 UNKNOWN_PERIOD = "unknown"
+# The largest figures a run report may carry. A run lives at most a year (a Standard workflow's limit): a billion
+# dollars and a million interruptions, requeues or unknown prices (one every half a minute for a year) are far past
+# any real run, and a billion dollars a run leaves the totals of any number of runs far from the largest float.
+MAX_RUN_USD = 1e9
+MAX_RUN_COUNT = 1_000_000
+# A run's savings: at most all of its On-Demand-only cost, and no run costs ten thousand times that (-1e6 %).
+SAVINGS_PCT_RANGE = (-1e6, 100.0)
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,9 @@ class PeriodSummary:
 
 
 def summarise_run(run_report: Mapping[str, Any], index: int) -> RunSummary:
-    """One run's summary; raises ValueError naming the run when the report lacks a required field."""
+    """One run's summary; raises ValueError naming the run and the field when the report lacks a required field or
+    one of its figures is not what it can be: costs are numbers from 0 to MAX_RUN_USD, savings a number of at most
+    100 %, counts whole numbers from 0 to MAX_RUN_COUNT."""
     run_id = str(run_report.get("run_id") or f"run-{index + 1}")
     try:
         return RunSummary(
@@ -85,13 +94,13 @@ def summarise_run(run_report: Mapping[str, Any], index: int) -> RunSummary:
             status=str(run_report["pipeline_status"]),
             # Only a JSON true: bool("false") is True.
             deadline_met=run_report["deadline_met"] is True,
-            cost_usd=_finite(run_report, "cost_usd"),
-            on_demand_only_cost_usd=_finite(run_report, "on_demand_only_cost_usd"),
-            savings_pct=_finite(run_report, "savings_pct"),
-            interruptions=int(run_report.get("interruptions", 0)),
-            requeues_to_on_demand=int(run_report.get("requeues_to_on_demand", 0)),
+            cost_usd=_usd(run_report, "cost_usd"),
+            on_demand_only_cost_usd=_usd(run_report, "on_demand_only_cost_usd"),
+            savings_pct=_number(run_report, "savings_pct", *SAVINGS_PCT_RANGE, "a percentage from -1,000,000 to 100"),
+            interruptions=_count(run_report, "interruptions"),
+            requeues_to_on_demand=_count(run_report, "requeues_to_on_demand"),
             cost_problems=tuple(check_run_report_costs(run_report)),
-            prices_unknown=int(run_report.get("prices_unknown", 0)),
+            prices_unknown=_count(run_report, "prices_unknown"),
         )
     except KeyError as exc:
         raise ValueError(f"run report {run_id!r} has no {exc.args[0]!r} field") from None
@@ -305,8 +314,38 @@ def _parse_started_at(value: Any) -> datetime | None:
     return parse_time(str(value))
 
 
-def _finite(run_report: Mapping[str, Any], name: str) -> float:
-    value = float(run_report[name])
-    if not math.isfinite(value):
-        raise ValueError(f"{name} is {value}, not a finite number")
-    return value
+def _number(run_report: Mapping[str, Any], name: str, low: float, high: float, what: str) -> float:
+    """A figure of the report: a JSON number within [low, high] (finite bounds, which NaN and the infinities are
+    outside). A string or a bool (an int to Python) is none of the figures a report carries; `what` says what the
+    figure must be."""
+    value = run_report[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError(f"{name} is {_shown(value)}, not {what}")
+    return float(value)
+
+
+def _usd(run_report: Mapping[str, Any], name: str) -> float:
+    return _number(run_report, name, 0.0, MAX_RUN_USD, f"an amount from 0 to {MAX_RUN_USD:,.0f} USD")
+
+
+def _count(run_report: Mapping[str, Any], name: str) -> int:
+    """A count the report may leave out (reports written before it was counted), else a whole number in reason."""
+    if name not in run_report:
+        return 0
+    what = f"a whole number from 0 to {MAX_RUN_COUNT:,}"
+    value = _number(run_report, name, 0, MAX_RUN_COUNT, what)
+    if not value.is_integer():
+        raise ValueError(f"{name} is {_shown(run_report[name])}, not {what}")
+    return int(value)
+
+
+def _shown(value: Any) -> str:
+    """A figure as an error shows it: a float in at most 7 significant digits, a long integer by its length (it may be
+    thousands of digits), anything else as JSON, cut short."""
+    if isinstance(value, float):
+        return f"{value:.7g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        digits = len(str(abs(value)))
+        return str(value) if digits <= 15 else f"an integer of {digits} digits"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."

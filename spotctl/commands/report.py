@@ -45,7 +45,10 @@ def register(subparsers: Any) -> None:
 
 def load_run_reports(paths: list[Path]) -> list[dict[str, Any]]:
     """Run reports from JSON files; a report without `run_id` is named after its file. A run id given twice is
-    refused: its cost would count twice in the totals."""
+    refused: its cost would count twice in the totals. Each report is checked as it is read (`summarise_run`), so that
+    one whose figures are not what they can be is refused naming its file as well as the run and the field."""
+    from spotctl.reporting import summarise_run
+
     reports: list[dict[str, Any]] = []
     found_in: dict[str, Path] = {}
     for path in paths:
@@ -71,6 +74,10 @@ def load_run_reports(paths: list[Path]) -> list[dict[str, Any]]:
                 found_in[run_id] = path
             report = dict(item)
             report.setdefault("run_id", path.stem if len(items) == 1 else f"{path.stem}[{position}]")
+            try:
+                summarise_run(report, len(reports))
+            except ValueError as exc:
+                raise ToolError(f"{path}: {exc}") from None
             reports.append(report)
     return reports
 

@@ -341,6 +341,36 @@ def test_spotctl_report_refuses_non_finite_numbers(
     assert str(path) in captured.err and "finite" in captured.err
 
 
+@pytest.mark.parametrize(
+    ("reports", "field"),
+    [
+        # finite costs whose sum is past the largest float: the totals would read $inf and nan%
+        ([_run_report("run-a", None, 1e308, 1e308), _run_report("run-b", None, 1e308, 1e308)], "cost_usd"),
+        ([_run_report("run-a", None, 2.0, 10.0, interruptions=1e300)], "interruptions"),  # 301 digits in its row
+        ([_run_report("run-a", None, 2.0, 10.0, interruptions=1.5)], "interruptions"),  # int() would make it 1
+        ([_run_report("run-a", None, 2.0, 10.0, requeues_to_on_demand="3")], "requeues_to_on_demand"),
+        ([_run_report("run-a", None, 2.0, 10.0, prices_unknown=True)], "prices_unknown"),
+        ([_run_report("run-a", None, 2.0, 10.0, on_demand_only_cost_usd=-10.0)], "on_demand_only_cost_usd"),
+        ([_run_report("run-a", None, 2.0, 10.0, savings_pct=180.0)], "savings_pct"),
+    ],
+)
+def test_spotctl_report_refuses_figures_no_run_can_have(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], reports: list[dict], field: str
+) -> None:
+    # GIVEN a report file with a run whose figure is finite JSON but no cost, savings or count a run can have
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(reports))
+
+    # WHEN `spotctl report` reads it
+    code = main(["report", "--from-json", str(path)])
+
+    # THEN it prints no table but a one-line error naming the file, the run and the field
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith(f"spotctl report: error: {path}: run report 'run-a' is malformed: {field} is ")
+
+
 def test_a_non_finite_figure_is_a_malformed_report() -> None:
     # GIVEN a report (e.g. read from a ledger) whose On-Demand-only cost is infinite
     report = _run_report("run-inf", None, 2.0, 10.0, on_demand_only_cost_usd=float("inf"))
