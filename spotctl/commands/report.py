@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
         "--region",
         default=None,
         help="region of --stack (default: AWS_REGION, else the AWS CLI's region: AWS_DEFAULT_REGION or the "
-        "profile's region, else us-east-1)",
+        "profile's region, else us-east-1); not with --from-json, whose reports are read as they are",
     )
     parser.add_argument("--period", choices=("day", "week"), default="day", help="period of the totals table")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of cost vs On-Demand by run")
@@ -105,6 +105,9 @@ def load_stack_reports(stack: str, region: str | None) -> list[dict[str, Any]]:
 def run_report(args: argparse.Namespace) -> int:
     from spotctl.reporting import render_report
 
+    if args.from_json and args.region is not None:
+        # Nothing in a report file is looked up in a region: a region given with one would be silently ignored.
+        raise ToolError("--region is the region of --stack; --from-json reads run reports from files, which need none")
     if args.plot is not None:
         check_output(args.plot, "--plot", suffix=".png")
     reports = load_run_reports(list(args.from_json)) if args.from_json else load_stack_reports(args.stack, args.region)

@@ -61,6 +61,18 @@ def test_report_stack_without_a_reachable_account_is_a_user_error(
     assert message in capsys.readouterr().err
 
 
+def test_report_refuses_a_region_with_report_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN a run report file (its content never read), and a region, which only a deployed stack has
+    path = tmp_path / "run.json"
+    path.write_text("[]")
+    # WHEN the report is asked of the file in that region
+    code = main(["report", "--from-json", str(path), "--region", "eu-west-1"])
+    # THEN the region is refused as a user error rather than silently ignored
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert "--region is the region of --stack; --from-json reads run reports from files" in captured.err
+
+
 # The environment a deployed function has, as `spotctl report --stack` reads it from the stack's functions.
 STACK_FUNCTION_ENV = {
     "LEDGER_TABLE": "ledger", "INGEST_BUCKET": "bucket", "SPOT_JOB_QUEUE": "q", "ON_DEMAND_JOB_QUEUE": "q",
