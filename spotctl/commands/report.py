@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,13 @@ def register(subparsers: Any) -> None:
         "profile's region, else us-east-1); not with --from-json, whose reports are read as they are",
     )
     parser.add_argument("--period", choices=("day", "week"), default="day", help="period of the totals table")
-    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of cost vs On-Demand by run")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="write a bar chart of cost vs On-Demand by run (with no runs there is no chart: the report says so on "
+        "stderr and exits 1)",
+    )
     parser.set_defaults(func=run_report)
 
 
@@ -118,4 +125,9 @@ def run_report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ToolError(str(exc)) from None
     print(text)
+    if args.plot is not None and not reports:
+        # No chart was written, and an earlier one at that path is left as it was: the user (or a script about to
+        # send the chart on) is told, and the exit code says the report did not do all it was asked.
+        print(f"spotctl report: no chart written to {args.plot}: there are no runs to chart", file=sys.stderr)
+        return 1
     return 0

@@ -183,6 +183,23 @@ def test_no_runs_and_bad_reports() -> None:
         render_report([{"run_id": "r", "pipeline_status": "SUCCEEDED", "deadline_met": True}], None)
 
 
+def test_spotctl_report_says_when_there_is_no_run_to_chart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN a report file with an empty list of runs, and an earlier chart where the new one is asked for
+    path, plot = tmp_path / "r.json", tmp_path / "cost.png"
+    path.write_text("[]")
+    plot.write_bytes(PNG_SIGNATURE + b"(an earlier chart)")
+
+    # WHEN the report is asked to chart them
+    code = main(["report", "--from-json", str(path), "--plot", str(plot)])
+
+    # THEN it prints that there are no runs, says on stderr that no chart was written and exits 1, leaving the earlier
+    # chart as it was
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == "No runs to report.\n"
+    assert captured.err == f"spotctl report: no chart written to {plot}: there are no runs to chart\n"
+    assert plot.read_bytes() == PNG_SIGNATURE + b"(an earlier chart)"
+
+
 def test_spotctl_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # GIVEN one file with a single report (no run id) and one with a list of reports
     single = dict(REPORTS[0])
