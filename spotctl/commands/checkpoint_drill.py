@@ -11,6 +11,10 @@ from spotctl.cli import ToolError, finite_float
 from spotctl.files import check_output, write_text
 
 WORKLOAD_CHOICES = ("preprocess", "hpc", "postprocess", "all")
+# The longest poll a drill can use: a drilled part works a second or two in all (the runner's DRILL_SIZES) and gets
+# its notice a fifth of the way in (NOTICE_AT_PROGRESS), so a part that looks less often than once a second can finish
+# before it looks, and the drill fails. Far longer ones overflow the job runtime's waits (1e308 s).
+MAX_POLL_SECONDS = 1.0
 
 
 def register(subparsers: Any) -> None:
@@ -31,7 +35,14 @@ def register(subparsers: Any) -> None:
         default="imds",
         help="how to interrupt: Spot notice in instance metadata (default), control-plane request, or SIGTERM",
     )
-    parser.add_argument("--poll-seconds", type=finite_float, default=0.2, help="how often jobs look for a notice (0.2)")
+    parser.add_argument(
+        "--poll-seconds",
+        type=finite_float,
+        default=0.2,
+        help=f"how often jobs look for a notice, in seconds (default 0.2; at most {MAX_POLL_SECONDS:g}: a drilled part "
+        "works a second or two and gets its notice a fifth of the way in, so one that looks less often can finish "
+        "before it sees it)",
+    )
     parser.add_argument("--json", metavar="OUT", type=Path, help="write the results as JSON")
     parser.set_defaults(func=run)
 
@@ -39,8 +50,12 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from spotctl.drill.runner import WORKLOADS, DrillError, run_drills
 
-    if args.poll_seconds <= 0:
-        raise ToolError("--poll-seconds must be positive")
+    if not 0 < args.poll_seconds <= MAX_POLL_SECONDS:
+        raise ToolError(
+            f"--poll-seconds must be more than 0 and at most {MAX_POLL_SECONDS:g}, not {args.poll_seconds:g}: a "
+            "drilled part works a second or two, and one that looks for its notice less often can finish before it "
+            "sees it"
+        )
     if args.json is not None:
         check_output(args.json, "--json")
     workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]

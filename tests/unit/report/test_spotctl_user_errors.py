@@ -167,6 +167,35 @@ def test_float_options_refuse_nan_and_infinity(argv: list[str], capsys: pytest.C
     assert "not a finite number" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("poll", ["1e308", "1.5", "0", "-1"])
+def test_checkpoint_drill_refuses_a_poll_a_drilled_part_cannot_wait_for(
+    poll: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a poll interval longer than a drilled part works (1e308 s overflows the jobs' waits), or none at all
+    _refuse_to_run(monkeypatch, "spotctl.drill.runner.run_drills")
+    # WHEN the drill is asked to run with it
+    code = main(["checkpoint-drill", "--poll-seconds", poll])
+    # THEN it is refused before any job starts, with a one-line error giving the bound and why
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"--poll-seconds must be more than 0 and at most 1, not {float(poll):g}: a drilled part works" in err
+
+
+def test_checkpoint_drill_takes_a_poll_of_up_to_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a drill that records the poll interval it is given instead of running
+    polls: list[float] = []
+
+    def run_drills(workloads: list[str], via: str, poll_seconds: float) -> list[object]:
+        polls.append(poll_seconds)
+        return []
+
+    monkeypatch.setattr("spotctl.drill.runner.run_drills", run_drills)
+    # WHEN it is asked for the longest poll it takes
+    code = main(["checkpoint-drill", "--poll-seconds", "1"])
+    # THEN the drill runs with it
+    assert (code, polls) == (0, [1.0])
+
+
 def test_put_events_refuses_a_directory_and_an_unwritable_json_path_before_deploying(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
