@@ -58,8 +58,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--deadline-hours", type=finite_float, help="hours from the start to the deadline")
     parser.add_argument(
         "--stages",
-        help="pipeline stages NAME=HOURS[:od], comma-separated; ':od' marks a stage that cannot use Spot "
-        "(e.g. preprocess=2,hpc=20:od,postprocess=1)",
+        help="pipeline stages NAME=HOURS[:od], comma-separated, each name once; ':od' marks a stage that cannot use "
+        "Spot (e.g. preprocess=2,hpc=20:od,postprocess=1)",
     )
     parser.add_argument("--start-tick", type=int, help="first tick of the window (default 0)")
     parser.add_argument(
@@ -98,6 +98,7 @@ def _parse_stages(text: str) -> list[dict[str, Any]]:
     stages = []
     for part in text.split(","):
         name, sep, rest = part.strip().partition("=")
+        name = name.strip()  # "hpc =2" names the stage hpc, as "hpc=2" does
         hours_text, _, kind = rest.partition(":")
         try:
             hours = float(hours_text)

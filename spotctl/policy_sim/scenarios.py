@@ -106,6 +106,11 @@ def parse_scenario(raw: Any, index: int) -> Scenario:
     if listed is not None and not isinstance(listed, list):
         raise ScenarioError("stages must be a list of stages")
     stages = tuple(_parse_stage(stage) for stage in listed or ())
+    # The timeline (and simulate's output) tells stages apart by name only: two of one name read as one stage.
+    repeated = sorted(name for name, count in Counter(stage.name for stage in stages).items() if count > 1)
+    if repeated:
+        unnamed = " (a stage without a name is named 'stage')" if "stage" in repeated else ""
+        raise ScenarioError(f"stage names must be unique; given more than once: {', '.join(repeated)}{unnamed}")
     compute = numbers["compute_hours"]
     if stages and abs(sum(stage.compute_hours for stage in stages) - compute) > 1e-6:
         raise ScenarioError("compute_hours must be the sum of the stages' compute_hours")
@@ -134,7 +139,11 @@ def _parse_stage(raw: Any) -> StageSpec:
     spot = raw.get("spot", True)
     if not isinstance(spot, bool):
         raise ScenarioError(f"a stage's spot must be true or false, got {spot!r}")
-    return StageSpec(str(raw.get("name", "stage")), hours, spot)
+    name = raw.get("name", "stage")
+    if not isinstance(name, str) or not name.strip():
+        # A number or null would be shown by its Python text, and 1 and "1" would be two stages of one name.
+        raise ScenarioError(f"a stage's name must be a non-empty string, got {name!r}")
+    return StageSpec(name, hours, spot)
 
 
 def build_job(scenario: Scenario, shared_dir: Path) -> Job:

@@ -224,6 +224,17 @@ def test_simulate_refuses_compute_hours_beside_stages(tiny_trace, capsys):
     assert "--compute-hours or --stages, not both" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stages", ["hpc=0.5,hpc=1", "pre=0.5, hpc=1,hpc =0.5:od"])
+def test_simulate_refuses_a_stage_named_twice(tiny_trace, monkeypatch, capsys, stages):
+    # GIVEN a pipeline that names one stage twice (spaces around a name are not part of it)
+    _refuse_to_run(monkeypatch, "spotctl.policy_sim.simulator.simulate")
+    # WHEN it is simulated
+    code = main([*_simulate_tiny(tiny_trace), "--stages", stages])
+    # THEN it is refused before the simulation, naming the stage, as the same pipeline in a scenario file is
+    assert code == 2
+    assert "stage names must be unique; given more than once: hpc\n" in capsys.readouterr().err
+
+
 def test_simulate_finds_a_scenario_without_id_by_its_fallback_id(tmp_path, tiny_trace, scenario, capsys):
     # GIVEN a scenario file whose second scenario has no id (the benchmark calls it #1)
     unnamed = {key: value for key, value in scenario.items() if key != "id"}

@@ -89,8 +89,15 @@ def test_changeover_ticks_round_ties_to_even_despite_float_noise(tmp_path, chang
         # bool("false") is True, and a bool is an int
         ({"stages": [{"compute_hours": 1.5, "spot": "false"}]}, "spot must be true or false"),
         ({"advisor_bucket": True}, "advisor_bucket must be an integer"),
+        # the timeline tells stages apart by name
+        ({"stages": [{"name": "hpc", "compute_hours": 1.0}, {"name": "hpc", "compute_hours": 0.5}]},
+         "stage names must be unique; given more than once: hpc$"),
+        ({"stages": [{"compute_hours": 1.0}, {"compute_hours": 0.5}]},
+         r"given more than once: stage \(a stage without a name is named 'stage'\)"),
+        ({"stages": [{"name": 1, "compute_hours": 1.0}, {"name": "1", "compute_hours": 0.5}]},
+         "a stage's name must be a non-empty string, got 1"),
     ],
-)
+)  # fmt: skip
 def test_invalid_fields_are_reported(scenario, change, message):
     # GIVEN a scenario with one bad field
     scenario.update(change)
