@@ -22,10 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="put events on the offline stack's default bus",
         description="Puts events on a freshly deployed offline stack's default bus; the template's rules decide "
         "which handlers run. Rules match only the stack's own names (job queues, bucket): to run a handler on "
-        "a sample event whatever its names, use `spotctl invoke`.",
+        "a sample event whatever its names, use `spotctl invoke`. An event PutEvents refuses (a source or "
+        "detail-type that is not a string, a detail that is not an object) is reported as a failed entry, as "
+        "PutEvents answers it, and reaches no rule; the command then exits 1.",
     )
     put.add_argument("file", type=Path, help="one event or a JSON list of events")
-    put.add_argument("--json", type=Path, help="write the deliveries here")
+    put.add_argument("--json", type=Path, help="write the deliveries (and the failed entries) here")
     put.set_defaults(func=put_events)
     invoke = subparsers.add_parser("invoke", help="run one handler offline with an event")
     invoke.add_argument("function", help="logical id in template.yaml, e.g. SpotInterruptionFunction")
@@ -64,6 +66,7 @@ def _why_unmatched(event: dict[str, Any], near_misses: dict[str, list[str]]) -> 
 
 
 def put_events(args: argparse.Namespace) -> int:
+    from spotctl.offline.eventbus import RejectedEntry
     from spotctl.offline.runtime import OfflineControlPlane
 
     if args.json:
@@ -76,24 +79,38 @@ def put_events(args: argparse.Namespace) -> int:
         if not (isinstance(event, dict) and "source" in event and "detail-type" in event):
             raise ToolError(f"{args.file}: event [{index}] needs at least source and detail-type")
     deliveries = []
+    # Entries PutEvents refuses (a source that is not a string, a detail that is not an object): it answers each as a
+    # failed entry, with an ErrorCode and an ErrorMessage, and puts the others.
+    failed_entries = []
     with OfflineControlPlane() as plane:
-        for event in events:
-            delivered = [d.to_dict() for d in plane.put_event(event)]
+        for index, event in enumerate(events):
+            try:
+                delivered = [d.to_dict() for d in plane.put_event(event)]
+            except RejectedEntry as exc:
+                failed_entries.append({"entry": index, "error_code": exc.code, "error_message": exc.message})
+                continue
             if not delivered:
                 print(f"spotctl put-events: {_why_unmatched(event, plane.bus.near_misses(event))}", file=sys.stderr)
             deliveries += delivered
     for d in deliveries:
         print(f"{d['event_id']}  {d['rule']}  {d['status']}  {d['error']}")
-    if not deliveries:
+    for entry in failed_entries:
+        print(f"event [{entry['entry']}]  failed entry  {entry['error_code']}: {entry['error_message']}")
+    if not deliveries and len(failed_entries) < len(events):
         print("no rule matched")
     if args.json:
-        write_text(args.json, json.dumps({"deliveries": deliveries}, indent=2))
+        write_text(args.json, json.dumps({"deliveries": deliveries, "failed_entries": failed_entries}, indent=2))
     failed = sum(d["status"] != "ok" for d in deliveries)
     if failed:
         # As `invoke` fails when its handler does: the events were put, but not every handler took them.
         print(f"spotctl put-events: {failed} of {len(deliveries)} deliveries failed (see above)", file=sys.stderr)
-        return 1
-    return 0
+    if failed_entries:
+        print(
+            f"spotctl put-events: {len(failed_entries)} of {len(events)} events were not put: PutEvents refuses them "
+            "as failed entries (see above)",
+            file=sys.stderr,
+        )
+    return 1 if failed or failed_entries else 0
 
 
 def invoke_function(args: argparse.Namespace) -> int:

@@ -2,7 +2,9 @@
 
 AWS EventBridge delivers a matching event to every target of every rule, retrying per the target's RetryPolicy and
 then sending it to the target's dead-letter queue. moto stores the rules and matches patterns but invokes no Lambda
-or Step Functions target; this bus does, in-process, and dead-letters an event whose target errors.
+or Step Functions target; this bus does, in-process, and dead-letters an event whose target errors. An entry PutEvents
+refuses (a Source that is not a string, a Detail that is not a JSON object) is refused here too, before any rule sees
+it: PutEvents answers it as a failed entry, with an ErrorCode and an ErrorMessage, and puts the other entries.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -37,6 +40,47 @@ class Delivery:
             "status": self.status,
             "error": self.error,
         }
+
+
+class RejectedEntry(ValueError):
+    """An entry PutEvents refuses: a failed entry of its response (an ErrorCode and an ErrorMessage, no EventId), which
+    reaches no rule."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+# The fields of an event (as the bus takes it, and as targets get it) that are PutEvents' entry fields.
+_STRING_FIELDS = (("source", "Source"), ("detail-type", "DetailType"))
+
+
+def check_entry(entry: Mapping[str, Any]) -> None:
+    """Raises RejectedEntry for an entry PutEvents would answer as failed: a Source or DetailType (`source`,
+    `detail-type`) missing or not a non-empty string (InvalidArgument), a Detail (`detail`) that is not a JSON object
+    (MalformedDetail), Resources (`resources`) that are not a list of strings (InvalidArgument). A Detail left out is
+    taken as {}, as the bus has always taken it."""
+    for field, name in _STRING_FIELDS:
+        if field not in entry:
+            reason = f"{name} is a required argument"
+        elif not isinstance(entry[field], str) or not entry[field]:
+            reason = f"{name} must be a non-empty string, not {_shown(entry[field])}"
+        else:
+            continue
+        raise RejectedEntry("InvalidArgument", f"Parameter {name} is not valid. Reason: {reason}.")
+    if "detail" in entry and not isinstance(entry["detail"], dict):
+        raise RejectedEntry("MalformedDetail", f"Detail is malformed: not a JSON object but {_shown(entry['detail'])}.")
+    resources = entry.get("resources", [])
+    if not isinstance(resources, list) or not all(isinstance(resource, str) for resource in resources):
+        reason = f"Resources must be a list of strings, not {_shown(resources)}"
+        raise RejectedEntry("InvalidArgument", f"Parameter Resources is not valid. Reason: {reason}.")
+
+
+def _shown(value: Any) -> str:
+    """A value as JSON, cut short: what a rejection shows of the field it refuses."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def make_event(
@@ -90,8 +134,10 @@ class EventBus:
         """Delivers one event to every target of every enabled rule whose pattern matches it.
 
         As PutEvents does, the bus gives the entry whatever it left out (id, time, account, region, version, ...),
-        keeping what it gave, so that rules and targets see an event of the shape EventBridge delivers.
+        keeping what it gave, so that rules and targets see an event of the shape EventBridge delivers. An entry
+        PutEvents refuses raises RejectedEntry (`check_entry`) and is delivered nowhere.
         """
+        check_entry(entry)
         event = {**make_event(entry["source"], entry["detail-type"], {}), **entry}
         delivered: list[Delivery] = []
         for rule in self._rules():

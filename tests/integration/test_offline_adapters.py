@@ -18,7 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from spotctl.offline import adapters
-from spotctl.offline.eventbus import make_event, schedule_period
+from spotctl.offline.eventbus import RejectedEntry, check_entry, make_event, schedule_period
 from spotctl.offline.runtime import OfflineControlPlane
 
 pytestmark = pytest.mark.integration
@@ -180,6 +180,33 @@ def test_schedule_rates_are_parsed_and_cron_is_refused():
         schedule_period("cron(0 12 * * ? *)")
 
 
+@pytest.mark.parametrize(
+    ("change", "code", "message"),
+    [
+        ({"source": 5}, "InvalidArgument", "Parameter Source is not valid. Reason: Source must be a non-empty string"),
+        ({"source": ""}, "InvalidArgument", 'Source must be a non-empty string, not "".'),
+        ({"detail-type": None}, "InvalidArgument", "Parameter DetailType is not valid. Reason: DetailType must be"),
+        ({"detail": "{}"}, "MalformedDetail", "Detail is malformed: not a JSON object"),
+        ({"detail": [1]}, "MalformedDetail", "Detail is malformed: not a JSON object"),
+        ({"resources": "arn:aws:s3:::b"}, "InvalidArgument", "Resources must be a list of strings"),
+        ({"resources": [1]}, "InvalidArgument", "Resources must be a list of strings"),
+    ],
+)
+def test_an_entry_putevents_refuses_is_refused_with_its_error_code(change, code, message):
+    # GIVEN an event with one of PutEvents' entry fields of a type PutEvents refuses
+    entry = {**make_event("aws.ec2", "Probe", {"n": 1}), **change}
+    # WHEN / THEN it is refused with the failed entry's ErrorCode and an ErrorMessage naming the field
+    with pytest.raises(RejectedEntry) as refused:
+        check_entry(entry)
+    assert refused.value.code == code and message in refused.value.message
+
+
+def test_an_event_of_putevents_shape_is_taken_whatever_it_leaves_out():
+    # GIVEN / WHEN / THEN an event with its fields of the right types, and one with only source and detail-type
+    check_entry(make_event("aws.ec2", "Probe", {"n": 1}, ["arn:aws:ec2:us-east-1:123456789012:instance/i-1"]))
+    check_entry({"source": "aws.ec2", "detail-type": "Probe"})
+
+
 # ------------------------------------------------------------------ against the embedded AWS
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
@@ -224,6 +251,17 @@ def test_target_that_fails_sends_the_event_to_its_dead_letter_queue(plane):
     assert [d.status for d in deliveries] == ["error"]
     assert json.loads(message["Body"])["source"] == "probe.source"
     assert message["MessageAttributes"]["ERROR_MESSAGE"]["StringValue"]
+
+
+def test_an_entry_putevents_refuses_reaches_no_rule(plane):
+    # GIVEN a rule for a source whose target fails, so that an event it took would wait in the dead-letter queue
+    with _rule_with_a_failing_target(plane, "refused-rule", "refused.source") as (dlq_url, sqs):
+        # WHEN an event of that source whose detail is JSON text, not an object, is put
+        with pytest.raises(RejectedEntry, match="MalformedDetail"):
+            plane.put_event({"source": "refused.source", "detail-type": "Probe", "detail": '{"n": 1}'})
+        messages = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10).get("Messages", [])
+    # THEN no target was handed it
+    assert not [m for m in messages if json.loads(m["Body"])["source"] == "refused.source"]
 
 
 def test_event_put_with_only_source_and_detail_type_is_completed_as_eventbridge_does(plane):

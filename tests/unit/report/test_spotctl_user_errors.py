@@ -269,6 +269,36 @@ def test_put_events_fails_when_a_handler_failed_on_an_event(
     assert [d["status"] for d in json.loads(out.read_text())["deliveries"]] == ["ok", "error"]
 
 
+def test_put_events_reports_entries_putevents_refuses_as_failed_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN an event no rule takes, then entries PutEvents refuses: a source that is not a string, a detail-type that
+    # is a list, a detail that is JSON text rather than an object
+    events = tmp_path / "events.json"
+    probe = {"source": "aws.ec2", "detail-type": "Probe", "detail": {}}
+    events.write_text(json.dumps([probe, {**probe, "source": 5}, {**probe, "detail-type": ["Probe"]},
+                                  {**probe, "detail": "{}"}]))  # fmt: skip
+    out = tmp_path / "deliveries.json"
+    # WHEN they are put on the offline stack's bus
+    code = main(["put-events", str(events), "--json", str(out)])
+    # THEN the good one is put (and matches no rule), and each refused one is a failed entry with PutEvents' error
+    # code, in the output and the JSON, and the command fails as it does when a delivery failed
+    captured = capsys.readouterr()
+    assert code == 1
+    assert (
+        "event [1]  failed entry  InvalidArgument: Parameter Source is not valid. Reason: Source must be a "
+        "non-empty string, not 5." in captured.out
+    )
+    assert "event [2]  failed entry  InvalidArgument: Parameter DetailType is not valid." in captured.out
+    assert 'event [3]  failed entry  MalformedDetail: Detail is malformed: not a JSON object but "{}".' in captured.out
+    assert "(aws.ec2 / Probe) matched no rule" in captured.err and captured.err.count("matched no rule") == 1
+    assert "3 of 4 events were not put: PutEvents refuses them as failed entries" in captured.err
+    written = json.loads(out.read_text())
+    assert written["deliveries"] == []
+    assert [(e["entry"], e["error_code"]) for e in written["failed_entries"]] == [
+        (1, "InvalidArgument"), (2, "InvalidArgument"), (3, "MalformedDetail")]  # fmt: skip
+
+
 def test_put_events_names_the_entry_that_is_not_an_event(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
