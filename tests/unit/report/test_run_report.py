@@ -251,6 +251,33 @@ def test_a_failed_array_counts_its_shards_instance_time_not_its_span() -> None:
     assert check_run_report_costs(report) == []
 
 
+def test_a_failed_array_counts_in_its_on_demand_only_base_the_shards_that_were_not_billed() -> None:
+    # GIVEN a 4-shard Spot array ($0.30 an instance-hour) failed after its shards ran an hour each, one of them on an
+    # instance EC2 interrupted within its first hour: 3 instance-hours billed, 4 run
+    array = _stage_attempt("preprocess", 1, "spot", "2026-01-05T00:00:00Z", "2026-01-05T01:00:00Z", status="FAILED",
+                           failure_class="spot_reclaim", nodes=4, instance_seconds=3 * 3600,
+                           run_seconds=4 * 3600)  # fmt: skip
+    run = _run(status="FAILED", finished_at="2026-01-05T01:00:00Z")
+
+    # WHEN its report is built
+    report = build_run_report(run, _stages("FAILED", "PENDING", "PENDING"), [array], PRICES)
+
+    # THEN its cost is the 3 instance-hours billed, and its On-Demand-only base the hour all four shards ran ($1/h
+    # for the stage's nodes), which On-Demand would have billed in full: $0.90 saves 10% of $1, where the billed
+    # 45 minutes alone ($0.75) would tell a 20% loss
+    row = report["stages"][0]["attempts"][0]
+    assert (row["instance_seconds"], row["run_seconds"]) == (3 * 3600, 4 * 3600)
+    assert row["cost_usd"] == pytest.approx(0.9, abs=1e-9)
+    assert report["stages"][0]["on_demand_only_hours"] == 1.0
+    assert (report["cost_usd"], report["on_demand_only_cost_usd"], report["savings_pct"]) == (0.9, 1.0, 10.0)
+    assert check_run_report_costs(report) == []
+    # AND a report written before `run_seconds` was told, with `instance_seconds` alone, checks out as it was made
+    del row["run_seconds"]
+    report["stages"][0]["on_demand_only_hours"] = 0.75
+    report.update(on_demand_only_cost_usd=0.75, savings_usd=-0.15, savings_pct=-20.0)
+    assert check_run_report_costs(report) == []
+
+
 def test_only_prices_a_figure_needed_are_counted_unknown() -> None:
     # GIVEN a run nine hours in: preprocess done in 2 h on On-Demand, placed while prices were down; hpc's first
     # attempt placed so too and cancelled before it got an instance, its second running; no On-Demand price known

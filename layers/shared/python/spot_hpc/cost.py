@@ -9,8 +9,9 @@ What the run "would have cost On-Demand" is each stage's uninterrupted compute a
 stage's nodes, summed over stages (`on_demand_only_hours`): measured where the run measured it (a stage whose
 successful attempt did all its work), the stage's declared compute hours where it did not (the successful attempt
 resumed from a checkpoint), and, for a stage that has not succeeded, the run time of its attempts so far (the same
-work on On-Demand: an unfinished run's savings are so far, and a failed run's are on what it ran). Savings compare the
-two.
+work on On-Demand: an unfinished run's savings are so far, and a failed run's are on what it ran). What ran counts
+whether or not it was billed: a Spot instance EC2 interrupted within its first hour costs nothing, but the same work
+would have been paid for On-Demand. Savings compare the two.
 
 The functions return the run-report fields (see the run report contract in the design): `cost_usd` per attempt,
 and `cost_usd`, `on_demand_only_cost_usd`, `savings_pct` per run (plus `savings_usd`, an added field).
@@ -47,8 +48,10 @@ class Attempt:
     (cancelled or failed while RUNNABLE) has `started_hours` None or equal to `stopped_hours`, and costs nothing.
     An ended array job's shards each ran on an instance of their own, for as long as they ran: `instance_seconds` is
     what EC2 billed them, at `usd_per_hour / nodes` each (the array's own times span its shards, and while it runs
-    it is billed as all of them from its start). An attempt whose Spot instance EC2 interrupted within the instance's
-    first hour (`interrupted_in_first_hour`) costs nothing: AWS does not charge for such an instance.
+    it is billed as all of them from its start), and `run_seconds` how long they ran, billed or not (`instance_seconds`
+    leaves out a shard on an instance EC2 interrupted within its first hour; None: they are the same). An attempt
+    whose Spot instance EC2 interrupted within the instance's first hour (`interrupted_in_first_hour`) costs nothing:
+    AWS does not charge for such an instance.
     """
 
     capacity: Capacity
@@ -58,6 +61,7 @@ class Attempt:
     usd_per_hour: float
     instance_seconds: int | None = None
     interrupted_in_first_hour: bool = False
+    run_seconds: int | None = None
 
     def __post_init__(self) -> None:
         if self.capacity not in CAPACITIES:
@@ -182,6 +186,7 @@ def attempt_from_report(attempt: Mapping[str, Any]) -> Attempt:
         usd_per_hour=float(attempt["usd_per_hour"]),
         instance_seconds=None if attempt.get("instance_seconds") is None else int(attempt["instance_seconds"]),
         interrupted_in_first_hour=attempt.get("interrupted_in_first_hour") is True,
+        run_seconds=None if attempt.get("run_seconds") is None else int(attempt["run_seconds"]),
     )
 
 
@@ -213,9 +218,11 @@ def on_demand_only_hours(stage: Mapping[str, Any], as_of_hours: float | None = N
 
 def _run_hours(attempt: Attempt, as_of_hours: float | None) -> float:
     """How long an attempt ran (so far, up to `as_of_hours`, when it still runs). An ended array's shards ran side
-    by side, each for its own time: their instance time over the array's nodes."""
-    if attempt.instance_seconds is not None:
-        return attempt.instance_seconds / attempt.nodes / SECONDS_PER_HOUR
+    by side, each for its own time: their instance time over the array's nodes, the unbilled shards' included (an
+    array reported before `run_seconds` was told them in `instance_seconds`)."""
+    shard_seconds = attempt.run_seconds if attempt.run_seconds is not None else attempt.instance_seconds
+    if shard_seconds is not None:
+        return shard_seconds / attempt.nodes / SECONDS_PER_HOUR
     end = attempt.stopped_hours if attempt.stopped_hours is not None else as_of_hours
     if attempt.started_hours is None or end is None:
         return 0.0

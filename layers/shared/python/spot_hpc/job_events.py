@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -241,18 +242,23 @@ def _failed_shards_class(shards: list[dict[str, Any]], attempt: Attempt) -> str 
 def _billing_sets(
     svc: Services, attempt: Attempt, detail: BatchJobDetail, shards: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The ended attempt's billing fields: an array's `instance_seconds` and its price on the instances its shards
-    got, and whether EC2 interrupted the Spot instance of a single job within the instance's first hour
-    (`interrupted_in_first_hour`: AWS charges nothing)."""
+    """The ended attempt's billing fields: an array's `instance_seconds` (billed), `run_seconds` (run, billed or not)
+    and its price on the instances its shards got, and whether EC2 interrupted the Spot instance of a single job
+    within the instance's first hour (`interrupted_in_first_hour`: AWS charges nothing)."""
     since = parse_time(attempt.submitted_at) - SIGNAL_KEPT_FOR
     if detail.is_array_parent:
         # An array that succeeded lost no shard to a reclaim (a reclaimed shard ends it): its instances are not asked.
         asked = attempt.capacity == "spot" and detail.status == "FAILED"
         unbilled = unbilled_instances(svc, attempt.instance_ids, since) if asked else set()
-        billed = _shards_billed(svc, shards, unbilled)
-        sets: dict[str, Any] = {"instance_seconds": sum(seconds for _, seconds in billed)}
+        ran = _shards_ran(svc, shards, unbilled)
+        billed = [shard for shard in ran if shard.billed]
+        sets: dict[str, Any] = {
+            "instance_seconds": sum(shard.seconds for shard in billed),
+            "run_seconds": sum(shard.seconds for shard in ran),
+        }
         if attempt.started_at and billed:
-            sets.update(price_on_instances(svc, attempt, billed, parse_time(attempt.started_at)))
+            held = [(shard.instance_id, shard.seconds) for shard in billed]
+            sets.update(price_on_instances(svc, attempt, held, parse_time(attempt.started_at)))
         return sets
     if attempt.capacity != "spot":
         return {}
@@ -263,10 +269,19 @@ def _billing_sets(
     return {}
 
 
-def _shards_billed(svc: Services, shards: list[dict[str, Any]], unbilled: set[str]) -> list[tuple[str | None, int]]:
-    """What EC2 billed an ended array's shards: (the instance, seconds) for each shard that ran, on an instance of its
-    own from its start to its stop; none for a shard on an instance EC2 interrupted within its first hour
-    (`unbilled`). The instance is None where ECS cannot tell it, and such a shard is billed."""
+@dataclass(frozen=True)
+class _ShardRun:
+    """One shard of an ended array that ran, on an instance of its own from its start to its stop."""
+
+    instance_id: str | None  # None where ECS cannot tell it
+    started: datetime
+    seconds: int  # as EC2 bills them: rounded up to the second, at least a minute
+    billed: bool  # False on an instance EC2 interrupted within its first hour: AWS charges nothing for it
+
+
+def _shards_ran(svc: Services, shards: list[dict[str, Any]], unbilled: set[str]) -> list[_ShardRun]:
+    """What an ended array's shards ran: one for each shard that started and stopped, not billed on an instance EC2
+    interrupted within its first hour (`unbilled`). A shard whose instance ECS cannot tell is billed."""
     ran = [(shard, BatchJobDetail.model_validate(shard).container_instance_arns) for shard in shards]
     ran = [(shard, arns) for shard, arns in ran if shard.get("startedAt") and shard.get("stoppedAt")]
     try:
@@ -274,14 +289,19 @@ def _shards_billed(svc: Services, shards: list[dict[str, Any]], unbilled: set[st
     except (BotoCoreError, ClientError):  # billed in full, at the placement's price: never fail the settlement on it
         logger.warning("could not tell the instances of an array's shards", exc_info=True)
         on_instance = {}
-    billed: list[tuple[str | None, int]] = []
+    runs: list[_ShardRun] = []
     for shard, arns in ran:
         instances = [on_instance[arn] for arn in arns if arn in on_instance]
-        if any(instance in unbilled for instance in instances):
-            continue
-        hours = hours_between(from_epoch_ms(shard["startedAt"]), from_epoch_ms(shard["stoppedAt"]))
-        billed.append((instances[0] if instances else None, billed_seconds(0.0, hours)))
-    return billed
+        started, stopped = from_epoch_ms(shard["startedAt"]), from_epoch_ms(shard["stoppedAt"])
+        runs.append(
+            _ShardRun(
+                instance_id=instances[0] if instances else None,
+                started=started,
+                seconds=billed_seconds(0.0, hours_between(started, stopped)),
+                billed=not any(instance in unbilled for instance in instances),
+            )
+        )
+    return runs
 
 
 def _act_on_terminal(

@@ -217,6 +217,10 @@ class Attempt:
     # An ended array job's: the seconds EC2 billed its shards, each on its own instance from its start to its stop
     # (the parent's times span them all, and a shard that never started cost nothing).
     instance_seconds: int | None = None
+    # An ended array job's: the seconds its shards ran, billed or not: `instance_seconds` and those of the shards on
+    # instances EC2 interrupted within their first hour (On-Demand would have been paid for them). None in an item
+    # written before it was kept: its `instance_seconds` stand for both.
+    run_seconds: int | None = None
     # An ended Spot job's instance was interrupted by EC2 within its first hour: AWS charges nothing for it.
     interrupted_in_first_hour: bool = False
     # The instance the job got, once it runs (and was described): what `usd_per_hour` is then the price of.

@@ -102,8 +102,10 @@ def build_run_report(
                     "price_unknown": bool(attempt.price_unknown),
                 }
             )
-            if attempt.instance_seconds is not None:  # an ended array: its shards' own instance time
+            if attempt.instance_seconds is not None:  # an ended array: its shards' own instance time, billed
                 rows[-1]["instance_seconds"] = attempt.instance_seconds
+            if attempt.run_seconds is not None:  # and run, billed or not (the On-Demand-only base counts it)
+                rows[-1]["run_seconds"] = attempt.run_seconds
             if attempt.interrupted_in_first_hour:  # AWS charges nothing for the instance
                 rows[-1]["interrupted_in_first_hour"] = True
             if attempt.instance_type:  # what the job ran on, which its price is of
