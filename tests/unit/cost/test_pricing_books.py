@@ -297,3 +297,81 @@ def test_without_a_zone_the_spot_price_is_the_median_over_the_region_s_zones() -
     # THEN it is observed, not On-Demand: the median of each zone's latest price (0.95, 1.10, 1.30), for both nodes
     assert per_hour == pytest.approx(2 * 1.10)
     ec2_stubber.assert_no_pending_responses()
+
+
+def _history_entry(price: str, when: datetime) -> dict:
+    return {
+        "AvailabilityZone": "us-west-2a",
+        "InstanceType": "p3.2xlarge",
+        "ProductDescription": "Linux/UNIX",
+        "SpotPrice": price,
+        "Timestamp": when,
+    }
+
+
+def _history_request(start: datetime, end: datetime) -> dict:
+    return {
+        "InstanceTypes": ["p3.2xlarge"],
+        "ProductDescriptions": ["Linux/UNIX"],
+        "AvailabilityZone": "us-west-2a",
+        "StartTime": start,
+        "EndTime": end,
+    }
+
+
+def test_a_past_spot_price_is_read_from_its_hour_asked_once_for_all_of_its_moments() -> None:
+    # GIVEN EC2's Spot price history of the zone for 09:00-10:00, which tells the price in effect at 09:00 (set at
+    # 08:00) and its change at 09:30
+    ec2, ec2_stubber = _stubbed(
+        "ec2",
+        "us-west-2",
+        (
+            "describe_spot_price_history",
+            {
+                "SpotPriceHistory": [
+                    _history_entry("0.90", datetime(2025, 6, 28, 8, 0, tzinfo=UTC)),
+                    _history_entry("0.95", datetime(2025, 6, 28, 9, 30, tzinfo=UTC)),
+                ]
+            },
+            _history_request(datetime(2025, 6, 28, 9, 0, tzinfo=UTC), datetime(2025, 6, 28, 10, 0, tzinfo=UTC)),
+        ),
+    )
+    book = AwsPriceBook(pricing_client=None, ec2_client=ec2, now=lambda: NOW)
+
+    # WHEN the price is asked as of three moments of that hour (shards starting one after the other)
+    prices = [
+        book.observed_spot_usd_per_hour("p3.2xlarge", "us-west-2a", datetime(2025, 6, 28, 9, minute, tzinfo=UTC))
+        for minute in (5, 29, 45)
+    ]
+
+    # THEN each is the price in effect at its moment, from one request for the hour
+    assert prices == [0.90, 0.90, 0.95]
+    ec2_stubber.assert_no_pending_responses()
+
+
+def test_a_spot_price_of_the_hour_under_way_is_asked_again_for_a_moment_after_what_was_known() -> None:
+    # GIVEN the time 12:20, and EC2's price history of the zone from 12:00 asked up to 12:20, then up to 12:50
+    now = {"at": datetime(2025, 6, 28, 12, 20, tzinfo=UTC)}
+    hour = datetime(2025, 6, 28, 12, 0, tzinfo=UTC)
+    set_at_eleven = _history_entry("0.90", datetime(2025, 6, 28, 11, 0, tzinfo=UTC))
+    changed = _history_entry("1.10", datetime(2025, 6, 28, 12, 30, tzinfo=UTC))
+    ec2, ec2_stubber = _stubbed(
+        "ec2",
+        "us-west-2",
+        ("describe_spot_price_history", {"SpotPriceHistory": [set_at_eleven]}, _history_request(hour, now["at"])),
+        (
+            "describe_spot_price_history",
+            {"SpotPriceHistory": [set_at_eleven, changed]},
+            _history_request(hour, datetime(2025, 6, 28, 12, 50, tzinfo=UTC)),
+        ),
+    )
+    book = AwsPriceBook(pricing_client=None, ec2_client=ec2, now=lambda: now["at"])
+
+    # WHEN the price is asked as of 12:10 and 12:15, then, at 12:50, as of 12:40
+    early = [book.observed_spot_usd_per_hour("p3.2xlarge", "us-west-2a", hour.replace(minute=m)) for m in (10, 15)]
+    now["at"] = datetime(2025, 6, 28, 12, 50, tzinfo=UTC)
+    later = book.observed_spot_usd_per_hour("p3.2xlarge", "us-west-2a", hour.replace(minute=40))
+
+    # THEN the first two came from one request, and the third, after what it told, from another
+    assert (early, later) == ([0.90, 0.90], 1.10)
+    ec2_stubber.assert_no_pending_responses()

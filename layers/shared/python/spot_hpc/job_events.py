@@ -243,8 +243,8 @@ def _billing_sets(
     svc: Services, attempt: Attempt, detail: BatchJobDetail, shards: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """The ended attempt's billing fields: an array's `instance_seconds` (billed), `run_seconds` (run, billed or not)
-    and its price on the instances its shards got, and whether EC2 interrupted the Spot instance of a single job
-    within the instance's first hour (`interrupted_in_first_hour`: AWS charges nothing)."""
+    and its price on the instances its shards got, each as of its own start, and whether EC2 interrupted the Spot
+    instance of a single job within the instance's first hour (`interrupted_in_first_hour`: AWS charges nothing)."""
     since = parse_time(attempt.submitted_at) - SIGNAL_KEPT_FOR
     if detail.is_array_parent:
         # An array that succeeded lost no shard to a reclaim (a reclaimed shard ends it): its instances are not asked.
@@ -257,7 +257,7 @@ def _billing_sets(
             "run_seconds": sum(shard.seconds for shard in ran),
         }
         if attempt.started_at and billed:
-            held = [(shard.instance_id, shard.seconds) for shard in billed]
+            held = [(shard.instance_id, shard.seconds, shard.started) for shard in billed]
             sets.update(price_on_instances(svc, attempt, held, parse_time(attempt.started_at)))
         return sets
     if attempt.capacity != "spot":

@@ -125,18 +125,26 @@ def instance_price(
         return None
 
 
+# An instance the attempt got and the seconds billed on it, with when its work started there when that was not when
+# the attempt started (an array's shards start as capacity comes, hours apart when it is short).
+HeldInstance = tuple[str | None, float] | tuple[str | None, float, datetime]
+
+
 def price_on_instances(
-    svc: Services, attempt: Attempt, billed: Sequence[tuple[str | None, float]], started: datetime
+    svc: Services, attempt: Attempt, billed: Sequence[HeldInstance], started: datetime
 ) -> dict[str, Any]:
     """The attempt's price on the instances it got, as the ledger keeps it: each instance of its own type (the compute
-    environment may pick any of its types; the placement priced the first) and, on Spot, in its zone as the attempt
-    started (the placement took the region's).
+    environment may pick any of its types; the placement priced the first) and, on Spot, in its zone as its work
+    started there (the placement took the region's).
 
     `billed`: the instances and the seconds billed on each, one for a job and one per shard for an array, whose
     shards are weighed by their seconds (a shard on an instance EC2 no longer describes, or of a type without a
-    price, at the placement's price). {} when no instance can be priced, or a shard cannot be priced at all: the
-    placement's price stands. The type and zone are named when every instance has the same."""
-    ids = {instance_id for instance_id, _ in billed if instance_id}
+    price, at the placement's price), each priced as of its own start (`started`, the attempt's, when it tells none).
+    A price that cannot be looked up is not asked again for another shard of the same type and zone that started in
+    the same hour: a lookup failing (throttled, say) is not repeated for each of an array's shards. {} when no
+    instance can be priced, or a shard cannot be priced at all: the placement's price stands. The type and zone are
+    named when every instance has the same."""
+    ids = {entry[0] for entry in billed if entry[0]}
     try:
         described = svc.batch.describe_instances(ids)
     except (BotoCoreError, ClientError):  # the price is for reporting; never fail a job's start or end on it
@@ -145,13 +153,20 @@ def price_on_instances(
     placed = None if attempt.price_unknown else attempt.usd_per_hour / attempt.nodes
     usd = seconds = 0.0
     got: list[Ec2Instance] = []
-    for instance_id, held in billed:
+    unpriced: set[tuple[str, str, datetime]] = set()  # (type, zone, hour) whose price could not be looked up
+    for entry in billed:
+        instance_id, held = entry[0], entry[1]
+        at = entry[2] if len(entry) == 3 else started
         instance = described.get(instance_id) if instance_id else None
         own = None
         if instance is not None:
             zone = instance.availability_zone
-            own = instance_price(svc, instance.instance_type, attempt.capacity, 1, zone, at=started)
-            if own is not None:
+            asked = (instance.instance_type, zone, at.replace(minute=0, second=0, microsecond=0))
+            if asked not in unpriced:
+                own = instance_price(svc, instance.instance_type, attempt.capacity, 1, zone, at=at)
+            if own is None:
+                unpriced.add(asked)
+            else:
                 got.append(instance)
         price = own if own is not None else placed
         if price is None:

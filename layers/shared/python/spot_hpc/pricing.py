@@ -8,7 +8,9 @@ Two price books:
 - `DataFilePriceBook` reads the JSON files under `data/` (offline only: the Lambda layer does not carry `data/`).
 - `AwsPriceBook` asks the AWS Price List API (On-Demand) and EC2 `DescribeSpotPriceHistory` (Spot), through
   injected boto3 clients, caching answers in memory for the life of the process (keep the book at module scope
-  of a handler so warm invocations reuse it). Throttling is left to botocore's retries: build the clients with
+  of a handler so warm invocations reuse it). A Spot price at a past moment is read from that hour's history, asked
+  once for every moment of the hour (an array's shards each priced as of their own start make one call per type,
+  zone and hour, not one per shard). Throttling is left to botocore's retries: build the clients with
   `spot_hpc.aws.client` (standard retry mode, which backs off on throttling errors).
 """
 
@@ -20,10 +22,11 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from spot_hpc.clock import as_utc
 from spot_hpc.cost import Capacity
 
 SpotPriceSource = Literal["observed", "spot-advisor", "on-demand"]
@@ -42,6 +45,11 @@ LINUX_ON_DEMAND_FILTERS: tuple[tuple[str, str], ...] = (
 SPOT_PRODUCT_DESCRIPTION = "Linux/UNIX"
 # Spot prices move slowly (AWS smooths them); an hour-old answer is good enough for accounting.
 SPOT_PRICE_CACHE_SECONDS = 3600.0
+# A past Spot price is read from the history of the hour it falls in, asked once for all of the hour's moments.
+SPOT_HISTORY_WINDOW = timedelta(hours=1)
+
+# Each zone's Spot price changes, (when, USD per hour) in time order: what DescribeSpotPriceHistory tells of a window.
+SpotHistory = dict[str, list[tuple[datetime, float]]]
 
 
 class PriceNotFound(LookupError):
@@ -188,7 +196,10 @@ class AwsPriceBook(PriceBook):
         self._clock = clock
         self._now = now
         self._on_demand_cache: dict[tuple[str, str], float] = {}
-        self._spot_cache: dict[tuple[str, str | None, datetime | None], tuple[float, float | None]] = {}
+        self._spot_cache: dict[tuple[str, str | None], tuple[float, float | None]] = {}
+        # (type, zone, the hour's start): the hour's history, as known up to when it was asked (the hour's end once
+        # it is over).
+        self._spot_history: dict[tuple[str, str | None, datetime], tuple[datetime, SpotHistory]] = {}
 
     def on_demand_usd_per_hour(self, instance_type: str, region: str) -> float:
         key = (instance_type, region)
@@ -215,40 +226,63 @@ class AwsPriceBook(PriceBook):
     ) -> float | None:
         if self._ec2 is None:
             return None
-        key = (instance_type, availability_zone, at)
+        if at is not None:
+            return self._spot_price_in_its_hour(self._ec2, instance_type, availability_zone, as_utc(at))
+        key = (instance_type, availability_zone)
         cached = self._spot_cache.get(key)
-        # A price at a past moment never changes; the current price is kept for SPOT_PRICE_CACHE_SECONDS.
-        if cached is not None and (at is not None or self._clock() - cached[0] < SPOT_PRICE_CACHE_SECONDS):
+        # The current price is kept for SPOT_PRICE_CACHE_SECONDS.
+        if cached is not None and self._clock() - cached[0] < SPOT_PRICE_CACHE_SECONDS:
             return cached[1]
-        price = self._fetch_spot_price(self._ec2, instance_type, availability_zone, at or self._now())
+        now = self._now()
+        price = _price_at(_fetch_spot_history(self._ec2, instance_type, availability_zone, now, now), now)
         self._spot_cache[key] = (self._clock(), price)
         return price
 
-    @staticmethod
-    def _fetch_spot_price(
-        ec2_client: Any, instance_type: str, availability_zone: str | None, at: datetime
+    def _spot_price_in_its_hour(
+        self, ec2_client: Any, instance_type: str, availability_zone: str | None, at: datetime
     ) -> float | None:
-        """The price in effect at `at` in the zone; without a zone, the median over the region's zones (where Batch's
-        price-capacity-optimized allocation may place the job)."""
-        # With StartTime == EndTime, EC2 returns the price in effect at that moment (and possibly later changes).
-        zone_filter = {"AvailabilityZone": availability_zone} if availability_zone else {}
-        paginator = ec2_client.get_paginator("describe_spot_price_history")
-        latest: dict[str, tuple[datetime, float]] = {}  # per zone
-        for page in paginator.paginate(
-            InstanceTypes=[instance_type],
-            ProductDescriptions=[SPOT_PRODUCT_DESCRIPTION],
-            StartTime=at,
-            EndTime=at,
-            **zone_filter,
-        ):
-            for entry in page.get("SpotPriceHistory", []):
-                timestamp = entry["Timestamp"]
-                if timestamp.tzinfo is None:
-                    timestamp = timestamp.replace(tzinfo=UTC)
-                zone = entry.get("AvailabilityZone", "")
-                if timestamp <= at and (zone not in latest or timestamp > latest[zone][0]):
-                    latest[zone] = (timestamp, float(entry["SpotPrice"]))
-        return statistics.median(price for _, price in latest.values()) if latest else None
+        """The price at a past moment, from the history of its hour: asked once, and again only for a moment after
+        what was known of it when asked (the hour had not ended). A price at a past moment never changes."""
+        hour = at.replace(minute=0, second=0, microsecond=0)
+        key = (instance_type, availability_zone, hour)
+        cached = self._spot_history.get(key)
+        if cached is None or at > cached[0]:
+            known_until = max(at, min(hour + SPOT_HISTORY_WINDOW, as_utc(self._now())))
+            history = _fetch_spot_history(ec2_client, instance_type, availability_zone, hour, known_until)
+            cached = self._spot_history[key] = (known_until, history)
+        return _price_at(cached[1], at)
+
+
+def _fetch_spot_history(
+    ec2_client: Any, instance_type: str, availability_zone: str | None, start: datetime, end: datetime
+) -> SpotHistory:
+    """Each zone's price changes from the one in effect at `start` (EC2 tells it with the window's changes) to `end`:
+    the zone's, or without a zone every zone of the region's (where Batch's price-capacity-optimized allocation may
+    place the job)."""
+    zone_filter = {"AvailabilityZone": availability_zone} if availability_zone else {}
+    paginator = ec2_client.get_paginator("describe_spot_price_history")
+    history: SpotHistory = {}
+    for page in paginator.paginate(
+        InstanceTypes=[instance_type],
+        ProductDescriptions=[SPOT_PRODUCT_DESCRIPTION],
+        StartTime=start,
+        EndTime=end,
+        **zone_filter,
+    ):
+        for entry in page.get("SpotPriceHistory", []):
+            zone = entry.get("AvailabilityZone", "")
+            history.setdefault(zone, []).append((as_utc(entry["Timestamp"]), float(entry["SpotPrice"])))
+    return {zone: sorted(changes) for zone, changes in history.items()}
+
+
+def _price_at(history: SpotHistory, at: datetime) -> float | None:
+    """The price in effect at `at`: each zone's latest change not after it; over several zones, their median."""
+    in_effect: list[float] = []
+    for changes in history.values():
+        before = [price for when, price in changes if when <= at]
+        if before:
+            in_effect.append(before[-1])
+    return statistics.median(in_effect) if in_effect else None
 
 
 def on_demand_price_from_product(product: str | Mapping[str, Any]) -> float | None:
