@@ -8,6 +8,9 @@ TerminateJob fails a job with the given reason; retryStrategy.evaluateOnExit dec
 Each job runs a workload model: it needs `stage_hours` of compute, resumes from the stage's newest complete
 checkpoint (the job runtime's own store, spot_checkpoint), checkpoints periodically, on the interruption notice (it
 polls instance metadata) and when the control plane asks, and exits with the runtime's codes.
+A multi-node parallel job runs each node on an instance of its own. As in AWS Batch, the job's description names no
+container instance (its container details do not apply); DescribeJobs of `<job id>#<index>` describes a node, with
+its instance. Its nodes start and stop with the job, and send no events of their own.
 moto's Batch runs jobs in Docker (or marks them succeeded at once); this emulator replaces its job methods.
 """
 
@@ -94,6 +97,9 @@ class EmulatedJob:
     parent_id: str | None = None
     array_index: int | None = None
     children: list[str] = field(default_factory=list)
+    # The instances of the job's nodes by index once it started, (EC2 instance id, ECS container instance ARN) each:
+    # one for every node of a multi-node job, one for any other job.
+    node_instances: list[tuple[str, str]] = field(default_factory=list)
     status: str = "SUBMITTED"
     status_reason: str = ""
     exit_code: int | None = None
@@ -127,7 +133,7 @@ class EmulatedJob:
             return int(value.timestamp() * 1000) if value else None
 
         container: dict[str, Any] = {"environment": [{"name": k, "value": v} for k, v in self.environment.items()]}
-        if self.container_instance_arn:
+        if self.container_instance_arn and not self.is_multinode:  # a multi-node job's nodes tell theirs
             container["containerInstanceArn"] = self.container_instance_arn
             container["taskArn"] = f"arn:aws:ecs:{REGION}:{ACCOUNT_ID}:task/batch/{self.job_id[:8]}"
         if self.exit_code is not None:
@@ -158,6 +164,23 @@ class EmulatedJob:
         elif self.array_index is not None:
             described["arrayProperties"] = {"index": self.array_index}
         return {k: v for k, v in described.items() if v is not None}
+
+    def describe_node(self, index: int) -> dict[str, Any]:
+        """Node `index` of a multi-node job, as DescribeJobs tells `<job id>#<index>`: the job's status and times (its
+        nodes start and stop with it here) and the instance the node runs on, once it has one."""
+        described = self.describe()
+        node_id = f"{self.job_id}#{index}"
+        container = {k: v for k, v in described["container"].items() if k in ("environment", "exitCode")}
+        if index < len(self.node_instances):
+            container["containerInstanceArn"] = self.node_instances[index][1]
+            container["taskArn"] = f"arn:aws:ecs:{REGION}:{ACCOUNT_ID}:task/batch/{self.job_id[:8]}-{index}"
+        return {
+            **described,
+            "jobId": node_id,
+            "jobArn": f"arn:aws:batch:{REGION}:{ACCOUNT_ID}:job/{node_id}",
+            "container": container,
+            "nodeDetails": {"nodeIndex": index, "isMainNode": index == 0},
+        }
 
 
 class BatchEmulator:
@@ -261,7 +284,17 @@ class BatchEmulator:
         return {"jobId": job.job_id, "jobName": job.name, "jobArn": job.describe()["jobArn"]}
 
     def describe(self, job_ids: list[str]) -> list[dict[str, Any]]:
-        return [self._describe(self.jobs[j]) for j in job_ids if j in self.jobs]
+        described = []
+        for job_id in job_ids:
+            parent_id, node, index = job_id.partition("#")
+            job = self.jobs.get(parent_id)
+            if job is None:
+                continue
+            if not node:
+                described.append(self._describe(job))
+            elif job.is_multinode and index.isdigit() and int(index) < job.nodes:
+                described.append(job.describe_node(int(index)))
+        return described
 
     def _describe(self, job: EmulatedJob) -> dict[str, Any]:
         if not job.children:
@@ -352,7 +385,9 @@ class BatchEmulator:
 
     def _start(self, job: EmulatedJob, now: datetime) -> None:
         self._set(job, "STARTING")
-        job.instance_id, job.container_instance_arn = self._launch(job)
+        # A multi-node job gets an instance for each node; its main node's (node 0's) stands for the job.
+        job.node_instances = [self._launch(job) for _ in range(job.nodes if job.is_multinode else 1)]
+        job.instance_id, job.container_instance_arn = job.node_instances[0]
         job.started_at = now
         store = self._store(job)
         pending = store.pending_request() if store else None

@@ -1124,6 +1124,34 @@ def test_an_array_is_billed_for_the_instance_type_its_shards_got(tmp_path):
     assert check_run_report_costs(report) == [] and refused == {}
 
 
+def test_a_multinode_job_is_billed_for_the_instances_its_nodes_got(tmp_path):
+    # GIVEN the HPC compute environment launching m6i.8xlarge instances (as one that lists several types may; the
+    # placement prices the stack's HPC type, c6i.8xlarge) for the two nodes of the multi-node HPC stage
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 1), stage_hours=QUICK_STAGES) as plane:
+        plane.batch.instance_types["on-demand"] = "m6i.8xlarge"
+        upload_quick_run(plane, 12)
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=6)
+        run, hpc = _attempts(plane, "hpc")
+        report = run_report(control_plane_services(plane), run)
+        settings = control_plane_services(plane).settings
+        job = hpc[-1]
+        nodes = boto3.client("batch", region_name=REGION).describe_jobs(jobs=[f"{job.job_id}#{i}" for i in (0, 1)])
+        refused = _refused_calls(plane)
+    # THEN the job, whose nodes each ran on an instance of their own (Batch tells them of the nodes, not of the job),
+    # is priced at the m6i.8xlarge's On-Demand price for both nodes, which the report bills and names
+    book = DataFilePriceBook.from_data_dir(REPO_ROOT / "data")
+    assert status == "SUCCEEDED" and (job.capacity, job.status, job.nodes) == ("on-demand", "SUCCEEDED", 2)
+    assert len({node["container"]["containerInstanceArn"] for node in nodes["jobs"]}) == 2
+    assert job.instance_type == "m6i.8xlarge"
+    placed = book.usd_per_hour(settings.hpc_instance_type, REGION, "on-demand", nodes=2)
+    assert job.usd_per_hour == pytest.approx(book.usd_per_hour("m6i.8xlarge", REGION, "on-demand", nodes=2))
+    assert job.usd_per_hour != pytest.approx(placed)
+    row = report["stages"][1]["attempts"][-1]
+    assert (row["instance_type"], row["usd_per_hour"]) == ("m6i.8xlarge", pytest.approx(job.usd_per_hour))
+    assert check_run_report_costs(report) == [] and refused == {}
+
+
 def test_an_array_whose_shards_instances_cannot_be_told_at_its_end_settles_at_its_placement_price(
     monkeypatch, tmp_path
 ):

@@ -304,6 +304,39 @@ def test_multinode_job_on_a_spot_queue_is_refused(plane):
         )
 
 
+def test_multinode_job_tells_each_node_s_instance_of_the_node_only(plane):
+    # GIVEN a 2-node job of the multi-node HPC definition on the HPC queue, outside any pipeline
+    batch = boto3.client("batch", region_name=REGION)
+    job_id = batch.submit_job(
+        jobName="probe-mnp-nodes",
+        jobQueue=plane.stack.physical_id("HpcJobQueue"),
+        jobDefinition=plane.stack.physical_id("HpcJobDefinition"),
+        nodeOverrides={"numNodes": 2},
+    )["jobId"]
+    # WHEN it runs
+    for _ in range(10):
+        if batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "RUNNING":
+            break
+        plane.step()
+    job = batch.describe_jobs(jobs=[job_id])["jobs"][0]
+    nodes = batch.describe_jobs(jobs=[f"{job_id}#0", f"{job_id}#1", f"{job_id}#2"])["jobs"]
+    # THEN the job names no container instance, as in AWS Batch; each of its two nodes (no third) names its own, on
+    # an On-Demand instance of its own
+    assert job["status"] == "RUNNING" and job["nodeProperties"]["numNodes"] == 2
+    assert "containerInstanceArn" not in job["container"]
+    assert [(n["jobId"], n["nodeDetails"]["nodeIndex"], n["status"]) for n in nodes] == [
+        (f"{job_id}#0", 0, "RUNNING"),
+        (f"{job_id}#1", 1, "RUNNING"),
+    ]
+    arns = [node["container"]["containerInstanceArn"] for node in nodes]
+    ecs = boto3.client("ecs", region_name=REGION)
+    described = ecs.describe_container_instances(cluster="spot-hpc-on-demand", containerInstances=arns)
+    instance_ids = {ci["ec2InstanceId"] for ci in described["containerInstances"]}
+    instances = boto3.client("ec2", region_name=REGION).describe_instances(InstanceIds=sorted(instance_ids))
+    assert len(instance_ids) == 2
+    assert all("InstanceLifecycle" not in i for r in instances["Reservations"] for i in r["Instances"])
+
+
 def test_spot_job_is_warned_then_reclaimed_when_the_trace_drops(plane):
     # GIVEN a container job on the Spot queue, outside any pipeline (the control plane ignores it)
     batch = boto3.client("batch", region_name=REGION)

@@ -84,6 +84,11 @@ class BatchGateway:
                 ids.extend(job["jobId"] for job in page.get("jobSummaryList", []))
         return list(self.describe(ids).values())
 
+    def multinode_nodes(self, job_id: str, num_nodes: int) -> list[dict[str, Any]]:
+        """The nodes of a multi-node parallel job, described (DescribeJobs of `<job id>#<index>`, 0 to `num_nodes` - 1:
+        each node's container instance is told of the node only). A node Batch does not know is left out."""
+        return list(self.describe(f"{job_id}#{index}" for index in range(num_nodes)).values())
+
     def terminate(self, job_id: str, reason: str) -> None:
         self._batch.terminate_job(jobId=job_id, reason=reason[:256])
 

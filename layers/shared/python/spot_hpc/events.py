@@ -64,6 +64,18 @@ class BatchArrayProperties(_Lenient):
     status_summary: dict[str, int] = Field(default_factory=dict, alias="statusSummary")
 
 
+class BatchNodeProperties(_Lenient):
+    """A multi-node parallel job's nodes: how many (Batch describes node `i` as the job `<job id>#<i>`)."""
+
+    num_nodes: int | None = Field(default=None, alias="numNodes")
+
+
+class BatchNodeDetails(_Lenient):
+    """What a node of a multi-node parallel job carries: which node it is."""
+
+    node_index: int | None = Field(default=None, alias="nodeIndex")
+
+
 class BatchJobDetail(_Lenient):
     job_id: str = Field(alias="jobId", min_length=1)
     job_name: str = Field(alias="jobName", min_length=1)
@@ -79,6 +91,8 @@ class BatchJobDetail(_Lenient):
     parameters: dict[str, str] = Field(default_factory=dict)
     job_definition: str | None = Field(default=None, alias="jobDefinition")
     array_properties: BatchArrayProperties | None = Field(default=None, alias="arrayProperties")
+    node_properties: BatchNodeProperties | None = Field(default=None, alias="nodeProperties")
+    node_details: BatchNodeDetails | None = Field(default=None, alias="nodeDetails")
 
     @property
     def array_parent_id(self) -> str | None:
@@ -90,6 +104,14 @@ class BatchJobDetail(_Lenient):
     def is_array_parent(self) -> bool:
         """Whether this is the parent of an array job (it carries the array's size and its children's statuses)."""
         return bool(self.array_properties and self.array_properties.size)
+
+    @property
+    def multinode_nodes(self) -> int:
+        """The nodes of this multi-node parallel job, each run on an instance of its own that Batch tells of the node,
+        not of the job (which names no container instance); 0 for any other job, and for a node itself."""
+        if self.node_properties is None or self.node_details is not None:
+            return 0
+        return self.node_properties.num_nodes or 0
 
     @property
     def shards_running(self) -> int:

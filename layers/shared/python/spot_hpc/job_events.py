@@ -243,8 +243,9 @@ def _billing_sets(
     svc: Services, attempt: Attempt, detail: BatchJobDetail, shards: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """The ended attempt's billing fields: an array's `instance_seconds` (billed), `run_seconds` (run, billed or not)
-    and its price on the instances its shards got, each as of its own start, and whether EC2 interrupted the Spot
-    instance of a single job within the instance's first hour (`interrupted_in_first_hour`: AWS charges nothing)."""
+    and its price on the instances its shards got, each as of its own start; a multi-node job's price on the instances
+    its nodes got; and whether EC2 interrupted the Spot instance of a single job within the instance's first hour
+    (`interrupted_in_first_hour`: AWS charges nothing)."""
     since = parse_time(attempt.submitted_at) - SIGNAL_KEPT_FOR
     if detail.is_array_parent:
         # An array that succeeded lost no shard to a reclaim (a reclaimed shard ends it): its instances are not asked.
@@ -260,6 +261,8 @@ def _billing_sets(
             held = [(shard.instance_id, shard.seconds, shard.started) for shard in billed]
             sets.update(price_on_instances(svc, attempt, held, parse_time(attempt.started_at)))
         return sets
+    if detail.multinode_nodes:
+        return _price_on_nodes(svc, attempt, detail.job_id, detail.multinode_nodes)
     if attempt.capacity != "spot":
         return {}
     # The instances its start recorded; those its end names when that start was never told.
@@ -267,6 +270,33 @@ def _billing_sets(
     if instance_ids and unbilled_instances(svc, instance_ids, since) == instance_ids:
         return {"interrupted_in_first_hour": True}
     return {}
+
+
+def _price_on_nodes(svc: Services, attempt: Attempt, job_id: str, num_nodes: int) -> dict[str, Any]:
+    """An ended multi-node job's price on the instances its nodes got, each of its own type (`price_on_instances`):
+    Batch tells a node's instance of the node (`<job id>#<index>`), not of the job, which names none and so is not
+    priced as it starts. Every node is billed for the job's whole run, so each weighs the same. A node that never got
+    an instance is left out; one whose instance ECS cannot tell is at the placement's price; {} (the placement's price
+    stands) when Batch or ECS cannot be asked: never a failed settlement for a price."""
+    if not attempt.started_at:
+        return {}
+    try:
+        nodes = [BatchJobDetail.model_validate(node) for node in svc.batch.multinode_nodes(job_id, num_nodes)]
+        on_instance = svc.batch.instances_of(arn for node in nodes for arn in node.container_instance_arns)
+    except (BotoCoreError, ClientError):
+        logger.warning("could not tell the instances of a multi-node job's nodes", exc_info=True)
+        return {}
+    started = parse_time(attempt.started_at)
+    held: list[tuple[str | None, float, datetime]] = [
+        (
+            next((on_instance[arn] for arn in node.container_instance_arns if arn in on_instance), None),
+            1.0,
+            from_epoch_ms(node.started_at) if node.started_at else started,
+        )
+        for node in nodes
+        if node.container_instance_arns
+    ]
+    return price_on_instances(svc, attempt, held, started) if held else {}
 
 
 @dataclass(frozen=True)
