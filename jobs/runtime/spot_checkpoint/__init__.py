@@ -36,7 +36,7 @@ Job side: :class:`CheckpointedJob` (see its docstring), configured from the envi
 """
 
 from .csvfields import column_positions, csv_number
-from .entrypoint import EXIT_INPUT_ERROR, fraction, run_job, whole_number
+from .entrypoint import EXIT_INPUT_ERROR, fraction, positive_number, run_job, whole_number
 from .errors import InputError
 from .imds import InstanceMetadata, MetadataUnavailable
 from .job import (
@@ -139,6 +139,7 @@ __all__ = [
     "parse_s3_uri",
     "part_name",
     "part_progress",
+    "positive_number",
     "progress",
     "read_object",
     "run_job",

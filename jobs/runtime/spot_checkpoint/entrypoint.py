@@ -14,24 +14,34 @@ from .store import CheckpointStoreUnavailable
 from .watch import sigterm_recorded
 
 T = TypeVar("T", int, float)
+D = TypeVar("D")  # a default: a number, or None for "not given"
 
 EXIT_INPUT_ERROR = 1  # an application error: the control plane spends the stage's retry budget on it
 
 
-def whole_number(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
-    """A whole-number setting of the job from its environment, `default` when unset; an :class:`InputError` naming it
-    when it is not ASCII digits (int() also takes ``1_0`` and the digits of any script) of at least `minimum` (a batch
-    size of 0 would loop for ever, a word would crash)."""
+def whole_number(environ: Mapping[str, str], name: str, default: D, minimum: int = 1) -> int | D:
+    """A whole-number setting of the job from its environment, `default` when unset (None: "not given"); an
+    :class:`InputError` naming it when it is not ASCII digits (int() also takes ``1_0`` and the digits of any script)
+    of at least `minimum` (a batch size of 0 would loop for ever, a word would crash)."""
     return _setting(
         environ, name, default, _ascii_digits, lambda value: value >= minimum, f"a whole number of at least {minimum}"
     )
 
 
-def fraction(environ: Mapping[str, str], name: str, default: float) -> float:
-    """A setting between 0 (excluded) and 1 from the job's environment, `default` when unset; an :class:`InputError`
-    naming it otherwise: a number is plain ASCII decimal, as in a CSV field (:func:`csv_number`; float() also takes
-    ``0_5``, the digits of any script and NaN)."""
+def fraction(environ: Mapping[str, str], name: str, default: D) -> float | D:
+    """A setting between 0 (excluded) and 1 from the job's environment, `default` when unset (None: "not given"); an
+    :class:`InputError` naming it otherwise: a number is plain ASCII decimal, as in a CSV field (:func:`csv_number`;
+    float() also takes ``0_5``, the digits of any script and NaN)."""
     return _setting(environ, name, default, csv_number, lambda value: 0.0 < value <= 1.0, "a number in (0, 1]")
+
+
+def positive_number(environ: Mapping[str, str], name: str, default: D, *, zero_allowed: bool = False) -> float | D:
+    """A setting above 0 (or of 0 too, `zero_allowed`) from the job's environment, a time in seconds say, `default`
+    when unset (None: "not given"); an :class:`InputError` naming it otherwise: a number is plain ASCII decimal, as
+    in a CSV field (:func:`csv_number`; float() also takes ``1_0``, the digits of any script, NaN and infinity)."""
+    if zero_allowed:
+        return _setting(environ, name, default, csv_number, lambda value: value >= 0.0, "a number of at least 0")
+    return _setting(environ, name, default, csv_number, lambda value: value > 0.0, "a number above 0")
 
 
 def _ascii_digits(text: str) -> int:
@@ -43,11 +53,11 @@ def _ascii_digits(text: str) -> int:
 def _setting(
     environ: Mapping[str, str],
     name: str,
-    default: T,
+    default: D,
     parse: Callable[[str], T],
     valid: Callable[[T], bool],
     expected: str,
-) -> T:
+) -> T | D:
     # ASCII whitespace only around it (a trailing line feed, say): a no-break space is no part of a plain number.
     raw = environ.get(name, "").strip(string.whitespace)
     if not raw:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from .entrypoint import fraction, positive_number, whole_number
 from .imds import DEFAULT_ENDPOINT, InstanceMetadata
 from .store import DEFAULT_KEEP, DEFAULT_PART, Checkpoint, CheckpointStore, part_name
 from .watch import InterruptionWatcher, StopSignal
@@ -93,33 +94,32 @@ class RuntimeConfig:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
+        """The configuration the environment gives; an :class:`InputError` naming a number it cannot run with (a
+        word, ``1_0`` or the digits of another script, a poll interval of 0, a negative index): the job definition is
+        wrong and no attempt will go better, so the job reports it in one line and exits 1, as for its own settings."""
         env = os.environ if environ is None else environ
-
-        def number(name: str, default: float | None) -> float | None:
-            raw = env.get(name, "").strip()
-            return float(raw) if raw else default
-
-        node_index = env.get(ENV_NODE_INDEX)
-        array_index = env.get(ENV_ARRAY_INDEX)
-        main_node_index = env.get(ENV_MAIN_NODE_INDEX)
+        # Unset or blank: the default; Batch sets the indices, so a part without one is a plain job's "main".
+        node_index = whole_number(env, ENV_NODE_INDEX, None, minimum=0)
+        array_index = whole_number(env, ENV_ARRAY_INDEX, None, minimum=0) if node_index is None else None
         is_main_node = False
         if node_index is not None:
-            part_index = int(node_index)
+            part_index = node_index
             part = part_name(node_index=part_index)
-            parts_total = int(env.get(ENV_NUM_NODES, "1"))
-            is_main_node = main_node_index is not None and int(main_node_index) == part_index
+            parts_total = whole_number(env, ENV_NUM_NODES, 1)
+            is_main_node = whole_number(env, ENV_MAIN_NODE_INDEX, None, minimum=0) == part_index
         elif array_index is not None:
-            part_index = int(array_index)
+            part_index = array_index
             part = part_name(shard_index=part_index)
-            parts_total = int(env.get(ENV_PARTS, "1"))
+            parts_total = whole_number(env, ENV_PARTS, 1)
         else:
             part, part_index, parts_total = part_name(), 0, 1
         disabled = env.get(ENV_METADATA_DISABLED, "").strip().lower() == "true"
         interval = CheckpointInterval(
-            fixed_seconds=number(ENV_INTERVAL_SECONDS, None),
-            min_seconds=number(ENV_MIN_INTERVAL_SECONDS, 60.0) or 60.0,
-            max_seconds=number(ENV_MAX_INTERVAL_SECONDS, 900.0) or 900.0,
-            max_overhead=number(ENV_MAX_OVERHEAD, 0.02) or 0.02,
+            # 0: a checkpoint after every unit of work.
+            fixed_seconds=positive_number(env, ENV_INTERVAL_SECONDS, None, zero_allowed=True),
+            min_seconds=positive_number(env, ENV_MIN_INTERVAL_SECONDS, 60.0),
+            max_seconds=positive_number(env, ENV_MAX_INTERVAL_SECONDS, 900.0),
+            max_overhead=fraction(env, ENV_MAX_OVERHEAD, 0.02),
         )
         return cls(
             checkpoint_uri=env.get(ENV_CHECKPOINT_URI) or None,
@@ -127,9 +127,9 @@ class RuntimeConfig:
             part_index=part_index,
             parts_total=parts_total,
             metadata_endpoint=None if disabled else env.get(ENV_METADATA_ENDPOINT) or DEFAULT_ENDPOINT,
-            poll_seconds=number(ENV_POLL_SECONDS, 5.0) or 5.0,
+            poll_seconds=positive_number(env, ENV_POLL_SECONDS, 5.0),
             interval=interval,
-            keep=int(number(ENV_KEEP, DEFAULT_KEEP) or DEFAULT_KEEP),
+            keep=whole_number(env, ENV_KEEP, DEFAULT_KEEP),
             attempt=_attempt_from(env.get(ENV_ATTEMPT, "")),
             is_main_node=is_main_node,
         )

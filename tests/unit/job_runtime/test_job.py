@@ -24,6 +24,7 @@ from spot_checkpoint import (
     CheckpointInterval,
     CheckpointStore,
     CheckpointStoreUnavailable,
+    InputError,
     InstanceMetadata,
     InterruptionWatcher,
     MetadataUnavailable,
@@ -91,6 +92,93 @@ def test_config_from_environment_names_the_part() -> None:
     assert (node.part, node.part_index, node.parts_total) == ("node-2", 2, 4)
     assert (shard.part, shard.part_index, shard.parts_total) == ("shard-5", 5, 8)
     assert (plain.part, plain.parts_total, plain.metadata_endpoint, plain.poll_seconds) == ("main", 1, None, 0.2)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SPOT_CHECKPOINT_POLL_SECONDS": "5s"}, "SPOT_CHECKPOINT_POLL_SECONDS must be a number above 0, not '5s'"),
+        ({"SPOT_CHECKPOINT_POLL_SECONDS": "0"}, "SPOT_CHECKPOINT_POLL_SECONDS must be a number above 0, not '0'"),
+        ({"SPOT_CHECKPOINT_POLL_SECONDS": "1_0"}, "SPOT_CHECKPOINT_POLL_SECONDS must be a number above 0, not '1_0'"),
+        ({"SPOT_CHECKPOINT_POLL_SECONDS": "\uff15"}, "SPOT_CHECKPOINT_POLL_SECONDS must be a number above 0"),
+        (
+            {"SPOT_CHECKPOINT_INTERVAL_SECONDS": "-60"},
+            "SPOT_CHECKPOINT_INTERVAL_SECONDS must be a number of at least 0",
+        ),
+        ({"SPOT_CHECKPOINT_MIN_INTERVAL_SECONDS": "\u0666\u0660"}, "SPOT_CHECKPOINT_MIN_INTERVAL_SECONDS must be a"),
+        ({"SPOT_CHECKPOINT_MAX_INTERVAL_SECONDS": "inf"}, "SPOT_CHECKPOINT_MAX_INTERVAL_SECONDS must be a number"),
+        ({"SPOT_CHECKPOINT_MAX_OVERHEAD": "2%"}, r"SPOT_CHECKPOINT_MAX_OVERHEAD must be a number in \(0, 1\]"),
+        ({"SPOT_CHECKPOINT_MAX_OVERHEAD": "0"}, r"SPOT_CHECKPOINT_MAX_OVERHEAD must be a number in \(0, 1\]"),
+        ({"SPOT_CHECKPOINT_KEEP": "0"}, "SPOT_CHECKPOINT_KEEP must be a whole number of at least 1, not '0'"),
+        ({"SPOT_CHECKPOINT_KEEP": "2.5"}, "SPOT_CHECKPOINT_KEEP must be a whole number of at least 1, not '2.5'"),
+        (
+            {"AWS_BATCH_JOB_NODE_INDEX": "1_0", "AWS_BATCH_JOB_NUM_NODES": "16"},
+            "AWS_BATCH_JOB_NODE_INDEX must be a whole number of at least 0, not '1_0'",
+        ),
+        (
+            {"AWS_BATCH_JOB_NODE_INDEX": "1", "AWS_BATCH_JOB_NUM_NODES": "four"},
+            "AWS_BATCH_JOB_NUM_NODES must be a whole number of at least 1, not 'four'",
+        ),
+        (
+            {"AWS_BATCH_JOB_NODE_INDEX": "0", "AWS_BATCH_JOB_NUM_NODES": "2", "AWS_BATCH_JOB_MAIN_NODE_INDEX": "-1"},
+            "AWS_BATCH_JOB_MAIN_NODE_INDEX must be a whole number of at least 0, not '-1'",
+        ),
+        (
+            {"AWS_BATCH_JOB_ARRAY_INDEX": "\uff13", "SPOT_CHECKPOINT_PARTS": "8"},
+            "AWS_BATCH_JOB_ARRAY_INDEX must be a whole number of at least 0, not '\uff13'",
+        ),
+        (
+            {"AWS_BATCH_JOB_ARRAY_INDEX": "3", "SPOT_CHECKPOINT_PARTS": "0"},
+            "SPOT_CHECKPOINT_PARTS must be a whole number of at least 1, not '0'",
+        ),
+    ],
+    ids=[
+        "poll-with-a-unit",
+        "poll-zero",
+        "poll-underscore",
+        "poll-fullwidth",
+        "interval-negative",
+        "min-interval-arabic-indic",
+        "max-interval-infinite",
+        "overhead-percent",
+        "overhead-zero",
+        "keep-zero",
+        "keep-a-fraction",
+        "node-index-underscore",
+        "num-nodes-a-word",
+        "main-node-negative",
+        "array-index-fullwidth",
+        "parts-zero",
+    ],
+)
+def test_a_runtime_setting_it_cannot_use_is_an_input_error_naming_it(environ: dict[str, str], message: str) -> None:
+    # GIVEN a job definition (or Batch) giving the runtime a value it cannot work with: a word or a unit (a
+    # ValueError's traceback before), ``1_0`` or the digits of another script (read by int() and float() as numbers),
+    # or a 0 or a negative number (a 0 was replaced by the default without a word)
+    # WHEN / THEN reading the configuration fails with an input error naming the setting and the value, as a job's own
+    # setting does: the job reports it in one line and exits 1
+    with pytest.raises(InputError, match=message):
+        RuntimeConfig.from_environ(environ)
+
+
+def test_runtime_settings_in_plain_ascii_are_read_and_blank_ones_take_their_defaults() -> None:
+    # GIVEN settings in plain ASCII with whitespace around them, a fixed interval of 0, and settings left blank
+    environ = {
+        "SPOT_CHECKPOINT_POLL_SECONDS": " 0.5\n",
+        "SPOT_CHECKPOINT_INTERVAL_SECONDS": "0",
+        "SPOT_CHECKPOINT_MIN_INTERVAL_SECONDS": "1e1",
+        "SPOT_CHECKPOINT_MAX_OVERHEAD": ".05",
+        "SPOT_CHECKPOINT_KEEP": "\t3",
+        "SPOT_CHECKPOINT_MAX_INTERVAL_SECONDS": " ",
+        "AWS_BATCH_JOB_ARRAY_INDEX": "",
+    }
+    # WHEN the configuration is read
+    config = RuntimeConfig.from_environ(environ)
+    # THEN the numbers are the ones written, a fixed interval of 0 checkpoints after every unit, and blank is unset
+    assert (config.poll_seconds, config.keep, config.part, config.parts_total) == (0.5, 3, "main", 1)
+    assert config.interval == CheckpointInterval(
+        fixed_seconds=0.0, min_seconds=10.0, max_seconds=900.0, max_overhead=0.05
+    )
 
 
 def test_periodic_checkpoints_and_resume_continue_the_count(s3: Any, events: EventRecorder) -> None:

@@ -499,6 +499,36 @@ def test_a_job_setting_it_cannot_use_is_an_input_error_naming_it(s3: Any, job: A
     assert list_objects(s3, env["OUTPUT_URI"]) == {}
 
 
+@pytest.mark.parametrize(
+    ("job", "input_uri"),
+    [(preprocess, INPUT_CSV), (hpc, HPC_SOURCES), (postprocess, HPC_OUTPUT)],
+    ids=["preprocess", "hpc", "postprocess"],
+)
+def test_a_runtime_setting_it_cannot_use_exits_1_saying_why_in_one_line(
+    s3: Any,
+    hpc_output: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    job: Any,
+    input_uri: str,
+) -> None:
+    # GIVEN every stage's input, and a job definition giving the checkpoint runtime a poll interval with a unit in it
+    write_object(s3, INPUT_CSV, (HEADER + "a,0.1,0.1,5\n").encode())
+    write_object(s3, HPC_SOURCES, (HEADER + "a,0.1,0.1,5.0\n").encode())
+    name = job.__name__.rsplit(".", 1)[-1]
+    env = stage_env("settings", name, input_uri, SPOT_CHECKPOINT_POLL_SECONDS="5s")
+    as_in_container(monkeypatch, env, s3)
+    # WHEN the job runs as in its container
+    code = job.main()
+    # THEN it exits with the application error's code (the definition is wrong: no resubmission will do better),
+    # saying why in one line rather than with a ValueError's traceback, and writes nothing
+    assert code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{name}: environment variable SPOT_CHECKPOINT_POLL_SECONDS must be a number above 0, not '5s'"
+    ]
+    assert list_objects(s3, env["OUTPUT_URI"]) == {}
+
+
 def test_a_job_setting_left_empty_takes_its_default() -> None:
     # GIVEN an ensemble whose settings are set but empty (a job definition's blank value)
     blank = {name: " " for name in ("HPC_GRID", "HPC_MEMBERS", "HPC_STEPS", "HPC_SEED", "HPC_STEPS_PER_UNIT")}
