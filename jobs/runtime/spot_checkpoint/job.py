@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from .entrypoint import fraction, positive_number, whole_number
+from .errors import InputError
 from .imds import DEFAULT_ENDPOINT, InstanceMetadata
 from .store import DEFAULT_KEEP, DEFAULT_PART, Checkpoint, CheckpointStore, part_name
 from .watch import InterruptionWatcher, StopSignal
@@ -130,15 +131,19 @@ class RuntimeConfig:
             poll_seconds=positive_number(env, ENV_POLL_SECONDS, 5.0),
             interval=interval,
             keep=whole_number(env, ENV_KEEP, DEFAULT_KEEP),
-            attempt=_attempt_from(env.get(ENV_ATTEMPT, "")),
+            attempt=_attempt_from(env),
             is_main_node=is_main_node,
         )
 
 
-def _attempt_from(raw: str) -> int | None:
-    # An unset or odd ATTEMPT (a job run by hand) means "unknown": every request then applies, as before.
-    raw = raw.strip()
-    return int(raw) if raw.isdigit() else None
+def _attempt_from(env: Mapping[str, str]) -> int | None:
+    # An unset or odd ATTEMPT (a job run by hand) means "unknown": every request then applies, as before. Odd is
+    # anything but ASCII digits, as for a whole-number setting: str.isdigit() also takes "²", which int() refuses, and
+    # the digits of other scripts, which int() reads.
+    try:
+        return whole_number(env, ENV_ATTEMPT, None, minimum=0)
+    except InputError:
+        return None
 
 
 class Stopped(SystemExit):

@@ -633,6 +633,30 @@ def test_request_without_an_attempt_applies_to_every_attempt(s3: Any, events: Ev
     assert stopped.value.stop.reason == REASON_CHECKPOINT_REQUEST
 
 
+@pytest.mark.parametrize(
+    "raw",
+    ["\u00b2", "\u0663", "\uff13", "3\u00a0"],
+    ids=["superscript-two", "arabic-indic-three", "fullwidth-three", "no-break-space"],
+)
+def test_an_attempt_that_is_not_ascii_digits_is_unknown_and_every_request_applies(
+    s3: Any, events: EventRecorder, raw: str
+) -> None:
+    # GIVEN a request for attempt 1, and a job whose ATTEMPT is not ASCII digits: "²" passed str.isdigit() and crashed
+    # int() with a ValueError, and the other digits (or a no-break space) were read as attempt 3, which ignores it
+    CheckpointStore(s3, URI).request_checkpoint("requeue to on-demand", attempt=1)
+    environ = {"CHECKPOINT_URI": URI, "ATTEMPT": raw, "AWS_EC2_METADATA_DISABLED": "true"}
+    # WHEN the job starts and works
+    job = CheckpointedJob.from_environment(s3, environ, events=events)
+    with job, pytest.raises(Stopped) as stopped:
+        job.watcher.poll_once()
+        counting_job(job, 3)
+    # THEN its attempt is unknown, as for a job run by hand, so the request applies to it: it stopped for it
+    assert RuntimeConfig.from_environ(environ).attempt is None
+    assert stopped.value.stop.reason == REASON_CHECKPOINT_REQUEST
+    # AND an ATTEMPT in ASCII digits, whitespace around it, is still the attempt
+    assert RuntimeConfig.from_environ({"ATTEMPT": " 3\n"}).attempt == 3
+
+
 def test_control_plane_request_names_the_attempt_it_is_for(s3: Any) -> None:
     # GIVEN a stage on its attempt 4
     stage = Stage("run-7", "preprocess", 0, 1.0, True, 1, attempt=4, checkpoint_uri=URI)
