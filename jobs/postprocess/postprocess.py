@@ -2,7 +2,8 @@
 
 Reads every ``<part>/members.json`` + ``<part>/fields.npy`` under ``INPUT_URI`` (an ``InputError`` if a part is
 missing, unreadable or not as its ``members.json`` describes it, if a ``members.json`` holds a member id or count that
-is not a JSON integer (``1.5``, ``true``, ``"3"``), if a member is listed twice, by one part or by two,
+is not a JSON integer (``1.5``, ``true``, ``"3"``) or a ``dx_m`` that is not a finite JSON number above 0 (``"0.5"``,
+``true``, ``0``, ``NaN``), if a member is listed twice, by one part or by two,
 or if a field holds a NaN or an infinity), orders the members by id and writes under
 ``OUTPUT_URI``: ``mean_rise.npy`` and ``std_rise.npy`` (ensemble mean and standard deviation of the temperature rise
 per cell), ``members.csv`` (each member's peak and mean rise) and ``summary.json``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 from collections import Counter
 from collections.abc import Mapping
@@ -75,6 +77,20 @@ def json_whole_number(value: object, what: str) -> int:
     return value
 
 
+def json_positive_number(value: object, what: str) -> float:
+    """A length of a ``members.json``, a finite JSON number above 0 as hpc writes it; a :class:`ValueError` for
+    anything else, which float() would take as one (``"0.5"``, ``true``) or let through (NaN, an infinity, 0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):  # a bool is an int too: true is no length
+        raise ValueError(f"{what} {value!r} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer beyond any float
+        number = math.inf
+    if not (math.isfinite(number) and number > 0.0):
+        raise ValueError(f"{what} {value!r} is not a finite number above 0")
+    return number
+
+
 def read_part(s3: Any, input_uri: str, name: str) -> Part:
     """The description of part ``name``; an :class:`InputError` if it is not one the HPC stage writes."""
     try:
@@ -86,7 +102,7 @@ def read_part(s3: Any, input_uri: str, name: str) -> Part:
             parts_total=json_whole_number(description["parts_total"], "parts_total"),
             members=[json_whole_number(member, "member") for member in description["members"]],
             grid=json_whole_number(description["grid"], "grid"),
-            dx_m=float(description["dx_m"]),
+            dx_m=json_positive_number(description["dx_m"], "dx_m"),
             seed=json_whole_number(description["seed"], "seed"),
         )
     except KeyError as exc:
