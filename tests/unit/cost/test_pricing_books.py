@@ -213,23 +213,14 @@ def test_spot_price_history_is_paginated_and_the_price_in_effect_is_taken() -> N
         "EndTime": NOW,
     }
 
-    def entry(price: str, hour: int) -> dict:
-        return {
-            "AvailabilityZone": "us-west-2a",
-            "InstanceType": "p3.2xlarge",
-            "ProductDescription": "Linux/UNIX",
-            "SpotPrice": price,
-            "Timestamp": datetime(2025, 6, 28, hour, 0, tzinfo=UTC),
-        }
-
     ec2_stubber.add_response(
         "describe_spot_price_history",
-        {"SpotPriceHistory": [entry("0.95", 3)], "NextToken": "page-2"},
+        {"SpotPriceHistory": [_history_entry("0.95", _at(3))], "NextToken": "page-2"},
         expected_params,
     )
     ec2_stubber.add_response(
         "describe_spot_price_history",
-        {"SpotPriceHistory": [entry("0.97", 9), entry("1.20", 13)], "NextToken": ""},
+        {"SpotPriceHistory": [_history_entry("0.97", _at(9)), _history_entry("1.20", _at(13))], "NextToken": ""},
         {**expected_params, "NextToken": "page-2"},
     )
     ec2_stubber.activate()
@@ -269,17 +260,12 @@ def test_without_a_zone_the_spot_price_is_the_median_over_the_region_s_zones() -
         "pricing", PRICING_API_REGION, ("get_products", {"PriceList": [_price_list_product("3.06")]}, None)
     )
 
-    def entry(zone: str, price: str, hour: int) -> dict:
-        return {
-            "AvailabilityZone": zone,
-            "InstanceType": "p3.2xlarge",
-            "ProductDescription": "Linux/UNIX",
-            "SpotPrice": price,
-            "Timestamp": datetime(2025, 6, 28, hour, 0, tzinfo=UTC),
-        }
-
-    history = [entry("us-west-2a", "0.90", 3), entry("us-west-2a", "0.95", 9), entry("us-west-2b", "1.10", 4)]
-    history.append(entry("us-west-2c", "1.30", 5))
+    history = [
+        _history_entry("0.90", _at(3)),
+        _history_entry("0.95", _at(9)),
+        _history_entry("1.10", _at(4), zone="us-west-2b"),
+        _history_entry("1.30", _at(5), zone="us-west-2c"),
+    ]
     ec2, ec2_stubber = _stubbed(
         "ec2",
         "us-west-2",
@@ -299,9 +285,15 @@ def test_without_a_zone_the_spot_price_is_the_median_over_the_region_s_zones() -
     ec2_stubber.assert_no_pending_responses()
 
 
-def _history_entry(price: str, when: datetime) -> dict:
+def _at(hour: int) -> datetime:
+    """An hour of the day the history tests are set on."""
+    return datetime(2025, 6, 28, hour, 0, tzinfo=UTC)
+
+
+def _history_entry(price: str, when: datetime, zone: str = "us-west-2a") -> dict:
+    """One row of DescribeSpotPriceHistory for p3.2xlarge."""
     return {
-        "AvailabilityZone": "us-west-2a",
+        "AvailabilityZone": zone,
         "InstanceType": "p3.2xlarge",
         "ProductDescription": "Linux/UNIX",
         "SpotPrice": price,
