@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import math
 import os
 import sys
@@ -31,6 +32,18 @@ SUBCOMMAND_MODULES = (
 
 class ToolError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def shown(value: object) -> str:
+    """A value as an error message shows it: a float in at most 7 significant digits, a long integer by its length (it
+    may be thousands of digits), anything else as JSON, cut short."""
+    if isinstance(value, float):
+        return f"{value:.7g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        digits = len(str(abs(value)))
+        return str(value) if digits <= 15 else f"an integer of {digits} digits"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def finite_float(text: str) -> float:

@@ -11,7 +11,6 @@ runs, and it has no savings; the savings compare the succeeded runs' cost with t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +21,7 @@ from spot_hpc.clock import parse_time
 from spot_hpc.cost import check_run_report_costs, savings_pct
 from spot_hpc.events import TERMINAL_STATUSES
 
+from spotctl.cli import shown
 from spotctl.files import write_png
 
 Period = Literal["day", "week"]
@@ -320,7 +320,7 @@ def _number(run_report: Mapping[str, Any], name: str, low: float, high: float, w
     figure must be."""
     value = run_report[name]
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise ValueError(f"{name} is {_shown(value)}, not {what}")
+        raise ValueError(f"{name} is {shown(value)}, not {what}")
     return float(value)
 
 
@@ -335,17 +335,5 @@ def _count(run_report: Mapping[str, Any], name: str) -> int:
     what = f"a whole number from 0 to {MAX_RUN_COUNT:,}"
     value = _number(run_report, name, 0, MAX_RUN_COUNT, what)
     if not value.is_integer():
-        raise ValueError(f"{name} is {_shown(run_report[name])}, not {what}")
+        raise ValueError(f"{name} is {shown(run_report[name])}, not {what}")
     return int(value)
-
-
-def _shown(value: Any) -> str:
-    """A figure as an error shows it: a float in at most 7 significant digits, a long integer by its length (it may be
-    thousands of digits), anything else as JSON, cut short."""
-    if isinstance(value, float):
-        return f"{value:.7g}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        digits = len(str(abs(value)))
-        return str(value) if digits <= 15 else f"an integer of {digits} digits"
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."

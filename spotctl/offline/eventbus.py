@@ -20,6 +20,8 @@ from typing import Any, cast
 import boto3
 from spot_hpc.clock import format_time, utc_now
 
+from spotctl.cli import shown
+
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
 
@@ -65,22 +67,16 @@ def check_entry(entry: Mapping[str, Any]) -> None:
         if field not in entry:
             reason = f"{name} is a required argument"
         elif not isinstance(entry[field], str) or not entry[field]:
-            reason = f"{name} must be a non-empty string, not {_shown(entry[field])}"
+            reason = f"{name} must be a non-empty string, not {shown(entry[field])}"
         else:
             continue
         raise RejectedEntry("InvalidArgument", f"Parameter {name} is not valid. Reason: {reason}.")
     if "detail" in entry and not isinstance(entry["detail"], dict):
-        raise RejectedEntry("MalformedDetail", f"Detail is malformed: not a JSON object but {_shown(entry['detail'])}.")
+        raise RejectedEntry("MalformedDetail", f"Detail is malformed: not a JSON object but {shown(entry['detail'])}.")
     resources = entry.get("resources", [])
     if not isinstance(resources, list) or not all(isinstance(resource, str) for resource in resources):
-        reason = f"Resources must be a list of strings, not {_shown(resources)}"
+        reason = f"Resources must be a list of strings, not {shown(resources)}"
         raise RejectedEntry("InvalidArgument", f"Parameter Resources is not valid. Reason: {reason}.")
-
-
-def _shown(value: Any) -> str:
-    """A value as JSON, cut short: what a rejection shows of the field it refuses."""
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def make_event(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from spot_hpc.batch import Ec2Instance
 from spot_hpc.ledger import Attempt, Stage
-from spot_hpc.placement import price_on_instances, record_placed
+from spot_hpc.placement import HeldInstance, price_on_instances, record_placed
 from spot_hpc.services import Services
 
 pytestmark = pytest.mark.usefixtures("utc_clock")
@@ -113,7 +113,7 @@ def test_a_started_job_is_priced_on_the_instance_it_got() -> None:
     services.batch = DescribedInstances({"i-1": Ec2Instance("m6i.4xlarge", "us-east-1c", started)})  # type: ignore[assignment]
 
     # WHEN it is priced on that instance
-    priced = price_on_instances(services, _started_attempt(), [("i-1", 1.0)], started)
+    priced = price_on_instances(services, _started_attempt(), [HeldInstance("i-1", 1.0, started)])
 
     # THEN the price is that type's Spot price in that zone as it started, for both nodes, and says what it is of
     assert priced == {"usd_per_hour": 0.8, "price_unknown": False, "instance_type": "m6i.4xlarge",
@@ -133,7 +133,7 @@ def test_a_started_job_that_cannot_be_priced_on_its_instance_keeps_its_placement
 
     # WHEN it is priced on its instance
     # THEN nothing changes: the placement's price stands
-    assert price_on_instances(services, _started_attempt(), [("i-1", 1.0)], started) == {}
+    assert price_on_instances(services, _started_attempt(), [HeldInstance("i-1", 1.0, started)]) == {}
 
 
 def _array_attempt(usd_per_hour: float = 0.9, price_unknown: bool = False) -> Attempt:
@@ -152,7 +152,11 @@ def test_an_array_is_priced_on_its_shards_instances_weighed_by_their_seconds() -
     )
 
     # WHEN the array is priced on its shards' instances
-    priced = price_on_instances(services, _array_attempt(), [("i-1", 3600), ("i-2", 3600), ("i-gone", 1800)], started)
+    priced = price_on_instances(
+        services,
+        _array_attempt(),
+        [HeldInstance("i-1", 3600, started), HeldInstance("i-2", 3600, started), HeldInstance("i-gone", 1800, started)],
+    )
 
     # THEN the price for its three nodes is the seconds-weighted mean of theirs, so that the array's cost is each
     # shard's seconds at its own price; the type is not named, one shard's being unknown
@@ -169,7 +173,9 @@ def test_an_array_whose_shards_all_got_one_type_in_one_zone_names_them() -> None
         {i: Ec2Instance("m6i.4xlarge", "us-east-1c", started) for i in ("i-1", "i-2")}
     )
     # WHEN it is priced
-    priced = price_on_instances(services, _array_attempt(), [("i-1", 600), ("i-2", 1200)], started)
+    priced = price_on_instances(
+        services, _array_attempt(), [HeldInstance("i-1", 600, started), HeldInstance("i-2", 1200, started)]
+    )
     # THEN it names them
     assert (priced["instance_type"], priced["availability_zone"]) == ("m6i.4xlarge", "us-east-1c")
     assert priced["usd_per_hour"] == pytest.approx(1.2)
@@ -183,4 +189,7 @@ def test_an_array_with_a_shard_that_cannot_be_priced_at_all_keeps_its_placement_
     attempt = _array_attempt(usd_per_hour=0.0, price_unknown=True)
     # WHEN it is priced
     # THEN nothing changes: a figure from some shards' prices would hide that one is unknown (the report prices it)
-    assert price_on_instances(services, attempt, [("i-1", 600), (None, 600)], started) == {}
+    assert (
+        price_on_instances(services, attempt, [HeldInstance("i-1", 600, started), HeldInstance(None, 600, started)])
+        == {}
+    )

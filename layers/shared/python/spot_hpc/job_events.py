@@ -27,6 +27,7 @@ from spot_hpc.pipeline import TAG_ATTEMPT, TAG_RUN, TAG_STAGE
 from spot_hpc.placement import (
     ACTION_OF_CAPACITY,
     CAPACITY_OF_ACTION,
+    HeldInstance,
     choose_capacity,
     end_spot_wait,
     place_attempt,
@@ -124,7 +125,7 @@ def _price_as_run(svc: Services, attempt: Attempt, instance_ids: list[str]) -> N
     """Prices a job that has started on the one instance it got (`placement.price_on_instances`)."""
     if len(instance_ids) != 1 or not attempt.started_at:
         return
-    priced = price_on_instances(svc, attempt, [(instance_ids[0], 1.0)], parse_time(attempt.started_at))
+    priced = price_on_instances(svc, attempt, [HeldInstance(instance_ids[0], 1.0, parse_time(attempt.started_at))])
     if priced:
         svc.ledger.update_attempt(attempt.run_id, attempt.stage, attempt.attempt, **priced)
 
@@ -258,8 +259,8 @@ def _billing_sets(
             "run_seconds": sum(shard.seconds for shard in ran),
         }
         if attempt.started_at and billed:
-            held = [(shard.instance_id, shard.seconds, shard.started) for shard in billed]
-            sets.update(price_on_instances(svc, attempt, held, parse_time(attempt.started_at)))
+            held = [HeldInstance(shard.instance_id, shard.seconds, shard.started) for shard in billed]
+            sets.update(price_on_instances(svc, attempt, held))
         return sets
     if detail.multinode_nodes:
         return _price_on_nodes(svc, attempt, detail.job_id, detail.multinode_nodes)
@@ -287,8 +288,8 @@ def _price_on_nodes(svc: Services, attempt: Attempt, job_id: str, num_nodes: int
         logger.warning("could not tell the instances of a multi-node job's nodes", exc_info=True)
         return {}
     started = parse_time(attempt.started_at)
-    held: list[tuple[str | None, float, datetime]] = [
-        (
+    held = [
+        HeldInstance(
             next((on_instance[arn] for arn in node.container_instance_arns if arn in on_instance), None),
             1.0,
             from_epoch_ms(node.started_at) if node.started_at else started,
@@ -296,7 +297,7 @@ def _price_on_nodes(svc: Services, attempt: Attempt, job_id: str, num_nodes: int
         for node in nodes
         if node.container_instance_arns
     ]
-    return price_on_instances(svc, attempt, held, started) if held else {}
+    return price_on_instances(svc, attempt, held) if held else {}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from botocore.exceptions import BotoCoreError, ClientError
 from spot_checkpoint.job import ENV_ATTEMPT, ENV_PARTS
@@ -34,6 +34,7 @@ from spot_hpc.policy import (
     stage_latest_finish_in,
     stage_must_finish_in,
 )
+from spot_hpc.pricing import spot_price_hour
 from spot_hpc.run_report import moved_to_on_demand
 from spot_hpc.services import Services
 
@@ -125,26 +126,27 @@ def instance_price(
         return None
 
 
-# An instance the attempt got and the seconds billed on it, with when its work started there when that was not when
-# the attempt started (an array's shards start as capacity comes, hours apart when it is short).
-HeldInstance = tuple[str | None, float] | tuple[str | None, float, datetime]
+class HeldInstance(NamedTuple):
+    """An instance an attempt got (None where it cannot be told), the seconds billed on it, and when the work started
+    there (an array's shards start as capacity comes, hours apart when it is short)."""
+
+    instance_id: str | None
+    seconds: float
+    started: datetime
 
 
-def price_on_instances(
-    svc: Services, attempt: Attempt, billed: Sequence[HeldInstance], started: datetime
-) -> dict[str, Any]:
+def price_on_instances(svc: Services, attempt: Attempt, billed: Sequence[HeldInstance]) -> dict[str, Any]:
     """The attempt's price on the instances it got, as the ledger keeps it: each instance of its own type (the compute
     environment may pick any of its types; the placement priced the first) and, on Spot, in its zone as its work
     started there (the placement took the region's).
 
-    `billed`: the instances and the seconds billed on each, one for a job and one per shard for an array, whose
-    shards are weighed by their seconds (a shard on an instance EC2 no longer describes, or of a type without a
-    price, at the placement's price), each priced as of its own start (`started`, the attempt's, when it tells none).
-    A price that cannot be looked up is not asked again for another shard of the same type and zone that started in
-    the same hour: a lookup failing (throttled, say) is not repeated for each of an array's shards. {} when no
-    instance can be priced, or a shard cannot be priced at all: the placement's price stands. The type and zone are
-    named when every instance has the same."""
-    ids = {entry[0] for entry in billed if entry[0]}
+    `billed`: one for a job and one per shard for an array, whose shards are weighed by their seconds (a shard on an
+    instance EC2 no longer describes, or of a type without a price, at the placement's price), each priced as of its
+    own start. A price that cannot be looked up is not asked again for another shard of the same type and zone that
+    started in the same hour (`spot_price_hour`): a lookup failing (throttled, say) is not repeated for each of an
+    array's shards. {} when no instance can be priced, or a shard cannot be priced at all: the placement's price
+    stands. The type and zone are named when every instance has the same."""
+    ids = {held.instance_id for held in billed if held.instance_id}
     try:
         described = svc.batch.describe_instances(ids)
     except (BotoCoreError, ClientError):  # the price is for reporting; never fail a job's start or end on it
@@ -154,14 +156,12 @@ def price_on_instances(
     usd = seconds = 0.0
     got: list[Ec2Instance] = []
     unpriced: set[tuple[str, str, datetime]] = set()  # (type, zone, hour) whose price could not be looked up
-    for entry in billed:
-        instance_id, held = entry[0], entry[1]
-        at = entry[2] if len(entry) == 3 else started
+    for instance_id, held, at in billed:
         instance = described.get(instance_id) if instance_id else None
         own = None
         if instance is not None:
             zone = instance.availability_zone
-            asked = (instance.instance_type, zone, at.replace(minute=0, second=0, microsecond=0))
+            asked = (instance.instance_type, zone, spot_price_hour(at))
             if asked not in unpriced:
                 own = instance_price(svc, instance.instance_type, attempt.capacity, 1, zone, at=at)
             if own is None:

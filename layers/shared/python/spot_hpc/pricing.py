@@ -52,6 +52,11 @@ SPOT_HISTORY_WINDOW = timedelta(hours=1)
 SpotHistory = dict[str, list[tuple[datetime, float]]]
 
 
+def spot_price_hour(at: datetime) -> datetime:
+    """The hour whose Spot price history a past moment's price is read from (`SPOT_HISTORY_WINDOW`)."""
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
 class PriceNotFound(LookupError):
     """No price is known for this instance type in this region."""
 
@@ -243,7 +248,7 @@ class AwsPriceBook(PriceBook):
     ) -> float | None:
         """The price at a past moment, from the history of its hour: asked once, and again only for a moment after
         what was known of it when asked (the hour had not ended). A price at a past moment never changes."""
-        hour = at.replace(minute=0, second=0, microsecond=0)
+        hour = spot_price_hour(at)
         key = (instance_type, availability_zone, hour)
         cached = self._spot_history.get(key)
         if cached is None or at > cached[0]:
