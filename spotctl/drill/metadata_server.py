@@ -14,6 +14,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 
+from spot_hpc.validation import ascii_whole_number
+
 from spotctl.loopback import LoopbackHttpServer
 
 TOKEN_PATH = "/latest/api/token"
@@ -69,8 +71,8 @@ class MetadataStandIn:
             def do_PUT(self) -> None:
                 if self.path != TOKEN_PATH:
                     return self._reply(404)
-                ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
-                if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
+                ttl = ascii_whole_number(self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"))
+                if ttl is None or not 1 <= ttl <= 21600:
                     return self._reply(400)
                 token = secrets.token_urlsafe(24)
                 with stand_in._lock:

@@ -319,9 +319,9 @@ def test_multinode_job_tells_each_node_s_instance_of_the_node_only(plane):
             break
         plane.step()
     job = batch.describe_jobs(jobs=[job_id])["jobs"][0]
-    nodes = batch.describe_jobs(jobs=[f"{job_id}#0", f"{job_id}#1", f"{job_id}#2"])["jobs"]
-    # THEN the job names no container instance, as in AWS Batch; each of its two nodes (no third) names its own, on
-    # an On-Demand instance of its own
+    nodes = batch.describe_jobs(jobs=[f"{job_id}#0", f"{job_id}#1", f"{job_id}#2", f"{job_id}#²"])["jobs"]
+    # THEN the job names no container instance, as in AWS Batch; each of its two nodes (no third, and no node "²")
+    # names its own, on an On-Demand instance of its own
     assert job["status"] == "RUNNING" and job["nodeProperties"]["numNodes"] == 2
     assert "containerInstanceArn" not in job["container"]
     assert [(n["jobId"], n["nodeDetails"]["nodeIndex"], n["status"]) for n in nodes] == [

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from sample_events import load_event
 from spot_hpc.events import BatchJobStateChangeEvent
-from spot_hpc.job_events import classify_failure, interruption_notice
-from spot_hpc.ledger import Attempt
+from spot_hpc.job_events import _adopt, classify_failure, interruption_notice
+from spot_hpc.ledger import Attempt, Stage
+from spot_hpc.pipeline import TAG_ATTEMPT, TAG_RUN, TAG_STAGE
 from spot_hpc.run_report import FAILURE_WORDS, RECLAIM_CLASSES, FailureClass
 from spot_hpc.slack import Notification, notification_text
 
@@ -69,6 +72,27 @@ def test_a_shard_is_known_by_its_parent_id_and_index():
     # WHEN / THEN the child names its parent, and the parent counts its shards running and waiting
     assert child.array_parent_id == "4c1e-77" and parent.array_parent_id is None
     assert (parent.shards_running, parent.shards_waiting) == (2, 1)
+
+
+@pytest.mark.parametrize("index", ["²", "٣", "1_0", " 1", "", "x"])
+def test_a_job_id_whose_index_is_not_ascii_digits_is_no_shard(index):
+    # GIVEN a Batch event whose job id has a colon but no index Batch would give a child
+    detail = _detail("Essential container in task exited", 0).detail.model_copy(update={"job_id": f"4c1e-77:{index}"})
+    # WHEN / THEN it names no parent: it is a job of its own, unknown to the control plane
+    assert detail.array_parent_id is None
+
+
+@pytest.mark.parametrize("tag", ["²", "٣", "1_0", " 1", "x"])
+def test_a_job_tagged_with_an_attempt_that_is_not_ascii_digits_is_not_adopted(tag):
+    # GIVEN a stage waiting for its attempt 3's job, and a Batch event for an unrecorded job whose tags name that
+    # run and stage and an attempt the control plane never writes (it tags `str(attempt)`; "٣" is 3 to int())
+    stage = Stage("r1", "preprocess", 0, 4.0, True, 1, attempt=3, capacity="spot")
+    svc = SimpleNamespace(ledger=SimpleNamespace(get_stage=lambda run_id, name: stage))
+    detail = _detail("Essential container in task exited", 0).detail.model_copy(
+        update={"tags": {TAG_RUN: "r1", TAG_STAGE: "preprocess", TAG_ATTEMPT: tag}}
+    )
+    # WHEN / THEN the job is not taken as the stage's: it stays unknown, and the handler does not fail
+    assert _adopt(svc, detail) is None
 
 
 @pytest.mark.parametrize(

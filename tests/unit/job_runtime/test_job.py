@@ -7,6 +7,8 @@ import signal
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -35,7 +37,7 @@ from spot_checkpoint import (
 from spot_hpc.ledger import Stage
 from spot_hpc.placement import request_checkpoint
 
-from spotctl.drill.metadata_server import MetadataStandIn
+from spotctl.drill.metadata_server import TOKEN_PATH, MetadataStandIn
 
 from .conftest import BUCKET, EventRecorder, S3Passthrough
 
@@ -242,6 +244,22 @@ def test_instance_metadata_without_notice_and_expired_token() -> None:
         client._token = "revoked"
         assert client.spot_instance_action() is None
         assert [method for method, _, _ in metadata.requests].count("PUT") == 2
+
+
+@pytest.mark.parametrize("ttl", ["²", "0", "21601", "1_0", ""])
+def test_the_metadata_stand_in_refuses_a_token_ttl_imds_would_refuse(ttl: str) -> None:
+    # GIVEN the stand-in for the instance metadata service
+    with MetadataStandIn() as metadata:
+        # WHEN a token is asked for with a TTL that is not 1-21600 seconds in ASCII digits
+        request = urllib.request.Request(
+            f"{metadata.endpoint.rstrip('/')}{TOKEN_PATH}",
+            method="PUT",
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": ttl},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+    # THEN it answers 400, as IMDS does, rather than dropping the connection
+    assert refused.value.code == 400
 
 
 def test_unreachable_metadata_service_keeps_the_job_working(s3: Any, events: EventRecorder) -> None:

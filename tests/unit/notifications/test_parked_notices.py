@@ -233,6 +233,18 @@ def test_a_notice_parked_before_it_said_when_it_was_due_takes_the_time_sqs_got_i
     assert sink.delivered_messages[0]["text"].startswith("Delayed notice: first due 2026-01-05 05:10 UTC")
 
 
+@pytest.mark.parametrize("sent", ["²", "", "1767589800000.5", None])
+def test_an_old_form_notice_whose_sent_time_is_not_a_number_is_due_at_an_unknown_time(sent):
+    # GIVEN a message parked in the old form, whose SentTimestamp is not ASCII digits ("²" passes str.isdigit)
+    (message,) = _parked(REQUEUED)
+    message["Body"] = json.dumps({"notification": REQUEUED.to_dict(), "error": "HTTP 500"})
+    message["Attributes"] = {"SentTimestamp": sent}
+    # WHEN it is read
+    parked = parse_parked_notice(message)
+    # THEN it is still the notice, due at an unknown time, not a crash
+    assert parked.notification == REQUEUED and parked.due_at == "an unknown time"
+
+
 def test_a_pass_stays_within_its_time_budget(services, queue, sink, utc_clock):
     # GIVEN three parked notices, and each Slack request taking 30 s of the pass's 60 s budget
     messages = _parked(REQUEUED, AT_RISK, Notification(kind="started", run_id="run-1", stage=None, reason="go"))

@@ -13,6 +13,8 @@ from aws_lambda_powertools.utilities.parser.models import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 
+from spot_hpc.validation import ascii_whole_number
+
 __all__ = [
     "BatchJobStateChangeEvent",
     "EventBridgeModel",
@@ -98,7 +100,7 @@ class BatchJobDetail(_Lenient):
     def array_parent_id(self) -> str | None:
         """The array job this job is a child of (Batch names a child `<parent id>:<index>`); None otherwise."""
         parent, colon, index = self.job_id.partition(":")
-        return parent if colon and index.isdigit() else None
+        return parent if colon and ascii_whole_number(index) is not None else None
 
     @property
     def is_array_parent(self) -> bool:
