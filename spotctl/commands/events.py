@@ -22,9 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="put events on the offline stack's default bus",
         description="Puts events on a freshly deployed offline stack's default bus; the template's rules decide "
         "which handlers run. Rules match only the stack's own names (job queues, bucket): to run a handler on "
-        "a sample event whatever its names, use `spotctl invoke`. An event PutEvents refuses (a source or "
-        "detail-type that is not a string, a detail that is not an object) is reported as a failed entry, as "
-        "PutEvents answers it, and reaches no rule; the command then exits 1.",
+        "a sample event whatever its names, use `spotctl invoke`. An event PutEvents refuses (no source, "
+        "detail-type or detail, a source or detail-type that is not a string, a detail that is not an object) is "
+        "reported as a failed entry, as PutEvents answers it, and reaches no rule; the command then exits 1.",
     )
     put.add_argument("file", type=Path, help="one event or a JSON list of events")
     put.add_argument("--json", type=Path, help="write the deliveries (and the failed entries) here")
@@ -76,11 +76,15 @@ def put_events(args: argparse.Namespace) -> int:
     if not events:
         raise ToolError(f"{args.file}: no events (the list is empty)")
     for index, event in enumerate(events):
-        if not (isinstance(event, dict) and "source" in event and "detail-type" in event):
-            raise ToolError(f"{args.file}: event [{index}] needs at least source and detail-type")
+        # An entry that is not an object is no PutEvents entry at all (the call itself is refused); one missing a
+        # field PutEvents requires is a failed entry, below.
+        if not isinstance(event, dict):
+            raise ToolError(
+                f"{args.file}: event [{index}] is not an event: a JSON object with source, detail-type and detail"
+            )
     deliveries = []
-    # Entries PutEvents refuses (a source that is not a string, a detail that is not an object): it answers each as a
-    # failed entry, with an ErrorCode and an ErrorMessage, and puts the others.
+    # Entries PutEvents refuses (no detail, a source that is not a string, a detail that is not an object): it answers
+    # each as a failed entry, with an ErrorCode and an ErrorMessage, and puts the others.
     failed_entries = []
     with OfflineControlPlane() as plane:
         for index, event in enumerate(events):

@@ -3,8 +3,9 @@
 AWS EventBridge delivers a matching event to every target of every rule, retrying per the target's RetryPolicy and
 then sending it to the target's dead-letter queue. moto stores the rules and matches patterns but invokes no Lambda
 or Step Functions target; this bus does, in-process, and dead-letters an event whose target errors. An entry PutEvents
-refuses (a Source that is not a string, a Detail that is not a JSON object) is refused here too, before any rule sees
-it: PutEvents answers it as a failed entry, with an ErrorCode and an ErrorMessage, and puts the other entries.
+refuses (no Source, DetailType or Detail, a Source that is not a string, a Detail that is not a JSON object) is refused
+here too, before any rule sees it: PutEvents answers it as a failed entry, with an ErrorCode and an ErrorMessage, and
+puts the other entries.
 """
 
 from __future__ import annotations
@@ -58,20 +59,25 @@ class RejectedEntry(ValueError):
 _STRING_FIELDS = (("source", "Source"), ("detail-type", "DetailType"))
 
 
+def _missing(name: str) -> RejectedEntry:
+    return RejectedEntry("InvalidArgument", f"Parameter {name} is not valid. Reason: {name} is a required argument.")
+
+
 def check_entry(entry: Mapping[str, Any]) -> None:
     """Raises RejectedEntry for an entry PutEvents would answer as failed: a Source or DetailType (`source`,
-    `detail-type`) missing or not a non-empty string (InvalidArgument), a Detail (`detail`) that is not a JSON object
-    (MalformedDetail), Resources (`resources`) that are not a list of strings (InvalidArgument). A Detail left out is
-    taken as {}, as the bus has always taken it."""
+    `detail-type`) missing or not a non-empty string (InvalidArgument), a Detail (`detail`) missing (InvalidArgument)
+    or not a JSON object (MalformedDetail), Resources (`resources`) that are not a list of strings (InvalidArgument).
+    The fields are checked in the order PutEvents checks them: Source, DetailType, then Detail."""
     for field, name in _STRING_FIELDS:
         if field not in entry:
-            reason = f"{name} is a required argument"
-        elif not isinstance(entry[field], str) or not entry[field]:
+            raise _missing(name)
+        if not isinstance(entry[field], str) or not entry[field]:
             reason = f"{name} must be a non-empty string, not {shown(entry[field])}"
-        else:
-            continue
-        raise RejectedEntry("InvalidArgument", f"Parameter {name} is not valid. Reason: {reason}.")
-    if "detail" in entry and not isinstance(entry["detail"], dict):
+            raise RejectedEntry("InvalidArgument", f"Parameter {name} is not valid. Reason: {reason}.")
+    # The API reference marks Detail optional, but PutEvents answers an entry without one as a failed entry.
+    if "detail" not in entry:
+        raise _missing("Detail")
+    if not isinstance(entry["detail"], dict):
         raise RejectedEntry("MalformedDetail", f"Detail is malformed: not a JSON object but {shown(entry['detail'])}.")
     resources = entry.get("resources", [])
     if not isinstance(resources, list) or not all(isinstance(resource, str) for resource in resources):
@@ -134,7 +140,7 @@ class EventBus:
         PutEvents refuses raises RejectedEntry (`check_entry`) and is delivered nowhere.
         """
         check_entry(entry)
-        event = {**make_event(entry["source"], entry["detail-type"], {}), **entry}
+        event = {**make_event(entry["source"], entry["detail-type"], entry["detail"]), **entry}
         delivered: list[Delivery] = []
         for rule in self._rules():
             if rule.state != "ENABLED" or rule.scheduled_expression or not rule.event_pattern.matches_event(event):

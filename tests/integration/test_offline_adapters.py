@@ -201,10 +201,22 @@ def test_an_entry_putevents_refuses_is_refused_with_its_error_code(change, code,
     assert refused.value.code == code and message in refused.value.message
 
 
+@pytest.mark.parametrize(("field", "name"), [("source", "Source"), ("detail-type", "DetailType"), ("detail", "Detail")])
+def test_an_entry_without_source_detail_type_or_detail_is_refused_as_putevents_refuses_it(field, name):
+    # GIVEN an event without one of the three fields PutEvents requires of an entry
+    entry = make_event("aws.ec2", "Probe", {"n": 1})
+    del entry[field]
+    # WHEN / THEN it is refused with the failed entry PutEvents answers: InvalidArgument, naming the field
+    with pytest.raises(RejectedEntry) as refused:
+        check_entry(entry)
+    assert refused.value.code == "InvalidArgument"
+    assert refused.value.message == f"Parameter {name} is not valid. Reason: {name} is a required argument."
+
+
 def test_an_event_of_putevents_shape_is_taken_whatever_it_leaves_out():
-    # GIVEN / WHEN / THEN an event with its fields of the right types, and one with only source and detail-type
+    # GIVEN / WHEN / THEN an event with its fields of the right types, and one with only source, detail-type and detail
     check_entry(make_event("aws.ec2", "Probe", {"n": 1}, ["arn:aws:ec2:us-east-1:123456789012:instance/i-1"]))
-    check_entry({"source": "aws.ec2", "detail-type": "Probe"})
+    check_entry({"source": "aws.ec2", "detail-type": "Probe", "detail": {}})
 
 
 # ------------------------------------------------------------------ against the embedded AWS

@@ -257,7 +257,8 @@ def test_put_events_fails_when_a_handler_failed_on_an_event(
 
     monkeypatch.setattr("spotctl.offline.runtime.OfflineControlPlane", Plane)
     events = tmp_path / "events.json"
-    events.write_text(json.dumps([{"id": i, "source": "aws.ec2", "detail-type": "Probe"} for i in ("good", "bad")]))
+    probes = [{"id": i, "source": "aws.ec2", "detail-type": "Probe", "detail": {}} for i in ("good", "bad")]
+    events.write_text(json.dumps(probes))
     out = tmp_path / "deliveries.json"
     # WHEN they are put on the bus
     code = main(["put-events", str(events), "--json", str(out)])
@@ -299,18 +300,44 @@ def test_put_events_reports_entries_putevents_refuses_as_failed_entries(
         (1, "InvalidArgument"), (2, "InvalidArgument"), (3, "MalformedDetail")]  # fmt: skip
 
 
+def test_put_events_reports_an_entry_without_source_detail_type_or_detail_as_a_failed_entry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN entries each without one of the fields PutEvents requires (detail, source, detail-type), then an event no
+    # rule takes
+    events = tmp_path / "events.json"
+    probe = {"source": "aws.ec2", "detail-type": "Probe", "detail": {}}
+    incomplete = [{k: v for k, v in probe.items() if k != field} for field in ("detail", "source", "detail-type")]
+    events.write_text(json.dumps([*incomplete, probe]))
+    out = tmp_path / "deliveries.json"
+    # WHEN they are put on the offline stack's bus
+    code = main(["put-events", str(events), "--json", str(out)])
+    # THEN each entry missing a field is a failed entry with PutEvents' InvalidArgument, none is put with a detail made
+    # up for it, the good one is put (and matches no rule), and the command fails
+    captured = capsys.readouterr()
+    assert code == 1
+    for index, name in enumerate(("Detail", "Source", "DetailType")):
+        line = f"event [{index}]  failed entry  InvalidArgument: Parameter {name} is not valid. Reason: {name} is a "
+        assert f"{line}required argument." in captured.out
+    assert "(aws.ec2 / Probe) matched no rule" in captured.err and captured.err.count("matched no rule") == 1
+    assert "3 of 4 events were not put: PutEvents refuses them as failed entries" in captured.err
+    written = json.loads(out.read_text())
+    assert [(e["entry"], e["error_code"]) for e in written["failed_entries"]] == [
+        (0, "InvalidArgument"), (1, "InvalidArgument"), (2, "InvalidArgument")]  # fmt: skip
+
+
 def test_put_events_names_the_entry_that_is_not_an_event(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # GIVEN a list of a good event, then an entry with no detail-type
+    # GIVEN a list of a good event, then an entry that is not a JSON object at all
     events = tmp_path / "events.json"
-    events.write_text(json.dumps([{"source": "aws.ec2", "detail-type": "Probe"}, {"source": "aws.ec2"}]))
+    events.write_text(json.dumps([{"source": "aws.ec2", "detail-type": "Probe", "detail": {}}, "aws.ec2"]))
     _refuse_to_run(monkeypatch, "spotctl.offline.runtime.OfflineControlPlane")
     # WHEN they are put on the bus
     code = main(["put-events", str(events)])
     # THEN the file is refused before the stack is deployed, naming the bad entry by its index
     assert code == 2
-    assert "event [1] needs at least source and detail-type" in capsys.readouterr().err
+    assert "event [1] is not an event: a JSON object with source, detail-type and detail" in capsys.readouterr().err
 
 
 def test_put_events_says_an_empty_list_has_no_events(
