@@ -10,7 +10,7 @@ from typing import Any
 
 import boto3
 from spot_hpc.services import Services
-from spot_hpc.settings import ControlPlaneSettings
+from spot_hpc.settings import ControlPlaneSettings, SettingsError
 
 from spotctl.cli import ToolError
 
@@ -54,14 +54,29 @@ def services_for_stack(stack_name: str, region: str, extra_env: Mapping[str, str
             raise StackNotFound(f"stack {stack_name!r} in {region}: {exc.response['Error']['Message']}") from exc
         name = function["StackResourceDetail"]["PhysicalResourceId"]
         config = boto3.client("lambda", region_name=region).get_function_configuration(FunctionName=name)
-        variables = {k: str(v) for k, v in config["Environment"]["Variables"].items()}
-        settings = ControlPlaneSettings.from_environ({**variables, "AWS_REGION": region, **(extra_env or {})})
+        # A function without an environment has none of the control plane's settings either.
+        variables = {k: str(v) for k, v in config.get("Environment", {}).get("Variables", {}).items()}
+        try:
+            settings = ControlPlaneSettings.from_environ({**variables, "AWS_REGION": region, **(extra_env or {})})
+        except SettingsError as exc:
+            raise StackNotFound(f"stack {stack_name!r} in {region}: not a Spot HPC control plane stack: {exc}") from exc
         return Services.from_settings(settings)
 
 
 def run_reports(svc: Services) -> list[dict[str, Any]]:
-    """Every run in the stack's ledger, as run reports (the design's contract)."""
+    """Every run in the stack's ledger, as run reports (the design's contract). A run the ledger holds in no run's
+    shape (a field missing, a time that is not one) is a ValueError, naming the run where its item could be read."""
     from spot_hpc.outcome import run_report
 
-    with aws_errors("reading the stack's ledger"):
-        return [run_report(svc, run) for run in svc.ledger.list_runs()]
+    with aws_errors(f"reading its ledger (table {svc.settings.ledger_table!r})"):
+        try:
+            runs = svc.ledger.list_runs()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"a run in its ledger cannot be read: {exc}") from None
+        reports = []
+        for run in runs:
+            try:
+                reports.append(run_report(svc, run))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"run {run.run_id!r} cannot be reported: {exc}") from None
+        return reports

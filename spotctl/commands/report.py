@@ -100,13 +100,29 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def load_stack_reports(stack: str, region: str | None) -> list[dict[str, Any]]:
+def load_stack_reports(stack: str, region: str | None) -> tuple[str, list[dict[str, Any]]]:
+    """("stack NAME in REGION", every run in its ledger as a run report). Each report is checked as it is read
+    (`summarise_run`), as a file's are, and every error names the stack, as a file's name the file."""
     from spotctl.deployed import StackNotFound, run_reports, services_for_stack, stack_region
+    from spotctl.reporting import summarise_run
 
     try:
-        return run_reports(services_for_stack(stack, stack_region(region)))
+        region = stack_region(region)
+    except ToolError as exc:
+        raise ToolError(f"stack {stack!r}: {exc}") from None
+    try:
+        # Its errors name the stack and its region already.
+        services = services_for_stack(stack, region)
     except StackNotFound as exc:
         raise ToolError(str(exc)) from None
+    where = f"stack {stack!r} in {region}"
+    try:
+        reports = run_reports(services)
+        for index, report in enumerate(reports):
+            summarise_run(report, index)
+    except (ToolError, ValueError) as exc:
+        raise ToolError(f"{where}: {exc}") from None
+    return where, reports
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -117,7 +133,11 @@ def run_report(args: argparse.Namespace) -> int:
         raise ToolError("--region is the region of --stack; --from-json reads run reports from files, which need none")
     if args.plot is not None:
         check_output(args.plot, "--plot", suffix=".png")
-    reports = load_run_reports(list(args.from_json)) if args.from_json else load_stack_reports(args.stack, args.region)
+    if args.from_json:
+        reports, no_runs = load_run_reports(list(args.from_json)), "there are no runs to chart"
+    else:
+        where, reports = load_stack_reports(args.stack, args.region)
+        no_runs = f"{where} has no runs to chart"
     try:
         # The chart's folders are made only as it is written, after every report was read: a report that fails
         # leaves none behind.
@@ -128,6 +148,6 @@ def run_report(args: argparse.Namespace) -> int:
     if args.plot is not None and not reports:
         # No chart was written, and an earlier one at that path is left as it was: the user (or a script about to
         # send the chart on) is told, and the exit code says the report did not do all it was asked.
-        print(f"spotctl report: no chart written to {args.plot}: there are no runs to chart", file=sys.stderr)
+        print(f"spotctl report: no chart written to {args.plot}: {no_runs}", file=sys.stderr)
         return 1
     return 0

@@ -4,10 +4,13 @@ traceback, and output paths refused before a long run."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
+from spot_hpc.ledger import Attempt, Ledger, Run, Stage
 
 from spotctl.cli import main
 
@@ -101,6 +104,134 @@ def test_report_stack_reads_every_service_in_the_stacks_region(no_aws_account, d
     clients = [services.ledger._table.meta.client, services.s3, services.sns, services.sqs, services.secrets]
     clients += [services.batch._batch, services.batch._ecs, services.pipeline._client]
     assert {client.meta.region_name for client in clients} == {"eu-west-1"}
+
+
+def _deploy_stack(name: str, environment: dict[str, str]) -> None:
+    """A stack on moto with what `report --stack` reads of a stack besides its ledger: its stage runner function, with
+    the environment the function has."""
+    role = boto3.client("iam").create_role(RoleName=f"{name}-role", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    function = {
+        "Runtime": "python3.11",
+        "Handler": "index.handler",
+        "Role": role,
+        "Code": {"ZipFile": "def handler(event, context): pass"},
+        "Environment": {"Variables": environment},
+    }
+    template = {"Resources": {"StageRunnerFunction": {"Type": "AWS::Lambda::Function", "Properties": function}}}
+    boto3.client("cloudformation").create_stack(StackName=name, TemplateBody=json.dumps(template))
+
+
+def _report_stack(*options: str) -> int:
+    return main(["report", "--stack", "spot-hpc", "--region", "us-east-1", *options])
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        (None, "stack 'spot-hpc' in us-east-1: Stack with id spot-hpc does not exist"),
+        (STACK_FUNCTION_ENV, "stack 'spot-hpc' in us-east-1: reading its ledger (table 'ledger'): Requested resource"),
+        ({"POWERTOOLS_SERVICE_NAME": "other"}, "stack 'spot-hpc' in us-east-1: not a Spot HPC control plane stack: "),
+    ],
+)
+def test_report_stack_that_has_no_ledger_to_read_names_the_stack(
+    moto_aws: None, capsys: pytest.CaptureFixture[str], environment: dict[str, str] | None, message: str
+) -> None:
+    # GIVEN no such stack, the stack without its ledger table, or a stack whose function is not the control plane's
+    if environment is not None:
+        _deploy_stack("spot-hpc", environment)
+    # WHEN the report reads it
+    code = _report_stack()
+    # THEN it is a one-line user error naming the stack and its region
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"spotctl report: error: {message}")
+
+
+def _run_in_ledger(ledger: Ledger, usd_per_hour: float = 1.0) -> None:
+    """run-1: preprocess ran an hour on Spot at `usd_per_hour`, and the run succeeded."""
+    start, end = "2026-01-05T00:00:00Z", "2026-01-05T01:00:00Z"
+    run = Run("run-1", "ingest", "incoming/a.csv", "v1", "2026-01-05T08:00:00Z", 8.0, start, {"preprocess": 1.0})
+    stage = Stage("run-1", "preprocess", 0, 1.0, True, 1, attempt=1, on_demand_usd_per_hour=1.0)
+    ledger.create_run(replace(run, status="SUCCEEDED", finished_at=end), [stage])
+    ledger.record_attempt(
+        Attempt("run-1", "preprocess", 1, "job-1", "spot", "spot", 1, start, usd_per_hour, status="SUCCEEDED",
+                started_at=start, stopped_at=end)
+    )  # fmt: skip
+
+
+def test_report_stack_with_a_run_whose_figures_no_run_can_have_names_the_stack_and_the_run(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN the stack, and in its ledger a run billed at a price no instance has ($1e12 an hour)
+    _deploy_stack("spot-hpc", STACK_FUNCTION_ENV)
+    _run_in_ledger(ledger, usd_per_hour=1e12)
+    # WHEN the report reads it
+    code = _report_stack()
+    # THEN the run is refused naming the stack as well as the run and the field, as a report file's names its file
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (
+        "spotctl report: error: stack 'spot-hpc' in us-east-1: run report 'run-1' is malformed: cost_usd is 1e+12, "
+        "not an amount from 0 to 1,000,000,000 USD\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({"started_at": "yesterday"}, "run 'run-1' cannot be reported: Invalid isoformat string: 'yesterday'"),
+        ({"bucket": None}, "a run in its ledger cannot be read: "),
+    ],
+)
+def test_report_stack_with_a_run_its_ledger_holds_in_no_run_s_shape_names_the_stack(
+    ledger: Ledger, ledger_table: Any, capsys: pytest.CaptureFixture[str], item: dict[str, Any], message: str
+) -> None:
+    # GIVEN the stack, and in its ledger a run whose start is not a time, or whose item lacks a field every run has
+    _deploy_stack("spot-hpc", STACK_FUNCTION_ENV)
+    _run_in_ledger(ledger)
+    for name, value in item.items():
+        key = {"pk": "RUN#run-1", "sk": "RUN"}
+        if value is None:
+            ledger_table.update_item(Key=key, UpdateExpression="REMOVE #f", ExpressionAttributeNames={"#f": name})
+        else:
+            ledger.update_run("run-1", **{name: value})
+    # WHEN the report reads it
+    code = _report_stack()
+    # THEN it is a one-line user error naming the stack (and the run where its item could be read), not a traceback
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"spotctl report: error: stack 'spot-hpc' in us-east-1: {message}")
+
+
+def test_report_stack_with_no_runs_to_chart_names_the_stack(
+    ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN the stack, with an empty ledger
+    _deploy_stack("spot-hpc", STACK_FUNCTION_ENV)
+    plot = tmp_path / "cost.png"
+    # WHEN the report reads it, then is asked to chart its runs
+    listed = _report_stack()
+    listed_out = capsys.readouterr().out
+    charted = _report_stack("--plot", str(plot))
+    # THEN there are no runs to report, which is no error; but no chart is written, which names the stack
+    captured = capsys.readouterr()
+    assert (listed, listed_out) == (0, "No runs to report.\n")
+    assert charted == 1 and not plot.exists()
+    no_chart = f"spotctl report: no chart written to {plot}: stack 'spot-hpc' in us-east-1 has no runs to chart\n"
+    assert captured.err == no_chart
+
+
+def test_report_stack_without_a_region_to_read_it_in_names_the_stack(
+    no_aws_account: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN no --region and no AWS_REGION, and a profile that is not configured, where the region would come from
+    no_aws_account.delenv("AWS_REGION", raising=False)
+    no_aws_account.setenv("AWS_PROFILE", "missing")
+    # WHEN the report reads a deployed stack
+    code = main(["report", "--stack", "spot-hpc"])
+    # THEN the error names the stack it was to read
+    assert code == 2
+    assert capsys.readouterr().err.startswith("spotctl report: error: stack 'spot-hpc': finding the AWS region: ")
 
 
 def test_demo_refuses_a_start_too_close_to_the_end_of_the_trace(
