@@ -298,21 +298,33 @@ def test_float_options_refuse_nan_and_infinity(argv: list[str], capsys: pytest.C
     assert "not a finite number" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("poll", ["1e308", "1.5", "0", "-1"])
-def test_checkpoint_drill_refuses_a_poll_a_drilled_part_cannot_wait_for(
-    poll: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+TOO_LONG = "a drilled part works a second or two, and one that looks for its notice less often can finish"
+TOO_SHORT = "a job that looks for its notice more often only has its watchers poll back to back"
+
+
+@pytest.mark.parametrize(
+    ("poll", "why"),
+    [("1e308", TOO_LONG), ("1.5", TOO_LONG), ("0.009", TOO_SHORT), ("1e-9", TOO_SHORT), ("0", TOO_SHORT),
+     ("-1", TOO_SHORT)],
+)  # fmt: skip
+def test_checkpoint_drill_refuses_a_poll_a_drilled_part_cannot_wait_for_or_that_busy_loops(
+    poll: str, why: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # GIVEN a poll interval longer than a drilled part works (1e308 s overflows the jobs' waits), or none at all
+    # GIVEN a poll interval longer than a drilled part works (1e308 s overflows the jobs' waits), or so short (or none
+    # at all) that the jobs' watchers would poll back to back
     _refuse_to_run(monkeypatch, "spotctl.drill.runner.run_drills")
     # WHEN the drill is asked to run with it
     code = main(["checkpoint-drill", "--poll-seconds", poll])
-    # THEN it is refused before any job starts, with a one-line error giving the bound and why
+    # THEN it is refused before any job starts, with a one-line error giving the bounds and why
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert f"--poll-seconds must be more than 0 and at most 1, not {float(poll):g}: a drilled part works" in err
+    assert f"--poll-seconds must be from 0.01 to 1, not {float(poll):g}: {why}" in err
 
 
-def test_checkpoint_drill_takes_a_poll_of_up_to_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("poll", ["0.01", "1"])
+def test_checkpoint_drill_takes_a_poll_from_a_hundredth_of_a_second_to_a_second(
+    poll: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # GIVEN a drill that records the poll interval it is given instead of running
     polls: list[float] = []
 
@@ -321,10 +333,10 @@ def test_checkpoint_drill_takes_a_poll_of_up_to_a_second(monkeypatch: pytest.Mon
         return []
 
     monkeypatch.setattr("spotctl.drill.runner.run_drills", run_drills)
-    # WHEN it is asked for the longest poll it takes
-    code = main(["checkpoint-drill", "--poll-seconds", "1"])
+    # WHEN it is asked for the shortest or the longest poll it takes
+    code = main(["checkpoint-drill", "--poll-seconds", poll])
     # THEN the drill runs with it
-    assert (code, polls) == (0, [1.0])
+    assert (code, polls) == (0, [float(poll)])
 
 
 def test_put_events_refuses_a_directory_and_an_unwritable_json_path_before_deploying(
