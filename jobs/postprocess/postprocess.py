@@ -200,14 +200,16 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
     replicates = whole_number(environ, "POSTPROCESS_BOOTSTRAP", 2000)
     batch = whole_number(environ, "POSTPROCESS_BATCH", 100)
     hot_fraction = fraction(environ, "POSTPROCESS_HOT_FRACTION", 0.5)
-    ensemble = load_ensemble(s3, input_uri)
-    mean_rise = ensemble.fields.mean(axis=0)
-    std_rise = ensemble.fields.std(axis=0)
-    threshold = hot_fraction * float(mean_rise.max())
-    cell_area = ensemble.dx_m**2
-    flat_fields = ensemble.fields.reshape(len(ensemble.fields), -1)
-
+    # The job (the runtime's settings, the checkpoint bucket) before the input: a setting it cannot use fails it at
+    # once, not after loading every part's fields.
     with CheckpointedJob.from_environment(s3, environ) as job:
+        ensemble = load_ensemble(s3, input_uri)
+        mean_rise = ensemble.fields.mean(axis=0)
+        std_rise = ensemble.fields.std(axis=0)
+        threshold = hot_fraction * float(mean_rise.max())
+        cell_area = ensemble.dx_m**2
+        flat_fields = ensemble.fields.reshape(len(ensemble.fields), -1)
+
         areas = np.load(io.BytesIO(job.resumed.state), allow_pickle=False) if job.resumed else np.zeros(0)
         while len(areas) < replicates:
             count = min(batch, replicates - len(areas))

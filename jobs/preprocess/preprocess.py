@@ -253,25 +253,29 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
     except KeyError as exc:
         raise InputError(f"environment variable {exc.args[0]} is not set") from None
     chunk_rows = whole_number(environ, "PREPROCESS_CHUNK_ROWS", DEFAULT_CHUNK_ROWS)
-    # The run's own upload: a resumed attempt must not read a newer file uploaded under the same key since.
-    with local_copy(s3, input_uri, environ.get("INPUT_VERSION_ID")) as (text, size, line_feeds):
+    # The job (the runtime's settings, the checkpoint bucket) before the upload: a setting it cannot use fails it at
+    # once, not after copying a large upload to disk. The run's own upload: a resumed attempt must not read a newer file
+    # uploaded under the same key since.
+    with (
+        CheckpointedJob.from_environment(s3, environ) as job,
+        local_copy(s3, input_uri, environ.get("INPUT_VERSION_ID")) as (text, size, line_feeds),
+    ):
         total_rows = max(line_feeds, 1)  # an estimate for progress only
-        with CheckpointedJob.from_environment(s3, environ) as job:
-            state = CleaningState.from_payloads(job.resumed.payloads) if job.resumed else CleaningState()
-            with closing(state.cleaned):
-                positions, rows = data_rows(text, size, state.rows_read)
-                clean_rows(job, state, positions, rows, chunk_rows=chunk_rows, total_rows=total_rows)
-                rejected = dict(sorted(state.rejected.items()))
-                rows_out = state.rows_read - sum(rejected.values())
-                report = {"rows_in": state.rows_read, "rows_out": rows_out, "rejected": rejected}
-                write_object(s3, join_uri(output_uri, OUTPUT_CSV), state.cleaned.whole())
-                report_json = json.dumps(report, indent=2).encode()
-                write_object(s3, join_uri(output_uri, OUTPUT_REPORT), report_json, "application/json")
-            if rows_out == 0:
-                # Told here, with the reasons, rather than by the HPC stage after it has paid for its nodes.
-                reasons = ", ".join(f"{count} {reason}" for reason, count in rejected.items()) or "none"
-                raise InputError(f"no rows left to compute on: {state.rows_read} read, rejected: {reasons}")
-            job.finish()
+        state = CleaningState.from_payloads(job.resumed.payloads) if job.resumed else CleaningState()
+        with closing(state.cleaned):
+            positions, rows = data_rows(text, size, state.rows_read)
+            clean_rows(job, state, positions, rows, chunk_rows=chunk_rows, total_rows=total_rows)
+            rejected = dict(sorted(state.rejected.items()))
+            rows_out = state.rows_read - sum(rejected.values())
+            report = {"rows_in": state.rows_read, "rows_out": rows_out, "rejected": rejected}
+            write_object(s3, join_uri(output_uri, OUTPUT_CSV), state.cleaned.whole())
+            report_json = json.dumps(report, indent=2).encode()
+            write_object(s3, join_uri(output_uri, OUTPUT_REPORT), report_json, "application/json")
+        if rows_out == 0:
+            # Told here, with the reasons, rather than by the HPC stage after it has paid for its nodes.
+            reasons = ", ".join(f"{count} {reason}" for reason, count in rejected.items()) or "none"
+            raise InputError(f"no rows left to compute on: {state.rows_read} read, rejected: {reasons}")
+        job.finish()
 
 
 def main() -> int:

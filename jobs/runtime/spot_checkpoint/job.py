@@ -225,8 +225,8 @@ class CheckpointedJob:
         # without a checkpoint until Batch's SIGKILL). The handler only records it; step(), after the state is loaded,
         # acts on it. The Spot notice and the checkpoint request are not lost meanwhile: both stay posted, and the
         # watcher's first look, synchronous, comes as soon as the checkpoint is loaded. The request poller cannot start
-        # before anyway: which request the part has already honoured is in the checkpoint. A SIGTERM that came before,
-        # while the job read its input, run_job recorded (sigterm_recorded): the watcher takes it over here.
+        # before anyway: which request the part has already honoured is in the checkpoint. A SIGTERM that came before
+        # start(), run_job recorded (sigterm_recorded): the watcher takes it over here.
         self.watcher.install_signal_handler()
         try:
             if self.store is not None:

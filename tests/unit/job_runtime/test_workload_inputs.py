@@ -19,7 +19,7 @@ from jobs.postprocess import postprocess
 from jobs.preprocess import preprocess
 
 from .conftest import BUCKET
-from .test_workloads import INPUT_CSV, as_in_container, run_interrupted, stage_env
+from .test_workloads import INPUT_CSV, InputReads, as_in_container, run_interrupted, stage_env
 
 HEADER = "source_id,x_m,y_m,power_w\n"
 CSV_FIELD_LIMIT = 131_072  # the csv module's own limit on a field, as a new process has it
@@ -518,7 +518,7 @@ def test_a_job_setting_it_cannot_use_is_an_input_error_naming_it(s3: Any, job: A
     [(preprocess, INPUT_CSV), (hpc, HPC_SOURCES), (postprocess, HPC_OUTPUT)],
     ids=["preprocess", "hpc", "postprocess"],
 )
-def test_a_runtime_setting_it_cannot_use_exits_1_saying_why_in_one_line(
+def test_a_runtime_setting_it_cannot_use_exits_1_saying_why_in_one_line_before_reading_the_input(
     s3: Any,
     hpc_output: dict[str, bytes],
     monkeypatch: pytest.MonkeyPatch,
@@ -531,7 +531,8 @@ def test_a_runtime_setting_it_cannot_use_exits_1_saying_why_in_one_line(
     write_object(s3, HPC_SOURCES, (HEADER + "a,0.1,0.1,5.0\n").encode())
     name = job.__name__.rsplit(".", 1)[-1]
     env = stage_env("settings", name, input_uri, SPOT_CHECKPOINT_POLL_SECONDS="5s")
-    as_in_container(monkeypatch, env, s3)
+    reads = InputReads(s3, input_uri)
+    as_in_container(monkeypatch, env, reads)
     # WHEN the job runs as in its container
     code = job.main()
     # THEN it exits with the application error's code (the definition is wrong: no resubmission will do better),
@@ -541,6 +542,9 @@ def test_a_runtime_setting_it_cannot_use_exits_1_saying_why_in_one_line(
         f"{name}: environment variable SPOT_CHECKPOINT_POLL_SECONDS must be a number above 0, not '5s'"
     ]
     assert list_objects(s3, env["OUTPUT_URI"]) == {}
+    # AND it said so before it read any of its input (before, preprocess copied its whole upload and postprocess
+    # loaded every part's fields first, which can take minutes, only to fail on the setting)
+    assert reads.reads == []
 
 
 def test_a_job_setting_left_empty_takes_its_default() -> None:

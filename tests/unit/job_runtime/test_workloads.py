@@ -341,19 +341,40 @@ def test_main_node_stopped_while_waiting_exits_as_a_stop_and_resumes_waiting(s3:
     assert restarted is not None and restarted.seq == own.seq
 
 
-class SigtermWhileReading(S3Passthrough):
-    """An S3 client that sends this process SIGTERM once, as the job starts reading its input (under ``input_uri``)."""
+class InputReads(S3Passthrough):
+    """An S3 client recording every read of the job's input (under ``input_uri``): a GET of it, or a listing of it."""
 
     def __init__(self, s3: Any, input_uri: str) -> None:
         super().__init__(s3)
         self._input_key = input_uri.split("/", 3)[3]
-        self.sent = False
+        self.reads: list[str] = []
+
+    def read_input(self, key: str) -> None:
+        """Called on each read of the input, before S3 answers it."""
+        self.reads.append(key)
 
     def get_object(self, **kwargs: Any) -> Any:
-        if kwargs["Key"].startswith(self._input_key) and not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), signal.SIGTERM)
+        if kwargs["Key"].startswith(self._input_key):
+            self.read_input(kwargs["Key"])
         return self._s3.get_object(**kwargs)
+
+    def list_objects_v2(self, **kwargs: Any) -> Any:
+        if kwargs.get("Prefix", "").startswith(self._input_key):
+            self.read_input(kwargs["Prefix"])
+        return self._s3.list_objects_v2(**kwargs)
+
+
+class SigtermWhileReading(InputReads):
+    """An S3 client that sends this process SIGTERM once, as the job starts reading its input."""
+
+    @property
+    def sent(self) -> bool:
+        return bool(self.reads)
+
+    def read_input(self, key: str) -> None:
+        if not self.sent:
+            os.kill(os.getpid(), signal.SIGTERM)
+        super().read_input(key)
 
 
 def preprocess_reads(s3: Any) -> str:
@@ -381,7 +402,7 @@ def test_a_sigterm_while_the_job_reads_its_input_stops_it_at_its_first_step(
     s3 = pipeline_inputs
     # GIVEN a process that ignores a SIGTERM it has no handler for (as Python does as a container's PID 1, the job
     # image's case), and a job sent SIGTERM once as it starts reading its input (the upload preprocess copies to local
-    # disk, the sources hpc reads, the fields postprocess loads), before it starts its CheckpointedJob
+    # disk, the sources hpc reads, the fields postprocess loads), after it started its CheckpointedJob
     stage = job.__name__.rsplit(".", 1)[-1]
     env = stage_env("sigterm", stage, given_input(s3))
     reads = SigtermWhileReading(s3, env["INPUT_URI"])
