@@ -17,8 +17,10 @@ honoured), ``final``, ``writer`` (the token of the save that wrote it), ``payloa
 the job's ``meta``. A checkpoint is complete only when its manifest exists and every payload matches it; readers fall
 back to the previous complete one otherwise.
 
-The checkpoint request (``request.json``): ``{"request_id": "<hex>", "reason": "...", "requested_at": <epoch s>}``.
-Every part of the stage checkpoints and stops when it sees a request id its latest checkpoint has not honoured yet.
+The checkpoint request (``request.json``): ``{"request_id": "<hex>", "reason": "...", "requested_at": <epoch s>,
+"attempt": <stage attempt>}`` (``attempt`` absent: any attempt). Every part of the stage checkpoints and stops when it
+sees a request id its latest checkpoint has not honoured yet, unless the request is for an earlier attempt than its
+own; a request whose ``attempt`` is not a whole number in ASCII digits is unreadable and ignored.
 
 Exit codes: :data:`EXIT_CHECKPOINTED` (86) = stopped on a Spot notice, a request or SIGTERM after writing a complete
 checkpoint: resubmit, the next attempt resumes. :data:`EXIT_STOPPED_WITHOUT_CHECKPOINT` (87) = stopped for the same

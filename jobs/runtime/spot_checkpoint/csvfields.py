@@ -1,5 +1,6 @@
 """What the example jobs take from a CSV, in one place for every stage that reads one: which column of the header
-is which, and a number in a field."""
+is which, and a number in a field; and the plain ASCII whole number the runtime reads wherever it takes one (a
+setting, the attempt a checkpoint request is for)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,14 @@ def csv_number(field: str) -> float:
     if not math.isfinite(number):  # e.g. 1e999: beyond the largest float
         raise ValueError(f"not a finite number: {field!r}")
     return number
+
+
+def ascii_whole_number(text: str) -> int:
+    """The whole number ``text`` holds in ASCII digits alone; a :class:`ValueError` for anything else, as int() raises
+    for what it refuses (int() also takes ``1_0``, the digits of any script, a sign and whitespace around)."""
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"not ASCII digits: {text!r}")
+    return int(text)
 
 
 def column_positions(header: Sequence[str], columns: Sequence[str], what: str) -> list[int]:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from .csvfields import csv_number
+from .csvfields import ascii_whole_number, csv_number
 from .errors import InputError
 from .store import CheckpointStoreUnavailable
 from .watch import sigterm_recorded
@@ -24,7 +24,12 @@ def whole_number(environ: Mapping[str, str], name: str, default: D, minimum: int
     :class:`InputError` naming it when it is not ASCII digits (int() also takes ``1_0`` and the digits of any script)
     of at least `minimum` (a batch size of 0 would loop for ever, a word would crash)."""
     return _setting(
-        environ, name, default, _ascii_digits, lambda value: value >= minimum, f"a whole number of at least {minimum}"
+        environ,
+        name,
+        default,
+        ascii_whole_number,
+        lambda value: value >= minimum,
+        f"a whole number of at least {minimum}",
     )
 
 
@@ -42,12 +47,6 @@ def positive_number(environ: Mapping[str, str], name: str, default: D, *, zero_a
     if zero_allowed:
         return _setting(environ, name, default, csv_number, lambda value: value >= 0.0, "a number of at least 0")
     return _setting(environ, name, default, csv_number, lambda value: value > 0.0, "a number above 0")
-
-
-def _ascii_digits(text: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"not ASCII digits: {text!r}")
-    return int(text)
 
 
 def _setting(

@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .csvfields import ascii_whole_number
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
@@ -88,6 +90,20 @@ class CheckpointRequest:
     reason: str
     requested_at: float
     attempt: int | None = None  # the stage attempt the request is for; None (older writers): any attempt
+
+
+def _request_attempt(value: object) -> int | None:
+    """The attempt a request's ``attempt`` names: None (null, or absent: older writers) for any attempt, else a whole
+    number in ASCII digits, as the job's own ATTEMPT is read; a :class:`ValueError` for anything else, which int() read
+    as another attempt (``" 3"``, ``"3_0"``, the digits of any script, ``1.5``, ``true``, ``-1``) or crashed on
+    (``Infinity``, an OverflowError)."""
+    if value is None:
+        return None
+    try:
+        # str() of a JSON integer is its digits; of a bool, a float or a negative number, no whole number.
+        return ascii_whole_number(str(value))
+    except ValueError:
+        raise ValueError(f"attempt {value!r} is not a whole number in ASCII digits") from None
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -442,18 +458,21 @@ class CheckpointStore:
         return request_id
 
     def pending_request(self) -> CheckpointRequest | None:
-        """The stage's checkpoint request, or None (an unreadable request is ignored with a warning)."""
+        """The stage's checkpoint request, or None (an unreadable request is ignored with a warning). A request whose
+        attempt is not a whole number in ASCII digits is unreadable too: which attempt it is for nobody can tell, so it
+        stops none rather than one it was not meant for."""
         raw = self._get(self.request_key)
         if raw is None:
             return None
         try:
             body = json.loads(raw)
-            attempt = body.get("attempt")
+            if not isinstance(body, dict):  # a JSON array has no .get: an AttributeError nobody caught
+                raise TypeError("not a JSON object")
             return CheckpointRequest(
                 str(body["request_id"]),
                 str(body.get("reason", "")),
                 float(body["requested_at"]),
-                None if attempt is None else int(attempt),
+                _request_attempt(body.get("attempt")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning("unreadable checkpoint request at %s (%s), ignoring it", self.request_key, exc)

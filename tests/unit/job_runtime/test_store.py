@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -191,10 +192,69 @@ def test_checkpoint_request_round_trip_and_bad_request_ignored(s3: Any) -> None:
     assert request is not None
     assert (request.request_id, request.reason) == (request_id, "spot interruption warning for i-0abc")
     assert keys(s3) == ["checkpoints/run-1/hpc/request.json"]
-    # WHEN the request object is garbage
-    s3.put_object(Bucket=BUCKET, Key="checkpoints/run-1/hpc/request.json", Body=b"[1, 2")
-    # THEN it is ignored rather than crashing the job
-    assert store.pending_request() is None
+    # WHEN the request object is garbage, or JSON but no object
+    for garbage in (b"[1, 2", b"[1, 2]", b'"request"'):
+        s3.put_object(Bucket=BUCKET, Key="checkpoints/run-1/hpc/request.json", Body=garbage)
+        # THEN it is ignored rather than crashing the job
+        assert store.pending_request() is None
+
+
+def put_request(s3: Any, **fields: Any) -> None:
+    """A checkpoint request with ``fields`` (as json.dumps writes them) at the stage's request key."""
+    body = {"request_id": "r-1", "reason": "spot warning", "requested_at": 1.0, **fields}
+    s3.put_object(Bucket=BUCKET, Key="checkpoints/run-1/hpc/request.json", Body=json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    "attempt",
+    [" 3", "3_0", "\u0663", "\uff13", "x", "", 1.5, 3.0, True, -1, float("inf"), float("nan"), [3], {"attempt": 3}],
+    ids=[
+        "space-before",
+        "underscore",
+        "arabic-indic",
+        "fullwidth",
+        "word",
+        "empty",
+        "fraction",
+        "float",
+        "true",
+        "negative",
+        "infinity",
+        "nan",
+        "list",
+        "object",
+    ],
+)
+def test_a_request_whose_attempt_is_not_a_whole_number_is_no_pending_request(
+    s3: Any, caplog: pytest.LogCaptureFixture, attempt: Any
+) -> None:
+    # GIVEN a checkpoint request whose attempt is not a whole number in ASCII digits: int() read " 3", "3_0" and the
+    # Arabic-Indic and fullwidth digits as 3 or 30, truncated 1.5 and true to 1, took -1, and raised OverflowError on
+    # Infinity out of pending_request
+    put_request(s3, attempt=attempt)
+    # WHEN a job looks for a pending request
+    with caplog.at_level(logging.WARNING, logger="spot_checkpoint.store"):
+        request = CheckpointStore(s3, URI).pending_request()
+    # THEN there is none for any attempt (which attempt it meant nobody can tell), and the log says why
+    assert request is None
+    assert f"attempt {attempt!r} is not a whole number" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("fields", "attempt"),
+    [({"attempt": 3}, 3), ({"attempt": 0}, 0), ({"attempt": "3"}, 3), ({"attempt": None}, None), ({}, None)],
+    ids=["integer", "zero", "digits-in-a-string", "null", "absent"],
+)
+def test_a_request_is_for_the_attempt_it_names_in_ascii_digits_or_for_any(
+    s3: Any, fields: dict[str, Any], attempt: int | None
+) -> None:
+    # GIVEN a checkpoint request naming its attempt as the control plane writes it (a JSON integer), in ASCII digits
+    # anyway, or not at all (an older control plane)
+    put_request(s3, **fields)
+    # WHEN a job reads it
+    request = CheckpointStore(s3, URI).pending_request()
+    # THEN it is for that attempt, or (None) for any
+    assert request is not None and request.attempt == attempt
 
 
 def test_uri_and_names_are_validated() -> None:
