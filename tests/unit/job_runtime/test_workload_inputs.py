@@ -403,7 +403,8 @@ def no_members_anywhere(s3: Any) -> None:
         (replaced("node-1/fields.npy", npy(with_value(np.nan, position=1))), r"node-1/fields.npy: member\(s\) 3 .*NaN"),
         (replaced("node-1/fields.npy", npy(with_value(np.inf, position=0))), r"node-1/fields.npy: member\(s\) 1 .*inf"),
         (replaced("node-1/fields.npy", npy(with_value(-np.inf, position=1))), r"node-1/fields.npy: member\(s\) 3 "),
-        (other_grid, "different grids"),
+        (other_grid, f"node-1/members.json: grid {GRID + 1}, but node-0/members.json says {GRID}: .*different grids"),
+        (described(1, dx_m=0.5), "node-1/members.json: dx_m 0.5, but node-0/members.json says 0.2: .*different grids"),
         (no_members_anywhere, "no members"),
     ],
     ids=[
@@ -443,6 +444,7 @@ def no_members_anywhere(s3: Any) -> None:
         "fields-with-infinity",
         "fields-with-negative-infinity",
         "grids-differ",
+        "cell-sizes-differ",
         "no-members",
     ],
 )
