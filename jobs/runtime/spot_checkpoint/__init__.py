@@ -23,8 +23,9 @@ sees a request id its latest checkpoint has not honoured yet, unless the request
 own; a request whose ``attempt`` is not a whole number in ASCII digits is unreadable and ignored.
 
 Exit codes: :data:`EXIT_CHECKPOINTED` (86) = stopped on a Spot notice, a request or SIGTERM after writing a complete
-checkpoint: resubmit, the next attempt resumes. :data:`EXIT_STOPPED_WITHOUT_CHECKPOINT` (87) = stopped for the same
-reasons but the checkpoint could not be written: resubmit, the next attempt resumes from an older checkpoint.
+checkpoint, or with no work since the latest one (a SIGTERM before the first unit): resubmit, the next attempt
+resumes. :data:`EXIT_STOPPED_WITHOUT_CHECKPOINT` (87) = stopped for the same reasons but the checkpoint could not be
+written: resubmit, the next attempt resumes from an older checkpoint.
 
 Control plane / emulator side::
 

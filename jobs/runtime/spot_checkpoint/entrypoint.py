@@ -73,7 +73,7 @@ def _setting(
 def run_job(name: str, run: Callable[[Any, Mapping[str, str]], None]) -> int:
     """Runs `run(s3_client, environ)`; a job's `main()` is `return run_job("<name>", run)`."""
     # First of all: a SIGTERM sent before the job starts its CheckpointedJob (while boto3 loads, or the job reads its
-    # settings) must reach the job's watcher (it stops the job at its first step), not be lost.
+    # settings) must reach the job's watcher (it stops the job as it starts), not be lost.
     with sigterm_recorded():
         import boto3  # the job image has it; imported here so the workload modules import without it
         from botocore.config import Config

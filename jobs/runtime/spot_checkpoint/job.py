@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from .entrypoint import fraction, positive_number, whole_number
 from .errors import InputError
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 # Exit codes the control plane recognises. Both are outside 0-2 (success, errors, usage), sysexits (64-78) and the
 # shell's 126-165 (not executable, not found, killed by signal N as 128+N), so an application rarely collides.
-EXIT_CHECKPOINTED = 86  # interrupted or asked to stop; a complete checkpoint was written: resubmit and resume
+EXIT_CHECKPOINTED = 86  # interrupted or asked to stop; the latest checkpoint holds all the work: resubmit and resume
 EXIT_STOPPED_WITHOUT_CHECKPOINT = 87  # interrupted, but the checkpoint could not be written: resubmit, work is lost
 
 # Environment the control plane (or a Batch job definition) gives the job.
@@ -219,15 +219,20 @@ class CheckpointedJob:
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> Checkpoint | None:
-        """Find the latest complete checkpoint (raising CheckpointStoreUnavailable on a missing bucket) and watch."""
+        """Find the latest complete checkpoint (raising CheckpointStoreUnavailable on a missing bucket) and watch.
+
+        A SIGTERM recorded before it returns (before start(), or while the checkpoint is read) stops the job here, at
+        once: :class:`Stopped`, with nothing read after it and nothing written.
+        """
         # SIGTERM is sent once, and may come while the checkpoint is read (a large one takes seconds, a slow S3 more):
         # without a handler by then it is lost (ignored by Python as a container's PID 1, so the job works on
-        # without a checkpoint until Batch's SIGKILL). The handler only records it; step(), after the state is loaded,
-        # acts on it. The Spot notice and the checkpoint request are not lost meanwhile: both stay posted, and the
-        # watcher's first look, synchronous, comes as soon as the checkpoint is loaded. The request poller cannot start
-        # before anyway: which request the part has already honoured is in the checkpoint. A SIGTERM that came before
-        # start(), run_job recorded (sigterm_recorded): the watcher takes it over here.
+        # without a checkpoint until Batch's SIGKILL). The handler only records it. The Spot notice and the checkpoint
+        # request are not lost meanwhile: both stay posted, and the watcher's first look, synchronous, comes as soon as
+        # the checkpoint is loaded. The request poller cannot start before anyway: which request the part has already
+        # honoured is in the checkpoint. A SIGTERM that came before start(), run_job recorded (sigterm_recorded): the
+        # watcher takes it over here.
         self.watcher.install_signal_handler()
+        self._stop_if_terminated()
         try:
             if self.store is not None:
                 self.store.check_bucket()
@@ -250,6 +255,7 @@ class CheckpointedJob:
             )
         else:
             self._emit("started")
+        self._stop_if_terminated()
         self.watcher.start()
         self._mark = time.monotonic()
         self._next_due = self._mark + self.interval.first
@@ -427,6 +433,19 @@ class CheckpointedJob:
                     self._emit("checkpoint_failed", reason=stop.reason, error=str(exc))
             else:
                 exit_code = EXIT_STOPPED_WITHOUT_CHECKPOINT
+        self._exit(stop, exit_code)
+
+    def _stop_if_terminated(self) -> None:
+        """In start(), before the job's first unit of work: stop at once on a SIGTERM recorded so far (the only reason
+        to stop there can be, the pollers not running yet). The job has done no work, so there is nothing to
+        checkpoint: the part's latest checkpoint is as good as any, and reading the checkpoint or the job's input only
+        spends what is left of Batch's stop timeout (30 s by default) before its SIGKILL, which the control plane
+        would count as an application error."""
+        stop = self.watcher.stop_signal
+        if stop is not None and stop.request_id is None:  # a request stops at step(), whose checkpoint records its id
+            self._exit(stop, EXIT_CHECKPOINTED if self.store is not None else EXIT_STOPPED_WITHOUT_CHECKPOINT)
+
+    def _exit(self, stop: StopSignal, exit_code: int) -> NoReturn:
         self._account()
         self._emit(
             "stopping",

@@ -700,7 +700,7 @@ class DuringCheckpointRead(S3Passthrough):
         return self._s3.get_object(**kwargs)
 
 
-def test_sigterm_while_the_checkpoint_is_read_stops_the_job_after_its_first_unit(
+def test_sigterm_while_the_checkpoint_is_read_stops_the_job_before_its_first_unit(
     s3: Any, events: EventRecorder
 ) -> None:
     # GIVEN a part checkpointed after 3 units, a process that ignores a SIGTERM it has no handler for (as Python does as
@@ -710,17 +710,20 @@ def test_sigterm_while_the_checkpoint_is_read_stops_the_job_after_its_first_unit
     job = CheckpointedJob(CheckpointStore(reads, URI), interval=CheckpointInterval(fixed_seconds=3600), events=events)
     unhandled = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        # WHEN that attempt resumes and works
-        with job, pytest.raises(Stopped) as stopped:
-            counting_job(job, 10, start=int(job.resumed.state))  # type: ignore[union-attr]
+        # WHEN that attempt starts
+        with pytest.raises(Stopped) as stopped:
+            job.start()
         after = signal.getsignal(signal.SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, unhandled)
-    # THEN it resumed from the checkpoint and, as for any SIGTERM, checkpointed its first unit and stopped (before, the
-    # signal was lost: the job worked on to the end here, and in its container until Batch's SIGKILL)
+    # THEN it stopped as soon as the checkpoint was read, with the recognised code (before, the signal was lost: the job
+    # worked on to the end here, and in its container until Batch's SIGKILL)
     assert reads.happened and events.named("resumed")[0]["seq"] == 0
     assert (stopped.value.code, stopped.value.stop.reason) == (EXIT_CHECKPOINTED, REASON_SIGTERM)
-    assert CheckpointStore(s3, URI).latest().state == b"4"  # type: ignore[union-attr]
+    # AND, having done no work, it wrote nothing: the next attempt resumes the checkpoint it resumed
+    assert events.named("checkpoint_saved") == []
+    latest = CheckpointStore(s3, URI).latest()
+    assert latest is not None and (latest.seq, latest.state) == (0, b"3")
     # AND the process's own disposition is back once the job is over
     assert after == signal.SIG_IGN
 
@@ -763,16 +766,20 @@ def test_a_job_whose_checkpoint_bucket_is_missing_leaves_the_sigterm_handler_as_
     assert signal.getsignal(signal.SIGTERM) == previous
 
 
-def test_run_job_keeps_a_sigterm_sent_before_the_job_starts_for_the_job(
-    s3: Any, events: EventRecorder, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("checkpoint_uri", "exit_code"),
+    [(URI, EXIT_CHECKPOINTED), (None, EXIT_STOPPED_WITHOUT_CHECKPOINT)],
+    ids=["with-checkpoints", "without-checkpoints"],
+)
+def test_run_job_keeps_a_sigterm_sent_before_the_job_starts_and_the_job_stops_at_once(
+    s3: Any, events: EventRecorder, monkeypatch: pytest.MonkeyPatch, checkpoint_uri: str | None, exit_code: int
 ) -> None:
     # GIVEN a process that ignores a SIGTERM it has no handler for (as Python does as a container's PID 1), and a job
-    # run by run_job that is sent SIGTERM once while it reads its input, before it starts its CheckpointedJob
+    # run by run_job that is sent SIGTERM once before it starts its CheckpointedJob (while it reads its settings)
     def run(client: Any, environ: Any) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)  # while the job reads its input
-        job = CheckpointedJob(
-            CheckpointStore(client, URI), interval=CheckpointInterval(fixed_seconds=3600), events=events
-        )
+        os.kill(os.getpid(), signal.SIGTERM)
+        store = CheckpointStore(client, checkpoint_uri) if checkpoint_uri else None
+        job = CheckpointedJob(store, interval=CheckpointInterval(fixed_seconds=3600), events=events)
         with job:
             counting_job(job, 10)
 
@@ -785,10 +792,12 @@ def test_run_job_keeps_a_sigterm_sent_before_the_job_starts_for_the_job(
         after = signal.getsignal(signal.SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, unhandled)
-    # THEN, as for a SIGTERM while it works, it checkpointed its first unit and stopped with the recognised code, the
-    # signal counted once (before, it was lost: the job worked on to the end here, and in its container until SIGKILL)
-    assert (stopped.value.code, stopped.value.stop.reason) == (EXIT_CHECKPOINTED, REASON_SIGTERM)
-    assert CheckpointStore(s3, URI).latest().state == b"1"  # type: ignore[union-attr]
+    # THEN it stopped as it started, before reading its checkpoint or doing any work, with the code of a stop with
+    # nothing left unsaved (86), or of one without checkpoints (87); the signal counted once (before, it read its
+    # checkpoint, worked a unit and checkpointed it; and before that, the signal was lost)
+    assert (stopped.value.code, stopped.value.stop.reason) == (exit_code, REASON_SIGTERM)
+    assert events.named("started") == [] and events.named("checkpoint_saved") == []
+    assert CheckpointStore(s3, URI).latest() is None
     assert events.named("stopping")[0]["signals_received"] == 1
     # AND the process's own disposition is back once the job is over
     assert after == signal.SIG_IGN

@@ -424,3 +424,48 @@ def test_a_sigterm_while_the_job_reads_its_input_stops_it_at_its_first_step(
     assert list_objects(s3, env["OUTPUT_URI"]) == {}
     # AND the process's own disposition is back once the job is over
     assert after == signal.SIG_IGN
+
+
+@pytest.mark.parametrize(
+    ("job", "given_input"),
+    [(preprocess, preprocess_reads), (hpc, hpc_reads), (postprocess, postprocess_reads)],
+    ids=["preprocess", "hpc", "postprocess"],
+)
+def test_a_sigterm_before_the_job_starts_stops_it_at_once_without_reading_its_input(
+    pipeline_inputs: Any, monkeypatch: pytest.MonkeyPatch, job: Any, given_input: Callable[[Any], str]
+) -> None:
+    s3 = pipeline_inputs
+    # GIVEN a part that checkpointed its first unit and stopped on a request (its previous attempt)
+    stage = job.__name__.rsplit(".", 1)[-1]
+    env = stage_env("early", stage, given_input(s3), SPOT_CHECKPOINT_POLL_SECONDS="0.01")
+    CheckpointStore(s3, env["CHECKPOINT_URI"]).request_checkpoint("spot warning")
+    with pytest.raises(Stopped):
+        job.run(s3, env)
+    checkpoints = list_objects(s3, env["CHECKPOINT_URI"])
+    # AND its next attempt, in a process that ignores a SIGTERM it has no handler for (as Python does as a container's
+    # PID 1), sent SIGTERM once as it sets up (Batch's TerminateJob), before it starts its CheckpointedJob
+    reads = InputReads(s3, env["INPUT_URI"])
+    as_in_container(monkeypatch, env, reads)
+
+    def client_after_a_sigterm(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return reads
+
+    monkeypatch.setattr(boto3, "client", client_after_a_sigterm)
+    unhandled = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        # WHEN it runs as in its container
+        with pytest.raises(Stopped) as stopped:
+            job.main()
+        after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, unhandled)
+    # THEN it stopped at once, exit 86, with none of its input read (before, it read all of it and worked a unit,
+    # which on a large input outlasts Batch's stop timeout and ends in a SIGKILL, an application error)
+    assert (stopped.value.code, stopped.value.stop.reason) == (EXIT_CHECKPOINTED, REASON_SIGTERM)
+    assert reads.reads == []
+    # AND wrote nothing: the previous checkpoint, which the next attempt resumes, is as it was, and there is no output
+    assert list_objects(s3, env["CHECKPOINT_URI"]) == checkpoints
+    assert list_objects(s3, env["OUTPUT_URI"]) == {}
+    # AND the process's own disposition is back once the job is over
+    assert after == signal.SIG_IGN
