@@ -14,7 +14,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 
-from spot_hpc.validation import ascii_whole_number
+from spot_checkpoint.csvfields import ascii_digits
 
 from spotctl.loopback import LoopbackHttpServer
 
@@ -71,8 +71,8 @@ class MetadataStandIn:
             def do_PUT(self) -> None:
                 if self.path != TOKEN_PATH:
                     return self._reply(404)
-                ttl = ascii_whole_number(self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"))
-                if ttl is None or not 1 <= ttl <= 21600:
+                ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+                if not (ascii_digits(ttl) and 1 <= int(ttl) <= 21600):
                     return self._reply(400)
                 token = secrets.token_urlsafe(24)
                 with stand_in._lock:

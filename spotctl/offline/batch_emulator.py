@@ -27,8 +27,8 @@ from typing import Any
 
 import boto3
 from spot_checkpoint import EXIT_CHECKPOINTED
+from spot_checkpoint.csvfields import ascii_digits
 from spot_checkpoint.store import CheckpointStore, part_name
-from spot_hpc.validation import ascii_whole_number
 
 from spotctl.cli import ToolError
 from spotctl.offline.eventbus import ACCOUNT_ID, REGION, make_event
@@ -287,14 +287,14 @@ class BatchEmulator:
     def describe(self, job_ids: list[str]) -> list[dict[str, Any]]:
         described = []
         for job_id in job_ids:
-            parent_id, node, index_text = job_id.partition("#")
-            job, index = self.jobs.get(parent_id), ascii_whole_number(index_text)
+            parent_id, node, index = job_id.partition("#")
+            job = self.jobs.get(parent_id)
             if job is None:
                 continue
             if not node:
                 described.append(self._describe(job))
-            elif job.is_multinode and index is not None and index < job.nodes:
-                described.append(job.describe_node(index))
+            elif job.is_multinode and ascii_digits(index) and int(index) < job.nodes:
+                described.append(job.describe_node(int(index)))
         return described
 
     def _describe(self, job: EmulatedJob) -> dict[str, Any]:

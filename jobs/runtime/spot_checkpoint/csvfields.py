@@ -31,10 +31,17 @@ def csv_number(field: str) -> float:
     return number
 
 
+def ascii_digits(text: object) -> bool:
+    """Whether ``text`` is a string of ASCII digits alone: the one rule for a whole number written as ``str(n)`` and
+    read back (str.isdigit() also takes ``²``, which int() refuses; int() also takes ``1_0``, the digits of any script,
+    a sign and whitespace around)."""
+    return isinstance(text, str) and text.isascii() and text.isdigit()
+
+
 def ascii_whole_number(text: str) -> int:
-    """The whole number ``text`` holds in ASCII digits alone; a :class:`ValueError` for anything else, as int() raises
-    for what it refuses (int() also takes ``1_0``, the digits of any script, a sign and whitespace around)."""
-    if not (text.isascii() and text.isdigit()):
+    """The whole number ``text`` holds in ASCII digits alone (:func:`ascii_digits`); a :class:`ValueError` for anything
+    else, as int() raises for what it refuses."""
+    if not ascii_digits(text):
         raise ValueError(f"not ASCII digits: {text!r}")
     return int(text)
 

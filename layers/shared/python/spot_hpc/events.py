@@ -12,8 +12,7 @@ from aws_lambda_powertools.utilities.parser.models import (
     S3EventNotificationEventBridgeModel,
 )
 from pydantic import BaseModel, ConfigDict, Field
-
-from spot_hpc.validation import ascii_whole_number
+from spot_checkpoint.csvfields import ascii_digits
 
 __all__ = [
     "BatchJobStateChangeEvent",
@@ -100,7 +99,7 @@ class BatchJobDetail(_Lenient):
     def array_parent_id(self) -> str | None:
         """The array job this job is a child of (Batch names a child `<parent id>:<index>`); None otherwise."""
         parent, colon, index = self.job_id.partition(":")
-        return parent if colon and ascii_whole_number(index) is not None else None
+        return parent if colon and ascii_digits(index) else None
 
     @property
     def is_array_parent(self) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from spot_checkpoint import EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT
+from spot_checkpoint.csvfields import ascii_digits
 from spot_checkpoint.store import CheckpointStore
 
 from spot_hpc.clock import format_epoch_ms, format_time, from_epoch_ms, hours_between, parse_time, utc_now
@@ -41,7 +42,6 @@ from spot_hpc.placement import (
 from spot_hpc.policy import Action
 from spot_hpc.run_report import FAILURE_WORDS, RECLAIM_CLASSES, FailureClass
 from spot_hpc.services import Services
-from spot_hpc.validation import ascii_whole_number
 
 logger = logging.getLogger(__name__)
 
@@ -189,11 +189,11 @@ def _track_spot_wait(svc: Services, ref: JobRef, status: str) -> None:
 def _adopt(svc: Services, detail: BatchJobDetail) -> JobRef | None:
     """A job submitted by a handler that crashed before recording it: its tags say whose it is."""
     run_id, stage_name = detail.tags.get(TAG_RUN), detail.tags.get(TAG_STAGE)
-    attempt = ascii_whole_number(detail.tags.get(TAG_ATTEMPT))
-    if not (run_id and stage_name and attempt is not None):
+    attempt_tag = detail.tags.get(TAG_ATTEMPT, "")
+    if not (run_id and stage_name and ascii_digits(attempt_tag)):
         return None
     stage = svc.ledger.get_stage(run_id, stage_name)
-    if stage is None or stage.attempt != attempt or stage.job_id:
+    if stage is None or stage.attempt != int(attempt_tag) or stage.job_id:
         return None
     capacity = "spot" if detail.job_queue == svc.settings.spot_job_queue else "on-demand"
     record_placed(svc, stage, detail.job_id, detail.job_queue, capacity, "adopted from its Batch event")

@@ -26,8 +26,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Protocol, get_args
 from urllib.parse import urlsplit
 
+from spot_checkpoint.csvfields import ascii_digits
+
 from spot_hpc.clock import format_epoch_ms, format_time, parse_time, utc_now
-from spot_hpc.validation import ascii_whole_number
 
 logger = logging.getLogger(__name__)
 
@@ -867,9 +868,9 @@ def parse_parked_notice(message: Mapping[str, Any]) -> ParkedNotice:
     attributes = message.get("MessageAttributes", {})
     dedupe_key = body.get("dedupe_key") or attributes.get("dedupe_key", {}).get("StringValue")
     due_at = body.get("due_at")
-    sent_ms = ascii_whole_number(message.get("Attributes", {}).get("SentTimestamp"))
-    if not due_at and sent_ms is not None:
-        due_at = format_epoch_ms(sent_ms)
+    sent_ms = message.get("Attributes", {}).get("SentTimestamp")
+    if not due_at and ascii_digits(sent_ms):
+        due_at = format_epoch_ms(int(sent_ms))
     return ParkedNotice(
         notification=notification,
         dedupe_key=str(dedupe_key or notification.dedupe_key),
