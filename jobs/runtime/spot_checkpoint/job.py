@@ -225,12 +225,12 @@ class CheckpointedJob:
         once: :class:`Stopped`, with nothing read after it and nothing written.
         """
         # SIGTERM is sent once, and may come while the checkpoint is read (a large one takes seconds, a slow S3 more):
-        # without a handler by then it is lost (ignored by Python as a container's PID 1, so the job works on
-        # without a checkpoint until Batch's SIGKILL). The handler only records it. The Spot notice and the checkpoint
-        # request are not lost meanwhile: both stay posted, and the watcher's first look, synchronous, comes as soon as
-        # the checkpoint is loaded. The request poller cannot start before anyway: which request the part has already
-        # honoured is in the checkpoint. A SIGTERM that came before start(), run_job recorded (sigterm_recorded): the
-        # watcher takes it over here.
+        # without a handler by then it is lost (ignored by Python as a container's PID 1, so the job works on without a
+        # checkpoint until Batch's SIGKILL; under an init, it ends the job without one). The handler only records it.
+        # The Spot notice and the checkpoint request are not lost meanwhile: both stay posted, and the watcher's first
+        # look, synchronous, comes as soon as the checkpoint is loaded. The request poller cannot start before anyway:
+        # which request the part has already honoured is in the checkpoint. A SIGTERM that came before start(), run_job
+        # recorded (sigterm_recorded): the watcher takes it over here.
         self.watcher.install_signal_handler()
         self._stop_if_terminated()
         try:

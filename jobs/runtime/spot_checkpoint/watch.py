@@ -62,8 +62,8 @@ class SigtermRecorder:
 def sigterm_recorded() -> Iterator[None]:
     """Record SIGTERM from now to the end of the block, for the watcher of a job started in it: a SIGTERM sent once
     before the job starts (while it reads its settings) is not lost (Python as a container's PID 1 ignores a signal
-    it has no handler for) but stops the job as it starts, as one sent while it reads its checkpoint does. The
-    previous handler is put back at the end. ``run_job`` runs every job in such a block."""
+    it has no handler for; under an init, it dies of it) but stops the job as it starts, as one sent while it reads
+    its checkpoint does. The previous handler is put back at the end. ``run_job`` runs every job in such a block."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
         yield
         return

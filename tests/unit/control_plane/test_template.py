@@ -412,6 +412,21 @@ def test_job_retry_strategies_leave_reclaims_to_the_control_plane_and_end_with_a
     assert len({json.dumps(rules) for rules in strategies.values()}) == 1
 
 
+def test_every_job_runs_under_an_init_that_passes_signals_on():
+    # GIVEN the job definitions' containers (a multi-node one's in each node range)
+    containers = {}
+    for name, definition in _resources("AWS::Batch::JobDefinition").items():
+        ranges = definition.get("NodeProperties", {}).get("NodeRangeProperties", [])
+        containers.update({f"{name}[{r['TargetNodes']}]": r["Container"] for r in ranges})
+        if "ContainerProperties" in definition:
+            containers[name] = definition["ContainerProperties"]
+    # THEN each runs its command under an init as PID 1: Python as PID 1 ignores a SIGTERM sent before the runtime
+    # handles it (while it imports) and reaps no child a job spawns
+    assert len(containers) == 4
+    for name, container in containers.items():
+        assert container.get("LinuxParameters", {}).get("InitProcessEnabled") is True, name
+
+
 def _dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     """(instruction, arguments) of a Dockerfile, continuation lines joined and comments left out."""
     text = re.sub(r"\\\n", " ", path.read_text())
