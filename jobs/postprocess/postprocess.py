@@ -3,8 +3,8 @@
 Reads every ``<part>/members.json`` + ``<part>/fields.npy`` under ``INPUT_URI`` (an ``InputError`` if a part is
 missing, unreadable or not as its ``members.json`` describes it, if a ``members.json`` holds a member id or count that
 is not a JSON integer (``1.5``, ``true``, ``"3"``) or a ``dx_m`` that is not a finite JSON number above 0 (``"0.5"``,
-``true``, ``0``, ``NaN``), if two parts give different grids or ``dx_m``, if a member is listed twice, by one part or
-by two, or if a field holds a NaN or an infinity), orders the members by id and writes under
+``true``, ``0``, ``NaN``), if two parts give different grids, ``dx_m`` or seeds, if a member is listed twice, by one
+part or by two, or if a field holds a NaN or an infinity), orders the members by id and writes under
 ``OUTPUT_URI``: ``mean_rise.npy`` and ``std_rise.npy`` (ensemble mean and standard deviation of the temperature rise
 per cell), ``members.csv`` (each member's peak and mean rise) and ``summary.json``.
 
@@ -155,15 +155,18 @@ def load_ensemble(s3: Any, input_uri: str) -> Ensemble:
         raise InputError(f"HPC output under {input_uri} has {len(parts)} parts, not the number it declares")
     first = parts[0]
     for part in parts[1:]:
-        # hpc writes one grid and one cell size (dx_m, from the grid) on every part of a run: parts that differ are not
-        # one ensemble, whose fields cannot be averaged cell by cell, or whose areas and distances would take the first
-        # part's cell size for every part's.
-        for what, value, expected in (("grid", part.grid, first.grid), ("dx_m", part.dx_m, first.dx_m)):
+        # hpc writes one grid, one cell size (dx_m, from the grid) and one seed on every part of a run: parts that
+        # differ are not one ensemble. Their fields cannot be averaged cell by cell, their areas and distances would
+        # take the first part's cell size for every part's, and their members come from different random streams (a
+        # part rerun with another HPC_SEED), which the first part's seed would claim for all.
+        for what, value, expected, why in (
+            ("grid", part.grid, first.grid, "the parts are on different grids"),
+            ("dx_m", part.dx_m, first.dx_m, "the parts are on different grids"),
+            ("seed", part.seed, first.seed, "the parts' members come from different random streams"),
+        ):
             if value != expected:
-                raise InputError(
-                    f"{part.name}/members.json: {what} {value!r}, but {first.name}/members.json says {expected!r}: "
-                    "the parts are on different grids"
-                )
+                where = f"{part.name}/members.json: {what} {value!r}, but {first.name}/members.json"
+                raise InputError(f"{where} says {expected!r}: {why}")
     listed_by: dict[int, str] = {}  # member -> the part that lists it; a member runs on one part only
     for part in parts:
         for member in part.members:

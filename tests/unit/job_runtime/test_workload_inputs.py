@@ -405,6 +405,7 @@ def no_members_anywhere(s3: Any) -> None:
         (replaced("node-1/fields.npy", npy(with_value(-np.inf, position=1))), r"node-1/fields.npy: member\(s\) 3 "),
         (other_grid, f"node-1/members.json: grid {GRID + 1}, but node-0/members.json says {GRID}: .*different grids"),
         (described(1, dx_m=0.5), "node-1/members.json: dx_m 0.5, but node-0/members.json says 0.2: .*different grids"),
+        (described(1, seed=8), "node-1/members.json: seed 8, but node-0/members.json says .*different random streams"),
         (no_members_anywhere, "no members"),
     ],
     ids=[
@@ -445,6 +446,7 @@ def no_members_anywhere(s3: Any) -> None:
         "fields-with-negative-infinity",
         "grids-differ",
         "cell-sizes-differ",
+        "seeds-differ",
         "no-members",
     ],
 )
