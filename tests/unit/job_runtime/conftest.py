@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -43,3 +45,15 @@ class EventRecorder:
 @pytest.fixture
 def events() -> EventRecorder:
     return EventRecorder()
+
+
+@contextmanager
+def sigterm_unhandled() -> Iterator[None]:
+    """SIGTERM ignored while the block runs, as Python ignores a signal it has no handler for as a container's PID 1
+    (an image run without an init): a signal the runtime did not record is then lost, not fatal to the test run. The
+    disposition before is put back after."""
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -39,7 +39,7 @@ from spot_hpc.placement import request_checkpoint
 
 from spotctl.drill.metadata_server import TOKEN_PATH, MetadataStandIn
 
-from .conftest import BUCKET, EventRecorder, S3Passthrough
+from .conftest import BUCKET, EventRecorder, S3Passthrough, sigterm_unhandled
 
 URI = f"s3://{BUCKET}/checkpoints/run-7/preprocess/"
 
@@ -704,18 +704,15 @@ def test_sigterm_while_the_checkpoint_is_read_stops_the_job_before_its_first_uni
     s3: Any, events: EventRecorder
 ) -> None:
     # GIVEN a part checkpointed after 3 units, a process that ignores a SIGTERM it has no handler for (as Python does as
-    # a container's PID 1, the job image's case), and a SIGTERM that comes while the next attempt reads the checkpoint
+    # a container's PID 1 without an init), and a SIGTERM that comes while the next attempt reads the checkpoint
     CheckpointStore(s3, URI).save(b"3", 0.3)
     reads = DuringCheckpointRead(s3, lambda: os.kill(os.getpid(), signal.SIGTERM))
     job = CheckpointedJob(CheckpointStore(reads, URI), interval=CheckpointInterval(fixed_seconds=3600), events=events)
-    unhandled = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
+    with sigterm_unhandled():
         # WHEN that attempt starts
         with pytest.raises(Stopped) as stopped:
             job.start()
         after = signal.getsignal(signal.SIGTERM)
-    finally:
-        signal.signal(signal.SIGTERM, unhandled)
     # THEN it stopped as soon as the checkpoint was read, with the recognised code (before, the signal was lost: the job
     # worked on to the end here, and in its container until Batch's SIGKILL)
     assert reads.happened and events.named("resumed")[0]["seq"] == 0
@@ -784,14 +781,11 @@ def test_run_job_keeps_a_sigterm_sent_before_the_job_starts_and_the_job_stops_at
             counting_job(job, 10)
 
     monkeypatch.setattr(boto3, "client", lambda *args, **kwargs: s3)
-    unhandled = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
+    with sigterm_unhandled():
         # WHEN the job runs
         with pytest.raises(Stopped) as stopped:
             run_job("counting", run)
         after = signal.getsignal(signal.SIGTERM)
-    finally:
-        signal.signal(signal.SIGTERM, unhandled)
     # THEN it stopped as it started, before reading its checkpoint or doing any work, with the code of a stop with
     # nothing left unsaved (86), or of one without checkpoints (87); the signal counted once (before, it read its
     # checkpoint, worked a unit and checkpointed it; and before that, the signal was lost)

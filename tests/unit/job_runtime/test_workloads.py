@@ -25,7 +25,7 @@ from jobs.postprocess import postprocess
 from jobs.preprocess import preprocess
 from spotctl.drill.runner import drill_source_csv
 
-from .conftest import BUCKET, S3Passthrough
+from .conftest import BUCKET, S3Passthrough, sigterm_unhandled
 
 INPUT_CSV = f"s3://{BUCKET}/incoming/sources.csv"
 SMALL = {
@@ -400,21 +400,18 @@ def test_a_sigterm_while_the_job_reads_its_input_stops_it_at_its_first_step(
     pipeline_inputs: Any, monkeypatch: pytest.MonkeyPatch, job: Any, given_input: Callable[[Any], str]
 ) -> None:
     s3 = pipeline_inputs
-    # GIVEN a process that ignores a SIGTERM it has no handler for (as Python does as a container's PID 1, the job
-    # image's case), and a job sent SIGTERM once as it starts reading its input (the upload preprocess copies to local
+    # GIVEN a process that ignores a SIGTERM it has no handler for (as Python does as a container's PID 1 without an
+    # init), and a job sent SIGTERM once as it starts reading its input (the upload preprocess copies to local
     # disk, the sources hpc reads, the fields postprocess loads), after it started its CheckpointedJob
     stage = job.__name__.rsplit(".", 1)[-1]
     env = stage_env("sigterm", stage, given_input(s3))
     reads = SigtermWhileReading(s3, env["INPUT_URI"])
     as_in_container(monkeypatch, env, reads)
-    unhandled = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
+    with sigterm_unhandled():
         # WHEN it runs as in its container
         with pytest.raises(Stopped) as stopped:
             job.main()
         after = signal.getsignal(signal.SIGTERM)
-    finally:
-        signal.signal(signal.SIGTERM, unhandled)
     # THEN it stopped as for any SIGTERM: its first unit checkpointed, exit 86, no output (before, the signal was lost:
     # the job worked on to the end here, and in its container until Batch's SIGKILL)
     assert reads.sent
@@ -452,14 +449,11 @@ def test_a_sigterm_before_the_job_starts_stops_it_at_once_without_reading_its_in
         return reads
 
     monkeypatch.setattr(boto3, "client", client_after_a_sigterm)
-    unhandled = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
+    with sigterm_unhandled():
         # WHEN it runs as in its container
         with pytest.raises(Stopped) as stopped:
             job.main()
         after = signal.getsignal(signal.SIGTERM)
-    finally:
-        signal.signal(signal.SIGTERM, unhandled)
     # THEN it stopped at once, exit 86, with none of its input read (before, it read all of it and worked a unit,
     # which on a large input outlasts Batch's stop timeout and ends in a SIGKILL, an application error)
     assert (stopped.value.code, stopped.value.stop.reason) == (EXIT_CHECKPOINTED, REASON_SIGTERM)
