@@ -8,6 +8,8 @@ TerminateJob fails a job with the given reason; retryStrategy.evaluateOnExit dec
 Each job runs a workload model: it needs `stage_hours` of compute, resumes from the stage's newest complete
 checkpoint (the job runtime's own store, spot_checkpoint), checkpoints periodically, on the interruption notice (it
 polls instance metadata) and when the control plane asks, and exits with the runtime's codes.
+Each job launches an instance of its own, unless a test has Batch place jobs on the idle instances their compute
+environment keeps (`reuses_idle_instances`), as AWS Batch does: an instance whose job ended without a warning.
 A multi-node parallel job runs each node on an instance of its own. As in AWS Batch, the job's description names no
 container instance (its container details do not apply); DescribeJobs of `<job id>#<index>` describes a node, with
 its instance. Its nodes start and stop with the job, and send no events of their own.
@@ -209,6 +211,10 @@ class BatchEmulator:
         # The instance type launched by capacity, in place of the job's compute environment's first (a test's
         # environment picking another of its types).
         self.instance_types: dict[str, str] = {}
+        # Batch places a job on an idle instance of its compute environment when it has one, as AWS Batch does (a
+        # test's choice: by default each job launches an instance of its own). Idle instances by capacity and type.
+        self.reuses_idle_instances = False
+        self._idle: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self._s3 = boto3.client("s3", region_name=REGION)
         self._ec2 = boto3.client("ec2", region_name=REGION)
         self._ecs = boto3.client("ecs", region_name=REGION)
@@ -489,7 +495,12 @@ class BatchEmulator:
 
     # ------------------------------------------------------------------ plumbing
     def _launch(self, job: EmulatedJob) -> tuple[str, str]:
-        """An EC2 instance (Spot or On-Demand) registered as an ECS container instance, as Batch does."""
+        """An EC2 instance (Spot or On-Demand) registered as an ECS container instance, as Batch does; an idle one the
+        job's compute environment kept, when Batch reuses them here."""
+        instance_type = self.instance_types.get(job.capacity, job.instance_type)
+        idle = self._idle.get((job.capacity, instance_type))
+        if self.reuses_idle_instances and idle:
+            return idle.pop(0)
         if self._image_id is None:
             self._image_id = self._ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
             for cluster in ("spot-hpc-spot", "spot-hpc-on-demand"):
@@ -499,7 +510,7 @@ class BatchEmulator:
             ImageId=self._image_id,
             MinCount=1,
             MaxCount=1,
-            InstanceType=self.instance_types.get(job.capacity, job.instance_type),
+            InstanceType=instance_type,
             **market,
         )["Instances"][0]
         # moto stamps the launch with the wall clock; the control plane reads it on the virtual one (a Spot instance
@@ -516,6 +527,10 @@ class BatchEmulator:
 
     def _finish(self, job: EmulatedJob, status: str, reason: str, exit_code: int | None) -> None:
         job.stopped_at = self._now()
+        if self.reuses_idle_instances and job.started_at is not None and job.warned_at is None:
+            # Its instances stay, idle (a warned one's is about to be reclaimed).
+            instance_type = self.instance_types.get(job.capacity, job.instance_type)
+            self._idle.setdefault((job.capacity, instance_type), []).extend(job.node_instances)
         job.exit_code = exit_code
         job.attempts.append(
             {
