@@ -1022,6 +1022,40 @@ def test_a_shard_reclaimed_in_its_instances_first_hour_is_not_charged(tmp_path):
     assert check_run_report_costs(report) == [] and refused == {}
 
 
+def test_a_job_that_ran_before_on_an_instance_interrupted_in_its_first_hour_is_not_charged(tmp_path):
+    # GIVEN Batch placing a job on an idle instance of its compute environment, Spot capacity for 50 minutes then
+    # none for 20, and a run of a quarter-hour preprocess, a quarter-hour (On-Demand, multi-node) HPC stage and a
+    # half-hour postprocess: the postprocess's Spot job goes to the instance the preprocess ran on, and EC2 takes it
+    # back within the instance's first hour
+    trace = trace_file(tmp_path, "reclaimed", [1] * 5 + [0, 0] + [1] * 500)
+    stages = {"preprocess": 0.25, "hpc": 0.25, "postprocess": 0.5}
+    with OfflineControlPlane(trace=trace, stage_hours=stages) as plane:
+        plane.batch.reuses_idle_instances = True
+        hours = ",".join(f"{name}={hours}" for name, hours in stages.items())
+        plane.upload("incoming/reused.csv", b"a\n1\n", {"deadline-hours": "40", "stage-hours": hours})
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=6)
+        run, preprocess = _attempts(plane, "preprocess")
+        _, postprocess = _attempts(plane, "postprocess")
+        report = run_report(control_plane_services(plane), run)
+        refused = _refused_calls(plane)
+    # THEN the preprocess, which succeeded on that instance before, costs nothing either (AWS bills none of an
+    # instance it interrupts in its first hour): the run's cost is its other attempts', and it saved that much more
+    assert status == "SUCCEEDED"
+    assert postprocess[0].instance_ids == preprocess[0].instance_ids
+    assert postprocess[0].failure_class in RECLAIM_CLASSES and postprocess[0].interrupted_in_first_hour
+    rows = {stage["name"]: stage["attempts"] for stage in report["stages"]}
+    earlier = rows["preprocess"][0]
+    billed = (earlier["stopped_hours"] - earlier["started_hours"]) * earlier["usd_per_hour"]
+    assert earlier["status"] == "SUCCEEDED" and billed > 0.01
+    assert (earlier["cost_usd"], earlier.get("interrupted_in_first_hour")) == (0.0, True)
+    others = sum(row["cost_usd"] for name in ("hpc", "postprocess") for row in rows[name])
+    assert report["cost_usd"] == pytest.approx(others, abs=1e-6)
+    assert check_run_report_costs(report) == []
+    # AND every AWS call on the way is one its role allows
+    assert refused == {}
+
+
 def test_shards_starting_at_once_each_keep_their_instance_on_the_array(monkeypatch, tmp_path):
     # GIVEN three HPC shards starting at once, each start's Batch event handled by its own invocation that read the
     # array's attempt before the others wrote theirs (the list of its instances read empty by all three)

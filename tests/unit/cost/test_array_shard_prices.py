@@ -139,6 +139,12 @@ def test_an_array_s_shards_are_each_priced_as_of_their_own_start_with_one_lookup
     assert sets["usd_per_hour"] == pytest.approx(sum(own) / SHARDS * SHARDS)
     assert (sets["instance_type"], sets["availability_zone"]) == ("m6i.4xlarge", "us-east-1c")
     assert sets["instance_seconds"] == sets["run_seconds"] == SHARDS * SHARD_SECONDS
+    # AND each instance keeps what its own shard was billed, for its time to come out should EC2 interrupt it within
+    # its first hour after the array ended
+    assert [sets["billed_on_instances"][f"i-{index:017x}"] for index in (0, SHARDS - 1)] == [
+        {"seconds": SHARD_SECONDS, "usd_per_hour": 0.3},
+        {"seconds": SHARD_SECONDS, "usd_per_hour": 0.5},
+    ]
     # AND EC2's price history was asked once for each hour a shard started in (00:00, 01:00, 02:00), the Price List once
     assert [(r["StartTime"].hour, r["EndTime"].hour, r["AvailabilityZone"]) for r in ec2.requests] == [
         (0, 1, "us-east-1c"),
@@ -156,7 +162,15 @@ def test_an_array_whose_spot_prices_are_throttled_settles_at_its_placement_price
     # WHEN the array's end is billed
     sets = _billing_sets(_services(ec2, pricing), attempt, detail, _shards())
 
-    # THEN it is billed for its shards' seconds at the price it was placed at (no price is set over it), and a price
-    # that failed was not asked again for each shard: once for each hour the shards started in
-    assert sets == {"instance_seconds": SHARDS * SHARD_SECONDS, "run_seconds": SHARDS * SHARD_SECONDS}
+    # THEN it is billed for its shards' seconds at the price it was placed at (no price is set over it), each
+    # instance's shard at that price too (what comes out of the bill should EC2 interrupt the instance within its
+    # first hour later), and a price that failed was not asked again for each shard: once for each hour the shards
+    # started in
+    billed_on = {f"i-{index:017x}": {"seconds": SHARD_SECONDS, "usd_per_hour": 0.3} for index in range(SHARDS)}
+    assert sets == {
+        "instance_seconds": SHARDS * SHARD_SECONDS,
+        "run_seconds": SHARDS * SHARD_SECONDS,
+        "billed_on_instances": billed_on,
+        "unbilled_instance_ids": [],
+    }
     assert [r["StartTime"].hour for r in ec2.requests] == [0, 1, 2]

@@ -10,8 +10,9 @@ stage's nodes, summed over stages (`on_demand_only_hours`): measured where the r
 successful attempt did all its work), the stage's declared compute hours where it did not (the successful attempt
 resumed from a checkpoint), and, for a stage that has not succeeded, the run time of its attempts so far (the same
 work on On-Demand: an unfinished run's savings are so far, and a failed run's are on what it ran). What ran counts
-whether or not it was billed: a Spot instance EC2 interrupted within its first hour costs nothing, but the same work
-would have been paid for On-Demand. Savings compare the two.
+whether or not it was billed: a Spot instance EC2 interrupted within its first hour costs nothing (for every attempt
+that ran on it, the one it was taken from and those that ran there before), but the same work would have been paid for
+On-Demand. Savings compare the two.
 
 The functions return the run-report fields (see the run report contract in the design): `cost_usd` per attempt,
 and `cost_usd`, `on_demand_only_cost_usd`, `savings_pct` per run (plus `savings_usd`, an added field).
@@ -49,9 +50,10 @@ class Attempt:
     An ended array job's shards each ran on an instance of their own, for as long as they ran: `instance_seconds` is
     what EC2 billed them, at `usd_per_hour / nodes` each (the array's own times span its shards, and while it runs
     it is billed as all of them from its start), and `run_seconds` how long they ran, billed or not (`instance_seconds`
-    leaves out a shard on an instance EC2 interrupted within its first hour; None: they are the same). An attempt
-    whose Spot instance EC2 interrupted within the instance's first hour (`interrupted_in_first_hour`) costs nothing:
-    AWS does not charge for such an instance.
+    leaves out a shard on an instance EC2 interrupted within its first hour, then or after the array ended; None:
+    they are the same). An attempt whose Spot instance EC2 interrupted within the instance's first hour
+    (`interrupted_in_first_hour`), while it ran or after it ended, costs nothing: AWS does not charge for such an
+    instance.
     """
 
     capacity: Capacity

@@ -7,7 +7,8 @@ instance goes. AWS calls per job are bounded: a checkpoint-request put, at most 
 Every signal is also kept for a while: EventBridge keeps no order between EC2's events and Batch's, so a job's RUNNING
 may be told after it (`act_on_kept_signals`, called when a job's instance is recorded). A kept warning also tells,
 once the job has ended, whether EC2 interrupted its instance within the instance's first hour, which AWS does not
-charge for (`unbilled_instances`).
+charge for (`unbilled_instances`), for none of the instance's usage: what is found is kept in the ledger, for the
+other jobs that ran on the instance before (`job_events`).
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ def unbilled_instances(svc: Services, instance_ids: Iterable[str], since: dateti
     """Those of `instance_ids` that EC2 interrupted within their first hour, so that AWS charges nothing for them:
     an interruption warning for the instance was kept (given at `since` or later) and the instance's launch time, which
     EC2 describes for about an hour after it terminated, puts the interruption in that hour. Where the launch time
-    cannot be had the instance counts as billed: a cost reported too high, never one hidden."""
+    cannot be had the instance counts as billed: a cost reported too high, never one hidden. Those found are kept
+    (`Ledger.keep_unbilled_instance`) for the attempts that ran on them before, whose time there is not billed
+    either."""
     warned: dict[str, datetime] = {}
     for instance_id in set(instance_ids):
         kept = svc.ledger.instance_signals(instance_id, since)
@@ -109,9 +112,12 @@ def unbilled_instances(svc: Services, instance_ids: Iterable[str], since: dateti
     except (BotoCoreError, ClientError):
         logger.warning("instance launch times unavailable: billed in full", extra={"instance_ids": sorted(warned)})
         return set()
-    return {
+    unbilled = {
         instance_id
         for instance_id, warned_at in warned.items()
         if instance_id in described
         and warned_at + INTERRUPTION_LEAD < described[instance_id].launched_at + UNBILLED_INTERRUPTION_WITHIN
     }
+    for instance_id in sorted(unbilled):
+        svc.ledger.keep_unbilled_instance(instance_id)
+    return unbilled

@@ -29,10 +29,13 @@ from spot_hpc.placement import (
     ACTION_OF_CAPACITY,
     CAPACITY_OF_ACTION,
     HeldInstance,
+    InstancePrices,
     choose_capacity,
     end_spot_wait,
+    instance_prices,
     place_attempt,
     price_on_instances,
+    priced_on_instances,
     record_placed,
     requeue_to_on_demand,
     spot_stats,
@@ -207,6 +210,7 @@ def _apply_terminal(svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJ
     if failure and detail.is_array_parent and not (attempt.shard_failure or attempt.cancel_reason):
         failure = _failed_shards_class(shards, attempt) or failure
     billing = _billing_sets(svc, attempt, detail, shards)
+    _index_at_end(svc, ref, attempt, billing)
     try:
         attempt = svc.ledger.update_open_attempt(
             ref.run_id,
@@ -244,10 +248,11 @@ def _failed_shards_class(shards: list[dict[str, Any]], attempt: Attempt) -> str 
 def _billing_sets(
     svc: Services, attempt: Attempt, detail: BatchJobDetail, shards: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The ended attempt's billing fields: an array's `instance_seconds` (billed), `run_seconds` (run, billed or not)
-    and its price on the instances its shards got, each as of its own start; a multi-node job's price on the instances
-    its nodes got; and whether EC2 interrupted the Spot instance of a single job within the instance's first hour
-    (`interrupted_in_first_hour`: AWS charges nothing)."""
+    """The ended attempt's billing fields: an array's `instance_seconds` (billed), `run_seconds` (run, billed or not),
+    what each instance billed its shards (`billed_on_instances`) and its price on the instances its shards got, each
+    as of its own start; a multi-node job's price on the instances its nodes got; and whether EC2 interrupted the Spot
+    instance of a single job within the instance's first hour (`interrupted_in_first_hour`: AWS charges nothing),
+    with the instance its end names when its start was never told."""
     since = parse_time(attempt.submitted_at) - SIGNAL_KEPT_FOR
     if detail.is_array_parent:
         # An array that succeeded lost no shard to a reclaim (a reclaimed shard ends it): its instances are not asked.
@@ -255,13 +260,16 @@ def _billing_sets(
         unbilled = unbilled_instances(svc, attempt.instance_ids, since) if asked else set()
         ran = _shards_ran(svc, shards, unbilled)
         billed = [shard for shard in ran if shard.billed]
+        held = [HeldInstance(shard.instance_id, shard.seconds, shard.started) for shard in billed]
+        prices = instance_prices(svc, attempt, held) if attempt.started_at and held else None
         sets: dict[str, Any] = {
             "instance_seconds": sum(shard.seconds for shard in billed),
             "run_seconds": sum(shard.seconds for shard in ran),
+            **priced_on_instances(attempt, held, prices),
         }
-        if attempt.started_at and billed:
-            held = [HeldInstance(shard.instance_id, shard.seconds, shard.started) for shard in billed]
-            sets.update(price_on_instances(svc, attempt, held))
+        if attempt.capacity == "spot":  # On-Demand instances are not interrupted
+            sets["billed_on_instances"] = _billed_on_instances(held, prices)
+            sets["unbilled_instance_ids"] = sorted(unbilled)
         return sets
     if detail.multinode_nodes:
         return _price_on_nodes(svc, attempt, detail.job_id, detail.multinode_nodes)
@@ -269,9 +277,104 @@ def _billing_sets(
         return {}
     # The instances its start recorded; those its end names when that start was never told.
     instance_ids = set(attempt.instance_ids) or set(svc.batch.instance_ids(detail.container_instance_arns))
+    sets = {}
+    if instance_ids and not attempt.instance_ids:
+        sets["instance_ids"] = sorted(instance_ids)
     if instance_ids and unbilled_instances(svc, instance_ids, since) == instance_ids:
-        return {"interrupted_in_first_hour": True}
-    return {}
+        sets |= {"interrupted_in_first_hour": True, "unbilled_instance_ids": sorted(instance_ids)}
+    return sets
+
+
+def _index_at_end(svc: Services, ref: JobRef, attempt: Attempt, billing: dict[str, Any]) -> None:
+    """Indexes an ending attempt on the instances its end's `billing` names that its start did not record (its start,
+    or a shard's, lost or told after its end), so that an interruption of one learnt later finds it
+    (`_unbill_shared_instances`)."""
+    named = {*billing.get("instance_ids", []), *billing.get("billed_on_instances", {})}
+    for instance_id in sorted(named - set(attempt.instance_ids)):
+        svc.ledger.index_instance(instance_id, ref)
+
+
+def _billed_on_instances(held: list[HeldInstance], prices: InstancePrices | None) -> dict[str, dict[str, float]]:
+    """What each instance billed an ended array's shards on it: their seconds and, where the shards were priced
+    (`prices`), their price an hour for one node weighed by their seconds. A shard whose instance cannot be told is
+    left out: no instance found unbilled can be matched to it."""
+    seconds: dict[str, float] = {}
+    usd: dict[str, float] = {}
+    for index, shard in enumerate(held):
+        if shard.instance_id is None:
+            continue
+        seconds[shard.instance_id] = seconds.get(shard.instance_id, 0) + shard.seconds
+        if prices is not None:
+            usd[shard.instance_id] = usd.get(shard.instance_id, 0.0) + prices.usd_per_hour[index] * shard.seconds
+    return {
+        instance_id: {"seconds": spent, **({"usd_per_hour": usd[instance_id] / spent} if instance_id in usd else {})}
+        for instance_id, spent in seconds.items()
+    }
+
+
+def _unbill_shared_instances(svc: Services, ref: JobRef, attempt: Attempt) -> None:
+    """AWS bills none of the usage of a Spot instance EC2 interrupted within its first hour: not the attempt it was
+    taken from, nor any that ran on it before (Batch runs jobs one after another on an instance, of any run).
+
+    Called after each telling of an attempt's end, once it is recorded: the instances the attempt ran on that were
+    found so (by its own end, `unbilled_instances`, or by another attempt's) come out of its bill, and out of those of
+    the other attempts the instance index names (across runs), that have ended; one that has not takes them out at
+    its own end, here (its end is written before this reads what was found; the end that finds an instance keeps it
+    before this reads the instance's attempts). Safe to repeat: time taken out is not taken out again."""
+    if attempt.capacity != "spot":
+        return
+    found = svc.ledger.unbilled_among({*attempt.instance_ids, *attempt.billed_on_instances})
+    if not found:
+        return
+    _unbill(svc, ref, found)
+    for instance_id in sorted(found):
+        for other in svc.ledger.jobs_on_instance(instance_id):
+            if other.job_id != ref.job_id:
+                _unbill(svc, other, {instance_id})
+
+
+def _unbill(svc: Services, ref: JobRef, instance_ids: set[str]) -> None:
+    """Takes the attempt's time on `instance_ids` (found unbilled) out of its bill, if it ended, on Spot."""
+
+    def unbill(attempt: Attempt) -> dict[str, Any] | None:
+        new = instance_ids & _billed_instances(attempt) if attempt.capacity == "spot" else set()
+        return _unbilled_sets(attempt, new) if new else None
+
+    if svc.ledger.unbill_attempt(ref.run_id, ref.stage, ref.attempt, unbill):
+        logger.info(
+            "an attempt's time on an instance EC2 interrupted within its first hour is not billed",
+            extra={"run_id": ref.run_id, "stage": ref.stage, "attempt": ref.attempt, "instances": sorted(instance_ids)},
+        )
+
+
+def _billed_instances(attempt: Attempt) -> set[str]:
+    """The instances an ended attempt is still billed on: an array's shards' (where they were told), a job's own."""
+    if attempt.instance_seconds is not None:
+        billed = set(attempt.billed_on_instances)
+    else:
+        billed = set() if attempt.interrupted_in_first_hour else set(attempt.instance_ids)
+    return billed - set(attempt.unbilled_instance_ids)
+
+
+def _unbilled_sets(attempt: Attempt, unbilled: set[str]) -> dict[str, Any]:
+    """An ended attempt's billing fields once its time on `unbilled` (instances it is billed on) is not billed: a job
+    costs nothing once none of its instances is billed; an array loses its shards' seconds there, and its price is
+    that of the shards still billed (the same unless they were priced apart)."""
+    sets: dict[str, Any] = {"unbilled_instance_ids": sorted({*attempt.unbilled_instance_ids, *unbilled})}
+    if attempt.instance_seconds is None:
+        if set(attempt.instance_ids) <= set(sets["unbilled_instance_ids"]):
+            sets["interrupted_in_first_hour"] = True
+        return sets
+    shares = [attempt.billed_on_instances[instance_id] for instance_id in sorted(unbilled)]
+    seconds = attempt.instance_seconds - sum(int(share["seconds"]) for share in shares)
+    sets["instance_seconds"] = seconds
+    if seconds > 0 and any("usd_per_hour" in share for share in shares):
+        per_node = attempt.usd_per_hour / attempt.nodes
+        usd = per_node * attempt.instance_seconds - sum(
+            share.get("usd_per_hour", per_node) * share["seconds"] for share in shares
+        )
+        sets["usd_per_hour"] = usd / seconds * attempt.nodes
+    return sets
 
 
 def _price_on_nodes(svc: Services, attempt: Attempt, job_id: str, num_nodes: int) -> dict[str, Any]:
@@ -340,7 +443,10 @@ def _act_on_terminal(
     svc: Services, ref: JobRef, attempt: Attempt, detail: BatchJobDetail, repeated: bool
 ) -> dict[str, Any]:
     """Settles or resubmits the stage after its attempt ended; safe to repeat, as every step is conditional (the
-    stage settles once, the next attempt is claimed once, each notification is sent once)."""
+    stage settles once, the next attempt is claimed once, each notification is sent once). First, the attempt's time
+    on instances EC2 interrupted within their first hour comes out of the bills that had it, before a report of the
+    run is made of them."""
+    _unbill_shared_instances(svc, ref, attempt)
     failure = attempt.failure_class
     run = svc.ledger.get_run(ref.run_id)
     stage = svc.ledger.get_stage(ref.run_id, ref.stage)

@@ -7,6 +7,7 @@ Item layout (pk / sk):
   JOB#<job id>     JOB                      job id -> run, stage, attempt (Batch events carry only the job id)
   INSTANCE#<i-..>  JOB#<job id>             instance -> jobs on it (Spot warnings carry only the instance id)
   INSTANCE#<i-..>  SIGNAL#<time>#<event>    a Spot signal for the instance, kept for a job whose start comes later
+  INSTANCE#<i-..>  UNBILLED                 EC2 interrupted the instance within its first hour: AWS bills none of it
   REJECTION        <time>#<id>              an input the control plane refused, with the reason
   NOTIFIED#<key>   NOTIFIED                 one notification per event, however often the event repeats: a claim
                                             (a lease, taken over when its handler died), then sent
@@ -27,7 +28,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -61,6 +62,9 @@ _NOTICE_LISTING = ("active", "active_sk", "notice_body")
 # Writes of a stage's Spot statistics from a fresh read before `learn_spot` gives up: each write lost is another
 # handler's won (a stage sees a few a job: its wait's end, its run's end), so losing this many in a row is rare.
 SPOT_STATS_TRIES = 5
+# Writes of an ended attempt's billing from a fresh read before `unbill_attempt` gives up: each write lost is another
+# instance of the attempt found unbilled at the same moment, which is rare.
+UNBILL_TRIES = 5
 
 
 class LedgerConflict(Exception):
@@ -221,8 +225,17 @@ class Attempt:
     # instances EC2 interrupted within their first hour (On-Demand would have been paid for them). None in an item
     # written before it was kept: its `instance_seconds` stand for both.
     run_seconds: int | None = None
-    # An ended Spot job's instance was interrupted by EC2 within its first hour: AWS charges nothing for it.
+    # An ended Spot job's instance was interrupted by EC2 within its first hour, while the job ran or after it ended
+    # (Batch runs jobs one after another on an instance): AWS charges nothing for it.
     interrupted_in_first_hour: bool = False
+    # An ended Spot job's instances that EC2 interrupted within their first hour, found at its end or after it: its
+    # time on them is not billed (an array's `instance_seconds` leave out its shards' there). Only ever grown.
+    unbilled_instance_ids: list[str] = field(default_factory=list)
+    # An ended array job's: what EC2 billed its shards on each instance they ran on (by id), `seconds` and their
+    # `usd_per_hour` for one node (weighed by their seconds; none where the placement's price stands), so that the
+    # time on an instance found unbilled after the array ended is taken out of its bill. An item written before it
+    # was kept has none: its shards stay billed.
+    billed_on_instances: dict[str, dict[str, float]] = field(default_factory=dict)
     # The instance the job got, once it runs (and was described): what `usd_per_hour` is then the price of.
     instance_type: str | None = None
     availability_zone: str | None = None
@@ -633,6 +646,46 @@ class Ledger:
             return False
         return True
 
+    def unbill_attempt(
+        self, run_id: str, stage: str, attempt: int, unbill: Callable[[Attempt], Mapping[str, Any] | None]
+    ) -> Attempt | None:
+        """Writes what `unbill` makes of an ended attempt as read: its billing once its time on instances EC2
+        interrupted within their first hour is not billed (the attributes to set, `unbilled_instance_ids` grown among
+        them), or None when there is nothing to take out (taken out already). Returns the attempt written; None when
+        nothing was, or it is not in the ledger, or has not ended (its own end reads what was found).
+
+        The billing is read, changed and written back, and handlers race to do it (two instances of one array found
+        unbilled at once): the write is refused when `unbilled_instance_ids` grew since the read, which would
+        otherwise undo the other's. The attempt is then read again, up to UNBILL_TRIES times in all; LedgerContended
+        after that."""
+        for _ in range(UNBILL_TRIES):
+            read = self.get_attempt(run_id, stage, attempt)
+            if read is None or read.status not in ("SUCCEEDED", "FAILED"):
+                return None
+            sets = unbill(read)
+            if sets is None:
+                return None
+            # The list only grows: the same size is the same list (an item written before it was kept has none).
+            unchanged = "size(#unbilled_instance_ids) = :unbilled_read"
+            if not read.unbilled_instance_ids:
+                unchanged = f"(attribute_not_exists(#unbilled_instance_ids) OR {unchanged})"
+            try:
+                return self.update_attempt(
+                    run_id,
+                    stage,
+                    attempt,
+                    condition=f"#status IN (:succeeded, :failed) AND {unchanged}",
+                    condition_values={
+                        "succeeded": "SUCCEEDED",
+                        "failed": "FAILED",
+                        "unbilled_read": len(read.unbilled_instance_ids),
+                    },
+                    **sets,
+                )
+            except LedgerConflict:
+                continue
+        raise LedgerContended(f"{run_id}/{stage}/{attempt}: billing written by others at each of {UNBILL_TRIES} tries")
+
     def update_open_attempt(self, run_id: str, stage: str, attempt: int, **sets: Any) -> Attempt:
         """Updates an attempt that has not ended yet; LedgerConflict once it has (a late or repeated event)."""
         return self.update_attempt(
@@ -678,6 +731,23 @@ class Ledger:
             }
         )
         return [_record(JobRef, item) for item in items]
+
+    def keep_unbilled_instance(self, instance_id: str) -> None:
+        """Keeps that EC2 interrupted the instance within its first hour (AWS bills none of its usage), for the
+        attempts that ran on it: those whose end is told later read it at their end (`unbilled_among`). Kept as long
+        as the instance's jobs are indexed; a repeated write keeps one record."""
+        self._put({"pk": f"INSTANCE#{instance_id}", "sk": "UNBILLED", "instance_id": instance_id})
+
+    def unbilled_among(self, instance_ids: Iterable[str]) -> set[str]:
+        """Those of the instances kept as interrupted within their first hour, read strongly consistent: an attempt's
+        end is written, then this read, while the handler that learns of the interruption keeps it, then reads the
+        instance's attempts, so that one of the two sees the other."""
+        found: set[str] = set()
+        for instance_id in set(instance_ids):
+            key = {"pk": f"INSTANCE#{instance_id}", "sk": "UNBILLED"}
+            if "Item" in self._table.get_item(Key=key, ConsistentRead=True, ProjectionExpression="pk"):
+                found.add(instance_id)
+        return found
 
     def keep_instance_signal(self, signal: InstanceSignal, event_id: str, kept_for: timedelta) -> None:
         """Keeps a Spot signal for an instance, for a job whose start is told later (EventBridge keeps no order

@@ -146,17 +146,32 @@ def price_on_instances(svc: Services, attempt: Attempt, billed: Sequence[HeldIns
     started in the same hour (`spot_price_hour`): a lookup failing (throttled, say) is not repeated for each of an
     array's shards. {} when no instance can be priced, or a shard cannot be priced at all: the placement's price
     stands. The type and zone are named when every instance has the same."""
+    return priced_on_instances(attempt, billed, instance_prices(svc, attempt, billed))
+
+
+@dataclass(frozen=True)
+class InstancePrices:
+    """What each of the instances an attempt held costs an hour for one node (`usd_per_hour`, in their order), and
+    the instances EC2 described whose own price was had (`got`)."""
+
+    usd_per_hour: list[float]
+    got: list[Ec2Instance]
+
+
+def instance_prices(svc: Services, attempt: Attempt, billed: Sequence[HeldInstance]) -> InstancePrices | None:
+    """Each of `billed`'s own price an hour for one node, or the placement's where it has none (`price_on_instances`
+    says which); None when EC2 cannot be asked, or one of them has no price at all."""
     ids = {held.instance_id for held in billed if held.instance_id}
     try:
         described = svc.batch.describe_instances(ids)
     except (BotoCoreError, ClientError):  # the price is for reporting; never fail a job's start or end on it
         logger.warning("could not describe the instances a job got", extra={"instance_ids": sorted(ids)}, exc_info=True)
-        return {}
+        return None
     placed = None if attempt.price_unknown else attempt.usd_per_hour / attempt.nodes
-    usd = seconds = 0.0
+    prices: list[float] = []
     got: list[Ec2Instance] = []
     unpriced: set[tuple[str, str, datetime]] = set()  # (type, zone, hour) whose price could not be looked up
-    for instance_id, held, at in billed:
+    for instance_id, _, at in billed:
         instance = described.get(instance_id) if instance_id else None
         own = None
         if instance is not None:
@@ -170,14 +185,22 @@ def price_on_instances(svc: Services, attempt: Attempt, billed: Sequence[HeldIns
                 got.append(instance)
         price = own if own is not None else placed
         if price is None:
-            return {}
-        usd += price * held
-        seconds += held
-    if not got or seconds <= 0:
+            return None
+        prices.append(price)
+    return InstancePrices(prices, got)
+
+
+def priced_on_instances(
+    attempt: Attempt, billed: Sequence[HeldInstance], prices: InstancePrices | None
+) -> dict[str, Any]:
+    """The ledger's price fields of an attempt from its instances' `prices` (see `price_on_instances`)."""
+    seconds = sum(held.seconds for held in billed)
+    if prices is None or not prices.got or seconds <= 0:
         return {}
+    usd = sum(price * held.seconds for price, held in zip(prices.usd_per_hour, billed, strict=True))
     priced: dict[str, Any] = {"usd_per_hour": usd / seconds * attempt.nodes, "price_unknown": False}
-    types, zones = {i.instance_type for i in got}, {i.availability_zone for i in got}
-    if len(got) == len(billed) and len(types) == 1:
+    types, zones = {i.instance_type for i in prices.got}, {i.availability_zone for i in prices.got}
+    if len(prices.got) == len(billed) and len(types) == 1:
         priced["instance_type"] = types.pop()
         if len(zones) == 1:
             priced["availability_zone"] = zones.pop()

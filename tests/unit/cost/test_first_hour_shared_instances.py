@@ -1,0 +1,341 @@
+"""AWS charges nothing for a Spot instance that EC2 interrupts within its first hour, whichever jobs ran on it: Batch
+runs one job after another on an instance, so the attempts that ran there before the one it was taken from (of this
+run or of another) are not billed for their time on it either, whichever end is told first, however often."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from spot_hpc.batch import Ec2Instance
+from spot_hpc.clock import format_time
+from spot_hpc.cost import check_run_report_costs
+from spot_hpc.events import BatchJobDetail
+from spot_hpc.interruptions import SIGNAL_KEPT_FOR
+from spot_hpc.job_events import apply_job_state
+from spot_hpc.ledger import CANCEL_REQUEUE, Attempt, InstanceSignal, JobRef, Ledger, Run, Stage
+from spot_hpc.outcome import run_report
+
+REUSED = "i-0aaaaaaaaaaaaaaa1"  # the instance EC2 interrupts within its first hour
+OTHER = "i-0bbbbbbbbbbbbbbb2"
+THIRD = "i-0ccccccccccccccc3"
+# Spot of one node by type, and On-Demand of one node of any.
+SPOT_USD_PER_HOUR = {"c6i.4xlarge": 0.60, "m6i.4xlarge": 1.00}
+ON_DEMAND_USD_PER_HOUR = 1.20
+CONTAINER_EXITED = "Essential container in task exited"
+
+
+def _arn(instance_id: str) -> str:
+    return f"arn:aws:ecs:us-east-1:123456789012:container-instance/spot-hpc-spot/{instance_id}"
+
+
+def _ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+class Instances:
+    """ECS and EC2 as they tell of the instances jobs ran on, each launched when the test says, and Batch of an
+    array's shards. `forgotten`: EC2 no longer describes them (it does for about an hour after they terminated)."""
+
+    def __init__(self) -> None:
+        self.launched: dict[str, tuple[str, datetime]] = {}
+        self.shards: dict[str, list[dict[str, Any]]] = {}
+        self.forgotten = False
+
+    def launch(self, instance_id: str, at: datetime, instance_type: str = "c6i.4xlarge") -> None:
+        self.launched[instance_id] = (instance_type, at)
+
+    def instances_of(self, arns: Any) -> dict[str, str]:
+        named = {arn: arn.rsplit("/", 1)[-1] for arn in arns}
+        return {arn: instance_id for arn, instance_id in named.items() if instance_id in self.launched}
+
+    def instance_ids(self, arns: Any) -> list[str]:
+        return list(self.instances_of(arns).values())
+
+    def describe_instances(self, instance_ids: Any) -> dict[str, Ec2Instance]:
+        if self.forgotten:
+            return {}
+        known = {i: self.launched[i] for i in instance_ids if i in self.launched}
+        return {i: Ec2Instance(kind, "us-east-1b", launched) for i, (kind, launched) in known.items()}
+
+    def array_children(self, array_job_id: str, *statuses: str) -> list[dict[str, Any]]:
+        return [shard for shard in self.shards.get(array_job_id, []) if shard["status"] in statuses]
+
+
+class Prices:
+    """Spot by instance type, On-Demand at one price."""
+
+    def usd_per_hour(self, instance_type: str, region: str, capacity: str, nodes: int = 1, **_: Any) -> float:
+        return (SPOT_USD_PER_HOUR[instance_type] if capacity == "spot" else ON_DEMAND_USD_PER_HOUR) * nodes
+
+
+class Plane:
+    """The Batch handler's services on the test's ledger, and the story of the instances' jobs told to it."""
+
+    def __init__(self, ledger: Ledger, clock: Any) -> None:
+        self.ledger = ledger
+        self.clock = clock
+        self.launched_at = clock.now  # of REUSED: its first hour runs to an hour after this
+        settings = SimpleNamespace(
+            region="us-east-1", changeover_hours=0.25, spot_interruption_bucket=4, spot_job_queue="spot-queue"
+        )
+        self.instances = Instances()
+        self.svc = SimpleNamespace(
+            settings=settings, ledger=ledger, batch=self.instances, prices=Prices(), pipeline=None, s3=None
+        )
+        for instance_id in (REUSED, OTHER, THIRD):
+            self.instances.launch(instance_id, self.launched_at)
+
+    def minutes(self, minutes: float) -> datetime:
+        """So many minutes after REUSED was launched."""
+        return self.launched_at + timedelta(minutes=minutes)
+
+    def tell(self, at_minutes: float, detail: dict[str, Any]) -> dict[str, Any]:
+        self.clock.now = self.minutes(at_minutes)
+        return apply_job_state(self.svc, BatchJobDetail.model_validate(detail))  # type: ignore[arg-type]
+
+    def place(self, run_id: str, stage: str, job_id: str, at_minutes: float, nodes: int = 1) -> None:
+        """A run of one stage (half an hour declared), its Spot job placed at the first Spot type's price."""
+        started = format_time(self.minutes(at_minutes))
+        deadline = format_time(self.minutes(at_minutes + 12 * 60))
+        self.ledger.create_run(
+            Run(run_id, "ingest", f"incoming/{run_id}.csv", "v1", deadline, 12.0, started, {}),
+            [Stage(run_id, stage, 0, 0.5, True, nodes, on_demand_usd_per_hour=ON_DEMAND_USD_PER_HOUR * nodes)],
+        )
+        self.ledger.claim_attempt(run_id, stage, 0)
+        price = SPOT_USD_PER_HOUR["c6i.4xlarge"] * nodes
+        self.ledger.record_attempt(Attempt(run_id, stage, 1, job_id, "spot-queue", "spot", nodes, started, price))
+
+    def job_ran(self, run_id: str, job_id: str, instance_id: str, start: float, stop: float | None) -> None:
+        """A single Spot job placed two minutes before it started on the instance, that ended (succeeded) at `stop`
+        (None: its end is not told yet)."""
+        self.place(run_id, "preprocess", job_id, start - 2)
+        ran = {"jobId": job_id, "jobName": job_id, "jobQueue": "spot-queue", "startedAt": _ms(self.minutes(start))}
+        self.tell(start, {**ran, "status": "RUNNING", "container": {"containerInstanceArn": _arn(instance_id)}})
+        if stop is not None:
+            self.job_ended(job_id, instance_id, start, stop)
+
+    def job_ended(self, job_id: str, instance_id: str, start: float, stop: float, told_at: float | None = None) -> None:
+        ended = {"jobId": job_id, "jobName": job_id, "jobQueue": "spot-queue", "status": "SUCCEEDED"}
+        times = {"startedAt": _ms(self.minutes(start)), "stoppedAt": _ms(self.minutes(stop))}
+        container = {"containerInstanceArn": _arn(instance_id), "exitCode": 0}
+        detail = {**ended, **times, "statusReason": CONTAINER_EXITED, "container": container}
+        self.tell(stop if told_at is None else told_at, detail)
+
+    def array_ran(self, run_id: str, job_id: str, shards: dict[str, str], start: float, stop: float) -> None:
+        """An array of a shard on each instance (with its type), all running from `start` to `stop`; the array's own
+        end is told by `array_ended`."""
+        self.place(run_id, "hpc", job_id, start - 2, nodes=len(shards))
+        self.instances.shards[job_id] = []
+        for index, (instance_id, instance_type) in enumerate(shards.items()):
+            self.instances.launch(instance_id, self.launched_at, instance_type)
+            shard = {
+                "jobId": f"{job_id}:{index}",
+                "jobName": job_id,
+                "jobQueue": "spot-queue",
+                "startedAt": _ms(self.minutes(start)),
+                "container": {"containerInstanceArn": _arn(instance_id)},
+            }
+            self.tell(start, {**shard, "status": "RUNNING"})
+            self.instances.shards[job_id].append({**shard, "status": "SUCCEEDED", "stoppedAt": _ms(self.minutes(stop))})
+
+    def array_ended(self, job_id: str, at: float) -> None:
+        size = len(self.instances.shards[job_id])
+        array = {"size": size, "statusSummary": {"SUCCEEDED": size}}
+        ended = {"jobId": job_id, "jobName": job_id, "jobQueue": "spot-queue", "status": "SUCCEEDED"}
+        self.tell(at, {**ended, "stoppedAt": _ms(self.minutes(at)), "arrayProperties": array})
+
+    def reclaimed_in_first_hour(self, run_id: str, job_id: str, instance_id: str, start: float) -> dict[str, Any]:
+        """A Spot job of another run started on the instance, warned 20 minutes later (still in the instance's first
+        hour): the warning moved its stage to On-Demand (the job marked cancelled, the next attempt claimed), and
+        EC2 interrupted the instance two minutes after the warning. Returns what its end's handler answered."""
+        self.job_ran(run_id, job_id, instance_id, start, None)
+        warned = self.minutes(start + 20)
+        kept = InstanceSignal(instance_id, "interruption warning", warning=True, signalled_at=format_time(warned))
+        self.ledger.keep_instance_signal(kept, f"warning-{instance_id}", SIGNAL_KEPT_FOR)
+        self.ledger.cancel_attempt(run_id, "preprocess", 1, CANCEL_REQUEUE)
+        self.ledger.claim_attempt(run_id, "preprocess", 1)
+        return self.reclaim_told(job_id, instance_id, start)
+
+    def reclaim_told(self, job_id: str, instance_id: str, start: float) -> dict[str, Any]:
+        ended = {"jobId": job_id, "jobName": job_id, "jobQueue": "spot-queue", "status": "FAILED"}
+        times = {"startedAt": _ms(self.minutes(start)), "stoppedAt": _ms(self.minutes(start + 22))}
+        reason = f"Host EC2 (instance {instance_id}) terminated."
+        container = {"containerInstanceArn": _arn(instance_id)}
+        return self.tell(start + 22, {**ended, **times, "statusReason": reason, "container": container})
+
+    def report(self, run_id: str) -> dict[str, Any]:
+        run = self.ledger.get_run(run_id)
+        assert run is not None
+        return run_report(self.svc, run)  # type: ignore[arg-type]
+
+
+def _figures(report: dict[str, Any]) -> tuple[float, float, float]:
+    """The first attempt's cost, the run's, and its savings in percent."""
+    attempt = report["stages"][0]["attempts"][0]
+    return attempt["cost_usd"], report["cost_usd"], report["savings_pct"]
+
+
+def test_a_job_that_ran_earlier_on_an_instance_interrupted_in_its_first_hour_is_not_billed(ledger, utc_clock):
+    # GIVEN run-1's Spot job, 24 minutes on an instance at $0.60 an hour ($0.24, against $0.48 On-Demand: 50% saved),
+    # that succeeded and settled its run's stage; and another run's job on another instance
+    plane = Plane(ledger, utc_clock)
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25)
+    plane.job_ran("run-3", "job-c", OTHER, start=1, stop=25)
+    before = _figures(plane.report("run-1"))
+    # WHEN run-2's job, which Batch placed on the same instance after it, loses it to EC2 within its first hour
+    answer = plane.reclaimed_in_first_hour("run-2", "job-b", REUSED, start=28)
+    # THEN the earlier job is not billed either: run-1's report (read after) tells it cost nothing, and saved all
+    after = _figures(plane.report("run-1"))
+    assert before == (0.24, 0.24, 50.0)
+    assert after == (0.0, 0.0, 100.0)
+    assert plane.report("run-1")["stages"][0]["attempts"][0]["interrupted_in_first_hour"] is True
+    assert check_run_report_costs(plane.report("run-1")) == []
+    # AND the reclaimed job itself costs nothing, as before, and the job on the other instance is billed as it was
+    assert answer["reason"] == "superseded attempt"
+    assert _figures(plane.report("run-2"))[0] == 0.0
+    assert _figures(plane.report("run-3")) == before
+
+
+@pytest.mark.parametrize("deliveries", [1, 2])
+def test_an_arrays_shard_that_ran_on_the_instance_is_taken_out_of_its_bill_once(ledger, utc_clock, deliveries):
+    # GIVEN an array of three half-hour shards that succeeded: one on the instance EC2 will interrupt (a c6i.4xlarge
+    # at $0.60), two on m6i.4xlarge instances at $1.00 ($1.30 in all, against $1.80 On-Demand)
+    plane = Plane(ledger, utc_clock)
+    shards = {REUSED: "c6i.4xlarge", OTHER: "m6i.4xlarge", THIRD: "m6i.4xlarge"}
+    plane.array_ran("run-1", "array-1", shards, start=1, stop=31)
+    plane.array_ended("array-1", at=32)
+    before = _figures(plane.report("run-1"))
+    # WHEN another run's job on that instance is reclaimed within the instance's first hour, its end told
+    # `deliveries` times (EventBridge delivers at least once)
+    plane.reclaimed_in_first_hour("run-2", "job-b", REUSED, start=33)
+    for _ in range(deliveries - 1):
+        plane.reclaim_told("job-b", REUSED, start=33)
+    # THEN the array is billed for its two other shards alone, at their own price, once however often it was told
+    report = plane.report("run-1")
+    array = report["stages"][0]["attempts"][0]
+    assert before == (1.3, 1.3, pytest.approx(27.78))
+    assert _figures(report) == (1.0, 1.0, pytest.approx(44.44))
+    assert (array["instance_seconds"], array["run_seconds"]) == (3600, 5400)
+    assert check_run_report_costs(report) == []
+
+
+def test_a_job_whose_end_is_told_after_the_interruption_was_learnt_is_not_billed(ledger, utc_clock):
+    # GIVEN run-1's job on the instance, whose end is not told yet, and another run's job on the instance after it,
+    # reclaimed within the instance's first hour (its end told)
+    plane = Plane(ledger, utc_clock)
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=None)
+    plane.reclaimed_in_first_hour("run-2", "job-b", REUSED, start=28)
+    # WHEN the first job's end (it succeeded at 25 minutes) is told two hours later (its first deliveries failed),
+    # when EC2 no longer describes the instance
+    plane.instances.forgotten = True
+    plane.job_ended("job-a", REUSED, start=1, stop=25, told_at=150)
+    # THEN it is not billed
+    assert _figures(plane.report("run-1")) == (0.0, 0.0, 100.0)
+
+
+def test_an_array_whose_end_is_told_after_the_interruption_was_learnt_is_billed_without_that_shard(ledger, utc_clock):
+    # GIVEN an array of three shards, one on the instance, that succeeded (its end not told yet), and another run's
+    # job placed on that instance after the shard, reclaimed within the instance's first hour
+    plane = Plane(ledger, utc_clock)
+    shards = {REUSED: "c6i.4xlarge", OTHER: "m6i.4xlarge", THIRD: "m6i.4xlarge"}
+    plane.array_ran("run-1", "array-1", shards, start=1, stop=31)
+    plane.reclaimed_in_first_hour("run-2", "job-b", REUSED, start=33)
+    # WHEN the array's end is told (twice)
+    plane.array_ended("array-1", at=60)
+    plane.array_ended("array-1", at=61)
+    # THEN it is billed for its other two shards alone
+    report = plane.report("run-1")
+    assert _figures(report) == (1.0, 1.0, pytest.approx(44.44))
+    assert check_run_report_costs(report) == []
+
+
+def test_two_instances_of_an_array_found_unbilled_by_handlers_at_once_both_come_off(ledger, utc_clock, monkeypatch):
+    # GIVEN an array of three shards on three instances at $0.60 that succeeded ($0.90), and two other runs' jobs on
+    # two of its instances, each reclaimed within its instance's first hour, whose ends are handled at once: the
+    # second handled while the first has read the array and not yet written it
+    plane = Plane(ledger, utc_clock)
+    plane.array_ran("run-1", "array-1", dict.fromkeys((REUSED, OTHER, THIRD), "c6i.4xlarge"), start=1, stop=31)
+    plane.array_ended("array-1", at=32)
+    plane.job_ran("run-3", "job-c", OTHER, start=33, stop=None)
+    read_attempt = Ledger.get_attempt
+    meanwhile = {"armed": False}
+
+    def second_end_handled_meanwhile(self: Ledger, run_id: str, stage: str, attempt: int) -> Attempt | None:
+        found = read_attempt(self, run_id, stage, attempt)
+        if meanwhile["armed"] and run_id == "run-1":
+            meanwhile["armed"] = False
+            kept = InstanceSignal(OTHER, "interruption warning", True, format_time(plane.minutes(53)))
+            ledger.keep_instance_signal(kept, "warning-other", SIGNAL_KEPT_FOR)
+            ledger.cancel_attempt("run-3", "preprocess", 1, CANCEL_REQUEUE)
+            ledger.claim_attempt("run-3", "preprocess", 1)
+            plane.reclaim_told("job-c", OTHER, start=33)
+        return found
+
+    monkeypatch.setattr(Ledger, "get_attempt", second_end_handled_meanwhile)
+    # WHEN the first job's end is handled
+    meanwhile["armed"] = True
+    plane.reclaimed_in_first_hour("run-2", "job-b", REUSED, start=33)
+    # THEN the array is billed for its third shard alone: neither handler's write undid the other's
+    array = plane.report("run-1")["stages"][0]["attempts"][0]
+    assert not meanwhile["armed"]
+    assert (array["instance_seconds"], array["cost_usd"]) == (1800, 0.3)
+
+
+def test_a_job_the_index_names_that_the_ledger_no_longer_holds_is_passed_over(ledger, utc_clock):
+    # GIVEN the instance's index naming a job whose attempt the ledger does not hold (its run expired), and a job of
+    # run-1 on the instance that succeeded
+    plane = Plane(ledger, utc_clock)
+    ledger.index_instance(REUSED, JobRef("job-gone", "run-gone", "preprocess", 1))
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25)
+    # WHEN a later job on the instance is reclaimed within the instance's first hour
+    answer = plane.reclaimed_in_first_hour("run-2", "job-b", REUSED, start=28)
+    # THEN the job it holds is not billed, and nothing is written for the one it does not
+    assert answer["reason"] == "superseded attempt"
+    assert _figures(plane.report("run-1"))[0] == 0.0
+    assert ledger.get_attempt("run-gone", "preprocess", 1) is None
+
+
+def test_an_array_recorded_before_its_instances_bills_were_kept_loads_and_stays_billed(ledger, ledger_table, utc_clock):
+    # GIVEN an array that succeeded, its attempt as the ledger kept it before it kept what each instance billed (or
+    # which instances were found unbilled)
+    plane = Plane(ledger, utc_clock)
+    plane.array_ran("run-1", "array-1", dict.fromkeys((REUSED, OTHER, THIRD), "c6i.4xlarge"), start=1, stop=31)
+    plane.array_ended("array-1", at=32)
+    ledger_table.update_item(
+        Key={"pk": "RUN#run-1", "sk": "ATTEMPT#hpc#001"},
+        UpdateExpression="REMOVE billed_on_instances, unbilled_instance_ids",
+    )
+    # WHEN a later job on one of its instances is reclaimed within the instance's first hour
+    plane.reclaimed_in_first_hour("run-2", "job-b", REUSED, start=33)
+    # THEN the array still loads, and is billed as it was (what that instance billed cannot be told apart)
+    attempt = ledger.get_attempt("run-1", "hpc", 1)
+    assert attempt is not None and attempt.instance_seconds == 5400
+    assert _figures(plane.report("run-1"))[0] == 0.9
+
+
+class ReadRecordingTable:
+    """A table that answers every read with no item and keeps what was asked (fakes over mocks)."""
+
+    def __init__(self) -> None:
+        self.reads: list[dict[str, Any]] = []
+
+    def get_item(self, **request: Any) -> dict[str, Any]:
+        self.reads.append(request)
+        return {}
+
+
+def test_the_instances_found_unbilled_are_read_once_each_strongly_consistent():
+    # GIVEN a ledger on a table that records its reads
+    table = ReadRecordingTable()
+    # WHEN an ended attempt's instances (one named twice) are asked which were found interrupted in their first hour
+    found = Ledger(table).unbilled_among([REUSED, OTHER, REUSED])
+    # THEN each is read once, strongly consistent: the handler that finds an instance so keeps it, then reads the
+    # attempts on it, while an attempt's end is written, then this read, so that one of the two sees the other
+    assert found == set()
+    assert sorted((read["Key"]["pk"], read["ConsistentRead"]) for read in table.reads) == [
+        (f"INSTANCE#{REUSED}", True),
+        (f"INSTANCE#{OTHER}", True),
+    ]
