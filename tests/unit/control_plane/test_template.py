@@ -31,7 +31,14 @@ ASL_PATH = REPO / "statemachines" / "pipeline.asl.json"
 # ------------------------------------------------------------------ IAM: every call the domain code makes
 # The IAM actions behind the AWS calls each handler's code path can make (spot_hpc and spot_checkpoint; HeadObject
 # is s3:GetObject, with a VersionId also s3:GetObjectVersion; DeleteObjects is s3:DeleteObject per key).
-LEDGER = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"}
+LEDGER = {
+    "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",  # Ledger.unbilled_among
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:Query",
+}
 NOTIFY = {"sns:Publish", "sqs:SendMessage", "secretsmanager:GetSecretValue"}  # notifier.notify
 # notifier.redeliver_parked_notices (the guard): the notifications dead-letter queue's parked Slack notices
 PARKED_NOTICES = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibilityBatch"}
@@ -43,8 +50,13 @@ PLACE = {"batch:ListJobs", "batch:SubmitJob", "batch:TagResource"}  # placement.
 TERMINATE = {"batch:TerminateJob"}  # requeue_to_on_demand, a reclaimed shard ending its array, the guard
 ANSWER = {"states:SendTaskSuccess", "states:SendTaskFailure"}  # job_events.answer_state_machine
 INSTANCES = {"ecs:DescribeContainerInstances"}  # job_events: the instances a RUNNING job is on
+# The price and bill of the instances a job got (placement.price_on_instances; interruptions.unbilled_instances: their
+# launch times), and of a multi-node job's nodes (BatchGateway.multinode_nodes: DescribeJobs of `jobId#N`)
+BILLING = {"ec2:DescribeInstances", "batch:DescribeJobs"}
 
-BATCH_EVENT = set().union(LEDGER, NOTIFY, PRICES, PROGRESS, CHECKPOINT_CLEANUP, PLACE, TERMINATE, ANSWER, INSTANCES)
+BATCH_EVENT = set().union(
+    LEDGER, NOTIFY, PRICES, PROGRESS, CHECKPOINT_CLEANUP, PLACE, TERMINATE, ANSWER, INSTANCES, BILLING
+)
 
 HANDLER_CALLS: dict[str, set[str]] = {
     "StartPipelineFunction": LEDGER | NOTIFY | {"s3:GetObject", "s3:GetObjectVersion", "states:StartExecution"},

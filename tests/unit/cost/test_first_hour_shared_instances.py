@@ -15,7 +15,17 @@ from spot_hpc.cost import check_run_report_costs
 from spot_hpc.events import BatchJobDetail
 from spot_hpc.interruptions import SIGNAL_KEPT_FOR
 from spot_hpc.job_events import apply_job_state
-from spot_hpc.ledger import CANCEL_REQUEUE, Attempt, InstanceSignal, JobRef, Ledger, Run, Stage
+from spot_hpc.ledger import (
+    CANCEL_REQUEUE,
+    UNPROCESSED_TRIES,
+    Attempt,
+    InstanceSignal,
+    JobRef,
+    Ledger,
+    LedgerContended,
+    Run,
+    Stage,
+)
 from spot_hpc.outcome import run_report
 
 REUSED = "i-0aaaaaaaaaaaaaaa1"  # the instance EC2 interrupts within its first hour
@@ -316,26 +326,54 @@ def test_an_array_recorded_before_its_instances_bills_were_kept_loads_and_stays_
     assert _figures(plane.report("run-1"))[0] == 0.9
 
 
-class ReadRecordingTable:
-    """A table that answers every read with no item and keeps what was asked (fakes over mocks)."""
+class BatchReadRecordingTable:
+    """A table whose BatchGetItem keeps what was asked and answers from `kept` (instance ids kept as unbilled), leaving
+    the last key of each of its first `throttled` calls unprocessed, as DynamoDB does when it throttles (fakes over
+    mocks)."""
 
-    def __init__(self) -> None:
-        self.reads: list[dict[str, Any]] = []
+    name = "ledger"
 
-    def get_item(self, **request: Any) -> dict[str, Any]:
-        self.reads.append(request)
-        return {}
+    def __init__(self, kept: set[str], throttled: int = 0) -> None:
+        self.kept, self.throttled = kept, throttled
+        self.calls: list[dict[str, Any]] = []
+        self.meta = SimpleNamespace(client=self)
+
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        asked = RequestItems[self.name]
+        self.calls.append(asked)
+        keys = asked["Keys"]
+        left = keys[-1:] if len(self.calls) <= self.throttled else []
+        items = [{"pk": key["pk"]} for key in keys[: len(keys) - len(left)] if key["pk"][9:] in self.kept]
+        return {
+            "Responses": {self.name: items},
+            "UnprocessedKeys": {self.name: {**asked, "Keys": left}} if left else {},
+        }
 
 
-def test_the_instances_found_unbilled_are_read_once_each_strongly_consistent():
-    # GIVEN a ledger on a table that records its reads
-    table = ReadRecordingTable()
-    # WHEN an ended attempt's instances (one named twice) are asked which were found interrupted in their first hour
-    found = Ledger(table).unbilled_among([REUSED, OTHER, REUSED])
-    # THEN each is read once, strongly consistent: the handler that finds an instance so keeps it, then reads the
-    # attempts on it, while an attempt's end is written, then this read, so that one of the two sees the other
-    assert found == set()
-    assert sorted((read["Key"]["pk"], read["ConsistentRead"]) for read in table.reads) == [
-        (f"INSTANCE#{REUSED}", True),
-        (f"INSTANCE#{OTHER}", True),
-    ]
+def test_the_instances_found_unbilled_are_read_once_each_strongly_consistent_100_a_call():
+    # GIVEN a ledger on a table that records its reads, where 2 of an array's 250 instances are kept as unbilled
+    instances = [f"i-{n:04d}" for n in range(250)]
+    table = BatchReadRecordingTable(kept={"i-0007", "i-0201"})
+    # WHEN the instances (one named twice) are asked which were found interrupted in their first hour
+    found = Ledger(table).unbilled_among([*instances, instances[0]])
+    # THEN those two are found, each instance read once, strongly consistent, in calls of at most 100 keys (the most
+    # BatchGetItem takes): the handler that finds an instance so keeps it, then reads the attempts on it, while an
+    # attempt's end is written, then this read, so that one of the two sees the other
+    assert found == {"i-0007", "i-0201"}
+    assert [len(call["Keys"]) for call in table.calls] == [100, 100, 50]
+    assert all(call["ConsistentRead"] for call in table.calls)
+    assert sorted(key["pk"] for call in table.calls for key in call["Keys"]) == [f"INSTANCE#{i}" for i in instances]
+
+
+def test_keys_left_unprocessed_are_asked_again_and_a_read_throttled_throughout_fails_to_be_retried():
+    # GIVEN a table that leaves a key unprocessed at its first 2 calls, and one that does at every call
+    once_throttled = BatchReadRecordingTable(kept={REUSED}, throttled=2)
+    always_throttled = BatchReadRecordingTable(kept={REUSED}, throttled=UNPROCESSED_TRIES)
+    # WHEN the same instances are asked of each
+    found = Ledger(once_throttled).unbilled_among([OTHER, REUSED])
+    # THEN the first is asked again until answered, and the instance kept is found
+    assert found == {REUSED} and len(once_throttled.calls) == 3
+    # AND the second fails after UNPROCESSED_TRIES calls, so that the event is handled again, never taken as billed
+    with pytest.raises(LedgerContended):
+        Ledger(always_throttled).unbilled_among([OTHER, REUSED])
+    assert len(always_throttled.calls) == UNPROCESSED_TRIES

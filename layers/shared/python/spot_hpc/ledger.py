@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -65,6 +66,11 @@ SPOT_STATS_TRIES = 5
 # Writes of an ended attempt's billing from a fresh read before `unbill_attempt` gives up: each write lost is another
 # instance of the attempt found unbilled at the same moment, which is rare.
 UNBILL_TRIES = 5
+# BatchGetItem takes at most 100 keys a call; the keys a call leaves unprocessed (throttled) are asked again, so many
+# times in all (the client's own retries back off on a throttled call as a whole).
+BATCH_GET_KEYS = 100
+UNPROCESSED_TRIES = 5
+UNPROCESSED_BACKOFF_SECONDS = 0.05
 
 
 class LedgerConflict(Exception):
@@ -741,12 +747,25 @@ class Ledger:
     def unbilled_among(self, instance_ids: Iterable[str]) -> set[str]:
         """Those of the instances kept as interrupted within their first hour, read strongly consistent: an attempt's
         end is written, then this read, while the handler that learns of the interruption keeps it, then reads the
-        instance's attempts, so that one of the two sees the other."""
+        instance's attempts, so that one of the two sees the other.
+
+        An array's end asks this of up to a thousand instances: BatchGetItem, 100 keys a call. Keys DynamoDB leaves
+        unprocessed (throttled) are asked again, at most UNPROCESSED_TRIES times in all, then LedgerContended: the
+        event's redelivery asks again."""
+        keys = [{"pk": f"INSTANCE#{instance_id}", "sk": "UNBILLED"} for instance_id in sorted(set(instance_ids))]
         found: set[str] = set()
-        for instance_id in set(instance_ids):
-            key = {"pk": f"INSTANCE#{instance_id}", "sk": "UNBILLED"}
-            if "Item" in self._table.get_item(Key=key, ConsistentRead=True, ProjectionExpression="pk"):
-                found.add(instance_id)
+        for start in range(0, len(keys), BATCH_GET_KEYS):
+            request = {self._table.name: {"Keys": keys[start : start + BATCH_GET_KEYS], "ConsistentRead": True}}
+            for tried in range(UNPROCESSED_TRIES):
+                if tried:
+                    time.sleep(UNPROCESSED_BACKOFF_SECONDS * 2 ** (tried - 1))  # as AWS asks of unprocessed keys
+                answer = self._table.meta.client.batch_get_item(RequestItems=request)
+                found.update(item["pk"].removeprefix("INSTANCE#") for item in answer["Responses"][self._table.name])
+                request = answer.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+            else:
+                raise LedgerContended(f"unbilled instances: keys left unprocessed at each of {UNPROCESSED_TRIES} tries")
         return found
 
     def keep_instance_signal(self, signal: InstanceSignal, event_id: str, kept_for: timedelta) -> None:
