@@ -377,3 +377,40 @@ def test_keys_left_unprocessed_are_asked_again_and_a_read_throttled_throughout_f
     with pytest.raises(LedgerContended):
         Ledger(always_throttled).unbilled_among([OTHER, REUSED])
     assert len(always_throttled.calls) == UNPROCESSED_TRIES
+
+
+def test_an_array_that_ran_on_several_instances_found_unbilled_by_one_end_is_written_once(
+    ledger, utc_clock, monkeypatch
+):
+    # GIVEN an array of three shards on three instances at $0.60 that succeeded ($0.90), and another run's array
+    # placed on the same three instances after it, its shards reclaimed with them within their first hour (the warning
+    # moved its stage to On-Demand)
+    plane = Plane(ledger, utc_clock)
+    instances = (REUSED, OTHER, THIRD)
+    plane.array_ran("run-1", "array-1", dict.fromkeys(instances, "c6i.4xlarge"), start=1, stop=31)
+    plane.array_ended("array-1", at=32)
+    plane.array_ran("run-2", "array-2", dict.fromkeys(instances, "c6i.4xlarge"), start=33, stop=55)
+    for instance_id in instances:
+        kept = InstanceSignal(instance_id, "interruption warning", True, format_time(plane.minutes(53)))
+        ledger.keep_instance_signal(kept, f"warning-{instance_id}", SIGNAL_KEPT_FOR)
+    ledger.cancel_attempt("run-2", "hpc", 1, CANCEL_REQUEUE)
+    ledger.claim_attempt("run-2", "hpc", 1)
+    for shard, instance_id in zip(plane.instances.shards["array-2"], instances, strict=True):
+        shard.update(status="FAILED", statusReason=f"Host EC2 (instance {instance_id}) terminated.")
+    written: list[str] = []
+    update_attempt = Ledger.update_attempt
+
+    def counted(self: Ledger, run_id: str, stage: str, attempt: int, **kwargs: Any) -> Attempt:
+        written.append(run_id)
+        return update_attempt(self, run_id, stage, attempt, **kwargs)
+
+    monkeypatch.setattr(Ledger, "update_attempt", counted)
+    # WHEN the second array's end is told
+    ended = {"jobId": "array-2", "jobName": "array-2", "jobQueue": "spot-queue", "status": "FAILED"}
+    array = {"size": 3, "statusSummary": {"FAILED": 3}}
+    plane.tell(56, {**ended, "stoppedAt": _ms(plane.minutes(56)), "arrayProperties": array})
+    # THEN the first array's three shards are out of its bill, in one write of its attempt, not one an instance: an
+    # array's item holds what each of up to a thousand instances billed it, and each write of it costs its whole size
+    report = plane.report("run-1")
+    assert _figures(report) == (0.0, 0.0, 100.0)
+    assert written.count("run-1") == 1

@@ -320,17 +320,22 @@ def _unbill_shared_instances(svc: Services, ref: JobRef, attempt: Attempt) -> No
     found so (by its own end, `unbilled_instances`, or by another attempt's) come out of its bill, and out of those of
     the other attempts the instance index names (across runs), that have ended; one that has not takes them out at
     its own end, here (its end is written before this reads what was found; the end that finds an instance keeps it
-    before this reads the instance's attempts). Safe to repeat: time taken out is not taken out again."""
+    before this reads the instance's attempts). Safe to repeat: time taken out is not taken out again. Each attempt's
+    bill is written once for all the instances it shares with this one: an array's item holds what each of up to a
+    thousand instances billed it, and a write of it costs its whole size."""
     if attempt.capacity != "spot":
         return
     found = svc.ledger.unbilled_among({*attempt.instance_ids, *attempt.billed_on_instances})
     if not found:
         return
     _unbill(svc, ref, found)
+    others: dict[str, tuple[JobRef, set[str]]] = {}  # by job id
     for instance_id in sorted(found):
         for other in svc.ledger.jobs_on_instance(instance_id):
             if other.job_id != ref.job_id:
-                _unbill(svc, other, {instance_id})
+                others.setdefault(other.job_id, (other, set()))[1].add(instance_id)
+    for other, instance_ids in others.values():
+        _unbill(svc, other, instance_ids)
 
 
 def _unbill(svc: Services, ref: JobRef, instance_ids: set[str]) -> None:
