@@ -414,3 +414,27 @@ def test_an_array_that_ran_on_several_instances_found_unbilled_by_one_end_is_wri
     report = plane.report("run-1")
     assert _figures(report) == (0.0, 0.0, 100.0)
     assert written.count("run-1") == 1
+
+
+def test_an_array_recorded_before_its_shards_instance_time_was_kept_stays_billed(ledger, ledger_table, utc_clock):
+    # GIVEN an array of three shards that succeeded, its attempt as the ledger kept it before it kept its shards' own
+    # instance time (billed over its span, as a job of three nodes), with the one instance a shard's start listed
+    # then (concurrent starts kept only the last writer's)
+    plane = Plane(ledger, utc_clock)
+    plane.array_ran("run-1", "array-1", dict.fromkeys((REUSED, OTHER, THIRD), "c6i.4xlarge"), start=1, stop=31)
+    plane.array_ended("array-1", at=32)
+    ledger_table.update_item(
+        Key={"pk": "RUN#run-1", "sk": "ATTEMPT#hpc#001"},
+        UpdateExpression="SET instance_ids = :one REMOVE instance_seconds, run_seconds, billed_on_instances, "
+        "unbilled_instance_ids",
+        ExpressionAttributeValues={":one": [REUSED]},
+    )
+    before = _figures(plane.report("run-1"))
+    # WHEN a later job on that instance is reclaimed within the instance's first hour
+    plane.reclaimed_in_first_hour("run-2", "job-b", REUSED, start=33)
+    # THEN the array is billed as it was: its shards on the other instances are in its bill, which cannot be told
+    # apart by instance
+    report = plane.report("run-1")
+    assert before[0] > 0.9
+    assert _figures(report) == before
+    assert "interrupted_in_first_hour" not in report["stages"][0]["attempts"][0]

@@ -353,9 +353,13 @@ def _unbill(svc: Services, ref: JobRef, instance_ids: set[str]) -> None:
 
 
 def _billed_instances(attempt: Attempt) -> set[str]:
-    """The instances an ended attempt is still billed on: an array's shards' (where they were told), a job's own."""
+    """The instances an ended attempt is still billed on: an array's shards' (where they were told), a job's own. An
+    array recorded before its shards' instance time was kept (`instance_seconds`) is billed over its span as a job of
+    its nodes, on instances its list may not all name: none it is billed on can be told apart."""
     if attempt.instance_seconds is not None:
         billed = set(attempt.billed_on_instances)
+    elif attempt.nodes > 1:
+        billed = set()
     else:
         billed = set() if attempt.interrupted_in_first_hour else set(attempt.instance_ids)
     return billed - set(attempt.unbilled_instance_ids)
