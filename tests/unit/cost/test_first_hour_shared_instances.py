@@ -438,3 +438,19 @@ def test_an_array_recorded_before_its_shards_instance_time_was_kept_stays_billed
     assert before[0] > 0.9
     assert _figures(report) == before
     assert "interrupted_in_first_hour" not in report["stages"][0]["attempts"][0]
+
+
+def test_an_array_with_a_shard_batch_tells_stopped_as_it_started_settles(ledger, utc_clock):
+    # GIVEN an array of two shards that succeeded, one on an m6i.4xlarge at $1.00 for half an hour, the other's stop
+    # told by Batch at the very millisecond it started (no second billed)
+    plane = Plane(ledger, utc_clock)
+    plane.array_ran("run-1", "array-1", {REUSED: "c6i.4xlarge", OTHER: "m6i.4xlarge"}, start=1, stop=31)
+    shard = plane.instances.shards["array-1"][0]
+    shard["stoppedAt"] = shard["startedAt"]
+    # WHEN the array's end is told
+    plane.array_ended("array-1", at=32)
+    # THEN its stage is settled, and the array billed for the other shard's half hour ($0.50)
+    attempt, stage = ledger.get_attempt("run-1", "hpc", 1), ledger.get_stage("run-1", "hpc")
+    assert attempt is not None and stage is not None
+    assert (attempt.status, stage.status) == ("SUCCEEDED", "SUCCEEDED")
+    assert _figures(plane.report("run-1"))[0] == 0.5

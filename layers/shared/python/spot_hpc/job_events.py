@@ -297,7 +297,8 @@ def _index_at_end(svc: Services, ref: JobRef, attempt: Attempt, billing: dict[st
 def _billed_on_instances(held: list[HeldInstance], prices: InstancePrices | None) -> dict[str, dict[str, float]]:
     """What each instance billed an ended array's shards on it: their seconds and, where the shards were priced
     (`prices`), their price an hour for one node weighed by their seconds. A shard whose instance cannot be told is
-    left out: no instance found unbilled can be matched to it."""
+    left out: no instance found unbilled can be matched to it; so is an instance that billed none (its shards' stops
+    told at their starts): there is nothing to take out, and no price to weigh."""
     seconds: dict[str, float] = {}
     usd: dict[str, float] = {}
     for index, shard in enumerate(held):
@@ -309,6 +310,7 @@ def _billed_on_instances(held: list[HeldInstance], prices: InstancePrices | None
     return {
         instance_id: {"seconds": spent, **({"usd_per_hour": usd[instance_id] / spent} if instance_id in usd else {})}
         for instance_id, spent in seconds.items()
+        if spent > 0
     }
 
 
