@@ -103,4 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m spotctl.cli`, this file is the module __main__, and the commands' ToolError (spotctl.cli's) is
+    # not this copy's: the one spotctl.cli catches them.
+    from spotctl.cli import main as installed_main
+
+    sys.exit(installed_main())

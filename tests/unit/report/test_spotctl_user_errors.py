@@ -4,6 +4,9 @@ traceback, and output paths refused before a long run."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -663,3 +666,25 @@ def test_help_says_where_paths_and_regions_come_from(
     out = " ".join(capsys.readouterr().out.split())
     for phrase in phrases:
         assert phrase in out
+
+
+@pytest.mark.parametrize("module", ["spotctl", "spotctl.cli"])
+def test_run_as_a_module_a_user_error_is_one_line_and_exit_2(tmp_path, module):
+    # GIVEN spotctl run as `python -m` (where the environment's scripts are not on PATH), on a report file that is not
+    # there
+    missing = tmp_path / "missing.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # WHEN it runs
+    done = subprocess.run(
+        [sys.executable, "-m", module, "report", "--from-json", str(missing)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    # THEN it fails as the installed command does: exit 2 and one line naming the file, no traceback (before, `-m
+    # spotctl` was no command at all, and `-m spotctl.cli` printed a ToolError traceback)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("spotctl report: error: ") and str(missing) in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
