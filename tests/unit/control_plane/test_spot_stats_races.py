@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 from spot_hpc.clock import format_time
-from spot_hpc.job_events import _learn_spot
-from spot_hpc.ledger import SPOT_STATS_TRIES, Attempt, Ledger, LedgerContended, Run, Stage
+from spot_hpc.job_events import _learn_spot, _track_spot_wait
+from spot_hpc.ledger import SPOT_STATS_TRIES, Attempt, JobRef, Ledger, LedgerContended, Run, Stage
 from spot_hpc.placement import end_spot_wait
 from spot_hpc.policy import SpotStats
 from spot_hpc.run_report import FailureClass
@@ -128,3 +128,57 @@ def test_a_write_that_loses_to_other_writers_at_every_try_fails_and_its_retry_le
     end_spot_wait(svc, stage)
     end_spot_wait(svc, stage)
     assert _learnt(ledger).down_hours == pytest.approx(WAIT_HOURS)
+
+
+def _runnable_stage(ledger: Ledger, utc_clock, job_status: str, waiting_since: str | None = None) -> JobRef:
+    """A stage whose Spot attempt's job the ledger has as `job_status`; waiting for capacity since `waiting_since`."""
+    run = Run("r1", "b", "incoming/a.csv", "v1", format_time(utc_clock.now + timedelta(hours=12)), 12.0, "", {})
+    stage = Stage("r1", "preprocess", 0, 4.0, True, 1, attempt=1, capacity="spot", job_id="job-1")
+    stage.spot_waiting_since = waiting_since
+    ledger.create_run(run, [stage])
+    submitted = format_time(utc_clock.now - timedelta(minutes=5))
+    ledger.record_attempt(
+        Attempt("r1", "preprocess", 1, "job-1", "spot-queue", "spot", 1, submitted, status=job_status)
+    )
+    return JobRef("job-1", "r1", "preprocess", 1)
+
+
+@pytest.mark.parametrize(("job_status", "waits"), [("RUNNABLE", True), ("RUNNING", False), ("SUCCEEDED", False)])
+def test_a_wait_started_as_the_job_starts_running_is_dropped_unlearnt(ledger: Ledger, utc_clock, job_status, waits):
+    # GIVEN a Spot job's RUNNABLE handled at the same moment as its RUNNING (or its end): the RUNNING's handler has
+    # recorded the attempt (`job_status`) and read the stage before the RUNNABLE's wrote its wait, so ended none
+    svc = _services(ledger)
+    ref = _runnable_stage(ledger, utc_clock, job_status)
+    # WHEN the RUNNABLE's handler starts the stage's wait for capacity
+    _track_spot_wait(svc, ref, "RUNNABLE")
+    # THEN the wait stands only while the job still waits: one started as the job runs is dropped, and teaches the
+    # policy no gap (before, it went on until the guard's next pass ended it, and was learnt)
+    stage = ledger.get_stage("r1", "preprocess")
+    assert stage is not None and (stage.spot_waiting_since is not None) is waits
+    assert _learnt(ledger).down_hours == 0.0
+
+
+def test_a_wait_that_began_before_is_left_for_the_running_to_learn(ledger: Ledger, utc_clock):
+    # GIVEN a stage whose Spot job has waited an hour, and whose RUNNING the ledger has recorded, its handler about to
+    # end the wait, when a repeated RUNNABLE is handled
+    svc = _services(ledger)
+    waited_from = format_time(utc_clock.now - timedelta(hours=WAIT_HOURS))
+    ref = _runnable_stage(ledger, utc_clock, "RUNNING", waiting_since=waited_from)
+    # WHEN the RUNNABLE's handler, then the RUNNING's, track the wait
+    _track_spot_wait(svc, ref, "RUNNABLE")
+    _track_spot_wait(svc, ref, "RUNNING")
+    # THEN the wait the stage had is learnt, whole, and is over
+    stage = ledger.get_stage("r1", "preprocess")
+    assert stage is not None and stage.spot_waiting_since is None
+    assert _learnt(ledger).down_hours == pytest.approx(WAIT_HOURS)
+
+
+def test_an_array_waits_while_a_shard_does_though_others_run(ledger: Ledger, utc_clock):
+    # GIVEN a Spot array whose attempt runs (a shard started), when another shard's RUNNABLE is handled
+    svc = _services(ledger)
+    ref = _runnable_stage(ledger, utc_clock, "RUNNING")
+    # WHEN its handler tracks the wait, for that shard
+    _track_spot_wait(svc, ref, "RUNNABLE", shard=True)
+    # THEN the stage waits for Spot: the array cannot finish without that shard
+    stage = ledger.get_stage("r1", "preprocess")
+    assert stage is not None and stage.spot_waiting_since is not None

@@ -168,7 +168,7 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
     if attempt.capacity == "spot" and detail.status == "RUNNABLE":
         # The array waits while any shard does: one shard starting does not end it (the SLA guard, which sees
         # every shard's status in the parent's summary, does).
-        _track_spot_wait(svc, ref, detail.status)
+        _track_spot_wait(svc, ref, detail.status, shard=True)
     if attempt.capacity == "spot" and detail.status == "RUNNING":
         result["signals"] = act_on_kept_signals(svc, ref, instance_ids)
     return result
@@ -178,13 +178,23 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
 SPOT_WAIT_STATUSES = ("RUNNABLE", "RUNNING")
 
 
-def _track_spot_wait(svc: Services, ref: JobRef, status: str) -> None:
-    """A Spot job waits RUNNABLE while there is no capacity: the wait, once over, teaches the stage's statistics."""
+def _track_spot_wait(svc: Services, ref: JobRef, status: str, shard: bool = False) -> None:
+    """A Spot job waits RUNNABLE while there is no capacity: the wait, once over, teaches the stage's statistics. An
+    array's (`shard`: a shard's status) waits while any shard does, however many run."""
     stage = svc.ledger.get_stage(ref.run_id, ref.stage)
     if stage is None:
         return
     if status == "RUNNABLE":
-        start_spot_wait(svc, stage)
+        if stage.spot_waiting_since:
+            return  # waiting already: the RUNNING that ends the wait learns it
+        since = start_spot_wait(svc, stage)
+        # The job's RUNNING, handled at the same moment, may have read the stage before this wait was written, and so
+        # ended none: a wait that would go on while the job runs, until the guard's next pass ends it, and teach the
+        # policy a gap that never was. Each handler writes (this one the wait, that one the attempt) before it reads
+        # the other's, strongly consistent, so one of the two sees the other: here, the attempt.
+        attempt = None if shard else svc.ledger.get_attempt(ref.run_id, ref.stage, ref.attempt)
+        if attempt is not None and STATUS_RANK.get(attempt.status, -1) >= STATUS_RANK["RUNNING"]:
+            svc.ledger.drop_spot_wait(ref.run_id, ref.stage, since)
     elif status == "RUNNING":
         end_spot_wait(svc, stage)
 

@@ -474,6 +474,18 @@ class Ledger:
     def update_stage(self, run_id: str, stage: str, removes: tuple[str, ...] = (), **sets: Any) -> Stage:
         return _record(Stage, self._update(_stage_key(run_id, stage), sets, removes))  # type: ignore[no-any-return]
 
+    def drop_spot_wait(self, run_id: str, stage: str, since: str) -> None:
+        """Removes the stage's wait for Spot that started at `since`, learning nothing from it (it never was one: its
+        job was running when it was written). A wait ended, or started anew, since is left as it is."""
+        with contextlib.suppress(LedgerConflict):
+            self._update(
+                _stage_key(run_id, stage),
+                {},
+                removes=("spot_waiting_since",),
+                condition="#spot_waiting_since = :since",
+                condition_values={"since": since},
+            )
+
     def keep_on_demand_base(self, run_id: str, stage: str, usd_per_hour: float) -> None:
         """Keeps the stage's On-Demand price as its settled run's savings base; the first one kept stays."""
         with contextlib.suppress(LedgerConflict):  # kept already (a repeated settlement), or the stage is gone
