@@ -391,11 +391,16 @@ def postprocess_reads(s3: Any) -> str:
     return f"s3://{BUCKET}/intermediate/early/hpc/"
 
 
-@pytest.mark.parametrize(
+# Each job, with what it reads as its input (the upload preprocess copies to local disk, the sources hpc reads, the
+# fields postprocess loads).
+each_job_and_its_input = pytest.mark.parametrize(
     ("job", "given_input"),
     [(preprocess, preprocess_reads), (hpc, hpc_reads), (postprocess, postprocess_reads)],
     ids=["preprocess", "hpc", "postprocess"],
 )
+
+
+@each_job_and_its_input
 def test_a_sigterm_while_the_job_reads_its_input_stops_it_at_its_first_step(
     pipeline_inputs: Any, monkeypatch: pytest.MonkeyPatch, job: Any, given_input: Callable[[Any], str]
 ) -> None:
@@ -423,11 +428,7 @@ def test_a_sigterm_while_the_job_reads_its_input_stops_it_at_its_first_step(
     assert after == signal.SIG_IGN
 
 
-@pytest.mark.parametrize(
-    ("job", "given_input"),
-    [(preprocess, preprocess_reads), (hpc, hpc_reads), (postprocess, postprocess_reads)],
-    ids=["preprocess", "hpc", "postprocess"],
-)
+@each_job_and_its_input
 def test_a_sigterm_before_the_job_starts_stops_it_at_once_without_reading_its_input(
     pipeline_inputs: Any, monkeypatch: pytest.MonkeyPatch, job: Any, given_input: Callable[[Any], str]
 ) -> None:
