@@ -183,13 +183,15 @@ def test_report_stack_with_a_run_whose_figures_no_run_can_have_names_the_stack_a
     ("item", "message"),
     [
         ({"started_at": "yesterday"}, "run 'run-1' cannot be reported: Invalid isoformat string: 'yesterday'"),
+        ({"finished_at": 5}, "run 'run-1' cannot be reported: not a time: 5"),
         ({"bucket": None}, "a run in its ledger cannot be read: "),
     ],
 )
 def test_report_stack_with_a_run_its_ledger_holds_in_no_run_s_shape_names_the_stack(
     ledger: Ledger, ledger_table: Any, capsys: pytest.CaptureFixture[str], item: dict[str, Any], message: str
 ) -> None:
-    # GIVEN the stack, and in its ledger a run whose start is not a time, or whose item lacks a field every run has
+    # GIVEN the stack, and in its ledger a run whose start or end is not a time, or whose item lacks a field every run
+    # has
     _deploy_stack("spot-hpc", STACK_FUNCTION_ENV)
     _run_in_ledger(ledger)
     for name, value in item.items():

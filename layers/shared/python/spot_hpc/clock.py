@@ -32,7 +32,10 @@ def hours_between(start: datetime, end: datetime) -> float:
 
 
 def parse_time(value: str) -> datetime:
-    """An ISO 8601 time as a UTC datetime (another offset is moved to UTC; none means UTC)."""
+    """An ISO 8601 time as a UTC datetime (another offset is moved to UTC; none means UTC). A value that is not text
+    (a number an item holds where a time belongs) is a TypeError, as `fromisoformat` gives, not an AttributeError."""
+    if not isinstance(value, str):
+        raise TypeError(f"not a time: {value!r}")
     return as_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
 
 
