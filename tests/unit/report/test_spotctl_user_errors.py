@@ -474,6 +474,34 @@ def test_put_events_reports_an_entry_without_source_detail_type_or_detail_as_a_f
         (0, "InvalidArgument"), (1, "InvalidArgument"), (2, "InvalidArgument")]  # fmt: skip
 
 
+def test_put_events_answers_a_file_of_refused_entries_only_without_deploying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a file whose every entry PutEvents refuses, and a stack that must not be deployed for it
+    events = tmp_path / "events.json"
+    events.write_text(json.dumps([{"source": "aws.ec2", "detail-type": "Probe"}, {"source": 5, "detail": {}}]))
+    out = tmp_path / "deliveries.json"
+    _refuse_to_run(monkeypatch, "spotctl.offline.runtime.OfflineControlPlane")
+    # WHEN they are put
+    code = main(["put-events", str(events), "--json", str(out)])
+    # THEN each is a failed entry, as with a good event beside it, and the command fails without a deployment
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "event [0]  failed entry  InvalidArgument: Parameter Detail is not valid." in captured.out
+    assert "event [1]  failed entry  InvalidArgument: Parameter Source is not valid." in captured.out
+    assert "no rule matched" not in captured.out
+    assert "2 of 2 events were not put" in captured.err
+    assert json.loads(out.read_text()) == {
+        "deliveries": [],
+        "failed_entries": [
+            {"entry": 0, "error_code": "InvalidArgument",
+             "error_message": "Parameter Detail is not valid. Reason: Detail is a required argument."},
+            {"entry": 1, "error_code": "InvalidArgument",
+             "error_message": "Parameter Source is not valid. Reason: Source must be a non-empty string, not 5."},
+        ],
+    }  # fmt: skip
+
+
 def test_put_events_names_the_entry_that_is_not_an_event(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
