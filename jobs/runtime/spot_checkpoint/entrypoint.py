@@ -49,6 +49,14 @@ def positive_number(environ: Mapping[str, str], name: str, default: D, *, zero_a
     return _setting(environ, name, default, csv_number, lambda value: value > 0.0, "a number above 0")
 
 
+def number_between(environ: Mapping[str, str], name: str, default: D, low: float, high: float) -> float | D:
+    """A setting from `low` to `high` from the job's environment, `default` when unset; an :class:`InputError` naming
+    it otherwise, a number read as :func:`positive_number` reads it."""
+    return _setting(
+        environ, name, default, csv_number, lambda value: low <= value <= high, f"a number from {low:g} to {high:g}"
+    )
+
+
 def _setting(
     environ: Mapping[str, str],
     name: str,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NoReturn
 
-from .entrypoint import fraction, positive_number, whole_number
+from .entrypoint import fraction, number_between, positive_number, whole_number
 from .errors import InputError
 from .imds import DEFAULT_ENDPOINT, InstanceMetadata
 from .store import DEFAULT_KEEP, DEFAULT_PART, Checkpoint, CheckpointStore, part_name
@@ -30,6 +30,10 @@ ENV_CHECKPOINT_URI = "CHECKPOINT_URI"  # s3://bucket/checkpoints/<run_id>/<stage
 ENV_METADATA_ENDPOINT = "AWS_EC2_METADATA_SERVICE_ENDPOINT"  # as botocore reads it
 ENV_METADATA_DISABLED = "AWS_EC2_METADATA_DISABLED"  # "true": do not poll instance metadata (as botocore)
 ENV_POLL_SECONDS = "SPOT_CHECKPOINT_POLL_SECONDS"  # how often to look for a notice or request (default 5)
+# Each look is a request to instance metadata (and one to S3 for a request): every 10 ms leaves the watcher idle
+# nearly all the time, and much more often it polls back to back, taking a core from the work. A Spot notice comes
+# two minutes ahead: a part that looks less often than once a minute can see it too late to checkpoint.
+MIN_POLL_SECONDS, MAX_POLL_SECONDS = 0.01, 60.0
 ENV_INTERVAL_SECONDS = "SPOT_CHECKPOINT_INTERVAL_SECONDS"  # fixed periodic interval; unset: chosen from the cost
 ENV_MIN_INTERVAL_SECONDS = "SPOT_CHECKPOINT_MIN_INTERVAL_SECONDS"  # default 60
 ENV_MAX_INTERVAL_SECONDS = "SPOT_CHECKPOINT_MAX_INTERVAL_SECONDS"  # default 900
@@ -128,7 +132,7 @@ class RuntimeConfig:
             part_index=part_index,
             parts_total=parts_total,
             metadata_endpoint=None if disabled else env.get(ENV_METADATA_ENDPOINT) or DEFAULT_ENDPOINT,
-            poll_seconds=positive_number(env, ENV_POLL_SECONDS, 5.0),
+            poll_seconds=number_between(env, ENV_POLL_SECONDS, 5.0, MIN_POLL_SECONDS, MAX_POLL_SECONDS),
             interval=interval,
             keep=whole_number(env, ENV_KEEP, DEFAULT_KEEP),
             attempt=_attempt_from(env),

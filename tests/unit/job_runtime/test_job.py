@@ -59,6 +59,9 @@ def counting_job(job: CheckpointedJob, units: int, start: int = 0) -> int:
     return done
 
 
+POLL_MUST_BE = "SPOT_CHECKPOINT_POLL_SECONDS must be a number from 0.01 to 60"
+
+
 def make_job(s3: Any, events: EventRecorder, **kwargs: Any) -> CheckpointedJob:
     store = CheckpointStore(s3, URI, part=kwargs.pop("part", "main"), parts_total=kwargs.pop("parts_total", 1))
     return CheckpointedJob(
@@ -99,10 +102,15 @@ def test_config_from_environment_names_the_part() -> None:
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({"SPOT_CHECKPOINT_POLL_SECONDS": "5s"}, "SPOT_CHECKPOINT_POLL_SECONDS must be a number above 0, not '5s'"),
-        ({"SPOT_CHECKPOINT_POLL_SECONDS": "0"}, "SPOT_CHECKPOINT_POLL_SECONDS must be a number above 0, not '0'"),
-        ({"SPOT_CHECKPOINT_POLL_SECONDS": "1_0"}, "SPOT_CHECKPOINT_POLL_SECONDS must be a number above 0, not '1_0'"),
-        ({"SPOT_CHECKPOINT_POLL_SECONDS": "\uff15"}, "SPOT_CHECKPOINT_POLL_SECONDS must be a number above 0"),
+        ({"SPOT_CHECKPOINT_POLL_SECONDS": "5s"}, f"{POLL_MUST_BE}, not '5s'"),
+        ({"SPOT_CHECKPOINT_POLL_SECONDS": "0"}, f"{POLL_MUST_BE}, not '0'"),
+        ({"SPOT_CHECKPOINT_POLL_SECONDS": "1_0"}, f"{POLL_MUST_BE}, not '1_0'"),
+        ({"SPOT_CHECKPOINT_POLL_SECONDS": "\uff15"}, POLL_MUST_BE),
+        # Back-to-back polling, and a look so rare that a two-minute Spot notice can be seen too late to checkpoint
+        ({"SPOT_CHECKPOINT_POLL_SECONDS": "1e-9"}, f"{POLL_MUST_BE}, not '1e-9'"),
+        ({"SPOT_CHECKPOINT_POLL_SECONDS": "0.009"}, f"{POLL_MUST_BE}, not '0.009'"),
+        ({"SPOT_CHECKPOINT_POLL_SECONDS": "61"}, f"{POLL_MUST_BE}, not '61'"),
+        ({"SPOT_CHECKPOINT_POLL_SECONDS": "1e308"}, f"{POLL_MUST_BE}, not '1e308'"),
         (
             {"SPOT_CHECKPOINT_INTERVAL_SECONDS": "-60"},
             "SPOT_CHECKPOINT_INTERVAL_SECONDS must be a number of at least 0",
@@ -139,6 +147,10 @@ def test_config_from_environment_names_the_part() -> None:
         "poll-zero",
         "poll-underscore",
         "poll-fullwidth",
+        "poll-back-to-back",
+        "poll-under-a-hundredth",
+        "poll-over-a-minute",
+        "poll-overflowing",
         "interval-negative",
         "min-interval-arabic-indic",
         "max-interval-infinite",
@@ -161,6 +173,16 @@ def test_a_runtime_setting_it_cannot_use_is_an_input_error_naming_it(environ: di
     # setting does: the job reports it in one line and exits 1
     with pytest.raises(InputError, match=message):
         RuntimeConfig.from_environ(environ)
+
+
+@pytest.mark.parametrize("poll", ["0.01", "60"])
+def test_a_poll_from_a_hundredth_of_a_second_to_a_minute_is_taken(poll: str) -> None:
+    # GIVEN the shortest and the longest poll the runtime takes
+    environ = {"SPOT_CHECKPOINT_POLL_SECONDS": poll}
+    # WHEN the runtime reads its settings
+    config = RuntimeConfig.from_environ(environ)
+    # THEN the job polls at that interval
+    assert config.poll_seconds == float(poll)
 
 
 def test_runtime_settings_in_plain_ascii_are_read_and_blank_ones_take_their_defaults() -> None:

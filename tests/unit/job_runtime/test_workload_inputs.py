@@ -543,7 +543,7 @@ def test_a_runtime_setting_it_cannot_use_exits_1_saying_why_in_one_line_before_r
     # saying why in one line rather than with a ValueError's traceback, and writes nothing
     assert code == 1
     assert capsys.readouterr().err.splitlines() == [
-        f"{name}: environment variable SPOT_CHECKPOINT_POLL_SECONDS must be a number above 0, not '5s'"
+        f"{name}: environment variable SPOT_CHECKPOINT_POLL_SECONDS must be a number from 0.01 to 60, not '5s'"
     ]
     assert list_objects(s3, env["OUTPUT_URI"]) == {}
     # AND it said so before it read any of its input (before, preprocess copied its whole upload and postprocess

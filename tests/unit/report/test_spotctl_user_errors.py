@@ -344,6 +344,17 @@ def test_checkpoint_drill_takes_a_poll_from_a_hundredth_of_a_second_to_a_second(
     assert (code, polls) == (0, [float(poll)])
 
 
+def test_checkpoint_drill_help_gives_the_job_runtime_s_shortest_poll(capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN the job runtime's shortest poll, which the drill's help states without importing the runtime
+    from spot_checkpoint import MIN_POLL_SECONDS
+
+    # WHEN the drill's help is shown
+    with pytest.raises(SystemExit):
+        main(["checkpoint-drill", "--help"])
+    # THEN it gives the runtime's figure as the shortest the drill takes
+    assert f"from {MIN_POLL_SECONDS:g} to 1:" in " ".join(capsys.readouterr().out.split())
+
+
 def test_put_events_refuses_a_directory_and_an_unwritable_json_path_before_deploying(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
