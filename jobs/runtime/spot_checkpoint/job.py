@@ -225,8 +225,9 @@ class CheckpointedJob:
     def start(self) -> Checkpoint | None:
         """Find the latest complete checkpoint (raising CheckpointStoreUnavailable on a missing bucket) and watch.
 
-        A SIGTERM recorded before it returns (before start(), or while the checkpoint is read) stops the job here, at
-        once: :class:`Stopped`, with nothing read after it and nothing written.
+        A SIGTERM recorded before it returns (before start(), or while the checkpoint is read), or a Spot notice the
+        watcher's first look finds, stops the job here, at once: :class:`Stopped`, with nothing read after it and
+        nothing written.
         """
         # SIGTERM is sent once, and may come while the checkpoint is read (a large one takes seconds, a slow S3 more):
         # without a handler by then it is lost (ignored by Python as a container's PID 1, so the job works on without a
@@ -236,7 +237,7 @@ class CheckpointedJob:
         # which request the part has already honoured is in the checkpoint. A SIGTERM that came before start(), run_job
         # recorded (sigterm_recorded): the watcher takes it over here.
         self.watcher.install_signal_handler()
-        self._stop_if_terminated()
+        self._stop_before_work()
         try:
             if self.store is not None:
                 self.store.check_bucket()
@@ -259,8 +260,11 @@ class CheckpointedJob:
             )
         else:
             self._emit("started")
-        self._stop_if_terminated()
+        self._stop_before_work()
+        # The watcher's first look is synchronous: a job started on an instance already marked for interruption stops
+        # here too, as for a SIGTERM.
         self.watcher.start()
+        self._stop_before_work()
         self._mark = time.monotonic()
         self._next_due = self._mark + self.interval.first
         return self.resumed
@@ -439,14 +443,15 @@ class CheckpointedJob:
                 exit_code = EXIT_STOPPED_WITHOUT_CHECKPOINT
         self._exit(stop, exit_code)
 
-    def _stop_if_terminated(self) -> None:
-        """In start(), before the job's first unit of work: stop at once on a SIGTERM recorded so far (the only reason
-        to stop there can be, the pollers not running yet). The job has done no work, so there is nothing to
-        checkpoint: the part's latest checkpoint is as good as any, and reading the checkpoint or the job's input only
-        spends what is left of Batch's stop timeout (30 s by default) before its SIGKILL, which the control plane
-        would count as an application error."""
+    def _stop_before_work(self) -> None:
+        """In start(), before the job's first unit of work: stop at once on a SIGTERM recorded so far, or a Spot notice
+        the watcher's first look found. The job has done no work, so there is nothing to checkpoint: the part's latest
+        checkpoint is as good as any, and reading the checkpoint or the job's input only spends what is left of
+        Batch's stop timeout (30 s by default) or of the notice's two minutes, and keeps the control plane from
+        placing the next attempt. A checkpoint request stops the job at its first step instead, whose checkpoint
+        records the request's id (a job of an unknown attempt would otherwise stop for it again and again)."""
         stop = self.watcher.stop_signal
-        if stop is not None and stop.request_id is None:  # a request stops at step(), whose checkpoint records its id
+        if stop is not None and stop.request_id is None:
             self._exit(stop, EXIT_CHECKPOINTED if self.store is not None else EXIT_STOPPED_WITHOUT_CHECKPOINT)
 
     def _exit(self, stop: StopSignal, exit_code: int) -> NoReturn:

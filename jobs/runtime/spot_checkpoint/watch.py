@@ -204,9 +204,10 @@ class InterruptionWatcher:
         for name, source, poll in pollers:
             if source is None:
                 continue
-            # The first look is synchronous: a job started on an instance already marked for interruption, or while a
-            # request is pending, stops after its first unit of work rather than whenever the thread gets to it. The
-            # metadata thread starts before the first request read, which a hung S3 could hold up.
+            # The first look is synchronous: a job started on an instance already marked for interruption stops in
+            # CheckpointedJob.start(), and one started while a request is pending after its first unit of work, rather
+            # than whenever the thread gets to it. The metadata thread starts before the first request read, which a
+            # hung S3 could hold up.
             if self._stop is None:
                 self._poll_safely(poll)
             thread = threading.Thread(target=self._run, args=(poll,), name=f"spot-checkpoint-{name}", daemon=True)

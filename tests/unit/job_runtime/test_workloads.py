@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from spot_checkpoint import (
     EXIT_CHECKPOINTED,
     REASON_SIGTERM,
+    REASON_SPOT_INTERRUPTION,
     CheckpointStore,
     Stopped,
     list_objects,
@@ -23,6 +24,7 @@ from spot_checkpoint import (
 from jobs.hpc import hpc
 from jobs.postprocess import postprocess
 from jobs.preprocess import preprocess
+from spotctl.drill.metadata_server import MetadataStandIn
 from spotctl.drill.runner import drill_source_csv
 
 from .conftest import BUCKET, S3Passthrough, sigterm_unhandled
@@ -400,6 +402,23 @@ each_job_and_its_input = pytest.mark.parametrize(
 )
 
 
+def stopped_after_a_unit(
+    s3: Any, job: Any, given_input: Callable[[Any], str], run_id: str
+) -> tuple[dict[str, str], dict[str, bytes]]:
+    """A part of `job` that checkpointed its first unit and stopped on a request: its environment, and its checkpoint
+    objects as that attempt left them."""
+    env = stage_env(run_id, job.__name__.rsplit(".", 1)[-1], given_input(s3), SPOT_CHECKPOINT_POLL_SECONDS="0.01")
+    CheckpointStore(s3, env["CHECKPOINT_URI"]).request_checkpoint("spot warning")
+    with pytest.raises(Stopped):
+        job.run(s3, env)
+    return env, list_objects(s3, env["CHECKPOINT_URI"])
+
+
+def assert_wrote_nothing(s3: Any, env: dict[str, str], checkpoints: dict[str, bytes]) -> None:
+    assert list_objects(s3, env["CHECKPOINT_URI"]) == checkpoints
+    assert list_objects(s3, env["OUTPUT_URI"]) == {}
+
+
 @each_job_and_its_input
 def test_a_sigterm_while_the_job_reads_its_input_stops_it_at_its_first_step(
     pipeline_inputs: Any, monkeypatch: pytest.MonkeyPatch, job: Any, given_input: Callable[[Any], str]
@@ -434,12 +453,7 @@ def test_a_sigterm_before_the_job_starts_stops_it_at_once_without_reading_its_in
 ) -> None:
     s3 = pipeline_inputs
     # GIVEN a part that checkpointed its first unit and stopped on a request (its previous attempt)
-    stage = job.__name__.rsplit(".", 1)[-1]
-    env = stage_env("early", stage, given_input(s3), SPOT_CHECKPOINT_POLL_SECONDS="0.01")
-    CheckpointStore(s3, env["CHECKPOINT_URI"]).request_checkpoint("spot warning")
-    with pytest.raises(Stopped):
-        job.run(s3, env)
-    checkpoints = list_objects(s3, env["CHECKPOINT_URI"])
+    env, checkpoints = stopped_after_a_unit(s3, job, given_input, "early")
     # AND its next attempt, in a process that ignores a SIGTERM it has no handler for (as Python does as a container's
     # PID 1), sent SIGTERM once as it sets up (Batch's TerminateJob), before it starts its CheckpointedJob
     reads = InputReads(s3, env["INPUT_URI"])
@@ -460,7 +474,29 @@ def test_a_sigterm_before_the_job_starts_stops_it_at_once_without_reading_its_in
     assert (stopped.value.code, stopped.value.stop.reason) == (EXIT_CHECKPOINTED, REASON_SIGTERM)
     assert reads.reads == []
     # AND wrote nothing: the previous checkpoint, which the next attempt resumes, is as it was, and there is no output
-    assert list_objects(s3, env["CHECKPOINT_URI"]) == checkpoints
-    assert list_objects(s3, env["OUTPUT_URI"]) == {}
+    assert_wrote_nothing(s3, env, checkpoints)
     # AND the process's own disposition is back once the job is over
     assert after == signal.SIG_IGN
+
+
+@each_job_and_its_input
+def test_a_job_started_on_an_instance_marked_for_interruption_stops_at_once_without_reading_its_input(
+    pipeline_inputs: Any, job: Any, given_input: Callable[[Any], str]
+) -> None:
+    s3 = pipeline_inputs
+    # GIVEN a part that checkpointed its first unit and stopped on a request (its previous attempt)
+    env, checkpoints = stopped_after_a_unit(s3, job, given_input, "marked")
+    reads = InputReads(s3, env["INPUT_URI"])
+    with MetadataStandIn() as metadata:
+        # AND its next attempt placed on an instance whose metadata already carries a Spot interruption notice
+        metadata.post_notice()
+        marked = {**env, "AWS_EC2_METADATA_DISABLED": "false", "AWS_EC2_METADATA_SERVICE_ENDPOINT": metadata.endpoint}
+        # WHEN it runs
+        with pytest.raises(Stopped) as stopped:
+            job.run(reads, marked)
+    # THEN the watcher's first look saw the notice and the job stopped at once, exit 86, with none of its input read
+    # (before, it read all of it and worked a unit of the two minutes the notice gives)
+    assert (stopped.value.code, stopped.value.stop.reason) == (EXIT_CHECKPOINTED, REASON_SPOT_INTERRUPTION)
+    assert reads.reads == []
+    # AND wrote nothing: the previous checkpoint, which the next attempt resumes, is as it was, and there is no output
+    assert_wrote_nothing(s3, env, checkpoints)
