@@ -50,7 +50,7 @@ PLACE = {"batch:ListJobs", "batch:SubmitJob", "batch:TagResource"}  # placement.
 TERMINATE = {"batch:TerminateJob"}  # requeue_to_on_demand, a reclaimed shard ending its array, the guard
 ANSWER = {"states:SendTaskSuccess", "states:SendTaskFailure"}  # job_events.answer_state_machine
 INSTANCES = {"ecs:DescribeContainerInstances"}  # job_events: the instances a RUNNING job is on
-# The price and bill of the instances a job got (placement.price_on_instances; interruptions.unbilled_instances: their
+# The price and bill of the instances a job got (placement.price_on_instances; first_hour.unbilled_instances: their
 # launch times), and of a multi-node job's nodes (BatchGateway.multinode_nodes: DescribeJobs of `jobId#N`)
 BILLING = {"ec2:DescribeInstances", "batch:DescribeJobs"}
 
@@ -62,7 +62,10 @@ HANDLER_CALLS: dict[str, set[str]] = {
     "StartPipelineFunction": LEDGER | NOTIFY | {"s3:GetObject", "s3:GetObjectVersion", "states:StartExecution"},
     "StageRunnerFunction": LEDGER | PRICES | PROGRESS | PLACE | ANSWER,
     "BatchStateChangeFunction": BATCH_EVENT,
-    "SpotInterruptionFunction": set().union(LEDGER, NOTIFY, PRICES, PROGRESS, CHECKPOINT_REQUEST, PLACE, TERMINATE),
+    # ... and the launch time of a warned instance (first_hour.unbill_warned_instance)
+    "SpotInterruptionFunction": set().union(
+        LEDGER, NOTIFY, PRICES, PROGRESS, CHECKPOINT_REQUEST, PLACE, TERMINATE, {"ec2:DescribeInstances"}
+    ),
     # The guard applies what lost Batch events would have (job_events.apply_job_state) and asks for checkpoints.
     # ... and settles runs whose execution ended without them (outcome.finish stops their jobs).
     # Last in each pass it sends the notices whose sender died after claiming them (notifier.send_orphaned_notices:

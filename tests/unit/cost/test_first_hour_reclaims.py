@@ -15,7 +15,8 @@ from botocore.stub import Stubber
 from spot_hpc.batch import BatchGateway
 from spot_hpc.clock import format_time
 from spot_hpc.cost import attempt_cost_usd, attempt_from_report, run_cost_usd
-from spot_hpc.interruptions import SIGNAL_KEPT_FOR, unbilled_instances
+from spot_hpc.first_hour import unbilled_instances
+from spot_hpc.interruptions import SIGNAL_KEPT_FOR
 from spot_hpc.ledger import InstanceSignal, Ledger
 
 INSTANCE = "i-0aaaaaaaaaaaaaaa1"

@@ -9,11 +9,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
+from sample_events import load_event
 from spot_hpc.batch import Ec2Instance
 from spot_hpc.clock import format_time
 from spot_hpc.cost import check_run_report_costs
 from spot_hpc.events import BatchJobDetail
-from spot_hpc.interruptions import SIGNAL_KEPT_FOR
+from spot_hpc.interruptions import SIGNAL_KEPT_FOR, on_spot_signal
 from spot_hpc.job_events import apply_job_state
 from spot_hpc.ledger import (
     CANCEL_REQUEUE,
@@ -35,6 +37,7 @@ THIRD = "i-0ccccccccccccccc3"
 SPOT_USD_PER_HOUR = {"c6i.4xlarge": 0.60, "m6i.4xlarge": 1.00}
 ON_DEMAND_USD_PER_HOUR = 1.20
 CONTAINER_EXITED = "Essential container in task exited"
+ACCOUNT = "123456789012"
 
 
 def _arn(instance_id: str) -> str:
@@ -175,6 +178,13 @@ class Plane:
         reason = f"Host EC2 (instance {instance_id}) terminated."
         container = {"containerInstanceArn": _arn(instance_id)}
         return self.tell(start + 22, {**ended, **times, "statusReason": reason, "container": container})
+
+    def warned(self, instance_id: str, at_minutes: float) -> dict[str, Any]:
+        """EC2's interruption warning for the instance, handled by the Spot signal handler; returns its answer."""
+        self.clock.now = self.minutes(at_minutes)
+        event = load_event("spot_interruption_warning", **{"instance-id": instance_id})
+        event["time"] = format_time(self.clock.now)
+        return on_spot_signal(self.svc, event, ACCOUNT)  # type: ignore[arg-type]
 
     def report(self, run_id: str) -> dict[str, Any]:
         run = self.ledger.get_run(run_id)
@@ -445,3 +455,80 @@ def test_an_array_with_a_shard_batch_tells_stopped_as_it_started_settles(ledger,
     assert attempt is not None and stage is not None
     assert (attempt.status, stage.status) == ("SUCCEEDED", "SUCCEEDED")
     assert _figures(plane.report("run-1"))[0] == 0.5
+
+
+@pytest.mark.parametrize("deliveries", [1, 2])
+def test_an_instance_interrupted_while_idle_in_its_first_hour_bills_none_of_its_earlier_jobs(
+    ledger, utc_clock, deliveries
+):
+    # GIVEN run-1's Spot job, 24 minutes on an instance at $0.60 an hour ($0.24, 50% saved), that succeeded; then no
+    # job of ours on the instance, which Batch keeps idle for a while
+    plane = Plane(ledger, utc_clock)
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25)
+    before = _figures(plane.report("run-1"))
+    # WHEN EC2 warns that it interrupts the idle instance, 40 minutes after its launch (within its first hour), the
+    # warning delivered `deliveries` times
+    answers = [plane.warned(REUSED, at_minutes=40) for _ in range(deliveries)]
+    # THEN the earlier job is not billed (before, no job's end came to find the interruption, and it stayed billed),
+    # once however often the warning came, and the instance is kept as unbilled for ends told later
+    assert before == (0.24, 0.24, 50.0)
+    assert _figures(plane.report("run-1")) == (0.0, 0.0, 100.0)
+    assert check_run_report_costs(plane.report("run-1")) == []
+    assert [answer["first_hour_unbilled"] for answer in answers] == [True] * deliveries
+    assert ledger.unbilled_among([REUSED, OTHER]) == {REUSED}
+
+
+def test_a_job_whose_end_is_told_after_its_idle_instance_was_warned_is_not_billed(ledger, utc_clock):
+    # GIVEN run-1's job on the instance, that the control plane moved to On-Demand and Batch stopped at 25 minutes,
+    # its end not told yet
+    plane = Plane(ledger, utc_clock)
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=None)
+    ledger.cancel_attempt("run-1", "preprocess", 1, CANCEL_REQUEUE)
+    ledger.claim_attempt("run-1", "preprocess", 1)
+    # WHEN EC2 warns that it interrupts the instance within its first hour, and the job's end is told after it, when
+    # EC2 no longer describes the instance
+    plane.warned(REUSED, at_minutes=40)
+    plane.instances.forgotten = True
+    plane.job_ended("job-a", REUSED, start=1, stop=25, told_at=150)
+    # THEN its end read what the warning found: it is not billed
+    assert _figures(plane.report("run-1")) == (0.0, 0.0, 100.0)
+
+
+@pytest.mark.parametrize(
+    ("warned_at", "described"),
+    [(58.5, True), (40, False)],
+    ids=["interrupted-after-its-first-hour", "launch-time-unknown"],
+)
+def test_an_idle_instance_warned_past_its_first_hour_or_of_unknown_launch_leaves_its_jobs_billed(
+    ledger, utc_clock, warned_at, described
+):
+    # GIVEN run-1's job that ran on the instance and succeeded
+    plane = Plane(ledger, utc_clock)
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25)
+    plane.instances.forgotten = not described
+    # WHEN EC2 warns of an interruption that falls after the instance's first hour (two minutes after a warning at
+    # 58.5 minutes), or whose instance it does not describe
+    answer = plane.warned(REUSED, at_minutes=warned_at)
+    # THEN the job is billed as it was, and the instance is not kept as unbilled: a cost is never hidden
+    assert answer["first_hour_unbilled"] is False
+    assert _figures(plane.report("run-1")) == (0.24, 0.24, 50.0)
+    assert ledger.unbilled_among([REUSED]) == set()
+
+
+def test_an_idle_instance_whose_launch_time_ec2_will_not_give_leaves_its_jobs_billed_and_the_warning_handled(
+    ledger, utc_clock, monkeypatch
+):
+    # GIVEN run-1's job that ran on the instance and succeeded, and EC2 throttling DescribeInstances
+    plane = Plane(ledger, utc_clock)
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25)
+    throttled = ClientError({"Error": {"Code": "RequestLimitExceeded", "Message": "slow down"}}, "DescribeInstances")
+
+    def describe_instances(instance_ids: Any) -> dict[str, Ec2Instance]:
+        raise throttled
+
+    monkeypatch.setattr(plane.instances, "describe_instances", describe_instances)
+    # WHEN EC2 warns of the idle instance's interruption within its first hour
+    answer = plane.warned(REUSED, at_minutes=40)
+    # THEN the warning is handled (the jobs on it acted on), and the job stays billed: reported too high, not hidden
+    assert (answer["status"], answer["first_hour_unbilled"]) == ("handled", False)
+    assert _figures(plane.report("run-1")) == (0.24, 0.24, 50.0)

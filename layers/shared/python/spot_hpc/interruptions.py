@@ -7,21 +7,20 @@ instance goes. AWS calls per job are bounded: a checkpoint-request put, at most 
 Every signal is also kept for a while: EventBridge keeps no order between EC2's events and Batch's, so a job's RUNNING
 may be told after it (`act_on_kept_signals`, called when a job's instance is recorded). A kept warning also tells,
 once the job has ended, whether EC2 interrupted its instance within the instance's first hour, which AWS does not
-charge for (`unbilled_instances`), for none of the instance's usage: what is found is kept in the ledger, for the
-other jobs that ran on the instance before (`job_events`).
+charge for, for none of the instance's usage (`first_hour`). A warning for an instance our jobs ran on tells it at
+once too, after the jobs are acted on: an instance interrupted while idle has no job of ours whose end would.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from spot_hpc.clock import format_time, happened_at, parse_time, utc_now
+from spot_hpc.clock import format_time, happened_at, utc_now
 from spot_hpc.events import RebalanceRecommendationEvent, SpotInterruptionEvent
+from spot_hpc.first_hour import unbill_warned_instance
 from spot_hpc.intake import NOT_THIS_STACKS_INSTANCE, Rejected, parse_event, reject
 from spot_hpc.ledger import InstanceSignal, JobRef
 from spot_hpc.placement import choose_capacity, request_checkpoint, requeue_to_on_demand, tell_requeue
@@ -32,11 +31,6 @@ logger = logging.getLogger(__name__)
 # A kept signal is acted on when its job's start is told within this long of it: a warning comes two minutes before
 # the reclaim, and a start event may come minutes late (delivery, a handler's retries). Later, the job has ended.
 SIGNAL_KEPT_FOR = timedelta(minutes=10)
-# EC2 carries out an interruption two minutes after its warning.
-INTERRUPTION_LEAD = timedelta(minutes=2)
-# AWS charges nothing for a Spot instance's usage when EC2 interrupts it within this long of its launch (Linux and
-# Windows; "Billing for interrupted Spot Instances", EC2 User Guide).
-UNBILLED_INTERRUPTION_WITHIN = timedelta(hours=1)
 
 
 def on_spot_signal(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, Any]:
@@ -52,15 +46,19 @@ def on_spot_signal(svc: Services, event: dict[str, Any], account_id: str) -> dic
     signal = "rebalance recommendation" if rebalance else "interruption warning"
     # Kept first, whatever runs there, then the instance's jobs read: a job whose start is recorded meanwhile (or
     # later, on an instance that ran other jobs of ours before) finds the signal when it is.
-    signalled_at = format_time(happened_at(parsed.time))
-    kept = InstanceSignal(instance_id, signal, warning=not rebalance, signalled_at=signalled_at)
+    signalled_at = happened_at(parsed.time)
+    kept = InstanceSignal(instance_id, signal, warning=not rebalance, signalled_at=format_time(signalled_at))
     svc.ledger.keep_instance_signal(kept, parsed.id, SIGNAL_KEPT_FOR)
     refs = svc.ledger.jobs_on_instance(instance_id)
     if not refs:
         # Mostly other workloads' instances, which share the account's event stream: counted, not acted on.
         return {"status": "ignored", "reason": NOT_THIS_STACKS_INSTANCE, "instance_id": instance_id}
     jobs = [act_on_signal(svc, ref, instance_id, signal, warning=not rebalance) for ref in refs]
-    return {"status": "handled", "instance_id": instance_id, "jobs": jobs}
+    if rebalance:
+        return {"status": "handled", "instance_id": instance_id, "jobs": jobs}
+    # Then, the jobs acted on within the warning's two minutes, what the instance billed them.
+    unbilled = unbill_warned_instance(svc, instance_id, signalled_at)
+    return {"status": "handled", "instance_id": instance_id, "jobs": jobs, "first_hour_unbilled": unbilled}
 
 
 def act_on_kept_signals(svc: Services, ref: JobRef, instance_ids: Iterable[str]) -> list[dict[str, Any]]:
@@ -91,33 +89,3 @@ def act_on_signal(svc: Services, ref: JobRef, instance_id: str, signal: str, war
     if placed is None:
         return {"job_id": ref.job_id, "action": "none", "reason": "already requeued"}
     return {"job_id": ref.job_id, "action": "requeued", "reason": decision.reason}
-
-
-def unbilled_instances(svc: Services, instance_ids: Iterable[str], since: datetime) -> set[str]:
-    """Those of `instance_ids` that EC2 interrupted within their first hour, so that AWS charges nothing for them:
-    an interruption warning for the instance was kept (given at `since` or later) and the instance's launch time, which
-    EC2 describes for about an hour after it terminated, puts the interruption in that hour. Where the launch time
-    cannot be had the instance counts as billed: a cost reported too high, never one hidden. Those found are kept
-    (`Ledger.keep_unbilled_instance`) for the attempts that ran on them before, whose time there is not billed
-    either."""
-    warned: dict[str, datetime] = {}
-    for instance_id in set(instance_ids):
-        kept = svc.ledger.instance_signals(instance_id, since)
-        if warnings := [parse_time(signal.signalled_at) for signal in kept if signal.warning]:
-            warned[instance_id] = min(warnings)
-    if not warned:
-        return set()
-    try:
-        described = svc.batch.describe_instances(warned)
-    except (BotoCoreError, ClientError):
-        logger.warning("instance launch times unavailable: billed in full", extra={"instance_ids": sorted(warned)})
-        return set()
-    unbilled = {
-        instance_id
-        for instance_id, warned_at in warned.items()
-        if instance_id in described
-        and warned_at + INTERRUPTION_LEAD < described[instance_id].launched_at + UNBILLED_INTERRUPTION_WITHIN
-    }
-    for instance_id in sorted(unbilled):
-        svc.ledger.keep_unbilled_instance(instance_id)
-    return unbilled

@@ -20,8 +20,9 @@ from spot_checkpoint.store import CheckpointStore
 from spot_hpc.clock import format_epoch_ms, format_time, from_epoch_ms, hours_between, parse_time, utc_now
 from spot_hpc.cost import billed_seconds
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail, BatchJobStateChangeEvent
+from spot_hpc.first_hour import unbill_shared_instances, unbilled_instances
 from spot_hpc.intake import Rejected, parse_event, reject
-from spot_hpc.interruptions import SIGNAL_KEPT_FOR, act_on_kept_signals, unbilled_instances
+from spot_hpc.interruptions import SIGNAL_KEPT_FOR, act_on_kept_signals
 from spot_hpc.ledger import Attempt, JobRef, LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify
 from spot_hpc.pipeline import TAG_ATTEMPT, TAG_RUN, TAG_STAGE
@@ -298,7 +299,7 @@ def _billing_sets(
 def _index_at_end(svc: Services, ref: JobRef, attempt: Attempt, billing: dict[str, Any]) -> None:
     """Indexes an ending attempt on the instances its end's `billing` names that its start did not record (its start,
     or a shard's, lost or told after its end), so that an interruption of one learnt later finds it
-    (`_unbill_shared_instances`)."""
+    (`unbill_shared_instances`)."""
     named = {*billing.get("instance_ids", []), *billing.get("billed_on_instances", {})}
     for instance_id in sorted(named - set(attempt.instance_ids)):
         svc.ledger.index_instance(instance_id, ref)
@@ -322,80 +323,6 @@ def _billed_on_instances(held: list[HeldInstance], prices: InstancePrices | None
         for instance_id, spent in seconds.items()
         if spent > 0
     }
-
-
-def _unbill_shared_instances(svc: Services, ref: JobRef, attempt: Attempt) -> None:
-    """AWS bills none of the usage of a Spot instance EC2 interrupted within its first hour: not the attempt it was
-    taken from, nor any that ran on it before (Batch runs jobs one after another on an instance, of any run).
-
-    Called after each telling of an attempt's end, once it is recorded: the instances the attempt ran on that were
-    found so (by its own end, `unbilled_instances`, or by another attempt's) come out of its bill, and out of those of
-    the other attempts the instance index names (across runs), that have ended; one that has not takes them out at
-    its own end, here (its end is written before this reads what was found; the end that finds an instance keeps it
-    before this reads the instance's attempts). Safe to repeat: time taken out is not taken out again. Each attempt's
-    bill is written once for all the instances it shares with this one: an array's item holds what each of up to a
-    thousand instances billed it, and a write of it costs its whole size."""
-    if attempt.capacity != "spot":
-        return
-    found = svc.ledger.unbilled_among({*attempt.instance_ids, *attempt.billed_on_instances})
-    if not found:
-        return
-    _unbill(svc, ref, found)
-    others: dict[str, tuple[JobRef, set[str]]] = {}  # by job id
-    for instance_id in sorted(found):
-        for other in svc.ledger.jobs_on_instance(instance_id):
-            if other.job_id != ref.job_id:
-                others.setdefault(other.job_id, (other, set()))[1].add(instance_id)
-    for other, instance_ids in others.values():
-        _unbill(svc, other, instance_ids)
-
-
-def _unbill(svc: Services, ref: JobRef, instance_ids: set[str]) -> None:
-    """Takes the attempt's time on `instance_ids` (found unbilled) out of its bill, if it ended, on Spot."""
-
-    def unbill(attempt: Attempt) -> dict[str, Any] | None:
-        new = instance_ids & _billed_instances(attempt) if attempt.capacity == "spot" else set()
-        return _unbilled_sets(attempt, new) if new else None
-
-    if svc.ledger.unbill_attempt(ref.run_id, ref.stage, ref.attempt, unbill):
-        logger.info(
-            "an attempt's time on an instance EC2 interrupted within its first hour is not billed",
-            extra={"run_id": ref.run_id, "stage": ref.stage, "attempt": ref.attempt, "instances": sorted(instance_ids)},
-        )
-
-
-def _billed_instances(attempt: Attempt) -> set[str]:
-    """The instances an ended attempt is still billed on: an array's shards' (where they were told), a job's own. An
-    array recorded before its shards' instance time was kept (`instance_seconds`) is billed over its span as a job of
-    its nodes, on instances its list may not all name: none it is billed on can be told apart."""
-    if attempt.instance_seconds is not None:
-        billed = set(attempt.billed_on_instances)
-    elif attempt.nodes > 1:
-        billed = set()
-    else:
-        billed = set() if attempt.interrupted_in_first_hour else set(attempt.instance_ids)
-    return billed - set(attempt.unbilled_instance_ids)
-
-
-def _unbilled_sets(attempt: Attempt, unbilled: set[str]) -> dict[str, Any]:
-    """An ended attempt's billing fields once its time on `unbilled` (instances it is billed on) is not billed: a job
-    costs nothing once none of its instances is billed; an array loses its shards' seconds there, and its price is
-    that of the shards still billed (the same unless they were priced apart)."""
-    sets: dict[str, Any] = {"unbilled_instance_ids": sorted({*attempt.unbilled_instance_ids, *unbilled})}
-    if attempt.instance_seconds is None:
-        if set(attempt.instance_ids) <= set(sets["unbilled_instance_ids"]):
-            sets["interrupted_in_first_hour"] = True
-        return sets
-    shares = [attempt.billed_on_instances[instance_id] for instance_id in sorted(unbilled)]
-    seconds = attempt.instance_seconds - sum(int(share["seconds"]) for share in shares)
-    sets["instance_seconds"] = seconds
-    if seconds > 0 and any("usd_per_hour" in share for share in shares):
-        per_node = attempt.usd_per_hour / attempt.nodes
-        usd = per_node * attempt.instance_seconds - sum(
-            share.get("usd_per_hour", per_node) * share["seconds"] for share in shares
-        )
-        sets["usd_per_hour"] = usd / seconds * attempt.nodes
-    return sets
 
 
 def _price_on_nodes(svc: Services, attempt: Attempt, job_id: str, num_nodes: int) -> dict[str, Any]:
@@ -467,7 +394,7 @@ def _act_on_terminal(
     stage settles once, the next attempt is claimed once, each notification is sent once). First, the attempt's time
     on instances EC2 interrupted within their first hour comes out of the bills that had it, before a report of the
     run is made of them."""
-    _unbill_shared_instances(svc, ref, attempt)
+    unbill_shared_instances(svc, ref, attempt)
     failure = attempt.failure_class
     run = svc.ledger.get_run(ref.run_id)
     stage = svc.ledger.get_stage(ref.run_id, ref.stage)

@@ -1,0 +1,158 @@
+"""AWS bills none of the usage of a Spot instance that EC2 interrupts within its first hour ("Billing for interrupted
+Spot Instances", EC2 User Guide): not the job it was taken from, nor any that ran on it before, since Batch runs jobs
+one after another on an instance, of any run.
+
+Such an instance is found from a kept interruption warning and the instance's launch time (`unbilled_instances`), at
+the end of a job that ran on it, or at the warning itself when our jobs there have all ended (`unbill_warned_instance`:
+an instance interrupted while idle has no job of ours whose end would find it). What is found is kept in the ledger
+(`INSTANCE#<id>` / `UNBILLED`), and the attempts the instance index names lose their time on it
+(`unbill_shared_instances`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from spot_hpc.clock import parse_time
+from spot_hpc.ledger import Attempt, JobRef, LedgerContended
+from spot_hpc.services import Services
+
+logger = logging.getLogger(__name__)
+# EC2 carries out an interruption two minutes after its warning.
+INTERRUPTION_LEAD = timedelta(minutes=2)
+# AWS charges nothing for a Spot instance's usage when EC2 interrupts it within this long of its launch (Linux and
+# Windows; "Billing for interrupted Spot Instances", EC2 User Guide).
+UNBILLED_INTERRUPTION_WITHIN = timedelta(hours=1)
+
+
+def unbilled_instances(svc: Services, instance_ids: Iterable[str], since: datetime) -> set[str]:
+    """Those of `instance_ids` that EC2 interrupted within their first hour, so that AWS charges nothing for them:
+    an interruption warning for the instance was kept (given at `since` or later) and the instance's launch time, which
+    EC2 describes for about an hour after it terminated, puts the interruption in that hour. Where the launch time
+    cannot be had the instance counts as billed: a cost reported too high, never one hidden. Those found are kept
+    (`Ledger.keep_unbilled_instance`) for the attempts that ran on them before, whose time there is not billed
+    either."""
+    warned: dict[str, datetime] = {}
+    for instance_id in set(instance_ids):
+        kept = svc.ledger.instance_signals(instance_id, since)
+        if warnings := [parse_time(signal.signalled_at) for signal in kept if signal.warning]:
+            warned[instance_id] = min(warnings)
+    return _interrupted_in_first_hour(svc, warned) if warned else set()
+
+
+def unbill_warned_instance(svc: Services, instance_id: str, warned_at: datetime) -> bool:
+    """An interruption warning for an instance our jobs ran on, at `warned_at`: when the interruption it announces
+    falls within the instance's first hour, the instance is kept as unbilled and the attempts the instance index names
+    that have ended lose their time on it now. One interrupted while idle (our jobs on it all ended) has no job of ours
+    whose end would find it; one still running finds it at its end (`unbill_shared_instances`). The instance's
+    attempts are read after it is kept, so an end told meanwhile is either read here or reads the mark. Returns
+    whether the instance was found so. Where the ledger stays contended the time stays billed (logged): the handler
+    has acted on the warning already, and a retry would act on it again."""
+    if not _interrupted_in_first_hour(svc, {instance_id: warned_at}):
+        return False
+    try:
+        for ref in svc.ledger.jobs_on_instance(instance_id):
+            _unbill(svc, ref, {instance_id})
+    except LedgerContended:
+        logger.warning("an unbilled instance's earlier attempts stay billed: the ledger stayed contended",
+                       extra={"instance_id": instance_id}, exc_info=True)  # fmt: skip
+    return True
+
+
+def _interrupted_in_first_hour(svc: Services, warned: dict[str, datetime]) -> set[str]:
+    """Those of the instances `warned` (each with its first interruption warning) whose launch time puts the
+    interruption in their first hour, kept (`Ledger.keep_unbilled_instance`); none where the launch times cannot be
+    had (billed in full)."""
+    try:
+        described = svc.batch.describe_instances(warned)
+    except (BotoCoreError, ClientError):
+        logger.warning("instance launch times unavailable: billed in full", extra={"instance_ids": sorted(warned)})
+        return set()
+    unbilled = {
+        instance_id
+        for instance_id, warned_at in warned.items()
+        if instance_id in described
+        and warned_at + INTERRUPTION_LEAD < described[instance_id].launched_at + UNBILLED_INTERRUPTION_WITHIN
+    }
+    for instance_id in sorted(unbilled):
+        svc.ledger.keep_unbilled_instance(instance_id)
+    return unbilled
+
+
+def unbill_shared_instances(svc: Services, ref: JobRef, attempt: Attempt) -> None:
+    """AWS bills none of the usage of a Spot instance EC2 interrupted within its first hour: not the attempt it was
+    taken from, nor any that ran on it before (Batch runs jobs one after another on an instance, of any run).
+
+    Called after each telling of an attempt's end, once it is recorded: the instances the attempt ran on that were
+    found so (by its own end, `unbilled_instances`, or by another attempt's) come out of its bill, and out of those of
+    the other attempts the instance index names (across runs), that have ended; one that has not takes them out at
+    its own end, here (its end is written before this reads what was found; the end that finds an instance keeps it
+    before this reads the instance's attempts). Safe to repeat: time taken out is not taken out again. Each attempt's
+    bill is written once for all the instances it shares with this one: an array's item holds what each of up to a
+    thousand instances billed it, and a write of it costs its whole size."""
+    if attempt.capacity != "spot":
+        return
+    found = svc.ledger.unbilled_among({*attempt.instance_ids, *attempt.billed_on_instances})
+    if not found:
+        return
+    _unbill(svc, ref, found)
+    others: dict[str, tuple[JobRef, set[str]]] = {}  # by job id
+    for instance_id in sorted(found):
+        for other in svc.ledger.jobs_on_instance(instance_id):
+            if other.job_id != ref.job_id:
+                others.setdefault(other.job_id, (other, set()))[1].add(instance_id)
+    for other, instance_ids in others.values():
+        _unbill(svc, other, instance_ids)
+
+
+def _unbill(svc: Services, ref: JobRef, instance_ids: set[str]) -> None:
+    """Takes the attempt's time on `instance_ids` (found unbilled) out of its bill, if it ended, on Spot."""
+
+    def unbill(attempt: Attempt) -> dict[str, Any] | None:
+        new = instance_ids & _billed_instances(attempt) if attempt.capacity == "spot" else set()
+        return _unbilled_sets(attempt, new) if new else None
+
+    if svc.ledger.unbill_attempt(ref.run_id, ref.stage, ref.attempt, unbill):
+        logger.info(
+            "an attempt's time on an instance EC2 interrupted within its first hour is not billed",
+            extra={"run_id": ref.run_id, "stage": ref.stage, "attempt": ref.attempt, "instances": sorted(instance_ids)},
+        )
+
+
+def _billed_instances(attempt: Attempt) -> set[str]:
+    """The instances an ended attempt is still billed on: an array's shards' (where they were told), a job's own. An
+    array recorded before its shards' instance time was kept (`instance_seconds`) is billed over its span as a job of
+    its nodes, on instances its list may not all name: none it is billed on can be told apart."""
+    if attempt.instance_seconds is not None:
+        billed = set(attempt.billed_on_instances)
+    elif attempt.nodes > 1:
+        billed = set()
+    else:
+        billed = set() if attempt.interrupted_in_first_hour else set(attempt.instance_ids)
+    return billed - set(attempt.unbilled_instance_ids)
+
+
+def _unbilled_sets(attempt: Attempt, unbilled: set[str]) -> dict[str, Any]:
+    """An ended attempt's billing fields once its time on `unbilled` (instances it is billed on) is not billed: a job
+    costs nothing once none of its instances is billed; an array loses its shards' seconds there, and its price is
+    that of the shards still billed (the same unless they were priced apart)."""
+    sets: dict[str, Any] = {"unbilled_instance_ids": sorted({*attempt.unbilled_instance_ids, *unbilled})}
+    if attempt.instance_seconds is None:
+        if set(attempt.instance_ids) <= set(sets["unbilled_instance_ids"]):
+            sets["interrupted_in_first_hour"] = True
+        return sets
+    shares = [attempt.billed_on_instances[instance_id] for instance_id in sorted(unbilled)]
+    seconds = attempt.instance_seconds - sum(int(share["seconds"]) for share in shares)
+    sets["instance_seconds"] = seconds
+    if seconds > 0 and any("usd_per_hour" in share for share in shares):
+        per_node = attempt.usd_per_hour / attempt.nodes
+        usd = per_node * attempt.instance_seconds - sum(
+            share.get("usd_per_hour", per_node) * share["seconds"] for share in shares
+        )
+        sets["usd_per_hour"] = usd / seconds * attempt.nodes
+    return sets
