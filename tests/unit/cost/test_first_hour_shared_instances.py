@@ -137,9 +137,11 @@ class Plane:
         detail = {**ended, **times, "statusReason": CONTAINER_EXITED, "container": container}
         self.tell(stop if told_at is None else told_at, detail)
 
-    def array_ran(self, run_id: str, job_id: str, shards: dict[str, str], start: float, stop: float) -> None:
+    def array_ran(
+        self, run_id: str, job_id: str, shards: dict[str, str], start: float, stop: float, start_lost: str = ""
+    ) -> None:
         """An array of a shard on each instance (with its type), all running from `start` to `stop`; the array's own
-        end is told by `array_ended`."""
+        end is told by `array_ended`. The start of the shard on `start_lost` is never told."""
         self.place(run_id, "hpc", job_id, start - 2, nodes=len(shards))
         self.instances.shards[job_id] = []
         for index, (instance_id, instance_type) in enumerate(shards.items()):
@@ -151,13 +153,18 @@ class Plane:
                 "startedAt": _ms(self.minutes(start)),
                 "container": {"containerInstanceArn": _arn(instance_id)},
             }
-            self.tell(start, {**shard, "status": "RUNNING"})
+            if instance_id != start_lost:
+                self.tell(start, {**shard, "status": "RUNNING"})
             self.instances.shards[job_id].append({**shard, "status": "SUCCEEDED", "stoppedAt": _ms(self.minutes(stop))})
 
     def array_ended(self, job_id: str, at: float) -> None:
-        size = len(self.instances.shards[job_id])
-        array = {"size": size, "statusSummary": {"SUCCEEDED": size}}
-        ended = {"jobId": job_id, "jobName": job_id, "jobQueue": "spot-queue", "status": "SUCCEEDED"}
+        shards = self.instances.shards[job_id]
+        summary: dict[str, int] = {}
+        for shard in shards:
+            summary[shard["status"]] = summary.get(shard["status"], 0) + 1
+        array = {"size": len(shards), "statusSummary": summary}
+        status = "FAILED" if "FAILED" in summary else "SUCCEEDED"
+        ended = {"jobId": job_id, "jobName": job_id, "jobQueue": "spot-queue", "status": status}
         self.tell(at, {**ended, "stoppedAt": _ms(self.minutes(at)), "arrayProperties": array})
 
     def reclaimed_in_first_hour(self, run_id: str, job_id: str, instance_id: str, start: float) -> dict[str, Any]:
@@ -532,3 +539,28 @@ def test_an_idle_instance_whose_launch_time_ec2_will_not_give_leaves_its_jobs_bi
     # THEN the warning is handled (the jobs on it acted on), and the job stays billed: reported too high, not hidden
     assert (answer["status"], answer["first_hour_unbilled"]) == ("handled", False)
     assert _figures(plane.report("run-1")) == (0.24, 0.24, 50.0)
+
+
+def test_a_failed_arrays_shard_whose_start_was_never_told_is_not_billed_on_an_instance_lost_in_its_first_hour(
+    ledger, utc_clock
+):
+    # GIVEN an array of three half-hour Spot shards, one on each instance ($0.60, $1.00 and $1.00 an hour), whose
+    # shard on the first instance had its RUNNING event lost; EC2 warned at 29 minutes that it interrupts that instance
+    # (within its first hour: no job of ours was known there, so the warning found none), and the shard failed with it
+    plane = Plane(ledger, utc_clock)
+    shards = {REUSED: "c6i.4xlarge", OTHER: "m6i.4xlarge", THIRD: "m6i.4xlarge"}
+    plane.array_ran("run-1", "array-1", shards, start=1, stop=31, start_lost=REUSED)
+    assert plane.warned(REUSED, at_minutes=29)["status"] == "ignored"
+    reclaimed = plane.instances.shards["array-1"][0]
+    reclaimed |= {"status": "FAILED", "statusReason": f"Host EC2 (instance {REUSED}) terminated."}
+    # AND the stage moved on to its next attempt
+    ledger.cancel_attempt("run-1", "hpc", 1, CANCEL_REQUEUE)
+    ledger.claim_attempt("run-1", "hpc", 1)
+    # WHEN the array's end is told
+    plane.array_ended("array-1", at=32)
+    # THEN the failed array asked of the instance its shard's end names, not only of those its shards' starts named:
+    # that shard is not billed ($1.00 for the two others, not $1.30), and its instance is kept as unbilled
+    array = plane.report("run-1")["stages"][0]["attempts"][0]
+    assert (array["status"], array["cost_usd"]) == ("FAILED", 1.0)
+    assert (array["instance_seconds"], array["run_seconds"]) == (3600, 5400)
+    assert ledger.unbilled_among([REUSED]) == {REUSED}

@@ -266,10 +266,13 @@ def _billing_sets(
     with the instance its end names when its start was never told."""
     since = parse_time(attempt.submitted_at) - SIGNAL_KEPT_FOR
     if detail.is_array_parent:
+        ran_on = _shards_on_instances(svc, shards)
         # An array that succeeded lost no shard to a reclaim (a reclaimed shard ends it): its instances are not asked.
+        # One that failed asks of those its shards' starts named and those its shards' ends name (a start event lost).
         asked = attempt.capacity == "spot" and detail.status == "FAILED"
-        unbilled = unbilled_instances(svc, attempt.instance_ids, since) if asked else set()
-        ran = _shards_ran(svc, shards, unbilled)
+        named = {*attempt.instance_ids, *(instance_id for _, ids in ran_on for instance_id in ids)}
+        unbilled = unbilled_instances(svc, named, since) if asked else set()
+        ran = _shards_ran(ran_on, unbilled)
         billed = [shard for shard in ran if shard.billed]
         held = [HeldInstance(shard.instance_id, shard.seconds, shard.started) for shard in billed]
         prices = instance_prices(svc, attempt, held) if attempt.started_at and held else None
@@ -362,9 +365,9 @@ class _ShardRun:
     billed: bool  # False on an instance EC2 interrupted within its first hour: AWS charges nothing for it
 
 
-def _shards_ran(svc: Services, shards: list[dict[str, Any]], unbilled: set[str]) -> list[_ShardRun]:
-    """What an ended array's shards ran: one for each shard that started and stopped, not billed on an instance EC2
-    interrupted within its first hour (`unbilled`). A shard whose instance ECS cannot tell is billed."""
+def _shards_on_instances(svc: Services, shards: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[str]]]:
+    """An ended array's shards that started and stopped, each with the instances ECS tells its container instances
+    are (none where it cannot tell)."""
     ran = [(shard, BatchJobDetail.model_validate(shard).container_instance_arns) for shard in shards]
     ran = [(shard, arns) for shard, arns in ran if shard.get("startedAt") and shard.get("stoppedAt")]
     try:
@@ -372,9 +375,14 @@ def _shards_ran(svc: Services, shards: list[dict[str, Any]], unbilled: set[str])
     except (BotoCoreError, ClientError):  # billed in full, at the placement's price: never fail the settlement on it
         logger.warning("could not tell the instances of an array's shards", exc_info=True)
         on_instance = {}
+    return [(shard, [on_instance[arn] for arn in arns if arn in on_instance]) for shard, arns in ran]
+
+
+def _shards_ran(ran_on: list[tuple[dict[str, Any], list[str]]], unbilled: set[str]) -> list[_ShardRun]:
+    """What an ended array's shards ran (`_shards_on_instances`): not billed on an instance EC2 interrupted within
+    its first hour (`unbilled`). A shard whose instance ECS cannot tell is billed."""
     runs: list[_ShardRun] = []
-    for shard, arns in ran:
-        instances = [on_instance[arn] for arn in arns if arn in on_instance]
+    for shard, instances in ran_on:
         started, stopped = from_epoch_ms(shard["startedAt"]), from_epoch_ms(shard["stoppedAt"])
         runs.append(
             _ShardRun(
