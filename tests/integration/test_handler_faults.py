@@ -268,6 +268,39 @@ def test_a_guard_pass_that_read_batch_before_a_job_started_does_not_start_its_wa
     assert attempts[-1].status == "RUNNING" and stage is not None and stage.spot_waiting_since is None
 
 
+def test_a_guard_pass_whose_wait_a_jobs_start_raced_drops_it_unlearnt(monkeypatch):
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=LONG_PREPROCESS) as plane:
+        # GIVEN preprocess running on Spot, its start recorded by its RUNNING event, whose handler read the stage
+        # before the guard pass below wrote a wait (so ended none)
+        run, attempts = _preprocess_running_on_spot(plane, "incoming/raced.csv")
+        learnt = control_plane_services(plane).ledger.get_stage(run.run_id, "preprocess").spot_stats
+        # AND an SLA guard pass that read Batch and the attempt as they were before the start (a pass reads them once,
+        # at its start, and can last minutes)
+        real_describe, real_get_attempt = BatchGateway.describe, Ledger.get_attempt
+        reads: list[str] = []
+
+        def described_before_the_start(self, job_ids):
+            return {job_id: {**job, "status": "RUNNABLE"} for job_id, job in real_describe(self, job_ids).items()}
+
+        def read_before_the_start_at_first(self, run_id, stage, attempt):
+            read = real_get_attempt(self, run_id, stage, attempt)
+            reads.append(read.status if read else "")
+            return replace(read, status="RUNNABLE", started_at=None) if read and len(reads) == 1 else read
+
+        monkeypatch.setattr(BatchGateway, "describe", described_before_the_start)
+        monkeypatch.setattr(Ledger, "get_attempt", read_before_the_start_at_first)
+        # WHEN the pass runs
+        plane.invoke("SlaGuardFunction", load_event("sla_guard_schedule"))
+        monkeypatch.undo()
+        stage = control_plane_services(plane).ledger.get_stage(run.run_id, "preprocess")
+    # THEN the wait it started is dropped once it reads the attempt again, and teaches the policy no gap (before, it
+    # went on while the job ran until the next pass ended it, and was learnt)
+    assert attempts[-1].status == "RUNNING" and stage is not None and stage.spot_waiting_since is None
+    assert stage.spot_stats == learnt
+    # AND the pass read the attempt twice: at its start (as before the job's start), and once it wrote the wait
+    assert reads[:2] == ["RUNNING", "RUNNING"]
+
+
 def test_lost_batch_events_are_reconciled_by_the_guard():
     with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as plane:
         # GIVEN every Batch job event is lost on its way to the control plane

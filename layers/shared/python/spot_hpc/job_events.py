@@ -40,6 +40,7 @@ from spot_hpc.placement import (
     record_placed,
     requeue_to_on_demand,
     spot_stats,
+    start_job_spot_wait,
     start_spot_wait,
     tell_requeue,
 )
@@ -188,14 +189,10 @@ def _track_spot_wait(svc: Services, ref: JobRef, status: str, shard: bool = Fals
     if status == "RUNNABLE":
         if stage.spot_waiting_since:
             return  # waiting already: the RUNNING that ends the wait learns it
-        since = start_spot_wait(svc, stage)
-        # The job's RUNNING, handled at the same moment, may have read the stage before this wait was written, and so
-        # ended none: a wait that would go on while the job runs, until the guard's next pass ends it, and teach the
-        # policy a gap that never was. Each handler writes (this one the wait, that one the attempt) before it reads
-        # the other's, strongly consistent, so one of the two sees the other: here, the attempt.
-        attempt = None if shard else svc.ledger.get_attempt(ref.run_id, ref.stage, ref.attempt)
-        if attempt is not None and STATUS_RANK.get(attempt.status, -1) >= STATUS_RANK["RUNNING"]:
-            svc.ledger.drop_spot_wait(ref.run_id, ref.stage, since)
+        if shard:
+            start_spot_wait(svc, stage)
+        else:
+            start_job_spot_wait(svc, stage, ref.attempt)
     elif status == "RUNNING":
         end_spot_wait(svc, stage)
 

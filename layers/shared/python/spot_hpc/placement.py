@@ -20,7 +20,7 @@ from spot_checkpoint.store import CheckpointStore, progress
 
 from spot_hpc.batch import Ec2Instance, JobRequest
 from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
-from spot_hpc.events import TERMINAL_STATUSES
+from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES
 from spot_hpc.ledger import CANCEL_REQUEUE, CANCEL_RUN_ENDED, Attempt, LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify
 from spot_hpc.pipeline import STAGE_NAMES, job_name, job_tags, stage_input_uri, stage_output_uri
@@ -233,6 +233,21 @@ def start_spot_wait(svc: Services, stage: Stage) -> str:
         return stage.spot_waiting_since
     since = format_time(utc_now())
     svc.ledger.update_stage(stage.run_id, stage.stage, spot_waiting_since=since)
+    return since
+
+
+def start_job_spot_wait(svc: Services, stage: Stage, attempt: int) -> str | None:
+    """Starts the stage's wait for Spot for its job (of `attempt`) seen RUNNABLE, and drops it, learning nothing, when
+    the job's start is recorded by then. The job's RUNNING, handled at the same moment, may have read the stage before
+    this wait was written, and so ended none: the wait would go on while the job runs, until the guard's next pass
+    ends it, and teach the policy a gap that never was. Each side writes (this the wait, that the attempt) before it
+    reads the other's, strongly consistent, so one of the two sees the other: here, the attempt. Not for an array,
+    whose wait stands while any shard waits, however many run. Returns when the wait started; None when dropped."""
+    since = start_spot_wait(svc, stage)
+    started = svc.ledger.get_attempt(stage.run_id, stage.stage, attempt)
+    if started is not None and STATUS_RANK.get(started.status, -1) >= STATUS_RANK["RUNNING"]:
+        svc.ledger.drop_spot_wait(stage.run_id, stage.stage, since)
+        return None
     return since
 
 
