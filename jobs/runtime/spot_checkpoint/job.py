@@ -112,10 +112,12 @@ class RuntimeConfig:
             part = part_name(node_index=part_index)
             parts_total = whole_number(env, ENV_NUM_NODES, 1)
             is_main_node = whole_number(env, ENV_MAIN_NODE_INDEX, None, minimum=0) == part_index
+            _check_part_of(ENV_NODE_INDEX, part_index, ENV_NUM_NODES, parts_total)
         elif array_index is not None:
             part_index = array_index
             part = part_name(shard_index=part_index)
             parts_total = whole_number(env, ENV_PARTS, 1)
+            _check_part_of(ENV_ARRAY_INDEX, part_index, ENV_PARTS, parts_total)
         else:
             part, part_index, parts_total = part_name(), 0, 1
         disabled = env.get(ENV_METADATA_DISABLED, "").strip().lower() == "true"
@@ -126,6 +128,12 @@ class RuntimeConfig:
             max_seconds=positive_number(env, ENV_MAX_INTERVAL_SECONDS, 900.0),
             max_overhead=fraction(env, ENV_MAX_OVERHEAD, 0.02),
         )
+        if interval.min_seconds > interval.max_seconds:
+            # Taken as they are, the first checkpoint would come after the least and every other after the most.
+            raise InputError(
+                f"environment variable {ENV_MIN_INTERVAL_SECONDS} ({interval.min_seconds:g} s) must not be above "
+                f"{ENV_MAX_INTERVAL_SECONDS} ({interval.max_seconds:g} s)"
+            )
         return cls(
             checkpoint_uri=env.get(ENV_CHECKPOINT_URI) or None,
             part=part,
@@ -137,6 +145,16 @@ class RuntimeConfig:
             keep=whole_number(env, ENV_KEEP, DEFAULT_KEEP),
             attempt=_attempt_from(env),
             is_main_node=is_main_node,
+        )
+
+
+def _check_part_of(index_name: str, index: int, total_name: str, total: int) -> None:
+    """A part's index is below the number of parts: the stage's progress is the mean over that many parts
+    (`store.progress`), which a part numbered past them would put wrong."""
+    if index >= total:
+        raise InputError(
+            f"environment variable {index_name} ({index}) must be below {total_name} ({total}): parts are numbered "
+            f"from 0{', and Batch tells a shard its index, not the array size' if total_name == ENV_PARTS else ''}"
         )
 
 

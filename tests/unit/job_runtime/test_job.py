@@ -141,6 +141,30 @@ def test_config_from_environment_names_the_part() -> None:
             {"AWS_BATCH_JOB_ARRAY_INDEX": "3", "SPOT_CHECKPOINT_PARTS": "0"},
             "SPOT_CHECKPOINT_PARTS must be a whole number of at least 1, not '0'",
         ),
+        # Settings each readable alone that cannot go together
+        (
+            {"SPOT_CHECKPOINT_MIN_INTERVAL_SECONDS": "900", "SPOT_CHECKPOINT_MAX_INTERVAL_SECONDS": "60"},
+            r"SPOT_CHECKPOINT_MIN_INTERVAL_SECONDS \(900 s\) must not be above SPOT_CHECKPOINT_MAX_INTERVAL_SECONDS "
+            r"\(60 s\)",
+        ),
+        (
+            {"SPOT_CHECKPOINT_MIN_INTERVAL_SECONDS": "1200"},
+            r"SPOT_CHECKPOINT_MIN_INTERVAL_SECONDS \(1200 s\) must not be above SPOT_CHECKPOINT_MAX_INTERVAL_SECONDS "
+            r"\(900 s\)",
+        ),
+        (
+            {"AWS_BATCH_JOB_NODE_INDEX": "4", "AWS_BATCH_JOB_NUM_NODES": "4"},
+            r"AWS_BATCH_JOB_NODE_INDEX \(4\) must be below AWS_BATCH_JOB_NUM_NODES \(4\): parts are numbered from 0",
+        ),
+        (
+            {"AWS_BATCH_JOB_ARRAY_INDEX": "8", "SPOT_CHECKPOINT_PARTS": "8"},
+            r"AWS_BATCH_JOB_ARRAY_INDEX \(8\) must be below SPOT_CHECKPOINT_PARTS \(8\)",
+        ),
+        (
+            {"AWS_BATCH_JOB_ARRAY_INDEX": "1"},
+            r"AWS_BATCH_JOB_ARRAY_INDEX \(1\) must be below SPOT_CHECKPOINT_PARTS \(1\): parts are numbered from 0, "
+            "and Batch tells a shard its index, not the array size",
+        ),
     ],
     ids=[
         "poll-with-a-unit",
@@ -163,6 +187,11 @@ def test_config_from_environment_names_the_part() -> None:
         "main-node-negative",
         "array-index-fullwidth",
         "parts-zero",
+        "min-interval-above-max",
+        "min-interval-above-the-default-max",
+        "node-index-past-num-nodes",
+        "array-index-past-parts",
+        "array-index-past-the-default-parts",
     ],
 )
 def test_a_runtime_setting_it_cannot_use_is_an_input_error_naming_it(environ: dict[str, str], message: str) -> None:
