@@ -179,3 +179,21 @@ def test_container_instances_are_mapped_to_ec2_instances_at_most_100_per_call():
     # THEN two calls give every one
     assert found == {arn: f"i-{arn[-8:]}" for arn in arns}
     stubber.assert_no_pending_responses()
+
+
+def test_a_warning_kept_from_before_the_instances_launch_does_not_stand_for_its_first_interruption(
+    ledger: Ledger, utc_clock
+):
+    # GIVEN an instance launched an hour and a half ago, a warning for it dated before its launch (given by hand) and
+    # EC2's own warning 70 minutes after its launch (the interruption in its second hour)
+    launched = utc_clock.now - timedelta(minutes=90)
+    _warn(ledger, launched - timedelta(minutes=5))
+    _warn(ledger, launched + timedelta(minutes=70))
+    batch, stubber = _gateway()
+    stubber.add_response("describe_instances", _described(launched), _request(INSTANCE))
+    # WHEN the instances EC2 interrupted within their first hour are asked for
+    found = unbilled_instances(SimpleNamespace(ledger=ledger, batch=batch), [INSTANCE], launched - timedelta(hours=1))  # type: ignore[arg-type]
+    # THEN the instance is billed: its interruption is the one its own run was warned of, after its first hour (before,
+    # the earliest warning kept, dated before the launch, put it in that hour)
+    assert found == set()
+    stubber.assert_no_pending_responses()

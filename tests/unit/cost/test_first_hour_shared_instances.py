@@ -564,3 +564,20 @@ def test_a_failed_arrays_shard_whose_start_was_never_told_is_not_billed_on_an_in
     assert (array["status"], array["cost_usd"]) == ("FAILED", 1.0)
     assert (array["instance_seconds"], array["run_seconds"]) == (3600, 5400)
     assert ledger.unbilled_among([REUSED]) == {REUSED}
+
+
+def test_a_warning_dated_before_its_instance_was_launched_leaves_the_instances_jobs_billed(ledger, utc_clock):
+    # GIVEN run-1's job that ran on the instance and succeeded, and later a warning for the instance dated half an
+    # hour before its launch (given by hand, or replayed): no interruption of this instance's run
+    plane = Plane(ledger, utc_clock)
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25)
+    plane.clock.now = plane.minutes(40)
+    event = load_event("spot_interruption_warning", **{"instance-id": REUSED})
+    event["time"] = format_time(plane.minutes(-30))
+    # WHEN it is handled
+    answer = on_spot_signal(plane.svc, event, ACCOUNT)  # type: ignore[arg-type]
+    # THEN the instance is not taken as interrupted within its first hour: the job stays billed, and the instance is
+    # not kept as unbilled for ends told later (before, the warning's time put the interruption in that hour)
+    assert (answer["status"], answer["first_hour_unbilled"]) == ("handled", False)
+    assert _figures(plane.report("run-1")) == (0.24, 0.24, 50.0)
+    assert ledger.unbilled_among([REUSED]) == set()

@@ -37,11 +37,11 @@ def unbilled_instances(svc: Services, instance_ids: Iterable[str], since: dateti
     cannot be had the instance counts as billed: a cost reported too high, never one hidden. Those found are kept
     (`Ledger.keep_unbilled_instance`) for the attempts that ran on them before, whose time there is not billed
     either."""
-    warned: dict[str, datetime] = {}
+    warned: dict[str, list[datetime]] = {}
     for instance_id in set(instance_ids):
         kept = svc.ledger.instance_signals(instance_id, since)
         if warnings := [parse_time(signal.signalled_at) for signal in kept if signal.warning]:
-            warned[instance_id] = min(warnings)
+            warned[instance_id] = warnings
     return _interrupted_in_first_hour(svc, warned) if warned else set()
 
 
@@ -53,7 +53,7 @@ def unbill_warned_instance(svc: Services, instance_id: str, warned_at: datetime)
     attempts are read after it is kept, so an end told meanwhile is either read here or reads the mark. Returns
     whether the instance was found so. Where the ledger stays contended the time stays billed (logged): the handler
     has acted on the warning already, and a retry would act on it again."""
-    if not _interrupted_in_first_hour(svc, {instance_id: warned_at}):
+    if not _interrupted_in_first_hour(svc, {instance_id: [warned_at]}):
         return False
     try:
         for ref in svc.ledger.jobs_on_instance(instance_id):
@@ -64,21 +64,25 @@ def unbill_warned_instance(svc: Services, instance_id: str, warned_at: datetime)
     return True
 
 
-def _interrupted_in_first_hour(svc: Services, warned: dict[str, datetime]) -> set[str]:
-    """Those of the instances `warned` (each with its first interruption warning) whose launch time puts the
+def _interrupted_in_first_hour(svc: Services, warned: dict[str, list[datetime]]) -> set[str]:
+    """Those of the instances `warned` (each with the times of its interruption warnings) whose launch time puts the
     interruption in their first hour, kept (`Ledger.keep_unbilled_instance`); none where the launch times cannot be
-    had (billed in full)."""
+    had (billed in full). The interruption is the one the first warning given since the launch announces: a warning
+    dated before it (given by hand, or replayed) tells of no interruption of this instance's run."""
     try:
         described = svc.batch.describe_instances(warned)
     except (BotoCoreError, ClientError):
         logger.warning("instance launch times unavailable: billed in full", extra={"instance_ids": sorted(warned)})
         return set()
-    unbilled = {
-        instance_id
-        for instance_id, warned_at in warned.items()
-        if instance_id in described
-        and warned_at + INTERRUPTION_LEAD < described[instance_id].launched_at + UNBILLED_INTERRUPTION_WITHIN
-    }
+    unbilled = set()
+    for instance_id, warnings in warned.items():
+        if instance_id not in described:
+            continue
+        launched_at = described[instance_id].launched_at
+        # Kept warnings are told to the second; a launch time may be finer.
+        since_launch = [at for at in warnings if at >= launched_at.replace(microsecond=0)]
+        if since_launch and min(since_launch) + INTERRUPTION_LEAD < launched_at + UNBILLED_INTERRUPTION_WITHIN:
+            unbilled.add(instance_id)
     for instance_id in sorted(unbilled):
         svc.ledger.keep_unbilled_instance(instance_id)
     return unbilled
