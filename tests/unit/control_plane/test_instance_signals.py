@@ -57,11 +57,6 @@ def test_a_signal_older_than_the_window_is_not_acted_on_when_a_job_starts(ledger
     assert acted == [{"job_id": "job-1", "action": "none", "reason": "job no longer current"}]
 
 
-def _services(ledger: Ledger) -> SimpleNamespace:
-    """The ledger, and EC2 describing no instance: a warning's instance is billed as it was."""
-    return SimpleNamespace(ledger=ledger, batch=SimpleNamespace(describe_instances=lambda instance_ids: {}))
-
-
 def _warning(time: str) -> dict:
     event = load_event("spot_interruption_warning", **{"instance-id": INSTANCE})
     event["time"] = time
@@ -72,7 +67,7 @@ def test_a_warning_for_an_instance_that_ran_an_earlier_job_is_kept_for_the_job_s
     # GIVEN an instance that ran an earlier job of ours (Batch reuses instances), whose new job's RUNNING is not
     # told yet
     ledger.index_instance(INSTANCE, JobRef("job-old", "run-old", "preprocess", 1))
-    svc = _services(ledger)
+    svc = SimpleNamespace(ledger=ledger)
     # WHEN the interruption warning comes first
     answer = on_spot_signal(svc, _warning(format_time(utc_clock.now)), ACCOUNT)  # type: ignore[arg-type]
     # THEN it finds the old job no longer current, and is kept for the new job's start all the same
@@ -85,7 +80,7 @@ def test_a_warning_for_an_instance_that_ran_an_earlier_job_is_kept_for_the_job_s
 def test_a_warning_racing_its_jobs_start_is_seen_by_one_of_the_two_handlers(ledger, utc_clock, monkeypatch):
     # GIVEN the job's RUNNING recorded (its instance indexed, then the kept signals read) while the warning's handler
     # runs, right before it reads the instance's jobs
-    svc = _services(ledger)
+    svc = SimpleNamespace(ledger=ledger)
     ref = JobRef("job-new", "run-new", "preprocess", 1)
     running_saw: list[dict] = []
     real_jobs_on_instance = Ledger.jobs_on_instance

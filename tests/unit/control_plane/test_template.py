@@ -62,10 +62,7 @@ HANDLER_CALLS: dict[str, set[str]] = {
     "StartPipelineFunction": LEDGER | NOTIFY | {"s3:GetObject", "s3:GetObjectVersion", "states:StartExecution"},
     "StageRunnerFunction": LEDGER | PRICES | PROGRESS | PLACE | ANSWER,
     "BatchStateChangeFunction": BATCH_EVENT,
-    # ... and the launch time of a warned instance (first_hour.unbill_warned_instance)
-    "SpotInterruptionFunction": set().union(
-        LEDGER, NOTIFY, PRICES, PROGRESS, CHECKPOINT_REQUEST, PLACE, TERMINATE, {"ec2:DescribeInstances"}
-    ),
+    "SpotInterruptionFunction": set().union(LEDGER, NOTIFY, PRICES, PROGRESS, CHECKPOINT_REQUEST, PLACE, TERMINATE),
     # The guard applies what lost Batch events would have (job_events.apply_job_state) and asks for checkpoints.
     # ... and settles runs whose execution ended without them (outcome.finish stops their jobs).
     # Last in each pass it sends the notices whose sender died after claiming them (notifier.send_orphaned_notices:

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 from sample_events import load_event
 from spot_hpc.batch import Ec2Instance
 from spot_hpc.clock import format_time
@@ -464,83 +463,6 @@ def test_an_array_with_a_shard_batch_tells_stopped_as_it_started_settles(ledger,
     assert _figures(plane.report("run-1"))[0] == 0.5
 
 
-@pytest.mark.parametrize("deliveries", [1, 2])
-def test_an_instance_interrupted_while_idle_in_its_first_hour_bills_none_of_its_earlier_jobs(
-    ledger, utc_clock, deliveries
-):
-    # GIVEN run-1's Spot job, 24 minutes on an instance at $0.60 an hour ($0.24, 50% saved), that succeeded; then no
-    # job of ours on the instance, which Batch keeps idle for a while
-    plane = Plane(ledger, utc_clock)
-    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25)
-    before = _figures(plane.report("run-1"))
-    # WHEN EC2 warns that it interrupts the idle instance, 40 minutes after its launch (within its first hour), the
-    # warning delivered `deliveries` times
-    answers = [plane.warned(REUSED, at_minutes=40) for _ in range(deliveries)]
-    # THEN the earlier job is not billed (before, no job's end came to find the interruption, and it stayed billed),
-    # once however often the warning came, and the instance is kept as unbilled for ends told later
-    assert before == (0.24, 0.24, 50.0)
-    assert _figures(plane.report("run-1")) == (0.0, 0.0, 100.0)
-    assert check_run_report_costs(plane.report("run-1")) == []
-    assert [answer["first_hour_unbilled"] for answer in answers] == [True] * deliveries
-    assert ledger.unbilled_among([REUSED, OTHER]) == {REUSED}
-
-
-def test_a_job_whose_end_is_told_after_its_idle_instance_was_warned_is_not_billed(ledger, utc_clock):
-    # GIVEN run-1's job on the instance, that the control plane moved to On-Demand and Batch stopped at 25 minutes,
-    # its end not told yet
-    plane = Plane(ledger, utc_clock)
-    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=None)
-    ledger.cancel_attempt("run-1", "preprocess", 1, CANCEL_REQUEUE)
-    ledger.claim_attempt("run-1", "preprocess", 1)
-    # WHEN EC2 warns that it interrupts the instance within its first hour, and the job's end is told after it, when
-    # EC2 no longer describes the instance
-    plane.warned(REUSED, at_minutes=40)
-    plane.instances.forgotten = True
-    plane.job_ended("job-a", REUSED, start=1, stop=25, told_at=150)
-    # THEN its end read what the warning found: it is not billed
-    assert _figures(plane.report("run-1")) == (0.0, 0.0, 100.0)
-
-
-@pytest.mark.parametrize(
-    ("warned_at", "described"),
-    [(58.5, True), (40, False)],
-    ids=["interrupted-after-its-first-hour", "launch-time-unknown"],
-)
-def test_an_idle_instance_warned_past_its_first_hour_or_of_unknown_launch_leaves_its_jobs_billed(
-    ledger, utc_clock, warned_at, described
-):
-    # GIVEN run-1's job that ran on the instance and succeeded
-    plane = Plane(ledger, utc_clock)
-    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25)
-    plane.instances.forgotten = not described
-    # WHEN EC2 warns of an interruption that falls after the instance's first hour (two minutes after a warning at
-    # 58.5 minutes), or whose instance it does not describe
-    answer = plane.warned(REUSED, at_minutes=warned_at)
-    # THEN the job is billed as it was, and the instance is not kept as unbilled: a cost is never hidden
-    assert answer["first_hour_unbilled"] is False
-    assert _figures(plane.report("run-1")) == (0.24, 0.24, 50.0)
-    assert ledger.unbilled_among([REUSED]) == set()
-
-
-def test_an_idle_instance_whose_launch_time_ec2_will_not_give_leaves_its_jobs_billed_and_the_warning_handled(
-    ledger, utc_clock, monkeypatch
-):
-    # GIVEN run-1's job that ran on the instance and succeeded, and EC2 throttling DescribeInstances
-    plane = Plane(ledger, utc_clock)
-    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25)
-    throttled = ClientError({"Error": {"Code": "RequestLimitExceeded", "Message": "slow down"}}, "DescribeInstances")
-
-    def describe_instances(instance_ids: Any) -> dict[str, Ec2Instance]:
-        raise throttled
-
-    monkeypatch.setattr(plane.instances, "describe_instances", describe_instances)
-    # WHEN EC2 warns of the idle instance's interruption within its first hour
-    answer = plane.warned(REUSED, at_minutes=40)
-    # THEN the warning is handled (the jobs on it acted on), and the job stays billed: reported too high, not hidden
-    assert (answer["status"], answer["first_hour_unbilled"]) == ("handled", False)
-    assert _figures(plane.report("run-1")) == (0.24, 0.24, 50.0)
-
-
 def test_a_failed_arrays_shard_whose_start_was_never_told_is_not_billed_on_an_instance_lost_in_its_first_hour(
     ledger, utc_clock
 ):
@@ -566,18 +488,50 @@ def test_a_failed_arrays_shard_whose_start_was_never_told_is_not_billed_on_an_in
     assert ledger.unbilled_among([REUSED]) == {REUSED}
 
 
-def test_a_warning_dated_before_its_instance_was_launched_leaves_the_instances_jobs_billed(ledger, utc_clock):
-    # GIVEN run-1's job that ran on the instance and succeeded, and later a warning for the instance dated half an
-    # hour before its launch (given by hand, or replayed): no interruption of this instance's run
+def _warned_while_idle(plane: Plane, instance_id: str, at_minutes: float) -> None:
+    """EC2's interruption warning for the instance, kept while no job of ours runs there."""
+    warned = InstanceSignal(instance_id, "interruption warning", True, format_time(plane.minutes(at_minutes)))
+    plane.ledger.keep_instance_signal(warned, f"idle-{instance_id}", SIGNAL_KEPT_FOR)
+
+
+@pytest.mark.parametrize("end_told", ["before", "after"])
+def test_an_instance_warned_while_idle_in_its_first_hour_leaves_the_jobs_that_ran_on_it_billed(
+    ledger, utc_clock, end_told
+):
+    # GIVEN run-1's Spot job, 24 minutes on an instance at $0.60 an hour ($0.24), that succeeded; its end told
+    # `end_told` EC2 warned, 40 minutes after the instance's launch, that it interrupts the instance, then idle
     plane = Plane(ledger, utc_clock)
-    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25)
-    plane.clock.now = plane.minutes(40)
-    event = load_event("spot_interruption_warning", **{"instance-id": REUSED})
-    event["time"] = format_time(plane.minutes(-30))
-    # WHEN it is handled
-    answer = on_spot_signal(plane.svc, event, ACCOUNT)  # type: ignore[arg-type]
-    # THEN the instance is not taken as interrupted within its first hour: the job stays billed, and the instance is
-    # not kept as unbilled for ends told later (before, the warning's time put the interruption in that hour)
-    assert (answer["status"], answer["first_hour_unbilled"]) == ("handled", False)
-    assert _figures(plane.report("run-1")) == (0.24, 0.24, 50.0)
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25 if end_told == "before" else None)
+    _warned_while_idle(plane, REUSED, at_minutes=40)
+    if end_told == "after":
+        plane.job_ended("job-a", REUSED, start=1, stop=25, told_at=60)
+    # WHEN a job's end is all that tells of it
+    report = plane.report("run-1")
+    # THEN the job stays billed, and the instance is not kept as unbilled: Batch may terminate an idle instance within
+    # the warning's two minutes, and AWS bills an instance its owner terminated (before, a job's end told after such a
+    # warning took it for the interruption, and its cost was hidden)
+    assert _figures(report) == (0.24, 0.24, 50.0)
     assert ledger.unbilled_among([REUSED]) == set()
+
+
+def test_a_failed_array_is_not_billed_only_where_a_shard_was_ended_by_its_instances_termination(ledger, utc_clock):
+    # GIVEN a Spot array of three shards: one that succeeded in 10 minutes on a c6i.4xlarge ($0.60 an hour), whose
+    # instance EC2 then warned while it sat idle; one reclaimed at 31 minutes on an m6i.4xlarge ($1.00), within its
+    # instance's first hour; and one that ran its half hour on another m6i.4xlarge
+    plane = Plane(ledger, utc_clock)
+    shards = {REUSED: "c6i.4xlarge", OTHER: "m6i.4xlarge", THIRD: "m6i.4xlarge"}
+    plane.array_ran("run-1", "array-1", shards, start=1, stop=31)
+    early, reclaimed, _ = plane.instances.shards["array-1"]
+    early["stoppedAt"] = _ms(plane.minutes(11))
+    reclaimed |= {"status": "FAILED", "statusReason": f"Host EC2 (instance {OTHER}) terminated."}
+    _warned_while_idle(plane, REUSED, at_minutes=20)
+    _warned_while_idle(plane, OTHER, at_minutes=29)
+    ledger.cancel_attempt("run-1", "hpc", 1, CANCEL_REQUEUE)
+    ledger.claim_attempt("run-1", "hpc", 1)
+    # WHEN the array's end is told
+    plane.array_ended("array-1", at=32)
+    # THEN the reclaimed shard is not billed, and the shard on the instance warned while idle is ($0.10 + $0.50, not
+    # $0.50: before, every instance a shard's start named was asked, and the idle one taken as interrupted)
+    array = plane.report("run-1")["stages"][0]["attempts"][0]
+    assert (array["cost_usd"], array["instance_seconds"], array["run_seconds"]) == (0.6, 2400, 4200)
+    assert ledger.unbilled_among([REUSED, OTHER]) == {OTHER}

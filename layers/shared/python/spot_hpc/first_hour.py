@@ -2,11 +2,12 @@
 Spot Instances", EC2 User Guide): not the job it was taken from, nor any that ran on it before, since Batch runs jobs
 one after another on an instance, of any run.
 
-Such an instance is found from a kept interruption warning and the instance's launch time (`unbilled_instances`), at
-the end of a job that ran on it, or at the warning itself when our jobs there have all ended (`unbill_warned_instance`:
-an instance interrupted while idle has no job of ours whose end would find it). What is found is kept in the ledger
+Such an instance is found at the end of a job or shard that an interruption ended (`job_events`), from a kept
+interruption warning and the instance's launch time (`unbilled_instances`). What is found is kept in the ledger
 (`INSTANCE#<id>` / `UNBILLED`), and the attempts the instance index names lose their time on it
-(`unbill_shared_instances`).
+(`unbill_shared_instances`). A warning alone is not taken for the interruption: Batch may terminate an idle instance
+before EC2 does, and AWS bills an instance its owner terminated, so one warned while idle, our jobs on it having ended
+otherwise, stays billed (reported too high, never hidden).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from spot_hpc.clock import parse_time
-from spot_hpc.ledger import Attempt, JobRef, LedgerContended
+from spot_hpc.ledger import Attempt, JobRef
 from spot_hpc.services import Services
 
 logger = logging.getLogger(__name__)
@@ -43,25 +44,6 @@ def unbilled_instances(svc: Services, instance_ids: Iterable[str], since: dateti
         if warnings := [parse_time(signal.signalled_at) for signal in kept if signal.warning]:
             warned[instance_id] = warnings
     return _interrupted_in_first_hour(svc, warned) if warned else set()
-
-
-def unbill_warned_instance(svc: Services, instance_id: str, warned_at: datetime) -> bool:
-    """An interruption warning for an instance our jobs ran on, at `warned_at`: when the interruption it announces
-    falls within the instance's first hour, the instance is kept as unbilled and the attempts the instance index names
-    that have ended lose their time on it now. One interrupted while idle (our jobs on it all ended) has no job of ours
-    whose end would find it; one still running finds it at its end (`unbill_shared_instances`). The instance's
-    attempts are read after it is kept, so an end told meanwhile is either read here or reads the mark. Returns
-    whether the instance was found so. Where the ledger stays contended the time stays billed (logged): the handler
-    has acted on the warning already, and a retry would act on it again."""
-    if not _interrupted_in_first_hour(svc, {instance_id: [warned_at]}):
-        return False
-    try:
-        for ref in svc.ledger.jobs_on_instance(instance_id):
-            _unbill(svc, ref, {instance_id})
-    except LedgerContended:
-        logger.warning("an unbilled instance's earlier attempts stay billed: the ledger stayed contended",
-                       extra={"instance_id": instance_id}, exc_info=True)  # fmt: skip
-    return True
 
 
 def _interrupted_in_first_hour(svc: Services, warned: dict[str, list[datetime]]) -> set[str]:

@@ -7,8 +7,7 @@ instance goes. AWS calls per job are bounded: a checkpoint-request put, at most 
 Every signal is also kept for a while: EventBridge keeps no order between EC2's events and Batch's, so a job's RUNNING
 may be told after it (`act_on_kept_signals`, called when a job's instance is recorded). A kept warning also tells,
 once the job has ended, whether EC2 interrupted its instance within the instance's first hour, which AWS does not
-charge for, for none of the instance's usage (`first_hour`). A warning for an instance our jobs ran on tells it at
-once too, after the jobs are acted on: an instance interrupted while idle has no job of ours whose end would.
+charge for, for none of the instance's usage (`first_hour`).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from typing import Any
 
 from spot_hpc.clock import format_time, happened_at, utc_now
 from spot_hpc.events import RebalanceRecommendationEvent, SpotInterruptionEvent
-from spot_hpc.first_hour import unbill_warned_instance
 from spot_hpc.intake import NOT_THIS_STACKS_INSTANCE, Rejected, parse_event, reject
 from spot_hpc.ledger import InstanceSignal, JobRef
 from spot_hpc.placement import choose_capacity, request_checkpoint, requeue_to_on_demand, tell_requeue
@@ -46,19 +44,15 @@ def on_spot_signal(svc: Services, event: dict[str, Any], account_id: str) -> dic
     signal = "rebalance recommendation" if rebalance else "interruption warning"
     # Kept first, whatever runs there, then the instance's jobs read: a job whose start is recorded meanwhile (or
     # later, on an instance that ran other jobs of ours before) finds the signal when it is.
-    signalled_at = happened_at(parsed.time)
-    kept = InstanceSignal(instance_id, signal, warning=not rebalance, signalled_at=format_time(signalled_at))
+    signalled_at = format_time(happened_at(parsed.time))
+    kept = InstanceSignal(instance_id, signal, warning=not rebalance, signalled_at=signalled_at)
     svc.ledger.keep_instance_signal(kept, parsed.id, SIGNAL_KEPT_FOR)
     refs = svc.ledger.jobs_on_instance(instance_id)
     if not refs:
         # Mostly other workloads' instances, which share the account's event stream: counted, not acted on.
         return {"status": "ignored", "reason": NOT_THIS_STACKS_INSTANCE, "instance_id": instance_id}
     jobs = [act_on_signal(svc, ref, instance_id, signal, warning=not rebalance) for ref in refs]
-    if rebalance:
-        return {"status": "handled", "instance_id": instance_id, "jobs": jobs}
-    # Then, the jobs acted on within the warning's two minutes, what the instance billed them.
-    unbilled = unbill_warned_instance(svc, instance_id, signalled_at)
-    return {"status": "handled", "instance_id": instance_id, "jobs": jobs, "first_hour_unbilled": unbilled}
+    return {"status": "handled", "instance_id": instance_id, "jobs": jobs}
 
 
 def act_on_kept_signals(svc: Services, ref: JobRef, instance_ids: Iterable[str]) -> list[dict[str, Any]]:

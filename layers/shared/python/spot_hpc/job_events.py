@@ -265,9 +265,15 @@ def _billing_sets(
     if detail.is_array_parent:
         ran_on = _shards_on_instances(svc, shards)
         # An array that succeeded lost no shard to a reclaim (a reclaimed shard ends it): its instances are not asked.
-        # One that failed asks of those its shards' starts named and those its shards' ends name (a start event lost).
+        # One that failed asks of the instances its shards' ends name where an interruption ended them (whether or
+        # not their starts were told), not of those where shards ended otherwise (`_ended_by_an_interruption`).
         asked = attempt.capacity == "spot" and detail.status == "FAILED"
-        named = {*attempt.instance_ids, *(instance_id for _, ids in ran_on for instance_id in ids)}
+        named = {
+            instance_id
+            for shard, ids in ran_on
+            if _ended_by_an_interruption(BatchJobDetail.model_validate(shard))
+            for instance_id in ids
+        }
         unbilled = unbilled_instances(svc, named, since) if asked else set()
         ran = _shards_ran(ran_on, unbilled)
         billed = [shard for shard in ran if shard.billed]
@@ -291,7 +297,8 @@ def _billing_sets(
     sets = {}
     if instance_ids and not attempt.instance_ids:
         sets["instance_ids"] = sorted(instance_ids)
-    if instance_ids and unbilled_instances(svc, instance_ids, since) == instance_ids:
+    interrupted = _ended_by_an_interruption(detail)
+    if instance_ids and interrupted and unbilled_instances(svc, instance_ids, since) == instance_ids:
         sets |= {"interrupted_in_first_hour": True, "unbilled_instance_ids": sorted(instance_ids)}
     return sets
 
@@ -373,6 +380,16 @@ def _shards_on_instances(svc: Services, shards: list[dict[str, Any]]) -> list[tu
         logger.warning("could not tell the instances of an array's shards", exc_info=True)
         on_instance = {}
     return [(shard, [on_instance[arn] for arn in arns if arn in on_instance]) for shard, arns in ran]
+
+
+def _ended_by_an_interruption(detail: BatchJobDetail) -> bool:
+    """Batch says the job (or shard) ended as its instance was terminated under it, or it stopped itself on a Spot
+    notice or a checkpoint request (exit 86 or 87): on an instance EC2 warned, EC2 took the instance then, or within
+    the warning's two minutes. A job that ended otherwise (succeeded, failed on its own) may have left the instance
+    idle long before the warning, and Batch may terminate an idle instance before EC2 does: AWS bills it then, so its
+    jobs are not taken out of the bill on a warning alone."""
+    stopped = detail.exit_code in (EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT)
+    return detail.status == "FAILED" and (stopped or bool(_HOST_TERMINATED.match(detail.status_reason or "")))
 
 
 def _shards_ran(ran_on: list[tuple[dict[str, Any], list[str]]], unbilled: set[str]) -> list[_ShardRun]:
