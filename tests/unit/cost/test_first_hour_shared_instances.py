@@ -535,3 +535,49 @@ def test_a_failed_array_is_not_billed_only_where_a_shard_was_ended_by_its_instan
     array = plane.report("run-1")["stages"][0]["attempts"][0]
     assert (array["cost_usd"], array["instance_seconds"], array["run_seconds"]) == (0.6, 2400, 4200)
     assert ledger.unbilled_among([REUSED, OTHER]) == {OTHER}
+
+
+@pytest.mark.parametrize("exit_code", [86, 87])
+def test_a_job_that_stopped_on_a_checkpoint_request_before_its_instance_was_warned_stays_billed(
+    ledger, utc_clock, exit_code
+):
+    # GIVEN run-1's Spot job, 24 minutes on an instance at $0.60 an hour ($0.24), that the control plane moved to
+    # On-Demand (its deadline at risk) and that stopped itself at 25 minutes on the checkpoint request (exit 86, or 87
+    # where it wrote none), leaving the instance idle; and EC2's warning, 40 minutes after the instance's launch, that
+    # it interrupts the instance
+    plane = Plane(ledger, utc_clock)
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=None)
+    ledger.cancel_attempt("run-1", "preprocess", 1, CANCEL_REQUEUE)
+    ledger.claim_attempt("run-1", "preprocess", 1)
+    _warned_while_idle(plane, REUSED, at_minutes=40)
+    # WHEN the job's end is told after the warning (a late delivery, or the SLA guard's DescribeJobs)
+    ended = {"jobId": "job-a", "jobName": "job-a", "jobQueue": "spot-queue", "status": "FAILED"}
+    times = {"startedAt": _ms(plane.minutes(1)), "stoppedAt": _ms(plane.minutes(25))}
+    container = {"containerInstanceArn": _arn(REUSED), "exitCode": exit_code}
+    plane.tell(60, {**ended, **times, "statusReason": CONTAINER_EXITED, "container": container})
+    # THEN the job stays billed, and the instance is not kept as unbilled: the warning came while the instance was
+    # idle, and Batch may have terminated it first
+    assert _figures(plane.report("run-1"))[0] == 0.24
+    assert ledger.unbilled_among([REUSED]) == set()
+
+
+def test_a_failed_arrays_shard_that_stopped_before_its_instance_was_warned_stays_billed(ledger, utc_clock):
+    # GIVEN a Spot array of two shards on c6i.4xlarge instances ($0.60 an hour): one reclaimed at 31 minutes within
+    # its instance's first hour, and one that stopped itself on a checkpoint request at 11 minutes (exit 86), whose
+    # instance EC2 then warned while it sat idle
+    plane = Plane(ledger, utc_clock)
+    plane.array_ran("run-1", "array-1", dict.fromkeys((REUSED, OTHER), "c6i.4xlarge"), start=1, stop=31)
+    stopped, reclaimed = plane.instances.shards["array-1"]
+    stopped |= {"status": "FAILED", "stoppedAt": _ms(plane.minutes(11)), "statusReason": CONTAINER_EXITED}
+    stopped["container"] = {**stopped["container"], "exitCode": 86}
+    reclaimed |= {"status": "FAILED", "statusReason": f"Host EC2 (instance {OTHER}) terminated."}
+    _warned_while_idle(plane, REUSED, at_minutes=20)
+    _warned_while_idle(plane, OTHER, at_minutes=29)
+    ledger.cancel_attempt("run-1", "hpc", 1, CANCEL_REQUEUE)
+    ledger.claim_attempt("run-1", "hpc", 1)
+    # WHEN the array's end is told
+    plane.array_ended("array-1", at=32)
+    # THEN the reclaimed shard is not billed, and the shard that stopped before its instance was warned is ($0.10)
+    array = plane.report("run-1")["stages"][0]["attempts"][0]
+    assert (array["cost_usd"], array["instance_seconds"], array["run_seconds"]) == (0.1, 600, 2400)
+    assert ledger.unbilled_among([REUSED, OTHER]) == {OTHER}

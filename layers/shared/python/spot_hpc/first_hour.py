@@ -2,18 +2,18 @@
 Spot Instances", EC2 User Guide): not the job it was taken from, nor any that ran on it before, since Batch runs jobs
 one after another on an instance, of any run.
 
-Such an instance is found at the end of a job or shard that an interruption ended (`job_events`), from a kept
-interruption warning and the instance's launch time (`unbilled_instances`). What is found is kept in the ledger
-(`INSTANCE#<id>` / `UNBILLED`), and the attempts the instance index names lose their time on it
-(`unbill_shared_instances`). A warning alone is not taken for the interruption: Batch may terminate an idle instance
-before EC2 does, and AWS bills an instance its owner terminated, so one warned while idle, our jobs on it having ended
-otherwise, stays billed (reported too high, never hidden).
+Such an instance is found at the end of a job or shard that an interruption ended (`job_events`), from an interruption
+warning kept for the instance, given no later than that end, and the instance's launch time (`unbilled_instances`). What
+is found is kept in the ledger (`INSTANCE#<id>` / `UNBILLED`), and the attempts the instance index names lose their time
+on it (`unbill_shared_instances`). A warning alone is not taken for the interruption: Batch may terminate an idle
+instance before EC2 does, and AWS bills an instance its owner terminated, so one warned while idle, our jobs on it
+having ended before (even on a checkpoint request, exit 86 or 87), stays billed (reported too high, never hidden).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,17 +31,23 @@ INTERRUPTION_LEAD = timedelta(minutes=2)
 UNBILLED_INTERRUPTION_WITHIN = timedelta(hours=1)
 
 
-def unbilled_instances(svc: Services, instance_ids: Iterable[str], since: datetime) -> set[str]:
+def unbilled_instances(
+    svc: Services, instance_ids: Iterable[str], since: datetime, stopped: Mapping[str, datetime] | None = None
+) -> set[str]:
     """Those of `instance_ids` that EC2 interrupted within their first hour, so that AWS charges nothing for them:
-    an interruption warning for the instance was kept (given at `since` or later) and the instance's launch time, which
-    EC2 describes for about an hour after it terminated, puts the interruption in that hour. Where the launch time
-    cannot be had the instance counts as billed: a cost reported too high, never one hidden. Those found are kept
+    an interruption warning for the instance was kept (given at `since` or later, and where `stopped` tells when the
+    job or shard an interruption ended there stopped, no later than that: one given after came while the instance sat
+    idle, and Batch may have terminated it first) and the instance's launch time, which EC2 describes for about an
+    hour after it terminated, puts the interruption in that hour. Where the launch time cannot be had the instance
+    counts as billed: a cost reported too high, never one hidden. Those found are kept
     (`Ledger.keep_unbilled_instance`) for the attempts that ran on them before, whose time there is not billed
     either."""
     warned: dict[str, list[datetime]] = {}
     for instance_id in set(instance_ids):
         kept = svc.ledger.instance_signals(instance_id, since)
-        if warnings := [parse_time(signal.signalled_at) for signal in kept if signal.warning]:
+        until = stopped.get(instance_id) if stopped is not None else None
+        warnings = [parse_time(signal.signalled_at) for signal in kept if signal.warning]
+        if warnings := [at for at in warnings if until is None or at <= until]:
             warned[instance_id] = warnings
     return _interrupted_in_first_hour(svc, warned) if warned else set()
 

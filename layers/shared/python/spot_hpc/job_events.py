@@ -268,13 +268,15 @@ def _billing_sets(
         # One that failed asks of the instances its shards' ends name where an interruption ended them (whether or
         # not their starts were told), not of those where shards ended otherwise (`_ended_by_an_interruption`).
         asked = attempt.capacity == "spot" and detail.status == "FAILED"
-        named = {
-            instance_id
-            for shard, ids in ran_on
-            if _ended_by_an_interruption(BatchJobDetail.model_validate(shard))
-            for instance_id in ids
-        }
-        unbilled = unbilled_instances(svc, named, since) if asked else set()
+        # Each with when the last shard an interruption ended there stopped: a warning given after came while it sat
+        # idle.
+        named: dict[str, datetime] = {}
+        for shard, ids in ran_on:
+            if _ended_by_an_interruption(BatchJobDetail.model_validate(shard)):
+                for instance_id in ids:
+                    shard_stopped = from_epoch_ms(shard["stoppedAt"])
+                    named[instance_id] = max(shard_stopped, named.get(instance_id, shard_stopped))
+        unbilled = unbilled_instances(svc, named, since, stopped=named) if asked else set()
         ran = _shards_ran(ran_on, unbilled)
         billed = [shard for shard in ran if shard.billed]
         held = [HeldInstance(shard.instance_id, shard.seconds, shard.started) for shard in billed]
@@ -298,7 +300,10 @@ def _billing_sets(
     if instance_ids and not attempt.instance_ids:
         sets["instance_ids"] = sorted(instance_ids)
     interrupted = _ended_by_an_interruption(detail)
-    if instance_ids and interrupted and unbilled_instances(svc, instance_ids, since) == instance_ids:
+    # A warning given after the job stopped came while the instance sat idle.
+    stopped_at = from_epoch_ms(detail.stopped_at) if detail.stopped_at else utc_now()
+    stopped = dict.fromkeys(instance_ids, stopped_at)
+    if instance_ids and interrupted and unbilled_instances(svc, instance_ids, since, stopped) == instance_ids:
         sets |= {"interrupted_in_first_hour": True, "unbilled_instance_ids": sorted(instance_ids)}
     return sets
 
