@@ -517,29 +517,6 @@ def test_an_instance_warned_while_idle_in_its_first_hour_leaves_the_jobs_that_ra
     assert ledger.unbilled_among([REUSED]) == set()
 
 
-def test_a_failed_array_is_not_billed_only_where_a_shard_was_ended_by_its_instances_termination(ledger, utc_clock):
-    # GIVEN a Spot array of three shards: one that succeeded in 10 minutes on a c6i.4xlarge ($0.60 an hour), whose
-    # instance EC2 then warned while it sat idle; one reclaimed at 31 minutes on an m6i.4xlarge ($1.00), within its
-    # instance's first hour; and one that ran its half hour on another m6i.4xlarge
-    plane = Plane(ledger, utc_clock)
-    shards = {REUSED: "c6i.4xlarge", OTHER: "m6i.4xlarge", THIRD: "m6i.4xlarge"}
-    plane.array_ran("run-1", "array-1", shards, start=1, stop=31)
-    early, reclaimed, _ = plane.instances.shards["array-1"]
-    early["stoppedAt"] = _ms(plane.minutes(11))
-    reclaimed |= {"status": "FAILED", "statusReason": f"Host EC2 (instance {OTHER}) terminated."}
-    _warned_while_idle(plane, REUSED, at_minutes=20)
-    _warned_while_idle(plane, OTHER, at_minutes=29)
-    ledger.cancel_attempt("run-1", "hpc", 1, CANCEL_REQUEUE)
-    ledger.claim_attempt("run-1", "hpc", 1)
-    # WHEN the array's end is told
-    plane.array_ended("array-1", at=32)
-    # THEN the reclaimed shard is not billed, and the shard on the instance warned while idle is ($0.10 + $0.50, not
-    # $0.50: before, every instance a shard's start named was asked, and the idle one taken as interrupted)
-    array = plane.report("run-1")["stages"][0]["attempts"][0]
-    assert (array["cost_usd"], array["instance_seconds"], array["run_seconds"]) == (0.6, 2400, 4200)
-    assert ledger.unbilled_among([REUSED, OTHER]) == {OTHER}
-
-
 @pytest.mark.parametrize("exit_code", [86, 87])
 def test_a_job_that_stopped_on_a_checkpoint_request_before_its_instance_was_warned_stays_billed(
     ledger, utc_clock, exit_code
@@ -564,15 +541,24 @@ def test_a_job_that_stopped_on_a_checkpoint_request_before_its_instance_was_warn
     assert ledger.unbilled_among([REUSED]) == set()
 
 
-def test_a_failed_arrays_shard_that_stopped_before_its_instance_was_warned_stays_billed(ledger, utc_clock):
+@pytest.mark.parametrize(
+    "early_end",
+    [
+        {"status": "SUCCEEDED", "statusReason": CONTAINER_EXITED, "exitCode": 0},
+        {"status": "FAILED", "statusReason": CONTAINER_EXITED, "exitCode": 86},
+    ],
+    ids=["succeeded", "stopped-on-a-checkpoint-request"],
+)
+def test_a_failed_arrays_shard_that_ended_before_its_instance_was_warned_stays_billed(ledger, utc_clock, early_end):
     # GIVEN a Spot array of two shards on c6i.4xlarge instances ($0.60 an hour): one reclaimed at 31 minutes within
-    # its instance's first hour, and one that stopped itself on a checkpoint request at 11 minutes (exit 86), whose
-    # instance EC2 then warned while it sat idle
+    # its instance's first hour, and one that ended at 11 minutes (succeeded, or stopped itself on a checkpoint
+    # request), whose instance EC2 then warned while it sat idle
     plane = Plane(ledger, utc_clock)
     plane.array_ran("run-1", "array-1", dict.fromkeys((REUSED, OTHER), "c6i.4xlarge"), start=1, stop=31)
-    stopped, reclaimed = plane.instances.shards["array-1"]
-    stopped |= {"status": "FAILED", "stoppedAt": _ms(plane.minutes(11)), "statusReason": CONTAINER_EXITED}
-    stopped["container"] = {**stopped["container"], "exitCode": 86}
+    early, reclaimed = plane.instances.shards["array-1"]
+    early |= {"status": early_end["status"], "statusReason": early_end["statusReason"]}
+    early |= {"stoppedAt": _ms(plane.minutes(11))}
+    early["container"] = {**early["container"], "exitCode": early_end["exitCode"]}
     reclaimed |= {"status": "FAILED", "statusReason": f"Host EC2 (instance {OTHER}) terminated."}
     _warned_while_idle(plane, REUSED, at_minutes=20)
     _warned_while_idle(plane, OTHER, at_minutes=29)
@@ -580,7 +566,8 @@ def test_a_failed_arrays_shard_that_stopped_before_its_instance_was_warned_stays
     ledger.claim_attempt("run-1", "hpc", 1)
     # WHEN the array's end is told
     plane.array_ended("array-1", at=32)
-    # THEN the reclaimed shard is not billed, and the shard that stopped before its instance was warned is ($0.10)
+    # THEN the reclaimed shard is not billed, and the one that ended before its instance was warned is ($0.10):
+    # before, every instance a shard's start named was asked, and the idle one was taken as interrupted
     array = plane.report("run-1")["stages"][0]["attempts"][0]
     assert (array["cost_usd"], array["instance_seconds"], array["run_seconds"]) == (0.1, 600, 2400)
     assert ledger.unbilled_among([REUSED, OTHER]) == {OTHER}
