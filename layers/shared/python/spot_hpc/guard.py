@@ -27,7 +27,6 @@ from spot_hpc.placement import (
     request_checkpoint,
     requeue_to_on_demand,
     stage_view,
-    start_job_spot_wait,
     start_spot_wait,
     stop_stage,
     submit_claimed,
@@ -241,10 +240,7 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
         waiting_since = None
     elif not waiting_since and job_waits and not started_since:
         # The job's start may be recorded while this pass runs, its handler reading the stage before this wait.
-        if detail.is_array_parent:
-            waiting_since = start_spot_wait(svc, stage)
-        else:
-            waiting_since = start_job_spot_wait(svc, stage, stage.attempt)
+        waiting_since = start_spot_wait(svc, stage, None if detail.is_array_parent else stage.attempt)
     waiting = waiting_since and now - parse_time(waiting_since) > timedelta(
         minutes=svc.settings.spot_wait_signal_minutes
     )

@@ -40,7 +40,6 @@ from spot_hpc.placement import (
     record_placed,
     requeue_to_on_demand,
     spot_stats,
-    start_job_spot_wait,
     start_spot_wait,
     tell_requeue,
 )
@@ -187,12 +186,7 @@ def _track_spot_wait(svc: Services, ref: JobRef, status: str, shard: bool = Fals
     if stage is None:
         return
     if status == "RUNNABLE":
-        if stage.spot_waiting_since:
-            return  # waiting already: the RUNNING that ends the wait learns it
-        if shard:
-            start_spot_wait(svc, stage)
-        else:
-            start_job_spot_wait(svc, stage, ref.attempt)
+        start_spot_wait(svc, stage, None if shard else ref.attempt)
     elif status == "RUNNING":
         end_spot_wait(svc, stage)
 

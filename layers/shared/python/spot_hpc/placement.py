@@ -227,24 +227,22 @@ def spot_stats_now(
     return stats
 
 
-def start_spot_wait(svc: Services, stage: Stage) -> str:
-    """A Spot job waits RUNNABLE for capacity: its wait starts now, unless it has already. Returns when it started."""
+def start_spot_wait(svc: Services, stage: Stage, job_attempt: int | None = None) -> str | None:
+    """A Spot job waits RUNNABLE for capacity: its wait starts now, unless it has already. Returns when it started.
+
+    `job_attempt`, for a job (not an array, whose wait stands while any shard waits, however many run): the wait is
+    dropped, learning nothing, when the job's start is recorded by then (None returned). The job's RUNNING, handled at
+    the same moment, may have read the stage before this wait was written, and so ended none: the wait would go on
+    while the job runs, until the guard's next pass ends it, and teach the policy a gap that never was. Each side
+    writes (this the wait, that the attempt) before it reads the other's, strongly consistent, so one of the two sees
+    the other: here, the attempt."""
     if stage.spot_waiting_since:
         return stage.spot_waiting_since
     since = format_time(utc_now())
     svc.ledger.update_stage(stage.run_id, stage.stage, spot_waiting_since=since)
-    return since
-
-
-def start_job_spot_wait(svc: Services, stage: Stage, attempt: int) -> str | None:
-    """Starts the stage's wait for Spot for its job (of `attempt`) seen RUNNABLE, and drops it, learning nothing, when
-    the job's start is recorded by then. The job's RUNNING, handled at the same moment, may have read the stage before
-    this wait was written, and so ended none: the wait would go on while the job runs, until the guard's next pass
-    ends it, and teach the policy a gap that never was. Each side writes (this the wait, that the attempt) before it
-    reads the other's, strongly consistent, so one of the two sees the other: here, the attempt. Not for an array,
-    whose wait stands while any shard waits, however many run. Returns when the wait started; None when dropped."""
-    since = start_spot_wait(svc, stage)
-    started = svc.ledger.get_attempt(stage.run_id, stage.stage, attempt)
+    if job_attempt is None:
+        return since
+    started = svc.ledger.get_attempt(stage.run_id, stage.stage, job_attempt)
     if started is not None and STATUS_RANK.get(started.status, -1) >= STATUS_RANK["RUNNING"]:
         svc.ledger.drop_spot_wait(stage.run_id, stage.stage, since)
         return None
