@@ -5,7 +5,7 @@ and billed as nothing in the run's cost."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,6 +20,11 @@ from spot_hpc.interruptions import SIGNAL_KEPT_FOR
 from spot_hpc.ledger import InstanceSignal, Ledger
 
 INSTANCE = "i-0aaaaaaaaaaaaaaa1"
+
+
+def _ended_under(*instance_ids: str) -> dict[str, datetime]:
+    """Each instance with when the job an interruption ended there stopped: after every warning the test keeps."""
+    return dict.fromkeys(instance_ids, datetime.max.replace(tzinfo=UTC))
 
 
 def _gateway() -> tuple[BatchGateway, Stubber]:
@@ -66,7 +71,8 @@ def test_an_instance_is_unbilled_when_its_interruption_falls_in_its_first_hour(
     batch, stubber = _gateway()
     stubber.add_response("describe_instances", _described(launched), _request(INSTANCE))
     # WHEN the instances EC2 interrupted within their first hour are asked for
-    found = unbilled_instances(SimpleNamespace(ledger=ledger, batch=batch), [INSTANCE], launched - timedelta(hours=1))  # type: ignore[arg-type]
+    services = SimpleNamespace(ledger=ledger, batch=batch)
+    found = unbilled_instances(services, _ended_under(INSTANCE), launched - timedelta(hours=1))  # type: ignore[arg-type]
     # THEN the instance is among them exactly when the interruption came before its first hour was out
     assert found == ({INSTANCE} if unbilled else set())
     stubber.assert_no_pending_responses()
@@ -81,7 +87,7 @@ def test_an_instance_given_only_a_rebalance_recommendation_is_billed_without_ask
     # WHEN the unbilled instances are asked for
     found = unbilled_instances(
         SimpleNamespace(ledger=ledger, batch=batch),  # type: ignore[arg-type]
-        [INSTANCE, "i-0bbbbbbbbbbbbbbb2"],
+        _ended_under(INSTANCE, "i-0bbbbbbbbbbbbbbb2"),
         utc_clock.now - timedelta(hours=1),
     )
     # THEN there are none, and EC2 was not asked (the stubber holds no response: a call would fail)
@@ -95,7 +101,7 @@ def test_an_instance_ec2_no_longer_describes_is_billed(ledger: Ledger, utc_clock
     batch, stubber = _gateway()
     stubber.add_response("describe_instances", {"Reservations": []}, _request(INSTANCE))
     # WHEN the unbilled instances are asked for
-    found = unbilled_instances(SimpleNamespace(ledger=ledger, batch=batch), [INSTANCE], utc_clock.now)  # type: ignore[arg-type]
+    found = unbilled_instances(SimpleNamespace(ledger=ledger, batch=batch), _ended_under(INSTANCE), utc_clock.now)  # type: ignore[arg-type]
     # THEN it is billed: a cost too high rather than one hidden
     assert found == set()
 
@@ -107,7 +113,7 @@ def test_an_instance_whose_launch_cannot_be_read_is_billed_and_logged(ledger: Le
     stubber.add_client_error("describe_instances", "RequestLimitExceeded", expected_params=_request(INSTANCE))
     # WHEN the unbilled instances are asked for
     with caplog.at_level(logging.WARNING):
-        found = unbilled_instances(SimpleNamespace(ledger=ledger, batch=batch), [INSTANCE], utc_clock.now)  # type: ignore[arg-type]
+        found = unbilled_instances(SimpleNamespace(ledger=ledger, batch=batch), _ended_under(INSTANCE), utc_clock.now)  # type: ignore[arg-type]
     # THEN the instance is billed in full, and the log says why
     assert found == set()
     assert "instance launch times unavailable" in caplog.text
@@ -192,7 +198,8 @@ def test_a_warning_kept_from_before_the_instances_launch_does_not_stand_for_its_
     batch, stubber = _gateway()
     stubber.add_response("describe_instances", _described(launched), _request(INSTANCE))
     # WHEN the instances EC2 interrupted within their first hour are asked for
-    found = unbilled_instances(SimpleNamespace(ledger=ledger, batch=batch), [INSTANCE], launched - timedelta(hours=1))  # type: ignore[arg-type]
+    services = SimpleNamespace(ledger=ledger, batch=batch)
+    found = unbilled_instances(services, _ended_under(INSTANCE), launched - timedelta(hours=1))  # type: ignore[arg-type]
     # THEN the instance is billed: its interruption is the one its own run was warned of, after its first hour (before,
     # the earliest warning kept, dated before the launch, put it in that hour)
     assert found == set()

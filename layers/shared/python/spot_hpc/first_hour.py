@@ -13,7 +13,7 @@ having ended before (even on a checkpoint request, exit 86 or 87), stays billed 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,32 +31,23 @@ INTERRUPTION_LEAD = timedelta(minutes=2)
 UNBILLED_INTERRUPTION_WITHIN = timedelta(hours=1)
 
 
-def unbilled_instances(
-    svc: Services, instance_ids: Iterable[str], since: datetime, stopped: Mapping[str, datetime] | None = None
-) -> set[str]:
-    """Those of `instance_ids` that EC2 interrupted within their first hour, so that AWS charges nothing for them:
-    an interruption warning for the instance was kept (given at `since` or later, and where `stopped` tells when the
-    job or shard an interruption ended there stopped, no later than that: one given after came while the instance sat
-    idle, and Batch may have terminated it first) and the instance's launch time, which EC2 describes for about an
-    hour after it terminated, puts the interruption in that hour. Where the launch time cannot be had the instance
-    counts as billed: a cost reported too high, never one hidden. Those found are kept
+def unbilled_instances(svc: Services, stopped_on: Mapping[str, datetime], since: datetime) -> set[str]:
+    """Those of the instances `stopped_on` names (each with when the job or shard an interruption ended there stopped)
+    that EC2 interrupted within their first hour, so that AWS charges nothing for them. The interruption is the one the
+    first warning kept for the instance announces, given since its launch (one dated before tells of no interruption
+    of this instance's run: given by hand, or replayed), at `since` or later and no later than that stop (one given
+    after came while the instance sat idle, and Batch may have terminated it first); the instance's launch time, which
+    EC2 describes for about an hour after it terminated, puts it in that hour. Where the launch time cannot be had the
+    instance counts as billed: a cost reported too high, never one hidden. Those found are kept
     (`Ledger.keep_unbilled_instance`) for the attempts that ran on them before, whose time there is not billed
     either."""
     warned: dict[str, list[datetime]] = {}
-    for instance_id in set(instance_ids):
+    for instance_id, stopped in stopped_on.items():
         kept = svc.ledger.instance_signals(instance_id, since)
-        until = stopped.get(instance_id) if stopped is not None else None
-        warnings = [parse_time(signal.signalled_at) for signal in kept if signal.warning]
-        if warnings := [at for at in warnings if until is None or at <= until]:
+        if warnings := [at for at in (parse_time(s.signalled_at) for s in kept if s.warning) if at <= stopped]:
             warned[instance_id] = warnings
-    return _interrupted_in_first_hour(svc, warned) if warned else set()
-
-
-def _interrupted_in_first_hour(svc: Services, warned: dict[str, list[datetime]]) -> set[str]:
-    """Those of the instances `warned` (each with the times of its interruption warnings) whose launch time puts the
-    interruption in their first hour, kept (`Ledger.keep_unbilled_instance`); none where the launch times cannot be
-    had (billed in full). The interruption is the one the first warning given since the launch announces: a warning
-    dated before it (given by hand, or replayed) tells of no interruption of this instance's run."""
+    if not warned:
+        return set()
     try:
         described = svc.batch.describe_instances(warned)
     except (BotoCoreError, ClientError):

@@ -270,7 +270,7 @@ def _billing_sets(
                 for instance_id in ids:
                     shard_stopped = from_epoch_ms(shard["stoppedAt"])
                     named[instance_id] = max(shard_stopped, named.get(instance_id, shard_stopped))
-        unbilled = unbilled_instances(svc, named, since, stopped=named) if asked else set()
+        unbilled = unbilled_instances(svc, named, since) if asked else set()
         ran = _shards_ran(ran_on, unbilled)
         billed = [shard for shard in ran if shard.billed]
         held = [HeldInstance(shard.instance_id, shard.seconds, shard.started) for shard in billed]
@@ -296,8 +296,8 @@ def _billing_sets(
     interrupted = _ended_by_an_interruption(detail)
     # A warning given after the job stopped came while the instance sat idle.
     stopped_at = from_epoch_ms(detail.stopped_at) if detail.stopped_at else utc_now()
-    stopped = dict.fromkeys(instance_ids, stopped_at)
-    if instance_ids and interrupted and unbilled_instances(svc, instance_ids, since, stopped) == instance_ids:
+    stopped_on = dict.fromkeys(instance_ids, stopped_at)
+    if instance_ids and interrupted and unbilled_instances(svc, stopped_on, since) == instance_ids:
         sets |= {"interrupted_in_first_hour": True, "unbilled_instance_ids": sorted(instance_ids)}
     return sets
 
