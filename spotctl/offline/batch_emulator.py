@@ -4,7 +4,8 @@ What AWS Batch does and this emulator reproduces: jobs go SUBMITTED -> PENDING -
 SUCCEEDED | FAILED and every change after SUBMITTED is a "Batch Job State Change" event; a Spot job starts only
 when the trace has capacity for all its nodes; two minutes before a reclaim EC2 sends a "Spot Instance Interruption
 Warning" for the instance, and the job then fails with statusReason "Host EC2 (instance i-...) terminated.";
-TerminateJob fails a job with the given reason; retryStrategy.evaluateOnExit decides whether Batch retries.
+TerminateJob fails a job with the given reason (a running one checkpoints on the SIGTERM and exits 86, as the
+job runtime does); retryStrategy.evaluateOnExit decides whether Batch retries.
 Each job runs a workload model: it needs `stage_hours` of compute, resumes from the stage's newest complete
 checkpoint (the job runtime's own store, spot_checkpoint), checkpoints periodically, on the interruption notice (it
 polls instance metadata) and when the control plane asks, and exits with the runtime's codes.
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from spot_checkpoint import EXIT_CHECKPOINTED
+from spot_checkpoint import EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT
 from spot_checkpoint.csvfields import ascii_digits
 from spot_checkpoint.store import CheckpointStore, part_name
 
@@ -372,8 +373,12 @@ class BatchEmulator:
             self._advance_array(job)
             return
         if job.terminate_reason:
-            self._checkpoint(job, now, "terminate (SIGTERM)")
-            self._finish(job, "FAILED", job.terminate_reason, exit_code=143 if job.status == "RUNNING" else None)
+            exit_code = None
+            if job.status == "RUNNING":
+                # The job runtime takes Batch's SIGTERM as a stop: it checkpoints and exits 86, or 87 with no store.
+                self._checkpoint(job, now, "terminate (SIGTERM)")
+                exit_code = EXIT_CHECKPOINTED if self._store(job) else EXIT_STOPPED_WITHOUT_CHECKPOINT
+            self._finish(job, "FAILED", job.terminate_reason, exit_code=exit_code)
             return
         if job.status == "SUBMITTED":
             self._set(job, "PENDING")

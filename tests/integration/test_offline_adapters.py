@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from spot_checkpoint.store import CheckpointStore
 
 from spotctl.offline import adapters
 from spotctl.offline.eventbus import RejectedEntry, check_entry, make_event, schedule_period
@@ -369,6 +370,43 @@ def test_spot_job_is_warned_then_reclaimed_when_the_trace_drops(plane):
     instance_id = plane.batch.jobs[job_id].instance_id
     instances = boto3.client("ec2", region_name=REGION).describe_instances(InstanceIds=[instance_id])
     assert instances["Reservations"][0]["Instances"][0]["InstanceLifecycle"] == "spot"
+
+
+@pytest.mark.parametrize(
+    ("checkpoint_uri", "exit_code"),
+    [("s3://{bucket}/checkpoints/probe-terminate/", 86), (None, 87)],
+    ids=["with-a-checkpoint-store", "without"],
+)
+def test_a_running_job_terminated_stops_as_the_job_runtime_does_on_sigterm(plane, checkpoint_uri, exit_code):
+    # GIVEN a container job running on On-Demand, outside any pipeline, with or without a checkpoint store
+    batch = boto3.client("batch", region_name=REGION)
+    environment = (
+        [{"name": "CHECKPOINT_URI", "value": checkpoint_uri.format(bucket=plane.bucket)}] if checkpoint_uri else []
+    )
+    job_id = batch.submit_job(
+        jobName=f"probe-terminate-{exit_code}",
+        jobQueue=plane.stack.physical_id("OnDemandJobQueue"),
+        jobDefinition=plane.stack.physical_id("PreprocessJobDefinition"),
+        containerOverrides={"environment": environment},
+    )["jobId"]
+    for _ in range(15):
+        plane.step()
+    assert batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "RUNNING"
+    # WHEN it is terminated, as the control plane does on a requeue
+    batch.terminate_job(jobId=job_id, reason="spot-hpc: requeued to On-Demand (probe)")
+    plane.step()
+    # THEN Batch's SIGTERM stopped it as the job runtime stops: exit 86 after writing a checkpoint, 87 with nowhere
+    # to write one; the reason is the one given
+    job = batch.describe_jobs(jobs=[job_id])["jobs"][0]
+    assert (job["status"], job["statusReason"], job["container"]["exitCode"]) == (
+        "FAILED",
+        "spot-hpc: requeued to On-Demand (probe)",
+        exit_code,
+    )
+    if checkpoint_uri:
+        store = CheckpointStore(boto3.client("s3", region_name=REGION), checkpoint_uri.format(bucket=plane.bucket))
+        latest = store.latest()
+        assert latest is not None and latest.progress > 0
 
 
 def test_send_task_failure_keeps_its_cause(plane):
