@@ -48,6 +48,8 @@ def _load(path: Path) -> Any:
         return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise ToolError(f"{path}: not JSON: {exc}") from exc
+    except ValueError as exc:  # JSON Python will not read: an integer of more digits than it converts
+        raise ToolError(f"{path}: JSON that cannot be read: {exc}") from None
     except RecursionError:
         raise ToolError(f"{path}: JSON nested too deeply to read") from None
 

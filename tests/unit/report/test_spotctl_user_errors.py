@@ -566,6 +566,30 @@ def test_a_json_file_nested_too_deeply_is_a_user_error(
     assert f"{deep}: {message}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["report", "--from-json"], " is not valid JSON: Exceeds the limit (4300 digits)"),
+        (["put-events"], ": JSON that cannot be read: Exceeds the limit (4300 digits)"),
+        (["invoke", "SpotInterruptionFunction", "-e"], ": JSON that cannot be read: Exceeds the limit (4300 digits)"),
+        (["demo", "--trace"], ": not a Spot trace (ValueError('Exceeds the limit (4300 digits)"),
+    ],
+)
+def test_a_json_file_with_an_integer_too_long_to_read_is_a_user_error(
+    command: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    # GIVEN a JSON file with an integer of more digits than Python's JSON reader converts (4,300)
+    long = tmp_path / "long.json"
+    long.write_text('{"source": "aws.ec2", "detail-type": "Probe", "detail": {"n": ' + "9" * 5_000 + "}}")
+    _refuse_to_run(monkeypatch, "spotctl.offline.runtime.deploy")
+    # WHEN a command reads it
+    code = main([*command, str(long)])
+    # THEN it is a one-line user error naming the file, not a traceback
+    assert code == 2
+    assert f"{long}{message}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [["put-events"], ["invoke", "SpotInterruptionFunction", "-e"]])
 def test_an_event_file_that_is_not_utf8_text_is_a_user_error(
     command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
