@@ -136,11 +136,14 @@ class EventBus:
         """Delivers one event to every target of every enabled rule whose pattern matches it.
 
         As PutEvents does, the bus gives the entry whatever it left out (id, time, account, region, version, ...),
-        keeping what it gave, so that rules and targets see an event of the shape EventBridge delivers. An entry
+        keeping what it gave, so that rules and targets see an event of the shape EventBridge delivers. An id that is
+        not a non-empty string is none EventBridge gives, and the event gets one of its own instead. An entry
         PutEvents refuses raises RejectedEntry (`check_entry`) and is delivered nowhere.
         """
         check_entry(entry)
         event = {**make_event(entry["source"], entry["detail-type"], entry["detail"]), **entry}
+        if not isinstance(event["id"], str) or not event["id"]:
+            event["id"] = str(uuid.uuid4())
         delivered: list[Delivery] = []
         for rule in self._rules():
             if rule.state != "ENABLED" or rule.scheduled_expression or not rule.event_pattern.matches_event(event):

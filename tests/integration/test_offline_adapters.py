@@ -293,6 +293,21 @@ def test_event_put_with_only_source_and_detail_type_is_completed_as_eventbridge_
     assert (delivered["detail-type"], delivered["detail"]) == ("Bare", {"n": 2})
 
 
+@pytest.mark.parametrize("given_id", [5, None, "", {"id": "x"}])
+def test_event_put_with_an_id_that_is_not_one_gets_an_id_as_eventbridge_gives_it(plane, given_id):
+    # GIVEN a rule whose target fails, so that the event its target was handed waits in the dead-letter queue
+    with _rule_with_a_failing_target(plane, "id-rule", "id.source") as (dlq_url, sqs):
+        # WHEN an event whose id is no event id (not a non-empty string) is put
+        deliveries = plane.put_event({"id": given_id, "source": "id.source", "detail-type": "Id", "detail": {}})
+        messages = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10)["Messages"]
+    # THEN the delivery names it by an id of EventBridge's own, a string (the `event_id` of put-events' --json), and
+    # the target got the event with that id
+    assert [d.status for d in deliveries] == ["error"]
+    event_id = deliveries[0].event_id
+    assert isinstance(event_id, str) and event_id
+    assert any(json.loads(m["Body"])["id"] == event_id for m in messages)
+
+
 def test_scheduled_rule_fires_once_per_period(plane):
     # GIVEN the SLA guard's rate(5 minutes) rule
     now = plane.clock.now()
