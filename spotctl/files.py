@@ -4,6 +4,8 @@ rather than after it."""
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -22,6 +24,32 @@ def read_text(path: Path) -> str:
         raise ToolError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ToolError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def read_json(path: Path, *, finite: bool = True) -> Any:
+    """A JSON file a user gave. Whatever makes it unreadable is one ToolError naming the file. Python's reader also
+    takes NaN, Infinity and 1e400 (inf), which JSON has not: they make the file unreadable, unless `finite` is False
+    for a caller that refuses them itself, naming the field (a scenario file's bad scenario is an error row)."""
+    text = read_text(path)
+    try:
+        if not finite:
+            return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except ValueError as exc:  # also an integer of more digits than Python converts
+        raise ToolError(f"{path}: not JSON: {exc}") from None
+    except RecursionError:
+        raise ToolError(f"{path}: JSON nested too deeply to read") from None
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number (JSON has no NaN or Infinity)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from spotctl.cli import ToolError
-from spotctl.files import check_output, read_text, write_text
+from spotctl.files import check_output, read_json, write_text
 
 # What a function is in template.yaml (SAM's, or a plain one), as `invoke` takes it.
 FUNCTION_TYPES = ("AWS::Serverless::Function", "AWS::Lambda::Function")
@@ -43,17 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     invoke.set_defaults(func=invoke_function)
 
 
-def _load(path: Path) -> Any:
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise ToolError(f"{path}: not JSON: {exc}") from exc
-    except ValueError as exc:  # JSON Python will not read: an integer of more digits than it converts
-        raise ToolError(f"{path}: JSON that cannot be read: {exc}") from None
-    except RecursionError:
-        raise ToolError(f"{path}: JSON nested too deeply to read") from None
-
-
 def _why_unmatched(event: dict[str, Any], near_misses: dict[str, list[str]]) -> str:
     """A line saying that an event reached no rule, and what the rules that take its type also match on."""
     head = f"event {event.get('id', '?')} ({event['source']} / {event['detail-type']}) matched no rule of the stack"
@@ -73,7 +62,7 @@ def put_events(args: argparse.Namespace) -> int:
 
     if args.json:
         check_output(args.json, "--json")
-    events = _load(args.file)
+    events = read_json(args.file)
     events = events if isinstance(events, list) else [events]
     if not events:
         raise ToolError(f"{args.file}: no events (the list is empty)")
@@ -141,7 +130,7 @@ def invoke_function(args: argparse.Namespace) -> int:
     )
     if args.function not in names:
         raise ToolError(f"no function {args.function!r} in {DEFAULT_TEMPLATE.name}; functions: {', '.join(names)}")
-    event = _load(args.event)
+    event = read_json(args.event)
     with OfflineControlPlane() as plane:
         result, errored = plane.invoke(args.function, event)
     print(json.dumps(result, indent=2, default=str))

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from spotctl.cli import ToolError
-from spotctl.files import check_output
+from spotctl.files import check_output, read_json
 
 
 def register(subparsers: Any) -> None:
@@ -59,17 +57,7 @@ def load_run_reports(paths: list[Path]) -> list[dict[str, Any]]:
     reports: list[dict[str, Any]] = []
     found_in: dict[str, Path] = {}
     for path in paths:
-        try:
-            # Python's reader takes NaN, Infinity and 1e400 (inf); JSON has no such numbers, and totals must not either.
-            document = json.loads(
-                path.read_text(encoding="utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float
-            )
-        except OSError as exc:
-            raise ToolError(f"cannot read {path}: {exc.strerror or exc}") from None
-        except ValueError as exc:
-            raise ToolError(f"{path} is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise ToolError(f"{path}: JSON nested too deeply to read") from None
+        document = read_json(path)
         items = document if isinstance(document, list) else [document]
         for position, item in enumerate(items):
             if not isinstance(item, dict):
@@ -87,17 +75,6 @@ def load_run_reports(paths: list[Path]) -> list[dict[str, Any]]:
                 raise ToolError(f"{path}: {exc}") from None
             reports.append(report)
     return reports
-
-
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a finite number (JSON has no NaN or Infinity)")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is not a finite number")
-    return value
 
 
 def load_stack_reports(stack: str, region: str | None) -> tuple[str, list[dict[str, Any]]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from spotctl.cli import ToolError
+from spotctl.files import read_json
 from spotctl.policy_sim.simulator import Job, Stage
 from spotctl.policy_sim.traces import block_trace, nearest_whole, resolve, ticks_to_cover, ticks_within
 
@@ -177,12 +177,7 @@ def build_job(scenario: Scenario, shared_dir: Path) -> Job:
 def load_scenarios(path: Path) -> list[Any]:
     """The raw scenario objects of a scenario file (each is validated when it is run); ids must be unique, since
     results are keyed by id."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ToolError(f"scenario file not found: {path}") from None
-    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
-        raise ToolError(f"cannot read scenario file {path}: {exc}") from None
+    document = read_json(path, finite=False)
     scenarios = document.get("scenarios") if isinstance(document, dict) else None
     if not isinstance(scenarios, list):
         raise ToolError(f'{path}: expected {{"scenarios": [...]}}')

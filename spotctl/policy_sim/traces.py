@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from spotctl.cli import ToolError
+from spotctl.files import read_json
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,10 @@ class BlockedTrace:
 def load_trace(path: str) -> RawTrace:
     """Read and check a trace file (cached: the benchmark reads the same traces many times). The one reader of the
     format: the simulator, the benchmark and the offline runtime's Batch emulator all take traces through it."""
+    document = read_json(Path(path), finite=False)
     try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
         gap, data, prices = document["metadata"]["gap_seconds"], document["data"], document.get("prices")
-    except FileNotFoundError:
-        raise ToolError(f"{path}: no such trace file") from None
-    except OSError as exc:
-        raise ToolError(f"{path}: cannot read the trace: {exc.strerror or exc}") from None
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # RecursionError: nested too deep
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ToolError(f"{path}: not a Spot trace ({exc!r})") from None
     # Refused here rather than failing mid-run.
     if not finite_number(gap) or gap <= 0:

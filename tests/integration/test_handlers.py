@@ -262,7 +262,7 @@ def test_demo_command_reports_bad_input_clearly(tmp_path, capsys):
     # GIVEN a trace file that does not exist, and a deadline that is not positive
     # WHEN / THEN each is a one-line error with exit code 2, before anything runs
     assert main(["demo", "--trace", str(tmp_path / "missing.json")]) == 2
-    assert "no such trace file" in capsys.readouterr().err
+    assert "missing.json: no such file" in capsys.readouterr().err
     assert main(["demo", "--deadline-hours", "-3"]) == 2
     assert "deadline_hours" in capsys.readouterr().err
 

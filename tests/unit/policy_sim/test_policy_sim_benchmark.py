@@ -22,7 +22,7 @@ def test_rows_for_every_policy_and_error_rows_for_invalid_scenarios(tiny_trace, 
     assert {row["policy"] for row in valid} == set(POLICY_ORDER)
     assert all("error" not in row and row["met"] for row in valid if row["policy"] != "spot_only")
     errors = {row["id"]: row["error"] for row in rows if "error" in row}
-    assert "no such trace file" in errors["gone"] and "passes the end" in errors["late"] and "#3" in errors
+    assert "nope.json: no such file" in errors["gone"] and "passes the end" in errors["late"] and "#3" in errors
 
 
 def test_a_trace_with_values_no_trace_has_gives_error_rows(tiny_trace, scenario):

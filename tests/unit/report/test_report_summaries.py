@@ -222,7 +222,8 @@ def test_spotctl_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "cannot read"), ("{not json", "not valid JSON"), ("[1, 2]", "expected a run report"),
+    [(None, "input.json: no such file"), ("{not json", "input.json: not JSON: Expecting property name"),
+     ("[1, 2]", "expected a run report"),
      ('{"run_id": "r"}', "has no 'pipeline_status' field")],
 )  # fmt: skip
 def test_spotctl_report_user_errors(

@@ -259,7 +259,7 @@ def test_demo_refuses_a_trace_that_is_a_directory(tmp_path: Path, capsys: pytest
     code = main(["demo", "--trace", str(tmp_path)])
     # THEN it says the trace cannot be read
     assert code == 2
-    assert "cannot read the trace" in capsys.readouterr().err
+    assert f"cannot read {tmp_path}: Is a directory" in capsys.readouterr().err
 
 
 def test_demo_refuses_an_unwritable_json_path_before_the_run(
@@ -542,52 +542,49 @@ def test_put_events_says_an_empty_list_has_no_events(
     assert "no events" in captured.err and "no rule matched" not in captured.out
 
 
-@pytest.mark.parametrize(
-    ("command", "message"),
-    [
-        (["report", "--from-json"], "JSON nested too deeply to read"),
-        (["put-events"], "JSON nested too deeply to read"),
-        (["invoke", "SpotInterruptionFunction", "-e"], "JSON nested too deeply to read"),
-        (["demo", "--trace"], "not a Spot trace (RecursionError("),
-    ],
-)
-def test_a_json_file_nested_too_deeply_is_a_user_error(
-    command: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
-    # GIVEN a JSON file nested deeper than Python's JSON reader goes (its recursion limit)
-    deep = tmp_path / "deep.json"
-    deep.write_text("[" * 100_000 + "]" * 100_000)
-    _refuse_to_run(monkeypatch, "spotctl.offline.runtime.deploy")
-    # WHEN a command reads it
-    code = main([*command, str(deep)])
-    # THEN it is a one-line user error naming the file, not a traceback
-    assert code == 2
-    assert f"{deep}: {message}" in capsys.readouterr().err
+READING_COMMANDS = [["report", "--from-json"], ["put-events"], ["invoke", "SpotInterruptionFunction", "-e"]]
+EVENT = '{"source": "aws.ec2", "detail-type": "Probe", "detail": {"n": %s}}'
 
 
+@pytest.mark.parametrize("command", [*READING_COMMANDS, ["demo", "--trace"]], ids=lambda command: command[0])
 @pytest.mark.parametrize(
-    ("command", "message"),
+    ("content", "message"),
     [
-        (["report", "--from-json"], " is not valid JSON: Exceeds the limit (4300 digits)"),
-        (["put-events"], ": JSON that cannot be read: Exceeds the limit (4300 digits)"),
-        (["invoke", "SpotInterruptionFunction", "-e"], ": JSON that cannot be read: Exceeds the limit (4300 digits)"),
-        (["demo", "--trace"], ": not a Spot trace (ValueError('Exceeds the limit (4300 digits)"),
+        ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply to read"),  # deeper than Python's recursion limit
+        (EVENT % ("9" * 5_000), "not JSON: Exceeds the limit (4300 digits)"),  # more digits than Python converts
     ],
+    ids=["nested-too-deeply", "integer-too-long"],
 )
-def test_a_json_file_with_an_integer_too_long_to_read_is_a_user_error(
-    command: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_a_json_file_python_cannot_read_is_a_user_error(
+    command: list[str], content: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
-    # GIVEN a JSON file with an integer of more digits than Python's JSON reader converts (4,300)
-    long = tmp_path / "long.json"
-    long.write_text('{"source": "aws.ec2", "detail-type": "Probe", "detail": {"n": ' + "9" * 5_000 + "}}")
+    # GIVEN a JSON file Python's reader cannot take
+    path = tmp_path / "unreadable.json"
+    path.write_text(content)
     _refuse_to_run(monkeypatch, "spotctl.offline.runtime.deploy")
     # WHEN a command reads it
-    code = main([*command, str(long)])
+    code = main([*command, str(path)])
     # THEN it is a one-line user error naming the file, not a traceback
     assert code == 2
-    assert f"{long}{message}" in capsys.readouterr().err
+    assert f"{path}: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", READING_COMMANDS, ids=lambda command: command[0])
+@pytest.mark.parametrize("number", ["NaN", "-Infinity", "1e400"])
+def test_a_json_file_with_a_number_json_has_not_is_a_user_error(
+    command: list[str], number: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    # GIVEN an event or report file with a number Python's reader takes and JSON has not (no AWS service sends one)
+    path = tmp_path / "not-json.json"
+    path.write_text(EVENT % number)
+    _refuse_to_run(monkeypatch, "spotctl.offline.runtime.deploy")
+    # WHEN a command reads it
+    code = main([*command, str(path)])
+    # THEN it is refused as not JSON, naming the file and the number, before anything runs
+    assert code == 2
+    assert f"{path}: not JSON: {number} is not a finite number" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [["put-events"], ["invoke", "SpotInterruptionFunction", "-e"]])
