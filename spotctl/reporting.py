@@ -86,12 +86,17 @@ def summarise_run(run_report: Mapping[str, Any], index: int) -> RunSummary:
     """One run's summary; raises ValueError naming the run and the field when the report lacks a required field or
     one of its figures is not what it can be: costs are numbers from 0 to MAX_RUN_USD, savings a number of at most
     100 %, counts whole numbers from 0 to MAX_RUN_COUNT."""
-    run_id = str(run_report.get("run_id") or f"run-{index + 1}")
+    given_id = run_report.get("run_id")
+    if not (
+        given_id is None or isinstance(given_id, str) or (isinstance(given_id, int) and not isinstance(given_id, bool))
+    ):
+        raise ValueError(f"run report #{index + 1} is malformed: run_id is {shown(given_id)}, not text")
+    run_id = str(given_id or f"run-{index + 1}")
     try:
         return RunSummary(
             run_id=run_id,
             period_start=_parse_started_at(run_report.get("started_at")),
-            status=str(run_report["pipeline_status"]),
+            status=_status(run_report),
             # Only a JSON true: bool("false") is True.
             deadline_met=run_report["deadline_met"] is True,
             cost_usd=_usd(run_report, "cost_usd"),
@@ -305,6 +310,15 @@ def render_report(run_reports: list[dict[str, Any]], plot_path: Path | None, per
         plot_cost_vs_on_demand(runs, plot_path)
         sections += ["", f"Chart written to {plot_path}"]
     return "\n".join(sections)
+
+
+def _status(run_report: Mapping[str, Any]) -> str:
+    """The pipeline's status: SUCCEEDED, FAILED or the state of a run still going. Null or a list would be counted as
+    a run still going."""
+    value = run_report["pipeline_status"]
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"pipeline_status is {shown(value)}, not a status such as SUCCEEDED or FAILED")
+    return value
 
 
 def _parse_started_at(value: Any) -> datetime | None:

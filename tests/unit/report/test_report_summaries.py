@@ -370,6 +370,10 @@ def test_spotctl_report_refuses_non_finite_numbers(
         ([_run_report("run-a", None, 2.0, 10.0, prices_unknown=True)], "prices_unknown"),
         ([_run_report("run-a", None, 2.0, 10.0, on_demand_only_cost_usd=-10.0)], "on_demand_only_cost_usd"),
         ([_run_report("run-a", None, 2.0, 10.0, savings_pct=180.0)], "savings_pct"),
+        # counted as a run still going, under the status "None" or "[1]"
+        ([_run_report("run-a", None, 2.0, 10.0, pipeline_status=None)], "pipeline_status"),
+        ([_run_report("run-a", None, 2.0, 10.0, pipeline_status=["SUCCEEDED"])], "pipeline_status"),
+        ([_run_report("run-a", None, 2.0, 10.0, pipeline_status="")], "pipeline_status"),
     ],
 )
 def test_spotctl_report_refuses_figures_no_run_can_have(
@@ -387,6 +391,29 @@ def test_spotctl_report_refuses_figures_no_run_can_have(
     assert code == 2 and captured.out == ""
     assert captured.err.count("\n") == 1
     assert captured.err.startswith(f"spotctl report: error: {path}: run report 'run-a' is malformed: {field} is ")
+
+
+@pytest.mark.parametrize("run_id", [["run-a"], {"id": "run-a"}, True, 1.5])
+def test_spotctl_report_refuses_a_run_id_that_is_not_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], run_id: object
+) -> None:
+    # GIVEN a report file whose second run's id is not text (nor a number a run could be called by)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([_run_report("run-a", None, 2.0, 10.0), _run_report("x", None, 2.0, 10.0)]))
+    reports = json.loads(path.read_text())
+    reports[1]["run_id"] = run_id
+    path.write_text(json.dumps(reports))
+
+    # WHEN `spotctl report` reads it
+    code = main(["report", "--from-json", str(path)])
+
+    # THEN it prints no table but a one-line error naming the file, the run by its place and the field
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert (
+        captured.err
+        == f"spotctl report: error: {path}: run report #2 is malformed: run_id is {json.dumps(run_id)}, not text\n"
+    )
 
 
 def test_a_non_finite_figure_is_a_malformed_report() -> None:
