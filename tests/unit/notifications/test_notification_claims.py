@@ -395,6 +395,65 @@ def test_an_at_risk_notice_another_guard_pass_holds_fails_no_pass_and_a_pass_aft
     assert len(sink.delivered_messages) == 1 and "at risk" in sink.delivered_messages[0]["text"].lower()
 
 
+class WaitingForSpot:
+    """Batch as the guard sees it: every job RUNNABLE on the Spot queue; the jobs the guard submits and terminates."""
+
+    def __init__(self) -> None:
+        self.submitted: list[Any] = []
+        self.terminated: list[str] = []
+
+    def describe(self, job_ids: list[str]) -> dict[str, Any]:
+        return {j: {"jobId": j, "jobName": j, "jobQueue": "spot", "status": "RUNNABLE"} for j in job_ids}
+
+    def find_jobs_named(self, queue: str, name: str) -> list[str]:
+        return []
+
+    def submit(self, request: Any) -> str:
+        self.submitted.append(request)
+        return f"job-{len(self.submitted) + 1}"
+
+    def terminate(self, job_id: str, reason: str) -> None:
+        self.terminated.append(job_id)
+
+
+def test_an_at_risk_notice_sns_refuses_does_not_keep_the_guard_from_moving_the_stage_to_on_demand(
+    services, sink, utc_clock, monkeypatch
+):
+    # GIVEN RUN's last stage waiting 20 minutes for Spot with an hour of work and 1.15 h to the run's deadline (at
+    # risk, and waiting any longer would leave no time for On-Demand), and SNS throttling the at-risk notice
+    run = dataclasses.replace(
+        RUN, deadline_at=format_time(utc_now() + timedelta(hours=1.15)), started_at=format_time(utc_now())
+    )
+    services.ledger.create_run(run, [Stage(RUN.run_id, "postprocess", 0, 1.0, True, 1)])
+    services.ledger.claim_attempt(RUN.run_id, "postprocess", 0, capacity="spot")
+    waiting_since = format_time(utc_now() - timedelta(minutes=20))
+    services.ledger.record_attempt(
+        Attempt(RUN.run_id, "postprocess", 1, "job-1", "spot", "spot", 1, waiting_since, status="RUNNABLE")
+    )
+    services.ledger.update_stage(RUN.run_id, "postprocess", spot_waiting_since=waiting_since)
+    services.batch = WaitingForSpot()
+
+    real_publish = services.sns.publish
+
+    def refuse_at_risk(**kwargs: Any) -> Any:
+        if kwargs["MessageAttributes"]["kind"]["StringValue"] == "sla_at_risk":
+            raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "Publish")
+        return real_publish(**kwargs)
+
+    monkeypatch.setattr(services.sns, "publish", refuse_at_risk)
+
+    # WHEN the guard runs a pass
+    result = run_guard(services)
+
+    # THEN the stage was moved to On-Demand all the same (the Spot job ended), and the notice is left to a later pass
+    assert [a["action"] for a in result["actions"]] == ["requeued to On-Demand"]
+    assert [job.queue for job in services.batch.submitted] == ["on-demand"]
+    assert services.batch.terminated == ["job-1"]
+    key = notification_dedupe_key(RUN.run_id, "postprocess", "sla_at_risk")
+    assert not services.ledger.notification_sent(key)
+    assert ["at risk" in m["text"].lower() for m in sink.delivered_messages] == [False]
+
+
 # ------------------------------------------------------------------ claims keep their notice; the guard sends orphans
 REQUEUED = Notification(kind="requeued", run_id=RUN.run_id, stage="hpc", reason="deadline at risk", attempt=2)
 NOTICE = REQUEUED.dedupe_key

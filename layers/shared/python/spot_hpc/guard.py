@@ -216,13 +216,18 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
     # At risk: the stage may no longer finish in time for the run's deadline, the later stages on On-Demand, once it
     # starts On-Demand (a changeover), or on Spot, once a reclaim makes it do so (two). Its share of the slack is only
     # what the policy plans with: a stage that cannot use Spot gets none, and would be told at risk on every run.
-    # Once per run and stage; a claim another pass holds is left to it, and the next pass raises it again.
+    # Once per run and stage; a claim another pass holds is left to it, and the next pass raises it again. So does the
+    # next pass when it could not be sent (SNS or the ledger throttled): the stage's placement, below, never waits on
+    # it, least of all when it is at risk.
     if view.latest_hours - view.remaining_hours < (2 if stage.capacity == "spot" else 1) * change:
         reason = (
             f"{view.remaining_hours:.2f} h of work left, {view.latest_hours:.2f} h until it must be done for the "
             "run's deadline"
         )
-        notify(svc, "sla_at_risk", run, stage.stage, reason)
+        try:
+            notify(svc, "sla_at_risk", run, stage.stage, reason)
+        except Exception:
+            logger.exception("at-risk notice not sent", extra={"run_id": run.run_id, "stage": stage.stage})
     if stage.capacity != "spot":
         return None
 
