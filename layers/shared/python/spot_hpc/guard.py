@@ -64,15 +64,16 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
             deferred = len(stages) - index
             logger.warning("pass out of time: stages left to the next pass", extra={"deferred": deferred})
             break
-        if stage.run_id not in runs:
-            runs[stage.run_id], settlement = _current_run(svc, stage.run_id)
-            if settlement is not None:
-                settlements[stage.run_id] = settlement
-        run = runs[stage.run_id]
-        if run is None:
-            continue
         action: str | None
         try:
+            if stage.run_id not in runs:
+                # Read once a pass; a read that failed (its partition throttled) is tried again for its next stage.
+                runs[stage.run_id], settlement = _current_run(svc, stage.run_id)
+                if settlement is not None:
+                    settlements[stage.run_id] = settlement
+            run = runs[stage.run_id]
+            if run is None:
+                continue
             if run.run_id in settlements:
                 action = "settled the run as failed: its execution had ended (its stages stopped)"
             elif run.status != "RUNNING":
@@ -81,7 +82,7 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
                 action = f"stopped: the run is {run.status}"
             else:
                 action = _guard_stage(svc, run, stage, jobs.get(stage.job_id or ""))
-        except Exception:  # one broken stage must not stop the guard from looking after the others
+        except Exception:  # one broken stage (or its run's read) must not stop the guard from looking after the others
             logger.exception("guard failed on a stage", extra={"run_id": stage.run_id, "stage": stage.stage})
             action = "error"
         if action:

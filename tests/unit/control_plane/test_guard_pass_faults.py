@@ -1,0 +1,60 @@
+"""The SLA guard's pass when AWS fails under it: a call failing for one run leaves the others looked after."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from spot_hpc.guard import run_guard
+from spot_hpc.ledger import Run, Stage
+
+
+class LedgerThrottlingOneRun:
+    """Active stages of runs that are gone, and one run whose item DynamoDB throttles (its partition hot with its own
+    jobs' events); records which runs the pass looked up."""
+
+    def __init__(self, stages: list[Stage], throttled: str) -> None:
+        self.stages = stages
+        self.throttled = throttled
+        self.looked_up: list[str] = []
+
+    def active_stages(self) -> Iterator[Stage]:
+        return iter(self.stages)
+
+    def open_runs(self) -> Iterator[Run]:
+        return iter([])
+
+    def get_run(self, run_id: str) -> Run | None:
+        self.looked_up.append(run_id)
+        if run_id == self.throttled:
+            error = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "Rate exceeded"}}
+            raise ClientError(error, "GetItem")  # type: ignore[arg-type]
+        return None
+
+
+class NoJobs:
+    def describe(self, job_ids: list[str]) -> dict[str, Any]:
+        return {}
+
+
+@pytest.fixture(autouse=True)
+def no_notices_to_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Sent last in a pass (tests/unit/notifications/test_parked_notices.py and test_notification_claims.py).
+    monkeypatch.setattr("spot_hpc.guard.redeliver_parked_notices", lambda svc, remaining: {"sent": 0})
+    monkeypatch.setattr("spot_hpc.guard.send_orphaned_notices", lambda svc, remaining, **_: ({"sent": 0}, []))
+
+
+def test_a_run_the_ledger_cannot_read_now_leaves_the_other_runs_checked(utc_clock) -> None:
+    # GIVEN active stages of five runs, and DynamoDB throttling the read of one of them
+    stages = [Stage(f"run-{number}", "preprocess", 0, 1.0, True, 1) for number in range(5)]
+    ledger = LedgerThrottlingOneRun(stages, throttled="run-2")
+
+    # WHEN the guard runs a pass
+    result = run_guard(SimpleNamespace(ledger=ledger, batch=NoJobs(), pipeline=None))
+
+    # THEN every run was looked up, and the throttled run's stage is told as an error for a later pass to check again
+    assert sorted(ledger.looked_up) == [f"run-{number}" for number in range(5)]
+    assert result["actions"] == [{"run_id": "run-2", "stage": "preprocess", "action": "error"}]
