@@ -8,8 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 from spot_hpc.clock import format_time
-from spot_hpc.job_events import _learn_spot, _track_spot_wait
-from spot_hpc.ledger import SPOT_STATS_TRIES, Attempt, JobRef, Ledger, LedgerContended, Run, Stage
+from spot_hpc.events import BatchJobDetail
+from spot_hpc.job_events import _learn_spot, _track_spot_wait, apply_job_state
+from spot_hpc.ledger import CANCEL_REQUEUE, SPOT_STATS_TRIES, Attempt, JobRef, Ledger, LedgerContended, Run, Stage
 from spot_hpc.placement import end_spot_wait
 from spot_hpc.policy import SpotStats
 from spot_hpc.run_report import FailureClass
@@ -182,3 +183,27 @@ def test_an_array_waits_while_a_shard_does_though_others_run(ledger: Ledger, utc
     # THEN the stage waits for Spot: the array cannot finish without that shard
     stage = ledger.get_stage("r1", "preprocess")
     assert stage is not None and stage.spot_waiting_since is not None
+
+
+@pytest.mark.parametrize("recorded", ["SUBMITTED", "RUNNABLE"], ids=["told late", "told again"])
+def test_a_runnable_of_a_spot_job_requeued_to_on_demand_starts_no_wait(ledger: Ledger, utc_clock, recorded: str):
+    # GIVEN a Spot job waiting for capacity (recorded `recorded`) that the SLA guard replaced by an On-Demand one, its
+    # wait learnt and its end not told yet
+    svc = _services(ledger)
+    ref = _runnable_stage(ledger, utc_clock, recorded)
+    ledger.cancel_attempt("r1", "preprocess", 1, CANCEL_REQUEUE)
+    ledger.claim_attempt("r1", "preprocess", 1, capacity="on-demand")
+    placed = format_time(utc_clock.now)
+    ledger.record_attempt(Attempt("r1", "preprocess", 2, "job-2", "od-queue", "on-demand", 1, placed))
+    # WHEN the Spot job's RUNNABLE is handled then (EventBridge tells it late, or again), and the On-Demand job's wait
+    # for its instance ends an hour later (the stage's next placement ends any wait it has)
+    detail = {"jobId": ref.job_id, "jobName": "j", "jobQueue": "spot-queue", "status": "RUNNABLE"}
+    apply_job_state(svc, BatchJobDetail.model_validate(detail))
+    utc_clock.advance(hours=1)
+    stage = ledger.get_stage("r1", "preprocess")
+    assert stage is not None
+    end_spot_wait(svc, stage)
+    # THEN the stage, on On-Demand, never waited for Spot: the policy learnt no gap of the hour
+    after = ledger.get_stage("r1", "preprocess")
+    assert stage.spot_waiting_since is None and after is not None and after.spot_waiting_since is None
+    assert _learnt(ledger).down_hours == 0.0

@@ -181,9 +181,13 @@ SPOT_WAIT_STATUSES = ("RUNNABLE", "RUNNING")
 
 def _track_spot_wait(svc: Services, ref: JobRef, status: str, shard: bool = False) -> None:
     """A Spot job waits RUNNABLE while there is no capacity: the wait, once over, teaches the stage's statistics. An
-    array's (`shard`: a shard's status) waits while any shard does, however many run."""
+    array's (`shard`: a shard's status) waits while any shard does, however many run.
+
+    Only the stage's current attempt's job tells of the stage's wait: a job it has replaced (a Spot job requeued to
+    On-Demand, whose RUNNABLE is told late or again before its end) would start a wait on the stage's next attempt,
+    which the policy would then learn as a gap in Spot capacity."""
     stage = svc.ledger.get_stage(ref.run_id, ref.stage)
-    if stage is None:
+    if stage is None or stage.attempt != ref.attempt:
         return
     if status == "RUNNABLE":
         start_spot_wait(svc, stage, None if shard else ref.attempt)
