@@ -9,9 +9,11 @@ from urllib.parse import quote_plus
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from offline_runs import QUICK_STAGES
 from sample_events import load_event
 from spot_hpc.clock import format_time, parse_time
+from spot_hpc.ledger import Ledger
 
 from spotctl.offline.demo import control_plane_services
 from spotctl.offline.runtime import REGION, OfflineControlPlane
@@ -129,3 +131,29 @@ def test_an_upload_event_whose_time_has_no_zone_counts_it_as_utc(plane):
     # THEN the run starts, as of that time in UTC
     assert not errored and result["status"] == "started", result
     assert parse_time(control_plane_services(plane).ledger.get_run(result["run_id"]).started_at) == uploaded_at
+
+
+def test_an_upload_whose_first_handling_failed_writing_its_stages_has_them_all_once_retried(plane, monkeypatch):
+    # GIVEN an upload whose first handling has DynamoDB throttle the write of one of its run's stages (after the
+    # SDK's retries), so that the handler fails and its event is delivered again
+    key = "incoming/throttled.csv"
+    event = _event(plane, key, _put(plane, key, metadata={"deadline-hours": "6"}))
+    real_put = Ledger._put
+    throttled: list[str] = []
+
+    def throttle_a_stage_once(self, item, *args, **kwargs):
+        if str(item["sk"]) == "STAGE#hpc" and not throttled:
+            throttled.append(item["pk"])
+            error = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "Rate exceeded"}}
+            raise ClientError(error, "PutItem")
+        return real_put(self, item, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Ledger, "_put", throttle_a_stage_once)
+        _, first_errored = plane.invoke("StartPipelineFunction", event)
+    # WHEN its event is handled again
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN the run is started with every one of its stages in the ledger, for the state machine to run
+    stages = control_plane_services(plane).ledger.get_stages(result["run_id"])
+    assert throttled and first_errored and not errored, result
+    assert [stage.stage for stage in stages] == ["preprocess", "hpc", "postprocess"]

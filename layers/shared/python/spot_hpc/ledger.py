@@ -366,11 +366,14 @@ class Ledger:
 
     # ------------------------------------------------------------------ runs
     def create_run(self, run: Run, stages: list[Stage]) -> None:
-        """Writes the run first (its conditional put is the exactly-once gate), then its stages. The run is open until
-        its end has been told (`close_run`)."""
-        self._put_new(_run_key(run.run_id), {**asdict(run), "active": _OPEN_RUN, "active_sk": run.run_id})
+        """Writes the run's stages, then the run (its conditional put is the exactly-once gate): a run in the ledger has
+        all its stages, though its handler failed part way (a write throttled, a timeout), whose retry finds the run
+        and only starts it. A stage written already (by that failed handler, or a delivery racing this one) is left
+        as it is. The run is open until its end has been told (`close_run`)."""
         for stage in stages:
-            self._put({**_stage_key(run.run_id, stage.stage), **asdict(stage)})
+            with contextlib.suppress(LedgerConflict):
+                self._put_new(_stage_key(run.run_id, stage.stage), asdict(stage))
+        self._put_new(_run_key(run.run_id), {**asdict(run), "active": _OPEN_RUN, "active_sk": run.run_id})
 
     def get_run(self, run_id: str) -> Run | None:
         item = self._table.get_item(Key=_run_key(run_id), ConsistentRead=True).get("Item")
