@@ -633,6 +633,44 @@ def test_a_requeue_that_dies_before_submitting_is_resubmitted_on_demand_and_the_
     ]
 
 
+def test_a_requeued_spot_job_whose_end_is_lost_is_recorded_by_the_guard_and_not_terminated_again(monkeypatch, tmp_path):
+    # GIVEN no Spot capacity, so that the SLA guard requeues the waiting Spot job to On-Demand, and the Spot job's
+    # end (FAILED, as TerminateJob leaves it) lost on its way to the control plane
+    real_terminate = BatchGateway.terminate
+    terminated: list[str] = []
+
+    def count_terminations(self, job_id, reason):
+        terminated.append(job_id)
+        return real_terminate(self, job_id, reason)
+
+    monkeypatch.setattr(BatchGateway, "terminate", count_terminations)
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 0), stage_hours=QUICK_STAGES) as plane:
+        deliver = plane.bus.put
+        lost: list[str] = []
+
+        def lose_the_spot_job_s_end(event):
+            detail = event["detail"]
+            spot_job = event["source"] == "aws.batch" and detail["jobName"].endswith("-preprocess-a1")
+            if spot_job and detail["status"] in TERMINAL_STATUSES:
+                lost.append(detail["status"])
+                return []
+            return deliver(event)
+
+        plane.bus.put = lose_the_spot_job_s_end  # type: ignore[method-assign]
+        upload_quick_run(plane, 2.5)
+        # WHEN the run goes its course (the guard looks at every active stage every 5 minutes)
+        status = plane.run_until_settled(max_hours=6)
+        spot_job = next(job for job in plane.batch.jobs.values() if job.name.endswith("-preprocess-a1"))
+        _, preprocess = _attempts(plane, "preprocess")
+    # THEN the guard recorded the Spot job's end from Batch, with its stop, and terminated it once (the requeue did)
+    assert lost == ["FAILED"] and status == "SUCCEEDED"
+    assert [(a.capacity, a.status, a.stopped_at is not None) for a in preprocess] == [
+        ("spot", "FAILED", True),
+        ("on-demand", "SUCCEEDED", True),
+    ]
+    assert terminated.count(spot_job.job_id) == 1
+
+
 def test_hpc_in_shards_mode_runs_as_an_array_job_on_spot(tmp_path):
     # GIVEN a trace with Spot capacity for 4 nodes throughout, and an upload asking for 3 independent HPC shards
     with OfflineControlPlane(trace=steady_trace(tmp_path, 4), stage_hours=QUICK_STAGES) as plane:

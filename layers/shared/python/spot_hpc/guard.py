@@ -1,7 +1,8 @@
 """The SLA guard (scheduled): re-evaluates every active stage and repairs what lost events left behind.
 
 One query of the sparse active-stages index and one DescribeJobs per 100 jobs, whatever the table's size; then, per
-active run, one read of the run and one DescribeExecution. Last, with bounded time: one query of the same index for
+active run, one read of the run and one DescribeExecution, and a DescribeJobs more for a Spot job replaced by an
+On-Demand one whose end is not recorded yet. Last, with bounded time: one query of the same index for
 runs whose execution ended without telling their end (a DescribeExecution for each open run without active stages),
 one for notices whose claimer died before sending them (`notifier.send_orphaned_notices`), and the parked Slack
 notices.
@@ -271,11 +272,18 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
 
 
 def _end_requeued_job(svc: Services, stage: Stage) -> None:
-    """Terminates the Spot job of the attempt before, if it was requeued to On-Demand and has not ended: the
+    """Ends the Spot job of the attempt before, if it was requeued to On-Demand and its end is not recorded. Either the
     requeue's handler died between placing the On-Demand job and terminating the Spot one, which would otherwise run
-    on when capacity returns, writing to the same outputs."""
+    on when capacity returns, writing to the same outputs: it is terminated. Or its end was told nowhere (an event
+    lost): recorded now, as its event would have been, with its stop, its bill and the notices of what followed;
+    otherwise it would be billed without end and terminated again at every pass."""
     if stage.attempt <= 1:
         return
     previous = svc.ledger.get_attempt(stage.run_id, stage.stage, stage.attempt - 1)
-    if previous and previous.cancel_reason and previous.job_id and previous.status not in TERMINAL_STATUSES:
-        svc.batch.terminate(previous.job_id, f"spot-hpc: {previous.cancel_reason} (attempt {previous.attempt})")
+    if not (previous and previous.cancel_reason and previous.job_id and previous.status not in TERMINAL_STATUSES):
+        return
+    job = svc.batch.describe([previous.job_id]).get(previous.job_id)
+    if job is not None and job.get("status") in TERMINAL_STATUSES:
+        apply_job_state(svc, BatchJobDetail.model_validate(job))
+        return
+    svc.batch.terminate(previous.job_id, f"spot-hpc: {previous.cancel_reason} (attempt {previous.attempt})")
