@@ -614,3 +614,40 @@ def test_uploads_and_the_ledger_outlive_the_stack_and_function_logs_expire(trans
     for name, function in functions.items():
         assert function["LoggingConfig"]["LogGroup"] == {"Ref": "FunctionLogGroup"}, name
     assert resources["FunctionLogGroup"]["Properties"]["RetentionInDays"] == 90
+
+
+# ------------------------------------------------------------------ metrics, alarms and the dashboard
+def _custom_metric_services(resources: dict[str, Any]) -> dict[str, Any]:
+    """The `service` dimension of every SpotHpc metric the stack's alarms and dashboard watch, by where it is."""
+    services: dict[str, Any] = {}
+    for name, resource in resources.items():
+        properties = resource.get("Properties", {})
+        if resource["Type"] == "AWS::CloudWatch::Alarm" and properties.get("Namespace") == "SpotHpc":
+            dimensions = {d["Name"]: d["Value"] for d in properties["Dimensions"]}
+            services[name] = dimensions["service"]
+        if resource["Type"] == "AWS::CloudWatch::Dashboard":
+            body = json.loads(properties["DashboardBody"]["Fn::Sub"])
+            for widget in body["widgets"]:
+                title = widget["properties"]["title"]
+                for index, metric in enumerate(widget["properties"].get("metrics", [])):
+                    if metric[0] == "SpotHpc":
+                        services[f"{name}:{title}[{index}]"] = metric[metric.index("service") + 1]
+    return services
+
+
+def test_each_stacks_alarms_and_dashboard_watch_its_own_runs_not_another_stacks(monkeypatch):
+    from spot_hpc.metrics import new_metrics
+
+    template = source_template()
+    # GIVEN stacks of this template in one account and region (samconfig.toml has a default and a prod one), whose
+    # functions all publish to the SpotHpc namespace
+    services = {json.dumps(_environment(template, f)["POWERTOOLS_SERVICE_NAME"]) for f in HANDLER_CALLS}
+    watched = _custom_metric_services(template["Resources"])
+    # THEN each stack's functions publish under a service dimension of their own, the stack's name
+    assert services == {json.dumps({"Ref": "AWS::StackName"})}
+    # AND its alarms and dashboard watch that one (a missed deadline of the other stack would raise this one's alarm)
+    assert watched and all(v in ({"Ref": "AWS::StackName"}, "${AWS::StackName}") for v in watched.values()), watched
+    # AND the metrics are published under the service the function's environment names
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "spot-hpc-prod")
+    metrics = new_metrics()
+    assert metrics.service == "spot-hpc-prod"

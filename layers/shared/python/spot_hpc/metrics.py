@@ -10,6 +10,7 @@ The template's dashboard and alarms use the same namespace, names and `service` 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +19,8 @@ from spot_hpc.intake import NOT_THIS_STACKS_INSTANCE
 from spot_hpc.run_report import FailureClass
 
 NAMESPACE = "SpotHpc"
-# Powertools' `service` dimension; the template sets POWERTOOLS_SERVICE_NAME to the same value.
+# Powertools' `service` dimension: POWERTOOLS_SERVICE_NAME, which the template sets to the stack's name (its alarms and
+# dashboard watch that one, not another stack's runs in the same account); this one where it is not set.
 SERVICE = "spot-hpc"
 SERVICE_DIMENSION = "service"
 STAGE_DIMENSION = "Stage"
@@ -52,7 +54,7 @@ def new_metrics() -> Any:
     """A Powertools `Metrics` in the control plane's namespace and service (import kept lazy for cold starts)."""
     from aws_lambda_powertools import Metrics
 
-    return Metrics(namespace=NAMESPACE, service=SERVICE)
+    return Metrics(namespace=NAMESPACE, service=os.environ.get("POWERTOOLS_SERVICE_NAME") or SERVICE)
 
 
 def count_reclaims(run_report: Mapping[str, Any]) -> int:
