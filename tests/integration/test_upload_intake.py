@@ -14,6 +14,7 @@ from offline_runs import QUICK_STAGES
 from sample_events import load_event
 from spot_hpc.clock import format_time, parse_time
 from spot_hpc.ledger import Ledger
+from spot_hpc.pipeline import stage_timeout_seconds
 
 from spotctl.offline.demo import control_plane_services
 from spotctl.offline.runtime import REGION, OfflineControlPlane
@@ -157,3 +158,25 @@ def test_an_upload_whose_first_handling_failed_writing_its_stages_has_them_all_o
     stages = control_plane_services(plane).ledger.get_stages(result["run_id"])
     assert throttled and first_errored and not errored, result
     assert [stage.stage for stage in stages] == ["preprocess", "hpc", "postprocess"]
+
+
+def test_a_run_that_could_outlast_the_ledgers_retention_is_refused_not_lost_half_way(plane):
+    settings = control_plane_services(plane).settings
+    retention_hours = settings.ledger_retention_days * 24
+    # GIVEN an upload whose deadline the stack accepts, but whose stages the state machine may wait on for longer than
+    # the ledger keeps what it writes (LedgerRetentionDays): DynamoDB would delete the run, its stages and jobs while
+    # they still run, and their Batch events would then find nothing to settle
+    key = "incoming/outlasts-the-ledger.csv"
+    hours = retention_hours - 1
+    assert stage_timeout_seconds(hours, {}) > retention_hours * 3600
+    event = _event(plane, key, _put(plane, key, metadata={"deadline-hours": str(hours)}))
+    # WHEN it is handled
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN it is refused, the reason naming the retention to raise, and nothing of it starts
+    assert not errored and result["status"] == "rejected", result
+    assert "LedgerRetentionDays" in result["reason"], result
+    # AND a run that ends well within the retention starts as before
+    key = "incoming/within-the-ledger.csv"
+    event = _event(plane, key, _put(plane, key, metadata={"deadline-hours": str(retention_hours / 2)}))
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    assert not errored and result["status"] == "started", result

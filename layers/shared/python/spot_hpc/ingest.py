@@ -85,6 +85,15 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
         )
     except InvalidRunOptions as exc:
         raise Rejected(f"invalid run options: {exc}") from exc
+    # Every ledger item expires the retention after it is written (DynamoDB TTL): a run the state machine may still
+    # wait on by then would lose its run, stages and jobs half way, and its jobs' events would settle nothing.
+    longest_wait_hours = stage_timeout_seconds(options.deadline_hours, options.stage_hours) / 3600
+    if longest_wait_hours > svc.settings.ledger_retention_days * 24:
+        raise Rejected(
+            f"deadline {options.deadline_hours:g} h: the run may go on for {longest_wait_hours:g} h, longer than the "
+            f"ledger keeps its records ({svc.settings.ledger_retention_days} days; raise the stack's "
+            "LedgerRetentionDays or set a shorter deadline)"
+        )
 
     # The deadline counts from the upload, not from when its event is handled (EventBridge retries an event for up
     # to an hour, Lambda for hours more).
