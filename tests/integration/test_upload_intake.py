@@ -180,3 +180,24 @@ def test_a_run_that_could_outlast_the_ledgers_retention_is_refused_not_lost_half
     event = _event(plane, key, _put(plane, key, metadata={"deadline-hours": str(retention_hours / 2)}))
     result, errored = plane.invoke("StartPipelineFunction", event)
     assert not errored and result["status"] == "started", result
+
+
+@pytest.mark.parametrize(
+    ("metadata", "status"),
+    [
+        ({"hpc-nodes": "9"}, "rejected"),  # 288 vCPUs: more than the HPC environment's 256 (HpcMaxVcpus)
+        ({"hpc-nodes": "8"}, "started"),  # 256: fits
+        ({"hpc-nodes": "9", "hpc-mode": "shards"}, "started"),  # shards run one by one on the Spot queue
+    ],
+    ids=["multinode-too-many", "multinode-fits", "shards"],
+)
+def test_a_multinode_run_whose_nodes_cannot_fit_the_hpc_environment_is_refused(plane, metadata, status):
+    # GIVEN an upload asking for HPC nodes of 32 vCPUs each, on the stack's HPC environment of 256 vCPUs
+    key = f"incoming/nodes-{metadata['hpc-nodes']}-{metadata.get('hpc-mode', 'multinode')}.csv"
+    event = _event(plane, key, _put(plane, key, metadata={"deadline-hours": "12", **metadata}))
+    # WHEN it is handled
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN a multi-node job that could never start is refused at once, naming the parameter to raise
+    assert not errored and result["status"] == status, result
+    if status == "rejected":
+        assert "needs 288 vCPUs" in result["reason"] and "HpcMaxVcpus" in result["reason"], result

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import pytest
 from annotated_types import Ge, Gt, Le
-from spot_hpc.pipeline import INGEST_PREFIX, stage_output_uri
+from spot_hpc.pipeline import HPC_NODE_VCPUS, INGEST_PREFIX, stage_output_uri
 from spot_hpc.placement import checkpoint_uri
 from spot_hpc.settings import ControlPlaneSettings
 from template_grants import (
@@ -528,6 +528,19 @@ def test_multinode_jobs_go_to_an_on_demand_queue_and_containers_can_read_the_spo
         options = templates[launch["LaunchTemplateId"]["Ref"]]["LaunchTemplateData"]["MetadataOptions"]
         assert options["HttpEndpoint"] == "enabled" and options["HttpTokens"] == "required", name
         assert options["HttpPutResponseHopLimit"] >= 2, name
+
+
+def test_each_hpc_node_asks_for_the_vcpus_the_intake_counts_against_the_hpc_environment():
+    # GIVEN the multi-node HPC job definition and its environment
+    definition = _resources("AWS::Batch::JobDefinition")["HpcJobDefinition"]
+    environment = _resources("AWS::Batch::ComputeEnvironment")["HpcComputeEnvironment"]["ComputeResources"]
+    env = source_template()["Globals"]["Function"]["Environment"]["Variables"]
+    # WHEN / THEN every node asks for the vCPUs the intake counts per node, and the intake is told the environment's
+    # ceiling (a run asking for more nodes than fit is refused at upload, not left RUNNABLE)
+    for node_range in definition["NodeProperties"]["NodeRangeProperties"]:
+        requirements = {r["Type"]: r["Value"] for r in node_range["Container"]["ResourceRequirements"]}
+        assert int(requirements["VCPU"]) == HPC_NODE_VCPUS
+    assert environment["MaxvCpus"] == {"Ref": "HpcMaxVcpus"} and env["HPC_MAX_VCPUS"] == {"Ref": "HpcMaxVcpus"}
 
 
 def test_compute_environments_are_updated_in_place_so_updates_keep_their_jobs():

@@ -14,8 +14,10 @@ from spot_hpc.intake import Rejected, parse_event, reject
 from spot_hpc.ledger import LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify, notify_rejected_upload
 from spot_hpc.pipeline import (
+    HPC_NODE_VCPUS,
     INGEST_PREFIX,
     InvalidRunOptions,
+    RunOptions,
     build_run_options,
     manifest_key,
     run_id_for,
@@ -85,15 +87,7 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
         )
     except InvalidRunOptions as exc:
         raise Rejected(f"invalid run options: {exc}") from exc
-    # Every ledger item expires the retention after it is written (DynamoDB TTL): a run the state machine may still
-    # wait on by then would lose its run, stages and jobs half way, and its jobs' events would settle nothing.
-    longest_wait_hours = stage_timeout_seconds(options.deadline_hours, options.stage_hours) / 3600
-    if longest_wait_hours > svc.settings.ledger_retention_days * 24:
-        raise Rejected(
-            f"deadline {options.deadline_hours:g} h: the run may go on for {longest_wait_hours:g} h, longer than the "
-            f"ledger keeps its records ({svc.settings.ledger_retention_days} days; raise the stack's "
-            "LedgerRetentionDays or set a shorter deadline)"
-        )
+    _refuse_what_the_stack_cannot_run(svc, options)
 
     # The deadline counts from the upload, not from when its event is handled (EventBridge retries an event for up
     # to an hour, Lambda for hours more).
@@ -129,6 +123,28 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
         assert existing is not None
         return _ensure_started(svc, existing, duplicate=True)
     return _ensure_started(svc, run, duplicate=False)
+
+
+def _refuse_what_the_stack_cannot_run(svc: Services, options: RunOptions) -> None:
+    """Options valid in themselves that this stack cannot see through: refused now, not found out hours later."""
+    # Every ledger item expires the retention after it is written (DynamoDB TTL): a run the state machine may still
+    # wait on by then would lose its run, stages and jobs half way, and its jobs' events would settle nothing.
+    longest_wait_hours = stage_timeout_seconds(options.deadline_hours, options.stage_hours) / 3600
+    if longest_wait_hours > svc.settings.ledger_retention_days * 24:
+        raise Rejected(
+            f"deadline {options.deadline_hours:g} h: the run may go on for {longest_wait_hours:g} h, longer than the "
+            f"ledger keeps its records ({svc.settings.ledger_retention_days} days; raise the stack's "
+            "LedgerRetentionDays or set a shorter deadline)"
+        )
+    # A multi-node job starts only once all its nodes fit in its compute environment: one that cannot fit waits
+    # RUNNABLE, and the stage with it, until the stage's timeout, holding up the HPC queue meanwhile.
+    vcpus = options.hpc_nodes * HPC_NODE_VCPUS
+    if options.hpc_mode == "multinode" and vcpus > svc.settings.hpc_max_vcpus:
+        raise Rejected(
+            f"HPC on {options.hpc_nodes} nodes needs {vcpus} vCPUs, more than the HPC compute environment's "
+            f"{svc.settings.hpc_max_vcpus} (the stack's HpcMaxVcpus): ask for at most "
+            f"{svc.settings.hpc_max_vcpus // HPC_NODE_VCPUS} nodes, or raise HpcMaxVcpus"
+        )
 
 
 def _ensure_started(svc: Services, run: Run, duplicate: bool) -> dict[str, Any]:

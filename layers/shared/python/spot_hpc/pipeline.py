@@ -20,6 +20,7 @@ STAGE_NAMES = ("preprocess", "hpc", "postprocess")
 INGEST_PREFIX = "incoming/"
 DEFAULT_STAGE_HOURS = {"preprocess": 1.0, "hpc": 4.0, "postprocess": 1.0}
 MAX_DEADLINE_HOURS = 24 * 365
+HPC_NODE_VCPUS = 32  # what each node of the multi-node HPC job definition asks for (template.yaml)
 # How long the state machine waits on a stage beyond the run's deadline and compute: capacity waits and restarts.
 STAGE_WAIT_MARGIN_HOURS = 24.0
 MAX_STAGE_WAIT_SECONDS = 365 * 24 * 3600  # a Standard workflow execution lives at most a year

@@ -32,6 +32,7 @@ class ControlPlaneSettings(BaseModel):
     default_deadline_hours: float = Field(alias="DEFAULT_DEADLINE_HOURS", gt=0, le=24 * 365)
     ledger_retention_days: int = Field(alias="LEDGER_RETENTION_DAYS", ge=1)
     hpc_nodes: int = Field(alias="HPC_NODES", ge=2)
+    hpc_max_vcpus: int = Field(alias="HPC_MAX_VCPUS", ge=1)
     region: str = Field(default="us-east-1", alias="AWS_REGION")
     spot_instance_type: str = Field(default="c6i.4xlarge", alias="SPOT_INSTANCE_TYPE")
     on_demand_instance_type: str = Field(default="c6i.4xlarge", alias="ON_DEMAND_INSTANCE_TYPE")
