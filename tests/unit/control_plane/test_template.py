@@ -3,6 +3,7 @@ cannot tell (IAM is not enforced offline, resource policies and launch templates
 
 from __future__ import annotations
 
+import email
 import fnmatch
 import json
 import math
@@ -541,6 +542,19 @@ def test_each_hpc_node_asks_for_the_vcpus_the_intake_counts_against_the_hpc_envi
         requirements = {r["Type"]: r["Value"] for r in node_range["Container"]["ResourceRequirements"]}
         assert int(requirements["VCPU"]) == HPC_NODE_VCPUS
     assert environment["MaxvCpus"] == {"Ref": "HpcMaxVcpus"} and env["HPC_MAX_VCPUS"] == {"Ref": "HpcMaxVcpus"}
+
+
+def test_instances_give_a_terminated_job_two_minutes_to_checkpoint_before_the_sigkill():
+    # GIVEN the launch template every compute environment takes
+    (launch,) = _resources("AWS::EC2::LaunchTemplate").values()
+    # WHEN its user data is read as Batch reads it (a MIME multi-part archive; anything else fails the launch)
+    archive = email.message_from_string(launch["LaunchTemplateData"]["UserData"]["Fn::Base64"])
+    scripts = [part.get_payload() for part in archive.walk() if part.get_content_type() == "text/x-shellscript"]
+    # THEN its one script sets the ECS agent's stop timeout to the two minutes a Spot notice gives (30 s unset: a
+    # job's step may take longer, and TerminateJob's SIGKILL would then end it before its checkpoint is written)
+    assert archive.is_multipart() and len(scripts) == 1
+    assert scripts[0].startswith("#!/bin/bash\n")
+    assert "echo ECS_CONTAINER_STOP_TIMEOUT=120s >> /etc/ecs/ecs.config" in scripts[0].splitlines()
 
 
 def test_compute_environments_are_updated_in_place_so_updates_keep_their_jobs():
