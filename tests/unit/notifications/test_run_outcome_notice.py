@@ -347,6 +347,21 @@ def test_a_late_call_with_the_other_outcome_counts_nothing(svc: Services, sink: 
     assert run is not None and run.status == "FAILED" and settlement.counted is False
 
 
+def test_a_late_call_with_the_other_outcome_tells_nothing(svc: Services, sink: WebhookSink) -> None:
+    # GIVEN a run settled as failed, and told so
+    _failed_hpc_run(svc.ledger)
+    finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+
+    # WHEN a call that comes late settles it as succeeded (a notify task still running when the execution was
+    # stopped and the SLA guard settled the run as failed)
+    finish(svc, {"run_id": "run-1", "outcome": "succeeded"})
+
+    # THEN the team is told only how the run ended: no "Pipeline succeeded" after its "Pipeline failed"
+    headers = [message["blocks"][0]["text"]["text"] for message in sink.delivered_messages]
+    assert headers == [":x: Pipeline failed"]
+    assert [note["kind"] for note in svc.ledger.run_notifications("run-1")] == ["failed", "failed"]
+
+
 def test_a_succeeded_run_says_what_it_went_through(svc: Services, sink: WebhookSink) -> None:
     # GIVEN a run whose preprocess was reclaimed on Spot once and finished on On-Demand
     run = Run("run-2", "ingest", "incoming/b.csv", "v1", "2026-01-05T06:00:00Z", 6.0, STARTED_AT, {})

@@ -101,10 +101,15 @@ def finish(svc: Services, payload: dict[str, Any], leave_held_notice: bool = Fal
     error = _error_text(payload.get("error"))
     settled_as = "SUCCEEDED" if outcome == "succeeded" else "FAILED"
     svc.ledger.finish_run(run_id, settled_as, error or None)
+    run = svc.ledger.get_run(run_id) or run
+    if run.status not in (settled_as, "RUNNING"):
+        # Settled first as the other outcome (a notify task still running when the execution was stopped and the SLA
+        # guard settled the run): the run's end is told as it was settled, by whoever settled it, never as this one.
+        logger.warning("run settled as the other outcome: nothing told", extra={"run_id": run_id, "status": run.status})
+        return Settlement(run_report(svc, run), counted=False)
     if outcome == "failed":
         # A stage the state machine gave up on (timed out, its runner failed) may still have a job running.
         stop_unfinished_stages(svc, run_id, f"run failed: {error or 'a stage failed'}")
-    run = svc.ledger.get_run(run_id) or run
     report = run_report(svc, run, keep_prices=True)
     history = _history(report)
     stage: str | None = None
@@ -135,8 +140,7 @@ def finish(svc: Services, payload: dict[str, Any], leave_held_notice: bool = Fal
         svc.ledger.close_run(run_id)
     except Exception:
         logger.exception("could not close the run; the SLA guard's sweep closes it", extra={"run_id": run_id})
-    # A late call with the other outcome (the run was settled first as the other) counts nothing.
-    return Settlement(report, counted=sent and run.status == settled_as)
+    return Settlement(report, counted=sent)
 
 
 def late_run_end_settlement(svc: Services, notification: Notification, dedupe_key: str) -> Settlement | None:
