@@ -119,6 +119,18 @@ def test_savings_are_relative_to_the_on_demand_only_cost() -> None:
     assert savings_pct(0.0, 0.0) == 0.0
 
 
+@pytest.mark.parametrize(
+    ("cost", "on_demand_only", "pct"),
+    [(100.004, 100.0, -0.01), (99.996, 100.0, 0.01), (0.004, 100.0, 99.99), (100.0, 100.0, 0.0), (0.0, 100.0, 100.0)],
+    ids=["a-little-more", "a-little-less", "almost-nothing", "the-same", "nothing"],
+)
+def test_savings_are_never_rounded_to_none_or_all_when_they_are_not(cost, on_demand_only, pct) -> None:
+    # GIVEN a run that cost a hair's breadth from its On-Demand-only cost, or from nothing
+    # WHEN its savings are taken to two decimals
+    # THEN they stay on their side of 0 % and 100 %: a run that cost more never reads as having saved 0.0 %
+    assert savings_pct(cost, on_demand_only) == pct
+
+
 def test_settle_run_returns_the_report_fields() -> None:
     # GIVEN the attempts and stage plans of the sample run
     report = _run_report()

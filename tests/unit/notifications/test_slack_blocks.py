@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from spot_hpc.cost import savings_pct
 from spot_hpc.slack import (
     FIELD_TEXT_LIMIT,
     NOTIFICATION_KINDS,
@@ -235,7 +236,9 @@ def test_s3_keys_with_slack_control_characters_are_escaped_everywhere() -> None:
      (0.04, "saved under 0.1%", "under 0.1%"),
      (99.96, "saved >99.9%", ">99.9%"),
      (0.0, "saved 0.0%", "0.0%"),
-     (-0.05, "cost 0.1% more than On-Demand only", "none: 0.1% more than On-Demand")],
+     (-0.05, "cost 0.1% more than On-Demand only", "none: 0.1% more than On-Demand"),
+     (savings_pct(100.004, 100.0), "cost <0.1% more than On-Demand only", "none: <0.1% more than On-Demand"),
+     (savings_pct(0.004, 100.0), "saved >99.9%", ">99.9%")],
 )  # fmt: skip
 def test_savings_at_the_ends_are_not_rounded_into_a_wrong_figure(savings: float, said: str, field: str) -> None:
     # GIVEN a run whose savings round to 0.0% or 100.0% (a tiny loss, a tiny saving, almost all saved)

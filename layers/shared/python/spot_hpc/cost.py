@@ -157,10 +157,18 @@ def on_demand_only_cost_usd(stages: Iterable[StagePlan]) -> float:
 
 
 def savings_pct(cost_usd: float, on_demand_only_usd: float) -> float:
-    """Share of the On-Demand-only cost saved; negative when the run cost more (e.g. requeues after long Spot)."""
+    """Share of the On-Demand-only cost saved; negative when the run cost more (e.g. requeues after long Spot). To
+    PCT_DECIMALS, but a share that is not nil or whole is never rounded to be so: a run that cost a little more than
+    On-Demand would read as having saved 0 %, one that cost a little as having saved all."""
     if on_demand_only_usd <= 0:
         return 0.0
-    return round((on_demand_only_usd - cost_usd) / on_demand_only_usd * 100.0, PCT_DECIMALS)
+    share = (on_demand_only_usd - cost_usd) / on_demand_only_usd * 100.0
+    shown, step = round(share, PCT_DECIMALS), 10.0**-PCT_DECIMALS
+    if shown == 0 and share != 0:
+        return math.copysign(step, share)
+    if shown == 100 and share < 100:
+        return round(100 - step, PCT_DECIMALS)
+    return shown
 
 
 def settle_run(attempts: Iterable[Attempt], stages: Iterable[StagePlan], now_hours: float | None = None) -> RunCost:
