@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +22,7 @@ from spot_checkpoint import (
 from .conftest import BUCKET, S3Passthrough
 
 URI = f"s3://{BUCKET}/checkpoints/run-1/hpc/"
+REPO = Path(__file__).resolve().parents[3]
 
 
 def keys(s3: Any, prefix: str = "checkpoints/") -> list[str]:
@@ -417,3 +421,37 @@ def test_retried_manifest_put_that_finds_its_own_commit_counts_as_saved(s3: Any)
     # AND pruning keeps two loadable checkpoints
     store.prune(keep=2)
     assert [store._load(seq).state for seq in (0, 1)] == [b"state 0", b"state 1"]  # type: ignore[union-attr]
+
+
+class RecordingPuts(S3Passthrough):
+    """An S3 client recording the parameters of every PutObject."""
+
+    def __init__(self, s3: Any) -> None:
+        super().__init__(s3)
+        self.parameters: set[str] = set()
+
+    def put_object(self, **kwargs: Any) -> Any:
+        self.parameters.update(kwargs)
+        return self._s3.put_object(**kwargs)
+
+
+# The first boto3 whose PutObject takes IfNoneMatch (S3's conditional writes, August 2024): an older one refuses the
+# parameter before sending anything (ParamValidationError), so every checkpoint of a job on it fails.
+FIRST_BOTO3_WITH_CONDITIONAL_PUT = (1, 35, 2)
+
+
+def test_the_runtime_requires_a_boto3_that_takes_the_manifests_commit_condition(s3: Any) -> None:
+    # GIVEN a checkpoint saved, with the parameters of its PutObjects recorded
+    puts = RecordingPuts(s3)
+    CheckpointStore(puts, URI).save(b"state", 0.5)
+    # AND the boto3 the runtime's package declares it works with (a job image may have any version it allows)
+    project = tomllib.loads((REPO / "jobs" / "runtime" / "pyproject.toml").read_text())
+    floors = [
+        tuple(int(part) for part in match.group(1).split("."))
+        for requirement in project["project"]["dependencies"]
+        if (match := re.fullmatch(r"boto3\s*>=\s*([0-9.]+)", requirement.split(";")[0].strip()))
+    ]
+    # THEN the manifest is written only if absent (the commit that two writers of one part cannot both win)
+    assert "IfNoneMatch" in puts.parameters
+    # AND no boto3 the package allows refuses that parameter (before, boto3>=1.26 let an image keep one that does)
+    assert len(floors) == 1 and floors[0] >= FIRST_BOTO3_WITH_CONDITIONAL_PUT
