@@ -47,6 +47,9 @@ ENV_NUM_NODES = "AWS_BATCH_JOB_NUM_NODES"
 ENV_MAIN_NODE_INDEX = "AWS_BATCH_JOB_MAIN_NODE_INDEX"
 ENV_ARRAY_INDEX = "AWS_BATCH_JOB_ARRAY_INDEX"
 
+# While a part waits (wait_until), how often it looks whether it was told to stop, between two looks at what it awaits.
+STOP_CHECK_SECONDS = 0.1
+
 EVENT_KEY = "spot_checkpoint"  # every structured log line of the runtime carries this key
 
 Snapshot = Callable[[], "bytes | Mapping[str, bytes]"]
@@ -363,12 +366,22 @@ class CheckpointedJob:
         self._emit("waiting", what=what)
         while not self._done_yet(done):
             stop = self.watcher.stop_signal
+            if stop is None:
+                self._sleep_unless_stopped(self.watcher.poll_seconds)
+                self._mark = time.monotonic()  # waiting is not work: work_seconds stay the part's own
+                stop = self.watcher.stop_signal
             if stop is not None:
                 self._stop(stop, lambda: b"", 1.0, self._final_meta, final=True)
-            time.sleep(self.watcher.poll_seconds)
-            self._mark = time.monotonic()  # waiting is not work: work_seconds stay the part's own
 
     # -- internals ----------------------------------------------------------------------------------------------
+    def _sleep_unless_stopped(self, seconds: float) -> None:
+        """Sleep `seconds`, less once a reason to stop is recorded. A SIGTERM's handler only records it and time.sleep
+        goes on after it: a whole poll (up to a minute) could outlast Batch's stop timeout (30 s by default), whose
+        SIGKILL ends the job as an application error."""
+        deadline = time.monotonic() + seconds
+        while self.watcher.stop_signal is None and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, STOP_CHECK_SECONDS))
+
     def _done_yet(self, done: Callable[[], bool]) -> bool:
         """`done()`, with a failure to tell (S3 throttled past botocore's retries, say) taken as "not yet": the wait
         may last hours, and one failed look must not fail the job as an application error."""

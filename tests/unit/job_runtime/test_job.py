@@ -845,3 +845,35 @@ def test_run_job_keeps_a_sigterm_sent_before_the_job_starts_and_the_job_stops_at
     assert events.named("stopping")[0]["signals_received"] == 1
     # AND the process's own disposition is back once the job is over
     assert after == signal.SIG_IGN
+
+
+def test_a_sigterm_while_waiting_stops_the_job_before_a_default_stop_timeout_runs_out(
+    s3: Any, events: EventRecorder
+) -> None:
+    # GIVEN node 1 of a two-node stage whose work is done, waiting for something not done yet and looking every 35 s (a
+    # poll the runtime takes), on an instance whose ECS agent kills a container 30 s after its SIGTERM (the default)
+    job = make_job(s3, events, part="node-1", parts_total=2, poll_seconds=35)
+    looks: list[float] = []
+
+    def not_done() -> bool:
+        looks.append(time.monotonic())
+        return False
+
+    sigterm = threading.Timer(0.5, os.kill, args=(os.getpid(), signal.SIGTERM))
+    with job:
+        job.finish()
+        started = time.monotonic()
+        # WHEN Batch sends SIGTERM while the job waits between two looks
+        sigterm.start()
+        try:
+            with pytest.raises(Stopped) as stopped:
+                job.wait_until(not_done, "the other node")
+        finally:
+            sigterm.cancel()
+    waited = time.monotonic() - started
+    # THEN it stops as a stop does (exit 86, its final checkpoint as it was) at once, long before the SIGKILL, not when
+    # the poll interval is over (before, 35 s after it began to wait: killed by then, an application error)
+    assert (stopped.value.code, stopped.value.stop.reason) == (EXIT_CHECKPOINTED, REASON_SIGTERM)
+    assert waited < 5 and len(looks) == 1
+    latest = CheckpointStore(s3, URI, part="node-1").latest()
+    assert latest is not None and latest.final and len(events.named("checkpoint_saved")) == 1
