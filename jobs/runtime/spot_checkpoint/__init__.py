@@ -6,9 +6,9 @@ watches for the end itself and keeps its checkpoints under its pipeline run and 
 Key layout under the stage prefix the control plane passes as ``CHECKPOINT_URI``
 (``s3://<bucket>/checkpoints/<run_id>/<stage>/``)::
 
-    <prefix>request.json                    the control plane's checkpoint request (REQUEST_NAME)
-    <prefix><part>/<seq>/<payload name>     payloads of checkpoint <seq> (10-digit, increasing), written first
-    <prefix><part>/<seq>/manifest.json      commit marker (MANIFEST_NAME), written last
+    <prefix>request.json                          the control plane's checkpoint request (REQUEST_NAME)
+    <prefix><part>/<seq>/<writer>/<payload name>  payloads of checkpoint <seq> (10-digit, increasing), written first
+    <prefix><part>/<seq>/manifest.json            commit marker (MANIFEST_NAME), written last, only if absent
 
 ``<part>`` is ``main`` (single container), ``node-<i>`` (multi-node parallel, AWS_BATCH_JOB_NODE_INDEX) or
 ``shard-<i>`` (array job, AWS_BATCH_JOB_ARRAY_INDEX). The manifest is JSON: ``format``, ``seq``, ``part``,

@@ -455,3 +455,20 @@ def test_the_runtime_requires_a_boto3_that_takes_the_manifests_commit_condition(
     assert "IfNoneMatch" in puts.parameters
     # AND no boto3 the package allows refuses that parameter (before, boto3>=1.26 let an image keep one that does)
     assert len(floors) == 1 and floors[0] >= FIRST_BOTO3_WITH_CONDITIONAL_PUT
+
+
+def test_the_key_layout_the_runtime_readme_documents_is_the_one_the_store_writes(s3: Any) -> None:
+    # GIVEN the key layout under <CHECKPOINT_URI> the runtime's README gives (for lifecycle rules, policies, tools),
+    # each <name> standing for one path segment
+    readme = (REPO / "jobs" / "runtime" / "README.md").read_text()
+    block = readme.split("## Key layout and atomicity", 1)[1].split("```", 2)[1]
+    documented = [line.split()[0] for line in block.splitlines() if line.startswith("  ")]
+    patterns = [re.sub(r"<[a-z_]+>", "[^/]+", re.escape(template)) for template in documented]
+    # WHEN a checkpoint of two payloads is saved and the control plane asks for a checkpoint
+    store = CheckpointStore(s3, URI, part="node-1", parts_total=2)
+    store.save({"fields.npy": b"fields", "rise.npy": b"rise"}, 0.5)
+    store.request_checkpoint("spot warning")
+    written = [key[len(store.prefix) :] for key in keys(s3)]
+    # THEN every key written is one the README documents (before, payloads were under <seq>/<writer>/, not <seq>/)
+    assert len(written) == 4
+    assert [key for key in written if not any(re.fullmatch(pattern, key) for pattern in patterns)] == []
