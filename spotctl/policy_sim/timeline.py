@@ -58,6 +58,12 @@ def format_timeline(job: Job, result: RunResult, reasons: list[str]) -> str:
             f"{span:>15}  {'yes' if segment.capacity else 'no':>4}  {segment.action.value:<9}  "
             f"{end.progress * 100 / job.work_ticks:8.1f}%  {end.cost:10.2f}  {segment.reason}"
         )
-    outcome = f"finished at {result.finish_hours:.2f} h" if result.met else "missed the deadline"
+    if not result.met:
+        outcome = "missed the deadline"
+    elif result.finish_hours is None:
+        # The optimum keeps its exact cost but not its plan when the plan is too large (optimum.MAX_PLAN_CELLS).
+        outcome = "met the deadline; its finish time is not known (the plan was too large to keep)"
+    else:
+        outcome = f"finished at {result.finish_hours:.2f} h"
     lines.append(f"cost ${result.cost:,.2f}; {outcome}")
     return "\n".join(lines)

@@ -115,6 +115,24 @@ def test_simulate_other_policies_from_a_scenario_file(tmp_path, tiny_trace, scen
     assert capsys.readouterr().out.startswith(policy)
 
 
+def test_simulate_optimum_whose_plan_is_too_large_to_keep_says_so(tmp_path, tiny_trace, monkeypatch, capsys):
+    # GIVEN an optimum whose decisions are too many to keep (a week of one-minute ticks passes the bound)
+    from spotctl.policy_sim import optimum
+
+    monkeypatch.setattr(optimum, "MAX_PLAN_CELLS", 0)
+    png, out = tmp_path / "timeline.png", tmp_path / "run.json"
+    # WHEN it is simulated, writing a PNG and JSON
+    job = [*_simulate_tiny(tiny_trace), "--compute-hours", "1", "--policy", "optimum"]
+    code = main([*job, "--png", str(png), "--json", str(out)])
+    # THEN it gives the exact cost and says the deadline is met but the finish time is not known, without a traceback
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "met the deadline" in text and "finish time is not known" in text and "cost $" in text
+    run = json.loads(out.read_text())
+    assert run["met"] and run["finish_hours"] is None and run["timeline"] == []
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_simulate_unknown_trace_is_a_clean_error(tmp_path, capsys):
     # GIVEN a trace that does not exist
     # WHEN simulated
