@@ -87,8 +87,9 @@ def ticks_within(hours: float, tick_hours: float) -> int:
 
 
 def ticks_to_cover(hours: float, tick_hours: float) -> int:
-    """Ticks needed to cover `hours` (ceil, tolerant of float noise)."""
-    return math.ceil(hours / tick_hours - 1e-9)
+    """Ticks needed to cover `hours` > 0 (ceil, tolerant of float noise): at least one, however little the work (the
+    tolerance would make work under a billionth of a tick none)."""
+    return max(1, math.ceil(hours / tick_hours - 1e-9))
 
 
 def resolve(path: str, base: Path) -> str:

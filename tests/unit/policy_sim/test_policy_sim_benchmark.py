@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from spot_hpc.policy import DeadlinePolicy, GreedyPolicy
 
 from spotctl.policy_sim.benchmark import POLICY_ORDER, format_summary, run_benchmark, summarise
@@ -134,3 +135,19 @@ def test_numbers_too_large_to_simulate_are_error_rows(tiny_trace, scenario):
     # THEN the huge one has error rows and the valid one still runs
     assert all("error" in row for row in rows if row["id"] == "huge")
     assert all("error" not in row for row in rows if row["id"] == "t1")
+
+
+def test_compute_shorter_than_a_tick_still_takes_a_tick(tiny_trace, scenario):
+    # GIVEN a job, and a pipeline's first stage, needing far less than a tick of compute (less than the float
+    # tolerance of a tick count)
+    tiny = {**scenario, "id": "tiny", "compute_hours": 1e-12}
+    stages = [{"name": "setup", "compute_hours": 1e-12}, {"name": "solve", "compute_hours": 1.0}]
+    pipeline = {**scenario, "id": "pipeline", "compute_hours": 1.0 + 1e-12, "stages": stages}
+    # WHEN the benchmark runs them
+    rows = run_benchmark([tiny, pipeline], tiny_trace.parent.parent)
+    # THEN K = ceil(compute_hours / h) >= 1: the tiny job is paid for (On-Demand: a changeover and a tick of work),
+    # and the pipeline's rows are all there, none cheaper than the optimum
+    on_demand = next(row for row in rows if row["id"] == "tiny" and row["policy"] == "on_demand")
+    assert on_demand["cost"] == pytest.approx(2 * scenario["od_price"] / 12) and on_demand["finish_hours"] > 0
+    optimum = next(row for row in rows if row["id"] == "pipeline" and row["policy"] == "optimum")
+    assert all(row["cost"] >= optimum["cost"] - 1e-9 for row in rows if row["id"] == "pipeline" and row["met"])
