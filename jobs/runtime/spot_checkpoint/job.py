@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from .entrypoint import fraction, number_between, positive_number, whole_number
 from .errors import InputError
 from .imds import DEFAULT_ENDPOINT, InstanceMetadata
-from .store import DEFAULT_KEEP, DEFAULT_PART, Checkpoint, CheckpointStore, part_name
+from .store import DEFAULT_KEEP, DEFAULT_PART, Checkpoint, CheckpointStore, parse_s3_uri, part_name
 from .watch import InterruptionWatcher, StopSignal
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class RuntimeConfig:
                 f"{ENV_MAX_INTERVAL_SECONDS} ({interval.max_seconds:g} s)"
             )
         return cls(
-            checkpoint_uri=env.get(ENV_CHECKPOINT_URI) or None,
+            checkpoint_uri=_checkpoint_uri(env),
             part=part,
             part_index=part_index,
             parts_total=parts_total,
@@ -149,6 +149,25 @@ class RuntimeConfig:
             attempt=_attempt_from(env),
             is_main_node=is_main_node,
         )
+
+
+def _checkpoint_uri(env: Mapping[str, str]) -> str | None:
+    """The stage's checkpoint prefix, an ``s3://bucket/prefix/`` URI; None (unset or blank) runs without checkpoints.
+    Another scheme, no bucket or no prefix (a bucket's root, which the stage's cleanup would empty) is an input error:
+    it was a ValueError's traceback from the store."""
+    uri = env.get(ENV_CHECKPOINT_URI, "").strip()
+    if not uri:
+        return None
+    try:
+        bucket, prefix = parse_s3_uri(uri)
+    except ValueError as exc:
+        raise InputError(f"environment variable {ENV_CHECKPOINT_URI}: {exc}") from None
+    if not prefix:
+        raise InputError(
+            f"environment variable {ENV_CHECKPOINT_URI} ({uri!r}) has no key prefix: give the stage's, such as "
+            f"s3://{bucket}/checkpoints/<run>/<stage>/"
+        )
+    return uri
 
 
 def _check_part_of(index_name: str, index: int, total_name: str, total: int) -> None:

@@ -152,6 +152,10 @@ def test_config_from_environment_names_the_part() -> None:
             r"SPOT_CHECKPOINT_MIN_INTERVAL_SECONDS \(1200 s\) must not be above SPOT_CHECKPOINT_MAX_INTERVAL_SECONDS "
             r"\(900 s\)",
         ),
+        # A checkpoint prefix the store cannot take
+        ({"CHECKPOINT_URI": "checkpoints/run-1/hpc/"}, "CHECKPOINT_URI: not an s3:// URI: 'checkpoints/run-1/hpc/'"),
+        ({"CHECKPOINT_URI": "s3:///checkpoints/"}, "CHECKPOINT_URI: no bucket in 's3:///checkpoints/'"),
+        ({"CHECKPOINT_URI": "s3://bucket/"}, r"CHECKPOINT_URI \('s3://bucket/'\) has no key prefix"),
         (
             {"AWS_BATCH_JOB_NODE_INDEX": "4", "AWS_BATCH_JOB_NUM_NODES": "4"},
             r"AWS_BATCH_JOB_NODE_INDEX \(4\) must be below AWS_BATCH_JOB_NUM_NODES \(4\): parts are numbered from 0",
@@ -189,6 +193,9 @@ def test_config_from_environment_names_the_part() -> None:
         "parts-zero",
         "min-interval-above-max",
         "min-interval-above-the-default-max",
+        "checkpoint-uri-not-s3",
+        "checkpoint-uri-no-bucket",
+        "checkpoint-uri-a-bucket-root",
         "node-index-past-num-nodes",
         "array-index-past-parts",
         "array-index-past-the-default-parts",
