@@ -204,3 +204,19 @@ def test_a_warning_kept_from_before_the_instances_launch_does_not_stand_for_its_
     # the earliest warning kept, dated before the launch, put it in that hour)
     assert found == set()
     stubber.assert_no_pending_responses()
+
+
+def test_instances_are_described_at_most_200_ids_per_call():
+    # GIVEN 201 instances, as an array's shards get (EC2 refuses a call whose filters hold more than 200 values:
+    # FilterLimitExceeded), one named twice
+    batch, stubber = _gateway()
+    launched = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
+    ids = sorted(f"i-{n:017x}" for n in range(201))
+    for part in (ids[:200], ids[200:]):
+        described = {"Reservations": [{"Instances": [_instance(instance_id, launched) for instance_id in part]}]}
+        stubber.add_response("describe_instances", described, _request(*part))
+    # WHEN they are described
+    found = batch.describe_instances([*ids, ids[0]])
+    # THEN two calls describe every one
+    assert sorted(found) == ids
+    stubber.assert_no_pending_responses()

@@ -11,6 +11,8 @@ from spot_hpc.clock import as_utc
 
 DESCRIBE_BATCH = 100  # DescribeJobs takes at most 100 ids.
 DESCRIBE_CONTAINER_INSTANCES = 100  # DescribeContainerInstances takes at most 100 ARNs.
+# DescribeInstances refuses more than 200 filter values in one call (FilterLimitExceeded).
+DESCRIBE_INSTANCES_FILTER_VALUES = 200
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,8 @@ class BatchGateway:
 
     def describe_instances(self, instance_ids: Iterable[str]) -> dict[str, Ec2Instance]:
         """What EC2 says of each instance it still describes (a terminated one, for about an hour). Asked by filter,
-        not by id: an unknown id then leaves the instance out instead of failing the whole call."""
+        not by id: an unknown id then leaves the instance out instead of failing the whole call; at most
+        DESCRIBE_INSTANCES_FILTER_VALUES ids a call (an array's shards may have run on many more instances)."""
         ids = sorted(set(instance_ids))
         if not ids:
             return {}
@@ -140,7 +143,10 @@ class BatchGateway:
                 availability_zone=instance["Placement"]["AvailabilityZone"],
                 launched_at=as_utc(instance["LaunchTime"]),
             )
-            for page in paginator.paginate(Filters=[{"Name": "instance-id", "Values": ids}])
+            for start in range(0, len(ids), DESCRIBE_INSTANCES_FILTER_VALUES)
+            for page in paginator.paginate(
+                Filters=[{"Name": "instance-id", "Values": ids[start : start + DESCRIBE_INSTANCES_FILTER_VALUES]}]
+            )
             for reservation in page.get("Reservations", [])
             for instance in reservation.get("Instances", [])
             if {"InstanceType", "LaunchTime"} <= instance.keys()
