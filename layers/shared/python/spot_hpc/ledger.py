@@ -735,7 +735,9 @@ class Ledger:
                 raise
 
     def find_job(self, job_id: str) -> JobRef | None:
-        item = self._table.get_item(Key={"pk": f"JOB#{job_id}", "sk": "JOB"}).get("Item")
+        """The job's run, stage and attempt, read strongly consistent: a job's first events come seconds after it was
+        recorded, and a job adopted from its own event is looked up right after recording it."""
+        item = self._table.get_item(Key={"pk": f"JOB#{job_id}", "sk": "JOB"}, ConsistentRead=True).get("Item")
         return _record(JobRef, item) if item else None
 
     def index_instance(self, instance_id: str, ref: JobRef) -> None:
