@@ -10,9 +10,12 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-# Standard mode retries throttling errors (TooManyRequestsException, ThrottlingException, ...) with exponential
-# backoff and jitter; 8 attempts stay well inside the two-minute Spot warning.
-RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=5, read_timeout=20)
+# Standard mode retries throttling errors (TooManyRequestsException, ThrottlingException, ...) and timeouts with
+# exponential backoff and jitter (up to 1, 2, 4 s before the 2nd, 3rd, 4th attempt). One call, every attempt of it
+# hung to its timeouts, gives up within 4 x (2 + 3) + 7 = 27 s: inside the shortest function timeout (60 s) and the
+# time the SLA guard keeps for a stage check, so a call that cannot succeed fails as an error its handler sees
+# instead of outliving the invocation. `total_max_attempts` counts the first attempt (`max_attempts`, retries only).
+RETRY_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 4}, connect_timeout=2, read_timeout=3)
 
 
 def client(service: str, **kwargs: Any) -> Any:
