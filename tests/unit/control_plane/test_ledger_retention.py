@@ -48,3 +48,23 @@ def test_every_write_sets_the_expiry():
     assert len(table.items) == 8
     assert {item["pk"].split("#")[0] for item in table.items} == {"RUN", "JOB", "INSTANCE", "REJECTION", "NOTIFIED"}
     assert all(item["expires_at"] == expiry for item in table.items)
+
+
+def test_an_item_an_update_creates_expires_as_a_put_one_does_and_an_items_expiry_is_kept(
+    ledger: Ledger, ledger_table, utc_clock
+):
+    # GIVEN a run written a day ago, and no item for another run (it expired, or was never written)
+    ledger.create_run(
+        Run("r1", "b", "incoming/a.csv", "v1", "2026-11-23T12:00:00Z", 24.0, "2026-11-22T12:00:00Z", {}), []
+    )
+    written = ledger_table.get_item(Key={"pk": "RUN#r1", "sk": "RUN"})["Item"]["expires_at"]
+    # WHEN both are updated a day later (DynamoDB's UpdateItem creates a missing item)
+    utc_clock.now = NOW + timedelta(days=1)
+    ledger.update_run("r1", execution_arn="arn:1")
+    ledger.update_run("r2", execution_arn="arn:2")
+    # THEN the run written before keeps its expiry, and the item the update created expires after the retention,
+    # rather than never
+    assert ledger_table.get_item(Key={"pk": "RUN#r1", "sk": "RUN"})["Item"]["expires_at"] == written
+    created = ledger_table.get_item(Key={"pk": "RUN#r2", "sk": "RUN"})["Item"]
+    assert written == int((NOW + timedelta(days=90)).timestamp())
+    assert created["expires_at"] == int((NOW + timedelta(days=91)).timestamp())

@@ -341,9 +341,13 @@ class Ledger:
         removes = (*removes, *(n for n, v in sets.items() if v is None))
         sets = {n: v for n, v in sets.items() if v is not None}
         referenced = re.findall(r"#(\w+)", condition or "")
-        names = {f"#{n}": n for n in [*sets, *removes, *referenced]}
+        names = {f"#{n}": n for n in [*sets, *removes, *referenced, "expires_at"]}
         values = {f":{n}": v for n, v in sets.items()}
-        expression = "SET " + ", ".join(f"#{n} = :{n}" for n in sets) if sets else ""
+        # An update creates the item when it is missing (an item's end told after the item expired, say): it expires
+        # as a put one does, never kept for good. An item that has its expiry keeps it.
+        values[":expires_at"] = self._expires_at()
+        assignments = [f"#{n} = :{n}" for n in sets] + ["#expires_at = if_not_exists(#expires_at, :expires_at)"]
+        expression = "SET " + ", ".join(assignments)
         if removes:
             expression += " REMOVE " + ", ".join(f"#{n}" for n in removes)
         kwargs: dict[str, Any] = {
@@ -353,8 +357,7 @@ class Ledger:
             "ReturnValues": "ALL_NEW",
         }
         all_values = {**values, **{f":{k}": v for k, v in (condition_values or {}).items()}}
-        if all_values:
-            kwargs["ExpressionAttributeValues"] = _to_dynamo(all_values)
+        kwargs["ExpressionAttributeValues"] = _to_dynamo(all_values)
         if condition:
             kwargs["ConditionExpression"] = condition
         try:
