@@ -364,8 +364,8 @@ class BatchReadRecordingTable:
 
     name = "ledger"
 
-    def __init__(self, kept: set[str], throttled: int = 0) -> None:
-        self.kept, self.throttled = kept, throttled
+    def __init__(self, kept: set[str], throttled: int = 0, unanswered: int = 0) -> None:
+        self.kept, self.throttled, self.unanswered = kept, throttled, unanswered
         self.calls: list[dict[str, Any]] = []
         self.meta = SimpleNamespace(client=self)
 
@@ -373,6 +373,8 @@ class BatchReadRecordingTable:
         asked = RequestItems[self.name]
         self.calls.append(asked)
         keys = asked["Keys"]
+        if len(self.calls) <= self.unanswered:  # every key unprocessed: the table has no entry in Responses
+            return {"Responses": {}, "UnprocessedKeys": {self.name: asked}}
         left = keys[-1:] if len(self.calls) <= self.throttled else []
         items = [{"pk": key["pk"]} for key in keys[: len(keys) - len(left)] if key["pk"][9:] in self.kept]
         return {
@@ -408,6 +410,15 @@ def test_keys_left_unprocessed_are_asked_again_and_a_read_throttled_throughout_f
     with pytest.raises(LedgerContended):
         Ledger(always_throttled).unbilled_among([OTHER, REUSED])
     assert len(always_throttled.calls) == UNPROCESSED_TRIES
+
+
+def test_a_call_that_answers_none_of_its_keys_is_asked_again():
+    # GIVEN a table whose first answer leaves every key unprocessed, so that its Responses name no table
+    table = BatchReadRecordingTable(kept={REUSED}, unanswered=1)
+    # WHEN instances are asked of it
+    found = Ledger(table).unbilled_among([OTHER, REUSED])
+    # THEN the keys are asked again and the instance kept is found (a KeyError before)
+    assert found == {REUSED} and len(table.calls) == 2
 
 
 def test_an_array_that_ran_on_several_instances_found_unbilled_by_one_end_is_written_once(

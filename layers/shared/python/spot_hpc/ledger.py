@@ -780,7 +780,9 @@ class Ledger:
                 if tried:
                     time.sleep(UNPROCESSED_BACKOFF_SECONDS * 2 ** (tried - 1))  # as AWS asks of unprocessed keys
                 answer = self._table.meta.client.batch_get_item(RequestItems=request)
-                found.update(item["pk"].removeprefix("INSTANCE#") for item in answer["Responses"][self._table.name])
+                # A call whose every key was left unprocessed may name no table in its Responses.
+                answered = answer.get("Responses", {}).get(self._table.name, [])
+                found.update(item["pk"].removeprefix("INSTANCE#") for item in answered)
                 request = answer.get("UnprocessedKeys") or {}
                 if not request:
                     break
