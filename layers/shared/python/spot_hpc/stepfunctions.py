@@ -23,10 +23,13 @@ class PipelineStateMachine:
         self._arn = state_machine_arn
 
     def start(self, run_id: str, stage_timeout_seconds: int) -> tuple[str, bool]:
-        """Starts the run's execution, named by its run id; returns (execution ARN, whether it already existed).
-        The state machine waits on each stage for at most `stage_timeout_seconds` (its TimeoutSecondsPath).
+        """Starts the run's execution, named by its run id; returns (execution ARN, whether Step Functions refused it
+        as existing). The state machine waits on each stage for at most `stage_timeout_seconds` (its
+        TimeoutSecondsPath).
 
-        Step Functions itself refuses a second execution of the same name, so a duplicate event starts nothing.
+        A second start of the same name starts nothing, so a duplicate event starts nothing: Step Functions refuses it
+        (ExecutionAlreadyExists), or, while the first runs with the same input, answers with the first's ARN as if it
+        had just started it (the flag is then False).
         """
         if not self._arn:
             raise RuntimeError("STATE_MACHINE_ARN is not set for the start-pipeline function")
