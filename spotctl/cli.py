@@ -34,6 +34,12 @@ class ToolError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
 
 
+def is_id(value: object) -> bool:
+    """A JSON value that names a thing (a scenario, a run): a non-empty string or an integer. Null, a list or an object
+    would be named by their Python text, and a bool is an int to Python."""
+    return (isinstance(value, str) and value != "") or (isinstance(value, int) and not isinstance(value, bool))
+
+
 def shown(value: object) -> str:
     """A value as an error message shows it: a float in at most 7 significant digits, a long integer by its length (it
     may be thousands of digits), anything else as JSON, cut short."""

@@ -21,7 +21,7 @@ from spot_hpc.clock import parse_time
 from spot_hpc.cost import check_run_report_costs, savings_pct
 from spot_hpc.events import TERMINAL_STATUSES
 
-from spotctl.cli import shown
+from spotctl.cli import is_id, shown
 from spotctl.files import write_png
 
 Period = Literal["day", "week"]
@@ -87,9 +87,7 @@ def summarise_run(run_report: Mapping[str, Any], index: int) -> RunSummary:
     one of its figures is not what it can be: costs are numbers from 0 to MAX_RUN_USD, savings a number of at most
     100 %, counts whole numbers from 0 to MAX_RUN_COUNT."""
     given_id = run_report.get("run_id")
-    if not (
-        given_id is None or isinstance(given_id, str) or (isinstance(given_id, int) and not isinstance(given_id, bool))
-    ):
+    if given_id not in (None, "") and not is_id(given_id):
         raise ValueError(f"run report #{index + 1} is malformed: run_id is {shown(given_id)}, not text")
     run_id = str(given_id or f"run-{index + 1}")
     try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spotctl.cli import ToolError
+from spotctl.cli import ToolError, is_id
 from spotctl.files import read_json
 from spotctl.policy_sim.simulator import Job, Stage
 from spotctl.policy_sim.traces import block_trace, nearest_whole, resolve, ticks_to_cover, ticks_within
@@ -58,14 +58,9 @@ class Scenario:
 
 
 def scenario_id(raw: Any, index: int) -> str:
-    """A scenario's id, or `#index` (its place in the file) when it has none or one that is not an id (`_valid_id`):
+    """A scenario's id, or `#index` (its place in the file) when it has none or one that is not an id (`is_id`):
     how rows and `simulate --id` name it."""
-    return str(raw["id"]) if isinstance(raw, dict) and _valid_id(raw.get("id")) else f"#{index}"
-
-
-def _valid_id(value: Any) -> bool:
-    """A non-empty string or an integer: null, a list or an object would be named by their Python text."""
-    return (isinstance(value, str) and value != "") or (isinstance(value, int) and not isinstance(value, bool))
+    return str(raw["id"]) if isinstance(raw, dict) and is_id(raw.get("id")) else f"#{index}"
 
 
 def _number(value: Any, name: str) -> float:
@@ -81,7 +76,7 @@ def parse_scenario(raw: Any, index: int) -> Scenario:
     """Validate one scenario object; raise ScenarioError with a message naming the problem."""
     if not isinstance(raw, dict):
         raise ScenarioError("scenario is not an object")
-    if "id" in raw and not _valid_id(raw["id"]):
+    if "id" in raw and not is_id(raw["id"]):
         raise ScenarioError(f"id must be a non-empty string or an integer, got {raw['id']!r}")
     missing = [name for name in ("trace", *REQUIRED_NUMBERS) if name not in raw]
     if missing:
