@@ -271,8 +271,8 @@ def _billing_sets(
         named: dict[str, datetime] = {}
         for shard, ids in ran_on:
             if _ended_by_an_interruption(BatchJobDetail.model_validate(shard)):
+                shard_stopped = from_epoch_ms(shard["stoppedAt"])
                 for instance_id in ids:
-                    shard_stopped = from_epoch_ms(shard["stoppedAt"])
                     named[instance_id] = max(shard_stopped, named.get(instance_id, shard_stopped))
         unbilled = unbilled_instances(svc, named, since) if asked else set()
         ran = _shards_ran(ran_on, unbilled)
