@@ -3,7 +3,9 @@
 What AWS Batch does and this emulator reproduces: jobs go SUBMITTED -> PENDING -> RUNNABLE -> STARTING -> RUNNING ->
 SUCCEEDED | FAILED and every change after SUBMITTED is a "Batch Job State Change" event; a Spot job starts only
 when the trace has capacity for all its nodes; two minutes before a reclaim EC2 sends a "Spot Instance Interruption
-Warning" for the instance, and the job then fails with statusReason "Host EC2 (instance i-...) terminated.";
+Warning" for the instance, and then terminates it (DescribeInstances gives the StateReason
+Server.SpotInstanceTermination) whether or not its job stopped first; a job still running there fails with
+statusReason "Host EC2 (instance i-...) terminated.";
 TerminateJob fails a job with the given reason (a running one checkpoints on the SIGTERM and exits 86, as the
 job runtime does); retryStrategy.evaluateOnExit decides whether Batch retries.
 Each job runs a workload model: it needs `stage_hours` of compute, resumes from the stage's newest complete
@@ -40,6 +42,7 @@ from spotctl.policy_sim.traces import load_trace
 WARNING_LEAD = timedelta(minutes=2)
 CONTAINER_EXITED = "Essential container in task exited"  # Batch's statusReason when the container's process ends
 DEFAULT_INSTANCE_TYPE = "c6i.4xlarge"  # for a compute environment that lists no instance types
+SPOT_TERMINATION = "Server.SpotInstanceTermination"  # EC2's StateReason code for an instance it took back
 START_DELAY = timedelta(minutes=4)  # instance launch + image pull + restore: the changeover the policy assumes
 
 
@@ -220,6 +223,8 @@ class BatchEmulator:
         self._ec2 = boto3.client("ec2", region_name=REGION)
         self._ecs = boto3.client("ecs", region_name=REGION)
         self.timeline: list[tuple[datetime, str]] = []
+        # Instances EC2 warned of, with when it takes them back: on time, whether or not their jobs stopped first.
+        self._reclaims: list[tuple[datetime, list[str]]] = []
 
     # ------------------------------------------------------------------ the API moto's backend delegates to
     def submit(self, backend: Any, kwargs: dict[str, Any]) -> dict[str, str]:
@@ -363,6 +368,7 @@ class BatchEmulator:
 
     def advance(self, now: datetime, step: timedelta) -> None:
         """Moves every job along by `step` ending at `now` (the caller has already moved the clock)."""
+        self._carry_out_reclaims(now)
         for job in list(self.jobs.values()):
             self._advance_job(job, now, step)
 
@@ -419,6 +425,7 @@ class BatchEmulator:
     def _run(self, job: EmulatedJob, now: datetime, step: timedelta) -> None:
         if job.reclaim_at and job.warned_at is None and now >= job.reclaim_at - WARNING_LEAD:
             job.warned_at = now
+            self._reclaims.append((job.reclaim_at, [instance_id for instance_id, _ in job.node_instances]))
             self._log(f"warning  {job.stage:<11} Spot interruption notice for {job.instance_id}")
             # The job's runtime sees the notice in instance metadata and checkpoints at once.
             self._checkpoint(job, now, "spot interruption notice")
@@ -529,6 +536,21 @@ class BatchEmulator:
             instanceIdentityDocument=json.dumps({"instanceId": instance["InstanceId"]}),
         )
         return instance["InstanceId"], registered["containerInstance"]["containerInstanceArn"]
+
+    def _carry_out_reclaims(self, now: datetime) -> None:
+        """EC2 terminates the instances whose reclaim is due, and describes each as interrupted for Spot (its
+        StateReason), as AWS does: the control plane reads that to know an instance was not its owner's to end."""
+        from moto.ec2.models import ec2_backends
+        from moto.ec2.models.instances import StateReason
+
+        due = [instance_id for at, instance_ids in self._reclaims if at <= now for instance_id in instance_ids]
+        self._reclaims = [(at, instance_ids) for at, instance_ids in self._reclaims if at > now]
+        if not due:
+            return
+        self._ec2.terminate_instances(InstanceIds=due)
+        for instance_id in due:
+            instance = ec2_backends[ACCOUNT_ID][REGION].get_instance(instance_id)
+            instance.state_reason = StateReason(f"{SPOT_TERMINATION}: Spot instance termination", SPOT_TERMINATION)
 
     def _finish(self, job: EmulatedJob, status: str, reason: str, exit_code: int | None) -> None:
         job.stopped_at = self._now()

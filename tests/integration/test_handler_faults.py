@@ -1038,8 +1038,11 @@ def test_a_spot_job_reclaimed_in_its_instances_first_hour_is_not_charged(tmp_pat
     trace = trace_file(tmp_path, "reclaimed", [1] * capacity_ticks + [0, 0] + [1] * 500)
     with OfflineControlPlane(trace=trace, stage_hours=LONG_PREPROCESS) as plane:
         plane.upload("incoming/reclaimed.csv", b"a\n1\n", {"deadline-hours": "40", "stage-hours": "preprocess=4"})
-        # WHEN the reclaim's events are handled
+        # WHEN the reclaim's events are handled, and the SLA guard's passes of the next ten minutes have looked at
+        # the instance (its job may have stopped on the notice before EC2 took it)
         _run_until(plane, lambda: any(a.failure_class for a in _attempts(plane, "preprocess")[1]))
+        for _ in range(10):
+            plane.step()
         run, _ = _attempts(plane, "preprocess")
         report = run_report(control_plane_services(plane), run)
         refused = _refused_calls(plane)
@@ -1052,6 +1055,41 @@ def test_a_spot_job_reclaimed_in_its_instances_first_hour_is_not_charged(tmp_pat
     assert reclaimed["cost_usd"] == (pytest.approx(ran_hours * reclaimed["usd_per_hour"], abs=1e-3) if charged else 0)
     assert check_run_report_costs(report) == []
     assert refused == {}
+
+
+def test_a_warned_job_stopped_before_its_reclaim_leaves_its_instance_to_ec2_which_takes_it_on_time(tmp_path):
+    # GIVEN a container job on the Spot queue, outside any pipeline, warned of the trace's drop at 30 minutes
+    trace = trace_file(tmp_path, "drop", [1] * 3 + [0] * 200)
+    with OfflineControlPlane(trace=trace) as plane:
+        batch = boto3.client("batch", region_name=REGION)
+        ec2 = boto3.client("ec2", region_name=REGION)
+        job_id = batch.submit_job(
+            jobName="probe-spot-stopped",
+            jobQueue=plane.stack.physical_id("SpotJobQueue"),
+            jobDefinition=plane.stack.physical_id("PreprocessJobDefinition"),
+        )["jobId"]
+        for _ in range(40):
+            if plane.batch.jobs[job_id].warned_at is not None:
+                break
+            plane.step()
+        instance_id = plane.batch.jobs[job_id].instance_id
+
+        def described() -> tuple[str, str | None]:
+            instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+            return instance["State"]["Name"], instance.get("StateReason", {}).get("Code")
+
+        # WHEN it is terminated on the warning (a requeue), and the warning's two minutes then pass
+        batch.terminate_job(jobId=job_id, reason="spot-hpc: requeued to On-Demand (probe)")
+        plane.step()
+        stopped = batch.describe_jobs(jobs=[job_id])["jobs"][0]
+        when_it_stopped = described()
+        for _ in range(3):
+            plane.step()
+        after_the_reclaim = described()
+    # THEN the job stopped on the SIGTERM while its instance still ran, and EC2 took the instance on time all the same
+    assert (stopped["status"], stopped["container"]["exitCode"]) == ("FAILED", 87)
+    assert when_it_stopped[0] == "running"
+    assert after_the_reclaim == ("terminated", "Server.SpotInstanceTermination")
 
 
 def test_a_shard_reclaimed_in_its_instances_first_hour_is_not_charged(tmp_path):

@@ -384,7 +384,13 @@ def test_spot_job_is_warned_then_reclaimed_when_the_trace_drops(plane):
     assert any("Spot interruption notice" in line for line in timeline)
     instance_id = plane.batch.jobs[job_id].instance_id
     instances = boto3.client("ec2", region_name=REGION).describe_instances(InstanceIds=[instance_id])
-    assert instances["Reservations"][0]["Instances"][0]["InstanceLifecycle"] == "spot"
+    instance = instances["Reservations"][0]["Instances"][0]
+    assert instance["InstanceLifecycle"] == "spot"
+    # AND EC2 describes the instance as it does one it took back
+    assert (instance["State"]["Name"], instance["StateReason"]["Code"]) == (
+        "terminated",
+        "Server.SpotInstanceTermination",
+    )
 
 
 @pytest.mark.parametrize(

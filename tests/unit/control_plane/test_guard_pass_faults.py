@@ -27,6 +27,9 @@ class LedgerThrottlingOneRun:
     def open_runs(self) -> Iterator[Run]:
         return iter([])
 
+    def awaited_interruptions(self, now: Any) -> Iterator[Any]:
+        return iter([])  # no instance's interruption awaited
+
     def get_run(self, run_id: str) -> Run | None:
         self.looked_up.append(run_id)
         if run_id == self.throttled:
@@ -58,3 +61,35 @@ def test_a_run_the_ledger_cannot_read_now_leaves_the_other_runs_checked(utc_cloc
     # THEN every run was looked up, and the throttled run's stage is told as an error for a later pass to check again
     assert sorted(ledger.looked_up) == [f"run-{number}" for number in range(5)]
     assert result["actions"] == [{"run_id": "run-2", "stage": "preprocess", "action": "error"}]
+
+
+class LedgerThrottlingAwaitedInterruptions(LedgerThrottlingOneRun):
+    """No active stage, and the sparse index's query of awaited interruptions throttled past the client's retries."""
+
+    def awaited_interruptions(self, now: Any) -> Iterator[Any]:
+        error = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "Rate exceeded"}}
+        raise ClientError(error, "Query")  # type: ignore[arg-type]
+
+
+def test_awaited_interruptions_the_ledger_cannot_read_now_leave_the_notices_sent(utc_clock, monkeypatch) -> None:
+    # GIVEN DynamoDB throttling the query of the instances whose interruption is awaited
+    ledger = LedgerThrottlingAwaitedInterruptions([], throttled="")
+    sent: list[str] = []
+
+    def send_orphaned(svc: Any, remaining: Any, **_: Any) -> tuple[dict[str, int], list[Any]]:
+        sent.append("orphaned")
+        return {"sent": 0}, []
+
+    def redeliver_parked(svc: Any, remaining: Any) -> dict[str, int]:
+        sent.append("parked")
+        return {"sent": 0}
+
+    monkeypatch.setattr("spot_hpc.guard.send_orphaned_notices", send_orphaned)
+    monkeypatch.setattr("spot_hpc.guard.redeliver_parked_notices", redeliver_parked)
+
+    # WHEN the guard runs a pass
+    result = run_guard(SimpleNamespace(ledger=ledger, batch=NoJobs(), pipeline=None))
+
+    # THEN the pass ends, having found no instance unbilled (the next pass asks again), and still sent the notices
+    assert result["unbilled_instances"] == 0
+    assert sent == ["orphaned", "parked"]

@@ -26,6 +26,9 @@ class LedgerOfVanishedRuns:
     def open_runs(self) -> Iterator[Run]:
         return iter(self.runs)
 
+    def awaited_interruptions(self, now: Any) -> Iterator[Any]:
+        return iter([])  # no instance's interruption awaited
+
     def get_run(self, run_id: str) -> Run | None:
         self.looked_up.append(run_id)
         return None

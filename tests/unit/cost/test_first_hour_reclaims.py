@@ -34,13 +34,29 @@ def _gateway() -> tuple[BatchGateway, Stubber]:
     return BatchGateway(batch_client=None, ecs_client=None, ec2_client=ec2), stubber
 
 
-def _instance(instance_id: str, launched: datetime) -> dict[str, Any]:
-    placement = {"AvailabilityZone": "us-east-1b"}
-    return {"InstanceId": instance_id, "InstanceType": "c6i.4xlarge", "Placement": placement, "LaunchTime": launched}
+SPOT_TERMINATION = "Server.SpotInstanceTermination"
 
 
-def _described(launched: datetime, instance_id: str = INSTANCE) -> dict[str, Any]:
-    return {"Reservations": [{"Instances": [_instance(instance_id, launched)]}]}
+def _instance(
+    instance_id: str, launched: datetime, state: str = "terminated", reason: str | None = SPOT_TERMINATION
+) -> dict[str, Any]:
+    """As DescribeInstances tells of it: by default, terminated by EC2 taking it back."""
+    described: dict[str, Any] = {
+        "InstanceId": instance_id,
+        "InstanceType": "c6i.4xlarge",
+        "Placement": {"AvailabilityZone": "us-east-1b"},
+        "LaunchTime": launched,
+        "State": {"Name": state},
+    }
+    if reason is not None:
+        described["StateReason"] = {"Code": reason, "Message": f"{reason}: ..."}
+    return described
+
+
+def _described(
+    launched: datetime, instance_id: str = INSTANCE, state: str = "terminated", reason: str | None = SPOT_TERMINATION
+) -> dict[str, Any]:
+    return {"Reservations": [{"Instances": [_instance(instance_id, launched, state, reason)]}]}
 
 
 def _request(*instance_ids: str) -> dict[str, Any]:
@@ -220,3 +236,35 @@ def test_instances_are_described_at_most_200_ids_per_call():
     # THEN two calls describe every one
     assert sorted(found) == ids
     stubber.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "unbilled", "awaited"),
+    [
+        ("terminated", SPOT_TERMINATION, True, False),
+        ("shutting-down", SPOT_TERMINATION, True, False),
+        ("stopped", "Server.SpotInstanceShutdown", True, False),  # a Spot interruption that stops the instance
+        ("terminated", "Client.UserInitiatedShutdown", False, False),  # its owner, Batch, ended it first
+        ("running", None, False, True),  # not taken yet: its job stopped on the notice
+    ],
+)
+def test_an_instance_is_unbilled_only_when_ec2_says_it_took_it(
+    ledger: Ledger, utc_clock, state, reason, unbilled, awaited
+):
+    # GIVEN an instance warned 30 minutes after its launch, and what DescribeInstances says of its state and why
+    launched = utc_clock.now - timedelta(hours=2)
+    warned = launched + timedelta(minutes=30)
+    _warn(ledger, warned)
+    batch, stubber = _gateway()
+    stubber.add_response("describe_instances", _described(launched, state=state, reason=reason), _request(INSTANCE))
+    # WHEN the instances EC2 interrupted within their first hour are asked for
+    services = SimpleNamespace(ledger=ledger, batch=batch)
+    found = unbilled_instances(services, _ended_under(INSTANCE), launched)  # type: ignore[arg-type]
+    # THEN it is unbilled when EC2 names a Spot interruption for its end; one still running is awaited, for the SLA
+    # guard to look at once the warning's two minutes are out
+    assert found == ({INSTANCE} if unbilled else set())
+    assert ledger.unbilled_among([INSTANCE]) == found
+    due = list(ledger.awaited_interruptions(utc_clock.now))
+    assert [(a.instance_id, a.warned_at) for a in due] == ([(INSTANCE, format_time(warned))] if awaited else [])
+    if awaited:
+        assert list(ledger.awaited_interruptions(warned + timedelta(minutes=1, seconds=59))) == []

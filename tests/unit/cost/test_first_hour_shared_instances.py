@@ -4,16 +4,18 @@ run or of another) are not billed for their time on it either, whichever end is 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from sample_events import load_event
 from spot_hpc.batch import Ec2Instance
 from spot_hpc.clock import format_time
 from spot_hpc.cost import check_run_report_costs
 from spot_hpc.events import BatchJobDetail
+from spot_hpc.first_hour import AWAITED_FOR, confirm_interruptions
 from spot_hpc.interruptions import SIGNAL_KEPT_FOR, on_spot_signal
 from spot_hpc.job_events import apply_job_state
 from spot_hpc.ledger import (
@@ -37,6 +39,7 @@ SPOT_USD_PER_HOUR = {"c6i.4xlarge": 0.60, "m6i.4xlarge": 1.00}
 ON_DEMAND_USD_PER_HOUR = 1.20
 CONTAINER_EXITED = "Essential container in task exited"
 ACCOUNT = "123456789012"
+SPOT_TERMINATION = "Server.SpotInstanceTermination"  # EC2's reason for an instance it took back
 
 
 def _arn(instance_id: str) -> str:
@@ -55,6 +58,9 @@ class Instances:
         self.launched: dict[str, tuple[str, datetime]] = {}
         self.shards: dict[str, list[dict[str, Any]]] = {}
         self.forgotten = False
+        # EC2's state of an instance and the code of its reason, where not "taken back by EC2" (the default).
+        self.states: dict[str, tuple[str, str]] = {}
+        self.described: list[list[str]] = []  # the instance ids of each DescribeInstances call
 
     def launch(self, instance_id: str, at: datetime, instance_type: str = "c6i.4xlarge") -> None:
         self.launched[instance_id] = (instance_type, at)
@@ -67,10 +73,15 @@ class Instances:
         return list(self.instances_of(arns).values())
 
     def describe_instances(self, instance_ids: Any) -> dict[str, Ec2Instance]:
+        instance_ids = list(instance_ids)
+        self.described.append(sorted(instance_ids))
         if self.forgotten:
             return {}
         known = {i: self.launched[i] for i in instance_ids if i in self.launched}
-        return {i: Ec2Instance(kind, "us-east-1b", launched) for i, (kind, launched) in known.items()}
+        return {
+            i: Ec2Instance(kind, "us-east-1b", launched, *self.states.get(i, ("terminated", SPOT_TERMINATION)))
+            for i, (kind, launched) in known.items()
+        }
 
     def array_children(self, array_job_id: str, *statuses: str) -> list[dict[str, Any]]:
         return [shard for shard in self.shards.get(array_job_id, []) if shard["status"] in statuses]
@@ -582,3 +593,211 @@ def test_a_failed_arrays_shard_that_ended_before_its_instance_was_warned_stays_b
     array = plane.report("run-1")["stages"][0]["attempts"][0]
     assert (array["cost_usd"], array["instance_seconds"], array["run_seconds"]) == (0.1, 600, 2400)
     assert ledger.unbilled_among([REUSED, OTHER]) == {OTHER}
+
+
+# ---------------------------------------------------------------------- interruptions awaited, then confirmed by EC2
+def _awaited(ledger: Ledger) -> list[str]:
+    """The instances whose warned interruption is awaited, due or not."""
+    return [item.instance_id for item in ledger.awaited_interruptions(datetime.max.replace(tzinfo=UTC))]
+
+
+def _stopped_on_the_notice(plane: Plane, exit_code: int) -> None:
+    """run-1's Spot job on REUSED from 1 minute, warned at 20 (still in the instance's first hour): the warning moved
+    its stage to On-Demand, and the job stopped itself at 21 minutes on the notice (exit 86, or 87 where it wrote
+    no checkpoint), its end told at once, while EC2 still describes the instance as running."""
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=None)
+    _warned_while_idle(plane, REUSED, at_minutes=20)
+    plane.ledger.cancel_attempt("run-1", "preprocess", 1, CANCEL_REQUEUE)
+    plane.ledger.claim_attempt("run-1", "preprocess", 1)
+    plane.instances.states[REUSED] = ("running", "")
+    ended = {"jobId": "job-a", "jobName": "job-a", "jobQueue": "spot-queue", "status": "FAILED"}
+    times = {"startedAt": _ms(plane.minutes(1)), "stoppedAt": _ms(plane.minutes(21))}
+    container = {"containerInstanceArn": _arn(REUSED), "exitCode": exit_code}
+    plane.tell(21, {**ended, **times, "statusReason": CONTAINER_EXITED, "container": container})
+
+
+def _guard_looks(plane: Plane, at_minutes: float, out_of_time: Any = lambda: False) -> int:
+    plane.clock.now = plane.minutes(at_minutes)
+    return confirm_interruptions(plane.svc, out_of_time)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("exit_code", [86, 87])
+def test_a_job_that_stopped_on_the_notice_is_unbilled_once_ec2_describes_its_instance_taken_back(
+    ledger, utc_clock, exit_code
+):
+    # GIVEN a Spot job that stopped itself on the interruption notice at 21 minutes ($0.20 at $0.60 an hour), before
+    # EC2 took its instance
+    plane = Plane(ledger, utc_clock)
+    _stopped_on_the_notice(plane, exit_code)
+    at_its_end = _figures(plane.report("run-1"))[0]
+    # WHEN the SLA guard looks once the warning's two minutes are out, and EC2 describes the instance as taken back
+    plane.instances.states.pop(REUSED)
+    found = _guard_looks(plane, at_minutes=25)
+    # THEN the job was billed at its end (the instance was up: its owner might still have ended it first), is not
+    # billed now, and the instance is kept as unbilled and awaited no more
+    assert at_its_end == 0.2
+    assert found == 1
+    assert _figures(plane.report("run-1")) == (0.0, 0.0, 100.0)
+    assert plane.report("run-1")["stages"][0]["attempts"][0]["interrupted_in_first_hour"] is True
+    assert ledger.unbilled_among([REUSED]) == {REUSED}
+    assert _awaited(ledger) == []
+
+
+def test_an_instance_its_owner_terminated_before_ec2_took_it_stays_billed(ledger, utc_clock):
+    # GIVEN a Spot job that stopped itself on the notice at 21 minutes ($0.20), and Batch then terminating the idle
+    # instance before EC2 took it (AWS bills an instance its owner ended)
+    plane = Plane(ledger, utc_clock)
+    _stopped_on_the_notice(plane, 86)
+    plane.instances.states[REUSED] = ("terminated", "Client.UserInitiatedShutdown")
+    # WHEN the SLA guard looks
+    found = _guard_looks(plane, at_minutes=25)
+    # THEN the job stays billed, and the instance is awaited no more
+    assert found == 0
+    assert _figures(plane.report("run-1"))[0] == 0.2
+    assert ledger.unbilled_among([REUSED]) == set()
+    assert _awaited(ledger) == []
+
+
+def test_an_instance_ec2_still_describes_as_running_is_looked_at_again_until_an_hour_after_its_warning(
+    ledger, utc_clock
+):
+    # GIVEN a Spot job that stopped itself on the notice at 21 minutes ($0.20), warned at 20, its instance still
+    # running
+    plane = Plane(ledger, utc_clock)
+    _stopped_on_the_notice(plane, 86)
+    awaited_minutes = AWAITED_FOR.total_seconds() / 60
+    # WHEN the SLA guard looks at 25 minutes, a minute before AWAITED_FOR is out after the warning, and a minute after
+    looks = [_guard_looks(plane, at_minutes=25)]
+    awaited_after_first = _awaited(ledger)
+    looks.append(_guard_looks(plane, at_minutes=20 + awaited_minutes - 1))
+    awaited_before_the_end = _awaited(ledger)
+    looks.append(_guard_looks(plane, at_minutes=20 + awaited_minutes + 1))
+    # THEN it is awaited until AWAITED_FOR is out, and no more after; the job stays billed throughout
+    assert looks == [0, 0, 0]
+    assert awaited_after_first == awaited_before_the_end == [REUSED]
+    assert _awaited(ledger) == []
+    assert _figures(plane.report("run-1"))[0] == 0.2
+
+
+def test_an_interruption_not_yet_due_is_not_asked_of_ec2(ledger, utc_clock):
+    # GIVEN a Spot job that stopped itself on the notice at 21 minutes, a minute after the warning
+    plane = Plane(ledger, utc_clock)
+    _stopped_on_the_notice(plane, 86)
+    plane.instances.described.clear()
+    # WHEN the SLA guard looks at 21 minutes 30 seconds, before the warning's two minutes are out
+    found = _guard_looks(plane, at_minutes=21.5)
+    # THEN EC2 is not asked, and the instance is still awaited
+    assert found == 0
+    assert plane.instances.described == []
+    assert _awaited(ledger) == [REUSED]
+
+
+@pytest.mark.parametrize(
+    "ec2_answer", ["no longer described", "throttled"], ids=["instance-forgotten", "describe-throttled"]
+)
+def test_an_instance_ec2_cannot_tell_of_stays_billed(ledger, utc_clock, ec2_answer):
+    # GIVEN a Spot job that stopped itself on the notice at 21 minutes ($0.20); and EC2 no longer describing its
+    # instance (terminated over an hour before), or DescribeInstances throttled past the client's retries
+    plane = Plane(ledger, utc_clock)
+    _stopped_on_the_notice(plane, 86)
+    if ec2_answer == "no longer described":
+        plane.instances.forgotten = True
+    else:
+
+        def throttled(instance_ids: Any) -> dict[str, Ec2Instance]:
+            raise ClientError({"Error": {"Code": "RequestLimitExceeded", "Message": "slow down"}}, "DescribeInstances")
+
+        plane.instances.describe_instances = throttled  # type: ignore[method-assign]
+    # WHEN the SLA guard looks
+    found = _guard_looks(plane, at_minutes=25)
+    # THEN the job stays billed; a forgotten instance is awaited no more, a throttled look is left to the next pass
+    assert found == 0
+    assert _figures(plane.report("run-1"))[0] == 0.2
+    assert _awaited(ledger) == ([] if ec2_answer == "no longer described" else [REUSED])
+
+
+def test_an_instance_warned_while_idle_in_its_first_hour_is_unbilled_once_ec2_took_it(ledger, utc_clock):
+    # GIVEN run-1's Spot job, 24 minutes on an instance at $0.60 an hour ($0.24), that succeeded; then EC2's warning
+    # for the idle instance 40 minutes after its launch, handled by the Spot signal handler
+    plane = Plane(ledger, utc_clock)
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25)
+    assert plane.warned(REUSED, at_minutes=40)["status"] == "handled"
+    billed_then = _figures(plane.report("run-1"))
+    # WHEN the SLA guard looks at 43 minutes, and EC2 describes the instance as taken back
+    found = _guard_looks(plane, at_minutes=43)
+    # THEN the job is billed until EC2 says it took the instance, and not after: AWS bills none of an instance it
+    # interrupted within its first hour, whoever's jobs ran there before
+    assert billed_then == (0.24, 0.24, 50.0)
+    assert found == 1
+    assert _figures(plane.report("run-1")) == (0.0, 0.0, 100.0)
+    assert check_run_report_costs(plane.report("run-1")) == []
+
+
+def test_an_instance_warned_after_its_first_hour_stays_billed(ledger, utc_clock):
+    # GIVEN run-1's Spot job on an instance from 1 to 25 minutes, and EC2's warning for the idle instance at 70
+    # minutes, after its first hour
+    plane = Plane(ledger, utc_clock)
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25)
+    plane.warned(REUSED, at_minutes=70)
+    # WHEN the SLA guard looks once EC2 took it
+    found = _guard_looks(plane, at_minutes=73)
+    # THEN the job stays billed, and the instance is awaited no more
+    assert found == 0
+    assert _figures(plane.report("run-1"))[0] == 0.24
+    assert _awaited(ledger) == []
+
+
+def test_a_warning_for_an_instance_none_of_our_jobs_ran_on_or_a_rebalance_recommendation_awaits_nothing(
+    ledger, utc_clock
+):
+    # GIVEN a job of ours on REUSED
+    plane = Plane(ledger, utc_clock)
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25)
+    # WHEN EC2 warns of another workload's instance, and recommends rebalancing ours
+    foreign = plane.warned("i-0fffffffffffffff9", at_minutes=30)
+    plane.clock.now = plane.minutes(31)
+    event = load_event("rebalance_recommendation", **{"instance-id": REUSED})
+    event["time"] = format_time(plane.clock.now)
+    rebalance = on_spot_signal(plane.svc, event, ACCOUNT)  # type: ignore[arg-type]
+    # THEN neither instance is awaited
+    assert foreign["status"] == "ignored" and rebalance["status"] == "handled"
+    assert _awaited(ledger) == []
+
+
+def test_one_instance_whose_writes_fail_leaves_the_others_confirmed(ledger, utc_clock, monkeypatch, caplog):
+    # GIVEN two idle instances our jobs ran on ($0.24 each), both warned within their first hour and taken by EC2,
+    # and the ledger refusing to keep the first as unbilled (its partition throttled past the client's retries)
+    plane = Plane(ledger, utc_clock)
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25)
+    plane.job_ran("run-2", "job-b", OTHER, start=1, stop=25)
+    plane.warned(REUSED, at_minutes=40)
+    plane.warned(OTHER, at_minutes=40)
+    keep = Ledger.keep_unbilled_instance
+
+    def throttled_for_reused(self: Ledger, instance_id: str) -> None:
+        if instance_id == REUSED:
+            raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": ""}}, "PutItem")
+        keep(self, instance_id)
+
+    monkeypatch.setattr(Ledger, "keep_unbilled_instance", throttled_for_reused)
+    # WHEN the SLA guard looks
+    found = _guard_looks(plane, at_minutes=43)
+    # THEN the other instance's job is unbilled, the first's stays billed and awaited for the next pass, and the log
+    # names the instance
+    assert found == 1
+    assert (_figures(plane.report("run-1"))[0], _figures(plane.report("run-2"))[0]) == (0.24, 0.0)
+    assert _awaited(ledger) == [REUSED]
+    assert "could not settle an awaited interruption" in caplog.text
+
+
+def test_a_look_out_of_time_leaves_the_instances_to_the_next_pass(ledger, utc_clock):
+    # GIVEN an idle instance our job ran on, warned within its first hour and taken by EC2
+    plane = Plane(ledger, utc_clock)
+    plane.job_ran("run-1", "job-a", REUSED, start=1, stop=25)
+    plane.warned(REUSED, at_minutes=40)
+    # WHEN the SLA guard looks with no time left
+    found = _guard_looks(plane, at_minutes=43, out_of_time=lambda: True)
+    # THEN nothing is settled: the instance is still awaited, the job still billed
+    assert found == 0
+    assert _awaited(ledger) == [REUSED]
+    assert _figures(plane.report("run-1"))[0] == 0.24

@@ -13,6 +13,11 @@ DESCRIBE_BATCH = 100  # DescribeJobs takes at most 100 ids.
 DESCRIBE_CONTAINER_INSTANCES = 100  # DescribeContainerInstances takes at most 100 ARNs.
 # DescribeInstances refuses more than 200 filter values in one call (FilterLimitExceeded).
 DESCRIBE_INSTANCES_FILTER_VALUES = 200
+# EC2's StateReason codes for an instance it interrupted for Spot: terminated, or stopped where the interruption
+# behaviour is to stop ("Find interrupted Spot Instances", EC2 User Guide).
+SPOT_INTERRUPTION_CODES = frozenset({"Server.SpotInstanceTermination", "Server.SpotInstanceShutdown"})
+# EC2's states of an instance that is ending or has ended.
+ENDED_INSTANCE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
 
 
 @dataclass(frozen=True)
@@ -31,12 +36,23 @@ class JobRequest:
 
 @dataclass(frozen=True)
 class Ec2Instance:
-    """What the control plane needs of an EC2 instance a job ran on: what it is and where (its price) and when it
-    was launched (whether an interruption fell in its first hour, which AWS does not charge)."""
+    """What the control plane needs of an EC2 instance a job ran on: what it is and where (its price), when it was
+    launched and how it ended (whether EC2 interrupted it within its first hour, which AWS does not charge)."""
 
     instance_type: str
     availability_zone: str
     launched_at: datetime
+    state: str = ""  # EC2's name of its state ("running", "terminated", ...); "" where not told
+    state_reason: str = ""  # the code of EC2's reason for its last change of state; "" where none
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED_INSTANCE_STATES
+
+    @property
+    def interrupted_by_spot(self) -> bool:
+        """EC2 took the instance back: its owner, Batch scaling in, did not end it first."""
+        return self.ended and self.state_reason in SPOT_INTERRUPTION_CODES
 
 
 class BatchGateway:
@@ -130,7 +146,8 @@ class BatchGateway:
         return found
 
     def describe_instances(self, instance_ids: Iterable[str]) -> dict[str, Ec2Instance]:
-        """What EC2 says of each instance it still describes (a terminated one, for about an hour). Asked by filter,
+        """What EC2 says of each instance it still describes (a terminated one, for about an hour), with its state and
+        why it changed last (EC2 names an interruption so: `Ec2Instance.interrupted_by_spot`). Asked by filter,
         not by id: an unknown id then leaves the instance out instead of failing the whole call; at most
         DESCRIBE_INSTANCES_FILTER_VALUES ids a call (an array's shards may have run on many more instances)."""
         ids = sorted(set(instance_ids))
@@ -142,6 +159,8 @@ class BatchGateway:
                 instance_type=instance["InstanceType"],
                 availability_zone=instance["Placement"]["AvailabilityZone"],
                 launched_at=as_utc(instance["LaunchTime"]),
+                state=instance.get("State", {}).get("Name", ""),
+                state_reason=instance.get("StateReason", {}).get("Code", ""),
             )
             for start in range(0, len(ids), DESCRIBE_INSTANCES_FILTER_VALUES)
             for page in paginator.paginate(

@@ -4,6 +4,7 @@ One query of the sparse active-stages index and one DescribeJobs per 100 jobs, w
 active run, one read of the run and one DescribeExecution, and a DescribeJobs more for a Spot job replaced by an
 On-Demand one whose end is not recorded yet. Last, with bounded time: one query of the same index for
 runs whose execution ended without telling their end (a DescribeExecution for each open run without active stages),
+one for instances whose warned interruption is due (a DescribeInstances per 200: `first_hour.confirm_interruptions`),
 one for notices whose claimer died before sending them (`notifier.send_orphaned_notices`), and the parked Slack
 notices.
 """
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 from spot_hpc.clock import parse_time, utc_now
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail
+from spot_hpc.first_hour import confirm_interruptions
 from spot_hpc.job_events import answer_state_machine, apply_job_state
 from spot_hpc.ledger import CANCEL_REQUEUE, Run, Stage
 from spot_hpc.notifier import notify, redeliver_parked_notices, send_orphaned_notices
@@ -90,6 +92,9 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
             actions.append({"run_id": stage.run_id, "stage": stage.stage, "action": action})
     for settlement in _settle_ended_runs(svc, set(runs), remaining_seconds):
         settlements[settlement.report["run_id"]] = settlement
+    unbilled_instances = confirm_interruptions(
+        svc, lambda: remaining_seconds is not None and remaining_seconds() < STAGE_CHECK_MARGIN_SECONDS
+    )
     # Last, and bounded in time: notices must never hold up the stages. First those nobody has had (nor SNS), then
     # those Slack could not take.
     orphaned_notices, late_settlements = send_orphaned_notices(
@@ -106,6 +111,7 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
         "active_stages": len(stages),
         "deferred_stages": deferred,
         "actions": actions,
+        "unbilled_instances": unbilled_instances,
         "orphaned_notices": orphaned_notices,
         "parked_notices": parked_notices,
         "settlements": list(

@@ -7,7 +7,8 @@ instance goes. AWS calls per job are bounded: a checkpoint-request put, at most 
 Every signal is also kept for a while: EventBridge keeps no order between EC2's events and Batch's, so a job's RUNNING
 may be told after it (`act_on_kept_signals`, called when a job's instance is recorded). A kept warning also tells,
 once the job has ended, whether EC2 interrupted its instance within the instance's first hour, which AWS does not
-charge for, for none of the instance's usage (`first_hour`).
+charge for, for none of the instance's usage (`first_hour`); a warning for an instance our jobs ran on has the SLA
+guard ask EC2 how the instance ended, once the warning's two minutes are out.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from spot_hpc.clock import format_time, happened_at, utc_now
+from spot_hpc.clock import format_time, happened_at, parse_time, utc_now
 from spot_hpc.events import RebalanceRecommendationEvent, SpotInterruptionEvent
+from spot_hpc.first_hour import await_interruption
 from spot_hpc.intake import NOT_THIS_STACKS_INSTANCE, Rejected, parse_event, reject
 from spot_hpc.ledger import InstanceSignal, JobRef
 from spot_hpc.placement import choose_capacity, request_checkpoint, requeue_to_on_demand, tell_requeue
@@ -52,6 +54,10 @@ def on_spot_signal(svc: Services, event: dict[str, Any], account_id: str) -> dic
         # Mostly other workloads' instances, which share the account's event stream: counted, not acted on.
         return {"status": "ignored", "reason": NOT_THIS_STACKS_INSTANCE, "instance_id": instance_id}
     jobs = [act_on_signal(svc, ref, instance_id, signal, warning=not rebalance) for ref in refs]
+    if not rebalance:
+        # Whether EC2 takes it within its first hour (AWS then bills none of the jobs that ran there, ended ones
+        # too) is known once it has: the SLA guard asks.
+        await_interruption(svc, instance_id, parse_time(signalled_at))
     return {"status": "handled", "instance_id": instance_id, "jobs": jobs}
 
 
@@ -59,11 +65,13 @@ def act_on_kept_signals(svc: Services, ref: JobRef, instance_ids: Iterable[str])
     """A job's start on `instance_ids` was just recorded: the Spot signals given for them before it was (kept by
     `on_spot_signal`) are acted on now, as they would have been."""
     since = utc_now() - SIGNAL_KEPT_FOR
-    return [
-        act_on_signal(svc, ref, instance_id, kept.signal, warning=kept.warning)
-        for instance_id in instance_ids
-        for kept in svc.ledger.instance_signals(instance_id, since)
-    ]
+    acted = []
+    for instance_id in instance_ids:
+        for kept in svc.ledger.instance_signals(instance_id, since):
+            acted.append(act_on_signal(svc, ref, instance_id, kept.signal, warning=kept.warning))
+            if kept.warning:
+                await_interruption(svc, instance_id, parse_time(kept.signalled_at))
+    return acted
 
 
 def act_on_signal(svc: Services, ref: JobRef, instance_id: str, signal: str, warning: bool) -> dict[str, Any]:

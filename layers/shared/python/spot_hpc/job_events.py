@@ -388,9 +388,9 @@ def _shards_on_instances(svc: Services, shards: list[dict[str, Any]]) -> list[tu
 def _ended_by_an_interruption(detail: BatchJobDetail) -> bool:
     """Batch says the job (or shard) ended as its instance was terminated under it, or it stopped itself on a Spot
     notice or a checkpoint request (exit 86 or 87): on an instance EC2 warned, EC2 took the instance then, or within
-    the warning's two minutes. A job that ended otherwise (succeeded, failed on its own) may have left the instance
-    idle long before the warning, and Batch may terminate an idle instance before EC2 does: AWS bills it then, so its
-    jobs are not taken out of the bill on a warning alone."""
+    the warning's two minutes (EC2's reason for the instance's end says which, `first_hour`). A job that ended
+    otherwise (succeeded, failed on its own) may have left the instance idle long before the warning: whether EC2
+    took it, or Batch terminated it first, the SLA guard learns once the warning's two minutes are out."""
     stopped = detail.exit_code in (EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT)
     return detail.status == "FAILED" and (stopped or bool(_HOST_TERMINATED.match(detail.status_reason or "")))
 

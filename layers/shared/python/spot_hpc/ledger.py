@@ -8,6 +8,8 @@ Item layout (pk / sk):
   INSTANCE#<i-..>  JOB#<job id>             instance -> jobs on it (Spot warnings carry only the instance id)
   INSTANCE#<i-..>  SIGNAL#<time>#<event>    a Spot signal for the instance, kept for a job whose start comes later
   INSTANCE#<i-..>  UNBILLED                 EC2 interrupted the instance within its first hour: AWS bills none of it
+  INSTANCE#<i-..>  AWAITED_INTERRUPTION     EC2 warned of an interruption that may fall in the instance's first hour,
+                                            not yet seen carried out
   REJECTION        <time>#<id>              an input the control plane refused, with the reason
   NOTIFIED#<key>   NOTIFIED                 one notification per event, however often the event repeats: a claim
                                             (a lease, taken over when its handler died), then sent
@@ -15,7 +17,9 @@ The sparse `active-stages` index that the SLA guard queries holds three kinds of
 its own: active stages (`active` = "1", `active_sk` = run#stage); notices claimed and not yet sent (`active` =
 "notice", `active_sk` = the claim's lease end), so that the guard sends those whose claimer died
 (`lapsed_notice_claims`); and runs whose end has not been told yet (`active` = "run", `active_sk` = the run id), so
-that the guard settles those whose execution ended without it (`open_runs`).
+that the guard settles those whose execution ended without it (`open_runs`); and instances whose interruption is
+awaited (`active` = "interruption", `active_sk` = when to look), so that the guard learns how EC2 ended them
+(`awaited_interruptions`).
 
 Every write that decides something (claiming the next attempt, settling a stage) is conditional, so duplicated and
 reordered events, and two handlers racing, lead to one action.
@@ -49,6 +53,8 @@ CANCEL_RUN_ENDED = "run_ended"  # the run failed, was aborted or timed out while
 _ACTIVE = "1"
 # The index's hash value for runs whose end has not been told yet.
 _OPEN_RUN = "run"
+# The index's hash value for instances whose warned interruption is awaited (their range key is when to look).
+_AWAITED_INTERRUPTION = "interruption"
 # A notification claim is a lease that ends when its holder's invocation must have ended (plus a second for the
 # clocks of two Lambda hosts), or after this when that is unknown: longer than any function's timeout (Lambda's
 # longest is 15 minutes), so the claim of a handler still sending is never taken.
@@ -274,6 +280,18 @@ class InstanceSignal:
     signal: str  # as the notices and checkpoint requests say it, e.g. "interruption warning"
     warning: bool
     signalled_at: str
+
+
+@dataclass(frozen=True)
+class AwaitedInterruption:
+    """An instance EC2 warned it would interrupt (`warned_at`), which may fall in the instance's first hour."""
+
+    instance_id: str
+    warned_at: str
+
+
+def _awaited_interruption_key(instance_id: str) -> dict[str, str]:
+    return {"pk": f"INSTANCE#{instance_id}", "sk": "AWAITED_INTERRUPTION"}
 
 
 def _run_key(run_id: str) -> dict[str, str]:
@@ -789,6 +807,34 @@ class Ledger:
             else:
                 raise LedgerContended(f"unbilled instances: keys left unprocessed at each of {UNPROCESSED_TRIES} tries")
         return found
+
+    def await_interruption(self, instance_id: str, warned_at: datetime, look_at: datetime) -> None:
+        """Keeps that EC2 warned of the instance's interruption at `warned_at`, for the SLA guard to learn from
+        `look_at` on whether EC2 carried it out (`awaited_interruptions`). The first warning kept stands: a repeated
+        or later one changes nothing."""
+        body = {
+            "instance_id": instance_id,
+            "warned_at": format_time(warned_at),
+            "active": _AWAITED_INTERRUPTION,
+            "active_sk": format_time(look_at),
+        }
+        with contextlib.suppress(LedgerConflict):
+            self._put_new(_awaited_interruption_key(instance_id), body)
+
+    def awaited_interruptions(self, now: datetime) -> Iterator[AwaitedInterruption]:
+        """The instances whose awaited interruption is due to be looked at by `now`, from the sparse index (paged)."""
+        query: dict[str, Any] = {
+            "IndexName": ACTIVE_INDEX,
+            "KeyConditionExpression": "#active = :awaited AND #active_sk <= :now",
+            "ExpressionAttributeNames": {"#active": "active", "#active_sk": "active_sk"},
+            "ExpressionAttributeValues": {":awaited": _AWAITED_INTERRUPTION, ":now": format_time(now)},
+        }
+        for item in self._query(query):
+            yield _record(AwaitedInterruption, item)
+
+    def end_awaited_interruption(self, instance_id: str) -> None:
+        """How EC2 ended the instance is known (or can no longer be): it is awaited no more."""
+        self._table.delete_item(Key=_awaited_interruption_key(instance_id))
 
     def keep_instance_signal(self, signal: InstanceSignal, event_id: str, kept_for: timedelta) -> None:
         """Keeps a Spot signal for an instance, for a job whose start is told later (EventBridge keeps no order
