@@ -367,3 +367,24 @@ def test_a_spot_price_of_the_hour_under_way_is_asked_again_for_a_moment_after_wh
     # THEN the first two came from one request, and the third, after what it told, from another
     assert (early, later) == ([0.90, 0.90], 1.10)
     ec2_stubber.assert_no_pending_responses()
+
+
+def test_a_spot_price_ec2_tells_needs_no_on_demand_price() -> None:
+    # GIVEN a Price List API that throttles every request, and EC2's Spot price history of the zone
+    pricing = _client("pricing", PRICING_API_REGION)
+    pricing_stubber = Stubber(pricing)
+    pricing_stubber.add_client_error("get_products", service_error_code="ThrottlingException", http_status_code=400)
+    pricing_stubber.activate()
+    ec2, ec2_stubber = _stubbed(
+        "ec2",
+        "us-west-2",
+        ("describe_spot_price_history", {"SpotPriceHistory": [_history_entry("0.95", _at(9))]}, None),
+    )
+    book = AwsPriceBook(pricing_client=pricing, ec2_client=ec2, now=lambda: NOW)
+
+    # WHEN an attempt's Spot price in that zone is asked
+    per_hour = book.usd_per_hour("p3.2xlarge", "us-west-2", "spot", nodes=2, availability_zone="us-west-2a")
+
+    # THEN it is EC2's price for both nodes: the On-Demand price it does not need cannot leave it unknown
+    assert per_hour == pytest.approx(2 * 0.95)
+    ec2_stubber.assert_no_pending_responses()

@@ -143,7 +143,13 @@ class PriceBook(ABC):
         if capacity == "on-demand":
             per_instance = self.on_demand_usd_per_hour(instance_type, region)
         else:
-            per_instance = self.spot_quote(instance_type, region, availability_zone, at).usd_per_hour
+            # An observed Spot price is the price whatever On-Demand costs: a Price List API that throttles or is down,
+            # or does not list the type yet, must not leave it unknown. Only the estimates stand on On-Demand.
+            observed = self.observed_spot_usd_per_hour(instance_type, availability_zone, at)
+            if observed is not None:
+                per_instance = observed
+            else:
+                per_instance = self.spot_quote(instance_type, region, availability_zone, at).usd_per_hour
         return per_instance * nodes
 
 
