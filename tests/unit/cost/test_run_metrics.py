@@ -132,3 +132,38 @@ def test_a_failed_run_counts_its_cost_but_no_savings(powertools_metrics: Any) ->
     assert _value(blob, run_metrics.RUN_COST_USD) == 0.3
     for name in (run_metrics.SAVINGS_PERCENT, run_metrics.SAVINGS_USD, run_metrics.ON_DEMAND_ONLY_COST_USD):
         assert name not in blob, name
+
+
+def test_a_stage_whose_attempt_ran_to_the_run_s_end_lasts_until_that_end(
+    powertools_metrics: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a run that failed at 10 h (its report billed as of then): preprocess succeeded at 1 h on On-Demand after
+    # a Spot attempt whose end was never told; hpc was reclaimed on Spot at 3 h and was still on its On-Demand attempt,
+    # from 3.2 h, when the run ended and terminated its job (whose own end is told later)
+    report = _report() | {
+        "pipeline_status": "FAILED",
+        "as_of_hours": 10.0,
+        "finished_hours": 10.0,
+        "stages": [
+            {"name": "preprocess", "status": "SUCCEEDED", "attempts": [
+                {"capacity": "spot", "nodes": 1, "started_hours": 0.0, "stopped_hours": None, "usd_per_hour": 1},
+                {"capacity": "on-demand", "nodes": 1, "started_hours": 0.2, "stopped_hours": 1.0, "usd_per_hour": 1},
+            ]},
+            {"name": "hpc", "status": "FAILED", "attempts": [
+                {"capacity": "spot", "nodes": 1, "started_hours": 1.0, "stopped_hours": 3.0, "usd_per_hour": 1,
+                 "failure_class": "spot_reclaim"},
+                {"capacity": "on-demand", "nodes": 1, "started_hours": 3.2, "stopped_hours": None, "usd_per_hour": 2},
+            ]},
+        ],
+    }  # fmt: skip
+
+    # WHEN its figures are recorded
+    run_metrics.record_settled_run(powertools_metrics, report)
+    stage_blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+    # THEN hpc lasted until the run's end, as its bill runs: 9 h, not the 2 h up to its reclaimed attempt's stop; and
+    # preprocess until it succeeded, not the run's end
+    durations = {
+        blob[run_metrics.STAGE_DIMENSION]: _value(blob, run_metrics.STAGE_DURATION_SECONDS) for blob in stage_blobs
+    }
+    assert durations == {"preprocess": 3600.0, "hpc": 32400.0}

@@ -244,7 +244,7 @@ def stage_plans_from_report(run_report: Mapping[str, Any]) -> list[StagePlan] | 
     `on_demand_usd_per_hour`), hours by `on_demand_only_hours`. A report that does not say when it was made cannot
     give a running attempt's run time: its stages' `on_demand_only_hours` are taken as told. One written before
     stages told those hours counted every stage's declared compute hours."""
-    as_of_hours = _as_of_hours(run_report)
+    as_of_hours = report_as_of_hours(run_report)
     plans: list[StagePlan] = []
     for stage in run_report.get("stages", []):
         if "compute_hours" not in stage or "on_demand_usd_per_hour" not in stage:
@@ -259,7 +259,7 @@ def stage_plans_from_report(run_report: Mapping[str, Any]) -> list[StagePlan] | 
     return plans
 
 
-def _as_of_hours(run_report: Mapping[str, Any]) -> float | None:
+def report_as_of_hours(run_report: Mapping[str, Any]) -> float | None:
     """When the report was made (hours since the run started), if it says."""
     as_of: Any = run_report.get("as_of_hours")
     return float(as_of) if _is_number(as_of) and math.isfinite(as_of) else None
@@ -277,7 +277,7 @@ def check_run_report_costs(run_report: Mapping[str, Any], tolerance_usd: float =
     problems: list[str] = []
     if "stages" not in run_report:
         return problems
-    as_of_hours = _as_of_hours(run_report)
+    as_of_hours = report_as_of_hours(run_report)
     attempt_costs: list[float] = []
     for stage in run_report.get("stages", []):
         for index, attempt_dict in enumerate(stage["attempts"]):
@@ -312,10 +312,13 @@ def check_run_report_costs(run_report: Mapping[str, Any], tolerance_usd: float =
     return problems
 
 
-def stage_wall_hours(attempts: Sequence[Attempt]) -> float | None:
-    """From the first attempt's start to the last attempt's stop: how long the stage took, waits included."""
+def stage_wall_hours(attempts: Sequence[Attempt], as_of_hours: float | None = None) -> float | None:
+    """From the first attempt's start to the last attempt's stop: how long the stage took, waits included. An attempt
+    still running counts up to `as_of_hours`, as its bill does (a run's end stops jobs whose ends are told later)."""
     starts = [a.started_hours for a in attempts if a.started_hours is not None]
     stops = [a.stopped_hours for a in attempts if a.stopped_hours is not None]
+    if as_of_hours is not None:
+        stops += [as_of_hours for a in attempts if a.started_hours is not None and a.stopped_hours is None]
     if not starts or not stops:
         return None
     return max(0.0, max(stops) - min(starts))

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from spot_hpc.cost import attempts_from_report, stage_wall_hours
+from spot_hpc.cost import attempts_from_report, report_as_of_hours, stage_wall_hours
 from spot_hpc.intake import NOT_THIS_STACKS_INSTANCE
 from spot_hpc.run_report import FailureClass
 
@@ -103,8 +103,11 @@ def record_settled_run(metrics: Any, run_report: Mapping[str, Any]) -> None:
         metrics.add_metadata(key="run_id", value=str(run_report["run_id"]))
 
     # Stage durations need a Stage dimension the run-level figures must not carry: one EMF blob per stage.
+    as_of_hours = report_as_of_hours(run_report)
     for stage in run_report.get("stages", []):
-        hours = stage_wall_hours(attempts_from_report({"stages": [stage]}))
+        # A stage that succeeded ended with its successful attempt; one that did not, with the run (as its bill runs).
+        open_until = None if stage.get("status") == "SUCCEEDED" else as_of_hours
+        hours = stage_wall_hours(attempts_from_report({"stages": [stage]}), open_until)
         if hours is None:
             continue
         with single_metric(
