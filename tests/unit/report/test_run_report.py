@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -298,3 +299,24 @@ def test_only_prices_a_figure_needed_are_counted_unknown() -> None:
     # stages that count hours; not the attempt that never ran nor postprocess's base (each counts for nothing)
     assert [stage["on_demand_only_hours"] for stage in report["stages"]] == [2.0, pytest.approx(6 + 1 / 3), 0.0]
     assert report["prices_unknown"] == 3
+
+
+def test_a_price_unknown_of_an_attempt_aws_does_not_charge_is_not_counted() -> None:
+    # GIVEN a run whose preprocess was placed on Spot while its price could not be looked up, and whose instance EC2
+    # interrupted 20 minutes in (within its first hour: AWS charges nothing for it), then finished on On-Demand
+    reclaimed = _stage_attempt(
+        "preprocess", 1, "spot", "2026-01-05T00:00:00Z", "2026-01-05T00:20:00Z", status="FAILED",
+        failure_class="spot_reclaim", interrupted_in_first_hour=True,
+    )  # fmt: skip
+    attempts = [
+        replace(reclaimed, usd_per_hour=0.0, price_unknown=True),
+        _stage_attempt("preprocess", 2, "on-demand", "2026-01-05T00:30:00Z", "2026-01-05T02:30:00Z"),
+    ]
+
+    # WHEN its report is built
+    report = build_run_report(_run(), _stages("SUCCEEDED", "PENDING", "PENDING"), attempts, PRICES)
+
+    # THEN the Spot attempt costs nothing whatever its price, so no figure stands on the price that is unknown: the
+    # notice must not say the cost counts a price it could not look up as $0
+    assert report["stages"][0]["attempts"][0]["cost_usd"] == 0.0
+    assert report["prices_unknown"] == 0
