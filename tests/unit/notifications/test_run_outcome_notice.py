@@ -545,3 +545,26 @@ def test_a_running_runs_on_demand_base_is_priced_anew_and_not_kept(svc: Services
     assert [stage["on_demand_usd_per_hour"] for stage in first["stages"]] == [1.0, 2.0, 1.0]
     assert [stage["on_demand_usd_per_hour"] for stage in second["stages"]] == [2.0, 4.0, 2.0]
     assert all(stage.on_demand_usd_per_hour is None for stage in svc.ledger.get_stages("run-1"))
+
+
+def test_a_run_that_missed_its_deadline_by_seconds_never_reads_as_finishing_on_it(
+    svc: Services, sink: WebhookSink, utc_clock
+) -> None:
+    # GIVEN a run of a 6 h deadline whose only stage succeeded, settled 10 s after its deadline
+    run = Run("run-3", "ingest", "incoming/c.csv", "v1", "2026-01-05T06:00:00Z", 6.0, STARTED_AT, {})
+    attempts = [
+        Attempt("run-3", "preprocess", 1, "j1", "od-queue", "on-demand", 1, STARTED_AT, usd_per_hour=1.0,
+                status="SUCCEEDED", exit_code=0, started_at=STARTED_AT, stopped_at="2026-01-05T06:00:10Z"),
+    ]  # fmt: skip
+    stages = [Stage("run-3", "preprocess", 0, 1.0, True, 1)]
+    _write_run(svc.ledger, run, stages, attempts, {"preprocess": ("SUCCEEDED", None)})
+    utc_clock.now = datetime(2026, 1, 5, 6, 0, 10, tzinfo=UTC)
+
+    # WHEN it settles
+    finish(svc, {"run_id": "run-3", "outcome": "succeeded"})
+
+    # THEN the notice says it missed the deadline with hours past it, never "6.00 h" beside a 6 h deadline missed
+    (message,) = sink.delivered_messages
+    reason = message["blocks"][1]["text"]["text"]
+    assert reason.startswith("deadline missed: 6.01 h of 6 h;"), reason
+    assert "*Deadline*\n6.00 h (missed)" in _fields(message) and "*Elapsed*\n6.01 h" in _fields(message)

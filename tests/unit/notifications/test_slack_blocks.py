@@ -264,3 +264,16 @@ def test_money_is_rounded_before_its_format_is_chosen(value: float, shown: str) 
     # GIVEN an amount just under a dollar, or under a hundredth of a cent
     # WHEN / THEN it shows as it rounds: "$1.00", not "$1.0000"; a tiny amount as "<$0.0001", not "$0.0000"
     assert format_usd(value) == shown
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "shown"),
+    [(6.0028, "6.01 h"), (6.0, "6.00 h"), (5.9972, "6.00 h"), (5.991, "5.99 h"), (6.0149, "6.01 h"), (7.5, "7.50 h")],
+)  # fmt: skip
+def test_hours_past_the_deadline_are_never_rounded_down_onto_it(elapsed: float, shown: str) -> None:
+    # GIVEN a notice of a 6 h deadline at some hours since the run started
+    notification = Notification(kind="sla_at_risk", run_id="r", stage="hpc", reason="x", deadline_hours=6.0,
+                                elapsed_hours=elapsed)  # fmt: skip
+
+    # WHEN / THEN hours past the deadline show past it ("6.01 h", not "6.00 h"); the others as they round
+    assert f"*Elapsed*\n{shown}" in _field_texts(build_blocks(notification))

@@ -14,7 +14,7 @@ from spot_hpc.notifier import notify
 from spot_hpc.placement import node_price, stop_stage
 from spot_hpc.run_report import FailureClass, build_run_report, describe_failure
 from spot_hpc.services import Services
-from spot_hpc.slack import Notification
+from spot_hpc.slack import Notification, hours_shown
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +114,9 @@ def finish(svc: Services, payload: dict[str, Any], leave_held_notice: bool = Fal
     history = _history(report)
     stage: str | None = None
     if outcome == "succeeded":
+        took = hours_shown(report["finished_hours"], run.deadline_hours)
         reason = (
-            f"deadline {'met' if report['deadline_met'] else 'missed'}: {report['finished_hours']:.2f} h of "
-            f"{run.deadline_hours:g} h; {history}"
+            f"deadline {'met' if report['deadline_met'] else 'missed'}: {took} h of {run.deadline_hours:g} h; {history}"
         )
         figures = {k: report[k] for k in ("cost_usd", "on_demand_only_cost_usd", "savings_pct", "deadline_met")}
     else:

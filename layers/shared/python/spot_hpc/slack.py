@@ -15,6 +15,7 @@ import http.client
 import ipaddress
 import json
 import logging
+import math
 import random
 import time
 import urllib.error
@@ -176,7 +177,7 @@ def build_blocks(notification: Notification) -> list[dict[str, Any]]:
             deadline += " (met)" if notification.deadline_met else " (missed)"
         fields.append(("Deadline", deadline))
     if notification.elapsed_hours is not None:
-        fields.append(("Elapsed", f"{notification.elapsed_hours:.2f} h"))
+        fields.append(("Elapsed", f"{hours_shown(notification.elapsed_hours, notification.deadline_hours)} h"))
     for name, value in notification.details.items():
         fields.append((escape_mrkdwn(str(name)), escape_mrkdwn(str(value))))
     # A section holds at most 10 fields: spread longer lists over several sections.
@@ -223,6 +224,15 @@ def savings_shown(savings_pct: float) -> tuple[bool, str]:
     if shown == "100.0" and savings_pct < 100:
         return True, ">99.9%"
     return True, f"{shown}%"
+
+
+def hours_shown(hours: float, deadline_hours: float | None) -> str:
+    """Hours to a hundredth, never rounded down onto a deadline they are past: a run seconds late reads "6.01" beside
+    a 6 h deadline, not "6.00", which would say it finished on time."""
+    shown = f"{hours:.2f}"
+    if deadline_hours is not None and hours > deadline_hours and float(shown) <= deadline_hours:
+        shown = f"{math.ceil(hours * 100) / 100:.2f}"
+    return shown
 
 
 def format_usd(value: float) -> str:
