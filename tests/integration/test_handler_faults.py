@@ -852,11 +852,11 @@ def test_a_run_whose_notify_task_failed_past_its_retries_is_settled_and_told_by_
     real_finish_run = Ledger.finish_run
     throttled: list[str] = []
 
-    def throttled_four_times(self, run_id, status, error=None):
+    def throttled_four_times(self, run_id, status, error=None, **when):
         if len(throttled) < 4:
             throttled.append(run_id)
             raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "UpdateItem")
-        return real_finish_run(self, run_id, status, error)
+        return real_finish_run(self, run_id, status, error, **when)
 
     monkeypatch.setattr(Ledger, "finish_run", throttled_four_times)
     with OfflineControlPlane(
@@ -868,14 +868,20 @@ def test_a_run_whose_notify_task_failed_past_its_retries_is_settled_and_told_by_
         untold = svc.ledger.list_runs()[-1].status
         # WHEN the SLA guard's next pass comes
         plane.step(minutes=5)
+        guard_pass_at = plane.clock.now()
         run = svc.ledger.list_runs()[-1]
         open_runs = list(svc.ledger.open_runs())
         told = [message.get("text", "") for message in plane.webhook.delivered_messages]
+        last_stop = max(a.stopped_at or "" for a in svc.ledger.get_run_items(run.run_id)[1])
     # THEN the run was settled as its execution ended, and the team told of it, once
     expected = "FAILED" if failing_stages else "SUCCEEDED"
     assert len(throttled) == 4 and status == expected and untold == "RUNNING"
     assert run.status == expected and open_runs == []
     assert sum(text.startswith(f"Pipeline {expected.lower()}") for text in told) == 1, told
+    # AND a run that succeeded finished when its last stage did, not at the pass that settled it (minutes later, which
+    # could read as a deadline missed); a failed one at the pass that stopped it
+    assert run.finished_at == (format_time(guard_pass_at) if failing_stages else last_stop)
+    assert last_stop < format_time(guard_pass_at)
 
 
 # ------------------------------------------------------------------ a run that ends without its stages

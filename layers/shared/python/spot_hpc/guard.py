@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from spot_hpc.clock import parse_time, utc_now
@@ -179,7 +179,17 @@ def _settle_as_ended(svc: Services, run: Run, execution_status: str) -> Settleme
     if not succeeded:
         cause = f"the pipeline's execution ended {execution_status} before the run's end was told"
         payload["error"] = {"Error": f"Execution{execution_status}", "Cause": cause}
-    return finish(svc, payload, leave_held_notice=True)
+    # A run that succeeded ended with its last stage, not at this pass (up to a period after): its deadline is judged
+    # by that end, as it would have been had its end been told then.
+    ended_at = _last_success_stop(svc, run.run_id) if succeeded and run.status == "RUNNING" else None
+    return finish(svc, payload, leave_held_notice=True, ended_at=ended_at)
+
+
+def _last_success_stop(svc: Services, run_id: str) -> datetime | None:
+    """When the run's last attempt to succeed stopped (never later than now); None when none tells its stop."""
+    _, attempts = svc.ledger.get_run_items(run_id)
+    stops = [parse_time(a.stopped_at) for a in attempts if a.status == "SUCCEEDED" and a.stopped_at]
+    return min(max(stops), utc_now()) if stops else None
 
 
 def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | None) -> str | None:

@@ -403,9 +403,11 @@ class Ledger:
     def update_run(self, run_id: str, **sets: Any) -> None:
         self._update(_run_key(run_id), sets)
 
-    def finish_run(self, run_id: str, status: str, error: str | None = None) -> bool:
-        """Settles a run once; False when it was already settled."""
-        sets: dict[str, Any] = {"status": status, "finished_at": format_time(utc_now())}
+    def finish_run(
+        self, run_id: str, status: str, error: str | None = None, finished_at: datetime | None = None
+    ) -> bool:
+        """Settles a run once, as finished at `finished_at` (now, unless said); False when it was already settled."""
+        sets: dict[str, Any] = {"status": status, "finished_at": format_time(finished_at or utc_now())}
         if error:
             sets["error"] = error
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from spot_hpc.clock import parse_time
@@ -87,11 +88,13 @@ def record_guard_pass(metrics: Any, result: dict[str, Any]) -> dict[str, Any]:
 SUMMARY_FIELDS = ("run_id", "pipeline_status", "cost_usd", "on_demand_only_cost_usd", "savings_pct", "deadline_met")
 
 
-def finish(svc: Services, payload: dict[str, Any], leave_held_notice: bool = False) -> Settlement:
-    """Settles the run and tells how it ended. A notice whose claim another invocation holds raises
-    NotificationClaimHeld, so that the state machine retries the notify task after that claim's lease (its holder may
-    have died before sending); `leave_held_notice` leaves the notice to its holder instead, for a caller that never
-    comes back to the run (the SLA guard)."""
+def finish(
+    svc: Services, payload: dict[str, Any], leave_held_notice: bool = False, ended_at: datetime | None = None
+) -> Settlement:
+    """Settles the run, as ended at `ended_at` (now, unless said), and tells how it ended. A notice whose claim
+    another invocation holds raises NotificationClaimHeld, so that the state machine retries the notify task after
+    that claim's lease (its holder may have died before sending); `leave_held_notice` leaves the notice to its holder
+    instead, for a caller that never comes back to the run (the SLA guard)."""
     run_id, outcome = str(payload.get("run_id", "")), payload.get("outcome")
     if outcome not in ("succeeded", "failed"):
         raise ValueError(f"outcome must be succeeded or failed, not {outcome!r}")
@@ -100,7 +103,7 @@ def finish(svc: Services, payload: dict[str, Any], leave_held_notice: bool = Fal
         raise ValueError(f"run {run_id!r} is not in the ledger")
     error = _error_text(payload.get("error"))
     settled_as = "SUCCEEDED" if outcome == "succeeded" else "FAILED"
-    svc.ledger.finish_run(run_id, settled_as, error or None)
+    svc.ledger.finish_run(run_id, settled_as, error or None, finished_at=ended_at)
     run = svc.ledger.get_run(run_id) or run
     if run.status not in (settled_as, "RUNNING"):
         # Settled first as the other outcome (a notify task still running when the execution was stopped and the SLA
