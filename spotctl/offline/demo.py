@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from spot_hpc.pipeline import build_run_options
-from spot_hpc.slack import savings_shown
+from spot_hpc.slack import hours_shown, savings_shown
 
 from spotctl.deployed import services_for_stack
 from spotctl.offline.adapters import OFFLINE_FUNCTION_ENV
@@ -101,6 +101,12 @@ def _hours(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _run_hours(report: dict[str, Any]) -> str:
+    """The run's hours as its notice shows them: never rounded down onto a deadline they are past."""
+    finished = report["finished_hours"]
+    return "-" if finished is None else hours_shown(finished, report["deadline_hours"])
+
+
 def _reason(attempt: dict[str, Any]) -> str:
     # Batch's words ("Essential container in task exited") say little on their own; lead with the control plane's class.
     failure = attempt.get("failure_class")
@@ -148,7 +154,7 @@ def format_summary(report: dict[str, Any], timeline: list[str]) -> str:
     ]
     lines += [
         "",
-        f"Pipeline {report['pipeline_status']} in {_hours(report['finished_hours'])} h "
+        f"Pipeline {report['pipeline_status']} in {_run_hours(report)} h "
         f"of {report['deadline_hours']:g} h: deadline {'met' if report['deadline_met'] else 'MISSED'}",
         f"Interruptions {report['interruptions']}, requeues to On-Demand {report['requeues_to_on_demand']}",
         _cost_line(report),

@@ -116,6 +116,18 @@ def test_summary_tells_savings_of_a_succeeded_run_only_and_never_rounds_them_wro
     assert cost_line({"savings_pct": -0.04}).endswith("(<0.1% more than On-Demand only)")
 
 
+def test_summary_never_rounds_a_missed_deadline_onto_it(demo_run):
+    # GIVEN the run's report, as if the run had finished 10 seconds after its deadline
+    report, timeline = demo_run
+    late = {"finished_hours": report["deadline_hours"] + 10 / 3600, "deadline_met": False}
+    # WHEN the demo prints its summary
+    text = format_summary({**report, **late}, timeline)
+    # THEN its hours are past the deadline, as the run's notice shows them, not the deadline's own
+    line = next(line for line in text.splitlines() if line.startswith("Pipeline "))
+    deadline = report["deadline_hours"]
+    assert line.endswith(f"in {deadline + 0.01:.2f} h of {deadline:g} h: deadline MISSED")
+
+
 def test_summary_says_resumed_only_of_attempts_that_ran(demo_run):
     # GIVEN the run's report, with attempts that ran from a checkpoint and, in this run, one cancelled before it ran
     report, timeline = demo_run
