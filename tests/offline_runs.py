@@ -17,6 +17,20 @@ QUICK_STAGES = {"preprocess": 0.5, "hpc": 0.5, "postprocess": 0.5}
 QUICK_STAGE_HOURS = ",".join(f"{stage}={hours}" for stage, hours in QUICK_STAGES.items())
 
 
+def submit_probe(plane: OfflineControlPlane, name: str, queue: str, definition: str, **overrides: Any) -> str:
+    """A job of the stack's definition (logical id) on its queue (logical id), outside any pipeline (the control plane
+    ignores it); returns its id."""
+    batch = boto3.client("batch", region_name=REGION)
+    return str(
+        batch.submit_job(
+            jobName=name,
+            jobQueue=plane.stack.physical_id(queue),
+            jobDefinition=plane.stack.physical_id(definition),
+            **overrides,
+        )["jobId"]
+    )
+
+
 class RuntimeExitError(Exception):
     """A Lambda whose process died (out of memory, timed out): the invocation fails where it stands."""
 

@@ -12,7 +12,15 @@ from types import SimpleNamespace
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from offline_runs import QUICK_STAGES, RuntimeExitError, retry_dead_lettered, steady_trace, trace_file, upload_quick_run
+from offline_runs import (
+    QUICK_STAGES,
+    RuntimeExitError,
+    retry_dead_lettered,
+    steady_trace,
+    submit_probe,
+    trace_file,
+    upload_quick_run,
+)
 from sample_events import load_event
 from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
@@ -1069,11 +1077,7 @@ def test_a_warned_job_stopped_before_its_reclaim_leaves_its_instance_to_ec2_whic
     with OfflineControlPlane(trace=trace) as plane:
         batch = boto3.client("batch", region_name=REGION)
         ec2 = boto3.client("ec2", region_name=REGION)
-        job_id = batch.submit_job(
-            jobName="probe-spot-stopped",
-            jobQueue=plane.stack.physical_id("SpotJobQueue"),
-            jobDefinition=plane.stack.physical_id("PreprocessJobDefinition"),
-        )["jobId"]
+        job_id = submit_probe(plane, "probe-spot-stopped", "SpotJobQueue", "PreprocessJobDefinition")
         for _ in range(40):
             if plane.batch.jobs[job_id].warned_at is not None:
                 break

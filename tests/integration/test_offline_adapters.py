@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from offline_runs import submit_probe
 from spot_checkpoint.store import CheckpointStore
 
 from spotctl.offline import adapters
@@ -335,12 +336,7 @@ def test_multinode_job_on_a_spot_queue_is_refused(plane):
 def test_multinode_job_tells_each_node_s_instance_of_the_node_only(plane):
     # GIVEN a 2-node job of the multi-node HPC definition on the HPC queue, outside any pipeline
     batch = boto3.client("batch", region_name=REGION)
-    job_id = batch.submit_job(
-        jobName="probe-mnp-nodes",
-        jobQueue=plane.stack.physical_id("HpcJobQueue"),
-        jobDefinition=plane.stack.physical_id("HpcJobDefinition"),
-        nodeOverrides={"numNodes": 2},
-    )["jobId"]
+    job_id = submit_probe(plane, "probe-mnp-nodes", "HpcJobQueue", "HpcJobDefinition", nodeOverrides={"numNodes": 2})
     # WHEN it runs
     for _ in range(10):
         if batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "RUNNING":
@@ -368,11 +364,7 @@ def test_multinode_job_tells_each_node_s_instance_of_the_node_only(plane):
 def test_spot_job_is_warned_then_reclaimed_when_the_trace_drops(plane):
     # GIVEN a container job on the Spot queue, outside any pipeline (the control plane ignores it)
     batch = boto3.client("batch", region_name=REGION)
-    job_id = batch.submit_job(
-        jobName="probe-spot",
-        jobQueue=plane.stack.physical_id("SpotJobQueue"),
-        jobDefinition=plane.stack.physical_id("PreprocessJobDefinition"),
-    )["jobId"]
+    job_id = submit_probe(plane, "probe-spot", "SpotJobQueue", "PreprocessJobDefinition")
     # WHEN virtual time passes the trace's drop at 30 minutes
     for _ in range(40):
         plane.step()
@@ -404,12 +396,13 @@ def test_a_running_job_terminated_stops_as_the_job_runtime_does_on_sigterm(plane
     environment = (
         [{"name": "CHECKPOINT_URI", "value": checkpoint_uri.format(bucket=plane.bucket)}] if checkpoint_uri else []
     )
-    job_id = batch.submit_job(
-        jobName=f"probe-terminate-{exit_code}",
-        jobQueue=plane.stack.physical_id("OnDemandJobQueue"),
-        jobDefinition=plane.stack.physical_id("PreprocessJobDefinition"),
+    job_id = submit_probe(
+        plane,
+        f"probe-terminate-{exit_code}",
+        "OnDemandJobQueue",
+        "PreprocessJobDefinition",
         containerOverrides={"environment": environment},
-    )["jobId"]
+    )
     for _ in range(15):
         plane.step()
     assert batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "RUNNING"
