@@ -112,3 +112,16 @@ def test_a_lost_instance_is_told_as_a_spot_interruption_only_when_it_was_spot(ca
     # THEN the title says what was lost, and the reason says it in words with Batch's own reason
     assert notification_text(notification).startswith(f"{title}: run run-1")
     assert notice_reason == f"{FAILURE_WORDS[failure]} ({reason})" == f"{words} ({reason})"
+
+
+@pytest.mark.parametrize("exit_code", [86, 87])
+@pytest.mark.parametrize("capacity", ["spot", "on-demand"])
+def test_a_job_that_ran_past_its_timeout_and_checkpointed_on_the_sigterm_is_a_timeout(exit_code, capacity):
+    # GIVEN a job Batch ended for running past its attempt timeout: Batch stops it with a SIGTERM, on which the job
+    # runtime checkpoints and exits 86 (87 when the checkpoint cannot be written), as it does on a Spot notice
+    detail = _detail("Job attempt duration exceeded timeout", exit_code).detail
+    # WHEN it is classified
+    failure = classify_failure(detail, _attempt(capacity))
+    # THEN it is a timeout, which spends the stage's retries, not an interruption resubmitted for nothing forever
+    assert failure == FailureClass.TIMEOUT
+    assert failure not in RECLAIM_CLASSES

@@ -62,10 +62,12 @@ def classify_failure(detail: BatchJobDetail, attempt: Attempt) -> str:
         return attempt.shard_failure
     if _HOST_TERMINATED.match(reason):
         return FailureClass.SPOT_RECLAIM if attempt.capacity == "spot" else FailureClass.HOST_FAILURE
-    if detail.exit_code in (EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT):
-        return FailureClass.CHECKPOINTED_INTERRUPTION
+    # Before the exit code: Batch ends a timed-out attempt with a SIGTERM, on which the job checkpoints and exits 86
+    # as on a Spot notice; read as an interruption, a job that never finishes would be resubmitted forever, for free.
     if _TIMEOUT.search(reason):
         return FailureClass.TIMEOUT
+    if detail.exit_code in (EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT):
+        return FailureClass.CHECKPOINTED_INTERRUPTION
     return FailureClass.APPLICATION_ERROR
 
 
