@@ -155,8 +155,12 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
             svc.ledger.add_attempt_instance(ref.run_id, ref.stage, ref.attempt, instance_id)
         if attempt.status != "RUNNING":
             sets.update(status="RUNNING", started_at=format_epoch_ms(detail.started_at) or format_time(utc_now()))
-    failure = classify_failure(detail, attempt) if detail.status == "FAILED" else None
-    if failure and (failure in RECLAIM_CLASSES or not attempt.shard_failure):
+    # The shard's own end, not the array's as an earlier shard recorded it: a reclaim after an application error is
+    # still a reclaim, which ends the array now and takes the place of that error (a reclaim first). The first
+    # reclaim stays: the shards it ends checkpoint and stop after it.
+    failure = classify_failure(detail, replace(attempt, shard_failure=None)) if detail.status == "FAILED" else None
+    replaces_an_error = failure in RECLAIM_CLASSES and attempt.shard_failure not in RECLAIM_CLASSES
+    if failure and (not attempt.shard_failure or replaces_an_error):
         sets["shard_failure"] = failure
     if sets:
         try:

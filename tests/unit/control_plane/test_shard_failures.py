@@ -1,0 +1,73 @@
+"""How the ends of an array job's shards are recorded on the array's attempt (job_events._apply_shard_state)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from sample_events import load_event
+from spot_hpc.events import BatchJobStateChangeEvent
+from spot_hpc.job_events import apply_job_state
+from spot_hpc.ledger import Attempt, Ledger, Run, Stage
+from spot_hpc.run_report import FailureClass
+
+ARRAY_JOB = "4c1e-77"
+
+
+class RecordingBatch:
+    """Batch as the shard handler uses it: the jobs it was asked to terminate, and why."""
+
+    def __init__(self) -> None:
+        self.terminated: list[tuple[str, str]] = []
+
+    def terminate(self, job_id: str, reason: str) -> None:
+        self.terminated.append((job_id, reason))
+
+
+def _shard_failed(index: int, status_reason: str, exit_code: int | None) -> Any:
+    container = {} if exit_code is None else {"exitCode": exit_code}
+    event = load_event(
+        "batch_job_failed_host_terminated",
+        jobId=f"{ARRAY_JOB}:{index}",
+        statusReason=status_reason,
+        container=container,
+        arrayProperties={"index": index},
+    )
+    return BatchJobStateChangeEvent.model_validate(event).detail
+
+
+def _array_running_on_spot(ledger: Ledger) -> None:
+    run = Run("r1", "b", "incoming/a.csv", "v1", "2026-01-06T06:00:00Z", 24.0, "2026-01-05T06:00:00Z", {})
+    ledger.create_run(run, [Stage("r1", "hpc", 1, 2.0, True, 3)])
+    ledger.claim_attempt("r1", "hpc", 0, capacity="spot")
+    ledger.record_attempt(Attempt("r1", "hpc", 1, ARRAY_JOB, "spot-queue", "spot", 3, "2026-01-05T06:00:00Z"))
+    ledger.update_open_attempt("r1", "hpc", 1, status="RUNNING", started_at="2026-01-05T06:05:00Z")
+
+
+def test_a_shard_reclaimed_after_another_failed_on_its_own_makes_the_array_a_reclaim(ledger: Ledger, utc_clock):
+    # GIVEN an array of 3 shards running on Spot, whose first shard failed on its own (exit 3)
+    _array_running_on_spot(ledger)
+    batch = RecordingBatch()
+    svc = SimpleNamespace(ledger=ledger, batch=batch)
+    apply_job_state(svc, _shard_failed(0, "Essential container in task exited", 3))
+    # WHEN a second shard's instance is taken back by Spot
+    result = apply_job_state(svc, _shard_failed(2, "Host EC2 (instance i-0b662ef9931388ba0) terminated.", None))
+    # THEN that shard's end is the reclaim it was, as the array's end would have found it had it been told first
+    # (a reclaim first): the array is ended at once, and will be placed again without spending a retry
+    attempt = ledger.get_attempt("r1", "hpc", 1)
+    assert result["failure_class"] == FailureClass.SPOT_RECLAIM
+    assert attempt is not None and attempt.shard_failure == FailureClass.SPOT_RECLAIM
+    assert [job_id for job_id, _ in batch.terminated] == [ARRAY_JOB]
+
+
+def test_the_shards_an_arrays_reclaim_ended_leave_the_reclaim_recorded(ledger: Ledger, utc_clock):
+    # GIVEN an array of 3 shards running on Spot, one of whose shards was reclaimed (which ends the array)
+    _array_running_on_spot(ledger)
+    svc = SimpleNamespace(ledger=ledger, batch=RecordingBatch())
+    apply_job_state(svc, _shard_failed(2, "Host EC2 (instance i-0b662ef9931388ba0) terminated.", None))
+    # WHEN the shards the array's end stopped checkpoint and exit 86, or fail on their own
+    apply_job_state(svc, _shard_failed(0, "Essential container in task exited", 86))
+    apply_job_state(svc, _shard_failed(1, "Essential container in task exited", 3))
+    # THEN the array's shard failure is still the reclaim that ended it
+    attempt = ledger.get_attempt("r1", "hpc", 1)
+    assert attempt is not None and attempt.shard_failure == FailureClass.SPOT_RECLAIM
