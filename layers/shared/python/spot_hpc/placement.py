@@ -269,9 +269,12 @@ def choose_capacity(
     svc: Services, run: Run, stage: Stage, current: Action, spot_available: bool, view: StageView | None = None
 ) -> Decision:
     view = view or stage_view(svc, run, stage)
-    # Unknown prices: only their ratio matters to the policy, so assume Spot's typical 70% discount.
-    od_price = node_price(svc, "on-demand", stage) or 1.0
-    spot_price = node_price(svc, "spot", stage) or 0.3 * od_price
+    # Unknown prices: only their ratio matters to the policy, so assume Spot's typical 70% discount. A Spot price
+    # known without the On-Demand one (the Price List API down) has no ratio: dollars against a stand-in of 1.
+    od_price = node_price(svc, "on-demand", stage)
+    spot_price = node_price(svc, "spot", stage) if od_price else None
+    od_price = od_price or 1.0
+    spot_price = spot_price or 0.3 * od_price
     decision = decide(
         remaining_hours=view.remaining_hours,
         hours_left=view.hours_left,
