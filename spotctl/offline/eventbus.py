@@ -169,10 +169,13 @@ class EventBus:
         return misses
 
     def fire_due_schedules(self, now: datetime) -> list[Delivery]:
-        """Fires every scheduled rule whose rate has come round on the (virtual) clock since it last fired."""
+        """Fires every scheduled rule whose rate has come round on the (virtual) clock since it last fired. A rule on a
+        cron schedule never fires offline: cron schedules are not emulated, and such a rule stops no other."""
         delivered: list[Delivery] = []
         for rule in self._rules():
             if rule.state != "ENABLED" or not rule.scheduled_expression:
+                continue
+            if rule.scheduled_expression.strip().startswith("cron("):
                 continue
             period = schedule_period(rule.scheduled_expression)
             due = self._next_fire.setdefault(rule.name, now + period)

@@ -20,7 +20,7 @@ from offline_runs import submit_probe
 from spot_checkpoint.store import CheckpointStore
 
 from spotctl.offline import adapters
-from spotctl.offline.eventbus import RejectedEntry, check_entry, make_event, schedule_period
+from spotctl.offline.eventbus import EventBus, RejectedEntry, check_entry, make_event, schedule_period
 from spotctl.offline.runtime import OfflineControlPlane
 
 pytestmark = pytest.mark.integration
@@ -319,6 +319,27 @@ def test_scheduled_rule_fires_once_per_period(plane):
     # THEN the guard ran once
     assert len(fired) == 1 and "SlaGuard" in fired[0].rule
     assert again == []
+
+
+def test_a_rule_on_a_cron_schedule_is_not_emulated_and_stops_no_other_schedule(plane):
+    # GIVEN a rule on a cron schedule, which AWS takes and the offline bus does not emulate, with a target
+    events = boto3.client("events", region_name=REGION)
+    events.put_rule(Name="nightly-rule", ScheduleExpression="cron(0 2 * * ? *)")
+    missing = {"Id": "missing", "Arn": "arn:aws:lambda:us-east-1:123456789012:function:missing"}
+    events.put_targets(Rule="nightly-rule", Targets=[missing])
+    bus = EventBus()  # schedules armed afresh
+    now = plane.clock.now()
+    try:
+        # WHEN the schedules are armed, then five minutes pass
+        armed = bus.fire_due_schedules(now)
+        fired = bus.fire_due_schedules(now + timedelta(minutes=5))
+    finally:
+        events.remove_targets(Rule="nightly-rule", Ids=["missing"])
+        events.delete_rule(Name="nightly-rule")
+    # THEN the cron rule fires nothing, and the SLA guard's rate(5 minutes) rule still runs on the virtual clock
+    assert armed == []
+    assert [d.rule for d in fired if "nightly" in d.rule] == []
+    assert len(fired) == 1 and "SlaGuard" in fired[0].rule
 
 
 def test_multinode_job_on_a_spot_queue_is_refused(plane):
