@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "which handlers run. Rules match only the stack's own names (job queues, bucket): to run a handler on "
         "a sample event whatever its names, use `spotctl invoke`. An event PutEvents refuses (no source, "
         "detail-type or detail, a source or detail-type that is not a string, a detail that is not an object) is "
-        "reported as a failed entry, as PutEvents answers it, and reaches no rule; the command then exits 1.",
+        "reported as a failed entry, as PutEvents answers it, and reaches no rule; the command then exits 1. An event "
+        "over PutEvents' 256 KB is refused with the whole file, as PutEvents refuses the request.",
     )
     put.add_argument("file", type=Path, help="one event or a JSON list of events")
     put.add_argument("--json", type=Path, help="write the deliveries (and the failed entries) here")
@@ -57,7 +58,7 @@ def _why_unmatched(event: dict[str, Any], near_misses: dict[str, list[str]]) -> 
 
 
 def put_events(args: argparse.Namespace) -> int:
-    from spotctl.offline.eventbus import RejectedEntry, check_entry
+    from spotctl.offline.eventbus import RejectedEntry, check_entry, check_entry_size
     from spotctl.offline.runtime import OfflineControlPlane
 
     if args.json:
@@ -82,8 +83,15 @@ def put_events(args: argparse.Namespace) -> int:
             check_entry(event)
         except RejectedEntry as exc:
             failed_entries.append({"entry": index, "error_code": exc.code, "error_message": exc.message})
-        else:
-            accepted.append(event)
+            continue
+        try:
+            check_entry_size(event)
+        except ValueError as exc:
+            # Not a failed entry: PutEvents refuses the whole request (a ValidationException) and puts no event.
+            raise ToolError(
+                f"{args.file}: event [{index}] is {exc}; PutEvents refuses the request: no event was put"
+            ) from None
+        accepted.append(event)
     deliveries = []
     if accepted:
         with OfflineControlPlane() as plane:

@@ -5,7 +5,7 @@ then sending it to the target's dead-letter queue. moto stores the rules and mat
 or Step Functions target; this bus does, in-process, and dead-letters an event whose target errors. An entry PutEvents
 refuses (no Source, DetailType or Detail, a Source that is not a string, a Detail that is not a JSON object) is refused
 here too, before any rule sees it: PutEvents answers it as a failed entry, with an ErrorCode and an ErrorMessage, and
-puts the other entries.
+puts the other entries. So is an entry over PutEvents' 256 KB, for which it refuses the whole request.
 """
 
 from __future__ import annotations
@@ -85,6 +85,27 @@ def check_entry(entry: Mapping[str, Any]) -> None:
         raise RejectedEntry("InvalidArgument", f"Parameter Resources is not valid. Reason: {reason}.")
 
 
+# PutEvents refuses a request whose entries come to more than 256 KB: a ValidationException, no entry put. An entry
+# over it can be put in no request.
+MAX_ENTRY_BYTES = 256 * 1024
+
+
+def entry_size(entry: Mapping[str, Any]) -> int:
+    """An entry's size as EventBridge counts it against MAX_ENTRY_BYTES: Time 14 bytes when given, and the UTF-8 bytes
+    of Source, DetailType, Detail (its JSON text, written compactly) and each of Resources. For an entry `check_entry`
+    takes."""
+    detail = json.dumps(entry["detail"], separators=(",", ":"), ensure_ascii=False)
+    texts = [entry["source"], entry["detail-type"], detail, *entry.get("resources", [])]
+    return (14 if "time" in entry else 0) + sum(len(text.encode("utf-8")) for text in texts)
+
+
+def check_entry_size(entry: Mapping[str, Any]) -> None:
+    """Raises ValueError for an entry over MAX_ENTRY_BYTES, which PutEvents refuses with its whole request."""
+    size = entry_size(entry)
+    if size > MAX_ENTRY_BYTES:
+        raise ValueError(f"{size:,} bytes, over the {MAX_ENTRY_BYTES:,} (256 KB) PutEvents takes of an entry")
+
+
 def make_event(
     source: str,
     detail_type: str,
@@ -138,9 +159,11 @@ class EventBus:
         As PutEvents does, the bus gives the entry whatever it left out (id, time, account, region, version, ...),
         keeping what it gave, so that rules and targets see an event of the shape EventBridge delivers. An id that is
         not a non-empty string is none EventBridge gives, and the event gets one of its own instead. An entry
-        PutEvents refuses raises RejectedEntry (`check_entry`) and is delivered nowhere.
+        PutEvents refuses raises RejectedEntry (`check_entry`), and one over its size limit ValueError
+        (`check_entry_size`): either is delivered nowhere.
         """
         check_entry(entry)
+        check_entry_size(entry)
         event = {**make_event(entry["source"], entry["detail-type"], entry["detail"]), **entry}
         if not isinstance(event["id"], str) or not event["id"]:
             event["id"] = str(uuid.uuid4())

@@ -20,7 +20,14 @@ from offline_runs import submit_probe
 from spot_checkpoint.store import CheckpointStore
 
 from spotctl.offline import adapters
-from spotctl.offline.eventbus import EventBus, RejectedEntry, check_entry, make_event, schedule_period
+from spotctl.offline.eventbus import (
+    EventBus,
+    RejectedEntry,
+    check_entry,
+    check_entry_size,
+    make_event,
+    schedule_period,
+)
 from spotctl.offline.runtime import OfflineControlPlane
 
 pytestmark = pytest.mark.integration
@@ -219,6 +226,18 @@ def test_an_event_of_putevents_shape_is_taken_whatever_it_leaves_out():
     # GIVEN / WHEN / THEN an event with its fields of the right types, and one with only source, detail-type and detail
     check_entry(make_event("aws.ec2", "Probe", {"n": 1}, ["arn:aws:ec2:us-east-1:123456789012:instance/i-1"]))
     check_entry({"source": "aws.ec2", "detail-type": "Probe", "detail": {}})
+
+
+def test_an_entry_is_taken_up_to_putevents_size_limit_and_refused_over_it():
+    # GIVEN entries sized as EventBridge counts them (Time 14 bytes; Source, DetailType, Detail's JSON text and each
+    # resource in UTF-8 bytes): one of exactly 256 KB, and one a byte over
+    fixed = 14 + len("aws.ec2") + len("Probe") + len('{"b":""}') + len("r")
+    at_limit = {**make_event("aws.ec2", "Probe", {"b": "x" * (256 * 1024 - fixed)}), "resources": ["r"]}
+    over = {**at_limit, "resources": ["r", "s"]}
+    # WHEN / THEN the first is taken, the second refused with its size
+    check_entry_size(at_limit)
+    with pytest.raises(ValueError, match="262,145 bytes, over the 262,144"):
+        check_entry_size(over)
 
 
 # ------------------------------------------------------------------ against the embedded AWS

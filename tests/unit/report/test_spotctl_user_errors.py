@@ -528,6 +528,23 @@ def test_put_events_names_the_entry_that_is_not_an_event(
     assert "event [1] is not an event: a JSON object with source, detail-type and detail" in capsys.readouterr().err
 
 
+def test_put_events_refuses_an_event_over_putevents_size_limit_before_deploying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a good event, then one whose detail makes it larger than the 256 KB PutEvents takes of an entry
+    events = tmp_path / "events.json"
+    probe = {"source": "aws.ec2", "detail-type": "Probe", "detail": {}}
+    events.write_text(json.dumps([probe, {**probe, "detail": {"blob": "x" * 300_000}}]))
+    _refuse_to_run(monkeypatch, "spotctl.offline.runtime.OfflineControlPlane")
+    # WHEN they are put on the bus
+    code = main(["put-events", str(events)])
+    # THEN the file is refused before the stack is deployed, as PutEvents refuses the request, naming the entry
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "event [1] is 300,023 bytes, over the 262,144 (256 KB) PutEvents takes of an entry" in err
+    assert "PutEvents refuses the request: no event was put" in err
+
+
 def test_put_events_says_an_empty_list_has_no_events(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
