@@ -132,12 +132,19 @@ _RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
 
 
 def schedule_period(expression: str) -> timedelta:
-    """The period of a `rate(...)` schedule. Offline time is virtual, so cron schedules are not emulated."""
+    """The period of a `rate(...)` schedule. Offline time is virtual, so cron schedules are not emulated. A rate
+    EventBridge refuses (a value under 1, a unit singular for more than 1 or plural for 1) is refused too: a period
+    of 0 would fire forever."""
     match = _RATE.match(expression.strip())
     if not match:
         raise ValueError(f"schedule {expression!r}: only rate(...) schedules are emulated offline")
-    value, unit = int(match.group(1)), match.group(2).rstrip("s")
-    return timedelta(**{f"{unit}s": value})
+    value, unit = int(match.group(1)), match.group(2)
+    if value < 1 or (value == 1) == unit.endswith("s"):
+        raise ValueError(
+            f"schedule {expression!r} is not a rate EventBridge takes: a whole number from 1, with the unit singular "
+            "for 1 and plural otherwise, e.g. rate(1 hour), rate(5 minutes)"
+        )
+    return timedelta(**{f"{unit.rstrip('s')}s": value})
 
 
 class EventBus:

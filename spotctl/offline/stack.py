@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 
 from spotctl.offline import adapters
+from spotctl.offline.eventbus import schedule_period
 
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
@@ -136,6 +137,23 @@ def default_network(ec2: Any) -> dict[str, str]:
     }
 
 
+def check_schedules(template: dict[str, Any]) -> None:
+    """Refuses a rule on a rate schedule EventBridge refuses, as AWS fails the stack's creation for it; moto creates
+    it, and the offline bus could not run it (`rate(0 minutes)` would fire forever). Cron schedules are not run
+    offline, and are left to moto."""
+    for logical_id, resource in template.get("Resources", {}).items():
+        expression = resource.get("Properties", {}).get("ScheduleExpression")
+        if (
+            resource.get("Type") == "AWS::Events::Rule"
+            and isinstance(expression, str)
+            and expression.startswith("rate")
+        ):
+            try:
+                schedule_period(expression)
+            except ValueError as exc:
+                raise TemplateError(f"{logical_id}.ScheduleExpression: {exc}") from None
+
+
 # The parameters a user must give besides the network: the job image (the Batch emulator runs no image).
 OFFLINE_PARAMETERS = {"JobImage": "spot-hpc-jobs:offline"}
 
@@ -156,6 +174,7 @@ def deploy(template_path: Path, parameter_overrides: dict[str, str] | None = Non
     adapters.inline_list_parameters(deployable, parameters)
     adapters.add_batch_service_role(deployable)
     not_emulated = adapters.drop_unemulated_resources(deployable)
+    check_schedules(deployable)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cfn.create_stack(

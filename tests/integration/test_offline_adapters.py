@@ -189,6 +189,13 @@ def test_schedule_rates_are_parsed_and_cron_is_refused():
         schedule_period("cron(0 12 * * ? *)")
 
 
+@pytest.mark.parametrize("expression", ["rate(0 minutes)", "rate(1 minutes)", "rate(5 minute)", "rate(2 hour)"])
+def test_a_rate_eventbridge_refuses_is_refused(expression):
+    # GIVEN / WHEN / THEN a rate of nothing (which would fire forever), or a unit whose number does not agree with it
+    with pytest.raises(ValueError, match="not a rate EventBridge takes"):
+        schedule_period(expression)
+
+
 @pytest.mark.parametrize(
     ("change", "code", "message"),
     [
