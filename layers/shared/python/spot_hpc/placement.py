@@ -270,7 +270,8 @@ def choose_capacity(
 ) -> Decision:
     view = view or stage_view(svc, run, stage)
     # Unknown prices: only their ratio matters to the policy, so assume Spot's typical 70% discount. A Spot price
-    # known without the On-Demand one (the Price List API down) has no ratio: dollars against a stand-in of 1.
+    # known without the On-Demand one (the Price List API down) is set aside too: against a stand-in On-Demand
+    # price of 1, its dollars would make no ratio.
     od_price = node_price(svc, "on-demand", stage)
     spot_price = node_price(svc, "spot", stage) if od_price else None
     od_price = od_price or 1.0
