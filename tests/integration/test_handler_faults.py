@@ -30,7 +30,7 @@ from spot_hpc.events import TERMINAL_STATUSES, BatchJobDetail
 from spot_hpc.ledger import Ledger
 from spot_hpc.outcome import run_report
 from spot_hpc.pipeline import STAGE_NAMES
-from spot_hpc.placement import submit_claimed
+from spot_hpc.placement import requeue_to_on_demand, submit_claimed
 from spot_hpc.pricing import DataFilePriceBook
 from spot_hpc.run_report import RECLAIM_CLASSES
 from spot_hpc.stepfunctions import PipelineStateMachine
@@ -677,6 +677,85 @@ def test_a_requeued_spot_job_whose_end_is_lost_is_recorded_by_the_guard_and_not_
         ("on-demand", "SUCCEEDED", True),
     ]
     assert terminated.count(spot_job.job_id) == 1
+
+
+def _requeued_as_it_succeeds(plane: OfflineControlPlane) -> tuple[dict, list]:
+    """Runs quick stages on Spot until preprocess's Spot job has succeeded, its SUCCEEDED held back; then requeues the
+    stage to On-Demand (as the guard or a warning would, their TerminateJob too late). Returns the held-back event and
+    the On-Demand attempt's job ids."""
+    deliver = plane.bus.put
+    held: list[dict] = []
+
+    def hold_back_the_spot_success(event):
+        detail = event["detail"]
+        spot_job = event["source"] == "aws.batch" and detail["jobName"].endswith("-preprocess-a1")
+        if spot_job and detail["status"] == "SUCCEEDED" and not held:
+            held.append(event)
+            return []
+        return deliver(event)
+
+    plane.bus.put = hold_back_the_spot_success  # type: ignore[method-assign]
+    upload_quick_run(plane, 12)
+    _run_until(plane, lambda: bool(held))
+    plane.bus.put = deliver  # type: ignore[method-assign]
+    svc = control_plane_services(plane)
+    run, attempts = _attempts(plane, "preprocess")
+    stage = svc.ledger.get_stage(run.run_id, "preprocess")
+    assert stage is not None
+    requeue_to_on_demand(svc, run, stage, attempts[0].job_id, "deadline at risk")
+    return held[0], [a.job_id for a in _attempts(plane, "preprocess")[1][1:]]
+
+
+def test_a_spot_job_that_succeeds_as_it_is_requeued_settles_its_stage_and_ends_the_on_demand_one(tmp_path):
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 4), stage_hours=QUICK_STAGES) as plane:
+        # GIVEN preprocess's Spot job done, and the stage requeued to On-Demand before its success was told
+        succeeded, [on_demand_job] = _requeued_as_it_succeeds(plane)
+        # WHEN the Spot job's success is told, and the run goes its course
+        told, errored = plane.invoke("BatchStateChangeFunction", succeeded)
+        status = plane.run_until_settled(max_hours=12)
+        _, preprocess = _attempts(plane, "preprocess")
+        on_demand_status = _batch_status(on_demand_job)
+        refused = _refused_calls(plane)
+    # THEN the stage settled on the Spot attempt's work: the On-Demand job was ended before it ran, so that the work
+    # was not done again (from nothing: a job's success cleans its checkpoints), and the run succeeded
+    assert not errored and told["status"] == "settled"
+    assert status == "SUCCEEDED"
+    assert [(a.capacity, a.status, a.started_at is not None) for a in preprocess] == [
+        ("spot", "SUCCEEDED", True),
+        ("on-demand", "FAILED", False),
+    ]
+    assert preprocess[1].failure_class == "cancelled_by_control_plane" and on_demand_status == "FAILED"
+    assert refused == {}
+
+
+def test_a_handler_that_dies_after_ending_the_on_demand_job_leaves_its_end_to_settle_the_stage(monkeypatch, tmp_path):
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 4), stage_hours=QUICK_STAGES) as plane:
+        # GIVEN preprocess's Spot job done, the stage requeued to On-Demand before its success was told, and the
+        # handler of that success dying once after it ended the On-Demand job, before it settled the stage
+        succeeded, [on_demand_job] = _requeued_as_it_succeeds(plane)
+        settle_stage = Ledger.settle_stage
+        died: list[str] = []
+
+        def die_once(self, run_id, stage, status, attempt, failure=None):
+            if not died:
+                died.append(stage)
+                raise RuntimeExitError("Runtime exited: out of memory")
+            return settle_stage(self, run_id, stage, status, attempt, failure)
+
+        monkeypatch.setattr(Ledger, "settle_stage", die_once)
+        _, errored = plane.invoke("BatchStateChangeFunction", succeeded)
+        # WHEN the On-Demand job's end (terminated) is told, and the run goes its course
+        status = plane.run_until_settled(max_hours=12)
+        _, preprocess = _attempts(plane, "preprocess")
+        on_demand_status = _batch_status(on_demand_job)
+    # THEN that end settled the stage on the Spot attempt's work, and the run succeeded without running it again
+    assert errored and died == ["preprocess"]
+    assert status == "SUCCEEDED"
+    assert [(a.capacity, a.status, a.started_at is not None) for a in preprocess] == [
+        ("spot", "SUCCEEDED", True),
+        ("on-demand", "FAILED", False),
+    ]
+    assert on_demand_status == "FAILED"
 
 
 def test_hpc_in_shards_mode_runs_as_an_array_job_on_spot(tmp_path):

@@ -23,7 +23,7 @@ from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail, Batc
 from spot_hpc.first_hour import unbill_shared_instances, unbilled_instances
 from spot_hpc.intake import Rejected, parse_event, reject
 from spot_hpc.interruptions import SIGNAL_KEPT_FOR, act_on_kept_signals
-from spot_hpc.ledger import Attempt, JobRef, LedgerConflict, Run, Stage
+from spot_hpc.ledger import CANCEL_EARLIER_SUCCEEDED, Attempt, JobRef, LedgerConflict, Run, Stage
 from spot_hpc.notifier import notify
 from spot_hpc.pipeline import TAG_ATTEMPT, TAG_RUN, TAG_STAGE
 from spot_hpc.placement import (
@@ -432,6 +432,11 @@ def _act_on_terminal(
     if run is None or stage is None:
         return {"status": "ignored", "reason": "run not in ledger"}
     stage = _learn_spot(svc, stage, attempt)
+    if detail.status == "SUCCEEDED" and stage.attempt > ref.attempt and stage.status == "RUNNING":
+        # A requeued Spot job that finished its work as it was replaced (its success came before the TerminateJob):
+        # the stage is done. Waiting on the On-Demand attempt would redo the work, from nothing, since a job's success
+        # cleans its checkpoints.
+        return _settle_on_an_earlier_success(svc, run, stage, attempt)
     if stage.attempt != ref.attempt or stage.status != "RUNNING":
         if stage.attempt > ref.attempt:
             _tell_what_followed(svc, run, stage, attempt, detail)
@@ -440,7 +445,10 @@ def _act_on_terminal(
         return {"status": "recorded", "reason": "superseded attempt", "failure_class": failure}
 
     if detail.status == "SUCCEEDED":
-        return _settle(svc, run, stage, "SUCCEEDED", attempt)
+        return _settle(svc, run, stage, "SUCCEEDED", attempt.attempt)
+    if attempt.cancel_reason == CANCEL_EARLIER_SUCCEEDED:
+        # Ended because the attempt before it succeeded, whose handler died before settling the stage on it.
+        return _settle(svc, run, stage, "SUCCEEDED", attempt.attempt)
     if failure == FailureClass.CANCELLED_BY_CONTROL_PLANE:
         # Cancelled for a requeue whose handler died before placing the On-Demand job: finish that requeue.
         placed = requeue_to_on_demand(svc, run, stage, attempt.job_id, "completing an interrupted requeue")
@@ -457,7 +465,7 @@ def _act_on_terminal(
             run,
             stage,
             "FAILED",
-            attempt,
+            attempt.attempt,
             error=f"{failure}: {detail.status_reason or ''} "
             f"(exit code {detail.exit_code}) after {stage.app_retries_used} retries",
         )
@@ -517,16 +525,42 @@ def _resubmit(
     return {"status": "resubmitted" if placed else "ignored", "capacity": capacity, "reason": decision.reason}
 
 
-def _settle(svc: Services, run: Run, stage: Stage, status: str, attempt: Attempt, error: str = "") -> dict[str, Any]:
-    try:
-        settled = svc.ledger.settle_stage(run.run_id, stage.stage, status, attempt.attempt, failure=error or None)
-    except LedgerConflict:
-        return {"status": "ignored", "reason": "stage already settled"}
-    if status == "SUCCEEDED" and settled.checkpoint_uri:
+def _settle_on_an_earlier_success(svc: Services, run: Run, stage: Stage, succeeded: Attempt) -> dict[str, Any]:
+    """Settles the stage on an attempt that succeeded after another followed it: the one that followed is marked
+    (so that its end is read as this cancellation), its job terminated, then the stage settled. A handler that dies
+    in between leaves a mark that the later job's end settles the stage by (`_act_on_terminal`), and this event's
+    retry does it all again, each step repeatable."""
+    later = svc.ledger.get_attempt(run.run_id, stage.stage, stage.attempt)
+    if later is not None and later.status not in TERMINAL_STATUSES:
+        if not svc.ledger.cancel_attempt(run.run_id, stage.stage, later.attempt, CANCEL_EARLIER_SUCCEEDED):
+            # Cancelled first for another reason (the run ended): its own end is acted on as that.
+            return {"status": "recorded", "reason": "superseded attempt"}
+        if later.job_id:
+            svc.batch.terminate(later.job_id, f"spot-hpc: attempt {succeeded.attempt} finished the stage's work")
+    logger.info(
+        "an attempt succeeded as it was replaced: the stage settles on it",
+        extra={"run_id": run.run_id, "stage": stage.stage, "attempt": succeeded.attempt},
+    )
+    return _settle(svc, run, stage, "SUCCEEDED", stage.attempt)
+
+
+def _clean_checkpoints(svc: Services, run: Run, stage: Stage) -> None:
+    """A succeeded stage's checkpoints are no longer needed."""
+    if stage.checkpoint_uri:
         try:
-            CheckpointStore(svc.s3, settled.checkpoint_uri).cleanup()
+            CheckpointStore(svc.s3, stage.checkpoint_uri).cleanup()
         except Exception:  # cleanup is housekeeping (the bucket lifecycle rule expires leftovers)
             logger.warning("checkpoint cleanup failed", extra={"run_id": run.run_id, "stage": stage.stage})
+
+
+def _settle(svc: Services, run: Run, stage: Stage, status: str, attempt: int, error: str = "") -> dict[str, Any]:
+    """Settles the stage, on `attempt` (the one it is on), once."""
+    try:
+        settled = svc.ledger.settle_stage(run.run_id, stage.stage, status, attempt, failure=error or None)
+    except LedgerConflict:
+        return {"status": "ignored", "reason": "stage already settled"}
+    if status == "SUCCEEDED":
+        _clean_checkpoints(svc, run, settled)
     answer_state_machine(svc, settled)
     logger.info("stage settled", extra={"run_id": run.run_id, "stage": stage.stage, "status": status})
     return {"status": "settled", "stage_status": status}

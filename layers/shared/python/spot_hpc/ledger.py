@@ -49,6 +49,8 @@ ACTIVE_INDEX = "active-stages"
 # An attempt's cancel_reason when the control plane replaced it by an On-Demand one.
 CANCEL_REQUEUE = "requeue_to_on_demand"
 CANCEL_RUN_ENDED = "run_ended"  # the run failed, was aborted or timed out while the attempt ran
+# An attempt that followed one which succeeded after all (a requeued Spot job that finished as it was replaced).
+CANCEL_EARLIER_SUCCEEDED = "earlier_attempt_succeeded"
 # Attributes that go to the sparse index; removed when a stage settles.
 _ACTIVE = "1"
 # The index's hash value for runs whose end has not been told yet.
