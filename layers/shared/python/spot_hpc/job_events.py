@@ -158,15 +158,17 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
     # The shard's own end, not the array's as an earlier shard recorded it: a reclaim after an application error is
     # still a reclaim, which ends the array now and takes the place of that error (a reclaim first). The first
     # reclaim stays: the shards it ends checkpoint and stop after it.
+    # Written only where no failure is recorded, or (a reclaim) where the one recorded is not a reclaim: a condition
+    # of the write, not of this read, as another shard's end may be handled at the same moment.
     failure = classify_failure(detail, replace(attempt, shard_failure=None)) if detail.status == "FAILED" else None
-    replaces_an_error = failure in RECLAIM_CLASSES and attempt.shard_failure not in RECLAIM_CLASSES
-    if failure and (not attempt.shard_failure or replaces_an_error):
-        sets["shard_failure"] = failure
     if sets:
         try:
             svc.ledger.update_open_attempt(ref.run_id, ref.stage, ref.attempt, **sets)
         except LedgerConflict:
             return {"status": "ignored", "reason": "attempt already settled"}
+    if failure:
+        over = set(FailureClass) - RECLAIM_CLASSES if failure in RECLAIM_CLASSES else set()
+        svc.ledger.record_shard_failure(ref.run_id, ref.stage, ref.attempt, failure, over)
     if failure in RECLAIM_CLASSES and not attempt.cancel_reason:
         # The array can no longer succeed: end it now, its running shards checkpointing on SIGTERM, so that the
         # stage is placed again at once rather than when its last shard finishes.

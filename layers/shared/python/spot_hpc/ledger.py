@@ -743,6 +743,32 @@ class Ledger:
             **sets,
         )
 
+    def record_shard_failure(
+        self, run_id: str, stage: str, attempt: int, failure: str, over: Iterable[str] = ()
+    ) -> bool:
+        """Records why a shard of an open array attempt failed, where no shard's failure is recorded yet or the one
+        recorded is among `over` (those this failure takes the place of), in one conditional write: shards' ends
+        handled at once never overwrite a failure they should not. False when the write was refused (another
+        failure stands, or the attempt has ended)."""
+        replaceable = sorted(set(over))
+        values: dict[str, Any] = {"succeeded": "SUCCEEDED", "failed": "FAILED"}
+        values |= {f"over{index}": name for index, name in enumerate(replaceable)}
+        unset = "attribute_not_exists(#shard_failure)"
+        if replaceable:
+            unset += f" OR #shard_failure IN ({', '.join(f':over{index}' for index in range(len(replaceable)))})"
+        try:
+            self.update_attempt(
+                run_id,
+                stage,
+                attempt,
+                condition=f"#status <> :succeeded AND #status <> :failed AND ({unset})",
+                condition_values=values,
+                shard_failure=failure,
+            )
+        except LedgerConflict:
+            return False
+        return True
+
     def add_attempt_instance(self, run_id: str, stage: str, attempt: int, instance_id: str) -> None:
         """Adds an instance to those the attempt ran on, in one write that reads nothing first: the shards of an array
         start together, each told by its own invocation, and a list read and written back would keep only the last
