@@ -1,11 +1,13 @@
 """EventBridge delivery offline: the template's rules, matched by moto's own pattern matcher, invoke their targets.
 
-AWS EventBridge delivers a matching event to every target of every rule, retrying per the target's RetryPolicy and
-then sending it to the target's dead-letter queue. moto stores the rules and matches patterns but invokes no Lambda
-or Step Functions target; this bus does, in-process, and dead-letters an event whose target errors. An entry PutEvents
-refuses (no Source, DetailType or Detail, a Source that is not a string, a Detail that is not a JSON object) is refused
-here too, before any rule sees it: PutEvents answers it as a failed entry, with an ErrorCode and an ErrorMessage, and
-puts the other entries. So is an entry over PutEvents' 256 KB, for which it refuses the whole request.
+AWS EventBridge delivers a matching event to every target of every rule, retrying per the target's RetryPolicy a
+delivery that fails (the target throttled, say) and then sending it to the target's dead-letter queue. A Lambda target
+takes the event asynchronously: a function error is retried by Lambda (the template's EventInvokeConfig, twice) and
+then goes to its on-failure destination, the same queue, as an invocation record. moto stores the rules and matches
+patterns but invokes no Lambda or Step Functions target; this bus does, in-process, once, and dead-letters the event
+itself when its target errors. An entry PutEvents refuses (no Source, DetailType or Detail, a Source that is not a
+string, a Detail that is not a JSON object) is refused here too, before any rule sees it: PutEvents answers it as a
+failed entry, with an ErrorCode and an ErrorMessage, and puts the other entries. So is an entry over PutEvents' 256 KB, for which it refuses the whole request.
 """
 
 from __future__ import annotations
