@@ -60,14 +60,19 @@ def checkpoint_uri(bucket: str, run_id: str, stage: str) -> str:
 
 
 def stage_progress(svc: Services, stage: Stage) -> float:
-    """Fraction of the stage done according to its newest complete checkpoint (0 when there is none)."""
+    """Fraction of the stage done according to its newest complete checkpoint (0 when there is none, or it tells no
+    number: a job's NaN would make the policy's work left NaN, which it cannot plan with)."""
     if not stage.checkpoint_uri:
         return 0.0
     try:
-        return progress(svc.s3, stage.checkpoint_uri) or 0.0
+        done = progress(svc.s3, stage.checkpoint_uri) or 0.0
     except Exception:  # the checkpoint store is advisory here: a read failure must not stop a placement
         logger.warning("checkpoint progress unreadable", extra={"run_id": stage.run_id, "stage": stage.stage})
         return 0.0
+    if not math.isfinite(done):
+        logger.warning("checkpoint progress not a number", extra={"run_id": stage.run_id, "stage": stage.stage})
+        return 0.0
+    return done
 
 
 def stage_view(svc: Services, run: Run, stage: Stage, now: datetime | None = None) -> StageView:

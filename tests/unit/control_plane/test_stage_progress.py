@@ -1,0 +1,62 @@
+"""What a stage's checkpoints tell the deadline policy of the work left (placement.stage_progress)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from spot_checkpoint.store import CheckpointStore
+from spot_hpc.ledger import Run, Stage
+from spot_hpc.placement import choose_capacity, stage_progress
+from spot_hpc.policy import Action
+
+pytestmark = pytest.mark.usefixtures("utc_clock")
+
+BUCKET = "ingest"
+CHECKPOINTS = f"s3://{BUCKET}/checkpoints/r1/preprocess/"
+
+
+@pytest.fixture
+def s3(moto_aws: None) -> Any:
+    import boto3
+
+    client = boto3.client("s3", region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+def _services(s3: Any, stage: Stage) -> Any:
+    settings = SimpleNamespace(
+        region="us-east-1", spot_instance_type="c6i.4xlarge", on_demand_instance_type="c6i.4xlarge",
+        changeover_hours=0.1, spot_interruption_bucket=4,
+    )  # fmt: skip
+    prices = SimpleNamespace(usd_per_hour=lambda *args, **kwargs: None)  # unknown: the policy assumes a discount
+    return SimpleNamespace(
+        settings=settings, prices=prices, s3=s3, ledger=SimpleNamespace(get_stages=lambda _: [stage])
+    )
+
+
+def _stage_with_nan_progress(s3: Any) -> Stage:
+    # A stage of 4 h whose job checkpointed a progress it computed as NaN (a fraction of nothing done over nothing).
+    CheckpointStore(s3, CHECKPOINTS).save(b"state", progress=float("nan"))
+    return Stage("r1", "preprocess", 0, 4.0, True, 1, status="RUNNING", attempt=1, checkpoint_uri=CHECKPOINTS)
+
+
+def test_a_checkpoint_whose_progress_is_not_a_number_leaves_the_whole_stage_to_do(s3: Any):
+    # GIVEN a stage whose newest checkpoint tells a progress of NaN
+    stage = _stage_with_nan_progress(s3)
+    # WHEN the stage's progress is read
+    done = stage_progress(_services(s3, stage), stage)
+    # THEN it counts as none, as an unreadable checkpoint does: the policy weighs the whole stage as left to do
+    assert done == 0.0
+
+
+def test_the_policy_decides_for_a_stage_whose_checkpoint_progress_is_not_a_number(s3: Any):
+    # GIVEN the same stage, a day from its run's deadline
+    stage = _stage_with_nan_progress(s3)
+    run = Run("r1", "b", "incoming/a.csv", "v1", "2026-01-06T06:00:00Z", 24.0, "2026-01-05T06:00:00Z", {})
+    # WHEN the policy is asked where to run it with Spot capacity there (a resubmission, a guard pass)
+    decision = choose_capacity(_services(s3, stage), run, stage, current=Action.IDLE, spot_available=True)
+    # THEN it decides, on the whole stage's work, instead of failing the handler
+    assert decision.action in (Action.SPOT, Action.ON_DEMAND)
