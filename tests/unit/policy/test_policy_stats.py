@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from spot_hpc.policy import SpotStats, band_hours_for
+from spot_hpc.policy import Action, SpotStats, band_hours_for, decide
 from spot_hpc.policy.stats import PRIOR_MEAN_UP_HOURS
 
 
@@ -178,6 +178,27 @@ def test_stats_without_a_life_table_still_load():
     # THEN they load, with a fresh table where theirs does not fit
     assert SpotStats.from_dict(old).up_ends == [0] * 8
     assert SpotStats.from_dict(other).up_ends == [0] * 8
+
+
+def test_stats_stored_with_other_bands_give_the_planner_hazards_it_can_use():
+    # GIVEN statistics stored with six age bands, whose planner hazards were taken when a capacity run ended
+    stored = SpotStats.with_prior(2)
+    stored.observe(True, 1.0)
+    stored.observe(False, 0.5)
+    other = stored.to_dict()
+    for table in ("up_exposure", "up_ends", "down_exposure", "down_ends", "planned_up", "planned_down"):
+        other[table] = other[table][:6]
+    # WHEN loaded
+    loaded = SpotStats.from_dict(other)
+    # THEN the planner's hazards have a band each, as a fresh table has (the prior's until a run ends again)
+    assert loaded.hazards(True) == SpotStats.with_prior(2).hazards(True)
+    assert loaded.hazards(False) == SpotStats.with_prior(2).hazards(False)
+    # AND the policy plans with them
+    decision = decide(
+        remaining_hours=1.0, hours_left=5.0, current=Action.IDLE, spot_available=True, changeover_hours=0.25,
+        od_price=1.0, spot_price=0.3, stats=loaded,
+    )  # fmt: skip
+    assert decision.action == Action.SPOT
 
 
 @pytest.mark.parametrize(

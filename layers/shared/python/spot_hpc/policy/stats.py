@@ -197,4 +197,7 @@ class SpotStats:
         for table in ("up_exposure", "up_ends", "down_exposure", "down_ends"):
             if table in known and len(known[table]) != AGE_BANDS:
                 del known[table]  # written with other age bands: start the table afresh
+        for planned in ("planned_up", "planned_down"):
+            if known.get(planned) is not None and len(known[planned]) != AGE_BANDS:
+                del known[planned]  # taken from a table with other age bands: the prior's until a run ends
         return cls(**known)
