@@ -40,6 +40,17 @@ def test_the_wait_in_progress_counts_as_the_current_gap():
     assert stage.spot_stats["down_hours"] == 0.0
 
 
+def test_a_wait_started_on_a_clock_ahead_of_this_one_is_a_gap_just_begun():
+    # GIVEN a stage whose wait for Spot was started by a handler whose clock ran half a minute ahead of this one's
+    stage = waiting_stage("2026-11-22T12:00:30Z")
+    # WHEN its statistics are read for a decision without capacity
+    stats = spot_stats_now(stage, spot_available=False, changeover_hours=0.25, advisor_bucket=4, now=NOW)
+    # THEN the gap is none old: not younger than none, which would age what is observed after it by less than it lasts
+    assert stats.available is False
+    assert stats.run_hours == 0.0
+    assert stats.down_hours == 0.0
+
+
 def test_the_wait_is_not_counted_when_capacity_is_there():
     # GIVEN the same waiting stage
     stage = waiting_stage("2026-11-22T09:30:00Z")

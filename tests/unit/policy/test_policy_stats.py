@@ -56,6 +56,18 @@ def test_observing_loaded_stats_leaves_the_record_they_were_loaded_from_as_it_wa
     assert record == stored and SpotStats.from_dict(record) == seen
 
 
+def test_a_span_that_ends_before_it_starts_observes_nothing():
+    # GIVEN bands of 0.25 h, and a Spot attempt that ran 1 h on capacity (and ended on its own, not reclaimed)
+    stats = SpotStats.with_prior(4, band_hours=0.25)
+    stats.observe(True, 1.0)
+    # WHEN the next attempt's stop is recorded half an hour before its start (two clocks), then one runs 0.5 h
+    stats.observe(True, -0.5)
+    stats.observe(True, 0.5)
+    # THEN the capacity run is 1.5 h old, each of its ages seen once: the skewed attempt took nothing off its age
+    assert stats.run_hours == pytest.approx(1.5)
+    assert stats.up_exposure == pytest.approx([0.25] * 6 + [0.0] * 2)
+
+
 def test_life_table_records_exposure_and_ends_by_age():
     # GIVEN bands of 0.25 h, and one capacity run of 0.6 h that ends, then a gap of 0.1 h in progress
     stats = SpotStats.with_prior(4, band_hours=0.25)

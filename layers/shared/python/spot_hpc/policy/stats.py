@@ -91,7 +91,10 @@ class SpotStats:
         return cls(advisor_bucket=bucket, band_hours=band_hours)
 
     def observe(self, available: bool, hours: float) -> None:
-        """Record that Spot capacity was (or was not) available during the last `hours`."""
+        """Record that Spot capacity was (or was not) available during the last `hours`. A span that ends before it
+        starts (two clocks apart) is none: its negative hours would take that much off the age of the run in progress,
+        whose next hours would then count again at ages already seen."""
+        hours = hours if hours > 0.0 else 0.0  # NaN too: it would never be used up below
         if self.available is not None and available != self.available:
             ends = self.down_ends if available else self.up_ends
             ends[age_band(self.run_hours, self.band_hours)] += 1
