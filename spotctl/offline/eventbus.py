@@ -7,7 +7,8 @@ then goes to its on-failure destination, the same queue, as an invocation record
 patterns but invokes no Lambda or Step Functions target; this bus does, in-process, once, and dead-letters the event
 itself when its target errors. An entry PutEvents refuses (no Source, DetailType or Detail, a Source that is not a
 string, a Detail that is not a JSON object) is refused here too, before any rule sees it: PutEvents answers it as a
-failed entry, with an ErrorCode and an ErrorMessage, and puts the other entries. So is an entry over PutEvents' 256 KB, for which it refuses the whole request.
+failed entry, with an ErrorCode and an ErrorMessage, and puts the other entries. So is an entry over PutEvents'
+256 KB, for which it refuses the whole request.
 """
 
 from __future__ import annotations
