@@ -10,6 +10,7 @@ import pytest
 from botocore.exceptions import ClientError
 from spot_hpc import notifier
 from spot_hpc.clock import utc_now
+from spot_hpc.guard import _settle_as_ended
 from spot_hpc.ledger import Attempt, Ledger, NotificationClaimHeld, Run, Stage
 from spot_hpc.notifier import redeliver_parked_notices
 from spot_hpc.outcome import finish, run_report
@@ -568,3 +569,29 @@ def test_a_run_that_missed_its_deadline_by_seconds_never_reads_as_finishing_on_i
     reason = message["blocks"][1]["text"]["text"]
     assert reason.startswith("deadline missed: 6.01 h of 6 h;"), reason
     assert "*Deadline*\n6.00 h (missed)" in _fields(message) and "*Elapsed*\n6.01 h" in _fields(message)
+
+
+def test_a_run_the_guard_settles_after_its_notify_task_failed_tells_the_hours_it_took_not_the_pass_s(
+    svc: Services, sink: WebhookSink, utc_clock
+) -> None:
+    # GIVEN a run of a 6 h deadline whose only stage succeeded 5 h 58 min in, and whose notify task failed past its
+    # retries, so that its execution ended with the run still open
+    run = Run("run-4", "ingest", "incoming/d.csv", "v1", "2026-01-05T06:00:00Z", 6.0, STARTED_AT, {})
+    attempts = [
+        Attempt("run-4", "preprocess", 1, "j1", "od-queue", "on-demand", 1, STARTED_AT, usd_per_hour=1.0,
+                status="SUCCEEDED", exit_code=0, started_at=STARTED_AT, stopped_at="2026-01-05T05:58:00Z"),
+    ]  # fmt: skip
+    stages = [Stage("run-4", "preprocess", 0, 1.0, True, 1)]
+    _write_run(svc.ledger, run, stages, attempts, {"preprocess": ("SUCCEEDED", None)})
+
+    # WHEN the SLA guard's pass settles it, after the deadline
+    utc_clock.now = datetime(2026, 1, 5, 6, 4, tzinfo=UTC)
+    _settle_as_ended(svc, run, "SUCCEEDED")
+
+    # THEN the notice tells the deadline met in 5.97 h, and the run's elapsed hours are those, not the 6.07 h of the
+    # pass (past the deadline it says was met)
+    (message,) = sink.delivered_messages
+    reason = message["blocks"][1]["text"]["text"]
+    assert reason.startswith("deadline met: 5.97 h of 6 h;"), reason
+    assert "*Deadline*\n6.00 h (met)" in _fields(message)
+    assert "*Elapsed*\n5.97 h" in _fields(message)

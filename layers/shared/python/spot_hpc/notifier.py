@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
@@ -109,10 +110,16 @@ def notify(
         reason=reason,
         attempt=attempt,
         deadline_hours=run.deadline_hours,
-        elapsed_hours=round(hours_between(parse_time(run.started_at), utc_now()), 3),
+        elapsed_hours=round(hours_between(parse_time(run.started_at), _ended_or_now(run)), 3),
         **figures,
     )
     return _send(svc, notification, notification.dedupe_key, raise_if_held)
+
+
+def _ended_or_now(run: Run) -> datetime:
+    """When the run ended, once it has (the SLA guard settles a run as of its last stage's end, minutes before it
+    tells it: its hours are those its deadline is judged by); now while it runs."""
+    return parse_time(run.finished_at) if run.status != "RUNNING" and run.finished_at else utc_now()
 
 
 def notify_rejected_upload(svc: Services, run_id: str, source: str, reason: str, event_id: str) -> bool:
