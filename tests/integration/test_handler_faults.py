@@ -758,6 +758,53 @@ def test_a_handler_that_dies_after_ending_the_on_demand_job_leaves_its_end_to_se
     assert on_demand_status == "FAILED"
 
 
+def test_a_spot_job_whose_success_is_told_while_its_requeue_submits_ends_the_on_demand_one(tmp_path):
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 4), stage_hours=QUICK_STAGES) as plane:
+        # GIVEN preprocess's Spot job done, its success held back, and the stage being requeued to On-Demand
+        deliver = plane.bus.put
+        held: list[dict] = []
+
+        def hold_back_the_spot_success(event):
+            detail = event["detail"]
+            spot_job = event["source"] == "aws.batch" and detail["jobName"].endswith("-preprocess-a1")
+            if spot_job and detail["status"] == "SUCCEEDED" and not held:
+                held.append(event)
+                return []
+            return deliver(event)
+
+        plane.bus.put = hold_back_the_spot_success  # type: ignore[method-assign]
+        upload_quick_run(plane, 12)
+        _run_until(plane, lambda: bool(held))
+        plane.bus.put = deliver  # type: ignore[method-assign]
+        svc = control_plane_services(plane)
+        run, attempts = _attempts(plane, "preprocess")
+        stage = svc.ledger.get_stage(run.run_id, "preprocess")
+        assert stage is not None
+        submit = svc.batch.submit
+        told: list[dict] = []
+
+        def success_told_first(request):
+            # WHEN the Spot job's success is told after the requeue claimed the next attempt, before its SubmitJob
+            told.append(plane.invoke("BatchStateChangeFunction", held[0])[0])
+            return submit(request)
+
+        svc.batch.submit = success_told_first  # type: ignore[method-assign]
+        requeue_to_on_demand(svc, run, stage, attempts[0].job_id, "deadline at risk")
+        # ... and the run goes its course
+        status = plane.run_until_settled(max_hours=12)
+        _, preprocess = _attempts(plane, "preprocess")
+        on_demand_status = _batch_status(preprocess[1].job_id)
+        refused = _refused_calls(plane)
+    # THEN the stage settled on the Spot attempt's work, and the On-Demand job submitted after was ended before it
+    # ran: left alone, it did the whole stage again on On-Demand, from nothing, for a stage already done
+    assert [result["status"] for result in told] == ["settled"] and status == "SUCCEEDED"
+    assert [(a.capacity, a.status, a.started_at is not None) for a in preprocess] == [
+        ("spot", "SUCCEEDED", True),
+        ("on-demand", "FAILED", False),
+    ]
+    assert on_demand_status == "FAILED" and refused == {}
+
+
 def test_hpc_in_shards_mode_runs_as_an_array_job_on_spot(tmp_path):
     # GIVEN a trace with Spot capacity for 4 nodes throughout, and an upload asking for 3 independent HPC shards
     with OfflineControlPlane(trace=steady_trace(tmp_path, 4), stage_hours=QUICK_STAGES) as plane:

@@ -25,6 +25,9 @@ class FakeLedger:
     def record_attempt(self, attempt: Attempt) -> None:
         self.attempts.append(attempt)
 
+    def get_stage(self, run_id: str, stage: str) -> None:
+        return None  # no stage settled while its attempt was placed
+
 
 class FakePrices:
     """A price list that has every price: Spot at 30% of On-Demand, per node."""

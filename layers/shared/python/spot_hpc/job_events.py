@@ -531,19 +531,33 @@ def _settle_on_an_earlier_success(svc: Services, run: Run, stage: Stage, succeed
     """Settles the stage on an attempt that succeeded after another followed it: the one that followed is marked
     (so that its end is read as this cancellation), its job terminated, then the stage settled. A handler that dies
     in between leaves a mark that the later job's end settles the stage by (`_act_on_terminal`), and this event's
-    retry does it all again, each step repeatable."""
+    retry does it all again, each step repeatable. A later attempt claimed and not yet recorded (its placement
+    submitting it) is read again once the stage is settled: either this finds it recorded, or its placement finds
+    the stage settled (`placement.record_placed`), and its job is ended."""
     later = svc.ledger.get_attempt(run.run_id, stage.stage, stage.attempt)
-    if later is not None and later.status not in TERMINAL_STATUSES:
-        if not svc.ledger.cancel_attempt(run.run_id, stage.stage, later.attempt, CANCEL_EARLIER_SUCCEEDED):
-            # Cancelled first for another reason (the run ended): its own end is acted on as that.
-            return {"status": "recorded", "reason": "superseded attempt"}
-        if later.job_id:
-            svc.batch.terminate(later.job_id, f"spot-hpc: attempt {succeeded.attempt} finished the stage's work")
+    if later is not None and not _end_later_attempt(svc, later, succeeded):
+        # Cancelled first for another reason (the run ended): its own end is acted on as that.
+        return {"status": "recorded", "reason": "superseded attempt"}
     logger.info(
         "an attempt succeeded as it was replaced: the stage settles on it",
         extra={"run_id": run.run_id, "stage": stage.stage, "attempt": succeeded.attempt},
     )
-    return _settle(svc, run, stage, "SUCCEEDED", stage.attempt)
+    settled = _settle(svc, run, stage, "SUCCEEDED", stage.attempt)
+    if later is None and (placed := svc.ledger.get_attempt(run.run_id, stage.stage, stage.attempt)) is not None:
+        _end_later_attempt(svc, placed, succeeded)
+    return settled
+
+
+def _end_later_attempt(svc: Services, later: Attempt, succeeded: Attempt) -> bool:
+    """Marks the attempt that followed one which succeeded, then terminates its job, unless it ended already. False
+    when it was marked for another reason first."""
+    if later.status in TERMINAL_STATUSES:
+        return True
+    if not svc.ledger.cancel_attempt(later.run_id, later.stage, later.attempt, CANCEL_EARLIER_SUCCEEDED):
+        return False
+    if later.job_id:
+        svc.batch.terminate(later.job_id, f"spot-hpc: attempt {succeeded.attempt} finished the stage's work")
+    return True
 
 
 def _clean_checkpoints(svc: Services, run: Run, stage: Stage) -> None:

@@ -21,7 +21,15 @@ from spot_checkpoint.store import CheckpointStore, progress
 from spot_hpc.batch import Ec2Instance, JobRequest
 from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
 from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES
-from spot_hpc.ledger import CANCEL_REQUEUE, CANCEL_RUN_ENDED, Attempt, LedgerConflict, Run, Stage
+from spot_hpc.ledger import (
+    CANCEL_EARLIER_SUCCEEDED,
+    CANCEL_REQUEUE,
+    CANCEL_RUN_ENDED,
+    Attempt,
+    LedgerConflict,
+    Run,
+    Stage,
+)
 from spot_hpc.notifier import notify
 from spot_hpc.pipeline import STAGE_NAMES, job_name, job_tags, stage_input_uri, stage_output_uri
 from spot_hpc.policy import (
@@ -428,6 +436,14 @@ def record_placed(svc: Services, stage: Stage, job_id: str, queue: str, capacity
         cancel_reason=None,
     )
     svc.ledger.record_attempt(attempt)
+    settled = svc.ledger.get_stage(stage.run_id, stage.stage)
+    if settled is not None and settled.attempt == stage.attempt and settled.status != "RUNNING":
+        # Settled while its job was submitted (the attempt before succeeded after all, or the run ended): nothing
+        # else comes back to this job, which would do the stage's work again.
+        cause = CANCEL_EARLIER_SUCCEEDED if settled.status == "SUCCEEDED" else CANCEL_RUN_ENDED
+        if svc.ledger.cancel_attempt(stage.run_id, stage.stage, stage.attempt, cause):
+            svc.batch.terminate(job_id, f"spot-hpc: stage {settled.status.lower()} as its attempt was placed")
+        return attempt
     end_spot_wait(svc, stage)
     logger.info(
         "placed",
