@@ -8,6 +8,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import boto3
 import pytest
@@ -512,20 +513,24 @@ def test_crash_between_settling_a_stage_and_answering_the_state_machine_is_repai
     assert status == "SUCCEEDED"
 
 
-def test_crash_between_recording_an_attempt_end_and_settling_the_stage_is_repaired(monkeypatch):
-    from spot_hpc.ledger import Ledger
-
-    # GIVEN the Batch handler dies right after recording that preprocess's job succeeded, before settling the stage
+def _settling_a_stage_dies_once(monkeypatch, error: Exception) -> list[str]:
+    """The first handler to settle a stage dies there with `error`; returns the stages it died settling."""
     real_settle = Ledger.settle_stage
-    crashes: list[str] = []
+    died: list[str] = []
 
-    def crash_once(self, run_id, stage, status, attempt, failure=None):
-        if not crashes:
-            crashes.append(stage)
-            raise TimeoutError("Lambda timed out before settling the stage")
+    def die_once(self, run_id, stage, status, attempt, failure=None):
+        if not died:
+            died.append(stage)
+            raise error
         return real_settle(self, run_id, stage, status, attempt, failure)
 
-    monkeypatch.setattr(Ledger, "settle_stage", crash_once)
+    monkeypatch.setattr(Ledger, "settle_stage", die_once)
+    return died
+
+
+def test_crash_between_recording_an_attempt_end_and_settling_the_stage_is_repaired(monkeypatch):
+    # GIVEN the Batch handler dies right after recording that preprocess's job succeeded, before settling the stage
+    crashes = _settling_a_stage_dies_once(monkeypatch, TimeoutError("Lambda timed out before settling the stage"))
     with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as plane:
         plane.upload("incoming/unsettled.csv", b"a\n1\n", {"deadline-hours": "12"})
         # WHEN the run goes its course (the event's retry finds the attempt already ended)
@@ -679,10 +684,9 @@ def test_a_requeued_spot_job_whose_end_is_lost_is_recorded_by_the_guard_and_not_
     assert terminated.count(spot_job.job_id) == 1
 
 
-def _requeued_as_it_succeeds(plane: OfflineControlPlane) -> tuple[dict, list]:
-    """Runs quick stages on Spot until preprocess's Spot job has succeeded, its SUCCEEDED held back; then requeues the
-    stage to On-Demand (as the guard or a warning would, their TerminateJob too late). Returns the held-back event and
-    the On-Demand attempt's job ids."""
+def _spot_success_held_back(plane: OfflineControlPlane) -> tuple[dict, Any, Any, Any, str]:
+    """Runs quick stages on Spot until preprocess's Spot job has succeeded, its SUCCEEDED held back. Returns that
+    event, the control plane's services, the run, the stage and the Spot job's id."""
     deliver = plane.bus.put
     held: list[dict] = []
 
@@ -702,8 +706,15 @@ def _requeued_as_it_succeeds(plane: OfflineControlPlane) -> tuple[dict, list]:
     run, attempts = _attempts(plane, "preprocess")
     stage = svc.ledger.get_stage(run.run_id, "preprocess")
     assert stage is not None
-    requeue_to_on_demand(svc, run, stage, attempts[0].job_id, "deadline at risk")
-    return held[0], [a.job_id for a in _attempts(plane, "preprocess")[1][1:]]
+    return held[0], svc, run, stage, attempts[0].job_id
+
+
+def _requeued_as_it_succeeds(plane: OfflineControlPlane) -> tuple[dict, list]:
+    """The Spot job's success held back (`_spot_success_held_back`), then the stage requeued to On-Demand (as the guard
+    or a warning would, their TerminateJob too late). Returns the held-back event and the On-Demand job's id."""
+    succeeded, svc, run, stage, spot_job = _spot_success_held_back(plane)
+    requeue_to_on_demand(svc, run, stage, spot_job, "deadline at risk")
+    return succeeded, [a.job_id for a in _attempts(plane, "preprocess")[1][1:]]
 
 
 def test_a_spot_job_that_succeeds_as_it_is_requeued_settles_its_stage_and_ends_the_on_demand_one(tmp_path):
@@ -733,16 +744,7 @@ def test_a_handler_that_dies_after_ending_the_on_demand_job_leaves_its_end_to_se
         # GIVEN preprocess's Spot job done, the stage requeued to On-Demand before its success was told, and the
         # handler of that success dying once after it ended the On-Demand job, before it settled the stage
         succeeded, [on_demand_job] = _requeued_as_it_succeeds(plane)
-        settle_stage = Ledger.settle_stage
-        died: list[str] = []
-
-        def die_once(self, run_id, stage, status, attempt, failure=None):
-            if not died:
-                died.append(stage)
-                raise RuntimeExitError("Runtime exited: out of memory")
-            return settle_stage(self, run_id, stage, status, attempt, failure)
-
-        monkeypatch.setattr(Ledger, "settle_stage", die_once)
+        died = _settling_a_stage_dies_once(monkeypatch, RuntimeExitError("Runtime exited: out of memory"))
         _, errored = plane.invoke("BatchStateChangeFunction", succeeded)
         # WHEN the On-Demand job's end (terminated) is told, and the run goes its course
         status = plane.run_until_settled(max_hours=12)
@@ -761,35 +763,17 @@ def test_a_handler_that_dies_after_ending_the_on_demand_job_leaves_its_end_to_se
 def test_a_spot_job_whose_success_is_told_while_its_requeue_submits_ends_the_on_demand_one(tmp_path):
     with OfflineControlPlane(trace=steady_trace(tmp_path, 4), stage_hours=QUICK_STAGES) as plane:
         # GIVEN preprocess's Spot job done, its success held back, and the stage being requeued to On-Demand
-        deliver = plane.bus.put
-        held: list[dict] = []
-
-        def hold_back_the_spot_success(event):
-            detail = event["detail"]
-            spot_job = event["source"] == "aws.batch" and detail["jobName"].endswith("-preprocess-a1")
-            if spot_job and detail["status"] == "SUCCEEDED" and not held:
-                held.append(event)
-                return []
-            return deliver(event)
-
-        plane.bus.put = hold_back_the_spot_success  # type: ignore[method-assign]
-        upload_quick_run(plane, 12)
-        _run_until(plane, lambda: bool(held))
-        plane.bus.put = deliver  # type: ignore[method-assign]
-        svc = control_plane_services(plane)
-        run, attempts = _attempts(plane, "preprocess")
-        stage = svc.ledger.get_stage(run.run_id, "preprocess")
-        assert stage is not None
+        succeeded, svc, run, stage, spot_job = _spot_success_held_back(plane)
         submit = svc.batch.submit
         told: list[dict] = []
 
         def success_told_first(request):
             # WHEN the Spot job's success is told after the requeue claimed the next attempt, before its SubmitJob
-            told.append(plane.invoke("BatchStateChangeFunction", held[0])[0])
+            told.append(plane.invoke("BatchStateChangeFunction", succeeded)[0])
             return submit(request)
 
         svc.batch.submit = success_told_first  # type: ignore[method-assign]
-        requeue_to_on_demand(svc, run, stage, attempts[0].job_id, "deadline at risk")
+        requeue_to_on_demand(svc, run, stage, spot_job, "deadline at risk")
         # ... and the run goes its course
         status = plane.run_until_settled(max_hours=12)
         _, preprocess = _attempts(plane, "preprocess")

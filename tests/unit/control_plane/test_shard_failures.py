@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from sample_events import load_event
 from spot_hpc.events import BatchJobStateChangeEvent
 from spot_hpc.job_events import apply_job_state
@@ -73,37 +74,28 @@ def test_the_shards_an_arrays_reclaim_ended_leave_the_reclaim_recorded(ledger: L
     assert attempt is not None and attempt.shard_failure == FailureClass.SPOT_RECLAIM
 
 
-def test_a_shard_s_own_failure_handled_at_the_same_moment_as_a_reclaim_never_overwrites_it(
-    ledger: Ledger, utc_clock, monkeypatch
-):
-    # GIVEN an array of 3 shards running on Spot, and two shards' ends handled at once: one failed on its own (exit
-    # 3), its handler reading the array before the other's reclaim was written, and writing after it
-    _array_running_on_spot(ledger)
-    svc = SimpleNamespace(ledger=ledger, batch=RecordingBatch())
-    read_before_the_reclaim = ledger.get_attempt("r1", "hpc", 1)
-    apply_job_state(svc, _shard_failed(2, "Host EC2 (instance i-0b662ef9931388ba0) terminated.", None))
-    monkeypatch.setattr(ledger, "get_attempt", lambda run_id, stage, attempt: read_before_the_reclaim)
-    # WHEN the shard that failed on its own is handled on that read
-    apply_job_state(svc, _shard_failed(0, "Essential container in task exited", 3))
-    monkeypatch.undo()
-    # THEN the array's shard failure is still the reclaim: it is placed again without spending a retry
-    attempt = ledger.get_attempt("r1", "hpc", 1)
-    assert attempt is not None and attempt.shard_failure == FailureClass.SPOT_RECLAIM
+RECLAIMED = ("Host EC2 (instance i-0b662ef9931388ba0) terminated.", None)
+FAILED_ON_ITS_OWN = ("Essential container in task exited", 3)
 
 
-def test_a_reclaim_handled_on_a_read_from_before_a_shard_s_own_failure_still_takes_its_place(
-    ledger: Ledger, utc_clock, monkeypatch
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(RECLAIMED, FAILED_ON_ITS_OWN), (FAILED_ON_ITS_OWN, RECLAIMED)],
+    ids=["own-failure-handled-on-a-read-before-the-reclaim", "reclaim-handled-on-a-read-before-the-own-failure"],
+)
+def test_two_shards_ends_handled_at_the_same_moment_leave_the_reclaim_recorded(
+    ledger: Ledger, utc_clock, monkeypatch, first, second
 ):
-    # GIVEN an array of 3 shards on Spot, one failed on its own (exit 3), and another shard's reclaim handled on a read
-    # of the array from before that failure was written
+    # GIVEN an array of 3 shards running on Spot, and two shards' ends handled at once, one reclaimed and one failed
+    # on its own (exit 3): the second's handler read the array before the first's end was written, and writes after
     _array_running_on_spot(ledger)
     svc = SimpleNamespace(ledger=ledger, batch=RecordingBatch())
-    read_before_the_error = ledger.get_attempt("r1", "hpc", 1)
-    apply_job_state(svc, _shard_failed(0, "Essential container in task exited", 3))
-    monkeypatch.setattr(ledger, "get_attempt", lambda run_id, stage, attempt: read_before_the_error)
-    # WHEN the reclaim is handled
-    apply_job_state(svc, _shard_failed(2, "Host EC2 (instance i-0b662ef9931388ba0) terminated.", None))
+    read_before_the_first = ledger.get_attempt("r1", "hpc", 1)
+    apply_job_state(svc, _shard_failed(2, *first))
+    monkeypatch.setattr(ledger, "get_attempt", lambda run_id, stage, attempt: read_before_the_first)
+    # WHEN the second is handled on that read
+    apply_job_state(svc, _shard_failed(0, *second))
     monkeypatch.undo()
-    # THEN the reclaim takes the error's place
+    # THEN the array's shard failure is the reclaim, whichever came first: it is placed again without spending a retry
     attempt = ledger.get_attempt("r1", "hpc", 1)
     assert attempt is not None and attempt.shard_failure == FailureClass.SPOT_RECLAIM

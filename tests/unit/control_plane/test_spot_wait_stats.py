@@ -28,27 +28,23 @@ def waiting_stage(since: str | None) -> Stage:
     )
 
 
-def test_the_wait_in_progress_counts_as_the_current_gap():
-    # GIVEN a stage waiting for Spot capacity since 2.5 h ago, after a reclaim
-    stage = waiting_stage("2026-11-22T09:30:00Z")
+@pytest.mark.parametrize(
+    ("since", "gap_hours"),
+    [("2026-11-22T09:30:00Z", 2.5), ("2026-11-22T12:00:30Z", 0.0)],
+    ids=["since-2.5-hours-ago", "since-half-a-minute-ahead-of-this-clock"],
+)
+def test_the_wait_in_progress_counts_as_the_current_gap(since, gap_hours):
+    # GIVEN a stage waiting for Spot capacity since 2.5 h ago, after a reclaim; or since half a minute ahead of this
+    # clock (the wait started by a handler whose clock ran ahead)
+    stage = waiting_stage(since)
     # WHEN its statistics are read for a decision without capacity
     stats = spot_stats_now(stage, spot_available=False, changeover_hours=0.25, advisor_bucket=4, now=NOW)
-    # THEN the current gap is 2.5 h old, and the stored statistics are left as they were
+    # THEN the current gap is that old, a wait begun ahead of this clock none old (not younger than none, which would
+    # age what is observed after it by less than it lasts); the stored statistics are left as they were
     assert stats.available is False
-    assert stats.run_hours == 2.5
-    assert stats.down_hours == 2.5
+    assert stats.run_hours == gap_hours
+    assert stats.down_hours == gap_hours
     assert stage.spot_stats["down_hours"] == 0.0
-
-
-def test_a_wait_started_on_a_clock_ahead_of_this_one_is_a_gap_just_begun():
-    # GIVEN a stage whose wait for Spot was started by a handler whose clock ran half a minute ahead of this one's
-    stage = waiting_stage("2026-11-22T12:00:30Z")
-    # WHEN its statistics are read for a decision without capacity
-    stats = spot_stats_now(stage, spot_available=False, changeover_hours=0.25, advisor_bucket=4, now=NOW)
-    # THEN the gap is none old: not younger than none, which would age what is observed after it by less than it lasts
-    assert stats.available is False
-    assert stats.run_hours == 0.0
-    assert stats.down_hours == 0.0
 
 
 def test_the_wait_is_not_counted_when_capacity_is_there():

@@ -548,17 +548,24 @@ def test_a_running_runs_on_demand_base_is_priced_anew_and_not_kept(svc: Services
     assert all(stage.on_demand_usd_per_hour is None for stage in svc.ledger.get_stages("run-1"))
 
 
+def _run_of_one_stage(svc: Services, run_id: str, stopped_at: str) -> Run:
+    """A run of a 6 h deadline whose only stage succeeded on one On-Demand attempt that stopped at `stopped_at`."""
+    run = Run(run_id, "ingest", f"incoming/{run_id}.csv", "v1", "2026-01-05T06:00:00Z", 6.0, STARTED_AT, {})
+    attempts = [
+        Attempt(run_id, "preprocess", 1, "j1", "od-queue", "on-demand", 1, STARTED_AT, usd_per_hour=1.0,
+                status="SUCCEEDED", exit_code=0, started_at=STARTED_AT, stopped_at=stopped_at),
+    ]  # fmt: skip
+    _write_run(
+        svc.ledger, run, [Stage(run_id, "preprocess", 0, 1.0, True, 1)], attempts, {"preprocess": ("SUCCEEDED", None)}
+    )
+    return run
+
+
 def test_a_run_that_missed_its_deadline_by_seconds_never_reads_as_finishing_on_it(
     svc: Services, sink: WebhookSink, utc_clock
 ) -> None:
     # GIVEN a run of a 6 h deadline whose only stage succeeded, settled 10 s after its deadline
-    run = Run("run-3", "ingest", "incoming/c.csv", "v1", "2026-01-05T06:00:00Z", 6.0, STARTED_AT, {})
-    attempts = [
-        Attempt("run-3", "preprocess", 1, "j1", "od-queue", "on-demand", 1, STARTED_AT, usd_per_hour=1.0,
-                status="SUCCEEDED", exit_code=0, started_at=STARTED_AT, stopped_at="2026-01-05T06:00:10Z"),
-    ]  # fmt: skip
-    stages = [Stage("run-3", "preprocess", 0, 1.0, True, 1)]
-    _write_run(svc.ledger, run, stages, attempts, {"preprocess": ("SUCCEEDED", None)})
+    _run_of_one_stage(svc, "run-3", stopped_at="2026-01-05T06:00:10Z")
     utc_clock.now = datetime(2026, 1, 5, 6, 0, 10, tzinfo=UTC)
 
     # WHEN it settles
@@ -576,13 +583,7 @@ def test_a_run_the_guard_settles_after_its_notify_task_failed_tells_the_hours_it
 ) -> None:
     # GIVEN a run of a 6 h deadline whose only stage succeeded 5 h 58 min in, and whose notify task failed past its
     # retries, so that its execution ended with the run still open
-    run = Run("run-4", "ingest", "incoming/d.csv", "v1", "2026-01-05T06:00:00Z", 6.0, STARTED_AT, {})
-    attempts = [
-        Attempt("run-4", "preprocess", 1, "j1", "od-queue", "on-demand", 1, STARTED_AT, usd_per_hour=1.0,
-                status="SUCCEEDED", exit_code=0, started_at=STARTED_AT, stopped_at="2026-01-05T05:58:00Z"),
-    ]  # fmt: skip
-    stages = [Stage("run-4", "preprocess", 0, 1.0, True, 1)]
-    _write_run(svc.ledger, run, stages, attempts, {"preprocess": ("SUCCEEDED", None)})
+    run = _run_of_one_stage(svc, "run-4", stopped_at="2026-01-05T05:58:00Z")
 
     # WHEN the SLA guard's pass settles it, after the deadline
     utc_clock.now = datetime(2026, 1, 5, 6, 4, tzinfo=UTC)
