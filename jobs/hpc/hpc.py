@@ -240,7 +240,7 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
 
     # The job before its input, as every stage starts it: a missing checkpoint bucket fails it before any read.
     with CheckpointedJob.from_environment(s3, environ) as job:
-        sources = load_sources(read_object(s3, input_uri))
+        sources = load_sources(job.read_input(lambda: read_object(s3, input_uri), f"input {input_uri}"))
         # A final checkpoint: this part finished in an earlier attempt and its output is written.
         if job.resumed is None or not job.resumed.final:
             fields = solve_part(job, sources, ensemble, members)

@@ -215,7 +215,7 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
     # The job (the runtime's settings, the checkpoint bucket) before the input: a setting it cannot use fails it at
     # once, not after loading every part's fields.
     with CheckpointedJob.from_environment(s3, environ) as job:
-        ensemble = load_ensemble(s3, input_uri)
+        ensemble = job.read_input(lambda: load_ensemble(s3, input_uri), f"input {input_uri}")
         mean_rise = ensemble.fields.mean(axis=0)
         std_rise = ensemble.fields.std(axis=0)
         threshold = hot_fraction * float(mean_rise.max())

@@ -147,30 +147,39 @@ def has_control_character(text: str) -> bool:
 
 
 @contextmanager
-def local_copy(s3: Any, uri: str, version_id: str | None) -> Iterator[tuple[TextIO, int, int]]:
+def local_copy(job: CheckpointedJob, s3: Any, uri: str, version_id: str | None) -> Iterator[tuple[TextIO, int, int]]:
     """The upload copied piece by piece to a temporary file on local disk and read back as text; with its size in
     bytes and its line feeds.
 
     Each piece is decoded on the way, only to check it: an upload that is not UTF-8 is an input error here, before
-    any work.
+    any work. A transient S3 error (throttling, a connection reset part way) copies it again from the start
+    (``job.read_input``).
     """
-    # Plain UTF-8: it takes the same bytes as INPUT_ENCODING (a byte order mark is UTF-8 too), and the positions of
-    # its errors count from the start of what it was given, which check_utf8 needs to say where the upload is wrong.
-    check_text = codecs.getincrementaldecoder("utf-8")()
-    body = open_object(s3, uri, version_id)
-    size = line_feeds = 0
     with tempfile.TemporaryFile() as copy:
-        while piece := body.read(COPY_BYTES):
-            check_utf8(check_text, piece, size, line_feeds)
-            size += len(piece)
-            line_feeds += piece.count(b"\n")
-            copy.write(piece)
-        check_utf8(check_text, b"", size, line_feeds, final=True)
+        size, line_feeds = job.read_input(lambda: copy_upload(s3, uri, version_id, copy), f"input {uri}")
         copy.seek(0)
         # Lines end at line feeds only: a carriage return is left to the csv module (part of a quoted field, a line
         # ending before a line feed, an error elsewhere).
         with io.TextIOWrapper(copy, encoding=INPUT_ENCODING, newline="\n") as text:
             yield text, size, line_feeds
+
+
+def copy_upload(s3: Any, uri: str, version_id: str | None, copy: IO[bytes]) -> tuple[int, int]:
+    """Copy the upload into ``copy`` (emptied first), checking it is UTF-8; its size in bytes and its line feeds."""
+    copy.seek(0)
+    copy.truncate()
+    # Plain UTF-8: it takes the same bytes as INPUT_ENCODING (a byte order mark is UTF-8 too), and the positions of
+    # its errors count from the start of what it was given, which check_utf8 needs to say where the upload is wrong.
+    check_text = codecs.getincrementaldecoder("utf-8")()
+    size = line_feeds = 0
+    with closing(open_object(s3, uri, version_id)) as body:
+        while piece := body.read(COPY_BYTES):
+            check_utf8(check_text, piece, size, line_feeds)
+            size += len(piece)
+            line_feeds += piece.count(b"\n")
+            copy.write(piece)
+    check_utf8(check_text, b"", size, line_feeds, final=True)
+    return size, line_feeds
 
 
 def check_utf8(decoder: codecs.IncrementalDecoder, piece: bytes, offset: int, lines: int, final: bool = False) -> None:
@@ -258,7 +267,7 @@ def run(s3: Any, environ: Mapping[str, str]) -> None:
     # uploaded under the same key since.
     with (
         CheckpointedJob.from_environment(s3, environ) as job,
-        local_copy(s3, input_uri, environ.get("INPUT_VERSION_ID")) as (text, size, line_feeds),
+        local_copy(job, s3, input_uri, environ.get("INPUT_VERSION_ID")) as (text, size, line_feeds),
     ):
         total_rows = max(line_feeds, 1)  # an estimate for progress only
         state = CleaningState.from_payloads(job.resumed.payloads) if job.resumed else CleaningState()

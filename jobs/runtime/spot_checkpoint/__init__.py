@@ -25,7 +25,8 @@ own; a request whose ``attempt`` is not a whole number in ASCII digits is unread
 Exit codes: :data:`EXIT_CHECKPOINTED` (86) = stopped on a Spot notice, a request or SIGTERM after writing a complete
 checkpoint, or with no work since the latest one (a SIGTERM before the first unit): resubmit, the next attempt
 resumes. :data:`EXIT_STOPPED_WITHOUT_CHECKPOINT` (87) = stopped for the same reasons but the checkpoint could not be
-written: resubmit, the next attempt resumes from an older checkpoint.
+written, or S3 stayed throttled or failing past the start's retries (:class:`StartRetry`): resubmit, the next attempt
+resumes from an older checkpoint.
 
 Control plane / emulator side::
 
@@ -64,6 +65,7 @@ from .job import (
     CheckpointedJob,
     CheckpointInterval,
     RuntimeConfig,
+    StartRetry,
     Stopped,
     log_event_to_stderr,
 )
@@ -85,6 +87,7 @@ from .store import (
 )
 from .watch import (
     REASON_CHECKPOINT_REQUEST,
+    REASON_S3_UNAVAILABLE,
     REASON_SIGTERM,
     REASON_SPOT_INTERRUPTION,
     InterruptionWatcher,
@@ -116,6 +119,7 @@ __all__ = [
     "MAX_POLL_SECONDS",
     "MIN_POLL_SECONDS",
     "REASON_CHECKPOINT_REQUEST",
+    "REASON_S3_UNAVAILABLE",
     "REASON_SIGTERM",
     "REASON_SPOT_INTERRUPTION",
     "REQUEST_NAME",
@@ -133,6 +137,7 @@ __all__ = [
     "MetadataUnavailable",
     "RuntimeConfig",
     "SigtermRecorder",
+    "StartRetry",
     "StopSignal",
     "Stopped",
     "column_positions",

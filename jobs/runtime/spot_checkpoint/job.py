@@ -5,18 +5,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from .entrypoint import fraction, number_between, positive_number, whole_number
 from .errors import InputError
 from .imds import DEFAULT_ENDPOINT, InstanceMetadata
-from .store import DEFAULT_KEEP, DEFAULT_PART, Checkpoint, CheckpointStore, parse_s3_uri, part_name
-from .watch import InterruptionWatcher, StopSignal
+from .store import (
+    DEFAULT_KEEP,
+    DEFAULT_PART,
+    TRANSIENT_UNREACHABLE,
+    Checkpoint,
+    CheckpointStore,
+    parse_s3_uri,
+    part_name,
+    transient_failure,
+)
+from .watch import REASON_S3_UNAVAILABLE, InterruptionWatcher, StopSignal
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +64,7 @@ EVENT_KEY = "spot_checkpoint"  # every structured log line of the runtime carrie
 
 Snapshot = Callable[[], "bytes | Mapping[str, bytes]"]
 EventSink = Callable[[str, dict[str, Any]], None]
+T = TypeVar("T")
 
 
 def log_event_to_stderr(event: str, fields: dict[str, Any]) -> None:
@@ -83,6 +94,32 @@ class CheckpointInterval:
     @property
     def first(self) -> float:
         return self.fixed_seconds if self.fixed_seconds is not None else self.min_seconds
+
+
+@dataclass(frozen=True)
+class StartRetry:
+    """How a job's start (its checkpoint read, its input read) rides out a transient S3 error that outlasted botocore's
+    own retries: throttling when a large array starts at once on one prefix, a 500, a connection reset.
+
+    Tries again after ``first_delay`` seconds, doubling up to ``max_delay``, each delay drawn between its half and its
+    whole (so shards that failed together do not retry together), for at most ``seconds`` from the first failure.
+    The start has no two-minute deadline, unlike a checkpoint on a Spot notice; a SIGTERM or a notice meanwhile still
+    stops the job at once."""
+
+    seconds: float = 300.0
+    first_delay: float = 1.0
+    max_delay: float = 30.0
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    jitter: Callable[[], float] = random.random  # in [0, 1)
+
+    def delay(self, failures: int) -> float:
+        """The wait after the `failures`-th failure in a row."""
+        ceiling = min(self.first_delay * 2 ** min(failures - 1, 30), self.max_delay)
+        return ceiling * (0.5 + 0.5 * self.jitter())
+
+
+START_RETRY = StartRetry()
 
 
 @dataclass(frozen=True)
@@ -223,10 +260,12 @@ class CheckpointedJob:
         interval: CheckpointInterval | None = None,
         events: EventSink = log_event_to_stderr,
         attempt: int | None = None,
+        start_retry: StartRetry | None = None,
     ) -> None:
         self.store = store
         self.interval = interval or CheckpointInterval()
         self.events = events
+        self.start_retry = start_retry or START_RETRY
         self.watcher = InterruptionWatcher(
             metadata=metadata, store=store, poll_seconds=poll_seconds, attempt=attempt, on_signal=self._on_signal
         )
@@ -280,8 +319,7 @@ class CheckpointedJob:
         self._stop_before_work()
         try:
             if self.store is not None:
-                self.store.check_bucket()
-                self.resumed = self.store.latest()
+                self.resumed = self.read_input(self._read_checkpoint, "checkpoint")
         except BaseException:
             self.watcher.close()  # no job is returned to close: put the previous SIGTERM handler back here
             raise
@@ -308,6 +346,70 @@ class CheckpointedJob:
         self._mark = time.monotonic()
         self._next_due = self._mark + self.interval.first
         return self.resumed
+
+    def _read_checkpoint(self) -> Checkpoint | None:
+        assert self.store is not None
+        self.store.check_bucket()
+        return self.store.latest()
+
+    def read_input(self, read: Callable[[], T], what: str = "input") -> T:
+        """``read()``, tried again on a transient S3 error (throttling, a 500, a connection reset) for a bounded time
+        (:class:`StartRetry`); for what a job reads before its first unit of work. Any other error is raised at once:
+        a missing object or bucket stays the job's :class:`InputError`.
+
+        A SIGTERM or a Spot notice while it waits to try again stops the job as in :meth:`start` (exit 86, nothing
+        written). Still failing at the end: S3 is busy or failing, not the job's input, so the job stops with
+        :data:`EXIT_STOPPED_WITHOUT_CHECKPOINT` (87), which the control plane resubmits without spending the stage's
+        retries; except when no connection to S3 could be made at all in that time, which a network without a route
+        to S3 would do on every attempt: an :class:`InputError` (exit 1), as for a bucket that is not there."""
+        retry = self.start_retry
+        give_up_at: float | None = None
+        failures = 0
+        while True:
+            try:
+                return read()
+            except Exception as exc:
+                kind = transient_failure(exc)
+                if kind is None:
+                    raise
+                failures += 1
+                now = retry.clock()
+                give_up_at = now + retry.seconds if give_up_at is None else give_up_at
+                delay = retry.delay(failures)
+                if now + delay > give_up_at:
+                    self._give_up(what, exc, kind, failures)
+                logger.warning("reading the %s failed (%s); trying again in %.1f s", what, exc, delay)
+                self._emit("read_retry", what=what, error=str(exc), failures=failures, delay_seconds=delay)
+                self._wait_before_retry(delay)
+
+    def _wait_before_retry(self, seconds: float) -> None:
+        """Wait `seconds` to try a read again, looking for a Spot notice meanwhile if the watcher's pollers do not run
+        yet; a SIGTERM or notice stops the job as before its first unit (:meth:`_stop_before_work`), or, if it has
+        done work it has not saved (a read after a step), as a stop whose checkpoint could not be written."""
+        retry = self.start_retry
+        end = retry.clock() + seconds
+        next_look = retry.clock()
+        while not self._stops_before_work(self.watcher.stop_signal) and (left := end - retry.clock()) > 0:
+            if retry.clock() >= next_look:
+                self.watcher.look_for_notice()
+                next_look = retry.clock() + self.watcher.poll_seconds
+                continue
+            retry.sleep(min(left, STOP_CHECK_SECONDS))
+        stop = self.watcher.stop_signal
+        if self._unsaved and stop is not None and self._stops_before_work(stop):
+            self._exit(stop, EXIT_STOPPED_WITHOUT_CHECKPOINT)
+        self._stop_before_work()
+
+    def _give_up(self, what: str, exc: Exception, kind: str, failures: int) -> NoReturn:
+        seconds = self.start_retry.seconds
+        if kind == TRANSIENT_UNREACHABLE:
+            raise InputError(
+                f"reading the {what}: S3 could not be reached in {failures} tries over {seconds:g} s ({exc}): "
+                "check the job's network route to S3"
+            ) from None
+        detail = f"reading the {what} failed {failures} times over {seconds:g} s: {exc}"
+        logger.error("%s; stopping for a resubmission", detail)
+        self._exit(StopSignal(REASON_S3_UNAVAILABLE, detail, time.time()), EXIT_STOPPED_WITHOUT_CHECKPOINT)
 
     def close(self) -> None:
         self.watcher.close()
@@ -501,8 +603,13 @@ class CheckpointedJob:
         placing the next attempt. A checkpoint request stops the job at its first step instead, whose checkpoint
         records the request's id (a job of an unknown attempt would otherwise stop for it again and again)."""
         stop = self.watcher.stop_signal
-        if stop is not None and stop.request_id is None:
+        if self._stops_before_work(stop):
+            assert stop is not None
             self._exit(stop, EXIT_CHECKPOINTED if self.store is not None else EXIT_STOPPED_WITHOUT_CHECKPOINT)
+
+    @staticmethod
+    def _stops_before_work(stop: StopSignal | None) -> bool:
+        return stop is not None and stop.request_id is None
 
     def _exit(self, stop: StopSignal, exit_code: int) -> NoReturn:
         self._account()

@@ -126,11 +126,57 @@ def part_name(*, node_index: int | None = None, shard_index: int | None = None) 
     return DEFAULT_PART
 
 
-def error_code(exc: Exception) -> str:
+def error_code(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
         return str(response.get("Error", {}).get("Code", ""))
     return ""
+
+
+# S3's answers that a later try may not get: throttled (SlowDown, 503), busy or failing on its side (500, 503).
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "429",
+    "500",
+    "502",
+    "503",
+    "504",
+}
+TRANSIENT_BUSY = "busy"  # S3 answered throttled or failing, or the connection to it broke or timed out
+TRANSIENT_UNREACHABLE = "unreachable"  # no connection to S3 could be made at all
+
+
+def transient_failure(exc: BaseException) -> str | None:
+    """How an S3 call failed if a later try may succeed (:data:`TRANSIENT_BUSY`, :data:`TRANSIENT_UNREACHABLE`), once
+    botocore's own retries are spent; None for any other failure (AccessDenied, NoSuchBucket, NoSuchKey...)."""
+    try:
+        from botocore.exceptions import (
+            ConnectionError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            HTTPClientError,
+            IncompleteReadError,
+        )
+    except ImportError:  # no botocore, no S3 client either
+        return None
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
+        return TRANSIENT_UNREACHABLE
+    # A connection reset, a read timed out, a body cut short (ConnectionClosedError, ReadTimeoutError,
+    # ResponseStreamingError are HTTPClientErrors).
+    if isinstance(exc, ConnectionError | HTTPClientError | IncompleteReadError):
+        return TRANSIENT_BUSY
+    response = getattr(exc, "response", None)
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(response, dict) else None
+    if error_code(exc) in _TRANSIENT_CODES or (isinstance(status, int) and (status >= 500 or status == 429)):
+        return TRANSIENT_BUSY
+    return None
 
 
 class CheckpointStore:

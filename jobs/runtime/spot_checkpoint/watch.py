@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 REASON_SPOT_INTERRUPTION = "spot-interruption"
 REASON_CHECKPOINT_REQUEST = "checkpoint-request"
 REASON_SIGTERM = "sigterm"
+REASON_S3_UNAVAILABLE = "s3-unavailable"  # the job's start could not read S3, past its retries (not an interruption)
 
 # While the metadata service does not answer (not on EC2, hop limit of 1 in a bridged container), poll it less often;
 # but only after several failures in a row, so one lost answer does not hide a notice AWS advises checking every 5 s.
@@ -151,6 +152,12 @@ class InterruptionWatcher:
         if self._stop is None:
             self._poll_request()
         return self._stop
+
+    def look_for_notice(self) -> None:
+        """One look for the Spot notice while the pollers do not run yet (a job retrying its start); none once they
+        do, as they look themselves."""
+        if self._stop is None and not self._threads:
+            self._poll_safely(self._poll_metadata)
 
     def _poll_metadata(self) -> None:
         if self.metadata is None or time.monotonic() < self._metadata_retry_at:
