@@ -201,3 +201,25 @@ def test_a_multinode_run_whose_nodes_cannot_fit_the_hpc_environment_is_refused(p
     assert not errored and result["status"] == status, result
     if status == "rejected":
         assert "needs 288 vCPUs" in result["reason"] and "HpcMaxVcpus" in result["reason"], result
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        b'{"deadline_hours": 6, "hpc_nodes": 4, "deadline_hours": 48}',
+        b'{"deadline_hours": 12, "stage_hours": {"hpc": 2, "preprocess": 1, "hpc": 8}}',
+    ],
+    ids=["option", "stage"],
+)
+def test_a_manifest_giving_an_option_twice_is_refused_not_read_as_its_last(plane, manifest):
+    # GIVEN a manifest beside the CSV that gives an option, or a stage's hours, twice (an edit that added a line and
+    # left the old one): which one was meant is anyone's guess
+    key = f"incoming/twice-in-manifest-{uuid.uuid4().hex[:8]}.csv"
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.put_object(Bucket=plane.bucket, Key=key.replace(".csv", ".manifest.json"), Body=manifest)
+    event = _event(plane, key, _put(plane, key))
+    # WHEN its CSV's event is handled
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN the upload is refused, naming the option given twice, rather than run with whichever came last
+    assert not errored and result["status"] == "rejected", result
+    assert "given twice" in result["reason"], result

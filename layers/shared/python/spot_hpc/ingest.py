@@ -171,6 +171,19 @@ def _head(svc: Services, bucket: str, key: str, version_id: str | None) -> tuple
     raise Rejected(f"s3://{bucket}/{key} cannot be read ({unreadable.code})") from unreadable
 
 
+class _NameGivenTwice(Exception):
+    """A JSON object of the manifest names a member twice (the JSON parser would keep the last, silently)."""
+
+
+def _object_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            raise _NameGivenTwice(name)
+        seen.add(name)
+    return dict(pairs)
+
+
 def _manifest(svc: Services, bucket: str, key: str) -> dict[str, Any] | None:
     try:
         raw = svc.uploads.read_small(bucket, manifest_key(key), MAX_MANIFEST_BYTES)
@@ -179,9 +192,13 @@ def _manifest(svc: Services, bucket: str, key: str) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        manifest = json.loads(raw)
+        manifest = json.loads(raw, object_pairs_hook=_object_once)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise Rejected(f"manifest {manifest_key(key)} is not valid JSON: {exc}") from exc
+    except _NameGivenTwice as exc:
+        raise Rejected(
+            f"manifest {manifest_key(key)}: {exc} is given twice (which one was meant is anyone's guess)"
+        ) from exc
     if not isinstance(manifest, dict):
         raise Rejected(f"manifest {manifest_key(key)} must be a JSON object")
     return manifest
