@@ -223,3 +223,16 @@ def test_a_manifest_giving_an_option_twice_is_refused_not_read_as_its_last(plane
     # THEN the upload is refused, naming the option given twice, rather than run with whichever came last
     assert not errored and result["status"] == "rejected", result
     assert "given twice" in result["reason"], result
+
+
+@pytest.mark.parametrize("name", ["deadline_hours", "stage_hours", "hpc_mode", "hpc_nodes"])
+def test_metadata_naming_an_option_as_the_manifest_spells_it_is_refused_not_ignored(plane, name):
+    # GIVEN an upload whose metadata names an option as a manifest does (`deadline_hours`, not `deadline-hours`)
+    value = {"deadline_hours": "2", "stage_hours": "hpc=1", "hpc_mode": "shards", "hpc_nodes": "4"}[name]
+    key = f"incoming/underscored-{name}.csv"
+    event = _event(plane, key, _put(plane, key, metadata={name: value}))
+    # WHEN it is handled
+    result, errored = plane.invoke("StartPipelineFunction", event)
+    # THEN it is refused, naming the metadata's spelling, rather than run on the stack's defaults as if not given
+    assert not errored and result["status"] == "rejected", result
+    assert name.replace("_", "-") in result["reason"], result

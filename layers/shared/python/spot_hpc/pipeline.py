@@ -26,6 +26,10 @@ STAGE_WAIT_MARGIN_HOURS = 24.0
 MAX_STAGE_WAIT_SECONDS = 365 * 24 * 3600  # a Standard workflow execution lives at most a year
 
 
+# The options an upload's metadata may give (a manifest names them with underscores: `deadline_hours`).
+METADATA_OPTIONS = ("deadline-hours", "stage-hours", "hpc-mode", "hpc-nodes")
+
+
 class InvalidRunOptions(ValueError):
     """The options attached to an upload cannot be used; the message says which and why."""
 
@@ -78,6 +82,14 @@ def build_run_options(
     if manifest is not None:
         raw.update(manifest)
     else:
+        # An option named as a manifest names it would otherwise be no option at all: the run would take the
+        # defaults, silently.
+        misnamed = sorted(name for name in metadata if name.replace("_", "-") in METADATA_OPTIONS and "_" in name)
+        if misnamed:
+            meant = ", ".join(name.replace("_", "-") for name in misnamed)
+            raise InvalidRunOptions(
+                f"metadata {', '.join(misnamed)}: metadata names these options {meant} (underscores are a manifest's)"
+            )
         if "deadline-hours" in metadata:
             raw["deadline_hours"] = metadata["deadline-hours"]
         if "stage-hours" in metadata:
