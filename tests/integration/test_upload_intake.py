@@ -236,3 +236,19 @@ def test_metadata_naming_an_option_as_the_manifest_spells_it_is_refused_not_igno
     # THEN it is refused, naming the metadata's spelling, rather than run on the stack's defaults as if not given
     assert not errored and result["status"] == "rejected", result
     assert name.replace("_", "-") in result["reason"], result
+
+
+def test_a_manifest_with_thousands_of_unknown_options_is_refused_and_recorded_not_crashed_on(plane):
+    # GIVEN a manifest within the 64 KiB a manifest may take that is no manifest at all: thousands of short members,
+    # each of them an unknown option
+    key = "incoming/many-members.csv"
+    members = ",".join(f'"{index:x}":0' for index in range(7700))
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.put_object(Bucket=plane.bucket, Key="incoming/many-members.manifest.json", Body=f"{{{members}}}".encode())
+    # WHEN its CSV's event is handled
+    result, errored = plane.invoke("StartPipelineFunction", _event(plane, key, _put(plane, key)))
+    # THEN the upload is refused and the refusal recorded and told, its reason short enough for every channel (SNS
+    # takes 256 KB), rather than the handler failing on the notice until the event is dead-lettered
+    assert not errored and result["status"] == "rejected", result
+    assert any(rejection["source"].endswith(key) for rejection in _rejections(plane))
+    assert "Extra inputs are not permitted" in result["reason"] and len(result["reason"]) < 10_000, result
