@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 BUCKET = "checkpoint-tests"
 
@@ -29,6 +30,24 @@ class S3Passthrough:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._s3, name)
+
+
+class S3Refusing(S3Passthrough):
+    """An S3 client whose `operation` (a client method's name) fails with the error `code`; every other call passes."""
+
+    def __init__(self, s3: Any, operation: str, code: str) -> None:
+        super().__init__(s3)
+        self._operation = operation
+        self._code = code
+
+    def __getattr__(self, name: str) -> Any:
+        if name != self._operation:
+            return super().__getattr__(name)
+
+        def refused(**kwargs: Any) -> Any:
+            raise ClientError({"Error": {"Code": self._code, "Message": "refused"}}, name)
+
+        return refused
 
 
 class EventRecorder:

@@ -15,7 +15,6 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
 from spot_checkpoint import (
     EXIT_CHECKPOINTED,
     EXIT_STOPPED_WITHOUT_CHECKPOINT,
@@ -39,7 +38,7 @@ from spot_hpc.placement import request_checkpoint
 
 from spotctl.drill.metadata_server import TOKEN_PATH, MetadataStandIn
 
-from .conftest import BUCKET, EventRecorder, S3Passthrough, sigterm_unhandled
+from .conftest import BUCKET, EventRecorder, S3Passthrough, S3Refusing, sigterm_unhandled
 
 URI = f"s3://{BUCKET}/checkpoints/run-7/preprocess/"
 
@@ -463,23 +462,12 @@ def test_finish_of_a_shard_that_does_not_know_the_part_count_leaves_the_other_pa
     assert CheckpointStore(s3, URI, part="shard-0").latest().final  # type: ignore[union-attr]
 
 
-class FailingDeletes(S3Passthrough):
-    """An S3 client whose DeleteObjects fails with the given error code (throttled, or a role without the right)."""
-
-    def __init__(self, s3: Any, code: str) -> None:
-        super().__init__(s3)
-        self._code = code
-
-    def delete_objects(self, **kwargs: Any) -> Any:
-        raise ClientError({"Error": {"Code": self._code, "Message": "refused"}}, "DeleteObjects")
-
-
 @pytest.mark.parametrize("code", ["SlowDown", "AccessDenied"])
 def test_failed_cleanup_after_the_outputs_are_written_does_not_fail_the_job(
     s3: Any, events: EventRecorder, code: str
 ) -> None:
     # GIVEN a single-part job that has done its work, on a client whose deletes fail
-    store = CheckpointStore(FailingDeletes(s3, code), URI)
+    store = CheckpointStore(S3Refusing(s3, "delete_objects", code), URI)
     job = CheckpointedJob(store, interval=CheckpointInterval(fixed_seconds=0.0), events=events)
     with job:
         counting_job(job, 3)

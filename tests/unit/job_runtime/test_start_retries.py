@@ -34,7 +34,7 @@ from jobs.preprocess import preprocess
 from spotctl.drill.metadata_server import MetadataStandIn
 
 from . import test_workloads
-from .conftest import BUCKET, EventRecorder, S3Passthrough, sigterm_unhandled
+from .conftest import BUCKET, EventRecorder, S3Passthrough, S3Refusing, sigterm_unhandled
 from .test_workloads import INPUT_CSV, as_in_container, stage_env
 
 pipeline_inputs, hpc_input = test_workloads.pipeline_inputs, test_workloads.hpc_input
@@ -223,21 +223,12 @@ def test_a_job_that_never_reaches_s3_is_an_application_error_told_in_one_line(
     assert len(told) == 1 and "could not be reached" in told[0] and "network route to S3" in told[0]
 
 
-class Refused(S3Passthrough):
-    def __init__(self, s3: Any, code: str) -> None:
-        super().__init__(s3)
-        self.code = code
-
-    def list_objects_v2(self, **kwargs: Any) -> Any:
-        raise ClientError({"Error": {"Code": self.code, "Message": "no"}}, "ListObjectsV2")
-
-
 @pytest.mark.parametrize("code", ["AccessDenied", "NoSuchBucket"])
 def test_a_checkpoint_bucket_refused_for_good_is_an_application_error_at_once(
     s3: Any, monkeypatch: pytest.MonkeyPatch, fake_time: FakeTime, code: str
 ) -> None:
     # GIVEN a job whose checkpoint bucket S3 refuses for good
-    as_in_container(monkeypatch, stage_env("acc", "preprocess", INPUT_CSV), Refused(s3, code))
+    as_in_container(monkeypatch, stage_env("acc", "preprocess", INPUT_CSV), S3Refusing(s3, "list_objects_v2", code))
     # WHEN it runs
     # THEN it exits 1 without waiting to try again
     assert preprocess.main() == 1

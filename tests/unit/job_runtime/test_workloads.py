@@ -10,7 +10,6 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
 from spot_checkpoint import (
     EXIT_CHECKPOINTED,
     REASON_SIGTERM,
@@ -27,7 +26,7 @@ from jobs.preprocess import preprocess
 from spotctl.drill.metadata_server import MetadataStandIn
 from spotctl.drill.runner import drill_source_csv
 
-from .conftest import BUCKET, S3Passthrough, sigterm_unhandled
+from .conftest import BUCKET, S3Passthrough, S3Refusing, sigterm_unhandled
 
 INPUT_CSV = f"s3://{BUCKET}/incoming/sources.csv"
 SMALL = {
@@ -245,20 +244,11 @@ def test_resumed_preprocess_reads_the_upload_version_of_its_run(s3: Any) -> None
     assert [line.split(",")[0] for line in output.splitlines()[1:]] == ["a", "b", "c", "d"]
 
 
-class FailingDeletes(S3Passthrough):
-    """An S3 client whose DeleteObjects is throttled."""
-
-    def delete_objects(self, **kwargs: Any) -> Any:
-        raise ClientError(
-            {"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}, "DeleteObjects"
-        )
-
-
 def test_done_job_exits_0_when_checkpoint_cleanup_fails(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN a preprocess job whose checkpoint deletes fail
     write_object(s3, INPUT_CSV, b"source_id,x_m,y_m,power_w\na,0.1,0.1,1\nb,0.2,0.2,2\n")
     env = stage_env("r", "preprocess", INPUT_CSV, PREPROCESS_CHUNK_ROWS="1")
-    as_in_container(monkeypatch, env, FailingDeletes(s3))
+    as_in_container(monkeypatch, env, S3Refusing(s3, "delete_objects", "SlowDown"))
     # WHEN it runs as in its container
     code = preprocess.main()
     # THEN its outputs are written and it reports success, not an application error
