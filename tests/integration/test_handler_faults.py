@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,7 +26,7 @@ from offline_runs import (
 from sample_events import load_event
 from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
-from spot_hpc.clock import format_time, hours_between, parse_time
+from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
 from spot_hpc.cost import check_run_report_costs
 from spot_hpc.events import TERMINAL_STATUSES, BatchJobDetail
 from spot_hpc.ledger import Ledger
@@ -308,6 +309,34 @@ def test_a_guard_pass_whose_wait_a_jobs_start_raced_drops_it_unlearnt(monkeypatc
     assert stage.spot_stats == learnt
     # AND the pass read the attempt twice: at its start (as before the job's start), and once it wrote the wait
     assert reads[:2] == ["RUNNING", "RUNNING"]
+
+
+def test_a_guard_pass_that_read_a_long_wait_before_the_job_started_leaves_the_started_job_on_spot(monkeypatch):
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=LONG_PREPROCESS) as plane:
+        # GIVEN preprocess running on Spot, its start recorded by its RUNNING event, with slack enough to stay there
+        # and too little to wait for capacity that does not come
+        plane.upload("incoming/started-late.csv", b"a\n1\n", {"deadline-hours": "9.5", "stage-hours": "preprocess=4"})
+        _run_until(plane, lambda: any(a.status == "RUNNING" for a in _attempts(plane, "preprocess")[1]))
+        # WHEN an SLA guard pass reads Batch and the stage as they were before the start, after half an hour's wait
+        # for Spot (a pass reads them once, at its start, and can last minutes)
+        real_describe, real_active_stages = BatchGateway.describe, Ledger.active_stages
+        waiting_since = format_time(utc_now() - timedelta(minutes=30))
+
+        def described_before_the_start(self, job_ids):
+            return {job_id: {**job, "status": "RUNNABLE"} for job_id, job in real_describe(self, job_ids).items()}
+
+        def read_before_the_start(self):
+            for stage in real_active_stages(self):
+                yield replace(stage, spot_waiting_since=waiting_since) if stage.stage == "preprocess" else stage
+
+        monkeypatch.setattr(BatchGateway, "describe", described_before_the_start)
+        monkeypatch.setattr(Ledger, "active_stages", read_before_the_start)
+        plane.invoke("SlaGuardFunction", load_event("sla_guard_schedule"))
+        monkeypatch.undo()
+        _, after = _attempts(plane, "preprocess")
+    # THEN the job that got its capacity is not taken for one without: it runs on, on Spot, neither cancelled nor
+    # replaced (before, it was terminated and requeued to On-Demand as if still waiting)
+    assert [(a.attempt, a.capacity, a.status, a.cancel_reason) for a in after] == [(1, "spot", "RUNNING", None)]
 
 
 def test_lost_batch_events_are_reconciled_by_the_guard():

@@ -261,7 +261,10 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
     if waiting_since and job_runs:
         end_spot_wait(svc, stage)
         waiting_since = None
-    elif not waiting_since and job_waits and not started_since:
+    elif started_since:
+        # It got capacity since: the wait this pass read with the stage is not a want of it (its start ended it).
+        waiting_since = None
+    elif not waiting_since and job_waits:
         # The job's start may be recorded while this pass runs, its handler reading the stage before this wait.
         waiting_since = start_spot_wait(svc, stage, None if detail.is_array_parent else stage.attempt)
     waiting = waiting_since and now - parse_time(waiting_since) > timedelta(
