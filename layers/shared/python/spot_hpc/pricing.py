@@ -121,10 +121,15 @@ class PriceBook(ABC):
     ) -> SpotQuote:
         """The Spot price of one instance: observed (in the zone, or across the region's zones when the zone is not
         known), else estimated from the advisor."""
-        on_demand = self.on_demand_usd_per_hour(instance_type, region)
         observed = self.observed_spot_usd_per_hour(instance_type, availability_zone, at)
         if observed is not None:
-            return SpotQuote(observed, "observed", on_demand)
+            return SpotQuote(observed, "observed", self.on_demand_usd_per_hour(instance_type, region))
+        return self._estimated_spot_quote(instance_type, region)
+
+    def _estimated_spot_quote(self, instance_type: str, region: str) -> SpotQuote:
+        """The Spot price of one instance where none is observed: On-Demand less the advisor's savings, else
+        On-Demand."""
+        on_demand = self.on_demand_usd_per_hour(instance_type, region)
         savings = self.spot_advisor.savings_pct(instance_type, region) if self.spot_advisor else None
         if savings is not None:
             return SpotQuote(on_demand * (1.0 - savings / 100.0), "spot-advisor", on_demand)
@@ -146,10 +151,9 @@ class PriceBook(ABC):
             # An observed Spot price is the price whatever On-Demand costs: a Price List API that throttles or is down,
             # or does not list the type yet, must not leave it unknown. Only the estimates stand on On-Demand.
             observed = self.observed_spot_usd_per_hour(instance_type, availability_zone, at)
-            if observed is not None:
-                per_instance = observed
-            else:
-                per_instance = self.spot_quote(instance_type, region, availability_zone, at).usd_per_hour
+            per_instance = (
+                observed if observed is not None else self._estimated_spot_quote(instance_type, region).usd_per_hour
+            )
         return per_instance * nodes
 
 
