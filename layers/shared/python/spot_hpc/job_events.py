@@ -31,6 +31,7 @@ from spot_hpc.placement import (
     CAPACITY_OF_ACTION,
     HeldInstance,
     InstancePrices,
+    cancel_and_terminate,
     choose_capacity,
     end_spot_wait,
     instance_prices,
@@ -553,11 +554,8 @@ def _end_later_attempt(svc: Services, later: Attempt, succeeded: Attempt) -> boo
     when it was marked for another reason first."""
     if later.status in TERMINAL_STATUSES:
         return True
-    if not svc.ledger.cancel_attempt(later.run_id, later.stage, later.attempt, CANCEL_EARLIER_SUCCEEDED):
-        return False
-    if later.job_id:
-        svc.batch.terminate(later.job_id, f"spot-hpc: attempt {succeeded.attempt} finished the stage's work")
-    return True
+    reason = f"spot-hpc: attempt {succeeded.attempt} finished the stage's work"
+    return cancel_and_terminate(svc, later, CANCEL_EARLIER_SUCCEEDED, reason)
 
 
 def _clean_checkpoints(svc: Services, run: Run, stage: Stage) -> None:

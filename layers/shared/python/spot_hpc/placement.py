@@ -441,8 +441,7 @@ def record_placed(svc: Services, stage: Stage, job_id: str, queue: str, capacity
         # Settled while its job was submitted (the attempt before succeeded after all, or the run ended): nothing
         # else comes back to this job, which would do the stage's work again.
         cause = CANCEL_EARLIER_SUCCEEDED if settled.status == "SUCCEEDED" else CANCEL_RUN_ENDED
-        if svc.ledger.cancel_attempt(stage.run_id, stage.stage, stage.attempt, cause):
-            svc.batch.terminate(job_id, f"spot-hpc: stage {settled.status.lower()} as its attempt was placed")
+        cancel_and_terminate(svc, attempt, cause, f"spot-hpc: stage {settled.status.lower()} as its attempt was placed")
         return attempt
     end_spot_wait(svc, stage)
     logger.info(
@@ -488,6 +487,17 @@ def tell_requeue(svc: Services, run: Run, stage_name: str, replaced: int, reason
     if spot is None or on_demand is None or not moved_to_on_demand(spot, on_demand):
         return False
     return notify(svc, "requeued", run, stage_name, reason, attempt=on_demand.attempt)
+
+
+def cancel_and_terminate(svc: Services, attempt: Attempt, cause: str, reason: str) -> bool:
+    """Marks the attempt cancelled for `cause` (CANCEL_*), so that its job's end is read as that cancellation, then
+    terminates its job for `reason`. False, terminating nothing, when it was marked for another reason first: its end
+    is acted on as that."""
+    if not svc.ledger.cancel_attempt(attempt.run_id, attempt.stage, attempt.attempt, cause):
+        return False
+    if attempt.job_id:
+        svc.batch.terminate(attempt.job_id, reason)
+    return True
 
 
 def stop_stage(svc: Services, stage: Stage, reason: str) -> None:
