@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from spot_checkpoint import CheckpointedJob, CheckpointInterval, CheckpointStore
 
 BUCKET = "checkpoint-tests"
+URI = f"s3://{BUCKET}/checkpoints/run-7/preprocess/"
 
 
 @pytest.fixture
@@ -76,3 +78,12 @@ def sigterm_unhandled() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def make_job(s3: Any, events: EventRecorder, uri: str = URI, **kwargs: Any) -> CheckpointedJob:
+    """A job on the stage's checkpoints at `uri` (its part "main" of 1 unless said), checkpointing hourly unless
+    said, its events recorded."""
+    store = CheckpointStore(s3, uri, part=kwargs.pop("part", "main"), parts_total=kwargs.pop("parts_total", 1))
+    return CheckpointedJob(
+        store, interval=kwargs.pop("interval", CheckpointInterval(fixed_seconds=3600)), events=events, **kwargs
+    )

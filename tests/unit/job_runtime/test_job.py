@@ -38,9 +38,7 @@ from spot_hpc.placement import request_checkpoint
 
 from spotctl.drill.metadata_server import TOKEN_PATH, MetadataStandIn
 
-from .conftest import BUCKET, EventRecorder, S3Passthrough, S3Refusing, sigterm_unhandled
-
-URI = f"s3://{BUCKET}/checkpoints/run-7/preprocess/"
+from .conftest import BUCKET, URI, EventRecorder, S3Passthrough, S3Refusing, make_job, sigterm_unhandled
 
 
 def unused_loopback_port() -> int:
@@ -59,13 +57,6 @@ def counting_job(job: CheckpointedJob, units: int, start: int = 0) -> int:
 
 
 POLL_MUST_BE = "SPOT_CHECKPOINT_POLL_SECONDS must be a number from 0.01 to 60"
-
-
-def make_job(s3: Any, events: EventRecorder, **kwargs: Any) -> CheckpointedJob:
-    store = CheckpointStore(s3, URI, part=kwargs.pop("part", "main"), parts_total=kwargs.pop("parts_total", 1))
-    return CheckpointedJob(
-        store, interval=kwargs.pop("interval", CheckpointInterval(fixed_seconds=3600)), events=events, **kwargs
-    )
 
 
 def test_interval_is_chosen_from_checkpoint_cost_within_bounds() -> None:
@@ -777,13 +768,7 @@ def test_spot_notice_posted_while_the_checkpoint_is_read_stops_the_job_at_once(s
     CheckpointStore(s3, URI).save(b"3", 0.3)
     with MetadataStandIn() as metadata:
         reads = DuringCheckpointRead(s3, metadata.post_notice)
-        job = CheckpointedJob(
-            CheckpointStore(reads, URI),
-            metadata=InstanceMetadata(metadata.endpoint),
-            poll_seconds=3600,
-            interval=CheckpointInterval(fixed_seconds=3600),
-            events=events,
-        )
+        job = make_job(reads, events, metadata=InstanceMetadata(metadata.endpoint), poll_seconds=3600)
         # WHEN that attempt resumes
         with pytest.raises(Stopped) as stopped:
             job.start()

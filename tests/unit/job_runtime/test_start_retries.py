@@ -34,7 +34,7 @@ from jobs.preprocess import preprocess
 from spotctl.drill.metadata_server import MetadataStandIn
 
 from . import test_workloads
-from .conftest import BUCKET, EventRecorder, S3Passthrough, S3Refusing, sigterm_unhandled
+from .conftest import BUCKET, EventRecorder, S3Passthrough, S3Refusing, make_job, sigterm_unhandled
 from .test_workloads import INPUT_CSV, as_in_container, stage_env
 
 pipeline_inputs, hpc_input = test_workloads.pipeline_inputs, test_workloads.hpc_input
@@ -185,13 +185,7 @@ def test_a_spot_notice_while_the_start_waits_to_try_again_stops_the_job_at_once(
     # wait, with the watcher's pollers not running yet
     client = ThrottledAtStart(s3, "none", checkpoint_failures=10**6, input_failures=0)
     with MetadataStandIn() as metadata:
-        job = CheckpointedJob(
-            CheckpointStore(client, URI),
-            metadata=InstanceMetadata(metadata.endpoint),
-            poll_seconds=1,
-            interval=CheckpointInterval(fixed_seconds=3600),
-            events=events,
-        )
+        job = make_job(client, events, uri=URI, metadata=InstanceMetadata(metadata.endpoint), poll_seconds=1)
         fake_time.on_sleep = metadata.post_notice
         # WHEN it starts
         with pytest.raises(Stopped) as stopped:
