@@ -4,12 +4,14 @@ leaves are not the same ones pass after pass."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from spot_hpc.batch import Ec2Instance
 from spot_hpc.guard import PASS_PERIOD, STAGE_CHECK_MARGIN_SECONDS, run_guard
-from spot_hpc.ledger import Run, Stage
+from spot_hpc.ledger import AwaitedInterruption, Run, Stage
 
 
 class LedgerOfVanishedRuns:
@@ -132,3 +134,49 @@ def test_a_pass_with_time_checks_every_stage_and_a_retry_of_it_in_the_same_order
     # THEN it checked every stage, deferred none, and the retry took them in the same order
     assert sorted(once) == sorted(f"run-{number}" for number in range(5)) and first["deferred_stages"] == 0
     assert ledger.looked_up[5:] == once
+
+
+class LedgerAwaitingOneInterruption(LedgerOfVanishedRuns):
+    """No active stage, and one instance whose warned interruption is due; records the instances settled."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.settled: list[str] = []
+
+    def awaited_interruptions(self, now: Any) -> Iterator[Any]:
+        return iter([AwaitedInterruption("i-0aaaaaaaaaaaaaaa1", "2026-01-05T05:30:00Z")])
+
+    def keep_unbilled_instance(self, instance_id: str) -> None:
+        pass
+
+    def jobs_on_instance(self, instance_id: str) -> list[Any]:
+        return []
+
+    def end_awaited_interruption(self, instance_id: str) -> None:
+        self.settled.append(instance_id)
+
+
+class InstanceTakenBack(NoJobs):
+    def describe_instances(self, instance_ids: Any) -> dict[str, Ec2Instance]:
+        launched = datetime(2026, 1, 5, 5, 0, tzinfo=UTC)
+        return {
+            i: Ec2Instance("c6i.4xlarge", "us-east-1a", launched, "terminated", "Server.SpotInstanceTermination")
+            for i in instance_ids
+        }
+
+
+@pytest.mark.parametrize(("seconds_left", "settled"), [(STAGE_CHECK_MARGIN_SECONDS - 1, 0), (280.0, 1)])
+def test_a_pass_settles_awaited_interruptions_only_outside_its_margin_of_the_timeout(
+    utc_clock, seconds_left, settled
+) -> None:
+    # GIVEN an instance EC2 took back in its first hour, whose interruption is awaited, and an invocation with
+    # `seconds_left`
+    ledger = LedgerAwaitingOneInterruption()
+    svc = SimpleNamespace(ledger=ledger, batch=InstanceTakenBack(), pipeline=None)
+
+    # WHEN the guard runs a pass
+    result = run_guard(svc, remaining_seconds=lambda: seconds_left)
+
+    # THEN it settles the instance only with more than its margin left; within it, the instance waits for a later pass
+    assert result["unbilled_instances"] == settled
+    assert len(ledger.settled) == settled
