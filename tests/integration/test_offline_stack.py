@@ -114,17 +114,19 @@ def test_dashboard_is_deployed_and_alarms_watch_failures_dlqs_and_deadlines(plan
     charted = {m[1] for w in body["widgets"] for m in w["properties"]["metrics"] if m[0] == metrics.NAMESPACE}
     emitted = {metrics.RUN_COST_USD, metrics.SAVINGS_USD, metrics.REQUEUES_TO_ON_DEMAND, metrics.DEADLINES_MISSED}
     assert emitted <= charted
-    # AND four alarms watch failed executions, both dead-letter queues, missed deadlines and guard passes out of
-    # time, all to the alarm topic
+    # AND five alarms watch failed executions, both dead-letter queues, missed deadlines, guard passes out of
+    # time and guard passes that cannot read what they guard, all to the alarm topic
     assert set(alarms) == {
         "FailedPipelinesAlarm",
         "DeadLetterQueueDepthAlarm",
         "DeadlineMissedAlarm",
         "GuardOutOfTimeAlarm",
+        "GuardReadsFailingAlarm",
     }
     for name, metric in (
         ("DeadlineMissedAlarm", metrics.DEADLINES_MISSED),
         ("GuardOutOfTimeAlarm", metrics.DEFERRED_STAGES),
+        ("GuardReadsFailingAlarm", metrics.GUARD_UNREAD),
     ):
         assert alarms[name]["MetricName"] == metric and alarms[name]["Namespace"] == metrics.NAMESPACE
     queues = {

@@ -119,6 +119,38 @@ def test_runs_the_guard_settles_are_counted_once_like_the_notify_functions(power
     json.dumps(answer)
 
 
+@pytest.mark.parametrize(
+    ("unread", "active_counted"),
+    [(["jobs"], 4.0), (["active stages"], None), (["active stages", "jobs"], None)],
+)
+def test_a_guard_pass_counts_what_it_could_not_read(powertools_metrics: Any, unread, active_counted) -> None:
+    from spot_hpc.outcome import record_guard_pass
+
+    # GIVEN a guard pass that could not read its active stages, or their jobs
+    result = {"active_stages": 4 if active_counted else 0, "deferred_stages": 0, "actions": [], "unread": unread}
+
+    # WHEN the pass's outcome is recorded
+    record_guard_pass(powertools_metrics, result)
+    blob = powertools_metrics.serialize_metric_set()
+
+    # THEN the alarm's figure counts what it could not read, and active stages it did not read are not counted as none
+    assert _value(blob, run_metrics.GUARD_UNREAD) == len(unread)
+    assert (_value(blob, run_metrics.ACTIVE_STAGES) if run_metrics.ACTIVE_STAGES in blob else None) == active_counted
+
+
+def test_a_guard_pass_that_read_all_counts_no_unread_source(powertools_metrics: Any) -> None:
+    from spot_hpc.outcome import record_guard_pass
+
+    # GIVEN a guard pass that read its active stages and their jobs
+    result = {"active_stages": 2, "deferred_stages": 0, "actions": [], "unread": []}
+
+    # WHEN the pass's outcome is recorded
+    record_guard_pass(powertools_metrics, result)
+
+    # THEN no unread source is counted (the alarm's metric is missing, not breaching)
+    assert run_metrics.GUARD_UNREAD not in powertools_metrics.serialize_metric_set()
+
+
 def test_a_failed_run_counts_its_cost_but_no_savings(powertools_metrics: Any) -> None:
     # GIVEN a failed run: its notice tells its cost only, not savings against stages it never ran
     report = _report() | {"pipeline_status": "FAILED", "cost_usd": 0.3, "savings_pct": 94.0}

@@ -56,8 +56,17 @@ PASS_PERIOD = timedelta(hours=DEFAULT_STEP_HOURS)
 def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = None) -> dict[str, Any]:
     """One pass over every active stage; then, with what time is left (`remaining_seconds`: the Lambda's), the
     notices whose sender died after claiming them, and the Slack notices parked while Slack was down."""
-    stages = _in_pass_order(list(svc.ledger.active_stages()), key=lambda stage: (stage.run_id, stage.order))
-    jobs = svc.batch.describe([s.job_id for s in stages if s.job_id])
+    # A read failing past the client's retries (the index's partition or Batch throttled, for a while) leaves its part
+    # to the next pass; the rest of this one still runs (ended runs, awaited interruptions, notices).
+    unread: list[str] = []
+    no_stages: list[Stage] = []
+    stages = _in_pass_order(
+        _read_or_leave(lambda: list(svc.ledger.active_stages()), no_stages, "active stages", unread),
+        key=lambda stage: (stage.run_id, stage.order),
+    )
+    # Not described, a stage's job is looked at by the next pass (see `_guard_stage`, which needs Batch's word).
+    no_jobs: dict[str, dict[str, Any]] = {}
+    jobs = _read_or_leave(lambda: svc.batch.describe([s.job_id for s in stages if s.job_id]), no_jobs, "jobs", unread)
     actions: list[dict[str, Any]] = []
     runs: dict[str, Run | None] = {}
     settlements: dict[str, Settlement] = {}  # by run: the runs this pass settled
@@ -109,6 +118,7 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
     parked_notices = redeliver_parked_notices(svc, remaining_seconds)
     return {
         "active_stages": len(stages),
+        "unread": unread,
         "deferred_stages": deferred,
         "actions": actions,
         "unbilled_instances": unbilled_instances,
@@ -118,6 +128,16 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
             settlements.values()
         ),  # counted by `outcome.record_guard_pass`, as the notify function counts its own
     }
+
+
+def _read_or_leave(read: Callable[[], T], instead: T, what: str, unread: list[str]) -> T:
+    """What `read` reads, or `instead` when it fails: `what` is then added to `unread` (told in the pass's result)."""
+    try:
+        return read()
+    except Exception:
+        logger.exception("guard could not read its %s: left to the next pass", what)
+        unread.append(what)
+        return instead
 
 
 def _in_pass_order(items: list[T], key: Callable[[T], Any]) -> list[T]:

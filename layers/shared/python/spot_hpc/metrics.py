@@ -48,6 +48,7 @@ REJECTED_INPUTS = "RejectedInputs"  # malformed events, foreign accounts, bad up
 FOREIGN_INSTANCE_SIGNALS = "ForeignInstanceSignals"  # Spot signals for instances running none of our jobs
 ACTIVE_STAGES = "ActiveStages"  # what the SLA guard looked after on one run
 DEFERRED_STAGES = "DeferredStages"  # what a guard pass left to a later one, out of time (an alarm's figure)
+GUARD_UNREAD = "GuardUnreadSources"  # the active stages or their jobs a guard pass could not read (an alarm's figure)
 
 
 def new_metrics() -> Any:
@@ -129,7 +130,10 @@ def record_event_outcome(metrics: Any, result: dict[str, Any]) -> dict[str, Any]
         metrics.add_metric(name=REJECTED_INPUTS, unit=MetricUnit.Count, value=1)
     if result.get("reason") == NOT_THIS_STACKS_INSTANCE:
         metrics.add_metric(name=FOREIGN_INSTANCE_SIGNALS, unit=MetricUnit.Count, value=1)
-    if "active_stages" in result:
+    unread = result.get("unread", [])
+    if unread:
+        metrics.add_metric(name=GUARD_UNREAD, unit=MetricUnit.Count, value=len(unread))
+    if "active_stages" in result and "active stages" not in unread:  # none read is not none active
         metrics.add_metric(name=ACTIVE_STAGES, unit=MetricUnit.Count, value=int(result["active_stages"]))
     if "deferred_stages" in result:
         metrics.add_metric(name=DEFERRED_STAGES, unit=MetricUnit.Count, value=int(result["deferred_stages"]))
