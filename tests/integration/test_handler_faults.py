@@ -24,6 +24,7 @@ from offline_runs import (
     upload_quick_run,
 )
 from sample_events import load_event
+from spot_checkpoint import EXIT_S3_UNAVAILABLE
 from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
 from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
@@ -603,6 +604,28 @@ def test_a_reclaim_whose_handler_died_after_recording_it_is_learnt_once(monkeypa
     assert died == ["preprocess"] and (errored, errored_again) == (False, False)
     assert preprocess[0].failure_class in RECLAIM_CLASSES and stage is not None
     assert (stage.spot_stats["interruptions"], stage.spot_learnt_attempt) == (1, 1)
+
+
+def test_a_job_whose_start_s3_failed_past_its_retries_is_placed_again_as_no_interruption():
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as plane:
+        # GIVEN a run whose preprocess job, on Spot, finds S3 failing as it starts, past its retries (exit 88)
+        plane.batch.failing_stages["preprocess"] = EXIT_S3_UNAVAILABLE
+        upload_quick_run(plane, 12)
+        _run_until(plane, lambda: any(a.status == "FAILED" for a in _attempts(plane, "preprocess")[1]))
+        # WHEN S3 answers again and the run goes on
+        del plane.batch.failing_stages["preprocess"]
+        status = plane.run_until_settled(max_hours=12)
+        run, preprocess = _attempts(plane, "preprocess")
+        svc = control_plane_services(plane)
+        stage = svc.ledger.get_stage(run.run_id, "preprocess")
+        report = run_report(svc, run)
+        sent = [m.get("text") or "" for m in plane.webhook.delivered_messages]
+    # THEN the job was placed again on Spot without spending a retry, and the run succeeded
+    assert status == "SUCCEEDED" and stage is not None and stage.app_retries_used == 0
+    assert [(a.capacity, a.failure_class) for a in preprocess] == [("spot", "s3_unavailable"), ("spot", None)]
+    # AND nothing tells it as an interruption: no notice, no count in the report
+    assert not any(text.startswith("Spot interruption") for text in sent)
+    assert report["interruptions"] == 0
 
 
 def test_crash_in_a_requeue_before_the_on_demand_attempt_is_claimed_is_repaired(monkeypatch, tmp_path):

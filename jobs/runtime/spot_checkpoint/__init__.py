@@ -25,8 +25,8 @@ own; a request whose ``attempt`` is not a whole number in ASCII digits is unread
 Exit codes: :data:`EXIT_CHECKPOINTED` (86) = stopped on a Spot notice, a request or SIGTERM after writing a complete
 checkpoint, or with no work since the latest one (a SIGTERM before the first unit): resubmit, the next attempt
 resumes. :data:`EXIT_STOPPED_WITHOUT_CHECKPOINT` (87) = stopped for the same reasons but the checkpoint could not be
-written, or S3 stayed throttled or failing past the start's retries (:class:`StartRetry`): resubmit, the next attempt
-resumes from an older checkpoint.
+written: resubmit, the next attempt resumes from an older checkpoint. :data:`EXIT_S3_UNAVAILABLE` (88) = S3 stayed
+throttled or failing past the start's retries (:class:`StartRetry`), before any work: resubmit, not an interruption.
 
 Control plane / emulator side::
 
@@ -59,6 +59,7 @@ from .job import (
     ENV_POLL_SECONDS,
     EVENT_KEY,
     EXIT_CHECKPOINTED,
+    EXIT_S3_UNAVAILABLE,
     EXIT_STOPPED_WITHOUT_CHECKPOINT,
     MAX_POLL_SECONDS,
     MIN_POLL_SECONDS,
@@ -114,6 +115,7 @@ __all__ = [
     "EVENT_KEY",
     "EXIT_CHECKPOINTED",
     "EXIT_INPUT_ERROR",
+    "EXIT_S3_UNAVAILABLE",
     "EXIT_STOPPED_WITHOUT_CHECKPOINT",
     "MANIFEST_NAME",
     "MAX_POLL_SECONDS",

@@ -30,10 +30,13 @@ from .watch import REASON_S3_UNAVAILABLE, InterruptionWatcher, StopSignal
 
 logger = logging.getLogger(__name__)
 
-# Exit codes the control plane recognises. Both are outside 0-2 (success, errors, usage), sysexits (64-78) and the
+# Exit codes the control plane recognises. All are outside 0-2 (success, errors, usage), sysexits (64-78) and the
 # shell's 126-165 (not executable, not found, killed by signal N as 128+N), so an application rarely collides.
 EXIT_CHECKPOINTED = 86  # interrupted or asked to stop; the latest checkpoint holds all the work: resubmit and resume
 EXIT_STOPPED_WITHOUT_CHECKPOINT = 87  # interrupted, but the checkpoint could not be written: resubmit, work is lost
+# S3 stayed busy or failing past the start's retries: resubmit without spending a retry, but no interruption (the
+# control plane neither tells it as one nor learns Spot's availability from it).
+EXIT_S3_UNAVAILABLE = 88
 
 # Environment the control plane (or a Batch job definition) gives the job.
 ENV_CHECKPOINT_URI = "CHECKPOINT_URI"  # s3://bucket/checkpoints/<run_id>/<stage>/ ; unset: run without checkpoints
@@ -359,9 +362,9 @@ class CheckpointedJob:
 
         A SIGTERM or a Spot notice while it waits to try again stops the job as in :meth:`start` (exit 86, nothing
         written). Still failing at the end: S3 is busy or failing, not the job's input, so the job stops with
-        :data:`EXIT_STOPPED_WITHOUT_CHECKPOINT` (87), which the control plane resubmits without spending the stage's
-        retries; except when no connection to S3 could be made at all in that time, which a network without a route
-        to S3 would do on every attempt: an :class:`InputError` (exit 1), as for a bucket that is not there."""
+        :data:`EXIT_S3_UNAVAILABLE` (88), which the control plane resubmits without spending the stage's retries;
+        except when no connection to S3 could be made at all in that time, which a network without a route to S3
+        would do on every attempt: an :class:`InputError` (exit 1), as for a bucket that is not there."""
         retry = self.start_retry
         give_up_at: float | None = None
         failures = 0
@@ -409,7 +412,7 @@ class CheckpointedJob:
             ) from None
         detail = f"reading the {what} failed {failures} times over {seconds:g} s: {exc}"
         logger.error("%s; stopping for a resubmission", detail)
-        self._exit(StopSignal(REASON_S3_UNAVAILABLE, detail, time.time()), EXIT_STOPPED_WITHOUT_CHECKPOINT)
+        self._exit(StopSignal(REASON_S3_UNAVAILABLE, detail, time.time()), EXIT_S3_UNAVAILABLE)
 
     def close(self) -> None:
         self.watcher.close()

@@ -31,6 +31,7 @@ def _attempt(capacity: str, cancel_reason: str | None = None) -> Attempt:
         ("Host EC2 (instance i-0b662ef9931388ba0) terminated.", None, "spot", None, FailureClass.SPOT_RECLAIM),
         ("Host EC2 (instance i-0b662ef9931388ba0) terminated.", None, "on-demand", None, FailureClass.HOST_FAILURE),
         ("Essential container in task exited", 86, "spot", None, FailureClass.CHECKPOINTED_INTERRUPTION),
+        ("Essential container in task exited", 88, "spot", None, FailureClass.S3_UNAVAILABLE),
         ("Job attempt duration exceeded timeout", None, "on-demand", None, FailureClass.TIMEOUT),
         ("Essential container in task exited", 3, "spot", None, FailureClass.APPLICATION_ERROR),
         ("Essential container in task exited", 137, "spot", "requeued to On-Demand",
@@ -42,7 +43,7 @@ def test_each_failure_is_classified(status_reason, exit_code, capacity, cancel_r
     detail = _detail(status_reason, exit_code).detail
     # WHEN it is classified
     failure = classify_failure(detail, _attempt(capacity, cancel_reason))
-    # THEN the class is the expected one, and only reclaims are spared the application's retry budget
+    # THEN the class is the expected one, and only reclaims are interruptions
     assert failure == expected
     assert (failure in RECLAIM_CLASSES) == (
         expected in {FailureClass.SPOT_RECLAIM, FailureClass.HOST_FAILURE, FailureClass.CHECKPOINTED_INTERRUPTION}

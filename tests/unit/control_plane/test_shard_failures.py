@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sample_events import load_event
 from spot_hpc.events import BatchJobStateChangeEvent
-from spot_hpc.job_events import apply_job_state
+from spot_hpc.job_events import _failed_shards_class, apply_job_state
 from spot_hpc.ledger import Attempt, Ledger, Run, Stage
 from spot_hpc.run_report import FailureClass
 
@@ -99,3 +99,48 @@ def test_two_shards_ends_handled_at_the_same_moment_leave_the_reclaim_recorded(
     # THEN the array's shard failure is the reclaim, whichever came first: it is placed again without spending a retry
     attempt = ledger.get_attempt("r1", "hpc", 1)
     assert attempt is not None and attempt.shard_failure == FailureClass.SPOT_RECLAIM
+
+
+S3_FAILED_ITS_START = ("Essential container in task exited", 88)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "recorded"),
+    [
+        (S3_FAILED_ITS_START, FAILED_ON_ITS_OWN, FailureClass.APPLICATION_ERROR),
+        (FAILED_ON_ITS_OWN, S3_FAILED_ITS_START, FailureClass.APPLICATION_ERROR),
+        (S3_FAILED_ITS_START, RECLAIMED, FailureClass.SPOT_RECLAIM),
+    ],
+    ids=["own-failure-after-s3", "s3-after-own-failure", "reclaim-after-s3"],
+)
+def test_a_shard_whose_start_s3_failed_hides_no_other_shards_end(ledger: Ledger, utc_clock, first, second, recorded):
+    # GIVEN an array of 3 shards running on Spot, one of whose shards found S3 failing as it started (exit 88), and
+    # another that failed on its own or was reclaimed
+    _array_running_on_spot(ledger)
+    svc = SimpleNamespace(ledger=ledger, batch=RecordingBatch())
+    # WHEN both ends are handled, in either order
+    apply_job_state(svc, _shard_failed(0, *first))
+    apply_job_state(svc, _shard_failed(1, *second))
+    # THEN the array's failure is the other shard's: an own error spends a retry, a reclaim places it again at once
+    attempt = ledger.get_attempt("r1", "hpc", 1)
+    assert attempt is not None and attempt.shard_failure == recorded
+
+
+def test_an_array_whose_shards_s3_failed_is_told_by_its_other_failed_shard(ledger: Ledger, utc_clock):
+    # GIVEN an array's failed shards as ListJobs gives them, the first one's start failed by S3 (exit 88), the second
+    # failed on its own, and none of their ends told yet
+    shards = [
+        load_event(
+            "batch_job_failed_host_terminated",
+            jobId=f"{ARRAY_JOB}:{index}",
+            statusReason=reason,
+            container={"exitCode": code},
+            arrayProperties={"index": index},
+        )["detail"]
+        for index, (reason, code) in enumerate([S3_FAILED_ITS_START, FAILED_ON_ITS_OWN])
+    ]
+    attempt = Attempt("r1", "hpc", 1, ARRAY_JOB, "spot-queue", "spot", 3, "2026-01-05T06:00:00Z")
+    # WHEN the array's failure is asked of them
+    failure = _failed_shards_class(shards, attempt)
+    # THEN it is the application's own error, which spends a retry
+    assert failure == FailureClass.APPLICATION_ERROR

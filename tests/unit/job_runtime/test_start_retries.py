@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 from spot_checkpoint import (
     EXIT_CHECKPOINTED,
-    EXIT_STOPPED_WITHOUT_CHECKPOINT,
+    EXIT_S3_UNAVAILABLE,
     REASON_S3_UNAVAILABLE,
     REASON_SIGTERM,
     REASON_SPOT_INTERRUPTION,
@@ -152,14 +152,15 @@ def test_a_shard_throttled_past_its_start_retries_stops_for_a_resubmission_not_a
     # WHEN it runs as its container does
     with pytest.raises(Stopped) as stopped:
         hpc.main()
-    # THEN it tried for the bounded time, no longer, and stopped with the code of a stop without a checkpoint
-    assert (stopped.value.code, stopped.value.stop.reason) == (EXIT_STOPPED_WITHOUT_CHECKPOINT, REASON_S3_UNAVAILABLE)
+    # THEN it tried for the bounded time, no longer, and stopped with the code of S3 unavailable
+    assert (stopped.value.code, stopped.value.stop.reason) == (EXIT_S3_UNAVAILABLE, REASON_S3_UNAVAILABLE)
     assert 250 <= fake_time.now <= StartRetry().seconds
     assert max(fake_time.slept) <= StartRetry().max_delay
-    # AND the control plane reads that code as an interruption to resubmit, not the application's error
+    # AND the control plane reads that code as S3's failure to resubmit, neither the application's error nor an
+    # interruption
     detail = SimpleNamespace(status_reason="Essential container in task exited", exit_code=stopped.value.code)
     attempt = SimpleNamespace(cancel_reason=None, shard_failure=None, capacity="spot")
-    assert classify_failure(detail, attempt) == FailureClass.CHECKPOINTED_INTERRUPTION  # type: ignore[arg-type]
+    assert classify_failure(detail, attempt) == FailureClass.S3_UNAVAILABLE  # type: ignore[arg-type]
 
 
 def test_a_sigterm_while_the_start_waits_to_try_again_stops_the_job_at_once(

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from spot_checkpoint import EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT
+from spot_checkpoint import EXIT_CHECKPOINTED, EXIT_S3_UNAVAILABLE, EXIT_STOPPED_WITHOUT_CHECKPOINT
 from spot_checkpoint.csvfields import ascii_digits
 from spot_checkpoint.store import CheckpointStore
 
@@ -67,6 +67,8 @@ def classify_failure(detail: BatchJobDetail, attempt: Attempt) -> str:
     # as on a Spot notice; read as an interruption, a job that never finishes would be resubmitted forever, for free.
     if _TIMEOUT.search(reason):
         return FailureClass.TIMEOUT
+    if detail.exit_code == EXIT_S3_UNAVAILABLE:
+        return FailureClass.S3_UNAVAILABLE
     if detail.exit_code in (EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT):
         return FailureClass.CHECKPOINTED_INTERRUPTION
     return FailureClass.APPLICATION_ERROR
@@ -159,8 +161,8 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
     # The shard's own end, not the array's as an earlier shard recorded it: a reclaim after an application error is
     # still a reclaim, which ends the array now and takes the place of that error (a reclaim first). The first
     # reclaim stays: the shards it ends checkpoint and stop after it.
-    # Written only where no failure is recorded, or (a reclaim) where the one recorded is not a reclaim: a condition
-    # of the write, not of this read, as another shard's end may be handled at the same moment.
+    # Written only where no failure is recorded, or where the one recorded ranks below it (`_shard_rank`): a
+    # condition of the write, not of this read, as another shard's end may be handled at the same moment.
     failure = classify_failure(detail, replace(attempt, shard_failure=None)) if detail.status == "FAILED" else None
     if sets:
         try:
@@ -168,7 +170,7 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
         except LedgerConflict:
             return {"status": "ignored", "reason": "attempt already settled"}
     if failure:
-        over = set(FailureClass) - RECLAIM_CLASSES if failure in RECLAIM_CLASSES else set()
+        over = {outranked for outranked in FailureClass if _shard_rank(outranked) < _shard_rank(failure)}
         svc.ledger.record_shard_failure(ref.run_id, ref.stage, ref.attempt, failure, over)
     if failure in RECLAIM_CLASSES and not attempt.cancel_reason:
         # The array can no longer succeed: end it now, its running shards checkpointing on SIGTERM, so that the
@@ -257,7 +259,16 @@ def _failed_shards_class(shards: list[dict[str, Any]], attempt: Attempt) -> str 
         for shard in shards
         if shard.get("status") == "FAILED"
     ]
-    return next((failure for failure in failures if failure in RECLAIM_CLASSES), failures[0] if failures else None)
+    return max(failures, key=_shard_rank, default=None)  # the first of the highest rank
+
+
+def _shard_rank(failure: str) -> int:
+    """Which of its shards' failures an array's is: a reclaim (the array is placed again at once, spending no retry),
+    then the application's own (it spends a retry), last S3 failing a shard's start (placed again, spending none),
+    which must not hide another shard's own error."""
+    if failure in RECLAIM_CLASSES:
+        return 2
+    return 0 if failure == FailureClass.S3_UNAVAILABLE else 1
 
 
 def _billing_sets(
@@ -456,6 +467,11 @@ def _act_on_terminal(
         # Cancelled for a requeue whose handler died before placing the On-Demand job: finish that requeue.
         placed = requeue_to_on_demand(svc, run, stage, attempt.job_id, "completing an interrupted requeue")
         return {"status": "resubmitted" if placed else "recorded", "failure_class": failure}
+    if failure == FailureClass.S3_UNAVAILABLE:
+        # S3's fault, not the work's nor its capacity's: placed again as before, spending no retry, and not told as
+        # an interruption (the attempt's report says what happened).
+        logger.warning("S3 failed a job's start: resubmitted", extra={"run_id": run.run_id, "stage": stage.stage})
+        return _resubmit(svc, run, stage, failure, spot_available=attempt.capacity == "spot")
     if failure in RECLAIM_CLASSES:
         result = _resubmit(svc, run, stage, failure, spot_available=False)
         title, reason = interruption_notice(attempt, failure, detail.status_reason)

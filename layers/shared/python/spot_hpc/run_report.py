@@ -21,6 +21,7 @@ class FailureClass(StrEnum):
     CHECKPOINTED_INTERRUPTION = "checkpointed_interruption"
     CANCELLED_BY_CONTROL_PLANE = "cancelled_by_control_plane"
     TIMEOUT = "timeout"
+    S3_UNAVAILABLE = "s3_unavailable"
     APPLICATION_ERROR = "application_error"
 
 
@@ -36,6 +37,7 @@ FAILURE_WORDS: dict[str, str] = {
     FailureClass.CHECKPOINTED_INTERRUPTION: "it checkpointed and stopped for a Spot interruption",
     FailureClass.CANCELLED_BY_CONTROL_PLANE: "the control plane cancelled it to move the work to On-Demand",
     FailureClass.TIMEOUT: "it ran past its time limit",
+    FailureClass.S3_UNAVAILABLE: "S3 stayed busy or failing as it started, past its retries",
     FailureClass.APPLICATION_ERROR: "the application failed",
 }
 
