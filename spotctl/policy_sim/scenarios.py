@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spotctl.cli import ToolError, is_id
+from spotctl.cli import ToolError, is_id, shown
 from spotctl.files import read_json
 from spotctl.policy_sim.simulator import Job, Stage
-from spotctl.policy_sim.traces import block_trace, nearest_whole, resolve, ticks_to_cover, ticks_within
+from spotctl.policy_sim.traces import (
+    block_trace,
+    finite_number,
+    nearest_whole,
+    resolve,
+    ticks_to_cover,
+    ticks_within,
+)
 
 REQUIRED_NUMBERS = (
     "nodes",
@@ -64,11 +70,12 @@ def scenario_id(raw: Any, index: int) -> str:
 
 
 def _number(value: Any, name: str) -> float:
-    """A JSON number that is finite (json.loads also reads NaN and Infinity; a bool is not a number here)."""
+    """A JSON number that is finite (json.loads also reads NaN and Infinity, and integers past the largest float; a
+    bool is not a number here)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ScenarioError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ScenarioError(f"{name} must be a finite number, got {value!r}")
+    if not finite_number(value):
+        raise ScenarioError(f"{name} must be a finite number, got {shown(value)}")
     return float(value)
 
 

@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from spotctl.cli import ToolError
+from spotctl.cli import ToolError, shown
 from spotctl.files import read_json
 
 
@@ -45,11 +46,11 @@ def load_trace(path: str) -> RawTrace:
         raise ToolError(f"{path}: not a Spot trace ({exc!r})") from None
     # Refused here rather than failing mid-run.
     if not finite_number(gap) or gap <= 0:
-        raise ToolError(f"{path}: gap_seconds must be a positive finite number, not {gap!r}")
+        raise ToolError(f"{path}: gap_seconds must be a positive finite number, not {shown(gap)}")
     if not isinstance(data, list) or not data:
         raise ToolError(f"{path}: data must be a non-empty list of capacities")
     for index, value in enumerate(data):
-        if not (finite_number(value) and value >= 0 and float(value).is_integer()):
+        if not whole_count(value):
             raise ToolError(f"{path}: capacity [{index}] is {value!r}: not a whole number >= 0")
     if prices and not (isinstance(prices, list) and all(finite_number(p) and p >= 0 for p in prices)):
         raise ToolError(f"{path}: prices must be a list of finite prices >= 0")
@@ -58,8 +59,22 @@ def load_trace(path: str) -> RawTrace:
 
 
 def finite_number(value: object) -> bool:
-    """A finite JSON number: json reads NaN and Infinity, and a bool is an int to Python."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number: json reads NaN and Infinity, a bool is an int to Python, and an integer past the largest
+    float (JSON sets no limit) is infinite as the float it is used as (math.isfinite raises on one)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def whole_count(value: Any) -> bool:
+    """A capacity: a whole number >= 0. An integer of any size is one, as a count compares as it is (float() of one
+    past the largest float would overflow); a float must be finite and whole."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value >= 0
+    return finite_number(value) and value >= 0 and float(value).is_integer()
 
 
 def ticks_per_block(tick_seconds: float, gap_seconds: float) -> int:

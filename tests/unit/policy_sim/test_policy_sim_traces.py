@@ -28,6 +28,15 @@ def test_block_has_capacity_only_if_every_raw_tick_has_enough_nodes(tmp_path):
     assert four.tick_hours == pytest.approx(300 / 3600)
 
 
+def test_a_capacity_past_the_largest_float_is_a_count_like_any_other(tmp_path):
+    # GIVEN a trace one of whose capacities is an integer JSON allows, past the largest float
+    path = write_trace(tmp_path, [10**400, 0, 1], 300)
+    # WHEN blocked for one node
+    blocked = block_trace(path, 300, 1)
+    # THEN that tick has capacity, as any count of at least one node has
+    assert blocked.capacity == (True, False, True)
+
+
 def test_block_size_rounds_and_is_at_least_one(tmp_path):
     # GIVEN a 600-second trace and 300-second ticks, and a 195-second trace
     coarse = write_trace(tmp_path, [1, 0, 1], 600)
@@ -89,6 +98,9 @@ def test_changeover_ticks_round_ties_to_even_despite_float_noise(tmp_path, chang
         # bool("false") is True, and a bool is an int
         ({"stages": [{"compute_hours": 1.5, "spot": "false"}]}, "spot must be true or false"),
         ({"advisor_bucket": True}, "advisor_bucket must be an integer"),
+        # an integer JSON allows, past the largest float
+        ({"nodes": 10**400}, "nodes must be a finite number, got an integer of 401 digits"),
+        ({"stages": [{"compute_hours": 10**400}]}, "compute_hours must be a finite number, got an integer of 401"),
         # the timeline tells stages apart by name
         ({"stages": [{"name": "hpc", "compute_hours": 1.0}, {"name": "hpc", "compute_hours": 0.5}]},
          "stage names must be unique; given more than once: hpc$"),

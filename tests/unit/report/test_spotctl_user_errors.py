@@ -630,6 +630,12 @@ def test_an_event_file_that_is_not_utf8_text_is_a_user_error(
         ('{"metadata": {"gap_seconds": 300}, "data": [1, -1]}', "0", "capacity [1] is -1: not a whole number >= 0"),
         ('{"metadata": {"gap_seconds": 300}, "data": [1.5, 1]}', "0", "capacity [0] is 1.5: not a whole number >= 0"),
         ('{"metadata": {"gap_seconds": 300}, "data": [1, "x"]}', "0", "capacity [1] is 'x': not a whole number >= 0"),
+        # an integer JSON allows, past the largest float
+        (
+            '{"metadata": {"gap_seconds": 3%s}, "data": [1, 1]}' % ("0" * 400),
+            "0",
+            "gap_seconds must be a positive finite number, not an integer of 401 digits",
+        ),
     ],
 )
 def test_demo_refuses_a_trace_or_start_hour_it_cannot_use(
