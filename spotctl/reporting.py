@@ -107,7 +107,9 @@ def summarise_run(run_report: Mapping[str, Any], index: int) -> RunSummary:
         )
     except KeyError as exc:
         raise ValueError(f"run report {run_id!r} has no {exc.args[0]!r} field") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
+        # OverflowError: hours or prices the costs are checked with that pass the largest float (JSON integers have no
+        # limit, and two finite hours may lie further apart than any float).
         raise ValueError(f"run report {run_id!r} is malformed: {exc}") from None
 
 

@@ -393,6 +393,32 @@ def test_spotctl_report_refuses_figures_no_run_can_have(
     assert captured.err.startswith(f"spotctl report: error: {path}: run report 'run-a' is malformed: {field} is ")
 
 
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        {"started_hours": -1e308, "stopped_hours": 1e308},  # each finite, the hours between them past the largest float
+        {"usd_per_hour": 10**400},  # an integer JSON allows, past the largest float
+    ],
+)
+def test_spotctl_report_refuses_attempt_figures_no_float_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], attempt: dict[str, Any]
+) -> None:
+    # GIVEN a report file with a run whose attempt's hours or price, checked against its cost, pass the largest float
+    report = _run_report("run-a", None, 2.0, 10.0)
+    report["stages"][0]["attempts"][0].update(attempt)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([report]))
+
+    # WHEN `spotctl report` reads it
+    code = main(["report", "--from-json", str(path)])
+
+    # THEN it prints no table but a one-line error naming the file and the run, not a traceback
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith(f"spotctl report: error: {path}: run report 'run-a' is malformed: ")
+
+
 @pytest.mark.parametrize("run_id", [["run-a"], {"id": "run-a"}, True, 1.5])
 def test_spotctl_report_refuses_a_run_id_that_is_not_text(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], run_id: object
