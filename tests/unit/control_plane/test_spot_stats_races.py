@@ -89,9 +89,9 @@ def test_an_event_handled_twice_at_once_is_learnt_once(ledger: Ledger, utc_clock
             end_spot_wait(svc, read)
         else:
             _learn_spot(svc, read, attempt)
-    # THEN it was learnt once
+    # THEN it was learnt once (the end, its start not told, with the wait up to the start)
     learnt = _learnt(ledger)
-    expected = (WAIT_HOURS, 0.0, 0) if repeated == "start" else (0.0, RUN_HOURS, 1)
+    expected = (WAIT_HOURS, 0.0, 0) if repeated == "start" else (WAIT_HOURS, RUN_HOURS, 1)
     assert (learnt.down_hours, learnt.up_hours, learnt.interruptions) == pytest.approx(expected)
 
 
@@ -206,4 +206,37 @@ def test_a_runnable_of_a_spot_job_requeued_to_on_demand_starts_no_wait(ledger: L
     # THEN the stage, on On-Demand, never waited for Spot: the policy learnt no gap of the hour
     after = ledger.get_stage("r1", "preprocess")
     assert stage.spot_waiting_since is None and after is not None and after.spot_waiting_since is None
+    assert _learnt(ledger).down_hours == 0.0
+
+
+def test_a_jobs_end_told_before_its_start_ends_the_wait_at_its_start(ledger: Ledger, utc_clock):
+    # GIVEN a Spot job that waited WAIT_HOURS for capacity, then ran RUN_HOURS until EC2 took its instance back, whose
+    # RUNNING was not told before its end (EventBridge keeps no order): the stage's wait is still open at its end
+    svc = _services(ledger)
+    read = _waiting_stage(ledger, utc_clock)
+    utc_clock.advance(hours=RUN_HOURS)
+    reclaimed = _reclaimed(utc_clock)
+    reclaimed.started_at = format_time(utc_clock.now - timedelta(hours=RUN_HOURS))
+    reclaimed.stopped_at = format_time(utc_clock.now)
+    # WHEN its end is learnt, and the next attempt's placement then ends whatever wait the stage still has
+    learnt_from = _learn_spot(svc, read, reclaimed)
+    end_spot_wait(svc, learnt_from)
+    # THEN the wait was learnt as it was, up to the job's start, not as a gap that ran on over the job's run
+    learnt = _learnt(ledger)
+    assert (learnt.down_hours, learnt.up_hours, learnt.interruptions) == pytest.approx((WAIT_HOURS, RUN_HOURS, 1))
+    assert learnt_from.spot_waiting_since is None
+
+
+def test_a_jobs_end_leaves_a_wait_of_the_attempt_after_it(ledger: Ledger, utc_clock):
+    # GIVEN a stage whose next attempt waits for Spot, and the end of the attempt before it told late, whose start
+    # Batch's clock puts after the wait's (the wait is stamped by the handler's clock)
+    svc = _services(ledger)
+    read = _waiting_stage(ledger, utc_clock)
+    ledger.update_stage("r1", "preprocess", attempt=2)
+    read.attempt = 2
+    earlier = _reclaimed(utc_clock)
+    # WHEN the earlier attempt's end is learnt
+    learnt_from = _learn_spot(svc, read, earlier)
+    # THEN the next attempt's wait stands, to be learnt when it ends
+    assert learnt_from.spot_waiting_since == read.spot_waiting_since
     assert _learnt(ledger).down_hours == 0.0

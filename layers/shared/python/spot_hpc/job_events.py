@@ -519,10 +519,22 @@ def _learn_spot(svc: Services, stage: Stage, attempt: Attempt) -> Stage:
         if stage.spot_learnt_attempt >= attempt.attempt:  # learnt already, or an attempt after it was
             return None
         stats = spot_stats(stage, svc.settings.changeover_hours, svc.settings.spot_interruption_bucket)
+        sets: dict[str, Any] = {"spot_learnt_attempt": attempt.attempt}
+        waiting_since = stage.spot_waiting_since
+        if (
+            waiting_since
+            and stage.attempt == attempt.attempt
+            and stage.array_size is None  # an array waits on while any shard does (`_track_spot_wait`)
+            and parse_time(waiting_since) <= started
+        ):
+            # The job's start was not told before its end (EventBridge keeps no order, or the event was lost): its
+            # wait ended at its start. Left open, the next placement would end it, its gap spanning the run too.
+            stats.observe(False, hours_between(parse_time(waiting_since), started))
+            sets["spot_waiting_since"] = None
         stats.observe(True, hours_between(started, stopped))
         if attempt.failure_class in RECLAIM_CLASSES:
             stats.observe(False, 0.0)
-        return {"spot_stats": stats.to_dict(), "spot_learnt_attempt": attempt.attempt}
+        return sets | {"spot_stats": stats.to_dict()}
 
     return svc.ledger.learn_spot(stage, learn)
 
