@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from spot_hpc.batch import BatchGateway
 from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
 from spot_hpc.cost import check_run_report_costs
 from spot_hpc.events import TERMINAL_STATUSES, BatchJobDetail
+from spot_hpc.guard import run_guard
 from spot_hpc.ledger import Ledger
 from spot_hpc.outcome import run_report
 from spot_hpc.pipeline import STAGE_NAMES
@@ -1082,6 +1084,45 @@ def test_an_aborted_execution_fails_the_run_and_the_guard_stops_its_job():
     assert after[-1].failure_class == "cancelled_by_control_plane"
     # AND the team is told, and every call on the way is one the guard's role allows
     assert any("failed" in t and "preprocess was still on attempt 1" in t for t in texts), texts
+    assert refused == {}
+
+
+def test_a_run_aborted_while_its_runner_submits_the_first_job_has_that_job_terminated_by_the_runner(monkeypatch):
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=LONG_PREPROCESS) as plane:
+        # GIVEN a user aborting the execution, and an SLA guard pass settling its run, while the stage runner submits
+        # preprocess's first job: the guard stops the stage before the runner records the job, so finds none to end
+        svc = control_plane_services(plane)
+        real_submit = BatchGateway.submit
+        submitted: list[str] = []
+
+        def abort_and_settle(run_id: str) -> None:
+            execution_arn = svc.ledger.get_run(run_id).execution_arn
+            boto3.client("stepfunctions", region_name=REGION).stop_execution(executionArn=execution_arn)
+            run_guard(svc)
+
+        def submit_as_the_run_is_aborted(self, request):
+            job_id = real_submit(self, request)
+            if not submitted:
+                submitted.append(job_id)
+                # Another Lambda's pass: its calls are not the runner's.
+                guard_pass = threading.Thread(target=abort_and_settle, args=(request.environment["RUN_ID"],))
+                guard_pass.start()
+                guard_pass.join()
+            return job_id
+
+        monkeypatch.setattr(BatchGateway, "submit", submit_as_the_run_is_aborted)
+        # WHEN the runner, back from SubmitJob, records the job
+        plane.upload("incoming/aborted-early.csv", b"a\n1\n", {"deadline-hours": "40", "stage-hours": "preprocess=4"})
+        plane.step(minutes=10)
+        run = svc.ledger.list_runs()[-1]
+        _, attempts = _attempts(plane, "preprocess")
+        job_status = _batch_status(submitted[0])
+        refused = _refused_calls(plane)
+    # THEN the run failed for its execution, and the job nothing else would come back to is terminated, by a call the
+    # runner's role allows (refused, the job would run its whole stage for a run that has ended)
+    assert run.status == "FAILED" and "ExecutionABORTED" in (run.error or "")
+    assert [a.job_id for a in attempts] == submitted and attempts[0].failure_class == "cancelled_by_control_plane"
+    assert job_status == "FAILED"
     assert refused == {}
 
 

@@ -51,7 +51,7 @@ PROGRESS = {"s3:ListBucket", "s3:GetObject"}  # placement.stage_progress (checkp
 CHECKPOINT_REQUEST = {"s3:PutObject"}  # placement.request_checkpoint
 CHECKPOINT_CLEANUP = {"s3:ListBucket", "s3:DeleteObject"}  # job_events._settle -> CheckpointStore.cleanup
 PLACE = {"batch:ListJobs", "batch:SubmitJob", "batch:TagResource"}  # placement.submit_claimed (tags on SubmitJob)
-TERMINATE = {"batch:TerminateJob"}  # requeue_to_on_demand, a reclaimed shard ending its array, the guard
+TERMINATE = {"batch:TerminateJob"}  # requeue_to_on_demand, a reclaimed shard ending its array, the guard, record_placed
 ANSWER = {"states:SendTaskSuccess", "states:SendTaskFailure"}  # job_events.answer_state_machine
 INSTANCES = {"ecs:DescribeContainerInstances"}  # job_events: the instances a RUNNING job is on
 # The price and bill of the instances a job got (placement.price_on_instances; first_hour.unbilled_instances: their
@@ -64,7 +64,8 @@ BATCH_EVENT = set().union(
 
 HANDLER_CALLS: dict[str, set[str]] = {
     "StartPipelineFunction": LEDGER | NOTIFY | {"s3:GetObject", "s3:GetObjectVersion", "states:StartExecution"},
-    "StageRunnerFunction": LEDGER | PRICES | PROGRESS | PLACE | ANSWER,
+    # A stage settled while its first job was submitted (the run ended) has that job ended (placement.record_placed).
+    "StageRunnerFunction": LEDGER | PRICES | PROGRESS | PLACE | TERMINATE | ANSWER,
     "BatchStateChangeFunction": BATCH_EVENT,
     "SpotInterruptionFunction": set().union(LEDGER, NOTIFY, PRICES, PROGRESS, CHECKPOINT_REQUEST, PLACE, TERMINATE),
     # The guard applies what lost Batch events would have (job_events.apply_job_state) and asks for checkpoints.
