@@ -19,8 +19,10 @@ from spot_hpc.placement import checkpoint_uri
 from spot_hpc.settings import ControlPlaneSettings
 from template_grants import (
     REPO,
+    allowed_actions,
     as_list,
     function_timeout_seconds,
+    is_allowed,
     refused_calls,
     resources_for,
     source_template,
@@ -91,6 +93,16 @@ def test_each_role_allows_every_call_its_handler_can_make(translated, function):
     missing = refused_calls(translated, {function: HANDLER_CALLS[function]}).get(function, [])
     # THEN none is refused (a refused call is an outage that the embedded AWS, which enforces no IAM, never shows)
     assert missing == []
+
+
+def test_the_stage_runner_reads_checkpoints_and_may_not_change_the_ingest_bucket(translated):
+    # GIVEN what the stage runner's role allows
+    granted = allowed_actions(translated, "StageRunnerFunction")
+    # THEN it may read a stage's checkpoints (the placement weighs their progress), which is all it does in S3
+    assert all(is_allowed(granted, action) for action in PROGRESS)
+    # AND it may not write or delete the uploads, results and checkpoints, nor change the bucket's lifecycle rules
+    writes = ["s3:PutObject", "s3:PutObjectAcl", "s3:DeleteObject", "s3:PutLifecycleConfiguration"]
+    assert [action for action in writes if is_allowed(granted, action)] == []
 
 
 def test_jobs_are_submitted_only_to_the_stacks_queues_and_job_definitions(translated):
