@@ -833,6 +833,7 @@ def test_a_spot_job_whose_success_is_told_while_its_requeue_submits_ends_the_on_
         _, preprocess = _attempts(plane, "preprocess")
         on_demand_status = _batch_status(preprocess[1].job_id)
         refused = _refused_calls(plane)
+        sent = [m.get("text") or "" for m in plane.webhook.delivered_messages]
     # THEN the stage settled on the Spot attempt's work, and the On-Demand job submitted after was ended before it
     # ran: left alone, it did the whole stage again on On-Demand, from nothing, for a stage already done
     assert [result["status"] for result in told] == ["settled"] and status == "SUCCEEDED"
@@ -841,6 +842,8 @@ def test_a_spot_job_whose_success_is_told_while_its_requeue_submits_ends_the_on_
         ("on-demand", "FAILED", False),
     ]
     assert on_demand_status == "FAILED" and refused == {}
+    # AND no one was told of a move to On-Demand that never ran
+    assert [text for text in sent if text.startswith("Requeued to On-Demand")] == []
 
 
 def test_hpc_in_shards_mode_runs_as_an_array_job_on_spot(tmp_path):

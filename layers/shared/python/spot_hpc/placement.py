@@ -418,7 +418,8 @@ def submit_claimed(svc: Services, run: Run, stage: Stage, capacity: str, reason:
 
 
 def record_placed(svc: Services, stage: Stage, job_id: str, queue: str, capacity: str, reason: str) -> Attempt:
-    """Records the job of the stage's current attempt, priced, and whether it resumes from a checkpoint."""
+    """Records the job of the stage's current attempt, priced, and whether it resumes from a checkpoint. The attempt
+    comes back with its `cancel_reason` when the stage was found settled meanwhile (its job is then ended)."""
     done = stage_progress(svc, stage)
     price = node_price(svc, capacity, stage)
     attempt = Attempt(
@@ -442,7 +443,7 @@ def record_placed(svc: Services, stage: Stage, job_id: str, queue: str, capacity
         # else comes back to this job, which would do the stage's work again.
         cause = CANCEL_EARLIER_SUCCEEDED if settled.status == "SUCCEEDED" else CANCEL_RUN_ENDED
         cancel_and_terminate(svc, attempt, cause, f"spot-hpc: stage {settled.status.lower()} as its attempt was placed")
-        return attempt
+        return svc.ledger.get_attempt(attempt.run_id, attempt.stage, attempt.attempt) or attempt
     end_spot_wait(svc, stage)
     logger.info(
         "placed",
@@ -469,10 +470,10 @@ def requeue_to_on_demand(svc: Services, run: Run, stage: Stage, job_id: str, rea
         return None
     placed = place_attempt(svc, run, stage, "on-demand", reason)
     svc.batch.terminate(job_id, f"spot-hpc: requeued to On-Demand ({reason})")
-    if placed:
-        notify(svc, "requeued", run, stage.stage, reason, attempt=placed.attempt)
-    else:  # placed by an earlier call, which may have died before telling of it
+    if placed is None:  # placed by an earlier call, which may have died before telling of it
         tell_requeue(svc, run, stage.stage, stage.attempt, reason)
+    elif not placed.cancel_reason:  # one ended at once, its stage settled as it was placed, moved nothing
+        notify(svc, "requeued", run, stage.stage, reason, attempt=placed.attempt)
     return placed
 
 
@@ -486,6 +487,8 @@ def tell_requeue(svc: Services, run: Run, stage_name: str, replaced: int, reason
     on_demand = svc.ledger.get_attempt(run.run_id, stage_name, replaced + 1)
     if spot is None or on_demand is None or not moved_to_on_demand(spot, on_demand):
         return False
+    if on_demand.cancel_reason in (CANCEL_EARLIER_SUCCEEDED, CANCEL_RUN_ENDED) and not on_demand.started_at:
+        return False  # ended before it ran, the stage settled without it: the work never moved
     return notify(svc, "requeued", run, stage_name, reason, attempt=on_demand.attempt)
 
 
