@@ -716,6 +716,36 @@ def test_an_instance_ec2_cannot_tell_of_stays_billed(ledger, utc_clock, ec2_answ
     assert _awaited(ledger) == ([] if ec2_answer == "no longer described" else [REUSED])
 
 
+def test_a_job_whose_instance_ec2_could_not_describe_at_its_end_is_unbilled_once_the_guard_asks_again(
+    ledger, utc_clock, monkeypatch
+):
+    # GIVEN run-1's Spot job on an instance from 1 minute ($0.22 for its 22 minutes at $0.60), whose RUNNING event was
+    # lost: EC2's warning at 20 minutes (within the instance's first hour) found no job of ours there, and so awaits
+    # nothing; and DescribeInstances throttled past the client's retries as the job's reclaim is told
+    plane = Plane(ledger, utc_clock)
+    plane.place("run-1", "preprocess", "job-a", at_minutes=-1)
+    assert plane.warned(REUSED, at_minutes=20)["status"] == "ignored"
+    plane.ledger.cancel_attempt("run-1", "preprocess", 1, CANCEL_REQUEUE)
+    plane.ledger.claim_attempt("run-1", "preprocess", 1)
+    describe = plane.instances.describe_instances
+
+    def throttled(instance_ids: Any) -> dict[str, Ec2Instance]:
+        raise ClientError({"Error": {"Code": "RequestLimitExceeded", "Message": "slow down"}}, "DescribeInstances")
+
+    monkeypatch.setattr(plane.instances, "describe_instances", throttled)
+    plane.reclaim_told("job-a", REUSED, start=1)
+    billed_at_its_end = _figures(plane.report("run-1"))[0]
+    # WHEN the SLA guard looks at 25 minutes, EC2 answering again and describing the instance as taken back
+    monkeypatch.setattr(plane.instances, "describe_instances", describe)
+    found = _guard_looks(plane, at_minutes=25)
+    # THEN the job was billed at its end, and is not once EC2 told: the instance was awaited though its first look
+    # failed (before, nothing awaited it, and the job stayed billed for an instance AWS charges nothing for)
+    assert billed_at_its_end == 0.22
+    assert found == 1
+    assert _figures(plane.report("run-1")) == (0.0, 0.0, 100.0)
+    assert _awaited(ledger) == []
+
+
 def test_an_instance_warned_while_idle_in_its_first_hour_is_unbilled_once_ec2_took_it(ledger, utc_clock):
     # GIVEN run-1's Spot job, 24 minutes on an instance at $0.60 an hour ($0.24), that succeeded; then EC2's warning
     # for the idle instance 40 minutes after its launch, handled by the Spot signal handler

@@ -46,9 +46,10 @@ def unbilled_instances(svc: Services, stopped_on: Mapping[str, datetime], since:
     after came while the instance sat idle: the SLA guard looks at it, `confirm_interruptions`); the instance's launch
     time, which EC2 describes for about an hour after it terminated, puts it in that hour, and EC2's reason for the
     instance's end says EC2 took it. An instance EC2 still describes as running (its job stopped on the notice) is
-    awaited (`await_interruption`); one whose owner ended it first, or whose launch time cannot be had, counts as
-    billed. Those found are kept (`Ledger.keep_unbilled_instance`) for the attempts that ran on them before, whose
-    time there is not billed either."""
+    awaited (`await_interruption`), as is one EC2 cannot be asked of now (throttled), billed until the SLA guard asks
+    again; one whose owner ended it first, or that EC2 no longer describes, counts as billed. Those found are kept
+    (`Ledger.keep_unbilled_instance`) for the attempts that ran on them before, whose time there is not billed
+    either."""
     warned: dict[str, list[datetime]] = {}
     for instance_id, stopped in stopped_on.items():
         kept = svc.ledger.instance_signals(instance_id, since)
@@ -59,7 +60,11 @@ def unbilled_instances(svc: Services, stopped_on: Mapping[str, datetime], since:
     try:
         described = svc.batch.describe_instances(warned)
     except (BotoCoreError, ClientError):
+        # Billed for now, and awaited: the SLA guard asks again. Nothing else may await it (a warning handled before
+        # any job of ours was known there awaits nothing).
         logger.warning("instance launch times unavailable: billed in full", extra={"instance_ids": sorted(warned)})
+        for instance_id, warnings in warned.items():
+            await_interruption(svc, instance_id, min(warnings))
         return set()
     unbilled = set()
     for instance_id, warnings in warned.items():
