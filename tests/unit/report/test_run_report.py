@@ -320,3 +320,23 @@ def test_a_price_unknown_of_an_attempt_aws_does_not_charge_is_not_counted() -> N
     # notice must not say the cost counts a price it could not look up as $0
     assert report["stages"][0]["attempts"][0]["cost_usd"] == 0.0
     assert report["prices_unknown"] == 0
+
+
+def test_a_price_unknown_of_an_array_whose_shards_aws_does_not_charge_is_not_counted() -> None:
+    # GIVEN a run whose preprocess was placed on Spot as a 4-shard array while its price could not be looked up, and
+    # whose every shard's instance EC2 interrupted 20 minutes in (within their first hour: AWS charges nothing for
+    # them), then finished on On-Demand
+    array = _stage_attempt("preprocess", 1, "spot", "2026-01-05T00:00:00Z", "2026-01-05T00:20:00Z", status="FAILED",
+                           failure_class="spot_reclaim", nodes=4, instance_seconds=0, run_seconds=4 * 1200)  # fmt: skip
+    attempts = [
+        replace(array, usd_per_hour=0.0, price_unknown=True),
+        _stage_attempt("preprocess", 2, "on-demand", "2026-01-05T00:30:00Z", "2026-01-05T02:30:00Z"),
+    ]
+
+    # WHEN its report is built
+    report = build_run_report(_run(), _stages("SUCCEEDED", "PENDING", "PENDING"), attempts, PRICES)
+
+    # THEN the array costs nothing whatever its price, so no figure stands on the price that is unknown, as for a
+    # single job on such an instance: the notice must not say the cost counts a price it could not look up as $0
+    assert report["stages"][0]["attempts"][0]["cost_usd"] == 0.0
+    assert report["prices_unknown"] == 0

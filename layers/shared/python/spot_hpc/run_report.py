@@ -149,10 +149,16 @@ def build_run_report(
         "interruptions": sum(1 for a in attempts if a.failure_class in RECLAIM_CLASSES),
         "requeues_to_on_demand": requeues_to_on_demand(attempts),
         # Prices that could not be looked up and count as 0 in a figure: of attempts that ran and AWS charges for (one
-        # on an instance EC2 interrupted within its first hour costs nothing at any price), and of the On-Demand
-        # bases of stages that count hours (one never reached, or not yet, counts none: its price changes nothing).
+        # on an instance EC2 interrupted within its first hour costs nothing at any price, as does an array none of
+        # whose shards' instance time is billed), and of the On-Demand bases of stages that count hours (one never
+        # reached, or not yet, counts none: its price changes nothing).
         "prices_unknown": sum(
-            1 for a in attempts if a.price_unknown and a.started_at is not None and not a.interrupted_in_first_hour
+            1
+            for a in attempts
+            if a.price_unknown
+            and a.started_at is not None
+            and not a.interrupted_in_first_hour
+            and a.instance_seconds != 0
         )
         + sum(
             1
