@@ -60,7 +60,9 @@ INSTANCES = {"ecs:DescribeContainerInstances"}  # job_events: the instances a RU
 # launch times), and of a multi-node job's nodes (BatchGateway.multinode_nodes: DescribeJobs of `jobId#N`)
 BILLING = {"ec2:DescribeInstances", "batch:DescribeJobs"}
 
-BATCH_EVENT = set().union(
+# A job's start acts on the Spot signals kept for its instance (interruptions.act_on_kept_signals): it asks the stage
+# to checkpoint, as the signal's own handler would have.
+BATCH_EVENT = CHECKPOINT_REQUEST.union(
     LEDGER, NOTIFY, PRICES, PROGRESS, CHECKPOINT_CLEANUP, PLACE, TERMINATE, ANSWER, INSTANCES, BILLING
 )
 
