@@ -14,12 +14,14 @@ from typing import Any, cast
 
 import pytest
 from annotated_types import Ge, Gt, Le
+from spot_checkpoint.store import MANIFEST_NAME, SEQ_DIGITS, CheckpointStore
 from spot_hpc.pipeline import HPC_NODE_VCPUS, INGEST_PREFIX, stage_output_uri
 from spot_hpc.placement import checkpoint_uri
 from spot_hpc.settings import ControlPlaneSettings
 from template_grants import (
     REPO,
     allowed_actions,
+    allowed_statements,
     as_list,
     function_timeout_seconds,
     is_allowed,
@@ -105,6 +107,74 @@ def test_the_stage_runner_reads_checkpoints_and_may_not_change_the_ingest_bucket
     # AND it may not write or delete the uploads, results and checkpoints, nor change the bucket's lifecycle rules
     writes = ["s3:PutObject", "s3:PutObjectAcl", "s3:DeleteObject", "s3:PutLifecycleConfiguration"]
     assert [action for action in writes if is_allowed(granted, action)] == []
+
+
+# The object ARNs of the ingest bucket as the template writes them, and as SAM's S3 policy templates expand them.
+_INGEST_OBJECT_ARNS = ("${IngestBucket.Arn}/", "arn:${AWS::Partition}:s3:::${bucketName}/")
+
+
+def _object_grants(statements: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The actions `statements` allow on the ingest bucket's objects, by the key pattern of each object ARN (a
+    Resource of "*" as the pattern "*")."""
+    grants: dict[str, list[str]] = {}
+    for statement in statements:
+        for resource in as_list(statement["Resource"]):
+            if resource == "*":
+                grants.setdefault("*", []).extend(as_list(statement["Action"]))
+            sub = resource.get("Fn::Sub") if isinstance(resource, dict) else None
+            arn, names = (sub[0], sub[1]) if isinstance(sub, list) else (sub, {})
+            if names and names != {"bucketName": {"Ref": "IngestBucket"}}:
+                continue
+            for prefix in _INGEST_OBJECT_ARNS:
+                if isinstance(arn, str) and arn.startswith(prefix):
+                    grants.setdefault(arn.removeprefix(prefix), []).extend(as_list(statement["Action"]))
+    return grants
+
+
+def _granted_on(grants: dict[str, list[str]], key: str) -> list[str]:
+    """The actions (or action patterns) `grants` allow on the object `key` (IAM's `*` spans `/`, as fnmatch's does)."""
+    return [action for pattern, actions in grants.items() if fnmatch.fnmatchcase(key, pattern) for action in actions]
+
+
+# Every key the control plane writes or deletes is under this prefix (placement.checkpoint_uri).
+CHECKPOINTS_PREFIX = "checkpoints/"
+
+
+@pytest.mark.parametrize("function", ["BatchStateChangeFunction", "SpotInterruptionFunction", "SlaGuardFunction"])
+def test_the_checkpointing_handlers_write_only_checkpoints_and_may_not_change_the_ingest_bucket(translated, function):
+    # GIVEN a stage's checkpoint request and one of its manifests: the keys the function's S3 calls put, read, delete
+    store = CheckpointStore(None, checkpoint_uri("bucket", "run-1", "hpc"))
+    manifest = f"{store.part_prefix}{0:0{SEQ_DIGITS}d}/{MANIFEST_NAME}"
+    # WHEN the function's role is read by object key
+    statements = allowed_statements(translated, function)
+    grants = _object_grants(statements)
+    # THEN it may not write or delete anything outside the checkpoints (the uploads, the stages' results), nor set an
+    # object's ACL, nor change the bucket's lifecycle rules (which expire the checkpoints left over)
+    writes = ["s3:PutObject", "s3:PutObjectAcl", "s3:DeleteObject", "s3:DeleteObjectVersion"]
+    outside = {
+        pattern: written
+        for pattern, actions in grants.items()
+        if not pattern.startswith(CHECKPOINTS_PREFIX) and (written := [a for a in writes if is_allowed(actions, a)])
+    }
+    assert outside == {}
+    changes = ["s3:PutObjectAcl", "s3:PutLifecycleConfiguration", "s3:PutBucketPolicy", "s3:DeleteBucket"]
+    assert [action for action in changes if is_allowed(allowed_actions(translated, function), action)] == []
+    # AND it lists keys only under the checkpoints, where the code lists (a stage's prefix)
+    listed = [
+        as_list(s.get("Condition", {}).get("StringLike", {}).get("s3:prefix", "*"))
+        for s in statements
+        if is_allowed(as_list(s["Action"]), "s3:ListBucket")
+    ]
+    assert listed == [[f"{CHECKPOINTS_PREFIX}*"]]
+    assert fnmatch.fnmatchcase(store.prefix, listed[0][0])
+    # AND it may still make the calls its code makes on them: put the request, read and delete checkpoints
+    calls = HANDLER_CALLS[function]
+    needed = {store.request_key: {"s3:PutObject"}, manifest: {"s3:GetObject", "s3:DeleteObject"}}
+    refused = {
+        key: sorted(a for a in actions & calls if not is_allowed(_granted_on(grants, key), a))
+        for key, actions in needed.items()
+    }
+    assert refused == {store.request_key: [], manifest: []}
 
 
 def test_jobs_are_submitted_only_to_the_stacks_queues_and_job_definitions(translated):
@@ -512,15 +582,10 @@ def test_the_jobs_role_reads_the_pinned_upload_and_writes_only_results_and_check
     upload = f"{INGEST_PREFIX}data.csv"
     written = [stage_output_uri(bucket, run, "hpc"), checkpoint_uri(bucket, run, "hpc")]
     statements = _resources("AWS::IAM::Role")["JobRole"]["Policies"][0]["PolicyDocument"]["Statement"]
-    grants: dict[str, set[str]] = {}
-    for statement in statements:
-        for resource in as_list(statement["Resource"]):
-            pattern = resource["Fn::Sub"].removeprefix("${IngestBucket.Arn}/") if "Fn::Sub" in resource else None
-            if pattern is not None:
-                grants.setdefault(pattern, set()).update(as_list(statement["Action"]))
+    grants = _object_grants(statements)
 
     def granted(key: str) -> set[str]:
-        return set().union(*(actions for pattern, actions in grants.items() if fnmatch.fnmatch(key, pattern)))
+        return set(_granted_on(grants, key))
 
     # THEN a job reads the upload's pinned version (GetObject with a VersionId is s3:GetObjectVersion) and may not
     # change it, and writes and deletes results and checkpoints
