@@ -159,14 +159,6 @@ def test_the_checkpointing_handlers_write_only_checkpoints_and_may_not_change_th
     assert outside == {}
     changes = ["s3:PutObjectAcl", "s3:PutLifecycleConfiguration", "s3:PutBucketPolicy", "s3:DeleteBucket"]
     assert [action for action in changes if is_allowed(allowed_actions(translated, function), action)] == []
-    # AND it lists keys only under the checkpoints, where the code lists (a stage's prefix)
-    listed = [
-        as_list(s.get("Condition", {}).get("StringLike", {}).get("s3:prefix", "*"))
-        for s in statements
-        if is_allowed(as_list(s["Action"]), "s3:ListBucket")
-    ]
-    assert listed == [[f"{CHECKPOINTS_PREFIX}*"]]
-    assert fnmatch.fnmatchcase(store.prefix, listed[0][0])
     # AND it may still make the calls its code makes on them: put the request, read and delete checkpoints
     calls = HANDLER_CALLS[function]
     needed = {store.request_key: {"s3:PutObject"}, manifest: {"s3:GetObject", "s3:DeleteObject"}}
@@ -175,6 +167,32 @@ def test_the_checkpointing_handlers_write_only_checkpoints_and_may_not_change_th
         for key, actions in needed.items()
     }
     assert refused == {store.request_key: [], manifest: []}
+
+
+@pytest.mark.parametrize(
+    "function", ["StageRunnerFunction", "BatchStateChangeFunction", "SpotInterruptionFunction", "SlaGuardFunction"]
+)
+def test_the_functions_weighing_progress_read_only_the_ingest_buckets_checkpoints(translated, function):
+    # GIVEN the prefix whose manifests the function lists and reads (a stage's checkpoints)
+    prefix = CheckpointStore(None, checkpoint_uri("bucket", "run-1", "hpc")).prefix
+    # WHEN the function's role is read
+    statements = allowed_statements(translated, function)
+    # THEN it reads no object outside the checkpoints (the uploads, the stages' results)
+    reads = ["s3:GetObject", "s3:GetObjectVersion"]
+    outside = {
+        pattern: read
+        for pattern, actions in _object_grants(statements).items()
+        if not pattern.startswith(CHECKPOINTS_PREFIX) and (read := [a for a in reads if is_allowed(actions, a)])
+    }
+    assert outside == {}
+    # AND it lists keys only under the checkpoints, which covers where the code lists
+    listed = [
+        as_list(s.get("Condition", {}).get("StringLike", {}).get("s3:prefix", "*"))
+        for s in statements
+        if is_allowed(as_list(s["Action"]), "s3:ListBucket")
+    ]
+    assert listed == [[f"{CHECKPOINTS_PREFIX}*"]]
+    assert fnmatch.fnmatchcase(prefix, listed[0][0])
 
 
 def test_jobs_are_submitted_only_to_the_stacks_queues_and_job_definitions(translated):
