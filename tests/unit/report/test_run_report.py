@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from spot_hpc.cost import check_run_report_costs, savings_pct
@@ -301,12 +302,18 @@ def test_only_prices_a_figure_needed_are_counted_unknown() -> None:
     assert report["prices_unknown"] == 3
 
 
-def test_a_price_unknown_of_an_attempt_aws_does_not_charge_is_not_counted() -> None:
-    # GIVEN a run whose preprocess was placed on Spot while its price could not be looked up, and whose instance EC2
-    # interrupted 20 minutes in (within its first hour: AWS charges nothing for it), then finished on On-Demand
+@pytest.mark.parametrize(
+    "uncharged",
+    [{"interrupted_in_first_hour": True}, {"nodes": 4, "instance_seconds": 0, "run_seconds": 4 * 1200}],
+    ids=["single-job", "array-every-shard"],
+)
+def test_a_price_unknown_of_an_attempt_aws_does_not_charge_is_not_counted(uncharged: dict[str, Any]) -> None:
+    # GIVEN a run whose preprocess was placed on Spot while its price could not be looked up, and whose instance (or
+    # each shard's) EC2 interrupted 20 minutes in (within its first hour: AWS charges nothing for it), then finished
+    # on On-Demand
     reclaimed = _stage_attempt(
         "preprocess", 1, "spot", "2026-01-05T00:00:00Z", "2026-01-05T00:20:00Z", status="FAILED",
-        failure_class="spot_reclaim", interrupted_in_first_hour=True,
+        failure_class="spot_reclaim", **uncharged,
     )  # fmt: skip
     attempts = [
         replace(reclaimed, usd_per_hour=0.0, price_unknown=True),
@@ -318,25 +325,5 @@ def test_a_price_unknown_of_an_attempt_aws_does_not_charge_is_not_counted() -> N
 
     # THEN the Spot attempt costs nothing whatever its price, so no figure stands on the price that is unknown: the
     # notice must not say the cost counts a price it could not look up as $0
-    assert report["stages"][0]["attempts"][0]["cost_usd"] == 0.0
-    assert report["prices_unknown"] == 0
-
-
-def test_a_price_unknown_of_an_array_whose_shards_aws_does_not_charge_is_not_counted() -> None:
-    # GIVEN a run whose preprocess was placed on Spot as a 4-shard array while its price could not be looked up, and
-    # whose every shard's instance EC2 interrupted 20 minutes in (within their first hour: AWS charges nothing for
-    # them), then finished on On-Demand
-    array = _stage_attempt("preprocess", 1, "spot", "2026-01-05T00:00:00Z", "2026-01-05T00:20:00Z", status="FAILED",
-                           failure_class="spot_reclaim", nodes=4, instance_seconds=0, run_seconds=4 * 1200)  # fmt: skip
-    attempts = [
-        replace(array, usd_per_hour=0.0, price_unknown=True),
-        _stage_attempt("preprocess", 2, "on-demand", "2026-01-05T00:30:00Z", "2026-01-05T02:30:00Z"),
-    ]
-
-    # WHEN its report is built
-    report = build_run_report(_run(), _stages("SUCCEEDED", "PENDING", "PENDING"), attempts, PRICES)
-
-    # THEN the array costs nothing whatever its price, so no figure stands on the price that is unknown, as for a
-    # single job on such an instance: the notice must not say the cost counts a price it could not look up as $0
     assert report["stages"][0]["attempts"][0]["cost_usd"] == 0.0
     assert report["prices_unknown"] == 0
