@@ -7,6 +7,7 @@ import json
 import boto3
 import pytest
 from sample_events import load_event
+from spot_hpc.guard import PASS_PERIOD
 from spot_hpc.intake import NOT_THIS_STACKS_INSTANCE
 from spot_hpc.metrics import FOREIGN_INSTANCE_SIGNALS, record_event_outcome
 
@@ -129,6 +130,9 @@ def test_dashboard_is_deployed_and_alarms_watch_failures_dlqs_and_deadlines(plan
         ("GuardReadsFailingAlarm", metrics.GUARD_UNREAD),
     ):
         assert alarms[name]["MetricName"] == metric and alarms[name]["Namespace"] == metrics.NAMESPACE
+    # AND a failed read alarms after three guard passes in a row (one pass a period, each period a breach)
+    reads_failing = alarms["GuardReadsFailingAlarm"]
+    assert reads_failing["Period"] == PASS_PERIOD.total_seconds() and reads_failing["EvaluationPeriods"] == 3
     queues = {
         d["Value"]["Fn::GetAtt"][0]
         for q in alarms["DeadLetterQueueDepthAlarm"]["Metrics"]

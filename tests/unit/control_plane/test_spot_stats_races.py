@@ -3,6 +3,7 @@ at least once and in any order, and Lambdas run at once): what each learnt stays
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -240,3 +241,19 @@ def test_a_jobs_end_leaves_a_wait_of_the_attempt_after_it(ledger: Ledger, utc_cl
     # THEN the next attempt's wait stands, to be learnt when it ends
     assert learnt_from.spot_waiting_since == read.spot_waiting_since
     assert _learnt(ledger).down_hours == 0.0
+
+
+@pytest.mark.parametrize(
+    ("failure", "interruptions"), [(FailureClass.SPOT_RECLAIM, 1), (FailureClass.S3_UNAVAILABLE, 0)]
+)
+def test_only_a_reclaim_is_learnt_as_capacity_ending(ledger: Ledger, utc_clock, failure, interruptions):
+    # GIVEN a Spot job that ran RUN_HOURS after its wait, and ended reclaimed, or stopped as S3 failed (exit 88)
+    svc = _services(ledger)
+    read = _waiting_stage(ledger, utc_clock)
+    end_spot_wait(svc, read)
+    ended = replace(_reclaimed(utc_clock), failure_class=failure)
+    # WHEN its end is learnt
+    _learn_spot(svc, ledger.get_stage("r1", "preprocess"), ended)
+    # THEN its run is learnt as capacity either way, and its end as Spot taking capacity back only for a reclaim
+    learnt = _learnt(ledger)
+    assert (learnt.up_hours, learnt.interruptions) == pytest.approx((RUN_HOURS, interruptions))
