@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from spot_hpc.cost import check_run_report_costs, savings_pct
-from spot_hpc.ledger import Attempt, Run, Stage
+from spot_hpc.ledger import CANCEL_EARLIER_SUCCEEDED, CANCEL_RUN_ENDED, Attempt, Run, Stage
 from spot_hpc.run_report import build_run_report, run_report_json
 
 STARTED_AT = "2026-01-05T00:00:00Z"
@@ -327,3 +327,35 @@ def test_a_price_unknown_of_an_attempt_aws_does_not_charge_is_not_counted(unchar
     # notice must not say the cost counts a price it could not look up as $0
     assert report["stages"][0]["attempts"][0]["cost_usd"] == 0.0
     assert report["prices_unknown"] == 0
+
+
+@pytest.mark.parametrize(
+    ("cancel_reason", "started_at", "requeues"),
+    [
+        (None, "2026-01-05T02:40:00Z", 1),
+        (CANCEL_EARLIER_SUCCEEDED, None, 0),
+        (CANCEL_RUN_ENDED, None, 0),
+        (CANCEL_RUN_ENDED, "2026-01-05T02:40:00Z", 1),
+    ],
+    ids=["ran", "earlier-succeeded-before-it-ran", "run-ended-before-it-ran", "run-ended-while-it-ran"],
+)
+def test_a_requeue_counts_only_when_its_on_demand_attempt_took_the_work(
+    cancel_reason: str | None, started_at: str | None, requeues: int
+) -> None:
+    # GIVEN a Spot preprocess followed by an On-Demand attempt (the deadline at risk), which was either run, or ended
+    # as it was placed because the stage settled meanwhile (the Spot job succeeded after all, or the run ended)
+    attempts = [
+        _stage_attempt("preprocess", 1, "spot", "2026-01-05T00:00:00Z", "2026-01-05T02:30:00Z"),
+        replace(
+            _stage_attempt("preprocess", 2, "on-demand", "2026-01-05T02:40:00Z", "2026-01-05T02:45:00Z"),
+            status="FAILED",
+            cancel_reason=cancel_reason,
+            started_at=started_at,
+        ),
+    ]
+
+    # WHEN its report is built
+    report = build_run_report(_run(), _stages("SUCCEEDED", "PENDING", "PENDING"), attempts, PRICES)
+
+    # THEN an attempt that never ran moved no work: the report counts no requeue for it (the notices told none)
+    assert report["requeues_to_on_demand"] == requeues

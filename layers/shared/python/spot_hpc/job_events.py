@@ -34,7 +34,6 @@ from spot_hpc.placement import (
     cancel_and_terminate,
     choose_capacity,
     end_spot_wait,
-    ended_as_placed,
     instance_prices,
     place_attempt,
     price_on_instances,
@@ -552,7 +551,7 @@ def _resubmit(
     # The retry is counted in the claim itself, so a repeated event cannot spend it twice.
     spent = {"app_retries_used": stage.app_retries_used + 1} if spends_retry else {}
     placed = place_attempt(svc, run, stage, capacity, f"{why}: {decision.reason}", **spent)
-    if placed and not ended_as_placed(placed) and capacity == "on-demand" and stage.capacity == "spot":
+    if placed and not placed.ended_as_placed and capacity == "on-demand" and stage.capacity == "spot":
         notify(svc, "requeued", run, stage.stage, decision.reason, attempt=placed.attempt)
     return {"status": "resubmitted" if placed else "ignored", "capacity": capacity, "reason": decision.reason}
 

@@ -254,6 +254,12 @@ class Attempt:
     instance_type: str | None = None
     availability_zone: str | None = None
 
+    @property
+    def ended_as_placed(self) -> bool:
+        """The attempt was ended before it ran, its stage settled without it (the attempt before succeeded after all,
+        or the run ended; `record_placed`): it moved no work, and no move to it is told or counted."""
+        return self.cancel_reason in (CANCEL_EARLIER_SUCCEEDED, CANCEL_RUN_ENDED) and not self.started_at
+
 
 @dataclass(frozen=True)
 class NoticeClaim:

@@ -472,7 +472,7 @@ def requeue_to_on_demand(svc: Services, run: Run, stage: Stage, job_id: str, rea
     svc.batch.terminate(job_id, f"spot-hpc: requeued to On-Demand ({reason})")
     if placed is None:  # placed by an earlier call, which may have died before telling of it
         tell_requeue(svc, run, stage.stage, stage.attempt, reason)
-    elif not ended_as_placed(placed):
+    elif not placed.ended_as_placed:
         notify(svc, "requeued", run, stage.stage, reason, attempt=placed.attempt)
     return placed
 
@@ -487,15 +487,7 @@ def tell_requeue(svc: Services, run: Run, stage_name: str, replaced: int, reason
     on_demand = svc.ledger.get_attempt(run.run_id, stage_name, replaced + 1)
     if spot is None or on_demand is None or not moved_to_on_demand(spot, on_demand):
         return False
-    if ended_as_placed(on_demand):
-        return False
     return notify(svc, "requeued", run, stage_name, reason, attempt=on_demand.attempt)
-
-
-def ended_as_placed(attempt: Attempt) -> bool:
-    """The attempt was ended before it ran, its stage settled without it (the attempt before succeeded after all, or
-    the run ended; `record_placed`): it moved no work, and no move to it is told."""
-    return attempt.cancel_reason in (CANCEL_EARLIER_SUCCEEDED, CANCEL_RUN_ENDED) and not attempt.started_at
 
 
 def cancel_and_terminate(svc: Services, attempt: Attempt, cause: str, reason: str) -> bool:

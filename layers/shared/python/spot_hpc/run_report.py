@@ -57,7 +57,7 @@ def _hours(run: Run, when: str | None) -> float | None:
 
 def requeues_to_on_demand(attempts: list[Attempt]) -> int:
     """Moves of a stage's work from Spot to On-Demand: an On-Demand attempt right after a Spot one, whether the
-    Spot job was replaced before the instance went or resubmitted after a reclaim."""
+    Spot job was replaced before the instance went or resubmitted after a reclaim, and not ended as it was placed."""
     moves = 0
     for stage in {a.stage for a in attempts}:
         ordered = sorted((a for a in attempts if a.stage == stage), key=lambda a: a.attempt)
@@ -66,8 +66,9 @@ def requeues_to_on_demand(attempts: list[Attempt]) -> int:
 
 
 def moved_to_on_demand(before: Attempt, after: Attempt) -> bool:
-    """Whether the attempt after `before` moved the stage's work from Spot to On-Demand (a requeue)."""
-    return (before.capacity, after.capacity) == ("spot", "on-demand")
+    """Whether the attempt after `before` moved the stage's work from Spot to On-Demand (a requeue): one ended as it
+    was placed, its stage settled meanwhile, moved none."""
+    return (before.capacity, after.capacity) == ("spot", "on-demand") and not after.ended_as_placed
 
 
 def build_run_report(
