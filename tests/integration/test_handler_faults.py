@@ -32,6 +32,7 @@ from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
 from spot_hpc.cost import check_run_report_costs
 from spot_hpc.events import TERMINAL_STATUSES, BatchJobDetail
 from spot_hpc.guard import run_guard
+from spot_hpc.job_events import S3_UNAVAILABLE_RESUBMITS
 from spot_hpc.ledger import Ledger
 from spot_hpc.outcome import run_report
 from spot_hpc.pipeline import STAGE_NAMES
@@ -628,6 +629,26 @@ def test_a_job_whose_start_s3_failed_past_its_retries_is_placed_again_as_no_inte
     # AND nothing tells it as an interruption: no notice, no count in the report
     assert not any(text.startswith("Spot interruption") for text in sent)
     assert report["interruptions"] == 0
+
+
+def test_a_job_whose_start_s3_fails_every_time_fails_its_run_once_its_retries_are_spent():
+    with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES) as plane:
+        # GIVEN a run whose preprocess job finds S3 failing at every start, past its retries (exit 88)
+        plane.batch.failing_stages["preprocess"] = EXIT_S3_UNAVAILABLE
+        upload_quick_run(plane, 12)
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=12)
+        run, preprocess = _attempts(plane, "preprocess")
+        stage = control_plane_services(plane).ledger.get_stage(run.run_id, "preprocess")
+        sent = [m.get("text") or "" for m in plane.webhook.delivered_messages]
+    # THEN the first starts were placed again free, each later one spent a retry, and with none left the run failed
+    # saying why, instead of placing the job again until the stage's timeout
+    assert status == "FAILED" and stage is not None and stage.status == "FAILED"
+    free, budget = S3_UNAVAILABLE_RESUBMITS, stage.retry_budget
+    assert (stage.s3_resubmits_used, stage.app_retries_used) == (free, budget)
+    assert [a.failure_class for a in preprocess] == ["s3_unavailable"] * (free + budget + 1)
+    assert stage.failure is not None and stage.failure.startswith("s3_unavailable") and "exit code 88" in stage.failure
+    assert any("failed" in text.lower() for text in sent) and not any(t.startswith("Spot interruption") for t in sent)
 
 
 def test_crash_in_a_requeue_before_the_on_demand_attempt_is_claimed_is_repaired(monkeypatch, tmp_path):

@@ -52,6 +52,10 @@ logger = logging.getLogger(__name__)
 
 _HOST_TERMINATED = re.compile(r"^Host EC2 \(instance (i-[0-9a-f]+)\) terminated")
 _TIMEOUT = re.compile(r"attempt duration exceed(?:s|ed) timeout", re.IGNORECASE)  # Batch: "...exceeded timeout"
+# Starts S3 failed (each after the job runtime's 300 s of retries) that are placed again spending no retry. S3 failing
+# every start past them spends the stage's retries, so the run fails saying so rather than placing it until the
+# stage's timeout, each attempt billed.
+S3_UNAVAILABLE_RESUBMITS = 3
 
 
 def classify_failure(detail: BatchJobDetail, attempt: Attempt) -> str:
@@ -467,17 +471,18 @@ def _act_on_terminal(
         # Cancelled for a requeue whose handler died before placing the On-Demand job: finish that requeue.
         placed = requeue_to_on_demand(svc, run, stage, attempt.job_id, "completing an interrupted requeue")
         return {"status": "resubmitted" if placed else "recorded", "failure_class": failure}
-    if failure == FailureClass.S3_UNAVAILABLE:
+    if failure == FailureClass.S3_UNAVAILABLE and stage.s3_resubmits_used < S3_UNAVAILABLE_RESUBMITS:
         # S3's fault, not the work's nor its capacity's: placed again as before, spending no retry, and not told as
-        # an interruption (the attempt's report says what happened).
+        # an interruption (the attempt's report says what happened). Past the free ones, it spends retries below.
         logger.warning("S3 failed a job's start: resubmitted", extra={"run_id": run.run_id, "stage": stage.stage})
-        return _resubmit(svc, run, stage, failure, spot_available=attempt.capacity == "spot")
+        used = {"s3_resubmits_used": stage.s3_resubmits_used + 1}
+        return _resubmit(svc, run, stage, failure, spot_available=attempt.capacity == "spot", spent=used)
     if failure in RECLAIM_CLASSES:
         result = _resubmit(svc, run, stage, failure, spot_available=False)
         title, reason = interruption_notice(attempt, failure, detail.status_reason)
         notify(svc, "interrupted", run, stage.stage, reason, attempt=attempt.attempt, title=title)
         return result
-    # Application error or timeout: spends the retry budget.
+    # Application error, timeout, or S3 failing start after start: spends the retry budget.
     if stage.app_retries_used >= stage.retry_budget:
         return _settle(
             svc,
@@ -488,7 +493,8 @@ def _act_on_terminal(
             error=f"{failure}: {detail.status_reason or ''} "
             f"(exit code {detail.exit_code}) after {stage.app_retries_used} retries",
         )
-    return _resubmit(svc, run, stage, failure or "", spot_available=attempt.capacity == "spot", spends_retry=True)
+    spent = {"app_retries_used": stage.app_retries_used + 1}
+    return _resubmit(svc, run, stage, failure or "", spot_available=attempt.capacity == "spot", spent=spent)
 
 
 def _tell_what_followed(svc: Services, run: Run, stage: Stage, attempt: Attempt, detail: BatchJobDetail) -> None:
@@ -540,17 +546,17 @@ def _learn_spot(svc: Services, stage: Stage, attempt: Attempt) -> Stage:
 
 
 def _resubmit(
-    svc: Services, run: Run, stage: Stage, why: str, spot_available: bool, spends_retry: bool = False
+    svc: Services, run: Run, stage: Stage, why: str, spot_available: bool, spent: dict[str, int] | None = None
 ) -> dict[str, Any]:
+    """Places the stage's next attempt; `spent`: the stage's counters the placement uses up, written in the claim
+    itself so that a repeated event cannot spend them twice."""
     current = ACTION_OF_CAPACITY.get(stage.capacity or "", Action.IDLE)
     decision = choose_capacity(
         svc, run, stage, current=Action.IDLE if not spot_available else current, spot_available=spot_available
     )
     # Waiting (IDLE) for Spot is expressed by queueing on Spot: the job waits RUNNABLE until capacity returns.
     capacity = CAPACITY_OF_ACTION.get(decision.action, "spot")
-    # The retry is counted in the claim itself, so a repeated event cannot spend it twice.
-    spent = {"app_retries_used": stage.app_retries_used + 1} if spends_retry else {}
-    placed = place_attempt(svc, run, stage, capacity, f"{why}: {decision.reason}", **spent)
+    placed = place_attempt(svc, run, stage, capacity, f"{why}: {decision.reason}", **(spent or {}))
     if placed and not placed.ended_as_placed and capacity == "on-demand" and stage.capacity == "spot":
         notify(svc, "requeued", run, stage.stage, decision.reason, attempt=placed.attempt)
     return {"status": "resubmitted" if placed else "ignored", "capacity": capacity, "reason": decision.reason}

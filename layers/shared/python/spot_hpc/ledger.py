@@ -182,6 +182,8 @@ class Stage:
     capacity: str | None = None
     task_token: str | None = None
     app_retries_used: int = 0
+    # Attempts placed again, spending no retry, because S3 failed their job's start (exit 88; `job_events`).
+    s3_resubmits_used: int = 0
     checkpoint_uri: str | None = None
     # Set between claiming an attempt and recording its job: a crash in between leaves it for the guard.
     submitting_since: str | None = None
