@@ -8,9 +8,16 @@ from collections.abc import Iterator
 import boto3
 import pytest
 from botocore.stub import ANY, Stubber
-from spot_hpc.slack import Notification, SlackWebhook, deliver_notification, notification_text, sns_subject
+from spot_hpc.slack import (
+    MAX_RATE_LIMIT_REST_SECONDS,
+    Notification,
+    SlackWebhook,
+    deliver_notification,
+    notification_text,
+    sns_subject,
+)
 
-from spotctl.offline.webhook_sink import WebhookSink
+from spotctl.offline.webhook_sink import SinkResponse, WebhookSink
 
 TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:spot-hpc-notifications"
 QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/spot-hpc-notifications-dlq"
@@ -200,6 +207,37 @@ def test_after_slack_fails_the_next_notices_are_parked_without_waiting_on_it(sqs
     assert second.slack == "dead-lettered" and tries_after_second == 3
     assert "not tried" in (second.error or "") and "503" in (second.error or "") and url not in (second.error or "")
     assert third.slack == "delivered" and len(sink.requests) == 4 and circuit.resting(webhook) is None
+    sqs_stubber.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize(("retry_after", "rests"), [(300, 300.0), (20_000, MAX_RATE_LIMIT_REST_SECONDS)])
+def test_a_rate_limit_longer_than_the_cool_down_rests_slack_as_long_as_it_asks(
+    sqs: tuple[object, Stubber], retry_after: int, rests: float
+) -> None:
+    # GIVEN Slack rate limiting the webhook for longer than the budget and the circuit's 60 s cool-down
+    from spot_hpc.slack import SlackCircuit
+
+    sqs_client, sqs_stubber = sqs
+    for _ in range(2):
+        sqs_stubber.add_response("send_message", {"MessageId": "dlq"}, None)
+    clock = ManualClock()
+    circuit = SlackCircuit(cool_down_seconds=60, clock=clock)
+    with WebhookSink([SinkResponse.rate_limited(retry_after)]) as sink:
+        webhook = SlackWebhook(sink.url, allow_loopback_http=True, sleep=lambda _: None)
+        channels = {"webhook": webhook, "sqs_client": sqs_client, "dead_letter_queue_url": QUEUE_URL}
+
+        # WHEN notices follow after the cool-down, then once the rate limit (at most 15 minutes of it) is over
+        first = deliver_notification(NOTIFICATION, circuit=circuit, **channels)  # type: ignore[arg-type]
+        clock.now += rests - 1
+        second = deliver_notification(NOTIFICATION, circuit=circuit, **channels)  # type: ignore[arg-type]
+        tries_before_it_ends = len(sink.requests)
+        clock.now += 1
+        third = deliver_notification(NOTIFICATION, circuit=circuit, **channels)  # type: ignore[arg-type]
+
+    # THEN none was tried while Slack still refused the webhook (each try would be rate limited again), the third was
+    assert (first.slack, second.slack, tries_before_it_ends) == ("dead-lettered", "dead-lettered", 1)
+    assert "not tried" in (second.error or "") and "429" in (second.error or "")
+    assert third.slack == "delivered" and len(sink.requests) == 2
     sqs_stubber.assert_no_pending_responses()
 
 

@@ -406,11 +406,14 @@ def _secrets_provider(secrets_client: Any) -> Any:
 class SlackDeliveryError(Exception):
     """Slack did not take the message after the tries allowed. Never mentions the webhook URL."""
 
-    def __init__(self, message: str, *, status: int | None, attempts: int, retryable: bool) -> None:
+    def __init__(
+        self, message: str, *, status: int | None, attempts: int, retryable: bool, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.attempts = attempts
         self.retryable = retryable  # True when sending it again later may succeed (429, 5xx, timeouts)
+        self.retry_after = retry_after  # the last answer's Retry-After (a 429's), in seconds
 
 
 @dataclass(frozen=True)
@@ -545,6 +548,7 @@ class SlackWebhook:
                     status=status,
                     attempts=attempt,
                     retryable=True,
+                    retry_after=retry_after,
                 )
             logger.info(
                 "Slack webhook attempt failed; retrying",
@@ -557,6 +561,7 @@ class SlackWebhook:
             status=status,
             attempts=self.max_attempts,
             retryable=True,
+            retry_after=retry_after,
         )
 
     def _backoff(self, attempt: int) -> float:
@@ -594,11 +599,17 @@ def _safe_error_body(exc: urllib.error.HTTPError) -> str:
 # --- Delivery: Slack, SNS, dead-letter queue --------------------------------------------------------------------
 
 
+# Slack's rate limits last seconds to minutes: a Retry-After longer than this (or an HTTP date far off) is not trusted
+# to rest a webhook for longer.
+MAX_RATE_LIMIT_REST_SECONDS = 900.0
+
+
 class SlackCircuit:
     """Rests a webhook for `cool_down_seconds` after Slack failed to take a message (timeouts, 5xx, a rate limit
-    longer than the budget): the notices of that time go to the dead-letter queue at once instead of each spending
-    the whole delivery budget on a Slack that is down. The handlers that notify have other work to finish (requeueing
-    jobs within a Spot warning's two minutes, the SLA guard's pass over every stage) within their Lambda timeout.
+    longer than the budget), or for as long as a rate limit's Retry-After says if that is longer: the notices of that
+    time go to the dead-letter queue at once instead of each spending the whole delivery budget on a Slack that is
+    down. The handlers that notify have other work to finish (requeueing jobs within a Spot warning's two minutes, the
+    SLA guard's pass over every stage) within their Lambda timeout.
 
     A refusal of one message (another 4xx) says nothing of Slack's health and does not rest it; a delivery ends the
     rest. Kept per process (a warm Lambda handles one event at a time), per webhook.
@@ -607,20 +618,24 @@ class SlackCircuit:
     def __init__(self, cool_down_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.cool_down_seconds = cool_down_seconds
         self._clock = clock
-        self._failures: dict[str, tuple[float, str]] = {}  # webhook identity -> (when it failed, why)
+        # webhook identity -> (when it failed, seconds it rests, why)
+        self._failures: dict[str, tuple[float, float, str]] = {}
 
     def resting(self, webhook: SlackWebhook) -> str | None:
         """Why Slack is not to be tried now; None when it is."""
         failure = self._failures.get(webhook.identity)
         if failure is None:
             return None
-        age = self._clock() - failure[0]
-        if age >= self.cool_down_seconds:
+        failed_at, rest_seconds, why = failure
+        age = self._clock() - failed_at
+        if age >= rest_seconds:
             return None
-        return f"Slack not tried: it failed to take a message {age:.0f} s ago ({failure[1]})"
+        return f"Slack not tried: it failed to take a message {age:.0f} s ago ({why})"
 
-    def failed(self, webhook: SlackWebhook, error: str) -> None:
-        self._failures[webhook.identity] = (self._clock(), error)
+    def failed(self, webhook: SlackWebhook, error: str, retry_after: float | None = None) -> None:
+        """Rests the webhook; `retry_after`: how long Slack's rate limit asked to wait (a try before is refused)."""
+        rest_seconds = max(self.cool_down_seconds, min(retry_after or 0.0, MAX_RATE_LIMIT_REST_SECONDS))
+        self._failures[webhook.identity] = (self._clock(), rest_seconds, error)
 
     def delivered(self, webhook: SlackWebhook) -> None:
         self._failures.pop(webhook.identity, None)
@@ -718,12 +733,14 @@ def try_slack(webhook: SlackWebhook, post: Callable[[], object], circuit: SlackC
     try:
         post()
     except Exception as exc:
+        retry_after = None
         if isinstance(exc, SlackDeliveryError):
             attempt = SlackAttempt(error=str(exc), status=exc.status, retryable=exc.retryable)
+            retry_after = exc.retry_after
         else:
             attempt = SlackAttempt(error=f"Slack sender failed ({type(exc).__name__})")
         if circuit is not None and attempt.retryable:
-            circuit.failed(webhook, attempt.error or "")
+            circuit.failed(webhook, attempt.error or "", retry_after)
         return attempt
     if circuit is not None:
         circuit.delivered(webhook)
