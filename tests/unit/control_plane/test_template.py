@@ -263,6 +263,23 @@ def test_rule_patterns_use_the_fields_aws_sends(translated):
     assert bucket["NotificationConfiguration"]["EventBridgeConfiguration"]["EventBridgeEnabled"] is True
 
 
+def test_the_ingest_bucket_keeps_nothing_billed_that_no_one_can_use():
+    # GIVEN the ingest bucket's lifecycle rules
+    rules = _resources("AWS::S3::Bucket")["IngestBucket"]["LifecycleConfiguration"]["Rules"]
+    enabled = [rule for rule in rules if rule["Status"] == "Enabled"]
+    # THEN an upload cut off is aborted, wherever it was going (its parts are billed, and seen by no listing)
+    aborts = [
+        r for r in enabled if r.get("Prefix", "") == "" and "Filter" not in r and "AbortIncompleteMultipartUpload" in r
+    ]
+    assert len(aborts) == 1 and 1 <= aborts[0]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] <= 7
+    # AND the checkpoints expire, their old versions too, and the delete markers their expiry leaves are removed
+    checkpoints = [rule for rule in enabled if rule.get("Prefix") == "checkpoints/"]
+    assert any("ExpirationInDays" in r and "NoncurrentVersionExpiration" in r for r in checkpoints)
+    assert any(r.get("ExpiredObjectDeleteMarker") is True for r in checkpoints)
+    # AND nothing else of the bucket (the uploads, the results: the users' data) expires
+    assert [r["Id"] for r in enabled if "ExpirationInDays" in r and r.get("Prefix") != "checkpoints/"] == []
+
+
 def _with_stack_names(value: Any, names: dict[str, str]) -> Any:
     """A pattern with its Refs to the stack's bucket and queues replaced by the names a sample event carries."""
     if isinstance(value, dict):
