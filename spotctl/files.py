@@ -88,10 +88,14 @@ def write_png(path: Path, figure: Any, **savefig: Any) -> None:
     _write_whole(path, drawn.getvalue())
 
 
+def _written_in_place(path: Path) -> bool:
+    """A device or a descriptor (/dev/stdout, a pipe) is written as it is, even when it leads to a regular file."""
+    return path.exists() and (not path.is_file() or str(path.absolute()).startswith(("/dev/", "/proc/")))
+
+
 def _write_whole(path: Path, content: str | bytes) -> None:
     with writing(path):
-        # A device or a descriptor (/dev/stdout, a pipe) is written as it is, even when it leads to a regular file.
-        if path.exists() and (not path.is_file() or str(path.absolute()).startswith(("/dev/", "/proc/"))):
+        if _written_in_place(path):
             _write(path, content)
             return
         target = path.resolve()  # through a symlink to the file it names, leaving the link
@@ -123,5 +127,7 @@ def check_output(path: Path, option: str, suffix: str | None = None) -> None:
         folder = folder.parent
     if not folder.is_dir():
         raise ToolError(f"{option} {path}: {folder} is not a directory")
-    if not os.access(folder if not path.exists() else path, os.W_OK):
+    # A file written beside the path is renamed over it (`write_text`): its folder is what must take a new file.
+    writable = folder if not path.exists() else path if _written_in_place(path) else path.resolve().parent
+    if not os.access(writable, os.W_OK):
         raise ToolError(f"{option} {path}: permission denied")

@@ -276,6 +276,24 @@ def test_demo_refuses_an_unwritable_json_path_before_the_run(
     assert "is not a directory" in capsys.readouterr().err
 
 
+def test_demo_refuses_a_json_path_over_a_file_in_a_folder_it_cannot_write_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN an earlier report, writable itself, in a folder that takes no new file (the report is written beside it,
+    # then renamed over it); the tests run as root, whom no file mode stops, so the folder's access is what is faked
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    (read_only / "run.json").write_text("{}")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != read_only and real_access(p, mode))
+    _refuse_to_run(monkeypatch, "spotctl.offline.demo.run_demo")
+    # WHEN the demo runs
+    code = main(["demo", "--json", str(read_only / "run.json")])
+    # THEN the path is refused before the run, not after it when its report could not be written
+    assert code == 2
+    assert f"{read_only / 'run.json'}: permission denied" in capsys.readouterr().err
+
+
 def test_demo_one_hpc_node_is_explained_in_the_demos_terms(capsys: pytest.CaptureFixture[str]) -> None:
     # GIVEN / WHEN the demo is asked for a one-node HPC stage
     code = main(["demo", "--hpc-nodes", "1"])
