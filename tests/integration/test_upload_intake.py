@@ -96,6 +96,21 @@ def test_a_deeply_nested_manifest_is_refused_not_crashed_on(plane):
     assert not errored and result["status"] == "rejected" and "not valid JSON" in result["reason"], result
 
 
+def test_a_manifest_number_longer_than_python_parses_is_refused_not_crashed_on(plane):
+    # GIVEN a manifest within the 64 KiB a manifest may take whose deadline is a number of 5,000 digits (Python parses
+    # no integer of more than 4,300, and says so with a ValueError that is no JSONDecodeError)
+    key = "incoming/long-number.csv"
+    s3 = boto3.client("s3", region_name=REGION)
+    manifest = b'{"deadline_hours": ' + b"1" * 5000 + b"}"
+    s3.put_object(Bucket=plane.bucket, Key="incoming/long-number.manifest.json", Body=manifest)
+    # WHEN its CSV's event is handled
+    result, errored = plane.invoke("StartPipelineFunction", _event(plane, key, _put(plane, key)))
+    # THEN the upload is refused with the reason and recorded, rather than the handler failing until the event is
+    # dead-lettered
+    assert not errored and result["status"] == "rejected" and "not valid JSON" in result["reason"], result
+    assert any(rejection["source"].endswith(key) for rejection in _rejections(plane))
+
+
 def test_a_refused_upload_with_a_long_key_is_recorded(plane):
     # GIVEN an upload with a long key (S3 takes 1,024 bytes; a DynamoDB sort key as many) and a deadline in words
     key = "incoming/" + "run-" * 230 + ".csv"

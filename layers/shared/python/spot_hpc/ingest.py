@@ -193,7 +193,8 @@ def _manifest(svc: Services, bucket: str, key: str) -> dict[str, Any] | None:
         return None
     try:
         manifest = json.loads(raw, object_pairs_hook=_object_once)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    # ValueError: JSONDecodeError, UnicodeDecodeError, and an integer of more digits than Python converts (4,300).
+    except (ValueError, RecursionError) as exc:
         raise Rejected(f"manifest {manifest_key(key)} is not valid JSON: {exc}") from exc
     except _NameGivenTwice as exc:
         raise Rejected(
