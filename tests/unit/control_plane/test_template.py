@@ -15,7 +15,7 @@ from typing import Any, cast
 import pytest
 from annotated_types import Ge, Gt, Le
 from spot_checkpoint.store import MANIFEST_NAME, SEQ_DIGITS, CheckpointStore
-from spot_hpc.pipeline import HPC_NODE_VCPUS, INGEST_PREFIX, stage_output_uri
+from spot_hpc.pipeline import HPC_NODE_VCPUS, INGEST_PREFIX, manifest_key, stage_output_uri
 from spot_hpc.placement import checkpoint_uri
 from spot_hpc.settings import ControlPlaneSettings
 from template_grants import (
@@ -52,6 +52,7 @@ NOTIFY = {"sns:Publish", "sqs:SendMessage", "secretsmanager:GetSecretValue"}  # 
 PARKED_NOTICES = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibilityBatch"}
 PRICES = {"pricing:GetProducts", "ec2:DescribeSpotPriceHistory"}  # placement.node_price, choose_capacity
 PROGRESS = {"s3:ListBucket", "s3:GetObject"}  # placement.stage_progress (checkpoint manifests)
+INTAKE_READS = {"s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket"}  # ingest: the upload and its manifest
 CHECKPOINT_REQUEST = {"s3:PutObject"}  # placement.request_checkpoint
 CHECKPOINT_CLEANUP = {"s3:ListBucket", "s3:DeleteObject"}  # job_events._settle -> CheckpointStore.cleanup
 PLACE = {"batch:ListJobs", "batch:SubmitJob", "batch:TagResource"}  # placement.submit_claimed (tags on SubmitJob)
@@ -69,7 +70,9 @@ BATCH_EVENT = CHECKPOINT_REQUEST.union(
 )
 
 HANDLER_CALLS: dict[str, set[str]] = {
-    "StartPipelineFunction": LEDGER | NOTIFY | {"s3:GetObject", "s3:GetObjectVersion", "states:StartExecution"},
+    # The upload's version is headed and its manifest read; S3 tells a missing manifest (404) only to a caller that may
+    # list its key, and uploads.read_small lists that key when S3 refuses the read.
+    "StartPipelineFunction": LEDGER | NOTIFY | INTAKE_READS | {"states:StartExecution"},
     # A stage settled while its first job was submitted (the run ended) has that job ended (placement.record_placed).
     "StageRunnerFunction": LEDGER | PRICES | PROGRESS | PLACE | TERMINATE | ANSWER,
     "BatchStateChangeFunction": BATCH_EVENT,
@@ -131,6 +134,15 @@ def _object_grants(statements: list[dict[str, Any]]) -> dict[str, list[str]]:
     return grants
 
 
+def _listed_prefixes(statements: list[dict[str, Any]]) -> list[list[str]]:
+    """The s3:prefix patterns each statement allowing s3:ListBucket limits listing to (["*"] for one with no limit)."""
+    return [
+        as_list(s.get("Condition", {}).get("StringLike", {}).get("s3:prefix", "*"))
+        for s in statements
+        if is_allowed(as_list(s["Action"]), "s3:ListBucket")
+    ]
+
+
 def _granted_on(grants: dict[str, list[str]], key: str) -> list[str]:
     """The actions (or action patterns) `grants` allow on the object `key` (IAM's `*` spans `/`, as fnmatch's does)."""
     return [action for pattern, actions in grants.items() if fnmatch.fnmatchcase(key, pattern) for action in actions]
@@ -186,13 +198,39 @@ def test_the_functions_weighing_progress_read_only_the_ingest_buckets_checkpoint
     }
     assert outside == {}
     # AND it lists keys only under the checkpoints, which covers where the code lists
-    listed = [
-        as_list(s.get("Condition", {}).get("StringLike", {}).get("s3:prefix", "*"))
-        for s in statements
-        if is_allowed(as_list(s["Action"]), "s3:ListBucket")
-    ]
+    listed = _listed_prefixes(statements)
     assert listed == [[f"{CHECKPOINTS_PREFIX}*"]]
     assert fnmatch.fnmatchcase(prefix, listed[0][0])
+
+
+def test_the_intake_reads_only_the_uploads_and_their_manifests(translated):
+    # GIVEN an upload and the manifest beside it: the keys the start-pipeline function heads, reads and lists
+    upload = f"{INGEST_PREFIX}data.csv"
+    manifest = manifest_key(upload)
+    # WHEN its role is read by object key
+    statements = allowed_statements(translated, "StartPipelineFunction")
+    grants = _object_grants(statements)
+    # THEN it takes no S3 action beyond the reads its code makes (no bucket settings, no writes)
+    granted = allowed_actions(translated, "StartPipelineFunction")
+    assert sorted({a for a in granted if a.startswith("s3:")}) == sorted(INTAKE_READS)
+    # AND it reads no object outside the uploads (the stages' results, the checkpoints)
+    reads = ["s3:GetObject", "s3:GetObjectVersion"]
+    outside = {
+        pattern: read
+        for pattern, actions in grants.items()
+        if not pattern.startswith(INGEST_PREFIX) and (read := [a for a in reads if is_allowed(actions, a)])
+    }
+    assert outside == {}
+    # AND it lists keys only under the uploads, which covers the manifest's key
+    listed = _listed_prefixes(statements)
+    assert listed == [[f"{INGEST_PREFIX}*"]]
+    assert fnmatch.fnmatchcase(manifest, listed[0][0])
+    # AND it may still head the upload's version (HeadObject with a VersionId) and read the manifest
+    refused = {
+        key: sorted(a for a in actions if not is_allowed(_granted_on(grants, key), a))
+        for key, actions in {upload: {"s3:GetObject", "s3:GetObjectVersion"}, manifest: {"s3:GetObject"}}.items()
+    }
+    assert refused == {upload: [], manifest: []}
 
 
 def test_jobs_are_submitted_only_to_the_stacks_queues_and_job_definitions(translated):

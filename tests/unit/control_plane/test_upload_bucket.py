@@ -103,3 +103,31 @@ def test_a_small_read_of_an_empty_object_is_empty(stubbed):
     # WHEN it is read
     # THEN it is empty (for the caller to refuse as it sees fit), not an error to retry
     assert uploads.read_small("ingest", "incoming/a.json", 65536) == b""
+
+
+@pytest.mark.parametrize(
+    "listing",
+    [{"KeyCount": 0}, {"KeyCount": 1, "Contents": [{"Key": "incoming/a.json.bak"}]}],
+    ids=["no key", "only a longer key"],
+)
+def test_a_small_read_s3_refuses_of_an_object_that_is_not_there_is_none(stubbed, listing):
+    # GIVEN no manifest beside the upload, and S3 refusing its read (403) where it would say 404 to a caller that may
+    # list the whole bucket: the function may list the uploads' prefix only
+    uploads, stubber = stubbed
+    stubber.add_client_error("get_object", "AccessDenied", http_status_code=403)
+    stubber.add_response("list_objects_v2", listing, {"Bucket": "ingest", "Prefix": "incoming/a.json", "MaxKeys": 1})
+    # WHEN it is read
+    # THEN listing its key finds it is not there: there is nothing, and no error
+    assert uploads.read_small("ingest", "incoming/a.json", 65536) is None
+    stubber.assert_no_pending_responses()
+
+
+def test_a_small_read_s3_refuses_of_an_object_that_is_there_is_raised(stubbed):
+    # GIVEN a manifest beside the upload whose read S3 refuses (its key lists, so it is there)
+    uploads, stubber = stubbed
+    stubber.add_client_error("get_object", "AccessDenied", http_status_code=403)
+    stubber.add_response("list_objects_v2", {"KeyCount": 1, "Contents": [{"Key": "incoming/a.json"}]})
+    # WHEN it is read
+    # THEN the refusal reaches the caller (the event is retried), rather than the manifest being taken for absent
+    with pytest.raises(ClientError, match="AccessDenied"):
+        uploads.read_small("ingest", "incoming/a.json", 65536)

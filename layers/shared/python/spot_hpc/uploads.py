@@ -43,7 +43,8 @@ class UploadBucket:
             raise
 
     def read_small(self, bucket: str, key: str, max_bytes: int) -> bytes | None:
-        """A small object that may not exist (None then); `UploadTooLarge` when it is longer than `max_bytes`.
+        """A small object that may not exist (None then, also when S3 refuses its read and it is not listed);
+        `UploadTooLarge` when it is longer than `max_bytes`.
 
         One ranged read of `max_bytes` + 1 bytes (the range is inclusive): the extra byte tells an object over the
         limit from one exactly at it, without reading the rest."""
@@ -55,8 +56,17 @@ class UploadBucket:
                 return None
             if code == "InvalidRange":  # S3's answer to any ranged read of an empty object
                 return b""
+            if code in ("AccessDenied", "403") and not self._is_listed(bucket, key):
+                return None
             raise
         raw: bytes = body.read()
         if len(raw) > max_bytes:
             raise UploadTooLarge(f"longer than {max_bytes} bytes")
         return raw
+
+    def _is_listed(self, bucket: str, key: str) -> bool:
+        """Whether `key` is there, by listing it: S3 refuses (403) the read of a missing object to a caller it does not
+        take as allowed to list it, where it would answer 404, and the intake may list the uploads' prefix only. A key
+        sorts before every longer key it begins, so the first listed is itself when it is there."""
+        listed = self._s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+        return bool(listed) and str(listed[0]["Key"]) == key
