@@ -42,6 +42,15 @@ class RunOptions(BaseModel):
     hpc_mode: Literal["multinode", "shards"] = "multinode"
     hpc_nodes: int = Field(default=2, ge=1, le=1024)
 
+    @field_validator("deadline_hours", "stage_hours", "hpc_nodes", mode="before")
+    @classmethod
+    def _no_true_or_false(cls, value: Any) -> Any:
+        # Pydantic would read a manifest's `true` as 1 (a one-hour deadline, one node): a typo, never a number meant.
+        values = value.values() if isinstance(value, Mapping) else [value]
+        if any(isinstance(one, bool) for one in values):
+            raise ValueError("a number is needed, not true or false")
+        return value
+
     @field_validator("stage_hours")
     @classmethod
     def _known_stages(cls, value: dict[str, float]) -> dict[str, float]:
