@@ -530,16 +530,24 @@ _S3_ACTIONS = {
 }
 
 
+# A call on one version of an object is authorised as the version's action, not the object's.
+_S3_VERSION_ACTIONS = {"GetObject": "GetObjectVersion", "DeleteObject": "DeleteObjectVersion"}
+
+
 class AwsCallRecorder:
     def __init__(self) -> None:
         self.actions: dict[str, set[str]] = {}
 
-    def __call__(self, model: Any, **_: Any) -> None:
+    def __call__(self, model: Any, params: dict[str, Any] | None = None, **_: Any) -> None:
         function = current_function()
         if function is None:
             return
         service = model.service_model.signing_name
-        operation = _S3_ACTIONS.get(model.name, model.name) if service == "s3" else model.name
+        operation = model.name
+        if service == "s3":
+            operation = _S3_ACTIONS.get(operation, operation)
+            if "versionId" in (params or {}).get("query_string", {}):
+                operation = _S3_VERSION_ACTIONS.get(operation, operation)
         self.actions.setdefault(function, set()).add(f"{service}:{operation}")
 
 

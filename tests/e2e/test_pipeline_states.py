@@ -109,6 +109,8 @@ def test_every_aws_call_a_handler_makes_is_allowed_by_its_role(succeeded_states,
         "SlaGuardFunction",
         "NotifyFunction",
     } <= set(calls)
+    # AND a read of one version of an object is recorded as its own action (the upload's, headed by its version id)
+    assert "s3:GetObjectVersion" in calls["StartPipelineFunction"]
     # WHEN each is checked against the role template.yaml gives the function
     missing = refused_calls(template, calls)
     # THEN nothing a deployed handler would do is refused by IAM
