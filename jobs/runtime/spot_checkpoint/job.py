@@ -368,6 +368,7 @@ class CheckpointedJob:
         retry = self.start_retry
         give_up_at: float | None = None
         failures = 0
+        reached = False  # S3 answered one of the tries (throttled, failing): the job's network has a route to it
         while True:
             try:
                 return read()
@@ -376,11 +377,12 @@ class CheckpointedJob:
                 if kind is None:
                     raise
                 failures += 1
+                reached = reached or kind != TRANSIENT_UNREACHABLE
                 now = retry.clock()
                 give_up_at = now + retry.seconds if give_up_at is None else give_up_at
                 delay = retry.delay(failures)
                 if now + delay > give_up_at:
-                    self._give_up(what, exc, kind, failures)
+                    self._give_up(what, exc, failures, reached=reached)
                 logger.warning("reading the %s failed (%s); trying again in %.1f s", what, exc, delay)
                 self._emit("read_retry", what=what, error=str(exc), failures=failures, delay_seconds=delay)
                 self._wait_before_retry(delay)
@@ -403,9 +405,9 @@ class CheckpointedJob:
             self._exit(stop, EXIT_STOPPED_WITHOUT_CHECKPOINT)
         self._stop_before_work()
 
-    def _give_up(self, what: str, exc: Exception, kind: str, failures: int) -> NoReturn:
+    def _give_up(self, what: str, exc: Exception, failures: int, *, reached: bool) -> NoReturn:
         seconds = self.start_retry.seconds
-        if kind == TRANSIENT_UNREACHABLE:
+        if not reached:
             raise InputError(
                 f"reading the {what}: S3 could not be reached in {failures} tries over {seconds:g} s ({exc}): "
                 "check the job's network route to S3"

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
+from botocore.exceptions import ClientError, ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError
 from spot_checkpoint import (
     EXIT_CHECKPOINTED,
     EXIT_S3_UNAVAILABLE,
@@ -216,6 +216,35 @@ def test_a_job_that_never_reaches_s3_is_an_application_error_told_in_one_line(
     assert fake_time.now <= StartRetry().seconds
     told = [line for line in capsys.readouterr().err.splitlines() if line.startswith("preprocess:")]
     assert len(told) == 1 and "could not be reached" in told[0] and "network route to S3" in told[0]
+
+
+class ThrottledThenTimingOut(S3Passthrough):
+    """S3 throttling every listing of the checkpoint prefix for the first `throttled_seconds` of `fake_time`, then every
+    connection to it timing out (a NAT gateway swamped by the shards starting together, say)."""
+
+    def __init__(self, s3: Any, fake_time: FakeTime, throttled_seconds: float) -> None:
+        super().__init__(s3)
+        self.fake_time = fake_time
+        self.throttled_seconds = throttled_seconds
+
+    def list_objects_v2(self, **kwargs: Any) -> Any:
+        if self.fake_time.now < self.throttled_seconds:
+            raise _slow_down("ListObjectsV2")
+        raise ConnectTimeoutError(endpoint_url="https://checkpoint-tests.s3.amazonaws.com")
+
+
+def test_a_job_that_reached_s3_before_its_connections_timed_out_stops_for_a_resubmission(
+    s3: Any, monkeypatch: pytest.MonkeyPatch, fake_time: FakeTime
+) -> None:
+    # GIVEN a job whose checkpoint listing S3 throttles for its first 100 s and whose connections then time out
+    env = stage_env("mix", "preprocess", INPUT_CSV)
+    as_in_container(monkeypatch, env, ThrottledThenTimingOut(s3, fake_time, throttled_seconds=100))
+    # WHEN it runs as its container does
+    with pytest.raises(Stopped) as stopped:
+        preprocess.main()
+    # THEN S3 answered it (throttled): its network has a route to S3, so it stops with the code of S3 unavailable for a
+    # resubmission, not exit 1 blaming the route, which the last failure alone made it (spending a stage retry)
+    assert (stopped.value.code, stopped.value.stop.reason) == (EXIT_S3_UNAVAILABLE, REASON_S3_UNAVAILABLE)
 
 
 @pytest.mark.parametrize("code", ["AccessDenied", "NoSuchBucket"])
