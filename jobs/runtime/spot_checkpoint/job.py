@@ -612,9 +612,10 @@ class CheckpointedJob:
             assert stop is not None
             self._exit(stop, EXIT_CHECKPOINTED if self.store is not None else EXIT_STOPPED_WITHOUT_CHECKPOINT)
 
-    @staticmethod
-    def _stops_before_work(stop: StopSignal | None) -> bool:
-        return stop is not None and stop.request_id is None
+    def _stops_before_work(self, stop: StopSignal | None) -> bool:
+        # A request that claimed the stop first leaves a SIGTERM after it unrecorded as the reason, but not unsent: the
+        # job is being ended (a requeue asks, then terminates it), and Batch's SIGKILL follows its stop timeout.
+        return stop is not None and (stop.request_id is None or self.watcher.signals_received > 0)
 
     def _exit(self, stop: StopSignal, exit_code: int) -> NoReturn:
         self._account()

@@ -179,6 +179,30 @@ def test_a_sigterm_while_the_start_waits_to_try_again_stops_the_job_at_once(
     assert events.named("checkpoint_saved") == []
 
 
+def test_a_sigterm_after_a_checkpoint_request_while_the_input_read_waits_to_try_again_stops_the_job_at_once(
+    s3: Any, events: EventRecorder, fake_time: FakeTime
+) -> None:
+    # GIVEN a started part that has seen the control plane's checkpoint request (a requeue asks, then terminates the
+    # job), and whose input read S3 throttles on every try
+    CheckpointStore(s3, URI).request_checkpoint("requeue to On-Demand", attempt=2)
+    job = make_job(s3, events, uri=URI, attempt=2)
+
+    def throttled_read() -> bytes:
+        raise _slow_down("GetObject")
+
+    fake_time.on_sleep = lambda: os.kill(os.getpid(), signal.SIGTERM)
+    # WHEN Batch's SIGTERM comes during the first wait to read the input again
+    with sigterm_unhandled(), job, pytest.raises(Stopped) as stopped:
+        assert job.stop_signal is not None and job.stop_signal.request_id is not None
+        job.read_input(throttled_read, "input")
+    # THEN it stopped within that wait, exit 86 with nothing written, as for a SIGTERM with no request before it (the
+    # request had claimed the stop, so the SIGTERM was ignored and the job waited out its 300 s of tries, well past
+    # Batch's stop timeout and its SIGKILL)
+    assert stopped.value.code == EXIT_CHECKPOINTED
+    assert fake_time.slept == [0.1]
+    assert events.named("checkpoint_saved") == []
+
+
 def test_a_spot_notice_while_the_start_waits_to_try_again_stops_the_job_at_once(
     s3: Any, events: EventRecorder, fake_time: FakeTime
 ) -> None:
