@@ -8,6 +8,7 @@ import os
 import random
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -182,7 +183,7 @@ class RuntimeConfig:
             part=part,
             part_index=part_index,
             parts_total=parts_total,
-            metadata_endpoint=None if disabled else env.get(ENV_METADATA_ENDPOINT) or DEFAULT_ENDPOINT,
+            metadata_endpoint=None if disabled else _metadata_endpoint(env),
             poll_seconds=number_between(env, ENV_POLL_SECONDS, 5.0, MIN_POLL_SECONDS, MAX_POLL_SECONDS),
             interval=interval,
             keep=whole_number(env, ENV_KEEP, DEFAULT_KEEP),
@@ -208,6 +209,25 @@ def _checkpoint_uri(env: Mapping[str, str]) -> str | None:
             f"s3://{bucket}/checkpoints/<run>/<stage>/"
         )
     return uri
+
+
+def _metadata_endpoint(env: Mapping[str, str]) -> str:
+    """The instance metadata endpoint, an ``http(s)://host[:port]/`` URL, the default unset or blank. Any other value
+    (``169.254.169.254`` without its scheme, say) is an input error, as botocore makes it: every look would fail, and
+    the job would never see a Spot notice, warned of only as a service it could not reach."""
+    endpoint = env.get(ENV_METADATA_ENDPOINT, "").strip()
+    if not endpoint:
+        return DEFAULT_ENDPOINT
+    try:
+        parts = urllib.parse.urlsplit(endpoint)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # a port that is not a number, a bracket left open
+        usable = False
+    if not usable:
+        raise InputError(
+            f"environment variable {ENV_METADATA_ENDPOINT} must be an http:// or https:// URL, not {endpoint!r}"
+        )
+    return endpoint
 
 
 def _check_part_of(index_name: str, index: int, total_name: str, total: int) -> None:

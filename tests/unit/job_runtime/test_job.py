@@ -142,6 +142,19 @@ def test_config_from_environment_names_the_part() -> None:
             r"SPOT_CHECKPOINT_MIN_INTERVAL_SECONDS \(1200 s\) must not be above SPOT_CHECKPOINT_MAX_INTERVAL_SECONDS "
             r"\(900 s\)",
         ),
+        # An instance metadata endpoint no request can be sent to: the job would never see a Spot notice
+        (
+            {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "169.254.169.254"},
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT must be an http:// or https:// URL, not '169.254.169.254'",
+        ),
+        (
+            {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http:///latest/"},
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT must be an http:// or https:// URL, not 'http:///latest/'",
+        ),
+        (
+            {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://169.254.169.254:80a/"},
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT must be an http:// or https:// URL, not 'http://169.254.169.254:80a/'",
+        ),
         # A checkpoint prefix the store cannot take
         ({"CHECKPOINT_URI": "checkpoints/run-1/hpc/"}, "CHECKPOINT_URI: not an s3:// URI: 'checkpoints/run-1/hpc/'"),
         ({"CHECKPOINT_URI": "s3:///checkpoints/"}, "CHECKPOINT_URI: no bucket in 's3:///checkpoints/'"),
@@ -183,6 +196,9 @@ def test_config_from_environment_names_the_part() -> None:
         "parts-zero",
         "min-interval-above-max",
         "min-interval-above-the-default-max",
+        "metadata-endpoint-without-a-scheme",
+        "metadata-endpoint-without-a-host",
+        "metadata-endpoint-port-not-a-number",
         "checkpoint-uri-not-s3",
         "checkpoint-uri-no-bucket",
         "checkpoint-uri-a-bucket-root",
@@ -199,6 +215,25 @@ def test_a_runtime_setting_it_cannot_use_is_an_input_error_naming_it(environ: di
     # setting does: the job reports it in one line and exits 1
     with pytest.raises(InputError, match=message):
         RuntimeConfig.from_environ(environ)
+
+
+@pytest.mark.parametrize(
+    ("environ", "endpoint"),
+    [
+        ({}, "http://169.254.169.254/"),
+        ({"AWS_EC2_METADATA_SERVICE_ENDPOINT": " "}, "http://169.254.169.254/"),
+        ({"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://[fd00:ec2::254]"}, "http://[fd00:ec2::254]"),
+        ({"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:1338/"}, "http://127.0.0.1:1338/"),
+        ({"AWS_EC2_METADATA_SERVICE_ENDPOINT": "169.254.169.254", "AWS_EC2_METADATA_DISABLED": "true"}, None),
+    ],
+    ids=["unset", "blank", "ipv6", "loopback-with-a-port", "disabled"],
+)
+def test_an_instance_metadata_endpoint_url_is_taken(environ: dict[str, str], endpoint: str | None) -> None:
+    # GIVEN an endpoint unset, blank or a URL, or any endpoint with instance metadata turned off
+    # WHEN the runtime reads its settings
+    config = RuntimeConfig.from_environ(environ)
+    # THEN it polls that URL, the default one, or none
+    assert config.metadata_endpoint == endpoint
 
 
 @pytest.mark.parametrize("poll", ["0.01", "60"])
