@@ -197,6 +197,25 @@ def test_an_input_bucket_that_does_not_exist_is_an_input_error(s3: Any) -> None:
         preprocess.run(s3, stage_env("gone", "preprocess", input_uri))
 
 
+@pytest.mark.parametrize(
+    ("run", "input_uri"),
+    [
+        (preprocess.run, "incoming/sources.csv"),
+        (hpc.run, f"https://{BUCKET}.s3.amazonaws.com/sources.csv"),
+        (postprocess.run, f"s3:///intermediate/{BUCKET}/hpc/"),
+    ],
+    ids=["preprocess-a-key", "hpc-an-https-url", "postprocess-no-bucket"],
+)
+def test_an_input_uri_that_is_no_s3_uri_is_an_input_error_naming_it(
+    s3: Any, run: Callable[[Any, dict[str, str]], None], input_uri: str
+) -> None:
+    # GIVEN a stage's input given as something other than s3://bucket/key (a job run by hand, say)
+    # WHEN / THEN the job fails with an input error naming it, which it tells in one line and exits 1 with (a
+    # ValueError's traceback before)
+    with pytest.raises(InputError, match=re.escape(repr(input_uri))):
+        run(s3, stage_env("uri", "stage", input_uri))
+
+
 # -- hpc ----------------------------------------------------------------------------------------------------------
 
 HPC = {"HPC_GRID": "8", "HPC_MEMBERS": "2", "HPC_STEPS": "2", "HPC_STEPS_PER_UNIT": "2"}
