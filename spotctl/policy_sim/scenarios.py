@@ -30,6 +30,10 @@ REQUIRED_NUMBERS = (
     "spot_price",
 )
 
+# USD per hour for a whole job: a thousand nodes of the dearest instance EC2 sells cost well under it. A price past it
+# is a typo, whose costs would print hundreds of digits long or overflow to infinity.
+MAX_PRICE_PER_HOUR = 1e6
+
 
 class ScenarioError(ValueError):
     """A scenario that cannot be run; the benchmark reports it as error rows."""
@@ -97,6 +101,9 @@ def parse_scenario(raw: Any, index: int) -> Scenario:
     for name in ("start_tick", "changeover_hours", "od_price", "spot_price"):
         if numbers[name] < 0:
             raise ScenarioError(f"{name} must not be negative")
+    for name in ("od_price", "spot_price"):
+        if numbers[name] > MAX_PRICE_PER_HOUR:
+            raise ScenarioError(f"{name} must be at most {MAX_PRICE_PER_HOUR:,.0f} USD per hour")
     if not numbers["nodes"].is_integer() or not numbers["start_tick"].is_integer():
         raise ScenarioError("nodes and start_tick must be integers")
     if not isinstance(raw["trace"], str) or not raw["trace"]:

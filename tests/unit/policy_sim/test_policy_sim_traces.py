@@ -94,6 +94,9 @@ def test_changeover_ticks_round_ties_to_even_despite_float_noise(tmp_path, chang
         # json.loads reads NaN and Infinity; NaN passes every `<= 0` check
         ({"deadline_hours": float("nan")}, "deadline_hours must be a finite number"),
         ({"od_price": float("inf")}, "od_price must be a finite number"),
+        # a price no job pays, whose costs would print hundreds of digits long, or overflow to infinity
+        ({"od_price": 1e300}, "od_price must be at most 1,000,000 USD per hour"),
+        ({"spot_price": 2e6}, "spot_price must be at most 1,000,000 USD per hour"),
         ({"stages": [{"compute_hours": float("nan")}]}, "compute_hours must be a finite number"),
         # bool("false") is True, and a bool is an int
         ({"stages": [{"compute_hours": 1.5, "spot": "false"}]}, "spot must be true or false"),
