@@ -59,6 +59,9 @@ def test_state_machine_definition_has_substituted_arns_and_context_paths(plane):
     task = json.loads(definition)["States"]["Preprocess"]
     assert task["Parameters"]["FunctionName"].startswith("arn:aws:lambda:")
     assert task["Parameters"]["Payload"]["task_token.$"] == "$$.Task.Token"
+    # AND the runner is told which attempt of the state gave the token, to keep a later one's
+    assert task["Parameters"]["Payload"]["task_entered_at.$"] == "$$.State.EnteredTime"
+    assert task["Parameters"]["Payload"]["task_retry.$"] == "$$.State.RetryCount"
 
 
 def test_foreign_instance_warning_is_ignored_and_recorded(plane):

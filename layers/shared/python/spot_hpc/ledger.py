@@ -181,6 +181,10 @@ class Stage:
     job_id: str | None = None
     capacity: str | None = None
     task_token: str | None = None
+    # Which attempt of the state machine's task gave `task_token`: when its state was entered (epoch ms) and its retry
+    # count. A token from an earlier attempt is not written over it (`take_task_token`).
+    task_entered_ms: int | None = None
+    task_retry: int = 0
     app_retries_used: int = 0
     # Attempts placed again, spending no retry, because S3 failed their job's start (exit 88; `job_events`).
     s3_resubmits_used: int = 0
@@ -509,6 +513,29 @@ class Ledger:
 
     def update_stage(self, run_id: str, stage: str, removes: tuple[str, ...] = (), **sets: Any) -> Stage:
         return _record(Stage, self._update(_stage_key(run_id, stage), sets, removes))  # type: ignore[no-any-return]
+
+    def take_task_token(
+        self, run_id: str, stage: str, token: str, entered_ms: int | None = None, retry: int = 0
+    ) -> Stage | None:
+        """Keeps the state machine's task token for the stage, unless a later attempt of its task state gave one:
+        after a `Lambda.ServiceException` the state machine may retry the runner while the invocation before still
+        runs, and that one may write last. Attempts are ordered by when their state was entered (a redrive enters it
+        anew) then by retry count. None when a later attempt's token is kept; a token given with no order (from an
+        execution started before it was sent) is kept as it comes."""
+        if entered_ms is None:
+            return self.update_stage(run_id, stage, task_token=token)
+        try:
+            return _record(  # type: ignore[no-any-return]
+                Stage,
+                self._update(
+                    _stage_key(run_id, stage),
+                    {"task_token": token, "task_entered_ms": entered_ms, "task_retry": retry},
+                    condition="attribute_not_exists(#task_entered_ms) OR #task_entered_ms < :task_entered_ms"
+                    " OR (#task_entered_ms = :task_entered_ms AND #task_retry <= :task_retry)",
+                ),
+            )
+        except LedgerConflict:
+            return None
 
     def drop_spot_wait(self, run_id: str, stage: str, since: str) -> None:
         """Removes the stage's wait for Spot that started at `since`, learning nothing from it (it never was one: its

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from spot_hpc.events import TERMINAL_STATUSES
 from spot_hpc.job_events import answer_state_machine
@@ -27,6 +27,9 @@ class StageRequest(BaseModel):
     run_id: str = Field(min_length=1)
     stage: str
     task_token: str = Field(min_length=1)
+    # Which attempt of the task state gave the token ($$.State.EnteredTime, $$.State.RetryCount)
+    task_entered_at: AwareDatetime | None = None
+    task_retry: int = Field(default=0, ge=0)
 
 
 class StageRequestError(ValueError):
@@ -45,7 +48,13 @@ def run_stage(svc: Services, payload: dict[str, Any]) -> dict[str, Any]:
     if run is None or stage is None:
         raise StageRequestError(f"run {request.run_id} / stage {request.stage} is not in the ledger")
     # A retried invocation (the Lambda or the state machine retried) brings a new token: the one answered is the latest.
-    stage = svc.ledger.update_stage(run.run_id, stage.stage, task_token=request.task_token)
+    entered_ms = round(request.task_entered_at.timestamp() * 1000) if request.task_entered_at else None
+    taken = svc.ledger.take_task_token(run.run_id, stage.stage, request.task_token, entered_ms, request.task_retry)
+    if taken is None:
+        # A later attempt of the task runs (or ran): its token is the one the state machine waits on, and it places.
+        logger.info("a later attempt of the stage's task holds its token", extra={"run_id": run.run_id})
+        return {"status": "superseded", "stage": stage.stage}
+    stage = taken
     if stage.status != "PENDING":  # placed already: place nothing twice
         if stage.status in TERMINAL_STATUSES:
             # Settled already, and answered on the old token: the new one would otherwise wait forever.
