@@ -7,7 +7,9 @@ Warning" for the instance, and then terminates it (DescribeInstances gives the S
 Server.SpotInstanceTermination) whether or not its job stopped first; a job still running there fails with
 statusReason "Host EC2 (instance i-...) terminated.";
 TerminateJob fails a job with the given reason (a running one checkpoints on the SIGTERM and exits 86, as the
-job runtime does); retryStrategy.evaluateOnExit decides whether Batch retries.
+job runtime does); an attempt running past its timeout (attemptDurationSeconds, the submission's or else the job
+definition's, from the attempt's startedAt) is ended the same way with statusReason "Job attempt duration exceeded
+timeout", and never retried; retryStrategy.evaluateOnExit decides whether Batch retries any other failure.
 Each job runs a workload model: it needs `stage_hours` of compute, resumes from the stage's newest complete
 checkpoint (the job runtime's own store, spot_checkpoint), checkpoints periodically, on the interruption notice (it
 polls instance metadata) and when the control plane asks, and exits with the runtime's codes.
@@ -41,6 +43,7 @@ from spotctl.policy_sim.traces import load_trace
 
 WARNING_LEAD = timedelta(minutes=2)
 CONTAINER_EXITED = "Essential container in task exited"  # Batch's statusReason when the container's process ends
+TIMED_OUT = "Job attempt duration exceeded timeout"  # Batch's statusReason for an attempt it ended at its timeout
 DEFAULT_INSTANCE_TYPE = "c6i.4xlarge"  # for a compute environment that lists no instance types
 SPOT_TERMINATION = "Server.SpotInstanceTermination"  # EC2's StateReason code for an instance it took back
 START_DELAY = timedelta(minutes=4)  # instance launch + image pull + restore: the changeover the policy assumes
@@ -100,6 +103,8 @@ class EmulatedJob:
     is_multinode: bool = False
     array_size: int | None = None
     instance_type: str = DEFAULT_INSTANCE_TYPE
+    # How long an attempt may run before Batch ends it; an array's children each have the whole of it.
+    attempt_timeout: timedelta | None = None
     # An array job is a parent that never runs and one child per index ("<parent id>:<index>"), as in AWS Batch.
     parent_id: str | None = None
     array_index: int | None = None
@@ -261,6 +266,7 @@ class BatchEmulator:
             else 1
         )
         array_size = (kwargs.get("arrayProperties") or {}).get("size")
+        timeout = (kwargs.get("timeout") or definition.timeout or {}).get("attemptDurationSeconds")
         job = EmulatedJob(
             job_id=str(uuid.uuid4()),
             name=kwargs["jobName"],
@@ -276,6 +282,7 @@ class BatchEmulator:
             is_multinode=is_multinode,
             array_size=array_size,
             instance_type=listed[0] if listed else DEFAULT_INSTANCE_TYPE,
+            attempt_timeout=timedelta(seconds=int(timeout)) if timeout else None,
         )
         job.work_hours = self.stage_hours.get(job.stage, 1.0)
         self.jobs[job.job_id] = job
@@ -379,11 +386,7 @@ class BatchEmulator:
             self._advance_array(job)
             return
         if job.terminate_reason:
-            exit_code = None
-            if job.status == "RUNNING":
-                # The job runtime takes Batch's SIGTERM as a stop: it checkpoints and exits 86, or 87 with no store.
-                self._checkpoint(job, now, "terminate (SIGTERM)")
-                exit_code = EXIT_CHECKPOINTED if self._store(job) else EXIT_STOPPED_WITHOUT_CHECKPOINT
+            exit_code = self._stop_on_sigterm(job, now, "terminate") if job.status == "RUNNING" else None
             self._finish(job, "FAILED", job.terminate_reason, exit_code=exit_code)
             return
         if job.status == "SUBMITTED":
@@ -442,6 +445,10 @@ class BatchEmulator:
         if job.reclaim_at and now >= job.reclaim_at:
             self._finish(job, "FAILED", f"Host EC2 (instance {job.instance_id}) terminated.", exit_code=None)
             return
+        if job.attempt_timeout and job.started_at and now - job.started_at >= job.attempt_timeout:
+            exit_code = self._stop_on_sigterm(job, now, "attempt timeout")
+            self._finish(job, "FAILED", TIMED_OUT, exit_code=exit_code, retryable=False)
+            return
         if job.warned_at is None:
             job.progress = min(1.0, job.progress + step.total_seconds() / 3600 / job.work_hours)
         if job.stage in self.failing_stages:
@@ -498,6 +505,12 @@ class BatchEmulator:
         store.save(json.dumps({"progress": job.progress}).encode(), progress=job.progress)
         job.last_checkpoint, job.last_checkpoint_at = job.progress, now
 
+    def _stop_on_sigterm(self, job: EmulatedJob, now: datetime, why: str) -> int:
+        """The exit code of a running job Batch sends SIGTERM to: the job runtime takes it as a stop, checkpoints and
+        exits 86, or 87 with no store."""
+        self._checkpoint(job, now, f"{why} (SIGTERM)")
+        return EXIT_CHECKPOINTED if self._store(job) else EXIT_STOPPED_WITHOUT_CHECKPOINT
+
     def _checkpoint_requested(self, job: EmulatedJob) -> bool:
         store = self._store(job)
         if store is None:
@@ -552,7 +565,9 @@ class BatchEmulator:
             instance = ec2_backends[ACCOUNT_ID][REGION].get_instance(instance_id)
             instance.state_reason = StateReason(f"{SPOT_TERMINATION}: Spot instance termination", SPOT_TERMINATION)
 
-    def _finish(self, job: EmulatedJob, status: str, reason: str, exit_code: int | None) -> None:
+    def _finish(
+        self, job: EmulatedJob, status: str, reason: str, exit_code: int | None, retryable: bool = True
+    ) -> None:
         job.stopped_at = self._now()
         if self.reuses_idle_instances and job.started_at is not None and job.warned_at is None:
             # Its instances stay, idle (a warned one's is about to be reclaimed).
@@ -567,7 +582,7 @@ class BatchEmulator:
                 "statusReason": reason,
             }
         )
-        if status == "FAILED" and self._batch_retries(job, reason, exit_code):
+        if status == "FAILED" and retryable and self._batch_retries(job, reason, exit_code):
             return
         job.status_reason = reason
         self._log(

@@ -491,6 +491,28 @@ def test_a_stage_longer_than_its_job_definitions_timeout_gets_an_attempt_timeout
     assert submitted[0]["timeout"] == {"attemptDurationSeconds": (20 * 2 + 1) * 3600}
 
 
+def test_an_attempt_batch_ends_at_its_timeout_spends_a_retry_and_the_next_resumes_from_its_checkpoint(tmp_path):
+    # GIVEN Spot capacity throughout, and a run declaring a half-hour preprocess whose work takes three hours: Batch
+    # ends each attempt after twice the declared compute and an hour (two hours)
+    stage_hours = {**QUICK_STAGES, "preprocess": 3.0}
+    with OfflineControlPlane(trace=steady_trace(tmp_path, 1), stage_hours=stage_hours) as plane:
+        upload_quick_run(plane, 12)
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=8)
+        run, preprocess = _attempts(plane, "preprocess")
+        stage = control_plane_services(plane).ledger.get_stage(run.run_id, "preprocess")
+    # THEN the first attempt ended as a timeout, which spent one of the stage's retries and was told as no
+    # interruption; the second resumed from the checkpoint the first wrote on Batch's SIGTERM, and the run succeeded
+    assert [(a.status, a.failure_class, a.status_reason) for a in preprocess] == [
+        ("FAILED", "timeout", "Job attempt duration exceeded timeout"),
+        ("SUCCEEDED", None, "Essential container in task exited"),
+    ]
+    assert hours_between(parse_time(preprocess[0].started_at), parse_time(preprocess[0].stopped_at)) == 2.0
+    assert hours_between(parse_time(preprocess[1].started_at), parse_time(preprocess[1].stopped_at)) < 1.5
+    assert stage is not None and stage.app_retries_used == 1
+    assert status == "SUCCEEDED"
+
+
 def test_batch_throttling_is_retried_without_a_second_job(monkeypatch):
     from moto.core.exceptions import JsonRESTError
 

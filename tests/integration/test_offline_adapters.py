@@ -470,6 +470,36 @@ def test_a_running_job_terminated_stops_as_the_job_runtime_does_on_sigterm(plane
         assert latest is not None and latest.progress > 0
 
 
+def test_a_job_running_past_its_attempt_timeout_is_ended_by_batch_and_not_retried(plane):
+    # GIVEN a container job on On-Demand, outside any pipeline, whose work (an hour) outlasts the ten-minute attempt
+    # timeout it is submitted with; its definition's retryStrategy gives it a second attempt
+    batch = boto3.client("batch", region_name=REGION)
+    checkpoint_uri = f"s3://{plane.bucket}/checkpoints/probe-timeout/"
+    job_id = submit_probe(
+        plane,
+        "probe-timeout",
+        "OnDemandJobQueue",
+        "PreprocessJobDefinition",
+        containerOverrides={"environment": [{"name": "CHECKPOINT_URI", "value": checkpoint_uri}]},
+        timeout={"attemptDurationSeconds": 600},
+    )
+    # WHEN virtual time passes its start and ten minutes more
+    for _ in range(20):
+        plane.step()
+    # THEN Batch ended the attempt as it ends one that timed out: SIGTERM, on which the job runtime checkpoints and
+    # exits 86, the reason Batch gives a timeout, and no retry (Batch retries no attempt that timed out)
+    job = batch.describe_jobs(jobs=[job_id])["jobs"][0]
+    assert (job["status"], job["statusReason"], job["container"].get("exitCode")) == (
+        "FAILED",
+        "Job attempt duration exceeded timeout",
+        86,
+    )
+    assert len(job["attempts"]) == 1
+    assert job["stoppedAt"] - job["startedAt"] == 600 * 1000
+    latest = CheckpointStore(boto3.client("s3", region_name=REGION), checkpoint_uri).latest()
+    assert latest is not None and latest.progress > 0
+
+
 def test_send_task_failure_keeps_its_cause(plane):
     # GIVEN moto's Step Functions response layer, with the adapter the plane installs, over a recording backend
     from moto.stepfunctions.responses import StepFunctionResponse
