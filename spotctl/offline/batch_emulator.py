@@ -9,7 +9,9 @@ statusReason "Host EC2 (instance i-...) terminated.";
 TerminateJob fails a job with the given reason (a running one checkpoints on the SIGTERM and exits 86, as the
 job runtime does); an attempt running past its timeout (attemptDurationSeconds, the submission's or else the job
 definition's, from the attempt's startedAt) is ended the same way with statusReason "Job attempt duration exceeded
-timeout", and never retried; retryStrategy.evaluateOnExit decides whether Batch retries any other failure.
+timeout", and never retried; neither is a terminated job. Any other failure Batch retries while the retry strategy
+(the submission's, else the job definition's) has attempts left, unless the first evaluateOnExit rule it matches says
+EXIT: a failure no rule matches is retried.
 Each job runs a workload model: it needs `stage_hours` of compute, resumes from the stage's newest complete
 checkpoint (the job runtime's own store, spot_checkpoint), checkpoints periodically, on the interruption notice (it
 polls instance metadata) and when the control plane asks, and exits with the runtime's codes.
@@ -278,7 +280,7 @@ class BatchEmulator:
             tags=dict(kwargs.get("tags") or {}),
             parameters={**(definition.parameters or {}), **(kwargs.get("parameters") or {})},
             created_at=self._now(),
-            retry_strategy=definition.retry_strategy or {},
+            retry_strategy=kwargs.get("retryStrategy") or definition.retry_strategy or {},
             is_multinode=is_multinode,
             array_size=array_size,
             instance_type=listed[0] if listed else DEFAULT_INSTANCE_TYPE,
@@ -387,7 +389,7 @@ class BatchEmulator:
             return
         if job.terminate_reason:
             exit_code = self._stop_on_sigterm(job, now, "terminate") if job.status == "RUNNING" else None
-            self._finish(job, "FAILED", job.terminate_reason, exit_code=exit_code)
+            self._finish(job, "FAILED", job.terminate_reason, exit_code=exit_code, retryable=False)
             return
         if job.status == "SUBMITTED":
             self._set(job, "PENDING")
@@ -592,10 +594,12 @@ class BatchEmulator:
         self._set(job, status)
 
     def _batch_retries(self, job: EmulatedJob, reason: str, exit_code: int | None) -> bool:
-        """retryStrategy: the first matching evaluateOnExit rule decides; RETRY while attempts remain."""
+        """retryStrategy: while attempts remain, the first matching evaluateOnExit rule decides, and a failure no rule
+        matches (or that of a strategy with no rules) is retried."""
         attempts = int(job.retry_strategy.get("attempts", 1))
         if len(job.attempts) >= attempts:
             return False
+        action = "RETRY"
         for rule in job.retry_strategy.get("evaluateOnExit", []):
             if "onStatusReason" in rule and not fnmatch.fnmatchcase(reason, rule["onStatusReason"]):
                 continue
@@ -603,12 +607,14 @@ class BatchEmulator:
                 continue
             if "onExitCode" in rule and not fnmatch.fnmatchcase(str(exit_code), rule["onExitCode"]):
                 continue
-            if rule.get("action", "").upper() == "RETRY":
-                job.status, job.runnable_since, job.started_at = "RUNNABLE", self._now(), None
-                self._set(job, "RUNNABLE")
-                return True
+            action = rule.get("action", "").upper()
+            break
+        if action != "RETRY":
             return False
-        return False
+        # The next attempt starts afresh: a new instance, and the last one's warning and reclaim are not its own.
+        job.runnable_since, job.started_at, job.warned_at, job.reclaim_at = self._now(), None, None, None
+        self._set(job, "RUNNABLE")
+        return True
 
     def _set(self, job: EmulatedJob, status: str) -> None:
         job.status = status

@@ -500,6 +500,45 @@ def test_a_job_running_past_its_attempt_timeout_is_ended_by_batch_and_not_retrie
     assert latest is not None and latest.progress > 0
 
 
+@pytest.mark.parametrize(
+    ("retry_strategy", "terminated", "attempts"),
+    [
+        ({"attempts": 2}, False, 2),
+        ({"attempts": 2, "evaluateOnExit": [{"onExitCode": "1", "action": "EXIT"}]}, False, 2),
+        ({"attempts": 2, "evaluateOnExit": [{"onExitCode": "3", "action": "EXIT"}]}, False, 1),
+        ({"attempts": 2}, True, 1),
+    ],
+    ids=["no-rules", "no-rule-matches", "a-rule-exits", "terminated"],
+)
+def test_batch_retries_a_failed_attempt_as_the_submitted_retry_strategy_says(
+    plane, monkeypatch, retry_strategy, terminated, attempts
+):
+    # GIVEN a container job on On-Demand, outside any pipeline, submitted with a retry strategy of its own in place of
+    # its definition's; its workload exits 3 after its first step of work, or runs on until it is terminated
+    stage = f"probe-retry-{len(plane.batch.jobs)}"
+    if not terminated:
+        monkeypatch.setitem(plane.batch.failing_stages, stage, 3)
+    batch = boto3.client("batch", region_name=REGION)
+    job_id = submit_probe(
+        plane,
+        stage,
+        "OnDemandJobQueue",
+        "PreprocessJobDefinition",
+        containerOverrides={"environment": [{"name": "STAGE", "value": stage}]},
+        retryStrategy=retry_strategy,
+    )
+    # WHEN it runs to its end, or is terminated once running
+    for _ in range(20):
+        if terminated and batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "RUNNING":
+            batch.terminate_job(jobId=job_id, reason="spot-hpc: probe terminated")
+        plane.step()
+    # THEN Batch retried it while attempts remained unless a rule said EXIT: a failure no rule matches is retried, a
+    # terminated job never is
+    job = batch.describe_jobs(jobs=[job_id])["jobs"][0]
+    assert (job["status"], len(job["attempts"])) == ("FAILED", attempts)
+    assert job["statusReason"] == ("spot-hpc: probe terminated" if terminated else "Essential container in task exited")
+
+
 def test_send_task_failure_keeps_its_cause(plane):
     # GIVEN moto's Step Functions response layer, with the adapter the plane installs, over a recording backend
     from moto.stepfunctions.responses import StepFunctionResponse
