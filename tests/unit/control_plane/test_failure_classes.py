@@ -96,6 +96,19 @@ def test_a_job_tagged_with_an_attempt_that_is_not_ascii_digits_is_not_adopted(ta
     assert _adopt(svc, detail) is None
 
 
+def test_a_node_of_a_multinode_job_is_not_adopted_as_the_stages_job():
+    # GIVEN a stage whose multi-node job was submitted by a runner that died before recording it, and a Batch event
+    # for one of its nodes (`<job id>#<node index>`), which carries the job's tags
+    stage = Stage("r1", "hpc", 1, 4.0, False, 4, attempt=1, capacity="on-demand")
+    svc = SimpleNamespace(ledger=SimpleNamespace(get_stage=lambda run_id, name: stage))
+    detail = _detail("Essential container in task exited", 0).detail.model_copy(
+        update={"job_id": "4c1e-77#2", "tags": {TAG_RUN: "r1", TAG_STAGE: "hpc", TAG_ATTEMPT: "1"}}
+    )
+    # WHEN / THEN the node is not taken as the stage's job: the job itself is (its own event, or the guard's repair),
+    # whose id the stage must hold to be answered, terminated and billed
+    assert _adopt(svc, detail) is None
+
+
 @pytest.mark.parametrize(
     ("capacity", "failure", "title", "words"),
     [

@@ -212,6 +212,8 @@ def _track_spot_wait(svc: Services, ref: JobRef, status: str, shard: bool = Fals
 
 def _adopt(svc: Services, detail: BatchJobDetail) -> JobRef | None:
     """A job submitted by a handler that crashed before recording it: its tags say whose it is."""
+    if "#" in detail.job_id:  # a node of a multi-node job (`<job id>#<node>`) has its job's tags, not its id
+        return None
     run_id, stage_name = detail.tags.get(TAG_RUN), detail.tags.get(TAG_STAGE)
     attempt_tag = detail.tags.get(TAG_ATTEMPT, "")
     if not (run_id and stage_name and ascii_digits(attempt_tag)):
