@@ -335,6 +335,28 @@ def test_a_run_end_notice_whose_webhook_secret_could_not_be_read_reaches_slack_o
     assert ["Pipeline failed: run run-1" in m["text"] for m in sink.delivered_messages] == [True]
 
 
+def test_a_run_end_notice_whose_webhook_secret_holds_no_usable_url_reaches_slack_once_the_secret_is_fixed(
+    svc: Services, sink: WebhookSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a failed run, and the webhook secret holding its URL with a line break after it (as a secret read from a
+    # file gets), which is no webhook URL the sender takes; the secret read afresh each time
+    _failed_hpc_run(svc.ledger)
+    secret_id = svc.settings.slack_secret_id
+    svc.secrets.put_secret_value(SecretId=secret_id, SecretString=sink.url + "\n")
+    monkeypatch.setattr(notifier, "WEBHOOK_MAX_AGE_SECONDS", 0)
+
+    # WHEN the run's end is told, then the secret is fixed and the SLA guard sends the parked notices
+    settlement = finish(svc, {"run_id": "run-1", "outcome": "failed", "error": ERROR})
+    parked_notes = [(n["channel"], n.get("status")) for n in svc.ledger.run_notifications("run-1")]
+    svc.secrets.put_secret_value(SecretId=secret_id, SecretString=sink.url)
+    redeliver_parked_notices(svc)
+
+    # THEN the Slack copy was parked, and the run report says so, not skipped as if Slack were not set up; and it
+    # reached Slack once the secret was fixed, once
+    assert settlement.counted is True and ("slack", "dead-lettered") in parked_notes
+    assert ["Pipeline failed: run run-1" in m["text"] for m in sink.delivered_messages] == [True]
+
+
 def test_a_late_call_with_the_other_outcome_counts_nothing(svc: Services, sink: WebhookSink) -> None:
     # GIVEN a run settled as failed
     _failed_hpc_run(svc.ledger)

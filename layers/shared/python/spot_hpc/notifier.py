@@ -28,6 +28,7 @@ from spot_hpc.services import Services
 from spot_hpc.slack import (
     MESSAGE_REFUSED_STATUSES,
     DeliveryOutcome,
+    InvalidWebhookUrl,
     NotANotification,
     Notification,
     SlackAttempt,
@@ -65,8 +66,8 @@ SLACK_CIRCUIT = SlackCircuit(cool_down_seconds=60.0)
 
 
 def _webhook(svc: Services) -> SlackWebhook | WebhookSecretUnreadable | None:
-    """The Slack webhook; None (SNS only) when the secret is missing or invalid; why it could not be read, when it
-    could not be now (Slack's copies are parked until it can)."""
+    """The Slack webhook; None (SNS only) when the secret is missing; why it cannot be used, when it could not be read
+    now or holds no webhook URL (Slack's copies are parked until it can be used)."""
     loopback = svc.settings.slack_allow_loopback
     try:
         url = read_webhook_url(
@@ -78,6 +79,11 @@ def _webhook(svc: Services) -> SlackWebhook | WebhookSecretUnreadable | None:
     except WebhookSecretUnreadable as exc:
         logger.warning("Slack unreachable: %s", exc)
         return exc
+    except InvalidWebhookUrl as exc:
+        # The secret exists, so Slack is set up: its notices wait on the dead-letter queue (and raise its alarm) until
+        # the secret is fixed, rather than being dropped with a log line nobody reads.
+        logger.error("Slack unreachable: %s", exc)
+        return WebhookSecretUnreadable(str(exc))
     except WebhookSecretError as exc:
         logger.warning("Slack disabled: %s", exc)
         return None

@@ -271,7 +271,8 @@ class WebhookSecretError(RuntimeError):
 
 class WebhookSecretUnreadable(WebhookSecretError):
     """The webhook secret exists (or may) but could not be read now: throttled, Secrets Manager failing, access
-    denied. Slack is configured, so a notice's Slack copy is parked for later, not skipped."""
+    denied (the notifier also tells a secret that holds no webhook URL this way). Slack is configured, so a notice's
+    Slack copy is parked for later, not skipped."""
 
 
 class InvalidWebhookUrl(WebhookSecretError, ValueError):
