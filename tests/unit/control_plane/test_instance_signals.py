@@ -8,8 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 from sample_events import load_event
-from spot_hpc.clock import format_time
+from spot_checkpoint.store import CheckpointStore
+from spot_hpc.clock import format_time, utc_now
+from spot_hpc.events import BatchJobDetail
 from spot_hpc.interruptions import SIGNAL_KEPT_FOR, act_on_kept_signals, on_spot_signal
+from spot_hpc.job_events import apply_job_state
 from spot_hpc.ledger import Attempt, InstanceSignal, JobRef, Ledger, Run, Stage
 
 ACCOUNT = "123456789012"
@@ -52,7 +55,8 @@ def test_a_signal_older_than_the_window_is_not_acted_on_when_a_job_starts(ledger
     ledger.keep_instance_signal(_signal(utc_clock.now - SIGNAL_KEPT_FOR - timedelta(minutes=1)), "old", SIGNAL_KEPT_FOR)
     ledger.keep_instance_signal(_signal(utc_clock.now - timedelta(minutes=1)), "new", SIGNAL_KEPT_FOR)
     # WHEN a job's start on the instance is recorded (its run is not in this ledger: the answer says so)
-    acted = act_on_kept_signals(SimpleNamespace(ledger=ledger), JobRef("job-1", "r1", "preprocess", 1), ["i-1"])  # type: ignore[arg-type]
+    ref = JobRef("job-1", "r1", "preprocess", 1)
+    acted = act_on_kept_signals(SimpleNamespace(ledger=ledger), ref, ["i-1"], started_at=None)  # type: ignore[arg-type]
     # THEN only the recent warning is acted on
     assert acted == [{"job_id": "job-1", "action": "none", "reason": "job no longer current"}]
 
@@ -87,7 +91,7 @@ def test_a_warning_racing_its_jobs_start_is_seen_by_one_of_the_two_handlers(ledg
 
     def running_recorded_meanwhile(self: Ledger, instance_id: str) -> list[JobRef]:
         ledger.index_instance(instance_id, ref)
-        running_saw.extend(act_on_kept_signals(svc, ref, [instance_id]))  # type: ignore[arg-type]
+        running_saw.extend(act_on_kept_signals(svc, ref, [instance_id], started_at=None))  # type: ignore[arg-type]
         return real_jobs_on_instance(self, instance_id)
 
     monkeypatch.setattr(Ledger, "jobs_on_instance", running_recorded_meanwhile)
@@ -147,3 +151,133 @@ def test_an_attempts_instances_are_added_without_losing_a_concurrent_one_or_list
     recorded = ledger.get_attempt("r1", "hpc", 1)
     assert recorded is not None and recorded.instance_ids == ["i-1", "i-2", "i-3"]
     assert ledger.get_attempt("r1", "hpc", 2) is None
+
+
+# ---------------------------------------------------------------------- a job's start acting on the kept signals
+RUN_ID = "run-1"
+CHECKPOINTS = f"s3://ingest/checkpoints/{RUN_ID}/preprocess/"
+
+
+class ContainerInstances:
+    """ECS and EC2 as the Batch handler asks them: each container instance ARN names its EC2 instance, which EC2
+    describes no further (its price stays the placement's)."""
+
+    def instance_ids(self, arns: list[str]) -> list[str]:
+        return [arn.rsplit("/", 1)[-1] for arn in arns]
+
+    def describe_instances(self, instance_ids: object) -> dict:
+        return {}
+
+
+class FlatPrices:
+    def usd_per_hour(self, instance_type: str, region: str, capacity: str, nodes: int = 1, **_: object) -> float:
+        return (0.3 if capacity == "spot" else 1.0) * nodes
+
+
+def _signal_services(ledger: Ledger) -> SimpleNamespace:
+    """What the Spot signal and Batch handlers use here: the ledger and the checkpoint bucket on moto, and a run whose
+    four-hour preprocess has a roomy deadline (a signal has its job checkpoint, on Spot)."""
+    import boto3
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="ingest")
+    settings = SimpleNamespace(
+        region="us-east-1",
+        changeover_hours=0.25,
+        spot_interruption_bucket=4,
+        spot_job_queue="spot-queue",
+        spot_instance_type="c6i.4xlarge",
+        on_demand_instance_type="c6i.4xlarge",
+    )
+    now = format_time(utc_now())
+    deadline = format_time(utc_now() + timedelta(hours=40))
+    ledger.create_run(
+        Run(RUN_ID, "ingest", "incoming/a.csv", "v1", deadline, 40.0, now, {}),
+        [Stage(RUN_ID, "preprocess", 0, 4.0, True, 1)],
+    )
+    return SimpleNamespace(settings=settings, ledger=ledger, s3=s3, batch=ContainerInstances(), prices=FlatPrices())
+
+
+def _placed_on_spot(svc: SimpleNamespace, attempt: int, job_id: str) -> None:
+    svc.ledger.claim_attempt(RUN_ID, "preprocess", attempt - 1, checkpoint_uri=CHECKPOINTS, capacity="spot")
+    svc.ledger.record_attempt(
+        Attempt(RUN_ID, "preprocess", attempt, job_id, "spot-queue", "spot", 1, format_time(utc_now()), 0.3)
+    )
+
+
+def _running(svc: SimpleNamespace, job_id: str, started, instance_id: str = INSTANCE) -> dict:
+    """The job's RUNNING on the instance, told now."""
+    arn = f"arn:aws:ecs:us-east-1:{ACCOUNT}:container-instance/spot-hpc/{instance_id}"
+    detail = {
+        "jobId": job_id,
+        "jobName": job_id,
+        "jobQueue": "spot-queue",
+        "status": "RUNNING",
+        "startedAt": int(started.timestamp() * 1000),
+        "container": {"containerInstanceArn": arn},
+    }
+    return apply_job_state(svc, BatchJobDetail.model_validate(detail))  # type: ignore[arg-type]
+
+
+def _requested_for_attempt(svc: SimpleNamespace) -> int | None:
+    """The attempt the stage's checkpoint request is for; None when none was made."""
+    request = CheckpointStore(svc.s3, CHECKPOINTS).pending_request()
+    return None if request is None else request.attempt
+
+
+def _signal_event(name: str, at) -> dict:
+    event = load_event(name, **{"instance-id": INSTANCE})
+    event["time"] = format_time(at)
+    return event
+
+
+def test_a_rebalance_recommendation_is_not_acted_on_again_for_a_job_that_started_after_it(ledger, utc_clock):
+    # GIVEN a Spot job on an instance EC2 recommends rebalancing: the recommendation has it checkpoint and stop, and
+    # its next attempt, placed on Spot again, is started by Batch on the same instance (still up) a minute later
+    svc = _signal_services(ledger)
+    _placed_on_spot(svc, 1, "job-a")
+    _running(svc, "job-a", utc_clock.now)
+    utc_clock.advance(minutes=30)
+    answer = on_spot_signal(svc, _signal_event("rebalance_recommendation", utc_clock.now), ACCOUNT)  # type: ignore[arg-type]
+    asked_first = _requested_for_attempt(svc)
+    _placed_on_spot(svc, 2, "job-b")
+    utc_clock.advance(minutes=1)
+    # WHEN the next attempt's start is told
+    started = _running(svc, "job-b", utc_clock.now)
+    # THEN the recommendation, acted on for the job it was given for, is not acted on for the one that started after
+    # it: asked to checkpoint, it would stop too, be placed there again and stopped again while the signal is kept,
+    # each stop told and learnt as a Spot interruption
+    assert [job["action"] for job in answer["jobs"]] == ["checkpoint"] and asked_first == 1
+    assert started["signals"] == []
+    assert _requested_for_attempt(svc) == 1
+
+
+@pytest.mark.parametrize("name", ["rebalance_recommendation", "spot_interruption_warning"])
+def test_a_signal_given_while_a_job_ran_is_acted_on_when_its_start_is_told_late(ledger, utc_clock, name):
+    # GIVEN a Spot job that started on an instance, whose RUNNING is not told yet, and EC2's signal for the instance
+    # a minute into its run
+    svc = _signal_services(ledger)
+    _placed_on_spot(svc, 1, "job-a")
+    started_at = utc_clock.now
+    utc_clock.advance(minutes=1)
+    told_first = on_spot_signal(svc, _signal_event(name, utc_clock.now), ACCOUNT)  # type: ignore[arg-type]
+    # WHEN its start is told after the signal
+    utc_clock.advance(minutes=1)
+    started = _running(svc, "job-a", started_at)
+    # THEN the signal is acted on: the job is asked to checkpoint
+    assert told_first["status"] == "ignored"
+    assert [signal["action"] for signal in started["signals"]] == ["checkpoint"]
+    assert _requested_for_attempt(svc) == 1
+
+
+def test_an_interruption_warning_given_before_a_job_started_on_the_instance_is_acted_on(ledger, utc_clock):
+    # GIVEN EC2's interruption warning for an instance, and a Spot job Batch started there within its two minutes
+    svc = _signal_services(ledger)
+    _placed_on_spot(svc, 1, "job-a")
+    on_spot_signal(svc, _signal_event("spot_interruption_warning", utc_clock.now), ACCOUNT)  # type: ignore[arg-type]
+    utc_clock.advance(seconds=30)
+    # WHEN its start is told
+    started = _running(svc, "job-a", utc_clock.now)
+    # THEN the warning is acted on: the instance goes with the job on it
+    assert [signal["action"] for signal in started["signals"]] == ["checkpoint"]
+    assert _requested_for_attempt(svc) == 1

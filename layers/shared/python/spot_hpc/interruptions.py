@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from spot_hpc.clock import format_time, happened_at, parse_time, utc_now
@@ -61,13 +61,24 @@ def on_spot_signal(svc: Services, event: dict[str, Any], account_id: str) -> dic
     return {"status": "handled", "instance_id": instance_id, "jobs": jobs}
 
 
-def act_on_kept_signals(svc: Services, ref: JobRef, instance_ids: Iterable[str]) -> list[dict[str, Any]]:
-    """A job's start on `instance_ids` was just recorded: the Spot signals given for them before it was (kept by
-    `on_spot_signal`) are acted on now, as they would have been."""
+def act_on_kept_signals(
+    svc: Services, ref: JobRef, instance_ids: Iterable[str], started_at: datetime | None
+) -> list[dict[str, Any]]:
+    """A job's start on `instance_ids` (at `started_at`, None where Batch did not say) was just recorded: the Spot
+    signals given for them before it was (kept by `on_spot_signal`) are acted on now, as they would have been.
+
+    A rebalance recommendation given before the job started is not: it was acted on for the jobs it was given for,
+    and a job asked to checkpoint stops, so that one Batch started there after it would be stopped in turn, its next
+    attempt started there again and stopped again for as long as the signal is kept, each stop told and learnt as a
+    Spot interruption. A warning is, whenever given: the instance goes with the job on it."""
     since = utc_now() - SIGNAL_KEPT_FOR
+    # Kept signals are told to the second; a start may be finer.
+    started = started_at.replace(microsecond=0) if started_at else None
     acted = []
     for instance_id in instance_ids:
         for kept in svc.ledger.instance_signals(instance_id, since):
+            if not kept.warning and started is not None and parse_time(kept.signalled_at) < started:
+                continue
             acted.append(act_on_signal(svc, ref, instance_id, kept.signal, warning=kept.warning))
             if kept.warning:
                 await_interruption(svc, instance_id, parse_time(kept.signalled_at))
