@@ -7,6 +7,7 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
+from botocore.exceptions import ClientError
 from sample_events import load_event
 from spot_checkpoint.store import CheckpointStore
 from spot_hpc.clock import format_time, utc_now
@@ -155,7 +156,6 @@ def test_an_attempts_instances_are_added_without_losing_a_concurrent_one_or_list
 
 # ---------------------------------------------------------------------- a job's start acting on the kept signals
 RUN_ID = "run-1"
-CHECKPOINTS = f"s3://ingest/checkpoints/{RUN_ID}/preprocess/"
 
 
 class ContainerInstances:
@@ -189,19 +189,28 @@ def _signal_services(ledger: Ledger) -> SimpleNamespace:
         spot_instance_type="c6i.4xlarge",
         on_demand_instance_type="c6i.4xlarge",
     )
-    now = format_time(utc_now())
-    deadline = format_time(utc_now() + timedelta(hours=40))
-    ledger.create_run(
-        Run(RUN_ID, "ingest", "incoming/a.csv", "v1", deadline, 40.0, now, {}),
-        [Stage(RUN_ID, "preprocess", 0, 4.0, True, 1)],
-    )
+    _create_run(ledger, RUN_ID)
     return SimpleNamespace(settings=settings, ledger=ledger, s3=s3, batch=ContainerInstances(), prices=FlatPrices())
 
 
-def _placed_on_spot(svc: SimpleNamespace, attempt: int, job_id: str) -> None:
-    svc.ledger.claim_attempt(RUN_ID, "preprocess", attempt - 1, checkpoint_uri=CHECKPOINTS, capacity="spot")
+def _create_run(ledger: Ledger, run_id: str) -> None:
+    """A run of a four-hour preprocess, started now, due in 40 hours."""
+    now = format_time(utc_now())
+    deadline = format_time(utc_now() + timedelta(hours=40))
+    ledger.create_run(
+        Run(run_id, "ingest", f"incoming/{run_id}.csv", "v1", deadline, 40.0, now, {}),
+        [Stage(run_id, "preprocess", 0, 4.0, True, 1)],
+    )
+
+
+def _checkpoints(run_id: str) -> str:
+    return f"s3://ingest/checkpoints/{run_id}/preprocess/"
+
+
+def _placed_on_spot(svc: SimpleNamespace, attempt: int, job_id: str, run_id: str = RUN_ID) -> None:
+    svc.ledger.claim_attempt(run_id, "preprocess", attempt - 1, checkpoint_uri=_checkpoints(run_id), capacity="spot")
     svc.ledger.record_attempt(
-        Attempt(RUN_ID, "preprocess", attempt, job_id, "spot-queue", "spot", 1, format_time(utc_now()), 0.3)
+        Attempt(run_id, "preprocess", attempt, job_id, "spot-queue", "spot", 1, format_time(utc_now()), 0.3)
     )
 
 
@@ -221,7 +230,7 @@ def _running(svc: SimpleNamespace, job_id: str, started, instance_id: str = INST
 
 def _requested_for_attempt(svc: SimpleNamespace) -> int | None:
     """The attempt the stage's checkpoint request is for; None when none was made."""
-    request = CheckpointStore(svc.s3, CHECKPOINTS).pending_request()
+    request = CheckpointStore(svc.s3, _checkpoints(RUN_ID)).pending_request()
     return None if request is None else request.attempt
 
 
@@ -281,3 +290,45 @@ def test_an_interruption_warning_given_before_a_job_started_on_the_instance_is_a
     # THEN the warning is acted on: the instance goes with the job on it
     assert [signal["action"] for signal in started["signals"]] == ["checkpoint"]
     assert _requested_for_attempt(svc) == 1
+
+
+class SlowDownOn:
+    """S3 refusing puts under one prefix (SlowDown past the client's retries), the rest passed to moto."""
+
+    def __init__(self, s3: object, prefix: str) -> None:
+        self._s3 = s3
+        self._prefix = prefix
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._s3, name)
+
+    def put_object(self, **request: object) -> dict:
+        if str(request["Key"]).startswith(self._prefix):
+            raise ClientError(
+                {"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}, "PutObject"
+            )
+        return self._s3.put_object(**request)  # type: ignore[attr-defined, no-any-return]
+
+
+def test_a_warning_acts_on_every_job_on_its_instance_and_awaits_it_when_one_jobs_checkpoint_request_fails(
+    ledger, utc_clock
+):
+    # GIVEN two Spot jobs of two runs that Batch placed on one instance, and S3 refusing the first run's checkpoint
+    # request (its prefix throttled past the client's retries)
+    svc = _signal_services(ledger)
+    _create_run(ledger, "run-2")
+    _placed_on_spot(svc, 1, "job-b", run_id="run-2")
+    _placed_on_spot(svc, 1, "job-a")
+    _running(svc, "job-a", utc_clock.now)
+    _running(svc, "job-b", utc_clock.now)
+    svc.s3 = SlowDownOn(svc.s3, f"checkpoints/{RUN_ID}/")
+    utc_clock.advance(minutes=20)
+    # WHEN EC2's interruption warning for the instance is handled
+    with pytest.raises(ClientError):
+        on_spot_signal(svc, _signal_event("spot_interruption_warning", utc_clock.now), ACCOUNT)  # type: ignore[arg-type]
+    # THEN the other run's job is asked to checkpoint all the same, and the instance's interruption is awaited (its
+    # first hour may be unbilled); the handler still fails, so that the event's retry asks the first job again
+    assert CheckpointStore(svc.s3, _checkpoints("run-2")).pending_request() is not None
+    assert [item.instance_id for item in ledger.awaited_interruptions(utc_clock.now + timedelta(minutes=2))] == [
+        INSTANCE
+    ]

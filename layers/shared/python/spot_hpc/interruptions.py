@@ -53,11 +53,22 @@ def on_spot_signal(svc: Services, event: dict[str, Any], account_id: str) -> dic
     if not refs:
         # Mostly other workloads' instances, which share the account's event stream: counted, not acted on.
         return {"status": "ignored", "reason": NOT_THIS_STACKS_INSTANCE, "instance_id": instance_id}
-    jobs = [act_on_signal(svc, ref, instance_id, signal, warning=not rebalance) for ref in refs]
     if not rebalance:
         # Whether EC2 takes it within its first hour (AWS then bills none of the jobs that ran there, ended ones
-        # too) is known once it has: the SLA guard asks.
+        # too) is known once it has: the SLA guard asks. Awaited before the jobs are acted on, which may fail.
         await_interruption(svc, instance_id, parse_time(signalled_at))
+    # Each job on its own: one that cannot be acted on now (S3 or Batch throttled past the client's retries) must not
+    # leave the others, of other runs, unasked within the warning's two minutes. The event then fails, and its retry
+    # acts on every job again, each step repeating safely.
+    jobs, failed = [], []
+    for ref in refs:
+        try:
+            jobs.append(act_on_signal(svc, ref, instance_id, signal, warning=not rebalance))
+        except Exception as exc:
+            logger.exception("could not act on a Spot signal for a job", extra={"job_id": ref.job_id})
+            failed.append(exc)
+    if failed:
+        raise failed[0]
     return {"status": "handled", "instance_id": instance_id, "jobs": jobs}
 
 
