@@ -332,3 +332,23 @@ def test_a_warning_acts_on_every_job_on_its_instance_and_awaits_it_when_one_jobs
     assert [item.instance_id for item in ledger.awaited_interruptions(utc_clock.now + timedelta(minutes=2))] == [
         INSTANCE
     ]
+
+
+def test_a_rebalance_recommendations_retry_leaves_a_job_that_started_on_the_instance_after_it(ledger, utc_clock):
+    # GIVEN a rebalance recommendation that had the Spot job on its instance checkpoint and stop, and failed after
+    # (another job there could not be acted on); the job's next attempt then started on the same instance
+    svc = _signal_services(ledger)
+    _placed_on_spot(svc, 1, "job-a")
+    _running(svc, "job-a", utc_clock.now)
+    utc_clock.advance(minutes=30)
+    recommendation = _signal_event("rebalance_recommendation", utc_clock.now)
+    on_spot_signal(svc, recommendation, ACCOUNT)  # type: ignore[arg-type]
+    _placed_on_spot(svc, 2, "job-b")
+    utc_clock.advance(minutes=1)
+    _running(svc, "job-b", utc_clock.now)
+    # WHEN Lambda retries the recommendation a minute later
+    utc_clock.advance(minutes=1)
+    retried = on_spot_signal(svc, recommendation, ACCOUNT)  # type: ignore[arg-type]
+    # THEN the job that started after it is not asked to checkpoint (it would stop, as its predecessor did)
+    assert {job["job_id"]: job["action"] for job in retried["jobs"]} == {"job-a": "none", "job-b": "none"}
+    assert _requested_for_attempt(svc) == 1

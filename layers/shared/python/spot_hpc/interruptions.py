@@ -63,7 +63,7 @@ def on_spot_signal(svc: Services, event: dict[str, Any], account_id: str) -> dic
     jobs, failed = [], []
     for ref in refs:
         try:
-            jobs.append(act_on_signal(svc, ref, instance_id, signal, warning=not rebalance))
+            jobs.append(act_on_signal(svc, ref, instance_id, signal, not rebalance, parse_time(signalled_at)))
         except Exception as exc:
             logger.exception("could not act on a Spot signal for a job", extra={"job_id": ref.job_id})
             failed.append(exc)
@@ -88,15 +88,18 @@ def act_on_kept_signals(
     acted = []
     for instance_id in instance_ids:
         for kept in svc.ledger.instance_signals(instance_id, since):
-            if not kept.warning and started is not None and parse_time(kept.signalled_at) < started:
+            given = parse_time(kept.signalled_at)
+            if not kept.warning and started is not None and given < started:
                 continue
-            acted.append(act_on_signal(svc, ref, instance_id, kept.signal, warning=kept.warning))
+            acted.append(act_on_signal(svc, ref, instance_id, kept.signal, kept.warning, given))
             if kept.warning:
-                await_interruption(svc, instance_id, parse_time(kept.signalled_at))
+                await_interruption(svc, instance_id, given)
     return acted
 
 
-def act_on_signal(svc: Services, ref: JobRef, instance_id: str, signal: str, warning: bool) -> dict[str, Any]:
+def act_on_signal(
+    svc: Services, ref: JobRef, instance_id: str, signal: str, warning: bool, signalled_at: datetime
+) -> dict[str, Any]:
     run = svc.ledger.get_run(ref.run_id)
     stage = svc.ledger.get_stage(ref.run_id, ref.stage)
     if run is None or stage is None or stage.attempt != ref.attempt or stage.status != "RUNNING":
@@ -104,6 +107,10 @@ def act_on_signal(svc: Services, ref: JobRef, instance_id: str, signal: str, war
             # Requeued already: by this warning's earlier delivery, perhaps, which died before telling of it.
             tell_requeue(svc, run, stage.stage, ref.attempt, f"{signal} on {instance_id}")
         return {"job_id": ref.job_id, "action": "none", "reason": "job no longer current"}
+    if not warning and _started_after(svc, ref, signalled_at):
+        # The recommendation's retry finds the attempt placed after it (it stopped the one before) started there:
+        # asked to checkpoint, it would stop too (see `act_on_kept_signals`).
+        return {"job_id": ref.job_id, "action": "none", "reason": f"started after the {signal}"}
     request_checkpoint(svc, stage, f"{signal} for {instance_id}")
     # After a warning the capacity is going: the policy chooses between waiting for Spot and On-Demand now.
     decision = choose_capacity(svc, run, stage, current=Action.SPOT, spot_available=not warning)
@@ -113,3 +120,10 @@ def act_on_signal(svc: Services, ref: JobRef, instance_id: str, signal: str, war
     if placed is None:
         return {"job_id": ref.job_id, "action": "none", "reason": "already requeued"}
     return {"job_id": ref.job_id, "action": "requeued", "reason": decision.reason}
+
+
+def _started_after(svc: Services, ref: JobRef, signalled_at: datetime) -> bool:
+    """Whether the job's attempt started after the signal (kept signals are told to the second)."""
+    attempt = svc.ledger.get_attempt(ref.run_id, ref.stage, ref.attempt)
+    started_at = attempt.started_at if attempt is not None else None
+    return started_at is not None and parse_time(started_at).replace(microsecond=0) > signalled_at
