@@ -14,7 +14,8 @@ timeout", and never retried; neither is a terminated job. Any other failure Batc
 EXIT: a failure no rule matches is retried.
 Each job runs a workload model: it needs `stage_hours` of compute, resumes from the stage's newest complete
 checkpoint (the job runtime's own store, spot_checkpoint), checkpoints periodically, on the interruption notice (it
-polls instance metadata) and when the control plane asks, and exits with the runtime's codes.
+polls instance metadata) and when the control plane asks (then stopping, or working on when asked to), and exits
+with the runtime's codes.
 Each job launches an instance of its own, unless a test has Batch place jobs on the idle instances their compute
 environment keeps (`reuses_idle_instances`), as AWS Batch does: an instance whose job ended without a warning.
 A multi-node parallel job runs each node on an instance of its own. As in AWS Batch, the job's description names no
@@ -37,7 +38,7 @@ from typing import Any
 import boto3
 from spot_checkpoint import EXIT_CHECKPOINTED, EXIT_STOPPED_WITHOUT_CHECKPOINT
 from spot_checkpoint.csvfields import ascii_digits
-from spot_checkpoint.store import CheckpointStore, part_name
+from spot_checkpoint.store import CheckpointRequest, CheckpointStore, part_name
 
 from spotctl.cli import ToolError
 from spotctl.offline.eventbus import ACCOUNT_ID, REGION, make_event
@@ -459,10 +460,12 @@ class BatchEmulator:
         if job.progress >= 1.0:
             self._finish(job, "SUCCEEDED", CONTAINER_EXITED, exit_code=0)
             return
-        if self._checkpoint_requested(job):
-            self._checkpoint(job, now, "control plane request")
-            self._finish(job, "FAILED", CONTAINER_EXITED, exit_code=EXIT_CHECKPOINTED)
-            return
+        if (request := self._new_request(job)) is not None:
+            self._checkpoint(job, now, "control plane request", request.request_id)
+            if request.stop:
+                self._finish(job, "FAILED", CONTAINER_EXITED, exit_code=EXIT_CHECKPOINTED)
+                return
+            job.seen_request_id = request.request_id  # saved for it once, and working on
         if now - (job.last_checkpoint_at or now) >= self.checkpoint_interval:
             self._checkpoint(job, now, "periodic")
 
@@ -500,11 +503,12 @@ class BatchEmulator:
         latest = store.latest() if store else None
         return latest.progress if latest else 0.0
 
-    def _checkpoint(self, job: EmulatedJob, now: datetime, why: str) -> None:
+    def _checkpoint(self, job: EmulatedJob, now: datetime, why: str, request_id: str | None = None) -> None:
+        """`request_id`: the control plane's request it saves for, recorded as the job runtime records it."""
         store = self._store(job)
         if store is None or job.status != "RUNNING" or job.progress <= job.last_checkpoint:
             return
-        store.save(json.dumps({"progress": job.progress}).encode(), progress=job.progress)
+        store.save(json.dumps({"progress": job.progress}).encode(), progress=job.progress, request_id=request_id)
         job.last_checkpoint, job.last_checkpoint_at = job.progress, now
 
     def _stop_on_sigterm(self, job: EmulatedJob, now: datetime, why: str) -> int:
@@ -513,12 +517,13 @@ class BatchEmulator:
         self._checkpoint(job, now, f"{why} (SIGTERM)")
         return EXIT_CHECKPOINTED if self._store(job) else EXIT_STOPPED_WITHOUT_CHECKPOINT
 
-    def _checkpoint_requested(self, job: EmulatedJob) -> bool:
+    def _new_request(self, job: EmulatedJob) -> CheckpointRequest | None:
+        """The control plane's checkpoint request the job has not yet acted on (to stop, or to save and go on)."""
         store = self._store(job)
         if store is None:
-            return False
+            return None
         request = store.pending_request()
-        return request is not None and request.request_id != job.seen_request_id
+        return request if request is not None and request.request_id != job.seen_request_id else None
 
     # ------------------------------------------------------------------ plumbing
     def _launch(self, job: EmulatedJob) -> tuple[str, str]:

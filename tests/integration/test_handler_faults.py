@@ -26,6 +26,7 @@ from offline_runs import (
 )
 from sample_events import load_event
 from spot_checkpoint import EXIT_S3_UNAVAILABLE
+from spot_checkpoint.store import CheckpointStore
 from spot_hpc import runner
 from spot_hpc.batch import BatchGateway
 from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
@@ -81,20 +82,34 @@ def _preprocess_running_on_spot(plane: OfflineControlPlane, key: str):
     return _attempts(plane, "preprocess")
 
 
-def test_rebalance_recommendation_asks_the_running_job_to_checkpoint():
+def test_rebalance_recommendation_asks_the_running_job_to_checkpoint_and_go_on():
     with OfflineControlPlane(start_hour=SPOT_FROM_THE_START, stage_hours=LONG_PREPROCESS) as plane:
         # GIVEN preprocess running on Spot with a roomy deadline
         run, attempts = _preprocess_running_on_spot(plane, "incoming/long.csv")
         instance_id = attempts[-1].instance_ids[0]
+        checkpoints = f"checkpoints/{run.run_id}/preprocess/"
         # WHEN EC2 recommends rebalancing that instance
         result, _ = plane.invoke(
             "SpotInterruptionFunction", load_event("rebalance_recommendation", **{"instance-id": instance_id})
         )
-        # THEN the job is asked to checkpoint and stays on Spot (the deadline is not at risk)
+        s3 = boto3.client("s3", region_name=REGION)
+        request = json.loads(s3.get_object(Bucket=plane.bucket, Key=f"{checkpoints}request.json")["Body"].read())
+        store = CheckpointStore(s3, f"s3://{plane.bucket}/{checkpoints}")
+        saved_before = store.latest()
+        for _ in range(3):
+            plane.step()
+        saved = store.latest()
+        _, after = _attempts(plane, "preprocess")
+        # THEN the job is asked to checkpoint and go on working, and stays on Spot (the deadline is not at risk)
         assert result["status"] == "handled" and [j["action"] for j in result["jobs"]] == ["checkpoint"]
-        key = f"checkpoints/{run.run_id}/preprocess/request.json"
-        request = boto3.client("s3", region_name=REGION).get_object(Bucket=plane.bucket, Key=key)
-        assert "rebalance recommendation" in json.loads(request["Body"].read())["reason"]
+        assert "rebalance recommendation" in request["reason"] and request["stop"] is False
+        # AND it saved its progress, recording the request, and works on as the same attempt: no stop, no reclaim
+        assert saved is not None and saved.request_id == request["request_id"]
+        assert saved_before is None or saved_before.seq < saved.seq
+        assert len(after) == len(attempts) and (after[-1].attempt, after[-1].status) == (
+            attempts[-1].attempt,
+            "RUNNING",
+        )
 
 
 def test_an_interruption_warning_told_before_its_jobs_start_is_acted_on_once_the_start_is():

@@ -22,12 +22,13 @@ from .store import (
     DEFAULT_PART,
     TRANSIENT_UNREACHABLE,
     Checkpoint,
+    CheckpointRequest,
     CheckpointStore,
     parse_s3_uri,
     part_name,
     transient_failure,
 )
-from .watch import REASON_S3_UNAVAILABLE, InterruptionWatcher, StopSignal
+from .watch import REASON_CHECKPOINT_REQUEST, REASON_S3_UNAVAILABLE, InterruptionWatcher, StopSignal
 
 logger = logging.getLogger(__name__)
 
@@ -464,6 +465,8 @@ class CheckpointedJob:
         stop = self.watcher.stop_signal
         if stop is not None:
             self._stop(stop, snapshot, progress, meta)
+        if (request := self.watcher.save_request) is not None:
+            self._save_for(request, snapshot, progress, meta)
         if self.store is not None and time.monotonic() >= self._next_due:
             try:
                 self._save(snapshot, progress, meta, "periodic")
@@ -543,15 +546,37 @@ class CheckpointedJob:
         self._work_here += now - self._mark
         self._mark = now
 
+    def _save_for(
+        self, request: CheckpointRequest, snapshot: Snapshot, progress: float, meta: Mapping[str, Any] | None
+    ) -> None:
+        """A request to checkpoint and go on working (the instance at risk, not yet going): one save, recording the
+        request, so that neither this job nor one resumed from it saves for it again. A save that fails is not tried
+        again for it: the periodic ones go on, and a stop still saves."""
+        if self.store is not None:
+            try:
+                self._save(snapshot, progress, meta, REASON_CHECKPOINT_REQUEST, request_id=request.request_id)
+            except Exception as exc:
+                logger.warning("checkpoint on request failed: %s", exc)
+                self._emit("checkpoint_failed", reason=REASON_CHECKPOINT_REQUEST, error=str(exc))
+        self.watcher.save_honoured(request.request_id)
+
     def _save(
-        self, snapshot: Snapshot, progress: float, meta: Mapping[str, Any] | None, reason: str, *, final: bool = False
+        self,
+        snapshot: Snapshot,
+        progress: float,
+        meta: Mapping[str, Any] | None,
+        reason: str,
+        *,
+        final: bool = False,
+        request_id: str | None = None,
     ) -> int:
         assert self.store is not None
         self._account()
         work_seconds = self._work_before + self._work_here
         started = time.monotonic()
         stop = self.watcher.stop_signal
-        request_id = stop.request_id if stop is not None and stop.request_id else self._honoured_request_id
+        if request_id is None:
+            request_id = stop.request_id if stop is not None and stop.request_id else self._honoured_request_id
         seq = self.store.save(
             snapshot(), progress, meta=meta, work_seconds=work_seconds, request_id=request_id, final=final
         )

@@ -84,12 +84,14 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class CheckpointRequest:
-    """The control plane's request that the jobs of a stage checkpoint and stop."""
+    """The control plane's request that the jobs of a stage checkpoint and stop, or (``stop`` False) checkpoint and
+    go on working: their instance is at risk (a rebalance recommendation), not yet going."""
 
     request_id: str
     reason: str
     requested_at: float
     attempt: int | None = None  # the stage attempt the request is for; None (older writers): any attempt
+    stop: bool = True  # absent (older writers): stop
 
 
 def _request_attempt(value: object) -> int | None:
@@ -485,8 +487,9 @@ class CheckpointStore:
         return len(keys) - len(failed), failed
 
     # -- the control plane's checkpoint request -------------------------------------------------------------------
-    def request_checkpoint(self, reason: str, *, attempt: int | None = None) -> str:
-        """Ask every job of the stage to checkpoint now and stop; returns the request id recorded in manifests.
+    def request_checkpoint(self, reason: str, *, attempt: int | None = None, stop: bool = True) -> str:
+        """Ask every job of the stage to checkpoint now and stop (``stop`` False: and go on working); returns the
+        request id recorded in manifests.
 
         ``attempt`` is the stage attempt the request is for: a job of a later attempt (the replacement the control
         plane places right after asking) ignores it. Without it, the request applies to any attempt.
@@ -495,6 +498,8 @@ class CheckpointStore:
         body: dict[str, Any] = {"request_id": request_id, "reason": reason, "requested_at": time.time()}
         if attempt is not None:
             body["attempt"] = int(attempt)
+        if not stop:
+            body["stop"] = False
         self._call(
             "put_object",
             Key=self.request_key,
@@ -514,11 +519,15 @@ class CheckpointStore:
             body = json.loads(raw)
             if not isinstance(body, dict):  # a JSON array has no .get: an AttributeError nobody caught
                 raise TypeError("not a JSON object")
+            stop = body.get("stop", True)
+            if not isinstance(stop, bool):  # "false" would be read as a stop; whether one was meant nobody can tell
+                raise TypeError(f"stop is {stop!r}, not true or false")
             return CheckpointRequest(
                 str(body["request_id"]),
                 str(body.get("reason", "")),
                 float(body["requested_at"]),
                 _request_attempt(body.get("attempt")),
+                stop,
             )
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning("unreadable checkpoint request at %s (%s), ignoring it", self.request_key, exc)

@@ -102,6 +102,7 @@ class InterruptionWatcher:
         self.on_signal = on_signal
         self.signals_received = 0
         self._stop: StopSignal | None = None
+        self._save_request: CheckpointRequest | None = None
         self._closed = threading.Event()
         self._first_reason = threading.Lock()  # taken once, by the first reason to stop; never released
         self._threads: list[threading.Thread] = []
@@ -114,6 +115,17 @@ class InterruptionWatcher:
     @property
     def stop_signal(self) -> StopSignal | None:
         return self._stop
+
+    @property
+    def save_request(self) -> CheckpointRequest | None:
+        """A request to checkpoint and go on working, not yet honoured (`CheckpointedJob.step` saves for it)."""
+        return self._save_request
+
+    def save_honoured(self, request_id: str) -> None:
+        """The job has saved for the request: it is not honoured again (nor by a job resumed from that checkpoint)."""
+        self.ignore_request_id = request_id
+        if self._save_request is not None and self._save_request.request_id == request_id:
+            self._save_request = None
 
     def trigger(self, reason: str, detail: str = "", request_id: str | None = None, *, notify: bool = True) -> bool:
         """Record a reason to stop; only the first one counts. Returns True if this call set it."""
@@ -187,6 +199,9 @@ class InterruptionWatcher:
             logger.warning("could not read the checkpoint request: %s", exc)
             return
         if request is None or request.request_id == self.ignore_request_id or self._for_earlier_attempt(request):
+            return
+        if not request.stop:
+            self._save_request = request
             return
         self.trigger(REASON_CHECKPOINT_REQUEST, request.reason, request.request_id)
 

@@ -241,8 +241,9 @@ def _signal_event(name: str, at) -> dict:
 
 
 def test_a_rebalance_recommendation_is_not_acted_on_again_for_a_job_that_started_after_it(ledger, utc_clock):
-    # GIVEN a Spot job on an instance EC2 recommends rebalancing: the recommendation has it checkpoint and stop, and
-    # its next attempt, placed on Spot again, is started by Batch on the same instance (still up) a minute later
+    # GIVEN a Spot job on an instance EC2 recommends rebalancing, which the recommendation has checkpoint; the job
+    # then ends (reclaimed after all, or its own error) and its next attempt, placed on Spot again, is started by
+    # Batch on the same instance (still up) a minute later
     svc = _signal_services(ledger)
     _placed_on_spot(svc, 1, "job-a")
     _running(svc, "job-a", utc_clock.now)
@@ -254,8 +255,7 @@ def test_a_rebalance_recommendation_is_not_acted_on_again_for_a_job_that_started
     # WHEN the next attempt's start is told
     started = _running(svc, "job-b", utc_clock.now)
     # THEN the recommendation, acted on for the job it was given for, is not acted on for the one that started after
-    # it: asked to checkpoint, it would stop too, be placed there again and stopped again while the signal is kept,
-    # each stop told and learnt as a Spot interruption
+    # it, which has no progress of its own to save yet
     assert [job["action"] for job in answer["jobs"]] == ["checkpoint"] and asked_first == 1
     assert started["signals"] == []
     assert _requested_for_attempt(svc) == 1
@@ -335,8 +335,8 @@ def test_a_warning_acts_on_every_job_on_its_instance_and_awaits_it_when_one_jobs
 
 
 def test_a_rebalance_recommendations_retry_leaves_a_job_that_started_on_the_instance_after_it(ledger, utc_clock):
-    # GIVEN a rebalance recommendation that had the Spot job on its instance checkpoint and stop, and failed after
-    # (another job there could not be acted on); the job's next attempt then started on the same instance
+    # GIVEN a rebalance recommendation that had the Spot job on its instance checkpoint, and failed after (another
+    # job there could not be acted on); the job then ended and its next attempt started on the same instance
     svc = _signal_services(ledger)
     _placed_on_spot(svc, 1, "job-a")
     _running(svc, "job-a", utc_clock.now)
@@ -349,6 +349,37 @@ def test_a_rebalance_recommendations_retry_leaves_a_job_that_started_on_the_inst
     # WHEN Lambda retries the recommendation a minute later
     utc_clock.advance(minutes=1)
     retried = on_spot_signal(svc, recommendation, ACCOUNT)  # type: ignore[arg-type]
-    # THEN the job that started after it is not asked to checkpoint (it would stop, as its predecessor did)
+    # THEN the job that started after it is not asked to checkpoint
     assert {job["job_id"]: job["action"] for job in retried["jobs"]} == {"job-a": "none", "job-b": "none"}
     assert _requested_for_attempt(svc) == 1
+
+
+def test_a_rebalance_recommendation_asks_its_jobs_to_checkpoint_and_go_on(ledger, utc_clock):
+    # GIVEN a Spot job running on an instance, with a roomy deadline
+    svc = _signal_services(ledger)
+    _placed_on_spot(svc, 1, "job-a")
+    _running(svc, "job-a", utc_clock.now)
+    utc_clock.advance(minutes=30)
+    # WHEN EC2 recommends rebalancing the instance (at risk, not yet going)
+    answer = on_spot_signal(svc, _signal_event("rebalance_recommendation", utc_clock.now), ACCOUNT)  # type: ignore[arg-type]
+    # THEN the job is asked to save its progress and work on, not to stop: a stop would be read as a reclaim, told as
+    # a Spot interruption and learnt as one, and its next attempt would start as likely as not on the same instance
+    request = CheckpointStore(svc.s3, _checkpoints(RUN_ID)).pending_request()
+    assert [job["action"] for job in answer["jobs"]] == ["checkpoint"]
+    assert request is not None and (request.attempt, request.stop) == (1, False)
+
+
+def test_a_rebalance_recommendation_after_a_warning_leaves_the_warnings_request_to_stop(ledger, utc_clock):
+    # GIVEN a Spot job whose instance EC2 warned of its interruption: the job is asked to checkpoint and stop
+    svc = _signal_services(ledger)
+    _placed_on_spot(svc, 1, "job-a")
+    _running(svc, "job-a", utc_clock.now)
+    utc_clock.advance(minutes=30)
+    on_spot_signal(svc, _signal_event("spot_interruption_warning", utc_clock.now), ACCOUNT)  # type: ignore[arg-type]
+    warned = CheckpointStore(svc.s3, _checkpoints(RUN_ID)).pending_request()
+    # WHEN a rebalance recommendation for the instance is handled after it (EventBridge keeps no order)
+    utc_clock.advance(seconds=10)
+    on_spot_signal(svc, _signal_event("rebalance_recommendation", utc_clock.now), ACCOUNT)  # type: ignore[arg-type]
+    # THEN the request to stop stands: one to go on would have replaced it before the job saw it
+    request = CheckpointStore(svc.s3, _checkpoints(RUN_ID)).pending_request()
+    assert warned is not None and warned.stop and request == warned

@@ -300,6 +300,49 @@ def test_checkpoint_request_stops_job_once_and_is_not_honoured_twice(s3: Any, ev
     assert done == 10
 
 
+def test_a_request_to_checkpoint_and_go_on_saves_once_and_keeps_the_job_working(s3: Any, events: EventRecorder) -> None:
+    # GIVEN the control plane's request to checkpoint and go on working (EC2 recommends rebalancing the instance: it is
+    # at risk, not yet going)
+    request_id = CheckpointStore(s3, URI).request_checkpoint("rebalance recommendation", attempt=1, stop=False)
+    # WHEN a job of that attempt works, its watcher looking for requests before and after its units
+    with make_job(s3, events, attempt=1) as job:
+        job.watcher.poll_once()
+        done = counting_job(job, 3)
+        job.watcher.poll_once()
+        done = counting_job(job, 6, start=done)
+        stop = job.stop_signal
+    # THEN it saved once after its first unit, recording the request, and worked on to its end without stopping
+    assert (done, stop) == (6, None)
+    saved = events.named("checkpoint_saved")
+    assert [(event["reason"], event["progress"]) for event in saved] == [
+        (REASON_CHECKPOINT_REQUEST, pytest.approx(1 / 3))
+    ]
+    latest = CheckpointStore(s3, URI).latest()
+    assert latest is not None and (latest.state, latest.request_id) == (b"1", request_id)
+    # AND a job resumed from that checkpoint does not save for it again
+    with make_job(s3, events, attempt=2) as resumed:
+        resumed.watcher.poll_once()
+        counting_job(resumed, 6, start=int(resumed.resumed.state))  # type: ignore[union-attr]
+    assert len(events.named("checkpoint_saved")) == 1
+
+
+def test_a_request_to_stop_after_one_to_go_on_stops_the_job(s3: Any, events: EventRecorder) -> None:
+    # GIVEN a job that saved for a request to checkpoint and go on
+    store = CheckpointStore(s3, URI)
+    store.request_checkpoint("rebalance recommendation", stop=False)
+    with make_job(s3, events) as job, pytest.raises(Stopped) as stopped:
+        job.watcher.poll_once()
+        counting_job(job, 2)
+        # WHEN the control plane then asks it to checkpoint and stop (the deadline at risk: a requeue)
+        stop_id = store.request_checkpoint("requeue to On-Demand")
+        job.watcher.poll_once()
+        counting_job(job, 6, start=2)
+    # THEN it stops at its next unit with a checkpoint recording the second request
+    assert stopped.value.code == EXIT_CHECKPOINTED and stopped.value.stop.request_id == stop_id
+    latest = store.latest()
+    assert latest is not None and (latest.state, latest.request_id) == (b"3", stop_id)
+
+
 def test_spot_notice_from_instance_metadata_stops_the_job(s3: Any, events: EventRecorder) -> None:
     # GIVEN a job at work on an instance whose metadata then carries a Spot interruption notice
     with MetadataStandIn() as metadata:

@@ -472,3 +472,36 @@ def test_the_key_layout_the_runtime_readme_documents_is_the_one_the_store_writes
     # THEN every key written is one the README documents (before, payloads were under <seq>/<writer>/, not <seq>/)
     assert len(written) == 4
     assert [key for key in written if not any(re.fullmatch(pattern, key) for pattern in patterns)] == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "stop"), [({}, True), ({"stop": True}, True), ({"stop": False}, False)], ids=["absent", "true", "false"]
+)
+def test_a_request_says_whether_the_job_stops_after_its_checkpoint(s3: Any, fields: dict[str, Any], stop: bool) -> None:
+    # GIVEN a checkpoint request that says whether to stop, or (an older control plane) does not
+    put_request(s3, **fields)
+    # WHEN a job reads it
+    request = CheckpointStore(s3, URI).pending_request()
+    # THEN it stops after its checkpoint unless told to go on
+    assert request is not None and request.stop is stop
+
+
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_a_request_whose_stop_is_not_true_or_false_is_no_pending_request(
+    s3: Any, caplog: pytest.LogCaptureFixture, value: Any
+) -> None:
+    # GIVEN a checkpoint request whose `stop` is not a JSON true or false (the text "false" would read as a stop)
+    put_request(s3, stop=value)
+    # WHEN a job looks for a pending request
+    with caplog.at_level(logging.WARNING, logger="spot_checkpoint.store"):
+        request = CheckpointStore(s3, URI).pending_request()
+    # THEN there is none (whether it meant a stop nobody can tell), and the log says why
+    assert request is None and "not true or false" in caplog.text
+
+
+def test_a_request_to_go_on_is_written_as_one(s3: Any) -> None:
+    # GIVEN / WHEN the control plane asks the stage's jobs to checkpoint and go on working
+    request_id = CheckpointStore(s3, URI).request_checkpoint("rebalance recommendation", attempt=2, stop=False)
+    # THEN the jobs read that request
+    request = CheckpointStore(s3, URI).pending_request()
+    assert request is not None and (request.request_id, request.attempt, request.stop) == (request_id, 2, False)

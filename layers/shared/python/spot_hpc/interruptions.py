@@ -79,9 +79,8 @@ def act_on_kept_signals(
     signals given for them before it was (kept by `on_spot_signal`) are acted on now, as they would have been.
 
     A rebalance recommendation given before the job started is not: it was acted on for the jobs it was given for,
-    and a job asked to checkpoint stops, so that one Batch started there after it would be stopped in turn, its next
-    attempt started there again and stopped again for as long as the signal is kept, each stop told and learnt as a
-    Spot interruption. A warning is, whenever given: the instance goes with the job on it."""
+    and a job started after it has no progress of its own to save yet. A warning is, whenever given: the instance
+    goes with the job on it."""
     since = utc_now() - SIGNAL_KEPT_FOR
     # Kept signals are told to the second; a start may be finer.
     started = started_at.replace(microsecond=0) if started_at else None
@@ -108,10 +107,11 @@ def act_on_signal(
             tell_requeue(svc, run, stage.stage, ref.attempt, f"{signal} on {instance_id}")
         return {"job_id": ref.job_id, "action": "none", "reason": "job no longer current"}
     if not warning and _started_after(svc, ref, signalled_at):
-        # The recommendation's retry finds the attempt placed after it (it stopped the one before) started there:
-        # asked to checkpoint, it would stop too (see `act_on_kept_signals`).
+        # The recommendation's retry finds an attempt placed after it started there (see `act_on_kept_signals`).
         return {"job_id": ref.job_id, "action": "none", "reason": f"started after the {signal}"}
-    request_checkpoint(svc, stage, f"{signal} for {instance_id}")
+    # A rebalance recommendation says the instance is at risk, not going: its jobs save their progress and work on,
+    # rather than stop and start again (on this same instance, as likely as not) for a reclaim that may never come.
+    request_checkpoint(svc, stage, f"{signal} for {instance_id}", stop=warning)
     # After a warning the capacity is going: the policy chooses between waiting for Spot and On-Demand now.
     decision = choose_capacity(svc, run, stage, current=Action.SPOT, spot_available=not warning)
     if decision.action != Action.ON_DEMAND:
