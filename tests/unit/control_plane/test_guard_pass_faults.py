@@ -154,3 +154,27 @@ def test_active_stages_unread_leave_the_ended_runs_and_notices_looked_after(utc_
     assert result["unread"] == ["active stages"] and result["active_stages"] == 0
     assert asked == ["arn:aws:states:us-east-1:123456789012:execution:p:e"]
     assert sent == ["orphaned", "parked"]
+
+
+class LedgerThrottlingOpenRuns(LedgerThrottlingOneRun):
+    """The sparse index's query of open runs throttled past the client's retries (the partition the active stages'
+    query reads too)."""
+
+    def open_runs(self) -> Iterator[Run]:
+        raise throttled("Query")
+
+
+def test_open_runs_unread_leave_the_stages_checked_and_the_notices_sent(utc_clock, monkeypatch) -> None:
+    # GIVEN active stages of two runs, and the query of open runs throttled
+    stages = [Stage(f"run-{number}", "preprocess", 0, 1.0, True, 1) for number in range(2)]
+    ledger = LedgerThrottlingOpenRuns(stages, throttled="")
+    sent = sent_notices(monkeypatch)
+
+    # WHEN the guard runs a pass
+    result = run_guard(SimpleNamespace(ledger=ledger, batch=NoJobs(), pipeline=None))
+
+    # THEN the pass ends telling what it could not read (counted for the alarm), having checked the stages and sent
+    # the notices; the ended runs wait for the next pass
+    assert result["unread"] == ["open runs"]
+    assert sorted(ledger.looked_up) == ["run-0", "run-1"]
+    assert sent == ["orphaned", "parked"]

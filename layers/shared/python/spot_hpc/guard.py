@@ -57,7 +57,7 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
     """One pass over every active stage; then, with what time is left (`remaining_seconds`: the Lambda's), the
     notices whose sender died after claiming them, and the Slack notices parked while Slack was down."""
     # A read failing past the client's retries (the index's partition or Batch throttled, for a while) leaves its part
-    # to the next pass; the rest of this one still runs (ended runs, awaited interruptions, notices).
+    # to the next pass; the rest of this one still runs (stages, ended runs, awaited interruptions, notices).
     unread: list[str] = []
     no_stages: list[Stage] = []
     stages = _in_pass_order(
@@ -99,7 +99,9 @@ def run_guard(svc: Services, remaining_seconds: Callable[[], float] | None = Non
             action = "error"
         if action:
             actions.append({"run_id": stage.run_id, "stage": stage.stage, "action": action})
-    for settlement in _settle_ended_runs(svc, set(runs), remaining_seconds):
+    no_runs: list[Run] = []
+    open_runs = _read_or_leave(lambda: list(svc.ledger.open_runs()), no_runs, "open runs", unread)
+    for settlement in _settle_ended_runs(svc, open_runs, set(runs), remaining_seconds):
         settlements[settlement.report["run_id"]] = settlement
     unbilled_instances = confirm_interruptions(
         svc, lambda: remaining_seconds is not None and remaining_seconds() < STAGE_CHECK_MARGIN_SECONDS
@@ -167,14 +169,14 @@ def _current_run(svc: Services, run_id: str) -> tuple[Run | None, Settlement | N
 
 
 def _settle_ended_runs(
-    svc: Services, checked: set[str], remaining_seconds: Callable[[], float] | None
+    svc: Services, open_runs: list[Run], checked: set[str], remaining_seconds: Callable[[], float] | None
 ) -> list[Settlement]:
-    """Settles and tells the end of open runs whose execution ended without doing so: its notify task failed past
+    """Settles and tells the end of `open_runs` whose execution ended without doing so: its notify task failed past
     its retries (Lambda or DynamoDB throttled for a while at the run's end), and the state machine's Catch ended the
     execution anyway. Nothing else comes back to such a run: its stages have all left the guard's watch. The runs
     this pass checked for their stages are left to the next pass (they are open for their stages' sake)."""
     settled: list[Settlement] = []
-    for run in _in_pass_order(list(svc.ledger.open_runs()), key=lambda run: run.run_id):
+    for run in _in_pass_order(open_runs, key=lambda run: run.run_id):
         if run.run_id in checked or not run.execution_arn:
             continue  # a run recorded and not started is the upload's retry's (see `ingest`)
         if remaining_seconds is not None and remaining_seconds() < STAGE_CHECK_MARGIN_SECONDS:
