@@ -711,17 +711,23 @@ class Ledger:
             ),
         )
 
-    def cancel_attempt(self, run_id: str, stage: str, attempt: int, reason: str) -> bool:
+    def cancel_attempt(self, run_id: str, stage: str, attempt: int, reason: str, open_only: bool = False) -> bool:
         """Marks an attempt cancelled by the control plane for `reason` (CANCEL_*), before its job is terminated, so
         that the job's end is read as that cancellation. True when it is so marked (now or by an earlier call); False
-        when it was marked for another reason first."""
+        when it was marked for another reason first, or (`open_only`) is not marked and its end is recorded already:
+        that end is its job's own, acted on by whoever recorded it."""
+        condition = "attribute_not_exists(cancel_reason) OR #cancel_reason = :cancel_reason"
+        values: dict[str, Any] = {}
+        if open_only:
+            open_statuses = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+            values = {f"open{index}": status for index, status in enumerate(open_statuses)}
+            condition = (
+                "#cancel_reason = :cancel_reason OR (attribute_not_exists(cancel_reason) AND "
+                f"#status IN ({', '.join(f':{name}' for name in values)}))"
+            )
         try:
             self.update_attempt(
-                run_id,
-                stage,
-                attempt,
-                condition="attribute_not_exists(cancel_reason) OR #cancel_reason = :cancel_reason",
-                cancel_reason=reason,
+                run_id, stage, attempt, condition=condition, condition_values=values, cancel_reason=reason
             )
         except LedgerConflict:
             return False

@@ -460,13 +460,16 @@ def record_placed(svc: Services, stage: Stage, job_id: str, queue: str, capacity
 
 
 def requeue_to_on_demand(svc: Services, run: Run, stage: Stage, job_id: str, reason: str) -> Attempt | None:
-    """Replaces the stage's current Spot job by an On-Demand one; None when another handler already did.
+    """Replaces the stage's current Spot job by an On-Demand one; None when another handler already did, or the Spot
+    job's own end was recorded first (its handler acts on it: settles the stage, or places the next attempt as the
+    failure calls for; a requeue decided on an older view of the job, such as the SLA guard's DescribeJobs read at
+    its pass's start, would otherwise take that placement from it, a retry unspent or a success not settled on).
 
     Each step may be repeated after a crash: the Spot attempt is marked first, so its FAILED event is read as our
     cancellation, not a reclaim (marking it again is a no-op); the claim of the next attempt lets one caller place
     it; the Spot job is terminated whoever placed it (terminating an ended job changes nothing).
     """
-    if not svc.ledger.cancel_attempt(run.run_id, stage.stage, stage.attempt, CANCEL_REQUEUE):
+    if not svc.ledger.cancel_attempt(run.run_id, stage.stage, stage.attempt, CANCEL_REQUEUE, open_only=True):
         return None
     placed = place_attempt(svc, run, stage, "on-demand", reason)
     svc.batch.terminate(job_id, f"spot-hpc: requeued to On-Demand ({reason})")

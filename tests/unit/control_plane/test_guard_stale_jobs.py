@@ -1,0 +1,148 @@
+"""The SLA guard acting on a stage whose job's end the ledger holds ahead of Batch's view: DescribeJobs is read once,
+at the start of a pass that may take minutes, and may be seconds stale even then, while the job's own handler records
+its end and acts on it. The ledger runs on moto, whose conditional writes are evaluated as DynamoDB's are."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from spot_hpc.clock import format_time
+from spot_hpc.events import BatchJobDetail
+from spot_hpc.guard import run_guard
+from spot_hpc.job_events import apply_job_state
+from spot_hpc.ledger import Attempt, Ledger, Run, Stage
+from spot_hpc.run_report import FailureClass
+
+# preprocess (1 h, Spot) before hpc (1 h, shards) and postprocess (10 h): with 13.2 h left, preprocess's share is
+# 1.175 h, too little to wait one more pass for Spot and still finish on On-Demand (its changeover 0.1 h), though
+# the run's deadline is not at risk (it may finish up to 2 h from now).
+HOURS_LEFT = 13.2
+CHANGEOVER_HOURS = 0.1
+
+
+class BatchAsReadAtThePassStart:
+    """Batch as the pass read it: every job of the stages on the Spot queue, in `status`; the jobs it submits and
+    terminates."""
+
+    def __init__(self, status: str) -> None:
+        self.status = status
+        self.submitted: list[Any] = []
+        self.terminated: list[str] = []
+
+    def describe(self, job_ids: list[str]) -> dict[str, Any]:
+        return {j: {"jobId": j, "jobName": j, "jobQueue": "spot", "status": self.status} for j in job_ids}
+
+    def find_jobs_named(self, queue: str, name: str) -> list[str]:
+        return []
+
+    def submit(self, request: Any) -> str:
+        self.submitted.append(request)
+        return f"job-{len(self.submitted) + 1}"
+
+    def terminate(self, job_id: str, reason: str) -> None:
+        self.terminated.append(job_id)
+
+
+class FlatPrices:
+    def usd_per_hour(self, instance_type: str, region: str, capacity: str, **_: Any) -> float:
+        return 0.3 if capacity == "spot" else 1.0
+
+
+@pytest.fixture
+def told(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The kinds of the notices sent (SNS and Slack are the notifier's tests')."""
+    kinds: list[str] = []
+
+    def notify(svc: Any, kind: str, *_: Any, **__: Any) -> bool:
+        kinds.append(kind)
+        return True
+
+    for module in ("spot_hpc.guard", "spot_hpc.placement", "spot_hpc.job_events"):
+        monkeypatch.setattr(f"{module}.notify", notify)
+    monkeypatch.setattr("spot_hpc.guard.redeliver_parked_notices", lambda svc, remaining: {"sent": 0})
+    monkeypatch.setattr("spot_hpc.guard.send_orphaned_notices", lambda svc, remaining, **_: ({"sent": 0}, []))
+    return kinds
+
+
+def _services(ledger: Ledger, batch: BatchAsReadAtThePassStart) -> Any:
+    settings = SimpleNamespace(
+        changeover_hours=CHANGEOVER_HOURS,
+        spot_interruption_bucket=4,
+        spot_wait_signal_minutes=10.0,
+        region="us-east-1",
+        spot_instance_type="c6i.4xlarge",
+        on_demand_instance_type="c6i.4xlarge",
+        hpc_instance_type="c6i.8xlarge",
+        ingest_bucket="ingest",
+        spot_job_queue="spot",
+        on_demand_job_queue="on-demand",
+        hpc_job_queue="hpc",
+        preprocess_job_definition="preprocess",
+        hpc_job_definition="hpc",
+        hpc_shard_job_definition="hpc-shard",
+        postprocess_job_definition="postprocess",
+    )
+    return SimpleNamespace(settings=settings, ledger=ledger, batch=batch, s3=None, prices=FlatPrices(), pipeline=None)
+
+
+def _spot_stage_waiting(ledger: Ledger, utc_clock) -> None:
+    """Run r1's preprocess on its first attempt, a Spot job that waited 20 minutes for capacity."""
+    now = utc_clock.now
+    run = Run("r1", "ingest", "incoming/a.csv", "v1", format_time(now + timedelta(hours=HOURS_LEFT)), 14.0,
+              format_time(now - timedelta(minutes=30)), {}, hpc_mode="shards")  # fmt: skip
+    stages = [
+        Stage("r1", "preprocess", 0, 1.0, True, 1),
+        Stage("r1", "hpc", 1, 1.0, True, 2),
+        Stage("r1", "postprocess", 2, 10.0, True, 1),
+    ]
+    ledger.create_run(run, stages)
+    ledger.claim_attempt("r1", "preprocess", 0, capacity="spot")
+    waiting_since = format_time(now - timedelta(minutes=20))
+    ledger.record_attempt(Attempt("r1", "preprocess", 1, "job-1", "spot", "spot", 1, waiting_since, status="RUNNABLE"))
+    ledger.update_stage("r1", "preprocess", spot_waiting_since=waiting_since)
+
+
+def test_the_waiting_spot_stage_is_requeued_by_the_guard(ledger: Ledger, utc_clock, told) -> None:
+    # GIVEN the Spot stage waiting 20 minutes, too long for its share of the deadline, Batch and the ledger agreeing
+    _spot_stage_waiting(ledger, utc_clock)
+    batch = BatchAsReadAtThePassStart("RUNNABLE")
+
+    # WHEN the guard runs a pass
+    result = run_guard(_services(ledger, batch))
+
+    # THEN it moves the stage to On-Demand, telling of it
+    assert [a["action"] for a in result["actions"]] == ["requeued to On-Demand"]
+    assert [job.queue for job in batch.submitted] == ["on-demand"] and batch.terminated == ["job-1"]
+    assert told == ["requeued"]
+
+
+def test_a_job_whose_end_the_ledger_has_recorded_is_not_requeued_on_batchs_older_view(
+    ledger: Ledger, utc_clock, told
+) -> None:
+    # GIVEN the waiting Spot stage, whose job has since failed with an application error: its handler recorded the
+    # end and is deciding what follows, while Batch, as the guard read it, still has the job RUNNABLE
+    _spot_stage_waiting(ledger, utc_clock)
+    failed_at = format_time(utc_clock.now)
+    ledger.update_open_attempt("r1", "preprocess", 1, status="FAILED", exit_code=3, stopped_at=failed_at,
+                               failure_class=FailureClass.APPLICATION_ERROR)  # fmt: skip
+    batch = BatchAsReadAtThePassStart("RUNNABLE")
+    svc = _services(ledger, batch)
+
+    # WHEN the guard runs a pass
+    result = run_guard(svc)
+
+    # THEN it leaves the stage to the job's handler: nothing placed, and the ended attempt not marked as cancelled
+    assert batch.submitted == [] and result["actions"] == []
+    stage, attempt = ledger.get_stage("r1", "preprocess"), ledger.get_attempt("r1", "preprocess", 1)
+    assert stage is not None and stage.attempt == 1
+    assert attempt is not None and attempt.cancel_reason is None
+
+    # AND the handler, acting on the end it recorded, places the next attempt spending one of the stage's retries
+    detail = {"jobId": "job-1", "jobName": "job-1", "jobQueue": "spot", "status": "FAILED", "exitCode": 3}
+    applied = apply_job_state(svc, BatchJobDetail.model_validate(detail | {"container": {"exitCode": 3}}))
+    stage = ledger.get_stage("r1", "preprocess")
+    assert applied["status"] == "resubmitted"
+    assert stage is not None and (stage.attempt, stage.app_retries_used) == (2, 1)
