@@ -1,6 +1,7 @@
-"""The SLA guard acting on a stage whose job's end the ledger holds ahead of Batch's view: DescribeJobs is read once,
-at the start of a pass that may take minutes, and may be seconds stale even then, while the job's own handler records
-its end and acts on it. The ledger runs on moto, whose conditional writes are evaluated as DynamoDB's are."""
+"""The SLA guard acting on a stage whose job's end the ledger holds ahead of Batch's view (DescribeJobs is read once,
+at the start of a pass that may take minutes, and may be seconds stale even then), while the job's own handler records
+its end and acts on it, or died having recorded it. The ledger runs on moto, whose conditional writes are evaluated as
+DynamoDB's are."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from spot_hpc.clock import format_time
 from spot_hpc.events import BatchJobDetail
 from spot_hpc.guard import run_guard
 from spot_hpc.job_events import apply_job_state
-from spot_hpc.ledger import Attempt, Ledger, Run, Stage
+from spot_hpc.ledger import CANCEL_EARLIER_SUCCEEDED, CANCEL_REQUEUE, Attempt, Ledger, Run, Stage
 from spot_hpc.run_report import FailureClass
 
 # preprocess (1 h, Spot) before hpc (1 h, shards) and postprocess (10 h): with 13.2 h left, preprocess's share is
@@ -24,16 +25,15 @@ CHANGEOVER_HOURS = 0.1
 
 
 class BatchAsReadAtThePassStart:
-    """Batch as the pass read it: every job of the stages on the Spot queue, in `status`; the jobs it submits and
-    terminates."""
+    """Batch as the pass read it: each job in its status of `statuses`; the jobs it submits and terminates."""
 
-    def __init__(self, status: str) -> None:
-        self.status = status
+    def __init__(self, statuses: dict[str, str]) -> None:
+        self.statuses = statuses
         self.submitted: list[Any] = []
         self.terminated: list[str] = []
 
     def describe(self, job_ids: list[str]) -> dict[str, Any]:
-        return {j: {"jobId": j, "jobName": j, "jobQueue": "spot", "status": self.status} for j in job_ids}
+        return {j: {"jobId": j, "jobName": j, "jobQueue": "spot", "status": self.statuses[j]} for j in job_ids}
 
     def find_jobs_named(self, queue: str, name: str) -> list[str]:
         return []
@@ -108,7 +108,7 @@ def _spot_stage_waiting(ledger: Ledger, utc_clock) -> None:
 def test_the_waiting_spot_stage_is_requeued_by_the_guard(ledger: Ledger, utc_clock, told) -> None:
     # GIVEN the Spot stage waiting 20 minutes, too long for its share of the deadline, Batch and the ledger agreeing
     _spot_stage_waiting(ledger, utc_clock)
-    batch = BatchAsReadAtThePassStart("RUNNABLE")
+    batch = BatchAsReadAtThePassStart({"job-1": "RUNNABLE"})
 
     # WHEN the guard runs a pass
     result = run_guard(_services(ledger, batch))
@@ -128,7 +128,7 @@ def test_a_job_whose_end_the_ledger_has_recorded_is_not_requeued_on_batchs_older
     failed_at = format_time(utc_clock.now)
     ledger.update_open_attempt("r1", "preprocess", 1, status="FAILED", exit_code=3, stopped_at=failed_at,
                                failure_class=FailureClass.APPLICATION_ERROR)  # fmt: skip
-    batch = BatchAsReadAtThePassStart("RUNNABLE")
+    batch = BatchAsReadAtThePassStart({"job-1": "RUNNABLE"})
     svc = _services(ledger, batch)
 
     # WHEN the guard runs a pass
@@ -146,3 +146,26 @@ def test_a_job_whose_end_the_ledger_has_recorded_is_not_requeued_on_batchs_older
     stage = ledger.get_stage("r1", "preprocess")
     assert applied["status"] == "resubmitted"
     assert stage is not None and (stage.attempt, stage.app_retries_used) == (2, 1)
+
+
+def test_a_requeued_spot_jobs_success_whose_handler_died_before_acting_on_it_settles_the_stage(
+    ledger: Ledger, utc_clock, told
+) -> None:
+    # GIVEN the Spot stage requeued to On-Demand (its second attempt's job running), and its Spot job's success told
+    # as the requeue ended it: the handler recorded the success and died before settling the stage on it
+    _spot_stage_waiting(ledger, utc_clock)
+    now = format_time(utc_clock.now)
+    ledger.cancel_attempt("r1", "preprocess", 1, CANCEL_REQUEUE)
+    ledger.claim_attempt("r1", "preprocess", 1, capacity="on-demand")
+    ledger.record_attempt(Attempt("r1", "preprocess", 2, "job-2", "on-demand", "on-demand", 1, now, status="RUNNING"))
+    ledger.update_open_attempt("r1", "preprocess", 1, status="SUCCEEDED", started_at=now, stopped_at=now)
+    batch = BatchAsReadAtThePassStart({"job-1": "SUCCEEDED", "job-2": "RUNNING"})
+
+    # WHEN the guard runs a pass
+    run_guard(_services(ledger, batch))
+
+    # THEN the stage settles on the Spot attempt's work, and the On-Demand job, which would do it again, is ended
+    stage, on_demand = ledger.get_stage("r1", "preprocess"), ledger.get_attempt("r1", "preprocess", 2)
+    assert stage is not None and stage.status == "SUCCEEDED"
+    assert batch.terminated == ["job-2"]
+    assert on_demand is not None and on_demand.cancel_reason == CANCEL_EARLIER_SUCCEEDED

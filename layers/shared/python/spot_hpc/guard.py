@@ -24,6 +24,7 @@ from spot_hpc.job_events import answer_state_machine, apply_job_state
 from spot_hpc.ledger import CANCEL_REQUEUE, Run, Stage
 from spot_hpc.notifier import notify, redeliver_parked_notices, send_orphaned_notices
 from spot_hpc.outcome import Settlement, finish, late_run_end_settlement
+from spot_hpc.pipeline import job_name
 from spot_hpc.placement import (
     choose_capacity,
     end_spot_wait,
@@ -222,7 +223,8 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
             answer_state_machine(svc, stage)
             return f"answered the state machine: {stage.status}"
         return None
-    _end_requeued_job(svc, stage)
+    if _end_requeued_job(svc, stage):
+        return "acted on the success of the attempt it was requeued from"
     if not stage.job_id:
         if stage.submitting_since and now - parse_time(stage.submitting_since) > STALE_SUBMISSION:
             submit_claimed(svc, run, stage, stage.capacity or "spot", "recovered an interrupted submission")
@@ -312,19 +314,32 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
     return "requeued to On-Demand" if placed else None
 
 
-def _end_requeued_job(svc: Services, stage: Stage) -> None:
+def _end_requeued_job(svc: Services, stage: Stage) -> bool:
     """Ends the Spot job of the attempt before, if it was requeued to On-Demand and its end is not recorded. Either the
     requeue's handler died between placing the On-Demand job and terminating the Spot one, which would otherwise run
     on when capacity returns, writing to the same outputs: it is terminated. Or its end was told nowhere (an event
     lost): recorded now, as its event would have been, with its stop, its bill and the notices of what followed;
-    otherwise it would be billed without end and terminated again at every pass."""
+    otherwise it would be billed without end and terminated again at every pass.
+
+    A success of that job recorded while the stage still runs the attempt after it was not acted on (its handler died
+    after recording it): acted on now, as the event's retry would, from what was recorded. The stage settles on its
+    work and the later job is ended; left alone, that job would do the stage again, and the run wait on it. True when
+    a success was acted on, recorded or told now (the stage is no longer the one read)."""
     if stage.attempt <= 1:
-        return
+        return False
     previous = svc.ledger.get_attempt(stage.run_id, stage.stage, stage.attempt - 1)
-    if not (previous and previous.cancel_reason and previous.job_id and previous.status not in TERMINAL_STATUSES):
-        return
+    if not (previous and previous.cancel_reason and previous.job_id):
+        return False
+    if previous.status == "SUCCEEDED":
+        name = job_name(previous.run_id, previous.stage, previous.attempt)
+        recorded = {"jobId": previous.job_id, "jobName": name, "jobQueue": previous.queue, "status": previous.status}
+        apply_job_state(svc, BatchJobDetail.model_validate(recorded))
+        return True
+    if previous.status in TERMINAL_STATUSES:
+        return False
     job = svc.batch.describe([previous.job_id]).get(previous.job_id)
     if job is not None and job.get("status") in TERMINAL_STATUSES:
         apply_job_state(svc, BatchJobDetail.model_validate(job))
-        return
+        return job.get("status") == "SUCCEEDED"  # the stage settled on it (`job_events._act_on_terminal`)
     svc.batch.terminate(previous.job_id, f"spot-hpc: {previous.cancel_reason} (attempt {previous.attempt})")
+    return False
