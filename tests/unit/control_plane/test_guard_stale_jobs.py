@@ -169,3 +169,23 @@ def test_a_requeued_spot_jobs_success_whose_handler_died_before_acting_on_it_set
     assert stage is not None and stage.status == "SUCCEEDED"
     assert batch.terminated == ["job-2"]
     assert on_demand is not None and on_demand.cancel_reason == CANCEL_EARLIER_SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("batch_status", "ledger_status"), [("STARTING", "RUNNABLE"), ("RUNNABLE", "STARTING")], ids=["batch", "ledger"]
+)
+def test_a_spot_job_starting_on_the_instance_it_got_after_a_long_wait_is_not_requeued(
+    ledger: Ledger, utc_clock, told, batch_status: str, ledger_status: str
+) -> None:
+    # GIVEN the Spot stage that waited 20 minutes, whose job has just got an instance and is starting on it, as Batch
+    # says, or as the ledger has recorded since Batch was read at the pass's start
+    _spot_stage_waiting(ledger, utc_clock)
+    ledger.update_open_attempt("r1", "preprocess", 1, status=ledger_status)
+    batch = BatchAsReadAtThePassStart({"job-1": batch_status})
+
+    # WHEN the guard runs a pass
+    result = run_guard(_services(ledger, batch))
+
+    # THEN the job is left to start on its Spot capacity (the deadline leaves time for a reclaim then), not taken
+    # for one still without capacity and replaced by an On-Demand job paying a changeover again
+    assert batch.submitted == [] and batch.terminated == [] and result["actions"] == []

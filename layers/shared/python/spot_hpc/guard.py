@@ -279,14 +279,18 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
     # An array waits for Spot while any shard does (it cannot finish without it).
     job_waits = detail.shards_waiting > 0 if detail.is_array_parent else detail.status == "RUNNABLE"
     job_runs = not detail.shards_waiting if detail.is_array_parent else detail.status == "RUNNING"
+    # A job starting (STARTING: Batch placed it on an instance, its container starts) got Spot capacity, though its
+    # wait ends with its RUNNING (`job_events`): taken for a job still waiting, it would be replaced by an On-Demand
+    # one, paying a changeover again, for want of capacity it has.
+    starting = detail.status == "STARTING" and not detail.is_array_parent
     # Batch was described at the start of the pass: a job whose start the ledger has recorded since is not waiting.
-    started_since = attempt is not None and attempt.status == "RUNNING" and not detail.is_array_parent
+    started_since = attempt is not None and attempt.status in ("STARTING", "RUNNING") and not detail.is_array_parent
     waiting_since = stage.spot_waiting_since
     if waiting_since and job_runs:
         end_spot_wait(svc, stage)
         waiting_since = None
-    elif started_since:
-        # It got capacity since: the wait this pass read with the stage is not a want of it (its start ended it).
+    elif started_since or starting:
+        # It got capacity (since): the wait this pass read with the stage is not a want of it (its start ends it).
         waiting_since = None
     elif not waiting_since and job_waits:
         # The job's start may be recorded while this pass runs, its handler reading the stage before this wait.
@@ -298,7 +302,7 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
     if waiting:
         # Stuck RUNNABLE on the Spot queue (the job, or a shard of the array): there is no Spot capacity for it.
         decision = choose_capacity(svc, run, stage, current=Action.IDLE, spot_available=False, view=view)
-    elif running:
+    elif running or starting:
         decision = choose_capacity(svc, run, stage, current=Action.SPOT, spot_available=True, view=view)
     elif waiting_since and not waiting_leaves_time(view.remaining_hours, view.hours_left, change):
         # Too young a wait to call it a want of capacity (instances take minutes to start), but the deadline's guard
