@@ -151,12 +151,17 @@ def schedule_period(expression: str) -> timedelta:
 
 
 class EventBus:
-    def __init__(self) -> None:
+    """The default bus. With `redeliver`, every event put is delivered twice, the second time after the next event
+    (EventBridge delivers at least once and keeps no order): a run must come out the same."""
+
+    def __init__(self, redeliver: bool = False) -> None:
         self._lambda = boto3.client("lambda", region_name=REGION)
         self._sfn = boto3.client("stepfunctions", region_name=REGION)
         self._sqs = boto3.client("sqs", region_name=REGION)
         self.deliveries: list[Delivery] = []
         self._next_fire: dict[str, datetime] = {}
+        self.redeliver = redeliver
+        self._again: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # (rule, target, event) to deliver again
 
     def _rules(self) -> list[Any]:
         from moto.events.models import events_backends
@@ -178,11 +183,16 @@ class EventBus:
         if not isinstance(event["id"], str) or not event["id"]:
             event["id"] = str(uuid.uuid4())
         delivered: list[Delivery] = []
+        again, self._again = self._again, []
         for rule in self._rules():
             if rule.state != "ENABLED" or rule.scheduled_expression or not rule.event_pattern.matches_event(event):
                 continue
             for target in rule.targets:
                 delivered.append(self._deliver(rule.name, target, event))
+                if self.redeliver:
+                    self._again.append((rule.name, target, event))
+        # The events before this one, once more: after it.
+        delivered.extend(self._deliver(rule_name, target, earlier) for rule_name, target, earlier in again)
         self.deliveries.extend(delivered)
         return delivered
 

@@ -61,8 +61,10 @@ class OfflineControlPlane:
         parameters: dict[str, str] | None = None,
         webhook: WebhookSink | None = None,
         failing_stages: dict[str, int] | None = None,
+        redeliver_events: bool = False,
     ) -> None:
         self.trace = SpotTrace.load(trace, start_hour)
+        self.redeliver_events = redeliver_events
         self.stage_hours = stage_hours or dict(DEFAULT_STAGE_HOURS)
         self.failing_stages = failing_stages or {}
         self.template = template
@@ -130,7 +132,7 @@ class OfflineControlPlane:
         self._uninstall.append(adapters.install_lambda_adapter(lambda name: self.stack.functions.get(name)))
         self._uninstall.append(batch_emulator.install(lambda: getattr(self, "batch", None)))
         self.stack = deploy(self.template, self.parameters)
-        self.bus = EventBus()
+        self.bus = EventBus(redeliver=self.redeliver_events)
         self.batch = BatchEmulator(
             self.trace, self.stage_hours, self.put_event, self.clock.now, failing_stages=self.failing_stages
         )
