@@ -515,6 +515,12 @@ def stop_stage(svc: Services, stage: Stage, reason: str) -> None:
             # A requeue's mark, if the attempt has one, stays: either way its end is read as our cancellation.
             svc.ledger.cancel_attempt(current.run_id, current.stage, current.attempt, CANCEL_RUN_ENDED)
             svc.batch.terminate(current.job_id, f"spot-hpc: {reason}")
+    if current is not None and current.attempt > 1:
+        # The Spot job a requeue replaced, if the requeue's handler died before terminating it: once the stage ends
+        # the SLA guard no longer watches it, and it would run (billed) until its attempt timeout.
+        replaced = svc.ledger.get_attempt(current.run_id, current.stage, current.attempt - 1)
+        if replaced and replaced.cancel_reason == CANCEL_REQUEUE and replaced.status not in TERMINAL_STATUSES:
+            svc.batch.terminate(replaced.job_id, f"spot-hpc: {reason}")
     svc.ledger.mark_answered(stage.run_id, stage.stage)
 
 
