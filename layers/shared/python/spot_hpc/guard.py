@@ -283,8 +283,10 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
     # wait ends with its RUNNING (`job_events`): taken for a job still waiting, it would be replaced by an On-Demand
     # one, paying a changeover again, for want of capacity it has.
     starting = detail.status == "STARTING" and not detail.is_array_parent
-    # Batch was described at the start of the pass: a job whose start the ledger has recorded since is not waiting.
-    started_since = attempt is not None and attempt.status in ("STARTING", "RUNNING") and not detail.is_array_parent
+    # Batch was described at the start of the pass: a job whose run the ledger has recorded since is not waiting. Not
+    # one the ledger holds STARTING: Batch tries the job again when its container cannot start (an image pull
+    # failing), and the RUNNABLE it then waits in comes after that STARTING, which no later event would then undo.
+    started_since = attempt is not None and attempt.status == "RUNNING" and not detail.is_array_parent
     waiting_since = stage.spot_waiting_since
     if waiting_since and job_runs:
         end_spot_wait(svc, stage)
