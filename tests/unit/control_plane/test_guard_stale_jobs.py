@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from batch_fakes import DescribedBatch
 from spot_hpc.clock import format_time
 from spot_hpc.events import BatchJobDetail
 from spot_hpc.guard import run_guard
@@ -22,28 +23,6 @@ from spot_hpc.run_report import FailureClass
 # the run's deadline is not at risk (it may finish up to 2 h from now).
 HOURS_LEFT = 13.2
 CHANGEOVER_HOURS = 0.1
-
-
-class BatchAsReadAtThePassStart:
-    """Batch as the pass read it: each job in its status of `statuses`; the jobs it submits and terminates."""
-
-    def __init__(self, statuses: dict[str, str]) -> None:
-        self.statuses = statuses
-        self.submitted: list[Any] = []
-        self.terminated: list[str] = []
-
-    def describe(self, job_ids: list[str]) -> dict[str, Any]:
-        return {j: {"jobId": j, "jobName": j, "jobQueue": "spot", "status": self.statuses[j]} for j in job_ids}
-
-    def find_jobs_named(self, queue: str, name: str) -> list[str]:
-        return []
-
-    def submit(self, request: Any) -> str:
-        self.submitted.append(request)
-        return f"job-{len(self.submitted) + 1}"
-
-    def terminate(self, job_id: str, reason: str) -> None:
-        self.terminated.append(job_id)
 
 
 class FlatPrices:
@@ -67,7 +46,7 @@ def told(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return kinds
 
 
-def _services(ledger: Ledger, batch: BatchAsReadAtThePassStart) -> Any:
+def _services(ledger: Ledger, batch: DescribedBatch) -> Any:
     settings = SimpleNamespace(
         changeover_hours=CHANGEOVER_HOURS,
         spot_interruption_bucket=4,
@@ -108,7 +87,7 @@ def _spot_stage_waiting(ledger: Ledger, utc_clock) -> None:
 def test_the_waiting_spot_stage_is_requeued_by_the_guard(ledger: Ledger, utc_clock, told) -> None:
     # GIVEN the Spot stage waiting 20 minutes, too long for its share of the deadline, Batch and the ledger agreeing
     _spot_stage_waiting(ledger, utc_clock)
-    batch = BatchAsReadAtThePassStart({"job-1": "RUNNABLE"})
+    batch = DescribedBatch({"job-1": "RUNNABLE"})
 
     # WHEN the guard runs a pass
     result = run_guard(_services(ledger, batch))
@@ -128,7 +107,7 @@ def test_a_job_whose_end_the_ledger_has_recorded_is_not_requeued_on_batchs_older
     failed_at = format_time(utc_clock.now)
     ledger.update_open_attempt("r1", "preprocess", 1, status="FAILED", exit_code=3, stopped_at=failed_at,
                                failure_class=FailureClass.APPLICATION_ERROR)  # fmt: skip
-    batch = BatchAsReadAtThePassStart({"job-1": "RUNNABLE"})
+    batch = DescribedBatch({"job-1": "RUNNABLE"})
     svc = _services(ledger, batch)
 
     # WHEN the guard runs a pass
@@ -159,7 +138,7 @@ def test_a_requeued_spot_jobs_success_whose_handler_died_before_acting_on_it_set
     ledger.claim_attempt("r1", "preprocess", 1, capacity="on-demand")
     ledger.record_attempt(Attempt("r1", "preprocess", 2, "job-2", "on-demand", "on-demand", 1, now, status="RUNNING"))
     ledger.update_open_attempt("r1", "preprocess", 1, status="SUCCEEDED", started_at=now, stopped_at=now)
-    batch = BatchAsReadAtThePassStart({"job-1": "SUCCEEDED", "job-2": "RUNNING"})
+    batch = DescribedBatch({"job-1": "SUCCEEDED", "job-2": "RUNNING"})
 
     # WHEN the guard runs a pass
     run_guard(_services(ledger, batch))
@@ -171,33 +150,24 @@ def test_a_requeued_spot_jobs_success_whose_handler_died_before_acting_on_it_set
     assert on_demand is not None and on_demand.cancel_reason == CANCEL_EARLIER_SUCCEEDED
 
 
-def test_a_spot_job_starting_on_the_instance_it_got_after_a_long_wait_is_not_requeued(
-    ledger: Ledger, utc_clock, told
+@pytest.mark.parametrize(
+    ("batch_status", "placed"), [("STARTING", []), ("RUNNABLE", ["on-demand"])], ids=["starting", "tried-again"]
+)
+def test_a_spot_job_starting_after_a_long_wait_is_judged_by_what_batch_says(
+    ledger: Ledger, utc_clock, told, batch_status: str, placed: list[str]
 ) -> None:
-    # GIVEN the Spot stage that waited 20 minutes, whose job has just got an instance and is starting on it
+    # GIVEN the Spot stage that waited 20 minutes, whose job the ledger holds STARTING on the instance it got at last:
+    # starting on it still, or waiting RUNNABLE again for Batch's next try, its container unable to start (an image
+    # pull failing; the RUNNABLE after that STARTING reads as stale to the job's handler)
     _spot_stage_waiting(ledger, utc_clock)
     ledger.update_open_attempt("r1", "preprocess", 1, status="STARTING")
-    batch = BatchAsReadAtThePassStart({"job-1": "STARTING"})
+    batch = DescribedBatch({"job-1": batch_status})
 
     # WHEN the guard runs a pass
-    result = run_guard(_services(ledger, batch))
+    run_guard(_services(ledger, batch))
 
-    # THEN the job is left to start on its Spot capacity (the deadline leaves time for a reclaim then), not taken
-    # for one still without capacity and replaced by an On-Demand job paying a changeover again
-    assert batch.submitted == [] and batch.terminated == [] and result["actions"] == []
-
-
-def test_a_spot_job_batch_tries_again_after_its_start_failed_is_requeued_when_it_waits_on(
-    ledger: Ledger, utc_clock, told
-) -> None:
-    # GIVEN the Spot stage that waited 20 minutes, whose job started on an instance, failed to (its image pull), and
-    # waits RUNNABLE again for Batch's next try: the ledger holds its STARTING (a RUNNABLE after it reads as stale)
-    _spot_stage_waiting(ledger, utc_clock)
-    ledger.update_open_attempt("r1", "preprocess", 1, status="STARTING")
-    batch = BatchAsReadAtThePassStart({"job-1": "RUNNABLE"})
-
-    # WHEN the guard runs a pass
-    result = run_guard(_services(ledger, batch))
-
-    # THEN it is judged by what Batch says, waiting without capacity, and moved to On-Demand as a waiting job is
-    assert [request.queue for request in batch.submitted] == ["on-demand"] and result["actions"] != []
+    # THEN a job starting is left to start on its Spot capacity (the deadline leaves time for a reclaim then), not
+    # taken for one still without capacity and replaced, paying a changeover again; one waiting again is moved to
+    # On-Demand as any waiting job is
+    assert [request.queue for request in batch.submitted] == placed
+    assert batch.terminated == (["job-1"] if placed else [])

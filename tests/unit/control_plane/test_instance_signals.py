@@ -234,6 +234,15 @@ def _requested_for_attempt(svc: SimpleNamespace) -> int | None:
     return None if request is None else request.attempt
 
 
+def _job_a_running_half_an_hour(ledger: Ledger, utc_clock) -> SimpleNamespace:
+    """Run run-1's preprocess, Spot job "job-a" of attempt 1, running on the instance for the last half hour."""
+    svc = _signal_services(ledger)
+    _placed_on_spot(svc, 1, "job-a")
+    _running(svc, "job-a", utc_clock.now)
+    utc_clock.advance(minutes=30)
+    return svc
+
+
 def _signal_event(name: str, at) -> dict:
     event = load_event(name, **{"instance-id": INSTANCE})
     event["time"] = format_time(at)
@@ -244,10 +253,7 @@ def test_a_rebalance_recommendation_is_not_acted_on_again_for_a_job_that_started
     # GIVEN a Spot job on an instance EC2 recommends rebalancing, which the recommendation has checkpoint; the job
     # then ends (reclaimed after all, or its own error) and its next attempt, placed on Spot again, is started by
     # Batch on the same instance (still up) a minute later
-    svc = _signal_services(ledger)
-    _placed_on_spot(svc, 1, "job-a")
-    _running(svc, "job-a", utc_clock.now)
-    utc_clock.advance(minutes=30)
+    svc = _job_a_running_half_an_hour(ledger, utc_clock)
     answer = on_spot_signal(svc, _signal_event("rebalance_recommendation", utc_clock.now), ACCOUNT)  # type: ignore[arg-type]
     asked_first = _requested_for_attempt(svc)
     _placed_on_spot(svc, 2, "job-b")
@@ -337,10 +343,7 @@ def test_a_warning_acts_on_every_job_on_its_instance_and_awaits_it_when_one_jobs
 def test_a_rebalance_recommendations_retry_leaves_a_job_that_started_on_the_instance_after_it(ledger, utc_clock):
     # GIVEN a rebalance recommendation that had the Spot job on its instance checkpoint, and failed after (another
     # job there could not be acted on); the job then ended and its next attempt started on the same instance
-    svc = _signal_services(ledger)
-    _placed_on_spot(svc, 1, "job-a")
-    _running(svc, "job-a", utc_clock.now)
-    utc_clock.advance(minutes=30)
+    svc = _job_a_running_half_an_hour(ledger, utc_clock)
     recommendation = _signal_event("rebalance_recommendation", utc_clock.now)
     on_spot_signal(svc, recommendation, ACCOUNT)  # type: ignore[arg-type]
     _placed_on_spot(svc, 2, "job-b")
@@ -356,10 +359,7 @@ def test_a_rebalance_recommendations_retry_leaves_a_job_that_started_on_the_inst
 
 def test_a_rebalance_recommendation_asks_its_jobs_to_checkpoint_and_go_on(ledger, utc_clock):
     # GIVEN a Spot job running on an instance, with a roomy deadline
-    svc = _signal_services(ledger)
-    _placed_on_spot(svc, 1, "job-a")
-    _running(svc, "job-a", utc_clock.now)
-    utc_clock.advance(minutes=30)
+    svc = _job_a_running_half_an_hour(ledger, utc_clock)
     # WHEN EC2 recommends rebalancing the instance (at risk, not yet going)
     answer = on_spot_signal(svc, _signal_event("rebalance_recommendation", utc_clock.now), ACCOUNT)  # type: ignore[arg-type]
     # THEN the job is asked to save its progress and work on, not to stop: a stop would be read as a reclaim, told as
@@ -371,10 +371,7 @@ def test_a_rebalance_recommendation_asks_its_jobs_to_checkpoint_and_go_on(ledger
 
 def test_a_rebalance_recommendation_after_a_warning_leaves_the_warnings_request_to_stop(ledger, utc_clock):
     # GIVEN a Spot job whose instance EC2 warned of its interruption: the job is asked to checkpoint and stop
-    svc = _signal_services(ledger)
-    _placed_on_spot(svc, 1, "job-a")
-    _running(svc, "job-a", utc_clock.now)
-    utc_clock.advance(minutes=30)
+    svc = _job_a_running_half_an_hour(ledger, utc_clock)
     on_spot_signal(svc, _signal_event("spot_interruption_warning", utc_clock.now), ACCOUNT)  # type: ignore[arg-type]
     warned = CheckpointStore(svc.s3, _checkpoints(RUN_ID)).pending_request()
     # WHEN a rebalance recommendation for the instance is handled after it (EventBridge keeps no order)

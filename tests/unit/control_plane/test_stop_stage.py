@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from batch_fakes import DescribedBatch
 from spot_hpc.ledger import CANCEL_REQUEUE, CANCEL_RUN_ENDED, Attempt, Ledger, Run, Stage
 from spot_hpc.placement import stop_stage
 
 NOW = "2026-01-05T06:00:00Z"
-
-
-class RecordingBatch:
-    def __init__(self) -> None:
-        self.terminated: list[str] = []
-
-    def terminate(self, job_id: str, reason: str) -> None:
-        self.terminated.append(job_id)
 
 
 def _requeued_stage(ledger: Ledger, spot_status: str) -> Stage:
@@ -35,7 +28,7 @@ def _requeued_stage(ledger: Ledger, spot_status: str) -> Stage:
 def test_a_stage_stopped_while_its_requeue_had_not_ended_the_spot_job_ends_that_job_too(ledger: Ledger) -> None:
     # GIVEN a stage requeued to On-Demand by a handler that died before terminating the Spot job, still running
     stage = _requeued_stage(ledger, "RUNNING")
-    batch = RecordingBatch()
+    batch = DescribedBatch()
     # WHEN its run ends without it (the run failed, was aborted or timed out)
     stop_stage(SimpleNamespace(ledger=ledger, batch=batch), stage, "run aborted")  # type: ignore[arg-type]
     # THEN both its jobs are ended: the SLA guard, which terminates such a Spot job at each pass, no longer watches
@@ -48,7 +41,7 @@ def test_a_stage_stopped_while_its_requeue_had_not_ended_the_spot_job_ends_that_
 def test_a_stage_stopped_after_its_requeue_ended_the_spot_job_ends_only_the_on_demand_one(ledger: Ledger) -> None:
     # GIVEN a stage requeued to On-Demand whose Spot job's end is recorded
     stage = _requeued_stage(ledger, "FAILED")
-    batch = RecordingBatch()
+    batch = DescribedBatch()
     # WHEN its run ends without it
     stop_stage(SimpleNamespace(ledger=ledger, batch=batch), stage, "run aborted")  # type: ignore[arg-type]
     # THEN only the On-Demand job is ended

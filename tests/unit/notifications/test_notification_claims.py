@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from batch_fakes import DescribedBatch
 from botocore.exceptions import ClientError
 from spot_hpc import notifier
 from spot_hpc.clock import format_time, utc_now
@@ -353,13 +354,6 @@ def test_the_state_machines_retries_send_the_notice_of_a_notify_invocation_that_
     assert len(sink.delivered_messages) == 1 and _sns_notes(services) == 1
 
 
-class RunningOnDemand:
-    """Batch as the guard's DescribeJobs sees it: every job RUNNING on the On-Demand queue."""
-
-    def describe(self, job_ids: list[str]) -> dict[str, Any]:
-        return {j: {"jobId": j, "jobName": j, "jobQueue": "on-demand", "status": "RUNNING"} for j in job_ids}
-
-
 def _stage_at_risk(services: Any) -> Stage:
     """RUN's last stage running On-Demand with 2 h of work and an hour to the run's deadline."""
     run = dataclasses.replace(
@@ -371,7 +365,7 @@ def _stage_at_risk(services: Any) -> Stage:
     services.ledger.record_attempt(
         Attempt(RUN.run_id, "postprocess", 1, "job-1", "on-demand", "on-demand", 1, at, status="RUNNING")
     )
-    services.batch = RunningOnDemand()
+    services.batch = DescribedBatch(status="RUNNING", queue="on-demand")
     return stage
 
 
@@ -395,27 +389,6 @@ def test_an_at_risk_notice_another_guard_pass_holds_fails_no_pass_and_a_pass_aft
     assert len(sink.delivered_messages) == 1 and "at risk" in sink.delivered_messages[0]["text"].lower()
 
 
-class WaitingForSpot:
-    """Batch as the guard sees it: every job RUNNABLE on the Spot queue; the jobs the guard submits and terminates."""
-
-    def __init__(self) -> None:
-        self.submitted: list[Any] = []
-        self.terminated: list[str] = []
-
-    def describe(self, job_ids: list[str]) -> dict[str, Any]:
-        return {j: {"jobId": j, "jobName": j, "jobQueue": "spot", "status": "RUNNABLE"} for j in job_ids}
-
-    def find_jobs_named(self, queue: str, name: str) -> list[str]:
-        return []
-
-    def submit(self, request: Any) -> str:
-        self.submitted.append(request)
-        return f"job-{len(self.submitted) + 1}"
-
-    def terminate(self, job_id: str, reason: str) -> None:
-        self.terminated.append(job_id)
-
-
 def test_an_at_risk_notice_sns_refuses_does_not_keep_the_guard_from_moving_the_stage_to_on_demand(
     services, sink, utc_clock, monkeypatch
 ):
@@ -431,7 +404,7 @@ def test_an_at_risk_notice_sns_refuses_does_not_keep_the_guard_from_moving_the_s
         Attempt(RUN.run_id, "postprocess", 1, "job-1", "spot", "spot", 1, waiting_since, status="RUNNABLE")
     )
     services.ledger.update_stage(RUN.run_id, "postprocess", spot_waiting_since=waiting_since)
-    services.batch = WaitingForSpot()
+    services.batch = DescribedBatch(status="RUNNABLE")
 
     real_publish = services.sns.publish
 
@@ -481,7 +454,7 @@ def _orphaned(services: Any, utc_clock: Any, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def _sweeps(services: Any) -> dict[str, Any]:
-    services.batch = RunningOnDemand()
+    services.batch = DescribedBatch(status="RUNNING", queue="on-demand")
     return run_guard(services)
 
 
