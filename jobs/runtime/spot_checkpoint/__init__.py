@@ -18,9 +18,11 @@ the job's ``meta``. A checkpoint is complete only when its manifest exists and e
 back to the previous complete one otherwise.
 
 The checkpoint request (``request.json``): ``{"request_id": "<hex>", "reason": "...", "requested_at": <epoch s>,
-"attempt": <stage attempt>}`` (``attempt`` absent: any attempt). Every part of the stage checkpoints and stops when it
-sees a request id its latest checkpoint has not honoured yet, unless the request is for an earlier attempt than its
-own; a request whose ``attempt`` is not a whole number in ASCII digits is unreadable and ignored.
+"attempt": <stage attempt>, "stop": false}`` (``attempt`` absent: any attempt; ``stop`` absent: true). Every part of
+the stage checkpoints when it sees a request id its latest checkpoint has not honoured yet, unless the request is for
+an earlier attempt than its own, and then stops, or with ``"stop": false`` (a rebalance recommendation) works on; a
+request whose ``attempt`` is not a whole number in ASCII digits, or whose ``stop`` is not a JSON boolean, is
+unreadable and ignored.
 
 Exit codes: :data:`EXIT_CHECKPOINTED` (86) = stopped on a Spot notice, a request or SIGTERM after writing a complete
 checkpoint, or with no work since the latest one (a SIGTERM before the first unit): resubmit, the next attempt

@@ -270,9 +270,10 @@ class CheckpointedJob:
             write_outputs(state)
             job.finish()
 
-    ``step`` checkpoints when the interval is due, and on a Spot notice, a checkpoint request or SIGTERM checkpoints
-    at once and raises :class:`Stopped` (exit code :data:`EXIT_CHECKPOINTED`). Units should be short (seconds) so
-    the notice-to-checkpoint time stays well inside the two-minute warning.
+    ``step`` checkpoints when the interval is due, and on a Spot notice, a checkpoint request to stop or SIGTERM
+    checkpoints at once and raises :class:`Stopped` (exit code :data:`EXIT_CHECKPOINTED`); a request with ``stop``
+    false has it checkpoint once and return. Units should be short (seconds) so the notice-to-checkpoint time stays
+    well inside the two-minute warning.
     """
 
     def __init__(
