@@ -41,6 +41,7 @@ MANIFEST_FORMAT = "spot-checkpoint/1"
 SEQ_DIGITS = 10
 DEFAULT_KEEP = 2
 COMMIT_ATTEMPTS = 5  # manifest PUTs lost to another writer before a save gives up
+REQUEST_WRITE_TRIES = 3  # conditional writes of a request to go on lost to another writer before it gives up
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 
 _PAYLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -92,6 +93,11 @@ class CheckpointRequest:
     requested_at: float
     attempt: int | None = None  # the stage attempt the request is for; None (older writers): any attempt
     stop: bool = True  # absent (older writers): stop
+
+
+def earlier_attempt(attempt: int | None, than: int | None) -> bool:
+    """Whether a request for `attempt` is for an attempt before `than` (None: any attempt, before none)."""
+    return attempt is not None and than is not None and attempt < than
 
 
 def _request_attempt(value: object) -> int | None:
@@ -252,13 +258,18 @@ class CheckpointStore:
             token = page["NextContinuationToken"]
 
     def _get(self, key: str) -> bytes | None:
+        return self._get_with_etag(key)[0]
+
+    def _get_with_etag(self, key: str) -> tuple[bytes | None, str | None]:
+        """The object's bytes and ETag; (None, None) when it is not there."""
         try:
-            return bytes(self._call("get_object", Key=key)["Body"].read())
+            response = self._call("get_object", Key=key)
+            return bytes(response["Body"].read()), response.get("ETag")
         except CheckpointStoreUnavailable:
             raise
         except Exception as exc:
             if error_code(exc) in {"NoSuchKey", "404"}:
-                return None
+                return None, None
             raise
 
     def _seq_dirs(self) -> tuple[set[int], set[int]]:
@@ -487,34 +498,54 @@ class CheckpointStore:
         return len(keys) - len(failed), failed
 
     # -- the control plane's checkpoint request -------------------------------------------------------------------
-    def request_checkpoint(self, reason: str, *, attempt: int | None = None, stop: bool = True) -> str:
-        """Ask every job of the stage to checkpoint now and stop (``stop`` False: and go on working); returns the
-        request id recorded in manifests.
+    def request_checkpoint(self, reason: str, *, attempt: int | None = None) -> str:
+        """Ask every job of the stage to checkpoint now and stop; returns the request id recorded in manifests.
 
         ``attempt`` is the stage attempt the request is for: a job of a later attempt (the replacement the control
         plane places right after asking) ignores it. Without it, the request applies to any attempt.
         """
+        request_id, body = self._request_body(reason, attempt)
+        self._call("put_object", Key=self.request_key, Body=body, ContentType="application/json")
+        return request_id
+
+    def request_save(self, reason: str, *, attempt: int | None = None) -> str | None:
+        """Ask every job of the stage to checkpoint now and go on working (the instance at risk, not yet going);
+        returns the request id, or None where a request to stop stands for this attempt or a later one: the stage has
+        one request, and this one would keep the jobs from seeing that. Written only over the request it read (a
+        conditional put), so one to stop written meanwhile by another handler is not replaced either."""
+        request_id, body = self._request_body(reason, attempt, stop=False)
+        for _ in range(REQUEST_WRITE_TRIES):
+            raw, etag = self._get_with_etag(self.request_key)
+            pending = self._parse_request(raw) if raw is not None else None
+            if pending is not None and pending.stop and not earlier_attempt(pending.attempt, attempt):
+                return None
+            unchanged = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+            try:
+                self._call("put_object", Key=self.request_key, Body=body, ContentType="application/json", **unchanged)
+                return request_id
+            except Exception as exc:
+                if error_code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise
+        return None  # written over again and again meanwhile: the requests of those writers stand
+
+    @staticmethod
+    def _request_body(reason: str, attempt: int | None, stop: bool = True) -> tuple[str, bytes]:
         request_id = uuid.uuid4().hex
         body: dict[str, Any] = {"request_id": request_id, "reason": reason, "requested_at": time.time()}
         if attempt is not None:
             body["attempt"] = int(attempt)
         if not stop:
             body["stop"] = False
-        self._call(
-            "put_object",
-            Key=self.request_key,
-            Body=json.dumps(body, sort_keys=True).encode(),
-            ContentType="application/json",
-        )
-        return request_id
+        return request_id, json.dumps(body, sort_keys=True).encode()
 
     def pending_request(self) -> CheckpointRequest | None:
         """The stage's checkpoint request, or None (an unreadable request is ignored with a warning). A request whose
         attempt is not a whole number in ASCII digits is unreadable too: which attempt it is for nobody can tell, so it
         stops none rather than one it was not meant for."""
         raw = self._get(self.request_key)
-        if raw is None:
-            return None
+        return None if raw is None else self._parse_request(raw)
+
+    def _parse_request(self, raw: bytes) -> CheckpointRequest | None:
         try:
             body = json.loads(raw)
             if not isinstance(body, dict):  # a JSON array has no .get: an AttributeError nobody caught

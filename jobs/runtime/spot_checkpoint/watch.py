@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from .imds import InstanceMetadata, MetadataUnavailable
-from .store import CheckpointRequest, CheckpointStore
+from .store import CheckpointRequest, CheckpointStore, earlier_attempt
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class InterruptionWatcher:
         self.trigger(REASON_CHECKPOINT_REQUEST, request.reason, request.request_id)
 
     def _for_earlier_attempt(self, request: CheckpointRequest) -> bool:
-        return request.attempt is not None and self.attempt is not None and request.attempt < self.attempt
+        return earlier_attempt(request.attempt, self.attempt)
 
     def _poll_safely(self, poll: Callable[[], None]) -> None:
         # Whatever one poll raises, its poller must live on: a dead poller never sees a notice or request again.

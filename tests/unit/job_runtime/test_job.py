@@ -303,7 +303,7 @@ def test_checkpoint_request_stops_job_once_and_is_not_honoured_twice(s3: Any, ev
 def test_a_request_to_checkpoint_and_go_on_saves_once_and_keeps_the_job_working(s3: Any, events: EventRecorder) -> None:
     # GIVEN the control plane's request to checkpoint and go on working (EC2 recommends rebalancing the instance: it is
     # at risk, not yet going)
-    request_id = CheckpointStore(s3, URI).request_checkpoint("rebalance recommendation", attempt=1, stop=False)
+    request_id = CheckpointStore(s3, URI).request_save("rebalance recommendation", attempt=1)
     # WHEN a job of that attempt works, its watcher looking for requests before and after its units
     with make_job(s3, events, attempt=1) as job:
         job.watcher.poll_once()
@@ -329,7 +329,7 @@ def test_a_request_to_checkpoint_and_go_on_saves_once_and_keeps_the_job_working(
 def test_a_request_to_stop_after_one_to_go_on_stops_the_job(s3: Any, events: EventRecorder) -> None:
     # GIVEN a job that saved for a request to checkpoint and go on
     store = CheckpointStore(s3, URI)
-    store.request_checkpoint("rebalance recommendation", stop=False)
+    store.request_save("rebalance recommendation")
     with make_job(s3, events) as job, pytest.raises(Stopped) as stopped:
         job.watcher.poll_once()
         counting_job(job, 2)

@@ -501,7 +501,55 @@ def test_a_request_whose_stop_is_not_true_or_false_is_no_pending_request(
 
 def test_a_request_to_go_on_is_written_as_one(s3: Any) -> None:
     # GIVEN / WHEN the control plane asks the stage's jobs to checkpoint and go on working
-    request_id = CheckpointStore(s3, URI).request_checkpoint("rebalance recommendation", attempt=2, stop=False)
+    request_id = CheckpointStore(s3, URI).request_save("rebalance recommendation", attempt=2)
     # THEN the jobs read that request
     request = CheckpointStore(s3, URI).pending_request()
     assert request is not None and (request.request_id, request.attempt, request.stop) == (request_id, 2, False)
+
+
+@pytest.mark.parametrize(
+    ("stop_attempt", "save_attempt", "replaced"),
+    [(2, 2, False), (3, 2, False), (None, 2, False), (2, None, False), (1, 2, True)],
+    ids=["same-attempt", "later-attempt", "any-attempt", "save-for-any", "earlier-attempt"],
+)
+def test_a_request_to_go_on_never_replaces_a_request_to_stop_the_same_attempt(
+    s3: Any, stop_attempt: int | None, save_attempt: int | None, replaced: bool
+) -> None:
+    # GIVEN a request to stop (an interruption warning, a requeue) the jobs may not have seen yet
+    store = CheckpointStore(s3, URI)
+    stop_id = store.request_checkpoint("interruption warning", attempt=stop_attempt)
+    # WHEN a request to checkpoint and go on is made for the stage (a rebalance recommendation handled after it)
+    save_id = store.request_save("rebalance recommendation", attempt=save_attempt)
+    # THEN it stands in for the request to stop only if that was meant for an attempt before
+    request = store.pending_request()
+    assert request is not None and request.request_id == (save_id if replaced else stop_id)
+    assert (save_id is not None) is replaced
+
+
+class StopWrittenAfterTheRead:
+    """S3 on which another handler writes a request to stop just after this writer read the request object."""
+
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+        self.stop_id: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s3, name)
+
+    def get_object(self, **request: Any) -> Any:
+        response = self._s3.get_object(**request)
+        if self.stop_id is None:
+            self.stop_id = CheckpointStore(self._s3, URI).request_checkpoint("interruption warning", attempt=2)
+        return response
+
+
+def test_a_request_to_go_on_does_not_replace_a_request_to_stop_written_after_it_read_the_request(s3: Any) -> None:
+    # GIVEN an earlier attempt's request, and a request to stop for this attempt written by another handler just after
+    # the writer of a request to go on read the request object
+    CheckpointStore(s3, URI).request_checkpoint("requeue", attempt=1)
+    racing = StopWrittenAfterTheRead(s3)
+    # WHEN the request to go on is written
+    save_id = CheckpointStore(racing, URI).request_save("rebalance recommendation", attempt=2)
+    # THEN its conditional write fails, it reads the request again, and leaves the request to stop standing
+    request = CheckpointStore(s3, URI).pending_request()
+    assert save_id is None and request is not None and request.request_id == racing.stop_id

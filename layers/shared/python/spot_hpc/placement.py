@@ -527,12 +527,11 @@ def stop_stage(svc: Services, stage: Stage, reason: str) -> None:
 def request_checkpoint(svc: Services, stage: Stage, reason: str, stop: bool = True) -> None:
     """Asks the stage's running jobs to checkpoint now and stop, or (`stop` False) to checkpoint and go on working
     (they poll for it; Batch forwards no Spot warning). The stage has one request: one to go on does not replace one
-    to stop that the attempt may not have seen yet."""
+    to stop that the attempt may not have seen yet (`CheckpointStore.request_save`)."""
     if not stage.checkpoint_uri:
         return
     store = CheckpointStore(svc.s3, stage.checkpoint_uri)
-    if not stop:
-        pending = store.pending_request()
-        if pending is not None and pending.stop and (pending.attempt is None or pending.attempt >= stage.attempt):
-            return
-    store.request_checkpoint(reason, attempt=stage.attempt, stop=stop)
+    if stop:
+        store.request_checkpoint(reason, attempt=stage.attempt)
+    else:
+        store.request_save(reason, attempt=stage.attempt)
