@@ -179,6 +179,29 @@ def test_an_uninterrupted_on_demand_run_faster_than_declared_saved_nothing() -> 
     assert check_run_report_costs(report) == []
 
 
+def test_an_uninterrupted_on_demand_run_saves_nothing_whatever_its_stages_cost_to_the_micro_dollar() -> None:
+    # GIVEN every stage run once on On-Demand, uninterrupted, at $0.68/h: 60 s, 600 s and 60 s, each stage's cost
+    # ($0.011333..., $0.113333..., $0.011333...) rounded down to the micro-dollar
+    stages = _stages("SUCCEEDED", "SUCCEEDED", "SUCCEEDED")
+    attempts = [
+        replace(_stage_attempt("preprocess", 1, "on-demand", "2026-01-05T00:00:00Z", "2026-01-05T00:01:00Z"),
+                usd_per_hour=0.68),
+        replace(_stage_attempt("hpc", 1, "on-demand", "2026-01-05T00:01:00Z", "2026-01-05T00:11:00Z"),
+                usd_per_hour=0.68),
+        replace(_stage_attempt("postprocess", 1, "on-demand", "2026-01-05T00:11:00Z", "2026-01-05T00:12:00Z"),
+                usd_per_hour=0.68),
+    ]  # fmt: skip
+    run = _run(status="SUCCEEDED", finished_at="2026-01-05T00:12:00Z")
+
+    # WHEN its report is built
+    report = build_run_report(run, stages, attempts, dict.fromkeys(PRICES, 0.68))
+
+    # THEN its On-Demand-only base is its cost, to the micro-dollar, and it saved nothing: not $0.000001, 0.01%
+    assert report["on_demand_only_cost_usd"] == report["cost_usd"] == 0.135999
+    assert (report["savings_usd"], report["savings_pct"]) == (0.0, 0.0)
+    assert check_run_report_costs(report) == []
+
+
 def test_a_stage_finished_by_an_attempt_resumed_from_a_checkpoint_counts_its_declared_hours() -> None:
     # GIVEN an hpc stage reclaimed on Spot after an hour and finished on On-Demand from its checkpoint
     attempts = [

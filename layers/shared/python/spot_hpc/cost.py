@@ -147,10 +147,14 @@ def run_cost_usd(attempts: Iterable[Attempt], now_hours: float | None = None) ->
 
 
 def on_demand_only_cost_usd(stages: Iterable[StagePlan]) -> float:
-    """What the same stages would have cost on On-Demand capacity without interruption (billed like any attempt)."""
+    """What the same stages would have cost on On-Demand capacity without interruption (billed like any attempt).
+
+    Each stage's cost is rounded to the micro-dollar before they are summed, as the run's cost sums its attempts'
+    rounded costs: a run that ran each stage once on On-Demand, uninterrupted, costs its base to the micro-dollar
+    and saves nothing, not a micro-dollar's 0.01 %."""
     return round_usd(
         sum(
-            billed_seconds(0.0, stage.compute_hours) * stage.on_demand_usd_per_hour / SECONDS_PER_HOUR
+            round_usd(billed_seconds(0.0, stage.compute_hours) * stage.on_demand_usd_per_hour / SECONDS_PER_HOUR)
             for stage in stages
         )
     )
