@@ -276,6 +276,24 @@ def test_a_failed_array_counts_its_shards_instance_time_not_its_span() -> None:
     assert check_run_report_costs(report) == []
 
 
+def test_an_uninterrupted_on_demand_array_saves_nothing_though_its_shards_average_no_whole_second() -> None:
+    # GIVEN a 3-shard array run once on On-Demand ($1/h an instance), uninterrupted, its shards billed 400 s, 300 s and
+    # 301 s on their instances: 1,001 s, an average of 333.67 s a shard
+    array = _stage_attempt("preprocess", 1, "on-demand", "2026-01-05T00:00:00Z", "2026-01-05T00:06:40Z", nodes=3,
+                           instance_seconds=1001, run_seconds=1001)  # fmt: skip
+    run = _run(status="SUCCEEDED", finished_at="2026-01-05T00:06:40Z")
+
+    # WHEN its report is built
+    report = build_run_report(run, _stages("SUCCEEDED", "PENDING", "PENDING")[:1], [array], {"preprocess": 3.0})
+
+    # THEN its On-Demand-only base is the 1,001 s its shards were billed, as its cost, not three shards of 334 s each
+    # (1,002 s): nothing saved
+    assert report["stages"][0]["on_demand_only_hours"] == round(1001 / 3 / 3600, 6)
+    assert report["on_demand_only_cost_usd"] == report["cost_usd"] == round(1001 / 3600, 6)
+    assert (report["savings_usd"], report["savings_pct"]) == (0.0, 0.0)
+    assert check_run_report_costs(report) == []
+
+
 def test_a_failed_array_counts_in_its_on_demand_only_base_the_shards_that_were_not_billed() -> None:
     # GIVEN a 4-shard Spot array ($0.30 an instance-hour) failed after its shards ran an hour each, one of them on an
     # instance EC2 interrupted within its first hour: 3 instance-hours billed, 4 run

@@ -87,9 +87,12 @@ class StagePlan:
     name: str
     compute_hours: float
     on_demand_usd_per_hour: float  # for all of the stage's nodes
+    # Of `compute_hours`, those an ended array's shards ran, over its nodes: each shard's seconds were rounded up to
+    # the second (a minute at least) as EC2 bills them, so their average is not rounded up to a whole second again.
+    shard_hours: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.compute_hours < 0 or self.on_demand_usd_per_hour < 0:
+        if self.compute_hours < 0 or self.on_demand_usd_per_hour < 0 or self.shard_hours < 0:
             raise ValueError(f"stage {self.name!r}: compute hours and price must be non-negative")
 
 
@@ -154,10 +157,19 @@ def on_demand_only_cost_usd(stages: Iterable[StagePlan]) -> float:
     and saves nothing, not a micro-dollar's 0.01 %."""
     return round_usd(
         sum(
-            round_usd(billed_seconds(0.0, stage.compute_hours) * stage.on_demand_usd_per_hour / SECONDS_PER_HOUR)
+            round_usd(_on_demand_only_seconds(stage) * stage.on_demand_usd_per_hour / SECONDS_PER_HOUR)
             for stage in stages
         )
     )
+
+
+def _on_demand_only_seconds(stage: StagePlan) -> float:
+    """The seconds a stage's base bills each of its nodes: its hours rounded up to the second, at least a minute,
+    but for its shards' (`StagePlan.shard_hours`), billed already."""
+    if stage.shard_hours <= 0:
+        return billed_seconds(0.0, stage.compute_hours)
+    rest = round((stage.compute_hours - stage.shard_hours) * SECONDS_PER_HOUR, DURATION_SECOND_DECIMALS)
+    return max(stage.shard_hours * SECONDS_PER_HOUR + max(math.ceil(rest), 0), MINIMUM_BILLED_SECONDS)
 
 
 def savings_pct(cost_usd: float, on_demand_only_usd: float) -> float:
@@ -214,27 +226,46 @@ def on_demand_only_hours(stage: Mapping[str, Any], as_of_hours: float | None = N
     A declared estimate alone would credit a run with savings it did not make whenever a stage ran faster than
     declared (an uninterrupted On-Demand run would show them); the successful attempt's run time is what the stage
     took, unless it resumed from a checkpoint (then it did only the rest, and the declared hours stand)."""
-    attempts = [attempt_from_report(attempt) for attempt in stage["attempts"]]
-    if stage.get("status") == "SUCCEEDED":
-        succeeded = [
-            (report, attempt)
-            for report, attempt in zip(stage["attempts"], attempts, strict=True)
-            if report.get("status") == "SUCCEEDED"
-        ]
-        if len(succeeded) == 1:
-            report, attempt = succeeded[0]
-            ran = _run_hours(attempt, as_of_hours)
-            if not report.get("resumed_from_checkpoint") and ran > 0:
-                return ran
+    counted = _on_demand_only_attempts(stage, as_of_hours)
+    if counted is None:
         return float(stage["compute_hours"])
-    return math.fsum(_run_hours(attempt, as_of_hours) for attempt in attempts)
+    return math.fsum(_run_hours(attempt, as_of_hours) for attempt in counted)
+
+
+def _on_demand_only_attempts(stage: Mapping[str, Any], as_of_hours: float | None) -> list[Attempt] | None:
+    """The attempts whose run time a stage of a run report counts in `on_demand_only_hours`; None when it counts its
+    declared compute hours."""
+    attempts = [attempt_from_report(attempt) for attempt in stage["attempts"]]
+    if stage.get("status") != "SUCCEEDED":
+        return attempts
+    succeeded = [
+        (report, attempt)
+        for report, attempt in zip(stage["attempts"], attempts, strict=True)
+        if report.get("status") == "SUCCEEDED"
+    ]
+    if len(succeeded) == 1:
+        report, attempt = succeeded[0]
+        if not report.get("resumed_from_checkpoint") and _run_hours(attempt, as_of_hours) > 0:
+            return [attempt]
+    return None
+
+
+def _shard_hours(stage: Mapping[str, Any], as_of_hours: float | None) -> float:
+    """Of a stage's `on_demand_only_hours`, those its ended arrays' shards ran (`StagePlan.shard_hours`)."""
+    counted = _on_demand_only_attempts(stage, as_of_hours) or []
+    return math.fsum(_run_hours(attempt, as_of_hours) for attempt in counted if _shard_seconds(attempt) is not None)
+
+
+def _shard_seconds(attempt: Attempt) -> int | None:
+    """An ended array's shards' run seconds, the unbilled shards' included (an array reported before `run_seconds`
+    was told them in `instance_seconds`); None for any other attempt."""
+    return attempt.run_seconds if attempt.run_seconds is not None else attempt.instance_seconds
 
 
 def _run_hours(attempt: Attempt, as_of_hours: float | None) -> float:
     """How long an attempt ran (so far, up to `as_of_hours`, when it still runs). An ended array's shards ran side
-    by side, each for its own time: their instance time over the array's nodes, the unbilled shards' included (an
-    array reported before `run_seconds` was told them in `instance_seconds`)."""
-    shard_seconds = attempt.run_seconds if attempt.run_seconds is not None else attempt.instance_seconds
+    by side, each for its own time: their instance time over the array's nodes (`_shard_seconds`)."""
+    shard_seconds = _shard_seconds(attempt)
     if shard_seconds is not None:
         return shard_seconds / attempt.nodes / SECONDS_PER_HOUR
     end = attempt.stopped_hours if attempt.stopped_hours is not None else as_of_hours
@@ -253,13 +284,14 @@ def stage_plans_from_report(run_report: Mapping[str, Any]) -> list[StagePlan] | 
     for stage in run_report.get("stages", []):
         if "compute_hours" not in stage or "on_demand_usd_per_hour" not in stage:
             return None
+        shard_hours = 0.0
         if "on_demand_only_hours" not in stage:
             hours = float(stage["compute_hours"])
         elif as_of_hours is None:
             hours = float(stage["on_demand_only_hours"])
         else:
-            hours = on_demand_only_hours(stage, as_of_hours)
-        plans.append(StagePlan(stage["name"], hours, float(stage["on_demand_usd_per_hour"])))
+            hours, shard_hours = on_demand_only_hours(stage, as_of_hours), _shard_hours(stage, as_of_hours)
+        plans.append(StagePlan(stage["name"], hours, float(stage["on_demand_usd_per_hour"]), shard_hours))
     return plans
 
 
