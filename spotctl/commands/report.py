@@ -49,14 +49,20 @@ def register(subparsers: Any) -> None:
 
 
 def load_run_reports(paths: list[Path]) -> list[dict[str, Any]]:
-    """Run reports from JSON files; a report without `run_id` is named after its file. A run id given twice is
-    refused: its cost would count twice in the totals. Each report is checked as it is read (`summarise_run`), so that
-    one whose figures are not what they can be is refused naming its file as well as the run and the field."""
+    """Run reports from JSON files; a report without `run_id` is named after its file. A run id or a file given twice
+    is refused: its cost would count twice in the totals. Each report is checked as it is read (`summarise_run`), so
+    that one whose figures are not what they can be is refused naming its file as well as the run and the field."""
     from spotctl.reporting import summarise_run
 
     reports: list[dict[str, Any]] = []
     found_in: dict[str, Path] = {}
+    # A file named twice (`runs/*.json runs/a.json`) would count its runs twice, and runs without a run id are not
+    # told apart by their ids: they are named after their file.
+    given_as: dict[Path, Path] = {}
     for path in paths:
+        first = given_as.setdefault(path.resolve(), path)
+        if first is not path:
+            raise ToolError(f"{path} is {first} again: give each file once")
         document = read_json(path)
         items = document if isinstance(document, list) else [document]
         for position, item in enumerate(items):

@@ -243,21 +243,36 @@ def test_spotctl_report_user_errors(
     assert message in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("files", [["all.json", "a.json"], ["a.json", "a.json"]])
-def test_spotctl_report_refuses_a_run_given_twice(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], files: list[str]
-) -> None:
-    # GIVEN one run's report on its own and in a list of every run (or the same file named twice)
+def test_spotctl_report_refuses_a_run_given_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN one run's report on its own and in a list of every run
     (tmp_path / "a.json").write_text(json.dumps(REPORTS[0]))
     (tmp_path / "all.json").write_text(json.dumps(REPORTS[:2]))
 
     # WHEN `spotctl report` reads them
-    code = main(["report", "--from-json", *(str(tmp_path / name) for name in files)])
+    code = main(["report", "--from-json", str(tmp_path / "all.json"), str(tmp_path / "a.json")])
 
     # THEN it is a user error naming the run and where it was found again, not totals that count its cost twice
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
-    assert f"run 'run-a' is in {tmp_path / files[0]} and again in {tmp_path / 'a.json'}" in captured.err
+    assert f"run 'run-a' is in {tmp_path / 'all.json'} and again in {tmp_path / 'a.json'}" in captured.err
+
+
+def test_spotctl_report_refuses_a_file_without_run_ids_given_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a report without a run id (named after its file), and the file named twice, once by another path to it
+    unnamed = dict(REPORTS[0])
+    del unnamed["run_id"]
+    (tmp_path / "monday.json").write_text(json.dumps(unnamed))
+    monkeypatch.chdir(tmp_path)
+
+    # WHEN `spotctl report` reads it
+    code = main(["report", "--from-json", "monday.json", str(tmp_path / "monday.json")])
+
+    # THEN it is a user error naming the file, not totals that count its run twice
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert f"{tmp_path / 'monday.json'} is monday.json again: give each file once" in captured.err
 
 
 def test_spotctl_report_refuses_a_non_png_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
