@@ -57,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError(f"invalid run options: {exc}") from exc
     except (TraceError, TemplateError) as exc:
         raise ToolError(str(exc)) from exc
+    if args.json:
+        # Strict JSON (no NaN or Infinity): a report that cannot be written so is the tool's fault, not the run's.
+        # Written before the summary is printed, so that a reader of stdout that has gone (`| head`) does not leave an
+        # earlier run's report where this run's was asked for.
+        write_text(args.json, run_report_json(report))
     print(format_summary(report, timeline))
     print(
         f"\nOffline runtime: {len(report['not_emulated'])} template resources not emulated "
@@ -64,9 +69,6 @@ def run(args: argparse.Namespace) -> int:
         f"wall time {time.monotonic() - started:.1f} s",
         file=sys.stderr,
     )
-    if args.json:
-        # Strict JSON (no NaN or Infinity): a report that cannot be written so is the tool's fault, not the run's.
-        write_text(args.json, run_report_json(report))
     if report["pipeline_status"] == "RUNNING":
         # The run itself ending, succeeded or failed, is exit 0; one the demo stopped watching is the demo's failure.
         print(

@@ -100,14 +100,16 @@ def put_events(args: argparse.Namespace) -> int:
                 if not delivered:
                     print(f"spotctl put-events: {_why_unmatched(event, plane.bus.near_misses(event))}", file=sys.stderr)
                 deliveries += delivered
+    if args.json:
+        # Before the deliveries are printed: a reader of stdout that has gone (`| head -1`) stops the command at its
+        # first print, and must not leave an earlier file where this one was asked for.
+        write_text(args.json, json.dumps({"deliveries": deliveries, "failed_entries": failed_entries}, indent=2))
     for d in deliveries:
         print(f"{d['event_id']}  {d['rule']}  {d['status']}  {d['error']}")
     for entry in failed_entries:
         print(f"event [{entry['entry']}]  failed entry  {entry['error_code']}: {entry['error_message']}")
     if not deliveries and len(failed_entries) < len(events):
         print("no rule matched")
-    if args.json:
-        write_text(args.json, json.dumps({"deliveries": deliveries, "failed_entries": failed_entries}, indent=2))
     failed = sum(d["status"] != "ok" for d in deliveries)
     if failed:
         # As `invoke` fails when its handler does: the events were put, but not every handler took them.

@@ -174,7 +174,9 @@ def run_simulate(args: argparse.Namespace) -> int:
         policy = ExplainedPolicy(TICK_POLICIES[args.policy](scenario.advisor_bucket))
         result = simulate(job, policy, record=True)
         reasons = policy.reasons
-    print(format_timeline(job, result, reasons))
+    # The files are written before the timeline is printed: a reader of stdout that has gone (`| head -1`) stops the
+    # command at its first print, and must not leave an earlier run's files where this run's were asked for.
+    timeline = format_timeline(job, result, reasons)
     if args.json:
         document = {
             "policy": result.policy,
@@ -202,5 +204,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         from spotctl.policy_sim.plots import plot_timeline
 
         plot_timeline(job, result, args.png)
+    print(timeline)
+    if args.png:
         print(f"timeline written to {args.png}")
     return 0

@@ -380,6 +380,23 @@ def test_output_to_a_closed_pipe_ends_quietly(tiny_trace, monkeypatch):
     assert code == 1
 
 
+def test_output_files_are_written_when_the_reader_of_stdout_has_gone(tmp_path, tiny_trace, monkeypatch):
+    # GIVEN an earlier run's JSON, and stdout a pipe whose reader has gone (`spotctl simulate ... | head -1`), flushed
+    # at every line as a timeline longer than the pipe's buffer is
+    run_json, png = tmp_path / "run.json", tmp_path / "timeline.png"
+    run_json.write_text('{"policy": "an earlier run"}')
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w", buffering=1) as pipe:
+        monkeypatch.setattr(sys, "stdout", pipe)
+        # WHEN the command simulates, with files to write
+        code = main([*_simulate_tiny(tiny_trace), "--compute-hours", "1", "--json", str(run_json), "--png", str(png)])
+    # THEN the files are this run's, not the earlier one left as if it were new
+    assert code == 1
+    assert json.loads(run_json.read_text())["policy"] == "default"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_bench_policy_names_each_invalid_scenario_on_stderr(tmp_path, tiny_trace, scenario, capsys):
     # GIVEN one valid scenario and 25 invalid ones (nodes -1)
     bad = [{**scenario, "id": f"bad{index}", "nodes": -1} for index in range(25)]

@@ -532,6 +532,26 @@ def test_put_events_answers_a_file_of_refused_entries_only_without_deploying(
     }  # fmt: skip
 
 
+def test_put_events_writes_its_json_when_the_reader_of_stdout_has_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a file of an entry PutEvents refuses, an earlier file of deliveries, and stdout a pipe whose reader has
+    # gone (`spotctl put-events ... | head -1`), flushed at every line as output longer than the pipe's buffer is
+    events = tmp_path / "events.json"
+    events.write_text(json.dumps([{"source": "aws.ec2", "detail-type": "Probe"}]))
+    out = tmp_path / "deliveries.json"
+    out.write_text('{"deliveries": ["an earlier put"]}')
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w", buffering=1) as pipe:
+        monkeypatch.setattr(sys, "stdout", pipe)
+        # WHEN the events are put
+        code = main(["put-events", str(events), "--json", str(out)])
+    # THEN the file is this put's, not the earlier one left as if it were new
+    assert code == 1
+    assert json.loads(out.read_text())["failed_entries"][0]["entry"] == 0
+
+
 def test_put_events_names_the_entry_that_is_not_an_event(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
