@@ -7,7 +7,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -114,9 +114,15 @@ def _write(path: Path, content: str | bytes) -> None:
         path.write_bytes(content)
 
 
-def check_output(path: Path, option: str, suffix: str | None = None) -> None:
-    """Refuses an output path that cannot be written: the wrong suffix, a directory, or a folder that is a file or
-    read-only. Missing folders are fine: `writing` creates them when the file is written."""
+def check_output(
+    path: Path, option: str, suffix: str | None = None, reads: Mapping[str, Path | None] | None = None
+) -> None:
+    """Refuses an output path that cannot be written: the wrong suffix, a directory, a folder that is a file or
+    read-only, or (`reads`: the command's input files by option) a file the command reads, which it would overwrite
+    with its output. Missing folders are fine: `writing` creates them when the file is written."""
+    for read_option, read in (reads or {}).items():
+        if read is not None and path.exists() and read.exists() and os.path.samefile(path, read):
+            raise ToolError(f"{option} {path} is the file {read_option} reads: give another file to write")
     if suffix is not None and path.suffix.lower() != suffix:
         kind = suffix.lstrip(".").upper()
         raise ToolError(f"{option} writes a {kind}: give a file name ending in {suffix}, not {path.name!r}")

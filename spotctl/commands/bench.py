@@ -111,11 +111,12 @@ def run_policy_bench(args: argparse.Namespace) -> int:
     if not args.shared_dir.is_dir():
         raise ToolError(f"--shared-dir is not a directory: {args.shared_dir}")
     # Outputs are written after the whole benchmark: a path that cannot be written is refused before it.
-    check_output(args.json, "--json")
+    reads = {"--scenarios": args.scenarios}
+    check_output(args.json, "--json", reads=reads)
     if args.summary:
-        check_output(args.summary, "--summary")
+        check_output(args.summary, "--summary", reads=reads)
     if args.plot:
-        check_output(args.plot, "--plot", suffix=".png")
+        check_output(args.plot, "--plot", suffix=".png", reads=reads)
     scenarios = load_scenarios(args.scenarios)
     if not scenarios:
         _write_rows(args.json, [])  # the rows file exists whatever happens
@@ -159,7 +160,7 @@ def run_planner_bench(args: argparse.Namespace) -> int:
     from spotctl.offline.stack import TemplateError, load_template
 
     if args.json:
-        check_output(args.json, "--json")
+        check_output(args.json, "--json", reads={"--template": args.template})
     try:
         template = load_template(args.template)
         memory_mb = args.memory_mb or memory_limit_mb(template)

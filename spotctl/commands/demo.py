@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.hpc_nodes is not None and args.hpc_nodes < 2:
         raise ToolError(f"--hpc-nodes {args.hpc_nodes}: the HPC stage is a multi-node job and needs at least 2 nodes")
     if args.json:
-        check_output(args.json, "--json")
+        check_output(args.json, "--json", reads={"--trace": args.trace})
     options = DemoOptions()
     for name in ("trace", "start_hour", "deadline_hours", "hpc_nodes"):
         if getattr(args, name) is not None:

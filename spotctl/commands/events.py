@@ -62,7 +62,7 @@ def put_events(args: argparse.Namespace) -> int:
     from spotctl.offline.runtime import OfflineControlPlane
 
     if args.json:
-        check_output(args.json, "--json")
+        check_output(args.json, "--json", reads={"the events file": args.file})
     events = read_json(args.file)
     events = events if isinstance(events, list) else [events]
     if not events:

@@ -155,10 +155,13 @@ def run_simulate(args: argparse.Namespace) -> int:
     from spotctl.policy_sim.simulator import simulate
     from spotctl.policy_sim.timeline import ExplainedPolicy, format_timeline
 
+    # A relative trace is under --shared-dir (`build_job`).
+    trace = None if args.trace is None else args.shared_dir / args.trace  # an absolute one stands as it is
+    reads = {"--scenarios": args.scenarios, "--trace": trace}
     if args.json:
-        check_output(args.json, "--json")
+        check_output(args.json, "--json", reads=reads)
     if args.png:
-        check_output(args.png, "--png", suffix=".png")
+        check_output(args.png, "--png", suffix=".png", reads=reads)
     raw, index = _scenario_from_args(args)
     try:
         scenario = parse_scenario(raw, index)

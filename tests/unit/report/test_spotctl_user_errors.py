@@ -812,3 +812,30 @@ def test_run_as_a_module_a_user_error_is_one_line_and_exit_2(tmp_path, module):
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("spotctl report: error: ") and str(missing) in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "reads"),
+    [
+        (["bench", "policy", "--scenarios", "{input}", "--json", "{input}"], "--scenarios"),
+        (["bench", "policy", "--scenarios", "{input}", "--json", "{other}", "--summary", "{input}"], "--scenarios"),
+        (["bench", "planner", "--template", "{input}", "--json", "{input}"], "--template"),
+        (["simulate", "--trace", "{input}", "--deadline-hours", "3", "--json", "{input}"], "--trace"),
+        (["demo", "--trace", "{input}", "--json", "{input}"], "--trace"),
+        (["put-events", "{input}", "--json", "{input}"], "the events file"),
+    ],
+    ids=["bench-json", "bench-summary", "planner", "simulate", "demo", "put-events"],
+)
+def test_an_output_path_that_is_a_file_the_command_reads_is_refused_before_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], reads: str
+) -> None:
+    # GIVEN an input file, and a command told to write its output over it (a slip of the shell's history)
+    given = tmp_path / "input.json"
+    given.write_text('{"kept": true}')
+    _refuse_to_run(monkeypatch, "spotctl.offline.demo.run_demo")
+    # WHEN the command runs
+    code = main([part.format(input=given, other=tmp_path / "rows.json") for part in argv])
+    # THEN it is refused naming the option that reads the file, and the file is as it was
+    assert code == 2
+    assert f"is the file {reads} reads: give another file to write" in capsys.readouterr().err
+    assert given.read_text() == '{"kept": true}'
