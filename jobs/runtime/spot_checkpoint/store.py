@@ -265,7 +265,11 @@ class CheckpointStore:
         try:
             response = self._call("get_object", Key=key)
             return bytes(response["Body"].read()), response.get("ETag")
-        except CheckpointStoreUnavailable:
+        except CheckpointStoreUnavailable as exc:
+            # S3 refuses (403) the read of a missing object to a caller it does not take as allowed to list it, as
+            # the control plane is not (it may list under checkpoints/ only): a key not listed is not there.
+            if error_code(exc.__cause__ or exc) == "AccessDenied" and key not in self._list(key):
+                return None, None
             raise
         except Exception as exc:
             if error_code(exc) in {"NoSuchKey", "404"}:

@@ -553,3 +553,30 @@ def test_a_request_to_go_on_does_not_replace_a_request_to_stop_written_after_it_
     # THEN its conditional write fails, it reads the request again, and leaves the request to stop standing
     request = CheckpointStore(s3, URI).pending_request()
     assert save_id is None and request is not None and request.request_id == racing.stop_id
+
+
+class S3ListingOnlyUnderAPrefix(S3Passthrough):
+    """S3 as the control plane's roles see it: they may list the bucket under checkpoints/ only (s3:ListBucket with an
+    s3:prefix condition), which S3 does not take as leave to list for a read, so the read of a missing object is
+    refused (403) where a caller allowed to list would be told it is not there (404)."""
+
+    def get_object(self, **request: Any) -> Any:
+        try:
+            return self._s3.get_object(**request)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "NoSuchKey":
+                raise
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "GetObject") from exc
+
+
+def test_a_request_to_go_on_is_written_for_a_stage_with_no_request_by_a_caller_that_may_list_only_checkpoints(
+    s3: Any,
+) -> None:
+    # GIVEN a stage with no checkpoint request yet, and S3 refusing the read of a missing object, as it does to the
+    # control plane's functions
+    store = CheckpointStore(S3ListingOnlyUnderAPrefix(s3), URI)
+    # WHEN a rebalance recommendation asks the stage's jobs to checkpoint and go on working
+    request_id = store.request_save("rebalance recommendation", attempt=2)
+    # THEN the request is written and the jobs read it
+    request = CheckpointStore(s3, URI).pending_request()
+    assert request is not None and (request.request_id, request.stop) == (request_id, False)
