@@ -81,11 +81,15 @@ def utc_clock() -> Iterator[MovableClock]:
 
 @pytest.fixture(autouse=True)
 def domain_logging_restored() -> Iterator[None]:
-    """A handler's cold start hands the domain package's logger ("spot_hpc") to Powertools, which stops it propagating
-    (`spot_hpc.handler`): undone after each test, so that a later test's caplog still sees the domain's records."""
-    package = logging.getLogger("spot_hpc")
-    level, handlers, propagate = package.level, list(package.handlers), package.propagate
+    """A handler's cold start hands the domain packages' loggers ("spot_hpc", "spot_checkpoint") to Powertools, which
+    stops them propagating (`spot_hpc.handler`): undone after each test, so that a later test's caplog still sees the
+    domain's records."""
+    from spot_hpc.handler import DOMAIN_PACKAGES
+
+    packages = [logging.getLogger(name) for name in DOMAIN_PACKAGES]
+    saved = [(package.level, list(package.handlers), package.propagate) for package in packages]
     yield
-    package.setLevel(level)
-    package.handlers = handlers
-    package.propagate = propagate
+    for package, (level, handlers, propagate) in zip(packages, saved, strict=True):
+        package.setLevel(level)
+        package.handlers = handlers
+        package.propagate = propagate

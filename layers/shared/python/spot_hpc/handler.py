@@ -25,6 +25,9 @@ from spot_hpc.services import Services
 # warn about the empty flush on each of them.
 warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
 
+# The packages whose loggers log as the function's own.
+DOMAIN_PACKAGES = ("spot_hpc", "spot_checkpoint")
+
 Result = TypeVar("Result")
 Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
 
@@ -35,10 +38,11 @@ def control_plane_handler(
 ) -> Handler:
     """`call` does the work; `outcome` records its metrics and returns what the handler answers."""
     logger, tracer, metrics = Logger(), Tracer(), new_metrics()
-    # The domain package logs through `logging.getLogger(__name__)` ("spot_hpc.*"), which Powertools' logger (named
-    # after the service) is not a parent of: without its configuration they would log at the Lambda runtime's
-    # default level (WARNING), their INFO records lost, and unstructured.
-    copy_config_to_registered_loggers(source_logger=logger, include={"spot_hpc"})
+    # The domain package logs through `logging.getLogger(__name__)` ("spot_hpc.*"), and so does the checkpoint
+    # protocol it reads stages' progress with ("spot_checkpoint.*"); Powertools' logger (named after the service) is
+    # not their parent: without its configuration they would log at the Lambda runtime's default level (WARNING),
+    # their INFO records lost, and unstructured, without the invocation's keys.
+    copy_config_to_registered_loggers(source_logger=logger, include=set(DOMAIN_PACKAGES))
     services = Services.from_environ()
 
     @logger.inject_lambda_context
