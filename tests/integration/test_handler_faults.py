@@ -552,7 +552,8 @@ def test_batch_throttling_is_retried_without_a_second_job(monkeypatch):
         # WHEN the run goes its course
         status = plane.run_until_settled(max_hours=12)
         names = [job.name for job in plane.batch.jobs.values()]
-    # THEN the client's retry absorbed the throttle: one job per attempt, and the pipeline succeeded
+    # THEN the submission's retry of a refused call absorbed the throttle: one job per attempt, and the pipeline
+    # succeeded
     assert throttled == [1] and status == "SUCCEEDED"
     assert len(names) == len(set(names))
     # (not a second attempt after a failed first one: preprocess ran as attempt 1 only)

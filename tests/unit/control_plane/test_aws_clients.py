@@ -1,10 +1,17 @@
 """The control plane's boto3 clients give up on a call before the Lambda invocation making it is ended: a call that
-throttles or hangs fails as an error the handler sees (and its event is retried), never by a killed invocation."""
+throttles or hangs fails as an error the handler sees (and its event is retried), never by a killed invocation; and a
+call that is not safe to send again is sent once."""
 
 from __future__ import annotations
 
+import boto3
+import pytest
+from botocore.exceptions import ReadTimeoutError
 from spot_hpc import aws
+from spot_hpc.batch import JobRequest
 from spot_hpc.guard import STAGE_CHECK_MARGIN_SECONDS
+from spot_hpc.services import Services
+from spot_hpc.settings import ControlPlaneSettings
 from template_grants import source_template
 
 # botocore's standard retry mode: before attempt i + 1 (i from 0) it waits up to min(2 ** i, 20) seconds on a
@@ -33,3 +40,37 @@ def test_one_call_with_all_its_retries_ends_within_the_time_a_handler_keeps_for_
     assert config.retries["mode"] == "standard"
     assert longest_call < _shortest_function_timeout_seconds()
     assert longest_call <= STAGE_CHECK_MARGIN_SECONDS
+
+
+def test_a_job_submission_whose_answer_is_lost_is_sent_to_batch_once(monkeypatch):
+
+    # GIVEN the control plane's adapters, and Batch that takes every SubmitJob it is sent but whose answer never
+    # arrives (a read timeout: the job is submitted, the caller cannot tell)
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    boto3.setup_default_session()
+    submitted = []
+
+    def answer_lost(request, **kwargs):
+        submitted.append(request)
+        raise ReadTimeoutError(endpoint_url=request.url)
+
+    boto3.DEFAULT_SESSION.events.register("before-send.batch.SubmitJob", answer_lost)
+    environ = {
+        name: "x" * 8 if field.annotation is str else "2"
+        for name, field in ((f.alias, f) for f in ControlPlaneSettings.model_fields.values())
+        if name and field.is_required()
+    }
+    services = Services.from_settings(ControlPlaneSettings.from_environ(environ))
+    request = JobRequest(name="run-1-hpc-1", queue="q", definition="d", environment={}, tags={}, parameters={})
+    # WHEN a stage's job is submitted
+    with pytest.raises(ReadTimeoutError):
+        services.batch.submit(request)
+    # THEN it was sent once: SubmitJob has no idempotency token, so each resend is one more job doing the stage's work
+    # (billed, unknown to the ledger); the placement's own recovery looks the job up by its name before submitting again
+    assert len(submitted) == 1

@@ -16,10 +16,17 @@ from botocore.config import Config
 # time the SLA guard keeps for a stage check, so a call that cannot succeed fails as an error its handler sees
 # instead of outliving the invocation. `total_max_attempts` counts the first attempt (`max_attempts`, retries only).
 RETRY_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 4}, connect_timeout=2, read_timeout=3)
+# For a call that is not safe to send again (Batch's SubmitJob takes no idempotency token): a timed-out or failed answer
+# may be a call done, which a resend would do twice. Its caller retries only what was refused (throttling).
+SEND_ONCE_CONFIG = RETRY_CONFIG.merge(Config(retries={"mode": "standard", "total_max_attempts": 1}))
 
 
 def client(service: str, **kwargs: Any) -> Any:
     return boto3.client(service, config=RETRY_CONFIG, **kwargs)  # type: ignore[call-overload]
+
+
+def client_sending_once(service: str, **kwargs: Any) -> Any:
+    return boto3.client(service, config=SEND_ONCE_CONFIG, **kwargs)  # type: ignore[call-overload]
 
 
 def resource(service: str, **kwargs: Any) -> Any:

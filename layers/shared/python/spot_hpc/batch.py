@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from botocore.exceptions import ClientError
 
 from spot_hpc.clock import as_utc
 
@@ -18,6 +22,10 @@ DESCRIBE_INSTANCES_FILTER_VALUES = 200
 SPOT_INTERRUPTION_CODES = frozenset({"Server.SpotInstanceTermination", "Server.SpotInstanceShutdown"})
 # EC2's states of an instance that is ending or has ended.
 ENDED_INSTANCE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
+# A SubmitJob Batch refused for its rate (nothing submitted) is sent again, as the clients' standard retries would:
+# at most this many times in all, after up to 1, 2, 4 s (a call's whole retry time stays what `spot_hpc.aws` bounds).
+SUBMIT_THROTTLED_CODES = frozenset({"TooManyRequestsException", "ThrottlingException", "Throttling"})
+SUBMIT_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -56,8 +64,10 @@ class Ec2Instance:
 
 
 class BatchGateway:
-    def __init__(self, batch_client: Any, ecs_client: Any, ec2_client: Any) -> None:
+    def __init__(self, batch_client: Any, ecs_client: Any, ec2_client: Any, submit_client: Any = None) -> None:
         self._batch = batch_client
+        # SubmitJob's own client: it must send each call once (`spot_hpc.aws.client_sending_once`).
+        self._submit = submit_client or batch_client
         self._ecs = ecs_client
         self._ec2 = ec2_client
 
@@ -82,7 +92,17 @@ class BatchGateway:
             kwargs["arrayProperties"] = {"size": request.array_size}
         if request.attempt_timeout_seconds:
             kwargs["timeout"] = {"attemptDurationSeconds": request.attempt_timeout_seconds}
-        return str(self._batch.submit_job(**kwargs)["jobId"])
+        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+            try:
+                return str(self._submit.submit_job(**kwargs)["jobId"])
+            except ClientError as exc:
+                throttled = exc.response.get("Error", {}).get("Code") in SUBMIT_THROTTLED_CODES or (
+                    exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 429
+                )
+                if not throttled or attempt == SUBMIT_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0.0, 2.0 ** (attempt - 1)))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def find_jobs_named(self, queue: str, name: str) -> list[str]:
         """Jobs of that name on the queue, any status (crash recovery: did the lost call go through?)."""

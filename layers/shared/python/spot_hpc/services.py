@@ -43,7 +43,12 @@ class Services:
         return cls(
             settings=settings,
             ledger=Ledger(table, settings.ledger_retention_days),
-            batch=BatchGateway(client("batch"), client("ecs"), client("ec2")),
+            batch=BatchGateway(
+                client("batch"),
+                client("ecs"),
+                client("ec2"),
+                submit_client=aws.client_sending_once("batch", region_name=settings.region),
+            ),
             s3=s3,
             uploads=UploadBucket(s3),
             pipeline=PipelineStateMachine(client("stepfunctions"), settings.state_machine_arn),
