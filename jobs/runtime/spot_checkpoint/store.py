@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from botocore.exceptions import ParamValidationError
+
 from .csvfields import ascii_whole_number
 
 logger = logging.getLogger(__name__)
@@ -526,6 +528,11 @@ class CheckpointStore:
             unchanged = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
             try:
                 self._call("put_object", Key=self.request_key, Body=body, ContentType="application/json", **unchanged)
+                return request_id
+            except ParamValidationError:
+                # An SDK older than S3's conditional writes (the Lambda runtime's own boto3 may be): written on what
+                # was just read, as such an SDK can; a stop written in between by another handler is then replaced.
+                self._call("put_object", Key=self.request_key, Body=body, ContentType="application/json")
                 return request_id
             except Exception as exc:
                 if error_code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ParamValidationError
 from spot_checkpoint import (
     CheckpointStore,
     CheckpointStoreUnavailable,
@@ -580,3 +580,32 @@ def test_a_request_to_go_on_is_written_for_a_stage_with_no_request_by_a_caller_t
     # THEN the request is written and the jobs read it
     request = CheckpointStore(s3, URI).pending_request()
     assert request is not None and (request.request_id, request.stop) == (request_id, False)
+
+
+class BeforeConditionalWrites:
+    """S3 through an SDK from before S3's conditional writes: PutObject takes no IfMatch or IfNoneMatch."""
+
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s3, name)
+
+    def put_object(self, **request: Any) -> Any:
+        unknown = sorted(set(request) & {"IfMatch", "IfNoneMatch"})
+        if unknown:
+            raise ParamValidationError(report=f'Unknown parameter in input: "{unknown[0]}"')
+        return self._s3.put_object(**request)
+
+
+@pytest.mark.parametrize("earlier", [None, 1], ids=["no-request-yet", "an-earlier-attempts-request"])
+def test_a_request_to_go_on_is_written_by_an_sdk_from_before_conditional_writes(s3: Any, earlier: int | None) -> None:
+    # GIVEN an SDK that cannot write conditionally (the Lambda runtime's own boto3 may be that old), and no request
+    # or one for an earlier attempt
+    if earlier is not None:
+        CheckpointStore(s3, URI).request_checkpoint("requeue", attempt=earlier)
+    # WHEN a request to checkpoint and go on is made
+    save_id = CheckpointStore(BeforeConditionalWrites(s3), URI).request_save("rebalance recommendation", attempt=2)
+    # THEN it is written all the same (on what was just read), not lost to a parameter error
+    request = CheckpointStore(s3, URI).pending_request()
+    assert save_id is not None and request is not None and (request.request_id, request.stop) == (save_id, False)
