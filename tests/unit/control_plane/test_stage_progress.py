@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from spot_checkpoint.store import CheckpointStore
 from spot_hpc.ledger import Run, Stage
-from spot_hpc.placement import choose_capacity, stage_progress
+from spot_hpc.placement import choose_capacity, stage_progress, stage_view
 from spot_hpc.policy import Action
 
 pytestmark = pytest.mark.usefixtures("utc_clock")
@@ -60,3 +60,23 @@ def test_the_policy_decides_for_a_stage_whose_checkpoint_progress_is_not_a_numbe
     decision = choose_capacity(_services(s3, stage), run, stage, current=Action.IDLE, spot_available=True)
     # THEN it decides, on the whole stage's work, instead of failing the handler
     assert decision.action in (Action.SPOT, Action.ON_DEMAND)
+
+
+HPC_CHECKPOINTS = f"s3://{BUCKET}/checkpoints/r1/hpc/"
+DEADLINE_IN_A_DAY = "2026-01-06T06:00:00Z"
+
+
+def _run(deadline_at: str = DEADLINE_IN_A_DAY) -> Run:
+    return Run("r1", "b", "incoming/a.csv", "v1", deadline_at, 24.0, "2026-01-05T06:00:00Z", {})
+
+
+def test_an_array_stage_has_the_work_of_its_least_advanced_shard_left(s3: Any):
+    # GIVEN an HPC stage of 8 h in two shards, one of which has finished its part while the other has not
+    # checkpointed yet (shards start as capacity comes, hours apart when it is short)
+    CheckpointStore(s3, HPC_CHECKPOINTS, part="shard-0", parts_total=2).save(b"state", progress=1.0)
+    stage = Stage("r1", "hpc", 1, 8.0, True, 2, status="RUNNING", attempt=1, checkpoint_uri=HPC_CHECKPOINTS)
+    # WHEN the policy's view of the stage is taken
+    view = stage_view(_services(s3, stage), _run(), stage)
+    # THEN the stage is told all 8 h left: its shards run side by side, so it ends when the second one has done its
+    # whole part, not after the 4 h that the mean of the two parts' progress would say
+    assert view.remaining_hours == 8.0

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from botocore.exceptions import BotoCoreError, ClientError
 from spot_checkpoint.job import ENV_ATTEMPT, ENV_PARTS
-from spot_checkpoint.store import CheckpointStore, progress
+from spot_checkpoint.store import CheckpointStore, part_progress
 
 from spot_hpc.batch import Ec2Instance, JobRequest
 from spot_hpc.clock import format_time, hours_between, parse_time, utc_now
@@ -58,7 +58,7 @@ class StageView:
 
     remaining_hours: float
     hours_left: float  # the stage's share of the time left (what the policy plans with)
-    progress: float
+    progress: float  # of the part furthest behind (the work left is its)
     latest_hours: float  # the latest it may finish for the run to make its deadline (`stage_latest_finish_in`)
 
 
@@ -67,25 +67,34 @@ def checkpoint_uri(bucket: str, run_id: str, stage: str) -> str:
     return f"s3://{bucket}/checkpoints/{run_id}/{stage}/"
 
 
-def stage_progress(svc: Services, stage: Stage) -> float:
-    """Fraction of the stage done according to its newest complete checkpoint (0 when there is none, or it tells no
-    number: a job's NaN would make the policy's work left NaN, which it cannot plan with)."""
+def part_fractions(svc: Services, stage: Stage) -> list[float]:
+    """Fraction done of each part of the stage (a single job's, a multi-node job's nodes', an array's shards') by
+    its newest complete checkpoint, a part with none at 0; [] when no part has one. A part that tells no number counts
+    as none: a job's NaN would make the policy's work left NaN, which it cannot plan with."""
     if not stage.checkpoint_uri:
-        return 0.0
+        return []
     try:
-        done = progress(svc.s3, stage.checkpoint_uri) or 0.0
+        fractions, parts_total = part_progress(svc.s3, stage.checkpoint_uri)
     except Exception:  # the checkpoint store is advisory here: a read failure must not stop a placement
         logger.warning("checkpoint progress unreadable", extra={"run_id": stage.run_id, "stage": stage.stage})
-        return 0.0
-    if not math.isfinite(done):
+        return []
+    if not all(math.isfinite(done) for done in fractions.values()):
         logger.warning("checkpoint progress not a number", extra={"run_id": stage.run_id, "stage": stage.stage})
-        return 0.0
-    return done
+    done = [fraction if math.isfinite(fraction) else 0.0 for fraction in fractions.values()]
+    return done + [0.0] * (parts_total - len(done)) if done else []
+
+
+def stage_progress(svc: Services, stage: Stage) -> float:
+    """Fraction of the stage's work done according to its newest complete checkpoints (the mean of its parts'; 0 when
+    there is none)."""
+    done = part_fractions(svc, stage)
+    return sum(done) / len(done) if done else 0.0
 
 
 def stage_view(svc: Services, run: Run, stage: Stage, now: datetime | None = None) -> StageView:
     now = now or utc_now()
-    done = stage_progress(svc, stage)
+    # The parts run side by side, each for the stage's hours: the stage ends with the one furthest behind.
+    done = min(part_fractions(svc, stage), default=0.0)
     remaining_here = stage.compute_hours * (1.0 - done)
     stages = svc.ledger.get_stages(run.run_id)
     # This stage and those after it share what is left of the run's deadline.
