@@ -29,6 +29,7 @@ def s3(moto_aws: None) -> Any:
 def _services(s3: Any, stage: Stage) -> Any:
     settings = SimpleNamespace(
         region="us-east-1", spot_instance_type="c6i.4xlarge", on_demand_instance_type="c6i.4xlarge",
+        hpc_instance_type="c5n.18xlarge",
         changeover_hours=0.1, spot_interruption_bucket=4,
     )  # fmt: skip
     prices = SimpleNamespace(usd_per_hour=lambda *args, **kwargs: None)  # unknown: the policy assumes a discount
@@ -80,3 +81,31 @@ def test_an_array_stage_has_the_work_of_its_least_advanced_shard_left(s3: Any):
     # THEN the stage is told all 8 h left: its shards run side by side, so it ends when the second one has done its
     # whole part, not after the 4 h that the mean of the two parts' progress would say
     assert view.remaining_hours == 8.0
+
+
+def _stage_with_its_work_checkpointed(s3: Any, stage: str = "preprocess", spot_allowed: bool = True) -> Stage:
+    # A stage whose job checkpointed all of its work, then lost its instance before writing its output and exiting.
+    uri = f"s3://{BUCKET}/checkpoints/r1/{stage}/"
+    CheckpointStore(s3, uri).save(b"state", progress=1.0)
+    return Stage("r1", stage, 0, 4.0, spot_allowed, 2, status="RUNNING", attempt=1, checkpoint_uri=uri)
+
+
+def test_a_stage_with_all_its_work_checkpointed_goes_on_demand_once_its_deadline_has_passed(s3: Any):
+    # GIVEN such a stage, whose run's deadline has passed, with no Spot capacity (its instance was reclaimed)
+    stage = _stage_with_its_work_checkpointed(s3)
+    # WHEN the policy is asked where to run it again
+    decision = choose_capacity(
+        _services(s3, stage), _run(deadline_at="2026-01-05T05:00:00Z"), stage, current=Action.IDLE, spot_available=False
+    )
+    # THEN it goes to On-Demand to finish: a job still has to run to end the stage, and waiting for Spot, which the
+    # guard would never move (the policy saw no work left), could leave it waiting for ever
+    assert decision.action == Action.ON_DEMAND
+
+
+def test_a_multi_node_stage_with_all_its_work_checkpointed_is_told_on_demand(s3: Any):
+    # GIVEN such a stage run as a multi-node parallel job, which AWS Batch cannot run on Spot
+    stage = _stage_with_its_work_checkpointed(s3, stage="hpc", spot_allowed=False)
+    # WHEN the policy is asked where to run it again
+    decision = choose_capacity(_services(s3, stage), _run(), stage, current=Action.IDLE, spot_available=True)
+    # THEN it is told On-Demand, the only capacity it can have, not to wait
+    assert decision.action == Action.ON_DEMAND

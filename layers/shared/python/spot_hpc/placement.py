@@ -95,7 +95,9 @@ def stage_view(svc: Services, run: Run, stage: Stage, now: datetime | None = Non
     now = now or utc_now()
     # The parts run side by side, each for the stage's hours: the stage ends with the one furthest behind.
     done = min(part_fractions(svc, stage), default=0.0)
-    remaining_here = stage.compute_hours * (1.0 - done)
+    # A stage still running has a job to run, whatever its checkpoints say: with no work left the policy would only
+    # wait (on Spot, a stage that cannot have it, past its deadline), and no guard pass would move it.
+    remaining_here = max(stage.compute_hours * (1.0 - done), min(stage.compute_hours, DEFAULT_STEP_HOURS))
     stages = svc.ledger.get_stages(run.run_id)
     # This stage and those after it share what is left of the run's deadline.
     work = [
