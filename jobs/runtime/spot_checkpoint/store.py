@@ -136,6 +136,14 @@ def part_name(*, node_index: int | None = None, shard_index: int | None = None) 
     return DEFAULT_PART
 
 
+def key_listed(s3_client: Any, bucket: str, key: str) -> bool:
+    """Whether `key` is in the bucket, by listing it: S3 refuses (403) the read of a missing object to a caller it
+    does not take as allowed to list it, where it would answer 404, and the control plane may list some prefixes only.
+    A key sorts before every longer key it begins, so the first listed is itself when it is there."""
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+    return bool(listed) and str(listed[0]["Key"]) == key
+
+
 def error_code(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
@@ -268,9 +276,8 @@ class CheckpointStore:
             response = self._call("get_object", Key=key)
             return bytes(response["Body"].read()), response.get("ETag")
         except CheckpointStoreUnavailable as exc:
-            # S3 refuses (403) the read of a missing object to a caller it does not take as allowed to list it, as
-            # the control plane is not (it may list under checkpoints/ only): a key not listed is not there.
-            if error_code(exc.__cause__ or exc) == "AccessDenied" and key not in self._list(key):
+            # The control plane may list under checkpoints/ only (`key_listed`).
+            if error_code(exc.__cause__ or exc) == "AccessDenied" and not key_listed(self.s3, self.bucket, key):
                 return None, None
             raise
         except Exception as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from botocore.exceptions import ClientError
+from spot_checkpoint.store import key_listed
 
 # Errors that mean the object cannot be read at all (gone, never there, not ours to read, or a delete marker: S3
 # answers a HEAD of a marker's version with 405); anything else, such as throttling, is raised for the handler to retry.
@@ -56,17 +57,10 @@ class UploadBucket:
                 return None
             if code == "InvalidRange":  # S3's answer to any ranged read of an empty object
                 return b""
-            if code in ("AccessDenied", "403") and not self._is_listed(bucket, key):
+            if code in ("AccessDenied", "403") and not key_listed(self._s3, bucket, key):  # the uploads' prefix only
                 return None
             raise
         raw: bytes = body.read()
         if len(raw) > max_bytes:
             raise UploadTooLarge(f"longer than {max_bytes} bytes")
         return raw
-
-    def _is_listed(self, bucket: str, key: str) -> bool:
-        """Whether `key` is there, by listing it: S3 refuses (403) the read of a missing object to a caller it does not
-        take as allowed to list it, where it would answer 404, and the intake may list the uploads' prefix only. A key
-        sorts before every longer key it begins, so the first listed is itself when it is there."""
-        listed = self._s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
-        return bool(listed) and str(listed[0]["Key"]) == key
