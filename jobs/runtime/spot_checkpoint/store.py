@@ -537,8 +537,8 @@ class CheckpointStore:
                 self._call("put_object", Key=self.request_key, Body=body, ContentType="application/json", **unchanged)
                 return request_id
             except ParamValidationError:
-                # An SDK older than S3's conditional writes (the Lambda runtime's own boto3 may be): written on what
-                # was just read, as such an SDK can; a stop written in between by another handler is then replaced.
+                # An SDK older than S3's conditional writes (the control plane's layer pins one that has them; another
+                # caller's may not): written on what was just read, and a stop written in between is then replaced.
                 self._call("put_object", Key=self.request_key, Body=body, ContentType="application/json")
                 return request_id
             except Exception as exc:
