@@ -57,7 +57,7 @@ def test_a_signal_older_than_the_window_is_not_acted_on_when_a_job_starts(ledger
     ledger.keep_instance_signal(_signal(utc_clock.now - timedelta(minutes=1)), "new", SIGNAL_KEPT_FOR)
     # WHEN a job's start on the instance is recorded (its run is not in this ledger: the answer says so)
     ref = JobRef("job-1", "r1", "preprocess", 1)
-    acted = act_on_kept_signals(SimpleNamespace(ledger=ledger), ref, ["i-1"], started_at=None)  # type: ignore[arg-type]
+    acted = act_on_kept_signals(SimpleNamespace(ledger=ledger), ref, ["i-1"])  # type: ignore[arg-type]
     # THEN only the recent warning is acted on
     assert acted == [{"job_id": "job-1", "action": "none", "reason": "job no longer current"}]
 
@@ -92,7 +92,7 @@ def test_a_warning_racing_its_jobs_start_is_seen_by_one_of_the_two_handlers(ledg
 
     def running_recorded_meanwhile(self: Ledger, instance_id: str) -> list[JobRef]:
         ledger.index_instance(instance_id, ref)
-        running_saw.extend(act_on_kept_signals(svc, ref, [instance_id], started_at=None))  # type: ignore[arg-type]
+        running_saw.extend(act_on_kept_signals(svc, ref, [instance_id]))  # type: ignore[arg-type]
         return real_jobs_on_instance(self, instance_id)
 
     monkeypatch.setattr(Ledger, "jobs_on_instance", running_recorded_meanwhile)

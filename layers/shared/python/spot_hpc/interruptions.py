@@ -72,23 +72,16 @@ def on_spot_signal(svc: Services, event: dict[str, Any], account_id: str) -> dic
     return {"status": "handled", "instance_id": instance_id, "jobs": jobs}
 
 
-def act_on_kept_signals(
-    svc: Services, ref: JobRef, instance_ids: Iterable[str], started_at: datetime | None
-) -> list[dict[str, Any]]:
-    """A job's start on `instance_ids` (at `started_at`, None where Batch did not say) was just recorded: the Spot
-    signals given for them before it was (kept by `on_spot_signal`) are acted on now, as they would have been.
-
-    A rebalance recommendation given before the job started is not: it was acted on for the jobs it was given for,
-    and a job started after it has no progress of its own to save yet. A warning is, whenever given: the instance
-    goes with the job on it."""
+def act_on_kept_signals(svc: Services, ref: JobRef, instance_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """A job's start on `instance_ids` was just recorded: the Spot signals given for them before it was (kept by
+    `on_spot_signal`) are acted on now, as they would have been; but a rebalance recommendation given before the job
+    started (`act_on_signal`)."""
     since = utc_now() - SIGNAL_KEPT_FOR
-    # Kept signals are told to the second; a start may be finer.
-    started = started_at.replace(microsecond=0) if started_at else None
     acted = []
     for instance_id in instance_ids:
         for kept in svc.ledger.instance_signals(instance_id, since):
             given = parse_time(kept.signalled_at)
-            if not kept.warning and started is not None and given < started:
+            if not kept.warning and _started_after(svc, ref, given):
                 continue
             acted.append(act_on_signal(svc, ref, instance_id, kept.signal, kept.warning, given))
             if kept.warning:
@@ -107,7 +100,9 @@ def act_on_signal(
             tell_requeue(svc, run, stage.stage, ref.attempt, f"{signal} on {instance_id}")
         return {"job_id": ref.job_id, "action": "none", "reason": "job no longer current"}
     if not warning and _started_after(svc, ref, signalled_at):
-        # The recommendation's retry finds an attempt placed after it started there (see `act_on_kept_signals`).
+        # A recommendation was acted on for the jobs it was given for; one started after it (kept for its instance, or
+        # found by the recommendation's retry) has no progress of its own to save yet. A warning is acted on whenever
+        # given: the instance goes with the job on it.
         return {"job_id": ref.job_id, "action": "none", "reason": f"started after the {signal}"}
     # A rebalance recommendation says the instance is at risk, not going: its jobs save their progress and work on,
     # rather than stop and start again (on this same instance, as likely as not) for a reclaim that may never come.

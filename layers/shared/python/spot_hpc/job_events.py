@@ -106,7 +106,7 @@ def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
             # and the signals given before it.
             _track_spot_wait(svc, ref, detail.status)
             if detail.status == "RUNNING":
-                act_on_kept_signals(svc, ref, attempt.instance_ids, _started(detail))
+                act_on_kept_signals(svc, ref, attempt.instance_ids)
         if detail.status == attempt.status == "RUNNING" and not attempt.instance_type:
             _price_as_run(svc, attempt, attempt.instance_ids)  # the first delivery died before pricing it
         return {"status": "ignored", "reason": f"stale {detail.status} after {attempt.status}"}
@@ -128,16 +128,11 @@ def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
     if attempt.capacity == "spot" and detail.status in SPOT_WAIT_STATUSES:
         _track_spot_wait(svc, ref, detail.status)
         if detail.status == "RUNNING":
-            result["signals"] = act_on_kept_signals(svc, ref, sets["instance_ids"], _started(detail))
+            result["signals"] = act_on_kept_signals(svc, ref, sets["instance_ids"])
     if detail.status == "RUNNING":
         # After the signals: a warning kept for this instance is acted on first, within its two minutes.
         _price_as_run(svc, replace(attempt, started_at=sets["started_at"]), sets["instance_ids"])
     return result
-
-
-def _started(detail: BatchJobDetail) -> datetime | None:
-    """When Batch says the job (or shard) started; None where it does not."""
-    return from_epoch_ms(detail.started_at) if detail.started_at else None
 
 
 def _price_as_run(svc: Services, attempt: Attempt, instance_ids: list[str]) -> None:
@@ -191,7 +186,7 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
         # every shard's status in the parent's summary, does).
         _track_spot_wait(svc, ref, detail.status, shard=True)
     if attempt.capacity == "spot" and detail.status == "RUNNING":
-        result["signals"] = act_on_kept_signals(svc, ref, instance_ids, _started(detail))
+        result["signals"] = act_on_kept_signals(svc, ref, instance_ids)
     return result
 
 
