@@ -7,11 +7,11 @@ from __future__ import annotations
 import boto3
 import pytest
 from botocore.exceptions import ReadTimeoutError
+from function_settings import function_settings
 from spot_hpc import aws
 from spot_hpc.batch import JobRequest
 from spot_hpc.guard import STAGE_CHECK_MARGIN_SECONDS
 from spot_hpc.services import Services
-from spot_hpc.settings import ControlPlaneSettings
 from template_grants import source_template
 
 # botocore's standard retry mode: before attempt i + 1 (i from 0) it waits up to min(2 ** i, 20) seconds on a
@@ -61,12 +61,7 @@ def test_a_job_submission_whose_answer_is_lost_is_sent_to_batch_once(monkeypatch
         raise ReadTimeoutError(endpoint_url=request.url)
 
     boto3.DEFAULT_SESSION.events.register("before-send.batch.SubmitJob", answer_lost)
-    environ = {
-        name: "x" * 8 if field.annotation is str else "2"
-        for name, field in ((f.alias, f) for f in ControlPlaneSettings.model_fields.values())
-        if name and field.is_required()
-    }
-    services = Services.from_settings(ControlPlaneSettings.from_environ(environ))
+    services = Services.from_settings(function_settings())
     request = JobRequest(name="run-1-hpc-1", queue="q", definition="d", environment={}, tags={}, parameters={})
     # WHEN a stage's job is submitted
     with pytest.raises(ReadTimeoutError):

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from batch_fakes import DescribedBatch
+from function_settings import function_settings
 from spot_hpc.clock import format_time
 from spot_hpc.events import BatchJobDetail
 from spot_hpc.guard import run_guard
@@ -47,23 +48,7 @@ def told(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def _services(ledger: Ledger, batch: DescribedBatch) -> Any:
-    settings = SimpleNamespace(
-        changeover_hours=CHANGEOVER_HOURS,
-        spot_interruption_bucket=4,
-        spot_wait_signal_minutes=10.0,
-        region="us-east-1",
-        spot_instance_type="c6i.4xlarge",
-        on_demand_instance_type="c6i.4xlarge",
-        hpc_instance_type="c6i.8xlarge",
-        ingest_bucket="ingest",
-        spot_job_queue="spot",
-        on_demand_job_queue="on-demand",
-        hpc_job_queue="hpc",
-        preprocess_job_definition="preprocess",
-        hpc_job_definition="hpc",
-        hpc_shard_job_definition="hpc-shard",
-        postprocess_job_definition="postprocess",
-    )
+    settings = function_settings(CHANGEOVER_HOURS=str(CHANGEOVER_HOURS))
     return SimpleNamespace(settings=settings, ledger=ledger, batch=batch, s3=None, prices=FlatPrices(), pipeline=None)
 
 

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import pytest
 from annotated_types import Ge, Gt, Le
+from function_settings import function_settings
 from spot_checkpoint.store import MANIFEST_NAME, SEQ_DIGITS, CheckpointStore
 from spot_hpc.pipeline import HPC_NODE_VCPUS, INGEST_PREFIX, manifest_key, stage_output_uri
 from spot_hpc.placement import checkpoint_uri
@@ -451,12 +452,7 @@ def test_the_deadline_policys_inputs_are_the_stacks_parameters(
     assert template["Globals"]["Function"]["Environment"]["Variables"][variable] == {"Ref": parameter}
     assert "Description" in spec
     # AND a value given at deploy time is what the functions' settings read (as CloudFormation passes it: a string)
-    environ = {
-        name: "x" * 8 if field.annotation is str else "2"
-        for name, field in ((f.alias, f) for f in ControlPlaneSettings.model_fields.values())
-        if name and field.is_required()
-    }
-    settings = ControlPlaneSettings.from_environ({**environ, variable: given})
+    settings = function_settings(**{variable: given})
     assert getattr(settings, setting) == expected
     # AND the stack's default is the settings' own, so that the offline runtime and `sam deploy` agree
     default = ControlPlaneSettings.model_fields[setting].default

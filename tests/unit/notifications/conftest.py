@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from function_settings import FUNCTION_ENVIRONMENT, function_settings
 from spot_hpc import notifier
 from spot_hpc.ledger import Ledger
 from spot_hpc.services import Services
-from spot_hpc.settings import ControlPlaneSettings
 from spot_hpc.slack import SlackCircuit
 
 from spotctl.offline.webhook_sink import WebhookSink
@@ -29,26 +29,6 @@ def slack_circuit(monkeypatch: pytest.MonkeyPatch) -> SlackCircuit:
     return circuit
 
 
-# The environment the template gives every function (names of the resources the fixtures below create).
-ENVIRONMENT = {
-    "LEDGER_TABLE": "ledger",
-    "INGEST_BUCKET": "ingest",
-    "SPOT_JOB_QUEUE": "spot",
-    "ON_DEMAND_JOB_QUEUE": "on-demand",
-    "HPC_JOB_QUEUE": "hpc",
-    "PREPROCESS_JOB_DEFINITION": "preprocess",
-    "HPC_JOB_DEFINITION": "hpc",
-    "HPC_SHARD_JOB_DEFINITION": "hpc-shard",
-    "POSTPROCESS_JOB_DEFINITION": "postprocess",
-    "SLACK_SECRET_ID": "spot-hpc/slack-webhook",
-    "DEFAULT_DEADLINE_HOURS": "24",
-    "LEDGER_RETENTION_DAYS": "90",
-    "HPC_NODES": "2",
-    "HPC_MAX_VCPUS": "256",
-    "SLACK_ALLOW_LOOPBACK": "true",
-}
-
-
 @pytest.fixture
 def services(ledger: Ledger, sink: WebhookSink) -> Services:
     """What a notifying handler gets, on moto: the ledger, an SNS topic, the notifications dead-letter queue and
@@ -59,10 +39,8 @@ def services(ledger: Ledger, sink: WebhookSink) -> Services:
     sqs = boto3.client("sqs", region_name="us-east-1")
     queue = sqs.create_queue(QueueName="notifications-dlq")["QueueUrl"]
     secrets = boto3.client("secretsmanager", region_name="us-east-1")
-    secrets.create_secret(Name=ENVIRONMENT["SLACK_SECRET_ID"], SecretString=sink.url)
-    settings = ControlPlaneSettings.from_environ(
-        {**ENVIRONMENT, "NOTIFICATION_TOPIC_ARN": topic, "NOTIFICATIONS_DLQ_URL": queue}
-    )
+    secrets.create_secret(Name=FUNCTION_ENVIRONMENT["SLACK_SECRET_ID"], SecretString=sink.url)
+    settings = function_settings(NOTIFICATION_TOPIC_ARN=topic, NOTIFICATIONS_DLQ_URL=queue)
     return Services(
         settings=settings,
         ledger=ledger,
