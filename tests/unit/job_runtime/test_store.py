@@ -209,39 +209,46 @@ def put_request(s3: Any, **fields: Any) -> None:
     s3.put_object(Bucket=BUCKET, Key="checkpoints/run-1/hpc/request.json", Body=json.dumps(body).encode())
 
 
+_NOT_WHOLE_NUMBERS = [
+    " 3",
+    "3_0",
+    "\u0663",
+    "\uff13",
+    "x",
+    "",
+    1.5,
+    3.0,
+    True,
+    -1,
+    float("inf"),
+    float("nan"),
+    [3],
+    {"attempt": 3},
+]
+_NOT_WHOLE_IDS = ["space-before", "underscore", "arabic-indic", "fullwidth", "word", "empty", "fraction", "float",
+                  "true", "negative", "infinity", "nan", "list", "object"]  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "attempt",
-    [" 3", "3_0", "\u0663", "\uff13", "x", "", 1.5, 3.0, True, -1, float("inf"), float("nan"), [3], {"attempt": 3}],
-    ids=[
-        "space-before",
-        "underscore",
-        "arabic-indic",
-        "fullwidth",
-        "word",
-        "empty",
-        "fraction",
-        "float",
-        "true",
-        "negative",
-        "infinity",
-        "nan",
-        "list",
-        "object",
-    ],
+    ("field", "value", "told"),
+    [("attempt", value, f"attempt {value!r} is not a whole number") for value in _NOT_WHOLE_NUMBERS]
+    + [("stop", value, "not true or false") for value in ("false", 0, None)],
+    ids=[*_NOT_WHOLE_IDS, "stop-text", "stop-zero", "stop-null"],
 )
-def test_a_request_whose_attempt_is_not_a_whole_number_is_no_pending_request(
-    s3: Any, caplog: pytest.LogCaptureFixture, attempt: Any
+def test_a_request_with_a_field_nobody_can_read_is_no_pending_request(
+    s3: Any, caplog: pytest.LogCaptureFixture, field: str, value: Any, told: str
 ) -> None:
-    # GIVEN a checkpoint request whose attempt is not a whole number in ASCII digits: int() read " 3", "3_0" and the
+    # GIVEN a checkpoint request whose attempt is not a whole number in ASCII digits (int() read " 3", "3_0" and the
     # Arabic-Indic and fullwidth digits as 3 or 30, truncated 1.5 and true to 1, took -1, and raised OverflowError on
-    # Infinity out of pending_request
-    put_request(s3, attempt=attempt)
+    # Infinity out of pending_request), or whose `stop` is not a JSON true or false (the text "false" would read as
+    # a stop)
+    put_request(s3, **{field: value})
     # WHEN a job looks for a pending request
     with caplog.at_level(logging.WARNING, logger="spot_checkpoint.store"):
         request = CheckpointStore(s3, URI).pending_request()
-    # THEN there is none for any attempt (which attempt it meant nobody can tell), and the log says why
+    # THEN there is none (which attempt it meant, whether it meant a stop, nobody can tell), and the log says why
     assert request is None
-    assert f"attempt {attempt!r} is not a whole number" in caplog.text
+    assert told in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -484,19 +491,6 @@ def test_a_request_says_whether_the_job_stops_after_its_checkpoint(s3: Any, fiel
     request = CheckpointStore(s3, URI).pending_request()
     # THEN it stops after its checkpoint unless told to go on
     assert request is not None and request.stop is stop
-
-
-@pytest.mark.parametrize("value", ["false", 0, None])
-def test_a_request_whose_stop_is_not_true_or_false_is_no_pending_request(
-    s3: Any, caplog: pytest.LogCaptureFixture, value: Any
-) -> None:
-    # GIVEN a checkpoint request whose `stop` is not a JSON true or false (the text "false" would read as a stop)
-    put_request(s3, stop=value)
-    # WHEN a job looks for a pending request
-    with caplog.at_level(logging.WARNING, logger="spot_checkpoint.store"):
-        request = CheckpointStore(s3, URI).pending_request()
-    # THEN there is none (whether it meant a stop nobody can tell), and the log says why
-    assert request is None and "not true or false" in caplog.text
 
 
 def test_a_request_to_go_on_is_written_as_one(s3: Any) -> None:
