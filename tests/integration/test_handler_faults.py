@@ -100,6 +100,8 @@ def test_rebalance_recommendation_asks_the_running_job_to_checkpoint_and_go_on()
             plane.step()
         saved = store.latest()
         _, after = _attempts(plane, "preprocess")
+        sent = [m.get("text") or "" for m in plane.webhook.delivered_messages]
+        stage = control_plane_services(plane).ledger.get_stage(run.run_id, "preprocess")
         # THEN the job is asked to checkpoint and go on working, and stays on Spot (the deadline is not at risk)
         assert result["status"] == "handled" and [j["action"] for j in result["jobs"]] == ["checkpoint"]
         assert "rebalance recommendation" in request["reason"] and request["stop"] is False
@@ -110,6 +112,9 @@ def test_rebalance_recommendation_asks_the_running_job_to_checkpoint_and_go_on()
             attempts[-1].attempt,
             "RUNNING",
         )
+        # AND nothing tells or learns it as an interruption
+        assert not any(text.startswith("Spot interruption") for text in sent)
+        assert stage is not None and stage.spot_stats.get("interruptions", 0) == 0
 
 
 def test_an_interruption_warning_told_before_its_jobs_start_is_acted_on_once_the_start_is():
