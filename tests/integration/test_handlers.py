@@ -202,6 +202,66 @@ def test_a_manifest_upload_is_not_a_failed_upload(plane):
     assert len(plane.webhook.delivered_messages) == sent_before
 
 
+def test_a_manifest_uploaded_after_its_csv_is_refused_and_told_not_silently_ignored(plane):
+    # GIVEN a CSV whose run started on its metadata, then its manifest uploaded (as `aws s3 sync` orders them)
+    s3 = boto3.client("s3", region_name=REGION)
+    csv_key, key = "incoming/synced.csv", "incoming/synced.manifest.json"
+    started, _ = plane.invoke(
+        "StartPipelineFunction", _s3_event(plane, csv_key, _upload(plane, csv_key, {"deadline-hours": "6"}))
+    )
+    version = s3.put_object(Bucket=plane.bucket, Key=key, Body=b'{"deadline_hours": 48}')["VersionId"]
+    # WHEN the manifest's event is handled
+    result, errored = plane.invoke("StartPipelineFunction", _s3_event(plane, key, version, id=str(uuid.uuid4())))
+    # THEN it is refused naming the run that goes on without it, and recorded
+    assert not errored and result["status"] == "rejected"
+    assert started["run_id"] in result["reason"] and "options from its metadata (deadline 6 h)" in result["reason"]
+    services = control_plane_services(plane)
+    assert any(r["source"].endswith(key) for r in services.ledger.list_rejections())
+    # AND the run keeps the options it started with
+    run = services.ledger.get_run(started["run_id"])
+    assert run is not None and (run.deadline_hours, run.options_from) == (6, "metadata")
+    # AND the team is told the manifest was not applied, not that a pipeline failed
+    told = [json.dumps(m) for m in plane.webhook.delivered_messages if key in json.dumps(m)]
+    assert len(told) == 1 and "Manifest not applied" in told[0] and "Pipeline failed" not in told[0]
+
+
+def test_a_manifest_for_the_next_upload_of_a_csv_whose_run_read_one_is_left_for_that_upload(plane):
+    # GIVEN a run that took its options from its manifest, still under way
+    s3 = boto3.client("s3", region_name=REGION)
+    csv_key, key = "incoming/again.csv", "incoming/again.manifest.json"
+    s3.put_object(Bucket=plane.bucket, Key=key, Body=b'{"deadline_hours": 20}')
+    started, _ = plane.invoke("StartPipelineFunction", _s3_event(plane, csv_key, _upload(plane, csv_key, {})))
+    # WHEN a new manifest is uploaded for the CSV's next upload
+    version = s3.put_object(Bucket=plane.bucket, Key=key, Body=b'{"deadline_hours": 30}')["VersionId"]
+    result, errored = plane.invoke("StartPipelineFunction", _s3_event(plane, key, version))
+    # THEN it waits for that upload: no rejection
+    assert not errored and result["status"] == "ignored"
+    run = control_plane_services(plane).ledger.get_run(started["run_id"])
+    assert run is not None and (run.deadline_hours, run.options_from) == (20, "manifest")
+
+
+@pytest.mark.parametrize(
+    ("manifest", "metadata", "told"),
+    [
+        (b'{"deadline_hours": 7}', {}, "options from its manifest"),
+        (None, {"deadline-hours": "7"}, "options from its metadata"),
+        (None, {}, "options from the stack's defaults"),
+    ],
+)
+def test_the_started_notice_says_where_the_runs_options_came_from(plane, manifest, metadata, told):
+    # GIVEN an upload whose options come from its manifest, its metadata, or neither
+    key = f"incoming/told-{uuid.uuid4().hex[:8]}.csv"
+    if manifest is not None:
+        boto3.client("s3", region_name=REGION).put_object(
+            Bucket=plane.bucket, Key=key.replace(".csv", ".manifest.json"), Body=manifest
+        )
+    # WHEN it is handled
+    result, _ = plane.invoke("StartPipelineFunction", _s3_event(plane, key, _upload(plane, key, metadata)))
+    # THEN the "started" notice says so
+    started = [json.dumps(m) for m in plane.webhook.delivered_messages if result["run_id"] in json.dumps(m)]
+    assert len(started) == 1 and told in started[0]
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import unquote_plus
 
-from spot_hpc.clock import format_time, happened_at
+from spot_hpc.clock import format_time, happened_at, parse_time
 from spot_hpc.events import UploadEvent
 from spot_hpc.intake import Rejected, parse_event, reject
 from spot_hpc.ledger import LedgerConflict, Run, Stage
@@ -16,10 +16,12 @@ from spot_hpc.notifier import notify, notify_rejected_upload
 from spot_hpc.pipeline import (
     HPC_NODE_VCPUS,
     INGEST_PREFIX,
+    OPTIONS_FROM_WORDS,
     InvalidRunOptions,
     RunOptions,
     build_run_options,
     manifest_key,
+    options_source,
     run_id_for,
     stage_specs,
     stage_timeout_seconds,
@@ -37,7 +39,7 @@ def start_pipeline(svc: Services, event: dict[str, Any], account_id: str) -> dic
     except Rejected as exc:
         source = _describe_source(event)
         event_id = str(event.get("id", "")) if isinstance(event, dict) else ""
-        notify_rejected_upload(svc, run_id_for(source, event_id, None), source, str(exc), event_id)
+        notify_rejected_upload(svc, run_id_for(source, event_id, None), source, str(exc), event_id, exc.title)
         return reject(svc, source, str(exc), event)
 
 
@@ -58,7 +60,8 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
     if not obj.key.startswith(INGEST_PREFIX):
         raise Rejected(f"key {obj.key} is outside {INGEST_PREFIX}")
     if obj.key.lower().endswith(".manifest.json"):
-        # A run's options, read when its CSV arrives: not an upload to start or refuse.
+        # A run's options, read when its CSV arrives: not an upload to start, unless its CSV came first.
+        _refuse_a_manifest_after_its_csv(svc, obj.key, happened_at(parsed.time))
         logger.info("manifest uploaded", extra={"key": obj.key})
         return {"status": "ignored", "reason": f"{obj.key} is a run manifest, read when its CSV arrives"}
     if not obj.key.lower().endswith(".csv"):
@@ -78,10 +81,11 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
     key, head = read or _head(svc, bucket, obj.key, obj.version_id)
     if head.get("ContentLength") == 0:
         raise Rejected(f"s3://{bucket}/{key} is empty: there is nothing to run")
+    manifest, metadata = _manifest(svc, bucket, key), head.get("Metadata", {})
     try:
         options = build_run_options(
-            _manifest(svc, bucket, key),
-            head.get("Metadata", {}),
+            manifest,
+            metadata,
             svc.settings.default_deadline_hours,
             svc.settings.hpc_nodes,
         )
@@ -103,6 +107,7 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
         stage_hours=options.stage_hours,
         hpc_mode=options.hpc_mode,
         hpc_nodes=options.hpc_nodes,
+        options_from=options_source(manifest, metadata),
     )
     stages = [
         Stage(
@@ -123,6 +128,31 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
         assert existing is not None
         return _ensure_started(svc, existing, duplicate=True)
     return _ensure_started(svc, run, duplicate=False)
+
+
+def _refuse_a_manifest_after_its_csv(svc: Services, key: str, uploaded_at: datetime) -> None:
+    """A manifest uploaded after its CSV (`aws s3 sync` sends `data.csv` before `data.manifest.json`) came too late for
+    the run that CSV started without it: the run goes on with the options it took, and the team is told, or the
+    deadline they meant to set would silently not be the one kept. A run that read a manifest, or was uploaded after
+    this one, is none of its concern."""
+    late = [
+        run
+        for run in svc.ledger.open_runs()
+        if manifest_key(run.key) == key
+        and run.options_from in ("metadata", "defaults")
+        and parse_time(run.started_at) <= uploaded_at
+    ]
+    if late:
+        runs = "; ".join(
+            f"run {run.run_id} of {run.key}, uploaded {run.started_at}, goes on with the options from "
+            f"{OPTIONS_FROM_WORDS[run.options_from or 'defaults']} (deadline {run.deadline_hours:g} h)"
+            for run in late
+        )
+        raise Rejected(
+            f"manifest {key} came after its CSV: {runs}. It applies to the CSV's next upload (upload the CSV again "
+            "to run with it)",
+            title="Manifest not applied",
+        )
 
 
 def _refuse_what_the_stack_cannot_run(svc: Services, options: RunOptions) -> None:
@@ -152,7 +182,8 @@ def _ensure_started(svc: Services, run: Run, duplicate: bool) -> dict[str, Any]:
     execution_arn, _ = svc.pipeline.start(run.run_id, stage_timeout_seconds(run.deadline_hours, run.stage_hours))
     if run.execution_arn != execution_arn:
         svc.ledger.update_run(run.run_id, execution_arn=execution_arn)
-    reason = f"{run.key} (deadline {run.deadline_hours:g} h, HPC {run.hpc_mode} x{run.hpc_nodes})"
+    options_from = f"; options from {OPTIONS_FROM_WORDS[run.options_from]}" if run.options_from else ""
+    reason = f"{run.key} (deadline {run.deadline_hours:g} h, HPC {run.hpc_mode} x{run.hpc_nodes}{options_from})"
     # A notice another delivery of the event is sending is left to it (or, should that one die, to the SLA guard).
     notify(svc, "started", run, None, reason)
     return {"status": "duplicate" if duplicate else "started", "run_id": run.run_id, "execution_arn": execution_arn}

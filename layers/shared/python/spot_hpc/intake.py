@@ -22,7 +22,12 @@ NOT_THIS_STACKS_INSTANCE = "not this stack's instance"
 
 
 class Rejected(Exception):
-    """An input the control plane will not act on; the message is the reason recorded and returned."""
+    """An input the control plane will not act on; the message is the reason recorded and returned, `title` the
+    notice's title where the kind's own ("Pipeline failed") would mislead."""
+
+    def __init__(self, reason: str, title: str | None = None) -> None:
+        super().__init__(reason)
+        self.title = title
 
 
 def parse_event(model: type[EventModel], event: Any, account_id: str) -> EventModel:

@@ -165,6 +165,8 @@ class Run:
     execution_arn: str | None = None
     finished_at: str | None = None
     error: str | None = None
+    # Where the run's options came from: "manifest", "metadata" or "defaults" (None: a run recorded before it was).
+    options_from: str | None = None
 
 
 @dataclass

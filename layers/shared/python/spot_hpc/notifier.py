@@ -128,11 +128,18 @@ def _ended_or_now(run: Run) -> datetime:
     return parse_time(run.finished_at) if run.status != "RUNNING" and run.finished_at else utc_now()
 
 
-def notify_rejected_upload(svc: Services, run_id: str, source: str, reason: str, event_id: str) -> bool:
+def notify_rejected_upload(
+    svc: Services, run_id: str, source: str, reason: str, event_id: str, title: str | None = None
+) -> bool:
     """Tells the team an upload will not run (once per event): it would otherwise wait for a run that never comes. A
     claim another delivery of the event holds is left to it, as `notify` leaves one."""
     notification = Notification(
-        kind="failed", run_id=run_id, stage=None, reason=f"upload rejected: {reason}", details={"source": source}
+        kind="failed",
+        run_id=run_id,
+        stage=None,
+        reason=f"upload rejected: {reason}",
+        details={"source": source},
+        title=title,
     )
     return _send(svc, notification, f"rejected#{event_id or source}")
 

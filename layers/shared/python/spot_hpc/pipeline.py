@@ -116,6 +116,17 @@ def build_run_options(
     return options
 
 
+# How a notice names where a run's options came from (`options_source`).
+OPTIONS_FROM_WORDS = {"manifest": "its manifest", "metadata": "its metadata", "defaults": "the stack's defaults"}
+
+
+def options_source(manifest: Mapping[str, Any] | None, metadata: Mapping[str, str]) -> str:
+    """Where `build_run_options` takes a run's options from: "manifest", "metadata" or "defaults" (the stack's)."""
+    if manifest is not None:
+        return "manifest"
+    return "metadata" if any(name in metadata for name in METADATA_OPTIONS) else "defaults"
+
+
 @dataclass(frozen=True)
 class StageSpec:
     name: str
