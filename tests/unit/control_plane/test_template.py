@@ -604,6 +604,13 @@ def _dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return [(line.split(maxsplit=1)[0].upper(), line.split(maxsplit=1)[1]) for line in lines]
 
 
+def _job_image_pins() -> dict[str, str]:
+    """package -> version of each package the job image's `pip install`s pin."""
+    instructions = _dockerfile_instructions(REPO / "jobs" / "Dockerfile")
+    installs = " ".join(args for op, args in instructions if op == "RUN" and "pip install" in args)
+    return dict(re.findall(r"([A-Za-z0-9_.-]+)==([0-9][^\s]*)", installs))
+
+
 def test_the_job_image_answers_every_job_definitions_command_with_the_pinned_versions():
     # GIVEN the job definitions' containers (a multi-node one's per node range) and the job image they run
     containers = {
@@ -629,9 +636,16 @@ def test_the_job_image_answers_every_job_definitions_command_with_the_pinned_ver
     assert "ENTRYPOINT" not in {op for op, _ in instructions}
     # AND it installs the versions pinned in requirements.txt
     pins = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().splitlines() if "==" in line)
-    installs = " ".join(args for op, args in instructions if op == "RUN" and "pip install" in args)
-    for package, version in re.findall(r"([A-Za-z0-9_.-]+)==([0-9][^\s]*)", installs):
+    for package, version in _job_image_pins().items():
         assert pins[package] == version, package
+
+
+def test_the_job_image_pins_the_sdk_whole_as_the_control_planes_layer_does():
+    # GIVEN the packages the job image's pip installs pin
+    pinned = set(_job_image_pins())
+    # THEN the SDK is pinned whole, as in the control plane's layer: boto3 takes any botocore of its minor version, so
+    # without botocore's own pin the image runs the newest one on the day it is built, not the one the tests ran
+    assert {"boto3", "botocore", "numpy"} <= pinned
 
 
 def test_the_multinode_environment_keeps_to_one_subnet_for_its_cluster_placement_group():
