@@ -1,9 +1,10 @@
 """A stand-in for the EC2 instance metadata service on loopback: IMDSv2 tokens and ``spot/instance-action``.
 
-What EC2 does: ``PUT /latest/api/token`` with ``X-aws-ec2-metadata-token-ttl-seconds`` returns a session token;
-``GET /latest/meta-data/spot/instance-action`` with ``X-aws-ec2-metadata-token`` returns 404 until the instance is
-marked for interruption, then ``{"action": "terminate", "time": "<UTC, two minutes later>"}``; a request without a
-valid token gets 401. The drill (or anyone, with ``POST /drill/spot-notice``) posts the notice.
+What EC2 does: ``PUT /latest/api/token`` with ``X-aws-ec2-metadata-token-ttl-seconds`` returns a session token,
+valid for that many seconds; ``GET /latest/meta-data/spot/instance-action`` with ``X-aws-ec2-metadata-token`` returns
+404 until the instance is marked for interruption, then ``{"action": "terminate", "time": "<UTC, two minutes
+later>"}``; a request without a valid token (none, an unknown one, one past its TTL) gets 401. The drill (or anyone,
+with ``POST /drill/spot-notice``) posts the notice.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 
@@ -25,10 +28,12 @@ WARNING_SECONDS = 120
 
 
 class MetadataStandIn:
-    """One instance's metadata service on 127.0.0.1 (random free port); use as a context manager."""
+    """One instance's metadata service on 127.0.0.1 (random free port); use as a context manager. Tokens expire by
+    ``clock`` (seconds, monotonic)."""
 
-    def __init__(self) -> None:
-        self._tokens: set[str] = set()
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tokens: dict[str, float] = {}  # token -> when it expires, by the clock
         self._notice: dict[str, str] | None = None
         self._lock = threading.Lock()
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) for tests and diagnostics
@@ -76,12 +81,13 @@ class MetadataStandIn:
                     return self._reply(400)
                 token = secrets.token_urlsafe(24)
                 with stand_in._lock:
-                    stand_in._tokens.add(token)
+                    stand_in._tokens[token] = stand_in._clock() + int(ttl)
                 return self._reply(200, token.encode())
 
             def do_GET(self) -> None:
                 with stand_in._lock:
-                    authorised = self.headers.get("X-aws-ec2-metadata-token", "") in stand_in._tokens
+                    expires = stand_in._tokens.get(self.headers.get("X-aws-ec2-metadata-token", ""))
+                    authorised = expires is not None and stand_in._clock() < expires
                     notice = stand_in._notice
                 if not authorised:
                     return self._reply(401)

@@ -372,6 +372,21 @@ def test_instance_metadata_without_notice_and_expired_token() -> None:
         assert [method for method, _, _ in metadata.requests].count("PUT") == 2
 
 
+def test_the_metadata_stand_in_refuses_a_token_past_its_ttl_and_the_client_takes_a_new_one() -> None:
+    # GIVEN the stand-in on a clock of the test's, and a client that asked it for a token of 120 s
+    now = [1000.0]
+    with MetadataStandIn(clock=lambda: now[0]) as metadata:
+        client = InstanceMetadata(metadata.endpoint, token_ttl_seconds=120)
+        assert client.spot_instance_action() is None
+        # WHEN the token's 120 s have passed on the stand-in's clock (the client, by its own, still holds it)
+        now[0] += 120
+        assert client.spot_instance_action() is None
+    # THEN the stand-in refused it (401), as IMDS refuses an expired token, and the client took a new one and looked
+    # again, where before the stand-in took any token it had ever given
+    assert [status for method, _, status in metadata.requests if method == "GET"] == [404, 401, 404]
+    assert [method for method, _, _ in metadata.requests].count("PUT") == 2
+
+
 @pytest.mark.parametrize("ttl", ["²", "0", "21601", "1_0", ""])
 def test_the_metadata_stand_in_refuses_a_token_ttl_imds_would_refuse(ttl: str) -> None:
     # GIVEN the stand-in for the instance metadata service
