@@ -1,12 +1,12 @@
 """Postprocess: merge the HPC parts into ensemble statistics and a summary, with a bootstrap confidence interval.
 
-Reads every ``<part>/members.json`` + ``<part>/fields.npy`` under ``INPUT_URI`` (an ``InputError`` if a part is
-missing, unreadable or not as its ``members.json`` describes it, if a ``members.json`` holds a member id or count that
-is not a JSON integer (``1.5``, ``true``, ``"3"``) or a ``dx_m`` that is not a finite JSON number above 0 (``"0.5"``,
-``true``, ``0``, ``NaN``), if two parts give different grids, ``dx_m`` or seeds, if a member is listed twice, by one
-part or by two, or if a field holds a NaN or an infinity), orders the members by id and writes under
-``OUTPUT_URI``: ``mean_rise.npy`` and ``std_rise.npy`` (ensemble mean and standard deviation of the temperature rise
-per cell), ``members.csv`` (each member's peak and mean rise) and ``summary.json``.
+Reads every ``<part>/members.json`` + ``<part>/fields.npy`` under ``INPUT_URI`` (an ``InputError`` if a part is missing,
+unreadable or not as its ``members.json`` describes it, if a ``members.json`` holds a member id or count that is not a
+JSON integer (``1.5``, ``true``, ``"3"``), a ``grid`` below 1 or a ``dx_m`` that is not a finite JSON number above 0
+(``"0.5"``, ``true``, ``0``, ``NaN``), if two parts give different grids, ``dx_m`` or seeds, if a member is listed
+twice, by one part or by two, or if a field holds a NaN or an infinity), orders the members by id and writes under
+``OUTPUT_URI``: ``mean_rise.npy`` and ``std_rise.npy`` (ensemble mean and standard deviation of the temperature rise per
+cell), ``members.csv`` (each member's peak and mean rise) and ``summary.json``.
 
 The hot area is the plate area where the ensemble-mean rise exceeds ``POSTPROCESS_HOT_FRACTION`` of its peak. Its
 95 % confidence interval comes from a bootstrap over members: replicate ``r`` resamples members with a counter-based
@@ -69,11 +69,13 @@ class Part:
     seed: int
 
 
-def json_whole_number(value: object, what: str) -> int:
-    """A whole number of a ``members.json``, a JSON integer as hpc writes it; a :class:`ValueError` for anything else,
-    which int() would take as one (``1.5``, ``true`` or ``"3"``)."""
+def json_whole_number(value: object, what: str, minimum: int | None = None) -> int:
+    """A whole number of a ``members.json``, a JSON integer as hpc writes it, of at least ``minimum`` if one is given;
+    a :class:`ValueError` for anything else, which int() would take as one (``1.5``, ``true`` or ``"3"``)."""
     if type(value) is not int:  # a bool is an int too: true is no member id
         raise ValueError(f"{what} {value!r} is not a whole number")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{what} {value!r} is not a whole number of at least {minimum}")
     return value
 
 
@@ -101,7 +103,8 @@ def read_part(s3: Any, input_uri: str, name: str) -> Part:
             name=name,
             parts_total=json_whole_number(description["parts_total"], "parts_total"),
             members=[json_whole_number(member, "member") for member in description["members"]],
-            grid=json_whole_number(description["grid"], "grid"),
+            # A grid of no cells has no peak: its fields would pass every check, and the summary fail on them.
+            grid=json_whole_number(description["grid"], "grid", minimum=1),
             dx_m=json_positive_number(description["dx_m"], "dx_m"),
             seed=json_whole_number(description["seed"], "seed"),
         )

@@ -377,6 +377,12 @@ def other_grid(s3: Any) -> None:
     write_object(s3, f"{HPC_OUTPUT}node-1/fields.npy", npy(np.zeros((2, GRID + 1, GRID + 1))))
 
 
+def no_cells_anywhere(s3: Any) -> None:
+    for node in (0, 1):
+        described(node, grid=0)(s3)
+        write_object(s3, f"{HPC_OUTPUT}node-{node}/fields.npy", npy(np.zeros((2, 0, 0))))
+
+
 def no_members_anywhere(s3: Any) -> None:
     for node in (0, 1):
         described(node, members=[])(s3)
@@ -409,6 +415,7 @@ def no_members_anywhere(s3: Any) -> None:
         (described(1, members=[1, "3"]), "node-1/members.json: .*member '3' is not a whole number"),
         (described(1, parts_total="2"), "node-1/members.json: .*parts_total '2' is not a whole number"),
         (described(1, grid=float(GRID)), f"node-1/members.json: .*grid {float(GRID)} is not a whole number"),
+        (no_cells_anywhere, "node-0/members.json: .*grid 0 is not a whole number of at least 1"),
         (described(1, dx_m="0.2"), "node-1/members.json: .*dx_m '0.2' is not a number"),
         (described(1, dx_m=True), "node-1/members.json: .*dx_m True is not a number"),
         (described(1, dx_m=0), "node-1/members.json: .*dx_m 0 is not a finite number above 0"),
@@ -450,6 +457,7 @@ def no_members_anywhere(s3: Any) -> None:
         "member-id-a-string",
         "parts-total-a-string",
         "grid-a-float",
+        "grid-of-no-cells",
         "dx-a-string",
         "dx-true",
         "dx-zero",
