@@ -16,6 +16,7 @@ import pytest
 from annotated_types import Ge, Gt, Le
 from function_settings import function_settings
 from spot_checkpoint.store import MANIFEST_NAME, SEQ_DIGITS, CheckpointStore
+from spot_hpc.events import MAIN_NODE_INDEX
 from spot_hpc.pipeline import HPC_NODE_VCPUS, INGEST_PREFIX, manifest_key, stage_output_uri
 from spot_hpc.placement import checkpoint_uri
 from spot_hpc.settings import ControlPlaneSettings
@@ -708,6 +709,14 @@ def test_each_hpc_node_asks_for_the_vcpus_the_intake_counts_against_the_hpc_envi
         requirements = {r["Type"]: r["Value"] for r in node_range["Container"]["ResourceRequirements"]}
         assert int(requirements["VCPU"]) == HPC_NODE_VCPUS
     assert environment["MaxvCpus"] == {"Ref": "HpcMaxVcpus"} and env["HPC_MAX_VCPUS"] == {"Ref": "HpcMaxVcpus"}
+
+
+def test_the_hpc_job_definitions_main_node_is_the_one_the_control_plane_takes_for_it():
+    # GIVEN the multi-node HPC job definition
+    definition = _resources("AWS::Batch::JobDefinition")["HpcJobDefinition"]
+    # WHEN / THEN its main node is the one whose end the control plane leaves to the job's own (a child's failure
+    # ends the job at once)
+    assert definition["NodeProperties"]["MainNode"] == MAIN_NODE_INDEX
 
 
 def test_instances_give_a_terminated_job_two_minutes_to_checkpoint_before_the_sigkill():

@@ -37,6 +37,8 @@ STATUS_RANK: dict[str, int] = {
     "FAILED": 5,
 }
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED"})
+# The main node of the stack's multi-node parallel job definition (its MainNode): Batch ends the job with it.
+MAIN_NODE_INDEX = 0
 
 
 class _Lenient(BaseModel):
@@ -75,6 +77,7 @@ class BatchNodeDetails(_Lenient):
     """What a node of a multi-node parallel job carries: which node it is."""
 
     node_index: int | None = Field(default=None, alias="nodeIndex")
+    is_main_node: bool | None = Field(default=None, alias="isMainNode")
 
 
 class BatchJobDetail(_Lenient):
@@ -100,6 +103,16 @@ class BatchJobDetail(_Lenient):
         """The array job this job is a child of (Batch names a child `<parent id>:<index>`); None otherwise."""
         parent, colon, index = self.job_id.partition(":")
         return parent if colon and ascii_digits(index) else None
+
+    @property
+    def multinode_parent_id(self) -> str | None:
+        """The multi-node parallel job this job is a child node of (Batch names node `i` `<job id>#<i>`); None for
+        any other job, and for the main node, whose end is the job's."""
+        parent, hash_sign, index = self.job_id.partition("#")
+        if not (hash_sign and ascii_digits(index)):
+            return None
+        main = self.node_details.is_main_node if self.node_details else None
+        return None if (main if main is not None else int(index) == MAIN_NODE_INDEX) else parent
 
     @property
     def is_array_parent(self) -> bool:

@@ -19,7 +19,13 @@ from spot_checkpoint.store import CheckpointStore
 
 from spot_hpc.clock import format_epoch_ms, format_time, from_epoch_ms, hours_between, parse_time, utc_now
 from spot_hpc.cost import billed_seconds
-from spot_hpc.events import STATUS_RANK, TERMINAL_STATUSES, BatchJobDetail, BatchJobStateChangeEvent
+from spot_hpc.events import (
+    MAIN_NODE_INDEX,
+    STATUS_RANK,
+    TERMINAL_STATUSES,
+    BatchJobDetail,
+    BatchJobStateChangeEvent,
+)
 from spot_hpc.first_hour import unbill_shared_instances, unbilled_instances
 from spot_hpc.intake import Rejected, parse_event, reject
 from spot_hpc.interruptions import SIGNAL_KEPT_FOR, act_on_kept_signals
@@ -90,6 +96,8 @@ def apply_job_state(svc: Services, detail: BatchJobDetail) -> dict[str, Any]:
     """Applies one observed job state; also the guard's way to repair a stage whose event was lost."""
     if detail.array_parent_id:
         return _apply_shard_state(svc, detail, detail.array_parent_id)
+    if detail.multinode_parent_id:
+        return _apply_child_node_state(svc, detail, detail.multinode_parent_id)
     ref = svc.ledger.find_job(detail.job_id) or _adopt(svc, detail)
     if ref is None:
         logger.info("event for a job this control plane does not know", extra={"job_id": detail.job_id})
@@ -188,6 +196,33 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
     if attempt.capacity == "spot" and detail.status == "RUNNING":
         result["signals"] = act_on_kept_signals(svc, ref, instance_ids)
     return result
+
+
+def _apply_child_node_state(svc: Services, detail: BatchJobDetail, parent_id: str) -> dict[str, Any]:
+    """A child node of a multi-node parallel job. Batch ends such a job with its main node alone, and the main node
+    waits for every node's part: a child that failed (S3 unreachable at its start, its host lost, its own error)
+    would leave the job running, billed on every node, until its attempt's timeout, which then spends a retry
+    whatever the child's failure was. So its failure is recorded as the attempt's, as an array shard's is (it decides
+    what follows: exit 88 is placed again spending no retry), and the job is ended now, its nodes checkpointing."""
+    if detail.status != "FAILED":
+        return {"status": "ignored", "reason": f"a child node's {detail.status}: the job's own events tell it"}
+    ref = svc.ledger.find_job(parent_id)
+    attempt = svc.ledger.get_attempt(ref.run_id, ref.stage, ref.attempt) if ref else None
+    if ref is None or attempt is None:
+        return {"status": "ignored", "reason": "unknown job"}
+    if attempt.status in TERMINAL_STATUSES:
+        return {"status": "ignored", "reason": "attempt already settled"}
+    main = svc.batch.describe([f"{parent_id}#{MAIN_NODE_INDEX}"]).get(f"{parent_id}#{MAIN_NODE_INDEX}")
+    if main is None or main.get("status") in TERMINAL_STATUSES:
+        # Batch stops the children once the main node has ended, which may be why this one failed: the job ends with
+        # the main node, and its own end tells how.
+        return {"status": "ignored", "reason": "the job's main node has ended"}
+    failure = classify_failure(detail, replace(attempt, shard_failure=None))
+    over = {outranked for outranked in FailureClass if _shard_rank(outranked) < _shard_rank(failure)}
+    svc.ledger.record_shard_failure(ref.run_id, ref.stage, ref.attempt, failure, over)
+    if not attempt.cancel_reason:  # a job the control plane ended already is ending
+        svc.batch.terminate(parent_id, f"spot-hpc: node {detail.job_id} ended by {failure}")
+    return {"status": "recorded", "node_status": detail.status, "failure_class": failure}
 
 
 # The statuses that start (RUNNABLE) and end (RUNNING) a Spot job's wait for capacity.
