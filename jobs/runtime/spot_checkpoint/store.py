@@ -542,7 +542,9 @@ class CheckpointStore:
                 self._call("put_object", Key=self.request_key, Body=body, ContentType="application/json")
                 return request_id
             except Exception as exc:
-                if error_code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                # A lost race: the object changed since it was read, or was deleted (the stage's cleanup), which S3
+                # answers a write on its ETag with 404.
+                if error_code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404"):
                     raise
         return None  # written over again and again meanwhile: the requests of those writers stand
 

@@ -549,6 +549,38 @@ def test_a_request_to_go_on_does_not_replace_a_request_to_stop_written_after_it_
     assert save_id is None and request is not None and request.request_id == racing.stop_id
 
 
+class RequestDeletedAfterTheRead:
+    """S3 on which the stage's cleanup deletes the request object just after this writer read it."""
+
+    def __init__(self, s3: Any) -> None:
+        self._s3 = s3
+        self.deleted = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s3, name)
+
+    def get_object(self, **request: Any) -> Any:
+        response = self._s3.get_object(**request)
+        if not self.deleted:
+            self.deleted = True
+            self._s3.delete_object(Bucket=request["Bucket"], Key=request["Key"])
+        return response
+
+
+def test_a_request_to_go_on_whose_read_request_was_deleted_before_its_write_reads_again_and_writes(s3: Any) -> None:
+    # GIVEN an earlier attempt's request, deleted (the stage's cleanup) just after the writer of a request to go on
+    # read it
+    CheckpointStore(s3, URI).request_checkpoint("requeue", attempt=1)
+    racing = RequestDeletedAfterTheRead(s3)
+    # WHEN the request to go on is written
+    save_id = CheckpointStore(racing, URI).request_save("rebalance recommendation", attempt=2)
+    # THEN its conditional write on the object it read (which S3 answers 404 once it is gone) is a lost race, not a
+    # failure: it reads again and writes its request where there is none now
+    request = CheckpointStore(s3, URI).pending_request()
+    assert racing.deleted and save_id is not None
+    assert request is not None and (request.request_id, request.stop) == (save_id, False)
+
+
 class S3ListingOnlyUnderAPrefix(S3Passthrough):
     """S3 as the control plane's roles see it: they may list the bucket under checkpoints/ only (s3:ListBucket with an
     s3:prefix condition), which S3 does not take as leave to list for a read, so the read of a missing object is
