@@ -10,19 +10,29 @@ class DescribedBatch:
     (their requests) and terminated (their ids)."""
 
     def __init__(
-        self, statuses: dict[str, str] | None = None, *, status: str = "RUNNABLE", queue: str = "spot"
+        self,
+        statuses: dict[str, str] | None = None,
+        *,
+        status: str = "RUNNABLE",
+        queue: str = "spot",
+        described: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.statuses = statuses or {}
         self.status = status
         self.queue = queue
+        self.described = described or {}  # more of a job's description (`nodeProperties`, a node's exit), by job id
         self.submitted: list[Any] = []
         self.terminated: list[str] = []
 
     def describe(self, job_ids: list[str]) -> dict[str, Any]:
         return {
             j: {"jobId": j, "jobName": j, "jobQueue": self.queue, "status": self.statuses.get(j, self.status)}
+            | self.described.get(j, {})
             for j in job_ids
         }
+
+    def multinode_nodes(self, job_id: str, num_nodes: int) -> list[dict[str, Any]]:
+        return list(self.describe([f"{job_id}#{index}" for index in range(num_nodes)]).values())
 
     def find_jobs_named(self, queue: str, name: str) -> list[str]:
         return []

@@ -156,3 +156,52 @@ def test_a_spot_job_starting_after_a_long_wait_is_judged_by_what_batch_says(
     # On-Demand as any waiting job is
     assert [request.queue for request in batch.submitted] == placed
     assert batch.terminated == (["job-1"] if placed else [])
+
+
+def _multinode_stage_running(ledger: Ledger, utc_clock) -> None:
+    """Run r2's multi-node HPC stage of 4 nodes running on On-Demand (job mnp-1), its deadline far off."""
+    now = utc_clock.now
+    run = Run("r2", "ingest", "incoming/b.csv", "v1", format_time(now + timedelta(hours=40)), 48.0,
+              format_time(now - timedelta(hours=2)), {})  # fmt: skip
+    ledger.create_run(run, [Stage("r2", "hpc", 1, 8.0, False, 4)])
+    ledger.claim_attempt("r2", "hpc", 0, capacity="on-demand")
+    started = format_time(now - timedelta(hours=1))
+    ledger.record_attempt(Attempt("r2", "hpc", 1, "mnp-1", "hpc", "on-demand", 4, started, status="RUNNING"))
+
+
+MULTINODE_JOB = {"nodeProperties": {"numNodes": 4, "mainNode": 0}}
+
+
+def _node(index: int, exit_code: int) -> dict[str, Any]:
+    return MULTINODE_JOB | {
+        "nodeDetails": {"nodeIndex": index, "isMainNode": index == 0},
+        "statusReason": "Essential container in task exited",
+        "container": {"exitCode": exit_code},
+    }
+
+
+@pytest.mark.parametrize(
+    ("node_statuses", "ended", "failure"),
+    [
+        ({"mnp-1#2": "FAILED"}, ["mnp-1"], FailureClass.S3_UNAVAILABLE),
+        ({}, [], None),
+    ],
+    ids=["a-child-failed", "all-running"],
+)
+def test_a_multinode_job_whose_child_nodes_failure_went_untold_is_ended_by_the_guard(
+    ledger: Ledger, utc_clock, told, node_statuses: dict[str, str], ended: list[str], failure: str | None
+) -> None:
+    # GIVEN a multi-node job running, its main node waiting for the others' parts, and node 2 failed at its start
+    # (exit 88) with its event lost, or every node running
+    _multinode_stage_running(ledger, utc_clock)
+    described = {"mnp-1": MULTINODE_JOB} | {f"mnp-1#{i}": _node(i, 88 if i == 2 else 0) for i in range(4)}
+    batch = DescribedBatch({"mnp-1": "RUNNING"} | node_statuses, status="RUNNING", queue="hpc", described=described)
+
+    # WHEN the guard runs a pass
+    run_guard(_services(ledger, batch))
+
+    # THEN the job whose node failed is ended now, with that node's failure recorded for what follows, not left to
+    # wait until its attempt's timeout; a job whose nodes all run is left alone
+    attempt = ledger.get_attempt("r2", "hpc", 1)
+    assert batch.terminated == ended
+    assert attempt is not None and attempt.shard_failure == failure

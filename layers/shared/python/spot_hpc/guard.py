@@ -247,6 +247,13 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
             return f"reconciled {detail.status}: {result.get('status')}"
     if detail.status in TERMINAL_STATUSES:
         return None
+    if detail.status == "RUNNING" and detail.multinode_nodes > 1 and attempt is not None and not attempt.shard_failure:
+        # A child node's failure, whose event was lost, would leave the job waiting on its main node until the
+        # attempt's timeout (`job_events._apply_child_node_state`).
+        failed = _failed_child_node(svc, detail)
+        if failed is not None:
+            result = apply_job_state(svc, failed)
+            return f"reconciled a failed node {failed.job_id}: {result.get('failure_class') or result.get('status')}"
     if attempt is not None and attempt.cancel_reason == CANCEL_REQUEUE:
         # A requeue decided (its first step marks the Spot attempt) whose handler died before placing the On-Demand
         # job: carried out now. Left alone, the Spot job would run on under a mark that reads its end, whatever it
@@ -318,6 +325,15 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
         request_checkpoint(svc, stage, f"requeue to On-Demand: {decision.reason}")
     placed = requeue_to_on_demand(svc, run, stage, detail.job_id, decision.reason)
     return "requeued to On-Demand" if placed else None
+
+
+def _failed_child_node(svc: Services, job: BatchJobDetail) -> BatchJobDetail | None:
+    """A failed child node of a running multi-node job, as Batch describes it; None when none has failed."""
+    for node in svc.batch.multinode_nodes(job.job_id, job.multinode_nodes):
+        described = BatchJobDetail.model_validate(node)
+        if described.status == "FAILED" and described.multinode_parent_id == job.job_id:
+            return described
+    return None
 
 
 def _end_requeued_job(svc: Services, stage: Stage) -> bool:
