@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -188,18 +189,22 @@ class LocalFunction:
 
 @dataclass
 class LambdaContextStandIn:
-    """What a handler reads from its context object."""
+    """What a handler reads from its context object. Its time left counts down from the function's Timeout as the
+    invocation runs, as Lambda's does: a handler sizes its work by it, and the control plane's notification claims
+    last as long as it says."""
 
     function_name: str
     invoked_function_arn: str
     memory_limit_in_mb: int = 256
+    timeout_seconds: float = 60.0
     function_version: str = "$LATEST"
     aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     log_group_name: str = ""
     log_stream_name: str = ""
+    started: float = field(default_factory=time.monotonic)
 
     def get_remaining_time_in_millis(self) -> int:
-        return 60_000
+        return max(0, int((self.timeout_seconds - (time.monotonic() - self.started)) * 1000))
 
 
 # Offline environment every function gets on top of its own: no X-Ray daemon, no CloudWatch agent.
@@ -250,9 +255,17 @@ def function_environment(env: dict[str, Any]) -> Iterator[None]:
 
 
 def run_local_function(
-    local: LocalFunction, function_name: str, function_arn: str, handler: str, env: dict[str, str], event: Any
+    local: LocalFunction,
+    function_name: str,
+    function_arn: str,
+    handler: str,
+    env: dict[str, str],
+    event: Any,
+    timeout_seconds: float = LambdaContextStandIn.timeout_seconds,
+    memory_mb: int = LambdaContextStandIn.memory_limit_in_mb,
 ) -> tuple[Any, bool]:
-    """Runs the handler in-process; returns (result or error payload, errored)."""
+    """Runs the handler in-process, its context telling the function's `timeout_seconds` and `memory_mb`; returns
+    (result or error payload, errored)."""
     global _in_progress
     module_name, _, attribute = handler.rpartition(".")
     caller = current_function()  # a function invoking another synchronously, on the same thread
@@ -270,7 +283,8 @@ def run_local_function(
                 module = importlib.util.module_from_spec(spec)
                 spec.loader.exec_module(module)
                 local.module = module
-            result = getattr(local.module, attribute)(event, LambdaContextStandIn(function_name, function_arn))
+            context = LambdaContextStandIn(function_name, function_arn, memory_mb, timeout_seconds)
+            result = getattr(local.module, attribute)(event, context)
             return result, False
     except Exception as exc:
         local.errors.append(f"{type(exc).__name__}: {exc}")
@@ -303,7 +317,14 @@ def install_lambda_adapter(registry: FunctionRegistry) -> Callable[[], None]:
             return original(self, body, request_headers, response_headers)  # type: ignore[no-any-return]
         event = json.loads(body) if body else {}
         result, errored = run_local_function(
-            local, self.function_name, self.function_arn, self.handler, dict(self.environment_vars or {}), event
+            local,
+            self.function_name,
+            self.function_arn,
+            self.handler,
+            dict(self.environment_vars or {}),
+            event,
+            timeout_seconds=float(self.timeout),
+            memory_mb=int(self.memory_size),
         )
         if errored:
             response_headers["x-amz-function-error"] = "Unhandled"

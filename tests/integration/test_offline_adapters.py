@@ -610,3 +610,24 @@ def test_ingest_bucket_is_versioned_as_the_template_says(plane):
     # WHEN an object is put / THEN it gets a version id: one pipeline run per object version
     assert s3.get_bucket_versioning(Bucket=plane.bucket)["Status"] == "Enabled"
     assert s3.put_object(Bucket=plane.bucket, Key="incoming/v.csv", Body=b"a\n")["VersionId"] != "null"
+
+
+def test_a_handler_s_context_tells_the_time_and_memory_its_function_was_given(plane, tmp_path):
+    # GIVEN the SLA guard (Timeout 300, the global MemorySize 256) running a handler that reports its context
+    probe = _function(
+        tmp_path,
+        "def lambda_handler(event, context):\n"
+        "    return {'remaining_ms': context.get_remaining_time_in_millis(), 'memory': context.memory_limit_in_mb}\n",
+    )
+    guard = plane.stack.physical_id("SlaGuardFunction")
+    real = plane.stack.functions[guard]
+    plane.stack.functions[guard] = probe
+    try:
+        # WHEN it is invoked
+        result, errored = plane.invoke("SlaGuardFunction", {})
+    finally:
+        plane.stack.functions[guard] = real
+    # THEN its time left is its own function's timeout (less what the invocation took so far), as Lambda tells it
+    assert not errored
+    assert 295_000 < result["remaining_ms"] <= 300_000, result
+    assert result["memory"] == 256
