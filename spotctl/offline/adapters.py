@@ -16,6 +16,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -497,6 +498,76 @@ def install_task_token_adapter() -> Callable[[], None]:
             StateTaskServiceCallback._eval_execution = own  # type: ignore[method-assign]
 
     return uninstall
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Step Functions: retry waits. AWS waits a retrier's interval (IntervalSeconds, grown by BackoffRate, capped by
+# MaxDelaySeconds) before the next attempt, on the same clock as everything else. moto sleeps it on the wall clock,
+# while offline the control plane's time is virtual: the retry came at the same virtual instant (a lease the retrier
+# waits out, the NotificationClaimHeld one, never lapsed) after holding the run up for real seconds. The execution
+# waits for the virtual clock to reach the retry's time instead, as it waits for a task token: the runtime counts it
+# as waiting on the outside world and moves time on.
+
+
+class VirtualRetryWaits:
+    """The executions waiting for a retry, each until the virtual clock (`now`) reaches the retry's time."""
+
+    def __init__(self, now: Callable[[], datetime]) -> None:
+        self._now = now
+        self._due: dict[str, datetime] = {}  # execution ARN -> when its next attempt starts
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._execution = threading.local()  # the execution whose retrier runs on this thread
+
+    def sleep(self, seconds: float) -> None:
+        """Stands in for moto's time.sleep in a retrier: returns once `seconds` have passed on the virtual clock."""
+        execution_arn = getattr(self._execution, "arn", "")
+        due = self._now() + timedelta(seconds=seconds)
+        with self._lock:
+            self._due[execution_arn] = due
+        try:
+            while self._now() < due:
+                if self._stopped.wait(0.01):
+                    # The embedded AWS is gone: the execution must make no call out of it, so it waits for good
+                    # (on a daemon thread), as it would on a task token that never comes.
+                    threading.Event().wait()
+        finally:
+            with self._lock:
+                self._due.pop(execution_arn, None)
+
+    def waiting(self, execution_arn: str) -> bool:
+        """Whether the execution waits for a retry whose time the virtual clock has not reached."""
+        with self._lock:
+            due = self._due.get(execution_arn)
+        return due is not None and self._now() < due
+
+    def due_times(self) -> list[datetime]:
+        """When the retries waited for now are due."""
+        with self._lock:
+            return list(self._due.values())
+
+
+def install_virtual_retry_waits(now: Callable[[], datetime]) -> tuple[VirtualRetryWaits, Callable[[], None]]:
+    from types import SimpleNamespace
+
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    waits = VirtualRetryWaits(now)
+    original_time, original_eval = retrier_decl.time, retrier_decl.RetrierDecl._eval_body
+
+    def eval_body(self: Any, env: Any) -> None:
+        waits._execution.arn = env.states.context_object.context_object_data["Execution"]["Id"]
+        original_eval(self, env)
+
+    retrier_decl.time = SimpleNamespace(sleep=waits.sleep)  # type: ignore[assignment]
+    retrier_decl.RetrierDecl._eval_body = eval_body  # type: ignore[method-assign]
+
+    def uninstall() -> None:
+        waits._stopped.set()
+        retrier_decl.time = original_time
+        retrier_decl.RetrierDecl._eval_body = original_eval  # type: ignore[method-assign]
+
+    return waits, uninstall
 
 
 # ---------------------------------------------------------------------------------------------------------------

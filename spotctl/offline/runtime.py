@@ -79,6 +79,7 @@ class OfflineControlPlane:
         self.bus: EventBus
         self.batch: BatchEmulator
         self.aws_calls: adapters.AwsCallRecorder
+        self.retry_waits: adapters.VirtualRetryWaits
 
     # ------------------------------------------------------------------ lifecycle
     _running: OfflineControlPlane | None = None  # moto's state is process-wide: one plane at a time
@@ -128,6 +129,8 @@ class OfflineControlPlane:
         self._uninstall.append(adapters.install_send_task_failure_adapter())
         self._uninstall.append(adapters.install_task_token_adapter())
         self._uninstall.append(adapters.install_stop_execution_adapter())
+        self.retry_waits, stop_retry_waits = adapters.install_virtual_retry_waits(self.clock.now)
+        self._uninstall.append(stop_retry_waits)
         self._uninstall.append(adapters.install_price_book_adapter(REPO_ROOT / "data"))
         self._uninstall.append(adapters.install_lambda_adapter(lambda name: self.stack.functions.get(name)))
         self._uninstall.append(batch_emulator.install(lambda: getattr(self, "batch", None)))
@@ -218,7 +221,8 @@ class OfflineControlPlane:
         ]
 
     def settle(self, timeout_seconds: float = 30.0) -> None:
-        """Waits until every execution waits on the outside world (a task token) or has ended.
+        """Waits until every execution waits on the outside world (a task token, or virtual time for a retry) or has
+        ended.
 
         Step Functions runs executions on threads of their own; virtual time may only move once they are quiet.
         """
@@ -232,7 +236,8 @@ class OfflineControlPlane:
                 events = self.history(execution["executionArn"])
                 last = events[-1]["type"] if events else "none"
                 snapshot.append((execution["executionArn"], execution["status"], len(events), last))
-                quiet = quiet and (execution["status"] != "RUNNING" or last in _WAITING_EVENTS)
+                waiting = last in _WAITING_EVENTS or self.retry_waits.waiting(execution["executionArn"])
+                quiet = quiet and (execution["status"] != "RUNNING" or waiting)
             if quiet and snapshot == previous:
                 quiet_checks += 1
                 if quiet_checks >= 2:
@@ -245,9 +250,10 @@ class OfflineControlPlane:
 
     def step(self, minutes: float = CLOCK_STEP_MINUTES) -> None:
         delta = timedelta(minutes=minutes)
+        retries_due = self.retry_waits.due_times()  # read before time moves: none of them can have started yet
         now = self.clock.advance(delta)
         self.batch.advance(now, delta)
-        if self.bus.fire_due_schedules(now):
+        if self.bus.fire_due_schedules(now) or any(due <= now for due in retries_due):
             self.settle()
 
     def run_until_settled(self, max_hours: float, step_minutes: float = CLOCK_STEP_MINUTES) -> str:

@@ -1083,11 +1083,8 @@ def test_an_arrays_end_told_before_its_reclaimed_shards_is_still_a_reclaim(tmp_p
 
 @pytest.mark.parametrize("failing_stages", [{}, {"preprocess": 3}], ids=["succeeded", "failed"])
 def test_a_run_whose_notify_task_failed_past_its_retries_is_settled_and_told_by_the_guard(monkeypatch, failing_stages):
-    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
-
-    # GIVEN DynamoDB throttling the notify task's four attempts at the run's end (its retries wait 2+4+8 s, here at
-    # once), so that the state machine's Catch ends the execution with the run's end untold
-    monkeypatch.setattr(retrier_decl, "time", SimpleNamespace(sleep=lambda seconds: None))
+    # GIVEN DynamoDB throttling the notify task's four attempts at the run's end (its retries wait 2+4+8 s, of virtual
+    # time), so that the state machine's Catch ends the execution with the run's end untold
     real_finish_run = Ledger.finish_run
     throttled: list[str] = []
 
@@ -1220,19 +1217,11 @@ def test_a_failure_notice_for_a_stage_still_running_terminates_its_job():
 
 # ------------------------------------------------------------------ the run-end notice
 def test_a_run_end_notice_whose_notifier_died_before_its_deadline_is_sent_once_its_claim_lapses(monkeypatch):
-    from datetime import timedelta
-    from types import SimpleNamespace
-
-    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
     from spot_hpc import notifier
 
     with OfflineControlPlane(
         start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES, failing_stages={"preprocess": 3}
     ) as plane:
-        # The state machine's retry waits pass on the virtual clock (moto would sleep them).
-        monkeypatch.setattr(
-            retrier_decl, "time", SimpleNamespace(sleep=lambda seconds: plane.clock.advance(timedelta(seconds=seconds)))
-        )
         # GIVEN the notify function's first invocation dying as it sends the run's failure notice, after claiming
         # it and well before its deadline: a dead process runs no `except`, so the claim is not given back
         real_deliver, real_release = notifier.deliver_notification, notifier._release_claim

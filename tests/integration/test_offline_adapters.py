@@ -571,6 +571,15 @@ def _next_task_token(sqs, queue_url: str) -> str:
     raise AssertionError("the task never sent its token")
 
 
+def _until_a_retry_waits(plane: OfflineControlPlane) -> None:
+    """Returns once an execution waits for a retry on the virtual clock (it fails on a thread of its own)."""
+    for _ in range(400):
+        if plane.retry_waits.due_times():
+            return
+        time.sleep(0.05)
+    raise AssertionError("no execution waits for a retry")
+
+
 def test_each_retry_of_a_callback_task_gets_a_token_of_its_own(plane):
     # GIVEN a waitForTaskToken task that hands its token to a queue and is retried once when it fails
     sqs = boto3.client("sqs", region_name=REGION)
@@ -589,9 +598,12 @@ def test_each_retry_of_a_callback_task_gets_a_token_of_its_own(plane):
         roleArn="arn:aws:iam::123456789012:role/probe",
     )["stateMachineArn"]
     execution = sfn.start_execution(stateMachineArn=machine)["executionArn"]
-    # WHEN the first attempt is failed through its token, and the retry answered through its own
+    # WHEN the first attempt is failed through its token, and the retry (a virtual second later) answered through its
+    # own
     first = _next_task_token(sqs, queue_url)
     sfn.send_task_failure(taskToken=first, error="Probe", cause="first attempt")
+    _until_a_retry_waits(plane)
+    plane.step(minutes=1)
     second = _next_task_token(sqs, queue_url)
     sfn.send_task_success(taskToken=second, output="{}")
     for _ in range(400):
@@ -631,3 +643,32 @@ def test_a_handler_s_context_tells_the_time_and_memory_its_function_was_given(pl
     assert not errored
     assert 295_000 < result["remaining_ms"] <= 300_000, result
     assert result["memory"] == 256
+
+
+def test_a_retry_waits_its_interval_on_the_virtual_clock(plane):
+    # GIVEN a waitForTaskToken task retried a minute after it fails (IntervalSeconds 60)
+    sqs = boto3.client("sqs", region_name=REGION)
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    queue_url = sqs.create_queue(QueueName="retry-wait-probe")["QueueUrl"]
+    task = {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+        "Parameters": {"QueueUrl": queue_url, "MessageBody": {"token.$": "$$.Task.Token"}},
+        "Retry": [{"ErrorEquals": ["Probe"], "MaxAttempts": 1, "IntervalSeconds": 60}],
+        "End": True,
+    }
+    machine = sfn.create_state_machine(
+        name="retry-wait-probe",
+        definition=json.dumps({"StartAt": "Wait", "States": {"Wait": task}}),
+        roleArn="arn:aws:iam::123456789012:role/probe",
+    )["stateMachineArn"]
+    sfn.start_execution(stateMachineArn=machine)
+    # WHEN its first attempt fails, and virtual time stands still for a while, then moves on a minute
+    sfn.send_task_failure(taskToken=_next_task_token(sqs, queue_url), error="Probe", cause="first attempt")
+    _until_a_retry_waits(plane)
+    time.sleep(0.5)
+    early = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0).get("Messages", [])
+    plane.step(minutes=1)
+    # THEN the retry came once the virtual minute had passed, and not before
+    assert early == []
+    assert _next_task_token(sqs, queue_url)
