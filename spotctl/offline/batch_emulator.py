@@ -20,7 +20,9 @@ Each job launches an instance of its own, unless a test has Batch place jobs on 
 environment keeps (`reuses_idle_instances`), as AWS Batch does: an instance whose job ended without a warning.
 A multi-node parallel job runs each node on an instance of its own. As in AWS Batch, the job's description names no
 container instance (its container details do not apply); DescribeJobs of `<job id>#<index>` describes a node, with
-its instance. Its nodes start and stop with the job, and send no events of their own.
+its instance. Its nodes start and stop with the job, and send no events of their own, except a child node a test has
+fail at its start (`failing_nodes`): its FAILED event is sent, and the job runs on without progress, its main node
+waiting for that node's part, until it is terminated or times out.
 moto's Batch runs jobs in Docker (or marks them succeeded at once); this emulator replaces its job methods.
 """
 
@@ -132,6 +134,9 @@ class EmulatedJob:
     terminate_reason: str | None = None
     # A checkpoint request made before this job started was for an earlier job of the stage.
     seen_request_id: str | None = None
+    # A multi-node job's child node that failed at its start: its index and exit code. The main node then waits for
+    # its part, the job running on until it is terminated or times out, as in AWS Batch.
+    failed_node: tuple[int, int] | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -189,6 +194,9 @@ class EmulatedJob:
         if index < len(self.node_instances):
             container["containerInstanceArn"] = self.node_instances[index][1]
             container["taskArn"] = f"arn:aws:ecs:{REGION}:{ACCOUNT_ID}:task/batch/{self.job_id[:8]}-{index}"
+        if self.failed_node is not None and self.failed_node[0] == index:
+            described = described | {"status": "FAILED", "statusReason": CONTAINER_EXITED}
+            container["exitCode"] = self.failed_node[1]
         return {
             **described,
             "jobId": node_id,
@@ -209,11 +217,14 @@ class BatchEmulator:
         now: Callable[[], datetime],
         checkpoint_interval: timedelta = timedelta(minutes=30),
         failing_stages: dict[str, int] | None = None,
+        failing_nodes: dict[str, tuple[int, int]] | None = None,
     ) -> None:
         self.trace = trace
         self.stage_hours = stage_hours
         # Stages whose workload has a bug: every attempt exits with this code after its first step of work.
         self.failing_stages = failing_stages or {}
+        # Multi-node stages whose first job has a child node fail at its start: (node index, exit code).
+        self.failing_nodes = dict(failing_nodes or {})
         self._emit = emit
         self._now = now
         self.t0 = now()
@@ -427,6 +438,11 @@ class BatchEmulator:
             f"running  {job.stage:<11} {job.capacity:<9} on {job.instance_id}"
             + (f" (resumed at {restored:.0%})" if restored else "")
         )
+        if job.is_multinode and job.stage in self.failing_nodes:
+            job.failed_node = self.failing_nodes.pop(job.stage)
+            node = job.describe_node(job.failed_node[0])
+            self._log(f"failed   {job.stage:<11} node {job.failed_node[0]} (exit {job.failed_node[1]})")
+            self._emit(make_event("aws.batch", "Batch Job State Change", node, [node["jobArn"]]))
 
     def _run(self, job: EmulatedJob, now: datetime, step: timedelta) -> None:
         if job.reclaim_at and job.warned_at is None and now >= job.reclaim_at - WARNING_LEAD:
@@ -452,7 +468,7 @@ class BatchEmulator:
             exit_code = self._stop_on_sigterm(job, now, "attempt timeout")
             self._finish(job, "FAILED", TIMED_OUT, exit_code=exit_code, retryable=False)
             return
-        if job.warned_at is None:
+        if job.warned_at is None and job.failed_node is None:  # the main node waits for a failed node's part
             job.progress = min(1.0, job.progress + step.total_seconds() / 3600 / job.work_hours)
         if job.stage in self.failing_stages:
             self._finish(job, "FAILED", CONTAINER_EXITED, exit_code=self.failing_stages[job.stage])

@@ -62,11 +62,13 @@ class OfflineControlPlane:
         webhook: WebhookSink | None = None,
         failing_stages: dict[str, int] | None = None,
         redeliver_events: bool = False,
+        failing_nodes: dict[str, tuple[int, int]] | None = None,
     ) -> None:
         self.trace = SpotTrace.load(trace, start_hour)
         self.redeliver_events = redeliver_events
         self.stage_hours = stage_hours or dict(DEFAULT_STAGE_HOURS)
         self.failing_stages = failing_stages or {}
+        self.failing_nodes = failing_nodes or {}
         self.template = template
         self.parameters = parameters or {}
         self.clock = VirtualClock()
@@ -137,7 +139,12 @@ class OfflineControlPlane:
         self.stack = deploy(self.template, self.parameters)
         self.bus = EventBus(redeliver=self.redeliver_events)
         self.batch = BatchEmulator(
-            self.trace, self.stage_hours, self.put_event, self.clock.now, failing_stages=self.failing_stages
+            self.trace,
+            self.stage_hours,
+            self.put_event,
+            self.clock.now,
+            failing_stages=self.failing_stages,
+            failing_nodes=self.failing_nodes,
         )
         boto3.client("secretsmanager", region_name=REGION).create_secret(
             Name=self.parameters.get("SlackSecretName", "spot-hpc/slack-webhook"), SecretString=self.webhook.url

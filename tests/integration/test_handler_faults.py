@@ -1595,3 +1595,36 @@ def test_a_start_whose_handler_died_before_pricing_it_is_priced_by_the_retry(mon
     assert died == ["preprocess"] and not errored and result["status"] == "ignored"
     assert (unpriced.status, unpriced.instance_type) == ("RUNNING", None)
     assert priced.instance_type == "m6i.4xlarge" and priced.usd_per_hour != unpriced.usd_per_hour
+
+
+# ------------------------------------------------------------------ a multi-node job's child node failing
+@pytest.mark.parametrize("node_event", ["told", "lost"])
+def test_a_multinode_job_whose_child_node_failed_at_its_start_is_ended_and_placed_again_free(node_event):
+    with OfflineControlPlane(
+        start_hour=SPOT_FROM_THE_START, stage_hours=QUICK_STAGES, failing_nodes={"hpc": (1, EXIT_S3_UNAVAILABLE)}
+    ) as plane:
+        # GIVEN the multi-node HPC job's node 1 stopping at its start because S3 failed it (exit 88), its main node
+        # waiting for that node's part; the node's event told, or lost on its way
+        if node_event == "lost":
+            deliver = plane.bus.put
+
+            def lose_node_events(event):
+                return [] if "#" in event["detail"].get("jobId", "") else deliver(event)
+
+            plane.bus.put = lose_node_events  # type: ignore[method-assign]
+        plane.upload("incoming/node.csv", b"a\n1\n", {"deadline-hours": "12"})
+        # WHEN the run goes its course
+        status = plane.run_until_settled(max_hours=12)
+        run, hpc = _attempts(plane, "hpc")
+        stage = control_plane_services(plane).ledger.get_stage(run.run_id, "hpc")
+        refused = _refused_calls(plane)
+    # THEN the job was ended within a guard pass of its start (not at its attempt's timeout, hours later), read as S3
+    # failing its start, and placed again without spending a retry; the run succeeded
+    first = hpc[0]
+    assert first.failure_class == "s3_unavailable" and first.started_at and first.stopped_at
+    assert hours_between(parse_time(first.started_at), parse_time(first.stopped_at)) <= 10 / 60
+    assert [a.status for a in hpc] == ["FAILED", "SUCCEEDED"]
+    assert stage is not None and (stage.app_retries_used, stage.s3_resubmits_used) == (0, 1)
+    assert status == "SUCCEEDED"
+    # AND every call that took was one the functions' roles allow
+    assert refused == {}
