@@ -156,12 +156,10 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
     """A shard (child) of a shards-mode array job. The parent never runs: AWS Batch shows it PENDING until every
     child has ended. So the shards tell when the stage waits for Spot, where it runs (instances, for interruption
     warnings) and why it failed; the parent's own end settles the stage."""
-    ref = svc.ledger.find_job(parent_id)
-    attempt = svc.ledger.get_attempt(ref.run_id, ref.stage, ref.attempt) if ref else None
-    if ref is None or attempt is None:
-        return {"status": "ignored", "reason": "unknown job"}
-    if attempt.status in TERMINAL_STATUSES:
-        return {"status": "ignored", "reason": "attempt already settled"}
+    found = _open_attempt_of(svc, parent_id)
+    if isinstance(found, str):
+        return {"status": "ignored", "reason": found}
+    ref, attempt = found
     sets: dict[str, Any] = {}
     if detail.status == "RUNNING":
         instance_ids = svc.batch.instance_ids(detail.container_instance_arns)
@@ -172,9 +170,7 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
             sets.update(status="RUNNING", started_at=format_epoch_ms(detail.started_at) or format_time(utc_now()))
     # The shard's own end, not the array's as an earlier shard recorded it: a reclaim after an application error is
     # still a reclaim, which ends the array now and takes the place of that error (a reclaim first). The first
-    # reclaim stays: the shards it ends checkpoint and stop after it.
-    # Written only where no failure is recorded, or where the one recorded ranks below it (`_shard_rank`): a
-    # condition of the write, not of this read, as another shard's end may be handled at the same moment.
+    # reclaim stays: the shards it ends checkpoint and stop after it (`_record_part_failure`).
     failure = classify_failure(detail, replace(attempt, shard_failure=None)) if detail.status == "FAILED" else None
     if sets:
         try:
@@ -182,8 +178,7 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
         except LedgerConflict:
             return {"status": "ignored", "reason": "attempt already settled"}
     if failure:
-        over = {outranked for outranked in FailureClass if _shard_rank(outranked) < _shard_rank(failure)}
-        svc.ledger.record_shard_failure(ref.run_id, ref.stage, ref.attempt, failure, over)
+        _record_part_failure(svc, ref, failure)
     if failure in RECLAIM_CLASSES and not attempt.cancel_reason:
         # The array can no longer succeed: end it now, its running shards checkpointing on SIGTERM, so that the
         # stage is placed again at once rather than when its last shard finishes.
@@ -206,23 +201,39 @@ def _apply_child_node_state(svc: Services, detail: BatchJobDetail, parent_id: st
     what follows: exit 88 is placed again spending no retry), and the job is ended now, its nodes checkpointing."""
     if detail.status != "FAILED":
         return {"status": "ignored", "reason": f"a child node's {detail.status}: the job's own events tell it"}
-    ref = svc.ledger.find_job(parent_id)
-    attempt = svc.ledger.get_attempt(ref.run_id, ref.stage, ref.attempt) if ref else None
-    if ref is None or attempt is None:
-        return {"status": "ignored", "reason": "unknown job"}
-    if attempt.status in TERMINAL_STATUSES:
-        return {"status": "ignored", "reason": "attempt already settled"}
+    found = _open_attempt_of(svc, parent_id)
+    if isinstance(found, str):
+        return {"status": "ignored", "reason": found}
+    ref, attempt = found
     main = svc.batch.describe([f"{parent_id}#{MAIN_NODE_INDEX}"]).get(f"{parent_id}#{MAIN_NODE_INDEX}")
     if main is None or main.get("status") in TERMINAL_STATUSES:
         # Batch stops the children once the main node has ended, which may be why this one failed: the job ends with
         # the main node, and its own end tells how.
         return {"status": "ignored", "reason": "the job's main node has ended"}
     failure = classify_failure(detail, replace(attempt, shard_failure=None))
-    over = {outranked for outranked in FailureClass if _shard_rank(outranked) < _shard_rank(failure)}
-    svc.ledger.record_shard_failure(ref.run_id, ref.stage, ref.attempt, failure, over)
+    _record_part_failure(svc, ref, failure)
     if not attempt.cancel_reason:  # a job the control plane ended already is ending
         svc.batch.terminate(parent_id, f"spot-hpc: node {detail.job_id} ended by {failure}")
     return {"status": "recorded", "node_status": detail.status, "failure_class": failure}
+
+
+def _open_attempt_of(svc: Services, parent_id: str) -> tuple[JobRef, Attempt] | str:
+    """The open attempt of the job a shard or a node is part of; why there is none to act on otherwise."""
+    ref = svc.ledger.find_job(parent_id)
+    attempt = svc.ledger.get_attempt(ref.run_id, ref.stage, ref.attempt) if ref else None
+    if ref is None or attempt is None:
+        return "unknown job"
+    if attempt.status in TERMINAL_STATUSES:
+        return "attempt already settled"
+    return ref, attempt
+
+
+def _record_part_failure(svc: Services, ref: JobRef, failure: str) -> None:
+    """Records a shard's or a child node's failure as its attempt's, where no failure is recorded or the one recorded
+    ranks below it (`_shard_rank`): a condition of the write, not of a read, as another part's end may be handled at
+    the same moment."""
+    over = {outranked for outranked in FailureClass if _shard_rank(outranked) < _shard_rank(failure)}
+    svc.ledger.record_shard_failure(ref.run_id, ref.stage, ref.attempt, failure, over)
 
 
 # The statuses that start (RUNNABLE) and end (RUNNING) a Spot job's wait for capacity.
