@@ -580,23 +580,30 @@ def _until_a_retry_waits(plane: OfflineControlPlane) -> None:
     raise AssertionError("no execution waits for a retry")
 
 
-def test_each_retry_of_a_callback_task_gets_a_token_of_its_own(plane):
-    # GIVEN a waitForTaskToken task that hands its token to a queue and is retried once when it fails
+def _retried_callback_task(name: str, interval_seconds: int) -> tuple[Any, Any, str, str]:
+    """A state machine of one waitForTaskToken task that hands its token to a queue and is retried once,
+    `interval_seconds` after it fails with "Probe"; (sqs, stepfunctions, queue URL, state machine ARN)."""
     sqs = boto3.client("sqs", region_name=REGION)
     sfn = boto3.client("stepfunctions", region_name=REGION)
-    queue_url = sqs.create_queue(QueueName="task-token-probe")["QueueUrl"]
+    queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
     task = {
         "Type": "Task",
         "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
         "Parameters": {"QueueUrl": queue_url, "MessageBody": {"token.$": "$$.Task.Token"}},
-        "Retry": [{"ErrorEquals": ["Probe"], "MaxAttempts": 1, "IntervalSeconds": 1}],
+        "Retry": [{"ErrorEquals": ["Probe"], "MaxAttempts": 1, "IntervalSeconds": interval_seconds}],
         "End": True,
     }
     machine = sfn.create_state_machine(
-        name="task-token-probe",
+        name=name,
         definition=json.dumps({"StartAt": "Wait", "States": {"Wait": task}}),
         roleArn="arn:aws:iam::123456789012:role/probe",
     )["stateMachineArn"]
+    return sqs, sfn, queue_url, machine
+
+
+def test_each_retry_of_a_callback_task_gets_a_token_of_its_own(plane):
+    # GIVEN a waitForTaskToken task that hands its token to a queue and is retried once when it fails
+    sqs, sfn, queue_url, machine = _retried_callback_task("task-token-probe", interval_seconds=1)
     execution = sfn.start_execution(stateMachineArn=machine)["executionArn"]
     # WHEN the first attempt is failed through its token, and the retry (a virtual second later) answered through its
     # own
@@ -647,21 +654,7 @@ def test_a_handler_s_context_tells_the_time_and_memory_its_function_was_given(pl
 
 def test_a_retry_waits_its_interval_on_the_virtual_clock(plane):
     # GIVEN a waitForTaskToken task retried a minute after it fails (IntervalSeconds 60)
-    sqs = boto3.client("sqs", region_name=REGION)
-    sfn = boto3.client("stepfunctions", region_name=REGION)
-    queue_url = sqs.create_queue(QueueName="retry-wait-probe")["QueueUrl"]
-    task = {
-        "Type": "Task",
-        "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
-        "Parameters": {"QueueUrl": queue_url, "MessageBody": {"token.$": "$$.Task.Token"}},
-        "Retry": [{"ErrorEquals": ["Probe"], "MaxAttempts": 1, "IntervalSeconds": 60}],
-        "End": True,
-    }
-    machine = sfn.create_state_machine(
-        name="retry-wait-probe",
-        definition=json.dumps({"StartAt": "Wait", "States": {"Wait": task}}),
-        roleArn="arn:aws:iam::123456789012:role/probe",
-    )["stateMachineArn"]
+    sqs, sfn, queue_url, machine = _retried_callback_task("retry-wait-probe", interval_seconds=60)
     sfn.start_execution(stateMachineArn=machine)
     # WHEN its first attempt fails, and virtual time stands still for a while, then moves on a minute
     sfn.send_task_failure(taskToken=_next_task_token(sqs, queue_url), error="Probe", cause="first attempt")

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -520,20 +521,22 @@ def test_a_request_to_go_on_never_replaces_a_request_to_stop_the_same_attempt(
     assert (save_id is not None) is replaced
 
 
-class StopWrittenAfterTheRead:
-    """S3 on which another handler writes a request to stop just after this writer read the request object."""
+class ActingAfterTheFirstRead:
+    """S3 on which `act` runs once, just after the first object read: another writer between this one's read of the
+    request object and its write."""
 
-    def __init__(self, s3: Any) -> None:
+    def __init__(self, s3: Any, act: Callable[[Any, dict[str, Any]], object]) -> None:
         self._s3 = s3
-        self.stop_id: str | None = None
+        self._act = act
+        self.acted: object = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._s3, name)
 
     def get_object(self, **request: Any) -> Any:
         response = self._s3.get_object(**request)
-        if self.stop_id is None:
-            self.stop_id = CheckpointStore(self._s3, URI).request_checkpoint("interruption warning", attempt=2)
+        if self.acted is None:
+            self.acted = self._act(self._s3, request)
         return response
 
 
@@ -541,43 +544,27 @@ def test_a_request_to_go_on_does_not_replace_a_request_to_stop_written_after_it_
     # GIVEN an earlier attempt's request, and a request to stop for this attempt written by another handler just after
     # the writer of a request to go on read the request object
     CheckpointStore(s3, URI).request_checkpoint("requeue", attempt=1)
-    racing = StopWrittenAfterTheRead(s3)
+    racing = ActingAfterTheFirstRead(
+        s3, lambda s3, _: CheckpointStore(s3, URI).request_checkpoint("interruption warning", attempt=2)
+    )
     # WHEN the request to go on is written
     save_id = CheckpointStore(racing, URI).request_save("rebalance recommendation", attempt=2)
     # THEN its conditional write fails, it reads the request again, and leaves the request to stop standing
     request = CheckpointStore(s3, URI).pending_request()
-    assert save_id is None and request is not None and request.request_id == racing.stop_id
-
-
-class RequestDeletedAfterTheRead:
-    """S3 on which the stage's cleanup deletes the request object just after this writer read it."""
-
-    def __init__(self, s3: Any) -> None:
-        self._s3 = s3
-        self.deleted = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._s3, name)
-
-    def get_object(self, **request: Any) -> Any:
-        response = self._s3.get_object(**request)
-        if not self.deleted:
-            self.deleted = True
-            self._s3.delete_object(Bucket=request["Bucket"], Key=request["Key"])
-        return response
+    assert save_id is None and request is not None and request.request_id == racing.acted
 
 
 def test_a_request_to_go_on_whose_read_request_was_deleted_before_its_write_reads_again_and_writes(s3: Any) -> None:
     # GIVEN an earlier attempt's request, deleted (the stage's cleanup) just after the writer of a request to go on
     # read it
     CheckpointStore(s3, URI).request_checkpoint("requeue", attempt=1)
-    racing = RequestDeletedAfterTheRead(s3)
+    racing = ActingAfterTheFirstRead(s3, lambda s3, read: s3.delete_object(Bucket=read["Bucket"], Key=read["Key"]))
     # WHEN the request to go on is written
     save_id = CheckpointStore(racing, URI).request_save("rebalance recommendation", attempt=2)
     # THEN its conditional write on the object it read (which S3 answers 404 once it is gone) is a lost race, not a
     # failure: it reads again and writes its request where there is none now
     request = CheckpointStore(s3, URI).pending_request()
-    assert racing.deleted and save_id is not None
+    assert racing.acted is not None and save_id is not None
     assert request is not None and (request.request_id, request.stop) == (save_id, False)
 
 
