@@ -5,19 +5,13 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from sample_events import load_event
+from sample_events import job_ended, load_event
 from spot_hpc.events import BatchJobStateChangeEvent
 from spot_hpc.job_events import _adopt, classify_failure, interruption_notice
 from spot_hpc.ledger import Attempt, Stage
 from spot_hpc.pipeline import TAG_ATTEMPT, TAG_RUN, TAG_STAGE
 from spot_hpc.run_report import FAILURE_WORDS, RECLAIM_CLASSES, FailureClass
 from spot_hpc.slack import Notification, notification_text
-
-
-def _detail(status_reason: str, exit_code: int | None) -> BatchJobStateChangeEvent:
-    container = {} if exit_code is None else {"exitCode": exit_code}
-    event = load_event("batch_job_failed_host_terminated", statusReason=status_reason, container=container)
-    return BatchJobStateChangeEvent.model_validate(event)
 
 
 def _attempt(capacity: str, cancel_reason: str | None = None) -> Attempt:
@@ -40,7 +34,7 @@ def _attempt(capacity: str, cancel_reason: str | None = None) -> Attempt:
 )  # fmt: skip
 def test_each_failure_is_classified(status_reason, exit_code, capacity, cancel_reason, expected):
     # GIVEN a FAILED job event and the attempt the ledger holds for it
-    detail = _detail(status_reason, exit_code).detail
+    detail = job_ended(status_reason, exit_code)
     # WHEN it is classified
     failure = classify_failure(detail, _attempt(capacity, cancel_reason))
     # THEN the class is the expected one, and only reclaims are interruptions
@@ -52,7 +46,7 @@ def test_each_failure_is_classified(status_reason, exit_code, capacity, cancel_r
 
 def test_an_array_failed_by_a_reclaimed_shard_is_a_reclaim():
     # GIVEN an array job's parent FAILED (it says only that a child failed), one of whose shards was reclaimed
-    detail = _detail("1 of 3 array child jobs failed", None).detail
+    detail = job_ended("1 of 3 array child jobs failed", None)
     attempt = _attempt("spot")
     attempt.shard_failure = FailureClass.SPOT_RECLAIM
     # WHEN it is classified
@@ -62,7 +56,7 @@ def test_an_array_failed_by_a_reclaimed_shard_is_a_reclaim():
 
 def test_a_shard_is_known_by_its_parent_id_and_index():
     # GIVEN a Batch event for the second child of an array job, and one for its parent
-    child = _detail("Essential container in task exited", 0).detail.model_copy(update={"job_id": "4c1e-77:1"})
+    child = job_ended("Essential container in task exited", 0).model_copy(update={"job_id": "4c1e-77:1"})
     parent = BatchJobStateChangeEvent.model_validate(
         load_event(
             "batch_job_failed_host_terminated",
@@ -78,7 +72,7 @@ def test_a_shard_is_known_by_its_parent_id_and_index():
 @pytest.mark.parametrize("index", ["²", "٣", "1_0", " 1", "", "x"])
 def test_a_job_id_whose_index_is_not_ascii_digits_is_no_shard(index):
     # GIVEN a Batch event whose job id has a colon but no index Batch would give a child
-    detail = _detail("Essential container in task exited", 0).detail.model_copy(update={"job_id": f"4c1e-77:{index}"})
+    detail = job_ended("Essential container in task exited", 0).model_copy(update={"job_id": f"4c1e-77:{index}"})
     # WHEN / THEN it names no parent: it is a job of its own, unknown to the control plane
     assert detail.array_parent_id is None
 
@@ -89,7 +83,7 @@ def test_a_job_tagged_with_an_attempt_that_is_not_ascii_digits_is_not_adopted(ta
     # run and stage and an attempt the control plane never writes (it tags `str(attempt)`; "٣" is 3 to int())
     stage = Stage("r1", "preprocess", 0, 4.0, True, 1, attempt=3, capacity="spot")
     svc = SimpleNamespace(ledger=SimpleNamespace(get_stage=lambda run_id, name: stage))
-    detail = _detail("Essential container in task exited", 0).detail.model_copy(
+    detail = job_ended("Essential container in task exited", 0).model_copy(
         update={"tags": {TAG_RUN: "r1", TAG_STAGE: "preprocess", TAG_ATTEMPT: tag}}
     )
     # WHEN / THEN the job is not taken as the stage's: it stays unknown, and the handler does not fail
@@ -101,7 +95,7 @@ def test_a_node_of_a_multinode_job_is_not_adopted_as_the_stages_job():
     # for one of its nodes (`<job id>#<node index>`), which carries the job's tags
     stage = Stage("r1", "hpc", 1, 4.0, False, 4, attempt=1, capacity="on-demand")
     svc = SimpleNamespace(ledger=SimpleNamespace(get_stage=lambda run_id, name: stage))
-    detail = _detail("Essential container in task exited", 0).detail.model_copy(
+    detail = job_ended("Essential container in task exited", 0).model_copy(
         update={"job_id": "4c1e-77#2", "tags": {TAG_RUN: "r1", TAG_STAGE: "hpc", TAG_ATTEMPT: "1"}}
     )
     # WHEN / THEN the node is not taken as the stage's job: the job itself is (its own event, or the guard's repair),
@@ -133,7 +127,7 @@ def test_a_lost_instance_is_told_as_a_spot_interruption_only_when_it_was_spot(ca
 def test_a_job_that_ran_past_its_timeout_and_checkpointed_on_the_sigterm_is_a_timeout(exit_code, capacity):
     # GIVEN a job Batch ended for running past its attempt timeout: Batch stops it with a SIGTERM, on which the job
     # runtime checkpoints and exits 86 (87 when the checkpoint cannot be written), as it does on a Spot notice
-    detail = _detail("Job attempt duration exceeded timeout", exit_code).detail
+    detail = job_ended("Job attempt duration exceeded timeout", exit_code)
     # WHEN it is classified
     failure = classify_failure(detail, _attempt(capacity))
     # THEN it is a timeout, which spends the stage's retries, not an interruption resubmitted for nothing forever

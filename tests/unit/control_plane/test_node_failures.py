@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 from batch_fakes import DescribedBatch
-from sample_events import load_event
-from spot_hpc.events import BatchJobStateChangeEvent
+from sample_events import job_ended
 from spot_hpc.job_events import apply_job_state, classify_failure
 from spot_hpc.ledger import Attempt, Ledger, Run, Stage
 from spot_hpc.run_report import FailureClass
@@ -19,17 +18,10 @@ MAIN_NODE = f"{MULTINODE_JOB}#0"
 
 
 def _node_ended(index: int, status: str, status_reason: str, exit_code: int | None, main: bool | None) -> Any:
-    container = {} if exit_code is None else {"exitCode": exit_code}
     node_details = {"nodeIndex": index} | ({} if main is None else {"isMainNode": main})
-    event = load_event(
-        "batch_job_failed_host_terminated",
-        jobId=f"{MULTINODE_JOB}#{index}",
-        status=status,
-        statusReason=status_reason,
-        container=container,
-        nodeDetails=node_details,
+    return job_ended(
+        status_reason, exit_code, jobId=f"{MULTINODE_JOB}#{index}", status=status, nodeDetails=node_details
     )
-    return BatchJobStateChangeEvent.model_validate(event).detail
 
 
 def _multinode_job_running(ledger: Ledger) -> None:
@@ -73,14 +65,7 @@ def test_the_job_ending_on_a_child_nodes_failure_is_classed_by_that_failure(ledg
     svc = SimpleNamespace(ledger=ledger, batch=DescribedBatch({MAIN_NODE: "RUNNING"}, status="RUNNING"))
     apply_job_state(svc, _node_ended(1, "FAILED", "Essential container in task exited", 88, main=False))
     # WHEN the job's own end is classed (its main node checkpointed on the SIGTERM and exited 86)
-    ended = BatchJobStateChangeEvent.model_validate(
-        load_event(
-            "batch_job_failed_host_terminated",
-            jobId=MULTINODE_JOB,
-            statusReason="spot-hpc: node ended by s3_unavailable",
-            container={"exitCode": 86},
-        )
-    ).detail
+    ended = job_ended("spot-hpc: node ended by s3_unavailable", 86, jobId=MULTINODE_JOB)
     attempt = ledger.get_attempt("r1", "hpc", 1)
     assert attempt is not None
     # THEN it is the node's failure, not a checkpointed interruption of the whole job

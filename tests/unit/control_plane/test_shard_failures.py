@@ -6,8 +6,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sample_events import load_event
-from spot_hpc.events import BatchJobStateChangeEvent
+from sample_events import job_ended, load_event
 from spot_hpc.job_events import _failed_shards_class, apply_job_state
 from spot_hpc.ledger import Attempt, Ledger, Run, Stage
 from spot_hpc.run_report import FailureClass
@@ -26,15 +25,7 @@ class RecordingBatch:
 
 
 def _shard_failed(index: int, status_reason: str, exit_code: int | None) -> Any:
-    container = {} if exit_code is None else {"exitCode": exit_code}
-    event = load_event(
-        "batch_job_failed_host_terminated",
-        jobId=f"{ARRAY_JOB}:{index}",
-        statusReason=status_reason,
-        container=container,
-        arrayProperties={"index": index},
-    )
-    return BatchJobStateChangeEvent.model_validate(event).detail
+    return job_ended(status_reason, exit_code, jobId=f"{ARRAY_JOB}:{index}", arrayProperties={"index": index})
 
 
 def _array_running_on_spot(ledger: Ledger) -> None:
