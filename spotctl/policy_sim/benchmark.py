@@ -113,12 +113,19 @@ def judged_ratios(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, tuple[f
         optimum = policies.get("optimum")
         if not optimum or not optimum["met"]:
             continue
-        best = optimum["cost"]
         ratios[judged_id] = {
-            name: ((row["cost"] / best if best > 0 else 1.0) if row["met"] else math.inf, row["met"], row["slack"])
+            name: (cost_ratio(row["cost"], optimum["cost"]) if row["met"] else math.inf, row["met"], row["slack"])
             for name, row in policies.items()
         }
     return ratios
+
+
+def cost_ratio(cost: float, optimum_cost: float) -> float:
+    """cost / optimum cost. Where the optimum costs nothing (free Spot), a run that paid nothing is at it and one that
+    paid anything is infinitely above it, not at it."""
+    if optimum_cost > 0:
+        return cost / optimum_cost
+    return 1.0 if cost <= 0 else math.inf
 
 
 def summarise(rows: Iterable[dict[str, Any]], slack_range: tuple[float, float] | None = None) -> list[PolicySummary]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ def plot_benchmark(rows: Sequence[dict[str, Any]], path: Path) -> None:
             summary = next((s for s in summarise(rows, slack_range) if s.policy == name), None)
             if summary is not None and summary.mean_ratio == summary.mean_ratio:  # skip NaN (no run met)
                 lines.setdefault(name, []).append((index, summary.mean_ratio))
-    cheap = [ratio for name, points in lines.items() if name != "on_demand" for _, ratio in points]
+    # An infinite mean (a run that paid where the optimum paid nothing) is off scale too, never the axis's limit.
+    cheap = [ratio for name, points in lines.items() if name != "on_demand" for _, ratio in points if ratio < math.inf]
     top = max([*cheap, 1.1]) * 1.05
     for name, points in lines.items():
         ratios = [min(ratio, top) for _, ratio in points]

@@ -8,6 +8,7 @@ import pytest
 from spot_hpc.policy import DeadlinePolicy, GreedyPolicy
 
 from spotctl.policy_sim.benchmark import POLICY_ORDER, format_summary, run_benchmark, summarise
+from spotctl.policy_sim.plots import plot_benchmark
 from spotctl.policy_sim.simulator import Job, Stage, simulate
 
 
@@ -100,6 +101,34 @@ def test_summary_judges_only_scenarios_the_optimum_meets():
     # THEN only scenario a counts
     assert summary["default"].scenarios == 1 and summary["default"].mean_ratio == 1.1
     assert "1 invalid" in text and "| default | 1 | 1.100 | 1/1 |" in text
+
+
+def test_a_cost_over_an_optimum_of_nothing_is_infinitely_worse_not_as_good():
+    # GIVEN a scenario whose optimum costs nothing (free Spot all along), On-Demand paid, greedy paid nothing
+    rows = [
+        {"id": "free", "policy": "optimum", "cost": 0.0, "met": True, "finish_hours": 2, "slack": 1.5},
+        {"id": "free", "policy": "on_demand", "cost": 6.12, "met": True, "finish_hours": 2, "slack": 1.5},
+        {"id": "free", "policy": "greedy", "cost": 0.0, "met": True, "finish_hours": 2, "slack": 1.5},
+    ]
+    # WHEN summarised
+    summary = {s.policy: s for s in summarise(rows)}
+    # THEN a policy that paid anything is infinitely far from the optimum; one that paid nothing is at it
+    assert summary["on_demand"].mean_ratio == math.inf
+    assert summary["greedy"].mean_ratio == 1.0
+
+
+def test_a_policy_infinitely_above_the_optimum_is_plotted_off_scale(tmp_path):
+    # GIVEN rows where greedy paid on a scenario whose optimum costs nothing, and paid 10% over it on another
+    rows = [
+        {"id": "free", "policy": "optimum", "cost": 0.0, "met": True, "finish_hours": 2, "slack": 1.5},
+        {"id": "free", "policy": "greedy", "cost": 1.0, "met": True, "finish_hours": 2, "slack": 1.5},
+        {"id": "paid", "policy": "optimum", "cost": 2.0, "met": True, "finish_hours": 2, "slack": 2.2},
+        {"id": "paid", "policy": "greedy", "cost": 2.2, "met": True, "finish_hours": 2, "slack": 2.2},
+    ]
+    # WHEN the benchmark's chart is drawn
+    plot_benchmark(rows, tmp_path / "cost.png")
+    # THEN it is a PNG (the infinite mean is drawn at the top edge, not as the axis's limit)
+    assert (tmp_path / "cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_pipeline_stage_without_spot_runs_on_demand():

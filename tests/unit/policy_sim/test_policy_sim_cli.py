@@ -43,6 +43,22 @@ def test_bench_policy_writes_rows_summary_and_plot(tmp_path, tiny_trace, scenari
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_policy_on_free_spot_puts_paid_runs_infinitely_above_the_optimum(tmp_path, tiny_trace, scenario, capsys):
+    # GIVEN a scenario on free Spot whose capacity lets the optimum finish on Spot alone, for nothing
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(json.dumps({"scenarios": [{**scenario, "nodes": 2, "spot_price": 0}]}))
+    out, plot = tmp_path / "results.json", tmp_path / "cost.png"
+    # WHEN the benchmark command runs with a plot
+    argv = ["bench", "policy", "--scenarios", str(scenarios), "--shared-dir", str(tmp_path), "--json", str(out)]
+    code = main([*argv, "--plot", str(plot), "--jobs", "1"])
+    # THEN On-Demand, which paid, is infinitely above the optimum in the summary, and the plot is still drawn
+    assert code == 0
+    costs = {row["policy"]: row["cost"] for row in json.loads(out.read_text())["results"]}
+    assert costs["optimum"] == 0 and costs["on_demand"] > 0
+    assert "| on_demand | 1 | inf | 1/1 |" in capsys.readouterr().out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_bench_policy_missing_scenario_file_is_a_clean_error(tmp_path, capsys):
     # GIVEN no scenario file
     # WHEN the benchmark command runs
