@@ -583,14 +583,20 @@ def test_job_retry_strategies_leave_reclaims_to_the_control_plane_and_end_with_a
     assert len({json.dumps(rules) for rules in strategies.values()}) == 1
 
 
-def test_every_job_runs_under_an_init_that_passes_signals_on():
-    # GIVEN the job definitions' containers (a multi-node one's in each node range)
+def _job_containers() -> dict[str, dict[str, Any]]:
+    """The job definitions' containers, by definition (a multi-node one's by definition and node range)."""
     containers = {}
     for name, definition in _resources("AWS::Batch::JobDefinition").items():
         ranges = definition.get("NodeProperties", {}).get("NodeRangeProperties", [])
         containers.update({f"{name}[{r['TargetNodes']}]": r["Container"] for r in ranges})
         if "ContainerProperties" in definition:
             containers[name] = definition["ContainerProperties"]
+    return containers
+
+
+def test_every_job_runs_under_an_init_that_passes_signals_on():
+    # GIVEN the job definitions' containers (a multi-node one's in each node range)
+    containers = _job_containers()
     # THEN each runs its command under an init as PID 1: Python as PID 1 ignores a SIGTERM sent before the runtime
     # handles it (while it imports) and reaps no child a job spawns
     assert len(containers) == 4
@@ -831,6 +837,25 @@ def test_uploads_and_the_ledger_outlive_the_stack_and_function_logs_expire(trans
     for name, function in functions.items():
         assert function["LoggingConfig"]["LogGroup"] == {"Ref": "FunctionLogGroup"}, name
     assert resources["FunctionLogGroup"]["Properties"]["RetentionInDays"] == 90
+
+
+def test_every_jobs_output_goes_to_a_log_group_of_the_stack_whose_events_expire():
+    resources = source_template()["Resources"]
+    # GIVEN the job definitions' containers (a multi-node one's in each node range)
+    containers = _job_containers()
+    assert len(containers) == 4
+    # WHEN their log configuration is read as Batch reads it
+    groups = {name: container.get("LogConfiguration", {}) for name, container in containers.items()}
+    # THEN each sends its output to the stack's job log group with a prefix of its own (left unset, Batch sends it to
+    # /aws/batch/job, a group no stack owns and whose events CloudWatch Logs keeps forever)
+    for name, config in groups.items():
+        assert config.get("LogDriver") == "awslogs", name
+        assert config["Options"]["awslogs-group"] == {"Ref": "JobLogGroup"}, name
+    prefixes = [config["Options"]["awslogs-stream-prefix"] for config in groups.values()]
+    assert len(set(prefixes)) == len(prefixes)
+    # AND that group's events expire, as the functions' do
+    assert resources["JobLogGroup"]["Type"] == "AWS::Logs::LogGroup"
+    assert resources["JobLogGroup"]["Properties"]["RetentionInDays"] == 90
 
 
 # ------------------------------------------------------------------ metrics, alarms and the dashboard
