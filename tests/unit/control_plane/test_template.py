@@ -785,6 +785,16 @@ def test_builds_are_not_cached_while_the_layer_takes_files_from_outside_its_fold
             assert commands["build"]["parameters"].get("cached") is not True, environment
 
 
+def test_the_layer_claims_only_the_runtime_its_binary_wheels_are_built_for():
+    # GIVEN the functions' runtime, the layer's declared runtimes, and the Python its build fetches wheels for
+    runtime = source_template()["Globals"]["Function"]["Runtime"]
+    layer = source_template()["Resources"]["ControlPlaneLayer"]["Properties"]
+    built_for = re.search(r"--python-version (\d+\.\d+)", (REPO / "layers" / "shared" / "Makefile").read_text())
+    # THEN the layer claims that one runtime, the functions': numpy's wheels for one Python import on no other
+    assert built_for is not None and runtime == f"python{built_for.group(1)}"
+    assert layer["CompatibleRuntimes"] == [runtime]
+
+
 # ------------------------------------------------------------------ notifications
 def test_only_the_guard_takes_parked_notices_and_only_from_the_notifications_dead_letter_queue(translated):
     queue = {"Fn::GetAtt": ["NotificationsDeadLetterQueue", "QueueName"]}
