@@ -501,39 +501,65 @@ def install_task_token_adapter() -> Callable[[], None]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Step Functions: retry waits. AWS waits a retrier's interval (IntervalSeconds, grown by BackoffRate, capped by
-# MaxDelaySeconds) before the next attempt, on the same clock as everything else. moto sleeps it on the wall clock,
-# while offline the control plane's time is virtual: the retry came at the same virtual instant (a lease the retrier
-# waits out, the NotificationClaimHeld one, never lapsed) after holding the run up for real seconds. The execution
-# waits for the virtual clock to reach the retry's time instead, as it waits for a task token: the runtime counts it
-# as waiting on the outside world and moves time on.
+# Step Functions: waits on the clock. AWS waits a retrier's interval (IntervalSeconds, grown by BackoffRate, capped by
+# MaxDelaySeconds) before the next attempt, and ends a state at its TimeoutSeconds (a stage's is the run's deadline
+# and more), on the same clock as everything else. moto waits both on the wall clock, while offline the control
+# plane's time is virtual: a retry came at the same virtual instant (a lease the retrier waits out, the
+# NotificationClaimHeld one, never lapsed) after holding the run up for real seconds, and a state's timeout never
+# came at all. Both wait for the virtual clock instead, as an execution waits for a task token: the runtime counts a
+# retry's wait as waiting on the outside world, and moves time on.
 
 
-class VirtualRetryWaits:
-    """The executions waiting for a retry, each until the virtual clock (`now`) reaches the retry's time."""
+class VirtualClockWaits:
+    """Waits of the executions that end when the virtual clock (`now`) reaches their time: a retrier's (by execution
+    ARN) and a state's timeout."""
 
     def __init__(self, now: Callable[[], datetime]) -> None:
         self._now = now
-        self._due: dict[str, datetime] = {}  # execution ARN -> when its next attempt starts
+        self._due: dict[object, datetime] = {}  # a wait (an execution ARN, or a timeout's event) -> when it ends
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._execution = threading.local()  # the execution whose retrier runs on this thread
 
-    def sleep(self, seconds: float) -> None:
-        """Stands in for moto's time.sleep in a retrier: returns once `seconds` have passed on the virtual clock."""
-        execution_arn = getattr(self._execution, "arn", "")
+    def _wait(self, key: object, seconds: float, woken: Callable[[float], bool]) -> bool:
+        """Until `seconds` have passed on the virtual clock, or `woken` (given how long it may block) says the wait
+        is over; returns whether it was woken."""
         due = self._now() + timedelta(seconds=seconds)
         with self._lock:
-            self._due[execution_arn] = due
+            self._due[key] = due
         try:
             while self._now() < due:
-                if self._stopped.wait(0.01):
+                if woken(0.01):
+                    return True
+                if self._stopped.is_set():
                     # The embedded AWS is gone: the execution must make no call out of it, so it waits for good
                     # (on a daemon thread), as it would on a task token that never comes.
                     threading.Event().wait()
+            return woken(0.0)
         finally:
             with self._lock:
-                self._due.pop(execution_arn, None)
+                self._due.pop(key, None)
+
+    def sleep(self, seconds: float) -> None:
+        """Stands in for moto's time.sleep in a retrier: returns once `seconds` have passed on the virtual clock."""
+
+        def never_woken(block: float) -> bool:
+            time.sleep(block)
+            return False
+
+        self._wait(getattr(self._execution, "arn", ""), seconds, never_woken)
+
+    def timeout_event(self) -> threading.Event:
+        """An event whose wait with a timeout (a state's TimeoutSeconds) ends on the virtual clock."""
+        waits = self
+
+        class VirtualTimeoutEvent(threading.Event):
+            def wait(self, timeout: float | None = None) -> bool:
+                if timeout is None:
+                    return super().wait()
+                return waits._wait(self, timeout, lambda block: threading.Event.wait(self, block))
+
+        return VirtualTimeoutEvent()
 
     def waiting(self, execution_arn: str) -> bool:
         """Whether the execution waits for a retry whose time the virtual clock has not reached."""
@@ -542,18 +568,25 @@ class VirtualRetryWaits:
         return due is not None and self._now() < due
 
     def due_times(self) -> list[datetime]:
-        """When the retries waited for now are due."""
+        """When the waits going on now end."""
         with self._lock:
             return list(self._due.values())
 
+    def retries_due(self) -> list[datetime]:
+        """When the retries waited for now are due."""
+        with self._lock:
+            return [due for key, due in self._due.items() if isinstance(key, str)]
 
-def install_virtual_retry_waits(now: Callable[[], datetime]) -> tuple[VirtualRetryWaits, Callable[[], None]]:
+
+def install_virtual_clock_waits(now: Callable[[], datetime]) -> tuple[VirtualClockWaits, Callable[[], None]]:
     from types import SimpleNamespace
 
     from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+    from moto.stepfunctions.parser.asl.component.state.exec import execute_state
 
-    waits = VirtualRetryWaits(now)
+    waits = VirtualClockWaits(now)
     original_time, original_eval = retrier_decl.time, retrier_decl.RetrierDecl._eval_body
+    original_threading = execute_state.threading
 
     def eval_body(self: Any, env: Any) -> None:
         waits._execution.arn = env.states.context_object.context_object_data["Execution"]["Id"]
@@ -561,11 +594,14 @@ def install_virtual_retry_waits(now: Callable[[], datetime]) -> tuple[VirtualRet
 
     retrier_decl.time = SimpleNamespace(sleep=waits.sleep)  # type: ignore[assignment]
     retrier_decl.RetrierDecl._eval_body = eval_body  # type: ignore[method-assign]
+    # The module makes one Event per state run with a timeout, and waits on it for that timeout.
+    execute_state.threading = SimpleNamespace(Event=waits.timeout_event)  # type: ignore[assignment]
 
     def uninstall() -> None:
         waits._stopped.set()
         retrier_decl.time = original_time
         retrier_decl.RetrierDecl._eval_body = original_eval  # type: ignore[method-assign]
+        execute_state.threading = original_threading
 
     return waits, uninstall
 

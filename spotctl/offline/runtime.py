@@ -81,7 +81,7 @@ class OfflineControlPlane:
         self.bus: EventBus
         self.batch: BatchEmulator
         self.aws_calls: adapters.AwsCallRecorder
-        self.retry_waits: adapters.VirtualRetryWaits
+        self.clock_waits: adapters.VirtualClockWaits
 
     # ------------------------------------------------------------------ lifecycle
     _running: OfflineControlPlane | None = None  # moto's state is process-wide: one plane at a time
@@ -131,8 +131,8 @@ class OfflineControlPlane:
         self._uninstall.append(adapters.install_send_task_failure_adapter())
         self._uninstall.append(adapters.install_task_token_adapter())
         self._uninstall.append(adapters.install_stop_execution_adapter())
-        self.retry_waits, stop_retry_waits = adapters.install_virtual_retry_waits(self.clock.now)
-        self._uninstall.append(stop_retry_waits)
+        self.clock_waits, stop_clock_waits = adapters.install_virtual_clock_waits(self.clock.now)
+        self._uninstall.append(stop_clock_waits)
         self._uninstall.append(adapters.install_price_book_adapter(REPO_ROOT / "data"))
         self._uninstall.append(adapters.install_lambda_adapter(lambda name: self.stack.functions.get(name)))
         self._uninstall.append(batch_emulator.install(lambda: getattr(self, "batch", None)))
@@ -243,7 +243,7 @@ class OfflineControlPlane:
                 events = self.history(execution["executionArn"])
                 last = events[-1]["type"] if events else "none"
                 snapshot.append((execution["executionArn"], execution["status"], len(events), last))
-                waiting = last in _WAITING_EVENTS or self.retry_waits.waiting(execution["executionArn"])
+                waiting = last in _WAITING_EVENTS or self.clock_waits.waiting(execution["executionArn"])
                 quiet = quiet and (execution["status"] != "RUNNING" or waiting)
             if quiet and snapshot == previous:
                 quiet_checks += 1
@@ -257,10 +257,10 @@ class OfflineControlPlane:
 
     def step(self, minutes: float = CLOCK_STEP_MINUTES) -> None:
         delta = timedelta(minutes=minutes)
-        retries_due = self.retry_waits.due_times()  # read before time moves: none of them can have started yet
+        waits_due = self.clock_waits.due_times()  # read before time moves: none of them can have ended yet
         now = self.clock.advance(delta)
         self.batch.advance(now, delta)
-        if self.bus.fire_due_schedules(now) or any(due <= now for due in retries_due):
+        if self.bus.fire_due_schedules(now) or any(due <= now for due in waits_due):
             self.settle()
 
     def run_until_settled(self, max_hours: float, step_minutes: float = CLOCK_STEP_MINUTES) -> str:

@@ -574,15 +574,15 @@ def _next_task_token(sqs, queue_url: str) -> str:
 def _until_a_retry_waits(plane: OfflineControlPlane) -> None:
     """Returns once an execution waits for a retry on the virtual clock (it fails on a thread of its own)."""
     for _ in range(400):
-        if plane.retry_waits.due_times():
+        if plane.clock_waits.retries_due():
             return
         time.sleep(0.05)
     raise AssertionError("no execution waits for a retry")
 
 
-def _retried_callback_task(name: str, interval_seconds: int) -> tuple[Any, Any, str, str]:
-    """A state machine of one waitForTaskToken task that hands its token to a queue and is retried once,
-    `interval_seconds` after it fails with "Probe"; (sqs, stepfunctions, queue URL, state machine ARN)."""
+def _callback_task(name: str, **task_fields: Any) -> tuple[Any, Any, str, str]:
+    """A state machine of one waitForTaskToken task (with `task_fields`, a Retry or a TimeoutSeconds) that hands its
+    token to a queue; (sqs, stepfunctions, queue URL, state machine ARN)."""
     sqs = boto3.client("sqs", region_name=REGION)
     sfn = boto3.client("stepfunctions", region_name=REGION)
     queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
@@ -590,8 +590,8 @@ def _retried_callback_task(name: str, interval_seconds: int) -> tuple[Any, Any, 
         "Type": "Task",
         "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
         "Parameters": {"QueueUrl": queue_url, "MessageBody": {"token.$": "$$.Task.Token"}},
-        "Retry": [{"ErrorEquals": ["Probe"], "MaxAttempts": 1, "IntervalSeconds": interval_seconds}],
         "End": True,
+        **task_fields,
     }
     machine = sfn.create_state_machine(
         name=name,
@@ -601,9 +601,14 @@ def _retried_callback_task(name: str, interval_seconds: int) -> tuple[Any, Any, 
     return sqs, sfn, queue_url, machine
 
 
+def _retried_once(after_seconds: int) -> list[dict[str, Any]]:
+    """A retrier trying a task failed with "Probe" once more, `after_seconds` later."""
+    return [{"ErrorEquals": ["Probe"], "MaxAttempts": 1, "IntervalSeconds": after_seconds}]
+
+
 def test_each_retry_of_a_callback_task_gets_a_token_of_its_own(plane):
     # GIVEN a waitForTaskToken task that hands its token to a queue and is retried once when it fails
-    sqs, sfn, queue_url, machine = _retried_callback_task("task-token-probe", interval_seconds=1)
+    sqs, sfn, queue_url, machine = _callback_task("task-token-probe", Retry=_retried_once(after_seconds=1))
     execution = sfn.start_execution(stateMachineArn=machine)["executionArn"]
     # WHEN the first attempt is failed through its token, and the retry (a virtual second later) answered through its
     # own
@@ -654,7 +659,7 @@ def test_a_handler_s_context_tells_the_time_and_memory_its_function_was_given(pl
 
 def test_a_retry_waits_its_interval_on_the_virtual_clock(plane):
     # GIVEN a waitForTaskToken task retried a minute after it fails (IntervalSeconds 60)
-    sqs, sfn, queue_url, machine = _retried_callback_task("retry-wait-probe", interval_seconds=60)
+    sqs, sfn, queue_url, machine = _callback_task("retry-wait-probe", Retry=_retried_once(after_seconds=60))
     sfn.start_execution(stateMachineArn=machine)
     # WHEN its first attempt fails, and virtual time stands still for a while, then moves on a minute
     sfn.send_task_failure(taskToken=_next_task_token(sqs, queue_url), error="Probe", cause="first attempt")
@@ -665,3 +670,18 @@ def test_a_retry_waits_its_interval_on_the_virtual_clock(plane):
     # THEN the retry came once the virtual minute had passed, and not before
     assert early == []
     assert _next_task_token(sqs, queue_url)
+
+
+def test_a_state_times_out_on_the_virtual_clock(plane):
+    # GIVEN a waitForTaskToken task that times out after 10 minutes, whose token is never answered
+    sqs, sfn, queue_url, machine = _callback_task("timeout-probe", TimeoutSeconds=600)
+    execution = sfn.start_execution(stateMachineArn=machine)["executionArn"]
+    assert _next_task_token(sqs, queue_url)
+    # WHEN virtual time stands still for a while, then moves on ten minutes
+    time.sleep(0.5)
+    before = sfn.describe_execution(executionArn=execution)["status"]
+    plane.step(minutes=10)
+    # THEN the task timed out once the virtual ten minutes had passed, and not before
+    assert before == "RUNNING"
+    history = [event["type"] for event in plane.history(execution)]
+    assert "TaskTimedOut" in history and sfn.describe_execution(executionArn=execution)["status"] == "FAILED"
