@@ -176,7 +176,7 @@ def test_stuck_runnable_on_spot_moves_to_on_demand_and_meets_the_deadline(tmp_pa
 def _die_once_writing_the_spot_wait(monkeypatch, change: str) -> list[str]:
     """The first write that `change`s ("starts" or "ends") a stage's Spot wait dies with its Lambda, after the job's
     status was recorded."""
-    real_update_stage, real_learn_spot = Ledger.update_stage, Ledger.learn_spot
+    real_start_spot_wait, real_learn_spot = Ledger.start_spot_wait, Ledger.learn_spot
     died: list[str] = []
 
     def die_once(stage: str) -> None:
@@ -184,10 +184,10 @@ def _die_once_writing_the_spot_wait(monkeypatch, change: str) -> list[str]:
             died.append(stage)
             raise RuntimeExitError(f"Runtime exited before the Spot wait {change}")
 
-    def update_or_die(self, run_id, stage, removes=(), **sets):
-        if change == "starts" and "spot_waiting_since" in sets:
+    def start_or_die(self, run_id, stage, since):
+        if change == "starts":
             die_once(stage)
-        return real_update_stage(self, run_id, stage, removes=removes, **sets)
+        return real_start_spot_wait(self, run_id, stage, since)
 
     def learn_or_die(self, stage, learn):
         # The wait ends with the write that learns it: the stage's wait removed with its new statistics.
@@ -195,7 +195,7 @@ def _die_once_writing_the_spot_wait(monkeypatch, change: str) -> list[str]:
             die_once(stage.stage)
         return real_learn_spot(self, stage, learn)
 
-    monkeypatch.setattr(Ledger, "update_stage", update_or_die)
+    monkeypatch.setattr(Ledger, "start_spot_wait", start_or_die)
     monkeypatch.setattr(Ledger, "learn_spot", learn_or_die)
     return died
 

@@ -12,7 +12,7 @@ from spot_hpc.clock import format_time
 from spot_hpc.events import BatchJobDetail
 from spot_hpc.job_events import _learn_spot, _track_spot_wait, apply_job_state
 from spot_hpc.ledger import CANCEL_REQUEUE, SPOT_STATS_TRIES, Attempt, JobRef, Ledger, LedgerContended, Run, Stage
-from spot_hpc.placement import end_spot_wait
+from spot_hpc.placement import end_spot_wait, start_spot_wait
 from spot_hpc.policy import SpotStats
 from spot_hpc.run_report import FailureClass
 
@@ -257,3 +257,24 @@ def test_only_a_reclaim_is_learnt_as_capacity_ending(ledger: Ledger, utc_clock, 
     # THEN its run is learnt as capacity either way, and its end as Spot taking capacity back only for a reclaim
     learnt = _learnt(ledger)
     assert (learnt.up_hours, learnt.interruptions) == pytest.approx((RUN_HOURS, interruptions))
+
+
+@pytest.mark.parametrize("shard", [False, True], ids=["job", "array"])
+def test_a_wait_started_since_the_stage_was_read_is_not_started_again(ledger: Ledger, utc_clock, shard: bool):
+    # GIVEN a stage without a wait for Spot as an SLA guard pass read it at its start, Batch then saying its job (or a
+    # shard of its array) waits RUNNABLE; a RUNNABLE's handler started the stage's wait as the pass began
+    svc = _services(ledger)
+    _runnable_stage(ledger, utc_clock, "RUNNABLE")
+    read_by_the_pass = ledger.get_stage("r1", "preprocess")
+    assert read_by_the_pass is not None and read_by_the_pass.spot_waiting_since is None
+    job_attempt = None if shard else 1
+    started = start_spot_wait(svc, read_by_the_pass, job_attempt)
+    # WHEN the pass comes to the stage two minutes later and starts its wait from what it read
+    utc_clock.advance(minutes=2)
+    seen_by_the_pass = start_spot_wait(svc, read_by_the_pass, job_attempt)
+    # THEN the wait started first stands, and is the one the pass judges: a wait started again would be two minutes
+    # shorter, to be learnt so and to be taken for a want of capacity two minutes later
+    stage = ledger.get_stage("r1", "preprocess")
+    assert started == format_time(utc_clock.now - timedelta(minutes=2))
+    assert stage is not None and stage.spot_waiting_since == started
+    assert seen_by_the_pass == started

@@ -539,6 +539,23 @@ class Ledger:
         except LedgerConflict:
             return None
 
+    def start_spot_wait(self, run_id: str, stage: str, since: str) -> str | None:
+        """Starts the stage's wait for Spot at `since`, unless it waits already: a handler that read the stage before
+        another started its wait (the SLA guard reads its stages once, at its pass's start; an array's shards are
+        told at once) would otherwise start it again, later, and the wait would be learnt shorter than it was, and
+        taken for a want of capacity later. Returns the wait that stands (`since` when it is this one); None when
+        the stage is gone, or its wait ended as this was refused."""
+        try:
+            self._update(
+                _stage_key(run_id, stage),
+                {"spot_waiting_since": since},
+                condition="attribute_exists(#pk) AND attribute_not_exists(#spot_waiting_since)",
+            )
+        except LedgerConflict:
+            current = self.get_stage(run_id, stage)
+            return current.spot_waiting_since if current is not None else None
+        return since
+
     def drop_spot_wait(self, run_id: str, stage: str, since: str) -> None:
         """Removes the stage's wait for Spot that started at `since`, learning nothing from it (it never was one: its
         job was running when it was written). A wait ended, or started anew, since is left as it is."""

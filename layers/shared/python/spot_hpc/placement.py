@@ -263,9 +263,10 @@ def start_spot_wait(svc: Services, stage: Stage, job_attempt: int | None = None)
     if stage.spot_waiting_since:
         return stage.spot_waiting_since
     since = format_time(utc_now())
-    svc.ledger.update_stage(stage.run_id, stage.stage, spot_waiting_since=since)
-    if job_attempt is None:
-        return since
+    standing = svc.ledger.start_spot_wait(stage.run_id, stage.stage, since)
+    if standing != since or job_attempt is None:
+        # A wait another handler started since `stage` was read stands: it is that handler's to drop.
+        return standing
     started = svc.ledger.get_attempt(stage.run_id, stage.stage, job_attempt)
     if started is not None and STATUS_RANK.get(started.status, -1) >= STATUS_RANK["RUNNING"]:
         svc.ledger.drop_spot_wait(stage.run_id, stage.stage, since)
