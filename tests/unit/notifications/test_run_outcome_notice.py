@@ -490,6 +490,47 @@ def test_a_reader_of_the_ledger_prices_such_an_attempt_without_writing_it(svc: S
     assert kept is not None and (kept.usd_per_hour, kept.price_unknown) == (0.0, True)
 
 
+class PricedOnItsNodesMeanwhile(FakePrices):
+    """On-Demand at $1.00 an instance-hour; the first price asked takes long enough for the end of the run's HPC job,
+    told meanwhile, to price that job on the instances its nodes got ($1.36 an hour for its two)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.asked = 0
+
+    def on_demand_usd_per_hour(self, instance_type: str, region: str) -> float:
+        self.asked += 1
+        if self.asked == 1:
+            self.ledger.update_open_attempt(
+                "run-1", "hpc", 1, status="FAILED", stopped_at="2026-01-05T04:00:00Z", usd_per_hour=1.36,
+                price_unknown=False,
+            )  # fmt: skip
+        return 1.0
+
+
+def test_an_attempt_priced_on_its_instances_as_the_run_report_priced_it_again_keeps_its_instances_price(
+    svc: Services,
+) -> None:
+    # GIVEN a run that failed while its multi-node HPC job ran, placed while prices could not be looked up; the job's
+    # end, told as the run's report is made (the run's failure terminated it), prices it on its nodes' instances
+    attempts = _hpc_failed_attempts()[:1]
+    attempts.append(
+        Attempt("run-1", "hpc", 1, "job-hpc-1", "hpc-queue", "on-demand", 2, "2026-01-05T01:00:00Z",
+                usd_per_hour=0.0, price_unknown=True, status="RUNNING", started_at="2026-01-05T01:00:00Z")
+    )  # fmt: skip
+    _failed_hpc_run(svc.ledger, attempts)
+    svc.prices = PricedOnItsNodesMeanwhile(svc.ledger)
+
+    # WHEN the run's report, which reads the attempt with its price unknown, prices it again and keeps that price
+    report = run_report(svc, svc.ledger.get_run("run-1"), keep_prices=True)  # type: ignore[arg-type]
+
+    # THEN the price of its nodes' instances stands, in the ledger and in the report, not the placement's, which the
+    # report's write from its earlier read would have put over it
+    kept = svc.ledger.get_attempt("run-1", "hpc", 1)
+    assert kept is not None and (kept.usd_per_hour, kept.price_unknown) == (1.36, False)
+    assert report["stages"][1]["attempts"][0]["usd_per_hour"] == 1.36
+
+
 def test_a_price_still_unknown_at_the_run_end_is_flagged_not_silently_zero(svc: Services, sink: WebhookSink) -> None:
     # GIVEN the same run, and prices still down at its end
     _run_priced_while_prices_were_down(svc.ledger)

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from spot_hpc.clock import parse_time
-from spot_hpc.ledger import Run
+from spot_hpc.ledger import LedgerConflict, Run
 from spot_hpc.metrics import record_event_outcome, record_settled_run
 from spot_hpc.notifier import notify
 from spot_hpc.placement import node_price, stop_stage
@@ -28,15 +28,28 @@ def run_report(svc: Services, run: Run, keep_prices: bool = False) -> dict[str, 
     --stack` may only read it)."""
     stages, attempts = svc.ledger.get_run_items(run.run_id)
     by_name = {stage.stage: stage for stage in stages}
-    for attempt in attempts:
+    for index, attempt in enumerate(attempts):
         if attempt.price_unknown and attempt.stage in by_name:
             price = node_price(svc, attempt.capacity, by_name[attempt.stage], at=parse_time(attempt.submitted_at))
             if price is not None:
                 attempt.usd_per_hour, attempt.price_unknown = price, False
                 if keep_prices:
-                    svc.ledger.update_attempt(
-                        attempt.run_id, attempt.stage, attempt.attempt, usd_per_hour=price, price_unknown=False
-                    )
+                    try:
+                        svc.ledger.update_attempt(
+                            attempt.run_id,
+                            attempt.stage,
+                            attempt.attempt,
+                            # Only over the unknown price read: the attempt's end, told meanwhile (a run that fails
+                            # terminates its jobs), may have priced it on the instances it got, which stands.
+                            condition="#price_unknown = :unknown",
+                            condition_values={"unknown": True},
+                            usd_per_hour=price,
+                            price_unknown=False,
+                        )
+                    except LedgerConflict:
+                        attempts[index] = (
+                            svc.ledger.get_attempt(attempt.run_id, attempt.stage, attempt.attempt) or attempt
+                        )
     prices = {
         stage.stage: stage.on_demand_usd_per_hour
         if stage.on_demand_usd_per_hour is not None
