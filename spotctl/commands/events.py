@@ -23,9 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Puts events on a freshly deployed offline stack's default bus; the template's rules decide "
         "which handlers run. Rules match only the stack's own names (job queues, bucket): to run a handler on "
         "a sample event whatever its names, use `spotctl invoke`. An event PutEvents refuses (no source, "
-        "detail-type or detail, a source or detail-type that is not a string, a detail that is not an object) is "
-        "reported as a failed entry, as PutEvents answers it, and reaches no rule; the command then exits 1. An event "
-        "over PutEvents' 256 KB is refused with the whole file, as PutEvents refuses the request.",
+        "detail-type or detail, a source or detail-type that is not a non-empty string, a detail that is not an "
+        "object, resources that are not a list of strings) is reported as a failed entry, as PutEvents answers it, "
+        "and reaches no rule; the command then exits 1. An event over PutEvents' 256 KB is refused with the whole "
+        "file (exit 2), as PutEvents refuses the request.",
     )
     put.add_argument("file", type=Path, help="one event or a JSON list of events")
     put.add_argument("--json", type=Path, help="write the deliveries (and the failed entries) here")

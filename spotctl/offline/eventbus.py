@@ -5,9 +5,10 @@ delivery that fails (the target throttled, say) and then sending it to the targe
 takes the event asynchronously: a function error is retried by Lambda (the template's EventInvokeConfig, twice) and
 then goes to its on-failure destination, the same queue, as an invocation record. moto stores the rules and matches
 patterns but invokes no Lambda or Step Functions target; this bus does, in-process, once, and dead-letters the event
-itself when its target errors. An entry PutEvents refuses (no Source, DetailType or Detail, a Source that is not a
-string, a Detail that is not a JSON object) is refused here too, before any rule sees it: PutEvents answers it as a
-failed entry, with an ErrorCode and an ErrorMessage, and puts the other entries. So is an entry over PutEvents'
+itself when its target errors. An entry PutEvents refuses (no Source, DetailType or Detail, a Source or DetailType
+that is not a non-empty string, a Detail that is not a JSON object, Resources that are not a list of strings) is
+refused here too, before any rule sees it: PutEvents answers it as a failed entry, with an ErrorCode and an
+ErrorMessage, and puts the other entries. So is an entry over PutEvents'
 256 KB, for which it refuses the whole request.
 """
 
