@@ -13,10 +13,10 @@ Item layout (pk / sk):
   REJECTION        <time>#<id>              an input the control plane refused, with the reason
   NOTIFIED#<key>   NOTIFIED                 one notification per event, however often the event repeats: a claim
                                             (a lease, taken over when its handler died), then sent
-The sparse `active-stages` index that the SLA guard queries holds three kinds of items, each under a hash value of
+The sparse `active-stages` index that the SLA guard queries holds four kinds of items, each under a hash value of
 its own: active stages (`active` = "1", `active_sk` = run#stage); notices claimed and not yet sent (`active` =
 "notice", `active_sk` = the claim's lease end), so that the guard sends those whose claimer died
-(`lapsed_notice_claims`); and runs whose end has not been told yet (`active` = "run", `active_sk` = the run id), so
+(`lapsed_notice_claims`); runs whose end has not been told yet (`active` = "run", `active_sk` = the run id), so
 that the guard settles those whose execution ended without it (`open_runs`); and instances whose interruption is
 awaited (`active` = "interruption", `active_sk` = when to look), so that the guard learns how EC2 ended them
 (`awaited_interruptions`).
