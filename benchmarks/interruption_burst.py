@@ -35,10 +35,13 @@ from spotctl.offline.runtime import OfflineControlPlane
 class CallCounter:
     """Counts every AWS API call the handler's clients make (botocore's before-call event)."""
 
-    def __init__(self, clients: dict[str, Any]) -> None:
+    def __init__(self, clients: list[tuple[str, Any]]) -> None:
         self.calls: Counter[str] = Counter()
-        for name, client in clients.items():
-            client.meta.events.register("before-call.*.*", self._count(name))
+        counted: set[int] = set()
+        for name, client in clients:
+            if id(client) not in counted:  # a client given twice would count its calls twice
+                counted.add(id(client))
+                client.meta.events.register("before-call.*.*", self._count(name))
 
     def _count(self, service: str) -> Any:
         def count(model: Any, **_: Any) -> None:
@@ -111,16 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     with OfflineControlPlane() as plane:
         svc = control_plane_services(plane)
         instances = seed(svc, args.jobs)
+        # Every client a handler calls AWS with, SubmitJob's own (it sends each call once) included.
         counter = CallCounter(
-            {
-                "dynamodb": svc.ledger._table.meta.client,
-                "batch": svc.batch._batch,
-                "ecs": svc.batch._ecs,
-                "s3": svc.s3,
-                "sns": svc.sns,
-                "sqs": svc.sqs,
-                "secretsmanager": svc.secrets,
-            }
+            [
+                ("dynamodb", svc.ledger._table.meta.client),
+                ("batch", svc.batch._batch),
+                ("batch", svc.batch._submit),
+                ("ecs", svc.batch._ecs),
+                ("ec2", svc.batch._ec2),
+                ("s3", svc.s3),
+                ("sns", svc.sns),
+                ("sqs", svc.sqs),
+                ("secretsmanager", svc.secrets),
+                ("stepfunctions", svc.pipeline._client),
+            ]
         )
         times_ms: list[float] = []
         per_job: list[int] = []
