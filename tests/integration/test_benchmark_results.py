@@ -46,3 +46,5 @@ def test_the_interruption_burst_results_hold_the_aws_calls_the_handler_makes_now
     assert now["aws_calls_by_api"]["batch:SubmitJob"] == now["actions"]["requeued"]
     assert _calls_per_warning(now) == _calls_per_warning(recorded)
     assert now["scans"] == recorded["scans"] == 0
+    # AND its percentiles lie within the times measured
+    assert now["handler_ms_p50"] <= now["handler_ms_p99"] <= now["handler_ms_max"]
