@@ -226,3 +226,20 @@ def test_a_node_end_that_does_not_leave_the_job_waiting_ends_nothing(
     attempt = ledger.get_attempt("r1", "hpc", 1)
     assert result["status"] == "ignored" and batch.terminated == []
     assert attempt is not None and attempt.shard_failure is None
+
+
+@pytest.mark.parametrize(
+    ("first", "failure"),
+    [(FAILED_ON_ITS_OWN, FailureClass.APPLICATION_ERROR), (S3_FAILED_ITS_START, FailureClass.S3_UNAVAILABLE)],
+    ids=["its-own-error", "s3-unavailable-at-its-start"],
+)
+def test_the_nodes_a_child_nodes_failure_stopped_leave_that_failure_recorded(ledger: Ledger, utc_clock, first, failure):
+    # GIVEN a multi-node job of 4 nodes running, ended by the control plane for its node 1's failure
+    _multinode_job_running(ledger)
+    svc = SimpleNamespace(ledger=ledger, batch=DescribedBatch({MAIN_NODE: "RUNNING"}, status="RUNNING"))
+    apply_job_state(svc, _node_ended(1, "FAILED", *first, main=False))
+    # WHEN another child node, stopped by that end while the main node still checkpoints, checkpoints and exits 86
+    apply_job_state(svc, _node_ended(2, "FAILED", "Essential container in task exited", 86, main=False))
+    # THEN the attempt's failure is still node 1's, which decides what follows, not an interruption placed again free
+    attempt = ledger.get_attempt("r1", "hpc", 1)
+    assert attempt is not None and attempt.shard_failure == failure

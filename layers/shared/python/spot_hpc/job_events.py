@@ -170,7 +170,7 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
             sets.update(status="RUNNING", started_at=format_epoch_ms(detail.started_at) or format_time(utc_now()))
     # The shard's own end, not the array's as an earlier shard recorded it: a reclaim after an application error is
     # still a reclaim, which ends the array now and takes the place of that error (a reclaim first). The first
-    # reclaim stays: the shards it ends checkpoint and stop after it (`_record_part_failure`).
+    # reclaim stays: the shards it ends checkpoint and stop after it (`_record_shard_failure`).
     failure = classify_failure(detail, replace(attempt, shard_failure=None)) if detail.status == "FAILED" else None
     if sets:
         try:
@@ -178,7 +178,7 @@ def _apply_shard_state(svc: Services, detail: BatchJobDetail, parent_id: str) ->
         except LedgerConflict:
             return {"status": "ignored", "reason": "attempt already settled"}
     if failure:
-        _record_part_failure(svc, ref, failure)
+        _record_shard_failure(svc, ref, failure)
     if failure in RECLAIM_CLASSES and not attempt.cancel_reason:
         # The array can no longer succeed: end it now, its running shards checkpointing on SIGTERM, so that the
         # stage is placed again at once rather than when its last shard finishes.
@@ -197,8 +197,8 @@ def _apply_child_node_state(svc: Services, detail: BatchJobDetail, parent_id: st
     """A child node of a multi-node parallel job. Batch ends such a job with its main node alone, and the main node
     waits for every node's part: a child that failed (S3 unreachable at its start, its host lost, its own error)
     would leave the job running, billed on every node, until its attempt's timeout, which then spends a retry
-    whatever the child's failure was. So its failure is recorded as the attempt's, as an array shard's is (it decides
-    what follows: exit 88 is placed again spending no retry), and the job is ended now, its nodes checkpointing."""
+    whatever the child's failure was. So the first child's failure is recorded as the attempt's (it decides what
+    follows: exit 88 is placed again spending no retry), and the job is ended now, its nodes checkpointing."""
     if detail.status != "FAILED":
         return {"status": "ignored", "reason": f"a child node's {detail.status}: the job's own events tell it"}
     found = _open_attempt_of(svc, parent_id)
@@ -211,9 +211,15 @@ def _apply_child_node_state(svc: Services, detail: BatchJobDetail, parent_id: st
         # the main node, and its own end tells how.
         return {"status": "ignored", "reason": "the job's main node has ended"}
     failure = classify_failure(detail, replace(attempt, shard_failure=None))
-    _record_part_failure(svc, ref, failure)
+    # Only where no node's failure is recorded, unlike a shard's: the job is ended on the first, and the nodes that
+    # ending stops checkpoint (exit 86) or fail in their turn, which would otherwise take the place of the failure
+    # that ended them (an own error, placed again as an interruption spending no retry, again and again).
+    recorded = svc.ledger.record_shard_failure(ref.run_id, ref.stage, ref.attempt, failure)
     if not attempt.cancel_reason:  # a job the control plane ended already is ending
+        # Again for a node whose failure stands: its first delivery may have died before ending the job.
         svc.batch.terminate(parent_id, f"spot-hpc: node {detail.job_id} ended by {failure}")
+    if not recorded:
+        return {"status": "ignored", "reason": "the job was ended for a failure recorded before"}
     return {"status": "recorded", "node_status": detail.status, "failure_class": failure}
 
 
@@ -228,10 +234,10 @@ def _open_attempt_of(svc: Services, parent_id: str) -> tuple[JobRef, Attempt] | 
     return ref, attempt
 
 
-def _record_part_failure(svc: Services, ref: JobRef, failure: str) -> None:
-    """Records a shard's or a child node's failure as its attempt's, where no failure is recorded or the one recorded
-    ranks below it (`_shard_rank`): a condition of the write, not of a read, as another part's end may be handled at
-    the same moment."""
+def _record_shard_failure(svc: Services, ref: JobRef, failure: str) -> None:
+    """Records a shard's failure as its array's attempt's, where no failure is recorded or the one recorded ranks
+    below it (`_shard_rank`): a condition of the write, not of a read, as another shard's end may be handled at the
+    same moment."""
     over = {outranked for outranked in FailureClass if _shard_rank(outranked) < _shard_rank(failure)}
     svc.ledger.record_shard_failure(ref.run_id, ref.stage, ref.attempt, failure, over)
 
