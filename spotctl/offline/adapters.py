@@ -500,6 +500,24 @@ def install_task_token_adapter() -> Callable[[], None]:
     return uninstall
 
 
+def answer_untaken(execution_arn: str) -> bool:
+    """Whether the task token the execution waits on was answered (SendTaskSuccess, SendTaskFailure) and the execution
+    has yet to take the answer. AWS records an answer as it is given; moto hands it to the execution's thread, which
+    takes it when next scheduled: until then the execution is not waiting on the outside world, and time moved on
+    meanwhile could end the state at its timeout (`VirtualClockWaits`) though the answer came before it."""
+    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+    region, account = execution_arn.split(":")[3:5]
+    backend = stepfunctions_parser_backends[account][region]
+    for execution in backend._get_executions():
+        if execution.execution_arn == execution_arn and execution.exec_worker is not None:
+            # A retried attempt's token is added after the one before (`install_task_token_adapter`): the last is
+            # the one waited on.
+            endpoints = list(execution.exec_worker.env.callback_pool_manager._pool.values())
+            return bool(endpoints) and endpoints[-1].get_outcome() is not None
+    return False
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Step Functions: waits on the clock. AWS waits a retrier's interval (IntervalSeconds, grown by BackoffRate, capped by
 # MaxDelaySeconds) before the next attempt, and ends a state at its TimeoutSeconds (a stage's is the run's deadline

@@ -228,8 +228,8 @@ class OfflineControlPlane:
         ]
 
     def settle(self, timeout_seconds: float = 30.0) -> None:
-        """Waits until every execution waits on the outside world (a task token, or virtual time for a retry) or has
-        ended.
+        """Waits until every execution waits on the outside world (a task token not answered yet, or virtual time for
+        a retry) or has ended.
 
         Step Functions runs executions on threads of their own; virtual time may only move once they are quiet.
         """
@@ -243,7 +243,10 @@ class OfflineControlPlane:
                 events = self.history(execution["executionArn"])
                 last = events[-1]["type"] if events else "none"
                 snapshot.append((execution["executionArn"], execution["status"], len(events), last))
-                waiting = last in _WAITING_EVENTS or self.clock_waits.waiting(execution["executionArn"])
+                arn = execution["executionArn"]
+                waiting = (
+                    last in _WAITING_EVENTS and not (last == "TaskSubmitted" and adapters.answer_untaken(arn))
+                ) or self.clock_waits.waiting(arn)
                 quiet = quiet and (execution["status"] != "RUNNING" or waiting)
             if quiet and snapshot == previous:
                 quiet_checks += 1

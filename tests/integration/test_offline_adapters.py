@@ -685,3 +685,30 @@ def test_a_state_times_out_on_the_virtual_clock(plane):
     assert before == "RUNNING"
     history = [event["type"] for event in plane.history(execution)]
     assert "TaskTimedOut" in history and sfn.describe_execution(executionArn=execution)["status"] == "FAILED"
+
+
+def test_a_task_answered_before_its_timeout_is_not_timed_out_by_time_moved_on_after(plane, monkeypatch):
+    from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackEndpoint
+
+    # GIVEN a waitForTaskToken task that times out after 10 minutes, whose execution's thread is slow to take an
+    # answer (as on a loaded machine: moto hands the answer to that thread, which runs when it is scheduled)
+    real_wait = CallbackEndpoint.wait
+
+    def slow_to_take(self, timeout=None):
+        outcome = real_wait(self, timeout)
+        time.sleep(0.3)
+        return outcome
+
+    monkeypatch.setattr(CallbackEndpoint, "wait", slow_to_take)
+    sqs, sfn, queue_url, machine = _callback_task("answered-probe", TimeoutSeconds=600)
+    # (the plane settles this state machine's executions as it does the pipeline's)
+    monkeypatch.setattr(plane, "executions", lambda: sfn.list_executions(stateMachineArn=machine)["executions"])
+    execution = sfn.start_execution(stateMachineArn=machine)["executionArn"]
+    # WHEN it is answered, the plane settles, and virtual time moves on ten minutes
+    sfn.send_task_success(taskToken=_next_task_token(sqs, queue_url), output="{}")
+    plane.settle()
+    plane.step(minutes=10)
+    # THEN the task succeeded with its answer, given well before its timeout, as AWS records an answer when it is given
+    history = [event["type"] for event in plane.history(execution)]
+    assert "TaskTimedOut" not in history, history
+    assert sfn.describe_execution(executionArn=execution)["status"] == "SUCCEEDED"
