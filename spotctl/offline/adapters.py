@@ -601,10 +601,11 @@ def install_virtual_clock_waits(now: Callable[[], datetime]) -> tuple[VirtualClo
 
     from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
     from moto.stepfunctions.parser.asl.component.state.exec import execute_state
+    from moto.stepfunctions.parser.asl.eval.callback import callback
 
     waits = VirtualClockWaits(now)
     original_time, original_eval = retrier_decl.time, retrier_decl.RetrierDecl._eval_body
-    original_threading = execute_state.threading
+    original_threading, original_event = execute_state.threading, callback.Event
 
     def eval_body(self: Any, env: Any) -> None:
         waits._execution.arn = env.states.context_object.context_object_data["Execution"]["Id"]
@@ -614,12 +615,15 @@ def install_virtual_clock_waits(now: Callable[[], datetime]) -> tuple[VirtualClo
     retrier_decl.RetrierDecl._eval_body = eval_body  # type: ignore[method-assign]
     # The module makes one Event per state run with a timeout, and waits on it for that timeout.
     execute_state.threading = SimpleNamespace(Event=waits.timeout_event)  # type: ignore[assignment]
+    # A task token's wait is timed by its own Event too (the task's TimeoutSeconds, or HeartbeatSeconds).
+    callback.Event = waits.timeout_event  # type: ignore[misc,assignment]
 
     def uninstall() -> None:
         waits._stopped.set()
         retrier_decl.time = original_time
         retrier_decl.RetrierDecl._eval_body = original_eval  # type: ignore[method-assign]
         execute_state.threading = original_threading
+        callback.Event = original_event  # type: ignore[misc]
 
     return waits, uninstall
 

@@ -712,3 +712,16 @@ def test_a_task_answered_before_its_timeout_is_not_timed_out_by_time_moved_on_af
     history = [event["type"] for event in plane.history(execution)]
     assert "TaskTimedOut" not in history, history
     assert sfn.describe_execution(executionArn=execution)["status"] == "SUCCEEDED"
+
+
+def test_a_task_tokens_own_wait_does_not_time_out_on_the_wall_clock(plane):
+    # GIVEN a waitForTaskToken task that times out after 2 seconds, whose token is never answered
+    sqs, sfn, queue_url, machine = _callback_task("short-timeout-probe", TimeoutSeconds=2)
+    execution = sfn.start_execution(stateMachineArn=machine)["executionArn"]
+    assert _next_task_token(sqs, queue_url)
+    # WHEN 3 real seconds pass, virtual time standing still
+    time.sleep(3)
+    # THEN the task is still waiting: its 2 seconds are virtual ones, as its state's are
+    assert sfn.describe_execution(executionArn=execution)["status"] == "RUNNING"
+    plane.step(minutes=1)
+    assert "TaskTimedOut" in [event["type"] for event in plane.history(execution)]
