@@ -205,3 +205,24 @@ def test_a_multinode_job_whose_child_nodes_failure_went_untold_is_ended_by_the_g
     attempt = ledger.get_attempt("r2", "hpc", 1)
     assert batch.terminated == ended
     assert attempt is not None and attempt.shard_failure == failure
+
+
+def test_a_multinode_job_whose_failed_nodes_handler_died_before_ending_it_is_ended_by_the_guard(
+    ledger: Ledger, utc_clock, told
+) -> None:
+    # GIVEN a multi-node job running, whose node 2's failure (exit 88) was recorded by a handler that died before
+    # terminating the job
+    _multinode_stage_running(ledger, utc_clock)
+    ledger.record_shard_failure("r2", "hpc", 1, FailureClass.S3_UNAVAILABLE)
+    described = {"mnp-1": MULTINODE_JOB} | {f"mnp-1#{i}": _node(i, 88 if i == 2 else 0) for i in range(4)}
+    batch = DescribedBatch(
+        {"mnp-1": "RUNNING", "mnp-1#2": "FAILED"}, status="RUNNING", queue="hpc", described=described
+    )
+
+    # WHEN the guard runs a pass
+    run_guard(_services(ledger, batch))
+
+    # THEN the job is ended now, the recorded failure standing, not left to wait until its attempt's timeout
+    attempt = ledger.get_attempt("r2", "hpc", 1)
+    assert batch.terminated == ["mnp-1"]
+    assert attempt is not None and attempt.shard_failure == FailureClass.S3_UNAVAILABLE

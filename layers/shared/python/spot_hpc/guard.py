@@ -247,13 +247,14 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
             return f"reconciled {detail.status}: {result.get('status')}"
     if detail.status in TERMINAL_STATUSES:
         return None
-    if detail.status == "RUNNING" and detail.multinode_nodes > 1 and attempt is not None and not attempt.shard_failure:
+    if detail.status == "RUNNING" and detail.multinode_nodes > 1 and attempt is not None:
         # A child node's failure, whose event was lost, would leave the job waiting on its main node until the
-        # attempt's timeout (`job_events._apply_child_node_state`).
+        # attempt's timeout (`job_events._apply_child_node_state`); so would one recorded by a handler that died
+        # before ending the job, which is ended again.
         failed = _failed_child_node(svc, detail)
-        if failed is not None:
-            result = apply_job_state(svc, failed)
-            return f"reconciled a failed node {failed.job_id}: {result.get('failure_class') or result.get('status')}"
+        result = apply_job_state(svc, failed) if failed is not None else {}
+        if failed is not None and result.get("status") == "recorded":
+            return f"reconciled a failed node {failed.job_id}: {result.get('failure_class')}"
     if attempt is not None and attempt.cancel_reason == CANCEL_REQUEUE:
         # A requeue decided (its first step marks the Spot attempt) whose handler died before placing the On-Demand
         # job: carried out now. Left alone, the Spot job would run on under a mark that reads its end, whatever it
