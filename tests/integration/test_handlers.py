@@ -240,6 +240,21 @@ def test_a_manifest_for_the_next_upload_of_a_csv_whose_run_read_one_is_left_for_
     assert run is not None and (run.deadline_hours, run.options_from) == (20, "manifest")
 
 
+def test_a_manifest_uploaded_long_after_its_csv_is_left_for_the_csvs_next_upload(plane):
+    # GIVEN a run that started on its metadata an hour ago, still under way
+    s3 = boto3.client("s3", region_name=REGION)
+    csv_key, key = "incoming/later-run.csv", "incoming/later-run.manifest.json"
+    an_hour_ago = format_time(plane.clock.now() - timedelta(hours=1))
+    csv_version = _upload(plane, csv_key, {"deadline-hours": "6"})
+    plane.invoke("StartPipelineFunction", _s3_event(plane, csv_key, csv_version, time=an_hour_ago))
+    # WHEN a manifest is uploaded for the CSV now (for its next run, not with it)
+    version = s3.put_object(Bucket=plane.bucket, Key=key, Body=b'{"deadline_hours": 30}')["VersionId"]
+    result, errored = plane.invoke("StartPipelineFunction", _s3_event(plane, key, version, id=str(uuid.uuid4())))
+    # THEN it waits for that upload: no rejection, no alarm
+    assert not errored and result["status"] == "ignored"
+    assert not any(r["source"].endswith(key) for r in control_plane_services(plane).ledger.list_rejections())
+
+
 @pytest.mark.parametrize(
     ("manifest", "metadata", "told"),
     [

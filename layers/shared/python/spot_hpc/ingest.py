@@ -31,6 +31,9 @@ from spot_hpc.uploads import UploadTooLarge, UploadUnreadable
 
 logger = logging.getLogger(__name__)
 MAX_MANIFEST_BYTES = 64 * 1024
+# How long after its CSV a manifest is taken as meant for that CSV's run (a folder's upload sends them minutes apart at
+# most); a later one is taken as meant for the CSV's next upload, which reads it.
+LATE_MANIFEST_WINDOW = timedelta(minutes=15)
 
 
 def start_pipeline(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, Any]:
@@ -131,16 +134,16 @@ def _start(svc: Services, event: dict[str, Any], account_id: str) -> dict[str, A
 
 
 def _refuse_a_manifest_after_its_csv(svc: Services, key: str, uploaded_at: datetime) -> None:
-    """A manifest uploaded after its CSV (`aws s3 sync` sends `data.csv` before `data.manifest.json`) came too late for
-    the run that CSV started without it: the run goes on with the options it took, and the team is told, or the
-    deadline they meant to set would silently not be the one kept. A run that read a manifest, or was uploaded after
-    this one, is none of its concern."""
+    """A manifest uploaded just after its CSV (`aws s3 sync` sends `data.csv` before `data.manifest.json`) came too late
+    for the run that CSV started without it: the run goes on with the options it took, and the team is told, or the
+    deadline they meant to set would silently not be the one kept. A run that read a manifest, was uploaded after this
+    one, or long before it (`LATE_MANIFEST_WINDOW`: the manifest is then the next upload's), is none of its concern."""
     late = [
         run
         for run in svc.ledger.open_runs()
         if manifest_key(run.key) == key
         and run.options_from in ("metadata", "defaults")
-        and parse_time(run.started_at) <= uploaded_at
+        and timedelta(0) <= uploaded_at - parse_time(run.started_at) <= LATE_MANIFEST_WINDOW
     ]
     if late:
         runs = "; ".join(
