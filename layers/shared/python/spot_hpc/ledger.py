@@ -306,6 +306,11 @@ class AwaitedInterruption:
     warned_at: str
 
 
+# The condition that an attempt has not ended (Batch's terminal statuses), with its values.
+_NOT_ENDED = "#status <> :succeeded AND #status <> :failed"
+_NOT_ENDED_VALUES = {"succeeded": "SUCCEEDED", "failed": "FAILED"}
+
+
 def _awaited_interruption_key(instance_id: str) -> dict[str, str]:
     return {"pk": f"INSTANCE#{instance_id}", "sk": "AWAITED_INTERRUPTION"}
 
@@ -738,12 +743,8 @@ class Ledger:
         condition = "attribute_not_exists(cancel_reason) OR #cancel_reason = :cancel_reason"
         values: dict[str, Any] = {}
         if open_only:
-            open_statuses = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
-            values = {f"open{index}": status for index, status in enumerate(open_statuses)}
-            condition = (
-                "#cancel_reason = :cancel_reason OR (attribute_not_exists(cancel_reason) AND "
-                f"#status IN ({', '.join(f':{name}' for name in values)}))"
-            )
+            condition = f"#cancel_reason = :cancel_reason OR (attribute_not_exists(cancel_reason) AND {_NOT_ENDED})"
+            values = dict(_NOT_ENDED_VALUES)
         try:
             self.update_attempt(
                 run_id, stage, attempt, condition=condition, condition_values=values, cancel_reason=reason
@@ -798,8 +799,8 @@ class Ledger:
             run_id,
             stage,
             attempt,
-            condition="#status <> :succeeded AND #status <> :failed",
-            condition_values={"succeeded": "SUCCEEDED", "failed": "FAILED"},
+            condition=_NOT_ENDED,
+            condition_values=_NOT_ENDED_VALUES,
             **sets,
         )
 
@@ -811,7 +812,7 @@ class Ledger:
         handled at once never overwrite a failure they should not. False when the write was refused (another
         failure stands, or the attempt has ended)."""
         replaceable = sorted(set(over))
-        values: dict[str, Any] = {"succeeded": "SUCCEEDED", "failed": "FAILED"}
+        values: dict[str, Any] = {**_NOT_ENDED_VALUES}
         values |= {f"over{index}": name for index, name in enumerate(replaceable)}
         unset = "attribute_not_exists(#shard_failure)"
         if replaceable:
@@ -821,7 +822,7 @@ class Ledger:
                 run_id,
                 stage,
                 attempt,
-                condition=f"#status <> :succeeded AND #status <> :failed AND ({unset})",
+                condition=f"{_NOT_ENDED} AND ({unset})",
                 condition_values=values,
                 shard_failure=failure,
             )
