@@ -252,9 +252,8 @@ def _guard_stage(svc: Services, run: Run, stage: Stage, job: dict[str, Any] | No
         # attempt's timeout (`job_events._apply_child_node_state`); so would one recorded by a handler that died
         # before ending the job, which is ended again.
         failed = _failed_child_node(svc, detail)
-        result = apply_job_state(svc, failed) if failed is not None else {}
-        if failed is not None and result.get("status") == "recorded":
-            return f"reconciled a failed node {failed.job_id}: {result.get('failure_class')}"
+        if failed is not None and (result := apply_job_state(svc, failed))["status"] == "recorded":
+            return f"reconciled a failed node {failed.job_id}: {result['failure_class']}"
     if attempt is not None and attempt.cancel_reason == CANCEL_REQUEUE:
         # A requeue decided (its first step marks the Spot attempt) whose handler died before placing the On-Demand
         # job: carried out now. Left alone, the Spot job would run on under a mark that reads its end, whatever it
