@@ -154,9 +154,10 @@ def run_simulate(args: argparse.Namespace) -> int:
     from spotctl.policy_sim.scenarios import build_job, parse_scenario
     from spotctl.policy_sim.simulator import simulate
     from spotctl.policy_sim.timeline import ExplainedPolicy, format_timeline
+    from spotctl.policy_sim.traces import resolve
 
-    # A relative trace is under --shared-dir (`build_job`).
-    trace = None if args.trace is None else args.shared_dir / args.trace  # an absolute one stands as it is
+    # The trace file as `build_job` reads it (a relative one is under --shared-dir).
+    trace = None if args.trace is None else Path(resolve(str(args.trace), args.shared_dir))
     reads = {"--scenarios": args.scenarios, "--trace": trace}
     if args.json:
         check_output(args.json, "--json", reads=reads)
