@@ -868,6 +868,19 @@ def test_every_jobs_output_goes_to_a_log_group_of_the_stack_whose_events_expire(
     assert resources["JobLogGroup"]["Properties"]["RetentionInDays"] == 90
 
 
+def test_every_log_group_keeps_90_days_under_the_name_the_readme_gives():
+    # GIVEN the stack's log groups and the README
+    groups = _resources("AWS::Logs::LogGroup")
+    readme = (REPO / "README.md").read_text()
+    # THEN each keeps its events 90 days, as the README says, under the name it gives (the stack's name as <stack>)
+    assert len(groups) == 3
+    for name, group in groups.items():
+        assert group["RetentionInDays"] == 90, name
+        shown = group["LogGroupName"]["Fn::Sub"].replace("${AWS::StackName}", "<stack>")
+        assert f"`{shown}`" in readme, name
+    assert "Logs are kept 90 days" in readme
+
+
 # ------------------------------------------------------------------ metrics, alarms and the dashboard
 def _custom_metric_services(resources: dict[str, Any]) -> dict[str, Any]:
     """The `service` dimension of every SpotHpc metric the stack's alarms and dashboard watch, by where it is."""
