@@ -218,3 +218,27 @@ def test_the_default_policy_counts_capacity_ages_in_bands_fitting_its_changeover
     # THEN its life table counts ages in bands of three ticks, a quarter changeover
     assert policy.stats is not None
     assert policy.stats.band_hours == pytest.approx(3 / 60)
+
+
+@pytest.mark.parametrize(("short_runs", "gap_hours"), [(2, 0.2), (20, 3.0)])
+@pytest.mark.parametrize("spot_price", [0.3, 0.9])
+def test_a_stage_on_spot_with_capacity_stays_whatever_the_capacitys_age(short_runs: int, gap_hours: float, spot_price):
+    # GIVEN a stage running on Spot with capacity, a history of capacity that died young (6-minute runs), and slack from
+    # tight to ample; the live policy is not told how long its job's capacity has lasted (the simulator is)
+    choices: set[Action] = set()
+    for remaining, slack in [(4.0, 1.05), (4.0, 1.2), (20.0, 1.05), (20.0, 2.0)]:
+        for age_hours in (0.0, 1.0, 6.0):
+            stats = SpotStats.with_prior(2, band_hours=band_hours_for(5 / 60, 0.1))
+            for _ in range(short_runs):
+                stats.observe(False, gap_hours)
+                stats.observe(True, 0.1)
+            stats.observe(False, gap_hours)
+            if age_hours:
+                stats.observe(True, age_hours)
+            # WHEN the policy is asked
+            decision = decide(remaining_hours=remaining, hours_left=remaining * slack, current=Action.SPOT,
+                              spot_available=True, changeover_hours=0.1, od_price=1.0, spot_price=spot_price,
+                              stats=stats)  # fmt: skip
+            choices.add(decision.action)
+    # THEN it stays on Spot at every age: the capacity's age would change no decision, so it is not passed
+    assert choices == {Action.SPOT}
